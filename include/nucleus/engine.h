@@ -1,0 +1,64 @@
+// nucleus — the sampling engine: one call turns a batch of logit rows into
+// tokens, exactly as SPEC.md defines, on the threads the host allows.
+//
+// Example:
+//   nucleus::Engine engine({.max_threads = 4});
+//   nucleus::LogitsView view{logits, rows, vocab, vocab, nucleus::DType::kFloat32};
+//   std::vector<nucleus::RowRequest> requests(rows);   // or one, shared by all rows
+//   std::vector<nucleus::RowResult> results(rows);
+//   nucleus::Status s = engine.sample(view, requests, results);
+//   // s is a call error (nothing written) or OK; each results[i].status says
+//   // whether row i was sampled.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+
+#include "nucleus/sampling.h"
+#include "nucleus/status.h"
+
+namespace nucleus {
+
+struct EngineOptions {
+  int max_threads = 0;            // 0: every core the process may use
+  std::optional<uint64_t> seed;   // for unseeded rows; none: from the system
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& options = {});
+  ~Engine();
+  Engine(Engine&&) noexcept;
+  Engine& operator=(Engine&&) noexcept;
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Samples every row. `requests` holds one request per row, or one request
+  // shared by every row; `results` holds one result per row. A call error
+  // (SPEC section 7) writes nothing; a row error sets that row's status only.
+  // Safe to call from many host threads at once.
+  Status sample(const LogitsView& logits, std::span<const RowRequest> requests,
+                std::span<RowResult> results);
+
+  // The final distribution of each row (after masks, penalties, temperature
+  // and filters): probabilities, zero for removed tokens, written to
+  // `out + row * out_stride`. Greedy rows give softmax of the processed
+  // logits. `row_status` (one per row) receives row errors; such rows are
+  // left zero.
+  Status probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
+               int64_t out_stride, std::span<Status> row_status);
+
+  // The number of threads this engine may use.
+  int max_threads() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Library version, "MAJOR.MINOR.PATCH".
+const char* version();
+
+}  // namespace nucleus
