@@ -1,0 +1,157 @@
+// The parallel driver: validates a call, then spreads its rows over the
+// engine's oneTBB arena. Rows run in parallel; when a batch has fewer rows
+// than threads, each row's chunk passes run in parallel too (the chunks are
+// fixed, so results do not depend on the thread count).
+#include <Random123/philox.h>
+#include <tbb/concurrent_queue.h>
+#include <tbb/info.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <vector>
+
+#include "engine/row/params_check.h"
+#include "engine/row/row_sampler.h"
+#include "nucleus/engine.h"
+
+namespace nucleus {
+namespace {
+
+// Scratch is handed out per row task rather than per thread: a thread that
+// waits inside a nested parallel loop may pick up another row meanwhile.
+class ScratchPool {
+ public:
+  std::unique_ptr<detail::RowScratch> acquire() {
+    std::unique_ptr<detail::RowScratch> s;
+    detail::RowScratch* raw = nullptr;
+    if (free_.try_pop(raw)) {
+      s.reset(raw);
+      return s;
+    }
+    return std::make_unique<detail::RowScratch>();
+  }
+  void release(std::unique_ptr<detail::RowScratch> s) { free_.push(s.release()); }
+  ~ScratchPool() {
+    detail::RowScratch* raw = nullptr;
+    while (free_.try_pop(raw)) delete raw;
+  }
+
+ private:
+  tbb::concurrent_queue<detail::RowScratch*> free_;
+};
+
+uint64_t system_seed() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  int threads = 1;
+  uint64_t seed = 0;
+  std::atomic<uint64_t> counter{0};
+  std::unique_ptr<tbb::task_arena> arena;
+  ScratchPool pool;
+
+  // Seeds for unseeded rows, fixed before the rows are spread over threads.
+  uint64_t derive_seed(uint64_t n) const {
+    r123::Philox4x32 rng;
+    const r123::Philox4x32::key_type key = {
+        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
+    const r123::Philox4x32::ctr_type ctr = {
+        {static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32), 0, 0x5eed}};
+    const auto out = rng(ctr, key);
+    return (static_cast<uint64_t>(out[0]) << 32) | out[1];
+  }
+
+  template <typename F>
+  Status run_rows(const LogitsView& logits, std::span<const RowRequest> requests,
+                  int64_t results_size, F&& per_row) {
+    if (Status s = detail::check_call(logits, requests, results_size); !s.ok()) return s;
+    const bool shared = requests.size() == 1;
+    for (size_t r = 0; r < requests.size(); ++r) {
+      const int64_t row = shared && logits.rows > 1 ? -1 : static_cast<int64_t>(r);
+      if (Status s = detail::check_request(requests[r], row, logits.vocab); !s.ok()) return s;
+    }
+    const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+    const int64_t rows = logits.rows;
+    const detail::Runner runner{rows < threads && logits.vocab > detail::kChunk};
+    arena->execute([&] {
+      tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
+        auto scratch = pool.acquire();
+        const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
+        detail::RowInput input{
+            static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype),
+            logits.dtype, logits.vocab};
+        per_row(row, req, input, *scratch, runner);
+        pool.release(std::move(scratch));
+      });
+    });
+    return Status();
+  }
+};
+
+Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
+  const int available = tbb::info::default_concurrency();
+  impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
+  if (options.max_threads > available) impl_->threads = options.max_threads;
+  impl_->seed = options.seed ? *options.seed : system_seed();
+  impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
+}
+
+Engine::~Engine() = default;
+Engine::Engine(Engine&&) noexcept = default;
+Engine& Engine::operator=(Engine&&) noexcept = default;
+
+int Engine::max_threads() const { return impl_->threads; }
+
+Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requests,
+                      std::span<RowResult> results) {
+  // Unseeded rows take seeds from one block of the engine's counter.
+  uint64_t base = 0;
+  bool any_unseeded = false;
+  for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
+  if (any_unseeded && logits.rows > 0) {
+    base = impl_->counter.fetch_add(static_cast<uint64_t>(logits.rows));
+  }
+  const bool shared = requests.size() == 1;
+  return impl_->run_rows(
+      logits, requests, static_cast<int64_t>(results.size()),
+      [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
+          detail::RowScratch& scratch, const detail::Runner& runner) {
+        const uint64_t seed =
+            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+        (void)shared;
+        detail::sample_row(input, req, seed, row, results[static_cast<size_t>(row)], scratch,
+                           runner);
+      });
+}
+
+Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
+                     int64_t out_stride, std::span<Status> row_status) {
+  if (out == nullptr) return Status::invalid_argument("probs: out is null");
+  if (out_stride < logits.vocab) {
+    return Status::invalid_argument("probs: out_stride = " + std::to_string(out_stride) +
+                                    " is smaller than vocab = " + std::to_string(logits.vocab));
+  }
+  if (static_cast<int64_t>(row_status.size()) != logits.rows) {
+    return Status::invalid_argument("probs: row_status size = " +
+                                    std::to_string(row_status.size()) +
+                                    " must equal rows = " + std::to_string(logits.rows));
+  }
+  return impl_->run_rows(logits, requests, -1,
+                         [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
+                             detail::RowScratch& scratch, const detail::Runner& runner) {
+                           row_status[static_cast<size_t>(row)] = detail::probs_row(
+                               input, req, row, out + row * out_stride, scratch, runner);
+                         });
+}
+
+}  // namespace nucleus

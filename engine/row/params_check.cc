@@ -1,0 +1,140 @@
+#include "engine/row/params_check.h"
+
+#include <cmath>
+#include <sstream>
+#include <string>
+
+namespace nucleus::detail {
+namespace {
+
+std::string where(int64_t row) {
+  return row < 0 ? std::string("shared request") : "row " + std::to_string(row);
+}
+
+template <typename T>
+std::string show(T value) {
+  std::ostringstream out;
+  out.precision(9);
+  out << value;
+  return out.str();
+}
+
+Status bad(int64_t row, const std::string& field, const std::string& value,
+           const std::string& why) {
+  return Status::invalid_argument(where(row) + ": " + field + " = " + value + " " + why);
+}
+
+Status check_tokens(std::span<const int32_t> tokens, int64_t row, const char* field,
+                    int64_t vocab) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return bad(row, std::string(field) + "[" + std::to_string(i) + "]", show(tokens[i]),
+                 "is outside [0, " + std::to_string(vocab) + ")");
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
+                  int64_t results_size) {
+  if (logits.data == nullptr) return Status::invalid_argument("logits: data is null");
+  if (logits.rows <= 0) {
+    return Status::invalid_argument("logits: rows = " + show(logits.rows) + " must be > 0");
+  }
+  if (logits.vocab <= 0) {
+    return Status::invalid_argument("logits: vocab = " + show(logits.vocab) + " must be > 0");
+  }
+  if (logits.vocab > INT32_MAX) {
+    return Status::invalid_argument("logits: vocab = " + show(logits.vocab) +
+                                    " does not fit token ids (int32)");
+  }
+  const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+  if (stride < logits.vocab) {
+    return Status::invalid_argument("logits: row_stride = " + show(logits.row_stride) +
+                                    " is smaller than vocab = " + show(logits.vocab));
+  }
+  if (logits.dtype != DType::kFloat32 && logits.dtype != DType::kFloat16 &&
+      logits.dtype != DType::kBFloat16) {
+    return Status::invalid_argument("logits: dtype = " +
+                                    show(static_cast<int>(logits.dtype)) + " is unknown");
+  }
+  const auto n = static_cast<int64_t>(requests.size());
+  if (n != 1 && n != logits.rows) {
+    return Status::invalid_argument("requests: size = " + show(n) + " must be 1 or rows = " +
+                                    show(logits.rows));
+  }
+  if (results_size >= 0 && results_size != logits.rows) {
+    return Status::invalid_argument("results: size = " + show(results_size) +
+                                    " must equal rows = " + show(logits.rows));
+  }
+  return Status();
+}
+
+Status check_request(const RowRequest& r, int64_t row, int64_t vocab) {
+  const SamplingParams& p = r.params;
+  if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
+    return bad(row, "temperature", show(p.temperature), "must be finite and >= 0");
+  }
+  if (p.top_k < -1) return bad(row, "top_k", show(p.top_k), "must be >= -1 (0 or -1 = off)");
+  if (!(p.top_p >= 0.0f && p.top_p <= 1.0f)) {
+    return bad(row, "top_p", show(p.top_p), "is outside [0, 1]");
+  }
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) {
+    return bad(row, "min_p", show(p.min_p), "is outside [0, 1]");
+  }
+  if (!(p.typical_p > 0.0f && p.typical_p <= 1.0f)) {
+    return bad(row, "typical_p", show(p.typical_p), "is outside (0, 1]");
+  }
+  if (std::isnan(p.top_n_sigma) || std::isinf(p.top_n_sigma)) {
+    return bad(row, "top_n_sigma", show(p.top_n_sigma), "must be finite");
+  }
+  if (p.min_keep < 1) return bad(row, "min_keep", show(p.min_keep), "must be >= 1");
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
+    return bad(row, "repetition_penalty", show(p.repetition_penalty), "must be finite and > 0");
+  }
+  if (!std::isfinite(p.frequency_penalty)) {
+    return bad(row, "frequency_penalty", show(p.frequency_penalty), "must be finite");
+  }
+  if (!std::isfinite(p.presence_penalty)) {
+    return bad(row, "presence_penalty", show(p.presence_penalty), "must be finite");
+  }
+  if (p.num_samples < 1) return bad(row, "num_samples", show(p.num_samples), "must be >= 1");
+  if (p.top_logprobs < 0 || p.top_logprobs > vocab) {
+    return bad(row, "top_logprobs", show(p.top_logprobs),
+               "is outside [0, vocab = " + std::to_string(vocab) + "]");
+  }
+  if (p.preset != Preset::kHF && p.preset != Preset::kVLLM && p.preset != Preset::kLlamaCpp) {
+    return bad(row, "preset", show(static_cast<int>(p.preset)), "is unknown");
+  }
+  if (p.logprobs_mode != LogprobsMode::kProcessed && p.logprobs_mode != LogprobsMode::kRaw) {
+    return bad(row, "logprobs_mode", show(static_cast<int>(p.logprobs_mode)), "is unknown");
+  }
+  if (Status s = check_tokens(r.prompt_tokens, row, "prompt_tokens", vocab); !s.ok()) return s;
+  if (Status s = check_tokens(r.generated_tokens, row, "generated_tokens", vocab); !s.ok()) {
+    return s;
+  }
+  if (Status s = check_tokens(r.banned_tokens, row, "banned_tokens", vocab); !s.ok()) return s;
+  for (size_t i = 0; i < r.logit_bias.size(); ++i) {
+    const TokenBias& b = r.logit_bias[i];
+    const std::string field = "logit_bias[" + std::to_string(i) + "]";
+    if (b.token < 0 || b.token >= vocab) {
+      return bad(row, field + ".token", show(b.token),
+                 "is outside [0, " + std::to_string(vocab) + ")");
+    }
+    if (std::isnan(b.bias) || b.bias == INFINITY) {
+      return bad(row, field + ".bias", show(b.bias), "must be finite or -inf");
+    }
+  }
+  if (!r.allowed_mask.empty()) {
+    const int64_t words = (vocab + 31) / 32;
+    if (static_cast<int64_t>(r.allowed_mask.size()) != words) {
+      return bad(row, "allowed_mask", std::to_string(r.allowed_mask.size()) + " words",
+                 "must hold ceil(vocab / 32) = " + std::to_string(words) + " words");
+    }
+  }
+  return Status();
+}
+
+}  // namespace nucleus::detail

@@ -1,0 +1,502 @@
+#include "engine/row/row_sampler.h"
+
+#include <Random123/philox.h>
+#include <Random123/u01fixedpt.h>
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+
+namespace nucleus::detail {
+namespace {
+
+enum class Filter { kTopK, kTopP, kMinP, kTypical, kTopNSigma };
+
+// SPEC section 4: the filter order of each preset; filters a preset does not
+// list run after the listed ones, in the hf order.
+std::span<const Filter> filter_order(Preset preset) {
+  static constexpr Filter kHF[] = {Filter::kTopK, Filter::kTopP, Filter::kMinP, Filter::kTypical,
+                                   Filter::kTopNSigma};
+  static constexpr Filter kVLLM[] = {Filter::kMinP, Filter::kTopK, Filter::kTopP,
+                                     Filter::kTypical, Filter::kTopNSigma};
+  static constexpr Filter kLlama[] = {Filter::kTopNSigma, Filter::kTopK, Filter::kTypical,
+                                      Filter::kTopP, Filter::kMinP};
+  switch (preset) {
+    case Preset::kVLLM:
+      return kVLLM;
+    case Preset::kLlamaCpp:
+      return kLlama;
+    case Preset::kHF:
+      break;
+  }
+  return kHF;
+}
+
+// The largest float that is <= v (thresholds are computed in double and
+// compared with float distances exactly).
+float float_at_most(double v) {
+  if (v >= static_cast<double>(kMaxFloat)) return kMaxFloat;
+  auto f = static_cast<float>(v);
+  if (static_cast<double>(f) > v) f = std::nextafter(f, -kInf);
+  return f;
+}
+
+std::string row_prefix(int64_t row) { return "row " + std::to_string(row) + ": "; }
+
+void make_segments(const float* x, int64_t vocab, std::vector<Segment>& segs) {
+  const int64_t n = (vocab + kChunk - 1) / kChunk;
+  segs.resize(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    segs[static_cast<size_t>(s)] =
+        Segment{x + s * kChunk, nullptr, std::min(kChunk, vocab - s * kChunk), s * kChunk};
+  }
+}
+
+// What the pipeline leaves behind: the final distribution of a row.
+struct Distribution {
+  const float* raw = nullptr;  // the input row as float32
+  const float* x = nullptr;    // the processed row
+  float raw_max = 0.0f;
+  std::span<const Segment> segs;  // the kept set's segments (row chunks or candidates)
+  SetSpec set;                    // membership (filter space) and ranking (final) keys
+  float k0 = 0.0f;                // the smallest final key of the set
+  double z = 0.0;                 // Σ exp(-(key - k0))
+  int64_t support = 0;
+  bool greedy = false;
+  int32_t greedy_token = -1;
+};
+
+class RowPipeline {
+ public:
+  RowPipeline(const RowInput& in, const RowRequest& req, int64_t row, RowScratch& sc,
+              const Runner& run)
+      : in_(in), req_(req), p_(req.params), row_(row), sc_(sc), run_(run) {}
+
+  // Runs SPEC section 2 up to the final distribution. `need_z` asks for the
+  // normaliser even when greedy.
+  Status build(Distribution& dist, bool need_z);
+
+  // Σ over segments of a per-segment pass, combined in segment order.
+  double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count);
+  float min_key_of(std::span<const Segment> segs, const SetSpec& set);
+  Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0);
+
+ private:
+  Status check_and_widen(Distribution& dist);
+  void apply_filter(Filter f, std::span<const Segment>& segs, SetSpec& set, float& d0,
+                    bool& d0_known, int64_t& count, bool& count_known);
+  float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
+                     float c, int64_t* count);
+
+  const RowInput& in_;
+  const RowRequest& req_;
+  const SamplingParams& p_;
+  int64_t row_;
+  RowScratch& sc_;
+  const Runner& run_;
+};
+
+Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0) {
+  sc_.moments.resize(segs.size());
+  run_(static_cast<int64_t>(segs.size()),
+       [&](int64_t s) { sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0); });
+  Moments total;
+  for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
+  return total;
+}
+
+double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, float k0,
+                            int64_t* count) {
+  sc_.seg_mass.resize(segs.size());
+  sc_.seg_count.resize(segs.size());
+  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+    sc_.seg_mass[static_cast<size_t>(s)] =
+        sum_mass(segs[s], set, k0, &sc_.seg_count[static_cast<size_t>(s)]);
+  });
+  double z = 0.0;
+  int64_t c = 0;
+  for (size_t s = 0; s < segs.size(); ++s) {
+    z += sc_.seg_mass[s];
+    c += sc_.seg_count[s];
+  }
+  if (count) *count = c;
+  return z;
+}
+
+float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set) {
+  sc_.seg_min.resize(segs.size());
+  run_(static_cast<int64_t>(segs.size()),
+       [&](int64_t s) { sc_.seg_min[static_cast<size_t>(s)] = min_key(segs[s], set); });
+  float m = kInf;
+  for (float v : sc_.seg_min) m = std::min(m, v);
+  return m;
+}
+
+Status RowPipeline::check_and_widen(Distribution& dist) {
+  const int64_t vocab = in_.vocab;
+  // The input row as float32: widened chunk by chunk for half types.
+  if (in_.dtype == DType::kFloat32) {
+    dist.raw = static_cast<const float*>(in_.data);
+  } else {
+    sc_.raw_buf.resize(static_cast<size_t>(vocab));
+    const int64_t nseg = (vocab + kChunk - 1) / kChunk;
+    const int esize = dtype_size(in_.dtype);
+    run_(nseg, [&](int64_t s) {
+      const int64_t begin = s * kChunk;
+      to_float(static_cast<const char*>(in_.data) + begin * esize, in_.dtype,
+               std::min(kChunk, vocab - begin), sc_.raw_buf.data() + begin);
+    });
+    dist.raw = sc_.raw_buf.data();
+  }
+  make_segments(dist.raw, vocab, sc_.raw_segs);
+
+  // NaN and +inf are row errors wherever they are, masked or not.
+  auto scan = [&](std::span<const Segment> segs) {
+    sc_.max_stats.resize(segs.size());
+    run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+      sc_.max_stats[static_cast<size_t>(s)] = max_stats(segs[s].x, segs[s].n);
+    });
+    MaxStats total;
+    for (size_t s = 0; s < segs.size(); ++s) {
+      const MaxStats& m = sc_.max_stats[s];
+      if (total.bad_at < 0 && m.bad_at >= 0) total.bad_at = segs[s].base + m.bad_at;
+      total.max = std::max(total.max, m.max);
+      total.finite += m.finite;
+    }
+    return total;
+  };
+  const MaxStats raw = scan(sc_.raw_segs);
+  if (raw.bad_at >= 0) {
+    const float v = dist.raw[raw.bad_at];
+    return Status::row_error(row_prefix(row_) + "logit of token " + std::to_string(raw.bad_at) +
+                             " is " + (std::isnan(v) ? "NaN" : "+inf"));
+  }
+  dist.raw_max = raw.max;
+
+  MaxStats processed = raw;
+  if (has_processors(req_)) {
+    sc_.work_buf.assign(dist.raw, dist.raw + vocab);
+    apply_processors(req_, vocab, sc_.work_buf.data(), sc_.penalties);
+    dist.x = sc_.work_buf.data();
+    make_segments(dist.x, vocab, sc_.row_segs);
+    processed = scan(sc_.row_segs);
+    if (processed.bad_at >= 0) {
+      return Status::row_error(row_prefix(row_) + "logit of token " +
+                               std::to_string(processed.bad_at) +
+                               " is not finite after bias and penalties");
+    }
+  } else {
+    dist.x = dist.raw;
+    sc_.row_segs = sc_.raw_segs;
+  }
+  if (processed.finite == 0) {
+    return Status::row_error(row_prefix(row_) + "no token left: every token is masked");
+  }
+  dist.set.xmax = processed.max;
+  dist.support = processed.finite;
+  return Status();
+}
+
+// The key of the min_keep-th most preferred token (with ties) when it lies
+// beyond c; otherwise c. min_keep = 1 never widens a filter.
+float RowPipeline::min_keep_key(std::span<const Segment> segs, const SetSpec& set,
+                                const KeyRule& rule, float c, int64_t* count) {
+  if (p_.min_keep <= 1) return c;
+  KeyRule counting = rule;
+  counting.mass_weight = false;
+  const SelectResult r = weighted_select(segs, set, counting, p_.min_keep, sc_.select, run_);
+  if (!r.found) return kInf;  // fewer members than min_keep: keep them all
+  if (r.key > c) {
+    if (count) *count = r.count_le;
+    return r.key;
+  }
+  return c;
+}
+
+void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec& set, float& d0,
+                               bool& d0_known, int64_t& count, bool& count_known) {
+  auto ensure_d0 = [&] {
+    if (!d0_known) {
+      SetSpec s = set;
+      s.key_scale = s.scale;
+      d0 = min_key_of(segs, s);
+      d0_known = true;
+    }
+  };
+  const KeyRule distance_count{KeyKind::kDistance, false, 0.0f, 0.0};
+  switch (f) {
+    case Filter::kTopK: {
+      if (p_.top_k <= 0 || p_.top_k >= in_.vocab) return;
+      const int64_t k = std::max<int64_t>(p_.top_k, p_.min_keep);
+      const SelectResult r = weighted_select(segs, set, distance_count, static_cast<double>(k),
+                                             sc_.select, run_);
+      if (r.found) {
+        set.dhi = std::min(set.dhi, r.key);
+        count = r.count_le;
+        count_known = true;
+      }
+      return;
+    }
+    case Filter::kTopP: {
+      if (p_.top_p >= 1.0f) return;
+      ensure_d0();
+      const Moments m = moments_of(segs, set, d0);
+      const KeyRule rule{KeyKind::kDistance, true, d0, 0.0};
+      const SelectResult r = weighted_select(segs, set, rule, static_cast<double>(p_.top_p) * m.z,
+                                             sc_.select, run_);
+      if (!r.found) return;
+      int64_t kept = r.count_le;
+      const float c = min_keep_key(segs, set, rule, r.key, &kept);
+      set.dhi = std::min(set.dhi, c);
+      count = kept;
+      count_known = c < kInf;
+      return;
+    }
+    case Filter::kMinP: {
+      if (p_.min_p <= 0.0f) return;
+      ensure_d0();
+      // pi_i >= m * max pi  <=>  d_i <= d0 - ln m.
+      float c = float_at_most(static_cast<double>(d0) - std::log(static_cast<double>(p_.min_p)));
+      c = min_keep_key(segs, set, distance_count, c, nullptr);
+      set.dhi = std::min(set.dhi, c);
+      count_known = false;
+      return;
+    }
+    case Filter::kTypical: {
+      if (p_.typical_p >= 1.0f) return;
+      ensure_d0();
+      const Moments m = moments_of(segs, set, d0);
+      // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
+      const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
+      const SelectResult r = weighted_select(
+          segs, set, rule, static_cast<double>(p_.typical_p) * m.z, sc_.select, run_);
+      if (!r.found) return;
+      const float c = min_keep_key(segs, set, rule, r.key, nullptr);
+      if (c == kInf) return;
+      const KeyBounds b = key_bounds(segs, set, rule, c);
+      set.dlo = b.dmin;
+      set.dhi = b.dmax;
+      d0 = b.dmin;
+      count = b.count;
+      count_known = true;
+      return;
+    }
+    case Filter::kTopNSigma: {
+      if (p_.top_n_sigma <= 0.0f) return;
+      ensure_d0();
+      const Moments m = moments_of(segs, set, d0);
+      const double n = static_cast<double>(m.count);
+      const double mean = m.sd / n;
+      const double sigma = std::sqrt(std::max(0.0, m.sd2 / n - mean * mean));
+      float c = float_at_most(static_cast<double>(d0) +
+                              static_cast<double>(p_.top_n_sigma) * sigma);
+      c = min_keep_key(segs, set, distance_count, c, nullptr);
+      set.dhi = std::min(set.dhi, c);
+      count_known = false;
+      return;
+    }
+  }
+}
+
+Status RowPipeline::build(Distribution& dist, bool need_z) {
+  if (Status s = check_and_widen(dist); !s.ok()) return s;
+  const int64_t vocab = in_.vocab;
+  std::span<const Segment> segs(sc_.row_segs);
+
+  if (p_.temperature == 0.0f) {
+    // Greedy: argmax of the processed logits, lowest id on ties.
+    dist.greedy = true;
+    int64_t at = -1;
+    for (const Segment& s : segs) {
+      const int64_t j = find_first_equal(s.x, s.n, dist.set.xmax);
+      if (j >= 0) {
+        at = s.base + j;
+        break;
+      }
+    }
+    dist.greedy_token = static_cast<int32_t>(at);
+    dist.segs = segs;
+    dist.set.scale = 1.0f;
+    dist.set.key_scale = 1.0f;
+    dist.k0 = 0.0f;
+    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, &dist.support);
+    return Status();
+  }
+
+  const double inv_t = std::min(1.0 / static_cast<double>(p_.temperature),
+                                static_cast<double>(kMaxFloat));
+  const auto final_scale = static_cast<float>(inv_t);
+  const bool llama = p_.preset == Preset::kLlamaCpp;
+  SetSpec set = dist.set;
+  set.scale = llama ? 1.0f : final_scale;  // llama.cpp filters see untempered logits
+  set.key_scale = set.scale;
+  set.dlo = 0.0f;
+  set.dhi = kMaxFloat;
+  float d0 = 0.0f;  // the top token's distance
+  bool d0_known = true;
+  int64_t count = dist.support;
+  bool count_known = true;
+  bool compacted = false;
+  const int64_t compact_below = std::max<int64_t>(4096, vocab / 8);
+
+  for (Filter f : filter_order(p_.preset)) {
+    apply_filter(f, segs, set, d0, d0_known, count, count_known);
+    if (!compacted && count_known && count <= compact_below && segs.size() > 0 &&
+        count < vocab) {
+      // Later passes only visit the kept set: copy it out once, in token order.
+      sc_.cand_x.resize(static_cast<size_t>(vocab));
+      sc_.cand_idx.resize(static_cast<size_t>(vocab));
+      int64_t n = 0;
+      for (const Segment& s : segs) n += compact(s, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
+      sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
+      segs = std::span<const Segment>(sc_.cand_segs);
+      compacted = true;
+    }
+  }
+
+  // Temperature (already applied for hf / vllm): rank and weigh the kept set
+  // by (xmax - x) / T.
+  set.key_scale = final_scale;
+  dist.set = set;
+  dist.segs = segs;
+  dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
+  dist.z = mass_of(segs, set, dist.k0, &dist.support);
+  if (dist.support == 0 || !(dist.z > 0.0)) {
+    return Status::row_error(row_prefix(row_) + "no token left after the filters");
+  }
+  return Status();
+}
+
+// One 53-bit uniform in (0, 1] from Philox4x32-10 keyed by the row's seed.
+double philox_uniform(uint64_t seed, uint64_t step, uint32_t sample, uint32_t purpose) {
+  r123::Philox4x32 rng;
+  const r123::Philox4x32::key_type key = {
+      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
+  const r123::Philox4x32::ctr_type ctr = {
+      {static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), sample, purpose}};
+  const r123::Philox4x32::ctr_type out = rng(ctr, key);
+  const uint64_t bits = (static_cast<uint64_t>(out[0]) << 32) | out[1];
+  return u01fixedpt_open_closed_64_double(bits);
+}
+
+}  // namespace
+
+void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed, int64_t row,
+                RowResult& result, RowScratch& sc, const Runner& run) {
+  result.clear();
+  const SamplingParams& p = request.params;
+  RowPipeline pipe(input, request, row, sc, run);
+  Distribution dist;
+  const bool need_processed_z =
+      p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kProcessed);
+  if (Status s = pipe.build(dist, need_processed_z); !s.ok()) {
+    result.status = std::move(s);
+    return;
+  }
+  result.support = dist.support;
+
+  // Draws.
+  const auto n = static_cast<size_t>(p.num_samples);
+  result.tokens.resize(n);
+  if (dist.greedy) {
+    std::fill(result.tokens.begin(), result.tokens.end(), dist.greedy_token);
+  } else {
+    for (size_t j = 0; j < n; ++j) {
+      const double target = philox_uniform(seed, request.step, static_cast<uint32_t>(j), 0) * dist.z;
+      double cum = 0.0;
+      int32_t token = -1;
+      size_t last_positive = dist.segs.size();
+      for (size_t s = 0; s < dist.segs.size(); ++s) {
+        const double m = sc.seg_mass[s];
+        if (m <= 0.0) continue;
+        last_positive = s;
+        if (cum + m >= target) {
+          const int64_t at = walk(dist.segs[s], dist.set, dist.k0, cum, target);
+          if (at >= 0) token = dist.segs[s].token(at);
+          break;
+        }
+        cum += m;
+      }
+      if (token < 0 && last_positive < dist.segs.size()) {
+        // Rounding left u * Z beyond the summed mass: the last token of positive mass.
+        const int64_t at = walk(dist.segs[last_positive], dist.set, dist.k0, 0.0, kInf);
+        token = dist.segs[last_positive].token(at);
+      }
+      result.tokens[j] = token;
+    }
+  }
+
+  // Log-probabilities of the sampled tokens.
+  double raw_log_z = 0.0;
+  const bool need_raw_z = p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kRaw);
+  SetSpec raw_set;
+  raw_set.xmax = dist.raw_max;
+  if (need_raw_z) raw_log_z = std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
+  // mass_of overwrote the per-segment masses; the draws are done with them.
+  const double log_z = std::log(dist.z);
+  result.logprobs.resize(n);
+  result.raw_logprobs.resize(n);
+  for (size_t j = 0; j < n; ++j) {
+    const int32_t t = result.tokens[j];
+    if (!p.logprobs) {
+      result.logprobs[j] = std::nanf("");
+      result.raw_logprobs[j] = std::nanf("");
+      continue;
+    }
+    const float key = (dist.set.xmax - dist.x[t]) * dist.set.key_scale;
+    result.logprobs[j] = static_cast<float>(-static_cast<double>(key - dist.k0) - log_z);
+    const float raw_key = dist.raw_max - dist.raw[t];
+    result.raw_logprobs[j] = static_cast<float>(-static_cast<double>(raw_key) - raw_log_z);
+  }
+
+  // Top-N and ranks, in the requested distribution.
+  if (p.top_logprobs > 0) {
+    const bool raw = p.logprobs_mode == LogprobsMode::kRaw;
+    const std::span<const Segment> segs = raw ? std::span<const Segment>(sc.raw_segs) : dist.segs;
+    const SetSpec& set = raw ? raw_set : dist.set;
+    const float k0 = raw ? 0.0f : dist.k0;
+    const double lz = raw ? raw_log_z : log_z;
+    const KeyRule counting{KeyKind::kDistance, false, 0.0f, 0.0};
+    const SelectResult r = weighted_select(segs, set, counting, p.top_logprobs, sc.select, run);
+    const float c = r.found ? r.key : kInf;
+    sc.top.clear();
+    for (const Segment& s : segs) gather_le(s, set, c, sc.top);
+    std::sort(sc.top.begin(), sc.top.end());  // key ascending, then token id
+    const size_t keep = std::min(sc.top.size(), static_cast<size_t>(p.top_logprobs));
+    result.top_logprobs.resize(keep);
+    for (size_t i = 0; i < keep; ++i) {
+      result.top_logprobs[i] = TokenLogprob{
+          sc.top[i].second,
+          static_cast<float>(-static_cast<double>(sc.top[i].first - k0) - lz)};
+    }
+    result.ranks.resize(n);
+    for (size_t j = 0; j < n; ++j) {
+      const int32_t t = result.tokens[j];
+      const float key = raw ? (dist.raw_max - dist.raw[t]) : (set.xmax - dist.x[t]) * set.key_scale;
+      int64_t below = 0;
+      for (const Segment& s : segs) below += count_key_below(s, set, key);
+      result.ranks[j] = static_cast<int32_t>(below + 1);
+    }
+  }
+}
+
+Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
+                 RowScratch& sc, const Runner& run) {
+  RowPipeline pipe(input, request, row, sc, run);
+  Distribution dist;
+  if (Status s = pipe.build(dist, true); !s.ok()) {
+    std::fill_n(out, input.vocab, 0.0f);
+    return s;
+  }
+  // The kept set is described by its bounds, so the row's own chunks
+  // enumerate it whether or not it was compacted.
+  const double inv_z = 1.0 / dist.z;
+  run(static_cast<int64_t>(sc.row_segs.size()), [&](int64_t s) {
+    const Segment& seg = sc.row_segs[static_cast<size_t>(s)];
+    write_probs(seg, dist.set, dist.k0, inv_z, out + seg.base);
+  });
+  return Status();
+}
+
+}  // namespace nucleus::detail

@@ -1,0 +1,53 @@
+// One row, start to finish (SPEC sections 2-6): processors, greedy or
+// temperature and filters, the final distribution, draws and logprobs.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "engine/kernels/row_kernels.h"
+#include "engine/row/processors.h"
+#include "engine/row/runner.h"
+#include "engine/row/select.h"
+#include "nucleus/sampling.h"
+
+namespace nucleus::detail {
+
+// Buffers one row needs, sized on first use and reused afterwards, so the
+// steady state allocates nothing.
+struct RowScratch {
+  std::vector<float> raw_buf;   // the widened input row (f16 / bf16 only)
+  std::vector<float> work_buf;  // the processed row (when processors apply)
+  std::vector<float> cand_x;    // the compacted kept set: values...
+  std::vector<int32_t> cand_idx;  // ...and token ids, in token order
+  std::vector<Segment> row_segs;
+  std::vector<Segment> raw_segs;
+  std::vector<Segment> cand_segs;
+  std::vector<Moments> moments;
+  std::vector<MaxStats> max_stats;
+  std::vector<double> seg_mass;
+  std::vector<int64_t> seg_count;
+  std::vector<float> seg_min;
+  std::vector<std::pair<float, int32_t>> top;
+  SelectScratch select;
+  PenaltyScratch penalties;
+};
+
+struct RowInput {
+  const void* data = nullptr;  // the row's first element
+  DType dtype = DType::kFloat32;
+  int64_t vocab = 0;
+};
+
+// Samples one row into `result` (cleared first). `seed` is the row's resolved
+// seed. Row errors go to result.status.
+void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed, int64_t row,
+                RowResult& result, RowScratch& scratch, const Runner& run);
+
+// Writes the row's final distribution to out[0, vocab); on a row error
+// returns it and leaves out zero.
+Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
+                 RowScratch& scratch, const Runner& run);
+
+}  // namespace nucleus::detail

@@ -1,0 +1,219 @@
+#include "engine/row/select.h"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+namespace nucleus::detail {
+namespace {
+
+using ArrF = Eigen::Array<float, Eigen::Dynamic, 1>;
+using ConstMapF = Eigen::Map<const ArrF>;
+using MapF = Eigen::Map<ArrF>;
+
+constexpr int64_t kBlock = 512;
+// Level 1 splits keys by their top 11 bits below the sign (8 exponent bits and
+// 3 mantissa bits); levels 2 and 3 by the next 10 bits each.
+constexpr int kLevel1Shift = 20;
+constexpr int64_t kLevel1Buckets = 2048;
+constexpr int64_t kSubBuckets = 1024;
+// Boundary lists this short are simply sorted.
+constexpr size_t kSortBelow = 64;
+
+inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
+
+// Computes, for one block, the member flags (as weight 0 for non-members with
+// a key of +inf), keys and weights. Returns through the buffers.
+void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
+                float* weight, bool* member) {
+  alignas(64) float dbuf[kBlock];
+  MapF d(dbuf, n);
+  d = (set.xmax - ConstMapF(x, n)) * set.scale;
+  MapF k(key, n), w(weight, n);
+  const auto in = (d >= set.dlo && d <= set.dhi);
+  if (rule.mass_weight) {
+    const auto e = d - rule.d0;
+    w = (in && e <= kUnderflow).select((-e).exp(), 0.0f);
+  } else {
+    w = in.select(ArrF::Ones(n), 0.0f);
+  }
+  if (rule.kind == KeyKind::kDistance) k = (set.xmax - ConstMapF(x, n)) * set.key_scale;
+  for (int64_t j = 0; j < n; ++j) {
+    member[j] = dbuf[j] >= set.dlo && dbuf[j] <= set.dhi;
+    if (rule.kind == KeyKind::kTypical) {
+      const float ej = dbuf[j] - rule.d0;
+      key[j] = ej <= kUnderflow
+                   ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
+                   : kInf;
+    }
+  }
+}
+
+// Finishes the selection on the boundary bucket's members.
+SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, double cum,
+                    int64_t count_before, double target) {
+  int shift = kLevel1Shift;
+  while (list.size() > kSortBelow && shift > 0) {
+    shift -= 10;
+    const uint32_t mask = static_cast<uint32_t>(kSubBuckets - 1);
+    sc.sub_counts.assign(kSubBuckets, 0);
+    sc.sub_masses.assign(kSubBuckets, 0.0);
+    for (const SelectEntry& e : list) {
+      const uint32_t b = (key_bits(e.key) >> shift) & mask;
+      ++sc.sub_counts[b];
+      sc.sub_masses[b] += e.weight;
+    }
+    int64_t last_nonempty = kSubBuckets - 1;
+    while (last_nonempty > 0 && sc.sub_counts[last_nonempty] == 0) --last_nonempty;
+    int64_t chosen = -1;
+    for (int64_t b = 0; b < kSubBuckets; ++b) {
+      if (sc.sub_counts[b] == 0) continue;
+      chosen = b;
+      const double w = mass ? sc.sub_masses[b] : static_cast<double>(sc.sub_counts[b]);
+      if (cum + w >= target) break;
+      // Rounding can leave the target just out of reach inside the bucket
+      // chosen one level up: then its last non-empty sub-bucket holds the
+      // boundary, so only add buckets that have a successor.
+      if (b == last_nonempty) break;
+      cum += w;
+      count_before += sc.sub_counts[b];
+    }
+    const auto keep = static_cast<uint32_t>(chosen);
+    std::erase_if(list, [&](const SelectEntry& e) {
+      return ((key_bits(e.key) >> shift) & mask) != keep;
+    });
+  }
+  std::sort(list.begin(), list.end(),
+            [](const SelectEntry& a, const SelectEntry& b) { return a.key < b.key; });
+  SelectResult r;
+  r.found = true;
+  int64_t count = count_before;
+  for (size_t i = 0; i < list.size();) {
+    size_t j = i;
+    double w = 0.0;
+    while (j < list.size() && list[j].key == list[i].key) {
+      w += mass ? static_cast<double>(list[j].weight) : 1.0;
+      ++j;
+    }
+    cum += w;
+    count += static_cast<int64_t>(j - i);
+    r.key = list[i].key;
+    r.count_le = count;
+    if (cum >= target) return r;
+    i = j;
+  }
+  return r;  // rounding: the last key of the boundary bucket
+}
+
+}  // namespace
+
+SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
+                             const KeyRule& rule, double target, SelectScratch& sc,
+                             const Runner& run) {
+  const auto nseg = static_cast<int64_t>(segments.size());
+  sc.counts.resize(static_cast<size_t>(nseg * kLevel1Buckets));
+  sc.masses.resize(static_cast<size_t>(nseg * kLevel1Buckets));
+  const bool mass = rule.mass_weight;
+
+  // Pass 1: weighted histogram of the keys' top bits, one per segment.
+  run(nseg, [&](int64_t s) {
+    uint32_t* counts = sc.counts.data() + s * kLevel1Buckets;
+    double* masses = sc.masses.data() + s * kLevel1Buckets;
+    std::fill_n(counts, kLevel1Buckets, 0u);
+    std::fill_n(masses, kLevel1Buckets, 0.0);
+    alignas(64) float key[kBlock];
+    alignas(64) float weight[kBlock];
+    bool member[kBlock];
+    const Segment& seg = segments[static_cast<size_t>(s)];
+    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, seg.n - j0);
+      block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      for (int64_t j = 0; j < n; ++j) {
+        if (!member[j]) continue;
+        const uint32_t b = key_bits(key[j]) >> kLevel1Shift;
+        ++counts[b];
+        if (mass) masses[b] += weight[j];
+      }
+    }
+  });
+
+  // Combine in segment order and find the bucket where the target is reached.
+  double cum = 0.0;
+  int64_t count_before = 0;
+  int64_t chosen = -1;
+  int64_t chosen_count = 0;
+  for (int64_t b = 0; b < kLevel1Buckets; ++b) {
+    int64_t c = 0;
+    double m = 0.0;
+    for (int64_t s = 0; s < nseg; ++s) {
+      c += sc.counts[static_cast<size_t>(s * kLevel1Buckets + b)];
+      if (mass) m += sc.masses[static_cast<size_t>(s * kLevel1Buckets + b)];
+    }
+    if (c == 0) continue;
+    const double w = mass ? m : static_cast<double>(c);
+    if (cum + w >= target) {
+      chosen = b;
+      chosen_count = c;
+      break;
+    }
+    cum += w;
+    count_before += c;
+  }
+  if (chosen < 0) {
+    SelectResult none;
+    none.count_le = count_before;
+    return none;
+  }
+
+  // Pass 2: gather the boundary bucket's members, in segment order.
+  sc.offsets.resize(static_cast<size_t>(nseg + 1));
+  sc.offsets[0] = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    sc.offsets[static_cast<size_t>(s + 1)] =
+        sc.offsets[static_cast<size_t>(s)] + sc.counts[static_cast<size_t>(s * kLevel1Buckets + chosen)];
+  }
+  sc.list.resize(static_cast<size_t>(chosen_count));
+  run(nseg, [&](int64_t s) {
+    int64_t at = sc.offsets[static_cast<size_t>(s)];
+    if (at == sc.offsets[static_cast<size_t>(s + 1)]) return;
+    alignas(64) float key[kBlock];
+    alignas(64) float weight[kBlock];
+    bool member[kBlock];
+    const Segment& seg = segments[static_cast<size_t>(s)];
+    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, seg.n - j0);
+      block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      for (int64_t j = 0; j < n; ++j) {
+        if (member[j] && (key_bits(key[j]) >> kLevel1Shift) == static_cast<uint32_t>(chosen)) {
+          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], weight[j]};
+        }
+      }
+    }
+  });
+  return refine(sc.list, sc, mass, cum, count_before, target);
+}
+
+KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                     float c) {
+  KeyBounds out;
+  alignas(64) float key[kBlock];
+  alignas(64) float weight[kBlock];
+  bool member[kBlock];
+  for (const Segment& seg : segments) {
+    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, seg.n - j0);
+      block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      for (int64_t j = 0; j < n; ++j) {
+        if (!member[j] || !(key[j] <= c)) continue;
+        const float d = (set.xmax - seg.x[j0 + j]) * set.scale;
+        out.dmin = std::min(out.dmin, d);
+        out.dmax = std::max(out.dmax, d);
+        ++out.count;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace nucleus::detail

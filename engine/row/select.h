@@ -1,0 +1,67 @@
+// Threshold selection without sorting the vocabulary (SPEC section 8).
+//
+// Every filter of SPEC section 3 keeps the tokens whose key (how little the
+// filter prefers them) is at most some value c: c is the smallest key at which
+// the cumulative weight of {key <= c} reaches a target. top-k and min_keep
+// count tokens (weight 1); top-p and typical-p add probability mass. The
+// selection is a radix select on the float bits of the key (non-negative
+// floats order like their bit patterns): a weighted histogram of the top bits
+// over the whole set finds the bucket that holds the boundary, and only that
+// bucket's members are refined, never the vocabulary.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/kernels/row_kernels.h"
+#include "engine/row/runner.h"
+
+namespace nucleus::detail {
+
+enum class KeyKind {
+  kDistance,  // key = (xmax - x) * key_scale
+  kTypical,   // key = |(d - d0) - mu| (how atypical), +inf when the mass is 0
+};
+
+struct KeyRule {
+  KeyKind kind = KeyKind::kDistance;
+  bool mass_weight = false;  // weight exp(-(d - d0)) (0 past kUnderflow), else 1
+  float d0 = 0.0f;           // mass shift, in filter space
+  double mu = 0.0;           // typical: the entropy point, in (d - d0) units
+};
+
+struct SelectResult {
+  bool found = false;    // false: the whole set's weight stays below the target
+  float key = 0.0f;      // the threshold c
+  int64_t count_le = 0;  // members with key <= c
+};
+
+struct SelectEntry {
+  float key;
+  float weight;
+};
+
+struct SelectScratch {
+  std::vector<uint32_t> counts;   // per segment × level-1 buckets
+  std::vector<double> masses;     // per segment × level-1 buckets
+  std::vector<int64_t> offsets;   // per segment
+  std::vector<SelectEntry> list;  // the boundary bucket's members
+  std::vector<uint32_t> sub_counts;
+  std::vector<double> sub_masses;
+};
+
+SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
+                             const KeyRule& rule, double target, SelectScratch& scratch,
+                             const Runner& run);
+
+// The smallest and largest filter-space d among members whose key is <= c.
+struct KeyBounds {
+  float dmin = kInf;
+  float dmax = -kInf;
+  int64_t count = 0;
+};
+KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                     float c);
+
+}  // namespace nucleus::detail
