@@ -4,32 +4,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/kernels/block_ops.h"
+
 namespace nucleus::detail {
-namespace {
 
-using ArrF = Eigen::Array<float, Eigen::Dynamic, 1>;
-using ConstMapF = Eigen::Map<const ArrF>;
-using MapF = Eigen::Map<ArrF>;
-
-// Blocks small enough to stay in L1 between the vector pass and the scalar
-// walk that sometimes follows it.
-constexpr int64_t kBlock = 512;
-
-// Gathers a block's values: contiguous for row segments, through the index
-// for candidate segments (whose values are stored contiguously too).
-inline const float* block_values(const Segment& s, int64_t j0) { return s.x + j0; }
-
-// d for a block, in filter space and ranking space.
-inline void block_distances(const float* x, int64_t n, float xmax, float scale, float* d) {
-  MapF(d, n) = (xmax - ConstMapF(x, n)) * scale;
-}
-
-// Member flags as 0/1 floats.
-inline auto members(const MapF& d, const SetSpec& set) {
-  return (d >= set.dlo && d <= set.dhi);
-}
-
-}  // namespace
+using namespace block;  // NOLINT: the block helpers are this file's vocabulary
 
 void to_float(const void* src, DType dtype, int64_t n, float* dst) {
   switch (dtype) {
@@ -53,8 +32,7 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
 MaxStats max_stats(const float* x, int64_t n) {
   MaxStats st;
   if (n <= 0) return st;
-  ConstMapF a(x, n);
-  const float m = a.maxCoeff<Eigen::PropagateNaN>();
+  const float m = ConstMapF(x, n).maxCoeff<Eigen::PropagateNaN>();
   if (std::isnan(m) || m == kInf) {
     for (int64_t j = 0; j < n; ++j) {
       if (std::isnan(x[j]) || x[j] == kInf) {
@@ -64,7 +42,9 @@ MaxStats max_stats(const float* x, int64_t n) {
     }
   }
   st.max = m;
-  st.finite = (a > -kInf).count();
+  int64_t finite = 0;
+  for (int64_t j = 0; j < n; ++j) finite += x[j] > -kInf ? 1 : 0;
+  st.finite = finite;
   return st;
 }
 
@@ -80,74 +60,82 @@ void Moments::add(const Moments& o) {
 
 Moments moments(const Segment& s, const SetSpec& set, float d0) {
   Moments out;
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float mbuf[kBlock];
-  alignas(64) float ebuf[kBlock];
+  alignas(64) float d[kBlock];
+  alignas(64) float w[kBlock];
+  alignas(64) float e[kBlock];
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    block_distances(block_values(s, j0), n, set.xmax, set.scale, dbuf);
-    MapF d(dbuf, n), m(mbuf, n), e(ebuf, n);
-    const auto in = members(d, set);
-    // e = d - d0 for members, 0 otherwise (so sums over e only see members).
-    e = in.select(d - d0, 0.0f);
-    m = (in && e <= kUnderflow).select((-e).exp(), 0.0f);
-    out.count += in.count();
-    out.z += m.cast<double>().sum();
-    out.zd += (m.cast<double>() * e.cast<double>()).sum();
-    out.sd += e.cast<double>().sum();
-    out.sd2 += e.cast<double>().square().sum();
-    out.dmin = std::min(out.dmin, in.select(d, kInf).minCoeff());
-    out.dmax = std::max(out.dmax, in.select(d, -kInf).maxCoeff());
+    block_distances(s.x + j0, n, set.xmax, set.scale, d);
+    block_masses(d, d, n, set, d0, w);
+    int64_t count = 0;
+    float dmin = kInf, dmax = -kInf;
+    double acc_zd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc_sd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc_sd2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const float lo = set.dlo, hi = set.dhi;
+    for (int64_t j = 0; j < n; ++j) {
+      const bool in = in_range(d[j], lo, hi);
+      e[j] = in ? d[j] - d0 : 0.0f;
+      count += in ? 1 : 0;
+      dmin = std::min(dmin, in ? d[j] : kInf);
+      dmax = std::max(dmax, in ? d[j] : -kInf);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const auto ej = static_cast<double>(e[j]);
+      acc_zd[j & 7] += static_cast<double>(w[j]) * ej;
+      acc_sd[j & 7] += ej;
+      acc_sd2[j & 7] += ej * ej;
+    }
+    out.count += count;
+    out.z += sum_as_double(w, n);
+    for (int i = 0; i < 8; ++i) {
+      out.zd += acc_zd[i];
+      out.sd += acc_sd[i];
+      out.sd2 += acc_sd2[i];
+    }
+    out.dmin = std::min(out.dmin, dmin);
+    out.dmax = std::max(out.dmax, dmax);
   }
   return out;
 }
 
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count) {
   double total = 0.0;
-  int64_t members_seen = 0;
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
+  int64_t members = 0;
+  BlockKeys b;
+  alignas(64) float w[kBlock];
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
-    MapF d(dbuf, n), k(kbuf, n);
-    const auto e = k - k0;
-    const auto in = members(d, set);
-    members_seen += in.count();
-    total += (in && e <= kUnderflow).select((-e).exp(), 0.0f).cast<double>().sum();
+    b.compute(s.x + j0, n, set);
+    block_masses(b.d, b.k, n, set, k0, w);
+    const float lo = set.dlo, hi = set.dhi;
+    for (int64_t j = 0; j < n; ++j) members += in_range(b.d[j], lo, hi) ? 1 : 0;
+    total += sum_as_double(w, n);
   }
-  *count = members_seen;
+  *count = members;
   return total;
 }
 
 float min_key(const Segment& s, const SetSpec& set) {
   float best = kInf;
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
+  BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
-    MapF d(dbuf, n), k(kbuf, n);
-    best = std::min(best, members(d, set).select(k, kInf).minCoeff());
+    b.compute(s.x + j0, n, set);
+    const float lo = set.dlo, hi = set.dhi;
+    for (int64_t j = 0; j < n; ++j) best = std::min(best, in_range(b.d[j], lo, hi) ? b.k[j] : kInf);
   }
   return best;
 }
 
 int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
   int64_t count = 0;
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
+  BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
-    MapF d(dbuf, n), k(kbuf, n);
-    count += (members(d, set) && k < key).count();
+    b.compute(s.x + j0, n, set);
+    const float lo = set.dlo, hi = set.dhi;
+    for (int64_t j = 0; j < n; ++j) count += (in_range(b.d[j], lo, hi) & (b.k[j] < key)) ? 1 : 0;
   }
   return count;
 }
@@ -155,7 +143,9 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
 int64_t find_first_equal(const float* x, int64_t n, float v) {
   for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
     const int64_t len = std::min(kBlock, n - j0);
-    if ((ConstMapF(x + j0, len) == v).any()) {
+    int hit = 0;
+    for (int64_t j = j0; j < j0 + len; ++j) hit |= x[j] == v ? 1 : 0;
+    if (hit) {
       for (int64_t j = j0; j < j0 + len; ++j) {
         if (x[j] == v) return j;
       }
@@ -167,22 +157,18 @@ int64_t find_first_equal(const float* x, int64_t n, float v) {
 int64_t walk(const Segment& s, const SetSpec& set, float k0, double cum_before, double target) {
   double cum = cum_before;
   int64_t last_positive = -1;
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
-  alignas(64) float wbuf[kBlock];
+  BlockKeys b;
+  alignas(64) float w[kBlock];
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
-    MapF d(dbuf, n), k(kbuf, n), w(wbuf, n);
-    w = (members(d, set) && (k - k0) <= kUnderflow).select((k0 - k).exp(), 0.0f);
-    const double block_sum = w.cast<double>().sum();
+    b.compute(s.x + j0, n, set);
+    block_masses(b.d, b.k, n, set, k0, w);
+    const double block_sum = sum_as_double(w, n);
     if (block_sum <= 0.0) continue;
     if (cum + block_sum < target) {
       cum += block_sum;
       for (int64_t j = n - 1; j >= 0; --j) {
-        if (wbuf[j] > 0.0f) {
+        if (w[j] > 0.0f) {
           last_positive = j0 + j;
           break;
         }
@@ -191,8 +177,8 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, double cum_before, 
     }
     // The crossing lies in this block (up to rounding): walk it in order.
     for (int64_t j = 0; j < n; ++j) {
-      if (wbuf[j] <= 0.0f) continue;
-      cum += wbuf[j];
+      if (w[j] <= 0.0f) continue;
+      cum += w[j];
       last_positive = j0 + j;
       if (cum >= target) return j0 + j;
     }
@@ -201,46 +187,38 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, double cum_before, 
 }
 
 void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out) {
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
+  BlockKeys b;
   const auto scale = static_cast<float>(inv_z);
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
-    MapF d(dbuf, n), k(kbuf, n);
-    MapF(out + j0, n) =
-        (members(d, set) && (k - k0) <= kUnderflow).select((k0 - k).exp() * scale, 0.0f);
+    b.compute(s.x + j0, n, set);
+    float* o = out + j0;
+    block_masses(b.d, b.k, n, set, k0, o);
+    for (int64_t j = 0; j < n; ++j) o[j] *= scale;
   }
 }
 
 void gather_le(const Segment& s, const SetSpec& set, float c,
                std::vector<std::pair<float, int32_t>>& out) {
-  alignas(64) float dbuf[kBlock];
-  alignas(64) float kbuf[kBlock];
+  BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
-    block_distances(x, n, set.xmax, set.key_scale, kbuf);
+    b.compute(s.x + j0, n, set);
     for (int64_t j = 0; j < n; ++j) {
-      if (dbuf[j] >= set.dlo && dbuf[j] <= set.dhi && kbuf[j] <= c) {
-        out.emplace_back(kbuf[j], s.token(j0 + j));
-      }
+      if (is_member(b.d[j], set) && b.k[j] <= c) out.emplace_back(b.k[j], s.token(j0 + j));
     }
   }
 }
 
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   int64_t count = 0;
-  alignas(64) float dbuf[kBlock];
+  alignas(64) float d[kBlock];
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    const float* x = block_values(s, j0);
-    block_distances(x, n, set.xmax, set.scale, dbuf);
+    const float* x = s.x + j0;
+    block_distances(x, n, set.xmax, set.scale, d);
     for (int64_t j = 0; j < n; ++j) {
-      if (dbuf[j] >= set.dlo && dbuf[j] <= set.dhi) {
+      if (is_member(d[j], set)) {
         cx[count] = x[j];
         ci[count] = s.token(j0 + j);
         ++count;

@@ -1,6 +1,7 @@
 #include "engine/row/select.h"
 
-#include <Eigen/Core>
+#include "engine/kernels/block_ops.h"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -8,11 +9,7 @@
 namespace nucleus::detail {
 namespace {
 
-using ArrF = Eigen::Array<float, Eigen::Dynamic, 1>;
-using ConstMapF = Eigen::Map<const ArrF>;
-using MapF = Eigen::Map<ArrF>;
-
-constexpr int64_t kBlock = 512;
+using block::kBlock;
 // Level 1 splits keys by their top 11 bits below the sign (8 exponent bits and
 // 3 mantissa bits); levels 2 and 3 by the next 10 bits each.
 constexpr int kLevel1Shift = 20;
@@ -27,22 +24,20 @@ inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
 // a key of +inf), keys and weights. Returns through the buffers.
 void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
                 float* weight, bool* member) {
-  alignas(64) float dbuf[kBlock];
-  MapF d(dbuf, n);
-  d = (set.xmax - ConstMapF(x, n)) * set.scale;
-  MapF k(key, n), w(weight, n);
-  const auto in = (d >= set.dlo && d <= set.dhi);
+  block::BlockKeys b;
+  b.compute(x, n, set);
+  const float lo = set.dlo, hi = set.dhi;
+  for (int64_t j = 0; j < n; ++j) member[j] = block::in_range(b.d[j], lo, hi);
   if (rule.mass_weight) {
-    const auto e = d - rule.d0;
-    w = (in && e <= kUnderflow).select((-e).exp(), 0.0f);
+    block::block_masses(b.d, b.d, n, set, rule.d0, weight);
   } else {
-    w = in.select(ArrF::Ones(n), 0.0f);
+    for (int64_t j = 0; j < n; ++j) weight[j] = member[j] ? 1.0f : 0.0f;
   }
-  if (rule.kind == KeyKind::kDistance) k = (set.xmax - ConstMapF(x, n)) * set.key_scale;
-  for (int64_t j = 0; j < n; ++j) {
-    member[j] = dbuf[j] >= set.dlo && dbuf[j] <= set.dhi;
-    if (rule.kind == KeyKind::kTypical) {
-      const float ej = dbuf[j] - rule.d0;
+  if (rule.kind == KeyKind::kDistance) {
+    std::copy_n(b.k, n, key);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const float ej = b.d[j] - rule.d0;
       key[j] = ej <= kUnderflow
                    ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
                    : kInf;

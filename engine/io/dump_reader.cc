@@ -1,0 +1,378 @@
+// DumpReader: validates a dump's header against its size, then maps it one
+// block of rows at a time.
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "engine/io/file_io.h"
+#include "engine/io/npy_header.h"
+#include "engine/io/safetensors_header.h"
+#include "nucleus/dump.h"
+
+namespace nucleus {
+
+using detail::ByteSource;
+
+static_assert(std::endian::native == std::endian::little,
+              "the dump readers hand little-endian data to the engine as is");
+
+const char* dump_format_name(DumpFormat format) {
+  switch (format) {
+    case DumpFormat::kAuto:
+      return "auto";
+    case DumpFormat::kNpy:
+      return "npy";
+    case DumpFormat::kSafetensors:
+      return "safetensors";
+    case DumpFormat::kRaw:
+      return "raw";
+  }
+  return "?";
+}
+
+std::optional<DumpFormat> parse_dump_format(std::string_view name) {
+  if (name == "auto") return DumpFormat::kAuto;
+  if (name == "npy") return DumpFormat::kNpy;
+  if (name == "safetensors") return DumpFormat::kSafetensors;
+  if (name == "raw") return DumpFormat::kRaw;
+  return std::nullopt;
+}
+
+std::optional<DType> parse_dtype(std::string_view name) {
+  if (name == "f32" || name == "float32") return DType::kFloat32;
+  if (name == "f16" || name == "float16" || name == "half") return DType::kFloat16;
+  if (name == "bf16" || name == "bfloat16") return DType::kBFloat16;
+  return std::nullopt;
+}
+
+namespace {
+
+
+std::string extension_of(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const size_t dot = path.rfind('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
+  std::string ext = path.substr(dot);
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext;
+}
+
+// The format of a dump whose options say kAuto.
+Result<DumpFormat> detect_format(const std::string& path, const ByteSource& source,
+                                 const DumpOptions& options) {
+  const std::string& name = source.name();
+  if (!source.is_file()) {
+    // Standard input or a pipe has no extension: sniff the NumPy magic.
+    unsigned char magic[sizeof detail::kNpyMagic] = {};
+    if (source.size() >= static_cast<int64_t>(sizeof magic) &&
+        source.read_at(0, sizeof magic, magic).ok() &&
+        std::memcmp(magic, detail::kNpyMagic, sizeof magic) == 0) {
+      return DumpFormat::kNpy;
+    }
+    if (!options.dtype || options.vocab <= 0) {
+      return Status::io_error(name +
+                              ": unknown format: the input does not start with the NumPy magic, "
+                              "and reading it as a raw dump needs its dtype and vocab");
+    }
+    return DumpFormat::kRaw;
+  }
+  const std::string ext = extension_of(path);
+  if (ext == ".npy") return DumpFormat::kNpy;
+  if (ext == ".safetensors") return DumpFormat::kSafetensors;
+  if (options.dtype && options.vocab > 0) return DumpFormat::kRaw;
+  if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
+    return Status::io_error(name + ": a raw dump (extension '" + ext +
+                            "') needs its dtype and vocab to be given");
+  }
+  return Status::io_error(name + ": unknown format: extension = '" + ext +
+                          "' is not .npy or .safetensors; to read the file as raw "
+                          "little-endian rows, give its dtype and vocab");
+}
+
+// rows × vocab from a stored shape: the last axis is the vocabulary and the
+// leading axes flatten into rows (a 1-D array is one row).
+Status rows_and_vocab(const std::vector<int64_t>& shape, const std::string& field, DumpInfo* info) {
+  const std::string where = field + " = " + detail::shape_text(shape);
+  if (shape.empty()) return Status::io_error(where + " is a scalar, not rows of logits");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) {
+    if (shape[i] != 0 && rows > std::numeric_limits<int64_t>::max() / shape[i]) {
+      return Status::io_error(where + " is too large");
+    }
+    rows *= shape[i];
+  }
+  const int64_t vocab = shape.back();
+  if (vocab == 0 || rows == 0) return Status::io_error(where + " holds no logits");
+  if (vocab > std::numeric_limits<int32_t>::max()) {
+    return Status::io_error(where + ": vocab " + std::to_string(vocab) +
+                            " does not fit token ids (int32)");
+  }
+  info->rows = rows;
+  info->vocab = vocab;
+  return Status();
+}
+
+// The data that the header promises must be exactly the data there is:
+// fewer bytes is a truncated file, more is a header that lies about the shape.
+Status check_data_size(const DumpInfo& info, int64_t available, const std::string& field) {
+  const int64_t item = dtype_size(info.dtype);
+  const bool overflow = info.rows > std::numeric_limits<int64_t>::max() / item / info.vocab;
+  const int64_t needed = overflow ? -1 : info.rows * info.vocab * item;
+  if (!overflow && needed == available) return Status();
+  const std::string what = field + " = " + detail::shape_text(info.shape) + " of " +
+                           dtype_name(info.dtype) + " needs " +
+                           (overflow ? std::string("more than 2^63") : std::to_string(needed)) +
+                           " bytes of data but the file holds " + std::to_string(available);
+  if (overflow || needed > available) return Status::io_error(what + ": truncated file");
+  return Status::io_error(what + ": the header does not describe the data");
+}
+
+}  // namespace
+
+namespace detail {
+
+// The reader's state; DumpReader::Impl is this under the private name the
+// public header declares.
+struct DumpReaderState {
+  explicit DumpReaderState(ByteSource s) : source(std::move(s)) {}
+  DumpReaderState(const DumpReaderState&) = delete;
+  DumpReaderState& operator=(const DumpReaderState&) = delete;
+  ~DumpReaderState() { release(); }
+
+  void release() {
+    if (map != nullptr) ::munmap(map, map_len);
+    map = nullptr;
+    map_len = 0;
+  }
+
+  ByteSource source;
+  DumpInfo info;
+  int64_t row_bytes = 0;
+  int64_t block_rows = 1;
+  void* map = nullptr;
+  size_t map_len = 0;
+  // Holds a block whose first byte is not aligned for its dtype (possible in
+  // .safetensors files, whose data offsets need not be aligned).
+  std::vector<float> aligned_copy;
+};
+
+}  // namespace detail
+
+struct DumpReader::Impl : detail::DumpReaderState {
+  using DumpReaderState::DumpReaderState;
+};
+
+namespace {
+
+Status describe(const std::string& path, const DumpOptions& options, ByteSource& source,
+                DumpInfo* info) {
+  const std::string& name = source.name();
+  info->path = path;
+  info->memory_mapped = source.is_file();
+  info->format = options.format;
+  if (info->format == DumpFormat::kAuto) {
+    Result<DumpFormat> format = detect_format(path, source, options);
+    if (!format.ok()) return format.status();
+    info->format = *format;
+  }
+  switch (info->format) {
+    case DumpFormat::kNpy: {
+      Result<detail::NpyHeader> header = detail::parse_npy_header(source);
+      if (!header.ok()) return header.status();
+      Result<DType> dtype = detail::npy_dtype(*header, name);
+      if (!dtype.ok()) return dtype.status();
+      if (header->fortran_order) {
+        return Status::io_error(name +
+                                ": header field 'fortran_order' = True: Fortran-order arrays "
+                                "are not supported (save np.ascontiguousarray(arr))");
+      }
+      info->dtype = *dtype;
+      info->shape = header->shape;
+      info->data_offset = header->data_offset;
+      const std::string field = name + ": header field 'shape'";
+      if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
+      return check_data_size(*info, source.size() - info->data_offset, field);
+    }
+    case DumpFormat::kSafetensors: {
+      Result<detail::SafetensorsHeader> header = detail::parse_safetensors_header(source);
+      if (!header.ok()) return header.status();
+      Result<const detail::SafetensorsTensor*> tensor =
+          detail::select_safetensors_tensor(*header, options.tensor, name);
+      if (!tensor.ok()) return tensor.status();
+      const detail::SafetensorsTensor& t = **tensor;
+      Result<DType> dtype = detail::safetensors_dtype(t, name);
+      if (!dtype.ok()) return dtype.status();
+      info->dtype = *dtype;
+      info->tensor = t.name;
+      info->shape = t.shape;
+      info->data_offset = header->data_start + t.begin;
+      const std::string field = name + ": tensor '" + t.name + "': field 'shape'";
+      if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
+      return check_data_size(*info, t.end - t.begin, field);
+    }
+    case DumpFormat::kRaw: {
+      if (!options.dtype) return Status::invalid_argument(name + ": a raw dump needs its dtype");
+      if (options.vocab <= 0) {
+        return Status::invalid_argument(name + ": a raw dump needs its vocab (> 0), got vocab = " +
+                                        std::to_string(options.vocab));
+      }
+      if (options.vocab > std::numeric_limits<int32_t>::max()) {
+        return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
+                                        " does not fit token ids (int32)");
+      }
+      info->dtype = *options.dtype;
+      info->vocab = options.vocab;
+      info->data_offset = 0;
+      const int64_t row = options.vocab * dtype_size(info->dtype);
+      if (source.size() == 0) return Status::io_error(name + ": the file is empty");
+      if (source.size() % row != 0) {
+        return Status::io_error(name + ": size = " + std::to_string(source.size()) +
+                                " bytes is not a multiple of a row (vocab " +
+                                std::to_string(options.vocab) + " × " +
+                                std::to_string(dtype_size(info->dtype)) + " bytes of " +
+                                dtype_name(info->dtype) + " = " + std::to_string(row) +
+                                "): wrong vocab or dtype, or a truncated file");
+      }
+      info->rows = source.size() / row;
+      info->shape = {info->rows, info->vocab};
+      return Status();
+    }
+    case DumpFormat::kAuto:
+      break;
+  }
+  return Status::internal(name + ": no format chosen");
+}
+
+Status init_state(const std::string& path, const DumpOptions& options,
+                  detail::DumpReaderState& state) {
+  if (options.block_bytes <= 0) {
+    return Status::invalid_argument("block_bytes = " + std::to_string(options.block_bytes) +
+                                    " must be > 0");
+  }
+  const std::string& name = state.source.name();
+  if (Status s = describe(path, options, state.source, &state.info); !s.ok()) return s;
+  const DumpInfo& info = state.info;
+  // Options that describe the data must agree with a header that does too.
+  if (info.format != DumpFormat::kRaw) {
+    if (options.dtype && *options.dtype != info.dtype) {
+      return Status::invalid_argument(name + ": dtype = " + dtype_name(*options.dtype) +
+                                      " was given but the file holds " + dtype_name(info.dtype));
+    }
+    if (options.vocab > 0 && options.vocab != info.vocab) {
+      return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
+                                      " was given but the file's shape " +
+                                      detail::shape_text(info.shape) + " has vocab " +
+                                      std::to_string(info.vocab));
+    }
+  }
+  state.row_bytes = info.vocab * dtype_size(info.dtype);
+  state.block_rows = std::clamp<int64_t>(options.block_bytes / state.row_bytes, 1, info.rows);
+  return Status();
+}
+
+}  // namespace
+
+DumpReader::DumpReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DumpReader::DumpReader(DumpReader&&) noexcept = default;
+DumpReader& DumpReader::operator=(DumpReader&&) noexcept = default;
+DumpReader::~DumpReader() = default;
+
+Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
+  const std::string name = path == "-" ? std::string("<stdin>") : path;
+  Result<ByteSource> source = ByteSource::open(path, name);
+  if (!source.ok()) return source.status();
+  auto impl = std::make_unique<Impl>(std::move(source).value());
+  if (Status s = init_state(path, options, *impl); !s.ok()) return s;
+  return DumpReader(std::move(impl));
+}
+
+Result<DumpReader> DumpReader::from_bytes(std::string name, std::vector<unsigned char> bytes,
+                                          const DumpOptions& options) {
+  auto impl = std::make_unique<Impl>(ByteSource::from_bytes(std::move(bytes), name));
+  if (Status s = init_state(name, options, *impl); !s.ok()) return s;
+  return DumpReader(std::move(impl));
+}
+
+const DumpInfo& DumpReader::info() const { return impl_->info; }
+int64_t DumpReader::block_rows() const { return impl_->block_rows; }
+int64_t DumpReader::num_blocks() const {
+  return (impl_->info.rows + impl_->block_rows - 1) / impl_->block_rows;
+}
+int64_t DumpReader::block_first_row(int64_t index) const { return index * impl_->block_rows; }
+
+Result<LogitsView> DumpReader::block(int64_t index) {
+  if (index < 0 || index >= num_blocks()) {
+    return Status::invalid_argument(impl_->source.name() + ": block = " + std::to_string(index) +
+                                    " is outside [0, " + std::to_string(num_blocks()) + ")");
+  }
+  const int64_t first = index * impl_->block_rows;
+  return read(first, std::min(impl_->block_rows, impl_->info.rows - first));
+}
+
+Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
+  Impl& m = *impl_;
+  const std::string& name = m.source.name();
+  if (first < 0 || count < 1 || first > m.info.rows || count > m.info.rows - first) {
+    return Status::invalid_argument(name + ": rows [" + std::to_string(first) + ", " +
+                                    std::to_string(first + count) + ") are outside [0, " +
+                                    std::to_string(m.info.rows) + ")");
+  }
+  m.release();
+  const int64_t begin = m.info.data_offset + first * m.row_bytes;
+  const int64_t length = count * m.row_bytes;
+  const unsigned char* data = nullptr;
+  if (!m.source.is_file()) {
+    data = m.source.bytes() + begin;
+  } else {
+    // A file that shrank since it was opened would fault (SIGBUS) on access
+    // to the missing pages; check before mapping.
+    struct stat st;
+    if (::fstat(m.source.fd(), &st) != 0) {
+      return Status::io_error(name + ": cannot stat: " + detail::errno_text(errno));
+    }
+    if (static_cast<int64_t>(st.st_size) < begin + length) {
+      return Status::io_error(name + ": truncated: the file shrank to " +
+                              std::to_string(st.st_size) + " bytes while it was being read");
+    }
+    static const int64_t page = ::sysconf(_SC_PAGESIZE);
+    const int64_t map_begin = begin / page * page;
+    const auto map_len = static_cast<size_t>(begin + length - map_begin);
+    void* map =
+        ::mmap(nullptr, map_len, PROT_READ, MAP_PRIVATE, m.source.fd(), static_cast<off_t>(map_begin));
+    if (map == MAP_FAILED) {
+      return Status::io_error(name + ": cannot map rows [" + std::to_string(first) + ", " +
+                              std::to_string(first + count) + ") (" + std::to_string(map_len) +
+                              " bytes): " + detail::errno_text(errno));
+    }
+    // Each block is read once, front to back: read ahead aggressively.
+    ::madvise(map, map_len, MADV_SEQUENTIAL);
+    ::madvise(map, map_len, MADV_WILLNEED);
+    m.map = map;
+    m.map_len = map_len;
+    data = static_cast<const unsigned char*>(map) + (begin - map_begin);
+  }
+  const auto item = static_cast<uintptr_t>(dtype_size(m.info.dtype));
+  if (reinterpret_cast<uintptr_t>(data) % item != 0) {
+    m.aligned_copy.resize(static_cast<size_t>((length + 3) / 4));
+    std::memcpy(m.aligned_copy.data(), data, static_cast<size_t>(length));
+    data = reinterpret_cast<const unsigned char*>(m.aligned_copy.data());
+    m.release();
+  }
+  LogitsView view;
+  view.data = data;
+  view.rows = count;
+  view.vocab = m.info.vocab;
+  view.row_stride = m.info.vocab;
+  view.dtype = m.info.dtype;
+  return view;
+}
+
+}  // namespace nucleus

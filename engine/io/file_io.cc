@@ -1,0 +1,250 @@
+#include "engine/io/file_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+namespace nucleus::detail {
+namespace {
+
+constexpr size_t kWriteBuffer = size_t{1} << 20;
+
+Status read_whole(int fd, const std::string& name, std::vector<unsigned char>* out) {
+  out->clear();
+  std::vector<unsigned char> chunk(size_t{1} << 20);
+  for (;;) {
+    const ssize_t got = ::read(fd, chunk.data(), chunk.size());
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return Status::io_error(name + ": cannot read: " + errno_text(errno));
+    }
+    if (got == 0) return Status();
+    out->insert(out->end(), chunk.begin(), chunk.begin() + got);
+  }
+}
+
+std::string parent_directory(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string base_name(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+std::string errno_text(int err) {
+  char buf[256];
+  // The GNU strerror_r returns the message, which may not be in buf.
+  return ::strerror_r(err, buf, sizeof buf);
+}
+
+Result<ByteSource> ByteSource::open(const std::string& path, const std::string& name) {
+  ByteSource source;
+  source.name_ = name;
+  int fd = 0;
+  if (path != "-") {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::io_error(name + ": cannot open: " + errno_text(errno));
+    source.owns_fd_ = true;
+  }
+  source.fd_ = fd;  // owned from here on, so every early return closes it
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::io_error(name + ": cannot stat: " + errno_text(errno));
+  if (S_ISDIR(st.st_mode)) return Status::io_error(name + ": is a directory, not a dump");
+  if (S_ISREG(st.st_mode)) {
+    source.size_ = static_cast<int64_t>(st.st_size);
+    return source;
+  }
+  // Pipes and devices cannot be mapped (nor sized): read them whole.
+  if (Status s = read_whole(fd, name, &source.buffer_); !s.ok()) return s;
+  source.size_ = static_cast<int64_t>(source.buffer_.size());
+  if (source.owns_fd_) ::close(fd);
+  source.fd_ = -1;
+  source.owns_fd_ = false;
+  return source;
+}
+
+ByteSource ByteSource::from_bytes(std::vector<unsigned char> bytes, const std::string& name) {
+  ByteSource source;
+  source.name_ = name;
+  source.size_ = static_cast<int64_t>(bytes.size());
+  source.buffer_ = std::move(bytes);
+  return source;
+}
+
+ByteSource::ByteSource(ByteSource&& other) noexcept
+    : name_(std::move(other.name_)),
+      fd_(std::exchange(other.fd_, -1)),
+      owns_fd_(std::exchange(other.owns_fd_, false)),
+      size_(other.size_),
+      buffer_(std::move(other.buffer_)) {}
+
+ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
+  if (this != &other) {
+    if (owns_fd_) ::close(fd_);
+    name_ = std::move(other.name_);
+    fd_ = std::exchange(other.fd_, -1);
+    owns_fd_ = std::exchange(other.owns_fd_, false);
+    size_ = other.size_;
+    buffer_ = std::move(other.buffer_);
+  }
+  return *this;
+}
+
+ByteSource::~ByteSource() {
+  if (owns_fd_) ::close(fd_);
+}
+
+Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
+  if (offset < 0 || n < 0 || offset > size_ || n > size_ - offset) {
+    return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) +
+                            " to " + std::to_string(offset + n) + " but the file has " +
+                            std::to_string(size_) + " bytes");
+  }
+  if (fd_ < 0) {
+    if (n > 0) std::memcpy(out, buffer_.data() + offset, static_cast<size_t>(n));
+    return Status();
+  }
+  auto* dst = static_cast<unsigned char*>(out);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(n), offset);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return Status::io_error(name_ + ": cannot read at offset " + std::to_string(offset) + ": " +
+                              errno_text(errno));
+    }
+    if (got == 0) {
+      return Status::io_error(name_ + ": truncated: the file ended at offset " +
+                              std::to_string(offset) + " while it was being read");
+    }
+    dst += got;
+    offset += got;
+    n -= got;
+  }
+  return Status();
+}
+
+Result<AtomicFile> AtomicFile::create(const std::string& path) {
+  AtomicFile file;
+  file.path_ = path;
+  file.buffer_.resize(kWriteBuffer);
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) return Status::io_error(path + ": is a directory");
+    file.fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (file.fd_ < 0) return Status::io_error(path + ": cannot open: " + errno_text(errno));
+    return file;
+  }
+  std::string temp = parent_directory(path) + "/." + base_name(path) + ".tmp-XXXXXX";
+  const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
+  if (fd < 0) {
+    return Status::io_error(path + ": cannot create a temporary file in '" +
+                            parent_directory(path) + "': " + errno_text(errno));
+  }
+  file.fd_ = fd;
+  file.temp_path_ = temp;
+  // mkstemp creates the file 0600; give it the mode a plain create would.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  ::fchmod(fd, 0666 & ~mask);
+  return file;
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      buffer_(std::move(other.buffer_)),
+      used_(std::exchange(other.used_, 0)) {
+  other.temp_path_.clear();
+}
+
+AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
+  if (this != &other) {
+    discard();
+    path_ = std::move(other.path_);
+    temp_path_ = std::move(other.temp_path_);
+    other.temp_path_.clear();
+    fd_ = std::exchange(other.fd_, -1);
+    buffer_ = std::move(other.buffer_);
+    used_ = std::exchange(other.used_, 0);
+  }
+  return *this;
+}
+
+AtomicFile::~AtomicFile() { discard(); }
+
+void AtomicFile::discard() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+  used_ = 0;
+}
+
+Status AtomicFile::flush() {
+  const char* p = buffer_.data();
+  size_t left = used_;
+  while (left > 0) {
+    const ssize_t put = ::write(fd_, p, left);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return Status::io_error(path_ + ": cannot write: " + errno_text(errno));
+    }
+    p += put;
+    left -= static_cast<size_t>(put);
+  }
+  used_ = 0;
+  return Status();
+}
+
+Status AtomicFile::write(const void* data, size_t n) {
+  if (fd_ < 0) return Status::io_error(path_ + ": write after commit or discard");
+  const auto* src = static_cast<const char*>(data);
+  while (n > 0) {
+    const size_t take = std::min(n, buffer_.size() - used_);
+    std::memcpy(buffer_.data() + used_, src, take);
+    used_ += take;
+    src += take;
+    n -= take;
+    if (used_ == buffer_.size()) {
+      if (Status s = flush(); !s.ok()) return s;
+    }
+  }
+  return Status();
+}
+
+Status AtomicFile::commit() {
+  if (fd_ < 0) return Status::io_error(path_ + ": commit after commit or discard");
+  if (Status s = flush(); !s.ok()) {
+    discard();
+    return s;
+  }
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) {
+    const int err = errno;
+    discard();
+    return Status::io_error(path_ + ": cannot write: " + errno_text(err));
+  }
+  if (!temp_path_.empty() && ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    discard();
+    return Status::io_error(path_ + ": cannot rename the finished file into place: " +
+                            errno_text(err));
+  }
+  temp_path_.clear();
+  return Status();
+}
+
+}  // namespace nucleus::detail

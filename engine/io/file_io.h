@@ -1,0 +1,83 @@
+// Low-level file access for the dump readers and writers: a byte source that
+// is either an open file or a buffer, and an output file that only appears
+// under its final name once it is complete.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nucleus/status.h"
+
+namespace nucleus::detail {
+
+// "No such file or directory" for ENOENT, and so on.
+std::string errno_text(int err);
+
+// The bytes of a dump: a regular file read through its descriptor (and
+// mapped block by block later), or bytes already in memory.
+class ByteSource {
+ public:
+  // Opens `path`, or standard input for "-". A regular file stays on disk; a
+  // pipe, FIFO or character device is read whole, since it cannot be mapped.
+  static Result<ByteSource> open(const std::string& path, const std::string& name);
+  static ByteSource from_bytes(std::vector<unsigned char> bytes, const std::string& name);
+
+  ByteSource(ByteSource&& other) noexcept;
+  ByteSource& operator=(ByteSource&& other) noexcept;
+  ByteSource(const ByteSource&) = delete;
+  ByteSource& operator=(const ByteSource&) = delete;
+  ~ByteSource();
+
+  const std::string& name() const { return name_; }
+  int64_t size() const { return size_; }
+  bool is_file() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  const unsigned char* bytes() const { return buffer_.data(); }
+
+  // Exactly `n` bytes at `offset`, or an error naming the file and offset.
+  Status read_at(int64_t offset, int64_t n, void* out) const;
+
+ private:
+  ByteSource() = default;
+  std::string name_;
+  int fd_ = -1;
+  bool owns_fd_ = false;
+  int64_t size_ = 0;
+  std::vector<unsigned char> buffer_;
+};
+
+// Writes `path` through a temporary file in the same directory that is
+// renamed into place by commit(); destroying it uncommitted removes the
+// temporary, so no reader ever sees a partial file. A destination that exists
+// and is not a regular file (/dev/null, a FIFO) is written directly instead,
+// since renaming over it would replace the device node.
+class AtomicFile {
+ public:
+  static Result<AtomicFile> create(const std::string& path);
+
+  AtomicFile(AtomicFile&& other) noexcept;
+  AtomicFile& operator=(AtomicFile&& other) noexcept;
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  const std::string& path() const { return path_; }
+  Status write(const void* data, size_t n);
+  Status write(std::string_view text) { return write(text.data(), text.size()); }
+  Status commit();
+  // Removes the temporary file (idempotent; a no-op after commit()).
+  void discard();
+
+ private:
+  AtomicFile() = default;
+  Status flush();
+  std::string path_;
+  std::string temp_path_;  // empty when writing the destination directly
+  int fd_ = -1;
+  std::vector<char> buffer_;
+  size_t used_ = 0;
+};
+
+}  // namespace nucleus::detail

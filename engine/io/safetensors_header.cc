@@ -1,0 +1,210 @@
+#include "engine/io/safetensors_header.h"
+
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "engine/io/npy_header.h"
+
+namespace nucleus::detail {
+namespace {
+
+using Json = nlohmann::json;
+
+// The reference implementation refuses headers over 100 MB.
+constexpr int64_t kMaxHeaderBytes = int64_t{100} << 20;
+
+// Element sizes of every dtype the format defines, so that the offsets of
+// tensors nucleus does not read can still be checked.
+std::optional<int64_t> element_size(const std::string& dtype) {
+  if (dtype == "BOOL" || dtype == "U8" || dtype == "I8" || dtype == "F8_E5M2" ||
+      dtype == "F8_E4M3" || dtype == "F8_E8M0") {
+    return 1;
+  }
+  if (dtype == "I16" || dtype == "U16" || dtype == "F16" || dtype == "BF16") return 2;
+  if (dtype == "I32" || dtype == "U32" || dtype == "F32") return 4;
+  if (dtype == "I64" || dtype == "U64" || dtype == "F64" || dtype == "C64") return 8;
+  return std::nullopt;
+}
+
+std::optional<int64_t> as_count(const Json& value) {
+  if (value.is_number_unsigned()) {
+    const auto v = value.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(v);
+  }
+  if (value.is_number_integer()) {
+    const auto v = value.get<int64_t>();
+    if (v < 0) return std::nullopt;
+    return v;
+  }
+  return std::nullopt;
+}
+
+std::string shown(const Json& value) {
+  std::string text = value.dump();
+  if (text.size() > 120) text = text.substr(0, 120) + "...";
+  return text;
+}
+
+Status check_tensor(const std::string& key, const Json& entry, int64_t data_size,
+                    const std::string& name, SafetensorsTensor* out) {
+  const std::string where = name + ": tensor '" + key + "'";
+  if (!entry.is_object()) {
+    return Status::io_error(where + " = " + shown(entry) + " is not a JSON object");
+  }
+  const auto dtype = entry.find("dtype");
+  if (dtype == entry.end() || !dtype->is_string()) {
+    return Status::io_error(where + ": field 'dtype' is missing or not a string");
+  }
+  const auto shape = entry.find("shape");
+  if (shape == entry.end() || !shape->is_array()) {
+    return Status::io_error(where + ": field 'shape' is missing or not an array");
+  }
+  const auto offsets = entry.find("data_offsets");
+  if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2) {
+    return Status::io_error(where + ": field 'data_offsets' is missing or not [begin, end]");
+  }
+  out->name = key;
+  out->dtype = dtype->get<std::string>();
+  out->shape.clear();
+  int64_t elements = 1;
+  bool overflow = false;
+  for (const Json& dim : *shape) {
+    const std::optional<int64_t> d = as_count(dim);
+    if (!d) {
+      return Status::io_error(where + ": field 'shape' = " + shown(*shape) +
+                              " holds something other than a non-negative integer");
+    }
+    out->shape.push_back(*d);
+    if (*d != 0 && elements > std::numeric_limits<int64_t>::max() / 8 / *d) overflow = true;
+    elements *= *d;
+  }
+  const std::optional<int64_t> begin = as_count((*offsets)[0]);
+  const std::optional<int64_t> end = as_count((*offsets)[1]);
+  if (!begin || !end || *begin > *end) {
+    return Status::io_error(where + ": field 'data_offsets' = " + shown(*offsets) +
+                            " is not a pair of non-negative integers begin <= end");
+  }
+  out->begin = *begin;
+  out->end = *end;
+  if (*end > data_size) {
+    return Status::io_error(where + ": field 'data_offsets' = " + shown(*offsets) +
+                            " reaches past the end of the data (" + std::to_string(data_size) +
+                            " bytes): the file is truncated or the header is wrong");
+  }
+  if (const std::optional<int64_t> size = element_size(out->dtype)) {
+    if (overflow || *end - *begin != elements * *size) {
+      return Status::io_error(where + ": field 'shape' = " + shape_text(out->shape) + " of " +
+                              out->dtype + " needs " +
+                              (overflow ? std::string("more") : std::to_string(elements * *size)) +
+                              " bytes but 'data_offsets' = " + shown(*offsets) + " span " +
+                              std::to_string(*end - *begin));
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
+Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source) {
+  const std::string& name = source.name();
+  if (source.size() < 8) {
+    return Status::io_error(name + ": truncated: " + std::to_string(source.size()) +
+                            " bytes, fewer than the 8-byte .safetensors header length");
+  }
+  unsigned char len_bytes[8];
+  if (Status s = source.read_at(0, 8, len_bytes); !s.ok()) return s;
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | len_bytes[i];
+  if (len > static_cast<uint64_t>(kMaxHeaderBytes)) {
+    return Status::io_error(name + ": header length = " + std::to_string(len) +
+                            " bytes exceeds the format's limit of 100 MB; not a .safetensors "
+                            "file?");
+  }
+  const auto header_len = static_cast<int64_t>(len);
+  if (8 + header_len > source.size()) {
+    return Status::io_error(name + ": truncated: the header length says " +
+                            std::to_string(header_len) + " bytes but the file has only " +
+                            std::to_string(source.size() - 8) + " after it");
+  }
+  std::string text(static_cast<size_t>(header_len), '\0');
+  if (Status s = source.read_at(8, header_len, text.data()); !s.ok()) return s;
+
+  SafetensorsHeader header;
+  header.data_start = 8 + header_len;
+  const int64_t data_size = source.size() - header.data_start;
+  try {
+    const Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (root.is_discarded()) {
+      return Status::io_error(name + ": the header is not valid JSON: " +
+                              text.substr(0, std::min<size_t>(text.size(), 120)));
+    }
+    if (!root.is_object()) {
+      return Status::io_error(name + ": the header is " + std::string(root.type_name()) +
+                              ", not a JSON object");
+    }
+    for (const auto& [key, entry] : root.items()) {
+      if (key == "__metadata__") continue;
+      SafetensorsTensor tensor;
+      if (Status s = check_tensor(key, entry, data_size, name, &tensor); !s.ok()) return s;
+      header.tensors.push_back(std::move(tensor));
+    }
+  } catch (const std::exception& e) {
+    // The checks above guard every access; this only keeps a surprise from
+    // escaping as an exception.
+    return Status::io_error(name + ": cannot read the header: " + e.what());
+  }
+  return header;
+}
+
+Result<const SafetensorsTensor*> select_safetensors_tensor(const SafetensorsHeader& header,
+                                                           const std::string& tensor,
+                                                           const std::string& name) {
+  std::string names;
+  for (const SafetensorsTensor& t : header.tensors) {
+    if (!tensor.empty() && t.name == tensor) return &t;
+    names += (names.empty() ? "'" : ", '") + t.name + "'";
+  }
+  if (header.tensors.empty()) return Status::io_error(name + ": the file holds no tensor");
+  if (!tensor.empty()) {
+    return Status::io_error(name + ": tensor = '" + tensor + "' is not in the file, which holds " +
+                            names);
+  }
+  if (header.tensors.size() > 1) {
+    return Status::io_error(name + ": the file holds " + std::to_string(header.tensors.size()) +
+                            " tensors (" + names + "); choose one by name");
+  }
+  return &header.tensors.front();
+}
+
+Result<DType> safetensors_dtype(const SafetensorsTensor& tensor, const std::string& name) {
+  if (tensor.dtype == "F32") return DType::kFloat32;
+  if (tensor.dtype == "F16") return DType::kFloat16;
+  if (tensor.dtype == "BF16") return DType::kBFloat16;
+  return Status::io_error(name + ": tensor '" + tensor.name + "': field 'dtype' = '" +
+                          tensor.dtype + "' is not a supported dtype (F32, F16 or BF16)");
+}
+
+std::string format_safetensors_header(const std::string& tensor, DType dtype,
+                                      std::span<const int64_t> shape) {
+  int64_t bytes = dtype_size(dtype);
+  for (int64_t d : shape) bytes *= d;
+  const char* type = dtype == DType::kFloat32 ? "F32" : dtype == DType::kFloat16 ? "F16" : "BF16";
+  nlohmann::ordered_json root;
+  root[tensor] = {{"dtype", type},
+                  {"shape", std::vector<int64_t>(shape.begin(), shape.end())},
+                  {"data_offsets", {0, bytes}}};
+  std::string json = root.dump();
+  // Pad with spaces so that the data starts 8-byte aligned, as the reference
+  // writer does.
+  json.append((8 - json.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  uint64_t len = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  return out + json;
+}
+
+}  // namespace nucleus::detail

@@ -1,0 +1,46 @@
+// The .safetensors header: an 8-byte little-endian length, then a JSON object
+// mapping tensor names to {"dtype", "shape", "data_offsets"} (offsets relative
+// to the end of the header), plus an optional "__metadata__" entry.
+// https://github.com/huggingface/safetensors#format
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/io/file_io.h"
+#include "nucleus/sampling.h"
+#include "nucleus/status.h"
+
+namespace nucleus::detail {
+
+struct SafetensorsTensor {
+  std::string name;
+  std::string dtype;  // as written, e.g. "F32"
+  std::vector<int64_t> shape;
+  int64_t begin = 0;  // data_offsets, relative to data_start
+  int64_t end = 0;
+};
+
+struct SafetensorsHeader {
+  int64_t data_start = 0;  // 8 + the header length
+  std::vector<SafetensorsTensor> tensors;
+};
+
+// Parses the header and checks every tensor entry: field types, offsets
+// inside the data area, and offsets that match shape × element size.
+Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source);
+
+// The tensor called `tensor`, or the only one when `tensor` is empty, with
+// its dtype if nucleus can read it (F32, F16, BF16).
+Result<const SafetensorsTensor*> select_safetensors_tensor(const SafetensorsHeader& header,
+                                                           const std::string& tensor,
+                                                           const std::string& name);
+Result<DType> safetensors_dtype(const SafetensorsTensor& tensor, const std::string& name);
+
+// A single-tensor header (length prefix and JSON), for the writers.
+std::string format_safetensors_header(const std::string& tensor, DType dtype,
+                                      std::span<const int64_t> shape);
+
+}  // namespace nucleus::detail

@@ -1,0 +1,77 @@
+// Element loops shared by the row passes: distances, membership, masses and
+// double sums over one block of a segment. Internal to the engine.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+#include "engine/kernels/row_kernels.h"
+
+namespace nucleus::detail::block {
+
+using ArrF = Eigen::Array<float, Eigen::Dynamic, 1>;
+using ConstMapF = Eigen::Map<const ArrF>;
+using MapF = Eigen::Map<ArrF>;
+
+// Blocks small enough to stay in L1 between the vector passes over them. The
+// element loops below are written for the compiler's vectoriser; Eigen supplies
+// the vectorised exp (its select() is not vectorised in 3.4, so masking is done
+// in plain loops).
+constexpr int64_t kBlock = 512;
+// A stand-in exponent for non-members: far enough below kUnderflow that the
+// result is replaced by an exact 0.
+constexpr float kOffExponent = -200.0f;
+
+inline void block_distances(const float* __restrict x, int64_t n, float xmax, float scale,
+                            float* __restrict d) {
+  for (int64_t j = 0; j < n; ++j) d[j] = (xmax - x[j]) * scale;
+}
+
+// Bitwise & keeps the test branch-free so the loops around it vectorise.
+inline bool in_range(float d, float lo, float hi) { return (d >= lo) & (d <= hi); }
+inline bool is_member(float d, const SetSpec& set) { return in_range(d, set.dlo, set.dhi); }
+
+// w[j] = exp(-(k[j] - k0)) for members within kUnderflow, else exactly 0.
+// `k` may alias `d`.
+inline void block_masses(const float* d, const float* k, int64_t n, const SetSpec& set, float k0,
+                         float* __restrict w) {
+  alignas(64) float arg[kBlock];
+  const float lo = set.dlo, hi = set.dhi;
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = k[j] - k0;
+    arg[j] = (in_range(d[j], lo, hi) & (e <= kUnderflow)) ? -e : kOffExponent;
+  }
+  MapF(w, n) = ConstMapF(arg, n).exp();
+  for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? w[j] : 0.0f;
+}
+
+// Σ w in double, in a fixed order (eight interleaved partial sums).
+inline double sum_as_double(const float* w, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int i = 0; i < 8; ++i) acc[i] += static_cast<double>(w[j + i]);
+  }
+  for (int i = 0; j < n; ++j, ++i) acc[i] += static_cast<double>(w[j]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Distances in filter space (d) and ranking space (k); k aliases d when the
+// scales agree, which is every hf / vllm pass.
+struct BlockKeys {
+  alignas(64) float d[kBlock];
+  alignas(64) float kbuf[kBlock];
+  const float* k = nullptr;
+  void compute(const float* x, int64_t n, const SetSpec& set) {
+    block_distances(x, n, set.xmax, set.scale, d);
+    if (set.key_scale == set.scale) {
+      k = d;
+    } else {
+      block_distances(x, n, set.xmax, set.key_scale, kbuf);
+      k = kbuf;
+    }
+  }
+};
+
+
+}  // namespace nucleus::detail::block
