@@ -17,7 +17,7 @@ using MapF = Eigen::Map<ArrF>;
 // element loops below are written for the compiler's vectoriser; Eigen supplies
 // the vectorised exp (its select() is not vectorised in 3.4, so masking is done
 // in plain loops).
-constexpr int64_t kBlock = 512;
+constexpr int64_t kBlock = kPassBlock;
 // A stand-in exponent for non-members: far enough below kUnderflow that the
 // result is replaced by an exact 0.
 constexpr float kOffExponent = -200.0f;
@@ -32,17 +32,22 @@ inline bool in_range(float d, float lo, float hi) { return (d >= lo) & (d <= hi)
 inline bool is_member(float d, const SetSpec& set) { return in_range(d, set.dlo, set.dhi); }
 
 // w[j] = exp(-(k[j] - k0)) for members within kUnderflow, else exactly 0.
-// `k` may alias `d`.
+// `k` may alias `d`. The exp always runs over whole packets (the tail padded
+// with a non-member exponent), so a token's mass never depends on where it sits
+// in a block: every pass that recomputes it gets the same bits.
 inline void block_masses(const float* d, const float* k, int64_t n, const SetSpec& set, float k0,
                          float* __restrict w) {
   alignas(64) float arg[kBlock];
+  alignas(64) float ex[kBlock];
   const float lo = set.dlo, hi = set.dhi;
   for (int64_t j = 0; j < n; ++j) {
     const float e = k[j] - k0;
     arg[j] = (in_range(d[j], lo, hi) & (e <= kUnderflow)) ? -e : kOffExponent;
   }
-  MapF(w, n) = ConstMapF(arg, n).exp();
-  for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? w[j] : 0.0f;
+  const int64_t padded = (n + 15) & ~int64_t{15};
+  for (int64_t j = n; j < padded; ++j) arg[j] = kOffExponent;
+  MapF(ex, padded) = ConstMapF(arg, padded).exp();
+  for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? ex[j] : 0.0f;
 }
 
 // Σ w in double, in a fixed order (eight interleaved partial sums).

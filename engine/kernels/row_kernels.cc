@@ -30,21 +30,55 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 MaxStats max_stats(const float* x, int64_t n) {
+  // One read: lane-wise max (NaN-blind), a NaN / +inf flag and the finite
+  // count, kept in per-lane registers and reduced once at the end.
+  float lane_max[16];
+  int32_t lane_bad[16];
+  int32_t lane_finite[16];
+  for (int i = 0; i < 16; ++i) {
+    lane_max[i] = -kInf;
+    lane_bad[i] = 0;
+    lane_finite[i] = 0;
+  }
+  int64_t finite = 0;
+  int64_t j = 0;
+  while (j + 16 <= n) {
+    // Counts stay below 2^31 by reducing every 2^20 elements.
+    const int64_t stop = std::min(n - (n - j) % 16, j + (int64_t{1} << 20));
+    for (; j < stop; j += 16) {
+      for (int i = 0; i < 16; ++i) {
+        const float v = x[j + i];
+        lane_max[i] = v > lane_max[i] ? v : lane_max[i];
+        lane_bad[i] |= ((v != v) | (v == kInf)) ? 1 : 0;
+        lane_finite[i] += v > -kInf ? 1 : 0;
+      }
+    }
+    for (int i = 0; i < 16; ++i) {
+      finite += lane_finite[i];
+      lane_finite[i] = 0;
+    }
+  }
+  int bad = 0;
+  for (; j < n; ++j) {
+    const float v = x[j];
+    lane_max[0] = v > lane_max[0] ? v : lane_max[0];
+    bad |= ((v != v) | (v == kInf)) ? 1 : 0;
+    finite += v > -kInf ? 1 : 0;
+  }
   MaxStats st;
-  if (n <= 0) return st;
-  const float m = ConstMapF(x, n).maxCoeff<Eigen::PropagateNaN>();
-  if (std::isnan(m) || m == kInf) {
-    for (int64_t j = 0; j < n; ++j) {
-      if (std::isnan(x[j]) || x[j] == kInf) {
-        st.bad_at = j;
+  for (int i = 0; i < 16; ++i) {
+    st.max = std::max(st.max, lane_max[i]);
+    bad |= lane_bad[i];
+  }
+  st.finite = finite;
+  if (bad) {
+    for (int64_t t = 0; t < n; ++t) {
+      if (std::isnan(x[t]) || x[t] == kInf) {
+        st.bad_at = t;
         break;
       }
     }
   }
-  st.max = m;
-  int64_t finite = 0;
-  for (int64_t j = 0; j < n; ++j) finite += x[j] > -kInf ? 1 : 0;
-  st.finite = finite;
   return st;
 }
 
@@ -99,7 +133,8 @@ Moments moments(const Segment& s, const SetSpec& set, float d0) {
   return out;
 }
 
-double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count) {
+double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
+                double* block_sums) {
   double total = 0.0;
   int64_t members = 0;
   BlockKeys b;
@@ -110,7 +145,9 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count) 
     block_masses(b.d, b.k, n, set, k0, w);
     const float lo = set.dlo, hi = set.dhi;
     for (int64_t j = 0; j < n; ++j) members += in_range(b.d[j], lo, hi) ? 1 : 0;
-    total += sum_as_double(w, n);
+    const double block_sum = sum_as_double(w, n);
+    if (block_sums) block_sums[j0 / kBlock] = block_sum;
+    total += block_sum;
   }
   *count = members;
   return total;
@@ -154,34 +191,32 @@ int64_t find_first_equal(const float* x, int64_t n, float v) {
   return -1;
 }
 
-int64_t walk(const Segment& s, const SetSpec& set, float k0, double cum_before, double target) {
+int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
+             double cum_before, double target) {
   double cum = cum_before;
-  int64_t last_positive = -1;
-  BlockKeys b;
+  int64_t last_block = -1;
+  int64_t b = 0;
+  const int64_t blocks = block_count(s.n);
+  for (; b < blocks; ++b) {
+    if (block_sums[b] <= 0.0) continue;
+    last_block = b;
+    if (cum + block_sums[b] >= target) break;
+    cum += block_sums[b];
+  }
+  if (last_block < 0) return -1;
+  if (b == blocks) b = last_block;  // rounding: settle for the last block of positive mass
+  BlockKeys keys;
   alignas(64) float w[kBlock];
-  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
-    const int64_t n = std::min(kBlock, s.n - j0);
-    b.compute(s.x + j0, n, set);
-    block_masses(b.d, b.k, n, set, k0, w);
-    const double block_sum = sum_as_double(w, n);
-    if (block_sum <= 0.0) continue;
-    if (cum + block_sum < target) {
-      cum += block_sum;
-      for (int64_t j = n - 1; j >= 0; --j) {
-        if (w[j] > 0.0f) {
-          last_positive = j0 + j;
-          break;
-        }
-      }
-      continue;
-    }
-    // The crossing lies in this block (up to rounding): walk it in order.
-    for (int64_t j = 0; j < n; ++j) {
-      if (w[j] <= 0.0f) continue;
-      cum += w[j];
-      last_positive = j0 + j;
-      if (cum >= target) return j0 + j;
-    }
+  const int64_t j0 = b * kBlock;
+  const int64_t n = std::min(kBlock, s.n - j0);
+  keys.compute(s.x + j0, n, set);
+  block_masses(keys.d, keys.k, n, set, k0, w);
+  int64_t last_positive = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    if (w[j] <= 0.0f) continue;
+    cum += w[j];
+    last_positive = j0 + j;
+    if (cum >= target) return j0 + j;
   }
   return last_positive;
 }

@@ -66,9 +66,16 @@ struct Moments {
 };
 Moments moments(const Segment& s, const SetSpec& set, float d0);
 
+// Blocks of this many tokens are the unit of every pass: partial sums are
+// formed per block and added in block order.
+inline constexpr int64_t kPassBlock = 512;
+inline int64_t block_count(int64_t n) { return (n + kPassBlock - 1) / kPassBlock; }
+
 // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
-// number of members goes to *count.
-double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count);
+// number of members goes to *count and, when block_sums is not null, each
+// block's sum to block_sums[b].
+double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
+                double* block_sums);
 // Smallest key over members (kInf when none).
 float min_key(const Segment& s, const SetSpec& set);
 // Members whose key is strictly below `key`.
@@ -76,9 +83,11 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
 // First j with x[j] == v, or -1.
 int64_t find_first_equal(const float* x, int64_t n, float v);
 // Inverse-CDF walk: the first member (segment-relative index) at which the
-// running mass cum_before + Σ exp(-(key - k0)) reaches target; when rounding
-// keeps it short, the last member of positive mass; -1 if there is none.
-int64_t walk(const Segment& s, const SetSpec& set, float k0, double cum_before, double target);
+// running mass cum_before + Σ exp(-(key - k0)) reaches target, skipping whole
+// blocks by their sums from sum_mass; when rounding keeps it short, the last
+// member of positive mass; -1 if there is none.
+int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
+             double cum_before, double target);
 // out[j] = member ? exp(-(key - k0)) * inv_z : 0 for the segment's tokens
 // (row segments only: out points at the segment's first token).
 void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out);

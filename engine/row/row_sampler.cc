@@ -78,7 +78,9 @@ class RowPipeline {
   Status build(Distribution& dist, bool need_z);
 
   // Σ over segments of a per-segment pass, combined in segment order.
-  double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count);
+  // With keep_blocks, the per-block sums stay in the scratch for the draws.
+  double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count,
+                 bool keep_blocks = false);
   float min_key_of(std::span<const Segment> segs, const SetSpec& set);
   Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0);
 
@@ -107,12 +109,22 @@ Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& se
 }
 
 double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, float k0,
-                            int64_t* count) {
+                            int64_t* count, bool keep_blocks) {
   sc_.seg_mass.resize(segs.size());
   sc_.seg_count.resize(segs.size());
+  if (keep_blocks) {
+    sc_.seg_block_start.resize(segs.size() + 1);
+    sc_.seg_block_start[0] = 0;
+    for (size_t s = 0; s < segs.size(); ++s) {
+      sc_.seg_block_start[s + 1] = sc_.seg_block_start[s] + block_count(segs[s].n);
+    }
+    sc_.block_mass.resize(static_cast<size_t>(sc_.seg_block_start.back()));
+  }
   run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-    sc_.seg_mass[static_cast<size_t>(s)] =
-        sum_mass(segs[s], set, k0, &sc_.seg_count[static_cast<size_t>(s)]);
+    const auto i = static_cast<size_t>(s);
+    sc_.seg_mass[i] = sum_mass(segs[i], set, k0, &sc_.seg_count[i],
+                               keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i]
+                                           : nullptr);
   });
   double z = 0.0;
   int64_t c = 0;
@@ -320,7 +332,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     dist.set.scale = 1.0f;
     dist.set.key_scale = 1.0f;
     dist.k0 = 0.0f;
-    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, &dist.support);
+    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, &dist.support, /*keep_blocks=*/true);
     return Status();
   }
 
@@ -361,7 +373,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   dist.set = set;
   dist.segs = segs;
   dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
-  dist.z = mass_of(segs, set, dist.k0, &dist.support);
+  dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   if (dist.support == 0 || !(dist.z > 0.0)) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
   }
@@ -412,7 +424,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
         if (m <= 0.0) continue;
         last_positive = s;
         if (cum + m >= target) {
-          const int64_t at = walk(dist.segs[s], dist.set, dist.k0, cum, target);
+          const int64_t at = walk(dist.segs[s], dist.set, dist.k0,
+                                  sc.block_mass.data() + sc.seg_block_start[s], cum, target);
           if (at >= 0) token = dist.segs[s].token(at);
           break;
         }
@@ -420,7 +433,9 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
       }
       if (token < 0 && last_positive < dist.segs.size()) {
         // Rounding left u * Z beyond the summed mass: the last token of positive mass.
-        const int64_t at = walk(dist.segs[last_positive], dist.set, dist.k0, 0.0, kInf);
+        const int64_t at =
+            walk(dist.segs[last_positive], dist.set, dist.k0,
+                 sc.block_mass.data() + sc.seg_block_start[last_positive], 0.0, kInf);
         token = dist.segs[last_positive].token(at);
       }
       result.tokens[j] = token;
@@ -432,7 +447,15 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
   const bool need_raw_z = p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kRaw);
   SetSpec raw_set;
   raw_set.xmax = dist.raw_max;
-  if (need_raw_z) raw_log_z = std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
+  // When nothing changed the row and the final distribution is softmax of the
+  // whole row at temperature 1, its normaliser is the raw one.
+  const bool raw_is_final = dist.x == dist.raw && dist.set.key_scale == 1.0f &&
+                            dist.set.scale == 1.0f && dist.k0 == 0.0f &&
+                            dist.set.dlo == 0.0f && dist.set.dhi == kMaxFloat;
+  if (need_raw_z) {
+    raw_log_z = raw_is_final ? std::log(dist.z)
+                             : std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
+  }
   // mass_of overwrote the per-segment masses; the draws are done with them.
   const double log_z = std::log(dist.z);
   result.logprobs.resize(n);

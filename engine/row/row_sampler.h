@@ -27,6 +27,8 @@ struct RowScratch {
   std::vector<Moments> moments;
   std::vector<MaxStats> max_stats;
   std::vector<double> seg_mass;
+  std::vector<double> block_mass;        // per pass block, segments one after another
+  std::vector<int64_t> seg_block_start;  // each segment's first entry in block_mass
   std::vector<int64_t> seg_count;
   std::vector<float> seg_min;
   std::vector<std::pair<float, int32_t>> top;
