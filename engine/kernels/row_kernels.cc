@@ -92,21 +92,18 @@ void Moments::add(const Moments& o) {
   dmax = std::max(dmax, o.dmax);
 }
 
-Moments moments(const Segment& s, const SetSpec& set, float d0) {
+Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind) {
   Moments out;
   alignas(64) float d[kBlock];
   alignas(64) float w[kBlock];
   alignas(64) float e[kBlock];
+  alignas(64) float t[kBlock];
+  const float lo = set.dlo, hi = set.dhi;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     block_distances(s.x + j0, n, set.xmax, set.scale, d);
-    block_masses(d, d, n, set, d0, w);
     int64_t count = 0;
     float dmin = kInf, dmax = -kInf;
-    double acc_zd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    double acc_sd[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    double acc_sd2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const float lo = set.dlo, hi = set.dhi;
     for (int64_t j = 0; j < n; ++j) {
       const bool in = in_range(d[j], lo, hi);
       e[j] = in ? d[j] - d0 : 0.0f;
@@ -114,21 +111,19 @@ Moments moments(const Segment& s, const SetSpec& set, float d0) {
       dmin = std::min(dmin, in ? d[j] : kInf);
       dmax = std::max(dmax, in ? d[j] : -kInf);
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const auto ej = static_cast<double>(e[j]);
-      acc_zd[j & 7] += static_cast<double>(w[j]) * ej;
-      acc_sd[j & 7] += ej;
-      acc_sd2[j & 7] += ej * ej;
-    }
     out.count += count;
-    out.z += sum_as_double(w, n);
-    for (int i = 0; i < 8; ++i) {
-      out.zd += acc_zd[i];
-      out.sd += acc_sd[i];
-      out.sd2 += acc_sd2[i];
-    }
     out.dmin = std::min(out.dmin, dmin);
     out.dmax = std::max(out.dmax, dmax);
+    if (kind == MomentKind::kEntropy) {
+      block_masses(d, d, n, set, d0, w);
+      for (int64_t j = 0; j < n; ++j) t[j] = w[j] * e[j];
+      out.z += sum_as_double(w, n);
+      out.zd += sum_as_double(t, n);
+    } else {
+      for (int64_t j = 0; j < n; ++j) t[j] = e[j] * e[j];
+      out.sd += sum_as_double(e, n);
+      out.sd2 += sum_as_double(t, n);
+    }
   }
   return out;
 }

@@ -64,7 +64,11 @@ struct Moments {
   float dmax = -kInf;
   void add(const Moments& o);
 };
-Moments moments(const Segment& s, const SetSpec& set, float d0);
+enum class MomentKind {
+  kEntropy,  // count, z and zd (typical-p)
+  kSpread,   // count, sd and sd2 (top-nσ); no exp
+};
+Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
 
 // Blocks of this many tokens are the unit of every pass: partial sums are
 // formed per block and added in block order.

@@ -82,7 +82,8 @@ class RowPipeline {
   double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count,
                  bool keep_blocks = false);
   float min_key_of(std::span<const Segment> segs, const SetSpec& set);
-  Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0);
+  Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
+                     MomentKind kind);
 
  private:
   Status check_and_widen(Distribution& dist);
@@ -99,10 +100,12 @@ class RowPipeline {
   const Runner& run_;
 };
 
-Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0) {
+Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
+                                MomentKind kind) {
   sc_.moments.resize(segs.size());
-  run_(static_cast<int64_t>(segs.size()),
-       [&](int64_t s) { sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0); });
+  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+    sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0, kind);
+  });
   Moments total;
   for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
   return total;
@@ -253,10 +256,10 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTopP: {
       if (p_.top_p >= 1.0f) return;
       ensure_d0();
-      const Moments m = moments_of(segs, set, d0);
+      const double z = mass_of(segs, set, d0, nullptr);
       const KeyRule rule{KeyKind::kDistance, true, d0, 0.0};
-      const SelectResult r = weighted_select(segs, set, rule, static_cast<double>(p_.top_p) * m.z,
-                                             sc_.select, run_);
+      const SelectResult r =
+          weighted_select(segs, set, rule, static_cast<double>(p_.top_p) * z, sc_.select, run_);
       if (!r.found) return;
       int64_t kept = r.count_le;
       const float c = min_keep_key(segs, set, rule, r.key, &kept);
@@ -278,7 +281,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTypical: {
       if (p_.typical_p >= 1.0f) return;
       ensure_d0();
-      const Moments m = moments_of(segs, set, d0);
+      const Moments m = moments_of(segs, set, d0, MomentKind::kEntropy);
       // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
       const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
       const SelectResult r = weighted_select(
@@ -297,7 +300,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTopNSigma: {
       if (p_.top_n_sigma <= 0.0f) return;
       ensure_d0();
-      const Moments m = moments_of(segs, set, d0);
+      const Moments m = moments_of(segs, set, d0, MomentKind::kSpread);
       const double n = static_cast<double>(m.count);
       const double mean = m.sd / n;
       const double sigma = std::sqrt(std::max(0.0, m.sd2 / n - mean * mean));

@@ -45,6 +45,45 @@ void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& ru
   }
 }
 
+// Keys and member flags only (no exp): what the gather pass needs. `e`
+// receives d - d0 for the masses of the few entries that are gathered.
+void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule,
+                     float* key, float* e, bool* member) {
+  block::BlockKeys b;
+  b.compute(x, n, set);
+  const float lo = set.dlo, hi = set.dhi;
+  for (int64_t j = 0; j < n; ++j) {
+    member[j] = block::in_range(b.d[j], lo, hi);
+    e[j] = b.d[j] - rule.d0;
+  }
+  if (rule.kind == KeyKind::kDistance) {
+    std::copy_n(b.k, n, key);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      key[j] = e[j] <= kUnderflow
+                   ? static_cast<float>(std::fabs(static_cast<double>(e[j]) - rule.mu))
+                   : kInf;
+    }
+  }
+}
+
+// Turns the gathered entries' d - d0 (stored in .weight) into masses, with the
+// same padded packet exp as every other pass so the bits agree.
+void list_masses(std::vector<SelectEntry>& list) {
+  alignas(64) float arg[kBlock];
+  alignas(64) float ex[kBlock];
+  for (size_t i0 = 0; i0 < list.size(); i0 += kBlock) {
+    const auto n = static_cast<int64_t>(std::min<size_t>(kBlock, list.size() - i0));
+    const int64_t padded = (n + 15) & ~int64_t{15};
+    for (int64_t j = 0; j < padded; ++j) {
+      const float e = j < n ? list[i0 + j].weight : kInf;
+      arg[j] = e <= kUnderflow ? -e : -200.0f;
+    }
+    block::MapF(ex, padded) = block::ConstMapF(arg, padded).exp();
+    for (int64_t j = 0; j < n; ++j) list[i0 + j].weight = arg[j] > -200.0f ? ex[j] : 0.0f;
+  }
+}
+
 // Finishes the selection on the boundary bucket's members.
 SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, double cum,
                     int64_t count_before, double target) {
@@ -173,19 +212,28 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     int64_t at = sc.offsets[static_cast<size_t>(s)];
     if (at == sc.offsets[static_cast<size_t>(s + 1)]) return;
     alignas(64) float key[kBlock];
-    alignas(64) float weight[kBlock];
+    alignas(64) float e[kBlock];
     bool member[kBlock];
     const Segment& seg = segments[static_cast<size_t>(s)];
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
-      block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      block_keys_only(seg.x + j0, n, set, rule, key, e, member);
+      // Branch-free staging: every entry is written, only the chosen ones
+      // advance; then the block's chosen entries go to this segment's range.
+      SelectEntry stage[kBlock];
+      int64_t staged = 0;
       for (int64_t j = 0; j < n; ++j) {
-        if (member[j] && (key_bits(key[j]) >> kLevel1Shift) == static_cast<uint32_t>(chosen)) {
-          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], weight[j]};
-        }
+        stage[staged] = SelectEntry{key[j], e[j]};
+        staged +=
+            (member[j] & ((key_bits(key[j]) >> kLevel1Shift) == static_cast<uint32_t>(chosen)))
+                ? 1
+                : 0;
       }
+      std::copy_n(stage, staged, sc.list.data() + at);
+      at += staged;
     }
   });
+  if (mass) list_masses(sc.list);
   return refine(sc.list, sc, mass, cum, count_before, target);
 }
 
@@ -193,12 +241,12 @@ KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, cons
                      float c) {
   KeyBounds out;
   alignas(64) float key[kBlock];
-  alignas(64) float weight[kBlock];
+  alignas(64) float e[kBlock];
   bool member[kBlock];
   for (const Segment& seg : segments) {
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
-      block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      block_keys_only(seg.x + j0, n, set, rule, key, e, member);
       for (int64_t j = 0; j < n; ++j) {
         if (!member[j] || !(key[j] <= c)) continue;
         const float d = (set.xmax - seg.x[j0 + j]) * set.scale;
