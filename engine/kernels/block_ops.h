@@ -61,6 +61,30 @@ inline double sum_as_double(const float* w, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// Calls fn(j), in order, for every j in [0, n) with lo <= v[j] <= hi. Whole
+// packets are tested first (Eigen's packet compare and predux_any), so sparse
+// hits cost little more than the test.
+template <typename Fn>
+inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn fn) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  constexpr int64_t kLanes = Eigen::internal::packet_traits<float>::size;
+  const Packet plo = Eigen::internal::pset1<Packet>(lo);
+  const Packet phi = Eigen::internal::pset1<Packet>(hi);
+  int64_t g = 0;
+  for (; g + kLanes <= n; g += kLanes) {
+    const Packet x = Eigen::internal::ploadu<Packet>(v + g);
+    const Packet hit =
+        Eigen::internal::pand(Eigen::internal::pcmp_le(plo, x), Eigen::internal::pcmp_le(x, phi));
+    if (!Eigen::internal::predux_any(hit)) continue;
+    for (int64_t j = g; j < g + kLanes; ++j) {
+      if (in_range(v[j], lo, hi)) fn(j);
+    }
+  }
+  for (; g < n; ++g) {
+    if (in_range(v[g], lo, hi)) fn(g);
+  }
+}
+
 // Distances in filter space (d) and ranking space (k); k aliases d when the
 // scales agree, which is every hf / vllm pass.
 struct BlockKeys {

@@ -243,17 +243,16 @@ void gather_le(const Segment& s, const SetSpec& set, float c,
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   int64_t count = 0;
   alignas(64) float d[kBlock];
+  const float lo = set.dlo, hi = set.dhi;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     const float* x = s.x + j0;
     block_distances(x, n, set.xmax, set.scale, d);
-    for (int64_t j = 0; j < n; ++j) {
-      if (is_member(d[j], set)) {
-        cx[count] = x[j];
-        ci[count] = s.token(j0 + j);
-        ++count;
-      }
-    }
+    for_each_in_range(d, n, lo, hi, [&](int64_t j) {
+      cx[count] = x[j];
+      ci[count] = s.token(j0 + j);
+      ++count;
+    });
   }
   return count;
 }

@@ -47,6 +47,7 @@ void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& ru
 
 // Keys and member flags only (no exp): what the gather pass needs. `e`
 // receives d - d0 for the masses of the few entries that are gathered.
+// Non-members get key +inf.
 void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule,
                      float* key, float* e, bool* member) {
   block::BlockKeys b;
@@ -57,10 +58,10 @@ void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRul
     e[j] = b.d[j] - rule.d0;
   }
   if (rule.kind == KeyKind::kDistance) {
-    std::copy_n(b.k, n, key);
+    for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? b.k[j] : kInf;
   } else {
     for (int64_t j = 0; j < n; ++j) {
-      key[j] = e[j] <= kUnderflow
+      key[j] = (member[j] && e[j] <= kUnderflow)
                    ? static_cast<float>(std::fabs(static_cast<double>(e[j]) - rule.mu))
                    : kInf;
     }
@@ -85,23 +86,24 @@ void list_masses(std::vector<SelectEntry>& list) {
 }
 
 // Finishes the selection on the boundary bucket's members.
+// `shift` is the first level still to split on: kLevel1Shift for a list of
+// arbitrary keys, kLevel1Shift - 10 for one whose keys share their top bits.
 SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, double cum,
-                    int64_t count_before, double target) {
-  int shift = kLevel1Shift;
-  while (list.size() > kSortBelow && shift > 0) {
-    shift -= 10;
-    const uint32_t mask = static_cast<uint32_t>(kSubBuckets - 1);
-    sc.sub_counts.assign(kSubBuckets, 0);
-    sc.sub_masses.assign(kSubBuckets, 0.0);
+                    int64_t count_before, double target, int shift) {
+  for (; list.size() > kSortBelow && shift >= 0; shift -= 10) {
+    const int64_t buckets = shift == kLevel1Shift ? kLevel1Buckets : kSubBuckets;
+    const auto mask = static_cast<uint32_t>(buckets - 1);
+    sc.sub_counts.assign(static_cast<size_t>(buckets), 0);
+    sc.sub_masses.assign(static_cast<size_t>(buckets), 0.0);
     for (const SelectEntry& e : list) {
       const uint32_t b = (key_bits(e.key) >> shift) & mask;
       ++sc.sub_counts[b];
       sc.sub_masses[b] += e.weight;
     }
-    int64_t last_nonempty = kSubBuckets - 1;
+    int64_t last_nonempty = buckets - 1;
     while (last_nonempty > 0 && sc.sub_counts[last_nonempty] == 0) --last_nonempty;
     int64_t chosen = -1;
-    for (int64_t b = 0; b < kSubBuckets; ++b) {
+    for (int64_t b = 0; b < buckets; ++b) {
       if (sc.sub_counts[b] == 0) continue;
       chosen = b;
       const double w = mass ? sc.sub_masses[b] : static_cast<double>(sc.sub_counts[b]);
@@ -142,9 +144,86 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 
 }  // namespace
 
+// Small count targets (top-k, min_keep, top-N) over a large set: a sample of
+// every kSampleStride-th token gives a key bound t that, with a margin, holds
+// at least `target` members; one pass gathers the members with key <= t and
+// the exact answer is found among them. Returns false when the bound turns out
+// too tight or too loose, and the histogram path takes over.
+constexpr int64_t kSampleStride = 32;
+constexpr double kFastTargetMax = 2048;
+
+bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
+                         const KeyRule& rule, double target, SelectScratch& sc, const Runner& run,
+                         SelectResult& result) {
+  int64_t total = 0;
+  for (const Segment& seg : segments) total += seg.n;
+  if (rule.mass_weight || target > kFastTargetMax ||
+      static_cast<double>(total) < 16.0 * kSampleStride * target) {
+    return false;
+  }
+  // Sample keys of members, in token order.
+  sc.samples.clear();
+  alignas(64) float key[kBlock];
+  alignas(64) float e[kBlock];
+  bool member[kBlock];
+  for (const Segment& seg : segments) {
+    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, seg.n - j0);
+      float xs[kBlock / kSampleStride + 1];
+      int64_t m = 0;
+      for (int64_t j = 0; j < n; j += kSampleStride) xs[m++] = seg.x[j0 + j];
+      block_keys_only(xs, m, set, rule, key, e, member);
+      for (int64_t j = 0; j < m; ++j) {
+        if (member[j]) sc.samples.push_back(key[j]);
+      }
+    }
+  }
+  // Expect target / kSampleStride samples below the answer; ask for four
+  // times that plus a margin so that a bad sample rarely sends us back.
+  const auto want = static_cast<size_t>(4.0 * target / kSampleStride) + 8;
+  if (sc.samples.size() <= want) return false;
+  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want),
+                   sc.samples.end());
+  const float bound = sc.samples[want];
+  const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
+
+  // Gather members with key <= bound, per segment, then in segment order.
+  const auto nseg = static_cast<int64_t>(segments.size());
+  sc.seg_lists.resize(static_cast<size_t>(nseg));
+  run(nseg, [&](int64_t s) {
+    auto& out = sc.seg_lists[static_cast<size_t>(s)];
+    out.clear();
+    alignas(64) float k2[kBlock];
+    alignas(64) float e2[kBlock];
+    bool in[kBlock];
+    const Segment& seg = segments[static_cast<size_t>(s)];
+    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, seg.n - j0);
+      block_keys_only(seg.x + j0, n, set, rule, k2, e2, in);
+      // Non-members carry key +inf, so the range test alone selects.
+      block::for_each_in_range(k2, n, -kInf, bound,
+                               [&](int64_t j) { out.push_back(SelectEntry{k2[j], 1.0f}); });
+      if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
+    }
+  });
+  sc.list.clear();
+  for (const auto& part : sc.seg_lists) {
+    if (static_cast<int64_t>(part.size()) > cap) return false;
+    sc.list.insert(sc.list.end(), part.begin(), part.end());
+  }
+  if (static_cast<double>(sc.list.size()) < target || static_cast<int64_t>(sc.list.size()) > cap) {
+    return false;
+  }
+  result = refine(sc.list, sc, false, 0.0, 0, target, kLevel1Shift);
+  return true;
+}
+
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
                              const KeyRule& rule, double target, SelectScratch& sc,
                              const Runner& run) {
+  if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast)) {
+    return fast;
+  }
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.counts.resize(static_cast<size_t>(nseg * kLevel1Buckets));
   sc.masses.resize(static_cast<size_t>(nseg * kLevel1Buckets));
@@ -234,7 +313,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     }
   });
   if (mass) list_masses(sc.list);
-  return refine(sc.list, sc, mass, cum, count_before, target);
+  return refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
 }
 
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,

@@ -47,6 +47,8 @@ struct SelectScratch {
   std::vector<double> masses;     // per segment × level-1 buckets
   std::vector<int64_t> offsets;   // per segment
   std::vector<SelectEntry> list;  // the boundary bucket's members
+  std::vector<float> samples;                        // small-target path
+  std::vector<std::vector<SelectEntry>> seg_lists;   // small-target path, per segment
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
 };
