@@ -50,6 +50,52 @@ inline void block_masses(const float* d, const float* k, int64_t n, const SetSpe
   for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? ex[j] : 0.0f;
 }
 
+// The fused form of block_distances + block_masses straight from the values:
+// w[j] for j < n (bit-identical to block_masses: the same packet exp of the
+// same argument), and the number of members goes to *members. One read of x,
+// all in registers.
+inline void block_masses_from_values(const float* x, int64_t n, const SetSpec& set, float k0,
+                                     float* __restrict w, int64_t* members) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet pxmax = ei::pset1<Packet>(set.xmax);
+  const Packet pscale = ei::pset1<Packet>(set.scale);
+  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
+  const Packet plo = ei::pset1<Packet>(set.dlo);
+  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const Packet pk0 = ei::pset1<Packet>(k0);
+  const Packet punder = ei::pset1<Packet>(kUnderflow);
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  const bool same_scale = set.key_scale == set.scale;
+  Packet count = ei::pzero(pone);
+  alignas(64) float tail[kLanes];
+  for (int64_t g = 0; g < n; g += kLanes) {
+    Packet px;
+    if (g + kLanes <= n) {
+      px = ei::ploadu<Packet>(x + g);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
+      px = ei::pload<Packet>(tail);
+    }
+    const Packet diff = ei::psub(pxmax, px);
+    const Packet d = ei::pmul(diff, pscale);
+    const Packet k = same_scale ? d : ei::pmul(diff, pkscale);
+    const Packet e = ei::psub(k, pk0);
+    const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
+    const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
+    const Packet mass = ei::pand(ei::pexp(ei::pnegate(e)), live);
+    count = ei::padd(count, ei::pand(in, pone));
+    if (g + kLanes <= n) {
+      ei::pstoreu(w + g, mass);
+    } else {
+      ei::pstore(tail, mass);
+      for (int64_t j = 0; g + j < n; ++j) w[g + j] = tail[j];
+    }
+  }
+  *members = static_cast<int64_t>(ei::predux(count));
+}
+
 // Σ w in double, in a fixed order (eight interleaved partial sums).
 inline double sum_as_double(const float* w, int64_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};

@@ -132,14 +132,12 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                 double* block_sums) {
   double total = 0.0;
   int64_t members = 0;
-  BlockKeys b;
   alignas(64) float w[kBlock];
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    b.compute(s.x + j0, n, set);
-    block_masses(b.d, b.k, n, set, k0, w);
-    const float lo = set.dlo, hi = set.dhi;
-    for (int64_t j = 0; j < n; ++j) members += in_range(b.d[j], lo, hi) ? 1 : 0;
+    int64_t in_block = 0;
+    block_masses_from_values(s.x + j0, n, set, k0, w, &in_block);
+    members += in_block;
     const double block_sum = sum_as_double(w, n);
     if (block_sums) block_sums[j0 / kBlock] = block_sum;
     total += block_sum;
@@ -200,12 +198,11 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block
   }
   if (last_block < 0) return -1;
   if (b == blocks) b = last_block;  // rounding: settle for the last block of positive mass
-  BlockKeys keys;
   alignas(64) float w[kBlock];
   const int64_t j0 = b * kBlock;
   const int64_t n = std::min(kBlock, s.n - j0);
-  keys.compute(s.x + j0, n, set);
-  block_masses(keys.d, keys.k, n, set, k0, w);
+  int64_t unused = 0;
+  block_masses_from_values(s.x + j0, n, set, k0, w, &unused);
   int64_t last_positive = -1;
   for (int64_t j = 0; j < n; ++j) {
     if (w[j] <= 0.0f) continue;
@@ -217,13 +214,12 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block
 }
 
 void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out) {
-  BlockKeys b;
   const auto scale = static_cast<float>(inv_z);
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    b.compute(s.x + j0, n, set);
     float* o = out + j0;
-    block_masses(b.d, b.k, n, set, k0, o);
+    int64_t unused = 0;
+    block_masses_from_values(s.x + j0, n, set, k0, o, &unused);
     for (int64_t j = 0; j < n; ++j) o[j] *= scale;
   }
 }

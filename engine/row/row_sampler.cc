@@ -65,6 +65,8 @@ struct Distribution {
   int64_t support = 0;
   bool greedy = false;
   int32_t greedy_token = -1;
+  // Σ exp(x - raw_max) over the raw row, when a pass already formed it.
+  double raw_z = -1.0;
 };
 
 class RowPipeline {
@@ -91,6 +93,9 @@ class RowPipeline {
                     bool& d0_known, int64_t& count, bool& count_known);
   float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
                      float c, int64_t* count);
+
+  bool unfiltered_raw_ = false;  // the processed row is the raw row
+  double raw_z_ = -1.0;
 
   const RowInput& in_;
   const RowRequest& req_;
@@ -256,10 +261,13 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTopP: {
       if (p_.top_p >= 1.0f) return;
       ensure_d0();
-      const double z = mass_of(segs, set, d0, nullptr);
-      const KeyRule rule{KeyKind::kDistance, true, d0, 0.0};
+      const KeyRule rule{KeyKind::kDistance, true, d0, 0.0, /*target_is_fraction=*/true};
       const SelectResult r =
-          weighted_select(segs, set, rule, static_cast<double>(p_.top_p) * z, sc_.select, run_);
+          weighted_select(segs, set, rule, static_cast<double>(p_.top_p), sc_.select, run_);
+      if (unfiltered_raw_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
+          set.dhi == kMaxFloat) {
+        raw_z_ = r.total;  // the whole raw row at temperature 1: the raw normaliser
+      }
       if (!r.found) return;
       int64_t kept = r.count_le;
       const float c = min_keep_key(segs, set, rule, r.key, &kept);
@@ -318,6 +326,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   if (Status s = check_and_widen(dist); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
+  unfiltered_raw_ = dist.x == dist.raw;
 
   if (p_.temperature == 0.0f) {
     // Greedy: argmax of the processed logits, lowest id on ties.
@@ -377,6 +386,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   dist.segs = segs;
   dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
   dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
+  dist.raw_z = raw_z_;
   if (dist.support == 0 || !(dist.z > 0.0)) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
   }
@@ -456,8 +466,9 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                             dist.set.scale == 1.0f && dist.k0 == 0.0f &&
                             dist.set.dlo == 0.0f && dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
-    raw_log_z = raw_is_final ? std::log(dist.z)
-                             : std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
+    raw_log_z = raw_is_final        ? std::log(dist.z)
+                : dist.raw_z > 0.0 ? std::log(dist.raw_z)
+                                   : std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
   }
   // mass_of overwrote the per-segment masses; the draws are done with them.
   const double log_z = std::log(dist.z);

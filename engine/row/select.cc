@@ -15,6 +15,7 @@ using block::kBlock;
 constexpr int kLevel1Shift = 20;
 constexpr int64_t kLevel1Buckets = 2048;
 constexpr int64_t kSubBuckets = 1024;
+constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
 // Boundary lists this short are simply sorted.
 constexpr size_t kSortBelow = 64;
 
@@ -157,7 +158,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
                          SelectResult& result) {
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
-  if (rule.mass_weight || target > kFastTargetMax ||
+  if (rule.mass_weight || rule.target_is_fraction || target > kFastTargetMax ||
       static_cast<double>(total) < 16.0 * kSampleStride * target) {
     return false;
   }
@@ -242,29 +243,41 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
       block_keys(seg.x + j0, n, set, rule, key, weight, member);
+      // Branch-free: non-members land in a bucket no key reaches (NaN bits).
       for (int64_t j = 0; j < n; ++j) {
-        if (!member[j]) continue;
-        const uint32_t b = key_bits(key[j]) >> kLevel1Shift;
+        const uint32_t b = member[j] ? key_bits(key[j]) >> kLevel1Shift : kTrashBucket;
         ++counts[b];
-        if (mass) masses[b] += weight[j];
+        masses[b] += weight[j];
       }
     }
   });
 
-  // Combine in segment order and find the bucket where the target is reached.
+  // Combine in segment order (into the first segment's arrays), total the
+  // weight when the target is a fraction of it, then find the bucket where
+  // the target is reached.
+  // (Segment 0's arrays become the totals; its own count in the chosen bucket
+  // is recovered below for the gather.)
+  uint32_t* tot_count = sc.counts.data();
+  double* tot_mass = sc.masses.data();
+  for (int64_t s = 1; s < nseg; ++s) {
+    for (int64_t b = 0; b < kTrashBucket; ++b) {
+      tot_count[b] += sc.counts[static_cast<size_t>(s * kLevel1Buckets + b)];
+      tot_mass[b] += sc.masses[static_cast<size_t>(s * kLevel1Buckets + b)];
+    }
+  }
+  double total = 0.0;
+  for (int64_t b = 0; b < kTrashBucket; ++b) {
+    total += mass ? tot_mass[b] : static_cast<double>(tot_count[b]);
+  }
+  if (rule.target_is_fraction) target *= total;
   double cum = 0.0;
   int64_t count_before = 0;
   int64_t chosen = -1;
   int64_t chosen_count = 0;
-  for (int64_t b = 0; b < kLevel1Buckets; ++b) {
-    int64_t c = 0;
-    double m = 0.0;
-    for (int64_t s = 0; s < nseg; ++s) {
-      c += sc.counts[static_cast<size_t>(s * kLevel1Buckets + b)];
-      if (mass) m += sc.masses[static_cast<size_t>(s * kLevel1Buckets + b)];
-    }
+  for (int64_t b = 0; b < kTrashBucket; ++b) {
+    const int64_t c = tot_count[b];
     if (c == 0) continue;
-    const double w = mass ? m : static_cast<double>(c);
+    const double w = mass ? tot_mass[b] : static_cast<double>(c);
     if (cum + w >= target) {
       chosen = b;
       chosen_count = c;
@@ -276,15 +289,24 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   if (chosen < 0) {
     SelectResult none;
     none.count_le = count_before;
+    none.total = total;
     return none;
   }
 
   // Pass 2: gather the boundary bucket's members, in segment order.
+  sc.seg_chosen.resize(static_cast<size_t>(nseg));
+  int64_t others = 0;
+  for (int64_t s = 1; s < nseg; ++s) {
+    sc.seg_chosen[static_cast<size_t>(s)] =
+        sc.counts[static_cast<size_t>(s * kLevel1Buckets + chosen)];
+    others += sc.seg_chosen[static_cast<size_t>(s)];
+  }
+  sc.seg_chosen[0] = chosen_count - others;
   sc.offsets.resize(static_cast<size_t>(nseg + 1));
   sc.offsets[0] = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     sc.offsets[static_cast<size_t>(s + 1)] =
-        sc.offsets[static_cast<size_t>(s)] + sc.counts[static_cast<size_t>(s * kLevel1Buckets + chosen)];
+        sc.offsets[static_cast<size_t>(s)] + sc.seg_chosen[static_cast<size_t>(s)];
   }
   sc.list.resize(static_cast<size_t>(chosen_count));
   run(nseg, [&](int64_t s) {
@@ -313,7 +335,9 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     }
   });
   if (mass) list_masses(sc.list);
-  return refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
+  SelectResult r = refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
+  r.total = total;
+  return r;
 }
 
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,

@@ -29,12 +29,16 @@ struct KeyRule {
   bool mass_weight = false;  // weight exp(-(d - d0)) (0 past kUnderflow), else 1
   float d0 = 0.0f;           // mass shift, in filter space
   double mu = 0.0;           // typical: the entropy point, in (d - d0) units
+  // The target is a fraction of the set's total weight (top-p: p of the mass),
+  // which the histogram pass totals itself.
+  bool target_is_fraction = false;
 };
 
 struct SelectResult {
   bool found = false;    // false: the whole set's weight stays below the target
   float key = 0.0f;      // the threshold c
   int64_t count_le = 0;  // members with key <= c
+  double total = -1.0;   // the set's total weight, when the histogram pass formed it
 };
 
 struct SelectEntry {
@@ -46,6 +50,7 @@ struct SelectScratch {
   std::vector<uint32_t> counts;   // per segment × level-1 buckets
   std::vector<double> masses;     // per segment × level-1 buckets
   std::vector<int64_t> offsets;   // per segment
+  std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
   std::vector<SelectEntry> list;  // the boundary bucket's members
   std::vector<float> samples;                        // small-target path
   std::vector<std::vector<SelectEntry>> seg_lists;   // small-target path, per segment
