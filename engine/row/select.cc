@@ -309,6 +309,10 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
         sc.offsets[static_cast<size_t>(s)] + sc.seg_chosen[static_cast<size_t>(s)];
   }
   sc.list.resize(static_cast<size_t>(chosen_count));
+  const auto chosen_bits = static_cast<uint32_t>(chosen) << kLevel1Shift;
+  const float bucket_lo = std::bit_cast<float>(chosen_bits);
+  const float bucket_hi = std::bit_cast<float>(chosen_bits + ((1u << kLevel1Shift) - 1));
+  const bool inf_bucket = chosen_bits == key_bits(kInf);  // +inf keys: members only
   run(nseg, [&](int64_t s) {
     int64_t at = sc.offsets[static_cast<size_t>(s)];
     if (at == sc.offsets[static_cast<size_t>(s + 1)]) return;
@@ -319,19 +323,18 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
       block_keys_only(seg.x + j0, n, set, rule, key, e, member);
-      // Branch-free staging: every entry is written, only the chosen ones
-      // advance; then the block's chosen entries go to this segment's range.
-      SelectEntry stage[kBlock];
-      int64_t staged = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        stage[staged] = SelectEntry{key[j], e[j]};
-        staged +=
-            (member[j] & ((key_bits(key[j]) >> kLevel1Shift) == static_cast<uint32_t>(chosen)))
-                ? 1
-                : 0;
+      if (!inf_bucket) {
+        // The bucket is a contiguous range of keys; non-members carry +inf.
+        block::for_each_in_range(key, n, bucket_lo, bucket_hi, [&](int64_t j) {
+          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], e[j]};
+        });
+        continue;
       }
-      std::copy_n(stage, staged, sc.list.data() + at);
-      at += staged;
+      for (int64_t j = 0; j < n; ++j) {
+        if (member[j] && key[j] == kInf) {
+          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], e[j]};
+        }
+      }
     }
   });
   if (mass) list_masses(sc.list);
