@@ -1,0 +1,358 @@
+#include "bench/core/bench_core.h"
+
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+#include "tools/lm_logits.h"
+
+namespace nucleus::bench {
+namespace {
+
+constexpr Config kAll[] = {Config::kGreedy, Config::kFull,    Config::kTopKTopP,   Config::kTopP,
+                           Config::kMinP,   Config::kTypical, Config::kPenaltyTopP};
+constexpr int64_t kHistory = 2000;
+
+// Median wall time of `repeat` calls, after two warm-up calls.
+template <typename F>
+double median_seconds(int repeat, F&& f) {
+  f();
+  f();
+  std::vector<double> times;
+  times.reserve(static_cast<size_t>(repeat));
+  for (int i = 0; i < repeat; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    const auto t1 = std::chrono::steady_clock::now();
+    times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  std::nth_element(times.begin(), times.begin() + repeat / 2, times.end());
+  return times[static_cast<size_t>(repeat / 2)];
+}
+
+// The row as float32 values, whatever the stored dtype.
+const float* row_f32(const Workload& w, int64_t row) { return w.f32.data() + row * w.vocab; }
+
+// One row the way a sort-based sampler does it (HF TopK/TopP/MinP/Typical
+// warpers, vLLM's CPU path): full-vocabulary sorts, then cumulative sums.
+int32_t reference_row(Config config, const float* raw, int64_t vocab, const SamplingParams& p,
+                      std::span<const int32_t> history, uint64_t seed) {
+  std::vector<float> x(raw, raw + vocab);
+  if (p.repetition_penalty != 1.0f) {
+    std::vector<int32_t> seen(history.begin(), history.end());
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    for (int32_t t : seen)
+      x[t] = x[t] > 0 ? x[t] / p.repetition_penalty : x[t] * p.repetition_penalty;
+  }
+  if (config == Config::kGreedy) {
+    return static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin());
+  }
+  const float inv_t = 1.0f / p.temperature;
+  for (float& v : x) v *= inv_t;
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b]; };
+  size_t kept = order.size();
+  if (p.top_k > 0) {
+    kept = std::min<size_t>(kept, static_cast<size_t>(p.top_k));
+    std::partial_sort(order.begin(), order.begin() + static_cast<int64_t>(kept), order.end(),
+                      by_logit);
+  } else if (config != Config::kFull) {
+    std::sort(order.begin(), order.end(), by_logit);
+  }
+  const float xmax = *std::max_element(x.begin(), x.end());
+  std::vector<double> prob(kept);
+  double z = 0;
+  for (size_t i = 0; i < kept; ++i)
+    z += prob[i] = std::exp(static_cast<double>(x[order[i]] - xmax));
+  for (double& v : prob) v /= z;
+  if (p.top_p < 1.0f) {
+    double cum = 0;
+    size_t i = 0;
+    while (i < kept && cum < p.top_p) cum += prob[i++];
+    kept = std::max<size_t>(i, 1);
+  }
+  if (p.min_p > 0.0f) {
+    size_t i = 1;
+    while (i < kept && prob[i] >= p.min_p * prob[0]) ++i;
+    kept = i;
+  }
+  if (p.typical_p < 1.0f) {
+    double h = 0;
+    for (size_t i = 0; i < kept; ++i) h -= prob[i] > 0 ? prob[i] * std::log(prob[i]) : 0.0;
+    std::vector<size_t> by_s(kept);
+    std::iota(by_s.begin(), by_s.end(), 0);
+    auto s = [&](size_t i) { return std::fabs(-std::log(prob[i]) - h); };
+    std::sort(by_s.begin(), by_s.end(), [&](size_t a, size_t b) { return s(a) < s(b); });
+    double cum = 0;
+    size_t n = 0;
+    while (n < kept && cum < p.typical_p) cum += prob[by_s[n++]];
+    std::vector<int32_t> chosen;
+    std::vector<double> chosen_p;
+    for (size_t i = 0; i < n; ++i) {
+      chosen.push_back(order[by_s[i]]);
+      chosen_p.push_back(prob[by_s[i]]);
+    }
+    std::copy(chosen.begin(), chosen.end(), order.begin());
+    std::copy(chosen_p.begin(), chosen_p.end(), prob.begin());
+    kept = n;
+  }
+  double total = 0;
+  for (size_t i = 0; i < kept; ++i) total += prob[i];
+  std::mt19937_64 rng(seed);
+  const double target = std::uniform_real_distribution<double>(0.0, total)(rng);
+  double cum = 0;
+  for (size_t i = 0; i < kept; ++i) {
+    cum += prob[i];
+    if (cum >= target) return order[i];
+  }
+  return order[kept - 1];
+}
+
+template <typename F>
+void for_rows(int threads, int64_t rows, F&& f) {
+  tbb::task_arena arena(threads);
+  arena.execute([&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); });
+}
+
+}  // namespace
+
+std::span<const Config> all_configs() { return kAll; }
+
+const char* config_name(Config config) {
+  switch (config) {
+    case Config::kGreedy:
+      return "greedy";
+    case Config::kFull:
+      return "full";
+    case Config::kTopKTopP:
+      return "topk-topp";
+    case Config::kTopP:
+      return "topp";
+    case Config::kMinP:
+      return "minp";
+    case Config::kTypical:
+      return "typical";
+    case Config::kPenaltyTopP:
+      return "penalty-topp";
+  }
+  return "?";
+}
+
+std::optional<Config> parse_config(std::string_view name) {
+  for (Config c : kAll) {
+    if (name == config_name(c)) return c;
+  }
+  return std::nullopt;
+}
+
+SamplingParams params_for(Config config) {
+  SamplingParams p;
+  switch (config) {
+    case Config::kGreedy:
+      p.temperature = 0.0f;
+      break;
+    case Config::kFull:
+      break;
+    case Config::kTopKTopP:
+      p.temperature = 0.7f;
+      p.top_k = 50;
+      p.top_p = 0.9f;
+      break;
+    case Config::kTopP:
+      p.top_p = 0.95f;
+      break;
+    case Config::kMinP:
+      p.min_p = 0.05f;
+      break;
+    case Config::kTypical:
+      p.typical_p = 0.9f;
+      break;
+    case Config::kPenaltyTopP:
+      p.repetition_penalty = 1.2f;
+      p.top_p = 0.9f;
+      break;
+  }
+  return p;
+}
+
+LogitsView Workload::view() const {
+  const void* data = dtype == DType::kFloat32 ? static_cast<const void*>(f32.data())
+                                              : static_cast<const void*>(half.data());
+  return LogitsView{data, rows, vocab, vocab, dtype};
+}
+
+Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed) {
+  Workload w;
+  w.rows = rows;
+  w.vocab = vocab;
+  w.dtype = dtype;
+  // Alternate peaked and flat rows: the nucleus size is what top-p pays for.
+  w.f32.resize(static_cast<size_t>(rows * vocab));
+  const auto peaked = tools::make_lm_logits((rows + 1) / 2, vocab, tools::LmRowKind::kPeaked, seed);
+  const auto flat = tools::make_lm_logits(rows / 2, vocab, tools::LmRowKind::kFlat, seed + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src =
+        (r % 2 == 0) ? peaked.data() + (r / 2) * vocab : flat.data() + (r / 2) * vocab;
+    std::copy_n(src, vocab, w.f32.data() + r * vocab);
+  }
+  if (dtype != DType::kFloat32) {
+    w.half.resize(w.f32.size());
+    for (size_t i = 0; i < w.f32.size(); ++i) {
+      if (dtype == DType::kFloat16) {
+        const Eigen::half h(w.f32[i]);
+        w.half[i] = Eigen::numext::bit_cast<uint16_t>(h);
+        w.f32[i] = static_cast<float>(h);
+      } else {
+        const Eigen::bfloat16 b(w.f32[i]);
+        w.half[i] = Eigen::numext::bit_cast<uint16_t>(b);
+        w.f32[i] = static_cast<float>(b);
+      }
+    }
+  }
+  std::mt19937_64 rng(seed + 7);
+  w.history.resize(kHistory);
+  for (int32_t& t : w.history) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return w;
+}
+
+std::vector<RowRequest> make_requests(Config config, const Workload& w, bool logprobs) {
+  std::vector<RowRequest> requests(static_cast<size_t>(w.rows));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    RowRequest& req = requests[static_cast<size_t>(r)];
+    req.params = params_for(config);
+    req.params.logprobs = logprobs;
+    req.seed = 1000 + static_cast<uint64_t>(r);
+    if (config == Config::kPenaltyTopP) req.generated_tokens = w.history;
+  }
+  return requests;
+}
+
+double roofline_pass(const Workload& w, int threads) {
+  // Fixed slices of the flat buffer, so a single row still uses every thread.
+  constexpr int64_t kSlice = 1 << 16;
+  const int64_t n = w.rows * w.vocab;
+  const int64_t slices = (n + kSlice - 1) / kSlice;
+  std::vector<double> partial(static_cast<size_t>(slices));
+  for_rows(threads, slices, [&](int64_t s) {
+    const int64_t begin = s * kSlice;
+    const int64_t len = std::min(kSlice, n - begin);
+    if (w.dtype == DType::kFloat32) {
+      partial[static_cast<size_t>(s)] =
+          Eigen::Map<const Eigen::ArrayXf>(w.f32.data() + begin, len).sum();
+    } else {
+      uint32_t acc = 0;
+      const uint16_t* h = w.half.data() + begin;
+      for (int64_t j = 0; j < len; ++j) acc += h[j];
+      partial[static_cast<size_t>(s)] = acc;
+    }
+  });
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
+}
+
+double softmax_floor_pass(const Workload& w, int threads) {
+  std::vector<double> partial(static_cast<size_t>(w.rows));
+  for_rows(threads, w.rows, [&](int64_t r) {
+    double z = 0;
+    if (w.dtype == DType::kFloat32) {
+      Eigen::Map<const Eigen::ArrayXf> a(row_f32(w, r), w.vocab);
+      const float m = a.maxCoeff();
+      z = (a - m).exp().sum();
+    } else if (w.dtype == DType::kFloat16) {
+      Eigen::Map<const Eigen::Array<Eigen::half, Eigen::Dynamic, 1>> a(
+          reinterpret_cast<const Eigen::half*>(w.half.data()) + r * w.vocab, w.vocab);
+      const float m = a.cast<float>().maxCoeff();
+      z = (a.cast<float>() - m).exp().sum();
+    } else {
+      Eigen::Map<const Eigen::Array<Eigen::bfloat16, Eigen::Dynamic, 1>> a(
+          reinterpret_cast<const Eigen::bfloat16*>(w.half.data()) + r * w.vocab, w.vocab);
+      const float m = a.cast<float>().maxCoeff();
+      z = (a.cast<float>() - m).exp().sum();
+    }
+    partial[static_cast<size_t>(r)] = z;
+  });
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
+}
+
+void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens) {
+  tokens.resize(static_cast<size_t>(w.rows));
+  const SamplingParams p = params_for(config);
+  std::span<const int32_t> history;
+  if (config == Config::kPenaltyTopP) history = w.history;
+  for_rows(threads, w.rows, [&](int64_t r) {
+    tokens[static_cast<size_t>(r)] =
+        reference_row(config, row_f32(w, r), w.vocab, p, history, 1000 + static_cast<uint64_t>(r));
+  });
+}
+
+CaseResult run_case(const Case& c, const Options& options) {
+  CaseResult out;
+  out.c = c;
+  const Workload w = make_workload(c.batch, c.vocab, c.dtype, options.seed);
+  const auto requests = make_requests(c.config, w, options.logprobs);
+  std::vector<RowResult> results(static_cast<size_t>(c.batch));
+  Engine engine({.max_threads = c.threads, .seed = options.seed});
+  const LogitsView view = w.view();
+  const double rows = static_cast<double>(c.batch);
+
+  const double t_nucleus = median_seconds(options.repeat, [&] {
+    const Status s = engine.sample(view, requests, results);
+    if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
+  });
+  volatile double sink = 0;
+  const double t_roof =
+      median_seconds(options.repeat, [&] { sink = sink + roofline_pass(w, c.threads); });
+  const double t_soft =
+      median_seconds(options.repeat, [&] { sink = sink + softmax_floor_pass(w, c.threads); });
+  out.us_per_row = t_nucleus / rows * 1e6;
+  out.rows_per_s = rows / t_nucleus;
+  out.gb_per_s = static_cast<double>(w.bytes()) / t_nucleus / 1e9;
+  out.roofline_us_per_row = t_roof / rows * 1e6;
+  out.softmax_us_per_row = t_soft / rows * 1e6;
+  out.vs_roofline = t_roof / t_nucleus;
+  out.vs_softmax = t_nucleus / t_soft;
+  if (options.reference) {
+    std::vector<int32_t> tokens;
+    // The reference is slow: fewer repeats keep a grid affordable.
+    const int repeat = std::max(3, options.repeat / 5);
+    const double t_ref =
+        median_seconds(repeat, [&] { reference_pass(c.config, w, c.threads, tokens); });
+    out.reference_us_per_row = t_ref / rows * 1e6;
+    out.vs_reference = t_ref / t_nucleus;
+  }
+  return out;
+}
+
+std::string format_table(std::span<const CaseResult> results) {
+  std::string text;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-13s %7s %5s %4s %3s %10s %11s %7s %8s %9s %9s %9s\n",
+                "config", "vocab", "batch", "type", "thr", "us/row", "rows/s", "GB/s", "roofline",
+                "x softmax", "ref us", "x faster");
+  text += line;
+  for (const CaseResult& r : results) {
+    char ref_us[32] = "-";
+    char speedup[32] = "-";
+    if (r.reference_us_per_row > 0) {
+      std::snprintf(ref_us, sizeof ref_us, "%.1f", r.reference_us_per_row);
+      std::snprintf(speedup, sizeof speedup, "%.1f", r.vs_reference);
+    }
+    std::snprintf(
+        line, sizeof line, "%-13s %7lld %5lld %4s %3d %10.2f %11.0f %7.2f %7.0f%% %9.2f %9s %9s\n",
+        config_name(r.c.config), static_cast<long long>(r.c.vocab),
+        static_cast<long long>(r.c.batch), dtype_name(r.c.dtype), r.c.threads, r.us_per_row,
+        r.rows_per_s, r.gb_per_s, 100.0 * r.vs_roofline, r.vs_softmax, ref_us, speedup);
+    text += line;
+  }
+  return text;
+}
+
+}  // namespace nucleus::bench

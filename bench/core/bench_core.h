@@ -1,0 +1,104 @@
+// nucleus — the benchmark harness shared by `nucleus bench` and the Google
+// Benchmark programs in bench/: LM-like workloads, the seven decoding
+// configurations, and the three baselines every figure is compared with,
+// measured in the same run on the same buffers:
+//   roofline      one streaming read (sum) of the batch as stored;
+//   softmax floor one max pass and one exp-sum pass per row (Eigen), the least
+//                 any sampler that needs the full softmax must do;
+//   reference     a sort-based sampler, the way HF transformers, vLLM's CPU
+//                 path and CTranslate2 do it (std::sort / std::partial_sort of
+//                 the row, cumulative sums, a draw).
+//
+// Example:
+//   auto r = nucleus::bench::run_case({Config::kTopP, 128256, 1, DType::kFloat32, 1}, opts);
+//   std::printf("%.1f us/row, %.2fx the softmax floor\n", r.us_per_row, r.vs_softmax);
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nucleus/engine.h"
+
+namespace nucleus::bench {
+
+enum class Config {
+  kGreedy,       // temperature 0
+  kFull,         // full-vocabulary sampling, no filters
+  kTopKTopP,     // temperature 0.7 + top-k 50 + top-p 0.9
+  kTopP,         // top-p 0.95, no top-k
+  kMinP,         // min-p 0.05
+  kTypical,      // typical-p 0.9
+  kPenaltyTopP,  // repetition penalty 1.2 over a 2,000-token history + top-p 0.9
+};
+
+std::span<const Config> all_configs();
+const char* config_name(Config config);
+std::optional<Config> parse_config(std::string_view name);
+SamplingParams params_for(Config config);
+
+// A batch of LM-like logits (alternating peaked and flat rows, as served
+// traffic has both), stored in the requested dtype.
+struct Workload {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  DType dtype = DType::kFloat32;
+  std::vector<float> f32;        // the values, as float32 (after rounding to dtype)
+  std::vector<uint16_t> half;    // the stored bits for f16 / bf16
+  std::vector<int32_t> history;  // 2,000 tokens for the penalty configuration
+
+  LogitsView view() const;
+  int64_t bytes() const { return rows * vocab * dtype_size(dtype); }
+};
+Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed);
+
+// One request per row: the configuration's parameters, a per-row seed.
+std::vector<RowRequest> make_requests(Config config, const Workload& w, bool logprobs);
+
+struct Case {
+  Config config = Config::kFull;
+  int64_t vocab = 128256;
+  int64_t batch = 1;
+  DType dtype = DType::kFloat32;
+  int threads = 1;
+};
+
+struct Options {
+  int repeat = 30;        // timed calls per measurement (the median is kept)
+  bool reference = true;  // also time the sort-based sampler (slow at large sizes)
+  bool logprobs = false;  // ask for the sampled tokens' logprobs too
+  uint64_t seed = 1;
+};
+
+struct CaseResult {
+  Case c;
+  double us_per_row = 0;  // nucleus, median
+  double rows_per_s = 0;
+  double gb_per_s = 0;  // bytes of logits read per second
+  double roofline_us_per_row = 0;
+  double softmax_us_per_row = 0;
+  double reference_us_per_row = 0;  // 0 when not measured
+  double vs_roofline = 0;           // nucleus bandwidth / roofline bandwidth
+  double vs_softmax = 0;            // nucleus time / softmax floor time
+  double vs_reference = 0;          // reference time / nucleus time (speed-up); 0 when not measured
+};
+
+// Times one case: nucleus, then the baselines, each the median of
+// `options.repeat` calls on the same buffers with the same thread count.
+CaseResult run_case(const Case& c, const Options& options);
+
+// The three baselines, exposed for the Google Benchmark programs. Each runs
+// over the whole batch with up to `threads` threads and returns a value that
+// depends on every element (so nothing is optimised away).
+double roofline_pass(const Workload& w, int threads);
+double softmax_floor_pass(const Workload& w, int threads);
+// The sort-based sampler; writes one token per row.
+void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens);
+
+// A fixed-width table of results, one line per case.
+std::string format_table(std::span<const CaseResult> results);
+
+}  // namespace nucleus::bench
