@@ -54,7 +54,6 @@ std::optional<DType> parse_dtype(std::string_view name) {
 
 namespace {
 
-
 std::string extension_of(const std::string& path) {
   const size_t slash = path.rfind('/');
   const size_t dot = path.rfind('.');
@@ -69,7 +68,7 @@ std::string extension_of(const std::string& path) {
 Result<DumpFormat> detect_format(const std::string& path, const ByteSource& source,
                                  const DumpOptions& options) {
   const std::string& name = source.name();
-  if (!source.is_file()) {
+  if (!source.is_file() || path == "-") {
     // Standard input or a pipe has no extension: sniff the NumPy magic.
     unsigned char magic[sizeof detail::kNpyMagic] = {};
     if (source.size() >= static_cast<int64_t>(sizeof magic) &&
@@ -234,12 +233,11 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       const int64_t row = options.vocab * dtype_size(info->dtype);
       if (source.size() == 0) return Status::io_error(name + ": the file is empty");
       if (source.size() % row != 0) {
-        return Status::io_error(name + ": size = " + std::to_string(source.size()) +
-                                " bytes is not a multiple of a row (vocab " +
-                                std::to_string(options.vocab) + " × " +
-                                std::to_string(dtype_size(info->dtype)) + " bytes of " +
-                                dtype_name(info->dtype) + " = " + std::to_string(row) +
-                                "): wrong vocab or dtype, or a truncated file");
+        return Status::io_error(
+            name + ": size = " + std::to_string(source.size()) +
+            " bytes is not a multiple of a row (vocab " + std::to_string(options.vocab) + " × " +
+            std::to_string(dtype_size(info->dtype)) + " bytes of " + dtype_name(info->dtype) +
+            " = " + std::to_string(row) + "): wrong vocab or dtype, or a truncated file");
       }
       info->rows = source.size() / row;
       info->shape = {info->rows, info->vocab};
@@ -260,6 +258,11 @@ Status init_state(const std::string& path, const DumpOptions& options,
   const std::string& name = state.source.name();
   if (Status s = describe(path, options, state.source, &state.info); !s.ok()) return s;
   const DumpInfo& info = state.info;
+  if (!options.tensor.empty() && info.format != DumpFormat::kSafetensors) {
+    return Status::invalid_argument(name + ": tensor = '" + options.tensor +
+                                    "' was given but the file is " + dump_format_name(info.format) +
+                                    ", not .safetensors");
+  }
   // Options that describe the data must agree with a header that does too.
   if (info.format != DumpFormat::kRaw) {
     if (options.dtype && *options.dtype != info.dtype) {
@@ -267,10 +270,9 @@ Status init_state(const std::string& path, const DumpOptions& options,
                                       " was given but the file holds " + dtype_name(info.dtype));
     }
     if (options.vocab > 0 && options.vocab != info.vocab) {
-      return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
-                                      " was given but the file's shape " +
-                                      detail::shape_text(info.shape) + " has vocab " +
-                                      std::to_string(info.vocab));
+      return Status::invalid_argument(
+          name + ": vocab = " + std::to_string(options.vocab) + " was given but the file's shape " +
+          detail::shape_text(info.shape) + " has vocab " + std::to_string(info.vocab));
     }
   }
   state.row_bytes = info.vocab * dtype_size(info.dtype);
@@ -345,8 +347,8 @@ Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
     static const int64_t page = ::sysconf(_SC_PAGESIZE);
     const int64_t map_begin = begin / page * page;
     const auto map_len = static_cast<size_t>(begin + length - map_begin);
-    void* map =
-        ::mmap(nullptr, map_len, PROT_READ, MAP_PRIVATE, m.source.fd(), static_cast<off_t>(map_begin));
+    void* map = ::mmap(nullptr, map_len, PROT_READ, MAP_PRIVATE, m.source.fd(),
+                       static_cast<off_t>(map_begin));
     if (map == MAP_FAILED) {
       return Status::io_error(name + ": cannot map rows [" + std::to_string(first) + ", " +
                               std::to_string(first + count) + ") (" + std::to_string(map_len) +

@@ -15,8 +15,9 @@ namespace nucleus::detail {
 DumpFormat dump_format_for_path(const std::string& path) {
   auto ends_with = [&](std::string_view suffix) {
     return path.size() >= suffix.size() &&
-           std::equal(suffix.rbegin(), suffix.rend(), path.rbegin(),
-                      [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
+           std::equal(suffix.rbegin(), suffix.rend(), path.rbegin(), [](char a, char b) {
+             return a == std::tolower(static_cast<unsigned char>(b));
+           });
   };
   if (ends_with(".npy")) return DumpFormat::kNpy;
   if (ends_with(".safetensors")) return DumpFormat::kSafetensors;
@@ -26,8 +27,8 @@ DumpFormat dump_format_for_path(const std::string& path) {
 Status write_dump(const std::string& path, const float* values, int64_t rows, int64_t vocab,
                   const DumpWriteSpec& spec) {
   if (rows < 0 || vocab <= 0) {
-    return Status::invalid_argument(path + ": rows = " + std::to_string(rows) + ", vocab = " +
-                                    std::to_string(vocab) + " must be >= 0 and > 0");
+    return Status::invalid_argument(path + ": rows = " + std::to_string(rows) +
+                                    ", vocab = " + std::to_string(vocab) + " must be >= 0 and > 0");
   }
   std::vector<int64_t> shape(spec.shape.begin(), spec.shape.end());
   if (shape.empty()) shape = {rows, vocab};

@@ -108,8 +108,8 @@ ByteSource::~ByteSource() {
 
 Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
   if (offset < 0 || n < 0 || offset > size_ || n > size_ - offset) {
-    return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) +
-                            " to " + std::to_string(offset + n) + " but the file has " +
+    return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) + " to " +
+                            std::to_string(offset + n) + " but the file has " +
                             std::to_string(size_) + " bytes");
   }
   if (fd_ < 0) {
@@ -240,8 +240,8 @@ Status AtomicFile::commit() {
   if (!temp_path_.empty() && ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     discard();
-    return Status::io_error(path_ + ": cannot rename the finished file into place: " +
-                            errno_text(err));
+    return Status::io_error(path_ +
+                            ": cannot rename the finished file into place: " + errno_text(err));
   }
   temp_path_.clear();
   return Status();

@@ -158,8 +158,9 @@ Result<NpyHeader> parse_npy_header(const ByteSource& source) {
   }
   if (Status s = source.read_at(0, 10, preamble); !s.ok()) return s;
   if (std::memcmp(preamble, kNpyMagic, sizeof kNpyMagic) != 0) {
-    return Status::io_error(name + ": not a NumPy .npy file: it does not start with the magic "
-                                   "\"\\x93NUMPY\"");
+    return Status::io_error(name +
+                            ": not a NumPy .npy file: it does not start with the magic "
+                            "\"\\x93NUMPY\"");
   }
   NpyHeader header;
   header.major_version = preamble[6];
@@ -204,9 +205,8 @@ Result<DType> npy_dtype(const NpyHeader& header, const std::string& name) {
   const std::string field = name + ": header field 'descr' = '" + d + "'";
   // Byte order: '<' little, '>' big, '=' native, '|' not applicable.
   const char order = d.empty() ? '\0' : d[0];
-  const std::string type = (order == '<' || order == '>' || order == '=' || order == '|')
-                               ? d.substr(1)
-                               : d;
+  const std::string type =
+      (order == '<' || order == '>' || order == '=' || order == '|') ? d.substr(1) : d;
   if (type != "f4" && type != "f2") {
     return Status::io_error(field + " is not a supported dtype (float32 '<f4' or float16 '<f2')");
   }

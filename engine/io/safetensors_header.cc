@@ -44,7 +44,7 @@ std::optional<int64_t> as_count(const Json& value) {
 }
 
 std::string shown(const Json& value) {
-  std::string text = value.dump();
+  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
   if (text.size() > 120) text = text.substr(0, 120) + "...";
   return text;
 }
@@ -197,7 +197,7 @@ std::string format_safetensors_header(const std::string& tensor, DType dtype,
   root[tensor] = {{"dtype", type},
                   {"shape", std::vector<int64_t>(shape.begin(), shape.end())},
                   {"data_offsets", {0, bytes}}};
-  std::string json = root.dump();
+  std::string json = root.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   // Pad with spaces so that the data starts 8-byte aligned, as the reference
   // writer does.
   json.append((8 - json.size() % 8) % 8, ' ');

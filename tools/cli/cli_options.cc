@@ -1,0 +1,161 @@
+#include "tools/cli/cli_options.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+namespace nucleus::cli {
+
+void add_input_options(CLI::App* command, InputOptions* options) {
+  command->add_option("input", options->path, "Logit dump: .npy, .safetensors or raw; - = stdin")
+      ->required();
+  command
+      ->add_option("--input-format", options->format,
+                   "auto (by extension; stdin: NumPy magic, else raw), npy, safetensors, raw")
+      ->check(CLI::IsMember({"auto", "npy", "safetensors", "raw"}))
+      ->capture_default_str();
+  command->add_option("--tensor", options->tensor,
+                      "safetensors: the tensor to read (default: the only one)");
+  command->add_option("--dtype", options->dtype, "Raw dumps: element type, f32, f16 or bf16")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "bfloat16"}));
+  command->add_option("--vocab", options->vocab, "Raw dumps: values per row")
+      ->check(CLI::PositiveNumber);
+  command
+      ->add_option("--block-mb", options->block_mb,
+                   "Memory per block of rows, in MiB; larger dumps are read block by block")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+}
+
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element) {
+  DumpOptions dump;
+  dump.format = *parse_dump_format(options.format);  // CLI11 checked the name
+  dump.tensor = options.tensor;
+  if (!options.dtype.empty()) dump.dtype = parse_dtype(options.dtype);
+  dump.vocab = options.vocab;
+  // Split the budget between the mapped block and the command's own per-row
+  // buffers in proportion to their element sizes; with an unknown dtype
+  // assume the widest.
+  const int64_t budget = options.block_mb << 20;
+  const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 4;
+  dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
+  return DumpReader::open(options.path, dump);
+}
+
+void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags flags) {
+  SamplingParams& p = o->params;
+  const std::string filters = "Sampling (per-row values in --params override these)";
+  command->add_option("--temperature,-t", p.temperature, "Temperature; 0 = greedy")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--top-k", p.top_k, "Keep the k most likely tokens; 0 or -1 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--top-p", p.top_p, "Nucleus: keep the smallest set of mass >= p; 1 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--min-p", p.min_p, "Keep tokens with prob >= m * max prob; 0 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--typical-p", p.typical_p, "Locally typical sampling; 1 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--top-n-sigma", p.top_n_sigma, "Keep z >= z_max - n*sigma; <= 0 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--min-keep", p.min_keep, "Every filter keeps at least this many tokens")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--preset", o->preset, "Filter order: hf, vllm or llama.cpp")
+      ->check(CLI::IsMember({"hf", "vllm", "llama.cpp"}))
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--repetition-penalty", p.repetition_penalty, "1 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--frequency-penalty", p.frequency_penalty, "0 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command->add_option("--presence-penalty", p.presence_penalty, "0 = off")
+      ->capture_default_str()
+      ->group(filters);
+  command
+      ->add_option("--history", o->history,
+                   "Generated tokens, comma-separated (penalties), e.g. 5,17,17")
+      ->delimiter(',')
+      ->group(filters);
+  command
+      ->add_option("--prompt-tokens", o->prompt_tokens,
+                   "Prompt tokens, comma-separated (repetition penalty only)")
+      ->delimiter(',')
+      ->group(filters);
+  command->add_option("--banned", o->banned, "Banned token ids, comma-separated")
+      ->delimiter(',')
+      ->group(filters);
+  command
+      ->add_option("--logit-bias", o->logit_bias,
+                   "TOKEN:BIAS pairs, comma-separated, e.g. 13:-100,42:2.5")
+      ->delimiter(',')
+      ->group(filters);
+
+  const std::string draws = "Draws";
+  o->seed_option =
+      command
+          ->add_option("--seed", o->seed,
+                       "Seed S: row r is drawn with seed S + r (rows differ, and a row's "
+                       "tokens do not depend on the block or thread count). Without it, "
+                       "rows are unseeded and differ from run to run")
+          ->group(draws);
+  command->add_option("--step", o->step, "Decoding step (the Philox counter) for every row")
+      ->capture_default_str()
+      ->group(draws);
+  if (flags.draws) {
+    command->add_option("--num-samples,-n", p.num_samples, "Independent draws per row")
+        ->capture_default_str()
+        ->group(draws);
+    command
+        ->add_option("--logprobs", p.top_logprobs,
+                     "Also report the top N (token, logprob) and each sample's rank; 0 = off")
+        ->capture_default_str()
+        ->group(draws);
+    command
+        ->add_option("--logprobs-mode", o->logprobs_mode,
+                     "Distribution of --logprobs: processed (final) or raw (log_softmax of "
+                     "the input)")
+        ->check(CLI::IsMember({"processed", "raw"}))
+        ->capture_default_str()
+        ->group(draws);
+  }
+  command
+      ->add_option("--params", o->params_file,
+                   "JSONL, one object per row, overriding any option above for that row "
+                   "(see docs/cli.md)")
+      ->group(draws);
+  add_run_options(command, &o->threads, &o->quiet);
+}
+
+void add_run_options(CLI::App* command, int* threads, bool* quiet) {
+  command->add_option("--threads", *threads, "Threads for the engine; 0 = every core")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command->add_flag("--quiet,-q", *quiet, "No progress bar and no summary on stderr");
+}
+
+double json_float(float value) {
+  if (!std::isfinite(value)) return static_cast<double>(value);
+  if (value == 0.0f) return 0.0;  // log(1) reads better as 0.0 than -0.0
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf - 1, value);
+  if (ec != std::errc()) return static_cast<double>(value);
+  *end = '\0';
+  // The double nearest to the float's shortest decimal prints as that
+  // decimal, so -0.1f appears as -0.1 rather than -0.10000000149011612.
+  return std::strtod(buf, nullptr);
+}
+
+void print_error(const std::string& message) {
+  std::fprintf(stderr, "nucleus: %s\n", message.c_str());
+}
+
+}  // namespace nucleus::cli

@@ -1,0 +1,72 @@
+// Options shared by the nucleus commands: where the dump comes from, the
+// sampling parameters every row starts from, and how the run behaves.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nucleus/dump.h"
+#include "nucleus/sampling.h"
+#include "nucleus/status.h"
+
+namespace nucleus::cli {
+
+// Exit codes: every row sampled; some rows failed (their lines say why); the
+// run failed as a whole (bad input or options, nothing written).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRowErrors = 1;
+inline constexpr int kExitFailure = 2;
+
+struct InputOptions {
+  std::string path;
+  std::string format = "auto";
+  std::string tensor;
+  std::string dtype;
+  int64_t vocab = 0;
+  int64_t block_mb = 64;
+};
+
+// INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.
+void add_input_options(CLI::App* command, InputOptions* options);
+
+// Opens the dump. `extra_bytes_per_element` is the memory a command needs
+// per logit beside the block itself (4 for a float32 output row), so that
+// the whole working set of a block stays within --block-mb.
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element);
+
+struct SamplingOptions {
+  SamplingParams params;
+  std::string preset = "hf";
+  std::string logprobs_mode = "processed";
+  uint64_t seed = 0;
+  CLI::Option* seed_option = nullptr;  // given or not
+  uint64_t step = 0;
+  std::vector<int32_t> history;
+  std::vector<int32_t> prompt_tokens;
+  std::vector<int32_t> banned;
+  std::vector<std::string> logit_bias;  // "TOKEN:BIAS"
+  std::string params_file;
+  int threads = 0;
+  bool quiet = false;
+};
+
+// What a command exposes beyond the filters and penalties.
+struct SamplingFlags {
+  bool draws = true;  // --num-samples, --logprobs, --logprobs-mode
+};
+
+void add_sampling_options(CLI::App* command, SamplingOptions* options, SamplingFlags flags);
+
+// --threads and --quiet, for commands without sampling options.
+void add_run_options(CLI::App* command, int* threads, bool* quiet);
+
+// The shortest decimal that reads back as `value`, as a JSON number (NaN
+// and infinities become null).
+double json_float(float value);
+
+// Prints "nucleus: MESSAGE" on standard error.
+void print_error(const std::string& message);
+
+}  // namespace nucleus::cli

@@ -1,0 +1,49 @@
+// The nucleus commands: each registers its options on the CLI11 app and runs
+// once parsing succeeded, returning the process exit code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "nucleus/status.h"
+#include "tools/cli/cli_options.h"
+
+namespace nucleus::cli {
+
+struct SampleCommand {
+  CLI::App* app = nullptr;
+  InputOptions input;
+  SamplingOptions sampling;
+  std::string output;
+  std::string format = "jsonl";
+};
+void add_sample_command(CLI::App* app, SampleCommand* command);
+int run_sample(const SampleCommand& command);
+
+struct ProbsCommand {
+  CLI::App* app = nullptr;
+  InputOptions input;
+  SamplingOptions sampling;
+  std::string output;
+};
+void add_probs_command(CLI::App* app, ProbsCommand* command);
+int run_probs(const ProbsCommand& command);
+
+struct InspectCommand {
+  CLI::App* app = nullptr;
+  InputOptions input;
+  int top = 5;
+  bool json = false;
+  int threads = 0;
+  bool quiet = false;
+};
+void add_inspect_command(CLI::App* app, InspectCommand* command);
+int run_inspect(const InspectCommand& command);
+
+// An engine row error names the row by its index in the call ("row 2: ...");
+// blocks start at `first`, so rename it to the dump's row (or drop it when
+// the output names the row anyway).
+std::string row_error_text(const Status& status, int64_t index_in_call);
+std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first);
+
+}  // namespace nucleus::cli

@@ -1,0 +1,58 @@
+// nucleus: sample tokens from logit dumps on the command line, with the same
+// engine (and the same semantics, SPEC.md) as the library.
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <string>
+
+#include "nucleus/engine.h"
+#include "tools/cli/cli_options.h"
+#include "tools/cli/commands.h"
+
+namespace {
+
+constexpr const char* kFooter =
+    R"(Dumps: NumPy .npy (float32/float16), .safetensors (F32/F16/BF16) and raw
+little-endian rows (--dtype, --vocab); "-" reads standard input. The last axis
+is the vocabulary; leading axes are flattened into rows.
+
+Examples:
+  nucleus sample data/demo.npy --top-p 0.9 --temperature 0.8 --seed 42 --logprobs 3
+  nucleus probs data/demo.npy --min-p 0.05 --output probs.npy
+  nucleus inspect data/demo.npy
+
+Run "nucleus COMMAND --help" for a command's options. Documentation: docs/cli.md)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace nucleus::cli;
+  CLI::App app("nucleus: sample tokens from LLM logit dumps", "nucleus");
+  app.set_version_flag("--version", std::string("nucleus ") + nucleus::version());
+  app.require_subcommand(1);
+  app.footer(kFooter);
+  app.get_formatter()->column_width(36);
+
+  SampleCommand sample;
+  ProbsCommand probs;
+  InspectCommand inspect;
+  add_sample_command(&app, &sample);
+  add_probs_command(&app, &probs);
+  add_inspect_command(&app, &inspect);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error is exit status 2.
+    return app.exit(e) == 0 ? kExitOk : kExitFailure;
+  }
+  try {
+    if (sample.app->parsed()) return run_sample(sample);
+    if (probs.app->parsed()) return run_probs(probs);
+    if (inspect.app->parsed()) return run_inspect(inspect);
+  } catch (const std::exception& e) {
+    // The library returns errors as values; this is for exhausted memory
+    // and the like, which should still end in a message, not an abort.
+    print_error(std::string("internal error: ") + e.what());
+  }
+  return kExitFailure;
+}
