@@ -2,6 +2,8 @@
 // double sums over one block of a segment. Internal to the engine.
 #pragma once
 
+#include <immintrin.h>
+
 #include <Eigen/Core>
 #include <cstdint>
 
@@ -50,15 +52,70 @@ inline void block_masses(const float* d, const float* k, int64_t n, const SetSpe
   for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? ex[j] : 0.0f;
 }
 
+// Adds the lanes of a float packet, widened to double, into two double
+// accumulators. Eigen has no float-to-double packet cast, hence intrinsics.
+struct DoubleLanes {
+#if defined(__AVX512F__)
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  void add(__m512 v) {
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    hi = _mm512_add_pd(
+        hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+  }
+  double total() const {
+    alignas(64) double a[8], b[8];
+    _mm512_store_pd(a, lo);
+    _mm512_store_pd(b, hi);
+    return lanes_total(a, b, 8);
+  }
+#elif defined(__AVX__)
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  void add(__m256 v) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  double total() const {
+    alignas(32) double a[4], b[4];
+    _mm256_store_pd(a, lo);
+    _mm256_store_pd(b, hi);
+    return lanes_total(a, b, 4);
+  }
+#else
+  __m128d lo = _mm_setzero_pd(), hi = _mm_setzero_pd();
+  void add(__m128 v) {
+    lo = _mm_add_pd(lo, _mm_cvtps_pd(v));
+    hi = _mm_add_pd(hi, _mm_cvtps_pd(_mm_movehl_ps(v, v)));
+  }
+  double total() const {
+    alignas(16) double a[2], b[2];
+    _mm_store_pd(a, lo);
+    _mm_store_pd(b, hi);
+    return lanes_total(a, b, 2);
+  }
+#endif
+  // A fixed order: pairwise over the low lanes, then the high lanes.
+  static double lanes_total(const double* a, const double* b, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += a[i] + b[i];
+    return s;
+  }
+};
+
 // The fused form of block_distances + block_masses straight from the values:
-// w[j] for j < n (bit-identical to block_masses: the same packet exp of the
-// same argument), and the number of members goes to *members. One read of x,
-// all in registers.
-inline void block_masses_from_values(const float* x, int64_t n, const SetSpec& set, float k0,
-                                     float* __restrict w, int64_t* members) {
+// the block's mass Σ w, w[j] stored when `w` is not null (bit-identical to
+// block_masses: the same packet exp of the same argument), and the number of
+// members in *members. One read of x.
+//
+// Sums: each lane adds eight packets' worth of masses in float (eight terms,
+// so at most a few ulp), then the lane sums are widened and added in double.
+// The long accumulation is double; the order is fixed by position only.
+template <bool kCheckLo, bool kSameScale>
+inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set,
+                                            float k0, float* __restrict w, int64_t* members) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;  // packets per float partial sum
   const Packet pxmax = ei::pset1<Packet>(set.xmax);
   const Packet pscale = ei::pset1<Packet>(set.scale);
   const Packet pkscale = ei::pset1<Packet>(set.key_scale);
@@ -67,12 +124,15 @@ inline void block_masses_from_values(const float* x, int64_t n, const SetSpec& s
   const Packet pk0 = ei::pset1<Packet>(k0);
   const Packet punder = ei::pset1<Packet>(kUnderflow);
   const Packet pone = ei::pset1<Packet>(1.0f);
-  const bool same_scale = set.key_scale == set.scale;
   Packet count = ei::pzero(pone);
+  Packet partial = ei::pzero(pone);
+  DoubleLanes sum;
   alignas(64) float tail[kLanes];
+  int64_t in_group = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
+    const bool whole = g + kLanes <= n;
     Packet px;
-    if (g + kLanes <= n) {
+    if (whole) {
       px = ei::ploadu<Packet>(x + g);
     } else {
       for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
@@ -80,20 +140,48 @@ inline void block_masses_from_values(const float* x, int64_t n, const SetSpec& s
     }
     const Packet diff = ei::psub(pxmax, px);
     const Packet d = ei::pmul(diff, pscale);
-    const Packet k = same_scale ? d : ei::pmul(diff, pkscale);
-    const Packet e = ei::psub(k, pk0);
-    const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
+    Packet in = ei::pcmp_le(d, phi);
+    if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
+    Packet e;
+    if constexpr (kSameScale) {
+      e = ei::psub(d, pk0);
+    } else {
+      e = ei::psub(ei::pmul(diff, pkscale), pk0);
+    }
     const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
     const Packet mass = ei::pand(ei::pexp(ei::pnegate(e)), live);
     count = ei::padd(count, ei::pand(in, pone));
-    if (g + kLanes <= n) {
-      ei::pstoreu(w + g, mass);
-    } else {
-      ei::pstore(tail, mass);
-      for (int64_t j = 0; g + j < n; ++j) w[g + j] = tail[j];
+    partial = ei::padd(partial, mass);
+    if (++in_group == kGroup) {
+      sum.add(partial);
+      partial = ei::pzero(pone);
+      in_group = 0;
+    }
+    if (w) {
+      if (whole) {
+        ei::pstoreu(w + g, mass);
+      } else {
+        ei::pstore(tail, mass);
+        for (int64_t j = 0; g + j < n; ++j) w[g + j] = tail[j];
+      }
     }
   }
+  if (in_group) sum.add(partial);
   *members = static_cast<int64_t>(ei::predux(count));
+  return sum.total();
+}
+
+inline double block_masses_from_values(const float* x, int64_t n, const SetSpec& set, float k0,
+                                       float* __restrict w, int64_t* members) {
+  // d >= 0 always (x <= xmax), so a lower bound of 0 needs no test.
+  const bool check_lo = set.dlo > 0.0f;
+  const bool same = set.key_scale == set.scale;
+  if (check_lo) {
+    return same ? block_masses_from_values_impl<true, true>(x, n, set, k0, w, members)
+                : block_masses_from_values_impl<true, false>(x, n, set, k0, w, members);
+  }
+  return same ? block_masses_from_values_impl<false, true>(x, n, set, k0, w, members)
+              : block_masses_from_values_impl<false, false>(x, n, set, k0, w, members);
 }
 
 // Σ w in double, in a fixed order (eight interleaved partial sums).
