@@ -219,6 +219,42 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
   }
 }
 
+// Calls fn(j, k, d) in order for every member j of the set (dlo <= d <= dhi)
+// whose ranking key k lies in [klo, khi], straight from the values: each
+// packet is tested as a whole and only packets with a hit are visited lane by
+// lane (with the same float arithmetic, so d and k agree to the bit).
+template <typename Fn>
+inline void for_each_member_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
+                                     float khi, Fn fn) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet pxmax = ei::pset1<Packet>(set.xmax);
+  const Packet pscale = ei::pset1<Packet>(set.scale);
+  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
+  const Packet plo = ei::pset1<Packet>(set.dlo);
+  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const Packet pklo = ei::pset1<Packet>(klo);
+  const Packet pkhi = ei::pset1<Packet>(khi);
+  auto visit = [&](int64_t j) {
+    const float diff = set.xmax - x[j];
+    const float d = diff * set.scale;
+    const float k = diff * set.key_scale;
+    if (in_range(d, set.dlo, set.dhi) & in_range(k, klo, khi)) fn(j, k, d);
+  };
+  int64_t g = 0;
+  for (; g + kLanes <= n; g += kLanes) {
+    const Packet diff = ei::psub(pxmax, ei::ploadu<Packet>(x + g));
+    const Packet d = ei::pmul(diff, pscale);
+    const Packet k = ei::pmul(diff, pkscale);
+    const Packet hit = ei::pand(ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi)),
+                                ei::pand(ei::pcmp_le(pklo, k), ei::pcmp_le(k, pkhi)));
+    if (!ei::predux_any(hit)) continue;
+    for (int64_t j = g; j < g + kLanes; ++j) visit(j);
+  }
+  for (; g < n; ++g) visit(g);
+}
+
 // Distances in filter space (d) and ranking space (k); k aliases d when the
 // scales agree, which is every hf / vllm pass.
 struct BlockKeys {

@@ -224,25 +224,20 @@ void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, f
 
 void gather_le(const Segment& s, const SetSpec& set, float c,
                std::vector<std::pair<float, int32_t>>& out) {
-  BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    b.compute(s.x + j0, n, set);
-    for (int64_t j = 0; j < n; ++j) {
-      if (is_member(b.d[j], set) && b.k[j] <= c) out.emplace_back(b.k[j], s.token(j0 + j));
-    }
+    for_each_member_with_key(s.x + j0, n, set, -kInf, c, [&](int64_t j, float k, float) {
+      out.emplace_back(k, s.token(j0 + j));
+    });
   }
 }
 
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   int64_t count = 0;
-  alignas(64) float d[kBlock];
-  const float lo = set.dlo, hi = set.dhi;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     const float* x = s.x + j0;
-    block_distances(x, n, set.xmax, set.scale, d);
-    for_each_in_range(d, n, lo, hi, [&](int64_t j) {
+    for_each_member_with_key(x, n, set, -kInf, kInf, [&](int64_t j, float, float) {
       cx[count] = x[j];
       ci[count] = s.token(j0 + j);
       ++count;

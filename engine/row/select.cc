@@ -158,7 +158,8 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
                          SelectResult& result) {
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
-  if (rule.mass_weight || rule.target_is_fraction || target > kFastTargetMax ||
+  if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
+      target > kFastTargetMax ||
       static_cast<double>(total) < 16.0 * kSampleStride * target) {
     return false;
   }
@@ -189,21 +190,19 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
 
   // Gather members with key <= bound, per segment, then in segment order.
+  // (The fast path is for distance keys only; count rules on typical keys,
+  // from min_keep, take the histogram path.)
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.seg_lists.resize(static_cast<size_t>(nseg));
   run(nseg, [&](int64_t s) {
     auto& out = sc.seg_lists[static_cast<size_t>(s)];
     out.clear();
-    alignas(64) float k2[kBlock];
-    alignas(64) float e2[kBlock];
-    bool in[kBlock];
     const Segment& seg = segments[static_cast<size_t>(s)];
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
-      block_keys_only(seg.x + j0, n, set, rule, k2, e2, in);
-      // Non-members carry key +inf, so the range test alone selects.
-      block::for_each_in_range(k2, n, -kInf, bound,
-                               [&](int64_t j) { out.push_back(SelectEntry{k2[j], 1.0f}); });
+      block::for_each_member_with_key(seg.x + j0, n, set, -kInf, bound, [&](int64_t, float k, float) {
+        out.push_back(SelectEntry{k, 1.0f});
+      });
       if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
     }
   });
@@ -322,6 +321,14 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     const Segment& seg = segments[static_cast<size_t>(s)];
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
+      if (rule.kind == KeyKind::kDistance && !inf_bucket) {
+        block::for_each_member_with_key(seg.x + j0, n, set, bucket_lo, bucket_hi,
+                                        [&](int64_t, float k, float d) {
+                                          sc.list[static_cast<size_t>(at++)] =
+                                              SelectEntry{k, d - rule.d0};
+                                        });
+        continue;
+      }
       block_keys_only(seg.x + j0, n, set, rule, key, e, member);
       if (!inf_bucket) {
         // The bucket is a contiguous range of keys; non-members carry +inf.
