@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <Eigen/Core>
+#include <bit>
 #include <cstdint>
 
 #include "engine/kernels/row_kernels.h"
@@ -219,13 +220,14 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
   }
 }
 
-// Calls fn(j, k, d) in order for every member j of the set (dlo <= d <= dhi)
-// whose ranking key k lies in [klo, khi], straight from the values: each
-// packet is tested as a whole and only packets with a hit are visited lane by
-// lane (with the same float arithmetic, so d and k agree to the bit).
-template <typename Fn>
-inline void for_each_member_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
-                                     float khi, Fn fn) {
+// Collects, in order, every member j of a block (dlo <= d <= dhi, n <=
+// kBlock) whose ranking key k lies in [klo, khi]: idx[c] = j, k[c], d[c].
+// Returns the count. Each packet is tested as a whole; packets with a hit are
+// written lane by lane without branches (every lane is written, only hits
+// advance), so dense and sparse hits both stay cheap. The outputs need room
+// for kBlock + one packet.
+inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
+                                        float khi, int32_t* idx, float* kout, float* dout) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -236,24 +238,49 @@ inline void for_each_member_with_key(const float* x, int64_t n, const SetSpec& s
   const Packet phi = ei::pset1<Packet>(set.dhi);
   const Packet pklo = ei::pset1<Packet>(klo);
   const Packet pkhi = ei::pset1<Packet>(khi);
-  auto visit = [&](int64_t j) {
-    const float diff = set.xmax - x[j];
-    const float d = diff * set.scale;
-    const float k = diff * set.key_scale;
-    if (in_range(d, set.dlo, set.dhi) & in_range(k, klo, khi)) fn(j, k, d);
-  };
-  int64_t g = 0;
-  for (; g + kLanes <= n; g += kLanes) {
-    const Packet diff = ei::psub(pxmax, ei::ploadu<Packet>(x + g));
+  alignas(64) float tx[kLanes];
+  alignas(64) float tk[kLanes];
+  alignas(64) float td[kLanes];
+  alignas(64) float th[kLanes];
+  int64_t c = 0;
+  for (int64_t g = 0; g < n; g += kLanes) {
+    Packet px;
+    if (g + kLanes <= n) {
+      px = ei::ploadu<Packet>(x + g);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) tx[j] = g + j < n ? x[g + j] : -kInf;
+      px = ei::pload<Packet>(tx);
+    }
+    const Packet diff = ei::psub(pxmax, px);
     const Packet d = ei::pmul(diff, pscale);
     const Packet k = ei::pmul(diff, pkscale);
+    // A padded lane has d = +inf, which no dhi admits.
     const Packet hit = ei::pand(ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi)),
                                 ei::pand(ei::pcmp_le(pklo, k), ei::pcmp_le(k, pkhi)));
     if (!ei::predux_any(hit)) continue;
-    for (int64_t j = g; j < g + kLanes; ++j) visit(j);
+    ei::pstore(tk, k);
+    ei::pstore(td, d);
+    ei::pstore(th, hit);
+    for (int64_t j = 0; j < kLanes; ++j) {
+      idx[c] = static_cast<int32_t>(g + j);
+      kout[c] = tk[j];
+      dout[c] = td[j];
+      c += std::bit_cast<uint32_t>(th[j]) != 0 ? 1 : 0;  // a hit lane is all ones
+    }
   }
-  for (; g < n; ++g) visit(g);
+  return c;
 }
+
+// Staging for collect_members_with_key.
+struct Collected {
+  alignas(64) int32_t idx[kBlock + 64];
+  alignas(64) float k[kBlock + 64];
+  alignas(64) float d[kBlock + 64];
+  int64_t n = 0;
+  void collect(const float* x, int64_t len, const SetSpec& set, float klo, float khi) {
+    n = collect_members_with_key(x, len, set, klo, khi, idx, k, d);
+  }
+};
 
 // Distances in filter space (d) and ranking space (k); k aliases d when the
 // scales agree, which is every hf / vllm pass.

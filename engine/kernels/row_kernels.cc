@@ -224,24 +224,26 @@ void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, f
 
 void gather_le(const Segment& s, const SetSpec& set, float c,
                std::vector<std::pair<float, int32_t>>& out) {
+  Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    for_each_member_with_key(s.x + j0, n, set, -kInf, c, [&](int64_t j, float k, float) {
-      out.emplace_back(k, s.token(j0 + j));
-    });
+    hits.collect(s.x + j0, n, set, -kInf, c);
+    for (int64_t i = 0; i < hits.n; ++i) out.emplace_back(hits.k[i], s.token(j0 + hits.idx[i]));
   }
 }
 
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   int64_t count = 0;
+  Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     const float* x = s.x + j0;
-    for_each_member_with_key(x, n, set, -kInf, kInf, [&](int64_t j, float, float) {
-      cx[count] = x[j];
-      ci[count] = s.token(j0 + j);
+    hits.collect(x, n, set, -kInf, kInf);
+    for (int64_t i = 0; i < hits.n; ++i) {
+      cx[count] = x[hits.idx[i]];
+      ci[count] = s.token(j0 + hits.idx[i]);
       ++count;
-    });
+    }
   }
   return count;
 }

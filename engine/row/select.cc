@@ -198,11 +198,11 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
     auto& out = sc.seg_lists[static_cast<size_t>(s)];
     out.clear();
     const Segment& seg = segments[static_cast<size_t>(s)];
+    block::Collected hits;
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
-      block::for_each_member_with_key(seg.x + j0, n, set, -kInf, bound, [&](int64_t, float k, float) {
-        out.push_back(SelectEntry{k, 1.0f});
-      });
+      hits.collect(seg.x + j0, n, set, -kInf, bound);
+      for (int64_t i = 0; i < hits.n; ++i) out.push_back(SelectEntry{hits.k[i], 1.0f});
       if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
     }
   });
@@ -318,15 +318,15 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     alignas(64) float key[kBlock];
     alignas(64) float e[kBlock];
     bool member[kBlock];
+    block::Collected hits;
     const Segment& seg = segments[static_cast<size_t>(s)];
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
       if (rule.kind == KeyKind::kDistance && !inf_bucket) {
-        block::for_each_member_with_key(seg.x + j0, n, set, bucket_lo, bucket_hi,
-                                        [&](int64_t, float k, float d) {
-                                          sc.list[static_cast<size_t>(at++)] =
-                                              SelectEntry{k, d - rule.d0};
-                                        });
+        hits.collect(seg.x + j0, n, set, bucket_lo, bucket_hi);
+        for (int64_t i = 0; i < hits.n; ++i) {
+          sc.list[static_cast<size_t>(at++)] = SelectEntry{hits.k[i], hits.d[i] - rule.d0};
+        }
         continue;
       }
       block_keys_only(seg.x + j0, n, set, rule, key, e, member);
