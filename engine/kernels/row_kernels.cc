@@ -120,9 +120,15 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind)
       out.z += sum_as_double(w, n);
       out.zd += sum_as_double(t, n);
     } else {
-      for (int64_t j = 0; j < n; ++j) t[j] = e[j] * e[j];
+      // Squares in double: with a tiny temperature the distances reach 1e30,
+      // whose float squares would overflow.
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t j = 0; j < n; ++j) {
+        const auto ej = static_cast<double>(e[j]);
+        acc[j & 7] += ej * ej;
+      }
       out.sd += sum_as_double(e, n);
-      out.sd2 += sum_as_double(t, n);
+      out.sd2 += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
   }
   return out;

@@ -87,8 +87,8 @@ Status check_request(const RowRequest& r, int64_t row, int64_t vocab) {
   if (!(p.typical_p > 0.0f && p.typical_p <= 1.0f)) {
     return bad(row, "typical_p", show(p.typical_p), "is outside (0, 1]");
   }
-  if (std::isnan(p.top_n_sigma) || std::isinf(p.top_n_sigma)) {
-    return bad(row, "top_n_sigma", show(p.top_n_sigma), "must be finite");
+  if (std::isnan(p.top_n_sigma) || p.top_n_sigma == INFINITY) {
+    return bad(row, "top_n_sigma", show(p.top_n_sigma), "must be finite or -inf (<= 0 = off)");
   }
   if (p.min_keep < 1) return bad(row, "min_keep", show(p.min_keep), "must be >= 1");
   if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {

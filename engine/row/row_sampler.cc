@@ -225,6 +225,7 @@ float RowPipeline::min_keep_key(std::span<const Segment> segs, const SetSpec& se
   if (p_.min_keep <= 1) return c;
   KeyRule counting = rule;
   counting.mass_weight = false;
+  counting.target_is_fraction = false;
   const SelectResult r = weighted_select(segs, set, counting, p_.min_keep, sc_.select, run_);
   if (!r.found) return kInf;  // fewer members than min_keep: keep them all
   if (r.key > c) {
