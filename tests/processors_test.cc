@@ -1,0 +1,454 @@
+// Tests of the logit processors (SPEC section 2 steps 1-4, docs/semantics.md "Penalties"):
+// allowed-token bitmask, banned tokens, logit bias, repetition / frequency / presence
+// penalties and their order; plus the input layouts that must not change a result: half
+// element types, padded row strides, and one request shared by every row.
+//
+// Each expected processed row is derived by hand; the engine's probabilities (T = 1, no
+// filters) must be its softmax, and a greedy draw must be its argmax with the processed
+// logprob under that softmax.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "nucleus/engine.h"
+#include "nucleus/sampling.h"
+#include "nucleus/status.h"
+
+namespace nucleus {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// The base row used by most tests (vocab 8).
+const std::vector<float> kRow = {0.5f, -1.0f, 2.0f, 0.0f, 1.0f, -0.5f, 1.5f, -2.0f};
+
+// IEEE half bits of `f`; the tests only use values that half represents exactly.
+uint16_t ToHalf(float f) {
+  const uint32_t b = std::bit_cast<uint32_t>(f);
+  const auto sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
+  if (std::isnan(f)) return sign | 0x7E00u;
+  if (std::isinf(f)) return sign | 0x7C00u;
+  if (f == 0.0f) return sign;
+  const int exponent = static_cast<int>((b >> 23) & 0xFFu) - 127 + 15;
+  const uint32_t mantissa = b & 0x7FFFFFu;
+  EXPECT_TRUE(exponent > 0 && exponent < 31 && (mantissa & 0x1FFFu) == 0)
+      << f << " is not exactly representable as a normal half";
+  return static_cast<uint16_t>(sign | (exponent << 10) | (mantissa >> 13));
+}
+
+// bfloat16 bits of `f` (the top half of the float32 bits); exact values only.
+uint16_t ToBFloat16(float f) {
+  const uint32_t b = std::bit_cast<uint32_t>(f);
+  if (std::isnan(f)) return static_cast<uint16_t>((b >> 16) | 0x0040u);
+  EXPECT_EQ(b & 0xFFFFu, 0u) << f << " is not exactly representable as bfloat16";
+  return static_cast<uint16_t>(b >> 16);
+}
+
+// softmax(z) in double; -inf gives exactly 0.
+std::vector<double> Softmax(const std::vector<double>& z) {
+  double max = -std::numeric_limits<double>::infinity();
+  for (double v : z) max = std::max(max, v);
+  double sum = 0.0;
+  for (double v : z) sum += std::isinf(v) ? 0.0 : std::exp(v - max);
+  std::vector<double> p;
+  for (double v : z) p.push_back(std::isinf(v) ? 0.0 : std::exp(v - max) / sum);
+  return p;
+}
+
+RowRequest Request() {
+  RowRequest req;
+  req.seed = 11;
+  return req;
+}
+
+int32_t Word(uint32_t bits) { return static_cast<int32_t>(bits); }
+
+class ProcessorsTest : public ::testing::Test {
+ protected:
+  // probs() for a batch; checks that the call and every row succeed.
+  std::vector<float> Probs(const LogitsView& view, std::span<const RowRequest> requests) {
+    std::vector<float> out(static_cast<size_t>(view.rows * view.vocab), -1.0f);
+    std::vector<Status> row_status(static_cast<size_t>(view.rows));
+    Status s = engine_.probs(view, requests, out.data(), view.vocab, row_status);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    for (const Status& rs : row_status) EXPECT_TRUE(rs.ok()) << rs.to_string();
+    return out;
+  }
+
+  std::vector<RowResult> Sample(const LogitsView& view, std::span<const RowRequest> requests) {
+    std::vector<RowResult> results(static_cast<size_t>(view.rows));
+    Status s = engine_.sample(view, requests, results);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    for (const RowResult& r : results) EXPECT_TRUE(r.status.ok()) << r.status.to_string();
+    return results;
+  }
+
+  // Checks that `req` turns the float32 `row` into the `processed` logits.
+  void ExpectProcessed(const std::vector<float>& row, RowRequest req,
+                       const std::vector<double>& processed) {
+    const auto vocab = static_cast<int64_t>(row.size());
+    ASSERT_EQ(processed.size(), row.size());
+    const LogitsView view{row.data(), 1, vocab, vocab, DType::kFloat32};
+    const std::vector<double> expected = Softmax(processed);
+    const std::vector<float> probs = Probs(view, std::span(&req, 1));
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (expected[i] == 0.0) {
+        EXPECT_EQ(probs[i], 0.0f) << "token " << i << " should be masked";
+      } else {
+        EXPECT_NEAR(probs[i], expected[i], 2e-6) << "token " << i;
+      }
+    }
+    // Greedy: argmax of the processed logits (lowest id on ties), processed logprob under
+    // their softmax, raw logprob under log_softmax of the input row.
+    size_t argmax = 0;
+    for (size_t i = 1; i < processed.size(); ++i) {
+      if (processed[i] > processed[argmax]) argmax = i;
+    }
+    req.params.temperature = 0.0f;
+    const RowResult r = Sample(view, std::span(&req, 1))[0];
+    ASSERT_EQ(r.tokens.size(), 1u);
+    EXPECT_EQ(r.tokens[0], static_cast<int32_t>(argmax));
+    EXPECT_NEAR(r.logprobs[0], std::log(expected[argmax]), 1e-5);
+    std::vector<double> raw(row.begin(), row.end());
+    EXPECT_NEAR(r.raw_logprobs[0], std::log(Softmax(raw)[argmax]), 1e-5);
+  }
+
+  Engine engine_{EngineOptions{.max_threads = 2, .seed = 3}};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Allowed-token bitmask.
+
+TEST_F(ProcessorsTest, AllowedMaskKeepsOnlyAllowedTokens) {
+  // vocab 40: two words. Allowed: 0, 5, 31 (word 0, bit 31: the sign bit), 32, 39.
+  std::vector<float> row(40);
+  for (int i = 0; i < 40; ++i) row[i] = static_cast<float>((i * 7) % 11) * 0.25f - 1.0f;
+  std::vector<double> processed(40, -kInf);
+  for (int i : {0, 5, 31, 32, 39}) processed[i] = row[i];
+  const int32_t mask[] = {Word(0x80000021u), Word(0x00000081u)};
+  RowRequest req = Request();
+  req.allowed_mask = mask;
+  ExpectProcessed(row, req, processed);
+  // Bits past the vocabulary (tokens 40..63 do not exist) change nothing.
+  const int32_t dirty_mask[] = {Word(0x80000021u), Word(0xFFFFFF81u)};
+  req.allowed_mask = dirty_mask;
+  ExpectProcessed(row, req, processed);
+}
+
+TEST_F(ProcessorsTest, AllowedMaskAtWordBoundaries) {
+  // vocab 32: exactly one word; allow 31 only.
+  {
+    std::vector<float> row(32, 1.0f);
+    std::vector<double> processed(32, -kInf);
+    processed[31] = 1.0;
+    const int32_t mask[] = {Word(0x80000000u)};
+    RowRequest req = Request();
+    req.allowed_mask = mask;
+    ExpectProcessed(row, req, processed);
+  }
+  // vocab 33: two words, the second holding one token; allow 32 only, which has the lowest
+  // logit, so nothing but the mask can make it win.
+  {
+    std::vector<float> row(33, 1.0f);
+    row[32] = -3.0f;
+    std::vector<double> processed(33, -kInf);
+    processed[32] = -3.0;
+    const int32_t mask[] = {0, 1};
+    RowRequest req = Request();
+    req.allowed_mask = mask;
+    ExpectProcessed(row, req, processed);
+    const LogitsView view{row.data(), 1, 33, 33, DType::kFloat32};
+    req.params.num_samples = 8;
+    EXPECT_THAT(Sample(view, std::span(&req, 1))[0].tokens, ::testing::Each(32));
+  }
+  // vocab 3: one word, allow 0 and 2.
+  {
+    const std::vector<float> row = {0.0f, 5.0f, 1.0f};
+    const int32_t mask[] = {0b101};
+    RowRequest req = Request();
+    req.allowed_mask = mask;
+    ExpectProcessed(row, req, {0.0, -kInf, 1.0});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Banned tokens and logit bias.
+
+TEST_F(ProcessorsTest, BannedTokensAreMasked) {
+  // Ban the two largest (ids 2 and 6; 2 listed twice): the argmax becomes id 4.
+  const int32_t banned[] = {2, 6, 2};
+  RowRequest req = Request();
+  req.banned_tokens = banned;
+  ExpectProcessed(kRow, req, {0.5, -1, -kInf, 0, 1, -0.5, -kInf, -2});
+}
+
+TEST_F(ProcessorsTest, LogitBiasIsAdded) {
+  // id 0: 0.5 + 1.5 = 2 ties id 2 (greedy takes id 0); id 3: 0 - 0.25; id 7: -inf masks.
+  const TokenBias bias[] = {{0, 1.5f}, {3, -0.25f}, {7, -kInf}};
+  RowRequest req = Request();
+  req.logit_bias = bias;
+  ExpectProcessed(kRow, req, {2, -1, 2, -0.25, 1, -0.5, 1.5, -kInf});
+}
+
+TEST_F(ProcessorsTest, MasksComeBeforeTheBias) {
+  // Token 2 disallowed by the bitmask and token 6 banned: a +10 bias cannot bring them back.
+  const int32_t mask[] = {Word(0xFFu & ~(1u << 2))};
+  const int32_t banned[] = {6};
+  const TokenBias bias[] = {{2, 10.0f}, {6, 10.0f}, {5, 1.0f}};
+  RowRequest req = Request();
+  req.allowed_mask = mask;
+  req.banned_tokens = banned;
+  req.logit_bias = bias;
+  ExpectProcessed(kRow, req, {0.5, -1, -kInf, 0, 1, 0.5, -kInf, -2});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Penalties.
+
+TEST_F(ProcessorsTest, RepetitionPenaltyOncePerDistinctToken) {
+  // prompt {2, 0}, generated {1, 2, 2, 5}: distinct {0, 1, 2, 5}, each penalised once.
+  const int32_t prompt[] = {2, 0};
+  const int32_t generated[] = {1, 2, 2, 5};
+  RowRequest req = Request();
+  req.prompt_tokens = prompt;
+  req.generated_tokens = generated;
+  // r = 2: positive logits divided (0.5 -> 0.25, 2 -> 1, not 0.25 or 0.5), negative ones
+  // multiplied (-1 -> -2, -0.5 -> -1).
+  req.params.repetition_penalty = 2.0f;
+  ExpectProcessed(kRow, req, {0.25, -2, 1, 0, 1, -1, 1.5, -2});
+  // r = 0.5 encourages repeats: positive doubled, negative halved.
+  req.params.repetition_penalty = 0.5f;
+  ExpectProcessed(kRow, req, {1, -0.5, 4, 0, 1, -0.25, 1.5, -2});
+}
+
+TEST_F(ProcessorsTest, FrequencyPenaltyCountsGeneratedTokensOnly) {
+  // generated {1, 2, 2}: id 1 once, id 2 twice; id 4 appears in the prompt only.
+  const int32_t prompt[] = {4, 4};
+  const int32_t generated[] = {1, 2, 2};
+  RowRequest req = Request();
+  req.prompt_tokens = prompt;
+  req.generated_tokens = generated;
+  req.params.frequency_penalty = 0.5f;  // id 1: -1 - 0.5; id 2: 2 - 1
+  ExpectProcessed(kRow, req, {0.5, -1.5, 1, 0, 1, -0.5, 1.5, -2});
+  req.params.frequency_penalty = -0.5f;  // negative: encourages, id 2: 2 + 1 = 3
+  ExpectProcessed(kRow, req, {0.5, -0.5, 3, 0, 1, -0.5, 1.5, -2});
+}
+
+TEST_F(ProcessorsTest, PresencePenaltyOncePerGeneratedToken) {
+  const int32_t prompt[] = {4};
+  const int32_t generated[] = {1, 2, 2};
+  RowRequest req = Request();
+  req.prompt_tokens = prompt;
+  req.generated_tokens = generated;
+  req.params.presence_penalty = 0.75f;  // id 1: -1.75; id 2: 1.25 (once); id 4 untouched
+  ExpectProcessed(kRow, req, {0.5, -1.75, 1.25, 0, 1, -0.5, 1.5, -2});
+}
+
+TEST_F(ProcessorsTest, ProcessorsApplyInOrder) {
+  // bias {0: -1, 1: +2, 2: +1}, r = 2, f = 0.5, q = 0.25, prompt {3, 0},
+  // generated {2, 2, 1, 7}, token 7 banned.
+  //   id 0: 0.5 - 1 = -0.5 -> rep (negative) -1; not generated             -> -1
+  //   id 1: -1 + 2 = 1 -> rep 0.5 -> freq 0.5 - 0.5 = 0 -> presence          -> -0.25
+  //          (repetition before bias would give -2 + 2 - 0.5 - 0.25 = -0.75)
+  //   id 2: 2 + 1 = 3 -> rep 1.5 -> freq 1.5 - 1 = 0.5 -> presence           -> 0.25
+  //          (frequency before repetition would give (3 - 1) / 2 - 0.25 = 0.75)
+  //   id 3: 0 -> rep 0                                                       -> 0
+  //   id 7: banned, stays -inf through every penalty (no NaN).
+  const TokenBias bias[] = {{0, -1.0f}, {1, 2.0f}, {2, 1.0f}};
+  const int32_t prompt[] = {3, 0};
+  const int32_t generated[] = {2, 2, 1, 7};
+  const int32_t banned[] = {7};
+  RowRequest req = Request();
+  req.logit_bias = bias;
+  req.prompt_tokens = prompt;
+  req.generated_tokens = generated;
+  req.banned_tokens = banned;
+  req.params.repetition_penalty = 2.0f;
+  req.params.frequency_penalty = 0.5f;
+  req.params.presence_penalty = 0.25f;
+  ExpectProcessed(kRow, req, {-1, -0.25, 0.25, 0, 1, -0.5, 1.5, -kInf});
+}
+
+TEST_F(ProcessorsTest, PenaltiesCanChangeTheGreedyToken) {
+  const std::vector<float> row = {2.0f, 1.75f};
+  const int32_t generated[] = {0};
+  RowRequest req = Request();
+  req.generated_tokens = generated;
+  req.params.presence_penalty = 0.5f;
+  ExpectProcessed(row, req, {1.5, 1.75});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types, strides, shared requests.
+
+// A request that exercises processors, temperature and filters at once.
+RowRequest BusyRequest() {
+  static const int32_t kPrompt[] = {1, 3};
+  static const int32_t kGenerated[] = {2, 2, 4};
+  static const TokenBias kBias[] = {{5, 0.5f}, {0, -0.25f}};
+  RowRequest req;
+  req.seed = 99;
+  req.step = 4;
+  req.prompt_tokens = kPrompt;
+  req.generated_tokens = kGenerated;
+  req.logit_bias = kBias;
+  req.params.temperature = 0.75f;
+  req.params.top_k = 8;
+  req.params.top_p = 0.95f;
+  req.params.repetition_penalty = 1.25f;
+  req.params.frequency_penalty = 0.125f;
+  req.params.presence_penalty = 0.25f;
+  req.params.num_samples = 16;
+  req.params.top_logprobs = 3;
+  return req;
+}
+
+void ExpectSameResults(const std::vector<RowResult>& a, const std::vector<RowResult>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(a[i].status.code(), b[i].status.code());
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_EQ(a[i].support, b[i].support);
+    EXPECT_EQ(a[i].ranks, b[i].ranks);
+    ASSERT_EQ(a[i].logprobs.size(), b[i].logprobs.size());
+    ASSERT_EQ(a[i].raw_logprobs.size(), b[i].raw_logprobs.size());
+    for (size_t j = 0; j < a[i].logprobs.size(); ++j) {
+      EXPECT_FLOAT_EQ(a[i].logprobs[j], b[i].logprobs[j]);
+      EXPECT_FLOAT_EQ(a[i].raw_logprobs[j], b[i].raw_logprobs[j]);
+    }
+    ASSERT_EQ(a[i].top_logprobs.size(), b[i].top_logprobs.size());
+    for (size_t j = 0; j < a[i].top_logprobs.size(); ++j) {
+      EXPECT_EQ(a[i].top_logprobs[j].token, b[i].top_logprobs[j].token);
+      EXPECT_FLOAT_EQ(a[i].top_logprobs[j].logprob, b[i].top_logprobs[j].logprob);
+    }
+  }
+}
+
+// rows x vocab values k / 16 with |k| <= 127 (exact in half and bfloat16), some -inf.
+std::vector<float> HalfExactRows(int rows, int vocab) {
+  std::vector<float> x(static_cast<size_t>(rows * vocab));
+  for (int i = 0; i < rows * vocab; ++i) {
+    const int k = (i * 37 + 11) % 255 - 127;
+    x[i] = (i % 97 == 5) ? -kInf : static_cast<float>(k) / 16.0f;
+  }
+  return x;
+}
+
+TEST_F(ProcessorsTest, HalfTypesMatchFloat32) {
+  for (int vocab : {12, 1000}) {
+    SCOPED_TRACE(vocab);
+    const int rows = 3;
+    const std::vector<float> f32 = HalfExactRows(rows, vocab);
+    std::vector<uint16_t> f16, bf16;
+    for (float v : f32) {
+      f16.push_back(ToHalf(v));
+      bf16.push_back(ToBFloat16(v));
+    }
+    const RowRequest req = BusyRequest();
+    const LogitsView v32{f32.data(), rows, vocab, vocab, DType::kFloat32};
+    const LogitsView v16{f16.data(), rows, vocab, vocab, DType::kFloat16};
+    const LogitsView vbf{bf16.data(), rows, vocab, vocab, DType::kBFloat16};
+
+    const std::vector<float> p32 = Probs(v32, std::span(&req, 1));
+    const std::vector<float> p16 = Probs(v16, std::span(&req, 1));
+    const std::vector<float> pbf = Probs(vbf, std::span(&req, 1));
+    for (size_t i = 0; i < p32.size(); ++i) {
+      EXPECT_FLOAT_EQ(p16[i], p32[i]) << i;
+      EXPECT_FLOAT_EQ(pbf[i], p32[i]) << i;
+    }
+    const std::vector<RowResult> r32 = Sample(v32, std::span(&req, 1));
+    ExpectSameResults(Sample(v16, std::span(&req, 1)), r32);
+    ExpectSameResults(Sample(vbf, std::span(&req, 1)), r32);
+  }
+}
+
+TEST_F(ProcessorsTest, PaddedStridesIgnoreThePadding) {
+  for (int vocab : {7, 1000}) {  // BusyRequest biases token 5
+    SCOPED_TRACE(vocab);
+    const int rows = 3;
+    const int stride = vocab + 3 + vocab % 7;
+    const std::vector<float> compact = HalfExactRows(rows, vocab);
+    // Garbage in the padding: NaN, +inf, a huge value. None of it may leak into a result.
+    const float garbage[] = {kNaN, kInf, 1e30f};
+    std::vector<float> padded(static_cast<size_t>(rows * stride));
+    std::vector<uint16_t> padded16(padded.size()), compact16;
+    std::vector<uint16_t> padded_bf(padded.size()), compact_bf;
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < stride; ++c) {
+        const float v = c < vocab ? compact[r * vocab + c] : garbage[(r + c) % 3];
+        padded[r * stride + c] = v;
+        padded16[r * stride + c] = c < vocab ? ToHalf(v) : ToHalf(std::isnan(v) ? kNaN : kInf);
+        padded_bf[r * stride + c] = c < vocab ? ToBFloat16(v) : ToBFloat16(kNaN);
+      }
+    }
+    for (float v : compact) {
+      compact16.push_back(ToHalf(v));
+      compact_bf.push_back(ToBFloat16(v));
+    }
+    const RowRequest req = BusyRequest();
+    struct Case {
+      LogitsView compact, padded;
+    };
+    const Case cases[] = {
+        {{compact.data(), rows, vocab, vocab, DType::kFloat32},
+         {padded.data(), rows, vocab, stride, DType::kFloat32}},
+        {{compact16.data(), rows, vocab, vocab, DType::kFloat16},
+         {padded16.data(), rows, vocab, stride, DType::kFloat16}},
+        {{compact_bf.data(), rows, vocab, vocab, DType::kBFloat16},
+         {padded_bf.data(), rows, vocab, stride, DType::kBFloat16}},
+    };
+    for (const Case& c : cases) {
+      SCOPED_TRACE(dtype_name(c.compact.dtype));
+      const std::vector<float> expected = Probs(c.compact, std::span(&req, 1));
+      const std::vector<float> actual = Probs(c.padded, std::span(&req, 1));
+      for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << i;
+      const std::vector<RowResult> want = Sample(c.compact, std::span(&req, 1));
+      ExpectSameResults(Sample(c.padded, std::span(&req, 1)), want);
+      for (const RowResult& r : want) EXPECT_THAT(r.logprobs, ::testing::Each(::testing::Le(0)));
+    }
+  }
+}
+
+TEST_F(ProcessorsTest, ZeroStrideMeansVocab) {
+  const std::vector<float> rows = HalfExactRows(2, 50);
+  const RowRequest req = BusyRequest();
+  const LogitsView explicit_stride{rows.data(), 2, 50, 50, DType::kFloat32};
+  const LogitsView zero_stride{rows.data(), 2, 50, 0, DType::kFloat32};
+  EXPECT_EQ(Probs(zero_stride, std::span(&req, 1)), Probs(explicit_stride, std::span(&req, 1)));
+  ExpectSameResults(Sample(zero_stride, std::span(&req, 1)),
+                    Sample(explicit_stride, std::span(&req, 1)));
+}
+
+TEST_F(ProcessorsTest, SharedRequestEqualsOnePerRow) {
+  const int rows = 5;
+  const int vocab = 64;
+  const std::vector<float> x = HalfExactRows(rows, vocab);
+  const LogitsView view{x.data(), rows, vocab, vocab, DType::kFloat32};
+  RowRequest shared = BusyRequest();
+  const int32_t mask[] = {Word(0xFFFFFFFFu), Word(0x0000FFFFu)};  // tokens 0..47
+  const int32_t banned[] = {7};
+  shared.allowed_mask = mask;
+  shared.banned_tokens = banned;
+  const std::vector<RowRequest> per_row(rows, shared);
+
+  const std::vector<float> p_shared = Probs(view, std::span(&shared, 1));
+  const std::vector<float> p_per_row = Probs(view, per_row);
+  EXPECT_EQ(p_shared, p_per_row);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 48; c < vocab; ++c) EXPECT_EQ(p_shared[r * vocab + c], 0.0f);
+    EXPECT_EQ(p_shared[r * vocab + 7], 0.0f);
+  }
+  ExpectSameResults(Sample(view, std::span(&shared, 1)), Sample(view, per_row));
+}
+
+}  // namespace
+}  // namespace nucleus
