@@ -47,6 +47,12 @@ void RowResult::clear() {
   support = 0;
 }
 
+void VerifyResult::clear() {
+  status = Status();
+  accepted = 0;
+  tokens.clear();
+}
+
 const char* version() { return NUCLEUS_VERSION; }
 
 }  // namespace nucleus

@@ -18,6 +18,7 @@
 
 #include "engine/row/params_check.h"
 #include "engine/row/row_sampler.h"
+#include "engine/row/verify.h"
 #include "nucleus/engine.h"
 
 namespace nucleus {
@@ -122,16 +123,16 @@ Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requ
     base = impl_->counter.fetch_add(static_cast<uint64_t>(logits.rows));
   }
   const bool shared = requests.size() == 1;
-  return impl_->run_rows(
-      logits, requests, static_cast<int64_t>(results.size()),
-      [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
-          detail::RowScratch& scratch, const detail::Runner& runner) {
-        const uint64_t seed =
-            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
-        (void)shared;
-        detail::sample_row(input, req, seed, row, results[static_cast<size_t>(row)], scratch,
-                           runner);
-      });
+  return impl_->run_rows(logits, requests, static_cast<int64_t>(results.size()),
+                         [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
+                             detail::RowScratch& scratch, const detail::Runner& runner) {
+                           const uint64_t seed =
+                               req.seed ? *req.seed
+                                        : impl_->derive_seed(base + static_cast<uint64_t>(row));
+                           (void)shared;
+                           detail::sample_row(input, req, seed, row,
+                                              results[static_cast<size_t>(row)], scratch, runner);
+                         });
 }
 
 Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
@@ -142,9 +143,9 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
                                     " is smaller than vocab = " + std::to_string(logits.vocab));
   }
   if (static_cast<int64_t>(row_status.size()) != logits.rows) {
-    return Status::invalid_argument("probs: row_status size = " +
-                                    std::to_string(row_status.size()) +
-                                    " must equal rows = " + std::to_string(logits.rows));
+    return Status::invalid_argument(
+        "probs: row_status size = " + std::to_string(row_status.size()) +
+        " must equal rows = " + std::to_string(logits.rows));
   }
   return impl_->run_rows(logits, requests, -1,
                          [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
@@ -152,6 +153,92 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
                            row_status[static_cast<size_t>(row)] = detail::probs_row(
                                input, req, row, out + row * out_stride, scratch, runner);
                          });
+}
+
+Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
+                      std::span<const int32_t> draft_tokens, const float* draft_probs,
+                      std::span<const RowRequest> requests, std::span<VerifyResult> results) {
+  if (num_draft < 0) {
+    return Status::invalid_argument("verify: num_draft = " + std::to_string(num_draft) +
+                                    " must be >= 0");
+  }
+  const int64_t per_row = num_draft + 1;
+  if (target_logits.rows <= 0 || target_logits.rows % per_row != 0) {
+    return Status::invalid_argument(
+        "verify: target_logits rows = " + std::to_string(target_logits.rows) +
+        " must be a positive multiple of num_draft + 1 = " + std::to_string(per_row));
+  }
+  const int64_t rows = target_logits.rows / per_row;
+  // The per-row view (rows of K + 1 positions) for the shared checks.
+  LogitsView by_row = target_logits;
+  by_row.rows = rows;
+  if (Status s = detail::check_call(by_row, requests, static_cast<int64_t>(results.size()));
+      !s.ok()) {
+    return s;
+  }
+  const bool shared = requests.size() == 1;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const int64_t row = shared && rows > 1 ? -1 : static_cast<int64_t>(r);
+    if (Status s = detail::check_request(requests[r], row, target_logits.vocab); !s.ok()) return s;
+  }
+  const int64_t vocab = target_logits.vocab;
+  if (static_cast<int64_t>(draft_tokens.size()) != rows * num_draft) {
+    return Status::invalid_argument(
+        "verify: draft_tokens size = " + std::to_string(draft_tokens.size()) +
+        " must be rows * K = " + std::to_string(rows * num_draft));
+  }
+  for (size_t i = 0; i < draft_tokens.size(); ++i) {
+    if (draft_tokens[i] < 0 || draft_tokens[i] >= vocab) {
+      return Status::invalid_argument(
+          "row " + std::to_string(static_cast<int64_t>(i) / std::max<int64_t>(num_draft, 1)) +
+          ": draft_tokens[" + std::to_string(static_cast<int64_t>(i) % num_draft) + "] = " +
+          std::to_string(draft_tokens[i]) + " is outside [0, " + std::to_string(vocab) + ")");
+    }
+  }
+  if (draft_probs) {
+    const int64_t n = rows * num_draft * vocab;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = draft_probs[i];
+      if (!(v >= 0.0f) || v == INFINITY) {
+        const int64_t row = i / (num_draft * vocab);
+        const int64_t pos = (i / vocab) % num_draft;
+        return Status::invalid_argument("row " + std::to_string(row) + ": draft_probs[" +
+                                        std::to_string(pos) + "][" + std::to_string(i % vocab) +
+                                        "] = " + std::to_string(v) + " must be finite and >= 0");
+      }
+    }
+  }
+
+  uint64_t base = 0;
+  bool any_unseeded = false;
+  for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
+  if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
+  const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
+  const int esize = dtype_size(target_logits.dtype);
+  const detail::Runner runner{rows < impl_->threads && vocab > detail::kChunk};
+  impl_->arena->execute([&] {
+    tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
+      auto scratch = impl_->pool.acquire();
+      const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
+      const uint64_t seed =
+          req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+      // At most a few positions per row: a small array of row inputs.
+      std::vector<detail::RowInput>& positions = scratch->verify_positions;
+      positions.resize(static_cast<size_t>(per_row));
+      for (int64_t i = 0; i < per_row; ++i) {
+        positions[static_cast<size_t>(i)] = detail::RowInput{
+            static_cast<const char*>(target_logits.data) + (row * per_row + i) * stride * esize,
+            target_logits.dtype, vocab};
+      }
+      detail::verify_row(positions,
+                         draft_tokens.subspan(static_cast<size_t>(row * num_draft),
+                                              static_cast<size_t>(num_draft)),
+                         draft_probs ? draft_probs + row * num_draft * vocab : nullptr, req, seed,
+                         row, results[static_cast<size_t>(row)], *scratch, runner);
+      impl_->pool.release(std::move(scratch));
+    });
+  });
+  return Status();
 }
 
 }  // namespace nucleus

@@ -1,7 +1,6 @@
 #include "engine/row/row_sampler.h"
 
-#include <Random123/philox.h>
-#include <Random123/u01fixedpt.h>
+#include "engine/row/philox.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,8 +17,8 @@ enum class Filter { kTopK, kTopP, kMinP, kTypical, kTopNSigma };
 std::span<const Filter> filter_order(Preset preset) {
   static constexpr Filter kHF[] = {Filter::kTopK, Filter::kTopP, Filter::kMinP, Filter::kTypical,
                                    Filter::kTopNSigma};
-  static constexpr Filter kVLLM[] = {Filter::kMinP, Filter::kTopK, Filter::kTopP,
-                                     Filter::kTypical, Filter::kTopNSigma};
+  static constexpr Filter kVLLM[] = {Filter::kMinP, Filter::kTopK, Filter::kTopP, Filter::kTypical,
+                                     Filter::kTopNSigma};
   static constexpr Filter kLlama[] = {Filter::kTopNSigma, Filter::kTopK, Filter::kTypical,
                                       Filter::kTopP, Filter::kMinP};
   switch (preset) {
@@ -84,8 +83,7 @@ class RowPipeline {
   double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count,
                  bool keep_blocks = false);
   float min_key_of(std::span<const Segment> segs, const SetSpec& set);
-  Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
-                     MomentKind kind);
+  Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0, MomentKind kind);
 
  private:
   Status check_and_widen(Distribution& dist);
@@ -108,9 +106,8 @@ class RowPipeline {
 Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
                                 MomentKind kind) {
   sc_.moments.resize(segs.size());
-  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-    sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0, kind);
-  });
+  run_(static_cast<int64_t>(segs.size()),
+       [&](int64_t s) { sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0, kind); });
   Moments total;
   for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
   return total;
@@ -130,9 +127,9 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
   }
   run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
-    sc_.seg_mass[i] = sum_mass(segs[i], set, k0, &sc_.seg_count[i],
-                               keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i]
-                                           : nullptr);
+    sc_.seg_mass[i] =
+        sum_mass(segs[i], set, k0, &sc_.seg_count[i],
+                 keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
   });
   double z = 0.0;
   int64_t c = 0;
@@ -250,8 +247,8 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTopK: {
       if (p_.top_k <= 0 || p_.top_k >= in_.vocab) return;
       const int64_t k = std::max<int64_t>(p_.top_k, p_.min_keep);
-      const SelectResult r = weighted_select(segs, set, distance_count, static_cast<double>(k),
-                                             sc_.select, run_);
+      const SelectResult r =
+          weighted_select(segs, set, distance_count, static_cast<double>(k), sc_.select, run_);
       if (r.found) {
         set.dhi = std::min(set.dhi, r.key);
         count = r.count_le;
@@ -313,8 +310,8 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const double n = static_cast<double>(m.count);
       const double mean = m.sd / n;
       const double sigma = std::sqrt(std::max(0.0, m.sd2 / n - mean * mean));
-      float c = float_at_most(static_cast<double>(d0) +
-                              static_cast<double>(p_.top_n_sigma) * sigma);
+      float c =
+          float_at_most(static_cast<double>(d0) + static_cast<double>(p_.top_n_sigma) * sigma);
       c = min_keep_key(segs, set, distance_count, c, nullptr);
       set.dhi = std::min(set.dhi, c);
       count_known = false;
@@ -349,8 +346,8 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     return Status();
   }
 
-  const double inv_t = std::min(1.0 / static_cast<double>(p_.temperature),
-                                static_cast<double>(kMaxFloat));
+  const double inv_t =
+      std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat));
   const auto final_scale = static_cast<float>(inv_t);
   const bool llama = p_.preset == Preset::kLlamaCpp;
   SetSpec set = dist.set;
@@ -367,13 +364,13 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
 
   for (Filter f : filter_order(p_.preset)) {
     apply_filter(f, segs, set, d0, d0_known, count, count_known);
-    if (!compacted && count_known && count <= compact_below && segs.size() > 0 &&
-        count < vocab) {
+    if (!compacted && count_known && count <= compact_below && segs.size() > 0 && count < vocab) {
       // Later passes only visit the kept set: copy it out once, in token order.
       sc_.cand_x.resize(static_cast<size_t>(vocab));
       sc_.cand_idx.resize(static_cast<size_t>(vocab));
       int64_t n = 0;
-      for (const Segment& s : segs) n += compact(s, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
+      for (const Segment& s : segs)
+        n += compact(s, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
       sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
       segs = std::span<const Segment>(sc_.cand_segs);
       compacted = true;
@@ -392,18 +389,6 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
   }
   return Status();
-}
-
-// One 53-bit uniform in (0, 1] from Philox4x32-10 keyed by the row's seed.
-double philox_uniform(uint64_t seed, uint64_t step, uint32_t sample, uint32_t purpose) {
-  r123::Philox4x32 rng;
-  const r123::Philox4x32::key_type key = {
-      {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
-  const r123::Philox4x32::ctr_type ctr = {
-      {static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), sample, purpose}};
-  const r123::Philox4x32::ctr_type out = rng(ctr, key);
-  const uint64_t bits = (static_cast<uint64_t>(out[0]) << 32) | out[1];
-  return u01fixedpt_open_closed_64_double(bits);
 }
 
 }  // namespace
@@ -429,7 +414,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
     std::fill(result.tokens.begin(), result.tokens.end(), dist.greedy_token);
   } else {
     for (size_t j = 0; j < n; ++j) {
-      const double target = philox_uniform(seed, request.step, static_cast<uint32_t>(j), 0) * dist.z;
+      const double target =
+          philox_uniform(seed, request.step, static_cast<uint32_t>(j), kDrawPurpose) * dist.z;
       double cum = 0.0;
       int32_t token = -1;
       size_t last_positive = dist.segs.size();
@@ -458,16 +444,17 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 
   // Log-probabilities of the sampled tokens.
   double raw_log_z = 0.0;
-  const bool need_raw_z = p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kRaw);
+  const bool need_raw_z =
+      p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kRaw);
   SetSpec raw_set;
   raw_set.xmax = dist.raw_max;
   // When nothing changed the row and the final distribution is softmax of the
   // whole row at temperature 1, its normaliser is the raw one.
   const bool raw_is_final = dist.x == dist.raw && dist.set.key_scale == 1.0f &&
-                            dist.set.scale == 1.0f && dist.k0 == 0.0f &&
-                            dist.set.dlo == 0.0f && dist.set.dhi == kMaxFloat;
+                            dist.set.scale == 1.0f && dist.k0 == 0.0f && dist.set.dlo == 0.0f &&
+                            dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
-    raw_log_z = raw_is_final        ? std::log(dist.z)
+    raw_log_z = raw_is_final       ? std::log(dist.z)
                 : dist.raw_z > 0.0 ? std::log(dist.raw_z)
                                    : std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
   }
@@ -505,8 +492,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
     result.top_logprobs.resize(keep);
     for (size_t i = 0; i < keep; ++i) {
       result.top_logprobs[i] = TokenLogprob{
-          sc.top[i].second,
-          static_cast<float>(-static_cast<double>(sc.top[i].first - k0) - lz)};
+          sc.top[i].second, static_cast<float>(-static_cast<double>(sc.top[i].first - k0) - lz)};
     }
     result.ranks.resize(n);
     for (size_t j = 0; j < n; ++j) {

@@ -14,6 +14,12 @@
 
 namespace nucleus::detail {
 
+struct RowInput {
+  const void* data = nullptr;  // the row's first element
+  DType dtype = DType::kFloat32;
+  int64_t vocab = 0;
+};
+
 // Buffers one row needs, sized on first use and reused afterwards, so the
 // steady state allocates nothing.
 struct RowScratch {
@@ -34,13 +40,11 @@ struct RowScratch {
   std::vector<std::pair<float, int32_t>> top;
   SelectScratch select;
   PenaltyScratch penalties;
+  std::vector<float> verify_p;            // verification: one target distribution
+  std::vector<int32_t> verify_history;    // verification: history plus accepted drafts
+  std::vector<RowInput> verify_positions;  // verification: the row's target rows
 };
 
-struct RowInput {
-  const void* data = nullptr;  // the row's first element
-  DType dtype = DType::kFloat32;
-  int64_t vocab = 0;
-};
 
 // Samples one row into `result` (cleared first). `seed` is the row's resolved
 // seed. Row errors go to result.status.

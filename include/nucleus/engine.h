@@ -50,6 +50,26 @@ class Engine {
   Status probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
                int64_t out_stride, std::span<Status> row_status);
 
+  // Speculative-decoding verification (Leviathan et al. 2023; Chen et al.
+  // 2023). Row r of the batch has K = num_draft draft tokens
+  // draft_tokens[r*K .. r*K+K) and K+1 target rows, target_logits rows
+  // r*(K+1) .. r*(K+1)+K (so target_logits.rows = rows * (K+1)). Each target
+  // row's distribution is the final distribution of requests[r] at that
+  // position, with the drafts before it appended to the generated tokens (for
+  // the penalties). draft_probs, when not null, holds the drafter's
+  // probabilities, float32, rows × K × vocab (row-major, stride vocab); null
+  // means a deterministic drafter (probability 1 on each draft token).
+  //
+  // Draft i is accepted with probability min(1, p(x)/q(x)); at the first
+  // rejection a token is drawn from max(p - q, 0) renormalised and the row
+  // stops; when all K are accepted a bonus token is drawn from the last
+  // target row. The output is distributed exactly as sampling from the target.
+  // Uniforms come from Philox keyed by the row's seed with counter
+  // (step + i, 0, purpose), so the reproducibility contract holds.
+  Status verify(const LogitsView& target_logits, int64_t num_draft,
+                std::span<const int32_t> draft_tokens, const float* draft_probs,
+                std::span<const RowRequest> requests, std::span<VerifyResult> results);
+
   // The number of threads this engine may use.
   int max_threads() const;
 

@@ -114,4 +114,13 @@ struct RowResult {
   void clear();
 };
 
+// One row's outcome of speculative-decoding verification (Engine::verify).
+struct VerifyResult {
+  Status status;
+  int32_t accepted = 0;         // draft tokens accepted, 0..K
+  std::vector<int32_t> tokens;  // the accepted drafts, then one recovered or bonus token
+
+  void clear();
+};
+
 }  // namespace nucleus

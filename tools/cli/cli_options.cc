@@ -154,6 +154,17 @@ double json_float(float value) {
   return std::strtod(buf, nullptr);
 }
 
+std::string row_error_text(const Status& status, int64_t index_in_call) {
+  const std::string prefix = "row " + std::to_string(index_in_call) + ": ";
+  const std::string& m = status.message();
+  return m.rfind(prefix, 0) == 0 ? m.substr(prefix.size()) : m;
+}
+
+std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first) {
+  return "row " + std::to_string(first + index_in_call) + ": " +
+         row_error_text(status, index_in_call);
+}
+
 void print_error(const std::string& message) {
   std::fprintf(stderr, "nucleus: %s\n", message.c_str());
 }

@@ -66,6 +66,12 @@ void add_run_options(CLI::App* command, int* threads, bool* quiet);
 // and infinities become null).
 double json_float(float value);
 
+// An engine row error names the row by its index in the call ("row 2: ...");
+// blocks start at `first`, so rename it to the dump's row (or drop it when
+// the output names the row anyway).
+std::string row_error_text(const Status& status, int64_t index_in_call);
+std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first);
+
 // Prints "nucleus: MESSAGE" on standard error.
 void print_error(const std::string& message);
 

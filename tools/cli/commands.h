@@ -40,10 +40,4 @@ struct InspectCommand {
 void add_inspect_command(CLI::App* app, InspectCommand* command);
 int run_inspect(const InspectCommand& command);
 
-// An engine row error names the row by its index in the call ("row 2: ...");
-// blocks start at `first`, so rename it to the dump's row (or drop it when
-// the output names the row anyway).
-std::string row_error_text(const Status& status, int64_t index_in_call);
-std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first);
-
 }  // namespace nucleus::cli

@@ -109,17 +109,6 @@ void append_csv(int64_t row, const RowResult& r, int32_t top_n, int64_t index, s
 
 }  // namespace
 
-std::string row_error_text(const Status& status, int64_t index_in_call) {
-  const std::string prefix = "row " + std::to_string(index_in_call) + ": ";
-  const std::string& m = status.message();
-  return m.rfind(prefix, 0) == 0 ? m.substr(prefix.size()) : m;
-}
-
-std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first) {
-  return "row " + std::to_string(first + index_in_call) + ": " +
-         row_error_text(status, index_in_call);
-}
-
 void add_sample_command(CLI::App* app, SampleCommand* c) {
   c->app = app->add_subcommand("sample", "Draw tokens from every row of a logit dump");
   c->app->footer(kSampleFooter);

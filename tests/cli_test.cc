@@ -1,0 +1,696 @@
+// End-to-end tests of the `nucleus` program: it is run as a separate process
+// on dumps of every format and dtype, and its answers are compared with the
+// library's (same tokens for the same seed, probs equal to Engine::probs).
+// Malformed inputs must fail with exit status 2, a message that names the
+// file, field and value, and no output file; row errors must fail only their
+// row (exit status 1); a dump larger than the memory limit must still go
+// through, block by block.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/io/dump_writer.h"
+#include "engine/io/npy_header.h"
+#include "nucleus/dump.h"
+#include "nucleus/engine.h"
+
+namespace nucleus {
+namespace {
+
+#ifndef NUCLEUS_CLI_PATH
+// Built with NUCLEUS_BUILD_TOOLS=OFF: there is no program to run.
+TEST(Cli, NeedsTheProgram) { GTEST_SKIP() << "the nucleus_cli target is not built"; }
+#else
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+fs::path TestDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = std::string(info->test_suite_name()) + "." + info->name();
+  for (char& c : name) c = c == '/' ? '_' : c;
+  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "cli_test" / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string Quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+std::string ReadText(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteText(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+struct CliRun {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `nucleus ARGS` through the shell in `dir`; `before` and `after` wrap
+// the program (a pipe into it, a ulimit, a redirect of standard input).
+CliRun RunCli(const fs::path& dir, const std::string& args, const std::string& before = "",
+              const std::string& after = "") {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string command = "cd " + Quote(dir) + " && " + before + Quote(NUCLEUS_CLI_PATH) + " " +
+                              args + " " + after + " > " + Quote(out) + " 2> " + Quote(err);
+  const int status = std::system(command.c_str());
+  CliRun run;
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  run.out = ReadText(out);
+  run.err = ReadText(err);
+  fs::remove(out);
+  fs::remove(err);
+  return run;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<Json> JsonLines(const std::string& text) {
+  std::vector<Json> out;
+  for (const std::string& line : Lines(text)) out.push_back(Json::parse(line));
+  return out;
+}
+
+// LM-like rows: a few dominant tokens over a Gaussian bulk.
+std::vector<float> Logits(int64_t rows, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> v(static_cast<size_t>(rows * vocab));
+  for (float& x : v) x = normal(rng);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int k = 0; k < 4; ++k) v[static_cast<size_t>(r * vocab + rng() % vocab)] += 6.0f - k;
+  }
+  return v;
+}
+
+void WriteDump(const fs::path& path, const std::vector<float>& values, int64_t rows, int64_t vocab,
+               DType dtype) {
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kAuto;
+  spec.dtype = dtype;
+  const Status s = detail::write_dump(path, values.data(), rows, vocab, spec);
+  ASSERT_TRUE(s.ok()) << s.message();
+}
+
+// The dump as the library sees it, held open while the test compares.
+struct Loaded {
+  DumpReader reader;
+  LogitsView view;
+};
+
+Loaded Load(const fs::path& path, const DumpOptions& options = {}) {
+  Result<DumpReader> reader = DumpReader::open(path, [&] {
+    DumpOptions o = options;
+    o.block_bytes = int64_t{1} << 40;  // everything in one block
+    return o;
+  }());
+  EXPECT_TRUE(reader.ok()) << reader.status().message();
+  Loaded loaded{std::move(reader).value(), {}};
+  Result<LogitsView> view = loaded.reader.block(0);
+  EXPECT_TRUE(view.ok());
+  loaded.view = *view;
+  return loaded;
+}
+
+// The seeds the tool documents: row r gets S + r.
+std::vector<RowRequest> SeededRequests(const RowRequest& base, int64_t rows, uint64_t seed) {
+  std::vector<RowRequest> requests(static_cast<size_t>(rows), base);
+  for (int64_t r = 0; r < rows; ++r) requests[static_cast<size_t>(r)].seed = seed + r;
+  return requests;
+}
+
+std::vector<RowResult> LibrarySample(const LogitsView& view, std::span<const RowRequest> requests) {
+  Engine engine;
+  std::vector<RowResult> results(static_cast<size_t>(view.rows));
+  const Status s = engine.sample(view, requests, results);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return results;
+}
+
+float AsFloat(const Json& j) { return static_cast<float>(j.get<double>()); }
+
+// One JSON line against the library's result for the same row.
+void ExpectSameRow(const Json& line, const RowResult& want, int64_t row, int top_n) {
+  SCOPED_TRACE("row " + std::to_string(row) + ": " + line.dump());
+  ASSERT_EQ(line.at("row").get<int64_t>(), row);
+  ASSERT_TRUE(want.status.ok()) << want.status.message();
+  ASSERT_FALSE(line.contains("error"));
+  EXPECT_EQ(line.at("tokens").get<std::vector<int32_t> >(), want.tokens);
+  ASSERT_EQ(line.at("logprobs").size(), want.logprobs.size());
+  for (size_t j = 0; j < want.logprobs.size(); ++j) {
+    EXPECT_EQ(AsFloat(line["logprobs"][j]), want.logprobs[j]);
+    EXPECT_EQ(AsFloat(line["raw_logprobs"][j]), want.raw_logprobs[j]);
+  }
+  EXPECT_EQ(line.at("support").get<int64_t>(), want.support);
+  if (top_n == 0) {
+    EXPECT_FALSE(line.contains("top_logprobs"));
+    return;
+  }
+  EXPECT_EQ(line.at("ranks").get<std::vector<int32_t> >(), want.ranks);
+  ASSERT_EQ(line.at("top_logprobs").size(), want.tokens.size());  // one list per sample
+  for (const Json& list : line["top_logprobs"]) {
+    ASSERT_EQ(list.size(), want.top_logprobs.size());
+    for (size_t k = 0; k < list.size(); ++k) {
+      EXPECT_EQ(list[k].at("token").get<int32_t>(), want.top_logprobs[k].token);
+      EXPECT_EQ(AsFloat(list[k].at("logprob")), want.top_logprobs[k].logprob);
+    }
+  }
+}
+
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+TEST(Cli, HelpAndVersion) {
+  const fs::path dir = TestDir();
+  CliRun version = RunCli(dir, "--version");
+  EXPECT_EQ(version.code, 0);
+  EXPECT_TRUE(Contains(version.out, nucleus::version())) << version.out;
+  for (const char* command : {"", "sample ", "probs ", "inspect "}) {
+    CliRun help = RunCli(dir, std::string(command) + "--help");
+    EXPECT_EQ(help.code, 0) << command;
+    EXPECT_TRUE(Contains(help.out, "Examples:")) << command << help.out;
+  }
+  CliRun none = RunCli(dir, "");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_TRUE(Contains(none.err, "subcommand")) << none.err;
+}
+
+struct FormatCase {
+  const char* file;
+  DType dtype;
+};
+
+void PrintTo(const FormatCase& c, std::ostream* os) { *os << c.file << " " << dtype_name(c.dtype); }
+
+class CliFormats : public ::testing::TestWithParam<FormatCase> {};
+
+TEST_P(CliFormats, SampleGivesTheLibrarysTokens) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 6, vocab = 3000;
+  const fs::path path = dir / GetParam().file;
+  WriteDump(path, Logits(rows, vocab, 1), rows, vocab, GetParam().dtype);
+  DumpOptions options;
+  std::string raw_args;
+  if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
+    options.dtype = GetParam().dtype;
+    options.vocab = vocab;
+    raw_args = std::string(" --dtype ") + dtype_name(GetParam().dtype) + " --vocab 3000";
+  }
+  CliRun run = RunCli(dir, "sample " + Quote(path) + raw_args +
+                               " --seed 11 --temperature 0.8 --top-k 200 --top-p 0.9 -n 2 "
+                               "--logprobs 3");
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(run.err, "");
+
+  Loaded dump = Load(path, options);
+  RowRequest base;
+  base.params.temperature = 0.8f;
+  base.params.top_k = 200;
+  base.params.top_p = 0.9f;
+  base.params.num_samples = 2;
+  base.params.top_logprobs = 3;
+  const std::vector<RowRequest> requests = SeededRequests(base, rows, 11);
+  const std::vector<RowResult> want = LibrarySample(dump.view, requests);
+  const std::vector<Json> lines = JsonLines(run.out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) ExpectSameRow(lines[r], want[r], r, 3);
+
+  CliRun probs =
+      RunCli(dir, "probs " + Quote(path) + raw_args + " --temperature 0.8 --top-p 0.9 -o p.npy");
+  ASSERT_EQ(probs.code, 0) << probs.err;
+  Loaded out = Load(dir / "p.npy");
+  ASSERT_EQ(out.view.rows, rows);
+  ASSERT_EQ(out.view.dtype, DType::kFloat32);
+  std::vector<float> expected(static_cast<size_t>(rows * vocab));
+  std::vector<Status> row_status(static_cast<size_t>(rows));
+  RowRequest p;
+  p.params.temperature = 0.8f;
+  p.params.top_p = 0.9f;
+  Engine engine;
+  ASSERT_TRUE(engine.probs(dump.view, {&p, 1}, expected.data(), vocab, row_status).ok());
+  const auto* got = static_cast<const float*>(out.view.data);
+  for (int64_t i = 0; i < rows * vocab; ++i) ASSERT_EQ(got[i], expected[i]) << "element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Dumps, CliFormats,
+    ::testing::Values(FormatCase{"d.npy", DType::kFloat32}, FormatCase{"d.npy", DType::kFloat16},
+                      FormatCase{"d.safetensors", DType::kFloat32},
+                      FormatCase{"d.safetensors", DType::kFloat16},
+                      FormatCase{"d.safetensors", DType::kBFloat16},
+                      FormatCase{"d.bin", DType::kFloat32}, FormatCase{"d.bin", DType::kFloat16},
+                      FormatCase{"d.raw", DType::kBFloat16}),
+    [](const ::testing::TestParamInfo<FormatCase>& info) {
+      std::string name = std::string(info.param.file) + "_" + dtype_name(info.param.dtype);
+      for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return name;
+    });
+
+TEST(Cli, OutputDoesNotDependOnBlocksOrThreads) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 40, vocab = 32000;
+  WriteDump(dir / "d.npy", Logits(rows, vocab, 2), rows, vocab, DType::kFloat32);
+  const std::string args = "sample d.npy --seed 3 --top-p 0.95 --min-p 0.01 -n 3 --logprobs 2";
+  CliRun whole = RunCli(dir, args);
+  ASSERT_EQ(whole.code, 0) << whole.err;
+  // 1 MiB blocks hold 8 rows of 32000 float32.
+  CliRun blocks = RunCli(dir, args + " --block-mb 1 --threads 1");
+  ASSERT_EQ(blocks.code, 0) << blocks.err;
+  EXPECT_EQ(blocks.out, whole.out);
+  EXPECT_EQ(Lines(whole.out).size(), static_cast<size_t>(rows));
+
+  CliRun probs_whole = RunCli(dir, "probs d.npy --top-k 50 -o a.npy");
+  CliRun probs_blocks = RunCli(dir, "probs d.npy --top-k 50 -o b.npy --block-mb 1 --threads 2");
+  ASSERT_EQ(probs_whole.code, 0) << probs_whole.err;
+  ASSERT_EQ(probs_blocks.code, 0) << probs_blocks.err;
+  EXPECT_EQ(ReadText(dir / "a.npy"), ReadText(dir / "b.npy"));
+}
+
+TEST(Cli, CsvHasOneLinePerSample) {
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(3, 500, 4), 3, 500, DType::kFloat32);
+  CliRun json = RunCli(dir, "sample d.npy --seed 1 -n 2 --logprobs 2");
+  CliRun csv = RunCli(dir, "sample d.npy --seed 1 -n 2 --logprobs 2 --format csv -o out.csv");
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  EXPECT_EQ(csv.out, "");
+  const std::vector<std::string> lines = Lines(ReadText(dir / "out.csv"));
+  ASSERT_EQ(lines.size(), 1u + 3 * 2);
+  EXPECT_EQ(lines[0], "row,sample,token,logprob,raw_logprob,rank,support,top_logprobs,error");
+  const std::vector<Json> rows = JsonLines(json.out);
+  for (int r = 0; r < 3; ++r) {
+    for (int j = 0; j < 2; ++j) {
+      const std::string prefix = std::to_string(r) + "," + std::to_string(j) + "," +
+                                 std::to_string(rows[r]["tokens"][j].get<int>()) + ",";
+      EXPECT_EQ(lines[1 + r * 2 + j].rfind(prefix, 0), 0u) << lines[1 + r * 2 + j];
+    }
+  }
+}
+
+TEST(Cli, ParamsFileOverridesRowByRow) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 6, vocab = 200;
+  WriteDump(dir / "d.npy", Logits(rows, vocab, 5), rows, vocab, DType::kFloat32);
+  WriteText(dir / "params.jsonl",
+            "{\"temperature\": 0}\n"
+            "{\"seed\": 5, \"top_k\": 3, \"step\": 9}\n"
+            "\n"
+            "{\"logit_bias\": {\"7\": 100}, \"logprobs\": 2, \"logprobs_mode\": \"raw\"}\n"
+            "{\"allowed_tokens\": [42, 43], \"preset\": \"vllm\", \"min_p\": 0.2}\n"
+            "{\"history\": [1, 1, 2], \"prompt_tokens\": [3], \"repetition_penalty\": 1.5, "
+            "\"frequency_penalty\": 0.3, \"presence_penalty\": 0.1, \"banned\": [4]}\n"
+            "{\"row\": 5, \"logit_bias\": [[9, \"-inf\"]], \"num_samples\": 3, \"seed\": null}\n");
+  CliRun run = RunCli(dir, "sample d.npy --seed 100 --temperature 0.7 --params params.jsonl");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const std::vector<Json> lines = JsonLines(run.out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
+
+  Loaded dump = Load(dir / "d.npy");
+  RowRequest base;
+  base.params.temperature = 0.7f;
+  std::vector<RowRequest> requests = SeededRequests(base, rows, 100);
+  requests[0].params.temperature = 0.0f;
+  requests[1].seed = 5;
+  requests[1].params.top_k = 3;
+  requests[1].step = 9;
+  const std::vector<TokenBias> bias3 = {{7, 100.0f}};
+  requests[2].logit_bias = bias3;
+  requests[2].params.top_logprobs = 2;
+  requests[2].params.logprobs_mode = LogprobsMode::kRaw;
+  std::vector<int32_t> mask((vocab + 31) / 32, 0);
+  mask[1] = (1 << 10) | (1 << 11);  // tokens 42 and 43
+  requests[3].allowed_mask = mask;
+  requests[3].params.preset = Preset::kVLLM;
+  requests[3].params.min_p = 0.2f;
+  const std::vector<int32_t> history = {1, 1, 2}, prompt = {3}, banned = {4};
+  requests[4].generated_tokens = history;
+  requests[4].prompt_tokens = prompt;
+  requests[4].banned_tokens = banned;
+  requests[4].params.repetition_penalty = 1.5f;
+  requests[4].params.frequency_penalty = 0.3f;
+  requests[4].params.presence_penalty = 0.1f;
+  const std::vector<TokenBias> bias5 = {{9, -kInf}};
+  requests[5].logit_bias = bias5;
+  requests[5].params.num_samples = 3;
+  requests[5].seed.reset();
+  const std::vector<RowResult> want = LibrarySample(dump.view, requests);
+  for (int64_t r = 0; r < 5; ++r) {
+    ExpectSameRow(lines[r], want[r], r, requests[r].params.top_logprobs);
+  }
+  EXPECT_EQ(lines[2]["tokens"][0], 7);
+  const int token3 = lines[3]["tokens"][0].get<int>();
+  EXPECT_TRUE(token3 == 42 || token3 == 43) << token3;
+  // Row 5 is unseeded: only its shape can be checked.
+  EXPECT_EQ(lines[5]["tokens"].size(), 3u);
+  for (const Json& t : lines[5]["tokens"]) EXPECT_NE(t.get<int>(), 9);
+}
+
+TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 4, vocab = 100;
+  WriteDump(dir / "d.npy", Logits(rows, vocab, 6), rows, vocab, DType::kFloat16);
+  CliRun run = RunCli(dir,
+                      "sample d.npy --seed 8 --step 4 --history 1,2,2 --prompt-tokens 3,5 "
+                      "--repetition-penalty 1.3 --frequency-penalty 0.5 --presence-penalty 0.25 "
+                      "--banned 7,8 --logit-bias 11:1.5,12:-2 --preset llama.cpp --top-k 20 "
+                      "--typical-p 0.9 --top-n-sigma 2");
+  ASSERT_EQ(run.code, 0) << run.err;
+  Loaded dump = Load(dir / "d.npy");
+  RowRequest base;
+  const std::vector<int32_t> history = {1, 2, 2}, prompt = {3, 5}, banned = {7, 8};
+  const std::vector<TokenBias> bias = {{11, 1.5f}, {12, -2.0f}};
+  base.step = 4;
+  base.generated_tokens = history;
+  base.prompt_tokens = prompt;
+  base.banned_tokens = banned;
+  base.logit_bias = bias;
+  base.params.repetition_penalty = 1.3f;
+  base.params.frequency_penalty = 0.5f;
+  base.params.presence_penalty = 0.25f;
+  base.params.preset = Preset::kLlamaCpp;
+  base.params.top_k = 20;
+  base.params.typical_p = 0.9f;
+  base.params.top_n_sigma = 2.0f;
+  const std::vector<RowResult> want = LibrarySample(dump.view, SeededRequests(base, rows, 8));
+  const std::vector<Json> lines = JsonLines(run.out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) ExpectSameRow(lines[r], want[r], r, 0);
+}
+
+TEST(Cli, InspectSummarisesAKnownDump) {
+  const fs::path dir = TestDir();
+  // Row 0: probabilities 0.5, 0.3, 0.12, 0.05 and twelve tokens of 0.0025.
+  // Top-p keeps 3 tokens at p = 0.9 (0.8 before the third, 0.92 before the
+  // fourth), 4 at 0.95 and, since the tail ties, all 16 at 0.99.
+  const int64_t vocab = 16;
+  std::vector<double> p = {0.5, 0.3, 0.12, 0.05};
+  p.resize(vocab, 0.03 / 12);
+  std::vector<float> logits(2 * vocab);
+  double entropy = 0.0;
+  for (int64_t t = 0; t < vocab; ++t) {
+    logits[t] = static_cast<float>(std::log(p[t]) + 3.0);
+    logits[vocab + t] = 0.0f;
+    entropy -= p[t] * std::log(p[t]);
+  }
+  logits[vocab + 5] = kNaN;  // row 1 cannot be summarised
+  WriteDump(dir / "k.npy", logits, 2, vocab, DType::kFloat32);
+
+  CliRun json = RunCli(dir, "inspect k.npy --json --top 3");
+  EXPECT_EQ(json.code, 1) << json.err;
+  const Json doc = Json::parse(json.out);
+  EXPECT_EQ(doc["format"], "npy");
+  EXPECT_EQ(doc["dtype"], "f32");
+  EXPECT_EQ(doc["rows"], 2);
+  EXPECT_EQ(doc["vocab"], vocab);
+  const Json& row0 = doc["rows_summary"][0];
+  EXPECT_NEAR(row0["max_logit"].get<double>(), std::log(0.5) + 3.0, 1e-6);
+  EXPECT_NEAR(row0["entropy"].get<double>(), entropy, 1e-5);
+  EXPECT_EQ(row0["nucleus_sizes"]["0.90"], 3);
+  EXPECT_EQ(row0["nucleus_sizes"]["0.95"], 4);
+  EXPECT_EQ(row0["nucleus_sizes"]["0.99"], 16);
+  ASSERT_EQ(row0["top"].size(), 3u);
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_EQ(row0["top"][k]["token"], k);
+    EXPECT_NEAR(row0["top"][k]["prob"].get<double>(), p[k], 1e-6);
+  }
+  const Json& row1 = doc["rows_summary"][1];
+  EXPECT_TRUE(Contains(row1["error"].get<std::string>(), "row 1")) << row1;
+  EXPECT_TRUE(Contains(row1["error"].get<std::string>(), "token 5")) << row1;
+
+  CliRun table = RunCli(dir, "inspect k.npy");
+  EXPECT_EQ(table.code, 1);
+  EXPECT_TRUE(Contains(table.out, "shape   2 x 16")) << table.out;
+  EXPECT_TRUE(Contains(table.out, "0 (0.500)  1 (0.300)  2 (0.120)")) << table.out;
+  EXPECT_TRUE(Contains(table.out, "error: row 1")) << table.out;
+}
+
+TEST(Cli, ReadsStandardInput) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 3, vocab = 300;
+  const std::vector<float> logits = Logits(rows, vocab, 7);
+  WriteDump(dir / "d.npy", logits, rows, vocab, DType::kFloat16);
+  WriteDump(dir / "d.bin", logits, rows, vocab, DType::kFloat16);
+  CliRun file = RunCli(dir, "sample d.npy --seed 2");
+  ASSERT_EQ(file.code, 0) << file.err;
+  CliRun pipe = RunCli(dir, "sample - --seed 2", "cat d.npy | ");
+  EXPECT_EQ(pipe.code, 0) << pipe.err;
+  EXPECT_EQ(pipe.out, file.out);
+  CliRun redirect = RunCli(dir, "sample - --seed 2", "", "< d.npy");
+  EXPECT_EQ(redirect.code, 0) << redirect.err;
+  EXPECT_EQ(redirect.out, file.out);
+  CliRun raw = RunCli(dir, "sample - --seed 2 --dtype f16 --vocab 300", "cat d.bin | ");
+  EXPECT_EQ(raw.code, 0) << raw.err;
+  EXPECT_EQ(raw.out, file.out);
+  CliRun unknown = RunCli(dir, "sample - --seed 2", "cat d.bin | ");
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_TRUE(Contains(unknown.err, "<stdin>")) << unknown.err;
+  EXPECT_TRUE(Contains(unknown.err, "unknown format")) << unknown.err;
+}
+
+TEST(Cli, RowErrorsFailOnlyTheirRow) {
+  const fs::path dir = TestDir();
+  // 800 KB rows: with --block-mb 1 every block holds one row.
+  const int64_t rows = 4, vocab = 200000;
+  std::vector<float> logits = Logits(rows, vocab, 8);
+  logits[1 * vocab + 17] = kNaN;
+  for (int64_t t = 0; t < vocab; ++t) logits[2 * vocab + t] = -kInf;
+  WriteDump(dir / "d.npy", logits, rows, vocab, DType::kFloat32);
+
+  CliRun run = RunCli(dir, "sample d.npy --seed 1 -o out.jsonl --block-mb 1");
+  EXPECT_EQ(run.code, 1);
+  EXPECT_TRUE(Contains(run.err, "2 of 4 rows")) << run.err;
+  const std::vector<Json> lines = JsonLines(ReadText(dir / "out.jsonl"));
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[0]["tokens"].size(), 1u);
+  EXPECT_EQ(lines[1]["row"], 1);
+  EXPECT_FALSE(lines[1].contains("tokens"));
+  EXPECT_TRUE(Contains(lines[1]["error"].get<std::string>(), "token 17")) << lines[1];
+  EXPECT_TRUE(Contains(lines[1]["error"].get<std::string>(), "NaN")) << lines[1];
+  EXPECT_TRUE(Contains(lines[2]["error"].get<std::string>(), "no token left")) << lines[2];
+  EXPECT_EQ(lines[3]["tokens"].size(), 1u);
+
+  // The engine's row index is 0 in every one-row block; the messages must
+  // still name the dump's rows.
+  CliRun probs = RunCli(dir, "probs d.npy -o p.npy --block-mb 1");
+  EXPECT_EQ(probs.code, 1);
+  EXPECT_TRUE(Contains(probs.err, "row 1: logit of token 17")) << probs.err;
+  EXPECT_TRUE(Contains(probs.err, "row 2: no token left")) << probs.err;
+  Loaded out = Load(dir / "p.npy");
+  const auto* got = static_cast<const float*>(out.view.data);
+  double sum0 = 0.0;
+  for (int64_t t = 0; t < vocab; ++t) {
+    EXPECT_EQ(got[1 * vocab + t], 0.0f);
+    EXPECT_EQ(got[2 * vocab + t], 0.0f);
+    sum0 += got[t];
+  }
+  EXPECT_NEAR(sum0, 1.0, 1e-5);
+
+  CliRun csv = RunCli(dir, "sample d.npy --seed 1 --format csv");
+  EXPECT_EQ(csv.code, 1);
+  const std::vector<std::string> csv_lines = Lines(csv.out);
+  ASSERT_EQ(csv_lines.size(), 5u);
+  EXPECT_EQ(csv_lines[2].rfind("1,,,,,,,,\"", 0), 0u) << csv_lines[2];
+}
+
+// Every way the input or the options can be wrong: exit status 2, one
+// message naming the file, the field and the value, and no output file.
+struct BadCase {
+  const char* name;
+  std::string args;  // after "sample"
+  std::vector<std::string> message;
+};
+
+TEST(Cli, MalformedInputsFailCleanly) {
+  const fs::path dir = TestDir();
+  const std::vector<float> logits = Logits(2, 8, 9);
+  const std::string data(reinterpret_cast<const char*>(logits.data()), logits.size() * 4);
+  auto npy = [&](const std::string& file, const std::string& dict, const std::string& payload) {
+    const int64_t shape[] = {2, 8};
+    std::string header = detail::format_npy_header(DType::kFloat32, shape);
+    const size_t open = header.find('{');
+    const size_t close = header.rfind('}');
+    std::string body = dict;
+    body.resize(close + 1 - open, ' ');  // same length: the header stays aligned
+    header.replace(open, close + 1 - open, body);
+    WriteText(dir / file, header + payload);
+  };
+  auto safetensors = [&](const std::string& file, const std::string& json) {
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((json.size() >> (8 * i)) & 0xff);
+    WriteText(dir / file, out + json + data);
+  };
+  npy("good.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", data);
+  npy("truncated.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }",
+      data.substr(0, 40));
+  npy("f8.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 8), }", data);
+  npy("bigendian.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 8), }", data);
+  npy("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 8), }", data);
+  npy("lying.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 8), }", data);
+  WriteText(dir / "header.npy", std::string("\x93NUMPY\x01\x00\x76\x00{'descr'", 18));
+  WriteText(dir / "notnpy.npy", "hello world, this is text");
+  WriteText(dir / "dump.bin", data);
+  WriteText(dir / "model.pt", data);
+  safetensors("json.safetensors", "{\"logits\": {\"dtype\": \"F32\", ");
+  safetensors("i64.safetensors",
+              R"({"logits":{"dtype":"I64","shape":[1,8],"data_offsets":[0,64]}})");
+  safetensors("offsets.safetensors",
+              R"({"logits":{"dtype":"F32","shape":[4,8],"data_offsets":[0,128]}})");
+  safetensors("two.safetensors", R"({"a":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]},)"
+                                 R"("b":{"dtype":"F32","shape":[1,8],"data_offsets":[32,64]}})");
+  fs::create_directory(dir / "folder.npy");
+  WriteText(dir / "bad_value.jsonl", "{}\n{\"top_p\": 1.5}\n");
+  WriteText(dir / "bad_key.jsonl", "{\"top-p\": 0.5}\n{}\n");
+  WriteText(dir / "bad_json.jsonl", "{}\n{\"top_p\": \n");
+  WriteText(dir / "bad_count.jsonl", "{}\n");
+  WriteText(dir / "bad_token.jsonl", "{}\n{\"history\": [1, 8]}\n");
+
+  const std::vector<BadCase> cases = {
+      {"missing file", "missing.npy", {"missing.npy", "No such file"}},
+      {"directory", "folder.npy", {"folder.npy", "directory"}},
+      {"unknown format", "model.pt", {"model.pt", "unknown format", "'.pt'"}},
+      {"raw without dtype", "dump.bin", {"dump.bin", "dtype and vocab"}},
+      {"not npy", "notnpy.npy", {"notnpy.npy", "magic"}},
+      {"truncated header", "header.npy", {"header.npy", "truncated"}},
+      {"truncated data", "truncated.npy", {"truncated.npy", "shape", "(2, 8)", "truncated"}},
+      {"unsupported dtype", "f8.npy", {"f8.npy", "descr", "'<f8'"}},
+      {"byte order", "bigendian.npy", {"bigendian.npy", "descr", "'>f4'", "big-endian"}},
+      {"fortran order", "fortran.npy", {"fortran.npy", "fortran_order", "True"}},
+      {"lying shape", "lying.npy", {"lying.npy", "shape", "(1, 8)", "does not describe"}},
+      {"vocab not dividing",
+       "dump.bin --dtype f32 --vocab 5",
+       {"dump.bin", "size = 64 bytes", "vocab 5"}},
+      {"safetensors json", "json.safetensors", {"json.safetensors", "JSON"}},
+      {"safetensors dtype", "i64.safetensors", {"i64.safetensors", "dtype", "'I64'"}},
+      {"safetensors offsets",
+       "offsets.safetensors",
+       {"offsets.safetensors", "data_offsets", "[0,128]"}},
+      {"safetensors tensors", "two.safetensors", {"two.safetensors", "2 tensors"}},
+      {"safetensors name", "two.safetensors --tensor c", {"two.safetensors", "tensor = 'c'"}},
+      {"dtype disagrees", "good.npy --dtype f16", {"good.npy", "dtype = f16", "f32"}},
+      {"tensor of npy", "good.npy --tensor x", {"good.npy", "tensor = 'x'", "npy"}},
+      {"top-p", "good.npy --top-p 1.5", {"--top-p", "1.5"}},
+      {"temperature", "good.npy --temperature -1", {"--temperature", "-1"}},
+      {"min-keep", "good.npy --min-keep 0", {"--min-keep", "0"}},
+      {"typical-p", "good.npy --typical-p 0", {"--typical-p", "0"}},
+      {"history token", "good.npy --history 1,8", {"--history[1]", "8", "[0, 8)"}},
+      {"logprobs", "good.npy --logprobs 9", {"--logprobs", "9"}},
+      {"logit bias", "good.npy --logit-bias 3", {"--logit-bias", "'3'"}},
+      {"preset", "good.npy --preset bogus", {"--preset", "bogus"}},
+      {"unknown option", "good.npy --top-q 3", {"--top-q"}},
+      {"not a number", "good.npy --top-k many", {"--top-k", "many"}},
+      {"params value",
+       "good.npy --params bad_value.jsonl",
+       {"bad_value.jsonl line 2", "row 1", "top_p", "1.5"}},
+      {"params key", "good.npy --params bad_key.jsonl", {"bad_key.jsonl line 1", "'top-p'"}},
+      {"params json", "good.npy --params bad_json.jsonl", {"bad_json.jsonl line 2", "JSON"}},
+      {"params count",
+       "good.npy --params bad_count.jsonl",
+       {"bad_count.jsonl", "holds 1 parameter line", "2 rows"}},
+      {"params token",
+       "good.npy --params bad_token.jsonl",
+       {"bad_token.jsonl line 2", "generated_tokens[1]", "8"}},
+      {"params missing", "good.npy --params nothere.jsonl", {"nothere.jsonl", "cannot open"}},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const fs::path out_dir = dir / "out";
+    fs::remove_all(out_dir);
+    fs::create_directory(out_dir);
+    CliRun run = RunCli(dir, "sample " + c.args + " --output out/result.jsonl");
+    EXPECT_EQ(run.code, 2) << run.err;
+    for (const std::string& part : c.message) {
+      EXPECT_TRUE(Contains(run.err, part)) << "stderr: " << run.err << "\nmissing: " << part;
+    }
+    EXPECT_LE(Lines(run.err).size(), 2u) << run.err;  // CLI11 adds a --help hint
+    EXPECT_EQ(run.out, "");
+    EXPECT_TRUE(fs::is_empty(out_dir)) << "left " << fs::directory_iterator(out_dir)->path();
+
+    CliRun probs = RunCli(dir, "probs " + c.args + " --output out/p.npy");
+    EXPECT_EQ(probs.code, 2) << probs.err;
+    EXPECT_TRUE(fs::is_empty(out_dir)) << "left " << fs::directory_iterator(out_dir)->path();
+  }
+}
+
+TEST(Cli, ProbsNeedsAnOutputPath) {
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(1, 10, 10), 1, 10, DType::kFloat32);
+  CliRun none = RunCli(dir, "probs d.npy");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_TRUE(Contains(none.err, "--output")) << none.err;
+  CliRun dash = RunCli(dir, "probs d.npy -o -");
+  EXPECT_EQ(dash.code, 2);
+  CliRun nowhere = RunCli(dir, "probs d.npy -o no/such/dir/p.npy");
+  EXPECT_EQ(nowhere.code, 2);
+  EXPECT_TRUE(Contains(nowhere.err, "p.npy")) << nowhere.err;
+}
+
+// A dump several times larger than the address-space limit goes through in
+// blocks; the same run with a block larger than the limit fails, which shows
+// that the limit is real. The dump is a sparse file of zeros: no disk space.
+TEST(Cli, LargeDumpRunsInBoundedMemory) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizers reserve terabytes of address space; ulimit -v would stop them";
+#endif
+  const fs::path dir = TestDir();
+  const int64_t vocab = 32000, rows = 4096;  // 500 MiB of float32
+  const int64_t shape[] = {rows, vocab};
+  WriteText(dir / "big.npy", detail::format_npy_header(DType::kFloat32, shape));
+  fs::resize_file(dir / "big.npy", fs::file_size(dir / "big.npy") + rows * vocab * 4);
+  const std::string limit = "ulimit -v 262144 && ";  // 256 MiB of address space
+
+  CliRun run = RunCli(dir, "sample big.npy --temperature 0 --block-mb 16 -q -o out.jsonl", limit);
+  ASSERT_EQ(run.code, 0) << run.err;
+  const std::vector<std::string> lines = Lines(ReadText(dir / "out.jsonl"));
+  ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
+  EXPECT_EQ(Json::parse(lines.back())["tokens"][0], 0);  // all ties: the lowest id
+
+  CliRun whole =
+      RunCli(dir, "sample big.npy --temperature 0 --block-mb 1024 -q -o out2.jsonl", limit);
+  EXPECT_EQ(whole.code, 2);
+  EXPECT_TRUE(Contains(whole.err, "big.npy")) << whole.err;
+  EXPECT_FALSE(fs::exists(dir / "out2.jsonl"));
+  fs::remove(dir / "big.npy");
+}
+
+#endif  // NUCLEUS_CLI_PATH
+
+}  // namespace
+}  // namespace nucleus

@@ -1,0 +1,580 @@
+// Tests of the dump readers and writers (include/nucleus/dump.h, engine/io):
+// every format and dtype reads back exactly what was written, in any block
+// size; every malformed file is refused with a message that names the file,
+// the field and the value; writers never leave a partial file behind.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/io/dump_writer.h"
+#include "engine/io/file_io.h"
+#include "engine/io/half.h"
+#include "engine/io/npy_header.h"
+#include "nucleus/dump.h"
+
+namespace nucleus {
+namespace {
+
+namespace fs = std::filesystem;
+using detail::bfloat16_bits_to_float;
+using detail::float_to_bfloat16_bits;
+using detail::float_to_half_bits;
+using detail::half_bits_to_float;
+
+// A fresh, empty directory per test.
+fs::path TestDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "dump_test" /
+                 (std::string(info->test_suite_name()) + "." + info->name());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void WriteBytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string ReadBytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::vector<float> RandomLogits(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// The value a dump of `dtype` stores for `x`.
+float Rounded(float x, DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return half_bits_to_float(float_to_half_bits(x));
+    case DType::kBFloat16:
+      return bfloat16_bits_to_float(float_to_bfloat16_bits(x));
+    case DType::kFloat32:
+      break;
+  }
+  return x;
+}
+
+float ValueAt(const LogitsView& view, int64_t row, int64_t col) {
+  const int64_t i = row * (view.row_stride ? view.row_stride : view.vocab) + col;
+  switch (view.dtype) {
+    case DType::kFloat16:
+      return half_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
+    case DType::kBFloat16:
+      return bfloat16_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
+    case DType::kFloat32:
+      break;
+  }
+  return static_cast<const float*>(view.data)[i];
+}
+
+// Reads every row through blocks and checks them against `values`.
+void ExpectRows(DumpReader& reader, const std::vector<float>& values, DType dtype) {
+  const DumpInfo& info = reader.info();
+  int64_t next = 0;
+  for (int64_t b = 0; b < reader.num_blocks(); ++b) {
+    Result<LogitsView> view = reader.block(b);
+    ASSERT_TRUE(view.ok()) << view.status().message();
+    ASSERT_EQ(reader.block_first_row(b), next);
+    ASSERT_EQ(view->vocab, info.vocab);
+    ASSERT_EQ(view->dtype, dtype);
+    ASSERT_EQ(reinterpret_cast<uintptr_t>(view->data) % dtype_size(dtype), 0u);
+    for (int64_t r = 0; r < view->rows; ++r) {
+      for (int64_t c = 0; c < info.vocab; ++c) {
+        const float want = Rounded(values[static_cast<size_t>((next + r) * info.vocab + c)], dtype);
+        ASSERT_EQ(ValueAt(*view, r, c), want) << "row " << next + r << " col " << c;
+      }
+    }
+    next += view->rows;
+  }
+  EXPECT_EQ(next, info.rows);
+}
+
+void ExpectError(const Result<DumpReader>& reader, const std::vector<std::string>& parts) {
+  ASSERT_FALSE(reader.ok()) << "expected an error mentioning " << parts.front();
+  for (const std::string& part : parts) {
+    EXPECT_NE(reader.status().message().find(part), std::string::npos)
+        << "message: " << reader.status().message() << "\nmissing: " << part;
+  }
+}
+
+// A .npy file with the given dict literal (padded as NumPy does) and payload.
+std::string NpyBytes(const std::string& dict, const std::string& payload, int version = 1) {
+  const size_t prefix = version == 1 ? 10 : 12;
+  std::string header = dict;
+  const size_t total = (prefix + header.size() + 1 + 63) / 64 * 64;
+  header.append(total - prefix - header.size() - 1, ' ');
+  header.push_back('\n');
+  std::string out = "\x93NUMPY";
+  out.push_back(static_cast<char>(version));
+  out.push_back(0);
+  for (size_t i = 0; i < prefix - 8; ++i)
+    out.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+  return out + header + payload;
+}
+
+std::string FloatBytes(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+// A .safetensors file from a header JSON text and a payload.
+std::string SafetensorsBytes(const std::string& json, const std::string& payload) {
+  std::string out(8, '\0');
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + json + payload;
+}
+
+TEST(DumpHalf, EveryHalfRoundTrips) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = half_bits_to_float(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(half_bits_to_float(float_to_half_bits(f))));
+      continue;
+    }
+    ASSERT_EQ(float_to_half_bits(f), h) << "half bits " << h;
+  }
+}
+
+TEST(DumpHalf, RoundsToNearestEven) {
+  EXPECT_EQ(half_bits_to_float(0x3c00), 1.0f);
+  EXPECT_EQ(half_bits_to_float(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(half_bits_to_float(0x7bff), 65504.0f);
+  // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties go to the even one.
+  EXPECT_EQ(float_to_half_bits(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
+  EXPECT_EQ(float_to_half_bits(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
+  EXPECT_EQ(float_to_half_bits(65519.0f), 0x7bff);
+  EXPECT_EQ(float_to_half_bits(65520.0f), 0x7c00);  // rounds up to infinity
+  EXPECT_EQ(float_to_half_bits(-std::numeric_limits<float>::infinity()), 0xfc00);
+  EXPECT_EQ(float_to_half_bits(std::ldexp(1.0f, -25)), 0x0000);  // tie to even: zero
+  EXPECT_EQ(float_to_half_bits(std::ldexp(3.0f, -25)), 0x0002);
+}
+
+TEST(DumpHalf, BFloat16) {
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float f = bfloat16_bits_to_float(static_cast<uint16_t>(b));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(float_to_bfloat16_bits(f), b);
+  }
+  EXPECT_EQ(float_to_bfloat16_bits(1.0f + std::ldexp(1.0f, -8)), 0x3f80);  // tie to even
+  EXPECT_EQ(float_to_bfloat16_bits(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(
+      bfloat16_bits_to_float(float_to_bfloat16_bits(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+struct FormatCase {
+  const char* file;
+  DType dtype;
+};
+
+void PrintTo(const FormatCase& c, std::ostream* os) { *os << c.file << " " << dtype_name(c.dtype); }
+
+class DumpFormats : public ::testing::TestWithParam<FormatCase> {};
+
+TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 7, vocab = 1000;
+  const std::vector<float> values = RandomLogits(rows * vocab, 1);
+  const fs::path path = dir / GetParam().file;
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kAuto;
+  spec.dtype = GetParam().dtype;
+  ASSERT_TRUE(detail::write_dump(path, values.data(), rows, vocab, spec).ok());
+
+  DumpOptions options;
+  if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
+    options.dtype = GetParam().dtype;
+    options.vocab = vocab;
+  }
+  for (int64_t block_bytes : {int64_t{1} << 26, vocab * 4 * 3, int64_t{1}}) {
+    options.block_bytes = block_bytes;
+    Result<DumpReader> reader = DumpReader::open(path, options);
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_EQ(reader->info().rows, rows);
+    EXPECT_EQ(reader->info().vocab, vocab);
+    EXPECT_EQ(reader->info().dtype, GetParam().dtype);
+    EXPECT_TRUE(reader->info().memory_mapped);
+    ExpectRows(*reader, values, GetParam().dtype);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Dumps, DumpFormats,
+    ::testing::Values(FormatCase{"a.npy", DType::kFloat32}, FormatCase{"a.npy", DType::kFloat16},
+                      FormatCase{"a.safetensors", DType::kFloat32},
+                      FormatCase{"a.safetensors", DType::kFloat16},
+                      FormatCase{"a.safetensors", DType::kBFloat16},
+                      FormatCase{"a.bin", DType::kFloat32}, FormatCase{"a.raw", DType::kFloat16},
+                      FormatCase{"a.logits", DType::kBFloat16}),
+    [](const ::testing::TestParamInfo<FormatCase>& info) {
+      std::string name = std::string(info.param.file) + "_" + dtype_name(info.param.dtype);
+      for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return name;
+    });
+
+TEST(DumpNpy, OneDimensionalIsOneRowAndLeadingAxesFlatten) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(24, 2);
+  WriteBytes(dir / "one.npy", NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (24,), }",
+                                       FloatBytes(values)));
+  Result<DumpReader> one = DumpReader::open(dir / "one.npy");
+  ASSERT_TRUE(one.ok()) << one.status().message();
+  EXPECT_EQ(one->info().rows, 1);
+  EXPECT_EQ(one->info().vocab, 24);
+  ExpectRows(*one, values, DType::kFloat32);
+
+  WriteBytes(dir / "three.npy",
+             NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }",
+                      FloatBytes(values)));
+  Result<DumpReader> three = DumpReader::open(dir / "three.npy");
+  ASSERT_TRUE(three.ok()) << three.status().message();
+  EXPECT_EQ(three->info().rows, 6);
+  EXPECT_EQ(three->info().vocab, 4);
+  EXPECT_EQ(three->info().shape, (std::vector<int64_t>{2, 3, 4}));
+  ExpectRows(*three, values, DType::kFloat32);
+}
+
+TEST(DumpNpy, AcceptsVersion2AndKeyOrderAndNativeByteOrder) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(6, 3);
+  WriteBytes(dir / "v2.npy",
+             NpyBytes("{\"shape\": (2, 3), \"fortran_order\": False, \"descr\": \"=f4\"}",
+                      FloatBytes(values), 2));
+  Result<DumpReader> reader = DumpReader::open(dir / "v2.npy");
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  ExpectRows(*reader, values, DType::kFloat32);
+}
+
+TEST(DumpNpy, WrittenHeaderIsAlignedAndParsesBack) {
+  const int64_t shape[] = {3, 5};
+  const std::string header = detail::format_npy_header(DType::kFloat16, shape);
+  EXPECT_EQ(header.size() % 64, 0u);
+  EXPECT_EQ(header.back(), '\n');
+  EXPECT_NE(header.find("'descr': '<f2'"), std::string::npos);
+  EXPECT_NE(header.find("'shape': (3, 5)"), std::string::npos);
+}
+
+TEST(DumpNpy, RefusesWhatItCannotRead) {
+  const fs::path dir = TestDir();
+  const std::string data = FloatBytes(RandomLogits(8, 4));
+  auto npy = [&](const std::string& name, const std::string& dict, const std::string& payload) {
+    WriteBytes(dir / name, NpyBytes(dict, payload));
+    return DumpReader::open(dir / name);
+  };
+  ExpectError(
+      npy("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 4), }", data),
+      {"fortran.npy", "fortran_order", "True"});
+  ExpectError(npy("big.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 4), }", data),
+              {"big.npy", "descr", "'>f4'", "big-endian"});
+  ExpectError(npy("f8.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 4), }", data),
+              {"f8.npy", "descr", "'<f8'", "not a supported dtype"});
+  ExpectError(npy("i4.npy", "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 4), }", data),
+              {"i4.npy", "descr", "'<i4'"});
+  ExpectError(npy("short.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", data),
+              {"short.npy", "shape", "(3, 4)", "48 bytes", "holds 32", "truncated"});
+  ExpectError(npy("lies.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }", data),
+              {"lies.npy", "shape", "(1, 4)", "16 bytes", "holds 32", "does not describe"});
+  ExpectError(npy("scalar.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", data),
+              {"scalar.npy", "shape", "()", "scalar"});
+  ExpectError(npy("empty.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4), }", ""),
+              {"empty.npy", "shape", "(0, 4)", "no logits"});
+  ExpectError(npy("nokey.npy", "{'descr': '<f4', 'shape': (2, 4), }", data),
+              {"nokey.npy", "fortran_order", "missing"});
+  ExpectError(
+      npy("extra.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), 'x': 1}", data),
+      {"extra.npy", "unknown field 'x'"});
+  ExpectError(npy("syntax.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': [2, 4]}", data),
+              {"syntax.npy", "malformed", "shape"});
+  ExpectError(npy("struct.npy",
+                  "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 4), }", data),
+              {"struct.npy", "descr", "structured"});
+
+  WriteBytes(dir / "magic.npy", "PK\x03\x04 not numpy at all");
+  ExpectError(DumpReader::open(dir / "magic.npy"), {"magic.npy", "magic"});
+  WriteBytes(dir / "tiny.npy", "\x93NUMPY");
+  ExpectError(DumpReader::open(dir / "tiny.npy"), {"tiny.npy", "truncated"});
+  std::string cut = NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", data);
+  WriteBytes(dir / "cut.npy", cut.substr(0, 40));
+  ExpectError(DumpReader::open(dir / "cut.npy"), {"cut.npy", "truncated", "header length"});
+  std::string v9 = cut;
+  v9[6] = 9;
+  WriteBytes(dir / "v9.npy", v9);
+  ExpectError(DumpReader::open(dir / "v9.npy"), {"v9.npy", "version", "9.0"});
+}
+
+TEST(DumpSafetensors, PicksTheTensorByName) {
+  const fs::path dir = TestDir();
+  const std::vector<float> a = RandomLogits(6, 5), b = RandomLogits(8, 6);
+  const std::string json =
+      R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2, 3], )"
+      R"("data_offsets": [0, 24]}, "b": {"dtype": "F32", "shape": [4, 2], "data_offsets": [24, 56]}})";
+  WriteBytes(dir / "two.safetensors", SafetensorsBytes(json, FloatBytes(a) + FloatBytes(b)));
+  DumpOptions options;
+  options.tensor = "b";
+  Result<DumpReader> reader = DumpReader::open(dir / "two.safetensors", options);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  EXPECT_EQ(reader->info().tensor, "b");
+  EXPECT_EQ(reader->info().rows, 4);
+  ExpectRows(*reader, b, DType::kFloat32);
+
+  ExpectError(DumpReader::open(dir / "two.safetensors"),
+              {"two.safetensors", "2 tensors", "'a'", "'b'"});
+  options.tensor = "c";
+  ExpectError(DumpReader::open(dir / "two.safetensors", options),
+              {"two.safetensors", "tensor = 'c'", "'a', 'b'"});
+}
+
+TEST(DumpSafetensors, UnalignedDataIsCopiedToAlignedMemory) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(12, 7);
+  // A header of odd length puts the data at an odd offset.
+  const std::string json = R"({"x":{"dtype":"F32","shape":[3,4],"data_offsets":[0,48]}})";
+  ASSERT_NE((8 + json.size()) % 4, 0u);
+  WriteBytes(dir / "odd.safetensors", SafetensorsBytes(json, FloatBytes(values)));
+  DumpOptions options;
+  options.block_bytes = 16;  // one row per block
+  Result<DumpReader> reader = DumpReader::open(dir / "odd.safetensors", options);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  ExpectRows(*reader, values, DType::kFloat32);
+}
+
+TEST(DumpSafetensors, RefusesWhatItCannotRead) {
+  const fs::path dir = TestDir();
+  const std::string data = FloatBytes(RandomLogits(8, 8));
+  auto st = [&](const std::string& name, const std::string& json, const std::string& payload) {
+    WriteBytes(dir / name, SafetensorsBytes(json, payload));
+    return DumpReader::open(dir / name);
+  };
+  ExpectError(st("json.safetensors", "{\"x\": {\"dtype\": ", data),
+              {"json.safetensors", "not valid JSON"});
+  ExpectError(st("array.safetensors", "[1, 2]", data), {"array.safetensors", "not a JSON object"});
+  ExpectError(
+      st("f64.safetensors", R"({"x":{"dtype":"F64","shape":[1,4],"data_offsets":[0,32]}})", data),
+      {"f64.safetensors", "tensor 'x'", "dtype", "'F64'"});
+  ExpectError(
+      st("past.safetensors", R"({"x":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]}})", data),
+      {"past.safetensors", "data_offsets", "[0,64]", "past the end"});
+  ExpectError(
+      st("size.safetensors", R"({"x":{"dtype":"F32","shape":[3,4],"data_offsets":[0,32]}})", data),
+      {"size.safetensors", "shape", "(3, 4)", "48 bytes", "[0,32]"});
+  ExpectError(
+      st("order.safetensors", R"({"x":{"dtype":"F32","shape":[2,4],"data_offsets":[32,0]}})", data),
+      {"order.safetensors", "data_offsets", "[32,0]"});
+  ExpectError(st("shape.safetensors",
+                 R"({"x":{"dtype":"F32","shape":[2,-4],"data_offsets":[0,32]}})", data),
+              {"shape.safetensors", "shape", "[2,-4]"});
+  ExpectError(st("nodtype.safetensors", R"({"x":{"shape":[2,4],"data_offsets":[0,32]}})", data),
+              {"nodtype.safetensors", "dtype", "missing"});
+  ExpectError(st("none.safetensors", R"({"__metadata__":{}})", ""),
+              {"none.safetensors", "no tensor"});
+  WriteBytes(dir / "len.safetensors", std::string("\xff\xff\x00\x00\x00\x00\x00\x00{}", 10));
+  ExpectError(DumpReader::open(dir / "len.safetensors"), {"len.safetensors", "truncated"});
+  WriteBytes(dir / "huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10));
+  ExpectError(DumpReader::open(dir / "huge.safetensors"), {"huge.safetensors", "header length"});
+  WriteBytes(dir / "short.safetensors", "abc");
+  ExpectError(DumpReader::open(dir / "short.safetensors"), {"short.safetensors", "truncated"});
+}
+
+TEST(DumpRaw, NeedsDtypeAndVocabThatDivideTheSize) {
+  const fs::path dir = TestDir();
+  WriteBytes(dir / "r.bin", FloatBytes(RandomLogits(10, 9)));
+  ExpectError(DumpReader::open(dir / "r.bin"), {"r.bin", "dtype and vocab"});
+  WriteBytes(dir / "r.pt", FloatBytes(RandomLogits(10, 9)));
+  ExpectError(DumpReader::open(dir / "r.pt"), {"r.pt", "unknown format", "'.pt'"});
+  DumpOptions options;
+  options.dtype = DType::kFloat32;
+  options.vocab = 3;
+  ExpectError(DumpReader::open(dir / "r.bin", options),
+              {"r.bin", "size = 40 bytes", "vocab 3", "12"});
+  options.vocab = 5;
+  Result<DumpReader> ok = DumpReader::open(dir / "r.bin", options);
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_EQ(ok->info().rows, 2);
+  options.format = DumpFormat::kRaw;
+  options.vocab = 0;
+  ExpectError(DumpReader::open(dir / "r.bin", options), {"r.bin", "vocab"});
+  WriteBytes(dir / "empty.bin", "");
+  options.vocab = 5;
+  ExpectError(DumpReader::open(dir / "empty.bin", options), {"empty.bin", "empty"});
+}
+
+TEST(DumpOptionChecks, MustAgreeWithTheHeader) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(8, 10);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 2, 4, {}).ok());
+  DumpOptions options;
+  options.dtype = DType::kFloat16;
+  ExpectError(DumpReader::open(dir / "a.npy", options), {"a.npy", "dtype = f16", "f32"});
+  options.dtype.reset();
+  options.vocab = 8;
+  ExpectError(DumpReader::open(dir / "a.npy", options), {"a.npy", "vocab = 8", "(2, 4)"});
+}
+
+TEST(DumpOpen, ReportsMissingFilesAndDirectories) {
+  const fs::path dir = TestDir();
+  ExpectError(DumpReader::open(dir / "missing.npy"),
+              {"missing.npy", "cannot open", "No such file"});
+  ExpectError(DumpReader::open(dir), {dir.string(), "directory"});
+}
+
+TEST(DumpFromBytes, SniffsNumPyAndFallsBackToRaw) {
+  const std::vector<float> values = RandomLogits(6, 11);
+  const std::string npy =
+      NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", FloatBytes(values));
+  Result<DumpReader> a =
+      DumpReader::from_bytes("<pipe>", std::vector<unsigned char>(npy.begin(), npy.end()));
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(a->info().format, DumpFormat::kNpy);
+  EXPECT_FALSE(a->info().memory_mapped);
+  ExpectRows(*a, values, DType::kFloat32);
+
+  const std::string raw = FloatBytes(values);
+  const std::vector<unsigned char> raw_bytes(raw.begin(), raw.end());
+  ExpectError(DumpReader::from_bytes("<pipe>", raw_bytes), {"<pipe>", "unknown format"});
+  DumpOptions options;
+  options.dtype = DType::kFloat32;
+  options.vocab = 2;
+  Result<DumpReader> b = DumpReader::from_bytes("<pipe>", raw_bytes, options);
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ(b->info().format, DumpFormat::kRaw);
+  EXPECT_EQ(b->info().rows, 3);
+  ExpectRows(*b, values, DType::kFloat32);
+}
+
+TEST(DumpBlocks, CoverTheDumpAndCheckRanges) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(10 * 16, 12);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 10, 16, {}).ok());
+  DumpOptions options;
+  options.block_bytes = 3 * 16 * 4;
+  Result<DumpReader> reader = DumpReader::open(dir / "a.npy", options);
+  ASSERT_TRUE(reader.ok());
+  EXPECT_EQ(reader->block_rows(), 3);
+  EXPECT_EQ(reader->num_blocks(), 4);
+  Result<LogitsView> last = reader->block(3);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->rows, 1);
+  EXPECT_EQ(ValueAt(*last, 0, 5), values[9 * 16 + 5]);
+  Result<LogitsView> middle = reader->read(4, 5);
+  ASSERT_TRUE(middle.ok());
+  EXPECT_EQ(ValueAt(*middle, 4, 15), values[8 * 16 + 15]);
+  EXPECT_FALSE(reader->block(4).ok());
+  EXPECT_FALSE(reader->read(8, 3).ok());
+  EXPECT_FALSE(reader->read(0, 0).ok());
+  EXPECT_FALSE(reader->read(-1, 1).ok());
+}
+
+TEST(DumpBlocks, RefuseAFileThatShrankAfterOpening) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(4 * 1024, 13);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 4, 1024, {}).ok());
+  DumpOptions options;
+  options.block_bytes = 1024 * 4;
+  Result<DumpReader> reader = DumpReader::open(dir / "a.npy", options);
+  ASSERT_TRUE(reader.ok());
+  fs::resize_file(dir / "a.npy", 2048);
+  Result<LogitsView> view = reader->block(3);
+  ASSERT_FALSE(view.ok());
+  EXPECT_NE(view.status().message().find("shrank"), std::string::npos);
+}
+
+TEST(DumpNpyWriter, WritesRowsAndRenamesOnCommit) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(3 * 5, 14);
+  Result<NpyWriter> writer = NpyWriter::create(dir / "out.npy", 3, 5);
+  ASSERT_TRUE(writer.ok()) << writer.status().message();
+  ASSERT_TRUE(writer->write_rows(values.data(), 2).ok());
+  EXPECT_FALSE(fs::exists(dir / "out.npy"));  // not before commit
+  ASSERT_TRUE(writer->write_rows(values.data() + 10, 1).ok());
+  EXPECT_FALSE(writer->write_rows(values.data(), 1).ok());  // one row too many
+  ASSERT_TRUE(writer->commit().ok());
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
+  struct stat st;
+  ASSERT_EQ(::stat((dir / "out.npy").c_str(), &st), 0);
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask) << "mkstemp's 0600 should have become the usual mode";
+  Result<DumpReader> reader = DumpReader::open(dir / "out.npy");
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  ExpectRows(*reader, values, DType::kFloat32);
+}
+
+TEST(DumpNpyWriter, LeavesNothingBehindWhenAbandonedOrIncomplete) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(10, 15);
+  {
+    Result<NpyWriter> writer = NpyWriter::create(dir / "a.npy", 2, 5);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
+  }
+  {
+    Result<NpyWriter> writer = NpyWriter::create(dir / "b.npy", 2, 5);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
+    EXPECT_FALSE(writer->commit().ok());
+  }
+  EXPECT_TRUE(fs::is_empty(dir));
+  EXPECT_FALSE(NpyWriter::create(dir / "c.npy", 2, 5, DType::kBFloat16).ok());
+  Result<NpyWriter> nowhere = NpyWriter::create(dir / "no" / "such" / "dir.npy", 1, 1);
+  ASSERT_FALSE(nowhere.ok());
+  EXPECT_NE(nowhere.status().message().find("dir.npy"), std::string::npos);
+}
+
+TEST(DumpNpyWriter, ReplacesAnExistingFileOnlyOnCommit) {
+  const fs::path dir = TestDir();
+  WriteBytes(dir / "out.npy", "old contents");
+  const std::vector<float> values = RandomLogits(4, 16);
+  {
+    Result<NpyWriter> writer = NpyWriter::create(dir / "out.npy", 1, 4);
+    ASSERT_TRUE(writer.ok());
+  }
+  EXPECT_EQ(ReadBytes(dir / "out.npy"), "old contents");
+  Result<NpyWriter> writer = NpyWriter::create(dir / "out.npy", 1, 4);
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
+  ASSERT_TRUE(writer->commit().ok());
+  Result<DumpReader> reader = DumpReader::open(dir / "out.npy");
+  ASSERT_TRUE(reader.ok());
+  ExpectRows(*reader, values, DType::kFloat32);
+}
+
+TEST(DumpAtomicFile, WritesDevicesInPlace) {
+  // Renaming a temporary file over /dev/null would replace the device.
+  Result<detail::AtomicFile> file = detail::AtomicFile::create("/dev/null");
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  ASSERT_TRUE(file->write("hello").ok());
+  ASSERT_TRUE(file->commit().ok());
+  struct stat st;
+  ASSERT_EQ(::stat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+}
+
+TEST(DumpNames, ParseAndPrint) {
+  EXPECT_EQ(parse_dump_format("safetensors"), DumpFormat::kSafetensors);
+  EXPECT_EQ(parse_dump_format("pickle"), std::nullopt);
+  EXPECT_STREQ(dump_format_name(DumpFormat::kRaw), "raw");
+  EXPECT_EQ(parse_dtype("bfloat16"), DType::kBFloat16);
+  EXPECT_EQ(parse_dtype("f16"), DType::kFloat16);
+  EXPECT_EQ(parse_dtype("f64"), std::nullopt);
+}
+
+}  // namespace
+}  // namespace nucleus
