@@ -40,4 +40,20 @@ struct InspectCommand {
 void add_inspect_command(CLI::App* app, InspectCommand* command);
 int run_inspect(const InspectCommand& command);
 
+struct BenchCommand {
+  CLI::App* app = nullptr;
+  std::string vocab = "32000,128256";
+  std::string batch = "1,8";
+  std::string config = "all";
+  std::string threads = "1,all";
+  std::string dtype = "f32";
+  int repeat = 30;
+  bool no_reference = false;
+  bool logprobs = false;
+  std::string json;
+  bool quiet = false;
+};
+void add_bench_command(CLI::App* app, BenchCommand* command);
+int run_bench(const BenchCommand& command);
+
 }  // namespace nucleus::cli

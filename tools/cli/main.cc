@@ -19,6 +19,7 @@ Examples:
   nucleus sample data/demo.npy --top-p 0.9 --temperature 0.8 --seed 42 --logprobs 3
   nucleus probs data/demo.npy --min-p 0.05 --output probs.npy
   nucleus inspect data/demo.npy
+  nucleus bench --vocab 128256 --batch 1,64 --threads 1,all
 
 Run "nucleus COMMAND --help" for a command's options. Documentation: docs/cli.md)";
 
@@ -35,9 +36,11 @@ int main(int argc, char** argv) {
   SampleCommand sample;
   ProbsCommand probs;
   InspectCommand inspect;
+  BenchCommand bench;
   add_sample_command(&app, &sample);
   add_probs_command(&app, &probs);
   add_inspect_command(&app, &inspect);
+  add_bench_command(&app, &bench);
 
   try {
     app.parse(argc, argv);
@@ -49,6 +52,7 @@ int main(int argc, char** argv) {
     if (sample.app->parsed()) return run_sample(sample);
     if (probs.app->parsed()) return run_probs(probs);
     if (inspect.app->parsed()) return run_inspect(inspect);
+    if (bench.app->parsed()) return run_bench(bench);
   } catch (const std::exception& e) {
     // The library returns errors as values; this is for exhausted memory
     // and the like, which should still end in a message, not an abort.
