@@ -88,8 +88,7 @@ static_assert(NUCLEUS_DTYPE_BF16 == static_cast<int>(nucleus::DType::kBFloat16))
 static_assert(NUCLEUS_PRESET_HF == static_cast<int>(nucleus::Preset::kHF));
 static_assert(NUCLEUS_PRESET_VLLM == static_cast<int>(nucleus::Preset::kVLLM));
 static_assert(NUCLEUS_PRESET_LLAMA_CPP == static_cast<int>(nucleus::Preset::kLlamaCpp));
-static_assert(NUCLEUS_LOGPROBS_PROCESSED ==
-              static_cast<int>(nucleus::LogprobsMode::kProcessed));
+static_assert(NUCLEUS_LOGPROBS_PROCESSED == static_cast<int>(nucleus::LogprobsMode::kProcessed));
 static_assert(NUCLEUS_LOGPROBS_RAW == static_cast<int>(nucleus::LogprobsMode::kRaw));
 static_assert(NUCLEUS_DUMP_AUTO == static_cast<int>(nucleus::DumpFormat::kAuto));
 static_assert(NUCLEUS_DUMP_NPY == static_cast<int>(nucleus::DumpFormat::kNpy));
@@ -127,13 +126,13 @@ std::string where(int64_t row) {
 // A borrowed C array as a span: NULL is allowed only with length 0.
 template <typename T>
 Status borrow(const T* data, int64_t length, int64_t row, const char* field,
-              std::span<const T>* out) {
+              const char* length_field, std::span<const T>* out) {
   if (length < 0) {
-    return invalid(where(row) + ": num " + field + " = " + std::to_string(length) +
+    return invalid(where(row) + ": " + length_field + " = " + std::to_string(length) +
                    " must be >= 0");
   }
   if (data == nullptr && length > 0) {
-    return invalid(where(row) + ": " + field + " is NULL but its length is " +
+    return invalid(where(row) + ": " + field + " is NULL but " + length_field + " = " +
                    std::to_string(length));
   }
   *out = length == 0 ? std::span<const T>() : std::span<const T>(data, static_cast<size_t>(length));
@@ -167,27 +166,29 @@ Status to_cpp(const nucleus_row_request& c, int64_t row, RowRequest* out) {
   out->seed = c.has_seed != 0 ? std::optional<uint64_t>(c.seed) : std::nullopt;
   out->step = c.step;
   if (Status s = borrow(c.prompt_tokens, c.num_prompt_tokens, row, "prompt_tokens",
-                        &out->prompt_tokens);
+                        "num_prompt_tokens", &out->prompt_tokens);
       !s.ok()) {
     return s;
   }
   if (Status s = borrow(c.generated_tokens, c.num_generated_tokens, row, "generated_tokens",
-                        &out->generated_tokens);
+                        "num_generated_tokens", &out->generated_tokens);
       !s.ok()) {
     return s;
   }
   std::span<const nucleus_token_bias> bias;
-  if (Status s = borrow(c.logit_bias, c.num_logit_bias, row, "logit_bias", &bias); !s.ok()) {
+  if (Status s = borrow(c.logit_bias, c.num_logit_bias, row, "logit_bias", "num_logit_bias", &bias);
+      !s.ok()) {
     return s;
   }
   out->logit_bias = std::span<const nucleus::TokenBias>(
       reinterpret_cast<const nucleus::TokenBias*>(bias.data()), bias.size());
   if (Status s = borrow(c.banned_tokens, c.num_banned_tokens, row, "banned_tokens",
-                        &out->banned_tokens);
+                        "num_banned_tokens", &out->banned_tokens);
       !s.ok()) {
     return s;
   }
-  return borrow(c.allowed_mask, c.allowed_mask_words, row, "allowed_mask", &out->allowed_mask);
+  return borrow(c.allowed_mask, c.allowed_mask_words, row, "allowed_mask", "allowed_mask_words",
+                &out->allowed_mask);
 }
 
 nucleus::LogitsView to_cpp(const nucleus_logits_view& v) {
@@ -308,7 +309,8 @@ void write_row(const nucleus_sample_output& out, int64_t row, const RowResult& r
     if (out.top_tokens != nullptr) out.top_tokens[i] = t.token;
     if (out.top_logprobs != nullptr) out.top_logprobs[i] = t.logprob;
   }
-  if (out.top_counts != nullptr) out.top_counts[row] = static_cast<int32_t>(res.top_logprobs.size());
+  if (out.top_counts != nullptr)
+    out.top_counts[row] = static_cast<int32_t>(res.top_logprobs.size());
   if (out.support != nullptr) out.support[row] = res.support;
   write_row_status(out.row_status, out.row_messages, out.row_message_size, row, res.status);
 }
@@ -455,8 +457,7 @@ nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* 
     if (Status s = translate_requests(*logits, requests, num_requests, &cpp_requests); !s.ok()) {
       return fail(s);
     }
-    if (Status s = check_message_buffer(output->row_messages, output->row_message_size);
-        !s.ok()) {
+    if (Status s = check_message_buffer(output->row_messages, output->row_message_size); !s.ok()) {
       return fail(s);
     }
     const int64_t rows = std::max<int64_t>(logits->rows, 0);

@@ -363,7 +363,28 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   const int64_t compact_below = std::max<int64_t>(4096, vocab / 8);
 
   for (Filter f : filter_order(p_.preset)) {
+    sc_.select.gathered = false;
     apply_filter(f, segs, set, d0, d0_known, count, count_known);
+    if (!compacted && f == Filter::kTopK && sc_.select.gathered && count_known &&
+        count <= compact_below) {
+      // top-k's select already gathered every survivor (in token order):
+      // compact from that instead of reading the row again.
+      sc_.cand_x.resize(static_cast<size_t>(vocab));
+      sc_.cand_idx.resize(static_cast<size_t>(vocab));
+      int64_t n = 0;
+      for (const auto& part : sc_.select.seg_lists) {
+        for (const GatheredToken& g : part) {
+          if (g.key <= set.dhi) {
+            sc_.cand_x[static_cast<size_t>(n)] = g.x;
+            sc_.cand_idx[static_cast<size_t>(n)] = g.token;
+            ++n;
+          }
+        }
+      }
+      sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
+      segs = std::span<const Segment>(sc_.cand_segs);
+      compacted = true;
+    }
     if (!compacted && count_known && count <= compact_below && segs.size() > 0 && count < vocab) {
       // Later passes only visit the kept set: copy it out once, in token order.
       sc_.cand_x.resize(static_cast<size_t>(vocab));

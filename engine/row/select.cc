@@ -150,7 +150,7 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 // at least `target` members; one pass gathers the members with key <= t and
 // the exact answer is found among them. Returns false when the bound turns out
 // too tight or too loose, and the histogram path takes over.
-constexpr int64_t kSampleStride = 32;
+constexpr int64_t kSampleStride = 64;
 constexpr double kFastTargetMax = 2048;
 
 bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
@@ -202,25 +202,29 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
     for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, seg.n - j0);
       hits.collect(seg.x + j0, n, set, -kInf, bound);
-      for (int64_t i = 0; i < hits.n; ++i) out.push_back(SelectEntry{hits.k[i], 1.0f});
+      for (int64_t i = 0; i < hits.n; ++i) {
+        out.push_back(GatheredToken{hits.k[i], seg.x[j0 + hits.idx[i]], seg.token(j0 + hits.idx[i])});
+      }
       if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
     }
   });
   sc.list.clear();
   for (const auto& part : sc.seg_lists) {
     if (static_cast<int64_t>(part.size()) > cap) return false;
-    sc.list.insert(sc.list.end(), part.begin(), part.end());
+    for (const GatheredToken& g : part) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }
   if (static_cast<double>(sc.list.size()) < target || static_cast<int64_t>(sc.list.size()) > cap) {
     return false;
   }
   result = refine(sc.list, sc, false, 0.0, 0, target, kLevel1Shift);
+  sc.gathered = true;
   return true;
 }
 
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
                              const KeyRule& rule, double target, SelectScratch& sc,
                              const Runner& run) {
+  sc.gathered = false;
   if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast)) {
     return fast;
   }

@@ -46,6 +46,14 @@ struct SelectEntry {
   float weight;
 };
 
+// A member gathered by the small-target path, kept so that a filter which
+// leaves only these can compact the set without another pass over the row.
+struct GatheredToken {
+  float key;
+  float x;
+  int32_t token;
+};
+
 struct SelectScratch {
   std::vector<uint32_t> counts;   // per segment × level-1 buckets
   std::vector<double> masses;     // per segment × level-1 buckets
@@ -53,7 +61,10 @@ struct SelectScratch {
   std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
   std::vector<SelectEntry> list;  // the boundary bucket's members
   std::vector<float> samples;                        // small-target path
-  std::vector<std::vector<SelectEntry>> seg_lists;   // small-target path, per segment
+  std::vector<std::vector<GatheredToken>> seg_lists;  // small-target path, per segment
+  // After a small-target select: every member with key <= the returned key is
+  // in seg_lists (in token order, segment by segment).
+  bool gathered = false;
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
 };
