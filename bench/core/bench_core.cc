@@ -293,10 +293,22 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
   });
 }
 
+namespace {
+uint64_t cached_seed = 0;
+}  // namespace
+
 CaseResult run_case(const Case& c, const Options& options) {
   CaseResult out;
   out.c = c;
-  const Workload w = make_workload(c.batch, c.vocab, c.dtype, options.seed);
+  // Cases of a grid share their workload while only the threads or the
+  // configuration change: keep the last one.
+  static Workload cached;
+  if (cached.rows != c.batch || cached.vocab != c.vocab || cached.dtype != c.dtype ||
+      cached_seed != options.seed) {
+    cached = make_workload(c.batch, c.vocab, c.dtype, options.seed);
+    cached_seed = options.seed;
+  }
+  const Workload& w = cached;
   const auto requests = make_requests(c.config, w, options.logprobs);
   std::vector<RowResult> results(static_cast<size_t>(c.batch));
   Engine engine({.max_threads = c.threads, .seed = options.seed});

@@ -88,6 +88,7 @@ struct CaseResult {
 
 // Times one case: nucleus, then the baselines, each the median of
 // `options.repeat` calls on the same buffers with the same thread count.
+// Not thread-safe (it keeps the last workload for the next case).
 CaseResult run_case(const Case& c, const Options& options);
 
 // The three baselines, exposed for the Google Benchmark programs. Each runs
