@@ -5,13 +5,12 @@
 // the C++ engine, so the two interfaces cannot drift apart.
 //
 // Only what the C++ types rule out by construction is checked here: NULL
-// pointers with nonzero lengths, negative lengths, output capacities, and the
-// enum values of the dump options (the dump reader trusts its enum fields).
+// pointers and structs, negative lengths and thread counts, output
+// capacities, and the enum values of the dump options (the dump reader
+// trusts its enum fields).
 #include "nucleus/nucleus.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <initializer_list>
@@ -94,10 +93,6 @@ static_assert(NUCLEUS_DUMP_AUTO == static_cast<int>(nucleus::DumpFormat::kAuto))
 static_assert(NUCLEUS_DUMP_NPY == static_cast<int>(nucleus::DumpFormat::kNpy));
 static_assert(NUCLEUS_DUMP_SAFETENSORS == static_cast<int>(nucleus::DumpFormat::kSafetensors));
 static_assert(NUCLEUS_DUMP_RAW == static_cast<int>(nucleus::DumpFormat::kRaw));
-// nucleus_token_bias is passed to the engine in place, without a copy.
-static_assert(sizeof(nucleus_token_bias) == sizeof(nucleus::TokenBias));
-static_assert(offsetof(nucleus_token_bias, token) == offsetof(nucleus::TokenBias, token));
-static_assert(offsetof(nucleus_token_bias, bias) == offsetof(nucleus::TokenBias, bias));
 
 nucleus_status fail(const Status& s) { return fail(to_c(s.code()), s.message()); }
 
@@ -161,7 +156,11 @@ nucleus::SamplingParams to_cpp(const nucleus_sampling_params& c) {
   return p;
 }
 
-Status to_cpp(const nucleus_row_request& c, int64_t row, RowRequest* out) {
+// `bias_copy` has room for the row's logit bias: nucleus_token_bias has the
+// layout of nucleus::TokenBias, but reading one through the other would break
+// C++'s aliasing rules, so the (short) list is copied.
+Status to_cpp(const nucleus_row_request& c, int64_t row, std::span<nucleus::TokenBias> bias_copy,
+              RowRequest* out) {
   out->params = to_cpp(c.params);
   out->seed = c.has_seed != 0 ? std::optional<uint64_t>(c.seed) : std::nullopt;
   out->step = c.step;
@@ -180,8 +179,8 @@ Status to_cpp(const nucleus_row_request& c, int64_t row, RowRequest* out) {
       !s.ok()) {
     return s;
   }
-  out->logit_bias = std::span<const nucleus::TokenBias>(
-      reinterpret_cast<const nucleus::TokenBias*>(bias.data()), bias.size());
+  for (size_t i = 0; i < bias.size(); ++i) bias_copy[i] = {bias[i].token, bias[i].bias};
+  out->logit_bias = bias_copy.first(bias.size());
   if (Status s = borrow(c.banned_tokens, c.num_banned_tokens, row, "banned_tokens",
                         "num_banned_tokens", &out->banned_tokens);
       !s.ok()) {
@@ -201,6 +200,7 @@ nucleus::LogitsView to_cpp(const nucleus_logits_view& v) {
 // allocates nothing here after its first calls (SPEC section 8).
 struct CallScratch {
   std::vector<RowRequest> requests;
+  std::vector<nucleus::TokenBias> bias;
   std::vector<RowResult> results;
   std::vector<Status> statuses;
 };
@@ -228,11 +228,21 @@ Status translate_requests(const nucleus_logits_view& logits, const nucleus_row_r
   }
   if (requests == nullptr) return invalid("requests: requests is NULL");
   const bool shared = num_requests == 1 && logits.rows > 1;
+  // Room for every row's bias list first: the spans must not move afterwards.
+  int64_t total_bias = 0;
+  for (int64_t r = 0; r < num_requests; ++r) {
+    if (requests[r].logit_bias != nullptr && requests[r].num_logit_bias > 0) {
+      total_bias += requests[r].num_logit_bias;
+    }
+  }
+  std::span<nucleus::TokenBias> bias = first(call_scratch().bias, total_bias);
   std::span<RowRequest> cpp = first(call_scratch().requests, num_requests);
   for (int64_t r = 0; r < num_requests; ++r) {
-    if (Status s = to_cpp(requests[r], shared ? -1 : r, &cpp[static_cast<size_t>(r)]); !s.ok()) {
+    if (Status s = to_cpp(requests[r], shared ? -1 : r, bias, &cpp[static_cast<size_t>(r)]);
+        !s.ok()) {
       return s;
     }
+    bias = bias.subspan(cpp[static_cast<size_t>(r)].logit_bias.size());
   }
   *out = cpp;
   return Status();
@@ -309,8 +319,9 @@ void write_row(const nucleus_sample_output& out, int64_t row, const RowResult& r
     if (out.top_tokens != nullptr) out.top_tokens[i] = t.token;
     if (out.top_logprobs != nullptr) out.top_logprobs[i] = t.logprob;
   }
-  if (out.top_counts != nullptr)
+  if (out.top_counts != nullptr) {
     out.top_counts[row] = static_cast<int32_t>(res.top_logprobs.size());
+  }
   if (out.support != nullptr) out.support[row] = res.support;
   write_row_status(out.row_status, out.row_messages, out.row_message_size, row, res.status);
 }
@@ -460,8 +471,15 @@ nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* 
     if (Status s = check_message_buffer(output->row_messages, output->row_message_size); !s.ok()) {
       return fail(s);
     }
-    const int64_t rows = std::max<int64_t>(logits->rows, 0);
+    // The engine checks these too, but under its own parameter names.
+    if (output->probs == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "output: probs is NULL");
     const int64_t stride = output->probs_stride == 0 ? logits->vocab : output->probs_stride;
+    if (logits->vocab > 0 && stride < logits->vocab) {
+      return fail(NUCLEUS_INVALID_ARGUMENT,
+                  "output: probs_stride = " + std::to_string(stride) +
+                      " is smaller than vocab = " + std::to_string(logits->vocab));
+    }
+    const int64_t rows = std::max<int64_t>(logits->rows, 0);
     std::span<Status> statuses = first(call_scratch().statuses, rows);
     const Status s =
         engine->engine.probs(to_cpp(*logits), cpp_requests, output->probs, stride, statuses);

@@ -30,26 +30,32 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
 }
 
 MaxStats max_stats(const float* x, int64_t n) {
-  // One read: lane-wise max (NaN-blind), a NaN / +inf flag and the finite
-  // count, kept in per-lane registers and reduced once at the end.
+  // One read: lane-wise max (NaN-blind) with the first position of each
+  // lane's max, a NaN / +inf flag and the finite count, kept in per-lane
+  // registers and reduced once at the end.
   float lane_max[16];
+  int32_t lane_at[16];
   int32_t lane_bad[16];
   int32_t lane_finite[16];
   for (int i = 0; i < 16; ++i) {
     lane_max[i] = -kInf;
+    lane_at[i] = -1;
     lane_bad[i] = 0;
     lane_finite[i] = 0;
   }
   int64_t finite = 0;
   int64_t j = 0;
+  // Segments are at most kChunk long in the engine; positions fit int32.
   while (j + 16 <= n) {
     // Counts stay below 2^31 by reducing every 2^20 elements.
     const int64_t stop = std::min(n - (n - j) % 16, j + (int64_t{1} << 20));
     for (; j < stop; j += 16) {
       for (int i = 0; i < 16; ++i) {
         const float v = x[j + i];
-        lane_max[i] = v > lane_max[i] ? v : lane_max[i];
-        lane_bad[i] |= ((v != v) | (v == kInf)) ? 1 : 0;
+        const bool higher = v > lane_max[i];
+        lane_max[i] = higher ? v : lane_max[i];
+        lane_at[i] = higher ? static_cast<int32_t>(j + i) : lane_at[i];
+        lane_bad[i] |= (v < kInf) ? 0 : 1;  // NaN or +inf
         lane_finite[i] += v > -kInf ? 1 : 0;
       }
     }
@@ -58,22 +64,30 @@ MaxStats max_stats(const float* x, int64_t n) {
       lane_finite[i] = 0;
     }
   }
+  MaxStats st;
   int bad = 0;
+  for (int i = 0; i < 16; ++i) {
+    bad |= lane_bad[i];
+    // The lowest position among the lanes holding the max.
+    if (lane_max[i] > st.max || (lane_max[i] == st.max && lane_at[i] >= 0 &&
+                                 (st.argmax < 0 || lane_at[i] < st.argmax))) {
+      st.max = lane_max[i];
+      st.argmax = lane_at[i];
+    }
+  }
   for (; j < n; ++j) {
     const float v = x[j];
-    lane_max[0] = v > lane_max[0] ? v : lane_max[0];
-    bad |= ((v != v) | (v == kInf)) ? 1 : 0;
+    if (v > st.max) {
+      st.max = v;
+      st.argmax = j;
+    }
+    bad |= (v < kInf) ? 0 : 1;
     finite += v > -kInf ? 1 : 0;
-  }
-  MaxStats st;
-  for (int i = 0; i < 16; ++i) {
-    st.max = std::max(st.max, lane_max[i]);
-    bad |= lane_bad[i];
   }
   st.finite = finite;
   if (bad) {
     for (int64_t t = 0; t < n; ++t) {
-      if (std::isnan(x[t]) || x[t] == kInf) {
+      if (!(x[t] < kInf)) {
         st.bad_at = t;
         break;
       }
@@ -172,20 +186,6 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
     for (int64_t j = 0; j < n; ++j) count += (in_range(b.d[j], lo, hi) & (b.k[j] < key)) ? 1 : 0;
   }
   return count;
-}
-
-int64_t find_first_equal(const float* x, int64_t n, float v) {
-  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
-    const int64_t len = std::min(kBlock, n - j0);
-    int hit = 0;
-    for (int64_t j = j0; j < j0 + len; ++j) hit |= x[j] == v ? 1 : 0;
-    if (hit) {
-      for (int64_t j = j0; j < j0 + len; ++j) {
-        if (x[j] == v) return j;
-      }
-    }
-  }
-  return -1;
 }
 
 int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,

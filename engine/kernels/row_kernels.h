@@ -51,6 +51,7 @@ struct MaxStats {
   float max = -kInf;
   int64_t bad_at = -1;  // first NaN or +inf, relative to the segment
   int64_t finite = 0;   // entries > -inf
+  int64_t argmax = -1;  // the first position of the max (-1 when every entry is -inf)
 };
 MaxStats max_stats(const float* x, int64_t n);
 
@@ -84,8 +85,6 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
 float min_key(const Segment& s, const SetSpec& set);
 // Members whose key is strictly below `key`.
 int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
-// First j with x[j] == v, or -1.
-int64_t find_first_equal(const float* x, int64_t n, float v);
 // Inverse-CDF walk: the first member (segment-relative index) at which the
 // running mass cum_before + Σ exp(-(key - k0)) reaches target, skipping whole
 // blocks by their sums from sum_mass; when rounding keeps it short, the last

@@ -178,7 +178,10 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     for (size_t s = 0; s < segs.size(); ++s) {
       const MaxStats& m = sc_.max_stats[s];
       if (total.bad_at < 0 && m.bad_at >= 0) total.bad_at = segs[s].base + m.bad_at;
-      total.max = std::max(total.max, m.max);
+      if (m.argmax >= 0 && (m.max > total.max || total.argmax < 0)) {
+        total.max = m.max;
+        total.argmax = segs[s].base + m.argmax;  // segments in order: the first max wins
+      }
       total.finite += m.finite;
     }
     return total;
@@ -212,6 +215,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   }
   dist.set.xmax = processed.max;
   dist.support = processed.finite;
+  dist.greedy_token = static_cast<int32_t>(processed.argmax);
   return Status();
 }
 
@@ -327,17 +331,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   unfiltered_raw_ = dist.x == dist.raw;
 
   if (p_.temperature == 0.0f) {
-    // Greedy: argmax of the processed logits, lowest id on ties.
+    // Greedy: argmax of the processed logits, lowest id on ties (found by
+    // the scan above).
     dist.greedy = true;
-    int64_t at = -1;
-    for (const Segment& s : segs) {
-      const int64_t j = find_first_equal(s.x, s.n, dist.set.xmax);
-      if (j >= 0) {
-        at = s.base + j;
-        break;
-      }
-    }
-    dist.greedy_token = static_cast<int32_t>(at);
     dist.segs = segs;
     dist.set.scale = 1.0f;
     dist.set.key_scale = 1.0f;
