@@ -4,10 +4,11 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake
+  build-essential cmake pkg-config
   libeigen3-dev libtbb-dev librandom123-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
+  pybind11-dev python3-dev python3-numpy python3-pytest
 )
 
 missing=()

@@ -45,7 +45,6 @@
 #ifndef NUCLEUS_NUCLEUS_H_
 #define NUCLEUS_NUCLEUS_H_
 
-#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -113,13 +112,13 @@ typedef struct nucleus_logits_view {
  * nucleus_sampling_params_default(): a zeroed struct is not the default
  * (typical_p = 0 is a call error). */
 typedef struct nucleus_sampling_params {
-  float temperature;  /* 1; 0 = greedy */
-  int32_t top_k;      /* 0; 0 or -1 = off, >= vocab = off */
-  float top_p;        /* 1 = off */
-  float min_p;        /* 0 = off */
-  float typical_p;    /* 1 = off; in (0, 1] */
-  float top_n_sigma;  /* 0; <= 0 = off */
-  int32_t min_keep;   /* 1 */
+  float temperature;        /* 1; 0 = greedy */
+  int32_t top_k;            /* 0; 0 or -1 = off, >= vocab = off */
+  float top_p;              /* 1 = off */
+  float min_p;              /* 0 = off */
+  float typical_p;          /* 1 = off; in (0, 1] */
+  float top_n_sigma;        /* 0; <= 0 = off */
+  int32_t min_keep;         /* 1 */
   float repetition_penalty; /* 1 = off */
   float frequency_penalty;  /* 0 = off */
   float presence_penalty;   /* 0 = off */
@@ -171,8 +170,9 @@ nucleus_row_request nucleus_row_request_default(void);
  *
  * Entries with nothing to say are filled, never left stale: a row that failed
  * has tokens -1, logprobs NaN, ranks 0, top_counts 0, support 0; slots past a
- * row's num_samples or past its top-N count hold -1 / NaN; ranks are 0 for a
- * row with top_logprobs = 0. */
+ * row's num_samples hold token -1, logprobs NaN, rank 0; top slots past a
+ * row's top_counts hold token -1, logprob NaN; ranks are 0 for a row with
+ * top_logprobs = 0. */
 typedef struct nucleus_sample_output {
   /* Capacity per row of tokens, logprobs, raw_logprobs and ranks: must be >=
    * every row's num_samples. */
@@ -185,9 +185,9 @@ typedef struct nucleus_sample_output {
   /* Capacity per row of the top-N arrays: when top_tokens or top_logprobs is
    * given, must be >= every row's top_logprobs. */
   int64_t top_per_row;
-  int32_t* top_tokens;   /* rows * top_per_row; logprob descending, ties by token id */
-  float* top_logprobs;   /* rows * top_per_row */
-  int32_t* top_counts;   /* rows: entries written (processed mode may give fewer than N) */
+  int32_t* top_tokens; /* rows * top_per_row; logprob descending, ties by token id */
+  float* top_logprobs; /* rows * top_per_row */
+  int32_t* top_counts; /* rows: entries written (processed mode may give fewer than N) */
 
   int64_t* support;    /* rows: tokens left after the filters */
   int32_t* row_status; /* rows: a nucleus_status per row */
@@ -199,7 +199,7 @@ typedef struct nucleus_sample_output {
 
 /* Where nucleus_probs writes. */
 typedef struct nucleus_probs_output {
-  float* probs;       /* required: row r at probs + r * probs_stride */
+  float* probs;         /* required: row r at probs + r * probs_stride */
   int64_t probs_stride; /* in floats; 0 means vocab; must be >= vocab */
   int32_t* row_status;  /* rows, optional: a nucleus_status per row */
   char* row_messages;   /* optional, as in nucleus_sample_output */
@@ -259,11 +259,11 @@ typedef enum nucleus_dump_format {
 } nucleus_dump_format;
 
 typedef struct nucleus_dump_options {
-  int32_t format;     /* a nucleus_dump_format */
-  const char* tensor; /* safetensors: the tensor to read; NULL or "" = the only one */
-  int32_t dtype;      /* raw: a nucleus_dtype, used when has_dtype is nonzero */
-  int32_t has_dtype;  /* raw: required */
-  int64_t vocab;      /* raw: required (> 0) */
+  int32_t format;      /* a nucleus_dump_format */
+  const char* tensor;  /* safetensors: the tensor to read; NULL or "" = the only one */
+  int32_t dtype;       /* raw: a nucleus_dtype, used when has_dtype is nonzero */
+  int32_t has_dtype;   /* raw: required */
+  int64_t vocab;       /* raw: required (> 0) */
   int64_t block_bytes; /* a block maps at most this many bytes (>= one row); 0 = 64 MiB */
 } nucleus_dump_options;
 

@@ -1,0 +1,50 @@
+// The per-row requests of one Python call, parsed from its keyword
+// arguments: each takes one value for every row or one value per row.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "nucleus/sampling.h"
+
+namespace nucleus::python {
+
+enum class CallKind {
+  kSample,  // every keyword
+  kProbs,   // no draw keywords (n, logprobs, logprobs_mode)
+  kVerify,  // no draw keywords
+};
+
+// The keywords `kind` accepts, in the order the documentation lists them.
+const std::vector<const char*>& keyword_names(CallKind kind);
+
+class RequestTable {
+ public:
+  // Parses `kwargs` for a batch of `rows` rows of `vocab` tokens. Throws
+  // TypeError for an unknown keyword or a value of the wrong type, and
+  // ValueError for a per-row value whose length is not `rows` or a number
+  // that does not fit its field. Range checks are left to the engine, whose
+  // messages name the row, the field and the value.
+  static RequestTable from_kwargs(const pybind11::dict& kwargs, int64_t rows, int64_t vocab,
+                                  CallKind kind, const char* function);
+
+  std::span<const RowRequest> requests() const { return requests_; }
+  int32_t max_samples() const { return max_samples_; }
+  int32_t max_top_logprobs() const { return max_top_logprobs_; }
+
+ private:
+  std::vector<RowRequest> requests_;
+  // What the requests' spans point to. An inner vector's buffer does not move
+  // when the outer vector grows, so the spans stay valid.
+  std::vector<std::vector<int32_t>> tokens_;
+  std::vector<std::vector<TokenBias>> biases_;
+  int32_t max_samples_ = 1;
+  int32_t max_top_logprobs_ = 0;
+
+  friend class RequestParser;
+};
+
+}  // namespace nucleus::python

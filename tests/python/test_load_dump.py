@@ -1,0 +1,84 @@
+"""nucleus.load_dump: .npy, .safetensors and raw dumps back as numpy arrays."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import nucleus
+from conftest import lm_logits
+
+
+def bf16_bits(x):
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def test_npy_round_trip(rng, tmp_path):
+    x = lm_logits(rng, 6, 333)
+    for dtype in (np.float32, np.float16):
+        np.save(tmp_path / "x.npy", x.astype(dtype))
+        back = nucleus.load_dump(tmp_path / "x.npy")
+        assert back.dtype == dtype and back.shape == x.shape
+        np.testing.assert_array_equal(back, x.astype(dtype))
+    np.save(tmp_path / "x3.npy", x.reshape(2, 3, 333))
+    assert nucleus.load_dump(str(tmp_path / "x3.npy")).shape == (2, 3, 333)
+
+
+def test_raw_bfloat16(engine, rng, tmp_path):
+    x = lm_logits(rng, 4, 257)
+    bits = bf16_bits(x)
+    bits.tofile(tmp_path / "x.bin")
+    widened = nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=257)
+    assert widened.dtype == np.float32 and widened.shape == (4, 257)
+    np.testing.assert_array_equal(widened, (bits.astype(np.uint32) << 16).view(np.float32))
+    raw = nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=257, bf16="uint16")
+    np.testing.assert_array_equal(raw, bits)
+    a = engine.sample(raw, logits_dtype="bf16", seed=1, top_k=20)
+    b = engine.sample(widened, seed=1, top_k=20)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+
+
+def test_safetensors(rng, tmp_path):
+    x = lm_logits(rng, 2, 100)
+    data = bf16_bits(x).tobytes()
+    other = np.arange(4, dtype=np.float32).tobytes()
+    header = json.dumps({
+        "logits": {"dtype": "BF16", "shape": [2, 100], "data_offsets": [0, len(data)]},
+        "other": {"dtype": "F32", "shape": [4], "data_offsets": [len(data),
+                                                                  len(data) + len(other)]},
+    }).encode()
+    with open(tmp_path / "x.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + data + other)
+    got = nucleus.load_dump(tmp_path / "x.safetensors", tensor="logits")
+    np.testing.assert_array_equal(got, (bf16_bits(x).astype(np.uint32) << 16).view(np.float32))
+    np.testing.assert_array_equal(nucleus.load_dump(tmp_path / "x.safetensors", "other"),
+                                  np.arange(4, dtype=np.float32))
+
+
+def test_bundled_demo_dump():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "data", "demo.npy")
+    if not os.path.exists(path):
+        pytest.skip("data/demo.npy is not in this checkout")
+    np.testing.assert_array_equal(nucleus.load_dump(path), np.load(path))
+
+
+def test_errors(rng, tmp_path):
+    with pytest.raises(OSError):
+        nucleus.load_dump(tmp_path / "missing.npy")
+    np.save(tmp_path / "x.npy", lm_logits(rng, 3, 50))
+    with open(tmp_path / "x.npy", "rb") as f:
+        truncated = f.read()[:-10]
+    with open(tmp_path / "t.npy", "wb") as f:
+        f.write(truncated)
+    with pytest.raises(OSError, match="truncated"):
+        nucleus.load_dump(tmp_path / "t.npy")
+    (tmp_path / "x.bin").write_bytes(b"\0" * 12)
+    with pytest.raises(OSError, match="needs its dtype and vocab"):
+        nucleus.load_dump(tmp_path / "x.bin")
+    with pytest.raises(ValueError, match="dtype = 'f64'"):
+        nucleus.load_dump(tmp_path / "x.bin", dtype="f64", vocab=3)
+    with pytest.raises(ValueError, match="bf16 = "):
+        nucleus.load_dump(tmp_path / "x.npy", bf16="float16")

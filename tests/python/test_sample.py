@@ -1,0 +1,278 @@
+"""Engine.sample: the same answers as the C++ engine behind the `nucleus`
+program, per-row parameters, and errors."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import nucleus
+from conftest import lm_logits, pack_mask, write_params
+
+
+def f32(values):
+    return np.asarray(values, dtype=np.float32)
+
+
+def assert_same_as_cli(result, lines):
+    """Every field of `result` equals the program's JSON lines exactly (the
+    program prints float32 values as the shortest decimal that reads back)."""
+    assert len(lines) == len(result.errors)
+    for r, line in enumerate(lines):
+        if "error" in line:
+            assert result.errors[r] is not None and line["error"] in result.errors[r]
+            continue
+        assert result.errors[r] is None
+        n = len(line["tokens"])
+        np.testing.assert_array_equal(result.tokens[r, :n], line["tokens"])
+        np.testing.assert_array_equal(result.logprobs[r, :n], f32(line["logprobs"]))
+        np.testing.assert_array_equal(result.raw_logprobs[r, :n], f32(line["raw_logprobs"]))
+        assert result.support[r] == line["support"]
+        if "ranks" in line:
+            np.testing.assert_array_equal(result.ranks[r, :n], line["ranks"])
+            top = line["top_logprobs"][0]
+            np.testing.assert_array_equal(result.top_tokens[r, : len(top)],
+                                          [t["token"] for t in top])
+            np.testing.assert_array_equal(result.top_logprobs[r, : len(top)],
+                                          f32([t["logprob"] for t in top]))
+
+
+def test_matches_cli_with_shared_parameters(engine, rng, tmp_path, cli_sample):
+    x = lm_logits(rng, 6, 3000)
+    np.save(tmp_path / "x.npy", x)
+    lines = cli_sample(tmp_path / "x.npy", "--seed", 11, "--top-p", 0.875, "--temperature",
+                       0.75, "--logprobs", 3, "-n", 2)
+    # A single seed S gives row r the seed S + r, as the program does.
+    result = engine.sample(x, seed=11, top_p=0.875, temperature=0.75, logprobs=3, n=2)
+    assert result.tokens.shape == (6, 2)
+    assert result.top_tokens.shape == (6, 3)
+    assert_same_as_cli(result, lines)
+
+
+def test_matches_cli_with_per_row_parameters(engine, rng, tmp_path, cli_sample):
+    rows, vocab = 8, 2000
+    x = lm_logits(rng, rows, vocab)
+    allowed = np.zeros(vocab, dtype=bool)
+    allowed[[3, 5, 8, 13, 21, 34, 55, 89]] = True
+    params = [
+        {"temperature": 0, "seed": 1},
+        {"top_k": 5, "seed": 2, "step": 7, "logprobs": 2},
+        {"min_p": 0.25, "preset": "vllm", "seed": 3, "num_samples": 3},
+        {"history": [1, 1, 2, 7], "prompt_tokens": [4], "repetition_penalty": 1.5,
+         "frequency_penalty": 0.5, "presence_penalty": 0.25, "seed": 4},
+        {"logit_bias": {"17": 40.0}, "banned": [0, 1, 2], "seed": 5},
+        {"allowed_tokens": np.flatnonzero(allowed).tolist(), "seed": 6, "logprobs": 4,
+         "logprobs_mode": "raw"},
+        {"typical_p": 0.5, "top_n_sigma": 1.5, "min_keep": 2, "preset": "llama.cpp",
+         "seed": 7, "temperature": 1.25},
+        {"top_p": 0.5, "top_k": 40, "seed": 2**64 - 1, "step": 2**40},
+    ]
+    write_params(tmp_path / "p.jsonl", params)
+    np.save(tmp_path / "x.npy", x)
+    lines = cli_sample(tmp_path / "x.npy", "--params", tmp_path / "p.jsonl")
+
+    def per_row(key, default):
+        return [p.get(key, default) for p in params]
+
+    mask_words = pack_mask(allowed)
+    result = engine.sample(
+        x,
+        temperature=per_row("temperature", 1.0),
+        top_k=per_row("top_k", 0),
+        top_p=per_row("top_p", 1.0),
+        min_p=np.array(per_row("min_p", 0.0)),
+        typical_p=per_row("typical_p", 1.0),
+        top_n_sigma=per_row("top_n_sigma", 0.0),
+        min_keep=per_row("min_keep", 1),
+        repetition_penalty=per_row("repetition_penalty", 1.0),
+        frequency_penalty=per_row("frequency_penalty", 0.0),
+        presence_penalty=per_row("presence_penalty", 0.0),
+        preset=per_row("preset", "hf"),
+        seed=per_row("seed", None),
+        step=per_row("step", 0),
+        n=per_row("num_samples", 1),
+        logprobs=per_row("logprobs", 0),
+        logprobs_mode=per_row("logprobs_mode", "processed"),
+        history=per_row("history", None),
+        prompt=per_row("prompt_tokens", None),
+        logit_bias=[{int(k): v for k, v in p["logit_bias"].items()} if "logit_bias" in p
+                    else None for p in params],
+        banned=per_row("banned", None),
+        allowed_mask=[mask_words if "allowed_tokens" in p else np.full(63, -1, np.int32)
+                      for p in params],
+    )
+    assert result.tokens.shape == (rows, 3)
+    assert_same_as_cli(result, lines)
+    assert result.tokens[0, 0] == np.argmax(x[0])
+    assert allowed[result.tokens[5, 0]]
+    assert result.tokens[4, 0] == 17
+    # Rows with n < 3 are padded.
+    assert (result.tokens[0, 1:] == -1).all() and np.isnan(result.logprobs[0, 1:]).all()
+
+
+def test_matches_cli_float16(engine, rng, tmp_path, cli_sample):
+    x = lm_logits(rng, 4, 1500).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    lines = cli_sample(tmp_path / "x.npy", "--seed", 5, "--min-p", 0.05, "--logprobs", 2)
+    assert_same_as_cli(engine.sample(x, seed=5, min_p=0.05, logprobs=2), lines)
+
+
+def test_scalars_equal_per_row_values(engine, rng):
+    x = lm_logits(rng, 5, 800)
+    scalar = engine.sample(x, seed=[9, 8, 7, 6, 5], top_k=20, temperature=0.7, history=[1, 2],
+                           repetition_penalty=1.3, logit_bias={3: 1.0}, logprobs=2)
+    lists = engine.sample(x, seed=np.array([9, 8, 7, 6, 5], dtype=np.uint64),
+                          top_k=np.full(5, 20), temperature=[0.7] * 5,
+                          history=np.array([[1, 2]] * 5), repetition_penalty=(1.3,) * 5,
+                          logit_bias=[{3: 1.0}] * 5, logprobs=[2] * 5)
+    for name in ("tokens", "logprobs", "raw_logprobs", "support", "ranks", "top_tokens",
+                 "top_logprobs"):
+        np.testing.assert_array_equal(getattr(scalar, name), getattr(lists, name), err_msg=name)
+
+
+def test_a_row_does_not_depend_on_its_batch(engine, rng):
+    x = lm_logits(rng, 6, 1000)
+    seeds = [101, 202, 303, 404, 505, 606]
+    temps = [0.5, 1.0, 1.5, 0.8, 1.2, 0.9]
+    batch = engine.sample(x, seed=seeds, step=3, temperature=temps, top_p=0.95)
+    single = nucleus.Engine(threads=1)
+    for r in (5, 0, 3):
+        one = single.sample(x[r], seed=seeds[r], step=3, temperature=temps[r], top_p=0.95)
+        assert one.tokens.shape == (1, 1)
+        assert one.tokens[0, 0] == batch.tokens[r, 0]
+        assert one.logprobs[0, 0] == batch.logprobs[r, 0]
+
+
+def test_greedy_and_module_level_function(rng):
+    x = lm_logits(rng, 3, 500)
+    result = nucleus.sample(x, temperature=0)
+    np.testing.assert_array_equal(result.tokens[:, 0], np.argmax(x, axis=1))
+    assert result.ok.all()
+
+
+def test_different_steps_give_different_draws(engine, rng):
+    x = np.zeros((1, 1000), dtype=np.float32)  # uniform: every step should differ
+    tokens = {int(engine.sample(x, seed=1, step=s).tokens[0, 0]) for s in range(20)}
+    assert len(tokens) > 10
+
+
+def test_allowed_mask_forms_agree(engine, rng):
+    vocab = 100
+    x = lm_logits(rng, 2, vocab)
+    allowed = np.zeros(vocab, dtype=bool)
+    allowed[[7, 40, 99]] = True
+    words = pack_mask(allowed).view(np.uint32)
+    by_bool = engine.probs(x, allowed_mask=allowed)
+    by_words = engine.probs(x, allowed_mask=words)
+    by_rows = engine.probs(x, allowed_mask=np.stack([words.astype(np.int64)] * 2))
+    np.testing.assert_array_equal(by_bool, by_words)
+    np.testing.assert_array_equal(by_bool, by_rows)
+    assert (by_bool[:, ~allowed] == 0).all()
+
+
+def test_logit_bias_accepts_string_keys(engine, rng):
+    x = lm_logits(rng, 1, 300)
+    result = engine.sample(x, seed=0, logit_bias={"42": 100.0})
+    assert result.tokens[0, 0] == 42
+
+
+def test_row_errors_do_not_raise(engine, rng):
+    x = lm_logits(rng, 4, 256)
+    x[1, 17] = np.nan
+    x[2, 3] = np.inf
+    result = engine.sample(x, seed=3, banned=[None, None, None, list(range(256))], logprobs=2)
+    assert result.errors[0] is None
+    assert result.errors[1] == "row 1: logit of token 17 is NaN"
+    assert "row 2" in result.errors[2] and "token 3" in result.errors[2]
+    assert "row 3: no token left" in result.errors[3]
+    np.testing.assert_array_equal(result.ok, [True, False, False, False])
+    assert (result.tokens[1:] == -1).all()
+    assert np.isnan(result.logprobs[1:]).all()
+    assert (result.top_tokens[1:] == -1).all() and np.isneginf(result.top_logprobs[1:]).all()
+    assert result.tokens[0, 0] >= 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_p": 1.5}, "row 0: top_p = 1.5 is outside [0, 1]"),
+        ({"temperature": [1.0, -1.0]}, "row 1: temperature = -1"),
+        ({"history": [[1], [300]]}, "row 1: generated_tokens[0] = 300 is outside [0, 256)"),
+        ({"min_keep": 0}, "min_keep"),
+        ({"top_p": [0.5, 0.5, 0.5]}, "top_p: expected one value or 2 per-row values, got 3"),
+        ({"preset": "foo"}, "preset = 'foo' is not one of"),
+        ({"seed": -1}, "seed = -1 is outside [0, 2**64)"),
+        ({"allowed_mask": np.zeros(3, dtype=np.int32)}, "allowed_mask"),
+        ({"allowed_mask": np.zeros(10, dtype=bool)}, "needs vocab = 256"),
+        ({"top_k": 2**40}, "top_k = 1099511627776 does not fit in int32"),
+    ],
+)
+def test_call_errors_raise_value_error(engine, rng, kwargs, message):
+    x = lm_logits(rng, 2, 256)
+    with pytest.raises(ValueError, match=None) as info:
+        engine.sample(x, **kwargs)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"top_pp": 0.5}, "unexpected keyword argument 'top_pp'"),
+        ({"top_k": 2.5}, "top_k: expected an integer"),
+        ({"temperature": "hot"}, "temperature: expected a number"),
+        ({"logit_bias": 3}, "logit_bias: expected a dict"),
+        ({"history": [1, [2]]}, "mixes token ids and lists"),
+    ],
+)
+def test_bad_types_raise_type_error(engine, rng, kwargs, message):
+    with pytest.raises(TypeError) as info:
+        engine.sample(lm_logits(rng, 2, 64), **kwargs)
+    assert message in str(info.value)
+
+
+def test_bad_logits_raise(engine):
+    with pytest.raises(ValueError, match="rows = 0 must be > 0"):
+        engine.sample(np.zeros((0, 10), dtype=np.float32))
+    with pytest.raises(ValueError, match="at least 1 axis"):
+        engine.sample(np.float32(1.0))
+    with pytest.raises(TypeError, match="not supported"):
+        engine.sample(np.zeros((2, 4), dtype=np.complex64))
+    with pytest.raises(TypeError, match="draw keywords|applies to sample"):
+        engine.probs(np.zeros((2, 4), dtype=np.float32), n=2)
+
+
+def test_threads_share_an_engine(engine, rng):
+    x = lm_logits(rng, 8, 4000)
+    expected = engine.sample(x, seed=77, top_p=0.9).tokens
+    outputs = []
+
+    def work():
+        for _ in range(5):
+            outputs.append(engine.sample(x, seed=77, top_p=0.9).tokens)
+
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(outputs) == 15
+    for tokens in outputs:
+        np.testing.assert_array_equal(tokens, expected)
+
+
+def test_engine_options():
+    assert nucleus.Engine(threads=1).max_threads == 1
+    assert nucleus.Engine().max_threads >= 1
+    with pytest.raises(ValueError):
+        nucleus.Engine(threads=-1)
+    with pytest.raises(ValueError):
+        nucleus.Engine(seed=-5)
+    assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
+
+
+def test_engine_seed_drives_unseeded_rows(rng):
+    x = np.zeros((4, 1000), dtype=np.float32)
+    a, b = nucleus.Engine(threads=1, seed=42), nucleus.Engine(threads=2, seed=42)
+    first = [a.sample(x).tokens for _ in range(3)]
+    np.testing.assert_array_equal(first, [b.sample(x).tokens for _ in range(3)])
+    assert not np.array_equal(first[0], first[1])  # a new seed for every call
