@@ -55,6 +55,7 @@ void copy_text(char* dst, size_t capacity, std::initializer_list<std::string_vie
   size_t used = 0;
   for (std::string_view part : parts) {
     const size_t n = std::min(part.size(), capacity - 1 - used);
+    if (n == 0) continue;  // an empty view may have a null data(), which memcpy forbids
     std::memcpy(dst + used, part.data(), n);
     used += n;
   }

@@ -38,6 +38,12 @@ class ScratchPool {
     return std::make_unique<detail::RowScratch>();
   }
   void release(std::unique_ptr<detail::RowScratch> s) { free_.push(s.release()); }
+  // One scratch per arena slot up front: handed out first-in first-out, they
+  // all warm up within the first few calls, after which (one caller, rows run
+  // at most one per slot) nothing is allocated.
+  void reserve(int n) {
+    for (int i = 0; i < n; ++i) free_.push(new detail::RowScratch());
+  }
   ~ScratchPool() {
     detail::RowScratch* raw = nullptr;
     while (free_.try_pop(raw)) delete raw;
@@ -105,6 +111,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   if (options.max_threads > available) impl_->threads = options.max_threads;
   impl_->seed = options.seed ? *options.seed : system_seed();
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
+  impl_->pool.reserve(impl_->threads);
 }
 
 Engine::~Engine() = default;
