@@ -1094,3 +1094,85 @@ TEST(CApiDump, OpenErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// nucleus_verify gives the C++ Engine::verify results, row by row, and fills
+// the unused token slots.
+TEST(CApiVerify, MatchesTheCppEngine) {
+  constexpr int64_t kRows = 3, kDraft = 2, kV = 50;
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> target(static_cast<size_t>(kRows * (kDraft + 1) * kV));
+  for (float& v : target) v = normal(gen);
+  std::vector<float> draft(static_cast<size_t>(kRows * kDraft * kV));
+  for (int64_t i = 0; i < kRows * kDraft; ++i) {
+    double z = 0;
+    for (int64_t t = 0; t < kV; ++t) z += draft[i * kV + t] = std::exp(normal(gen));
+    for (int64_t t = 0; t < kV; ++t) draft[i * kV + t] = static_cast<float>(draft[i * kV + t] / z);
+  }
+  std::vector<int32_t> drafts(kRows * kDraft);
+  for (size_t i = 0; i < drafts.size(); ++i) drafts[i] = static_cast<int32_t>((i * 7) % kV);
+
+  std::vector<nucleus::RowRequest> cpp_requests(kRows);
+  std::vector<nucleus_row_request> c_requests(kRows);
+  for (int64_t r = 0; r < kRows; ++r) {
+    cpp_requests[r].seed = 10 + static_cast<uint64_t>(r);
+    cpp_requests[r].step = 4;
+    cpp_requests[r].params.top_k = 20;
+    c_requests[r] = nucleus_row_request_default();
+    c_requests[r].seed = 10 + static_cast<uint64_t>(r);
+    c_requests[r].has_seed = 1;
+    c_requests[r].step = 4;
+    c_requests[r].params.top_k = 20;
+  }
+  nucleus::Engine cpp_engine({.max_threads = 2, .seed = 1});
+  std::vector<nucleus::VerifyResult> expected(kRows);
+  const nucleus::LogitsView view{target.data(), kRows * (kDraft + 1), kV, kV,
+                                 nucleus::DType::kFloat32};
+  ASSERT_TRUE(cpp_engine.verify(view, kDraft, drafts, draft.data(), cpp_requests, expected).ok());
+
+  nucleus_engine* engine = nullptr;
+  ASSERT_EQ(nucleus_engine_create(nullptr, &engine), NUCLEUS_OK);
+  nucleus_logits_view c_view;
+  std::memset(&c_view, 0, sizeof c_view);
+  c_view.data = target.data();
+  c_view.rows = kRows * (kDraft + 1);
+  c_view.vocab = kV;
+  c_view.row_stride = kV;
+  c_view.dtype = NUCLEUS_DTYPE_F32;
+  std::vector<int32_t> accepted(kRows, -7), tokens(kRows * (kDraft + 1), -7), status(kRows, -7);
+  nucleus_verify_output out = nucleus_verify_output_default();
+  out.accepted = accepted.data();
+  out.tokens = tokens.data();
+  out.row_status = status.data();
+  ASSERT_EQ(nucleus_verify(engine, &c_view, kDraft, drafts.data(), draft.data(), c_requests.data(),
+                           kRows, &out),
+            NUCLEUS_OK);
+  for (int64_t r = 0; r < kRows; ++r) {
+    EXPECT_EQ(status[r], NUCLEUS_OK);
+    EXPECT_EQ(accepted[r], expected[r].accepted);
+    for (int64_t i = 0; i <= kDraft; ++i) {
+      const int32_t want = i < static_cast<int64_t>(expected[r].tokens.size())
+                               ? expected[r].tokens[static_cast<size_t>(i)]
+                               : -1;
+      EXPECT_EQ(tokens[r * (kDraft + 1) + i], want) << "row " << r << " slot " << i;
+    }
+  }
+
+  // A call error names the problem and writes nothing.
+  std::fill(accepted.begin(), accepted.end(), -7);
+  EXPECT_EQ(
+      nucleus_verify(engine, &c_view, kDraft, nullptr, nullptr, c_requests.data(), kRows, &out),
+      NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(nucleus_last_error()).find("draft_tokens"), std::string::npos);
+  EXPECT_EQ(accepted[0], -7);
+  EXPECT_EQ(
+      nucleus_verify(engine, &c_view, 1, drafts.data(), nullptr, c_requests.data(), kRows, &out),
+      NUCLEUS_INVALID_ARGUMENT);  // 9 target rows are not a multiple of 2
+  EXPECT_NE(std::string(nucleus_last_error()).find("multiple"), std::string::npos)
+      << nucleus_last_error();
+  nucleus_engine_destroy(engine);
+}
+
+}  // namespace

@@ -200,6 +200,7 @@ nucleus::LogitsView to_cpp(const nucleus_logits_view& v) {
 // results. They only grow, so a server calling with a steady batch shape
 // allocates nothing here after its first calls (SPEC section 8).
 struct CallScratch {
+  std::vector<nucleus::VerifyResult> verify;
   std::vector<RowRequest> requests;
   std::vector<nucleus::TokenBias> bias;
   std::vector<RowResult> results;
@@ -388,6 +389,12 @@ nucleus_probs_output nucleus_probs_output_default(void) {
   return o;
 }
 
+nucleus_verify_output nucleus_verify_output_default(void) {
+  nucleus_verify_output o;
+  std::memset(&o, 0, sizeof o);
+  return o;
+}
+
 nucleus_engine_options nucleus_engine_options_default(void) {
   nucleus_engine_options o;
   std::memset(&o, 0, sizeof o);
@@ -490,6 +497,62 @@ nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* 
                        statuses[static_cast<size_t>(r)]);
     }
     return summarise(statuses);
+  });
+}
+
+nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view* target_logits,
+                              int64_t num_draft, const int32_t* draft_tokens,
+                              const float* draft_probs, const nucleus_row_request* requests,
+                              int64_t num_requests, const nucleus_verify_output* output) {
+  return guarded([&] {
+    if (engine == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "engine is NULL");
+    if (target_logits == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "target_logits is NULL");
+    if (output == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "output is NULL");
+    if (output->accepted == nullptr || output->tokens == nullptr) {
+      return fail(NUCLEUS_INVALID_ARGUMENT, "output: accepted and tokens are required");
+    }
+    if (num_draft < 0) {
+      return fail(NUCLEUS_INVALID_ARGUMENT,
+                  "verify: num_draft = " + std::to_string(num_draft) + " must be >= 0");
+    }
+    const int64_t per_row = num_draft + 1;
+    // The requests are per batch row (K + 1 target rows each); shapes the
+    // engine rejects are left to it, with its messages.
+    nucleus_logits_view by_row = *target_logits;
+    by_row.rows = target_logits->rows > 0 && target_logits->rows % per_row == 0
+                      ? target_logits->rows / per_row
+                      : 0;
+    std::span<const RowRequest> cpp_requests;
+    if (Status s = translate_requests(by_row, requests, num_requests, &cpp_requests); !s.ok()) {
+      return fail(s);
+    }
+    if (Status s = check_message_buffer(output->row_messages, output->row_message_size); !s.ok()) {
+      return fail(s);
+    }
+    const int64_t rows = by_row.rows;
+    if (rows > 0 && num_draft > 0 && draft_tokens == nullptr) {
+      return fail(NUCLEUS_INVALID_ARGUMENT, "draft_tokens is NULL");
+    }
+    std::span<nucleus::VerifyResult> results = first(call_scratch().verify, rows);
+    const Status s = engine->engine.verify(
+        to_cpp(*target_logits), num_draft,
+        std::span<const int32_t>(draft_tokens,
+                                 draft_tokens ? static_cast<size_t>(rows * num_draft) : 0),
+        draft_probs, cpp_requests, results);
+    if (!s.ok()) return fail(s);
+    std::vector<Status>& statuses = call_scratch().statuses;
+    statuses.resize(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      const nucleus::VerifyResult& res = results[static_cast<size_t>(r)];
+      int32_t* out = output->tokens + r * per_row;
+      std::fill(out, out + per_row, -1);
+      output->accepted[r] = res.status.ok() ? res.accepted : -1;
+      if (res.status.ok()) std::copy(res.tokens.begin(), res.tokens.end(), out);
+      statuses[static_cast<size_t>(r)] = res.status;
+      write_row_status(output->row_status, output->row_messages, output->row_message_size, r,
+                       res.status);
+    }
+    return summarise(std::span<const Status>(statuses.data(), static_cast<size_t>(rows)));
   });
 }
 

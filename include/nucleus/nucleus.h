@@ -206,9 +206,21 @@ typedef struct nucleus_probs_output {
   int64_t row_message_size;
 } nucleus_probs_output;
 
+/* Where nucleus_verify writes (speculative decoding). */
+typedef struct nucleus_verify_output {
+  int32_t* accepted; /* rows: draft tokens accepted (0..num_draft); -1 for a failed row */
+  /* rows * (num_draft + 1): the accepted drafts, then the recovered or bonus
+   * token; the slots after them hold -1. */
+  int32_t* tokens;
+  int32_t* row_status; /* rows, optional: a nucleus_status per row */
+  char* row_messages;  /* optional, as in nucleus_sample_output */
+  int64_t row_message_size;
+} nucleus_verify_output;
+
 /* All fields zero / NULL. */
 nucleus_sample_output nucleus_sample_output_default(void);
 nucleus_probs_output nucleus_probs_output_default(void);
+nucleus_verify_output nucleus_verify_output_default(void);
 
 /* ---- Engine ------------------------------------------------------------ */
 
@@ -246,6 +258,17 @@ nucleus_status nucleus_sample(nucleus_engine* engine, const nucleus_logits_view*
 nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* logits,
                              const nucleus_row_request* requests, int64_t num_requests,
                              const nucleus_probs_output* output);
+
+/* Speculative-decoding verification (Engine::verify in nucleus/engine.h):
+ * target_logits holds rows * (num_draft + 1) rows, row r's positions at
+ * r * (num_draft + 1) + i; draft_tokens rows * num_draft ids; draft_probs NULL
+ * (a deterministic drafter) or rows * num_draft * vocab float32
+ * probabilities. The output is distributed exactly as sampling from the
+ * target. Returns as nucleus_sample does. */
+nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view* target_logits,
+                              int64_t num_draft, const int32_t* draft_tokens,
+                              const float* draft_probs, const nucleus_row_request* requests,
+                              int64_t num_requests, const nucleus_verify_output* output);
 
 /* ---- Logit dumps (.npy, .safetensors, raw) ------------------------------ */
 
