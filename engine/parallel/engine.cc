@@ -165,9 +165,11 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
 Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
                       std::span<const int32_t> draft_tokens, const float* draft_probs,
                       std::span<const RowRequest> requests, std::span<VerifyResult> results) {
-  if (num_draft < 0) {
-    return Status::invalid_argument("verify: num_draft = " + std::to_string(num_draft) +
-                                    " must be >= 0");
+  if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits.rows, 1)) {
+    // (Checked before num_draft + 1 is formed, which could overflow.)
+    return Status::invalid_argument(
+        "verify: num_draft = " + std::to_string(num_draft) +
+        " must be >= 0 and below the target rows = " + std::to_string(target_logits.rows));
   }
   const int64_t per_row = num_draft + 1;
   if (target_logits.rows <= 0 || target_logits.rows % per_row != 0) {

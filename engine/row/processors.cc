@@ -9,9 +9,9 @@ namespace nucleus::detail {
 bool has_processors(const RowRequest& r) {
   const SamplingParams& p = r.params;
   const bool history = !r.prompt_tokens.empty() || !r.generated_tokens.empty();
-  const bool penalties = p.repetition_penalty != 1.0f ||
-                         (!r.generated_tokens.empty() &&
-                          (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f));
+  const bool penalties =
+      p.repetition_penalty != 1.0f ||
+      (!r.generated_tokens.empty() && (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f));
   return !r.allowed_mask.empty() || !r.banned_tokens.empty() || !r.logit_bias.empty() ||
          (history && penalties);
 }
@@ -37,8 +37,7 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
 
   // 4. Penalties.
   const SamplingParams& p = r.params;
-  if (p.repetition_penalty != 1.0f &&
-      (!r.prompt_tokens.empty() || !r.generated_tokens.empty())) {
+  if (p.repetition_penalty != 1.0f && (!r.prompt_tokens.empty() || !r.generated_tokens.empty())) {
     scratch.seen.assign(r.prompt_tokens.begin(), r.prompt_tokens.end());
     scratch.seen.insert(scratch.seen.end(), r.generated_tokens.begin(), r.generated_tokens.end());
     std::sort(scratch.seen.begin(), scratch.seen.end());
@@ -46,11 +45,10 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
     const float rp = p.repetition_penalty;
     for (auto it = scratch.seen.begin(); it != last; ++it) {
       float& x = row[*it];
-      x = x > 0.0f ? x / rp : x * rp;
+      x = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
     }
   }
-  if ((p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) &&
-      !r.generated_tokens.empty()) {
+  if ((p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && !r.generated_tokens.empty()) {
     scratch.generated.assign(r.generated_tokens.begin(), r.generated_tokens.end());
     std::sort(scratch.generated.begin(), scratch.generated.end());
     const auto& g = scratch.generated;
@@ -58,8 +56,12 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
       size_t j = i;
       while (j < g.size() && g[j] == g[i]) ++j;
       float& x = row[g[i]];
-      x -= p.frequency_penalty * static_cast<float>(j - i);
-      x -= p.presence_penalty;
+      // A masked token stays masked: an infinite penalty (a huge penalty times
+      // its count) must not turn -inf into NaN.
+      if (x > -std::numeric_limits<float>::infinity()) {
+        x -= p.frequency_penalty * static_cast<float>(j - i);
+        x -= p.presence_penalty;
+      }
       i = j;
     }
   }

@@ -6,6 +6,25 @@
 #include <cstdlib>
 
 namespace nucleus::cli {
+namespace {
+
+// Accepts exactly the decimal integers in [0, 2^64): unsigned options would
+// otherwise wrap "-1" or saturate past 2^64 silently.
+CLI::Validator unsigned_64() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        uint64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (text.empty() || ec != std::errc() || ptr != end) {
+          return "value " + text + " is not an integer in [0, 2^64)";
+        }
+        return std::string();
+      },
+      "UINT64");
+}
+
+}  // namespace
 
 void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("input", options->path, "Logit dump: .npy, .safetensors or raw; - = stdin")
@@ -106,8 +125,10 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
                        "Seed S: row r is drawn with seed S + r (rows differ, and a row's "
                        "tokens do not depend on the block or thread count). Without it, "
                        "rows are unseeded and differ from run to run")
+          ->check(unsigned_64())
           ->group(draws);
   command->add_option("--step", o->step, "Decoding step (the Philox counter) for every row")
+      ->check(unsigned_64())
       ->capture_default_str()
       ->group(draws);
   if (flags.draws) {
