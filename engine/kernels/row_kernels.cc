@@ -84,6 +84,9 @@ MaxStats max_stats(const float* x, int64_t n) {
     bad |= (v < kInf) ? 0 : 1;
     finite += v > -kInf ? 1 : 0;
   }
+  // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
+  // bit breaks the order of the float keys: use +0.0.
+  st.max = st.max + 0.0f;
   st.finite = finite;
   if (bad) {
     for (int64_t t = 0; t < n; ++t) {
