@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <vector>
 
@@ -78,9 +79,9 @@ struct Engine::Impl {
     return (static_cast<uint64_t>(out[0]) << 32) | out[1];
   }
 
-  template <typename F>
+  template <typename F, typename G>
   Status run_rows(const LogitsView& logits, std::span<const RowRequest> requests,
-                  int64_t results_size, F&& per_row) {
+                  int64_t results_size, F&& per_row, G&& on_bad_alloc) {
     if (Status s = detail::check_call(logits, requests, results_size); !s.ok()) return s;
     const bool shared = requests.size() == 1;
     for (size_t r = 0; r < requests.size(); ++r) {
@@ -97,7 +98,13 @@ struct Engine::Impl {
         detail::RowInput input{
             static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype),
             logits.dtype, logits.vocab};
-        per_row(row, req, input, *scratch, runner);
+        try {
+          per_row(row, req, input, *scratch, runner);
+        } catch (const std::bad_alloc&) {
+          // Errors are values at the API: an allocation that fails inside a
+          // row becomes that row's status.
+          on_bad_alloc(row);
+        }
         pool.release(std::move(scratch));
       });
     });
@@ -130,16 +137,21 @@ Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requ
     base = impl_->counter.fetch_add(static_cast<uint64_t>(logits.rows));
   }
   const bool shared = requests.size() == 1;
-  return impl_->run_rows(logits, requests, static_cast<int64_t>(results.size()),
-                         [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
-                             detail::RowScratch& scratch, const detail::Runner& runner) {
-                           const uint64_t seed =
-                               req.seed ? *req.seed
-                                        : impl_->derive_seed(base + static_cast<uint64_t>(row));
-                           (void)shared;
-                           detail::sample_row(input, req, seed, row,
-                                              results[static_cast<size_t>(row)], scratch, runner);
-                         });
+  return impl_->run_rows(
+      logits, requests, static_cast<int64_t>(results.size()),
+      [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
+          detail::RowScratch& scratch, const detail::Runner& runner) {
+        const uint64_t seed =
+            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+        (void)shared;
+        detail::sample_row(input, req, seed, row, results[static_cast<size_t>(row)], scratch,
+                           runner);
+      },
+      [&](int64_t row) {
+        RowResult& r = results[static_cast<size_t>(row)];
+        r.clear();
+        r.status = Status::internal("row " + std::to_string(row) + ": out of memory");
+      });
 }
 
 Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
@@ -154,12 +166,17 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         "probs: row_status size = " + std::to_string(row_status.size()) +
         " must equal rows = " + std::to_string(logits.rows));
   }
-  return impl_->run_rows(logits, requests, -1,
-                         [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
-                             detail::RowScratch& scratch, const detail::Runner& runner) {
-                           row_status[static_cast<size_t>(row)] = detail::probs_row(
-                               input, req, row, out + row * out_stride, scratch, runner);
-                         });
+  return impl_->run_rows(
+      logits, requests, -1,
+      [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
+          detail::RowScratch& scratch, const detail::Runner& runner) {
+        row_status[static_cast<size_t>(row)] =
+            detail::probs_row(input, req, row, out + row * out_stride, scratch, runner);
+      },
+      [&](int64_t row) {
+        row_status[static_cast<size_t>(row)] =
+            Status::internal("row " + std::to_string(row) + ": out of memory");
+      });
 }
 
 Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,

@@ -7,6 +7,8 @@
 namespace nucleus::detail {
 namespace {
 
+constexpr int32_t kMaxSamples = 1 << 20;
+
 std::string where(int64_t row) {
   return row < 0 ? std::string("shared request") : "row " + std::to_string(row);
 }
@@ -57,13 +59,13 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
   }
   if (logits.dtype != DType::kFloat32 && logits.dtype != DType::kFloat16 &&
       logits.dtype != DType::kBFloat16) {
-    return Status::invalid_argument("logits: dtype = " +
-                                    show(static_cast<int>(logits.dtype)) + " is unknown");
+    return Status::invalid_argument("logits: dtype = " + show(static_cast<int>(logits.dtype)) +
+                                    " is unknown");
   }
   const auto n = static_cast<int64_t>(requests.size());
   if (n != 1 && n != logits.rows) {
-    return Status::invalid_argument("requests: size = " + show(n) + " must be 1 or rows = " +
-                                    show(logits.rows));
+    return Status::invalid_argument("requests: size = " + show(n) +
+                                    " must be 1 or rows = " + show(logits.rows));
   }
   if (results_size >= 0 && results_size != logits.rows) {
     return Status::invalid_argument("results: size = " + show(results_size) +
@@ -100,7 +102,12 @@ Status check_request(const RowRequest& r, int64_t row, int64_t vocab) {
   if (!std::isfinite(p.presence_penalty)) {
     return bad(row, "presence_penalty", show(p.presence_penalty), "must be finite");
   }
-  if (p.num_samples < 1) return bad(row, "num_samples", show(p.num_samples), "must be >= 1");
+  // Each sample costs a few words of output; the cap keeps a typo from asking
+  // for gigabytes (vLLM's n is small too).
+  if (p.num_samples < 1 || p.num_samples > kMaxSamples) {
+    return bad(row, "num_samples", show(p.num_samples),
+               "is outside [1, " + std::to_string(kMaxSamples) + "]");
+  }
   if (p.top_logprobs < 0 || p.top_logprobs > vocab) {
     return bad(row, "top_logprobs", show(p.top_logprobs),
                "is outside [0, vocab = " + std::to_string(vocab) + "]");

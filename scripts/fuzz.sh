@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets in fuzz/ with clang, AddressSanitizer and
+# UBSan, and runs each one for SECONDS on its seed corpus (fuzz/corpus/<t>/).
+# Fails on the first crash, sanitizer report, broken invariant, timeout or
+# out-of-memory; the input that caused it is left in build-fuzz/artifacts/<t>/.
+# New interesting inputs go to build-fuzz/work/<t>/, never into the checked-in
+# corpus.
+#
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 s, every target)
+# A crash found here becomes a file in fuzz/regressions/<target>/, which
+# tests/fuzz_regression_test.cc replays in every build (docs/robustness.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+shift || true
+build="${NUCLEUS_FUZZ_BUILD_DIR:-build-fuzz}"
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+  targets=(dump_npy dump_safetensors dump_raw engine_sample engine_verify)
+fi
+
+scripts/setup.sh
+cxx="$(command -v clang++-14 || command -v clang++)"
+cc="$(command -v clang-14 || command -v clang)"
+
+# Only the library and the fuzzers: no tests, tools, benchmarks or install.
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
+  -DNUCLEUS_SANITIZE=address,undefined \
+  -DCMAKE_CXX_FLAGS="-fno-sanitize-recover=all" \
+  -DNUCLEUS_BUILD_FUZZ=ON -DNUCLEUS_BUILD_TESTS=OFF -DNUCLEUS_BUILD_TOOLS=OFF \
+  -DNUCLEUS_BUILD_BENCH=OFF -DNUCLEUS_BUILD_EXAMPLES=OFF -DNUCLEUS_BUILD_PYTHON=OFF \
+  -DNUCLEUS_INSTALL=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target nucleus_fuzzers
+
+# Inputs larger than this add little: a dump parser sees every header shape
+# well below it, and an engine case is a list of choices.
+declare -A max_len=(
+  [dump_npy]=4096 [dump_safetensors]=4096 [dump_raw]=4096
+  [engine_sample]=2048 [engine_verify]=2048
+)
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:allocator_may_return_null=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+
+failed=()
+for t in "${targets[@]}"; do
+  work="$build/work/$t"
+  artifacts="$build/artifacts/$t"
+  mkdir -p "$work" "$artifacts"
+  echo "fuzz: $t for ${seconds}s" >&2
+  # The first directory receives new inputs; the seed corpus is only read.
+  if ! "$build/fuzz/${t}_fuzzer" "$work" "fuzz/corpus/$t" \
+      -max_total_time="$seconds" -max_len="${max_len[$t]:-4096}" \
+      -timeout=20 -rss_limit_mb=3072 -print_final_stats=1 \
+      -artifact_prefix="$artifacts/" 2> "$build/$t.log"; then
+    tail -n 60 "$build/$t.log" >&2
+    echo "fuzz: $t FAILED; reproducer in $artifacts/" >&2
+    failed+=("$t")
+  else
+    grep -E "^stat::number_of_executed_units|^stat::new_units_added" "$build/$t.log" \
+      | sed "s/^/fuzz: $t: /" >&2 || true
+  fi
+done
+
+if ((${#failed[@]})); then
+  echo "fuzz: failures in ${failed[*]}" >&2
+  exit 1
+fi
+echo "fuzz: ${#targets[@]} targets, ${seconds}s each, no failure" >&2
