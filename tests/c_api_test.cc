@@ -919,7 +919,9 @@ TEST(CApi, NoExceptionCrossesTheAbiWhenAllocationsFail) {
     ASSERT_TRUE(status == NUCLEUS_OK || status == NUCLEUS_INTERNAL) << n;
     if (status == NUCLEUS_INTERNAL) {
       ++internal;
-      EXPECT_EQ(message, "out of memory");
+      // A failure inside a row is that row's status ("row R: out of memory");
+      // one in the C layer or the call itself is the call's.
+      EXPECT_NE(message.find("out of memory"), std::string::npos) << message;
     }
   }
   EXPECT_GT(internal, 0);  // the injection did reach the call
