@@ -152,6 +152,17 @@ float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set)
 
 Status RowPipeline::check_and_widen(Distribution& dist) {
   const int64_t vocab = in_.vocab;
+  // Buffers whose need depends on the row's values (how many tokens land in a
+  // boundary bucket, how many survive) are sized for the worst case once, so
+  // that which scratch serves which row never decides whether a call
+  // allocates.
+  const auto v = static_cast<size_t>(vocab);
+  const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
+  sc_.select.list.reserve(v);
+  sc_.select.samples.reserve(v);
+  sc_.top.reserve(v);
+  sc_.select.seg_lists.resize(std::max(sc_.select.seg_lists.size(), segments));
+  for (auto& part : sc_.select.seg_lists) part.reserve(static_cast<size_t>(kChunk));
   // The input row as float32: widened chunk by chunk for half types.
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
@@ -368,8 +379,8 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
       sc_.cand_x.resize(static_cast<size_t>(vocab));
       sc_.cand_idx.resize(static_cast<size_t>(vocab));
       int64_t n = 0;
-      for (const auto& part : sc_.select.seg_lists) {
-        for (const GatheredToken& g : part) {
+      for (int64_t p = 0; p < sc_.select.seg_lists_used; ++p) {
+        for (const GatheredToken& g : sc_.select.seg_lists[static_cast<size_t>(p)]) {
           if (g.key <= set.dhi) {
             sc_.cand_x[static_cast<size_t>(n)] = g.x;
             sc_.cand_idx[static_cast<size_t>(n)] = g.token;

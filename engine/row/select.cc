@@ -39,9 +39,8 @@ void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& ru
   } else {
     for (int64_t j = 0; j < n; ++j) {
       const float ej = b.d[j] - rule.d0;
-      key[j] = ej <= kUnderflow
-                   ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
-                   : kInf;
+      key[j] = ej <= kUnderflow ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
+                                : kInf;
     }
   }
 }
@@ -49,8 +48,8 @@ void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& ru
 // Keys and member flags only (no exp): what the gather pass needs. `e`
 // receives d - d0 for the masses of the few entries that are gathered.
 // Non-members get key +inf.
-void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule,
-                     float* key, float* e, bool* member) {
+void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
+                     float* e, bool* member) {
   block::BlockKeys b;
   b.compute(x, n, set);
   const float lo = set.dlo, hi = set.dhi;
@@ -117,9 +116,8 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
       count_before += sc.sub_counts[b];
     }
     const auto keep = static_cast<uint32_t>(chosen);
-    std::erase_if(list, [&](const SelectEntry& e) {
-      return ((key_bits(e.key) >> shift) & mask) != keep;
-    });
+    std::erase_if(
+        list, [&](const SelectEntry& e) { return ((key_bits(e.key) >> shift) & mask) != keep; });
   }
   std::sort(list.begin(), list.end(),
             [](const SelectEntry& a, const SelectEntry& b) { return a.key < b.key; });
@@ -153,14 +151,13 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 constexpr int64_t kSampleStride = 64;
 constexpr double kFastTargetMax = 2048;
 
-bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
-                         const KeyRule& rule, double target, SelectScratch& sc, const Runner& run,
+bool small_target_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                         double target, SelectScratch& sc, const Runner& run,
                          SelectResult& result) {
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
   if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
-      target > kFastTargetMax ||
-      static_cast<double>(total) < 16.0 * kSampleStride * target) {
+      target > kFastTargetMax || static_cast<double>(total) < 16.0 * kSampleStride * target) {
     return false;
   }
   // Sample keys of members, in token order.
@@ -193,7 +190,10 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
   // (The fast path is for distance keys only; count rules on typical keys,
   // from min_keep, take the histogram path.)
   const auto nseg = static_cast<int64_t>(segments.size());
-  sc.seg_lists.resize(static_cast<size_t>(nseg));
+  // Grown, never shrunk: the inner lists keep their capacity.
+  if (sc.seg_lists.size() < static_cast<size_t>(nseg))
+    sc.seg_lists.resize(static_cast<size_t>(nseg));
+  sc.seg_lists_used = nseg;
   run(nseg, [&](int64_t s) {
     auto& out = sc.seg_lists[static_cast<size_t>(s)];
     out.clear();
@@ -203,13 +203,15 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set,
       const int64_t n = std::min(kBlock, seg.n - j0);
       hits.collect(seg.x + j0, n, set, -kInf, bound);
       for (int64_t i = 0; i < hits.n; ++i) {
-        out.push_back(GatheredToken{hits.k[i], seg.x[j0 + hits.idx[i]], seg.token(j0 + hits.idx[i])});
+        out.push_back(
+            GatheredToken{hits.k[i], seg.x[j0 + hits.idx[i]], seg.token(j0 + hits.idx[i])});
       }
       if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
     }
   });
   sc.list.clear();
-  for (const auto& part : sc.seg_lists) {
+  for (int64_t s = 0; s < nseg; ++s) {
+    const auto& part = sc.seg_lists[static_cast<size_t>(s)];
     if (static_cast<int64_t>(part.size()) > cap) return false;
     for (const GatheredToken& g : part) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }

@@ -55,16 +55,17 @@ struct GatheredToken {
 };
 
 struct SelectScratch {
-  std::vector<uint32_t> counts;   // per segment × level-1 buckets
-  std::vector<double> masses;     // per segment × level-1 buckets
-  std::vector<int64_t> offsets;   // per segment
-  std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
-  std::vector<SelectEntry> list;  // the boundary bucket's members
-  std::vector<float> samples;                        // small-target path
+  std::vector<uint32_t> counts;                       // per segment × level-1 buckets
+  std::vector<double> masses;                         // per segment × level-1 buckets
+  std::vector<int64_t> offsets;                       // per segment
+  std::vector<int64_t> seg_chosen;                    // per segment: members in the chosen bucket
+  std::vector<SelectEntry> list;                      // the boundary bucket's members
+  std::vector<float> samples;                         // small-target path
   std::vector<std::vector<GatheredToken>> seg_lists;  // small-target path, per segment
   // After a small-target select: every member with key <= the returned key is
   // in seg_lists (in token order, segment by segment).
   bool gathered = false;
+  int64_t seg_lists_used = 0;  // seg_lists[0, used) belong to the last select
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
 };
