@@ -80,7 +80,7 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
     }
     out->shape.push_back(*d);
     if (*d != 0 && elements > std::numeric_limits<int64_t>::max() / 8 / *d) overflow = true;
-    elements *= *d;
+    if (!overflow) elements *= *d;  // once overflowing, stop multiplying (no UB)
   }
   const std::optional<int64_t> begin = as_count((*offsets)[0]);
   const std::optional<int64_t> end = as_count((*offsets)[1]);
