@@ -1,6 +1,6 @@
 // Small helpers over the request and result types.
-#include "nucleus/engine.h"
 #include "nucleus/sampling.h"
+#include "nucleus/engine.h"
 
 namespace nucleus {
 

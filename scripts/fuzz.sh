@@ -48,8 +48,12 @@ for t in "${targets[@]}"; do
   artifacts="$build/artifacts/$t"
   mkdir -p "$work" "$artifacts"
   echo "fuzz: $t for ${seconds}s" >&2
-  # The first directory receives new inputs; the seed corpus is only read.
-  if ! "$build/fuzz/${t}_fuzzer" "$work" "fuzz/corpus/$t" \
+  # The first directory receives new inputs; the seed corpus and the saved
+  # regressions are only read (a regression that fails again fails here at
+  # once, before any fuzzing).
+  inputs=("$work" "fuzz/corpus/$t")
+  if [[ -d "fuzz/regressions/$t" ]]; then inputs+=("fuzz/regressions/$t"); fi
+  if ! "$build/fuzz/${t}_fuzzer" "${inputs[@]}" \
       -max_total_time="$seconds" -max_len="${max_len[$t]:-4096}" \
       -timeout=20 -rss_limit_mb=3072 -print_final_stats=1 \
       -artifact_prefix="$artifacts/" 2> "$build/$t.log"; then

@@ -111,8 +111,8 @@ struct DoubleLanes {
 // so at most a few ulp), then the lane sums are widened and added in double.
 // The long accumulation is double; the order is fixed by position only.
 template <bool kCheckLo, bool kSameScale>
-inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set,
-                                            float k0, float* __restrict w, int64_t* members) {
+inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
+                                            float* __restrict w, int64_t* members) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -298,6 +298,5 @@ struct BlockKeys {
     }
   }
 };
-
 
 }  // namespace nucleus::detail::block

@@ -69,8 +69,8 @@ MaxStats max_stats(const float* x, int64_t n) {
   for (int i = 0; i < 16; ++i) {
     bad |= lane_bad[i];
     // The lowest position among the lanes holding the max.
-    if (lane_max[i] > st.max || (lane_max[i] == st.max && lane_at[i] >= 0 &&
-                                 (st.argmax < 0 || lane_at[i] < st.argmax))) {
+    if (lane_max[i] > st.max ||
+        (lane_max[i] == st.max && lane_at[i] >= 0 && (st.argmax < 0 || lane_at[i] < st.argmax))) {
       st.max = lane_max[i];
       st.argmax = lane_at[i];
     }

@@ -30,16 +30,14 @@ struct Segment {
   const int32_t* idx = nullptr;  // null: token = base + j
   int64_t n = 0;
   int64_t base = 0;
-  int32_t token(int64_t j) const {
-    return idx ? idx[j] : static_cast<int32_t>(base + j);
-  }
+  int32_t token(int64_t j) const { return idx ? idx[j] : static_cast<int32_t>(base + j); }
 };
 
 // Which tokens belong to the set, and the key that orders them.
 struct SetSpec {
   float xmax = 0.0f;
-  float scale = 1.0f;   // filter space: d = (xmax - x) * scale
-  float dlo = 0.0f;     // inclusive bounds on d
+  float scale = 1.0f;  // filter space: d = (xmax - x) * scale
+  float dlo = 0.0f;    // inclusive bounds on d
   float dhi = kMaxFloat;
   float key_scale = 1.0f;  // ranking space: key = (xmax - x) * key_scale
 };
@@ -79,8 +77,7 @@ inline int64_t block_count(int64_t n) { return (n + kPassBlock - 1) / kPassBlock
 // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
 // number of members goes to *count and, when block_sums is not null, each
 // block's sum to block_sums[b].
-double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
-                double* block_sums);
+double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
 // Smallest key over members (kInf when none).
 float min_key(const Segment& s, const SetSpec& set);
 // Members whose key is strictly below `key`.

@@ -23,9 +23,9 @@ struct RowInput {
 // Buffers one row needs, sized on first use and reused afterwards, so the
 // steady state allocates nothing.
 struct RowScratch {
-  std::vector<float> raw_buf;   // the widened input row (f16 / bf16 only)
-  std::vector<float> work_buf;  // the processed row (when processors apply)
-  std::vector<float> cand_x;    // the compacted kept set: values...
+  std::vector<float> raw_buf;     // the widened input row (f16 / bf16 only)
+  std::vector<float> work_buf;    // the processed row (when processors apply)
+  std::vector<float> cand_x;      // the compacted kept set: values...
   std::vector<int32_t> cand_idx;  // ...and token ids, in token order
   std::vector<Segment> row_segs;
   std::vector<Segment> raw_segs;
@@ -40,11 +40,10 @@ struct RowScratch {
   std::vector<std::pair<float, int32_t>> top;
   SelectScratch select;
   PenaltyScratch penalties;
-  std::vector<float> verify_p;            // verification: one target distribution
-  std::vector<int32_t> verify_history;    // verification: history plus accepted drafts
+  std::vector<float> verify_p;             // verification: one target distribution
+  std::vector<int32_t> verify_history;     // verification: history plus accepted drafts
   std::vector<RowInput> verify_positions;  // verification: the row's target rows
 };
-
 
 // Samples one row into `result` (cleared first). `seed` is the row's resolved
 // seed. Row errors go to result.status.

@@ -22,8 +22,8 @@
 namespace nucleus {
 
 struct EngineOptions {
-  int max_threads = 0;            // 0: every core the process may use
-  std::optional<uint64_t> seed;   // for unseeded rows; none: from the system
+  int max_threads = 0;           // 0: every core the process may use
+  std::optional<uint64_t> seed;  // for unseeded rows; none: from the system
 };
 
 class Engine {

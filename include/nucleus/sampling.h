@@ -104,10 +104,10 @@ struct TokenLogprob {
 // vectors keep their capacity, so the steady state allocates nothing.
 struct RowResult {
   Status status;
-  std::vector<int32_t> tokens;       // num_samples ids
-  std::vector<float> logprobs;       // under the final (processed) distribution
-  std::vector<float> raw_logprobs;   // under log_softmax of the raw input row
-  std::vector<int32_t> ranks;        // 1-based, in the logprobs_mode distribution (top_logprobs > 0)
+  std::vector<int32_t> tokens;      // num_samples ids
+  std::vector<float> logprobs;      // under the final (processed) distribution
+  std::vector<float> raw_logprobs;  // under log_softmax of the raw input row
+  std::vector<int32_t> ranks;       // 1-based, in the logprobs_mode distribution (top_logprobs > 0)
   std::vector<TokenLogprob> top_logprobs;  // top-N of the logprobs_mode distribution
   int64_t support = 0;  // tokens left after the filters (finite tokens for greedy)
 

@@ -131,8 +131,8 @@ int run_bench(const BenchCommand& c) {
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
   std::vector<bench::CaseResult> results;
-  const size_t total = vocabs.size() * batches.size() * dtypes.size() * threads.size() *
-                       configs.size();
+  const size_t total =
+      vocabs.size() * batches.size() * dtypes.size() * threads.size() * configs.size();
   const bool progress = !c.quiet && isatty(STDERR_FILENO);
   for (int64_t vocab : vocabs) {
     for (int64_t batch : batches) {
@@ -146,8 +146,8 @@ int run_bench(const BenchCommand& c) {
                            dtype_name(dtype), static_cast<long long>(t));
               std::fflush(stderr);
             }
-            results.push_back(bench::run_case(
-                {config, vocab, batch, dtype, static_cast<int>(t)}, options));
+            results.push_back(
+                bench::run_case({config, vocab, batch, dtype, static_cast<int>(t)}, options));
           }
         }
       }
