@@ -341,11 +341,6 @@ std::vector<FileCase> FileCases() {
   add("safetensors zero rows", "s.safetensors",
       Safetensors(R"({"logits":{"dtype":"F32","shape":[0,8],"data_offsets":[0,0]}})", d16), "", {},
       {"(0, 8)", "no logits"});
-  add("safetensors shape overflows", "s.safetensors",
-      Safetensors(
-          R"({"logits":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],"data_offsets":[0,64]}})",
-          d16),
-      "", {}, {"'shape'", "needs more"});
   add("safetensors huge tensor past the end", "s.safetensors",
       Safetensors(R"({"a":{"dtype":"U8","shape":[64],"data_offsets":[0,64]},)"
                   R"("logits":{"dtype":"BF16","shape":[2,4294967296],)"
@@ -462,6 +457,24 @@ TEST(BadInputFiles, EveryInterfaceRefusesWithAMessage) {
   const std::vector<FileCase> cases = FileCases();
   EXPECT_GE(cases.size(), 40u);
   for (const FileCase& c : cases) CheckFileCase(dir, c);
+}
+
+// Found by the matrix above under UBSan: a safetensors shape whose element
+// count overflows int64 is detected (and refused), but the product is still
+// formed: safetensors_header.cc, check_tensor, `elements *= *d` after the
+// overflow flag is set -- signed overflow, undefined behaviour.
+TEST(BadInputFileRegression, SafetensorsShapeWhoseProductOverflows) {
+  const fs::path dir = TestDir();
+  const std::string d16 = F32Bytes(Ramp(16));
+  FileCase c;
+  c.name = "safetensors shape overflows";
+  c.file = "s.safetensors";
+  c.bytes =
+      Safetensors(R"({"logits":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],)"
+                  R"("data_offsets":[0,64]}})",
+                  d16);
+  c.message = {"'shape'", "needs more"};
+  CheckFileCase(dir, c);
 }
 
 // Found while building the matrix above: the program's 64-bit options
@@ -945,16 +958,20 @@ class BadInputRegression : public ::testing::Test {
 // counts[key_bits >> 20] with key_bits = 0x80000000): a heap write one past
 // the end. A dump written by NumPy holds -0.0 whenever a logit rounds to it.
 // Runs in the child: exits 0 when the engine gives the right answer.
+// Runs in the child: exits 0 when the engine gives the right answer. The
+// engine is gone before exit(), so LeakSanitizer sees nothing outstanding.
 void NegativeZeroMaximumChild() {
-  const float row[] = {-0.0f, 0.0f};
-  RowRequest request;
-  request.seed = 1;
-  request.params.top_p = 0.5f;
-  Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
-  std::vector<RowResult> results(1);
-  const Status s = engine.sample({row, 1, 2, 2, DType::kFloat32}, {&request, 1}, results);
-  // Both tokens tie at probability 1/2: top-p keeps both (ties are kept).
-  const bool right = s.ok() && results[0].status.ok() && results[0].support == 2;
+  const bool right = [] {
+    const float row[] = {-0.0f, 0.0f};
+    RowRequest request;
+    request.seed = 1;
+    request.params.top_p = 0.5f;
+    Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
+    std::vector<RowResult> results(1);
+    const Status s = engine.sample({row, 1, 2, 2, DType::kFloat32}, {&request, 1}, results);
+    // Both tokens tie at probability 1/2: top-p keeps both (ties are kept).
+    return s.ok() && results[0].status.ok() && results[0].support == 2;
+  }();
   std::exit(right ? 0 : 3);
 }
 
@@ -990,14 +1007,17 @@ TEST_F(BadInputRegression, MaskedTokenInTheHistoryWithAnOverflowingPenalty) {
 // num_draft + 1 (engine.cc, Engine::verify) before any check. It must be a
 // call error.
 void VerifyWithTheLargestNumDraftChild() {
-  const float logits[] = {0.0f, 1.0f};
-  RowRequest request;
-  Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
-  std::vector<VerifyResult> results(1);
-  const Status s =
-      engine.verify({logits, 1, 2, 2, DType::kFloat32}, std::numeric_limits<int64_t>::max(), {},
-                    nullptr, {&request, 1}, results);
-  std::exit(s.code() == StatusCode::kInvalidArgument ? 0 : 3);
+  const bool refused = [] {
+    const float logits[] = {0.0f, 1.0f};
+    RowRequest request;
+    Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
+    std::vector<VerifyResult> results(1);
+    const Status s =
+        engine.verify({logits, 1, 2, 2, DType::kFloat32}, std::numeric_limits<int64_t>::max(), {},
+                      nullptr, {&request, 1}, results);
+    return s.code() == StatusCode::kInvalidArgument;
+  }();
+  std::exit(refused ? 0 : 3);
 }
 
 TEST_F(BadInputRegression, VerifyWithTheLargestNumDraft) {
@@ -1020,19 +1040,21 @@ constexpr bool kSanitized = false;
 void HugeNumSamplesChild() {
   const rlimit limit{rlim_t{2} << 30, rlim_t{2} << 30};
   setrlimit(RLIMIT_AS, &limit);
-  const float row[] = {0.0f, 1.0f, 2.0f};
-  RowRequest request;
-  request.seed = 1;
-  request.params.num_samples = std::numeric_limits<int32_t>::max();
-  Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
-  std::vector<RowResult> results(1);
+  int code = 0;
   try {
+    const float row[] = {0.0f, 1.0f, 2.0f};
+    RowRequest request;
+    request.seed = 1;
+    request.params.num_samples = std::numeric_limits<int32_t>::max();
+    Engine engine(EngineOptions{.max_threads = 1, .seed = 1});
+    std::vector<RowResult> results(1);
     const Status s = engine.sample({row, 1, 3, 3, DType::kFloat32}, {&request, 1}, results);
     const Status& r = s.ok() ? results[0].status : s;
-    std::exit(!r.ok() && !r.message().empty() ? 0 : 4);
+    code = !r.ok() && !r.message().empty() ? 0 : 4;
   } catch (...) {
-    std::exit(3);  // an exception left the engine
+    code = 3;  // an exception left the engine
   }
+  std::exit(code);
 }
 
 TEST_F(BadInputRegression, HugeNumSamplesIsAStatusNotAnException) {
