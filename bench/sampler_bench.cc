@@ -58,14 +58,18 @@ void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int
 void roofline_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                    int threads) {
   const nb::Workload& w = workload(vocab, batch, dtype);
-  for (auto _ : state) benchmark::DoNotOptimize(nb::roofline_pass(w, threads));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        nb::roofline_pass(w, threads, nucleus::resolve_isa(nucleus::Isa::kAuto)));
   set_counters(state, w);
 }
 
 void softmax_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                   int threads) {
   const nb::Workload& w = workload(vocab, batch, dtype);
-  for (auto _ : state) benchmark::DoNotOptimize(nb::softmax_floor_pass(w, threads));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(
+        nb::softmax_floor_pass(w, threads, nucleus::resolve_isa(nucleus::Isa::kAuto)));
   set_counters(state, w);
 }
 

@@ -22,10 +22,16 @@ include(CMakePackageConfigHelpers)
 
 set(NUCLEUS_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/nucleus)
 
+# The baseline objects, then each instruction set's kernels, lowest first
+# (cmake/isa.cmake).
+set(NUCLEUS_ALL_OBJECTS $<TARGET_OBJECTS:nucleus>)
+foreach(isa IN LISTS NUCLEUS_ISAS)
+  list(APPEND NUCLEUS_ALL_OBJECTS $<TARGET_OBJECTS:nucleus_kernels_${isa}>)
+endforeach()
 foreach(kind IN ITEMS static shared)
   string(TOUPPER ${kind} KIND)
   set(target nucleus_${kind})
-  add_library(${target} ${KIND} $<TARGET_OBJECTS:nucleus>)
+  add_library(${target} ${KIND} ${NUCLEUS_ALL_OBJECTS})
   add_library(nucleus::${target} ALIAS ${target})
   # Only object files, so CMake cannot infer the link language.
   set_target_properties(${target} PROPERTIES

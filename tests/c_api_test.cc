@@ -443,6 +443,32 @@ TEST(CApi, EngineOptions) {
   EXPECT_EQ(nucleus_engine_destroy(nullptr), NUCLEUS_OK);
 }
 
+TEST(CApi, EngineIsa) {
+  nucleus_engine_options options = nucleus_engine_options_default();
+  EXPECT_EQ(options.isa, NUCLEUS_ISA_AUTO);
+  options.isa = NUCLEUS_ISA_SSE2;
+  Engine sse2(&options);
+  int32_t isa = -1;
+  const char* name = nullptr;
+  ASSERT_EQ(nucleus_engine_isa(sse2.handle, &isa, &name), NUCLEUS_OK);
+  EXPECT_EQ(isa, NUCLEUS_ISA_SSE2);
+  EXPECT_STREQ(name, "sse2");
+
+  Engine best(nullptr);
+  ASSERT_EQ(nucleus_engine_isa(best.handle, &isa, nullptr), NUCLEUS_OK);
+  EXPECT_EQ(isa, static_cast<int32_t>(nucleus::resolve_isa(nucleus::Isa::kAuto)));
+  EXPECT_EQ(nucleus_engine_isa(nullptr, &isa, nullptr), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_EQ(nucleus_engine_isa(best.handle, nullptr, nullptr), NUCLEUS_INVALID_ARGUMENT);
+
+  for (int32_t bad : {-1, 4, 99}) {
+    options.isa = bad;
+    nucleus_engine* engine = nullptr;
+    EXPECT_EQ(nucleus_engine_create(&options, &engine), NUCLEUS_INVALID_ARGUMENT);
+    EXPECT_EQ(engine, nullptr);
+    EXPECT_THAT(nucleus_last_error(), HasSubstr("isa = " + std::to_string(bad)));
+  }
+}
+
 // ---- Results equal the C++ engine's ----------------------------------------------
 
 TEST(CApi, SampleMatchesCppEngineForEveryKindOfRequest) {

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 
+#include "bench/core/floor_kernels.h"
 #include "tools/lm_logits.h"
 
 namespace nucleus::bench {
@@ -236,48 +237,31 @@ std::vector<RowRequest> make_requests(Config config, const Workload& w, bool log
   return requests;
 }
 
-double roofline_pass(const Workload& w, int threads) {
+double roofline_pass(const Workload& w, int threads, Isa isa) {
   // Fixed slices of the flat buffer, so a single row still uses every thread.
   constexpr int64_t kSlice = 1 << 16;
+  const FloorKernels& k = floor_kernels_for(isa);
   const int64_t n = w.rows * w.vocab;
   const int64_t slices = (n + kSlice - 1) / kSlice;
   std::vector<double> partial(static_cast<size_t>(slices));
   for_rows(threads, slices, [&](int64_t s) {
     const int64_t begin = s * kSlice;
     const int64_t len = std::min(kSlice, n - begin);
-    if (w.dtype == DType::kFloat32) {
-      partial[static_cast<size_t>(s)] =
-          Eigen::Map<const Eigen::ArrayXf>(w.f32.data() + begin, len).sum();
-    } else {
-      uint32_t acc = 0;
-      const uint16_t* h = w.half.data() + begin;
-      for (int64_t j = 0; j < len; ++j) acc += h[j];
-      partial[static_cast<size_t>(s)] = acc;
-    }
+    partial[static_cast<size_t>(s)] = w.dtype == DType::kFloat32
+                                          ? k.read_f32(w.f32.data() + begin, len)
+                                          : k.read_u16(w.half.data() + begin, len);
   });
   return std::accumulate(partial.begin(), partial.end(), 0.0);
 }
 
-double softmax_floor_pass(const Workload& w, int threads) {
+double softmax_floor_pass(const Workload& w, int threads, Isa isa) {
+  const FloorKernels& k = floor_kernels_for(isa);
   std::vector<double> partial(static_cast<size_t>(w.rows));
   for_rows(threads, w.rows, [&](int64_t r) {
-    double z = 0;
-    if (w.dtype == DType::kFloat32) {
-      Eigen::Map<const Eigen::ArrayXf> a(row_f32(w, r), w.vocab);
-      const float m = a.maxCoeff();
-      z = (a - m).exp().sum();
-    } else if (w.dtype == DType::kFloat16) {
-      Eigen::Map<const Eigen::Array<Eigen::half, Eigen::Dynamic, 1>> a(
-          reinterpret_cast<const Eigen::half*>(w.half.data()) + r * w.vocab, w.vocab);
-      const float m = a.cast<float>().maxCoeff();
-      z = (a.cast<float>() - m).exp().sum();
-    } else {
-      Eigen::Map<const Eigen::Array<Eigen::bfloat16, Eigen::Dynamic, 1>> a(
-          reinterpret_cast<const Eigen::bfloat16*>(w.half.data()) + r * w.vocab, w.vocab);
-      const float m = a.cast<float>().maxCoeff();
-      z = (a.cast<float>() - m).exp().sum();
-    }
-    partial[static_cast<size_t>(r)] = z;
+    const void* row = w.dtype == DType::kFloat32
+                          ? static_cast<const void*>(row_f32(w, r))
+                          : static_cast<const void*>(w.half.data() + r * w.vocab);
+    partial[static_cast<size_t>(r)] = k.softmax_floor(row, w.dtype, w.vocab);
   });
   return std::accumulate(partial.begin(), partial.end(), 0.0);
 }
@@ -311,7 +295,9 @@ CaseResult run_case(const Case& c, const Options& options) {
   const Workload& w = cached;
   const auto requests = make_requests(c.config, w, options.logprobs);
   std::vector<RowResult> results(static_cast<size_t>(c.batch));
-  Engine engine({.max_threads = c.threads, .seed = options.seed});
+  Engine engine({.max_threads = c.threads, .seed = options.seed, .isa = c.isa});
+  const Isa isa = engine.isa();
+  out.c.isa = isa;
   const LogitsView view = w.view();
   const double rows = static_cast<double>(c.batch);
 
@@ -321,9 +307,9 @@ CaseResult run_case(const Case& c, const Options& options) {
   });
   volatile double sink = 0;
   const double t_roof =
-      median_seconds(options.repeat, [&] { sink = sink + roofline_pass(w, c.threads); });
+      median_seconds(options.repeat, [&] { sink = sink + roofline_pass(w, c.threads, isa); });
   const double t_soft =
-      median_seconds(options.repeat, [&] { sink = sink + softmax_floor_pass(w, c.threads); });
+      median_seconds(options.repeat, [&] { sink = sink + softmax_floor_pass(w, c.threads, isa); });
   out.us_per_row = t_nucleus / rows * 1e6;
   out.rows_per_s = rows / t_nucleus;
   out.gb_per_s = static_cast<double>(w.bytes()) / t_nucleus / 1e9;
@@ -346,9 +332,9 @@ CaseResult run_case(const Case& c, const Options& options) {
 std::string format_table(std::span<const CaseResult> results) {
   std::string text;
   char line[256];
-  std::snprintf(line, sizeof line, "%-13s %7s %5s %4s %3s %10s %11s %7s %8s %9s %9s %9s\n",
-                "config", "vocab", "batch", "type", "thr", "us/row", "rows/s", "GB/s", "roofline",
-                "x softmax", "ref us", "x faster");
+  std::snprintf(line, sizeof line, "%-13s %7s %5s %4s %3s %6s %10s %11s %7s %8s %9s %9s %9s\n",
+                "config", "vocab", "batch", "type", "thr", "isa", "us/row", "rows/s", "GB/s",
+                "roofline", "x softmax", "ref us", "x faster");
   text += line;
   for (const CaseResult& r : results) {
     char ref_us[32] = "-";
@@ -357,11 +343,12 @@ std::string format_table(std::span<const CaseResult> results) {
       std::snprintf(ref_us, sizeof ref_us, "%.1f", r.reference_us_per_row);
       std::snprintf(speedup, sizeof speedup, "%.1f", r.vs_reference);
     }
-    std::snprintf(
-        line, sizeof line, "%-13s %7lld %5lld %4s %3d %10.2f %11.0f %7.2f %7.0f%% %9.2f %9s %9s\n",
-        config_name(r.c.config), static_cast<long long>(r.c.vocab),
-        static_cast<long long>(r.c.batch), dtype_name(r.c.dtype), r.c.threads, r.us_per_row,
-        r.rows_per_s, r.gb_per_s, 100.0 * r.vs_roofline, r.vs_softmax, ref_us, speedup);
+    std::snprintf(line, sizeof line,
+                  "%-13s %7lld %5lld %4s %3d %6s %10.2f %11.0f %7.2f %7.0f%% %9.2f %9s %9s\n",
+                  config_name(r.c.config), static_cast<long long>(r.c.vocab),
+                  static_cast<long long>(r.c.batch), dtype_name(r.c.dtype), r.c.threads,
+                  isa_name(r.c.isa), r.us_per_row, r.rows_per_s, r.gb_per_s, 100.0 * r.vs_roofline,
+                  r.vs_softmax, ref_us, speedup);
     text += line;
   }
   return text;

@@ -64,6 +64,7 @@ struct Case {
   int64_t batch = 1;
   DType dtype = DType::kFloat32;
   int threads = 1;
+  Isa isa = Isa::kAuto;  // the highest instruction set (EngineOptions::isa); resolved in results
 };
 
 struct Options {
@@ -93,9 +94,10 @@ CaseResult run_case(const Case& c, const Options& options);
 
 // The three baselines, exposed for the Google Benchmark programs. Each runs
 // over the whole batch with up to `threads` threads and returns a value that
-// depends on every element (so nothing is optimised away).
-double roofline_pass(const Workload& w, int threads);
-double softmax_floor_pass(const Workload& w, int threads);
+// depends on every element (so nothing is optimised away). `isa` is the
+// instruction set their kernels are built for (never kAuto).
+double roofline_pass(const Workload& w, int threads, Isa isa);
+double softmax_floor_pass(const Workload& w, int threads, Isa isa);
 // The sort-based sampler; writes one token per row.
 void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens);
 

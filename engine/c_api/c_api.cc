@@ -413,8 +413,14 @@ nucleus_status nucleus_engine_create(const nucleus_engine_options* options,
                   "engine options: max_threads = " + std::to_string(o.max_threads) +
                       " must be >= 0 (0 = every core)");
     }
+    if (o.isa < NUCLEUS_ISA_AUTO || o.isa > NUCLEUS_ISA_AVX512) {
+      return fail(NUCLEUS_INVALID_ARGUMENT,
+                  "engine options: isa = " + std::to_string(o.isa) +
+                      " is not a NUCLEUS_ISA_ value (0 auto, 1 sse2, 2 avx2, 3 avx512)");
+    }
     nucleus::EngineOptions cpp;
     cpp.max_threads = o.max_threads;
+    cpp.isa = static_cast<nucleus::Isa>(o.isa);
     if (o.has_seed != 0) cpp.seed = o.seed;
     *engine = new nucleus_engine(cpp);
     return succeed();
@@ -435,6 +441,17 @@ nucleus_status nucleus_engine_max_threads(const nucleus_engine* engine, int32_t*
       return fail(NUCLEUS_INVALID_ARGUMENT, "max_threads: out pointer is NULL");
     }
     *max_threads = engine->engine.max_threads();
+    return succeed();
+  });
+}
+
+nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, const char** name) {
+  return guarded([&] {
+    if (engine == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "engine is NULL");
+    if (isa == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "isa: out pointer is NULL");
+    const nucleus::Isa chosen = engine->engine.isa();
+    *isa = static_cast<int32_t>(chosen);
+    if (name != nullptr) *name = nucleus::isa_name(chosen);
     return succeed();
   });
 }

@@ -1,6 +1,9 @@
 // Element loops shared by the row passes: distances, membership, masses and
-// double sums over one block of a segment. Internal to the engine.
+// double sums over one block of a segment. Internal to the kernel sources,
+// which are compiled once per instruction set (isa_prologue.h).
 #pragma once
+
+#include "engine/kernels/isa_prologue.h"
 
 #include <immintrin.h>
 
@@ -10,7 +13,7 @@
 
 #include "engine/kernels/row_kernels.h"
 
-namespace nucleus::detail::block {
+namespace nucleus::detail::NUCLEUS_KERNEL_ISA::block {
 
 using ArrF = Eigen::Array<float, Eigen::Dynamic, 1>;
 using ConstMapF = Eigen::Map<const ArrF>;
@@ -299,4 +302,4 @@ struct BlockKeys {
   }
 };
 
-}  // namespace nucleus::detail::block
+}  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA::block

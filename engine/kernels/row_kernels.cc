@@ -1,19 +1,25 @@
-#include "engine/kernels/row_kernels.h"
-
+// The row passes (engine/kernels/row_kernels.h), compiled once per
+// instruction set.
+#include "engine/kernels/isa_prologue.h"
+// (the prologue must come first)
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "engine/kernels/block_ops.h"
+#include "engine/kernels/row_kernels.h"
 
-namespace nucleus::detail {
+namespace nucleus::detail::NUCLEUS_KERNEL_ISA {
+
+#include "engine/kernels/kernel_api.h"
 
 using namespace block;  // NOLINT: the block helpers are this file's vocabulary
 
 void to_float(const void* src, DType dtype, int64_t n, float* dst) {
   switch (dtype) {
     case DType::kFloat32:
-      std::copy_n(static_cast<const float*>(src), n, dst);
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return;
     case DType::kFloat16: {
       using ArrH = Eigen::Array<Eigen::half, Eigen::Dynamic, 1>;
@@ -97,16 +103,6 @@ MaxStats max_stats(const float* x, int64_t n) {
     }
   }
   return st;
-}
-
-void Moments::add(const Moments& o) {
-  count += o.count;
-  z += o.z;
-  zd += o.zd;
-  sd += o.sd;
-  sd2 += o.sd2;
-  dmin = std::min(dmin, o.dmin);
-  dmax = std::max(dmax, o.dmax);
 }
 
 Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind) {
@@ -231,14 +227,16 @@ void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, f
   }
 }
 
-void gather_le(const Segment& s, const SetSpec& set, float c,
-               std::vector<std::pair<float, int32_t>>& out) {
+int64_t gather_le(const Segment& s, const SetSpec& set, float c, KeyToken* out) {
+  int64_t count = 0;
   Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     hits.collect(s.x + j0, n, set, -kInf, c);
-    for (int64_t i = 0; i < hits.n; ++i) out.emplace_back(hits.k[i], s.token(j0 + hits.idx[i]));
+    for (int64_t i = 0; i < hits.n; ++i)
+      out[count++] = KeyToken{hits.k[i], s.token(j0 + hits.idx[i])};
   }
+  return count;
 }
 
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
@@ -256,5 +254,31 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   }
   return count;
 }
+
+}  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA
+
+namespace nucleus::detail {
+
+namespace k = NUCLEUS_KERNEL_ISA;
+extern const Kernels NUCLEUS_KERNEL_TABLE;
+const Kernels NUCLEUS_KERNEL_TABLE = {
+    Isa::NUCLEUS_KERNEL_ISA_ENUM,
+    &k::to_float,
+    &k::max_stats,
+    &k::moments,
+    &k::sum_mass,
+    &k::min_key,
+    &k::count_key_below,
+    &k::walk,
+    &k::write_probs,
+    &k::gather_le,
+    &k::compact,
+    &k::key_histogram,
+    &k::sample_keys,
+    &k::gather_below,
+    &k::gather_bucket,
+    &k::entry_masses,
+    &k::key_bounds,
+};
 
 }  // namespace nucleus::detail

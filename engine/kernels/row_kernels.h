@@ -6,13 +6,17 @@
 // token has d = 0. A token belongs to the set iff dlo <= d <= dhi (a token
 // whose d is +inf, e.g. a masked one, never does). Masses are exp(-(d - d0))
 // for a shift d0 (the set's smallest d), exactly 0 past kUnderflow.
+//
+// The passes are compiled once per instruction set (engine/kernels/isa.h):
+// this header holds the types they share and the table through which the
+// engine calls the set it chose.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <utility>
-#include <vector>
 
+#include "nucleus/engine.h"
 #include "nucleus/sampling.h"
 
 namespace nucleus::detail {
@@ -42,16 +46,12 @@ struct SetSpec {
   float key_scale = 1.0f;  // ranking space: key = (xmax - x) * key_scale
 };
 
-// Widens f16 / bf16 (or copies f32) into dst.
-void to_float(const void* src, DType dtype, int64_t n, float* dst);
-
 struct MaxStats {
   float max = -kInf;
   int64_t bad_at = -1;  // first NaN or +inf, relative to the segment
   int64_t finite = 0;   // entries > -inf
   int64_t argmax = -1;  // the first position of the max (-1 when every entry is -inf)
 };
-MaxStats max_stats(const float* x, int64_t n);
 
 struct Moments {
   int64_t count = 0;
@@ -61,40 +61,134 @@ struct Moments {
   double sd2 = 0;  // Σ (d - d0)^2
   float dmin = kInf;
   float dmax = -kInf;
-  void add(const Moments& o);
+  void add(const Moments& o) {
+    count += o.count;
+    z += o.z;
+    zd += o.zd;
+    sd += o.sd;
+    sd2 += o.sd2;
+    dmin = std::min(dmin, o.dmin);
+    dmax = std::max(dmax, o.dmax);
+  }
 };
 enum class MomentKind {
   kEntropy,  // count, z and zd (typical-p)
   kSpread,   // count, sd and sd2 (top-nσ); no exp
 };
-Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
 
 // Blocks of this many tokens are the unit of every pass: partial sums are
 // formed per block and added in block order.
 inline constexpr int64_t kPassBlock = 512;
 inline int64_t block_count(int64_t n) { return (n + kPassBlock - 1) / kPassBlock; }
 
-// Σ exp(-(key - k0)) over members in the ranking space, in block order; the
-// number of members goes to *count and, when block_sums is not null, each
-// block's sum to block_sums[b].
-double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
-// Smallest key over members (kInf when none).
-float min_key(const Segment& s, const SetSpec& set);
-// Members whose key is strictly below `key`.
-int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
-// Inverse-CDF walk: the first member (segment-relative index) at which the
-// running mass cum_before + Σ exp(-(key - k0)) reaches target, skipping whole
-// blocks by their sums from sum_mass; when rounding keeps it short, the last
-// member of positive mass; -1 if there is none.
-int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
-             double cum_before, double target);
-// out[j] = member ? exp(-(key - k0)) * inv_z : 0 for the segment's tokens
-// (row segments only: out points at the segment's first token).
-void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out);
-// Appends (key, token) of every member whose key is <= c.
-void gather_le(const Segment& s, const SetSpec& set, float c,
-               std::vector<std::pair<float, int32_t>>& out);
-// Copies the members (value and token id) to cx / ci; returns how many.
-int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
+// A (key, token) pair gathered for the top log-probabilities.
+struct KeyToken {
+  float key;
+  int32_t token;
+};
+
+// How the threshold selection (engine/row/select.h) ranks and weighs members.
+enum class KeyKind {
+  kDistance,  // key = (xmax - x) * key_scale
+  kTypical,   // key = |(d - d0) - mu| (how atypical), +inf when the mass is 0
+};
+
+struct KeyRule {
+  KeyKind kind = KeyKind::kDistance;
+  bool mass_weight = false;  // weight exp(-(d - d0)) (0 past kUnderflow), else 1
+  float d0 = 0.0f;           // mass shift, in filter space
+  double mu = 0.0;           // typical: the entropy point, in (d - d0) units
+  // The target is a fraction of the set's total weight (top-p: p of the mass),
+  // which the histogram pass totals itself.
+  bool target_is_fraction = false;
+};
+
+struct SelectEntry {
+  float key;
+  float weight;
+};
+
+// A member gathered by the small-target path, kept so that a filter which
+// leaves only these can compact the set without another pass over the row.
+struct GatheredToken {
+  float key;
+  float x;
+  int32_t token;
+};
+
+// The smallest and largest filter-space d among members whose key is <= c.
+struct KeyBounds {
+  float dmin = kInf;
+  float dmax = -kInf;
+  int64_t count = 0;
+};
+
+// The radix select's first level: keys split by their top 11 bits below the
+// sign (8 exponent bits and 3 mantissa bits); non-members land in the trash
+// bucket, which no key reaches (its bits are NaN's).
+inline constexpr int kLevel1Shift = 20;
+inline constexpr int64_t kLevel1Buckets = 2048;
+inline constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
+
+// One instruction set's passes. Each entry works on one segment and writes
+// only through its arguments (no allocation, no shared state), so segments
+// can run on any thread. Every instruction set computes the same thing; the
+// last bits of sums and exps may differ between them (packet widths and fused
+// multiply-adds), never within one.
+struct Kernels {
+  Isa isa;
+  // Widens f16 / bf16 (or copies f32) into dst.
+  void (*to_float)(const void* src, DType dtype, int64_t n, float* dst);
+  MaxStats (*max_stats)(const float* x, int64_t n);
+  Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
+  // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
+  // number of members goes to *count and, when block_sums is not null, each
+  // block's sum to block_sums[b].
+  double (*sum_mass)(const Segment& s, const SetSpec& set, float k0, int64_t* count,
+                     double* block_sums);
+  // Smallest key over members (kInf when none).
+  float (*min_key)(const Segment& s, const SetSpec& set);
+  // Members whose key is strictly below `key`.
+  int64_t (*count_key_below)(const Segment& s, const SetSpec& set, float key);
+  // Inverse-CDF walk: the first member (segment-relative index) at which the
+  // running mass cum_before + Σ exp(-(key - k0)) reaches target, skipping
+  // whole blocks by their sums from sum_mass; when rounding keeps it short,
+  // the last member of positive mass; -1 if there is none.
+  int64_t (*walk)(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
+                  double cum_before, double target);
+  // out[j] = member ? exp(-(key - k0)) * inv_z : 0 for the segment's tokens
+  // (row segments only: out points at the segment's first token).
+  void (*write_probs)(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out);
+  // Writes (key, token) of every member whose key is <= c; returns how many
+  // (at most s.n).
+  int64_t (*gather_le)(const Segment& s, const SetSpec& set, float c, KeyToken* out);
+  // Copies the members (value and token id) to cx / ci; returns how many.
+  int64_t (*compact)(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
+
+  // The threshold selection's passes (engine/row/select.cc).
+  // Adds the segment's members to a level-1 histogram of their keys: counts
+  // and weights (masses when rule.mass_weight, else 1) per bucket.
+  void (*key_histogram)(const Segment& s, const SetSpec& set, const KeyRule& rule, uint32_t* counts,
+                        double* weights);
+  // The distance keys of the members among every stride-th token, in order;
+  // returns how many (at most s.n / stride + 1).
+  int64_t (*sample_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
+                         float* out);
+  // Members with key <= bound, in order, while at most `cap` (returns cap + 1
+  // as soon as there are more); out needs room for cap + kPassBlock.
+  int64_t (*gather_below)(const Segment& s, const SetSpec& set, float bound, int64_t cap,
+                          GatheredToken* out);
+  // Members whose key lies in [lo, hi] (or, with inf_bucket, is +inf), in
+  // order, as (key, d - d0); returns how many.
+  int64_t (*gather_bucket)(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo,
+                           float hi, bool inf_bucket, SelectEntry* out);
+  // Turns each entry's d - d0 (in .weight) into its mass, bit-identical to
+  // the mass every other pass computes for that token.
+  void (*entry_masses)(SelectEntry* list, int64_t n);
+  KeyBounds (*key_bounds)(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
+};
+
+// The passes for `isa`, which must be one this machine runs (resolve_isa).
+const Kernels& kernels_for(Isa isa);
 
 }  // namespace nucleus::detail

@@ -63,6 +63,7 @@ uint64_t system_seed() {
 
 struct Engine::Impl {
   int threads = 1;
+  const detail::Kernels* kernels = nullptr;
   uint64_t seed = 0;
   std::atomic<uint64_t> counter{0};
   std::unique_ptr<tbb::task_arena> arena;
@@ -90,7 +91,7 @@ struct Engine::Impl {
     }
     const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
     const int64_t rows = logits.rows;
-    const detail::Runner runner{rows < threads && logits.vocab > detail::kChunk};
+    const detail::Runner runner{rows < threads && logits.vocab > detail::kChunk, kernels};
     arena->execute([&] {
       tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
         auto scratch = pool.acquire();
@@ -117,6 +118,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
   if (options.max_threads > available) impl_->threads = options.max_threads;
   impl_->seed = options.seed ? *options.seed : system_seed();
+  impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
   impl_->pool.reserve(impl_->threads);
 }
@@ -126,6 +128,8 @@ Engine::Engine(Engine&&) noexcept = default;
 Engine& Engine::operator=(Engine&&) noexcept = default;
 
 int Engine::max_threads() const { return impl_->threads; }
+
+Isa Engine::isa() const { return impl_->kernels->isa; }
 
 Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requests,
                       std::span<RowResult> results) {
@@ -241,7 +245,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
   const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
   const int esize = dtype_size(target_logits.dtype);
-  const detail::Runner runner{rows < impl_->threads && vocab > detail::kChunk};
+  const detail::Runner runner{rows < impl_->threads && vocab > detail::kChunk, impl_->kernels};
   impl_->arena->execute([&] {
     tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
       auto scratch = impl_->pool.acquire();

@@ -106,8 +106,9 @@ class RowPipeline {
 Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
                                 MomentKind kind) {
   sc_.moments.resize(segs.size());
-  run_(static_cast<int64_t>(segs.size()),
-       [&](int64_t s) { sc_.moments[static_cast<size_t>(s)] = moments(segs[s], set, d0, kind); });
+  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+    sc_.moments[static_cast<size_t>(s)] = run_.k->moments(segs[s], set, d0, kind);
+  });
   Moments total;
   for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
   return total;
@@ -128,8 +129,8 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
   run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
     sc_.seg_mass[i] =
-        sum_mass(segs[i], set, k0, &sc_.seg_count[i],
-                 keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
+        run_.k->sum_mass(segs[i], set, k0, &sc_.seg_count[i],
+                         keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
   });
   double z = 0.0;
   int64_t c = 0;
@@ -144,7 +145,7 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
 float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set) {
   sc_.seg_min.resize(segs.size());
   run_(static_cast<int64_t>(segs.size()),
-       [&](int64_t s) { sc_.seg_min[static_cast<size_t>(s)] = min_key(segs[s], set); });
+       [&](int64_t s) { sc_.seg_min[static_cast<size_t>(s)] = run_.k->min_key(segs[s], set); });
   float m = kInf;
   for (float v : sc_.seg_min) m = std::min(m, v);
   return m;
@@ -160,9 +161,28 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
   sc_.select.list.reserve(v);
   sc_.select.samples.reserve(v);
-  sc_.top.reserve(v);
-  sc_.select.seg_lists.resize(std::max(sc_.select.seg_lists.size(), segments));
-  for (auto& part : sc_.select.seg_lists) part.reserve(static_cast<size_t>(kChunk));
+  if (sc_.top.size() < v) sc_.top.resize(v);  // grown, never shrunk
+  if (sc_.select.gathered_tokens.size() < v) sc_.select.gathered_tokens.resize(v);
+  sc_.select.gathered_at.reserve(segments);
+  sc_.select.gathered_count.reserve(segments);
+  sc_.select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
+  sc_.select.masses.reserve(segments * static_cast<size_t>(kLevel1Buckets));
+  sc_.select.seg_chosen.reserve(segments);
+  sc_.select.offsets.reserve(segments + 1);
+  sc_.select.sub_counts.reserve(static_cast<size_t>(kLevel1Buckets));
+  sc_.select.sub_masses.reserve(static_cast<size_t>(kLevel1Buckets));
+  // Per-segment results (row chunks, or one candidate segment) and per-block
+  // sums (as many blocks as the row's chunks have, or fewer).
+  sc_.moments.reserve(segments);
+  sc_.max_stats.reserve(segments);
+  sc_.seg_mass.reserve(segments);
+  sc_.seg_count.reserve(segments);
+  sc_.seg_min.reserve(segments);
+  sc_.seg_block_start.reserve(segments + 1);
+  sc_.block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
+  // Whether a row is compacted depends on its values.
+  sc_.cand_x.resize(std::max(sc_.cand_x.size(), v));
+  sc_.cand_idx.resize(std::max(sc_.cand_idx.size(), v));
   // The input row as float32: widened chunk by chunk for half types.
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
@@ -172,8 +192,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     const int esize = dtype_size(in_.dtype);
     run_(nseg, [&](int64_t s) {
       const int64_t begin = s * kChunk;
-      to_float(static_cast<const char*>(in_.data) + begin * esize, in_.dtype,
-               std::min(kChunk, vocab - begin), sc_.raw_buf.data() + begin);
+      run_.k->to_float(static_cast<const char*>(in_.data) + begin * esize, in_.dtype,
+                       std::min(kChunk, vocab - begin), sc_.raw_buf.data() + begin);
     });
     dist.raw = sc_.raw_buf.data();
   }
@@ -183,7 +203,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   auto scan = [&](std::span<const Segment> segs) {
     sc_.max_stats.resize(segs.size());
     run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-      sc_.max_stats[static_cast<size_t>(s)] = max_stats(segs[s].x, segs[s].n);
+      sc_.max_stats[static_cast<size_t>(s)] = run_.k->max_stats(segs[s].x, segs[s].n);
     });
     MaxStats total;
     for (size_t s = 0; s < segs.size(); ++s) {
@@ -310,7 +330,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       if (!r.found) return;
       const float c = min_keep_key(segs, set, rule, r.key, nullptr);
       if (c == kInf) return;
-      const KeyBounds b = key_bounds(segs, set, rule, c);
+      const KeyBounds b = key_bounds(segs, set, rule, c, run_);
       set.dlo = b.dmin;
       set.dhi = b.dmax;
       d0 = b.dmin;
@@ -376,11 +396,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
         count <= compact_below) {
       // top-k's select already gathered every survivor (in token order):
       // compact from that instead of reading the row again.
-      sc_.cand_x.resize(static_cast<size_t>(vocab));
-      sc_.cand_idx.resize(static_cast<size_t>(vocab));
       int64_t n = 0;
-      for (int64_t p = 0; p < sc_.select.seg_lists_used; ++p) {
-        for (const GatheredToken& g : sc_.select.seg_lists[static_cast<size_t>(p)]) {
+      for (int64_t p = 0; p < sc_.select.gathered_segments; ++p) {
+        for (const GatheredToken& g : sc_.select.gathered_list(p)) {
           if (g.key <= set.dhi) {
             sc_.cand_x[static_cast<size_t>(n)] = g.x;
             sc_.cand_idx[static_cast<size_t>(n)] = g.token;
@@ -394,11 +412,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     }
     if (!compacted && count_known && count <= compact_below && segs.size() > 0 && count < vocab) {
       // Later passes only visit the kept set: copy it out once, in token order.
-      sc_.cand_x.resize(static_cast<size_t>(vocab));
-      sc_.cand_idx.resize(static_cast<size_t>(vocab));
       int64_t n = 0;
       for (const Segment& s : segs)
-        n += compact(s, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
+        n += run_.k->compact(s, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
       sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
       segs = std::span<const Segment>(sc_.cand_segs);
       compacted = true;
@@ -452,8 +468,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
         if (m <= 0.0) continue;
         last_positive = s;
         if (cum + m >= target) {
-          const int64_t at = walk(dist.segs[s], dist.set, dist.k0,
-                                  sc.block_mass.data() + sc.seg_block_start[s], cum, target);
+          const int64_t at = run.k->walk(dist.segs[s], dist.set, dist.k0,
+                                         sc.block_mass.data() + sc.seg_block_start[s], cum, target);
           if (at >= 0) token = dist.segs[s].token(at);
           break;
         }
@@ -462,8 +478,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
       if (token < 0 && last_positive < dist.segs.size()) {
         // Rounding left u * Z beyond the summed mass: the last token of positive mass.
         const int64_t at =
-            walk(dist.segs[last_positive], dist.set, dist.k0,
-                 sc.block_mass.data() + sc.seg_block_start[last_positive], 0.0, kInf);
+            run.k->walk(dist.segs[last_positive], dist.set, dist.k0,
+                        sc.block_mass.data() + sc.seg_block_start[last_positive], 0.0, kInf);
         token = dist.segs[last_positive].token(at);
       }
       result.tokens[j] = token;
@@ -513,21 +529,30 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
     const KeyRule counting{KeyKind::kDistance, false, 0.0f, 0.0};
     const SelectResult r = weighted_select(segs, set, counting, p.top_logprobs, sc.select, run);
     const float c = r.found ? r.key : kInf;
-    sc.top.clear();
-    for (const Segment& s : segs) gather_le(s, set, c, sc.top);
-    std::sort(sc.top.begin(), sc.top.end());  // key ascending, then token id
-    const size_t keep = std::min(sc.top.size(), static_cast<size_t>(p.top_logprobs));
+    size_t room = 0;
+    for (const Segment& s : segs) room += static_cast<size_t>(s.n);
+    if (sc.top.size() < room) sc.top.resize(room);
+    size_t found = 0;
+    for (const Segment& s : segs) {
+      found += static_cast<size_t>(run.k->gather_le(s, set, c, sc.top.data() + found));
+    }
+    // Key ascending, then token id.
+    const auto end = sc.top.begin() + static_cast<std::ptrdiff_t>(found);
+    std::sort(sc.top.begin(), end, [](const KeyToken& a, const KeyToken& b) {
+      return a.key < b.key || (a.key == b.key && a.token < b.token);
+    });
+    const size_t keep = std::min(found, static_cast<size_t>(p.top_logprobs));
     result.top_logprobs.resize(keep);
     for (size_t i = 0; i < keep; ++i) {
       result.top_logprobs[i] = TokenLogprob{
-          sc.top[i].second, static_cast<float>(-static_cast<double>(sc.top[i].first - k0) - lz)};
+          sc.top[i].token, static_cast<float>(-static_cast<double>(sc.top[i].key - k0) - lz)};
     }
     result.ranks.resize(n);
     for (size_t j = 0; j < n; ++j) {
       const int32_t t = result.tokens[j];
       const float key = raw ? (dist.raw_max - dist.raw[t]) : (set.xmax - dist.x[t]) * set.key_scale;
       int64_t below = 0;
-      for (const Segment& s : segs) below += count_key_below(s, set, key);
+      for (const Segment& s : segs) below += run.k->count_key_below(s, set, key);
       result.ranks[j] = static_cast<int32_t>(below + 1);
     }
   }
@@ -546,7 +571,7 @@ Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, 
   const double inv_z = 1.0 / dist.z;
   run(static_cast<int64_t>(sc.row_segs.size()), [&](int64_t s) {
     const Segment& seg = sc.row_segs[static_cast<size_t>(s)];
-    write_probs(seg, dist.set, dist.k0, inv_z, out + seg.base);
+    run.k->write_probs(seg, dist.set, dist.k0, inv_z, out + seg.base);
   });
   return Status();
 }

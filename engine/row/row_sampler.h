@@ -37,7 +37,7 @@ struct RowScratch {
   std::vector<int64_t> seg_block_start;  // each segment's first entry in block_mass
   std::vector<int64_t> seg_count;
   std::vector<float> seg_min;
-  std::vector<std::pair<float, int32_t>> top;
+  std::vector<KeyToken> top;
   SelectScratch select;
   PenaltyScratch penalties;
   std::vector<float> verify_p;             // verification: one target distribution

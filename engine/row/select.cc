@@ -1,7 +1,5 @@
 #include "engine/row/select.h"
 
-#include "engine/kernels/block_ops.h"
-
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -9,81 +7,13 @@
 namespace nucleus::detail {
 namespace {
 
-using block::kBlock;
-// Level 1 splits keys by their top 11 bits below the sign (8 exponent bits and
-// 3 mantissa bits); levels 2 and 3 by the next 10 bits each.
-constexpr int kLevel1Shift = 20;
-constexpr int64_t kLevel1Buckets = 2048;
+// Levels 2 and 3 of the radix select split by the next 10 bits each (level 1
+// is in engine/kernels/row_kernels.h).
 constexpr int64_t kSubBuckets = 1024;
-constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
 // Boundary lists this short are simply sorted.
 constexpr size_t kSortBelow = 64;
 
 inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
-
-// Computes, for one block, the member flags (as weight 0 for non-members with
-// a key of +inf), keys and weights. Returns through the buffers.
-void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
-                float* weight, bool* member) {
-  block::BlockKeys b;
-  b.compute(x, n, set);
-  const float lo = set.dlo, hi = set.dhi;
-  for (int64_t j = 0; j < n; ++j) member[j] = block::in_range(b.d[j], lo, hi);
-  if (rule.mass_weight) {
-    block::block_masses(b.d, b.d, n, set, rule.d0, weight);
-  } else {
-    for (int64_t j = 0; j < n; ++j) weight[j] = member[j] ? 1.0f : 0.0f;
-  }
-  if (rule.kind == KeyKind::kDistance) {
-    std::copy_n(b.k, n, key);
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      const float ej = b.d[j] - rule.d0;
-      key[j] = ej <= kUnderflow ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
-                                : kInf;
-    }
-  }
-}
-
-// Keys and member flags only (no exp): what the gather pass needs. `e`
-// receives d - d0 for the masses of the few entries that are gathered.
-// Non-members get key +inf.
-void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
-                     float* e, bool* member) {
-  block::BlockKeys b;
-  b.compute(x, n, set);
-  const float lo = set.dlo, hi = set.dhi;
-  for (int64_t j = 0; j < n; ++j) {
-    member[j] = block::in_range(b.d[j], lo, hi);
-    e[j] = b.d[j] - rule.d0;
-  }
-  if (rule.kind == KeyKind::kDistance) {
-    for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? b.k[j] : kInf;
-  } else {
-    for (int64_t j = 0; j < n; ++j) {
-      key[j] = (member[j] && e[j] <= kUnderflow)
-                   ? static_cast<float>(std::fabs(static_cast<double>(e[j]) - rule.mu))
-                   : kInf;
-    }
-  }
-}
-
-// Turns the gathered entries' d - d0 (stored in .weight) into masses, with the
-// same padded packet exp as every other pass so the bits agree.
-void list_masses(std::vector<SelectEntry>& list) {
-  alignas(64) float arg[kBlock];
-  alignas(64) float ex[kBlock];
-  for (size_t i0 = 0; i0 < list.size(); i0 += kBlock) {
-    const auto n = static_cast<int64_t>(std::min<size_t>(kBlock, list.size() - i0));
-    const int64_t padded = (n + 15) & ~int64_t{15};
-    for (int64_t j = 0; j < padded; ++j) {
-      const float e = j < n ? list[i0 + j].weight : kInf;
-      arg[j] = e <= kUnderflow ? -e : -200.0f;
-    }
-    block::MapF(ex, padded) = block::ConstMapF(arg, padded).exp();
-    for (int64_t j = 0; j < n; ++j) list[i0 + j].weight = arg[j] > -200.0f ? ex[j] : 0.0f;
-  }
-}
 
 // Finishes the selection on the boundary bucket's members.
 // `shift` is the first level still to split on: kLevel1Shift for a list of
@@ -161,22 +91,15 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     return false;
   }
   // Sample keys of members, in token order.
-  sc.samples.clear();
-  alignas(64) float key[kBlock];
-  alignas(64) float e[kBlock];
-  bool member[kBlock];
+  size_t room = 0;
+  for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / kSampleStride + 1);
+  sc.samples.resize(room);
+  size_t sampled = 0;
   for (const Segment& seg : segments) {
-    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, seg.n - j0);
-      float xs[kBlock / kSampleStride + 1];
-      int64_t m = 0;
-      for (int64_t j = 0; j < n; j += kSampleStride) xs[m++] = seg.x[j0 + j];
-      block_keys_only(xs, m, set, rule, key, e, member);
-      for (int64_t j = 0; j < m; ++j) {
-        if (member[j]) sc.samples.push_back(key[j]);
-      }
-    }
+    sampled += static_cast<size_t>(
+        run.k->sample_keys(seg, set, rule, kSampleStride, sc.samples.data() + sampled));
   }
+  sc.samples.resize(sampled);
   // Expect target / kSampleStride samples below the answer; ask for four
   // times that plus a margin so that a bad sample rarely sends us back.
   const auto want = static_cast<size_t>(4.0 * target / kSampleStride) + 8;
@@ -190,30 +113,26 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   // (The fast path is for distance keys only; count rules on typical keys,
   // from min_keep, take the histogram path.)
   const auto nseg = static_cast<int64_t>(segments.size());
-  // Grown, never shrunk: the inner lists keep their capacity.
-  if (sc.seg_lists.size() < static_cast<size_t>(nseg))
-    sc.seg_lists.resize(static_cast<size_t>(nseg));
-  sc.seg_lists_used = nseg;
+  // Each segment gathers into room for all of its tokens.
+  sc.gathered_at.resize(static_cast<size_t>(nseg));
+  sc.gathered_count.resize(static_cast<size_t>(nseg));
+  size_t room_all = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    sc.gathered_at[static_cast<size_t>(s)] = static_cast<int64_t>(room_all);
+    room_all += static_cast<size_t>(segments[static_cast<size_t>(s)].n);
+  }
+  if (sc.gathered_tokens.size() < room_all) sc.gathered_tokens.resize(room_all);
   run(nseg, [&](int64_t s) {
-    auto& out = sc.seg_lists[static_cast<size_t>(s)];
-    out.clear();
-    const Segment& seg = segments[static_cast<size_t>(s)];
-    block::Collected hits;
-    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, seg.n - j0);
-      hits.collect(seg.x + j0, n, set, -kInf, bound);
-      for (int64_t i = 0; i < hits.n; ++i) {
-        out.push_back(
-            GatheredToken{hits.k[i], seg.x[j0 + hits.idx[i]], seg.token(j0 + hits.idx[i])});
-      }
-      if (static_cast<int64_t>(out.size()) > cap) return;  // too loose; checked below
-    }
+    const auto i = static_cast<size_t>(s);
+    sc.gathered_count[i] = run.k->gather_below(segments[i], set, bound, cap,
+                                               sc.gathered_tokens.data() + sc.gathered_at[i]);
   });
+  sc.gathered_segments = nseg;
   sc.list.clear();
   for (int64_t s = 0; s < nseg; ++s) {
-    const auto& part = sc.seg_lists[static_cast<size_t>(s)];
-    if (static_cast<int64_t>(part.size()) > cap) return false;
-    for (const GatheredToken& g : part) sc.list.push_back(SelectEntry{g.key, 1.0f});
+    const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
+    if (got > cap) return false;
+    for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }
   if (static_cast<double>(sc.list.size()) < target || static_cast<int64_t>(sc.list.size()) > cap) {
     return false;
@@ -241,20 +160,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
     double* masses = sc.masses.data() + s * kLevel1Buckets;
     std::fill_n(counts, kLevel1Buckets, 0u);
     std::fill_n(masses, kLevel1Buckets, 0.0);
-    alignas(64) float key[kBlock];
-    alignas(64) float weight[kBlock];
-    bool member[kBlock];
-    const Segment& seg = segments[static_cast<size_t>(s)];
-    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, seg.n - j0);
-      block_keys(seg.x + j0, n, set, rule, key, weight, member);
-      // Branch-free: non-members land in a bucket no key reaches (NaN bits).
-      for (int64_t j = 0; j < n; ++j) {
-        const uint32_t b = member[j] ? key_bits(key[j]) >> kLevel1Shift : kTrashBucket;
-        ++counts[b];
-        masses[b] += weight[j];
-      }
-    }
+    run.k->key_histogram(segments[static_cast<size_t>(s)], set, rule, counts, masses);
   });
 
   // Combine in segment order (into the first segment's arrays), total the
@@ -319,61 +225,25 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   const float bucket_hi = std::bit_cast<float>(chosen_bits + ((1u << kLevel1Shift) - 1));
   const bool inf_bucket = chosen_bits == key_bits(kInf);  // +inf keys: members only
   run(nseg, [&](int64_t s) {
-    int64_t at = sc.offsets[static_cast<size_t>(s)];
+    const int64_t at = sc.offsets[static_cast<size_t>(s)];
     if (at == sc.offsets[static_cast<size_t>(s + 1)]) return;
-    alignas(64) float key[kBlock];
-    alignas(64) float e[kBlock];
-    bool member[kBlock];
-    block::Collected hits;
-    const Segment& seg = segments[static_cast<size_t>(s)];
-    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, seg.n - j0);
-      if (rule.kind == KeyKind::kDistance && !inf_bucket) {
-        hits.collect(seg.x + j0, n, set, bucket_lo, bucket_hi);
-        for (int64_t i = 0; i < hits.n; ++i) {
-          sc.list[static_cast<size_t>(at++)] = SelectEntry{hits.k[i], hits.d[i] - rule.d0};
-        }
-        continue;
-      }
-      block_keys_only(seg.x + j0, n, set, rule, key, e, member);
-      if (!inf_bucket) {
-        // The bucket is a contiguous range of keys; non-members carry +inf.
-        block::for_each_in_range(key, n, bucket_lo, bucket_hi, [&](int64_t j) {
-          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], e[j]};
-        });
-        continue;
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        if (member[j] && key[j] == kInf) {
-          sc.list[static_cast<size_t>(at++)] = SelectEntry{key[j], e[j]};
-        }
-      }
-    }
+    run.k->gather_bucket(segments[static_cast<size_t>(s)], set, rule, bucket_lo, bucket_hi,
+                         inf_bucket, sc.list.data() + at);
   });
-  if (mass) list_masses(sc.list);
+  if (mass) run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
   SelectResult r = refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
   r.total = total;
   return r;
 }
 
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                     float c) {
+                     float c, const Runner& run) {
   KeyBounds out;
-  alignas(64) float key[kBlock];
-  alignas(64) float e[kBlock];
-  bool member[kBlock];
   for (const Segment& seg : segments) {
-    for (int64_t j0 = 0; j0 < seg.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, seg.n - j0);
-      block_keys_only(seg.x + j0, n, set, rule, key, e, member);
-      for (int64_t j = 0; j < n; ++j) {
-        if (!member[j] || !(key[j] <= c)) continue;
-        const float d = (set.xmax - seg.x[j0 + j]) * set.scale;
-        out.dmin = std::min(out.dmin, d);
-        out.dmax = std::max(out.dmax, d);
-        ++out.count;
-      }
-    }
+    const KeyBounds b = run.k->key_bounds(seg, set, rule, c);
+    out.dmin = std::min(out.dmin, b.dmin);
+    out.dmax = std::max(out.dmax, b.dmax);
+    out.count += b.count;
   }
   return out;
 }

@@ -19,21 +19,6 @@
 
 namespace nucleus::detail {
 
-enum class KeyKind {
-  kDistance,  // key = (xmax - x) * key_scale
-  kTypical,   // key = |(d - d0) - mu| (how atypical), +inf when the mass is 0
-};
-
-struct KeyRule {
-  KeyKind kind = KeyKind::kDistance;
-  bool mass_weight = false;  // weight exp(-(d - d0)) (0 past kUnderflow), else 1
-  float d0 = 0.0f;           // mass shift, in filter space
-  double mu = 0.0;           // typical: the entropy point, in (d - d0) units
-  // The target is a fraction of the set's total weight (top-p: p of the mass),
-  // which the histogram pass totals itself.
-  bool target_is_fraction = false;
-};
-
 struct SelectResult {
   bool found = false;    // false: the whole set's weight stays below the target
   float key = 0.0f;      // the threshold c
@@ -41,33 +26,29 @@ struct SelectResult {
   double total = -1.0;   // the set's total weight, when the histogram pass formed it
 };
 
-struct SelectEntry {
-  float key;
-  float weight;
-};
-
-// A member gathered by the small-target path, kept so that a filter which
-// leaves only these can compact the set without another pass over the row.
-struct GatheredToken {
-  float key;
-  float x;
-  int32_t token;
-};
-
 struct SelectScratch {
-  std::vector<uint32_t> counts;                       // per segment × level-1 buckets
-  std::vector<double> masses;                         // per segment × level-1 buckets
-  std::vector<int64_t> offsets;                       // per segment
-  std::vector<int64_t> seg_chosen;                    // per segment: members in the chosen bucket
-  std::vector<SelectEntry> list;                      // the boundary bucket's members
-  std::vector<float> samples;                         // small-target path
-  std::vector<std::vector<GatheredToken>> seg_lists;  // small-target path, per segment
+  std::vector<uint32_t> counts;     // per segment × level-1 buckets
+  std::vector<double> masses;       // per segment × level-1 buckets
+  std::vector<int64_t> offsets;     // per segment
+  std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
+  std::vector<SelectEntry> list;    // the boundary bucket's members
+  std::vector<float> samples;       // small-target path
+  // Small-target path: segment s gathers into gathered_tokens[gathered_at[s],
+  // + gathered_count[s]), room for all its tokens. Grown, never shrunk.
+  std::vector<GatheredToken> gathered_tokens;
+  std::vector<int64_t> gathered_at;
+  std::vector<int64_t> gathered_count;
   // After a small-target select: every member with key <= the returned key is
-  // in seg_lists (in token order, segment by segment).
+  // in the gathered lists (in token order, segment by segment).
   bool gathered = false;
-  int64_t seg_lists_used = 0;  // seg_lists[0, used) belong to the last select
+  int64_t gathered_segments = 0;  // segments [0, this) belong to the last select
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
+
+  std::span<const GatheredToken> gathered_list(int64_t s) const {
+    return {gathered_tokens.data() + gathered_at[static_cast<size_t>(s)],
+            static_cast<size_t>(gathered_count[static_cast<size_t>(s)])};
+  }
 };
 
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
@@ -75,12 +56,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                              const Runner& run);
 
 // The smallest and largest filter-space d among members whose key is <= c.
-struct KeyBounds {
-  float dmin = kInf;
-  float dmax = -kInf;
-  int64_t count = 0;
-};
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                     float c);
+                     float c, const Runner& run);
 
 }  // namespace nucleus::detail

@@ -15,15 +15,40 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string_view>
 
 #include "nucleus/sampling.h"
 #include "nucleus/status.h"
 
 namespace nucleus {
 
+// The instruction sets the row passes are compiled for. The engine runs the
+// best one the CPU supports, at most the one asked for (EngineOptions::isa)
+// and at most the one named by the environment variable NUCLEUS_ISA
+// (sse2 | avx2 | avx512). Tokens and probabilities are reproducible on one
+// instruction set; between sets the last bits of sums may differ (packet
+// widths, fused multiply-adds), which can move a draw that lands within
+// rounding of a token boundary.
+enum class Isa {
+  kAuto = 0,    // the best this machine supports
+  kSSE2 = 1,    // x86-64 baseline
+  kAVX2 = 2,    // x86-64-v3: AVX2, FMA, F16C
+  kAVX512 = 3,  // x86-64-v4: AVX-512 F/BW/DQ/VL
+};
+// "auto", "sse2", "avx2" or "avx512".
+const char* isa_name(Isa isa);
+// The inverse of isa_name (case-insensitive); nullopt for anything else.
+std::optional<Isa> parse_isa(std::string_view name);
+// The best instruction set this CPU and OS support.
+Isa best_isa();
+// The set an engine asking for `requested` runs: min(requested, NUCLEUS_ISA,
+// best_isa()), kAuto meaning no limit.
+Isa resolve_isa(Isa requested);
+
 struct EngineOptions {
   int max_threads = 0;           // 0: every core the process may use
   std::optional<uint64_t> seed;  // for unseeded rows; none: from the system
+  Isa isa = Isa::kAuto;          // the highest instruction set to use
 };
 
 class Engine {
@@ -72,6 +97,8 @@ class Engine {
 
   // The number of threads this engine may use.
   int max_threads() const;
+  // The instruction set this engine's row passes run (never kAuto).
+  Isa isa() const;
 
  private:
   struct Impl;

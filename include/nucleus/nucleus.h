@@ -230,7 +230,18 @@ typedef struct nucleus_engine_options {
   int32_t max_threads; /* 0: every core the process may use; must be >= 0 */
   uint64_t seed;       /* the generator of unseeded rows, when has_seed is nonzero */
   int32_t has_seed;    /* zero: seeded from the system */
+  /* The highest instruction set of the row passes: NUCLEUS_ISA_AUTO (the
+   * best the CPU runs), _SSE2, _AVX2 or _AVX512; also capped by the CPU and
+   * by the NUCLEUS_ISA environment variable. */
+  int32_t isa;
 } nucleus_engine_options;
+
+enum {
+  NUCLEUS_ISA_AUTO = 0,
+  NUCLEUS_ISA_SSE2 = 1,
+  NUCLEUS_ISA_AVX2 = 2,
+  NUCLEUS_ISA_AVX512 = 3
+};
 
 nucleus_engine_options nucleus_engine_options_default(void);
 
@@ -241,6 +252,9 @@ nucleus_status nucleus_engine_create(const nucleus_engine_options* options,
 nucleus_status nucleus_engine_destroy(nucleus_engine* engine);
 /* The number of threads the engine may use. */
 nucleus_status nucleus_engine_max_threads(const nucleus_engine* engine, int32_t* max_threads);
+/* The instruction set the engine's row passes run (a NUCLEUS_ISA_ value, never
+ * AUTO), and its name ("sse2", "avx2", "avx512") when `name` is not NULL. */
+nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, const char** name);
 
 /* Samples every row of `logits`. `requests` holds num_requests = rows
  * requests, or 1 shared by every row. Returns NUCLEUS_OK when every row was

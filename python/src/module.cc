@@ -64,9 +64,11 @@ struct VerifyOutput {
 
 class PyEngine {
  public:
-  PyEngine(const py::object& threads, const py::object& seed) : engine_(options(threads, seed)) {}
+  PyEngine(const py::object& threads, const py::object& seed, const std::string& isa)
+      : engine_(options(threads, seed, isa)) {}
 
   int max_threads() const { return engine_.max_threads(); }
+  std::string isa() const { return isa_name(engine_.isa()); }
 
   SampleResult sample(py::handle logits, py::kwargs kwargs) {
     const bool bf16 = parse_logits_dtype(pop(kwargs, "logits_dtype"));
@@ -253,8 +255,14 @@ class PyEngine {
   }
 
  private:
-  static EngineOptions options(const py::object& threads, const py::object& seed) {
+  static EngineOptions options(const py::object& threads, const py::object& seed,
+                               const std::string& isa) {
     EngineOptions o;
+    const auto parsed = parse_isa(isa);
+    if (!parsed) {
+      throw py::value_error("isa = '" + isa + "' is not auto, sse2, avx2 or avx512");
+    }
+    o.isa = *parsed;
     if (!threads.is_none()) {
       const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(threads.ptr()));
       if (!index) throw py::error_already_set();
@@ -310,7 +318,7 @@ class PyEngine {
 // never destroyed: its worker threads must not be torn down while the
 // interpreter finalises.
 PyEngine& default_engine() {
-  static PyEngine* engine = new PyEngine(py::none(), py::none());
+  static PyEngine* engine = new PyEngine(py::none(), py::none(), "auto");
   return *engine;
 }
 
@@ -512,21 +520,27 @@ void define_module(py::module_& m) {
       kParams;
 
   py::class_<PyEngine>(m, "Engine",
-                       "Engine(threads=None, seed=None)\n\n"
+                       "Engine(threads=None, seed=None, isa='auto')\n\n"
                        "A sampling engine. threads: the most threads it may use (None or 0: "
                        "every core);\nseed: seeds the generator of unseeded rows (None: from "
-                       "the system).\nSafe to share between Python threads; the GIL is "
-                       "released while it samples.")
-      .def(py::init<const py::object&, const py::object&>(), py::arg("threads") = py::none(),
-           py::arg("seed") = py::none())
+                       "the system);\nisa: the highest instruction set of the row passes "
+                       "(auto, sse2, avx2, avx512;\nalso capped by the CPU and by the "
+                       "NUCLEUS_ISA environment variable).\nSafe to share between Python "
+                       "threads; the GIL is released while it samples.")
+      .def(py::init<const py::object&, const py::object&, const std::string&>(),
+           py::arg("threads") = py::none(), py::arg("seed") = py::none(),
+           py::arg("isa") = "auto")
       .def_property_readonly("max_threads", &PyEngine::max_threads,
                              "The number of threads this engine may use.")
+      .def_property_readonly("isa", &PyEngine::isa,
+                             "The instruction set this engine's row passes run.")
       .def("sample", &PyEngine::sample, py::arg("logits"), sample_doc.c_str())
       .def("probs", &PyEngine::probs, py::arg("logits"), probs_doc.c_str())
       .def("verify", &PyEngine::verify, py::arg("target_logits"), py::arg("draft_tokens"),
            py::arg("draft_probs") = py::none(), verify_doc.c_str())
       .def("__repr__", [](const PyEngine& e) {
-        return "nucleus.Engine(threads=" + std::to_string(e.max_threads()) + ")";
+        return "nucleus.Engine(threads=" + std::to_string(e.max_threads()) + ", isa='" + e.isa() +
+               "')";
       });
 
   m.def(

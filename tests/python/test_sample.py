@@ -270,6 +270,19 @@ def test_engine_options():
     assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
 
 
+def test_engine_isa():
+    assert nucleus.Engine(isa="sse2").isa == "sse2"
+    assert nucleus.Engine(isa="SSE2").isa == "sse2"
+    assert nucleus.Engine().isa in ("sse2", "avx2", "avx512")
+    assert "isa='sse2'" in repr(nucleus.Engine(isa="sse2"))
+    with pytest.raises(ValueError, match="isa = 'neon'"):
+        nucleus.Engine(isa="neon")
+    # Every path gives the same greedy token.
+    x = np.arange(1000, dtype=np.float32)[None, :]
+    tokens = {nucleus.Engine(isa=i).sample(x, temperature=0).tokens[0, 0] for i in ("sse2", "auto")}
+    assert tokens == {999}
+
+
 def test_engine_seed_drives_unseeded_rows(rng):
     x = np.zeros((4, 1000), dtype=np.float32)
     a, b = nucleus.Engine(threads=1, seed=42), nucleus.Engine(threads=2, seed=42)

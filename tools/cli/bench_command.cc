@@ -70,6 +70,11 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app->add_option("--threads", c->threads, "Thread counts, comma-separated; all = every core")
       ->capture_default_str();
   c->app->add_option("--dtype", c->dtype, "Logit types: f32, f16, bf16")->capture_default_str();
+  c->app
+      ->add_option("--isa", c->isa,
+                   "Instruction sets of the row passes, comma-separated: auto (the best this "
+                   "machine runs), sse2, avx2, avx512, or all (each one this machine runs)")
+      ->capture_default_str();
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -87,7 +92,8 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
       "Examples:\n"
       "  nucleus bench\n"
       "  nucleus bench --vocab 128256 --batch 1,64 --config topp,minp --threads 1,all\n"
-      "  nucleus bench --dtype f32,bf16 --json bench.json   (then: bench/plot bench.json)");
+      "  nucleus bench --dtype f32,bf16 --json bench.json   (then: bench/plot bench.json)\n"
+      "  nucleus bench --vocab 128256 --batch 1 --threads 1 --isa all --no-reference");
 }
 
 int run_bench(const BenchCommand& c) {
@@ -121,8 +127,28 @@ int run_bench(const BenchCommand& c) {
     }
     dtypes.push_back(*dtype);
   }
-  if (configs.empty() || dtypes.empty()) {
-    print_error("options --config and --dtype need at least one value");
+  std::vector<Isa> isas;
+  for (const std::string& name : split(c.isa)) {
+    if (name == "all") {
+      for (Isa isa : {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
+        if (static_cast<int>(isa) <= static_cast<int>(resolve_isa(Isa::kAuto))) isas.push_back(isa);
+      }
+      continue;
+    }
+    const auto isa = parse_isa(name);
+    if (!isa) {
+      print_error("option --isa = " + name + " is not auto, sse2, avx2, avx512 or all");
+      return kExitFailure;
+    }
+    // A set this machine lacks runs as the best one it has: say so.
+    if (*isa != Isa::kAuto && resolve_isa(*isa) != *isa) {
+      std::fprintf(stderr, "nucleus bench: --isa %s runs as %s on this machine\n", isa_name(*isa),
+                   isa_name(resolve_isa(*isa)));
+    }
+    isas.push_back(*isa);
+  }
+  if (configs.empty() || dtypes.empty() || isas.empty()) {
+    print_error("options --config, --dtype and --isa need at least one value");
     return kExitFailure;
   }
 
@@ -131,23 +157,25 @@ int run_bench(const BenchCommand& c) {
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
   std::vector<bench::CaseResult> results;
-  const size_t total =
-      vocabs.size() * batches.size() * dtypes.size() * threads.size() * configs.size();
+  const size_t total = vocabs.size() * batches.size() * dtypes.size() * threads.size() *
+                       isas.size() * configs.size();
   const bool progress = !c.quiet && isatty(STDERR_FILENO);
   for (int64_t vocab : vocabs) {
     for (int64_t batch : batches) {
       for (DType dtype : dtypes) {
         for (int64_t t : threads) {
-          for (bench::Config config : configs) {
-            if (progress) {
-              std::fprintf(stderr, "\r[%zu/%zu] %s vocab %lld batch %lld %s threads %lld   ",
-                           results.size() + 1, total, bench::config_name(config),
-                           static_cast<long long>(vocab), static_cast<long long>(batch),
-                           dtype_name(dtype), static_cast<long long>(t));
-              std::fflush(stderr);
+          for (Isa isa : isas) {
+            for (bench::Config config : configs) {
+              if (progress) {
+                std::fprintf(stderr, "\r[%zu/%zu] %s vocab %lld batch %lld %s threads %lld %s   ",
+                             results.size() + 1, total, bench::config_name(config),
+                             static_cast<long long>(vocab), static_cast<long long>(batch),
+                             dtype_name(dtype), static_cast<long long>(t), isa_name(isa));
+                std::fflush(stderr);
+              }
+              results.push_back(bench::run_case(
+                  {config, vocab, batch, dtype, static_cast<int>(t), isa}, options));
             }
-            results.push_back(
-                bench::run_case({config, vocab, batch, dtype, static_cast<int>(t)}, options));
           }
         }
       }
@@ -167,6 +195,7 @@ int run_bench(const BenchCommand& c) {
                                 {"batch", r.c.batch},
                                 {"dtype", dtype_name(r.c.dtype)},
                                 {"threads", r.c.threads},
+                                {"isa", isa_name(r.c.isa)},
                                 {"us_per_row", r.us_per_row},
                                 {"rows_per_s", r.rows_per_s},
                                 {"gb_per_s", r.gb_per_s},

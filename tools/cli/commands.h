@@ -47,6 +47,7 @@ struct BenchCommand {
   std::string config = "all";
   std::string threads = "1,all";
   std::string dtype = "f32";
+  std::string isa = "auto";
   int repeat = 30;
   bool no_reference = false;
   bool logprobs = false;

@@ -1,0 +1,111 @@
+// Chooses which build of the row passes runs (engine/kernels/row_kernels.h):
+// the best instruction set the CPU and OS support, capped by the engine's
+// option and the NUCLEUS_ISA environment variable.
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "engine/kernels/row_kernels.h"
+#include "nucleus/engine.h"
+
+namespace nucleus {
+namespace detail {
+
+// One per build of the kernel sources (engine/CMakeLists.txt).
+extern const Kernels kernels_sse2;
+extern const Kernels kernels_avx2;
+extern const Kernels kernels_avx512;
+
+const Kernels& kernels_for(Isa isa) {
+  switch (isa) {
+    case Isa::kAVX512:
+      return kernels_avx512;
+    case Isa::kAVX2:
+      return kernels_avx2;
+    case Isa::kSSE2:
+    case Isa::kAuto:
+      break;
+  }
+  return kernels_sse2;
+}
+
+namespace {
+
+Isa detect() {
+  __builtin_cpu_init();
+  // x86-64-v4 as GCC and clang compile for it: AVX-512 F, BW, CD, DQ and VL
+  // (the checks include the OS's support for the AVX-512 register state).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
+      __builtin_cpu_supports("f16c")) {
+    return Isa::kAVX512;
+  }
+  // x86-64-v3: AVX2, FMA, BMI1/2, F16C (every such CPU also has LZCNT and MOVBE).
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+      __builtin_cpu_supports("f16c")) {
+    return Isa::kAVX2;
+  }
+  return Isa::kSSE2;
+}
+
+// NUCLEUS_ISA, read once; kAuto when unset. A value that names no
+// instruction set is reported once on standard error and ignored.
+Isa environment_cap() {
+  static const Isa cap = [] {
+    const char* v = std::getenv("NUCLEUS_ISA");
+    if (v == nullptr || *v == '\0') return Isa::kAuto;
+    if (auto isa = parse_isa(v)) return *isa;
+    std::fprintf(stderr, "nucleus: ignoring NUCLEUS_ISA=%s (expected auto, sse2, avx2 or avx512)\n",
+                 v);
+    return Isa::kAuto;
+  }();
+  return cap;
+}
+
+Isa cap_at(Isa isa, Isa cap) {
+  if (cap == Isa::kAuto) return isa;
+  return static_cast<int>(cap) < static_cast<int>(isa) ? cap : isa;
+}
+
+}  // namespace
+}  // namespace detail
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kSSE2:
+      return "sse2";
+    case Isa::kAVX2:
+      return "avx2";
+    case Isa::kAVX512:
+      return "avx512";
+    case Isa::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+std::optional<Isa> parse_isa(std::string_view name) {
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (Isa isa : {Isa::kAuto, Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
+    if (lower == isa_name(isa)) return isa;
+  }
+  return std::nullopt;
+}
+
+Isa best_isa() {
+  static const Isa best = detail::detect();
+  return best;
+}
+
+Isa resolve_isa(Isa requested) {
+  return detail::cap_at(detail::cap_at(best_isa(), requested), detail::environment_cap());
+}
+
+}  // namespace nucleus

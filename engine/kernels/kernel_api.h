@@ -1,0 +1,27 @@
+// The passes of one instruction set's build, declared inside the namespace
+// nucleus::detail::<isa> by the file that includes this one (no include
+// guard: it is included once per namespace). Each entry of Kernels
+// (engine/kernels/row_kernels.h) has one function here; the comments are
+// there.
+
+void to_float(const void* src, DType dtype, int64_t n, float* dst);
+MaxStats max_stats(const float* x, int64_t n);
+Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
+double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
+float min_key(const Segment& s, const SetSpec& set);
+int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
+int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
+             double cum_before, double target);
+void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out);
+int64_t gather_le(const Segment& s, const SetSpec& set, float c, KeyToken* out);
+int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
+void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, uint32_t* counts,
+                   double* weights);
+int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
+                    float* out);
+int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
+                     GatheredToken* out);
+int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,
+                      bool inf_bucket, SelectEntry* out);
+void entry_masses(SelectEntry* list, int64_t n);
+KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
