@@ -4,6 +4,7 @@
 // (the prologue must come first)
 #include <Eigen/Core>
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -35,66 +36,98 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
   }
 }
 
-MaxStats max_stats(const float* x, int64_t n) {
-  // One read: lane-wise max (NaN-blind) with the first position of each
-  // lane's max, a NaN / +inf flag and the finite count, kept in per-lane
-  // registers and reduced once at the end.
-  float lane_max[16];
-  int32_t lane_at[16];
-  int32_t lane_bad[16];
-  int32_t lane_finite[16];
-  for (int i = 0; i < 16; ++i) {
-    lane_max[i] = -kInf;
-    lane_at[i] = -1;
-    lane_bad[i] = 0;
-    lane_finite[i] = 0;
+namespace {
+
+// Entries (relative to x) of the first max: x[j] == max, scanning in order.
+int64_t first_equal(const float* x, int64_t n, float max) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet pm = ei::pset1<Packet>(max);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    if (ei::predux_any(ei::pcmp_eq(ei::ploadu<Packet>(x + j), pm))) break;
   }
+  for (; j < n; ++j) {
+    if (x[j] == max) return j;
+  }
+  return -1;
+}
+
+}  // namespace
+
+MaxStats max_stats(const float* x, int64_t n) {
+  // Pass 1, every running value in registers, two independent sets so that
+  // the max's latency does not bound the loop: the max (NaN-blind: Eigen's
+  // pmax(m, v) keeps m when v is NaN), whether any entry is NaN, and how many
+  // exceed -inf (counts are floats, exact below 2^24: blocks of at most 2^20
+  // entries are reduced one by one). +inf shows up as the max. Pass 2 finds
+  // the first position of the max, usually long before the end.
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kStep = 2 * kLanes;
+  constexpr int64_t kReduceEvery = int64_t{1} << 20;
+  const Packet pninf = ei::pset1<Packet>(-kInf);
+  float max = -kInf;
+  bool nan = false;
   int64_t finite = 0;
   int64_t j = 0;
-  // Segments are at most kChunk long in the engine; positions fit int32.
-  while (j + 16 <= n) {
-    // Counts stay below 2^31 by reducing every 2^20 elements.
-    const int64_t stop = std::min(n - (n - j) % 16, j + (int64_t{1} << 20));
-    for (; j < stop; j += 16) {
-      for (int i = 0; i < 16; ++i) {
-        const float v = x[j + i];
-        const bool higher = v > lane_max[i];
-        lane_max[i] = higher ? v : lane_max[i];
-        lane_at[i] = higher ? static_cast<int32_t>(j + i) : lane_at[i];
-        lane_bad[i] |= (v < kInf) ? 0 : 1;  // NaN or +inf
-        lane_finite[i] += v > -kInf ? 1 : 0;
-      }
+  alignas(64) float lanes[kLanes];
+  while (j + kStep <= n) {
+    const int64_t stop = j + std::min((n - j) / kStep * kStep, kReduceEvery);
+    Packet m0 = pninf, m1 = pninf;
+#if defined(__AVX512F__)
+    __mmask16 nan0 = 0, nan1 = 0;
+    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; j < stop; j += kStep) {
+      const __m512 v0 = _mm512_loadu_ps(x + j);
+      const __m512 v1 = _mm512_loadu_ps(x + j + kLanes);
+      m0 = ei::pmax(m0, v0);
+      m1 = ei::pmax(m1, v1);
+      nan0 |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q);
+      nan1 |= _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
+      c0 = _mm512_mask_add_ps(c0, _mm512_cmp_ps_mask(v0, pninf, _CMP_GT_OQ), c0, one);
+      c1 = _mm512_mask_add_ps(c1, _mm512_cmp_ps_mask(v1, pninf, _CMP_GT_OQ), c1, one);
     }
-    for (int i = 0; i < 16; ++i) {
-      finite += lane_finite[i];
-      lane_finite[i] = 0;
+    nan |= (nan0 | nan1) != 0;
+    const Packet count = ei::padd(c0, c1);
+#else
+    const Packet pone = ei::pset1<Packet>(1.0f);
+    Packet ok0 = ei::ptrue(pone), ok1 = ok0;
+    Packet c0 = ei::pzero(pone), c1 = c0;
+    for (; j < stop; j += kStep) {
+      const Packet v0 = ei::ploadu<Packet>(x + j);
+      const Packet v1 = ei::ploadu<Packet>(x + j + kLanes);
+      m0 = ei::pmax(m0, v0);
+      m1 = ei::pmax(m1, v1);
+      ok0 = ei::pand(ok0, ei::pcmp_eq(v0, v0));
+      ok1 = ei::pand(ok1, ei::pcmp_eq(v1, v1));
+      c0 = ei::padd(c0, ei::pand(ei::pcmp_lt(pninf, v0), pone));
+      c1 = ei::padd(c1, ei::pand(ei::pcmp_lt(pninf, v1), pone));
     }
-  }
-  MaxStats st;
-  int bad = 0;
-  for (int i = 0; i < 16; ++i) {
-    bad |= lane_bad[i];
-    // The lowest position among the lanes holding the max.
-    if (lane_max[i] > st.max ||
-        (lane_max[i] == st.max && lane_at[i] >= 0 && (st.argmax < 0 || lane_at[i] < st.argmax))) {
-      st.max = lane_max[i];
-      st.argmax = lane_at[i];
-    }
+    ei::pstore(lanes, ei::pand(ok0, ok1));
+    for (int64_t i = 0; i < kLanes; ++i) nan |= std::bit_cast<uint32_t>(lanes[i]) == 0;
+    const Packet count = ei::padd(c0, c1);
+#endif
+    ei::pstore(lanes, count);
+    for (int64_t i = 0; i < kLanes; ++i) finite += static_cast<int64_t>(lanes[i]);
+    max = std::max(max, ei::predux_max(ei::pmax(m0, m1)));
   }
   for (; j < n; ++j) {
     const float v = x[j];
-    if (v > st.max) {
-      st.max = v;
-      st.argmax = j;
-    }
-    bad |= (v < kInf) ? 0 : 1;
+    max = v > max ? v : max;
+    nan |= v != v;
     finite += v > -kInf ? 1 : 0;
   }
+  MaxStats st;
   // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
   // bit breaks the order of the float keys: use +0.0.
-  st.max = st.max + 0.0f;
+  st.max = max + 0.0f;
   st.finite = finite;
-  if (bad) {
+  st.argmax = max > -kInf ? first_equal(x, n, max) : -1;
+  if (nan || max == kInf) {
     for (int64_t t = 0; t < n; ++t) {
       if (!(x[t] < kInf)) {
         st.bad_at = t;
