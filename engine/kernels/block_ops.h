@@ -229,6 +229,43 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // written lane by lane without branches (every lane is written, only hits
 // advance), so dense and sparse hits both stay cheap. The outputs need room
 // for kBlock + one packet.
+#if defined(__AVX512F__)
+// AVX-512: the hits of a packet are compressed into the front of a register
+// and stored whole (the outputs have a packet of room past kBlock).
+inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
+                                        float khi, int32_t* idx, float* kout, float* dout) {
+  const __m512 pxmax = _mm512_set1_ps(set.xmax);
+  const __m512 pscale = _mm512_set1_ps(set.scale);
+  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
+  const __m512 plo = _mm512_set1_ps(set.dlo);
+  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const __m512 pklo = _mm512_set1_ps(klo);
+  const __m512 pkhi = _mm512_set1_ps(khi);
+  const __m512 pad = _mm512_set1_ps(-kInf);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t c = 0;
+  for (int64_t g = 0; g < n; g += 16, at = _mm512_add_epi32(at, step)) {
+    const __mmask16 load =
+        g + 16 <= n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - g)) - 1u);
+    // A padded lane reads -inf: d = +inf, which no dhi admits.
+    const __m512 px = _mm512_mask_loadu_ps(pad, load, x + g);
+    const __m512 diff = _mm512_sub_ps(pxmax, px);
+    const __m512 d = _mm512_mul_ps(diff, pscale);
+    const __m512 k = _mm512_mul_ps(diff, pkscale);
+    __mmask16 hit = _mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, d, phi, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
+    if (hit == 0) continue;
+    _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(hit, at));
+    _mm512_storeu_ps(kout + c, _mm512_maskz_compress_ps(hit, k));
+    _mm512_storeu_ps(dout + c, _mm512_maskz_compress_ps(hit, d));
+    c += __builtin_popcount(static_cast<unsigned>(hit));
+  }
+  return c;
+}
+#else
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
                                         float khi, int32_t* idx, float* kout, float* dout) {
   namespace ei = Eigen::internal;
@@ -273,6 +310,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   }
   return c;
 }
+#endif
 
 // Staging for collect_members_with_key.
 struct Collected {

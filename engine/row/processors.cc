@@ -37,32 +37,42 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
 
   // 4. Penalties.
   const SamplingParams& p = r.params;
-  if (p.repetition_penalty != 1.0f && (!r.prompt_tokens.empty() || !r.generated_tokens.empty())) {
-    scratch.seen.assign(r.prompt_tokens.begin(), r.prompt_tokens.end());
-    scratch.seen.insert(scratch.seen.end(), r.generated_tokens.begin(), r.generated_tokens.end());
-    std::sort(scratch.seen.begin(), scratch.seen.end());
-    const auto last = std::unique(scratch.seen.begin(), scratch.seen.end());
-    const float rp = p.repetition_penalty;
-    for (auto it = scratch.seen.begin(); it != last; ++it) {
-      float& x = row[*it];
-      x = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
-    }
+  // Per-token marks and counts live in a vocabulary-sized array that is zero
+  // between calls: only the history's tokens are touched, and reset after.
+  const bool repetition =
+      p.repetition_penalty != 1.0f && (!r.prompt_tokens.empty() || !r.generated_tokens.empty());
+  const bool additive =
+      (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && !r.generated_tokens.empty();
+  if (!repetition && !additive) return;
+  if (scratch.count.size() < static_cast<size_t>(vocab)) {
+    scratch.count.resize(static_cast<size_t>(vocab), 0);
   }
-  if ((p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && !r.generated_tokens.empty()) {
-    scratch.generated.assign(r.generated_tokens.begin(), r.generated_tokens.end());
-    std::sort(scratch.generated.begin(), scratch.generated.end());
-    const auto& g = scratch.generated;
-    for (size_t i = 0; i < g.size();) {
-      size_t j = i;
-      while (j < g.size() && g[j] == g[i]) ++j;
-      float& x = row[g[i]];
+  uint32_t* count = scratch.count.data();
+  if (repetition) {
+    const float rp = p.repetition_penalty;
+    auto penalise = [&](int32_t t) {
+      if (count[t] != 0) return;
+      count[t] = 1;
+      float& x = row[t];
+      x = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
+    };
+    for (int32_t t : r.prompt_tokens) penalise(t);
+    for (int32_t t : r.generated_tokens) penalise(t);
+    for (int32_t t : r.prompt_tokens) count[t] = 0;
+    for (int32_t t : r.generated_tokens) count[t] = 0;
+  }
+  if (additive) {
+    for (int32_t t : r.generated_tokens) ++count[t];
+    for (int32_t t : r.generated_tokens) {
+      if (count[t] == 0) continue;  // already applied
+      float& x = row[t];
       // A masked token stays masked: an infinite penalty (a huge penalty times
       // its count) must not turn -inf into NaN.
       if (x > -std::numeric_limits<float>::infinity()) {
-        x -= p.frequency_penalty * static_cast<float>(j - i);
+        x -= p.frequency_penalty * static_cast<float>(count[t]);
         x -= p.presence_penalty;
       }
-      i = j;
+      count[t] = 0;
     }
   }
 }

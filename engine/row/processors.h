@@ -14,8 +14,7 @@ bool has_processors(const RowRequest& request);
 
 // Reusable buffers for the penalty bookkeeping.
 struct PenaltyScratch {
-  std::vector<int32_t> seen;       // prompt ∪ generated, sorted
-  std::vector<int32_t> generated;  // generated, sorted
+  std::vector<uint32_t> count;  // per token, all zero between calls
 };
 
 // Applies every processor of `request` to `row` (vocab floats) in SPEC order.

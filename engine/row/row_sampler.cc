@@ -169,6 +169,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   sc_.select.masses.reserve(segments * static_cast<size_t>(kLevel1Buckets));
   sc_.select.seg_chosen.reserve(segments);
   sc_.select.offsets.reserve(segments + 1);
+  sc_.select.seg_total.reserve(segments);
   sc_.select.sub_counts.reserve(static_cast<size_t>(kLevel1Buckets));
   sc_.select.sub_masses.reserve(static_cast<size_t>(kLevel1Buckets));
   // Per-segment results (row chunks, or one candidate segment) and per-block
@@ -392,10 +393,11 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   for (Filter f : filter_order(p_.preset)) {
     sc_.select.gathered = false;
     apply_filter(f, segs, set, d0, d0_known, count, count_known);
-    if (!compacted && f == Filter::kTopK && sc_.select.gathered && count_known &&
-        count <= compact_below) {
-      // top-k's select already gathered every survivor (in token order):
-      // compact from that instead of reading the row again.
+    // top-k's select, and top-p's when min_keep added no select of its own,
+    // may have gathered every survivor (in token order): compact from that
+    // instead of reading the row again.
+    const bool own_gather = f == Filter::kTopK || (f == Filter::kTopP && p_.min_keep <= 1);
+    if (!compacted && own_gather && sc_.select.gathered && count_known && count <= compact_below) {
       int64_t n = 0;
       for (int64_t p = 0; p < sc_.select.gathered_segments; ++p) {
         for (const GatheredToken& g : sc_.select.gathered_list(p)) {

@@ -73,24 +73,17 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 
 }  // namespace
 
-// Small count targets (top-k, min_keep, top-N) over a large set: a sample of
-// every kSampleStride-th token gives a key bound t that, with a margin, holds
-// at least `target` members; one pass gathers the members with key <= t and
-// the exact answer is found among them. Returns false when the bound turns out
-// too tight or too loose, and the histogram path takes over.
+// The fast paths below start from a sample: the keys of the members among
+// every kSampleStride-th token, in token order.
 constexpr int64_t kSampleStride = 64;
+// Small count targets (top-k, min_keep, top-N) take the fast path up to this.
 constexpr double kFastTargetMax = 2048;
+// top-p takes its fast path when the nucleus can hold at most this many
+// tokens (each token's mass is at most the largest, exp(0) = 1).
+constexpr double kFastNucleusMax = 1024;
 
-bool small_target_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                         double target, SelectScratch& sc, const Runner& run,
-                         SelectResult& result) {
-  int64_t total = 0;
-  for (const Segment& seg : segments) total += seg.n;
-  if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
-      target > kFastTargetMax || static_cast<double>(total) < 16.0 * kSampleStride * target) {
-    return false;
-  }
-  // Sample keys of members, in token order.
+void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                        SelectScratch& sc, const Runner& run) {
   size_t room = 0;
   for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / kSampleStride + 1);
   sc.samples.resize(room);
@@ -100,18 +93,12 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
         run.k->sample_keys(seg, set, rule, kSampleStride, sc.samples.data() + sampled));
   }
   sc.samples.resize(sampled);
-  // Expect target / kSampleStride samples below the answer; ask for four
-  // times that plus a margin so that a bad sample rarely sends us back.
-  const auto want = static_cast<size_t>(4.0 * target / kSampleStride) + 8;
-  if (sc.samples.size() <= want) return false;
-  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want),
-                   sc.samples.end());
-  const float bound = sc.samples[want];
-  const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
+}
 
-  // Gather members with key <= bound, per segment, then in segment order.
-  // (The fast path is for distance keys only; count rules on typical keys,
-  // from min_keep, take the histogram path.)
+// Gathers every member with key <= bound, per segment, then in segment order
+// into sc.list (key, weight 1). False when a segment holds more than `cap`.
+bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
+                          int64_t cap, SelectScratch& sc, const Runner& run) {
   const auto nseg = static_cast<int64_t>(segments.size());
   // Each segment gathers into room for all of its tokens.
   sc.gathered_at.resize(static_cast<size_t>(nseg));
@@ -134,10 +121,99 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     if (got > cap) return false;
     for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }
-  if (static_cast<double>(sc.list.size()) < target || static_cast<int64_t>(sc.list.size()) > cap) {
+  return static_cast<int64_t>(sc.list.size()) <= cap;
+}
+
+// A key bound that, with a margin, holds at least `count` members: the
+// (4 count / kSampleStride + 8)-th smallest sampled key. False when the
+// sample is too small to say.
+bool sampled_bound(double count, SelectScratch& sc, float* bound) {
+  const auto want = static_cast<size_t>(4.0 * count / kSampleStride) + 8;
+  if (sc.samples.size() <= want) return false;
+  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want),
+                   sc.samples.end());
+  *bound = sc.samples[want];
+  return true;
+}
+
+// Small count targets (top-k, min_keep, top-N) over a large set: the sample
+// gives a key bound that, with a margin, holds at least `target` members; one
+// pass gathers the members with key <= bound and the exact answer is found
+// among them. Returns false when the bound turns out too tight or too loose,
+// and the histogram path takes over. (Distance keys only: count rules on
+// typical keys, from min_keep, take the histogram path.)
+bool small_target_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                         double target, SelectScratch& sc, const Runner& run,
+                         SelectResult& result) {
+  int64_t total = 0;
+  for (const Segment& seg : segments) total += seg.n;
+  if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
+      target > kFastTargetMax || static_cast<double>(total) < 16.0 * kSampleStride * target) {
     return false;
   }
+  sample_member_keys(segments, set, rule, sc, run);
+  float bound = 0.0f;
+  if (!sampled_bound(target, sc, &bound)) return false;
+  const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
+  if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
+  if (static_cast<double>(sc.list.size()) < target) return false;
   result = refine(sc.list, sc, false, 0.0, 0, target, kLevel1Shift);
+  sc.gathered = true;
+  return true;
+}
+
+// top-p over a large set whose nucleus is small (the peaked rows of LM
+// decoding): the sample's mass, scaled up, estimates the total Z; when p Z
+// cannot need more than kFastNucleusMax tokens, the members with the smallest
+// keys are gathered as for a count target, the exact total is formed in one
+// pass, and if the gathered mass reaches p Z the answer is found among them.
+// Otherwise (or when the sample misleads) the histogram path takes over.
+bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
+                          const KeyRule& rule, double fraction, SelectScratch& sc,
+                          const Runner& run, SelectResult& result) {
+  int64_t total = 0;
+  for (const Segment& seg : segments) total += seg.n;
+  if (!rule.mass_weight || !rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
+      set.key_scale != set.scale || static_cast<double>(total) < 16.0 * kSampleStride * 64.0) {
+    return false;
+  }
+  sample_member_keys(segments, set, rule, sc, run);
+  // The sample's masses (keys are filter-space distances here).
+  sc.list.clear();
+  for (float k : sc.samples) sc.list.push_back(SelectEntry{k, k - rule.d0});
+  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
+  double sample_mass = 0.0;
+  for (const SelectEntry& e : sc.list) sample_mass += e.weight;
+  if (fraction * sample_mass * kSampleStride > kFastNucleusMax) return false;
+
+  // Gather about eight times the tokens the estimate needs (the estimate
+  // misses the few heaviest tokens, which only makes the nucleus smaller).
+  const double want =
+      std::clamp(8.0 * fraction * sample_mass * kSampleStride, 64.0, kFastNucleusMax);
+  float bound = 0.0f;
+  if (!sampled_bound(want, sc, &bound)) return false;
+  const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
+  if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
+
+  // The exact total, per segment and in segment order.
+  const auto nseg = static_cast<int64_t>(segments.size());
+  sc.seg_total.resize(static_cast<size_t>(nseg));
+  run(nseg, [&](int64_t s) {
+    int64_t unused = 0;
+    sc.seg_total[static_cast<size_t>(s)] =
+        run.k->sum_mass(segments[static_cast<size_t>(s)], set, rule.d0, &unused, nullptr);
+  });
+  double z = 0.0;
+  for (double t : sc.seg_total) z += t;
+  const double target = fraction * z;
+
+  for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
+  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
+  double gathered = 0.0;
+  for (const SelectEntry& e : sc.list) gathered += e.weight;
+  if (!(gathered >= target)) return false;
+  result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
+  result.total = z;
   sc.gathered = true;
   return true;
 }
@@ -146,7 +222,8 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                              const KeyRule& rule, double target, SelectScratch& sc,
                              const Runner& run) {
   sc.gathered = false;
-  if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast)) {
+  if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast) ||
+                         small_nucleus_select(segments, set, rule, target, sc, run, fast)) {
     return fast;
   }
   const auto nseg = static_cast<int64_t>(segments.size());

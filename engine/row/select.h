@@ -44,6 +44,7 @@ struct SelectScratch {
   int64_t gathered_segments = 0;  // segments [0, this) belong to the last select
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
+  std::vector<double> seg_total;  // small-nucleus path: each segment's mass
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
     return {gathered_tokens.data() + gathered_at[static_cast<size_t>(s)],
