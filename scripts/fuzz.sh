@@ -21,11 +21,10 @@ fi
 
 scripts/setup.sh
 cxx="$(command -v clang++-14 || command -v clang++)"
-cc="$(command -v clang-14 || command -v clang)"
 
 # Only the library and the fuzzers: no tests, tools, benchmarks or install.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_C_COMPILER="$cc" \
+  -DCMAKE_CXX_COMPILER="$cxx" \
   -DNUCLEUS_SANITIZE=address,undefined \
   -DCMAKE_CXX_FLAGS="-fno-sanitize-recover=all" \
   -DNUCLEUS_BUILD_FUZZ=ON -DNUCLEUS_BUILD_TESTS=OFF -DNUCLEUS_BUILD_TOOLS=OFF \

@@ -1,5 +1,7 @@
 #include "bench/core/floor_kernels.h"
 
+#include "engine/kernels/row_kernels.h"
+
 namespace nucleus::bench {
 
 extern const FloorKernels floor_kernels_sse2;
@@ -7,16 +9,7 @@ extern const FloorKernels floor_kernels_avx2;
 extern const FloorKernels floor_kernels_avx512;
 
 const FloorKernels& floor_kernels_for(Isa isa) {
-  switch (isa) {
-    case Isa::kAVX512:
-      return floor_kernels_avx512;
-    case Isa::kAVX2:
-      return floor_kernels_avx2;
-    case Isa::kSSE2:
-    case Isa::kAuto:
-      break;
-  }
-  return floor_kernels_sse2;
+  return detail::for_isa(isa, floor_kernels_sse2, floor_kernels_avx2, floor_kernels_avx512);
 }
 
 }  // namespace nucleus::bench

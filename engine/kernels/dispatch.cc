@@ -19,37 +19,25 @@ extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
 
 const Kernels& kernels_for(Isa isa) {
-  switch (isa) {
-    case Isa::kAVX512:
-      return kernels_avx512;
-    case Isa::kAVX2:
-      return kernels_avx2;
-    case Isa::kSSE2:
-    case Isa::kAuto:
-      break;
-  }
-  return kernels_sse2;
+  return for_isa(isa, kernels_sse2, kernels_avx2, kernels_avx512);
 }
 
 namespace {
 
 Isa detect() {
   __builtin_cpu_init();
-  // x86-64-v4 as GCC and clang compile for it: AVX-512 F, BW, CD, DQ and VL
-  // (the checks include the OS's support for the AVX-512 register state).
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  // x86-64-v3: AVX2, FMA, BMI1/2 (every such CPU also has F16C, LZCNT and
+  // MOVBE, which not every compiler's __builtin_cpu_supports can name). The
+  // checks include the OS's support for the AVX register state.
+  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  // x86-64-v4 as GCC and clang compile for it: v3 and AVX-512 F, BW, CD, DQ, VL.
+  if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
-      __builtin_cpu_supports("f16c")) {
+      __builtin_cpu_supports("avx512vl")) {
     return Isa::kAVX512;
   }
-  // x86-64-v3: AVX2, FMA, BMI1/2, F16C (every such CPU also has LZCNT and MOVBE).
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-      __builtin_cpu_supports("f16c")) {
-    return Isa::kAVX2;
-  }
+  if (v3) return Isa::kAVX2;
   return Isa::kSSE2;
 }
 

@@ -191,4 +191,20 @@ struct Kernels {
 // The passes for `isa`, which must be one this machine runs (resolve_isa).
 const Kernels& kernels_for(Isa isa);
 
+// The one of three per-instruction-set builds of something that serves
+// `isa` (kAuto: the baseline).
+template <typename T>
+const T& for_isa(Isa isa, const T& sse2, const T& avx2, const T& avx512) {
+  switch (isa) {
+    case Isa::kAVX512:
+      return avx512;
+    case Isa::kAVX2:
+      return avx2;
+    case Isa::kSSE2:
+    case Isa::kAuto:
+      break;
+  }
+  return sse2;
+}
+
 }  // namespace nucleus::detail
