@@ -20,6 +20,19 @@ using block::kBlock;
 
 inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
 
+// Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
+// past kUnderflow (zero mass) and, when `member` is given, for non-members.
+// Plain loops over arrays, so that each one vectorises.
+void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
+  for (int64_t j = 0; j < n; ++j) {
+    key[j] = static_cast<float>(std::fabs(static_cast<double>(e[j]) - mu));
+  }
+  for (int64_t j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
+  if (member != nullptr) {
+    for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? key[j] : kInf;
+  }
+}
+
 // Keys, weights and member flags of one block.
 void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,
                 float* weight, bool* member) {
@@ -35,11 +48,9 @@ void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& ru
   if (rule.kind == KeyKind::kDistance) {
     for (int64_t j = 0; j < n; ++j) key[j] = b.k[j];
   } else {
-    for (int64_t j = 0; j < n; ++j) {
-      const float ej = b.d[j] - rule.d0;
-      key[j] = ej <= kUnderflow ? static_cast<float>(std::fabs(static_cast<double>(ej) - rule.mu))
-                                : kInf;
-    }
+    alignas(64) float e[kBlock];
+    for (int64_t j = 0; j < n; ++j) e[j] = b.d[j] - rule.d0;
+    typical_keys(e, nullptr, n, rule.mu, key);
   }
 }
 
@@ -57,11 +68,7 @@ void block_keys_only(const float* x, int64_t n, const SetSpec& set, const KeyRul
   if (rule.kind == KeyKind::kDistance) {
     for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? b.k[j] : kInf;
   } else {
-    for (int64_t j = 0; j < n; ++j) {
-      key[j] = (member[j] && e[j] <= kUnderflow)
-                   ? static_cast<float>(std::fabs(static_cast<double>(e[j]) - rule.mu))
-                   : kInf;
-    }
+    typical_keys(e, member, n, rule.mu, key);
   }
 }
 
