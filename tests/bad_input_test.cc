@@ -459,6 +459,42 @@ TEST(BadInputFiles, EveryInterfaceRefusesWithAMessage) {
   for (const FileCase& c : cases) CheckFileCase(dir, c);
 }
 
+#ifdef NUCLEUS_PYTHON_DIR
+// The same files through the Python module's load_dump, in one interpreter
+// (tests/python/check_bad_dumps.py): each in a folder of its own, so that the
+// names the messages mention stay as they are.
+TEST(BadInputFiles, PythonLoadDumpRefusesWithAMessage) {
+  if (!fs::exists("/usr/bin/python3")) GTEST_SKIP() << "no /usr/bin/python3";
+  const fs::path dir = TestDir();
+  const fs::path manifest = dir / "manifest.tsv";
+  std::string lines;
+  int n = 0;
+  for (const FileCase& c : FileCases()) {
+    if (!c.reader_too) continue;  // an option only the program parses
+    const fs::path sub = dir / std::to_string(n++);
+    fs::create_directories(sub);
+    WriteFile(sub / c.file, c.bytes);
+    std::string parts;
+    for (const std::string& m : c.message) parts += m + "\x1f";
+    lines += (sub / c.file).string() + "\t" + dump_format_name(c.options.format) + "\t" +
+             c.options.tensor + "\t" + (c.options.dtype ? dtype_name(*c.options.dtype) : "") +
+             "\t" + std::to_string(c.options.vocab) + "\t" + parts + "\n";
+  }
+  EXPECT_GE(n, 40);
+  WriteFile(manifest, lines);
+  const std::string command =
+      "cd " + Quote(dir.string()) + " && PYTHONPATH=" + Quote(NUCLEUS_PYTHON_DIR) +
+      " /usr/bin/python3 " +
+      Quote(std::string(NUCLEUS_SOURCE_DIR) + "/tests/python/check_bad_dumps.py") +
+      " manifest.tsv > python.log 2>&1";
+  const int status = std::system(command.c_str());
+  std::ifstream log(dir / "python.log");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(status, 0) << text;
+  EXPECT_THAT(text, HasSubstr(std::to_string(n) + " malformed dumps, 0 failures")) << text;
+}
+#endif
+
 // Found by the matrix above under UBSan: a safetensors shape whose element
 // count overflows int64 is detected (and refused), but the product is still
 // formed: safetensors_header.cc, check_tensor, `elements *= *d` after the

@@ -24,7 +24,14 @@ namespace {
   PyObject* type = PyExc_RuntimeError;
   if (status.code() == StatusCode::kInvalidArgument) type = PyExc_ValueError;
   if (status.code() == StatusCode::kIoError) type = PyExc_OSError;
-  PyErr_SetString(type, status.message().c_str());
+  // A message may quote bytes of a malformed file that are not UTF-8: show
+  // them escaped rather than lose the message.
+  const std::string& m = status.message();
+  PyObject* text =
+      PyUnicode_DecodeUTF8(m.data(), static_cast<Py_ssize_t>(m.size()), "backslashreplace");
+  if (text == nullptr) throw py::error_already_set();
+  PyErr_SetObject(type, text);
+  Py_DECREF(text);
   throw py::error_already_set();
 }
 
@@ -528,8 +535,7 @@ void define_module(py::module_& m) {
                        "NUCLEUS_ISA environment variable).\nSafe to share between Python "
                        "threads; the GIL is released while it samples.")
       .def(py::init<const py::object&, const py::object&, const std::string&>(),
-           py::arg("threads") = py::none(), py::arg("seed") = py::none(),
-           py::arg("isa") = "auto")
+           py::arg("threads") = py::none(), py::arg("seed") = py::none(), py::arg("isa") = "auto")
       .def_property_readonly("max_threads", &PyEngine::max_threads,
                              "The number of threads this engine may use.")
       .def_property_readonly("isa", &PyEngine::isa,
