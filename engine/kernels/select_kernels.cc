@@ -180,7 +180,29 @@ KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, 
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     block_keys_only(s.x + j0, n, set, rule, key, e, member);
-    for (int64_t j = 0; j < n; ++j) {
+    int64_t j = 0;
+    if (c < kInf) {
+      // Non-members carry key +inf, so key <= c alone selects: a packet at a
+      // time (the compiler would not vectorise the min / max).
+      namespace ei = Eigen::internal;
+      using Packet = ei::packet_traits<float>::type;
+      constexpr int64_t kLanes = ei::packet_traits<float>::size;
+      const Packet pc = ei::pset1<Packet>(c), pone = ei::pset1<Packet>(1.0f);
+      const Packet pxmax = ei::pset1<Packet>(set.xmax), pscale = ei::pset1<Packet>(set.scale);
+      const Packet pinf = ei::pset1<Packet>(kInf), pninf = ei::pset1<Packet>(-kInf);
+      Packet pcount = ei::pzero(pone), pmin = pinf, pmax = pninf;
+      for (; j + kLanes <= n; j += kLanes) {
+        const Packet in = ei::pcmp_le(ei::pload<Packet>(key + j), pc);
+        const Packet d = ei::pmul(ei::psub(pxmax, ei::ploadu<Packet>(s.x + j0 + j)), pscale);
+        pcount = ei::padd(pcount, ei::pand(in, pone));
+        pmin = ei::pmin(pmin, ei::pselect(in, d, pinf));
+        pmax = ei::pmax(pmax, ei::pselect(in, d, pninf));
+      }
+      out.count += static_cast<int64_t>(ei::predux(pcount));
+      out.dmin = std::min(out.dmin, ei::predux_min(pmin));
+      out.dmax = std::max(out.dmax, ei::predux_max(pmax));
+    }
+    for (; j < n; ++j) {
       if (!member[j] || !(key[j] <= c)) continue;
       const float d = (set.xmax - s.x[j0 + j]) * set.scale;
       out.dmin = std::min(out.dmin, d);
