@@ -113,7 +113,10 @@ struct DoubleLanes {
 // Sums: each lane adds eight packets' worth of masses in float (eight terms,
 // so at most a few ulp), then the lane sums are widened and added in double.
 // The long accumulation is double; the order is fixed by position only.
-template <bool kCheckLo, bool kSameScale>
+// kPlain (no lower bound, one scale, k0 = 0, the common final pass): the
+// exponent -d is formed directly as (x - xmax) * scale, the same bits as
+// -((xmax - x) * scale - 0), with two operations fewer per packet.
+template <bool kCheckLo, bool kSameScale, bool kPlain>
 inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
                                             float* __restrict w, int64_t* members) {
   namespace ei = Eigen::internal;
@@ -127,6 +130,8 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   const Packet phi = ei::pset1<Packet>(set.dhi);
   const Packet pk0 = ei::pset1<Packet>(k0);
   const Packet punder = ei::pset1<Packet>(kUnderflow);
+  const Packet pnhi = ei::pset1<Packet>(-set.dhi);
+  const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
   const Packet pone = ei::pset1<Packet>(1.0f);
   Packet count = ei::pzero(pone);
   Packet partial = ei::pzero(pone);
@@ -142,18 +147,26 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
       for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
       px = ei::pload<Packet>(tail);
     }
-    const Packet diff = ei::psub(pxmax, px);
-    const Packet d = ei::pmul(diff, pscale);
-    Packet in = ei::pcmp_le(d, phi);
-    if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
-    Packet e;
-    if constexpr (kSameScale) {
-      e = ei::psub(d, pk0);
+    Packet in, mass;
+    if constexpr (kPlain) {
+      const Packet arg = ei::pmul(ei::psub(px, pxmax), pscale);  // -d
+      in = ei::pcmp_le(pnhi, arg);
+      const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
+      mass = ei::pand(ei::pexp(arg), live);
     } else {
-      e = ei::psub(ei::pmul(diff, pkscale), pk0);
+      const Packet diff = ei::psub(pxmax, px);
+      const Packet d = ei::pmul(diff, pscale);
+      in = ei::pcmp_le(d, phi);
+      if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
+      Packet e;
+      if constexpr (kSameScale) {
+        e = ei::psub(d, pk0);
+      } else {
+        e = ei::psub(ei::pmul(diff, pkscale), pk0);
+      }
+      const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
+      mass = ei::pand(ei::pexp(ei::pnegate(e)), live);
     }
-    const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
-    const Packet mass = ei::pand(ei::pexp(ei::pnegate(e)), live);
     count = ei::padd(count, ei::pand(in, pone));
     partial = ei::padd(partial, mass);
     if (++in_group == kGroup) {
@@ -181,11 +194,14 @@ inline double block_masses_from_values(const float* x, int64_t n, const SetSpec&
   const bool check_lo = set.dlo > 0.0f;
   const bool same = set.key_scale == set.scale;
   if (check_lo) {
-    return same ? block_masses_from_values_impl<true, true>(x, n, set, k0, w, members)
-                : block_masses_from_values_impl<true, false>(x, n, set, k0, w, members);
+    return same ? block_masses_from_values_impl<true, true, false>(x, n, set, k0, w, members)
+                : block_masses_from_values_impl<true, false, false>(x, n, set, k0, w, members);
   }
-  return same ? block_masses_from_values_impl<false, true>(x, n, set, k0, w, members)
-              : block_masses_from_values_impl<false, false>(x, n, set, k0, w, members);
+  if (same && k0 == 0.0f) {
+    return block_masses_from_values_impl<false, true, true>(x, n, set, k0, w, members);
+  }
+  return same ? block_masses_from_values_impl<false, true, false>(x, n, set, k0, w, members)
+              : block_masses_from_values_impl<false, false, false>(x, n, set, k0, w, members);
 }
 
 // Σ w in double, in a fixed order (eight interleaved partial sums).
