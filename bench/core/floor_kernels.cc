@@ -1,6 +1,8 @@
 // The benchmark's baselines (floor_kernels.h), compiled once per instruction set.
 #include "engine/kernels/isa_prologue.h"
 // (the prologue must come first)
+#include <immintrin.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <bit>
@@ -44,7 +46,17 @@ double softmax_of(const T* p, int64_t vocab) {
         const auto* h = reinterpret_cast<const uint16_t*>(p + j);
         for (int64_t i = 0; i < n; ++i) buf[i] = std::bit_cast<float>(uint32_t{h[i]} << 16);
       } else {
-        Eigen::Map<ArrF>(buf, n) = Eigen::Map<const ArrT>(p + j, n).template cast<float>();
+        // float16: F16C's conversion where the build has it, as the engine.
+        int64_t i = 0;
+#if defined(__F16C__)
+        const auto* h = reinterpret_cast<const uint16_t*>(p + j);
+        for (; i + 8 <= n; i += 8) {
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i));
+          _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(v));
+        }
+#endif
+        Eigen::Map<ArrF>(buf + i, n - i) =
+            Eigen::Map<const ArrT>(p + j + i, n - i).template cast<float>();
       }
     };
     for (int64_t j = 0; j < vocab; j += kChunk) {

@@ -23,8 +23,25 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return;
     case DType::kFloat16: {
+      // Exact either way; F16C's conversion instruction where the build has
+      // it (Eigen 3.4 converts with integer arithmetic), Eigen otherwise.
       using ArrH = Eigen::Array<Eigen::half, Eigen::Dynamic, 1>;
-      MapF(dst, n) = Eigen::Map<const ArrH>(static_cast<const Eigen::half*>(src), n).cast<float>();
+      int64_t j = 0;
+#if defined(__F16C__)
+      const auto* h = static_cast<const uint16_t*>(src);
+#if defined(__AVX512F__)
+      for (; j + 16 <= n; j += 16) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + j));
+        _mm512_storeu_ps(dst + j, _mm512_cvtph_ps(v));
+      }
+#endif
+      for (; j + 8 <= n; j += 8) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j));
+        _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(v));
+      }
+#endif
+      MapF(dst + j, n - j) =
+          Eigen::Map<const ArrH>(static_cast<const Eigen::half*>(src) + j, n - j).cast<float>();
       return;
     }
     case DType::kBFloat16: {
@@ -137,6 +154,25 @@ MaxStats max_stats(const float* x, int64_t n) {
     }
   }
   return st;
+}
+
+MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst) {
+  // Sub-blocks small enough that max_stats reads them back from L1.
+  constexpr int64_t kSub = 2048;
+  const int64_t esize = dtype_size(dtype);
+  MaxStats total;
+  for (int64_t j = 0; j < n; j += kSub) {
+    const int64_t m = std::min(kSub, n - j);
+    to_float(static_cast<const char*>(src) + j * esize, dtype, m, dst + j);
+    const MaxStats part = max_stats(dst + j, m);
+    if (total.bad_at < 0 && part.bad_at >= 0) total.bad_at = j + part.bad_at;
+    if (part.argmax >= 0 && (part.max > total.max || total.argmax < 0)) {
+      total.max = part.max;  // sub-blocks in order: the first max wins
+      total.argmax = j + part.argmax;
+    }
+    total.finite += part.finite;
+  }
+  return total;
 }
 
 Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind) {
@@ -322,6 +358,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     Isa::NUCLEUS_KERNEL_ISA_ENUM,
     &k::to_float,
     &k::max_stats,
+    &k::widen_max_stats,
     &k::moments,
     &k::sum_mass,
     &k::min_key,

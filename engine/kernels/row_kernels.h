@@ -140,6 +140,8 @@ struct Kernels {
   // Widens f16 / bf16 (or copies f32) into dst.
   void (*to_float)(const void* src, DType dtype, int64_t n, float* dst);
   MaxStats (*max_stats)(const float* x, int64_t n);
+  // to_float into dst and max_stats of the result, in one read of src.
+  MaxStats (*widen_max_stats)(const void* src, DType dtype, int64_t n, float* dst);
   Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
   // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
   // number of members goes to *count and, when block_sums is not null, each

@@ -184,28 +184,9 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   // Whether a row is compacted depends on its values.
   sc_.cand_x.resize(std::max(sc_.cand_x.size(), v));
   sc_.cand_idx.resize(std::max(sc_.cand_idx.size(), v));
-  // The input row as float32: widened chunk by chunk for half types.
-  if (in_.dtype == DType::kFloat32) {
-    dist.raw = static_cast<const float*>(in_.data);
-  } else {
-    sc_.raw_buf.resize(static_cast<size_t>(vocab));
-    const int64_t nseg = (vocab + kChunk - 1) / kChunk;
-    const int esize = dtype_size(in_.dtype);
-    run_(nseg, [&](int64_t s) {
-      const int64_t begin = s * kChunk;
-      run_.k->to_float(static_cast<const char*>(in_.data) + begin * esize, in_.dtype,
-                       std::min(kChunk, vocab - begin), sc_.raw_buf.data() + begin);
-    });
-    dist.raw = sc_.raw_buf.data();
-  }
-  make_segments(dist.raw, vocab, sc_.raw_segs);
-
-  // NaN and +inf are row errors wherever they are, masked or not.
-  auto scan = [&](std::span<const Segment> segs) {
-    sc_.max_stats.resize(segs.size());
-    run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-      sc_.max_stats[static_cast<size_t>(s)] = run_.k->max_stats(segs[s].x, segs[s].n);
-    });
+  // NaN and +inf are row errors wherever they are, masked or not: the scan
+  // (per segment, combined in segment order) finds them with the max.
+  auto combine = [&](std::span<const Segment> segs) {
     MaxStats total;
     for (size_t s = 0; s < segs.size(); ++s) {
       const MaxStats& m = sc_.max_stats[s];
@@ -218,7 +199,34 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     }
     return total;
   };
-  const MaxStats raw = scan(sc_.raw_segs);
+  auto scan = [&](std::span<const Segment> segs) {
+    sc_.max_stats.resize(segs.size());
+    run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+      sc_.max_stats[static_cast<size_t>(s)] = run_.k->max_stats(segs[s].x, segs[s].n);
+    });
+    return combine(segs);
+  };
+  // The input row as float32: half types are widened chunk by chunk, in the
+  // same read as the scan.
+  MaxStats raw;
+  if (in_.dtype == DType::kFloat32) {
+    dist.raw = static_cast<const float*>(in_.data);
+    make_segments(dist.raw, vocab, sc_.raw_segs);
+    raw = scan(sc_.raw_segs);
+  } else {
+    sc_.raw_buf.resize(static_cast<size_t>(vocab));
+    dist.raw = sc_.raw_buf.data();
+    make_segments(dist.raw, vocab, sc_.raw_segs);
+    const int esize = dtype_size(in_.dtype);
+    sc_.max_stats.resize(sc_.raw_segs.size());
+    run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
+      const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
+      sc_.max_stats[static_cast<size_t>(s)] =
+          run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype,
+                                  seg.n, sc_.raw_buf.data() + seg.base);
+    });
+    raw = combine(sc_.raw_segs);
+  }
   if (raw.bad_at >= 0) {
     const float v = dist.raw[raw.bad_at];
     return Status::row_error(row_prefix(row_) + "logit of token " + std::to_string(raw.bad_at) +
