@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <random>
@@ -284,6 +285,43 @@ INSTANTIATE_TEST_SUITE_P(
       for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
       return name;
     });
+
+// `nucleus bench` on a tiny grid: a table line and a JSON result per case,
+// every instruction set this machine runs with --isa all, and bad options
+// refused with a message that names them.
+TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
+  const fs::path dir = TestDir();
+  CliRun run = RunCli(dir,
+                      "bench --vocab 1000 --batch 1,2 --threads 1 --config greedy,topp "
+                      "--isa all --repeat 2 --no-reference -q --json bench.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  std::vector<std::string> isas;
+  for (Isa isa : {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
+    if (static_cast<int>(isa) <= static_cast<int>(resolve_isa(Isa::kAuto))) {
+      isas.push_back(isa_name(isa));
+    }
+  }
+  const Json doc = Json::parse(ReadText(dir / "bench.json"));
+  ASSERT_EQ(doc["results"].size(), 2 * 2 * isas.size());  // batches x configs x sets
+  std::map<std::string, int> per_isa;
+  for (const Json& r : doc["results"]) {
+    ++per_isa[r["isa"].get<std::string>()];
+    EXPECT_EQ(r["vocab"], 1000);
+    EXPECT_GT(r["us_per_row"].get<double>(), 0.0);
+    EXPECT_GT(r["softmax_us_per_row"].get<double>(), 0.0);
+    EXPECT_GT(r["roofline_us_per_row"].get<double>(), 0.0);
+  }
+  for (const std::string& isa : isas) EXPECT_EQ(per_isa[isa], 4) << isa;
+  // The table: a header and one line per case.
+  EXPECT_EQ(Lines(run.out).size(), 1 + doc["results"].size()) << run.out;
+
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa neon -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--isa = neon")) << run.err;
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --config nothing -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--config = nothing")) << run.err;
+}
 
 TEST(Cli, OutputDoesNotDependOnBlocksOrThreads) {
   const fs::path dir = TestDir();
