@@ -401,11 +401,11 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   for (Filter f : filter_order(p_.preset)) {
     sc_.select.gathered = false;
     apply_filter(f, segs, set, d0, d0_known, count, count_known);
-    // top-k's select, and top-p's when min_keep added no select of its own,
-    // may have gathered every survivor (in token order): compact from that
-    // instead of reading the row again.
-    const bool own_gather = f == Filter::kTopK || (f == Filter::kTopP && p_.min_keep <= 1);
-    if (!compacted && own_gather && sc_.select.gathered && count_known && count <= compact_below) {
+    // The filter's last select may have gathered, in token order, every
+    // member up to a bound at or past the new upper bound, i.e. every
+    // survivor: compact from that instead of reading the row again.
+    if (!compacted && sc_.select.gathered && set.dhi <= sc_.select.gathered_bound && count_known &&
+        count <= compact_below) {
       int64_t n = 0;
       for (int64_t p = 0; p < sc_.select.gathered_segments; ++p) {
         for (const GatheredToken& g : sc_.select.gathered_list(p)) {

@@ -115,6 +115,7 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
                                                sc.gathered_tokens.data() + sc.gathered_at[i]);
   });
   sc.gathered_segments = nseg;
+  sc.gathered_bound = bound;
   sc.list.clear();
   for (int64_t s = 0; s < nseg; ++s) {
     const int64_t got = sc.gathered_count[static_cast<size_t>(s)];

@@ -41,6 +41,7 @@ struct SelectScratch {
   // After a small-target select: every member with key <= the returned key is
   // in the gathered lists (in token order, segment by segment).
   bool gathered = false;
+  float gathered_bound = 0.0f;    // ... and every member with key <= this is there
   int64_t gathered_segments = 0;  // segments [0, this) belong to the last select
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;

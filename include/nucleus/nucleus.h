@@ -236,12 +236,7 @@ typedef struct nucleus_engine_options {
   int32_t isa;
 } nucleus_engine_options;
 
-enum {
-  NUCLEUS_ISA_AUTO = 0,
-  NUCLEUS_ISA_SSE2 = 1,
-  NUCLEUS_ISA_AVX2 = 2,
-  NUCLEUS_ISA_AVX512 = 3
-};
+enum { NUCLEUS_ISA_AUTO = 0, NUCLEUS_ISA_SSE2 = 1, NUCLEUS_ISA_AVX2 = 2, NUCLEUS_ISA_AVX512 = 3 };
 
 nucleus_engine_options nucleus_engine_options_default(void);
 
