@@ -27,10 +27,14 @@ function(nucleus_add_isa_sources target name)
       PRIVATE NUCLEUS_KERNEL_ISA=${isa} NUCLEUS_KERNEL_ISA_ENUM=${NUCLEUS_ISA_ENUM_${isa}})
     target_compile_options(${objects} PRIVATE ${NUCLEUS_ISA_FLAGS_${isa}})
     # GCC 12 reports its own AVX-512 intrinsic header (`__m512 __Y = __Y;`,
-    # the idiom for an undefined register) as maybe-uninitialised when Eigen's
-    # kernels are inlined into ours; the warning is about GCC's header.
+    # the idiom for an undefined register) as (maybe-)uninitialised when the
+    # intrinsics are inlined into ours (GCC bug 105593, fixed in GCC 13); the
+    # warning is about GCC's header.
     if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
       target_compile_options(${objects} PRIVATE -Wno-maybe-uninitialized)
+      if(CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+        target_compile_options(${objects} PRIVATE -Wno-uninitialized)
+      endif()
     endif()
     target_sources(${target} PRIVATE $<TARGET_OBJECTS:${objects}>)
   endforeach()

@@ -58,6 +58,8 @@ inline void block_masses(const float* d, const float* k, int64_t n, const SetSpe
 
 // Adds the lanes of a float packet, widened to double, into two double
 // accumulators. Eigen has no float-to-double packet cast, hence intrinsics.
+// total() adds the lanes as a tree (lo + hi, then halves), not a chain, so
+// that the end of a block does not wait on a run of dependent adds.
 struct DoubleLanes {
 #if defined(__AVX512F__)
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
@@ -66,12 +68,7 @@ struct DoubleLanes {
     hi = _mm512_add_pd(
         hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
   }
-  double total() const {
-    alignas(64) double a[8], b[8];
-    _mm512_store_pd(a, lo);
-    _mm512_store_pd(b, hi);
-    return lanes_total(a, b, 8);
-  }
+  double total() const { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
 #elif defined(__AVX__)
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
   void add(__m256 v) {
@@ -79,10 +76,9 @@ struct DoubleLanes {
     hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
   }
   double total() const {
-    alignas(32) double a[4], b[4];
-    _mm256_store_pd(a, lo);
-    _mm256_store_pd(b, hi);
-    return lanes_total(a, b, 4);
+    const __m256d s = _mm256_add_pd(lo, hi);
+    const __m128d p = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(p, _mm_unpackhi_pd(p, p)));
   }
 #else
   __m128d lo = _mm_setzero_pd(), hi = _mm_setzero_pd();
@@ -91,18 +87,10 @@ struct DoubleLanes {
     hi = _mm_add_pd(hi, _mm_cvtps_pd(_mm_movehl_ps(v, v)));
   }
   double total() const {
-    alignas(16) double a[2], b[2];
-    _mm_store_pd(a, lo);
-    _mm_store_pd(b, hi);
-    return lanes_total(a, b, 2);
+    const __m128d p = _mm_add_pd(lo, hi);
+    return _mm_cvtsd_f64(_mm_add_sd(p, _mm_unpackhi_pd(p, p)));
   }
 #endif
-  // A fixed order: pairwise over the low lanes, then the high lanes.
-  static double lanes_total(const double* a, const double* b, int n) {
-    double s = 0.0;
-    for (int i = 0; i < n; ++i) s += a[i] + b[i];
-    return s;
-  }
 };
 
 // The fused form of block_distances + block_masses straight from the values:
@@ -188,21 +176,101 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   return sum.total();
 }
 
+#if defined(__AVX512F__)
+// AVX-512: the same arithmetic on the same arguments (so the same bits in w
+// and the sums) with membership kept in mask registers: compares write masks,
+// the count and the partial sum are masked adds, and no mask is widened to a
+// vector and and-ed, which Eigen's generic compares cost. The pass is bound by
+// vector instructions (exp is most of them), so every one saved counts: whole
+// packets load without a mask, and kUnitScale (the plain pass at temperature
+// 1) skips the multiply by 1.
+template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false>
+inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
+                                  float* __restrict w, int64_t* members) {
+  namespace ei = Eigen::internal;
+  constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
+  const __m512 pxmax = _mm512_set1_ps(set.xmax);
+  const __m512 pscale = _mm512_set1_ps(set.scale);
+  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
+  const __m512 plo = _mm512_set1_ps(set.dlo);
+  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const __m512 pk0 = _mm512_set1_ps(k0);
+  const __m512 punder = _mm512_set1_ps(kUnderflow);
+  const __m512 pnhi = _mm512_set1_ps(-set.dhi);
+  const __m512 pnunder = _mm512_set1_ps(-kUnderflow);
+  const __m512 pone = _mm512_set1_ps(1.0f);
+  __m512 count = _mm512_setzero_ps();
+  __m512 partial = _mm512_setzero_ps();
+  DoubleLanes sum;
+  int64_t in_group = 0;
+  auto step = [&](__m512 px, int64_t g, __mmask16 store) {
+    __m512 arg;
+    __mmask16 in, live;
+    if constexpr (kPlain) {
+      arg = _mm512_sub_ps(px, pxmax);  // -d
+      if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, pscale);
+      in = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
+      live = _mm512_mask_cmp_ps_mask(in, pnunder, arg, _CMP_LE_OQ);
+    } else {
+      const __m512 diff = _mm512_sub_ps(pxmax, px);
+      const __m512 d = _mm512_mul_ps(diff, pscale);
+      in = _mm512_cmp_ps_mask(d, phi, _CMP_LE_OQ);
+      if constexpr (kCheckLo) in = _mm512_mask_cmp_ps_mask(in, plo, d, _CMP_LE_OQ);
+      __m512 e;
+      if constexpr (kSameScale) {
+        e = _mm512_sub_ps(d, pk0);
+      } else {
+        e = _mm512_sub_ps(_mm512_mul_ps(diff, pkscale), pk0);
+      }
+      live = _mm512_mask_cmp_ps_mask(in, e, punder, _CMP_LE_OQ);
+      arg = ei::pnegate(e);
+    }
+    const __m512 ex = ei::pexp(arg);
+    count = _mm512_mask_add_ps(count, in, count, pone);
+    partial = _mm512_mask_add_ps(partial, live, partial, ex);
+    if (++in_group == kGroup) {
+      sum.add(partial);
+      partial = _mm512_setzero_ps();
+      in_group = 0;
+    }
+    if (w) _mm512_mask_storeu_ps(w + g, store, _mm512_maskz_mov_ps(live, ex));
+  };
+  int64_t g = 0;
+  for (; g + 16 <= n; g += 16) step(_mm512_loadu_ps(x + g), g, 0xffff);
+  if (g < n) {
+    // The tail, padded with -inf: never a member.
+    const auto tail = static_cast<__mmask16>((1u << (n - g)) - 1u);
+    step(_mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail, x + g), g, tail);
+  }
+  if (in_group) sum.add(partial);
+  *members = static_cast<int64_t>(_mm512_reduce_add_ps(count));
+  return sum.total();
+}
+#define NUCLEUS_BLOCK_MASSES block_masses_avx512
+#else
+#define NUCLEUS_BLOCK_MASSES block_masses_from_values_impl
+#endif
+
 inline double block_masses_from_values(const float* x, int64_t n, const SetSpec& set, float k0,
                                        float* __restrict w, int64_t* members) {
   // d >= 0 always (x <= xmax), so a lower bound of 0 needs no test.
   const bool check_lo = set.dlo > 0.0f;
   const bool same = set.key_scale == set.scale;
   if (check_lo) {
-    return same ? block_masses_from_values_impl<true, true, false>(x, n, set, k0, w, members)
-                : block_masses_from_values_impl<true, false, false>(x, n, set, k0, w, members);
+    return same ? NUCLEUS_BLOCK_MASSES<true, true, false>(x, n, set, k0, w, members)
+                : NUCLEUS_BLOCK_MASSES<true, false, false>(x, n, set, k0, w, members);
   }
   if (same && k0 == 0.0f) {
-    return block_masses_from_values_impl<false, true, true>(x, n, set, k0, w, members);
+#if defined(__AVX512F__)
+    if (set.scale == 1.0f)
+      return block_masses_avx512<false, true, true, true>(x, n, set, k0, w, members);
+#endif
+    return NUCLEUS_BLOCK_MASSES<false, true, true>(x, n, set, k0, w, members);
   }
-  return same ? block_masses_from_values_impl<false, true, false>(x, n, set, k0, w, members)
-              : block_masses_from_values_impl<false, false, false>(x, n, set, k0, w, members);
+  return same ? NUCLEUS_BLOCK_MASSES<false, true, false>(x, n, set, k0, w, members)
+              : NUCLEUS_BLOCK_MASSES<false, false, false>(x, n, set, k0, w, members);
 }
+#undef NUCLEUS_BLOCK_MASSES
 
 // Σ w in double, in a fixed order (eight interleaved partial sums).
 inline double sum_as_double(const float* w, int64_t n) {

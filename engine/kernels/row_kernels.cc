@@ -74,77 +74,113 @@ int64_t first_equal(const float* x, int64_t n, float max) {
 
 }  // namespace
 
-MaxStats max_stats(const float* x, int64_t n) {
-  // Pass 1, every running value in registers, two independent sets so that
-  // the max's latency does not bound the loop: the max (NaN-blind: Eigen's
-  // pmax(m, v) keeps m when v is NaN), whether any entry is NaN, and how many
-  // exceed -inf (counts are floats, exact below 2^24: blocks of at most 2^20
-  // entries are reduced one by one). +inf shows up as the max. Pass 2 finds
-  // the first position of the max, usually long before the end.
-  namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
-  constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  constexpr int64_t kStep = 2 * kLanes;
-  constexpr int64_t kReduceEvery = int64_t{1} << 20;
-  const Packet pninf = ei::pset1<Packet>(-kInf);
+namespace {
+
+// The max (NaN-blind: Eigen's pmax(m, v) keeps m when v is NaN), whether any
+// entry is NaN and how many exceed -inf, of a block of at most 2^24 entries
+// (the counts are floats). Two independent sets of registers, so that the
+// max's latency does not bound the loop. +inf shows up as the max.
+struct ExactScan {
   float max = -kInf;
   bool nan = false;
   int64_t finite = 0;
+};
+ExactScan exact_scan(const float* x, int64_t n) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet pninf = ei::pset1<Packet>(-kInf);
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  Packet m0 = pninf, m1 = pninf;
+  Packet ok0 = ei::ptrue(pone), ok1 = ok0;
+  Packet c0 = ei::pzero(pone), c1 = c0;
   int64_t j = 0;
-  alignas(64) float lanes[kLanes];
-  while (j + kStep <= n) {
-    const int64_t stop = j + std::min((n - j) / kStep * kStep, kReduceEvery);
-    Packet m0 = pninf, m1 = pninf;
-#if defined(__AVX512F__)
-    __mmask16 nan0 = 0, nan1 = 0;
-    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (; j < stop; j += kStep) {
-      const __m512 v0 = _mm512_loadu_ps(x + j);
-      const __m512 v1 = _mm512_loadu_ps(x + j + kLanes);
-      m0 = ei::pmax(m0, v0);
-      m1 = ei::pmax(m1, v1);
-      nan0 |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q);
-      nan1 |= _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
-      c0 = _mm512_mask_add_ps(c0, _mm512_cmp_ps_mask(v0, pninf, _CMP_GT_OQ), c0, one);
-      c1 = _mm512_mask_add_ps(c1, _mm512_cmp_ps_mask(v1, pninf, _CMP_GT_OQ), c1, one);
-    }
-    nan |= (nan0 | nan1) != 0;
-    const Packet count = ei::padd(c0, c1);
-#else
-    const Packet pone = ei::pset1<Packet>(1.0f);
-    Packet ok0 = ei::ptrue(pone), ok1 = ok0;
-    Packet c0 = ei::pzero(pone), c1 = c0;
-    for (; j < stop; j += kStep) {
-      const Packet v0 = ei::ploadu<Packet>(x + j);
-      const Packet v1 = ei::ploadu<Packet>(x + j + kLanes);
-      m0 = ei::pmax(m0, v0);
-      m1 = ei::pmax(m1, v1);
-      ok0 = ei::pand(ok0, ei::pcmp_eq(v0, v0));
-      ok1 = ei::pand(ok1, ei::pcmp_eq(v1, v1));
-      c0 = ei::padd(c0, ei::pand(ei::pcmp_lt(pninf, v0), pone));
-      c1 = ei::padd(c1, ei::pand(ei::pcmp_lt(pninf, v1), pone));
-    }
-    ei::pstore(lanes, ei::pand(ok0, ok1));
-    for (int64_t i = 0; i < kLanes; ++i) nan |= std::bit_cast<uint32_t>(lanes[i]) == 0;
-    const Packet count = ei::padd(c0, c1);
-#endif
-    ei::pstore(lanes, count);
-    for (int64_t i = 0; i < kLanes; ++i) finite += static_cast<int64_t>(lanes[i]);
-    max = std::max(max, ei::predux_max(ei::pmax(m0, m1)));
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    const Packet v0 = ei::ploadu<Packet>(x + j);
+    const Packet v1 = ei::ploadu<Packet>(x + j + kLanes);
+    m0 = ei::pmax(m0, v0);
+    m1 = ei::pmax(m1, v1);
+    ok0 = ei::pand(ok0, ei::pcmp_eq(v0, v0));
+    ok1 = ei::pand(ok1, ei::pcmp_eq(v1, v1));
+    c0 = ei::padd(c0, ei::pand(ei::pcmp_lt(pninf, v0), pone));
+    c1 = ei::padd(c1, ei::pand(ei::pcmp_lt(pninf, v1), pone));
   }
+  ExactScan out;
+  alignas(64) float lanes[kLanes];
+  ei::pstore(lanes, ei::pand(ok0, ok1));
+  for (int64_t i = 0; i < kLanes; ++i) out.nan |= std::bit_cast<uint32_t>(lanes[i]) == 0;
+  ei::pstore(lanes, ei::padd(c0, c1));
+  for (int64_t i = 0; i < kLanes; ++i) out.finite += static_cast<int64_t>(lanes[i]);
+  out.max = ei::predux_max(ei::pmax(m0, m1));
   for (; j < n; ++j) {
     const float v = x[j];
-    max = v > max ? v : max;
-    nan |= v != v;
-    finite += v > -kInf ? 1 : 0;
+    out.max = v > out.max ? v : out.max;
+    out.nan |= v != v;
+    out.finite += v > -kInf ? 1 : 0;
+  }
+  return out;
+}
+
+}  // namespace
+
+MaxStats max_stats(const float* x, int64_t n) {
+  // Blocks of kScanBlock entries, each read once by a fast pass: the max and
+  // a finiteness probe, probe = v * 0 + probe (a multiply-add), which stays 0
+  // while every entry is finite and turns NaN at the first NaN or ±inf. Only a
+  // block whose probe fails is scanned again exactly (exact_scan counts the
+  // -inf entries and finds NaN); a row without masked tokens never is. The
+  // first block that reaches the max is remembered, and the max's first
+  // position is looked for there only.
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kScanBlock = 1024;
+  const Packet pninf = ei::pset1<Packet>(-kInf);
+  const Packet pzero = ei::pset1<Packet>(0.0f);
+  float max = -kInf;
+  bool nan = false;
+  int64_t finite = 0;
+  int64_t max_block = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kScanBlock) {
+    const int64_t m = std::min(kScanBlock, n - b0);
+    const float* xb = x + b0;
+    Packet m0 = pninf, m1 = pninf, p0 = pzero, p1 = pzero;
+    int64_t j = 0;
+    for (; j + 2 * kLanes <= m; j += 2 * kLanes) {
+      const Packet v0 = ei::ploadu<Packet>(xb + j);
+      const Packet v1 = ei::ploadu<Packet>(xb + j + kLanes);
+      m0 = ei::pmax(m0, v0);
+      m1 = ei::pmax(m1, v1);
+      p0 = ei::pmadd(v0, pzero, p0);
+      p1 = ei::pmadd(v1, pzero, p1);
+    }
+    float block_max = ei::predux_max(ei::pmax(m0, m1));
+    float probe = ei::predux(ei::padd(p0, p1));
+    for (; j < m; ++j) {
+      block_max = xb[j] > block_max ? xb[j] : block_max;
+      probe += xb[j] * 0.0f;
+    }
+    if (probe == 0.0f) {
+      finite += m;
+    } else {
+      const ExactScan e = exact_scan(xb, m);
+      block_max = e.max;
+      nan |= e.nan;
+      finite += e.finite;
+    }
+    if (block_max > max) {
+      max = block_max;
+      max_block = b0;
+    }
   }
   MaxStats st;
   // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
   // bit breaks the order of the float keys: use +0.0.
   st.max = max + 0.0f;
   st.finite = finite;
-  st.argmax = max > -kInf ? first_equal(x, n, max) : -1;
+  if (max > -kInf) {
+    st.argmax = max_block + first_equal(x + max_block, std::min(kScanBlock, n - max_block), max);
+  }
   if (nan || max == kInf) {
     for (int64_t t = 0; t < n; ++t) {
       if (!(x[t] < kInf)) {
