@@ -378,7 +378,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     dist.set.scale = 1.0f;
     dist.set.key_scale = 1.0f;
     dist.k0 = 0.0f;
-    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, &dist.support, /*keep_blocks=*/true);
+    // (support stays the finite count, even for a token whose distance from
+    // the max overflows float32 and so has no mass.)
+    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
     return Status();
   }
 

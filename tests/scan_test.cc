@@ -1,0 +1,153 @@
+// The row scan that every call starts with: the argmax (first position of the
+// max), the support (entries above -inf) and the first NaN or +inf, wherever
+// they sit relative to the scan's blocks and the row's chunks. The scan reads
+// blocks of a row with a fast finiteness probe and rescans only blocks that
+// hold a non-finite value, and it looks for the argmax only in the first block
+// that reaches the max, so the cases put ties, -inf, NaN and +inf in
+// different blocks, at block edges and in the tail. Runs on every
+// instruction set (tests/CMakeLists.txt).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "nucleus/engine.h"
+
+namespace nucleus {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kMax = std::numeric_limits<float>::max();
+
+struct Expected {
+  int32_t argmax = -1;
+  int64_t finite = 0;
+  int64_t bad_at = -1;  // first NaN or +inf
+};
+
+Expected scalar_scan(const std::vector<float>& x) {
+  Expected e;
+  float max = -kInf;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float v = x[i];
+    if (e.bad_at < 0 && !(v < kInf)) e.bad_at = static_cast<int64_t>(i);
+    if (v > -kInf) ++e.finite;
+    if (v > max) {
+      max = v;
+      e.argmax = static_cast<int32_t>(i);
+    }
+  }
+  return e;
+}
+
+class ScanTest : public ::testing::Test {
+ protected:
+  // Greedy and full sampling of one row; checks the token, the support and
+  // the row error against the scalar scan.
+  void Check(const std::vector<float>& x, const std::string& what) {
+    SCOPED_TRACE(what);
+    const Expected e = scalar_scan(x);
+    const auto vocab = static_cast<int64_t>(x.size());
+    const LogitsView view{x.data(), 1, vocab, vocab, DType::kFloat32};
+    for (float temperature : {0.0f, 1.0f}) {
+      RowRequest req;
+      req.params.temperature = temperature;
+      req.seed = 3;
+      std::vector<RowResult> out(1);
+      ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), out).ok());
+      const RowResult& r = out[0];
+      if (e.bad_at >= 0) {
+        ASSERT_EQ(r.status.code(), StatusCode::kRowError) << r.status.to_string();
+        EXPECT_NE(r.status.message().find("token " + std::to_string(e.bad_at) + " "),
+                  std::string::npos)
+            << r.status.message();
+        continue;
+      }
+      if (e.finite == 0) {
+        EXPECT_EQ(r.status.code(), StatusCode::kRowError) << r.status.to_string();
+        continue;
+      }
+      ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+      // Sampled (T > 0): a token whose distance from the max overflows
+      // float32 has no mass and leaves the support (docs/semantics.md).
+      int64_t support = e.finite;
+      if (temperature > 0.0f) {
+        const float max = x[static_cast<size_t>(e.argmax)];
+        support = 0;
+        for (float v : x) support += (max - v) / temperature <= kMax ? 1 : 0;
+      }
+      EXPECT_EQ(r.support, support) << "T=" << temperature;
+      if (temperature == 0.0f) {
+        ASSERT_EQ(r.tokens.size(), 1u);
+        EXPECT_EQ(r.tokens[0], e.argmax);
+      } else {
+        EXPECT_GT(x[static_cast<size_t>(r.tokens[0])], -kInf);
+      }
+    }
+  }
+
+  Engine engine_{EngineOptions{.max_threads = 2, .seed = 1}};
+};
+
+TEST_F(ScanTest, ArgmaxSupportAndBadLogitsAtEveryKindOfPosition) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  // Lengths around the scan's 1024-entry blocks and the row's 16384-entry
+  // chunks, and tails that fill no whole packet.
+  for (int64_t vocab : {1, 7, 31, 1023, 1024, 1025, 3000, 16383, 16385, 40000}) {
+    auto pos = [&] { return static_cast<size_t>(rng() % static_cast<uint64_t>(vocab)); };
+    for (int trial = 0; trial < 12; ++trial) {
+      std::vector<float> x(static_cast<size_t>(vocab));
+      for (float& v : x) v = normal(rng);
+      const std::string tag = "vocab " + std::to_string(vocab) + " trial " + std::to_string(trial);
+      // Ties for the max, in different blocks.
+      const float top = 30.0f;
+      for (int t = 0; t < 1 + trial % 3; ++t) x[pos()] = top;
+      Check(x, tag + " ties");
+      // -inf in some blocks: those are rescanned, the rest are not.
+      for (int t = 0; t < 1 + trial; ++t) x[pos()] = -kInf;
+      Check(x, tag + " ties and -inf");
+      // The first max inside a block that holds -inf, a later tie in a clean one.
+      if (vocab > 2048) {
+        x[5] = -kInf;
+        x[9] = top + 1.0f;
+        x[static_cast<size_t>(vocab) - 1] = top + 1.0f;
+        Check(x, tag + " first max in a rescanned block");
+      }
+      // NaN or +inf before, at or after the max, and a second one later.
+      std::vector<float> bad = x;
+      bad[pos()] = trial % 2 ? kNaN : kInf;
+      if (trial % 3 == 0) bad[pos()] = kNaN;
+      Check(bad, tag + " bad logit");
+    }
+  }
+}
+
+TEST_F(ScanTest, EdgeRows) {
+  for (int64_t vocab : {5, 1024, 5000}) {
+    const auto n = static_cast<size_t>(vocab);
+    std::vector<float> x(n, -kInf);
+    Check(x, "every entry -inf");
+    x[n - 1] = -1e30f;
+    Check(x, "one finite entry, last");
+    x.assign(n, -3.0f);
+    x[n / 2] = -0.0f;
+    x[n - 1] = 0.0f;
+    Check(x, "-0.0 and +0.0 tie for the max");
+    x.assign(n, 7.0f);
+    Check(x, "a constant row");
+    x.assign(n, -kInf);
+    x[n - 1] = kNaN;
+    Check(x, "NaN among -inf");
+    x.assign(n, kMax);
+    x[0] = -kMax;
+    Check(x, "the largest floats");
+  }
+}
+
+}  // namespace
+}  // namespace nucleus
