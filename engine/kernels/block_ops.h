@@ -176,6 +176,15 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   return sum.total();
 }
 
+// The members of a block with d <= bound, in order: block-relative index and
+// key (same scales: key = d). The arrays have room for kBlock + one packet.
+struct BlockHits {
+  float bound = 0.0f;
+  alignas(64) int32_t idx[kBlock + 64];
+  alignas(64) float k[kBlock + 64];
+  int64_t n = 0;
+};
+
 #if defined(__AVX512F__)
 // AVX-512: the same arithmetic on the same arguments (so the same bits in w
 // and the sums) with membership kept in mask registers: compares write masks,
@@ -184,9 +193,16 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
 // vector instructions (exp is most of them), so every one saved counts: whole
 // packets load without a mask, and kUnitScale (the plain pass at temperature
 // 1) skips the multiply by 1.
-template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false>
+//
+// kGather (same scales only, so key = d): also collects the members with
+// d <= hits->bound (BlockHits, above), the work gather_below would do in a
+// pass of its own; packets with a hit cost two compressed stores.
+template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
+          bool kGather = false>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
-                                  float* __restrict w, int64_t* members) {
+                                  float* __restrict w, int64_t* members,
+                                  BlockHits* hits = nullptr) {
+  static_assert(!kGather || kSameScale);
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
   const __m512 pxmax = _mm512_set1_ps(set.xmax);
@@ -199,12 +215,17 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const __m512 pnhi = _mm512_set1_ps(-set.dhi);
   const __m512 pnunder = _mm512_set1_ps(-kUnderflow);
   const __m512 pone = _mm512_set1_ps(1.0f);
+  const __m512 pbound = _mm512_set1_ps(hits ? hits->bound : 0.0f);
+  const __m512 pnbound = _mm512_set1_ps(hits ? -hits->bound : 0.0f);
+  const __m512i lane_step = _mm512_set1_epi32(16);
+  __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 count = _mm512_setzero_ps();
   __m512 partial = _mm512_setzero_ps();
   DoubleLanes sum;
   int64_t in_group = 0;
+  int64_t found = 0;
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
-    __m512 arg;
+    __m512 arg, d;
     __mmask16 in, live;
     if constexpr (kPlain) {
       arg = _mm512_sub_ps(px, pxmax);  // -d
@@ -213,7 +234,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       live = _mm512_mask_cmp_ps_mask(in, pnunder, arg, _CMP_LE_OQ);
     } else {
       const __m512 diff = _mm512_sub_ps(pxmax, px);
-      const __m512 d = _mm512_mul_ps(diff, pscale);
+      d = _mm512_mul_ps(diff, pscale);
       in = _mm512_cmp_ps_mask(d, phi, _CMP_LE_OQ);
       if constexpr (kCheckLo) in = _mm512_mask_cmp_ps_mask(in, plo, d, _CMP_LE_OQ);
       __m512 e;
@@ -234,6 +255,18 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       in_group = 0;
     }
     if (w) _mm512_mask_storeu_ps(w + g, store, _mm512_maskz_mov_ps(live, ex));
+    if constexpr (kGather) {
+      const __mmask16 hit = kPlain ? _mm512_mask_cmp_ps_mask(in, pnbound, arg, _CMP_LE_OQ)
+                                   : _mm512_mask_cmp_ps_mask(in, d, pbound, _CMP_LE_OQ);
+      if (hit != 0) {
+        // -arg is d exactly in the plain form ((x - xmax) s = -((xmax - x) s)).
+        const __m512 key = kPlain ? ei::pnegate(arg) : d;
+        _mm512_storeu_si512(hits->idx + found, _mm512_maskz_compress_epi32(hit, at));
+        _mm512_storeu_ps(hits->k + found, _mm512_maskz_compress_ps(hit, key));
+        found += __builtin_popcount(static_cast<unsigned>(hit));
+      }
+      at = _mm512_add_epi32(at, lane_step);
+    }
   };
   int64_t g = 0;
   for (; g + 16 <= n; g += 16) step(_mm512_loadu_ps(x + g), g, 0xffff);
@@ -244,6 +277,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   }
   if (in_group) sum.add(partial);
   *members = static_cast<int64_t>(_mm512_reduce_add_ps(count));
+  if constexpr (kGather) hits->n = found;
   return sum.total();
 }
 #define NUCLEUS_BLOCK_MASSES block_masses_avx512
@@ -406,6 +440,32 @@ struct Collected {
     n = collect_members_with_key(x, len, set, klo, khi, idx, k, d);
   }
 };
+
+// block_masses_from_values (w not stored) and, into hits, the members with
+// d <= hits.bound, for sets whose two scales agree: one pass on AVX-512, the
+// mass pass and then collect_members_with_key over the block (in L1) elsewhere.
+inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& set, float k0,
+                                    BlockHits& hits, int64_t* members) {
+#if defined(__AVX512F__)
+  if (set.dlo > 0.0f) {
+    return block_masses_avx512<true, true, false, false, true>(x, n, set, k0, nullptr, members,
+                                                               &hits);
+  }
+  if (k0 == 0.0f) {
+    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, true>(
+                                   x, n, set, k0, nullptr, members, &hits)
+                             : block_masses_avx512<false, true, true, false, true>(
+                                   x, n, set, k0, nullptr, members, &hits);
+  }
+  return block_masses_avx512<false, true, false, false, true>(x, n, set, k0, nullptr, members,
+                                                              &hits);
+#else
+  const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
+  alignas(64) float d[kBlock + 64];
+  hits.n = collect_members_with_key(x, n, set, -kInf, hits.bound, hits.idx, hits.k, d);
+  return mass;
+#endif
+}
 
 // Distances in filter space (d) and ranking space (k); k aliases d when the
 // scales agree, which is every hf / vllm pass.

@@ -9,6 +9,8 @@ MaxStats max_stats(const float* x, int64_t n);
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst);
 Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
+double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
+                       GatheredToken* out, int64_t* gathered);
 float min_key(const Segment& s, const SetSpec& set);
 int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
 int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,

@@ -292,6 +292,26 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
   return total;
 }
 
+double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
+                       GatheredToken* out, int64_t* gathered) {
+  double total = 0.0;
+  int64_t count = 0;
+  BlockHits hits;
+  hits.bound = bound;
+  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, s.n - j0);
+    int64_t unused = 0;
+    total += block_masses_and_hits(s.x + j0, n, set, k0, hits, &unused);
+    if (count > cap) continue;
+    for (int64_t i = 0; i < hits.n; ++i) {
+      out[count++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
+    }
+    if (count > cap) count = cap + 1;
+  }
+  *gathered = count;
+  return total;
+}
+
 float min_key(const Segment& s, const SetSpec& set) {
   float best = kInf;
   BlockKeys b;
@@ -397,6 +417,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::widen_max_stats,
     &k::moments,
     &k::sum_mass,
+    &k::sum_mass_gather,
     &k::min_key,
     &k::count_key_below,
     &k::walk,

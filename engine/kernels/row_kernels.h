@@ -148,6 +148,12 @@ struct Kernels {
   // block's sum to block_sums[b].
   double (*sum_mass)(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                      double* block_sums);
+  // sum_mass without block sums or count, and in the same pass gather_below's
+  // work (below): the members with key <= bound, in order, into out while at
+  // most `cap` (*gathered = cap + 1 once there are more; the sum is still
+  // complete). Sets whose two scales agree only (key = d).
+  double (*sum_mass_gather)(const Segment& s, const SetSpec& set, float k0, float bound,
+                            int64_t cap, GatheredToken* out, int64_t* gathered);
   // Smallest key over members (kInf when none).
   float (*min_key)(const Segment& s, const SetSpec& set);
   // Members whose key is strictly below `key`.

@@ -95,12 +95,14 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
   sc.samples.resize(sampled);
 }
 
-// Gathers every member with key <= bound, per segment, then in segment order
-// into sc.list (key, weight 1). False when a segment holds more than `cap`.
-bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
-                          int64_t cap, SelectScratch& sc, const Runner& run) {
+// Gathers every member with key <= bound, per segment (`gather(s, out)`
+// gathers segment s into out, with room for all its tokens, and returns how
+// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1).
+// False when a segment holds more than `cap`.
+template <typename Gather>
+bool gather_members(std::span<const Segment> segments, float bound, int64_t cap, SelectScratch& sc,
+                    const Runner& run, Gather gather) {
   const auto nseg = static_cast<int64_t>(segments.size());
-  // Each segment gathers into room for all of its tokens.
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
   size_t room_all = 0;
@@ -111,8 +113,7 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
   if (sc.gathered_tokens.size() < room_all) sc.gathered_tokens.resize(room_all);
   run(nseg, [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
-    sc.gathered_count[i] = run.k->gather_below(segments[i], set, bound, cap,
-                                               sc.gathered_tokens.data() + sc.gathered_at[i]);
+    sc.gathered_count[i] = gather(s, sc.gathered_tokens.data() + sc.gathered_at[i]);
   });
   sc.gathered_segments = nseg;
   sc.gathered_bound = bound;
@@ -123,6 +124,13 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
     for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }
   return static_cast<int64_t>(sc.list.size()) <= cap;
+}
+
+bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
+                          int64_t cap, SelectScratch& sc, const Runner& run) {
+  return gather_members(segments, bound, cap, sc, run, [&](int64_t s, GatheredToken* out) {
+    return run.k->gather_below(segments[static_cast<size_t>(s)], set, bound, cap, out);
+  });
 }
 
 // A key bound that, with a margin, holds at least `count` members: the
@@ -194,25 +202,26 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   float bound = 0.0f;
   if (!sampled_bound(want, sc, &bound)) return false;
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
-  if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
-
-  // The exact total, per segment and in segment order.
-  const auto nseg = static_cast<int64_t>(segments.size());
-  sc.seg_total.resize(static_cast<size_t>(nseg));
-  run(nseg, [&](int64_t s) {
-    int64_t unused = 0;
-    sc.seg_total[static_cast<size_t>(s)] =
-        run.k->sum_mass(segments[static_cast<size_t>(s)], set, rule.d0, &unused, nullptr);
-  });
+  // One pass gathers them and forms the exact total, per segment (summed in
+  // segment order below).
+  sc.seg_total.resize(segments.size());
+  const bool gathered =
+      gather_members(segments, bound, cap, sc, run, [&](int64_t s, GatheredToken* out) {
+        int64_t got = 0;
+        sc.seg_total[static_cast<size_t>(s)] = run.k->sum_mass_gather(
+            segments[static_cast<size_t>(s)], set, rule.d0, bound, cap, out, &got);
+        return got;
+      });
+  if (!gathered) return false;
   double z = 0.0;
   for (double t : sc.seg_total) z += t;
   const double target = fraction * z;
 
   for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
   run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-  double gathered = 0.0;
-  for (const SelectEntry& e : sc.list) gathered += e.weight;
-  if (!(gathered >= target)) return false;
+  double gathered_mass = 0.0;
+  for (const SelectEntry& e : sc.list) gathered_mass += e.weight;
+  if (!(gathered_mass >= target)) return false;
   result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
   result.total = z;
   sc.gathered = true;
