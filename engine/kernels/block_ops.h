@@ -93,6 +93,44 @@ struct DoubleLanes {
 #endif
 };
 
+// Typical keys of a packet: float(|double(e) - mu|), the same bits as the
+// scalar expression (the conversions are exact or correctly rounded either
+// way). Eigen has no float-double packet casts, hence intrinsics.
+#if defined(__AVX512F__)
+using KeyPacket = __m512;
+inline __m512 typical_key_packet(__m512 e, double mu) {
+  const __m512d pmu = _mm512_set1_pd(mu);
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
+  const __m512d hi =
+      _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+  const __m256 klo = _mm512_cvtpd_ps(_mm512_abs_pd(_mm512_sub_pd(lo, pmu)));
+  const __m256 khi = _mm512_cvtpd_ps(_mm512_abs_pd(_mm512_sub_pd(hi, pmu)));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(klo), khi, 1);
+}
+#elif defined(__AVX__)
+using KeyPacket = __m256;
+inline __m256 typical_key_packet(__m256 e, double mu) {
+  const __m256d pmu = _mm256_set1_pd(mu);
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(e));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1));
+  const __m128 klo = _mm256_cvtpd_ps(_mm256_andnot_pd(sign, _mm256_sub_pd(lo, pmu)));
+  const __m128 khi = _mm256_cvtpd_ps(_mm256_andnot_pd(sign, _mm256_sub_pd(hi, pmu)));
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(klo), khi, 1);
+}
+#else
+using KeyPacket = __m128;
+inline __m128 typical_key_packet(__m128 e, double mu) {
+  const __m128d pmu = _mm_set1_pd(mu);
+  const __m128d sign = _mm_set1_pd(-0.0);
+  const __m128d lo = _mm_cvtps_pd(e);
+  const __m128d hi = _mm_cvtps_pd(_mm_movehl_ps(e, e));
+  const __m128 klo = _mm_cvtpd_ps(_mm_andnot_pd(sign, _mm_sub_pd(lo, pmu)));
+  const __m128 khi = _mm_cvtpd_ps(_mm_andnot_pd(sign, _mm_sub_pd(hi, pmu)));
+  return _mm_movelh_ps(klo, khi);
+}
+#endif
+
 // The fused form of block_distances + block_masses straight from the values:
 // the block's mass Σ w, w[j] stored when `w` is not null (bit-identical to
 // block_masses: the same packet exp of the same argument), and the number of
@@ -176,6 +214,13 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   return sum.total();
 }
 
+// What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
+enum class Extra {
+  kNone,
+  kHits,     // BlockHits: the members with d <= bound
+  kEntropy,  // zd: Σ m (d - k0), the typical-p moment
+};
+
 // The members of a block with d <= bound, in order: block-relative index and
 // key (same scales: key = d). The arrays have room for kBlock + one packet.
 struct BlockHits {
@@ -194,15 +239,18 @@ struct BlockHits {
 // packets load without a mask, and kUnitScale (the plain pass at temperature
 // 1) skips the multiply by 1.
 //
-// kGather (same scales only, so key = d): also collects the members with
-// d <= hits->bound (BlockHits, above), the work gather_below would do in a
-// pass of its own; packets with a hit cost two compressed stores.
+// kExtra (same scales only, so key = d): Extra::kHits also collects the
+// members with d <= hits->bound (BlockHits, above), the work gather_below would
+// do in a pass of its own (packets with a hit cost two compressed stores);
+// Extra::kEntropy also sums m (d - k0) into *zd, in double as the masses.
 template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
-          bool kGather = false>
+          Extra kExtra = Extra::kNone>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
-                                  float* __restrict w, int64_t* members,
-                                  BlockHits* hits = nullptr) {
-  static_assert(!kGather || kSameScale);
+                                  float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
+                                  double* zd = nullptr) {
+  constexpr bool kGather = kExtra == Extra::kHits;
+  constexpr bool kEntropy = kExtra == Extra::kEntropy;
+  static_assert(kExtra == Extra::kNone || kSameScale);
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
   const __m512 pxmax = _mm512_set1_ps(set.xmax);
@@ -221,7 +269,8 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 count = _mm512_setzero_ps();
   __m512 partial = _mm512_setzero_ps();
-  DoubleLanes sum;
+  __m512 partial_zd = _mm512_setzero_ps();
+  DoubleLanes sum, sum_zd;
   int64_t in_group = 0;
   int64_t found = 0;
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
@@ -249,9 +298,17 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     const __m512 ex = ei::pexp(arg);
     count = _mm512_mask_add_ps(count, in, count, pone);
     partial = _mm512_mask_add_ps(partial, live, partial, ex);
+    if constexpr (kEntropy) {
+      // m e = -(m arg) exactly: subtract m arg.
+      partial_zd = _mm512_mask_sub_ps(partial_zd, live, partial_zd, _mm512_mul_ps(ex, arg));
+    }
     if (++in_group == kGroup) {
       sum.add(partial);
       partial = _mm512_setzero_ps();
+      if constexpr (kEntropy) {
+        sum_zd.add(partial_zd);
+        partial_zd = _mm512_setzero_ps();
+      }
       in_group = 0;
     }
     if (w) _mm512_mask_storeu_ps(w + g, store, _mm512_maskz_mov_ps(live, ex));
@@ -275,9 +332,13 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     const auto tail = static_cast<__mmask16>((1u << (n - g)) - 1u);
     step(_mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail, x + g), g, tail);
   }
-  if (in_group) sum.add(partial);
+  if (in_group) {
+    sum.add(partial);
+    if constexpr (kEntropy) sum_zd.add(partial_zd);
+  }
   *members = static_cast<int64_t>(_mm512_reduce_add_ps(count));
   if constexpr (kGather) hits->n = found;
+  if constexpr (kEntropy) *zd = sum_zd.total();
   return sum.total();
 }
 #define NUCLEUS_BLOCK_MASSES block_masses_avx512
@@ -448,17 +509,17 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
                                     BlockHits& hits, int64_t* members) {
 #if defined(__AVX512F__)
   if (set.dlo > 0.0f) {
-    return block_masses_avx512<true, true, false, false, true>(x, n, set, k0, nullptr, members,
-                                                               &hits);
+    return block_masses_avx512<true, true, false, false, Extra::kHits>(x, n, set, k0, nullptr,
+                                                                       members, &hits);
   }
   if (k0 == 0.0f) {
-    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, true>(
+    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kHits>(
                                    x, n, set, k0, nullptr, members, &hits)
-                             : block_masses_avx512<false, true, true, false, true>(
+                             : block_masses_avx512<false, true, true, false, Extra::kHits>(
                                    x, n, set, k0, nullptr, members, &hits);
   }
-  return block_masses_avx512<false, true, false, false, true>(x, n, set, k0, nullptr, members,
-                                                              &hits);
+  return block_masses_avx512<false, true, false, false, Extra::kHits>(x, n, set, k0, nullptr,
+                                                                      members, &hits);
 #else
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
   alignas(64) float d[kBlock + 64];

@@ -20,6 +20,12 @@ int64_t gather_le(const Segment& s, const SetSpec& set, float c, KeyToken* out);
 int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
 void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, uint32_t* counts,
                    double* weights);
+double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
+                  float* weight);
+void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
+                int64_t* counts);
+int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
+                      float* out_key, float* out_weight);
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
                     float* out);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
@@ -28,3 +34,4 @@ int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule,
                       bool inf_bucket, SelectEntry* out);
 void entry_masses(SelectEntry* list, int64_t n);
 KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
+KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* key, float c);

@@ -211,67 +211,120 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst) {
   return total;
 }
 
+#if !defined(__AVX512F__)
+namespace {
+
+// kEntropy moments of one block in one read: z = Σ m and zd = Σ m e over
+// members, m = exp(-e) (0 past kUnderflow), e = d - d0, with the lanes'
+// partial sums widened to double every eight packets (as the mass pass).
+void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Moments& out) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;
+  const Packet pxmax = ei::pset1<Packet>(set.xmax);
+  const Packet pscale = ei::pset1<Packet>(set.scale);
+  const Packet plo = ei::pset1<Packet>(set.dlo);
+  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const Packet pd0 = ei::pset1<Packet>(d0);
+  const Packet punder = ei::pset1<Packet>(kUnderflow);
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  Packet count = ei::pzero(pone), z = count, zd = count;
+  DoubleLanes z_sum, zd_sum;
+  alignas(64) float tail[kLanes];
+  int64_t in_group = 0;
+  for (int64_t g = 0; g < n; g += kLanes) {
+    Packet px;
+    if (g + kLanes <= n) {
+      px = ei::ploadu<Packet>(x + g);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
+      px = ei::pload<Packet>(tail);  // padding: d = +inf, never a member
+    }
+    const Packet d = ei::pmul(ei::psub(pxmax, px), pscale);
+    const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
+    const Packet e = ei::pand(ei::psub(d, pd0), in);  // 0 off the set (d may be +inf)
+    const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
+    const Packet m = ei::pand(ei::pexp(ei::pnegate(e)), live);
+    count = ei::padd(count, ei::pand(in, pone));
+    z = ei::padd(z, m);
+    zd = ei::padd(zd, ei::pmul(m, e));
+    if (++in_group == kGroup) {
+      z_sum.add(z);
+      zd_sum.add(zd);
+      z = ei::pzero(pone);
+      zd = z;
+      in_group = 0;
+    }
+  }
+  if (in_group) {
+    z_sum.add(z);
+    zd_sum.add(zd);
+  }
+  out.count += static_cast<int64_t>(ei::predux(count));
+  out.z += z_sum.total();
+  out.zd += zd_sum.total();
+}
+
+}  // namespace
+#endif
+
 Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind) {
   Moments out;
+  if (kind == MomentKind::kEntropy) {
+    for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, s.n - j0);
+#if defined(__AVX512F__)
+      // The mass pass with the moment riding along (filter space: key = d).
+      SetSpec same = set;
+      same.key_scale = set.scale;
+      int64_t count = 0;
+      double zd = 0.0;
+      const float* x = s.x + j0;
+      double z = 0.0;
+      if (set.dlo > 0.0f) {
+        z = block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, nullptr,
+                                                                           &count, nullptr, &zd);
+      } else if (d0 == 0.0f) {
+        z = set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
+                                    x, n, same, d0, nullptr, &count, nullptr, &zd)
+                              : block_masses_avx512<false, true, true, false, Extra::kEntropy>(
+                                    x, n, same, d0, nullptr, &count, nullptr, &zd);
+      } else {
+        z = block_masses_avx512<false, true, false, false, Extra::kEntropy>(x, n, same, d0, nullptr,
+                                                                            &count, nullptr, &zd);
+      }
+      out.count += count;
+      out.z += z;
+      out.zd += zd;
+#else
+      entropy_moments(s.x + j0, n, set, d0, out);
+#endif
+    }
+    return out;
+  }
+  // kSpread: squares in double: with a tiny temperature the distances reach
+  // 1e30, whose float squares would overflow.
   alignas(64) float d[kBlock];
-  alignas(64) float w[kBlock];
   alignas(64) float e[kBlock];
-  alignas(64) float t[kBlock];
   const float lo = set.dlo, hi = set.dhi;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     block_distances(s.x + j0, n, set.xmax, set.scale, d);
     int64_t count = 0;
-    float dmin = kInf, dmax = -kInf;
-    // Membership, shifted distances and the members' range, a packet at a
-    // time (d is never NaN; the compiler would not vectorise the min / max).
-    {
-      namespace ei = Eigen::internal;
-      using Packet = ei::packet_traits<float>::type;
-      constexpr int64_t kLanes = ei::packet_traits<float>::size;
-      const Packet plo = ei::pset1<Packet>(lo), phi = ei::pset1<Packet>(hi);
-      const Packet pd0 = ei::pset1<Packet>(d0), pone = ei::pset1<Packet>(1.0f);
-      const Packet pinf = ei::pset1<Packet>(kInf), pninf = ei::pset1<Packet>(-kInf);
-      Packet pcount = ei::pzero(pone), pmin = pinf, pmax = pninf;
-      int64_t j = 0;
-      for (; j + kLanes <= n; j += kLanes) {
-        const Packet pd = ei::pload<Packet>(d + j);
-        const Packet in = ei::pand(ei::pcmp_le(plo, pd), ei::pcmp_le(pd, phi));
-        ei::pstore(e + j, ei::pand(ei::psub(pd, pd0), in));
-        pcount = ei::padd(pcount, ei::pand(in, pone));
-        pmin = ei::pmin(pmin, ei::pselect(in, pd, pinf));
-        pmax = ei::pmax(pmax, ei::pselect(in, pd, pninf));
-      }
-      count = static_cast<int64_t>(ei::predux(pcount));
-      dmin = ei::predux_min(pmin);
-      dmax = ei::predux_max(pmax);
-      for (; j < n; ++j) {
-        const bool in = in_range(d[j], lo, hi);
-        e[j] = in ? d[j] - d0 : 0.0f;
-        count += in ? 1 : 0;
-        dmin = std::min(dmin, in ? d[j] : kInf);
-        dmax = std::max(dmax, in ? d[j] : -kInf);
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      const bool in = in_range(d[j], lo, hi);
+      e[j] = in ? d[j] - d0 : 0.0f;
+      count += in ? 1 : 0;
     }
     out.count += count;
-    out.dmin = std::min(out.dmin, dmin);
-    out.dmax = std::max(out.dmax, dmax);
-    if (kind == MomentKind::kEntropy) {
-      block_masses(d, d, n, set, d0, w);
-      for (int64_t j = 0; j < n; ++j) t[j] = w[j] * e[j];
-      out.z += sum_as_double(w, n);
-      out.zd += sum_as_double(t, n);
-    } else {
-      // Squares in double: with a tiny temperature the distances reach 1e30,
-      // whose float squares would overflow.
-      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t j = 0; j < n; ++j) {
-        const auto ej = static_cast<double>(e[j]);
-        acc[j & 7] += ej * ej;
-      }
-      out.sd += sum_as_double(e, n);
-      out.sd2 += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t j = 0; j < n; ++j) {
+      const auto ej = static_cast<double>(e[j]);
+      acc[j & 7] += ej * ej;
     }
+    out.sd += sum_as_double(e, n);
+    out.sd2 += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
   return out;
 }
@@ -425,11 +478,15 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::gather_le,
     &k::compact,
     &k::key_histogram,
+    &k::store_keys,
+    &k::pivot_sums,
+    &k::keep_interval,
     &k::sample_keys,
     &k::gather_below,
     &k::gather_bucket,
     &k::entry_masses,
     &k::key_bounds,
+    &k::stored_key_bounds,
 };
 
 }  // namespace nucleus::detail

@@ -59,16 +59,12 @@ struct Moments {
   double zd = 0;   // Σ m (d - d0)
   double sd = 0;   // Σ (d - d0)
   double sd2 = 0;  // Σ (d - d0)^2
-  float dmin = kInf;
-  float dmax = -kInf;
   void add(const Moments& o) {
     count += o.count;
     z += o.z;
     zd += o.zd;
     sd += o.sd;
     sd2 += o.sd2;
-    dmin = std::min(dmin, o.dmin);
-    dmax = std::max(dmax, o.dmax);
   }
 };
 enum class MomentKind {
@@ -130,6 +126,9 @@ inline constexpr int kLevel1Shift = 20;
 inline constexpr int64_t kLevel1Buckets = 2048;
 inline constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
 
+// Pivots per round of the pivot select (Kernels::pivot_sums).
+inline constexpr int kPivots = 3;
+
 // One instruction set's passes. Each entry works on one segment and writes
 // only through its arguments (no allocation, no shared state), so segments
 // can run on any thread. Every instruction set computes the same thing; the
@@ -178,6 +177,22 @@ struct Kernels {
   // and weights (masses when rule.mass_weight, else 1) per bucket.
   void (*key_histogram)(const Segment& s, const SetSpec& set, const KeyRule& rule, uint32_t* counts,
                         double* weights);
+  // The pivot select's passes (a weighted select over stored keys, no
+  // histogram). store_keys writes every token's key (+inf for non-members)
+  // and weight (its mass when rule.mass_weight, else 1; 0 for non-members)
+  // into key[j] / weight[j] for the segment's j, and returns the segment's
+  // total weight (in double, in block order).
+  double (*store_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
+                       float* weight);
+  // For each of kPivots pivots: the weight (double, fixed order) and the
+  // number of entries with key <= pivot.
+  void (*pivot_sums)(const float* key, const float* weight, int64_t n, const float* pivots,
+                     double* sums, int64_t* counts);
+  // Copies, in order, the entries with lo < key <= hi to out_key / out_weight
+  // (which may be key / weight themselves); returns how many. The outputs
+  // need room for a packet (64 floats) past n.
+  int64_t (*keep_interval)(const float* key, const float* weight, int64_t n, float lo, float hi,
+                           float* out_key, float* out_weight);
   // The distance keys of the members among every stride-th token, in order;
   // returns how many (at most s.n / stride + 1).
   int64_t (*sample_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
@@ -194,6 +209,8 @@ struct Kernels {
   // the mass every other pass computes for that token.
   void (*entry_masses)(SelectEntry* list, int64_t n);
   KeyBounds (*key_bounds)(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
+  // key_bounds from the keys store_keys wrote for the segment, for c < +inf.
+  KeyBounds (*stored_key_bounds)(const Segment& s, const SetSpec& set, const float* key, float c);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <type_traits>
 
 #include "engine/kernels/block_ops.h"
 #include "engine/kernels/row_kernels.h"
@@ -22,12 +23,17 @@ inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
 
 // Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
 // past kUnderflow (zero mass) and, when `member` is given, for non-members.
-// Plain loops over arrays, so that each one vectorises.
+// A packet at a time (block::typical_key_packet), then plain loops.
 void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
-  for (int64_t j = 0; j < n; ++j) {
-    key[j] = static_cast<float>(std::fabs(static_cast<double>(e[j]) - mu));
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    ei::pstoreu(key + j, block::typical_key_packet(ei::ploadu<Packet>(e + j), mu));
   }
-  for (int64_t j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
+  for (; j < n; ++j) key[j] = static_cast<float>(std::fabs(static_cast<double>(e[j]) - mu));
+  for (j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
   if (member != nullptr) {
     for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? key[j] : kInf;
   }
@@ -89,6 +95,166 @@ void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, ui
       weights[b] += weight[j];
     }
   }
+}
+
+double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
+                  float* weight) {
+  // One packet at a time from the values: d, membership, the mass (the same
+  // packet exp of the same argument as every other pass) and the key.
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;
+  const Packet pxmax = ei::pset1<Packet>(set.xmax);
+  const Packet pscale = ei::pset1<Packet>(set.scale);
+  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
+  const Packet plo = ei::pset1<Packet>(set.dlo);
+  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const Packet pd0 = ei::pset1<Packet>(rule.d0);
+  const Packet punder = ei::pset1<Packet>(kUnderflow);
+  const Packet pinf = ei::pset1<Packet>(kInf);
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  const bool typical = rule.kind == KeyKind::kTypical;
+  const bool mass = rule.mass_weight;
+  Packet partial = ei::pzero(pone);
+  block::DoubleLanes sum;
+  alignas(64) float tail[kLanes];
+  int64_t in_group = 0;
+  for (int64_t g = 0; g < s.n; g += kLanes) {
+    const bool whole = g + kLanes <= s.n;
+    Packet px;
+    if (whole) {
+      px = ei::ploadu<Packet>(s.x + g);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < s.n ? s.x[g + j] : -kInf;
+      px = ei::pload<Packet>(tail);  // padding: never a member
+    }
+    const Packet diff = ei::psub(pxmax, px);
+    const Packet d = ei::pmul(diff, pscale);
+    const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
+    const Packet e = ei::psub(d, pd0);
+    const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
+    Packet w;
+    if (mass) {
+      w = ei::pand(ei::pexp(ei::pnegate(e)), live);
+    } else {
+      w = ei::pand(in, pone);
+    }
+    Packet k;
+    if (typical) {
+      // +inf past kUnderflow (zero mass) and off the set.
+      k = ei::pselect(live, block::typical_key_packet(e, rule.mu), pinf);
+    } else {
+      k = ei::pselect(in, ei::pmul(diff, pkscale), pinf);
+    }
+    partial = ei::padd(partial, w);
+    if (++in_group == kGroup) {
+      sum.add(partial);
+      partial = ei::pzero(pone);
+      in_group = 0;
+    }
+    if (whole) {
+      ei::pstoreu(key + g, k);
+      ei::pstoreu(weight + g, w);
+    } else {
+      ei::pstore(tail, k);
+      for (int64_t j = 0; g + j < s.n; ++j) key[g + j] = tail[j];
+      ei::pstore(tail, w);
+      for (int64_t j = 0; g + j < s.n; ++j) weight[g + j] = tail[j];
+    }
+  }
+  if (in_group) sum.add(partial);
+  return sum.total();
+}
+
+void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
+                int64_t* counts) {
+  // Each pivot: a float partial sum per lane over eight packets, then widened
+  // and added in double (as the mass pass), and a float count per lane
+  // (exact: blocks of at most 2^20 entries are reduced one by one).
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;
+  constexpr int64_t kReduceEvery = int64_t{1} << 20;
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  Packet p[kPivots];
+  block::DoubleLanes sum[kPivots];
+  for (int i = 0; i < kPivots; ++i) {
+    p[i] = ei::pset1<Packet>(pivots[i]);
+    counts[i] = 0;
+  }
+  alignas(64) float tail_k[kLanes];
+  alignas(64) float tail_w[kLanes];
+  alignas(64) float lanes[kLanes];
+  for (int64_t b0 = 0; b0 < n; b0 += kReduceEvery) {
+    const int64_t m = std::min(kReduceEvery, n - b0);
+    Packet part[kPivots], cnt[kPivots];
+    for (int i = 0; i < kPivots; ++i) part[i] = cnt[i] = ei::pzero(pone);
+    int64_t in_group = 0;
+    for (int64_t g = 0; g < m; g += kLanes) {
+      Packet pk, pw;
+      if (g + kLanes <= m) {
+        pk = ei::ploadu<Packet>(key + b0 + g);
+        pw = ei::ploadu<Packet>(weight + b0 + g);
+      } else {
+        for (int64_t j = 0; j < kLanes; ++j) {
+          tail_k[j] = g + j < m ? key[b0 + g + j] : kInf;
+          tail_w[j] = g + j < m ? weight[b0 + g + j] : 0.0f;
+        }
+        pk = ei::pload<Packet>(tail_k);
+        pw = ei::pload<Packet>(tail_w);
+      }
+      for (int i = 0; i < kPivots; ++i) {
+        const Packet le = ei::pcmp_le(pk, p[i]);
+        part[i] = ei::padd(part[i], ei::pand(le, pw));
+        cnt[i] = ei::padd(cnt[i], ei::pand(le, pone));
+      }
+      if (++in_group == kGroup) {
+        for (int i = 0; i < kPivots; ++i) {
+          sum[i].add(part[i]);
+          part[i] = ei::pzero(pone);
+        }
+        in_group = 0;
+      }
+    }
+    for (int i = 0; i < kPivots; ++i) {
+      if (in_group) sum[i].add(part[i]);
+      ei::pstore(lanes, cnt[i]);
+      for (int64_t j = 0; j < kLanes; ++j) counts[i] += static_cast<int64_t>(lanes[j]);
+    }
+  }
+  for (int i = 0; i < kPivots; ++i) sums[i] = sum[i].total();
+}
+
+int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
+                      float* out_key, float* out_weight) {
+  int64_t c = 0;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  // Compressed stores: a packet's survivors go to the front of a register,
+  // stored whole at c <= j (the outputs have a packet of room past n; in
+  // place, the store overwrites only entries already read).
+  const __m512 plo = _mm512_set1_ps(lo);
+  const __m512 phi = _mm512_set1_ps(hi);
+  for (; j + 16 <= n; j += 16) {
+    const __m512 k = _mm512_loadu_ps(key + j);
+    const __m512 w = _mm512_loadu_ps(weight + j);
+    const __mmask16 in =
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, k, _CMP_LT_OQ), k, phi, _CMP_LE_OQ);
+    _mm512_storeu_ps(out_key + c, _mm512_maskz_compress_ps(in, k));
+    _mm512_storeu_ps(out_weight + c, _mm512_maskz_compress_ps(in, w));
+    c += __builtin_popcount(static_cast<unsigned>(in));
+  }
+#endif
+  for (; j < n; ++j) {
+    const float k = key[j];
+    const float w = weight[j];
+    out_key[c] = k;
+    out_weight[c] = w;
+    c += (k > lo) & (k <= hi) ? 1 : 0;
+  }
+  return c;
 }
 
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
@@ -172,6 +338,42 @@ void entry_masses(SelectEntry* list, int64_t size) {
   }
 }
 
+namespace {
+
+// The filter-space d range and count of the entries whose key is <= c, for
+// c < +inf (keys of non-members are +inf), a packet at a time (the compiler
+// would not vectorise the min / max).
+void bounds_of_keys(const float* x, const float* key, int64_t n, const SetSpec& set, float c,
+                    KeyBounds& out) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet pc = ei::pset1<Packet>(c), pone = ei::pset1<Packet>(1.0f);
+  const Packet pxmax = ei::pset1<Packet>(set.xmax), pscale = ei::pset1<Packet>(set.scale);
+  const Packet pinf = ei::pset1<Packet>(kInf), pninf = ei::pset1<Packet>(-kInf);
+  Packet pcount = ei::pzero(pone), pmin = pinf, pmax = pninf;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Packet in = ei::pcmp_le(ei::ploadu<Packet>(key + j), pc);
+    const Packet d = ei::pmul(ei::psub(pxmax, ei::ploadu<Packet>(x + j)), pscale);
+    pcount = ei::padd(pcount, ei::pand(in, pone));
+    pmin = ei::pmin(pmin, ei::pselect(in, d, pinf));
+    pmax = ei::pmax(pmax, ei::pselect(in, d, pninf));
+  }
+  out.count += static_cast<int64_t>(ei::predux(pcount));
+  out.dmin = std::min(out.dmin, ei::predux_min(pmin));
+  out.dmax = std::max(out.dmax, ei::predux_max(pmax));
+  for (; j < n; ++j) {
+    if (!(key[j] <= c)) continue;
+    const float d = (set.xmax - x[j]) * set.scale;
+    out.dmin = std::min(out.dmin, d);
+    out.dmax = std::max(out.dmax, d);
+    ++out.count;
+  }
+}
+
+}  // namespace
+
 KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, float c) {
   KeyBounds out;
   alignas(64) float key[kBlock];
@@ -180,36 +382,24 @@ KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, 
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     block_keys_only(s.x + j0, n, set, rule, key, e, member);
-    int64_t j = 0;
     if (c < kInf) {
-      // Non-members carry key +inf, so key <= c alone selects: a packet at a
-      // time (the compiler would not vectorise the min / max).
-      namespace ei = Eigen::internal;
-      using Packet = ei::packet_traits<float>::type;
-      constexpr int64_t kLanes = ei::packet_traits<float>::size;
-      const Packet pc = ei::pset1<Packet>(c), pone = ei::pset1<Packet>(1.0f);
-      const Packet pxmax = ei::pset1<Packet>(set.xmax), pscale = ei::pset1<Packet>(set.scale);
-      const Packet pinf = ei::pset1<Packet>(kInf), pninf = ei::pset1<Packet>(-kInf);
-      Packet pcount = ei::pzero(pone), pmin = pinf, pmax = pninf;
-      for (; j + kLanes <= n; j += kLanes) {
-        const Packet in = ei::pcmp_le(ei::pload<Packet>(key + j), pc);
-        const Packet d = ei::pmul(ei::psub(pxmax, ei::ploadu<Packet>(s.x + j0 + j)), pscale);
-        pcount = ei::padd(pcount, ei::pand(in, pone));
-        pmin = ei::pmin(pmin, ei::pselect(in, d, pinf));
-        pmax = ei::pmax(pmax, ei::pselect(in, d, pninf));
-      }
-      out.count += static_cast<int64_t>(ei::predux(pcount));
-      out.dmin = std::min(out.dmin, ei::predux_min(pmin));
-      out.dmax = std::max(out.dmax, ei::predux_max(pmax));
+      bounds_of_keys(s.x + j0, key, n, set, c, out);
+      continue;
     }
-    for (; j < n; ++j) {
-      if (!member[j] || !(key[j] <= c)) continue;
+    for (int64_t j = 0; j < n; ++j) {  // every member, +inf keys included
+      if (!member[j]) continue;
       const float d = (set.xmax - s.x[j0 + j]) * set.scale;
       out.dmin = std::min(out.dmin, d);
       out.dmax = std::max(out.dmax, d);
       ++out.count;
     }
   }
+  return out;
+}
+
+KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* key, float c) {
+  KeyBounds out;
+  bounds_of_keys(s.x, key, s.n, set, c, out);
   return out;
 }
 

@@ -163,6 +163,11 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   sc_.select.samples.reserve(v);
   if (sc_.top.size() < v) sc_.top.resize(v);  // grown, never shrunk
   if (sc_.select.gathered_tokens.size() < v) sc_.select.gathered_tokens.resize(v);
+  for (auto* a : {&sc_.select.keys, &sc_.select.weights, &sc_.select.interval_keys,
+                  &sc_.select.interval_weights}) {
+    if (a->size() < v + 64) a->resize(v + 64);
+  }
+  sc_.select.pivot_sample.reserve(1024);
   sc_.select.gathered_at.reserve(segments);
   sc_.select.gathered_count.reserve(segments);
   sc_.select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
@@ -339,7 +344,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       if (!r.found) return;
       const float c = min_keep_key(segs, set, rule, r.key, nullptr);
       if (c == kInf) return;
-      const KeyBounds b = key_bounds(segs, set, rule, c, run_);
+      const KeyBounds b = key_bounds(segs, set, rule, c, sc_.select, run_);
       set.dlo = b.dmin;
       set.dhi = b.dmax;
       d0 = b.dmin;

@@ -228,12 +228,158 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   return true;
 }
 
+// Mass-weighted targets (top-p, typical-p) over a large set: one pass stores
+// every token's key and weight (and totals the weight); then rounds of
+// kPivots pivots, taken from a sample of the keys still in play, total the
+// weight at each pivot in one vector pass, which narrows the interval that
+// holds the boundary to the part between two pivots, until it is short
+// enough to refine. Every sum is exact (no estimate decides anything: the
+// sample only places the pivots), and nothing is scattered into a histogram.
+// False (the histogram path takes over) when the target is not positive or
+// the rounds stop shrinking the interval (a run of equal keys).
+constexpr int64_t kPivotMin = 16384;         // sets smaller than this take the histogram path
+constexpr int64_t kPivotRefineBelow = 2048;  // intervals this short are refined
+constexpr int64_t kPivotSample = 256;        // keys sampled per round
+
+bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                  double target, SelectScratch& sc, const Runner& run, SelectResult& result) {
+  int64_t total_n = 0;
+  for (const Segment& seg : segments) total_n += seg.n;
+  if (!rule.mass_weight || total_n < kPivotMin) return false;
+  const auto nseg = static_cast<int64_t>(segments.size());
+  sc.offsets.resize(static_cast<size_t>(nseg + 1));
+  sc.offsets[0] = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    sc.offsets[static_cast<size_t>(s + 1)] =
+        sc.offsets[static_cast<size_t>(s)] + segments[static_cast<size_t>(s)].n;
+  }
+  // (A packet of room past the end for keep_interval's whole-packet stores.)
+  if (sc.keys.size() < static_cast<size_t>(total_n + 64)) {
+    sc.keys.resize(static_cast<size_t>(total_n + 64));
+    sc.weights.resize(static_cast<size_t>(total_n + 64));
+  }
+  sc.seg_total.resize(static_cast<size_t>(nseg));
+  run(nseg, [&](int64_t s) {
+    const int64_t at = sc.offsets[static_cast<size_t>(s)];
+    sc.seg_total[static_cast<size_t>(s)] = run.k->store_keys(
+        segments[static_cast<size_t>(s)], set, rule, sc.keys.data() + at, sc.weights.data() + at);
+  });
+  double total = 0.0;
+  for (double t : sc.seg_total) total += t;
+  if (rule.target_is_fraction) target *= total;
+  result = SelectResult();
+  result.total = total;
+  if (!(target > 0.0)) return false;
+  if (!(target <= total)) {
+    result.found = false;  // out of reach, every weight counted
+    return true;
+  }
+
+  sc.keys_stored = true;
+  sc.keys_of = segments.data();
+  if (sc.interval_keys.size() < static_cast<size_t>(total_n + 64)) {
+    sc.interval_keys.resize(static_cast<size_t>(total_n + 64));
+    sc.interval_weights.resize(static_cast<size_t>(total_n + 64));
+  }
+  // The first round reads the stored arrays and copies the interval out;
+  // later rounds shrink that copy in place.
+  const float* key = sc.keys.data();
+  const float* weight = sc.weights.data();
+  float* out_key = sc.interval_keys.data();
+  float* out_weight = sc.interval_weights.data();
+  int64_t n = total_n;
+  double cum = 0.0;   // weight of the entries with key <= lo
+  int64_t below = 0;  // how many
+  // The interval (lo, hi] holds the boundary. Keys of +inf carry no weight
+  // (non-members, masses that underflow), so the boundary is finite.
+  float lo = -kInf;
+  float hi = kMaxFloat;
+  bool first = true;
+  while (n > kPivotRefineBelow) {
+    // Pivots: quartiles of a sample of the keys in play.
+    const int64_t stride = std::max<int64_t>(1, n / kPivotSample);
+    sc.pivot_sample.clear();
+    for (int64_t j = 0; j < n; j += stride) {
+      const float k = key[j];
+      if (k > lo && k <= hi && k < kInf) sc.pivot_sample.push_back(k);
+    }
+    if (sc.pivot_sample.size() < 4) return false;
+    std::sort(sc.pivot_sample.begin(), sc.pivot_sample.end());
+    float pivots[kPivots];
+    for (int i = 0; i < kPivots; ++i) {
+      pivots[i] =
+          sc.pivot_sample[sc.pivot_sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
+    }
+    double sums[kPivots];
+    int64_t counts[kPivots];
+    if (first) {
+      // The stored arrays, segment by segment (in parallel), combined in
+      // segment order.
+      sc.masses.resize(static_cast<size_t>(nseg * kPivots));
+      sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
+      run(nseg, [&](int64_t s) {
+        const int64_t at = sc.offsets[static_cast<size_t>(s)];
+        run.k->pivot_sums(key + at, weight + at, sc.offsets[static_cast<size_t>(s + 1)] - at,
+                          pivots, sc.masses.data() + s * kPivots,
+                          sc.seg_chosen.data() + s * kPivots);
+      });
+      for (int i = 0; i < kPivots; ++i) {
+        sums[i] = 0.0;
+        counts[i] = 0;
+        for (int64_t s = 0; s < nseg; ++s) {
+          sums[i] += sc.masses[static_cast<size_t>(s * kPivots + i)];
+          counts[i] += sc.seg_chosen[static_cast<size_t>(s * kPivots + i)];
+        }
+      }
+    } else {
+      // Entries outside (lo, hi] were dropped: the sums are within it.
+      run.k->pivot_sums(key, weight, n, pivots, sums, counts);
+    }
+    // The first pivot whose cumulative weight reaches the target closes the
+    // new interval; the one before it opens it.
+    float new_lo = lo, new_hi = hi;
+    double new_cum = cum;
+    int64_t new_below = below;
+    for (int i = 0; i < kPivots; ++i) {
+      if (pivots[i] <= lo) continue;
+      // On the first round the arrays also hold keys <= lo (none: lo is -inf).
+      if (cum + sums[i] >= target) {
+        new_hi = pivots[i];
+        break;
+      }
+      new_lo = pivots[i];
+      new_cum = cum + sums[i];
+      new_below = below + counts[i];
+    }
+    const int64_t kept = run.k->keep_interval(key, weight, n, new_lo, new_hi, out_key, out_weight);
+    if (kept >= n && !first) return false;  // no progress: a run of equal keys
+    first = false;
+    key = out_key;
+    weight = out_weight;
+    n = kept;
+    lo = new_lo;
+    hi = new_hi;
+    cum = new_cum;
+    below = new_below;
+  }
+  if (first) n = run.k->keep_interval(key, weight, n, lo, hi, out_key, out_weight);
+  key = out_key;
+  weight = out_weight;
+  sc.list.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) sc.list[static_cast<size_t>(j)] = SelectEntry{key[j], weight[j]};
+  result = refine(sc.list, sc, true, cum, below, target, kLevel1Shift);
+  result.total = total;
+  return true;
+}
+
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
                              const KeyRule& rule, double target, SelectScratch& sc,
                              const Runner& run) {
   sc.gathered = false;
+  sc.keys_stored = false;
   if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast) ||
-                         small_nucleus_select(segments, set, rule, target, sc, run, fast)) {
+                         small_nucleus_select(segments, set, rule, target, sc, run, fast) ||
+                         pivot_select(segments, set, rule, target, sc, run, fast)) {
     return fast;
   }
   const auto nseg = static_cast<int64_t>(segments.size());
@@ -324,10 +470,14 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
 }
 
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                     float c, const Runner& run) {
+                     float c, const SelectScratch& sc, const Runner& run) {
   KeyBounds out;
+  const bool stored = sc.keys_stored && sc.keys_of == segments.data() && c < kInf;
+  int64_t at = 0;
   for (const Segment& seg : segments) {
-    const KeyBounds b = run.k->key_bounds(seg, set, rule, c);
+    const KeyBounds b = stored ? run.k->stored_key_bounds(seg, set, sc.keys.data() + at, c)
+                               : run.k->key_bounds(seg, set, rule, c);
+    at += seg.n;
     out.dmin = std::min(out.dmin, b.dmin);
     out.dmax = std::max(out.dmax, b.dmax);
     out.count += b.count;

@@ -45,7 +45,17 @@ struct SelectScratch {
   int64_t gathered_segments = 0;  // segments [0, this) belong to the last select
   std::vector<uint32_t> sub_counts;
   std::vector<double> sub_masses;
-  std::vector<double> seg_total;  // small-nucleus path: each segment's mass
+  std::vector<double> seg_total;  // small-nucleus and pivot paths: each segment's weight
+  // Pivot path: every token's key and weight (kept for key_bounds: valid
+  // while keys_stored, for the segments at keys_of), and the shrinking
+  // interval's entries.
+  std::vector<float> keys;
+  std::vector<float> weights;
+  std::vector<float> interval_keys;
+  std::vector<float> interval_weights;
+  bool keys_stored = false;
+  const Segment* keys_of = nullptr;
+  std::vector<float> pivot_sample;
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
     return {gathered_tokens.data() + gathered_at[static_cast<size_t>(s)],
@@ -57,8 +67,10 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                              const KeyRule& rule, double target, SelectScratch& scratch,
                              const Runner& run);
 
-// The smallest and largest filter-space d among members whose key is <= c.
+// The smallest and largest filter-space d among members whose key is <= c,
+// from the keys the last select stored when it ran on these segments with
+// this set and rule (the caller's word), else from the values.
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                     float c, const Runner& run);
+                     float c, const SelectScratch& scratch, const Runner& run);
 
 }  // namespace nucleus::detail
