@@ -1029,6 +1029,48 @@ TEST_F(EngineReferenceTest, TargetedRows) {
   // Masked maximum: the filters see the remaining tokens only.
   add(
       {10, 1, 0.5f, kNegInf, 0}, [](SamplingParams& p) { p.min_p = 0.5f; }, "-inf entry");
+  // Large flat rows take the pivot select (top-p, typical-p): runs of equal
+  // keys that no pivot splits (it falls back to the histogram), a few levels
+  // only, min_keep beside typical-p (the stored keys no longer serve the
+  // bounds), zero-mass tails, a target a hair below the total, masked runs.
+  const int64_t big = 40000;
+  add(
+      std::vector<float>(big, 0.25f), [](SamplingParams& p) { p.top_p = 0.5f; },
+      "large, all tied, top-p");
+  add(
+      std::vector<float>(big, 0.25f), [](SamplingParams& p) { p.typical_p = 0.5f; },
+      "large, all tied, typical-p");
+  auto levels = [&](int k) {
+    std::vector<float> x(big);
+    for (int64_t i = 0; i < big; ++i) x[i] = -static_cast<float>((i * 7919) % k) * 0.5f;
+    return x;
+  };
+  add(
+      levels(3), [](SamplingParams& p) { p.top_p = 0.6f; }, "large, three levels, top-p");
+  add(
+      levels(5), [](SamplingParams& p) { p.typical_p = 0.7f; }, "large, five levels, typical-p");
+  add(
+      levels(1000),
+      [](SamplingParams& p) {
+        p.typical_p = 0.9f;
+        p.min_keep = 30000;
+      },
+      "large, typical-p with min_keep");
+  add(
+      levels(1000), [](SamplingParams& p) { p.top_p = 0.99999f; }, "large, top-p near 1");
+  add(
+      Ramp(big, 0.01f),
+      [](SamplingParams& p) {
+        p.temperature = 0.02f;
+        p.typical_p = 0.9f;
+      },
+      "large ramp, zero-mass tail, typical-p");
+  {
+    std::vector<float> x = levels(700);
+    for (int64_t i = 0; i < big; i += 3) x[i] = kNegInf;
+    add(
+        std::move(x), [](SamplingParams& p) { p.top_p = 0.8f; }, "large, masked thirds, top-p");
+  }
   Stats st;
   Engine engine({.max_threads = 2, .seed = 5});
   std::vector<RowResult> results(1);
