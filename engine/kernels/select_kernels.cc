@@ -97,8 +97,78 @@ void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, ui
   }
 }
 
+#if defined(__AVX512F__)
+namespace {
+
+// store_keys on AVX-512: membership in mask registers (as the mass pass).
+template <bool kTypical, bool kMass>
+double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
+                         float* weight) {
+  namespace ei = Eigen::internal;
+  constexpr int64_t kGroup = 8;
+  const __m512 pxmax = _mm512_set1_ps(set.xmax);
+  const __m512 pscale = _mm512_set1_ps(set.scale);
+  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
+  const __m512 plo = _mm512_set1_ps(set.dlo);
+  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const __m512 pd0 = _mm512_set1_ps(rule.d0);
+  const __m512 punder = _mm512_set1_ps(kUnderflow);
+  const __m512 pinf = _mm512_set1_ps(kInf);
+  const __m512 pone = _mm512_set1_ps(1.0f);
+  __m512 partial = _mm512_setzero_ps();
+  block::DoubleLanes sum;
+  int64_t in_group = 0;
+  auto step = [&](__m512 px, int64_t g, __mmask16 store) {
+    const __m512 diff = _mm512_sub_ps(pxmax, px);
+    const __m512 d = _mm512_mul_ps(diff, pscale);
+    const __mmask16 in =
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ), d, phi, _CMP_LE_OQ);
+    const __m512 e = _mm512_sub_ps(d, pd0);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(in, e, punder, _CMP_LE_OQ);
+    __m512 w, k;
+    if constexpr (kMass) {
+      w = _mm512_maskz_mov_ps(live, ei::pexp(ei::pnegate(e)));
+    } else {
+      w = _mm512_maskz_mov_ps(in, pone);
+    }
+    if constexpr (kTypical) {
+      k = _mm512_mask_mov_ps(pinf, live, block::typical_key_packet(e, rule.mu));
+    } else {
+      k = _mm512_mask_mov_ps(pinf, in, _mm512_mul_ps(diff, pkscale));
+    }
+    partial = _mm512_add_ps(partial, w);
+    if (++in_group == kGroup) {
+      sum.add(partial);
+      partial = _mm512_setzero_ps();
+      in_group = 0;
+    }
+    _mm512_mask_storeu_ps(key + g, store, k);
+    _mm512_mask_storeu_ps(weight + g, store, w);
+  };
+  int64_t g = 0;
+  for (; g + 16 <= s.n; g += 16) step(_mm512_loadu_ps(s.x + g), g, 0xffff);
+  if (g < s.n) {
+    const auto tail = static_cast<__mmask16>((1u << (s.n - g)) - 1u);
+    step(_mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail, s.x + g), g, tail);
+  }
+  if (in_group) sum.add(partial);
+  return sum.total();
+}
+
+}  // namespace
+#endif
+
 double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
                   float* weight) {
+#if defined(__AVX512F__)
+  const bool typical = rule.kind == KeyKind::kTypical;
+  if (rule.mass_weight) {
+    return typical ? store_keys_avx512<true, true>(s, set, rule, key, weight)
+                   : store_keys_avx512<false, true>(s, set, rule, key, weight);
+  }
+  return typical ? store_keys_avx512<true, false>(s, set, rule, key, weight)
+                 : store_keys_avx512<false, false>(s, set, rule, key, weight);
+#else
   // One packet at a time from the values: d, membership, the mass (the same
   // packet exp of the same argument as every other pass) and the key.
   namespace ei = Eigen::internal;
@@ -165,6 +235,7 @@ double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, flo
   }
   if (in_group) sum.add(partial);
   return sum.total();
+#endif
 }
 
 void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
