@@ -33,6 +33,20 @@ inline void block_distances(const float* __restrict x, int64_t n, float xmax, fl
   for (int64_t j = 0; j < n; ++j) d[j] = (xmax - x[j]) * scale;
 }
 
+// Whether the pass block at j0 of a segment can hold no member of the set: the
+// block's largest x (from the scan) has the block's smallest d, and that is
+// past dhi. (d is monotone in x, rounding included.) False when the segment
+// carries no block maxima.
+inline bool block_empty(const Segment& s, int64_t j0, const SetSpec& set) {
+  return s.bmax && (set.xmax - s.bmax[j0 / kBlock]) * set.scale > set.dhi;
+}
+// ... or no member whose key is <= bound.
+inline bool block_above(const Segment& s, int64_t j0, const SetSpec& set, float bound) {
+  if (!s.bmax) return false;
+  const float diff = set.xmax - s.bmax[j0 / kBlock];
+  return diff * set.scale > set.dhi || diff * set.key_scale > bound;
+}
+
 // Bitwise & keeps the test branch-free so the loops around it vectorise.
 inline bool in_range(float d, float lo, float hi) { return (d >= lo) & (d <= hi); }
 inline bool is_member(float d, const SetSpec& set) { return in_range(d, set.dlo, set.dhi); }

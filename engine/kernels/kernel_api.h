@@ -5,8 +5,8 @@
 // there.
 
 void to_float(const void* src, DType dtype, int64_t n, float* dst);
-MaxStats max_stats(const float* x, int64_t n);
-MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst);
+MaxStats max_stats(const float* x, int64_t n, float* block_max);
+MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max);
 Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
 double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,

@@ -123,8 +123,8 @@ ExactScan exact_scan(const float* x, int64_t n) {
 
 }  // namespace
 
-MaxStats max_stats(const float* x, int64_t n) {
-  // Blocks of kScanBlock entries, each read once by a fast pass: the max and
+MaxStats max_stats(const float* x, int64_t n, float* block_max) {
+  // Pass blocks (kPassBlock entries), each read once by a fast pass: the max and
   // a finiteness probe, probe = v * 0 + probe (a multiply-add), which stays 0
   // while every entry is finite and turns NaN at the first NaN or ±inf. Only a
   // block whose probe fails is scanned again exactly (exact_scan counts the
@@ -134,7 +134,7 @@ MaxStats max_stats(const float* x, int64_t n) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  constexpr int64_t kScanBlock = 1024;
+  constexpr int64_t kScanBlock = kPassBlock;
   const Packet pninf = ei::pset1<Packet>(-kInf);
   const Packet pzero = ei::pset1<Packet>(0.0f);
   float max = -kInf;
@@ -154,22 +154,23 @@ MaxStats max_stats(const float* x, int64_t n) {
       p0 = ei::pmadd(v0, pzero, p0);
       p1 = ei::pmadd(v1, pzero, p1);
     }
-    float block_max = ei::predux_max(ei::pmax(m0, m1));
+    float bmax = ei::predux_max(ei::pmax(m0, m1));
     float probe = ei::predux(ei::padd(p0, p1));
     for (; j < m; ++j) {
-      block_max = xb[j] > block_max ? xb[j] : block_max;
+      bmax = xb[j] > bmax ? xb[j] : bmax;
       probe += xb[j] * 0.0f;
     }
     if (probe == 0.0f) {
       finite += m;
     } else {
       const ExactScan e = exact_scan(xb, m);
-      block_max = e.max;
+      bmax = e.max;
       nan |= e.nan;
       finite += e.finite;
     }
-    if (block_max > max) {
-      max = block_max;
+    if (block_max) block_max[b0 / kScanBlock] = bmax;
+    if (bmax > max) {
+      max = bmax;
       max_block = b0;
     }
   }
@@ -192,15 +193,16 @@ MaxStats max_stats(const float* x, int64_t n) {
   return st;
 }
 
-MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst) {
-  // Sub-blocks small enough that max_stats reads them back from L1.
-  constexpr int64_t kSub = 2048;
+MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max) {
+  // Sub-blocks small enough that max_stats reads them back from L1 (whole
+  // pass blocks, for block_max).
+  constexpr int64_t kSub = 4 * kPassBlock;
   const int64_t esize = dtype_size(dtype);
   MaxStats total;
   for (int64_t j = 0; j < n; j += kSub) {
     const int64_t m = std::min(kSub, n - j);
     to_float(static_cast<const char*>(src) + j * esize, dtype, m, dst + j);
-    const MaxStats part = max_stats(dst + j, m);
+    const MaxStats part = max_stats(dst + j, m, block_max ? block_max + j / kPassBlock : nullptr);
     if (total.bad_at < 0 && part.bad_at >= 0) total.bad_at = j + part.bad_at;
     if (part.argmax >= 0 && (part.max > total.max || total.argmax < 0)) {
       total.max = part.max;  // sub-blocks in order: the first max wins
@@ -274,6 +276,7 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind)
   if (kind == MomentKind::kEntropy) {
     for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, s.n - j0);
+      if (block_empty(s, j0, set)) continue;
 #if defined(__AVX512F__)
       // The mass pass with the moment riding along (filter space: key = d).
       SetSpec same = set;
@@ -310,6 +313,7 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind)
   const float lo = set.dlo, hi = set.dhi;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
     block_distances(s.x + j0, n, set.xmax, set.scale, d);
     int64_t count = 0;
     for (int64_t j = 0; j < n; ++j) {
@@ -335,6 +339,10 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
   int64_t members = 0;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) {
+      if (block_sums) block_sums[j0 / kBlock] = 0.0;
+      continue;
+    }
     int64_t in_block = 0;
     const double block_sum = block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
     members += in_block;
@@ -353,6 +361,7 @@ double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bou
   hits.bound = bound;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
     int64_t unused = 0;
     total += block_masses_and_hits(s.x + j0, n, set, k0, hits, &unused);
     if (count > cap) continue;
@@ -370,6 +379,7 @@ float min_key(const Segment& s, const SetSpec& set) {
   BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
     b.compute(s.x + j0, n, set);
     const float lo = set.dlo, hi = set.dhi;
     for (int64_t j = 0; j < n; ++j) best = std::min(best, in_range(b.d[j], lo, hi) ? b.k[j] : kInf);
@@ -382,6 +392,7 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
   BlockKeys b;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
     b.compute(s.x + j0, n, set);
     const float lo = set.dlo, hi = set.dhi;
     for (int64_t j = 0; j < n; ++j) count += (in_range(b.d[j], lo, hi) & (b.k[j] < key)) ? 1 : 0;
@@ -423,6 +434,10 @@ void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, f
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     float* o = out + j0;
+    if (block_empty(s, j0, set)) {
+      std::fill_n(o, n, 0.0f);
+      continue;
+    }
     int64_t unused = 0;
     block_masses_from_values(s.x + j0, n, set, k0, o, &unused);
     for (int64_t j = 0; j < n; ++j) o[j] *= scale;
@@ -434,6 +449,7 @@ int64_t gather_le(const Segment& s, const SetSpec& set, float c, KeyToken* out) 
   Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_above(s, j0, set, c)) continue;
     hits.collect(s.x + j0, n, set, -kInf, c);
     for (int64_t i = 0; i < hits.n; ++i)
       out[count++] = KeyToken{hits.k[i], s.token(j0 + hits.idx[i])};
@@ -446,6 +462,7 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
     const float* x = s.x + j0;
     hits.collect(x, n, set, -kInf, kInf);
     for (int64_t i = 0; i < hits.n; ++i) {

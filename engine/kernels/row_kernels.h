@@ -34,6 +34,10 @@ struct Segment {
   const int32_t* idx = nullptr;  // null: token = base + j
   int64_t n = 0;
   int64_t base = 0;
+  // The largest x of each pass block (kPassBlock entries, from the segment's
+  // start), recorded by the scan; null when not known. A block whose largest
+  // x lies beyond the set's bound holds no member and is skipped.
+  const float* bmax = nullptr;
   int32_t token(int64_t j) const { return idx ? idx[j] : static_cast<int32_t>(base + j); }
 };
 
@@ -138,9 +142,12 @@ struct Kernels {
   Isa isa;
   // Widens f16 / bf16 (or copies f32) into dst.
   void (*to_float)(const void* src, DType dtype, int64_t n, float* dst);
-  MaxStats (*max_stats)(const float* x, int64_t n);
+  // With block_max, the largest entry of each kPassBlock block (NaN-blind,
+  // -inf for a block of -inf) goes to block_max[b].
+  MaxStats (*max_stats)(const float* x, int64_t n, float* block_max);
   // to_float into dst and max_stats of the result, in one read of src.
-  MaxStats (*widen_max_stats)(const void* src, DType dtype, int64_t n, float* dst);
+  MaxStats (*widen_max_stats)(const void* src, DType dtype, int64_t n, float* dst,
+                              float* block_max);
   Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
   // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
   // number of members goes to *count and, when block_sums is not null, each

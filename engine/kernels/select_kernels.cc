@@ -354,6 +354,7 @@ int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t 
   block::Collected hits;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
+    if (block::block_above(s, j0, set, bound)) continue;
     hits.collect(s.x + j0, n, set, -kInf, bound);
     for (int64_t i = 0; i < hits.n; ++i) {
       out[count++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};

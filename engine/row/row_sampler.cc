@@ -43,12 +43,17 @@ float float_at_most(double v) {
 
 std::string row_prefix(int64_t row) { return "row " + std::to_string(row) + ": "; }
 
-void make_segments(const float* x, int64_t vocab, std::vector<Segment>& segs) {
+// The row's chunks; `bmax` (one entry per pass block of the row) is filled by
+// the scan.
+void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
+                   std::vector<Segment>& segs) {
   const int64_t n = (vocab + kChunk - 1) / kChunk;
+  bmax.resize(static_cast<size_t>(block_count(vocab)));
   segs.resize(static_cast<size_t>(n));
   for (int64_t s = 0; s < n; ++s) {
     segs[static_cast<size_t>(s)] =
-        Segment{x + s * kChunk, nullptr, std::min(kChunk, vocab - s * kChunk), s * kChunk};
+        Segment{x + s * kChunk, nullptr, std::min(kChunk, vocab - s * kChunk), s * kChunk,
+                bmax.data() + s * (kChunk / kPassBlock)};
   }
 }
 
@@ -185,6 +190,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   sc_.seg_count.reserve(segments);
   sc_.seg_min.reserve(segments);
   sc_.seg_block_start.reserve(segments + 1);
+  sc_.raw_block_max.reserve(static_cast<size_t>(block_count(vocab)));
+  sc_.row_block_max.reserve(static_cast<size_t>(block_count(vocab)));
   sc_.block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
   // Whether a row is compacted depends on its values.
   sc_.cand_x.resize(std::max(sc_.cand_x.size(), v));
@@ -204,10 +211,12 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     }
     return total;
   };
-  auto scan = [&](std::span<const Segment> segs) {
+  auto scan = [&](std::span<const Segment> segs, std::vector<float>& bmax) {
     sc_.max_stats.resize(segs.size());
     run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-      sc_.max_stats[static_cast<size_t>(s)] = run_.k->max_stats(segs[s].x, segs[s].n);
+      const Segment& seg = segs[static_cast<size_t>(s)];
+      sc_.max_stats[static_cast<size_t>(s)] =
+          run_.k->max_stats(seg.x, seg.n, bmax.data() + seg.base / kPassBlock);
     });
     return combine(segs);
   };
@@ -216,19 +225,19 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   MaxStats raw;
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
-    make_segments(dist.raw, vocab, sc_.raw_segs);
-    raw = scan(sc_.raw_segs);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    raw = scan(sc_.raw_segs, sc_.raw_block_max);
   } else {
     sc_.raw_buf.resize(static_cast<size_t>(vocab));
     dist.raw = sc_.raw_buf.data();
-    make_segments(dist.raw, vocab, sc_.raw_segs);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
     const int esize = dtype_size(in_.dtype);
     sc_.max_stats.resize(sc_.raw_segs.size());
     run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
-      sc_.max_stats[static_cast<size_t>(s)] =
-          run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype,
-                                  seg.n, sc_.raw_buf.data() + seg.base);
+      sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
+          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
+          sc_.raw_buf.data() + seg.base, sc_.raw_block_max.data() + seg.base / kPassBlock);
     });
     raw = combine(sc_.raw_segs);
   }
@@ -244,8 +253,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     sc_.work_buf.assign(dist.raw, dist.raw + vocab);
     apply_processors(req_, vocab, sc_.work_buf.data(), sc_.penalties);
     dist.x = sc_.work_buf.data();
-    make_segments(dist.x, vocab, sc_.row_segs);
-    processed = scan(sc_.row_segs);
+    make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs);
+    processed = scan(sc_.row_segs, sc_.row_block_max);
     if (processed.bad_at >= 0) {
       return Status::row_error(row_prefix(row_) + "logit of token " +
                                std::to_string(processed.bad_at) +

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <functional>
 
 namespace nucleus::detail {
 namespace {
@@ -145,6 +146,30 @@ bool sampled_bound(double count, SelectScratch& sc, float* bound) {
   return true;
 }
 
+// A key bound for a count target no larger than the number of pass blocks,
+// from the scan's block maxima: the target-th largest block maximum x_b. The
+// maxima of those blocks are `target` entries with x >= x_b, so (when they are
+// members, which the gather checks) at least `target` members have key <=
+// key(x_b); and only the blocks that reach x_b are read again. False when the
+// segments carry no maxima or have too few blocks.
+bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
+                     SelectScratch& sc, float* bound) {
+  sc.samples.clear();
+  for (const Segment& seg : segments) {
+    if (!seg.bmax) return false;
+    for (int64_t b = 0; b < block_count(seg.n); ++b) {
+      const float m = seg.bmax[b];
+      if ((set.xmax - m) * set.scale <= set.dhi) sc.samples.push_back(m);
+    }
+  }
+  const auto want = static_cast<size_t>(target);
+  if (want < 1 || sc.samples.size() < want) return false;
+  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want - 1),
+                   sc.samples.end(), std::greater<float>());
+  *bound = (set.xmax - sc.samples[want - 1]) * set.key_scale;
+  return true;
+}
+
 // Small count targets (top-k, min_keep, top-N) over a large set: the sample
 // gives a key bound that, with a margin, holds at least `target` members; one
 // pass gathers the members with key <= bound and the exact answer is found
@@ -160,9 +185,11 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
       target > kFastTargetMax || static_cast<double>(total) < 16.0 * kSampleStride * target) {
     return false;
   }
-  sample_member_keys(segments, set, rule, sc, run);
   float bound = 0.0f;
-  if (!sampled_bound(target, sc, &bound)) return false;
+  if (!block_max_bound(segments, set, target, sc, &bound)) {
+    sample_member_keys(segments, set, rule, sc, run);
+    if (!sampled_bound(target, sc, &bound)) return false;
+  }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
   if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
   if (static_cast<double>(sc.list.size()) < target) return false;
