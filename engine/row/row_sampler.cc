@@ -166,6 +166,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
   sc_.select.list.reserve(v);
   sc_.select.samples.reserve(v);
+  sc_.select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
   if (sc_.top.size() < v) sc_.top.resize(v);  // grown, never shrunk
   if (sc_.select.gathered_tokens.size() < v) sc_.select.gathered_tokens.resize(v);
   for (auto* a : {&sc_.select.keys, &sc_.select.weights, &sc_.select.interval_keys,

@@ -154,19 +154,20 @@ bool sampled_bound(double count, SelectScratch& sc, float* bound) {
 // segments carry no maxima or have too few blocks.
 bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
                      SelectScratch& sc, float* bound) {
-  sc.samples.clear();
+  std::vector<float>& maxima = sc.block_maxima;
+  maxima.clear();
   for (const Segment& seg : segments) {
     if (!seg.bmax) return false;
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
       const float m = seg.bmax[b];
-      if ((set.xmax - m) * set.scale <= set.dhi) sc.samples.push_back(m);
+      if ((set.xmax - m) * set.scale <= set.dhi) maxima.push_back(m);
     }
   }
   const auto want = static_cast<size_t>(target);
-  if (want < 1 || sc.samples.size() < want) return false;
-  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want - 1),
-                   sc.samples.end(), std::greater<float>());
-  *bound = (set.xmax - sc.samples[want - 1]) * set.key_scale;
+  if (want < 1 || maxima.size() < want) return false;
+  std::nth_element(maxima.begin(), maxima.begin() + static_cast<int64_t>(want - 1), maxima.end(),
+                   std::greater<float>());
+  *bound = (set.xmax - maxima[want - 1]) * set.key_scale;
   return true;
 }
 
@@ -226,8 +227,12 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // misses the few heaviest tokens, which only makes the nucleus smaller).
   const double want =
       std::clamp(8.0 * fraction * sample_mass * kSampleStride, 64.0, kFastNucleusMax);
+  // The gather bound is the sample's (with its margin); the block maxima give
+  // a tighter one that holds `want` tokens for sure, tried first below.
   float bound = 0.0f;
   if (!sampled_bound(want, sc, &bound)) return false;
+  float tight = bound;
+  if (block_max_bound(segments, set, want, sc, &tight)) tight = std::min(tight, bound);
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
   // One pass gathers them and forms the exact total, per segment (summed in
   // segment order below).
@@ -246,9 +251,17 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
 
   for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
   run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-  double gathered_mass = 0.0;
-  for (const SelectEntry& e : sc.list) gathered_mass += e.weight;
+  // Every member with key <= tight is in the list: when those alone reach
+  // the target, the boundary is among them (a shorter list to refine).
+  double gathered_mass = 0.0, tight_mass = 0.0;
+  for (const SelectEntry& e : sc.list) {
+    gathered_mass += e.weight;
+    tight_mass += e.key <= tight ? e.weight : 0.0;
+  }
   if (!(gathered_mass >= target)) return false;
+  if (tight < bound && tight_mass >= target) {
+    std::erase_if(sc.list, [&](const SelectEntry& e) { return !(e.key <= tight); });
+  }
   result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
   result.total = z;
   sc.gathered = true;

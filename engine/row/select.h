@@ -33,6 +33,7 @@ struct SelectScratch {
   std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
   std::vector<SelectEntry> list;    // the boundary bucket's members
   std::vector<float> samples;       // small-target path
+  std::vector<float> block_maxima;  // small-target and small-nucleus paths
   // Small-target path: segment s gathers into gathered_tokens[gathered_at[s],
   // + gathered_count[s]), room for all its tokens. Grown, never shrunk.
   std::vector<GatheredToken> gathered_tokens;
