@@ -222,25 +222,38 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     return combine(segs);
   };
   // The input row as float32: half types are widened chunk by chunk, in the
-  // same read as the scan.
-  MaxStats raw;
-  if (in_.dtype == DType::kFloat32) {
-    dist.raw = static_cast<const float*>(in_.data);
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
-    raw = scan(sc_.raw_segs, sc_.raw_block_max);
-  } else {
-    sc_.raw_buf.resize(static_cast<size_t>(vocab));
-    dist.raw = sc_.raw_buf.data();
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+  // same read as the scan. A float32 row that processors will change is
+  // copied to the working buffer the same way (the copy and the scan in one
+  // read).
+  const bool processors = has_processors(req_);
+  auto widen_scan = [&](float* dst) {
     const int esize = dtype_size(in_.dtype);
     sc_.max_stats.resize(sc_.raw_segs.size());
     run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
           static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
-          sc_.raw_buf.data() + seg.base, sc_.raw_block_max.data() + seg.base / kPassBlock);
+          dst + seg.base, sc_.raw_block_max.data() + seg.base / kPassBlock);
     });
-    raw = combine(sc_.raw_segs);
+    return combine(sc_.raw_segs);
+  };
+  MaxStats raw;
+  bool copied = false;
+  if (in_.dtype == DType::kFloat32) {
+    dist.raw = static_cast<const float*>(in_.data);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    if (processors) {
+      sc_.work_buf.resize(static_cast<size_t>(vocab));
+      raw = widen_scan(sc_.work_buf.data());
+      copied = true;
+    } else {
+      raw = scan(sc_.raw_segs, sc_.raw_block_max);
+    }
+  } else {
+    sc_.raw_buf.resize(static_cast<size_t>(vocab));
+    dist.raw = sc_.raw_buf.data();
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    raw = widen_scan(sc_.raw_buf.data());
   }
   if (raw.bad_at >= 0) {
     const float v = dist.raw[raw.bad_at];
@@ -250,8 +263,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   dist.raw_max = raw.max;
 
   MaxStats processed = raw;
-  if (has_processors(req_)) {
-    sc_.work_buf.assign(dist.raw, dist.raw + vocab);
+  if (processors) {
+    if (!copied) sc_.work_buf.assign(dist.raw, dist.raw + vocab);
     apply_processors(req_, vocab, sc_.work_buf.data(), sc_.penalties);
     dist.x = sc_.work_buf.data();
     make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs);
