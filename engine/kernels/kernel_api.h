@@ -21,11 +21,14 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
 void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, uint32_t* counts,
                    double* weights);
 double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
-                  float* weight);
+                  float* weight, const float* pivots, double* sums, int64_t* counts);
 void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
                 int64_t* counts);
 int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
                       float* out_key, float* out_weight);
+int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo, float hi,
+                     const float* pivots, float* out_key, float* out_weight, double* sums,
+                     int64_t* counts);
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
                     float* out);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,

@@ -498,6 +498,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::store_keys,
     &k::pivot_sums,
     &k::keep_interval,
+    &k::keep_and_sum,
     &k::sample_keys,
     &k::gather_below,
     &k::gather_bucket,

@@ -188,9 +188,11 @@ struct Kernels {
   // histogram). store_keys writes every token's key (+inf for non-members)
   // and weight (its mass when rule.mass_weight, else 1; 0 for non-members)
   // into key[j] / weight[j] for the segment's j, and returns the segment's
-  // total weight (in double, in block order).
+  // total weight (in double, in block order). With pivots (kPivots of them),
+  // pivot_sums of the stored entries too, in the same read where the
+  // instruction set allows.
   double (*store_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
-                       float* weight);
+                       float* weight, const float* pivots, double* sums, int64_t* counts);
   // For each of kPivots pivots: the weight (double, fixed order) and the
   // number of entries with key <= pivot.
   void (*pivot_sums)(const float* key, const float* weight, int64_t n, const float* pivots,
@@ -200,6 +202,11 @@ struct Kernels {
   // need room for a packet (64 floats) past n.
   int64_t (*keep_interval)(const float* key, const float* weight, int64_t n, float lo, float hi,
                            float* out_key, float* out_weight);
+  // keep_interval, and (pivots not null) pivot_sums over the kept entries, in
+  // one read where the instruction set allows.
+  int64_t (*keep_and_sum)(const float* key, const float* weight, int64_t n, float lo, float hi,
+                          const float* pivots, float* out_key, float* out_weight, double* sums,
+                          int64_t* counts);
   // The distance keys of the members among every stride-th token, in order;
   // returns how many (at most s.n / stride + 1).
   int64_t (*sample_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,

@@ -97,13 +97,79 @@ void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, ui
   }
 }
 
+#if !defined(__AVX512F__)
+namespace {
+
+void pivot_sums_generic(const float* key, const float* weight, int64_t n, const float* pivots,
+                        double* sums, int64_t* counts) {
+  // Each pivot: a float partial sum per lane over eight packets, then widened
+  // and added in double (as the mass pass), and a float count per lane
+  // (exact: blocks of at most 2^20 entries are reduced one by one).
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;
+  constexpr int64_t kReduceEvery = int64_t{1} << 20;
+  const Packet pone = ei::pset1<Packet>(1.0f);
+  Packet p[kPivots];
+  block::DoubleLanes sum[kPivots];
+  for (int i = 0; i < kPivots; ++i) {
+    p[i] = ei::pset1<Packet>(pivots[i]);
+    counts[i] = 0;
+  }
+  alignas(64) float tail_k[kLanes];
+  alignas(64) float tail_w[kLanes];
+  alignas(64) float lanes[kLanes];
+  for (int64_t b0 = 0; b0 < n; b0 += kReduceEvery) {
+    const int64_t m = std::min(kReduceEvery, n - b0);
+    Packet part[kPivots], cnt[kPivots];
+    for (int i = 0; i < kPivots; ++i) part[i] = cnt[i] = ei::pzero(pone);
+    int64_t in_group = 0;
+    for (int64_t g = 0; g < m; g += kLanes) {
+      Packet pk, pw;
+      if (g + kLanes <= m) {
+        pk = ei::ploadu<Packet>(key + b0 + g);
+        pw = ei::ploadu<Packet>(weight + b0 + g);
+      } else {
+        for (int64_t j = 0; j < kLanes; ++j) {
+          tail_k[j] = g + j < m ? key[b0 + g + j] : kInf;
+          tail_w[j] = g + j < m ? weight[b0 + g + j] : 0.0f;
+        }
+        pk = ei::pload<Packet>(tail_k);
+        pw = ei::pload<Packet>(tail_w);
+      }
+      for (int i = 0; i < kPivots; ++i) {
+        const Packet le = ei::pcmp_le(pk, p[i]);
+        part[i] = ei::padd(part[i], ei::pand(le, pw));
+        cnt[i] = ei::padd(cnt[i], ei::pand(le, pone));
+      }
+      if (++in_group == kGroup) {
+        for (int i = 0; i < kPivots; ++i) {
+          sum[i].add(part[i]);
+          part[i] = ei::pzero(pone);
+        }
+        in_group = 0;
+      }
+    }
+    for (int i = 0; i < kPivots; ++i) {
+      if (in_group) sum[i].add(part[i]);
+      ei::pstore(lanes, cnt[i]);
+      for (int64_t j = 0; j < kLanes; ++j) counts[i] += static_cast<int64_t>(lanes[j]);
+    }
+  }
+  for (int i = 0; i < kPivots; ++i) sums[i] = sum[i].total();
+}
+
+}  // namespace
+#endif
+
 #if defined(__AVX512F__)
 namespace {
 
 // store_keys on AVX-512: membership in mask registers (as the mass pass).
 template <bool kTypical, bool kMass>
 double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
-                         float* weight) {
+                         float* weight, const float* pivots, double* sums, int64_t* counts) {
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;
   const __m512 pxmax = _mm512_set1_ps(set.xmax);
@@ -117,6 +183,14 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
   const __m512 pone = _mm512_set1_ps(1.0f);
   __m512 partial = _mm512_setzero_ps();
   block::DoubleLanes sum;
+  // Round 0 of the pivot select rides along: per pivot, the weight and count
+  // of the entries with key <= pivot.
+  __m512 ppivot[kPivots], ppart[kPivots], pcount[kPivots];
+  block::DoubleLanes psum[kPivots];
+  for (int i = 0; i < kPivots; ++i) {
+    ppivot[i] = _mm512_set1_ps(pivots ? pivots[i] : -kInf);
+    ppart[i] = pcount[i] = _mm512_setzero_ps();
+  }
   int64_t in_group = 0;
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
     const __m512 diff = _mm512_sub_ps(pxmax, px);
@@ -137,9 +211,22 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
       k = _mm512_mask_mov_ps(pinf, in, _mm512_mul_ps(diff, pkscale));
     }
     partial = _mm512_add_ps(partial, w);
+    if (pivots) {
+      for (int i = 0; i < kPivots; ++i) {
+        const __mmask16 le = _mm512_mask_cmp_ps_mask(store, k, ppivot[i], _CMP_LE_OQ);
+        ppart[i] = _mm512_mask_add_ps(ppart[i], le, ppart[i], w);
+        pcount[i] = _mm512_mask_add_ps(pcount[i], le, pcount[i], pone);
+      }
+    }
     if (++in_group == kGroup) {
       sum.add(partial);
       partial = _mm512_setzero_ps();
+      if (pivots) {
+        for (int i = 0; i < kPivots; ++i) {
+          psum[i].add(ppart[i]);
+          ppart[i] = _mm512_setzero_ps();
+        }
+      }
       in_group = 0;
     }
     _mm512_mask_storeu_ps(key + g, store, k);
@@ -152,6 +239,13 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
     step(_mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), tail, s.x + g), g, tail);
   }
   if (in_group) sum.add(partial);
+  if (pivots) {
+    for (int i = 0; i < kPivots; ++i) {
+      if (in_group) psum[i].add(ppart[i]);
+      sums[i] = psum[i].total();
+      counts[i] = static_cast<int64_t>(_mm512_reduce_add_ps(pcount[i]));
+    }
+  }
   return sum.total();
 }
 
@@ -159,15 +253,16 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
 #endif
 
 double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
-                  float* weight) {
+                  float* weight, const float* pivots, double* sums, int64_t* counts) {
 #if defined(__AVX512F__)
   const bool typical = rule.kind == KeyKind::kTypical;
   if (rule.mass_weight) {
-    return typical ? store_keys_avx512<true, true>(s, set, rule, key, weight)
-                   : store_keys_avx512<false, true>(s, set, rule, key, weight);
+    return typical
+               ? store_keys_avx512<true, true>(s, set, rule, key, weight, pivots, sums, counts)
+               : store_keys_avx512<false, true>(s, set, rule, key, weight, pivots, sums, counts);
   }
-  return typical ? store_keys_avx512<true, false>(s, set, rule, key, weight)
-                 : store_keys_avx512<false, false>(s, set, rule, key, weight);
+  return typical ? store_keys_avx512<true, false>(s, set, rule, key, weight, pivots, sums, counts)
+                 : store_keys_avx512<false, false>(s, set, rule, key, weight, pivots, sums, counts);
 #else
   // One packet at a time from the values: d, membership, the mass (the same
   // packet exp of the same argument as every other pass) and the key.
@@ -234,68 +329,86 @@ double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, flo
     }
   }
   if (in_group) sum.add(partial);
+  if (pivots) pivot_sums_generic(key, weight, s.n, pivots, sums, counts);
   return sum.total();
 #endif
 }
 
-void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
-                int64_t* counts) {
-  // Each pivot: a float partial sum per lane over eight packets, then widened
-  // and added in double (as the mass pass), and a float count per lane
-  // (exact: blocks of at most 2^20 entries are reduced one by one).
-  namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
-  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+namespace {
+
+#if defined(__AVX512F__)
+// pivot_sums, and with kKeep keep_interval in the same read (the sums then
+// count only the kept entries), with masks in mask registers.
+template <bool kKeep>
+int64_t interval_pass_avx512(const float* key, const float* weight, int64_t n, float lo, float hi,
+                             const float* pivots, double* sums, int64_t* counts, float* out_key,
+                             float* out_weight) {
   constexpr int64_t kGroup = 8;
   constexpr int64_t kReduceEvery = int64_t{1} << 20;
-  const Packet pone = ei::pset1<Packet>(1.0f);
-  Packet p[kPivots];
+  const __m512 plo = _mm512_set1_ps(lo);
+  const __m512 phi = _mm512_set1_ps(hi);
+  const __m512 pone = _mm512_set1_ps(1.0f);
+  __m512 p[kPivots];
   block::DoubleLanes sum[kPivots];
   for (int i = 0; i < kPivots; ++i) {
-    p[i] = ei::pset1<Packet>(pivots[i]);
+    p[i] = _mm512_set1_ps(pivots ? pivots[i] : -kInf);
     counts[i] = 0;
   }
-  alignas(64) float tail_k[kLanes];
-  alignas(64) float tail_w[kLanes];
-  alignas(64) float lanes[kLanes];
+  int64_t c = 0;
   for (int64_t b0 = 0; b0 < n; b0 += kReduceEvery) {
     const int64_t m = std::min(kReduceEvery, n - b0);
-    Packet part[kPivots], cnt[kPivots];
-    for (int i = 0; i < kPivots; ++i) part[i] = cnt[i] = ei::pzero(pone);
+    __m512 part[kPivots], cnt[kPivots];
+    for (int i = 0; i < kPivots; ++i) part[i] = cnt[i] = _mm512_setzero_ps();
     int64_t in_group = 0;
-    for (int64_t g = 0; g < m; g += kLanes) {
-      Packet pk, pw;
-      if (g + kLanes <= m) {
-        pk = ei::ploadu<Packet>(key + b0 + g);
-        pw = ei::ploadu<Packet>(weight + b0 + g);
-      } else {
-        for (int64_t j = 0; j < kLanes; ++j) {
-          tail_k[j] = g + j < m ? key[b0 + g + j] : kInf;
-          tail_w[j] = g + j < m ? weight[b0 + g + j] : 0.0f;
-        }
-        pk = ei::pload<Packet>(tail_k);
-        pw = ei::pload<Packet>(tail_w);
+    for (int64_t g = 0; g < m; g += 16) {
+      const auto load =
+          g + 16 <= m ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (m - g)) - 1u);
+      const __m512 k = _mm512_maskz_loadu_ps(load, key + b0 + g);
+      const __m512 w = _mm512_maskz_loadu_ps(load, weight + b0 + g);
+      __mmask16 in = load;
+      if constexpr (kKeep) {
+        in = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(in, plo, k, _CMP_LT_OQ), k, phi,
+                                     _CMP_LE_OQ);
       }
-      for (int i = 0; i < kPivots; ++i) {
-        const Packet le = ei::pcmp_le(pk, p[i]);
-        part[i] = ei::padd(part[i], ei::pand(le, pw));
-        cnt[i] = ei::padd(cnt[i], ei::pand(le, pone));
-      }
-      if (++in_group == kGroup) {
+      if (pivots) {
         for (int i = 0; i < kPivots; ++i) {
-          sum[i].add(part[i]);
-          part[i] = ei::pzero(pone);
+          const __mmask16 le = _mm512_mask_cmp_ps_mask(in, k, p[i], _CMP_LE_OQ);
+          part[i] = _mm512_mask_add_ps(part[i], le, part[i], w);
+          cnt[i] = _mm512_mask_add_ps(cnt[i], le, cnt[i], pone);
         }
-        in_group = 0;
+        if (++in_group == kGroup) {
+          for (int i = 0; i < kPivots; ++i) {
+            sum[i].add(part[i]);
+            part[i] = _mm512_setzero_ps();
+          }
+          in_group = 0;
+        }
+      }
+      if constexpr (kKeep) {
+        _mm512_storeu_ps(out_key + c, _mm512_maskz_compress_ps(in, k));
+        _mm512_storeu_ps(out_weight + c, _mm512_maskz_compress_ps(in, w));
+        c += __builtin_popcount(static_cast<unsigned>(in));
       }
     }
     for (int i = 0; i < kPivots; ++i) {
       if (in_group) sum[i].add(part[i]);
-      ei::pstore(lanes, cnt[i]);
-      for (int64_t j = 0; j < kLanes; ++j) counts[i] += static_cast<int64_t>(lanes[j]);
+      counts[i] += static_cast<int64_t>(_mm512_reduce_add_ps(cnt[i]));
     }
   }
-  for (int i = 0; i < kPivots; ++i) sums[i] = sum[i].total();
+  for (int i = 0; i < kPivots; ++i) sums[i] = pivots ? sum[i].total() : 0.0;
+  return c;
+}
+#endif
+
+}  // namespace
+
+void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
+                int64_t* counts) {
+#if defined(__AVX512F__)
+  interval_pass_avx512<false>(key, weight, n, -kInf, kInf, pivots, sums, counts, nullptr, nullptr);
+#else
+  pivot_sums_generic(key, weight, n, pivots, sums, counts);
+#endif
 }
 
 int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
@@ -326,6 +439,19 @@ int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo
     c += (k > lo) & (k <= hi) ? 1 : 0;
   }
   return c;
+}
+
+int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo, float hi,
+                     const float* pivots, float* out_key, float* out_weight, double* sums,
+                     int64_t* counts) {
+#if defined(__AVX512F__)
+  return interval_pass_avx512<true>(key, weight, n, lo, hi, pivots, sums, counts, out_key,
+                                    out_weight);
+#else
+  const int64_t kept = keep_interval(key, weight, n, lo, hi, out_key, out_weight);
+  if (pivots) pivot_sums_generic(out_key, out_weight, kept, pivots, sums, counts);
+  return kept;
+#endif
 }
 
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,

@@ -298,11 +298,39 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     sc.keys.resize(static_cast<size_t>(total_n + 64));
     sc.weights.resize(static_cast<size_t>(total_n + 64));
   }
+  // Round 0's pivots come from a sample of the keys, taken before the pass
+  // that stores them all (and totals the weight at the pivots as it goes).
+  float pivots[kPivots];
+  auto quartiles = [&](std::vector<float>& sample) {
+    if (sample.size() < 4) return false;
+    std::sort(sample.begin(), sample.end());
+    for (int i = 0; i < kPivots; ++i) {
+      pivots[i] = sample[sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
+    }
+    return true;
+  };
+  {
+    const int64_t stride = std::max<int64_t>(1, total_n / kPivotSample);
+    size_t room = 0;
+    for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / stride + 1);
+    sc.pivot_sample.resize(room);
+    size_t got = 0;
+    for (const Segment& seg : segments) {
+      got += static_cast<size_t>(
+          run.k->sample_keys(seg, set, rule, stride, sc.pivot_sample.data() + got));
+    }
+    sc.pivot_sample.resize(got);
+    std::erase_if(sc.pivot_sample, [](float k) { return !(k < kInf); });
+    if (!quartiles(sc.pivot_sample)) return false;
+  }
   sc.seg_total.resize(static_cast<size_t>(nseg));
+  sc.masses.resize(static_cast<size_t>(nseg * kPivots));
+  sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
   run(nseg, [&](int64_t s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
     sc.seg_total[static_cast<size_t>(s)] = run.k->store_keys(
-        segments[static_cast<size_t>(s)], set, rule, sc.keys.data() + at, sc.weights.data() + at);
+        segments[static_cast<size_t>(s)], set, rule, sc.keys.data() + at, sc.weights.data() + at,
+        pivots, sc.masses.data() + s * kPivots, sc.seg_chosen.data() + s * kPivots);
   });
   double total = 0.0;
   for (double t : sc.seg_total) total += t;
@@ -321,8 +349,10 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     sc.interval_keys.resize(static_cast<size_t>(total_n + 64));
     sc.interval_weights.resize(static_cast<size_t>(total_n + 64));
   }
-  // The first round reads the stored arrays and copies the interval out;
-  // later rounds shrink that copy in place.
+  // Round 0's sums came with the store pass; every later round copies the
+  // interval that holds the boundary out of the previous arrays and, in the
+  // same read, totals the next pivots (from a sample of the previous arrays
+  // that falls in the interval).
   const float* key = sc.keys.data();
   const float* weight = sc.weights.data();
   float* out_key = sc.interval_keys.data();
@@ -334,66 +364,46 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
   // (non-members, masses that underflow), so the boundary is finite.
   float lo = -kInf;
   float hi = kMaxFloat;
-  bool first = true;
-  while (n > kPivotRefineBelow) {
-    // Pivots: quartiles of a sample of the keys in play.
-    const int64_t stride = std::max<int64_t>(1, n / kPivotSample);
+  // Later pivots: quartiles of a sample of the entries in (lo, hi].
+  auto pick_pivots = [&](const float* k, int64_t size, float from, float to) {
+    const int64_t stride = std::max<int64_t>(1, size / kPivotSample);
     sc.pivot_sample.clear();
-    for (int64_t j = 0; j < n; j += stride) {
-      const float k = key[j];
-      if (k > lo && k <= hi && k < kInf) sc.pivot_sample.push_back(k);
+    for (int64_t j = 0; j < size; j += stride) {
+      if (k[j] > from && k[j] <= to) sc.pivot_sample.push_back(k[j]);
     }
-    if (sc.pivot_sample.size() < 4) return false;
-    std::sort(sc.pivot_sample.begin(), sc.pivot_sample.end());
-    float pivots[kPivots];
-    for (int i = 0; i < kPivots; ++i) {
-      pivots[i] =
-          sc.pivot_sample[sc.pivot_sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
+    return quartiles(sc.pivot_sample);
+  };
+  // Round 0's sums, per segment, combined in segment order.
+  double sums[kPivots];
+  int64_t counts[kPivots];
+  for (int i = 0; i < kPivots; ++i) {
+    sums[i] = 0.0;
+    counts[i] = 0;
+    for (int64_t s = 0; s < nseg; ++s) {
+      sums[i] += sc.masses[static_cast<size_t>(s * kPivots + i)];
+      counts[i] += sc.seg_chosen[static_cast<size_t>(s * kPivots + i)];
     }
-    double sums[kPivots];
-    int64_t counts[kPivots];
-    if (first) {
-      // The stored arrays, segment by segment (in parallel), combined in
-      // segment order.
-      sc.masses.resize(static_cast<size_t>(nseg * kPivots));
-      sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
-      run(nseg, [&](int64_t s) {
-        const int64_t at = sc.offsets[static_cast<size_t>(s)];
-        run.k->pivot_sums(key + at, weight + at, sc.offsets[static_cast<size_t>(s + 1)] - at,
-                          pivots, sc.masses.data() + s * kPivots,
-                          sc.seg_chosen.data() + s * kPivots);
-      });
-      for (int i = 0; i < kPivots; ++i) {
-        sums[i] = 0.0;
-        counts[i] = 0;
-        for (int64_t s = 0; s < nseg; ++s) {
-          sums[i] += sc.masses[static_cast<size_t>(s * kPivots + i)];
-          counts[i] += sc.seg_chosen[static_cast<size_t>(s * kPivots + i)];
-        }
-      }
-    } else {
-      // Entries outside (lo, hi] were dropped: the sums are within it.
-      run.k->pivot_sums(key, weight, n, pivots, sums, counts);
-    }
+  }
+  for (bool first = true;; first = false) {
     // The first pivot whose cumulative weight reaches the target closes the
-    // new interval; the one before it opens it.
+    // new interval; the one before it opens it. (The sums count the entries
+    // in (lo, pivot]: round 0's arrays hold nothing at or below lo = -inf.)
     float new_lo = lo, new_hi = hi;
     double new_cum = cum;
     int64_t new_below = below;
     for (int i = 0; i < kPivots; ++i) {
-      if (pivots[i] <= lo) continue;
-      // On the first round the arrays also hold keys <= lo (none: lo is -inf).
       if (cum + sums[i] >= target) {
-        new_hi = pivots[i];
+        new_hi = std::min(hi, pivots[i]);
         break;
       }
       new_lo = pivots[i];
       new_cum = cum + sums[i];
       new_below = below + counts[i];
     }
-    const int64_t kept = run.k->keep_interval(key, weight, n, new_lo, new_hi, out_key, out_weight);
+    const bool more = pick_pivots(key, n, new_lo, new_hi);
+    const int64_t kept = run.k->keep_and_sum(
+        key, weight, n, new_lo, new_hi, more ? pivots : nullptr, out_key, out_weight, sums, counts);
     if (kept >= n && !first) return false;  // no progress: a run of equal keys
-    first = false;
     key = out_key;
     weight = out_weight;
     n = kept;
@@ -401,10 +411,9 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     hi = new_hi;
     cum = new_cum;
     below = new_below;
+    if (n <= kPivotRefineBelow) break;
+    if (!more) return false;  // a long interval the sample cannot split
   }
-  if (first) n = run.k->keep_interval(key, weight, n, lo, hi, out_key, out_weight);
-  key = out_key;
-  weight = out_weight;
   sc.list.resize(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) sc.list[static_cast<size_t>(j)] = SelectEntry{key[j], weight[j]};
   result = refine(sc.list, sc, true, cum, below, target, kLevel1Shift);
