@@ -28,6 +28,24 @@ constexpr int64_t kBlock = kPassBlock;
 // result is replaced by an exact 0.
 constexpr float kOffExponent = -200.0f;
 
+// A set's bounds and the passes' constants, broadcast to packets once per
+// pass (Packet is __m512 itself on AVX-512 builds); passes bind them as
+// const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = ...
+using Packet = Eigen::internal::packet_traits<float>::type;
+struct SetPackets {
+  Packet xmax, scale, key_scale, lo, hi, under, inf, one;
+  explicit SetPackets(const SetSpec& set)
+      : xmax(bcast(set.xmax)),
+        scale(bcast(set.scale)),
+        key_scale(bcast(set.key_scale)),
+        lo(bcast(set.dlo)),
+        hi(bcast(set.dhi)),
+        under(bcast(kUnderflow)),
+        inf(bcast(kInf)),
+        one(bcast(1.0f)) {}
+  static Packet bcast(float v) { return Eigen::internal::pset1<Packet>(v); }
+};
+
 inline void block_distances(const float* __restrict x, int64_t n, float xmax, float scale,
                             float* __restrict d) {
   for (int64_t j = 0; j < n; ++j) d[j] = (xmax - x[j]) * scale;
@@ -163,16 +181,10 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kGroup = 8;  // packets per float partial sum
-  const Packet pxmax = ei::pset1<Packet>(set.xmax);
-  const Packet pscale = ei::pset1<Packet>(set.scale);
-  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
-  const Packet plo = ei::pset1<Packet>(set.dlo);
-  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pk0 = ei::pset1<Packet>(k0);
-  const Packet punder = ei::pset1<Packet>(kUnderflow);
   const Packet pnhi = ei::pset1<Packet>(-set.dhi);
   const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
-  const Packet pone = ei::pset1<Packet>(1.0f);
   Packet count = ei::pzero(pone);
   Packet partial = ei::pzero(pone);
   DoubleLanes sum;
@@ -267,16 +279,10 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   static_assert(kExtra == Extra::kNone || kSameScale);
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
-  const __m512 pxmax = _mm512_set1_ps(set.xmax);
-  const __m512 pscale = _mm512_set1_ps(set.scale);
-  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
-  const __m512 plo = _mm512_set1_ps(set.dlo);
-  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const __m512 pk0 = _mm512_set1_ps(k0);
-  const __m512 punder = _mm512_set1_ps(kUnderflow);
   const __m512 pnhi = _mm512_set1_ps(-set.dhi);
   const __m512 pnunder = _mm512_set1_ps(-kUnderflow);
-  const __m512 pone = _mm512_set1_ps(1.0f);
   const __m512 pbound = _mm512_set1_ps(hits ? hits->bound : 0.0f);
   const __m512 pnbound = _mm512_set1_ps(hits ? -hits->bound : 0.0f);
   const __m512i lane_step = _mm512_set1_epi32(16);
@@ -427,11 +433,7 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // and stored whole (the outputs have a packet of room past kBlock).
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
                                         float khi, int32_t* idx, float* kout, float* dout) {
-  const __m512 pxmax = _mm512_set1_ps(set.xmax);
-  const __m512 pscale = _mm512_set1_ps(set.scale);
-  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
-  const __m512 plo = _mm512_set1_ps(set.dlo);
-  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
   const __m512 pad = _mm512_set1_ps(-kInf);
@@ -464,11 +466,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  const Packet pxmax = ei::pset1<Packet>(set.xmax);
-  const Packet pscale = ei::pset1<Packet>(set.scale);
-  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
-  const Packet plo = ei::pset1<Packet>(set.dlo);
-  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pklo = ei::pset1<Packet>(klo);
   const Packet pkhi = ei::pset1<Packet>(khi);
   alignas(64) float tx[kLanes];

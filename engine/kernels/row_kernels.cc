@@ -224,13 +224,8 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kGroup = 8;
-  const Packet pxmax = ei::pset1<Packet>(set.xmax);
-  const Packet pscale = ei::pset1<Packet>(set.scale);
-  const Packet plo = ei::pset1<Packet>(set.dlo);
-  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pd0 = ei::pset1<Packet>(d0);
-  const Packet punder = ei::pset1<Packet>(kUnderflow);
-  const Packet pone = ei::pset1<Packet>(1.0f);
   Packet count = ei::pzero(pone), z = count, zd = count;
   DoubleLanes z_sum, zd_sum;
   alignas(64) float tail[kLanes];

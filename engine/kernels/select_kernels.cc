@@ -172,15 +172,8 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
                          float* weight, const float* pivots, double* sums, int64_t* counts) {
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;
-  const __m512 pxmax = _mm512_set1_ps(set.xmax);
-  const __m512 pscale = _mm512_set1_ps(set.scale);
-  const __m512 pkscale = _mm512_set1_ps(set.key_scale);
-  const __m512 plo = _mm512_set1_ps(set.dlo);
-  const __m512 phi = _mm512_set1_ps(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = block::SetPackets(set);
   const __m512 pd0 = _mm512_set1_ps(rule.d0);
-  const __m512 punder = _mm512_set1_ps(kUnderflow);
-  const __m512 pinf = _mm512_set1_ps(kInf);
-  const __m512 pone = _mm512_set1_ps(1.0f);
   __m512 partial = _mm512_setzero_ps();
   block::DoubleLanes sum;
   // Round 0 of the pivot select rides along: per pivot, the weight and count
@@ -270,15 +263,8 @@ double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, flo
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kGroup = 8;
-  const Packet pxmax = ei::pset1<Packet>(set.xmax);
-  const Packet pscale = ei::pset1<Packet>(set.scale);
-  const Packet pkscale = ei::pset1<Packet>(set.key_scale);
-  const Packet plo = ei::pset1<Packet>(set.dlo);
-  const Packet phi = ei::pset1<Packet>(set.dhi);
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = block::SetPackets(set);
   const Packet pd0 = ei::pset1<Packet>(rule.d0);
-  const Packet punder = ei::pset1<Packet>(kUnderflow);
-  const Packet pinf = ei::pset1<Packet>(kInf);
-  const Packet pone = ei::pset1<Packet>(1.0f);
   const bool typical = rule.kind == KeyKind::kTypical;
   const bool mass = rule.mass_weight;
   Packet partial = ei::pzero(pone);
