@@ -296,11 +296,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                       "--isa all --repeat 2 --no-reference -q --json bench.json");
   ASSERT_EQ(run.code, 0) << run.err;
   std::vector<std::string> isas;
-  for (Isa isa : {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
-    if (static_cast<int>(isa) <= static_cast<int>(resolve_isa(Isa::kAuto))) {
-      isas.push_back(isa_name(isa));
-    }
-  }
+  for (Isa isa : runnable_isas()) isas.push_back(isa_name(isa));
   const Json doc = Json::parse(ReadText(dir / "bench.json"));
   ASSERT_EQ(doc["results"].size(), 2 * 2 * isas.size());  // batches x configs x sets
   std::map<std::string, int> per_isa;

@@ -18,14 +18,6 @@ namespace {
 
 constexpr Isa kAll[] = {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512};
 
-std::vector<Isa> runnable() {
-  std::vector<Isa> out;
-  for (Isa isa : kAll) {
-    if (static_cast<int>(isa) <= static_cast<int>(resolve_isa(Isa::kAuto))) out.push_back(isa);
-  }
-  return out;
-}
-
 TEST(Isa, NamesRoundTrip) {
   for (Isa isa : {Isa::kAuto, Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
     ASSERT_TRUE(parse_isa(isa_name(isa)).has_value()) << isa_name(isa);
@@ -36,6 +28,17 @@ TEST(Isa, NamesRoundTrip) {
   EXPECT_FALSE(parse_isa("avx").has_value());
   EXPECT_FALSE(parse_isa("").has_value());
   EXPECT_FALSE(parse_isa("neon").has_value());
+}
+
+TEST(Isa, RunnableSetsRunUpToTheResolvedOne) {
+  const std::vector<Isa> sets = runnable_isas();
+  ASSERT_FALSE(sets.empty());
+  EXPECT_EQ(sets.front(), Isa::kSSE2);
+  EXPECT_EQ(sets.back(), resolve_isa(Isa::kAuto));
+  for (size_t i = 1; i < sets.size(); ++i) {
+    EXPECT_EQ(static_cast<int>(sets[i]), static_cast<int>(sets[i - 1]) + 1);
+  }
+  for (Isa isa : sets) EXPECT_EQ(Engine({.max_threads = 1, .seed = 1, .isa = isa}).isa(), isa);
 }
 
 TEST(Isa, EngineRunsTheResolvedSet) {
@@ -119,7 +122,7 @@ std::vector<Row> make_rows() {
 }
 
 TEST(Isa, EveryPathComputesTheSameDistribution) {
-  const auto paths = runnable();
+  const auto paths = runnable_isas();
   const auto rows = make_rows();
   for (const Row& r : rows) {
     const auto vocab = static_cast<int64_t>(r.x.size());
@@ -150,7 +153,7 @@ TEST(Isa, EveryPathComputesTheSameDistribution) {
 }
 
 TEST(Isa, EveryPathDrawsTheSameTokens) {
-  const auto paths = runnable();
+  const auto paths = runnable_isas();
   const auto rows = make_rows();
   int64_t draws = 0;
   int64_t differ = 0;

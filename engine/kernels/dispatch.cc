@@ -96,4 +96,13 @@ Isa resolve_isa(Isa requested) {
   return detail::cap_at(detail::cap_at(best_isa(), requested), detail::environment_cap());
 }
 
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> out;
+  const Isa top = resolve_isa(Isa::kAuto);
+  for (Isa isa : {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
+    if (static_cast<int>(isa) <= static_cast<int>(top)) out.push_back(isa);
+  }
+  return out;
+}
+
 }  // namespace nucleus

@@ -16,6 +16,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "nucleus/sampling.h"
 #include "nucleus/status.h"
@@ -44,6 +45,8 @@ Isa best_isa();
 // The set an engine asking for `requested` runs: min(requested, NUCLEUS_ISA,
 // best_isa()), kAuto meaning no limit.
 Isa resolve_isa(Isa requested);
+// The sets an engine here can run (up to resolve_isa(kAuto)), lowest first.
+std::vector<Isa> runnable_isas();
 
 struct EngineOptions {
   int max_threads = 0;           // 0: every core the process may use

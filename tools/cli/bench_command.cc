@@ -130,9 +130,7 @@ int run_bench(const BenchCommand& c) {
   std::vector<Isa> isas;
   for (const std::string& name : split(c.isa)) {
     if (name == "all") {
-      for (Isa isa : {Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
-        if (static_cast<int>(isa) <= static_cast<int>(resolve_isa(Isa::kAuto))) isas.push_back(isa);
-      }
+      for (Isa isa : runnable_isas()) isas.push_back(isa);
       continue;
     }
     const auto isa = parse_isa(name);
