@@ -268,12 +268,13 @@ struct BlockHits {
 // kExtra (same scales only, so key = d): Extra::kHits also collects the
 // members with d <= hits->bound (BlockHits, above), the work gather_below would
 // do in a pass of its own (packets with a hit cost two compressed stores);
-// Extra::kEntropy also sums m (d - k0) into *zd, in double as the masses.
+// Extra::kEntropy also sums m (d - k0) into *zd, in double as the masses, and
+// with e_store stores d - k0 there (+inf where the mass is 0).
 template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
           Extra kExtra = Extra::kNone>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
-                                  double* zd = nullptr) {
+                                  double* zd = nullptr, float* e_store = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits;
   constexpr bool kEntropy = kExtra == Extra::kEntropy;
   static_assert(kExtra == Extra::kNone || kSameScale);
@@ -321,6 +322,11 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (kEntropy) {
       // m e = -(m arg) exactly: subtract m arg.
       partial_zd = _mm512_mask_sub_ps(partial_zd, live, partial_zd, _mm512_mul_ps(ex, arg));
+      if (e_store) {
+        // e = -arg (d - k0), +inf where the mass is 0.
+        _mm512_mask_storeu_ps(e_store + g, store,
+                              _mm512_mask_mov_ps(_mm512_set1_ps(kInf), live, ei::pnegate(arg)));
+      }
     }
     if (++in_group == kGroup) {
       sum.add(partial);

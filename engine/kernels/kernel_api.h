@@ -7,7 +7,8 @@
 void to_float(const void* src, DType dtype, int64_t n, float* dst);
 MaxStats max_stats(const float* x, int64_t n, float* block_max);
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max);
-Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
+Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind, float* e_out,
+                float* w_out);
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
 double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
                        GatheredToken* out, int64_t* gathered);
@@ -29,6 +30,8 @@ int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo
 int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo, float hi,
                      const float* pivots, float* out_key, float* out_weight, double* sums,
                      int64_t* counts);
+void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu,
+                         const float* pivots, double* sums, int64_t* counts);
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
                     float* out);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,

@@ -266,12 +266,19 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
 }  // namespace
 #endif
 
-Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind) {
+Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind, float* e_out,
+                float* w_out) {
   Moments out;
   if (kind == MomentKind::kEntropy) {
     for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, s.n - j0);
-      if (block_empty(s, j0, set)) continue;
+      float* e = e_out ? e_out + j0 : nullptr;
+      float* w = w_out ? w_out + j0 : nullptr;
+      if (block_empty(s, j0, set)) {
+        if (e) std::fill_n(e, n, kInf);
+        if (w) std::fill_n(w, n, 0.0f);
+        continue;
+      }
 #if defined(__AVX512F__)
       // The mass pass with the moment riding along (filter space: key = d).
       SetSpec same = set;
@@ -281,22 +288,35 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind)
       const float* x = s.x + j0;
       double z = 0.0;
       if (set.dlo > 0.0f) {
-        z = block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, nullptr,
-                                                                           &count, nullptr, &zd);
+        z = block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, w,
+                                                                           &count, nullptr, &zd, e);
       } else if (d0 == 0.0f) {
         z = set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
-                                    x, n, same, d0, nullptr, &count, nullptr, &zd)
+                                    x, n, same, d0, w, &count, nullptr, &zd, e)
                               : block_masses_avx512<false, true, true, false, Extra::kEntropy>(
-                                    x, n, same, d0, nullptr, &count, nullptr, &zd);
+                                    x, n, same, d0, w, &count, nullptr, &zd, e);
       } else {
-        z = block_masses_avx512<false, true, false, false, Extra::kEntropy>(x, n, same, d0, nullptr,
-                                                                            &count, nullptr, &zd);
+        z = block_masses_avx512<false, true, false, false, Extra::kEntropy>(
+            x, n, same, d0, w, &count, nullptr, &zd, e);
       }
       out.count += count;
       out.z += z;
       out.zd += zd;
 #else
       entropy_moments(s.x + j0, n, set, d0, out);
+      if (e || w) {
+        // The stored forms: e = d - d0 (+inf where the mass is 0) and the mass.
+        alignas(64) float d[kBlock];
+        alignas(64) float m[kBlock];
+        block_distances(s.x + j0, n, set.xmax, set.scale, d);
+        block_masses(d, d, n, set, d0, m);
+        for (int64_t j = 0; j < n; ++j) {
+          const float ej = d[j] - d0;
+          const bool live = in_range(d[j], set.dlo, set.dhi) & (ej <= kUnderflow);
+          if (e) e[j] = live ? ej : kInf;
+          if (w) w[j] = m[j];
+        }
+      }
 #endif
     }
     return out;
@@ -494,6 +514,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::pivot_sums,
     &k::keep_interval,
     &k::keep_and_sum,
+    &k::typical_keys_from_e,
     &k::sample_keys,
     &k::gather_below,
     &k::gather_bucket,

@@ -148,7 +148,10 @@ struct Kernels {
   // to_float into dst and max_stats of the result, in one read of src.
   MaxStats (*widen_max_stats)(const void* src, DType dtype, int64_t n, float* dst,
                               float* block_max);
-  Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind);
+  // kEntropy with e_out / w_out (the segment's tokens): also stores each
+  // token's d - d0 (+inf where its mass is 0) and its mass.
+  Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind, float* e_out,
+                     float* w_out);
   // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
   // number of members goes to *count and, when block_sums is not null, each
   // block's sum to block_sums[b].
@@ -207,6 +210,10 @@ struct Kernels {
   int64_t (*keep_and_sum)(const float* key, const float* weight, int64_t n, float lo, float hi,
                           const float* pivots, float* out_key, float* out_weight, double* sums,
                           int64_t* counts);
+  // Typical keys from moments' stored e, in place (+inf stays +inf), and
+  // pivot_sums of them with the stored masses, in one read.
+  void (*typical_keys_from_e)(float* e_key, const float* weight, int64_t n, double mu,
+                              const float* pivots, double* sums, int64_t* counts);
   // The distance keys of the members among every stride-th token, in order;
   // returns how many (at most s.n / stride + 1).
   int64_t (*sample_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,

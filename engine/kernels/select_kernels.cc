@@ -397,6 +397,19 @@ void pivot_sums(const float* key, const float* weight, int64_t n, const float* p
 #endif
 }
 
+void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu,
+                         const float* pivots, double* sums, int64_t* counts) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    ei::pstoreu(e_key + j, block::typical_key_packet(ei::ploadu<Packet>(e_key + j), mu));
+  }
+  for (; j < n; ++j) e_key[j] = static_cast<float>(std::fabs(static_cast<double>(e_key[j]) - mu));
+  if (pivots) pivot_sums(e_key, weight, n, pivots, sums, counts);
+}
+
 int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
                       float* out_key, float* out_weight) {
   int64_t c = 0;

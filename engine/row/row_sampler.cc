@@ -112,7 +112,7 @@ Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& se
                                 MomentKind kind) {
   sc_.moments.resize(segs.size());
   run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
-    sc_.moments[static_cast<size_t>(s)] = run_.k->moments(segs[s], set, d0, kind);
+    sc_.moments[static_cast<size_t>(s)] = run_.k->moments(segs[s], set, d0, kind, nullptr, nullptr);
   });
   Moments total;
   for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
@@ -174,6 +174,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     if (a->size() < v + 64) a->resize(v + 64);
   }
   sc_.select.pivot_sample.reserve(1024);
+  sc_.select.seg_moments.reserve(segments);
   sc_.select.gathered_at.reserve(segments);
   sc_.select.gathered_count.reserve(segments);
   sc_.select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
@@ -232,8 +233,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
-          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
-          dst + seg.base, sc_.raw_block_max.data() + seg.base / kPassBlock);
+          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n, dst + seg.base,
+          sc_.raw_block_max.data() + seg.base / kPassBlock);
     });
     return combine(sc_.raw_segs);
   };
@@ -359,7 +360,10 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTypical: {
       if (p_.typical_p >= 1.0f) return;
       ensure_d0();
-      const Moments m = moments_of(segs, set, d0, MomentKind::kEntropy);
+      Moments m;
+      if (!typical_moments(segs, set, d0, sc_.select, run_, &m)) {
+        m = moments_of(segs, set, d0, MomentKind::kEntropy);
+      }
       // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
       const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
       const SelectResult r = weighted_select(

@@ -281,11 +281,10 @@ constexpr int64_t kPivotMin = 16384;         // sets smaller than this take the 
 constexpr int64_t kPivotRefineBelow = 2048;  // intervals this short are refined
 constexpr int64_t kPivotSample = 256;        // keys sampled per round
 
-bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                  double target, SelectScratch& sc, const Runner& run, SelectResult& result) {
-  int64_t total_n = 0;
-  for (const Segment& seg : segments) total_n += seg.n;
-  if (!rule.mass_weight || total_n < kPivotMin) return false;
+// Each segment's first entry in the stored arrays (sc.offsets) and room for
+// every token (a packet of room past the end for keep_interval's whole-packet
+// stores); returns the number of tokens.
+int64_t layout_stored(std::span<const Segment> segments, SelectScratch& sc) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.offsets.resize(static_cast<size_t>(nseg + 1));
   sc.offsets[0] = 0;
@@ -293,11 +292,46 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     sc.offsets[static_cast<size_t>(s + 1)] =
         sc.offsets[static_cast<size_t>(s)] + segments[static_cast<size_t>(s)].n;
   }
-  // (A packet of room past the end for keep_interval's whole-packet stores.)
+  const int64_t total_n = sc.offsets.back();
   if (sc.keys.size() < static_cast<size_t>(total_n + 64)) {
     sc.keys.resize(static_cast<size_t>(total_n + 64));
     sc.weights.resize(static_cast<size_t>(total_n + 64));
   }
+  return total_n;
+}
+
+bool typical_moments(std::span<const Segment> segments, const SetSpec& set, float d0,
+                     SelectScratch& sc, const Runner& run, Moments* moments) {
+  int64_t total_n = 0;
+  for (const Segment& seg : segments) total_n += seg.n;
+  if (total_n < kPivotMin) return false;
+  layout_stored(segments, sc);
+  const auto nseg = static_cast<int64_t>(segments.size());
+  sc.seg_moments.resize(static_cast<size_t>(nseg));
+  run(nseg, [&](int64_t s) {
+    const int64_t at = sc.offsets[static_cast<size_t>(s)];
+    sc.seg_moments[static_cast<size_t>(s)] =
+        run.k->moments(segments[static_cast<size_t>(s)], set, d0, MomentKind::kEntropy,
+                       sc.keys.data() + at, sc.weights.data() + at);
+  });
+  Moments total;
+  for (const Moments& m : sc.seg_moments) total.add(m);
+  *moments = total;
+  sc.prepared = true;
+  sc.prepared_of = segments.data();
+  sc.prepared_total = total.z;
+  return true;
+}
+
+// `prepared`: typical_moments stored e and the masses for these segments.
+bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                  double target, bool prepared, SelectScratch& sc, const Runner& run,
+                  SelectResult& result) {
+  int64_t total_n = 0;
+  for (const Segment& seg : segments) total_n += seg.n;
+  if (!rule.mass_weight || total_n < kPivotMin) return false;
+  const auto nseg = static_cast<int64_t>(segments.size());
+  if (!prepared) layout_stored(segments, sc);
   // Round 0's pivots come from a sample of the keys, taken before the pass
   // that stores them all (and totals the weight at the pivots as it goes).
   float pivots[kPivots];
@@ -309,8 +343,17 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     }
     return true;
   };
-  {
-    const int64_t stride = std::max<int64_t>(1, total_n / kPivotSample);
+  const int64_t stride = std::max<int64_t>(1, total_n / kPivotSample);
+  if (prepared) {
+    // The stored e give the sample's keys.
+    sc.pivot_sample.clear();
+    for (int64_t j = 0; j < total_n; j += stride) {
+      const float e = sc.keys[static_cast<size_t>(j)];
+      if (e < kInf) {
+        sc.pivot_sample.push_back(static_cast<float>(std::fabs(static_cast<double>(e) - rule.mu)));
+      }
+    }
+  } else {
     size_t room = 0;
     for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / stride + 1);
     sc.pivot_sample.resize(room);
@@ -321,19 +364,31 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     }
     sc.pivot_sample.resize(got);
     std::erase_if(sc.pivot_sample, [](float k) { return !(k < kInf); });
-    if (!quartiles(sc.pivot_sample)) return false;
   }
+  if (!quartiles(sc.pivot_sample)) return false;
   sc.seg_total.resize(static_cast<size_t>(nseg));
   sc.masses.resize(static_cast<size_t>(nseg * kPivots));
   sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
   run(nseg, [&](int64_t s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
-    sc.seg_total[static_cast<size_t>(s)] = run.k->store_keys(
-        segments[static_cast<size_t>(s)], set, rule, sc.keys.data() + at, sc.weights.data() + at,
-        pivots, sc.masses.data() + s * kPivots, sc.seg_chosen.data() + s * kPivots);
+    double* seg_sums = sc.masses.data() + s * kPivots;
+    int64_t* seg_counts = sc.seg_chosen.data() + s * kPivots;
+    if (prepared) {
+      run.k->typical_keys_from_e(sc.keys.data() + at, sc.weights.data() + at,
+                                 sc.offsets[static_cast<size_t>(s + 1)] - at, rule.mu, pivots,
+                                 seg_sums, seg_counts);
+      return;
+    }
+    sc.seg_total[static_cast<size_t>(s)] =
+        run.k->store_keys(segments[static_cast<size_t>(s)], set, rule, sc.keys.data() + at,
+                          sc.weights.data() + at, pivots, seg_sums, seg_counts);
   });
   double total = 0.0;
-  for (double t : sc.seg_total) total += t;
+  if (prepared) {
+    total = sc.prepared_total;
+  } else {
+    for (double t : sc.seg_total) total += t;
+  }
   if (rule.target_is_fraction) target *= total;
   result = SelectResult();
   result.total = total;
@@ -426,9 +481,13 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                              const Runner& run) {
   sc.gathered = false;
   sc.keys_stored = false;
+  // What typical_moments stored serves this select only (not min_keep's).
+  const bool prepared = sc.prepared && sc.prepared_of == segments.data() &&
+                        rule.kind == KeyKind::kTypical && rule.mass_weight;
+  sc.prepared = false;
   if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast) ||
                          small_nucleus_select(segments, set, rule, target, sc, run, fast) ||
-                         pivot_select(segments, set, rule, target, sc, run, fast)) {
+                         pivot_select(segments, set, rule, target, prepared, sc, run, fast)) {
     return fast;
   }
   const auto nseg = static_cast<int64_t>(segments.size());

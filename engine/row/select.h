@@ -56,6 +56,12 @@ struct SelectScratch {
   std::vector<float> interval_weights;
   bool keys_stored = false;
   const Segment* keys_of = nullptr;
+  // typical_moments stored each token's d - d0 in keys and its mass in
+  // weights, for the segments at prepared_of (total mass prepared_total).
+  bool prepared = false;
+  const Segment* prepared_of = nullptr;
+  double prepared_total = 0.0;
+  std::vector<Moments> seg_moments;
   std::vector<float> pivot_sample;
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
@@ -67,6 +73,13 @@ struct SelectScratch {
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
                              const KeyRule& rule, double target, SelectScratch& scratch,
                              const Runner& run);
+
+// typical-p's entropy moments over a large set (as the moments pass), in a
+// pass that also stores every token's d - d0 and mass for the select that
+// follows, which then only turns them into keys. False (nothing done) for
+// sets too small for the pivot select.
+bool typical_moments(std::span<const Segment> segments, const SetSpec& set, float d0,
+                     SelectScratch& scratch, const Runner& run, Moments* moments);
 
 // The smallest and largest filter-space d among members whose key is <= c,
 // from the keys the last select stored when it ran on these segments with
