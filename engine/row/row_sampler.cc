@@ -57,6 +57,25 @@ void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
   }
 }
 
+// Tokens in the blocks that may hold members of the set (blocks whose
+// maximum rules them out are skipped by every pass); all of them for
+// segments without block maxima.
+int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
+  int64_t tokens = 0;
+  for (const Segment& seg : segs) {
+    if (!seg.bmax) {
+      tokens += seg.n;
+      continue;
+    }
+    for (int64_t b = 0; b < block_count(seg.n); ++b) {
+      if ((set.xmax - seg.bmax[b]) * set.scale <= set.dhi) {
+        tokens += std::min(kPassBlock, seg.n - b * kPassBlock);
+      }
+    }
+  }
+  return tokens;
+}
+
 // What the pipeline leaves behind: the final distribution of a row.
 struct Distribution {
   const float* raw = nullptr;  // the input row as float32
@@ -111,7 +130,7 @@ class RowPipeline {
 Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
                                 MomentKind kind) {
   sc_.moments.resize(segs.size());
-  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+  run_.over(live_tokens(segs, set), static_cast<int64_t>(segs.size()), [&](int64_t s) {
     sc_.moments[static_cast<size_t>(s)] = run_.k->moments(segs[s], set, d0, kind, nullptr, nullptr);
   });
   Moments total;
@@ -131,7 +150,7 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
     }
     sc_.block_mass.resize(static_cast<size_t>(sc_.seg_block_start.back()));
   }
-  run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+  run_.over(live_tokens(segs, set), static_cast<int64_t>(segs.size()), [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
     sc_.seg_mass[i] =
         run_.k->sum_mass(segs[i], set, k0, &sc_.seg_count[i],
@@ -149,8 +168,9 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
 
 float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set) {
   sc_.seg_min.resize(segs.size());
-  run_(static_cast<int64_t>(segs.size()),
-       [&](int64_t s) { sc_.seg_min[static_cast<size_t>(s)] = run_.k->min_key(segs[s], set); });
+  run_.serial(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+    sc_.seg_min[static_cast<size_t>(s)] = run_.k->min_key(segs[s], set);
+  });
   float m = kInf;
   for (float v : sc_.seg_min) m = std::min(m, v);
   return m;
@@ -213,13 +233,25 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     }
     return total;
   };
+  // The scan is light: it runs on this thread when what follows is light
+  // too (greedy; top-k and min-p leave most blocks unread) or runs here
+  // anyway (typical-p's pivot select reads what its passes store, from this
+  // core's cache), and is split like the exp passes that follow otherwise,
+  // so that each thread finds its chunks in its own cache.
+  const bool light_row = p_.temperature == 0.0f || (p_.top_k > 0 && p_.top_k < vocab) ||
+                         p_.min_p > 0.0f || p_.typical_p < 1.0f;
   auto scan = [&](std::span<const Segment> segs, std::vector<float>& bmax) {
     sc_.max_stats.resize(segs.size());
-    run_(static_cast<int64_t>(segs.size()), [&](int64_t s) {
+    auto one = [&](int64_t s) {
       const Segment& seg = segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] =
           run_.k->max_stats(seg.x, seg.n, bmax.data() + seg.base / kPassBlock);
-    });
+    };
+    if (light_row) {
+      run_.serial(static_cast<int64_t>(segs.size()), one);
+    } else {
+      run_(static_cast<int64_t>(segs.size()), one);
+    }
     return combine(segs);
   };
   // The input row as float32: half types are widened chunk by chunk, in the

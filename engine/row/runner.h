@@ -16,12 +16,31 @@ struct Runner {
   bool parallel = false;
   const Kernels* k = nullptr;
 
+  // A pass with an exp (or as much work) per token: split across threads.
   template <typename F>
   void operator()(int64_t n, F&& f) const {
     if (parallel && n > 1) {
       tbb::parallel_for(int64_t{0}, n, [&](int64_t i) { f(i); });
     } else {
       for (int64_t i = 0; i < n; ++i) f(i);
+    }
+  }
+  // A pass with a compare or two per token (a scan, a gather), or one that
+  // skips most of its blocks: on one 128k row it takes a few microseconds, less
+  // than handing chunks to other threads costs, so it runs on this one.
+  template <typename F>
+  void serial(int64_t n, F&& f) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+  // Heavy per token, but only over `tokens` of them: split when that is
+  // enough to pay for it.
+  template <typename F>
+  void over(int64_t tokens, int64_t n, F&& f) const {
+    constexpr int64_t kSplitFrom = 32768;
+    if (tokens >= kSplitFrom) {
+      (*this)(n, f);
+    } else {
+      serial(n, f);
     }
   }
 };

@@ -102,7 +102,7 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
 // False when a segment holds more than `cap`.
 template <typename Gather>
 bool gather_members(std::span<const Segment> segments, float bound, int64_t cap, SelectScratch& sc,
-                    const Runner& run, Gather gather) {
+                    const Runner& run, bool heavy, Gather gather) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
@@ -112,10 +112,15 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
     room_all += static_cast<size_t>(segments[static_cast<size_t>(s)].n);
   }
   if (sc.gathered_tokens.size() < room_all) sc.gathered_tokens.resize(room_all);
-  run(nseg, [&](int64_t s) {
+  auto one = [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
     sc.gathered_count[i] = gather(s, sc.gathered_tokens.data() + sc.gathered_at[i]);
-  });
+  };
+  if (heavy) {
+    run(nseg, one);
+  } else {
+    run.serial(nseg, one);
+  }
   sc.gathered_segments = nseg;
   sc.gathered_bound = bound;
   sc.list.clear();
@@ -129,7 +134,7 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
 
 bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
                           int64_t cap, SelectScratch& sc, const Runner& run) {
-  return gather_members(segments, bound, cap, sc, run, [&](int64_t s, GatheredToken* out) {
+  return gather_members(segments, bound, cap, sc, run, false, [&](int64_t s, GatheredToken* out) {
     return run.k->gather_below(segments[static_cast<size_t>(s)], set, bound, cap, out);
   });
 }
@@ -238,7 +243,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // segment order below).
   sc.seg_total.resize(segments.size());
   const bool gathered =
-      gather_members(segments, bound, cap, sc, run, [&](int64_t s, GatheredToken* out) {
+      gather_members(segments, bound, cap, sc, run, true, [&](int64_t s, GatheredToken* out) {
         int64_t got = 0;
         sc.seg_total[static_cast<size_t>(s)] = run.k->sum_mass_gather(
             segments[static_cast<size_t>(s)], set, rule.d0, bound, cap, out, &got);
@@ -308,7 +313,9 @@ bool typical_moments(std::span<const Segment> segments, const SetSpec& set, floa
   layout_stored(segments, sc);
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.seg_moments.resize(static_cast<size_t>(nseg));
-  run(nseg, [&](int64_t s) {
+  // On this thread: the pivot select's rounds, which run here, read what
+  // this pass stores (from this core's cache, not another's).
+  run.serial(nseg, [&](int64_t s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
     sc.seg_moments[static_cast<size_t>(s)] =
         run.k->moments(segments[static_cast<size_t>(s)], set, d0, MomentKind::kEntropy,
@@ -369,7 +376,8 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
   sc.seg_total.resize(static_cast<size_t>(nseg));
   sc.masses.resize(static_cast<size_t>(nseg * kPivots));
   sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
-  run(nseg, [&](int64_t s) {
+  // On this thread, as typical_moments: the rounds read what this stores.
+  run.serial(nseg, [&](int64_t s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
     double* seg_sums = sc.masses.data() + s * kPivots;
     int64_t* seg_counts = sc.seg_chosen.data() + s * kPivots;
@@ -565,7 +573,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   const float bucket_lo = std::bit_cast<float>(chosen_bits);
   const float bucket_hi = std::bit_cast<float>(chosen_bits + ((1u << kLevel1Shift) - 1));
   const bool inf_bucket = chosen_bits == key_bits(kInf);  // +inf keys: members only
-  run(nseg, [&](int64_t s) {
+  run.serial(nseg, [&](int64_t s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
     if (at == sc.offsets[static_cast<size_t>(s + 1)]) return;
     run.k->gather_bucket(segments[static_cast<size_t>(s)], set, rule, bucket_lo, bucket_hi,
