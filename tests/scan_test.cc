@@ -8,6 +8,7 @@
 // instruction set (tests/CMakeLists.txt).
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -146,6 +147,48 @@ TEST_F(ScanTest, EdgeRows) {
     x.assign(n, kMax);
     x[0] = -kMax;
     Check(x, "the largest floats");
+  }
+}
+
+// Greedy half-precision rows with nothing else asked for are scanned without
+// keeping the widened row: the same token, support and errors as when the
+// row is kept (logprobs asked for).
+TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
+  for (int64_t vocab : {100, 2048, 40000}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      std::vector<uint16_t> row(static_cast<size_t>(vocab));
+      for (uint16_t& v : row) v = to_bf16(normal(rng));
+      row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] = to_bf16(20.0f);
+      row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] = to_bf16(-kInf);
+      if (trial >= 4) {
+        row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] =
+            trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
+      }
+      const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
+      std::vector<RowResult> lean(1), kept(1);
+      RowRequest req;
+      req.params.temperature = 0.0f;
+      req.params.logprobs = false;
+      ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
+      req.params.logprobs = true;
+      ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+      SCOPED_TRACE("vocab " + std::to_string(vocab) + " trial " + std::to_string(trial));
+      EXPECT_EQ(lean[0].status.code(), kept[0].status.code()) << lean[0].status.to_string();
+      EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
+      if (trial >= 4) {
+        EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
+        EXPECT_NE(lean[0].status.message().find(trial == 4 ? "NaN" : "+inf"), std::string::npos)
+            << lean[0].status.message();
+        continue;
+      }
+      ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
+      EXPECT_EQ(lean[0].tokens, kept[0].tokens);
+      EXPECT_EQ(lean[0].support, kept[0].support);
+      EXPECT_EQ(lean[0].support, vocab - 1);
+    }
   }
 }
 

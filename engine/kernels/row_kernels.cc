@@ -196,13 +196,16 @@ MaxStats max_stats(const float* x, int64_t n, float* block_max) {
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max) {
   // Sub-blocks small enough that max_stats reads them back from L1 (whole
   // pass blocks, for block_max).
+  // Without dst, each sub-block is widened into a local buffer and dropped.
   constexpr int64_t kSub = 4 * kPassBlock;
+  alignas(64) float local[kSub];
   const int64_t esize = dtype_size(dtype);
   MaxStats total;
   for (int64_t j = 0; j < n; j += kSub) {
     const int64_t m = std::min(kSub, n - j);
-    to_float(static_cast<const char*>(src) + j * esize, dtype, m, dst + j);
-    const MaxStats part = max_stats(dst + j, m, block_max ? block_max + j / kPassBlock : nullptr);
+    float* out = dst ? dst + j : local;
+    to_float(static_cast<const char*>(src) + j * esize, dtype, m, out);
+    const MaxStats part = max_stats(out, m, block_max ? block_max + j / kPassBlock : nullptr);
     if (total.bad_at < 0 && part.bad_at >= 0) total.bad_at = j + part.bad_at;
     if (part.argmax >= 0 && (part.max > total.max || total.argmax < 0)) {
       total.max = part.max;  // sub-blocks in order: the first max wins

@@ -145,7 +145,8 @@ struct Kernels {
   // With block_max, the largest entry of each kPassBlock block (NaN-blind,
   // -inf for a block of -inf) goes to block_max[b].
   MaxStats (*max_stats)(const float* x, int64_t n, float* block_max);
-  // to_float into dst and max_stats of the result, in one read of src.
+  // to_float into dst and max_stats of the result, in one read of src (dst
+  // null: the scan only).
   MaxStats (*widen_max_stats)(const void* src, DType dtype, int64_t n, float* dst,
                               float* block_max);
   // kEntropy with e_out / w_out (the segment's tokens): also stores each

@@ -43,7 +43,8 @@ float float_at_most(double v) {
 
 std::string row_prefix(int64_t row) { return "row " + std::to_string(row) + ": "; }
 
-// The row's chunks; `bmax` (one entry per pass block of the row) is filled by
+// The row's chunks (x null: a row whose values are not kept, for the scan's
+// bookkeeping only); `bmax` (one entry per pass block of the row) is filled by
 // the scan.
 void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
                    std::vector<Segment>& segs) {
@@ -52,8 +53,8 @@ void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
   segs.resize(static_cast<size_t>(n));
   for (int64_t s = 0; s < n; ++s) {
     segs[static_cast<size_t>(s)] =
-        Segment{x + s * kChunk, nullptr, std::min(kChunk, vocab - s * kChunk), s * kChunk,
-                bmax.data() + s * (kChunk / kPassBlock)};
+        Segment{x ? x + s * kChunk : nullptr, nullptr, std::min(kChunk, vocab - s * kChunk),
+                s * kChunk, bmax.data() + s * (kChunk / kPassBlock)};
   }
 }
 
@@ -117,6 +118,7 @@ class RowPipeline {
                      float c, int64_t* count);
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
+  bool values_needed_ = true;    // false: only the scan's results are used
   double raw_z_ = -1.0;
 
   const RowInput& in_;
@@ -265,8 +267,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
-          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n, dst + seg.base,
-          sc_.raw_block_max.data() + seg.base / kPassBlock);
+          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
+          dst ? dst + seg.base : nullptr, sc_.raw_block_max.data() + seg.base / kPassBlock);
     });
     return combine(sc_.raw_segs);
   };
@@ -282,6 +284,12 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     } else {
       raw = scan(sc_.raw_segs, sc_.raw_block_max);
     }
+  } else if (!values_needed_) {
+    // Greedy with nothing else asked for: the scan's results are the answer,
+    // and the widened row is never kept (half the memory traffic).
+    dist.raw = nullptr;
+    make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
+    raw = widen_scan(nullptr);
   } else {
     sc_.raw_buf.resize(static_cast<size_t>(vocab));
     dist.raw = sc_.raw_buf.data();
@@ -289,7 +297,9 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     raw = widen_scan(sc_.raw_buf.data());
   }
   if (raw.bad_at >= 0) {
-    const float v = dist.raw[raw.bad_at];
+    float v = 0.0f;
+    run_.k->to_float(static_cast<const char*>(in_.data) + raw.bad_at * dtype_size(in_.dtype),
+                     in_.dtype, 1, &v);
     return Status::row_error(row_prefix(row_) + "logit of token " + std::to_string(raw.bad_at) +
                              " is " + (std::isnan(v) ? "NaN" : "+inf"));
   }
@@ -429,6 +439,8 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
 }
 
 Status RowPipeline::build(Distribution& dist, bool need_z) {
+  values_needed_ = !(p_.temperature == 0.0f && !need_z && !p_.logprobs && p_.top_logprobs == 0 &&
+                     !has_processors(req_));
   if (Status s = check_and_widen(dist); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
