@@ -30,7 +30,9 @@ constexpr float kOffExponent = -200.0f;
 
 // A set's bounds and the passes' constants, broadcast to packets once per
 // pass (Packet is __m512 itself on AVX-512 builds); passes bind them as
-// const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = ...
+// const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = ...,
+// or name the struct where a lambda uses them (clang 14 cannot capture a
+// structured binding).
 using Packet = Eigen::internal::packet_traits<float>::type;
 struct SetPackets {
   Packet xmax, scale, key_scale, lo, hi, under, inf, one;
@@ -280,7 +282,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   static_assert(kExtra == Extra::kNone || kSameScale);
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
+  const SetPackets sp(set);      // (named: clang 14 cannot capture bindings)
   const __m512 pk0 = _mm512_set1_ps(k0);
   const __m512 pnhi = _mm512_set1_ps(-set.dhi);
   const __m512 pnunder = _mm512_set1_ps(-kUnderflow);
@@ -298,26 +300,26 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     __m512 arg, d;
     __mmask16 in, live;
     if constexpr (kPlain) {
-      arg = _mm512_sub_ps(px, pxmax);  // -d
-      if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, pscale);
+      arg = _mm512_sub_ps(px, sp.xmax);  // -d
+      if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, sp.scale);
       in = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
       live = _mm512_mask_cmp_ps_mask(in, pnunder, arg, _CMP_LE_OQ);
     } else {
-      const __m512 diff = _mm512_sub_ps(pxmax, px);
-      d = _mm512_mul_ps(diff, pscale);
-      in = _mm512_cmp_ps_mask(d, phi, _CMP_LE_OQ);
-      if constexpr (kCheckLo) in = _mm512_mask_cmp_ps_mask(in, plo, d, _CMP_LE_OQ);
+      const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+      d = _mm512_mul_ps(diff, sp.scale);
+      in = _mm512_cmp_ps_mask(d, sp.hi, _CMP_LE_OQ);
+      if constexpr (kCheckLo) in = _mm512_mask_cmp_ps_mask(in, sp.lo, d, _CMP_LE_OQ);
       __m512 e;
       if constexpr (kSameScale) {
         e = _mm512_sub_ps(d, pk0);
       } else {
-        e = _mm512_sub_ps(_mm512_mul_ps(diff, pkscale), pk0);
+        e = _mm512_sub_ps(_mm512_mul_ps(diff, sp.key_scale), pk0);
       }
-      live = _mm512_mask_cmp_ps_mask(in, e, punder, _CMP_LE_OQ);
+      live = _mm512_mask_cmp_ps_mask(in, e, sp.under, _CMP_LE_OQ);
       arg = ei::pnegate(e);
     }
     const __m512 ex = ei::pexp(arg);
-    count = _mm512_mask_add_ps(count, in, count, pone);
+    count = _mm512_mask_add_ps(count, in, count, sp.one);
     partial = _mm512_mask_add_ps(partial, live, partial, ex);
     if constexpr (kEntropy) {
       // m e = -(m arg) exactly: subtract m arg.

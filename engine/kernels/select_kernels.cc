@@ -172,7 +172,7 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
                          float* weight, const float* pivots, double* sums, int64_t* counts) {
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = block::SetPackets(set);
+  const block::SetPackets sp(set);  // (named: clang 14 cannot capture bindings)
   const __m512 pd0 = _mm512_set1_ps(rule.d0);
   __m512 partial = _mm512_setzero_ps();
   block::DoubleLanes sum;
@@ -186,29 +186,29 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
   }
   int64_t in_group = 0;
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
-    const __m512 diff = _mm512_sub_ps(pxmax, px);
-    const __m512 d = _mm512_mul_ps(diff, pscale);
+    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+    const __m512 d = _mm512_mul_ps(diff, sp.scale);
     const __mmask16 in =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ), d, phi, _CMP_LE_OQ);
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
     const __m512 e = _mm512_sub_ps(d, pd0);
-    const __mmask16 live = _mm512_mask_cmp_ps_mask(in, e, punder, _CMP_LE_OQ);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(in, e, sp.under, _CMP_LE_OQ);
     __m512 w, k;
     if constexpr (kMass) {
       w = _mm512_maskz_mov_ps(live, ei::pexp(ei::pnegate(e)));
     } else {
-      w = _mm512_maskz_mov_ps(in, pone);
+      w = _mm512_maskz_mov_ps(in, sp.one);
     }
     if constexpr (kTypical) {
-      k = _mm512_mask_mov_ps(pinf, live, block::typical_key_packet(e, rule.mu));
+      k = _mm512_mask_mov_ps(sp.inf, live, block::typical_key_packet(e, rule.mu));
     } else {
-      k = _mm512_mask_mov_ps(pinf, in, _mm512_mul_ps(diff, pkscale));
+      k = _mm512_mask_mov_ps(sp.inf, in, _mm512_mul_ps(diff, sp.key_scale));
     }
     partial = _mm512_add_ps(partial, w);
     if (pivots) {
       for (int i = 0; i < kPivots; ++i) {
         const __mmask16 le = _mm512_mask_cmp_ps_mask(store, k, ppivot[i], _CMP_LE_OQ);
         ppart[i] = _mm512_mask_add_ps(ppart[i], le, ppart[i], w);
-        pcount[i] = _mm512_mask_add_ps(pcount[i], le, pcount[i], pone);
+        pcount[i] = _mm512_mask_add_ps(pcount[i], le, pcount[i], sp.one);
       }
     }
     if (++in_group == kGroup) {
@@ -435,7 +435,7 @@ int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo
     const float w = weight[j];
     out_key[c] = k;
     out_weight[c] = w;
-    c += (k > lo) & (k <= hi) ? 1 : 0;
+    c += ((k > lo) & (k <= hi)) ? 1 : 0;
   }
   return c;
 }
@@ -551,11 +551,19 @@ void bounds_of_keys(const float* x, const float* key, int64_t n, const SetSpec& 
   Packet pcount = ei::pzero(pone), pmin = pinf, pmax = pninf;
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    const Packet in = ei::pcmp_le(ei::ploadu<Packet>(key + j), pc);
     const Packet d = ei::pmul(ei::psub(pxmax, ei::ploadu<Packet>(x + j)), pscale);
+#if defined(__AVX512F__)
+    // Masked adds, mins and maxes: no mask widened to a vector.
+    const __mmask16 in = _mm512_cmp_ps_mask(ei::ploadu<Packet>(key + j), pc, _CMP_LE_OQ);
+    pcount = _mm512_mask_add_ps(pcount, in, pcount, pone);
+    pmin = _mm512_mask_min_ps(pmin, in, pmin, d);
+    pmax = _mm512_mask_max_ps(pmax, in, pmax, d);
+#else
+    const Packet in = ei::pcmp_le(ei::ploadu<Packet>(key + j), pc);
     pcount = ei::padd(pcount, ei::pand(in, pone));
     pmin = ei::pmin(pmin, ei::pselect(in, d, pinf));
     pmax = ei::pmax(pmax, ei::pselect(in, d, pninf));
+#endif
   }
   out.count += static_cast<int64_t>(ei::predux(pcount));
   out.dmin = std::min(out.dmin, ei::predux_min(pmin));
