@@ -23,10 +23,6 @@ void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, ui
                    double* weights);
 double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
                   float* weight, const float* pivots, double* sums, int64_t* counts);
-void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
-                int64_t* counts);
-int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
-                      float* out_key, float* out_weight);
 int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo, float hi,
                      const float* pivots, float* out_key, float* out_weight, double* sums,
                      int64_t* counts);

@@ -514,8 +514,6 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::compact,
     &k::key_histogram,
     &k::store_keys,
-    &k::pivot_sums,
-    &k::keep_interval,
     &k::keep_and_sum,
     &k::typical_keys_from_e,
     &k::sample_keys,

@@ -130,7 +130,7 @@ inline constexpr int kLevel1Shift = 20;
 inline constexpr int64_t kLevel1Buckets = 2048;
 inline constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
 
-// Pivots per round of the pivot select (Kernels::pivot_sums).
+// Pivots per round of the pivot select (Kernels::keep_and_sum).
 inline constexpr int kPivots = 3;
 
 // One instruction set's passes. Each entry works on one segment and writes
@@ -193,26 +193,21 @@ struct Kernels {
   // and weight (its mass when rule.mass_weight, else 1; 0 for non-members)
   // into key[j] / weight[j] for the segment's j, and returns the segment's
   // total weight (in double, in block order). With pivots (kPivots of them),
-  // pivot_sums of the stored entries too, in the same read where the
-  // instruction set allows.
+  // the pivot sums of the stored entries too (as keep_and_sum's), in the same
+  // read where the instruction set allows.
   double (*store_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, float* key,
                        float* weight, const float* pivots, double* sums, int64_t* counts);
-  // For each of kPivots pivots: the weight (double, fixed order) and the
-  // number of entries with key <= pivot.
-  void (*pivot_sums)(const float* key, const float* weight, int64_t n, const float* pivots,
-                     double* sums, int64_t* counts);
   // Copies, in order, the entries with lo < key <= hi to out_key / out_weight
-  // (which may be key / weight themselves); returns how many. The outputs
-  // need room for a packet (64 floats) past n.
-  int64_t (*keep_interval)(const float* key, const float* weight, int64_t n, float lo, float hi,
-                           float* out_key, float* out_weight);
-  // keep_interval, and (pivots not null) pivot_sums over the kept entries, in
-  // one read where the instruction set allows.
+  // (which may be key / weight themselves; the outputs need room for a packet,
+  // 64 floats, past n) and returns how many; with pivots (kPivots of them, not
+  // null), also the weight (double, fixed order) and the number of kept
+  // entries with key <= each pivot ("pivot sums"), in one read where the
+  // instruction set allows.
   int64_t (*keep_and_sum)(const float* key, const float* weight, int64_t n, float lo, float hi,
                           const float* pivots, float* out_key, float* out_weight, double* sums,
                           int64_t* counts);
-  // Typical keys from moments' stored e, in place (+inf stays +inf), and
-  // pivot_sums of them with the stored masses, in one read.
+  // Typical keys from moments' stored e, in place (+inf stays +inf), and the
+  // pivot sums of them with the stored masses.
   void (*typical_keys_from_e)(float* e_key, const float* weight, int64_t n, double mu,
                               const float* pivots, double* sums, int64_t* counts);
   // The distance keys of the members among every stride-th token, in order;

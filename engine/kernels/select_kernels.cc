@@ -323,7 +323,7 @@ double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, flo
 namespace {
 
 #if defined(__AVX512F__)
-// pivot_sums, and with kKeep keep_interval in the same read (the sums then
+// The pivot sums, and with kKeep the interval copy in the same read (the sums then
 // count only the kept entries), with masks in mask registers.
 template <bool kKeep>
 int64_t interval_pass_avx512(const float* key, const float* weight, int64_t n, float lo, float hi,
@@ -388,6 +388,10 @@ int64_t interval_pass_avx512(const float* key, const float* weight, int64_t n, f
 
 }  // namespace
 
+namespace {
+
+// For each of kPivots pivots: the weight (double, fixed order) and the number
+// of entries with key <= pivot.
 void pivot_sums(const float* key, const float* weight, int64_t n, const float* pivots, double* sums,
                 int64_t* counts) {
 #if defined(__AVX512F__)
@@ -396,6 +400,25 @@ void pivot_sums(const float* key, const float* weight, int64_t n, const float* p
   pivot_sums_generic(key, weight, n, pivots, sums, counts);
 #endif
 }
+
+#if !defined(__AVX512F__)
+// Copies, in order, the entries with lo < key <= hi to out_key / out_weight
+// (which may be key / weight themselves); returns how many.
+int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
+                      float* out_key, float* out_weight) {
+  int64_t c = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float k = key[j];
+    const float w = weight[j];
+    out_key[c] = k;
+    out_weight[c] = w;
+    c += ((k > lo) & (k <= hi)) ? 1 : 0;
+  }
+  return c;
+}
+#endif
+
+}  // namespace
 
 void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu,
                          const float* pivots, double* sums, int64_t* counts) {
@@ -408,36 +431,6 @@ void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu
   }
   for (; j < n; ++j) e_key[j] = static_cast<float>(std::fabs(static_cast<double>(e_key[j]) - mu));
   if (pivots) pivot_sums(e_key, weight, n, pivots, sums, counts);
-}
-
-int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo, float hi,
-                      float* out_key, float* out_weight) {
-  int64_t c = 0;
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  // Compressed stores: a packet's survivors go to the front of a register,
-  // stored whole at c <= j (the outputs have a packet of room past n; in
-  // place, the store overwrites only entries already read).
-  const __m512 plo = _mm512_set1_ps(lo);
-  const __m512 phi = _mm512_set1_ps(hi);
-  for (; j + 16 <= n; j += 16) {
-    const __m512 k = _mm512_loadu_ps(key + j);
-    const __m512 w = _mm512_loadu_ps(weight + j);
-    const __mmask16 in =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, k, _CMP_LT_OQ), k, phi, _CMP_LE_OQ);
-    _mm512_storeu_ps(out_key + c, _mm512_maskz_compress_ps(in, k));
-    _mm512_storeu_ps(out_weight + c, _mm512_maskz_compress_ps(in, w));
-    c += __builtin_popcount(static_cast<unsigned>(in));
-  }
-#endif
-  for (; j < n; ++j) {
-    const float k = key[j];
-    const float w = weight[j];
-    out_key[c] = k;
-    out_weight[c] = w;
-    c += ((k > lo) & (k <= hi)) ? 1 : 0;
-  }
-  return c;
 }
 
 int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo, float hi,
