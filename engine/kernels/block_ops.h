@@ -58,13 +58,13 @@ inline void block_distances(const float* __restrict x, int64_t n, float xmax, fl
 // past dhi. (d is monotone in x, rounding included.) False when the segment
 // carries no block maxima.
 inline bool block_empty(const Segment& s, int64_t j0, const SetSpec& set) {
-  return s.bmax && (set.xmax - s.bmax[j0 / kBlock]) * set.scale > set.dhi;
+  return s.bmax && !block_may_hold_members(s.bmax[j0 / kBlock], set);
 }
 // ... or no member whose key is <= bound.
 inline bool block_above(const Segment& s, int64_t j0, const SetSpec& set, float bound) {
   if (!s.bmax) return false;
-  const float diff = set.xmax - s.bmax[j0 / kBlock];
-  return diff * set.scale > set.dhi || diff * set.key_scale > bound;
+  const float bmax = s.bmax[j0 / kBlock];
+  return !block_may_hold_members(bmax, set) || (set.xmax - bmax) * set.key_scale > bound;
 }
 
 // Bitwise & keeps the test branch-free so the loops around it vectorise.

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -129,6 +130,19 @@ struct KeyBounds {
 inline constexpr int kLevel1Shift = 20;
 inline constexpr int64_t kLevel1Buckets = 2048;
 inline constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
+
+// Whether a pass block whose largest x is bmax (the scan's block maxima) can
+// hold a member of the set: its smallest d, that of bmax, is within dhi (d is
+// monotone in x, rounding included).
+inline bool block_may_hold_members(float bmax, const SetSpec& set) {
+  return (set.xmax - bmax) * set.scale <= set.dhi;
+}
+
+// The typical-p key of one token, |e - mu| in double rounded to float (the
+// packet passes compute the same bits).
+inline float typical_key(float e, double mu) {
+  return static_cast<float>(std::fabs(static_cast<double>(e) - mu));
+}
 
 // Pivots per round of the pivot select (Kernels::keep_and_sum).
 inline constexpr int kPivots = 3;

@@ -21,10 +21,8 @@ using block::kBlock;
 
 inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
 
-// Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
-// past kUnderflow (zero mass) and, when `member` is given, for non-members.
-// A packet at a time (block::typical_key_packet), then plain loops.
-void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
+// key[j] = typical_key(e[j], mu), a packet at a time (key may be e).
+void typical_key_run(const float* e, int64_t n, double mu, float* key) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -32,8 +30,14 @@ void typical_keys(const float* e, const bool* member, int64_t n, double mu, floa
   for (; j + kLanes <= n; j += kLanes) {
     ei::pstoreu(key + j, block::typical_key_packet(ei::ploadu<Packet>(e + j), mu));
   }
-  for (; j < n; ++j) key[j] = static_cast<float>(std::fabs(static_cast<double>(e[j]) - mu));
-  for (j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
+  for (; j < n; ++j) key[j] = typical_key(e[j], mu);
+}
+
+// Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
+// past kUnderflow (zero mass) and, when `member` is given, for non-members.
+void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
+  typical_key_run(e, n, mu, key);
+  for (int64_t j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
   if (member != nullptr) {
     for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? key[j] : kInf;
   }
@@ -422,14 +426,7 @@ int64_t keep_interval(const float* key, const float* weight, int64_t n, float lo
 
 void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu,
                          const float* pivots, double* sums, int64_t* counts) {
-  namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
-  constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    ei::pstoreu(e_key + j, block::typical_key_packet(ei::ploadu<Packet>(e_key + j), mu));
-  }
-  for (; j < n; ++j) e_key[j] = static_cast<float>(std::fabs(static_cast<double>(e_key[j]) - mu));
+  typical_key_run(e_key, n, mu, e_key);
   if (pivots) pivot_sums(e_key, weight, n, pivots, sums, counts);
 }
 

@@ -69,7 +69,7 @@ int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
       continue;
     }
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
-      if ((set.xmax - seg.bmax[b]) * set.scale <= set.dhi) {
+      if (block_may_hold_members(seg.bmax[b], set)) {
         tokens += std::min(kPassBlock, seg.n - b * kPassBlock);
       }
     }

@@ -83,17 +83,18 @@ constexpr double kFastTargetMax = 2048;
 // tokens (each token's mass is at most the largest, exp(0) = 1).
 constexpr double kFastNucleusMax = 1024;
 
+// The keys of the members among every stride-th token, into `out`.
 void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                        SelectScratch& sc, const Runner& run) {
+                        int64_t stride, std::vector<float>& out, const Runner& run) {
   size_t room = 0;
-  for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / kSampleStride + 1);
-  sc.samples.resize(room);
+  for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / stride + 1);
+  out.resize(room);
   size_t sampled = 0;
   for (const Segment& seg : segments) {
-    sampled += static_cast<size_t>(
-        run.k->sample_keys(seg, set, rule, kSampleStride, sc.samples.data() + sampled));
+    sampled +=
+        static_cast<size_t>(run.k->sample_keys(seg, set, rule, stride, out.data() + sampled));
   }
-  sc.samples.resize(sampled);
+  out.resize(sampled);
 }
 
 // Gathers every member with key <= bound, per segment (`gather(s, out)`
@@ -165,7 +166,7 @@ bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, doub
     if (!seg.bmax) return false;
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
       const float m = seg.bmax[b];
-      if ((set.xmax - m) * set.scale <= set.dhi) maxima.push_back(m);
+      if (block_may_hold_members(m, set)) maxima.push_back(m);
     }
   }
   const auto want = static_cast<size_t>(target);
@@ -193,7 +194,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   }
   float bound = 0.0f;
   if (!block_max_bound(segments, set, target, sc, &bound)) {
-    sample_member_keys(segments, set, rule, sc, run);
+    sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
     if (!sampled_bound(target, sc, &bound)) return false;
   }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
@@ -219,7 +220,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
       set.key_scale != set.scale || static_cast<double>(total) < 16.0 * kSampleStride * 64.0) {
     return false;
   }
-  sample_member_keys(segments, set, rule, sc, run);
+  sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
   // The sample's masses (keys are filter-space distances here).
   sc.list.clear();
   for (float k : sc.samples) sc.list.push_back(SelectEntry{k, k - rule.d0});
@@ -357,19 +358,11 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     for (int64_t j = 0; j < total_n; j += stride) {
       const float e = sc.keys[static_cast<size_t>(j)];
       if (e < kInf) {
-        sc.pivot_sample.push_back(static_cast<float>(std::fabs(static_cast<double>(e) - rule.mu)));
+        sc.pivot_sample.push_back(typical_key(e, rule.mu));
       }
     }
   } else {
-    size_t room = 0;
-    for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / stride + 1);
-    sc.pivot_sample.resize(room);
-    size_t got = 0;
-    for (const Segment& seg : segments) {
-      got += static_cast<size_t>(
-          run.k->sample_keys(seg, set, rule, stride, sc.pivot_sample.data() + got));
-    }
-    sc.pivot_sample.resize(got);
+    sample_member_keys(segments, set, rule, stride, sc.pivot_sample, run);
     std::erase_if(sc.pivot_sample, [](float k) { return !(k < kInf); });
   }
   if (!quartiles(sc.pivot_sample)) return false;
