@@ -1071,6 +1071,28 @@ TEST_F(EngineReferenceTest, TargetedRows) {
     add(
         std::move(x), [](SamplingParams& p) { p.top_p = 0.8f; }, "large, masked thirds, top-p");
   }
+  // Rows long enough for top-p's small-nucleus path (a sample estimates the
+  // total, one pass gathers and totals): a nucleus of one token, one that
+  // reaches into the tail past the block maxima's bound (hundreds of tokens),
+  // and one too large for the path (the pivot select takes over).
+  {
+    Rng lm(77);
+    const int64_t n = 70000;
+    for (double margin : {10.0, 6.0, 2.0}) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) v = static_cast<float>(1.6 * lm.Normal());
+      const float top = *std::max_element(x.begin(), x.end());
+      for (int j = 0; j < 6; ++j) {
+        x[static_cast<size_t>(lm.Int(0, n - 1))] =
+            top + static_cast<float>(margin - 2.0 * std::log1p(static_cast<double>(j)));
+      }
+      for (float p_top : {0.5f, 0.9f, 0.95f, 0.99f}) {
+        add(
+            x, [&](SamplingParams& p) { p.top_p = p_top; },
+            "large LM-like, margin " + std::to_string(margin) + ", top-p " + std::to_string(p_top));
+      }
+    }
+  }
   Stats st;
   Engine engine({.max_threads = 2, .seed = 5});
   std::vector<RowResult> results(1);

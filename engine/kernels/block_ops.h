@@ -272,14 +272,20 @@ struct BlockHits {
 // do in a pass of its own (packets with a hit cost two compressed stores);
 // Extra::kEntropy also sums m (d - k0) into *zd, in double as the masses, and
 // with e_store stores d - k0 there (+inf where the mass is 0).
+//
+// kOpenTop (plain form, members not counted): the set has no upper bound short
+// of underflow (dhi >= kUnderflow, and a hit bound <= dhi), so the mass's own
+// test (d <= kUnderflow) and the hit test are the membership tests too, and
+// the member test is skipped (*members is left as it is).
 template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
-          Extra kExtra = Extra::kNone>
+          Extra kExtra = Extra::kNone, bool kOpenTop = false>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
                                   double* zd = nullptr, float* e_store = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits;
   constexpr bool kEntropy = kExtra == Extra::kEntropy;
   static_assert(kExtra == Extra::kNone || kSameScale);
+  static_assert(!kOpenTop || kPlain);
   namespace ei = Eigen::internal;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as above
   const SetPackets sp(set);      // (named: clang 14 cannot capture bindings)
@@ -288,8 +294,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const __m512 pnunder = _mm512_set1_ps(-kUnderflow);
   const __m512 pbound = _mm512_set1_ps(hits ? hits->bound : 0.0f);
   const __m512 pnbound = _mm512_set1_ps(hits ? -hits->bound : 0.0f);
-  const __m512i lane_step = _mm512_set1_epi32(16);
-  __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 count = _mm512_setzero_ps();
   __m512 partial = _mm512_setzero_ps();
   __m512 partial_zd = _mm512_setzero_ps();
@@ -302,8 +307,13 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (kPlain) {
       arg = _mm512_sub_ps(px, sp.xmax);  // -d
       if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, sp.scale);
-      in = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
-      live = _mm512_mask_cmp_ps_mask(in, pnunder, arg, _CMP_LE_OQ);
+      if constexpr (kOpenTop) {
+        in = 0xffff;  // (unused)
+        live = _mm512_cmp_ps_mask(pnunder, arg, _CMP_LE_OQ);
+      } else {
+        in = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
+        live = _mm512_mask_cmp_ps_mask(in, pnunder, arg, _CMP_LE_OQ);
+      }
     } else {
       const __m512 diff = _mm512_sub_ps(sp.xmax, px);
       d = _mm512_mul_ps(diff, sp.scale);
@@ -319,7 +329,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       arg = ei::pnegate(e);
     }
     const __m512 ex = ei::pexp(arg);
-    count = _mm512_mask_add_ps(count, in, count, sp.one);
+    if constexpr (!kOpenTop) count = _mm512_mask_add_ps(count, in, count, sp.one);
     partial = _mm512_mask_add_ps(partial, live, partial, ex);
     if constexpr (kEntropy) {
       // m e = -(m arg) exactly: subtract m arg.
@@ -341,16 +351,17 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     }
     if (w) _mm512_mask_storeu_ps(w + g, store, _mm512_maskz_mov_ps(live, ex));
     if constexpr (kGather) {
-      const __mmask16 hit = kPlain ? _mm512_mask_cmp_ps_mask(in, pnbound, arg, _CMP_LE_OQ)
-                                   : _mm512_mask_cmp_ps_mask(in, d, pbound, _CMP_LE_OQ);
+      const __mmask16 hit = kOpenTop ? _mm512_cmp_ps_mask(pnbound, arg, _CMP_LE_OQ)
+                            : kPlain ? _mm512_mask_cmp_ps_mask(in, pnbound, arg, _CMP_LE_OQ)
+                                     : _mm512_mask_cmp_ps_mask(in, d, pbound, _CMP_LE_OQ);
       if (hit != 0) {
         // -arg is d exactly in the plain form ((x - xmax) s = -((xmax - x) s)).
         const __m512 key = kPlain ? ei::pnegate(arg) : d;
+        const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
         _mm512_storeu_si512(hits->idx + found, _mm512_maskz_compress_epi32(hit, at));
         _mm512_storeu_ps(hits->k + found, _mm512_maskz_compress_ps(hit, key));
         found += __builtin_popcount(static_cast<unsigned>(hit));
       }
-      at = _mm512_add_epi32(at, lane_step);
     }
   };
   int64_t g = 0;
@@ -364,7 +375,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     sum.add(partial);
     if constexpr (kEntropy) sum_zd.add(partial_zd);
   }
-  *members = static_cast<int64_t>(_mm512_reduce_add_ps(count));
+  if constexpr (!kOpenTop) *members = static_cast<int64_t>(_mm512_reduce_add_ps(count));
   if constexpr (kGather) hits->n = found;
   if constexpr (kEntropy) *zd = sum_zd.total();
   return sum.total();
@@ -533,6 +544,13 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
                                                                        members, &hits);
   }
   if (k0 == 0.0f) {
+    if (set.dhi >= kUnderflow && hits.bound <= set.dhi) {
+      // (members are not counted: the callers of this form do not ask)
+      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kHits, true>(
+                                     x, n, set, k0, nullptr, members, &hits)
+                               : block_masses_avx512<false, true, true, false, Extra::kHits, true>(
+                                     x, n, set, k0, nullptr, members, &hits);
+    }
     return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kHits>(
                                    x, n, set, k0, nullptr, members, &hits)
                              : block_masses_avx512<false, true, true, false, Extra::kHits>(

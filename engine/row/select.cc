@@ -77,6 +77,9 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 // The fast paths below start from a sample: the keys of the members among
 // every kSampleStride-th token, in token order.
 constexpr int64_t kSampleStride = 64;
+// top-p's fast path samples more sparsely: its sample only estimates the
+// total (with a wide margin, below) and places the gather's outer bound.
+constexpr int64_t kNucleusSampleStride = 128;
 // Small count targets (top-k, min_keep, top-N) take the fast path up to this.
 constexpr double kFastTargetMax = 2048;
 // top-p takes its fast path when the nucleus can hold at most this many
@@ -99,11 +102,23 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
 
 // Gathers every member with key <= bound, per segment (`gather(s, out)`
 // gathers segment s into out, with room for all its tokens, and returns how
-// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1).
+// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1)
+// those with key <= list_bound (list_gathered lists them again).
 // False when a segment holds more than `cap`.
+// The gathered members with key <= list_bound, in token order, into sc.list
+// (key, weight 1).
+void list_gathered(SelectScratch& sc, float list_bound) {
+  sc.list.clear();
+  for (int64_t s = 0; s < sc.gathered_segments; ++s) {
+    for (const GatheredToken& g : sc.gathered_list(s)) {
+      if (g.key <= list_bound) sc.list.push_back(SelectEntry{g.key, 1.0f});
+    }
+  }
+}
+
 template <typename Gather>
 bool gather_members(std::span<const Segment> segments, float bound, int64_t cap, SelectScratch& sc,
-                    const Runner& run, bool heavy, Gather gather) {
+                    const Runner& run, bool heavy, Gather gather, float list_bound = kInf) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
@@ -124,13 +139,14 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
   }
   sc.gathered_segments = nseg;
   sc.gathered_bound = bound;
-  sc.list.clear();
+  int64_t all = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
     if (got > cap) return false;
-    for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
+    all += got;
   }
-  return static_cast<int64_t>(sc.list.size()) <= cap;
+  list_gathered(sc, list_bound);
+  return all <= cap;
 }
 
 bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
@@ -141,10 +157,10 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
 }
 
 // A key bound that, with a margin, holds at least `count` members: the
-// (4 count / kSampleStride + 8)-th smallest sampled key. False when the
-// sample is too small to say.
-bool sampled_bound(double count, SelectScratch& sc, float* bound) {
-  const auto want = static_cast<size_t>(4.0 * count / kSampleStride) + 8;
+// (4 count / stride + 8)-th smallest key of a sample taken every stride-th
+// token. False when the sample is too small to say.
+bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound) {
+  const auto want = static_cast<size_t>(4.0 * count / static_cast<double>(stride)) + 8;
   if (sc.samples.size() <= want) return false;
   std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want),
                    sc.samples.end());
@@ -195,7 +211,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   float bound = 0.0f;
   if (!block_max_bound(segments, set, target, sc, &bound)) {
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
-    if (!sampled_bound(target, sc, &bound)) return false;
+    if (!sampled_bound(target, kSampleStride, sc, &bound)) return false;
   }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
   if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
@@ -220,53 +236,56 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
       set.key_scale != set.scale || static_cast<double>(total) < 16.0 * kSampleStride * 64.0) {
     return false;
   }
-  sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
+  constexpr auto stride = static_cast<double>(kNucleusSampleStride);
+  sample_member_keys(segments, set, rule, kNucleusSampleStride, sc.samples, run);
   // The sample's masses (keys are filter-space distances here).
   sc.list.clear();
   for (float k : sc.samples) sc.list.push_back(SelectEntry{k, k - rule.d0});
   run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
   double sample_mass = 0.0;
   for (const SelectEntry& e : sc.list) sample_mass += e.weight;
-  if (fraction * sample_mass * kSampleStride > kFastNucleusMax) return false;
+  if (fraction * sample_mass * stride > kFastNucleusMax) return false;
 
   // Gather about eight times the tokens the estimate needs (the estimate
   // misses the few heaviest tokens, which only makes the nucleus smaller).
-  const double want =
-      std::clamp(8.0 * fraction * sample_mass * kSampleStride, 64.0, kFastNucleusMax);
+  const double want = std::clamp(8.0 * fraction * sample_mass * stride, 64.0, kFastNucleusMax);
   // The gather bound is the sample's (with its margin); the block maxima give
   // a tighter one that holds `want` tokens for sure, tried first below.
   float bound = 0.0f;
-  if (!sampled_bound(want, sc, &bound)) return false;
+  if (!sampled_bound(want, kNucleusSampleStride, sc, &bound)) return false;
   float tight = bound;
   if (block_max_bound(segments, set, want, sc, &tight)) tight = std::min(tight, bound);
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
   // One pass gathers them and forms the exact total, per segment (summed in
-  // segment order below).
+  // segment order below). Only the members with key <= tight are listed
+  // at first: when those alone reach the target, the boundary is among them
+  // (a shorter list to weigh and refine).
   sc.seg_total.resize(segments.size());
-  const bool gathered =
-      gather_members(segments, bound, cap, sc, run, true, [&](int64_t s, GatheredToken* out) {
+  const bool gathered = gather_members(
+      segments, bound, cap, sc, run, true,
+      [&](int64_t s, GatheredToken* out) {
         int64_t got = 0;
         sc.seg_total[static_cast<size_t>(s)] = run.k->sum_mass_gather(
             segments[static_cast<size_t>(s)], set, rule.d0, bound, cap, out, &got);
         return got;
-      });
+      },
+      tight);
   if (!gathered) return false;
   double z = 0.0;
   for (double t : sc.seg_total) z += t;
   const double target = fraction * z;
 
-  for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
-  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-  // Every member with key <= tight is in the list: when those alone reach
-  // the target, the boundary is among them (a shorter list to refine).
-  double gathered_mass = 0.0, tight_mass = 0.0;
-  for (const SelectEntry& e : sc.list) {
-    gathered_mass += e.weight;
-    tight_mass += e.key <= tight ? e.weight : 0.0;
-  }
-  if (!(gathered_mass >= target)) return false;
-  if (tight < bound && tight_mass >= target) {
-    std::erase_if(sc.list, [&](const SelectEntry& e) { return !(e.key <= tight); });
+  auto listed_mass = [&] {
+    for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
+    run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
+    double mass = 0.0;
+    for (const SelectEntry& e : sc.list) mass += e.weight;
+    return mass;
+  };
+  if (!(listed_mass() >= target)) {
+    if (!(tight < bound)) return false;
+    list_gathered(sc, kInf);  // every gathered member
+    if (!(listed_mass() >= target)) return false;
   }
   result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
   result.total = z;
