@@ -13,6 +13,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nucleus/engine.h"
@@ -54,10 +55,16 @@ class ScanTest : public ::testing::Test {
     const Expected e = scalar_scan(x);
     const auto vocab = static_cast<int64_t>(x.size());
     const LogitsView view{x.data(), 1, vocab, vocab, DType::kFloat32};
-    for (float temperature : {0.0f, 1.0f}) {
+    // (copied: a bias of 0 on token 0 changes no value, but a float32 row
+    // that processors apply to is copied by the scan that reads it)
+    for (const auto& [temperature, copied] :
+         {std::pair{0.0f, false}, std::pair{1.0f, false}, std::pair{0.0f, true}}) {
+      SCOPED_TRACE(copied ? "copied" : "read in place");
       RowRequest req;
       req.params.temperature = temperature;
       req.seed = 3;
+      const TokenBias zero_bias{0, 0.0f};
+      if (copied) req.logit_bias = std::span(&zero_bias, 1);
       std::vector<RowResult> out(1);
       ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), out).ok());
       const RowResult& r = out[0];

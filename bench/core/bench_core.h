@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/kernels/row_kernels.h"
 #include "nucleus/engine.h"
 
 namespace nucleus::bench {
@@ -46,9 +47,12 @@ struct Workload {
   int64_t rows = 0;
   int64_t vocab = 0;
   DType dtype = DType::kFloat32;
-  std::vector<float> f32;        // the values, as float32 (after rounding to dtype)
-  std::vector<uint16_t> half;    // the stored bits for f16 / bf16
-  std::vector<int32_t> history;  // 2,000 tokens for the penalty configuration
+  // Rows start on 64-byte boundaries, as a framework's tensors do (PyTorch's
+  // CPU allocator aligns to 64 bytes; each row of these vocabularies is a
+  // whole number of cache lines).
+  detail::AlignedVector<float> f32;      // the values, as float32 (after rounding to dtype)
+  detail::AlignedVector<uint16_t> half;  // the stored bits for f16 / bf16
+  std::vector<int32_t> history;          // 2,000 tokens for the penalty configuration
 
   LogitsView view() const;
   int64_t bytes() const { return rows * vocab * dtype_size(dtype); }

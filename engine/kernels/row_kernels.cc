@@ -121,9 +121,11 @@ ExactScan exact_scan(const float* x, int64_t n) {
   return out;
 }
 
-}  // namespace
-
-MaxStats max_stats(const float* x, int64_t n, float* block_max) {
+// max_stats (below), and with `copy` (kCopy) each packet is also stored there
+// from the same read: a float32 row that processors will change is copied and
+// scanned at once.
+template <bool kCopy>
+MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   // Pass blocks (kPassBlock entries), each read once by a fast pass: the max and
   // a finiteness probe, probe = v * 0 + probe (a multiply-add), which stays 0
   // while every entry is finite and turns NaN at the first NaN or ±inf. Only a
@@ -149,18 +151,25 @@ MaxStats max_stats(const float* x, int64_t n, float* block_max) {
     for (; j + 2 * kLanes <= m; j += 2 * kLanes) {
       const Packet v0 = ei::ploadu<Packet>(xb + j);
       const Packet v1 = ei::ploadu<Packet>(xb + j + kLanes);
+      if constexpr (kCopy) {
+        ei::pstoreu(copy + b0 + j, v0);
+        ei::pstoreu(copy + b0 + j + kLanes, v1);
+      }
       m0 = ei::pmax(m0, v0);
       m1 = ei::pmax(m1, v1);
       p0 = ei::pmadd(v0, pzero, p0);
       p1 = ei::pmadd(v1, pzero, p1);
     }
     float bmax = ei::predux_max(ei::pmax(m0, m1));
-    float probe = ei::predux(ei::padd(p0, p1));
+    // (a lane compare, not a sum of the lanes: cheaper, and the same answer)
+    const Packet probe = ei::padd(p0, p1);
+    bool finite_block = !ei::predux_any(ei::pandnot(ei::ptrue(probe), ei::pcmp_eq(probe, pzero)));
     for (; j < m; ++j) {
+      if constexpr (kCopy) copy[b0 + j] = xb[j];
       bmax = xb[j] > bmax ? xb[j] : bmax;
-      probe += xb[j] * 0.0f;
+      finite_block &= xb[j] * 0.0f == 0.0f;
     }
-    if (probe == 0.0f) {
+    if (finite_block) {
       finite += m;
     } else {
       const ExactScan e = exact_scan(xb, m);
@@ -193,7 +202,16 @@ MaxStats max_stats(const float* x, int64_t n, float* block_max) {
   return st;
 }
 
+}  // namespace
+
+MaxStats max_stats(const float* x, int64_t n, float* block_max) {
+  return scan_blocks<false>(x, n, block_max, nullptr);
+}
+
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max) {
+  if (dtype == DType::kFloat32 && dst) {
+    return scan_blocks<true>(static_cast<const float*>(src), n, block_max, dst);
+  }
   // Sub-blocks small enough that max_stats reads them back from L1 (whole
   // pass blocks, for block_max).
   // Without dst, each sub-block is widened into a local buffer and dropped.

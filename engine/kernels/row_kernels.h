@@ -14,8 +14,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <new>
+#include <vector>
 
 #include "nucleus/engine.h"
 #include "nucleus/sampling.h"
@@ -29,6 +32,23 @@ inline constexpr int64_t kChunk = 16384;
 inline constexpr float kUnderflow = 87.33654f;
 inline constexpr float kInf = std::numeric_limits<float>::infinity();
 inline constexpr float kMaxFloat = std::numeric_limits<float>::max();
+
+// Buffers the passes read whole (a widened or processed row, stored keys)
+// start on a cache line: a packet load that straddles two lines costs two,
+// and the scan of a row is bound by its loads.
+template <typename T>
+struct CacheAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheAligned() = default;
+  template <typename U>
+  explicit CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  friend bool operator==(const CacheAligned&, const CacheAligned&) { return true; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, CacheAligned<T>>;
 
 struct Segment {
   const float* x = nullptr;

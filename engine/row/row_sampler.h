@@ -23,9 +23,9 @@ struct RowInput {
 // Buffers one row needs, sized on first use and reused afterwards, so the
 // steady state allocates nothing.
 struct RowScratch {
-  std::vector<float> raw_buf;        // the widened input row (f16 / bf16 only)
-  std::vector<float> work_buf;       // the processed row (when processors apply)
-  std::vector<float> cand_x;         // the compacted kept set: values...
+  AlignedVector<float> raw_buf;      // the widened input row (f16 / bf16 only)
+  AlignedVector<float> work_buf;     // the processed row (when processors apply)
+  AlignedVector<float> cand_x;       // the compacted kept set: values...
   std::vector<int32_t> cand_idx;     // ...and token ids, in token order
   std::vector<float> raw_block_max;  // the scan's largest x per pass block: raw row...
   std::vector<float> row_block_max;  // ...and processed row (when processors apply)

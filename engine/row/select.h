@@ -50,10 +50,10 @@ struct SelectScratch {
   // Pivot path: every token's key and weight (kept for key_bounds: valid
   // while keys_stored, for the segments at keys_of), and the shrinking
   // interval's entries.
-  std::vector<float> keys;
-  std::vector<float> weights;
-  std::vector<float> interval_keys;
-  std::vector<float> interval_weights;
+  AlignedVector<float> keys;
+  AlignedVector<float> weights;
+  AlignedVector<float> interval_keys;
+  AlignedVector<float> interval_weights;
   bool keys_stored = false;
   const Segment* keys_of = nullptr;
   // typical_moments stored each token's d - d0 in keys and its mass in
