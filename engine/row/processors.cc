@@ -44,24 +44,31 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
   const bool additive =
       (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && !r.generated_tokens.empty();
   if (!repetition && !additive) return;
-  if (scratch.count.size() < static_cast<size_t>(vocab)) {
-    scratch.count.resize(static_cast<size_t>(vocab), 0);
-  }
-  uint32_t* count = scratch.count.data();
   if (repetition) {
+    // Each distinct token once: marked in a bitmap, whose words are cleared
+    // after (every set bit belongs to a listed token).
+    const auto words = static_cast<size_t>((vocab + 63) / 64);
+    if (scratch.seen.size() < words) scratch.seen.resize(words, 0);
+    uint64_t* seen = scratch.seen.data();
     const float rp = p.repetition_penalty;
     auto penalise = [&](int32_t t) {
-      if (count[t] != 0) return;
-      count[t] = 1;
+      const uint64_t bit = uint64_t{1} << (t & 63);
+      uint64_t& word = seen[t >> 6];
+      if (word & bit) return;
+      word |= bit;
       float& x = row[t];
       x = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
     };
     for (int32_t t : r.prompt_tokens) penalise(t);
     for (int32_t t : r.generated_tokens) penalise(t);
-    for (int32_t t : r.prompt_tokens) count[t] = 0;
-    for (int32_t t : r.generated_tokens) count[t] = 0;
+    for (int32_t t : r.prompt_tokens) seen[t >> 6] = 0;
+    for (int32_t t : r.generated_tokens) seen[t >> 6] = 0;
   }
   if (additive) {
+    if (scratch.count.size() < static_cast<size_t>(vocab)) {
+      scratch.count.resize(static_cast<size_t>(vocab), 0);
+    }
+    uint32_t* count = scratch.count.data();
     for (int32_t t : r.generated_tokens) ++count[t];
     for (int32_t t : r.generated_tokens) {
       if (count[t] == 0) continue;  // already applied

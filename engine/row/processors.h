@@ -15,6 +15,7 @@ bool has_processors(const RowRequest& request);
 // Reusable buffers for the penalty bookkeeping.
 struct PenaltyScratch {
   std::vector<uint32_t> count;  // per token, all zero between calls
+  std::vector<uint64_t> seen;   // a bit per token (small enough for L1), all zero between calls
 };
 
 // Applies every processor of `request` to `row` (vocab floats) in SPEC order.
