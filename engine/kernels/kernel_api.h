@@ -29,7 +29,7 @@ int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo,
 void typical_keys_from_e(float* e_key, const float* weight, int64_t n, double mu,
                          const float* pivots, double* sums, int64_t* counts);
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
-                    float* out);
+                    float* out, double* mass);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                      GatheredToken* out);
 int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,

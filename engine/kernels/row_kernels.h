@@ -245,9 +245,11 @@ struct Kernels {
   void (*typical_keys_from_e)(float* e_key, const float* weight, int64_t n, double mu,
                               const float* pivots, double* sums, int64_t* counts);
   // The distance keys of the members among every stride-th token, in order;
-  // returns how many (at most s.n / stride + 1).
+  // returns how many (at most s.n / stride + 1). With `mass`, also adds
+  // their masses exp(-(d - rule.d0)) there (an estimate's input: summed in
+  // any order).
   int64_t (*sample_keys)(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
-                         float* out);
+                         float* out, double* mass);
   // Members with key <= bound, in order, while at most `cap` (returns cap + 1
   // as soon as there are more); out needs room for cap + kPassBlock.
   int64_t (*gather_below)(const Segment& s, const SetSpec& set, float bound, int64_t cap,

@@ -444,10 +444,11 @@ int64_t keep_and_sum(const float* key, const float* weight, int64_t n, float lo,
 }
 
 int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, int64_t stride,
-                    float* out) {
+                    float* out, double* mass) {
   alignas(64) float key[kBlock];
   alignas(64) float e[kBlock];
   alignas(64) float xs[kBlock];
+  alignas(64) float arg[kBlock];  // (with mass: exponents, their exps in xs)
   bool member[kBlock];
   int64_t count = 0;
   // Whole blocks of samples: stride * kBlock tokens at a time.
@@ -458,6 +459,16 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
     for (int64_t j = 0; j < m; ++j) {
       out[count] = key[j];
       count += member[j] ? 1 : 0;
+    }
+    if (mass) {
+      const int64_t padded = (m + 15) & ~int64_t{15};
+      for (int64_t j = 0; j < m; ++j) {
+        arg[j] = member[j] & (e[j] <= kUnderflow) ? -e[j] : block::kOffExponent;
+      }
+      for (int64_t j = m; j < padded; ++j) arg[j] = block::kOffExponent;
+      block::MapF(xs, padded) = block::ConstMapF(arg, padded).exp();
+      for (int64_t j = 0; j < padded; ++j) xs[j] = arg[j] > block::kOffExponent ? xs[j] : 0.0f;
+      *mass += static_cast<double>(block::ConstMapF(xs, padded).sum());
     }
   }
   return count;

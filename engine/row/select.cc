@@ -86,16 +86,18 @@ constexpr double kFastTargetMax = 2048;
 // tokens (each token's mass is at most the largest, exp(0) = 1).
 constexpr double kFastNucleusMax = 1024;
 
-// The keys of the members among every stride-th token, into `out`.
+// The keys of the members among every stride-th token, into `out`; with
+// `mass`, their total mass (sample_keys) there.
 void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                        int64_t stride, std::vector<float>& out, const Runner& run) {
+                        int64_t stride, std::vector<float>& out, const Runner& run,
+                        double* mass = nullptr) {
   size_t room = 0;
   for (const Segment& seg : segments) room += static_cast<size_t>(seg.n / stride + 1);
   out.resize(room);
   size_t sampled = 0;
   for (const Segment& seg : segments) {
     sampled +=
-        static_cast<size_t>(run.k->sample_keys(seg, set, rule, stride, out.data() + sampled));
+        static_cast<size_t>(run.k->sample_keys(seg, set, rule, stride, out.data() + sampled, mass));
   }
   out.resize(sampled);
 }
@@ -156,15 +158,34 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
   });
 }
 
+// The k-th smallest (from 0) of v, which it may reorder. For the short
+// prefixes the sampled bounds ask for, one pass that keeps the k + 1 smallest
+// in order (most values fail the first compare) beats nth_element's
+// partitioning.
+float kth_smallest(std::vector<float>& v, size_t k) {
+  constexpr size_t kKeep = 64;
+  if (k >= kKeep) {
+    std::nth_element(v.begin(), v.begin() + static_cast<int64_t>(k), v.end());
+    return v[k];
+  }
+  float best[kKeep];
+  size_t n = 0;
+  for (const float x : v) {
+    if (n == k + 1 && !(x < best[k])) continue;
+    size_t i = n == k + 1 ? k : n++;
+    for (; i > 0 && best[i - 1] > x; --i) best[i] = best[i - 1];
+    best[i] = x;
+  }
+  return best[k];
+}
+
 // A key bound that, with a margin, holds at least `count` members: the
 // (4 count / stride + 8)-th smallest key of a sample taken every stride-th
 // token. False when the sample is too small to say.
 bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound) {
   const auto want = static_cast<size_t>(4.0 * count / static_cast<double>(stride)) + 8;
   if (sc.samples.size() <= want) return false;
-  std::nth_element(sc.samples.begin(), sc.samples.begin() + static_cast<int64_t>(want),
-                   sc.samples.end());
-  *bound = sc.samples[want];
+  *bound = kth_smallest(sc.samples, want);
   return true;
 }
 
@@ -237,13 +258,8 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     return false;
   }
   constexpr auto stride = static_cast<double>(kNucleusSampleStride);
-  sample_member_keys(segments, set, rule, kNucleusSampleStride, sc.samples, run);
-  // The sample's masses (keys are filter-space distances here).
-  sc.list.clear();
-  for (float k : sc.samples) sc.list.push_back(SelectEntry{k, k - rule.d0});
-  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
   double sample_mass = 0.0;
-  for (const SelectEntry& e : sc.list) sample_mass += e.weight;
+  sample_member_keys(segments, set, rule, kNucleusSampleStride, sc.samples, run, &sample_mass);
   if (fraction * sample_mass * stride > kFastNucleusMax) return false;
 
   // Gather about eight times the tokens the estimate needs (the estimate
