@@ -164,15 +164,24 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
-  for (int64_t vocab : {100, 2048, 40000}) {
+  for (int64_t vocab : {100, 1017, 2048, 40000}) {
     for (int trial = 0; trial < 6; ++trial) {
       std::vector<uint16_t> row(static_cast<size_t>(vocab));
       for (uint16_t& v : row) v = to_bf16(normal(rng));
-      row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] = to_bf16(20.0f);
-      row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] = to_bf16(-kInf);
+      // The max twice (in different blocks, mostly): the first one wins.
+      const auto top1 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+      const auto top2 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+      row[static_cast<size_t>(top1)] = to_bf16(20.0f);
+      row[static_cast<size_t>(top2)] = to_bf16(20.0f);
+      auto other = [&] {  // a position that holds neither max
+        for (;;) {
+          const auto t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+          if (t != top1 && t != top2) return static_cast<size_t>(t);
+        }
+      };
+      row[other()] = to_bf16(-kInf);
       if (trial >= 4) {
-        row[static_cast<size_t>(rng() % static_cast<uint64_t>(vocab))] =
-            trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
+        row[other()] = trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
       }
       const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
       std::vector<RowResult> lean(1), kept(1);
@@ -193,6 +202,8 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
       }
       ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
       EXPECT_EQ(lean[0].tokens, kept[0].tokens);
+      ASSERT_EQ(lean[0].tokens.size(), 1u);
+      EXPECT_EQ(lean[0].tokens[0], std::min(top1, top2));
       EXPECT_EQ(lean[0].support, kept[0].support);
       EXPECT_EQ(lean[0].support, vocab - 1);
     }

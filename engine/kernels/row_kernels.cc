@@ -202,6 +202,81 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   return st;
 }
 
+#if defined(__AVX512F__)
+// The scan of a bfloat16 row whose widened values are not kept (greedy with
+// nothing else asked for): each packet is widened in registers (a bfloat16 is
+// the top half of a float32) and scanned as scan_blocks does; a block is
+// widened to memory only when it is read again (it holds a non-finite entry,
+// or the max's first position). The same results as scanning the widened row.
+MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
+  alignas(64) float local[kPassBlock];
+  auto widen = [&](int64_t b0, int64_t m) {
+    for (int64_t j = 0; j < m; ++j) local[j] = std::bit_cast<float>(uint32_t{h[b0 + j]} << 16);
+  };
+  auto packet = [](__m256i half) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  };
+  const __m512 pninf = _mm512_set1_ps(-kInf);
+  const __m512 pzero = _mm512_setzero_ps();
+  float max = -kInf;
+  bool nan = false;
+  int64_t finite = 0;
+  int64_t max_block = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
+    const int64_t m = std::min(kPassBlock, n - b0);
+    __m512 m0 = pninf, m1 = pninf, p0 = pzero, p1 = pzero;
+    int64_t j = 0;
+    for (; j + 32 <= m; j += 32) {
+      const __m512i both = _mm512_loadu_si512(h + b0 + j);
+      const __m512 v0 = packet(_mm512_castsi512_si256(both));
+      const __m512 v1 = packet(_mm512_extracti64x4_epi64(both, 1));
+      m0 = _mm512_max_ps(m0, v0);
+      m1 = _mm512_max_ps(m1, v1);
+      p0 = _mm512_fmadd_ps(v0, pzero, p0);
+      p1 = _mm512_fmadd_ps(v1, pzero, p1);
+    }
+    float bmax = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    bool finite_block = _mm512_cmp_ps_mask(_mm512_add_ps(p0, p1), pzero, _CMP_NEQ_UQ) == 0;
+    for (; j < m; ++j) {
+      const float v = std::bit_cast<float>(uint32_t{h[b0 + j]} << 16);
+      bmax = v > bmax ? v : bmax;
+      finite_block &= v * 0.0f == 0.0f;
+    }
+    if (finite_block) {
+      finite += m;
+    } else {
+      widen(b0, m);
+      const ExactScan e = exact_scan(local, m);
+      bmax = e.max;
+      nan |= e.nan;
+      finite += e.finite;
+    }
+    if (block_max) block_max[b0 / kPassBlock] = bmax;
+    if (bmax > max) {
+      max = bmax;
+      max_block = b0;
+    }
+  }
+  MaxStats st;
+  st.max = max + 0.0f;  // (+0.0, never -0.0: see scan_blocks)
+  st.finite = finite;
+  if (max > -kInf) {
+    const int64_t m = std::min(kPassBlock, n - max_block);
+    widen(max_block, m);
+    st.argmax = max_block + first_equal(local, m, max);
+  }
+  if (nan || max == kInf) {
+    for (int64_t t = 0; t < n; ++t) {
+      if (!(std::bit_cast<float>(uint32_t{h[t]} << 16) < kInf)) {
+        st.bad_at = t;
+        break;
+      }
+    }
+  }
+  return st;
+}
+#endif
+
 }  // namespace
 
 MaxStats max_stats(const float* x, int64_t n, float* block_max) {
@@ -212,6 +287,11 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
   if (dtype == DType::kFloat32 && dst) {
     return scan_blocks<true>(static_cast<const float*>(src), n, block_max, dst);
   }
+#if defined(__AVX512F__)
+  if (dtype == DType::kBFloat16 && !dst) {
+    return scan_bf16(static_cast<const uint16_t*>(src), n, block_max);
+  }
+#endif
   // Sub-blocks small enough that max_stats reads them back from L1 (whole
   // pass blocks, for block_max).
   // Without dst, each sub-block is widened into a local buffer and dropped.
