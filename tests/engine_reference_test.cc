@@ -1091,6 +1091,22 @@ TEST_F(EngineReferenceTest, TargetedRows) {
             x, [&](SamplingParams& p) { p.top_p = p_top; },
             "large LM-like, margin " + std::to_string(margin) + ", top-p " + std::to_string(p_top));
       }
+      // typical-p: the kept set among the block maxima's tokens (peaked),
+      // or not (the pivot select); with a temperature and top-k before it.
+      for (float p_typ : {0.2f, 0.9f, 0.99f}) {
+        const std::string tag = "large LM-like, margin " + std::to_string(margin) + ", typical-p " +
+                                std::to_string(p_typ);
+        add(
+            x, [&](SamplingParams& p) { p.typical_p = p_typ; }, tag);
+        add(
+            x,
+            [&](SamplingParams& p) {
+              p.typical_p = p_typ;
+              p.temperature = 0.6f;
+              p.top_k = 1000;
+            },
+            tag + ", T 0.6, top-k 1000");
+      }
     }
   }
   Stats st;

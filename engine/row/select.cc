@@ -360,6 +360,7 @@ bool typical_moments(std::span<const Segment> segments, const SetSpec& set, floa
   Moments total;
   for (const Moments& m : sc.seg_moments) total.add(m);
   *moments = total;
+  sc.keys_stored = false;  // (the keys array now holds e)
   sc.prepared = true;
   sc.prepared_of = segments.data();
   sc.prepared_total = total.z;
@@ -611,6 +612,107 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   SelectResult r = refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
   r.total = total;
   return r;
+}
+
+// The block maxima are tokens whose keys and masses are known from the scan
+// alone: the smallest R at which those with key <= R reach the target
+// bounds the boundary key (the set {key <= R} holds at least their mass).
+// The members with key <= R are then listed from the stored e, reading only
+// blocks whose maximum does not put them past R (for e > mu the key grows
+// with e, and a block's maximum has its smallest e), and the exact answer
+// is found among them with the stored masses; the kept set's d-bounds come
+// from the values of the listed tokens, as key_bounds computes them.
+// Declines when more than kSmallTypicalMaxima maxima are needed, more than
+// kSmallTypicalBlocks blocks would be read, or the listed mass falls short.
+constexpr int kSmallTypicalMaxima = 16;
+constexpr int64_t kSmallTypicalBlocks = 16;
+
+bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
+                          const KeyRule& rule, double target, SelectScratch& sc,
+                          SelectResult& result, KeyBounds& bounds) {
+  if (!sc.prepared || sc.prepared_of != segments.data() || !(target > 0.0)) return false;
+  sc.gathered = false;
+  auto e_of = [&](float x) { return (set.xmax - x) * set.scale - rule.d0; };
+  auto member = [&](float d) { return set.dlo <= d && d <= set.dhi; };
+  // The block maxima that are members with a mass: (key, mass).
+  std::vector<SelectEntry>& maxima = sc.list;
+  maxima.clear();
+  for (const Segment& seg : segments) {
+    if (!seg.bmax) return false;
+    for (int64_t b = 0; b < block_count(seg.n); ++b) {
+      const float d = (set.xmax - seg.bmax[b]) * set.scale;
+      const float e = d - rule.d0;
+      if (!member(d) || !(e <= kUnderflow)) continue;
+      maxima.push_back(SelectEntry{typical_key(e, rule.mu),
+                                   static_cast<float>(std::exp(-static_cast<double>(e)))});
+    }
+  }
+  float bound = -kInf;
+  double reached = 0.0;
+  for (int i = 0; i < kSmallTypicalMaxima && reached < target && !maxima.empty(); ++i) {
+    const auto lowest =
+        std::min_element(maxima.begin(), maxima.end(),
+                         [](const SelectEntry& a, const SelectEntry& b) { return a.key < b.key; });
+    bound = lowest->key;
+    // (every maximum with this key counts)
+    for (auto it = maxima.begin(); it != maxima.end();) {
+      if (it->key == bound) {
+        reached += it->weight;
+        *it = maxima.back();
+        maxima.pop_back();
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (!(reached >= target)) return false;
+
+  // The blocks that may hold a member with key <= bound, then their members.
+  int64_t blocks = 0;
+  auto may_reach = [&](const Segment& seg, int64_t b) {
+    const float e_min = e_of(seg.bmax[b]);
+    return block_may_hold_members(seg.bmax[b], set) &&
+           !(e_min > rule.mu && typical_key(e_min, rule.mu) > bound);
+  };
+  for (const Segment& seg : segments) {
+    for (int64_t b = 0; b < block_count(seg.n); ++b) blocks += may_reach(seg, b) ? 1 : 0;
+  }
+  if (blocks > kSmallTypicalBlocks) return false;
+  std::vector<SelectEntry>& list = sc.list;
+  list.clear();
+  std::vector<GatheredToken>& at = sc.gathered_tokens;  // (key, x, token) of each listed entry
+  size_t listed = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    const Segment& seg = segments[s];
+    const float* e = sc.keys.data() + sc.offsets[s];
+    const float* w = sc.weights.data() + sc.offsets[s];
+    for (int64_t b = 0; b < block_count(seg.n); ++b) {
+      if (!may_reach(seg, b)) continue;
+      for (int64_t j = b * kPassBlock; j < std::min(seg.n, (b + 1) * kPassBlock); ++j) {
+        const float key = typical_key(e[j], rule.mu);  // (e = +inf: key +inf)
+        if (!(key <= bound) || !member((set.xmax - seg.x[j]) * set.scale)) continue;
+        if (listed == at.size()) return false;  // (sized for the row: never)
+        list.push_back(SelectEntry{key, w[j]});
+        at[listed++] = GatheredToken{key, seg.x[j], seg.token(j)};
+      }
+    }
+  }
+  double mass = 0.0;
+  for (const SelectEntry& entry : list) mass += entry.weight;
+  if (!(mass >= target)) return false;
+  result = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
+  if (!result.found) return false;
+  sc.prepared = false;  // (what typical_moments stored has served)
+  result.total = sc.prepared_total;
+  bounds = KeyBounds{};
+  for (size_t i = 0; i < listed; ++i) {
+    if (!(at[i].key <= result.key)) continue;
+    const float d = (set.xmax - at[i].x) * set.scale;
+    bounds.dmin = std::min(bounds.dmin, d);
+    bounds.dmax = std::max(bounds.dmax, d);
+    ++bounds.count;
+  }
+  return true;
 }
 
 KeyBounds key_bounds(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
