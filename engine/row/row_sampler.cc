@@ -402,8 +402,13 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     case Filter::kTypical: {
       if (p_.typical_p >= 1.0f) return;
       ensure_d0();
+      // (a peaked row's kept set is found from a few blocks: no need for
+      // typical_moments to store every token's e and mass for the select)
+      const bool looks_small =
+          p_.min_keep <= 1 &&
+          typical_set_looks_small(segs, set, d0, p_.typical_p, sc_.select, run_);
       Moments m;
-      if (!typical_moments(segs, set, d0, sc_.select, run_, &m)) {
+      if (looks_small || !typical_moments(segs, set, d0, sc_.select, run_, &m)) {
         m = moments_of(segs, set, d0, MomentKind::kEntropy);
       }
       // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
@@ -412,7 +417,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       if (p_.min_keep <= 1) {
         SelectResult small;
         KeyBounds b;
-        if (small_typical_select(segs, set, rule, target, sc_.select, small, b)) {
+        if (small_typical_select(segs, set, rule, target, sc_.select, run_, small, b)) {
           set.dlo = b.dmin;
           set.dhi = b.dmax;
           d0 = b.dmin;

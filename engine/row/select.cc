@@ -614,39 +614,72 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   return r;
 }
 
-// The block maxima are tokens whose keys and masses are known from the scan
-// alone: the smallest R at which those with key <= R reach the target
-// bounds the boundary key (the set {key <= R} holds at least their mass).
-// The members with key <= R are then listed from the stored e, reading only
-// blocks whose maximum does not put them past R (for e > mu the key grows
-// with e, and a block's maximum has its smallest e), and the exact answer
-// is found among them with the stored masses; the kept set's d-bounds come
-// from the values of the listed tokens, as key_bounds computes them.
-// Declines when more than kSmallTypicalMaxima maxima are needed, more than
-// kSmallTypicalBlocks blocks would be read, or the listed mass falls short.
 constexpr int kSmallTypicalMaxima = 16;
 constexpr int64_t kSmallTypicalBlocks = 16;
 
-bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
-                          const KeyRule& rule, double target, SelectScratch& sc,
-                          SelectResult& result, KeyBounds& bounds) {
-  if (!sc.prepared || sc.prepared_of != segments.data() || !(target > 0.0)) return false;
-  sc.gathered = false;
-  auto e_of = [&](float x) { return (set.xmax - x) * set.scale - rule.d0; };
-  auto member = [&](float d) { return set.dlo <= d && d <= set.dhi; };
-  // The block maxima that are members with a mass: (key, mass).
-  std::vector<SelectEntry>& maxima = sc.list;
-  maxima.clear();
+// Whether small_typical_select is likely to decide (it decides or declines
+// exactly; this only spares typical_moments' stores when it will): the
+// kSmallTypicalMaxima heaviest block maxima hold `fraction` of the block
+// maxima's mass. (What the block maxima do not show, the mass below each
+// block's maximum, can still make it decline.)
+// The block maxima that are members with a mass, as (d - d0, mass) in
+// sc.list (the masses as every pass computes them); false when a segment
+// carries no maxima.
+bool block_maxima_masses(std::span<const Segment> segments, const SetSpec& set, float d0,
+                         SelectScratch& sc, const Runner& run) {
+  sc.list.clear();
   for (const Segment& seg : segments) {
     if (!seg.bmax) return false;
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
       const float d = (set.xmax - seg.bmax[b]) * set.scale;
-      const float e = d - rule.d0;
-      if (!member(d) || !(e <= kUnderflow)) continue;
-      maxima.push_back(SelectEntry{typical_key(e, rule.mu),
-                                   static_cast<float>(std::exp(-static_cast<double>(e)))});
+      const float e = d - d0;
+      if (!(set.dlo <= d && d <= set.dhi) || !(e <= kUnderflow)) continue;
+      sc.list.push_back(SelectEntry{e, e});
     }
   }
+  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
+  return true;
+}
+
+bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& set, float d0,
+                             double fraction, SelectScratch& sc, const Runner& run) {
+  if (!block_maxima_masses(segments, set, d0, sc, run)) return false;
+  std::vector<float>& masses = sc.block_maxima;
+  masses.clear();
+  double total = 0.0;
+  for (const SelectEntry& m : sc.list) {
+    masses.push_back(m.weight);
+    total += m.weight;
+  }
+  const auto top = std::min<size_t>(kSmallTypicalMaxima, masses.size());
+  std::nth_element(masses.begin(), masses.begin() + static_cast<int64_t>(top), masses.end(),
+                   std::greater<float>());
+  double top_mass = 0.0;
+  for (size_t i = 0; i < top; ++i) top_mass += masses[i];
+  return top > 0 && top_mass >= fraction * total;
+}
+
+// The block maxima are tokens whose keys and masses are known from the scan
+// alone: the smallest R at which those with key <= R reach the target
+// bounds the boundary key (the set {key <= R} holds at least their mass).
+// The members with key <= R are then listed from the row, reading only
+// blocks whose maximum does not put them past R (for e > mu the key grows
+// with e, and a block's maximum has its smallest e), with the masses every
+// pass computes (entry_masses), and the exact answer is found among them;
+// the kept set's d-bounds come from the listed tokens, as key_bounds
+// computes them. Declines when more than kSmallTypicalMaxima maxima are
+// needed, more than kSmallTypicalBlocks blocks would be read, or the listed
+// mass falls short.
+bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
+                          const KeyRule& rule, double target, SelectScratch& sc, const Runner& run,
+                          SelectResult& result, KeyBounds& bounds) {
+  if (!(target > 0.0)) return false;
+  auto e_of = [&](float x) { return (set.xmax - x) * set.scale - rule.d0; };
+  auto member = [&](float d) { return set.dlo <= d && d <= set.dhi; };
+  // The block maxima that are members with a mass: (key, mass).
+  if (!block_maxima_masses(segments, set, rule.d0, sc, run)) return false;
+  std::vector<SelectEntry>& maxima = sc.list;
+  for (SelectEntry& m : maxima) m.key = typical_key(m.key, rule.mu);
   float bound = -kInf;
   double reached = 0.0;
   for (int i = 0; i < kSmallTypicalMaxima && reached < target && !maxima.empty(); ++i) {
@@ -667,43 +700,46 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   }
   if (!(reached >= target)) return false;
 
-  // The blocks that may hold a member with key <= bound, then their members.
-  int64_t blocks = 0;
+  // The blocks that may hold a member with key <= bound, then their members
+  // with a mass (a zero-mass member's key counts as +inf, as in the stored
+  // passes), as (key, e) and (key, x, token).
   auto may_reach = [&](const Segment& seg, int64_t b) {
     const float e_min = e_of(seg.bmax[b]);
     return block_may_hold_members(seg.bmax[b], set) &&
            !(e_min > rule.mu && typical_key(e_min, rule.mu) > bound);
   };
+  int64_t blocks = 0;
   for (const Segment& seg : segments) {
     for (int64_t b = 0; b < block_count(seg.n); ++b) blocks += may_reach(seg, b) ? 1 : 0;
   }
   if (blocks > kSmallTypicalBlocks) return false;
   std::vector<SelectEntry>& list = sc.list;
   list.clear();
-  std::vector<GatheredToken>& at = sc.gathered_tokens;  // (key, x, token) of each listed entry
+  std::vector<GatheredToken>& at = sc.gathered_tokens;
   size_t listed = 0;
-  for (size_t s = 0; s < segments.size(); ++s) {
-    const Segment& seg = segments[s];
-    const float* e = sc.keys.data() + sc.offsets[s];
-    const float* w = sc.weights.data() + sc.offsets[s];
+  for (const Segment& seg : segments) {
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
       if (!may_reach(seg, b)) continue;
       for (int64_t j = b * kPassBlock; j < std::min(seg.n, (b + 1) * kPassBlock); ++j) {
-        const float key = typical_key(e[j], rule.mu);  // (e = +inf: key +inf)
-        if (!(key <= bound) || !member((set.xmax - seg.x[j]) * set.scale)) continue;
+        const float d = (set.xmax - seg.x[j]) * set.scale;
+        const float e = d - rule.d0;
+        if (!member(d) || !(e <= kUnderflow)) continue;
+        const float key = typical_key(e, rule.mu);
+        if (!(key <= bound)) continue;
         if (listed == at.size()) return false;  // (sized for the row: never)
-        list.push_back(SelectEntry{key, w[j]});
+        list.push_back(SelectEntry{key, e});
         at[listed++] = GatheredToken{key, seg.x[j], seg.token(j)};
       }
     }
   }
+  run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
   double mass = 0.0;
   for (const SelectEntry& entry : list) mass += entry.weight;
   if (!(mass >= target)) return false;
   result = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
   if (!result.found) return false;
-  sc.prepared = false;  // (what typical_moments stored has served)
-  result.total = sc.prepared_total;
+  sc.gathered = false;
+  sc.prepared = false;  // (what typical_moments stored, if it ran, is not needed)
   bounds = KeyBounds{};
   for (size_t i = 0; i < listed; ++i) {
     if (!(at[i].key <= result.key)) continue;

@@ -81,13 +81,18 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
 bool typical_moments(std::span<const Segment> segments, const SetSpec& set, float d0,
                      SelectScratch& scratch, const Runner& run, Moments* moments);
 
+// Whether small_typical_select will likely decide for these segments (from
+// the block maxima alone); typical-p then forms its moments without storing.
+bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& set, float d0,
+                             double fraction, SelectScratch& scratch, const Runner& run);
+
 // typical-p whose kept set lies among a few tokens near the top (peaked
-// rows), after typical_moments stored e and the masses: the whole answer —
-// the select's result for `target` and the kept set's bounds — without
-// turning every e into a key. False (nothing decided) otherwise.
+// rows): the whole answer — the select's result for `target` and the kept
+// set's bounds — from the scan's block maxima and a few blocks of the row.
+// False (nothing decided) otherwise.
 bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& scratch,
-                          SelectResult& result, KeyBounds& bounds);
+                          const Runner& run, SelectResult& result, KeyBounds& bounds);
 
 // The smallest and largest filter-space d among members whose key is <= c,
 // from the keys the last select stored when it ran on these segments with
