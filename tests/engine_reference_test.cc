@@ -1076,6 +1076,24 @@ TEST_F(EngineReferenceTest, TargetedRows) {
   // reaches into the tail past the block maxima's bound (hundreds of tokens),
   // and one too large for the path (the pivot select takes over).
   {
+    // A nucleus of a few hundred middling tokens under one top token: more
+    // than the block maxima's bound holds, fewer than the sample's (the
+    // second gather).
+    Rng mid(78);
+    const int64_t n = 70000;
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = static_cast<float>(-20.0 - 3.0 * std::fabs(mid.Normal()));
+    x[static_cast<size_t>(mid.Int(0, n - 1))] = 0.0f;
+    for (int j = 0; j < 300; ++j) {
+      x[static_cast<size_t>(mid.Int(0, n - 1))] = static_cast<float>(-mid.Uniform(4.0, 6.0));
+    }
+    for (float p_top : {0.8f, 0.9f}) {
+      add(
+          x, [&](SamplingParams& p) { p.top_p = p_top; },
+          "large, a nucleus of middling tokens, top-p " + std::to_string(p_top));
+    }
+  }
+  {
     Rng lm(77);
     const int64_t n = 70000;
     for (double margin : {10.0, 6.0, 2.0}) {

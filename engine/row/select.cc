@@ -104,23 +104,11 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
 
 // Gathers every member with key <= bound, per segment (`gather(s, out)`
 // gathers segment s into out, with room for all its tokens, and returns how
-// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1)
-// those with key <= list_bound (list_gathered lists them again).
+// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1).
 // False when a segment holds more than `cap`.
-// The gathered members with key <= list_bound, in token order, into sc.list
-// (key, weight 1).
-void list_gathered(SelectScratch& sc, float list_bound) {
-  sc.list.clear();
-  for (int64_t s = 0; s < sc.gathered_segments; ++s) {
-    for (const GatheredToken& g : sc.gathered_list(s)) {
-      if (g.key <= list_bound) sc.list.push_back(SelectEntry{g.key, 1.0f});
-    }
-  }
-}
-
 template <typename Gather>
 bool gather_members(std::span<const Segment> segments, float bound, int64_t cap, SelectScratch& sc,
-                    const Runner& run, bool heavy, Gather gather, float list_bound = kInf) {
+                    const Runner& run, bool heavy, Gather gather) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
@@ -141,14 +129,13 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
   }
   sc.gathered_segments = nseg;
   sc.gathered_bound = bound;
-  int64_t all = 0;
+  sc.list.clear();
   for (int64_t s = 0; s < nseg; ++s) {
     const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
     if (got > cap) return false;
-    all += got;
+    for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
   }
-  list_gathered(sc, list_bound);
-  return all <= cap;
+  return static_cast<int64_t>(sc.list.size()) <= cap;
 }
 
 bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
@@ -265,27 +252,24 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // Gather about eight times the tokens the estimate needs (the estimate
   // misses the few heaviest tokens, which only makes the nucleus smaller).
   const double want = std::clamp(8.0 * fraction * sample_mass * stride, 64.0, kFastNucleusMax);
-  // The gather bound is the sample's (with its margin); the block maxima give
-  // a tighter one that holds `want` tokens for sure, tried first below.
-  float bound = 0.0f;
-  if (!sampled_bound(want, kNucleusSampleStride, sc, &bound)) return false;
-  float tight = bound;
-  if (block_max_bound(segments, set, want, sc, &tight)) tight = std::min(tight, bound);
+  // The pass gathers below the block maxima's bound, which holds `want`
+  // tokens for sure (few, on a peaked row); the sample's bound, with its
+  // margin, serves when there is none, and when the first falls short.
+  float tight = kInf;
+  const bool have_tight = block_max_bound(segments, set, want, sc, &tight);
+  float bound = tight;
+  if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, &bound)) return false;
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
   // One pass gathers them and forms the exact total, per segment (summed in
-  // segment order below). Only the members with key <= tight are listed
-  // at first: when those alone reach the target, the boundary is among them
-  // (a shorter list to weigh and refine).
+  // segment order below).
   sc.seg_total.resize(segments.size());
-  const bool gathered = gather_members(
-      segments, bound, cap, sc, run, true,
-      [&](int64_t s, GatheredToken* out) {
+  const bool gathered =
+      gather_members(segments, bound, cap, sc, run, true, [&](int64_t s, GatheredToken* out) {
         int64_t got = 0;
         sc.seg_total[static_cast<size_t>(s)] = run.k->sum_mass_gather(
             segments[static_cast<size_t>(s)], set, rule.d0, bound, cap, out, &got);
         return got;
-      },
-      tight);
+      });
   if (!gathered) return false;
   double z = 0.0;
   for (double t : sc.seg_total) z += t;
@@ -299,9 +283,13 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     return mass;
   };
   if (!(listed_mass() >= target)) {
-    if (!(tight < bound)) return false;
-    list_gathered(sc, kInf);  // every gathered member
-    if (!(listed_mass() >= target)) return false;
+    // The nucleus reaches past the first bound: gather again below the
+    // sample's (a compare per token, and only in blocks that can reach it).
+    float loose = 0.0f;
+    if (!have_tight || !sampled_bound(want, kNucleusSampleStride, sc, &loose) || !(loose > bound) ||
+        !gather_members_below(segments, set, loose, cap, sc, run) || !(listed_mass() >= target)) {
+      return false;
+    }
   }
   result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
   result.total = z;
