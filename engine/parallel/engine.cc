@@ -3,7 +3,6 @@
 // than threads, each row's chunk passes run in parallel too (the chunks are
 // fixed, so results do not depend on the thread count).
 #include <Random123/philox.h>
-#include <tbb/concurrent_queue.h>
 #include <tbb/info.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
@@ -30,28 +29,47 @@ namespace {
 class ScratchPool {
  public:
   std::unique_ptr<detail::RowScratch> acquire() {
-    std::unique_ptr<detail::RowScratch> s;
-    detail::RowScratch* raw = nullptr;
-    if (free_.try_pop(raw)) {
-      s.reset(raw);
-      return s;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        std::unique_ptr<detail::RowScratch> s(free_.back());
+        free_.pop_back();
+        return s;
+      }
     }
     return std::make_unique<detail::RowScratch>();
   }
-  void release(std::unique_ptr<detail::RowScratch> s) { free_.push(s.release()); }
-  // One scratch per arena slot up front: handed out first-in first-out, they
-  // all warm up within the first few calls, after which (one caller, rows run
-  // at most one per slot) nothing is allocated.
+  void release(std::unique_ptr<detail::RowScratch> s) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(s.release());  // (room reserved: no allocation)
+  }
+  // One scratch per arena slot up front, handed out last-in first-out: the
+  // scratch a row gets is the one the last row used, whose buffers (a
+  // processed copy of the row, stored keys) are still in this core's cache.
+  // (First-in first-out would rotate through all of them, so that one row at
+  // a time on two threads found its buffers cold every other call.) After the
+  // first calls of a given shape nothing is allocated.
   void reserve(int n) {
-    for (int i = 0; i < n; ++i) free_.push(new detail::RowScratch());
+    free_.reserve(static_cast<size_t>(n) + 64);
+    for (int i = 0; i < n; ++i) free_.push_back(new detail::RowScratch());
+  }
+  // Sizes every free scratch for rows of `vocab` tokens the first time a call
+  // brings rows that long, so that whichever scratch a later row is handed
+  // (which depends on thread timing) is ready and nothing is allocated then.
+  void prepare(int64_t vocab) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (vocab <= prepared_vocab_) return;
+    for (detail::RowScratch* s : free_) s->prepare(vocab);
+    prepared_vocab_ = vocab;
   }
   ~ScratchPool() {
-    detail::RowScratch* raw = nullptr;
-    while (free_.try_pop(raw)) delete raw;
+    for (detail::RowScratch* raw : free_) delete raw;
   }
 
  private:
-  tbb::concurrent_queue<detail::RowScratch*> free_;
+  std::mutex mutex_;
+  std::vector<detail::RowScratch*> free_;
+  int64_t prepared_vocab_ = 0;
 };
 
 uint64_t system_seed() {
@@ -92,6 +110,7 @@ struct Engine::Impl {
     const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
     const int64_t rows = logits.rows;
     const detail::Runner runner{rows < threads && logits.vocab > detail::kChunk, kernels};
+    pool.prepare(logits.vocab);
     arena->execute([&] {
       tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
         auto scratch = pool.acquire();
@@ -246,6 +265,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
   const int esize = dtype_size(target_logits.dtype);
   const detail::Runner runner{rows < impl_->threads && vocab > detail::kChunk, impl_->kernels};
+  impl_->pool.prepare(vocab);
   impl_->arena->execute([&] {
     tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
       auto scratch = impl_->pool.acquire();

@@ -77,6 +77,16 @@ int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
   return tokens;
 }
 
+// A row that processors change is written by this thread (the copy, then
+// the processors at scattered tokens): its passes stay here, since another
+// core would first have to pull those freshly written lines out of this
+// one's cache (on one 128k row, that cost more than splitting saved).
+Runner runner_for(const RowRequest& req, const Runner& run) {
+  Runner r = run;
+  if (has_processors(req)) r.parallel = false;
+  return r;
+}
+
 // What the pipeline leaves behind: the final distribution of a row.
 struct Distribution {
   const float* raw = nullptr;  // the input row as float32
@@ -180,46 +190,7 @@ float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set)
 
 Status RowPipeline::check_and_widen(Distribution& dist) {
   const int64_t vocab = in_.vocab;
-  // Buffers whose need depends on the row's values (how many tokens land in a
-  // boundary bucket, how many survive) are sized for the worst case once, so
-  // that which scratch serves which row never decides whether a call
-  // allocates.
-  const auto v = static_cast<size_t>(vocab);
-  const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
-  sc_.select.list.reserve(v);
-  sc_.select.samples.reserve(v);
-  sc_.select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
-  if (sc_.top.size() < v) sc_.top.resize(v);  // grown, never shrunk
-  if (sc_.select.gathered_tokens.size() < v) sc_.select.gathered_tokens.resize(v);
-  for (auto* a : {&sc_.select.keys, &sc_.select.weights, &sc_.select.interval_keys,
-                  &sc_.select.interval_weights}) {
-    if (a->size() < v + 64) a->resize(v + 64);
-  }
-  sc_.select.pivot_sample.reserve(1024);
-  sc_.select.seg_moments.reserve(segments);
-  sc_.select.gathered_at.reserve(segments);
-  sc_.select.gathered_count.reserve(segments);
-  sc_.select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
-  sc_.select.masses.reserve(segments * static_cast<size_t>(kLevel1Buckets));
-  sc_.select.seg_chosen.reserve(segments);
-  sc_.select.offsets.reserve(segments + 1);
-  sc_.select.seg_total.reserve(segments);
-  sc_.select.sub_counts.reserve(static_cast<size_t>(kLevel1Buckets));
-  sc_.select.sub_masses.reserve(static_cast<size_t>(kLevel1Buckets));
-  // Per-segment results (row chunks, or one candidate segment) and per-block
-  // sums (as many blocks as the row's chunks have, or fewer).
-  sc_.moments.reserve(segments);
-  sc_.max_stats.reserve(segments);
-  sc_.seg_mass.reserve(segments);
-  sc_.seg_count.reserve(segments);
-  sc_.seg_min.reserve(segments);
-  sc_.seg_block_start.reserve(segments + 1);
-  sc_.raw_block_max.reserve(static_cast<size_t>(block_count(vocab)));
-  sc_.row_block_max.reserve(static_cast<size_t>(block_count(vocab)));
-  sc_.block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
-  // Whether a row is compacted depends on its values.
-  sc_.cand_x.resize(std::max(sc_.cand_x.size(), v));
-  sc_.cand_idx.resize(std::max(sc_.cand_idx.size(), v));
+  sc_.prepare(vocab);
   // NaN and +inf are row errors wherever they are, masked or not: the scan
   // (per segment, combined in segment order) finds them with the max.
   auto combine = [&](std::span<const Segment> segs) {
@@ -329,6 +300,61 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   dist.greedy_token = static_cast<int32_t>(processed.argmax);
   return Status();
 }
+
+}  // namespace
+
+void RowScratch::prepare(int64_t vocab) {
+  // Buffers whose need depends on the row's values (how many tokens land in a
+  // boundary bucket, how many survive) are sized for the worst case once, so
+  // that which scratch serves which row never decides whether a call
+  // allocates.
+  const auto v = static_cast<size_t>(vocab);
+  const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
+  select.list.reserve(v);
+  select.samples.reserve(v);
+  select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
+  if (top.size() < v) top.resize(v);  // grown, never shrunk
+  if (select.gathered_tokens.size() < v) select.gathered_tokens.resize(v);
+  for (auto* a : {&select.keys, &select.weights, &select.interval_keys, &select.interval_weights}) {
+    if (a->size() < v + 64) a->resize(v + 64);
+  }
+  select.pivot_sample.reserve(1024);
+  select.seg_moments.reserve(segments);
+  select.gathered_at.reserve(segments);
+  select.gathered_count.reserve(segments);
+  select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
+  select.masses.reserve(segments * static_cast<size_t>(kLevel1Buckets));
+  select.seg_chosen.reserve(segments);
+  select.offsets.reserve(segments + 1);
+  select.seg_total.reserve(segments);
+  select.sub_counts.reserve(static_cast<size_t>(kLevel1Buckets));
+  select.sub_masses.reserve(static_cast<size_t>(kLevel1Buckets));
+  // Per-segment results (row chunks, or one candidate segment) and per-block
+  // sums (as many blocks as the row's chunks have, or fewer).
+  moments.reserve(segments);
+  max_stats.reserve(segments);
+  seg_mass.reserve(segments);
+  seg_count.reserve(segments);
+  seg_min.reserve(segments);
+  seg_block_start.reserve(segments + 1);
+  raw_block_max.reserve(static_cast<size_t>(block_count(vocab)));
+  row_block_max.reserve(static_cast<size_t>(block_count(vocab)));
+  block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
+  // Whether a row is compacted depends on its values.
+  cand_x.resize(std::max(cand_x.size(), v));
+  cand_idx.resize(std::max(cand_idx.size(), v));
+  // Buffers some requests need (half-precision input, processors,
+  // verification), sized with the rest so that a scratch first used by such
+  // a row does not allocate then.
+  if (raw_buf.size() < v) raw_buf.resize(v);
+  if (work_buf.size() < v) work_buf.resize(v);
+  if (verify_p.size() < v) verify_p.resize(v);
+  if (penalties.count.size() < v) penalties.count.resize(v, 0);
+  const auto words = static_cast<size_t>((vocab + 63) / 64);
+  if (penalties.seen.size() < words) penalties.seen.resize(words, 0);
+}
+
+namespace {
 
 // The key of the min_keep-th most preferred token (with ties) when it lies
 // beyond c; otherwise c. min_keep = 1 never widens a filter.
@@ -546,7 +572,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                 RowResult& result, RowScratch& sc, const Runner& run) {
   result.clear();
   const SamplingParams& p = request.params;
-  RowPipeline pipe(input, request, row, sc, run);
+  const Runner row_run = runner_for(request, run);
+  RowPipeline pipe(input, request, row, sc, row_run);
   Distribution dist;
   const bool need_processed_z =
       p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kProcessed);
@@ -665,7 +692,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
                  RowScratch& sc, const Runner& run) {
-  RowPipeline pipe(input, request, row, sc, run);
+  const Runner row_run = runner_for(request, run);
+  RowPipeline pipe(input, request, row, sc, row_run);
   Distribution dist;
   if (Status s = pipe.build(dist, true); !s.ok()) {
     std::fill_n(out, input.vocab, 0.0f);

@@ -45,6 +45,10 @@ struct RowScratch {
   std::vector<float> verify_p;             // verification: one target distribution
   std::vector<int32_t> verify_history;     // verification: history plus accepted drafts
   std::vector<RowInput> verify_positions;  // verification: the row's target rows
+
+  // Sizes every vocabulary-sized buffer for rows of `vocab` tokens (grown,
+  // never shrunk): after this, no row of that size allocates in this scratch.
+  void prepare(int64_t vocab);
 };
 
 // Samples one row into `result` (cleared first). `seed` is the row's resolved

@@ -20,7 +20,8 @@ struct Runner {
   template <typename F>
   void operator()(int64_t n, F&& f) const {
     if (parallel && n > 1) {
-      tbb::parallel_for(int64_t{0}, n, [&](int64_t i) { f(i); });
+      tbb::parallel_for(
+          int64_t{0}, n, [&](int64_t i) { f(i); }, tbb::static_partitioner{});
     } else {
       for (int64_t i = 0; i < n; ++i) f(i);
     }
