@@ -59,6 +59,9 @@ struct Segment {
   // start), recorded by the scan; null when not known. A block whose largest
   // x lies beyond the set's bound holds no member and is skipped.
   const float* bmax = nullptr;
+  // x at every kScanSampleStride-th entry from the segment's start, recorded
+  // by the scan when a select will want a sample; null when not.
+  const float* sample = nullptr;
   int32_t token(int64_t j) const { return idx ? idx[j] : static_cast<int32_t>(base + j); }
 };
 
@@ -101,6 +104,9 @@ enum class MomentKind {
 // formed per block and added in block order.
 inline constexpr int64_t kPassBlock = 512;
 inline int64_t block_count(int64_t n) { return (n + kPassBlock - 1) / kPassBlock; }
+// The stride of the sample the scan records (Segment::sample).
+inline constexpr int64_t kScanSampleStride = 128;
+inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kScanSampleStride; }
 
 // A (key, token) pair gathered for the top log-probabilities.
 struct KeyToken {

@@ -44,18 +44,30 @@ float float_at_most(double v) {
 std::string row_prefix(int64_t row) { return "row " + std::to_string(row) + ": "; }
 
 // The row's chunks (x null: a row whose values are not kept, for the scan's
-// bookkeeping only); `bmax` (one entry per pass block of the row) is filled by
-// the scan.
+// bookkeeping only); `bmax` (one entry per pass block of the row) and, when
+// given, `samples` (Segment::sample) are filled by the scan.
 void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
-                   std::vector<Segment>& segs) {
+                   std::vector<Segment>& segs, std::vector<float>* samples = nullptr) {
   const int64_t n = (vocab + kChunk - 1) / kChunk;
   bmax.resize(static_cast<size_t>(block_count(vocab)));
+  if (samples) samples->resize(static_cast<size_t>(n * sample_count(kChunk)));
   segs.resize(static_cast<size_t>(n));
   for (int64_t s = 0; s < n; ++s) {
     segs[static_cast<size_t>(s)] =
-        Segment{x ? x + s * kChunk : nullptr, nullptr, std::min(kChunk, vocab - s * kChunk),
-                s * kChunk, bmax.data() + s * (kChunk / kPassBlock)};
+        Segment{x ? x + s * kChunk : nullptr,
+                nullptr,
+                std::min(kChunk, vocab - s * kChunk),
+                s * kChunk,
+                bmax.data() + s * (kChunk / kPassBlock),
+                samples ? samples->data() + s * sample_count(kChunk) : nullptr};
   }
+}
+
+// Records a segment's sample (Segment::sample) from its values, which the
+// scan has just read (on the thread that scanned them, from its cache).
+void record_sample(const Segment& seg) {
+  auto* out = const_cast<float*>(seg.sample);  // (the scratch's own buffer)
+  for (int64_t j = 0, i = 0; j < seg.n; j += kScanSampleStride, ++i) out[i] = seg.x[j];
 }
 
 // Tokens in the blocks that may hold members of the set (blocks whose
@@ -219,6 +231,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       const Segment& seg = segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] =
           run_.k->max_stats(seg.x, seg.n, bmax.data() + seg.base / kPassBlock);
+      if (seg.sample) record_sample(seg);
     };
     if (light_row) {
       run_.serial(static_cast<int64_t>(segs.size()), one);
@@ -240,14 +253,19 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
           static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
           dst ? dst + seg.base : nullptr, sc_.raw_block_max.data() + seg.base / kPassBlock);
+      if (seg.sample) record_sample(seg);
     });
     return combine(sc_.raw_segs);
   };
   MaxStats raw;
   bool copied = false;
+  // top-p's small-nucleus path samples the (processed) row: the scan that
+  // reads it last records the sample.
+  std::vector<float>* samples =
+      p_.temperature > 0.0f && p_.top_p < 1.0f ? &sc_.row_samples : nullptr;
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
     if (processors) {
       sc_.work_buf.resize(static_cast<size_t>(vocab));
       raw = widen_scan(sc_.work_buf.data());
@@ -264,7 +282,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   } else {
     sc_.raw_buf.resize(static_cast<size_t>(vocab));
     dist.raw = sc_.raw_buf.data();
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
     raw = widen_scan(sc_.raw_buf.data());
   }
   if (raw.bad_at >= 0) {
@@ -281,7 +299,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     if (!copied) sc_.work_buf.assign(dist.raw, dist.raw + vocab);
     apply_processors(req_, vocab, sc_.work_buf.data(), sc_.penalties);
     dist.x = sc_.work_buf.data();
-    make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs);
+    make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs, samples);
     processed = scan(sc_.row_segs, sc_.row_block_max);
     if (processed.bad_at >= 0) {
       return Status::row_error(row_prefix(row_) + "logit of token " +
@@ -339,6 +357,7 @@ void RowScratch::prepare(int64_t vocab) {
   seg_block_start.reserve(segments + 1);
   raw_block_max.reserve(static_cast<size_t>(block_count(vocab)));
   row_block_max.reserve(static_cast<size_t>(block_count(vocab)));
+  row_samples.reserve(segments * static_cast<size_t>(sample_count(kChunk)));
   block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
   // Whether a row is compacted depends on its values.
   cand_x.resize(std::max(cand_x.size(), v));

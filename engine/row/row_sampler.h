@@ -29,6 +29,7 @@ struct RowScratch {
   std::vector<int32_t> cand_idx;     // ...and token ids, in token order
   std::vector<float> raw_block_max;  // the scan's largest x per pass block: raw row...
   std::vector<float> row_block_max;  // ...and processed row (when processors apply)
+  std::vector<float> row_samples;    // the processed row's sample (Segment::sample)
   std::vector<Segment> row_segs;
   std::vector<Segment> raw_segs;
   std::vector<Segment> cand_segs;

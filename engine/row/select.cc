@@ -79,7 +79,7 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
 constexpr int64_t kSampleStride = 64;
 // top-p's fast path samples more sparsely: its sample only estimates the
 // total (with a wide margin, below) and places the gather's outer bound.
-constexpr int64_t kNucleusSampleStride = 128;
+constexpr int64_t kNucleusSampleStride = kScanSampleStride;
 // Small count targets (top-k, min_keep, top-N) take the fast path up to this.
 constexpr double kFastTargetMax = 2048;
 // top-p takes its fast path when the nucleus can hold at most this many
@@ -96,8 +96,13 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
   out.resize(room);
   size_t sampled = 0;
   for (const Segment& seg : segments) {
-    sampled +=
-        static_cast<size_t>(run.k->sample_keys(seg, set, rule, stride, out.data() + sampled, mass));
+    // The scan's sample of the segment when it recorded one (the same
+    // tokens, read where they sit contiguously).
+    const Segment recorded{seg.sample, nullptr, sample_count(seg.n), 0};
+    const bool use_recorded = seg.sample && stride == kScanSampleStride;
+    sampled += static_cast<size_t>(run.k->sample_keys(use_recorded ? recorded : seg, set, rule,
+                                                      use_recorded ? 1 : stride,
+                                                      out.data() + sampled, mass));
   }
   out.resize(sampled);
 }
