@@ -248,13 +248,20 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   auto widen_scan = [&](float* dst) {
     const int esize = dtype_size(in_.dtype);
     sc_.max_stats.resize(sc_.raw_segs.size());
-    run_(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
+    auto one = [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
           static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
           dst ? dst + seg.base : nullptr, sc_.raw_block_max.data() + seg.base / kPassBlock);
       if (seg.sample) record_sample(seg);
-    });
+    };
+    // (split or not as the scan above when the widened row is kept: it is
+    // read next by passes that run where the scan ran)
+    if (light_row && dst) {
+      run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), one);
+    } else {
+      run_(static_cast<int64_t>(sc_.raw_segs.size()), one);
+    }
     return combine(sc_.raw_segs);
   };
   MaxStats raw;
