@@ -8,8 +8,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "bench/core/floor_kernels.h"
 #include "tools/lm_logits.h"
@@ -118,10 +121,20 @@ int32_t reference_row(Config config, const float* raw, int64_t vocab, const Samp
   return order[kept - 1];
 }
 
+// One arena per thread count for the whole run (as a server keeps its
+// engine): creating one per pass, thousands of times, disturbed how oneTBB
+// hands its workers to the engine's arena in the cases that followed.
+tbb::task_arena& arena_for(int threads) {
+  static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
+  std::unique_ptr<tbb::task_arena>& a = arenas[threads];
+  if (!a) a = std::make_unique<tbb::task_arena>(threads);
+  return *a;
+}
+
 template <typename F>
 void for_rows(int threads, int64_t rows, F&& f) {
-  tbb::task_arena arena(threads);
-  arena.execute([&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); });
+  arena_for(threads).execute(
+      [&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); });
 }
 
 }  // namespace
@@ -295,7 +308,15 @@ CaseResult run_case(const Case& c, const Options& options) {
   const Workload& w = cached;
   const auto requests = make_requests(c.config, w, options.logprobs);
   std::vector<RowResult> results(static_cast<size_t>(c.batch));
-  Engine engine({.max_threads = c.threads, .seed = options.seed, .isa = c.isa});
+  // One engine per (threads, instruction set) for the whole run, as a server
+  // keeps one: its arena and scratch stay warm from case to case.
+  static std::map<std::tuple<int, Isa, uint64_t>, std::unique_ptr<Engine>> engines;
+  std::unique_ptr<Engine>& slot = engines[{c.threads, c.isa, options.seed}];
+  if (!slot) {
+    slot = std::make_unique<Engine>(
+        EngineOptions{.max_threads = c.threads, .seed = options.seed, .isa = c.isa});
+  }
+  Engine& engine = *slot;
   const Isa isa = engine.isa();
   out.c.isa = isa;
   const LogitsView view = w.view();

@@ -219,12 +219,11 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     return total;
   };
   // The scan is light: it runs on this thread when what follows is light
-  // too (greedy; top-k and min-p leave most blocks unread) or runs here
-  // anyway (typical-p's pivot select reads what its passes store, from this
-  // core's cache), and is split like the exp passes that follow otherwise,
-  // so that each thread finds its chunks in its own cache.
-  const bool light_row = p_.temperature == 0.0f || (p_.top_k > 0 && p_.top_k < vocab) ||
-                         p_.min_p > 0.0f || p_.typical_p < 1.0f;
+  // too (greedy; top-k and min-p leave most blocks unread), and is split
+  // like the exp passes that follow otherwise (typical-p's entropy pass
+  // too), so that each thread finds its chunks in its own cache.
+  const bool light_row =
+      p_.temperature == 0.0f || (p_.top_k > 0 && p_.top_k < vocab) || p_.min_p > 0.0f;
   auto scan = [&](std::span<const Segment> segs, std::vector<float>& bmax) {
     sc_.max_stats.resize(segs.size());
     auto one = [&](int64_t s) {
