@@ -348,7 +348,7 @@ void RowScratch::prepare(int64_t vocab) {
   select.gathered_count.reserve(segments);
   select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
   select.masses.reserve(segments * static_cast<size_t>(kLevel1Buckets));
-  select.seg_chosen.reserve(segments);
+  select.seg_chosen.reserve(segments * static_cast<size_t>(kPivots));
   select.offsets.reserve(segments + 1);
   select.seg_total.reserve(segments);
   select.sub_counts.reserve(static_cast<size_t>(kLevel1Buckets));
@@ -365,6 +365,9 @@ void RowScratch::prepare(int64_t vocab) {
   row_block_max.reserve(static_cast<size_t>(block_count(vocab)));
   row_samples.reserve(segments * static_cast<size_t>(sample_count(kChunk)));
   block_mass.reserve(segments * static_cast<size_t>(block_count(kChunk)));
+  raw_segs.reserve(segments);
+  row_segs.reserve(segments);
+  cand_segs.reserve(1);
   // Whether a row is compacted depends on its values.
   cand_x.resize(std::max(cand_x.size(), v));
   cand_idx.resize(std::max(cand_idx.size(), v));
