@@ -121,6 +121,32 @@ ExactScan exact_scan(const float* x, int64_t n) {
   return out;
 }
 
+// The running results of a scan over pass blocks, block by block in order.
+struct ScanTotals {
+  float max = -kInf;
+  bool nan = false;
+  int64_t finite = 0;
+  int64_t max_block = 0;  // the first block that reaches the max
+  // One block of m entries at b0: its fast read's max when every entry was
+  // finite, else what `exact()` (the block scanned again exactly) says.
+  template <typename Exact>
+  void add(int64_t b0, int64_t m, bool finite_block, float bmax, Exact exact, float* block_max) {
+    if (finite_block) {
+      finite += m;
+    } else {
+      const ExactScan e = exact();
+      bmax = e.max;
+      nan |= e.nan;
+      finite += e.finite;
+    }
+    if (block_max) block_max[b0 / kPassBlock] = bmax;
+    if (bmax > max) {
+      max = bmax;
+      max_block = b0;
+    }
+  }
+};
+
 // max_stats (below), and with `copy` (kCopy) each packet is also stored there
 // from the same read: a float32 row that processors will change is copied and
 // scanned at once.
@@ -139,10 +165,7 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   constexpr int64_t kScanBlock = kPassBlock;
   const Packet pninf = ei::pset1<Packet>(-kInf);
   const Packet pzero = ei::pset1<Packet>(0.0f);
-  float max = -kInf;
-  bool nan = false;
-  int64_t finite = 0;
-  int64_t max_block = 0;
+  ScanTotals totals;
   for (int64_t b0 = 0; b0 < n; b0 += kScanBlock) {
     const int64_t m = std::min(kScanBlock, n - b0);
     const float* xb = x + b0;
@@ -169,20 +192,10 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
       bmax = xb[j] > bmax ? xb[j] : bmax;
       finite_block &= xb[j] * 0.0f == 0.0f;
     }
-    if (finite_block) {
-      finite += m;
-    } else {
-      const ExactScan e = exact_scan(xb, m);
-      bmax = e.max;
-      nan |= e.nan;
-      finite += e.finite;
-    }
-    if (block_max) block_max[b0 / kScanBlock] = bmax;
-    if (bmax > max) {
-      max = bmax;
-      max_block = b0;
-    }
+    totals.add(
+        b0, m, finite_block, bmax, [&] { return exact_scan(xb, m); }, block_max);
   }
+  const auto [max, nan, finite, max_block] = totals;
   MaxStats st;
   // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
   // bit breaks the order of the float keys: use +0.0.
@@ -218,10 +231,7 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
   };
   const __m512 pninf = _mm512_set1_ps(-kInf);
   const __m512 pzero = _mm512_setzero_ps();
-  float max = -kInf;
-  bool nan = false;
-  int64_t finite = 0;
-  int64_t max_block = 0;
+  ScanTotals totals;
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
     __m512 m0 = pninf, m1 = pninf, p0 = pzero, p1 = pzero;
@@ -242,21 +252,15 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
       bmax = v > bmax ? v : bmax;
       finite_block &= v * 0.0f == 0.0f;
     }
-    if (finite_block) {
-      finite += m;
-    } else {
-      widen(b0, m);
-      const ExactScan e = exact_scan(local, m);
-      bmax = e.max;
-      nan |= e.nan;
-      finite += e.finite;
-    }
-    if (block_max) block_max[b0 / kPassBlock] = bmax;
-    if (bmax > max) {
-      max = bmax;
-      max_block = b0;
-    }
+    totals.add(
+        b0, m, finite_block, bmax,
+        [&] {
+          widen(b0, m);
+          return exact_scan(local, m);
+        },
+        block_max);
   }
+  const auto [max, nan, finite, max_block] = totals;
   MaxStats st;
   st.max = max + 0.0f;  // (+0.0, never -0.0: see scan_blocks)
   st.finite = finite;

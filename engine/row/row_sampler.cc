@@ -468,23 +468,16 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
       const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
       const double target = static_cast<double>(p_.typical_p) * m.z;
-      if (p_.min_keep <= 1) {
-        SelectResult small;
-        KeyBounds b;
-        if (small_typical_select(segs, set, rule, target, sc_.select, run_, small, b)) {
-          set.dlo = b.dmin;
-          set.dhi = b.dmax;
-          d0 = b.dmin;
-          count = b.count;
-          count_known = true;
-          return;
-        }
+      KeyBounds b;
+      SelectResult small;
+      if (p_.min_keep > 1 ||
+          !small_typical_select(segs, set, rule, target, sc_.select, run_, small, b)) {
+        const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
+        if (!r.found) return;
+        const float c = min_keep_key(segs, set, rule, r.key, nullptr);
+        if (c == kInf) return;
+        b = key_bounds(segs, set, rule, c, sc_.select, run_);
       }
-      const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
-      if (!r.found) return;
-      const float c = min_keep_key(segs, set, rule, r.key, nullptr);
-      if (c == kInf) return;
-      const KeyBounds b = key_bounds(segs, set, rule, c, sc_.select, run_);
       set.dlo = b.dmin;
       set.dhi = b.dmax;
       d0 = b.dmin;
