@@ -332,8 +332,8 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (!kOpenTop) count = _mm512_mask_add_ps(count, in, count, sp.one);
     partial = _mm512_mask_add_ps(partial, live, partial, ex);
     if constexpr (kEntropy) {
-      // m e = -(m arg) exactly: subtract m arg.
-      partial_zd = _mm512_mask_sub_ps(partial_zd, live, partial_zd, _mm512_mul_ps(ex, arg));
+      // m e = -(m arg): subtract m arg, in one fused multiply-add.
+      partial_zd = _mm512_mask3_fnmadd_ps(ex, arg, partial_zd, live);
       if (e_store) {
         // e = -arg (d - k0), +inf where the mass is 0.
         _mm512_mask_storeu_ps(e_store + g, store,

@@ -395,6 +395,14 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       if (set.dlo > 0.0f) {
         z = block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, w,
                                                                            &count, nullptr, &zd, e);
+      } else if (d0 == 0.0f && set.dhi >= kUnderflow) {
+        // (no upper bound short of underflow: the mass's own test is the
+        // member test, and the count, unused here, is not formed)
+        z = set.scale == 1.0f
+                ? block_masses_avx512<false, true, true, true, Extra::kEntropy, true>(
+                      x, n, same, d0, w, &count, nullptr, &zd, e)
+                : block_masses_avx512<false, true, true, false, Extra::kEntropy, true>(
+                      x, n, same, d0, w, &count, nullptr, &zd, e);
       } else if (d0 == 0.0f) {
         z = set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
                                     x, n, same, d0, w, &count, nullptr, &zd, e)

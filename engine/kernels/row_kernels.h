@@ -82,11 +82,11 @@ struct MaxStats {
 };
 
 struct Moments {
-  int64_t count = 0;
-  double z = 0;    // Σ m
-  double zd = 0;   // Σ m (d - d0)
-  double sd = 0;   // Σ (d - d0)
-  double sd2 = 0;  // Σ (d - d0)^2
+  int64_t count = 0;  // members (kSpread; kEntropy may leave it unformed)
+  double z = 0;       // Σ m
+  double zd = 0;      // Σ m (d - d0)
+  double sd = 0;      // Σ (d - d0)
+  double sd2 = 0;     // Σ (d - d0)^2
   void add(const Moments& o) {
     count += o.count;
     z += o.z;
