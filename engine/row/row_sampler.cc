@@ -457,7 +457,10 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       if (p_.typical_p >= 1.0f) return;
       ensure_d0();
       // (a peaked row's kept set is found from a few blocks: no need for
-      // typical_moments to store every token's e and mass for the select)
+      // typical_moments to store every token's e and mass for the select;
+      // when the prediction says no, the fast path could not decide: its 16
+      // maxima would hold less than typical_p of the maxima's mass, less
+      // still of the total)
       const bool looks_small =
           p_.min_keep <= 1 &&
           typical_set_looks_small(segs, set, d0, p_.typical_p, sc_.select, run_);
@@ -470,7 +473,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const double target = static_cast<double>(p_.typical_p) * m.z;
       KeyBounds b;
       SelectResult small;
-      if (p_.min_keep > 1 ||
+      if (!looks_small ||
           !small_typical_select(segs, set, rule, target, sc_.select, run_, small, b)) {
         const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
         if (!r.found) return;
