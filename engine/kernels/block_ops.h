@@ -441,6 +441,21 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
   }
 }
 
+// An x below which no token's key (xmax - x) * key_scale, as computed in
+// float, can be <= khi: the exact threshold xmax - khi / key_scale moved down
+// by a relative margin far above the two roundings of the key (and two ulps
+// for its own), so that a test on x alone may skip a packet. -inf (skip
+// nothing) where no such margin is safe.
+inline float x_floor_for_key(const SetSpec& set, float khi) {
+  const double s = set.key_scale;
+  if (!(khi > 0.0f) || !(s >= 1e-30) || !std::isfinite(khi) || !std::isfinite(set.xmax)) {
+    return -kInf;
+  }
+  const double t = static_cast<double>(set.xmax) - static_cast<double>(khi) / s * (1.0 + 1e-5);
+  if (!(t > -static_cast<double>(kMaxFloat))) return -kInf;
+  return std::nextafter(std::nextafter(static_cast<float>(t), -kInf), -kInf);
+}
+
 // Collects, in order, every member j of a block (dlo <= d <= dhi, n <=
 // kBlock) whose ranking key k lies in [klo, khi]: idx[c] = j, k[c], d[c].
 // Returns the count. Each packet is tested as a whole; packets with a hit are
@@ -456,6 +471,9 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
   const __m512 pad = _mm512_set1_ps(-kInf);
+  // Packets with no x at or above x_floor hold no key <= khi: skipped after
+  // one compare (a gather under a bound reads mostly such packets).
+  const __m512 px_floor = _mm512_set1_ps(x_floor_for_key(set, khi));
   const __m512i step = _mm512_set1_epi32(16);
   __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   int64_t c = 0;
@@ -464,6 +482,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
         g + 16 <= n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - g)) - 1u);
     // A padded lane reads -inf: d = +inf, which no dhi admits.
     const __m512 px = _mm512_mask_loadu_ps(pad, load, x + g);
+    if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) continue;
     const __m512 diff = _mm512_sub_ps(pxmax, px);
     const __m512 d = _mm512_mul_ps(diff, pscale);
     const __m512 k = _mm512_mul_ps(diff, pkscale);

@@ -258,10 +258,23 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // misses the few heaviest tokens, which only makes the nucleus smaller).
   const double want = std::clamp(8.0 * fraction * sample_mass * stride, 64.0, kFastNucleusMax);
   // The pass gathers below the block maxima's bound, which holds `want`
-  // tokens for sure (few, on a peaked row); the sample's bound, with its
-  // margin, serves when there is none, and when the first falls short.
+  // tokens for sure (few, on a peaked row), when those maxima alone look
+  // like reaching p Z (their masses against the sample's estimate of the
+  // rest); otherwise, or when there is no such bound, below the sample's
+  // bound, with its margin. The sample's bound also serves when the first
+  // falls short, in a second, compare-only gather.
   float tight = kInf;
-  const bool have_tight = block_max_bound(segments, set, want, sc, &tight);
+  bool have_tight = block_max_bound(segments, set, want, sc, &tight);
+  if (have_tight) {
+    // (block_max_bound left the `want` largest maxima first; an estimate,
+    // in float)
+    double top_mass = 0.0;
+    for (size_t i = 0; i < static_cast<size_t>(want); ++i) {
+      const float e = (set.xmax - sc.block_maxima[i]) * set.scale - rule.d0;
+      top_mass += static_cast<double>(std::exp(-e));
+    }
+    have_tight = top_mass >= fraction * (top_mass + sample_mass * stride);
+  }
   float bound = tight;
   if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, &bound)) return false;
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
