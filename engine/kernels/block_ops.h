@@ -69,7 +69,6 @@ inline bool block_above(const Segment& s, int64_t j0, const SetSpec& set, float 
 
 // Bitwise & keeps the test branch-free so the loops around it vectorise.
 inline bool in_range(float d, float lo, float hi) { return (d >= lo) & (d <= hi); }
-inline bool is_member(float d, const SetSpec& set) { return in_range(d, set.dlo, set.dhi); }
 
 // w[j] = exp(-(k[j] - k0)) for members within kUnderflow, else exactly 0.
 // `k` may alias `d`. The exp always runs over whole packets (the tail padded

@@ -48,7 +48,7 @@ void to_float(const void* src, DType dtype, int64_t n, float* dst) {
       // A bfloat16 is the top half of a float32. (Eigen 3.4's array cast
       // converts these one at a time; this loop vectorises.)
       const auto* h = static_cast<const uint16_t*>(src);
-      for (int64_t j = 0; j < n; ++j) dst[j] = std::bit_cast<float>(uint32_t{h[j]} << 16);
+      for (int64_t j = 0; j < n; ++j) dst[j] = bf16_to_float(h[j]);
       return;
     }
   }
@@ -145,6 +145,20 @@ struct ScanTotals {
       max_block = b0;
     }
   }
+  // The scan's result: the max's first position is looked for in the first
+  // block that reached it (`block`: its m values), and the first NaN or +inf
+  // (`bad_at()`) only when some block held one.
+  template <typename BadAt>
+  MaxStats finish(const float* block, int64_t m, BadAt bad_at) const {
+    MaxStats st;
+    // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
+    // bit breaks the order of the float keys: use +0.0.
+    st.max = max + 0.0f;
+    st.finite = finite;
+    if (max > -kInf) st.argmax = max_block + first_equal(block, m, max);
+    if (nan || max == kInf) st.bad_at = bad_at();
+    return st;
+  }
 };
 
 // max_stats (below), and with `copy` (kCopy) each packet is also stored there
@@ -195,24 +209,12 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
     totals.add(
         b0, m, finite_block, bmax, [&] { return exact_scan(xb, m); }, block_max);
   }
-  const auto [max, nan, finite, max_block] = totals;
-  MaxStats st;
-  // -0.0 as the max would make xmax - (+0.0) = -0.0, a distance whose sign
-  // bit breaks the order of the float keys: use +0.0.
-  st.max = max + 0.0f;
-  st.finite = finite;
-  if (max > -kInf) {
-    st.argmax = max_block + first_equal(x + max_block, std::min(kScanBlock, n - max_block), max);
-  }
-  if (nan || max == kInf) {
-    for (int64_t t = 0; t < n; ++t) {
-      if (!(x[t] < kInf)) {
-        st.bad_at = t;
-        break;
-      }
-    }
-  }
-  return st;
+  const int64_t at = totals.max_block;
+  return totals.finish(x + at, std::min(kScanBlock, n - at), [&] {
+    int64_t t = 0;
+    while (t < n && x[t] < kInf) ++t;
+    return t < n ? t : int64_t{-1};
+  });
 }
 
 #if defined(__AVX512F__)
@@ -224,7 +226,7 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
 MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
   alignas(64) float local[kPassBlock];
   auto widen = [&](int64_t b0, int64_t m) {
-    for (int64_t j = 0; j < m; ++j) local[j] = std::bit_cast<float>(uint32_t{h[b0 + j]} << 16);
+    for (int64_t j = 0; j < m; ++j) local[j] = bf16_to_float(h[b0 + j]);
   };
   auto packet = [](__m256i half) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
@@ -248,7 +250,7 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
     float bmax = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
     bool finite_block = _mm512_cmp_ps_mask(_mm512_add_ps(p0, p1), pzero, _CMP_NEQ_UQ) == 0;
     for (; j < m; ++j) {
-      const float v = std::bit_cast<float>(uint32_t{h[b0 + j]} << 16);
+      const float v = bf16_to_float(h[b0 + j]);
       bmax = v > bmax ? v : bmax;
       finite_block &= v * 0.0f == 0.0f;
     }
@@ -260,24 +262,14 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
         },
         block_max);
   }
-  const auto [max, nan, finite, max_block] = totals;
-  MaxStats st;
-  st.max = max + 0.0f;  // (+0.0, never -0.0: see scan_blocks)
-  st.finite = finite;
-  if (max > -kInf) {
-    const int64_t m = std::min(kPassBlock, n - max_block);
-    widen(max_block, m);
-    st.argmax = max_block + first_equal(local, m, max);
-  }
-  if (nan || max == kInf) {
-    for (int64_t t = 0; t < n; ++t) {
-      if (!(std::bit_cast<float>(uint32_t{h[t]} << 16) < kInf)) {
-        st.bad_at = t;
-        break;
-      }
-    }
-  }
-  return st;
+  const int64_t at = totals.max_block;
+  const int64_t m = std::min(kPassBlock, n - at);
+  widen(at, m);
+  return totals.finish(local, m, [&] {
+    int64_t t = 0;
+    while (t < n && bf16_to_float(h[t]) < kInf) ++t;
+    return t < n ? t : int64_t{-1};
+  });
 }
 #endif
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -157,12 +158,20 @@ inline constexpr int kLevel1Shift = 20;
 inline constexpr int64_t kLevel1Buckets = 2048;
 inline constexpr uint32_t kTrashBucket = kLevel1Buckets - 1;
 
+// A token's filter-space distance d = (xmax - x) * scale, and whether a d
+// belongs to the set (the bits every pass computes).
+inline float distance(float x, const SetSpec& set) { return (set.xmax - x) * set.scale; }
+inline bool is_member(float d, const SetSpec& set) { return (d >= set.dlo) & (d <= set.dhi); }
+
 // Whether a pass block whose largest x is bmax (the scan's block maxima) can
 // hold a member of the set: its smallest d, that of bmax, is within dhi (d is
 // monotone in x, rounding included).
 inline bool block_may_hold_members(float bmax, const SetSpec& set) {
-  return (set.xmax - bmax) * set.scale <= set.dhi;
+  return distance(bmax, set) <= set.dhi;
 }
+
+// A bfloat16 is the top half of a float32.
+inline float bf16_to_float(uint16_t h) { return std::bit_cast<float>(uint32_t{h} << 16); }
 
 // The typical-p key of one token, |e - mu| in double rounded to float (the
 // packet passes compute the same bits).

@@ -63,10 +63,11 @@ void make_segments(const float* x, int64_t vocab, std::vector<float>& bmax,
   }
 }
 
-// Records a segment's sample (Segment::sample) from its values, which the
-// scan has just read (on the thread that scanned them, from its cache).
-void record_sample(const Segment& seg) {
-  auto* out = const_cast<float*>(seg.sample);  // (the scratch's own buffer)
+// Records a segment's sample (Segment::sample, a view of `samples`, the
+// buffer make_segments laid it out in) from its values, which the scan has
+// just read (on the thread that scanned them, from its cache).
+void record_sample(const Segment& seg, std::vector<float>& samples) {
+  float* out = samples.data() + (seg.sample - samples.data());
   for (int64_t j = 0, i = 0; j < seg.n; j += kScanSampleStride, ++i) out[i] = seg.x[j];
 }
 
@@ -230,7 +231,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       const Segment& seg = segs[static_cast<size_t>(s)];
       sc_.max_stats[static_cast<size_t>(s)] =
           run_.k->max_stats(seg.x, seg.n, bmax.data() + seg.base / kPassBlock);
-      if (seg.sample) record_sample(seg);
+      if (seg.sample) record_sample(seg, sc_.row_samples);
     };
     if (light_row) {
       run_.serial(static_cast<int64_t>(segs.size()), one);
@@ -252,7 +253,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
           static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
           dst ? dst + seg.base : nullptr, sc_.raw_block_max.data() + seg.base / kPassBlock);
-      if (seg.sample) record_sample(seg);
+      if (seg.sample) record_sample(seg, sc_.row_samples);
     };
     // (split or not as the scan above when the widened row is kept: it is
     // read next by passes that run where the scan ran)
@@ -337,6 +338,7 @@ void RowScratch::prepare(int64_t vocab) {
   select.list.reserve(v);
   select.samples.reserve(v);
   select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
+  select.typical_maxima.reserve(static_cast<size_t>(block_count(vocab)));
   if (top.size() < v) top.resize(v);  // grown, never shrunk
   if (select.gathered_tokens.size() < v) select.gathered_tokens.resize(v);
   for (auto* a : {&select.keys, &select.weights, &select.interval_keys, &select.interval_weights}) {
@@ -472,9 +474,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
       const double target = static_cast<double>(p_.typical_p) * m.z;
       KeyBounds b;
-      SelectResult small;
-      if (!looks_small ||
-          !small_typical_select(segs, set, rule, target, sc_.select, run_, small, b)) {
+      if (!looks_small || !small_typical_select(segs, set, rule, target, sc_.select, run_, b)) {
         const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
         if (!r.found) return;
         const float c = min_keep_key(segs, set, rule, r.key, nullptr);

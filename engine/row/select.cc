@@ -270,7 +270,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     // in float)
     double top_mass = 0.0;
     for (size_t i = 0; i < static_cast<size_t>(want); ++i) {
-      const float e = (set.xmax - sc.block_maxima[i]) * set.scale - rule.d0;
+      const float e = distance(sc.block_maxima[i], set) - rule.d0;
       top_mass += static_cast<double>(std::exp(-e));
     }
     have_tight = top_mass >= fraction * (top_mass + sample_mass * stride);
@@ -623,37 +623,38 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
 constexpr int kSmallTypicalMaxima = 16;
 constexpr int64_t kSmallTypicalBlocks = 16;
 
+// The block maxima that are members with a mass, as (d - d0, mass) in
+// sc.typical_maxima (the masses as every pass computes them); false when a
+// segment carries no maxima.
+bool block_maxima_masses(std::span<const Segment> segments, const SetSpec& set, float d0,
+                         SelectScratch& sc, const Runner& run) {
+  std::vector<SelectEntry>& out = sc.typical_maxima;
+  out.clear();
+  for (const Segment& seg : segments) {
+    if (!seg.bmax) return false;
+    for (int64_t b = 0; b < block_count(seg.n); ++b) {
+      const float d = distance(seg.bmax[b], set);
+      const float e = d - d0;
+      if (!is_member(d, set) || !(e <= kUnderflow)) continue;
+      out.push_back(SelectEntry{e, e});
+    }
+  }
+  run.k->entry_masses(out.data(), static_cast<int64_t>(out.size()));
+  return true;
+}
+
 // Whether small_typical_select is likely to decide (it decides or declines
 // exactly; this only spares typical_moments' stores when it will): the
 // kSmallTypicalMaxima heaviest block maxima hold `fraction` of the block
 // maxima's mass. (What the block maxima do not show, the mass below each
 // block's maximum, can still make it decline.)
-// The block maxima that are members with a mass, as (d - d0, mass) in
-// sc.list (the masses as every pass computes them); false when a segment
-// carries no maxima.
-bool block_maxima_masses(std::span<const Segment> segments, const SetSpec& set, float d0,
-                         SelectScratch& sc, const Runner& run) {
-  sc.list.clear();
-  for (const Segment& seg : segments) {
-    if (!seg.bmax) return false;
-    for (int64_t b = 0; b < block_count(seg.n); ++b) {
-      const float d = (set.xmax - seg.bmax[b]) * set.scale;
-      const float e = d - d0;
-      if (!(set.dlo <= d && d <= set.dhi) || !(e <= kUnderflow)) continue;
-      sc.list.push_back(SelectEntry{e, e});
-    }
-  }
-  run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-  return true;
-}
-
 bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& set, float d0,
                              double fraction, SelectScratch& sc, const Runner& run) {
   if (!block_maxima_masses(segments, set, d0, sc, run)) return false;
   std::vector<float>& masses = sc.block_maxima;
   masses.clear();
   double total = 0.0;
-  for (const SelectEntry& m : sc.list) {
+  for (const SelectEntry& m : sc.typical_maxima) {
     masses.push_back(m.weight);
     total += m.weight;
   }
@@ -678,12 +679,10 @@ bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& s
 // mass falls short.
 bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& sc, const Runner& run,
-                          SelectResult& result, KeyBounds& bounds) {
+                          KeyBounds& bounds) {
   if (!(target > 0.0)) return false;
-  auto e_of = [&](float x) { return (set.xmax - x) * set.scale - rule.d0; };
-  auto member = [&](float d) { return set.dlo <= d && d <= set.dhi; };
-  // The block maxima that are members with a mass: (key, mass).
-  if (!block_maxima_masses(segments, set, rule.d0, sc, run)) return false;
+  // The block maxima with their masses (typical_set_looks_small's), keyed.
+  sc.list.assign(sc.typical_maxima.begin(), sc.typical_maxima.end());
   std::vector<SelectEntry>& maxima = sc.list;
   for (SelectEntry& m : maxima) m.key = typical_key(m.key, rule.mu);
   float bound = -kInf;
@@ -710,7 +709,7 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   // with a mass (a zero-mass member's key counts as +inf, as in the stored
   // passes), as (key, e) and (key, x, token).
   auto may_reach = [&](const Segment& seg, int64_t b) {
-    const float e_min = e_of(seg.bmax[b]);
+    const float e_min = distance(seg.bmax[b], set) - rule.d0;
     return block_may_hold_members(seg.bmax[b], set) &&
            !(e_min > rule.mu && typical_key(e_min, rule.mu) > bound);
   };
@@ -727,9 +726,9 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
     for (int64_t b = 0; b < block_count(seg.n); ++b) {
       if (!may_reach(seg, b)) continue;
       for (int64_t j = b * kPassBlock; j < std::min(seg.n, (b + 1) * kPassBlock); ++j) {
-        const float d = (set.xmax - seg.x[j]) * set.scale;
+        const float d = distance(seg.x[j], set);
         const float e = d - rule.d0;
-        if (!member(d) || !(e <= kUnderflow)) continue;
+        if (!is_member(d, set) || !(e <= kUnderflow)) continue;
         const float key = typical_key(e, rule.mu);
         if (!(key <= bound)) continue;
         if (listed == at.size()) return false;  // (sized for the row: never)
@@ -742,14 +741,14 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   double mass = 0.0;
   for (const SelectEntry& entry : list) mass += entry.weight;
   if (!(mass >= target)) return false;
-  result = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
+  const SelectResult result = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
   if (!result.found) return false;
   sc.gathered = false;
   sc.prepared = false;  // (what typical_moments stored, if it ran, is not needed)
   bounds = KeyBounds{};
   for (size_t i = 0; i < listed; ++i) {
     if (!(at[i].key <= result.key)) continue;
-    const float d = (set.xmax - at[i].x) * set.scale;
+    const float d = distance(at[i].x, set);
     bounds.dmin = std::min(bounds.dmin, d);
     bounds.dmax = std::max(bounds.dmax, d);
     ++bounds.count;

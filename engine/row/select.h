@@ -34,6 +34,9 @@ struct SelectScratch {
   std::vector<SelectEntry> list;    // the boundary bucket's members
   std::vector<float> samples;       // small-target path
   std::vector<float> block_maxima;  // small-target and small-nucleus paths
+  // typical-p's block maxima as (d - d0, mass) (typical_set_looks_small,
+  // small_typical_select).
+  std::vector<SelectEntry> typical_maxima;
   // Small-target path: segment s gathers into gathered_tokens[gathered_at[s],
   // + gathered_count[s]), room for all its tokens. Grown, never shrunk.
   std::vector<GatheredToken> gathered_tokens;
@@ -87,12 +90,13 @@ bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& s
                              double fraction, SelectScratch& scratch, const Runner& run);
 
 // typical-p whose kept set lies among a few tokens near the top (peaked
-// rows): the whole answer — the select's result for `target` and the kept
-// set's bounds — from the scan's block maxima and a few blocks of the row.
+// rows): the kept set's bounds for `target`, from the scan's block maxima
+// and a few blocks of the row. Only after typical_set_looks_small returned
+// true for these segments, set and d0: it uses the maxima that call listed.
 // False (nothing decided) otherwise.
 bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& scratch,
-                          const Runner& run, SelectResult& result, KeyBounds& bounds);
+                          const Runner& run, KeyBounds& bounds);
 
 // The smallest and largest filter-space d among members whose key is <= c,
 // from the keys the last select stored when it ran on these segments with
