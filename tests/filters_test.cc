@@ -171,6 +171,24 @@ TEST_F(FiltersTest, TinyTemperatureIsFiniteAndPeaksOnTheMaximum) {
   EXPECT_FLOAT_EQ(probs[2], 1.0f);
 }
 
+TEST_F(FiltersTest, TinyTemperatureAfterLlamaCppFiltersPeaksOnTheSurvivorsMaximum) {
+  // p = {0.5, 0.1, 0.1, 0.1, 0.09, 0.06, 0.05}: H = 1.5727, s = {0.880, 0.730 (x3), 0.835,
+  // 1.241, 1.423}; sorted cum = {0.1, 0.2, 0.3, 0.39, ...}; tau = 0.35 -> last = 3 -> keep
+  // s <= 0.835: {1, 2, 3, 4}, without the mode. llama.cpp applies T to the survivors: under
+  // T = 1e-40 their distance from the row's max (ln 5) overflows float once tempered, yet the
+  // nearest survivors take all the mass, split evenly, and token 4 keeps a zero share.
+  const std::vector<float> row = LogOf({0.5, 0.1, 0.1, 0.1, 0.09, 0.06, 0.05});
+  RowRequest req = Request();
+  req.params.preset = Preset::kLlamaCpp;
+  req.params.typical_p = 0.35f;
+  req.params.temperature = 1.0f;
+  ExpectDistribution(row, req, Keep(ExpWeights(row), {1, 2, 3, 4}), 4);
+  req.params.temperature = 1e-40f;
+  ExpectDistribution(row, req, {0, 1.0 / 3, 1.0 / 3, 1.0 / 3, 0, 0, 0}, 4);
+  req.params.temperature = std::numeric_limits<float>::denorm_min();
+  ExpectDistribution(row, req, {0, 1.0 / 3, 1.0 / 3, 1.0 / 3, 0, 0, 0}, 4);
+}
+
 TEST_F(FiltersTest, HugeTemperatureIsUniform) {
   RowRequest req = Request();
   req.params.temperature = 1e30f;

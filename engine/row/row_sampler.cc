@@ -579,9 +579,26 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   // Temperature (already applied for hf / vllm): rank and weigh the kept set
   // by (xmax - x) / T.
   set.key_scale = final_scale;
+  dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
+  if (llama && dist.k0 == kInf) {
+    // Every survivor's tempered distance from the row's max overflowed (a
+    // tiny T, and typical-p dropped the max): weigh them from their own top
+    // instead. The scale is lowered until the nearest survivor's key is
+    // finite; every farther one is then at least one float step of its
+    // distance, times that scale (> 1e31), away: zero mass, exactly as under
+    // T. (Docs: semantics.md, "Tempered logits".)
+    SetSpec unscaled = set;
+    unscaled.key_scale = set.scale;
+    const float dmin = min_key_of(segs, unscaled);
+    if (dmin > 0.0f && dmin < kInf) {
+      float ks = kMaxFloat / dmin;
+      while (!(dmin * ks <= kMaxFloat)) ks = std::nextafter(ks, 0.0f);
+      set.key_scale = ks;
+      dist.k0 = min_key_of(segs, set);
+    }
+  }
   dist.set = set;
   dist.segs = segs;
-  dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
   dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   dist.raw_z = raw_z_;
   if (dist.support == 0 || !(dist.z > 0.0)) {
