@@ -14,6 +14,7 @@
 
 #include "engine/row/row_sampler.h"
 #include "nucleus/engine.h"
+#include "tools/lm_logits.h"
 
 namespace {
 std::atomic<bool> g_counting{false};
@@ -112,6 +113,9 @@ SamplingParams params_for(int config) {
     case 4:
       p.temperature = 0.0f;
       break;
+    case 5:
+      p.typical_p = 0.9f;
+      break;
   }
   return p;
 }
@@ -146,11 +150,16 @@ TEST_P(AllocationTest, PreparedScratchAllocatesNothingOnItsFirstRow) {
   const int config = GetParam();
   const detail::Runner serial{false, &detail::kernels_for(resolve_isa(Isa::kAuto))};
   const std::vector<int32_t> history = {1, 5, 5, 9, 200, 3999};
-  for (const auto& [vocab, peaked] :
-       {std::pair<int64_t, bool>{4000, false}, {128256, false}, {128256, true}}) {
+  enum Row { kGaussian, kPeaked, kLmFlat };
+  for (const auto& [vocab, kind] : {std::pair<int64_t, Row>{4000, kGaussian},
+                                    {128256, kGaussian},
+                                    {128256, kPeaked},
+                                    {128256, kLmFlat}}) {
     // (a Gaussian row takes the pivot selects; one dominant token the paths
-    // for peaked rows)
-    auto x = make_logits(1, vocab, 7);
+    // for peaked rows; an LM-like flat row typical-p's band)
+    auto x = kind == kLmFlat ? tools::make_lm_logits(1, vocab, tools::LmRowKind::kFlat, 3)
+                             : make_logits(1, vocab, 7);
+    const bool peaked = kind == kPeaked;
     if (peaked) x[static_cast<size_t>(vocab / 3)] += 15.0f;
     std::vector<uint16_t> bf16(x.size());
     for (size_t i = 0; i < x.size(); ++i)
@@ -183,13 +192,14 @@ TEST_P(AllocationTest, PreparedScratchAllocatesNothingOnItsFirstRow) {
         EXPECT_TRUE(result.status.ok()) << result.status.to_string();
         EXPECT_EQ(g_allocations.load(), 0)
             << "config " << config << " vocab " << vocab << (peaked ? " peaked" : "")
-            << (half ? " bf16" : " f32") << (penalised ? " penalised" : "");
+            << (kind == kLmFlat ? " LM-like flat" : "") << (half ? " bf16" : " f32")
+            << (penalised ? " penalised" : "");
       }
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, AllocationTest, ::testing::Range(0, 5));
+INSTANTIATE_TEST_SUITE_P(Configs, AllocationTest, ::testing::Range(0, 6));
 
 }  // namespace
 }  // namespace nucleus

@@ -35,6 +35,7 @@
 #include "nucleus/sampling.h"
 #include "nucleus/status.h"
 #include "reference_sampler.h"
+#include "tools/lm_logits.h"
 
 namespace {
 
@@ -1124,6 +1125,40 @@ TEST_F(EngineReferenceTest, TargetedRows) {
               p.top_k = 1000;
             },
             tag + ", T 0.6, top-k 1000");
+      }
+    }
+  }
+  // Flat and medium LM-like rows (the benchmark's kind): typical-p's kept
+  // set is large there, found in one pass around an estimated band (or, when
+  // the estimate misplaces it, by the pivot select); under each preset.
+  for (const nucleus::tools::LmRowKind kind :
+       {nucleus::tools::LmRowKind::kFlat, nucleus::tools::LmRowKind::kMedium}) {
+    const int64_t n = 40000;
+    const std::vector<float> rows = nucleus::tools::make_lm_logits(3, n, kind, 11);
+    for (int64_t r = 0; r < 3; ++r) {
+      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
+      for (float p_typ : {0.2f, 0.5f, 0.9f, 0.95f, 0.99f}) {
+        const std::string tag = std::string("LM-like ") +
+                                (kind == nucleus::tools::LmRowKind::kFlat ? "flat" : "medium") +
+                                " row " + std::to_string(r) + ", typical-p " +
+                                std::to_string(p_typ);
+        struct Variant {
+          const char* tag;
+          float temperature;
+          Preset preset;
+        };
+        for (const Variant& v :
+             {Variant{"", 1.0f, Preset::kHF}, Variant{", T 0.7", 0.7f, Preset::kHF},
+              Variant{", T 1.3, llama.cpp", 1.3f, Preset::kLlamaCpp}}) {
+          add(
+              x,
+              [&](SamplingParams& p) {
+                p.typical_p = p_typ;
+                p.temperature = v.temperature;
+                p.preset = v.preset;
+              },
+              tag + v.tag);
+        }
       }
     }
   }

@@ -268,8 +268,9 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   bool copied = false;
   // top-p's small-nucleus path samples the (processed) row: the scan that
   // reads it last records the sample.
-  std::vector<float>* samples =
-      p_.temperature > 0.0f && p_.top_p < 1.0f ? &sc_.row_samples : nullptr;
+  std::vector<float>* samples = p_.temperature > 0.0f && (p_.top_p < 1.0f || p_.typical_p < 1.0f)
+                                    ? &sc_.row_samples
+                                    : nullptr;
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
@@ -346,6 +347,7 @@ void RowScratch::prepare(int64_t vocab) {
   }
   select.pivot_sample.reserve(1024);
   select.seg_moments.reserve(segments);
+  select.band_totals.reserve(segments);
   select.gathered_at.reserve(segments);
   select.gathered_count.reserve(segments);
   select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
@@ -466,20 +468,26 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const bool looks_small =
           p_.min_keep <= 1 &&
           typical_set_looks_small(segs, set, d0, p_.typical_p, sc_.select, run_);
-      Moments m;
-      if (looks_small || !typical_moments(segs, set, d0, sc_.select, run_, &m)) {
-        m = moments_of(segs, set, d0, MomentKind::kEntropy);
-      }
-      // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
-      const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
-      const double target = static_cast<double>(p_.typical_p) * m.z;
       KeyBounds b;
-      if (!looks_small || !small_typical_select(segs, set, rule, target, sc_.select, run_, b)) {
-        const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
-        if (!r.found) return;
-        const float c = min_keep_key(segs, set, rule, r.key, nullptr);
-        if (c == kInf) return;
-        b = key_bounds(segs, set, rule, c, sc_.select, run_);
+      // (a flat row's: the moments and the kept set in one pass, when the
+      // estimate places its band well)
+      const bool banded = p_.min_keep <= 1 && !looks_small &&
+                          band_typical_select(segs, set, d0, p_.typical_p, sc_.select, run_, b);
+      if (!banded) {
+        Moments m;
+        if (looks_small || !typical_moments(segs, set, d0, sc_.select, run_, &m)) {
+          m = moments_of(segs, set, d0, MomentKind::kEntropy);
+        }
+        // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
+        const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
+        const double target = static_cast<double>(p_.typical_p) * m.z;
+        if (!looks_small || !small_typical_select(segs, set, rule, target, sc_.select, run_, b)) {
+          const SelectResult r = weighted_select(segs, set, rule, target, sc_.select, run_);
+          if (!r.found) return;
+          const float c = min_keep_key(segs, set, rule, r.key, nullptr);
+          if (c == kInf) return;
+          b = key_bounds(segs, set, rule, c, sc_.select, run_);
+        }
       }
       set.dlo = b.dmin;
       set.dhi = b.dmax;

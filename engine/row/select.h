@@ -65,6 +65,7 @@ struct SelectScratch {
   const Segment* prepared_of = nullptr;
   double prepared_total = 0.0;
   std::vector<Moments> seg_moments;
+  std::vector<TypicalBandTotals> band_totals;  // band_typical_select, per segment
   std::vector<float> pivot_sample;
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
@@ -97,6 +98,16 @@ bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& s
 bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& scratch,
                           const Runner& run, KeyBounds& bounds);
+
+// typical-p over a large set whose kept set is large (flat rows): the
+// moments and the kept set's bounds in one pass (Kernels::typical_band), its
+// intervals placed by an estimate from the block maxima (as
+// typical_set_looks_small listed them: only after that call for these
+// segments, set and d0) and the scan's sample. Every decision is checked
+// exactly; false (nothing decided) when the estimate misplaced the band.
+bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
+                         double fraction, SelectScratch& scratch, const Runner& run,
+                         KeyBounds& bounds);
 
 // The smallest and largest filter-space d among members whose key is <= c,
 // from the keys the last select stored when it ran on these segments with
