@@ -139,6 +139,12 @@ class RowPipeline {
                     bool& d0_known, int64_t& count, bool& count_known);
   float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
                      float c, int64_t* count);
+  // Whether a set's mass Σ exp(-(d - d0)) is the raw row's normaliser: the
+  // whole unprocessed row at temperature 1.
+  bool whole_raw_row(const SetSpec& set, float d0) const {
+    return unfiltered_raw_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
+           set.dhi == kMaxFloat;
+  }
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
   bool values_needed_ = true;    // false: only the scan's results are used
@@ -435,10 +441,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const KeyRule rule{KeyKind::kDistance, true, d0, 0.0, /*target_is_fraction=*/true};
       const SelectResult r =
           weighted_select(segs, set, rule, static_cast<double>(p_.top_p), sc_.select, run_);
-      if (unfiltered_raw_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
-          set.dhi == kMaxFloat) {
-        raw_z_ = r.total;  // the whole raw row at temperature 1: the raw normaliser
-      }
+      if (whole_raw_row(set, d0)) raw_z_ = r.total;  // the raw normaliser
       if (!r.found) return;
       int64_t kept = r.count_le;
       const float c = min_keep_key(segs, set, rule, r.key, &kept);
@@ -469,15 +472,17 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
           p_.min_keep <= 1 &&
           typical_set_looks_small(segs, set, d0, p_.typical_p, sc_.select, run_);
       KeyBounds b;
+      double z = -1.0;  // the set's mass, once a pass formed it
       // (a flat row's: the moments and the kept set in one pass, when the
       // estimate places its band well)
       const bool banded = p_.min_keep <= 1 && !looks_small &&
-                          band_typical_select(segs, set, d0, p_.typical_p, sc_.select, run_, b);
+                          band_typical_select(segs, set, d0, p_.typical_p, sc_.select, run_, b, &z);
       if (!banded) {
         Moments m;
         if (looks_small || !typical_moments(segs, set, d0, sc_.select, run_, &m)) {
           m = moments_of(segs, set, d0, MomentKind::kEntropy);
         }
+        z = m.z;
         // s_i = |-ln pi_i - H| = |(d_i - d0) - E[d - d0]|.
         const KeyRule rule{KeyKind::kTypical, true, d0, m.zd / m.z};
         const double target = static_cast<double>(p_.typical_p) * m.z;
@@ -489,6 +494,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
           b = key_bounds(segs, set, rule, c, sc_.select, run_);
         }
       }
+      if (whole_raw_row(set, d0)) raw_z_ = z;  // the raw normaliser, as top-p's
       set.dlo = b.dmin;
       set.dhi = b.dmax;
       d0 = b.dmin;

@@ -838,7 +838,8 @@ bool place_typical_band(std::span<const Segment> segments, const SetSpec& set, f
 }
 
 bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
-                         double fraction, SelectScratch& sc, const Runner& run, KeyBounds& bounds) {
+                         double fraction, SelectScratch& sc, const Runner& run, KeyBounds& bounds,
+                         double* total) {
   int64_t total_n = 0;
   for (const Segment& seg : segments) total_n += seg.n;
   TypicalBand band;
@@ -876,6 +877,7 @@ bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     t.dmax = std::max(t.dmax, s.dmax);
     gathered += s.gathered;
   }
+  *total = t.z;
   if (gathered > kBandCap) return false;
   sc.gathered = false;
   sc.prepared = false;

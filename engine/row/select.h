@@ -105,9 +105,10 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
 // typical_set_looks_small listed them: only after that call for these
 // segments, set and d0) and the scan's sample. Every decision is checked
 // exactly; false (nothing decided) when the estimate misplaced the band.
+// *total receives the set's mass Σ exp(-(d - d0)) when the pass ran.
 bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
                          double fraction, SelectScratch& scratch, const Runner& run,
-                         KeyBounds& bounds);
+                         KeyBounds& bounds, double* total);
 
 // The smallest and largest filter-space d among members whose key is <= c,
 // from the keys the last select stored when it ran on these segments with
