@@ -37,5 +37,5 @@ int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule,
 void entry_masses(SelectEntry* list, int64_t n);
 KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
 KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* key, float c);
-TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
-                               const TypicalBand& band, int64_t cap, GatheredToken* out);
+TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
+                             int64_t cap, GatheredToken* out);

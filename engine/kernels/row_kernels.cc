@@ -624,7 +624,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::entry_masses,
     &k::key_bounds,
     &k::stored_key_bounds,
-    &k::typical_band,
+    &k::typical_gather,
 };
 
 }  // namespace nucleus::detail

@@ -151,20 +151,11 @@ struct KeyBounds {
   int64_t count = 0;
 };
 
-// typical-p's band pass (Kernels::typical_band): an inner d-interval whose
-// members all lie below the boundary, and an outer one that holds it.
-struct TypicalBand {
-  float in_lo = 0.0f, in_hi = -1.0f;    // inclusive; empty when in_lo > in_hi
-  float out_lo = 0.0f, out_hi = -1.0f;  // inclusive, around the inner one
-};
-struct TypicalBandTotals {
-  double z = 0;       // Σ m over the set's members (m = exp(-(d - d0)), 0 past kUnderflow)
-  double zd = 0;      // Σ m (d - d0)
-  double inner = 0;   // Σ m over the members in the inner interval
-  int64_t count = 0;  // members in the inner interval, and their d range
-  float dmin = kInf;
-  float dmax = -kInf;
-  int64_t gathered = 0;  // members in the outer interval but not the inner (cap + 1: more)
+// typical-p's gathering entropy pass (Kernels::typical_gather).
+struct TypicalGather {
+  double z = 0;          // Σ m over the set's members (m = exp(-(d - d0)), 0 past kUnderflow)
+  double zd = 0;         // Σ m (d - d0)
+  int64_t gathered = 0;  // members with d <= the bound (cap + 1: more)
 };
 
 // The radix select's first level: keys split by their top 11 bits below the
@@ -295,13 +286,12 @@ struct Kernels {
   KeyBounds (*key_bounds)(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
   // key_bounds from the keys store_keys wrote for the segment, for c < +inf.
   KeyBounds (*stored_key_bounds)(const Segment& s, const SetSpec& set, const float* key, float c);
-  // typical-p's one pass over a large set: the entropy moments (as moments'
-  // kEntropy), the mass, count and d range of the members in band's inner
-  // interval, and the members in its outer interval but not the inner one
-  // as (d, x, token), in packet order, into out while at most `cap` (out
-  // needs room for the segment). Sets whose two scales agree.
-  TypicalBandTotals (*typical_band)(const Segment& s, const SetSpec& set, float d0,
-                                    const TypicalBand& band, int64_t cap, GatheredToken* out);
+  // typical-p's entropy moments (as moments' kEntropy) and, in the same
+  // pass, the members with d <= bound as (d, x, token), in order, into out
+  // while at most `cap` (out needs room for the segment). Sets whose two
+  // scales agree.
+  TypicalGather (*typical_gather)(const Segment& s, const SetSpec& set, float d0, float bound,
+                                  int64_t cap, GatheredToken* out);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

@@ -609,29 +609,17 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
   return out;
 }
 
-TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
-                               const TypicalBand& band, int64_t cap, GatheredToken* out) {
+TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
+                             int64_t cap, GatheredToken* out) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as the mass passes
-  TypicalBandTotals t;
-  // The intervals within the set; the band is the outer one without the
-  // inner one: one side below it and one above (or all of it, twice the
-  // same side, when the inner one is empty).
-  const float ilo = std::max(band.in_lo, set.dlo), ihi = std::min(band.in_hi, set.dhi);
-  const float olo = std::max(band.out_lo, set.dlo), ohi = std::min(band.out_hi, set.dhi);
-  const bool has_inner = ilo <= ihi;
-  const float lo_side_hi = has_inner ? std::nextafter(ilo, -kInf) : ohi;
-  const float hi_side_lo = has_inner ? std::nextafter(ihi, kInf) : kInf;
   const block::SetPackets sp(set);
-  const Packet pd0 = ei::pset1<Packet>(d0), pilo = ei::pset1<Packet>(ilo),
-               pihi = ei::pset1<Packet>(ihi), polo = ei::pset1<Packet>(olo),
-               pohi = ei::pset1<Packet>(ohi), plsh = ei::pset1<Packet>(lo_side_hi),
-               phsl = ei::pset1<Packet>(hi_side_lo), pninf = ei::pset1<Packet>(-kInf),
+  const Packet pd0 = ei::pset1<Packet>(d0), pbound = ei::pset1<Packet>(bound),
                pzero = ei::pzero(sp.one);
-  Packet pz = pzero, pzd = pzero, pin = pzero, pcount = pzero, pmin = sp.inf, pmax = pninf;
-  block::DoubleLanes sum_z, sum_zd, sum_in;
+  Packet pz = pzero, pzd = pzero;
+  block::DoubleLanes sum_z, sum_zd;
   int64_t in_group = 0;
   int64_t gathered = 0;
   alignas(64) float pad[kLanes];
@@ -640,8 +628,7 @@ TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
     if (++in_group == kGroup) {
       sum_z.add(pz);
       sum_zd.add(pzd);
-      sum_in.add(pin);
-      pz = pzd = pin = pzero;
+      pz = pzd = pzero;
       in_group = 0;
     }
   };
@@ -665,19 +652,9 @@ TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
     const Packet ex = ei::pexp(arg);
     pz = _mm512_mask_add_ps(pz, live, pz, ex);
     pzd = _mm512_mask3_fnmadd_ps(ex, arg, pzd, live);
-    const __mmask16 in =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(pilo, d, _CMP_LE_OQ), d, pihi, _CMP_LE_OQ);
-    pin = _mm512_mask_add_ps(pin, in & live, pin, ex);
-    pcount = _mm512_mask_add_ps(pcount, in, pcount, sp.one);
-    pmin = _mm512_mask_min_ps(pmin, in, pmin, d);
-    pmax = _mm512_mask_max_ps(pmax, in, pmax, d);
     flush();
-    const __mmask16 lower =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(polo, d, _CMP_LE_OQ), d, plsh, _CMP_LE_OQ);
-    const __mmask16 upper =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(phsl, d, _CMP_LE_OQ), d, pohi, _CMP_LE_OQ);
-    const auto band_lanes = static_cast<uint32_t>(lower | upper);
-    if (band_lanes != 0 && gathered <= cap) gather(d, band_lanes, at);
+    const auto hit = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(member, d, pbound, _CMP_LE_OQ));
+    if (hit != 0 && gathered <= cap) gather(d, hit, at);
   };
 #else
   const Packet poff = ei::pset1<Packet>(block::kOffExponent);
@@ -690,21 +667,15 @@ TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
     const Packet m = ei::pand(live, ei::pexp(ei::pselect(live, ei::pnegate(e), poff)));
     pz = ei::padd(pz, m);
     pzd = ei::padd(pzd, ei::pand(live, ei::pmul(m, e)));
-    const Packet in = ei::pand(ei::pcmp_le(pilo, d), ei::pcmp_le(d, pihi));
-    pin = ei::padd(pin, ei::pand(in, m));
-    pcount = ei::padd(pcount, ei::pand(in, sp.one));
-    pmin = ei::pmin(pmin, ei::pselect(in, d, sp.inf));
-    pmax = ei::pmax(pmax, ei::pselect(in, d, pninf));
     flush();
-    const Packet lower = ei::pand(ei::pcmp_le(polo, d), ei::pcmp_le(d, plsh));
-    const Packet upper = ei::pand(ei::pcmp_le(phsl, d), ei::pcmp_le(d, pohi));
-    const Packet band_lanes = ei::por(lower, upper);
-    if (gathered > cap || !ei::predux_any(band_lanes)) return;
+    const Packet hit = ei::pand(member, ei::pcmp_le(d, pbound));
+    if (gathered > cap || !ei::predux_any(hit)) return;
     alignas(64) float bits[kLanes];
-    ei::pstore(bits, band_lanes);
+    ei::pstore(bits, hit);
     uint32_t lanes = 0;
-    for (int64_t j = 0; j < kLanes; ++j)
+    for (int64_t j = 0; j < kLanes; ++j) {
       lanes |= (std::bit_cast<uint32_t>(bits[j]) != 0 ? 1u : 0u) << j;
+    }
     gather(d, lanes, at);
   };
 #endif
@@ -722,15 +693,7 @@ TypicalBandTotals typical_band(const Segment& s, const SetSpec& set, float d0,
   }
   sum_z.add(pz);
   sum_zd.add(pzd);
-  sum_in.add(pin);
-  t.z = sum_z.total();
-  t.zd = sum_zd.total();
-  t.inner = sum_in.total();
-  t.count = static_cast<int64_t>(ei::predux(pcount));
-  t.dmin = ei::predux_min(pmin);
-  t.dmax = ei::predux_max(pmax);
-  t.gathered = gathered;
-  return t;
+  return TypicalGather{sum_z.total(), sum_zd.total(), gathered};
 }
 
 }  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA

@@ -274,9 +274,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   bool copied = false;
   // top-p's small-nucleus path samples the (processed) row: the scan that
   // reads it last records the sample.
-  std::vector<float>* samples = p_.temperature > 0.0f && (p_.top_p < 1.0f || p_.typical_p < 1.0f)
-                                    ? &sc_.row_samples
-                                    : nullptr;
+  std::vector<float>* samples =
+      p_.temperature > 0.0f && p_.top_p < 1.0f ? &sc_.row_samples : nullptr;
   if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
@@ -353,7 +352,6 @@ void RowScratch::prepare(int64_t vocab) {
   }
   select.pivot_sample.reserve(1024);
   select.seg_moments.reserve(segments);
-  select.band_totals.reserve(segments);
   select.gathered_at.reserve(segments);
   select.gathered_count.reserve(segments);
   select.counts.reserve(segments * static_cast<size_t>(kLevel1Buckets));
@@ -474,9 +472,9 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       KeyBounds b;
       double z = -1.0;  // the set's mass, once a pass formed it
       // (a flat row's: the moments and the kept set in one pass, when the
-      // estimate places its band well)
+      // estimate places its gather bound well)
       const bool banded = p_.min_keep <= 1 && !looks_small &&
-                          band_typical_select(segs, set, d0, p_.typical_p, sc_.select, run_, b, &z);
+                          flat_typical_select(segs, set, d0, p_.typical_p, sc_.select, run_, b, &z);
       if (!banded) {
         Moments m;
         if (looks_small || !typical_moments(segs, set, d0, sc_.select, run_, &m)) {
@@ -562,13 +560,14 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     apply_filter(f, segs, set, d0, d0_known, count, count_known);
     // The filter's last select may have gathered, in token order, every
     // member up to a bound at or past the new upper bound, i.e. every
-    // survivor: compact from that instead of reading the row again.
+    // survivor (and others outside the new bounds): compact from that
+    // instead of reading the row again.
     if (!compacted && sc_.select.gathered && set.dhi <= sc_.select.gathered_bound && count_known &&
         count <= compact_below) {
       int64_t n = 0;
       for (int64_t p = 0; p < sc_.select.gathered_segments; ++p) {
         for (const GatheredToken& g : sc_.select.gathered_list(p)) {
-          if (g.key <= set.dhi) {
+          if (g.key >= set.dlo && g.key <= set.dhi) {
             sc_.cand_x[static_cast<size_t>(n)] = g.x;
             sc_.cand_idx[static_cast<size_t>(n)] = g.token;
             ++n;

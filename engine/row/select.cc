@@ -756,39 +756,38 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   return true;
 }
 
-// The band's mass fractions (of the estimated total) on either side of the
-// target, and the most tokens it may gather.
-constexpr double kBandBelow = 0.2;
-constexpr double kBandAbove = 0.25;
-constexpr int64_t kBandCap = 32768;
-constexpr int kBandBuckets = 1024;
+// flat_typical_select's gather bound: kGatherStretch times the estimated
+// threshold key, plus kGatherSlack, past the estimated entropy point; at
+// most kGatherCap tokens below it.
+constexpr double kGatherStretch = 1.25;
+constexpr double kGatherSlack = 0.25;
+constexpr int64_t kGatherCap = 32768;
+constexpr int kEstimateBuckets = 1024;
 
-// The estimate behind band_typical_select: the block maxima's masses exactly
-// (they hold the heavy tokens) and the scan's sample (every
-// kScanSampleStride-th token, less those that are their block's maximum)
-// scaled up for the rest. Places the inner interval at `fraction` - margin
-// of the estimated mass in key order and the outer one at + margin, as
-// d-intervals around the estimated entropy point. False when there is no
-// sample or no maxima.
-bool place_typical_band(std::span<const Segment> segments, const SetSpec& set, float d0,
-                        double fraction, SelectScratch& sc, const Runner& run, TypicalBand& band) {
+// The estimate behind flat_typical_select: the block maxima's masses exactly
+// (they hold the heavy tokens; as typical_set_looks_small listed them) and
+// every kScanSampleStride-th token's, less the block maxima, scaled up for
+// the rest, give the entropy point and the key at which `fraction` of the
+// mass is reached; returns the gather bound on d, or -1 when there are no
+// maxima.
+double typical_gather_bound(std::span<const Segment> segments, const SetSpec& set, float d0,
+                            double fraction, SelectScratch& sc, const Runner& run) {
+  const std::vector<SelectEntry>& maxima = sc.typical_maxima;
   std::vector<SelectEntry>& sampled = sc.list;
   sampled.clear();
   for (const Segment& seg : segments) {
-    if (!seg.bmax) return false;
-    for (int64_t i = 0; i < sample_count(seg.n); ++i) {
-      const int64_t j = i * kScanSampleStride;
-      const float x = seg.sample ? seg.sample[i] : seg.x[j];
+    if (!seg.bmax) return -1.0;
+    for (int64_t j = 0; j < seg.n; j += kScanSampleStride) {
+      const float x = seg.x[j];
       if (x == seg.bmax[j / kPassBlock]) continue;
       const float d = distance(x, set);
       const float e = d - d0;
       if (is_member(d, set) && e <= kUnderflow) sampled.push_back(SelectEntry{e, e});
     }
   }
+  if (maxima.empty()) return -1.0;
   run.k->entry_masses(sampled.data(), static_cast<int64_t>(sampled.size()));
   const auto scale = static_cast<double>(kScanSampleStride);
-  const std::vector<SelectEntry>& maxima = sc.typical_maxima;
-  if (maxima.empty()) return false;
   double z = 0.0, ze = 0.0;
   for (const SelectEntry& m : maxima) {
     z += m.weight;
@@ -799,61 +798,47 @@ bool place_typical_band(std::span<const Segment> segments, const SetSpec& set, f
     ze += scale * static_cast<double>(m.weight) * m.key;
   }
   const double mu = ze / z;
-  // The estimated mass by key, in kBandBuckets buckets over [0, the largest
-  // key].
+  // The estimated mass by key |e - mu|, in buckets over [0, the largest key].
   double kmax = 0.0;
   for (const SelectEntry& m : maxima) kmax = std::max(kmax, std::fabs(m.key - mu));
   for (const SelectEntry& m : sampled) kmax = std::max(kmax, std::fabs(m.key - mu));
-  if (!(kmax > 0.0)) return false;
+  if (!(kmax > 0.0)) return -1.0;
   std::vector<double>& hist = sc.sub_masses;
-  hist.assign(kBandBuckets, 0.0);
-  const double per = kBandBuckets / kmax;
+  hist.assign(kEstimateBuckets, 0.0);
+  const double per = kEstimateBuckets / kmax;
   auto add = [&](const SelectEntry& m, double weight) {
     const auto b =
-        std::min<int64_t>(kBandBuckets - 1, static_cast<int64_t>(std::fabs(m.key - mu) * per));
+        std::min<int64_t>(kEstimateBuckets - 1, static_cast<int64_t>(std::fabs(m.key - mu) * per));
     hist[static_cast<size_t>(b)] += weight * m.weight;
   };
   for (const SelectEntry& m : maxima) add(m, 1.0);
   for (const SelectEntry& m : sampled) add(m, scale);
-  const double lo_mass = std::max(0.0, fraction - kBandBelow) * z;
-  const double hi_mass = (1.0 - (1.0 - fraction) * kBandAbove) * z;
-  double cum = 0.0;
-  double r_lo = -1.0, r_hi = kmax;
-  for (int64_t b = 0; b < kBandBuckets; ++b) {
-    if (r_lo < 0.0 && cum + hist[static_cast<size_t>(b)] >= lo_mass) r_lo = b / per;
+  double cum = 0.0, r = kmax;
+  for (int64_t b = 0; b < kEstimateBuckets; ++b) {
     cum += hist[static_cast<size_t>(b)];
-    if (cum >= hi_mass) {
-      r_hi = (b + 1) / per;
+    if (cum >= fraction * z) {
+      r = static_cast<double>(b + 1) / per;
       break;
     }
   }
-  const double center = static_cast<double>(d0) + mu;
-  if (r_lo > 0.0) {
-    band.in_lo = static_cast<float>(center - r_lo);
-    band.in_hi = static_cast<float>(center + r_lo);
-  }
-  band.out_lo = static_cast<float>(center - r_hi);
-  band.out_hi = static_cast<float>(center + r_hi);
-  return true;
+  return static_cast<double>(d0) + mu + kGatherStretch * r + kGatherSlack;
 }
 
-bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
+bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
                          double fraction, SelectScratch& sc, const Runner& run, KeyBounds& bounds,
                          double* total) {
   int64_t total_n = 0;
   for (const Segment& seg : segments) total_n += seg.n;
-  TypicalBand band;
-  if (total_n < kPivotMin || set.key_scale != set.scale ||
-      !place_typical_band(segments, set, d0, fraction, sc, run, band)) {
-    return false;
-  }
-  // The pass, per segment (gathered into sc.gathered_tokens as
-  // gather_members lays it out), totals added in segment order.
+  if (total_n < kPivotMin || set.key_scale != set.scale) return false;
+  const double estimate = typical_gather_bound(segments, set, d0, fraction, sc, run);
+  if (!(estimate >= 0.0)) return false;
+  const float bound = std::min(static_cast<float>(estimate), set.dhi);
+  // The pass (gathers as gather_members lays them out), totals in segment
+  // order.
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
-  std::vector<TypicalBandTotals>& totals = sc.band_totals;
-  totals.resize(static_cast<size_t>(nseg));
+  sc.seg_moments.resize(static_cast<size_t>(nseg));
   size_t room = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     sc.gathered_at[static_cast<size_t>(s)] = static_cast<int64_t>(room);
@@ -862,50 +847,28 @@ bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   if (sc.gathered_tokens.size() < room) sc.gathered_tokens.resize(room);
   run(nseg, [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
-    totals[i] = run.k->typical_band(segments[i], set, d0, band, kBandCap,
-                                    sc.gathered_tokens.data() + sc.gathered_at[i]);
-    sc.gathered_count[i] = totals[i].gathered;
+    const TypicalGather g = run.k->typical_gather(segments[i], set, d0, bound, kGatherCap,
+                                                  sc.gathered_tokens.data() + sc.gathered_at[i]);
+    sc.seg_moments[i] = Moments{0, g.z, g.zd, 0, 0};
+    sc.gathered_count[i] = g.gathered;
   });
-  TypicalBandTotals t;
+  Moments m;
   int64_t gathered = 0;
-  for (const TypicalBandTotals& s : totals) {
-    t.z += s.z;
-    t.zd += s.zd;
-    t.inner += s.inner;
-    t.count += s.count;
-    t.dmin = std::min(t.dmin, s.dmin);
-    t.dmax = std::max(t.dmax, s.dmax);
-    gathered += s.gathered;
+  for (int64_t s = 0; s < nseg; ++s) {
+    m.add(sc.seg_moments[static_cast<size_t>(s)]);
+    gathered += sc.gathered_count[static_cast<size_t>(s)];
   }
-  *total = t.z;
-  if (gathered > kBandCap) return false;
-  sc.gathered = false;
-  sc.prepared = false;
+  *total = m.z;
+  if (gathered > kGatherCap) return false;
 
   // The exact rule, as every path: s = |(d - d0) - mu|, +inf past kUnderflow.
-  const double mu = t.zd / t.z;
-  const double target = fraction * t.z;
+  const double mu = m.zd / m.z;
+  const double target = fraction * m.z;
   auto key_of = [&](float d) {
     const float e = d - d0;
     return e <= kUnderflow ? typical_key(e, mu) : kInf;
   };
-  // The largest key in the inner interval (the key falls, then rises, with
-  // d: at one of its ends), and a key that every member outside the outer
-  // interval reaches (the key at the nearest d outside, on its monotone
-  // side; 0 when the entropy point lies outside).
-  const float k_in = t.count > 0 ? std::max(key_of(t.dmin), key_of(t.dmax)) : -kInf;
-  float k_out = kInf;
-  const float olo = std::max(band.out_lo, set.dlo), ohi = std::min(band.out_hi, set.dhi);
-  if (olo > set.dlo) {
-    const float below = std::nextafter(olo, -kInf);
-    k_out = std::min(k_out, static_cast<double>(below - d0) <= mu ? key_of(below) : 0.0f);
-  }
-  if (ohi < set.dhi) {
-    const float above = std::nextafter(ohi, kInf);
-    k_out = std::min(k_out, static_cast<double>(above - d0) >= mu ? key_of(above) : 0.0f);
-  }
-
-  // The band's members, keyed, with their masses.
+  // The threshold among the gathered tokens ...
   std::vector<SelectEntry>& list = sc.list;
   list.clear();
   for (int64_t s = 0; s < nseg; ++s) {
@@ -914,36 +877,33 @@ bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     }
   }
   run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
-  double below = t.inner, at_or_below = t.inner, rest = 0.0;
-  for (const SelectEntry& e : list) {
-    if (e.key < k_in) below += e.weight;
-    if (e.key <= k_in) {
-      at_or_below += e.weight;
-    } else {
-      rest += e.weight;
-    }
+  double listed = 0.0;
+  for (const SelectEntry& e : list) listed += e.weight;
+  if (!(listed >= target)) return false;
+  const SelectResult r = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
+  // ... holds when every member past the bound has a larger key: the key
+  // rises with d past the entropy point, so the first d past the bound
+  // decides (when the entropy point lies past the bound, nothing does).
+  if (bound < set.dhi) {
+    const float above = std::nextafter(bound, kInf);
+    const float k_out = static_cast<double>(above - d0) >= mu ? key_of(above) : 0.0f;
+    if (!(r.key < k_out)) return false;
   }
-  // Every inner member must be kept: the boundary may not fall below k_in.
-  if (!(below < target)) return false;
-  float r = k_in;
-  if (!(at_or_below >= target)) {
-    if (!(at_or_below + rest >= target)) return false;  // past the band
-    std::erase_if(list, [&](const SelectEntry& e) { return !(e.key > k_in); });
-    const SelectResult res = refine(list, sc, true, at_or_below, 0, target, kLevel1Shift);
-    if (!res.found) return false;
-    r = res.key;
-  }
-  // ... nor reach a member outside the band.
-  if (!(r < k_out)) return false;
-  bounds = KeyBounds{t.dmin, t.dmax, t.count};
+  bounds = KeyBounds{};
   for (int64_t s = 0; s < nseg; ++s) {
     for (const GatheredToken& g : sc.gathered_list(s)) {
-      if (!(key_of(g.key) <= r)) continue;
+      if (!(key_of(g.key) <= r.key)) continue;
       bounds.dmin = std::min(bounds.dmin, g.key);
       bounds.dmax = std::max(bounds.dmax, g.key);
       ++bounds.count;
     }
   }
+  // Every kept token is among the gathered ones, in token order: the
+  // filter may compact from them.
+  sc.gathered = true;
+  sc.gathered_bound = bound;
+  sc.gathered_segments = nseg;
+  sc.prepared = false;
   return true;
 }
 

@@ -65,7 +65,6 @@ struct SelectScratch {
   const Segment* prepared_of = nullptr;
   double prepared_total = 0.0;
   std::vector<Moments> seg_moments;
-  std::vector<TypicalBandTotals> band_totals;  // band_typical_select, per segment
   std::vector<float> pivot_sample;
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
@@ -99,14 +98,16 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& scratch,
                           const Runner& run, KeyBounds& bounds);
 
-// typical-p over a large set whose kept set is large (flat rows): the
-// moments and the kept set's bounds in one pass (Kernels::typical_band), its
-// intervals placed by an estimate from the block maxima (as
+// typical-p over a large set whose kept set is not among a few blocks
+// (flat rows): one pass forms the entropy moments and gathers the members
+// up to a d bound that an estimate (the block maxima, as
 // typical_set_looks_small listed them: only after that call for these
-// segments, set and d0) and the scan's sample. Every decision is checked
-// exactly; false (nothing decided) when the estimate misplaced the band.
-// *total receives the set's mass Σ exp(-(d - d0)) when the pass ran.
-bool band_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
+// segments, set and d0, and a sample of the row) places past the kept set;
+// the kept set's bounds are found among them and checked exactly (false,
+// nothing decided, when the bound fell short or gathered too many). *total
+// receives the set's mass Σ exp(-(d - d0)) when the pass ran. On success
+// the gathered lists hold every kept token (SelectScratch::gathered).
+bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, float d0,
                          double fraction, SelectScratch& scratch, const Runner& run,
                          KeyBounds& bounds, double* total);
 
