@@ -833,33 +833,19 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   const double estimate = typical_gather_bound(segments, set, d0, fraction, sc, run);
   if (!(estimate >= 0.0)) return false;
   const float bound = std::min(static_cast<float>(estimate), set.dhi);
-  // The pass (gathers as gather_members lays them out), totals in segment
-  // order.
-  const auto nseg = static_cast<int64_t>(segments.size());
-  sc.gathered_at.resize(static_cast<size_t>(nseg));
-  sc.gathered_count.resize(static_cast<size_t>(nseg));
-  sc.seg_moments.resize(static_cast<size_t>(nseg));
-  size_t room = 0;
-  for (int64_t s = 0; s < nseg; ++s) {
-    sc.gathered_at[static_cast<size_t>(s)] = static_cast<int64_t>(room);
-    room += static_cast<size_t>(segments[static_cast<size_t>(s)].n);
-  }
-  if (sc.gathered_tokens.size() < room) sc.gathered_tokens.resize(room);
-  run(nseg, [&](int64_t s) {
-    const auto i = static_cast<size_t>(s);
-    const TypicalGather g = run.k->typical_gather(segments[i], set, d0, bound, kGatherCap,
-                                                  sc.gathered_tokens.data() + sc.gathered_at[i]);
-    sc.seg_moments[i] = Moments{0, g.z, g.zd, 0, 0};
-    sc.gathered_count[i] = g.gathered;
-  });
+  // The pass, per segment; the moments added in segment order.
+  sc.seg_moments.resize(segments.size());
+  const bool fits = gather_members(
+      segments, bound, kGatherCap, sc, run, true, [&](int64_t s, GatheredToken* out) {
+        const auto i = static_cast<size_t>(s);
+        const TypicalGather g = run.k->typical_gather(segments[i], set, d0, bound, kGatherCap, out);
+        sc.seg_moments[i] = Moments{0, g.z, g.zd, 0, 0};
+        return g.gathered;
+      });
   Moments m;
-  int64_t gathered = 0;
-  for (int64_t s = 0; s < nseg; ++s) {
-    m.add(sc.seg_moments[static_cast<size_t>(s)]);
-    gathered += sc.gathered_count[static_cast<size_t>(s)];
-  }
+  for (const Moments& seg : sc.seg_moments) m.add(seg);
   *total = m.z;
-  if (gathered > kGatherCap) return false;
+  if (!fits) return false;
 
   // The exact rule, as every path: s = |(d - d0) - mu|, +inf past kUnderflow.
   const double mu = m.zd / m.z;
@@ -868,14 +854,9 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     const float e = d - d0;
     return e <= kUnderflow ? typical_key(e, mu) : kInf;
   };
-  // The threshold among the gathered tokens ...
+  // The threshold among the gathered tokens (sc.list holds their d) ...
   std::vector<SelectEntry>& list = sc.list;
-  list.clear();
-  for (int64_t s = 0; s < nseg; ++s) {
-    for (const GatheredToken& g : sc.gathered_list(s)) {
-      list.push_back(SelectEntry{key_of(g.key), g.key - d0});
-    }
-  }
+  for (SelectEntry& e : list) e = SelectEntry{key_of(e.key), e.key - d0};
   run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
   double listed = 0.0;
   for (const SelectEntry& e : list) listed += e.weight;
@@ -890,7 +871,7 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     if (!(r.key < k_out)) return false;
   }
   bounds = KeyBounds{};
-  for (int64_t s = 0; s < nseg; ++s) {
+  for (int64_t s = 0; s < sc.gathered_segments; ++s) {
     for (const GatheredToken& g : sc.gathered_list(s)) {
       if (!(key_of(g.key) <= r.key)) continue;
       bounds.dmin = std::min(bounds.dmin, g.key);
@@ -901,8 +882,6 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   // Every kept token is among the gathered ones, in token order: the
   // filter may compact from them.
   sc.gathered = true;
-  sc.gathered_bound = bound;
-  sc.gathered_segments = nseg;
   sc.prepared = false;
   return true;
 }
