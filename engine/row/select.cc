@@ -266,13 +266,16 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   float tight = kInf;
   bool have_tight = block_max_bound(segments, set, want, sc, &tight);
   if (have_tight) {
-    // (block_max_bound left the `want` largest maxima first; an estimate,
-    // in float)
-    double top_mass = 0.0;
+    // (block_max_bound left the `want` largest maxima first; an estimate)
+    std::vector<SelectEntry>& top = sc.list;  // (free until the gather)
+    top.clear();
     for (size_t i = 0; i < static_cast<size_t>(want); ++i) {
       const float e = distance(sc.block_maxima[i], set) - rule.d0;
-      top_mass += static_cast<double>(std::exp(-e));
+      top.push_back(SelectEntry{e, e});
     }
+    run.k->entry_masses(top.data(), static_cast<int64_t>(top.size()));
+    double top_mass = 0.0;
+    for (const SelectEntry& m : top) top_mass += m.weight;
     have_tight = top_mass >= fraction * (top_mass + sample_mass * stride);
   }
   float bound = tight;
