@@ -683,7 +683,7 @@ bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& s
 bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double target, SelectScratch& sc, const Runner& run,
                           KeyBounds& bounds) {
-  if (!(target > 0.0)) return false;
+  if (!(target > 0.0) || set.key_scale != set.scale) return false;
   // The block maxima with their masses (typical_set_looks_small's), keyed.
   sc.list.assign(sc.typical_maxima.begin(), sc.typical_maxima.end());
   std::vector<SelectEntry>& maxima = sc.list;
@@ -721,24 +721,32 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
     for (int64_t b = 0; b < block_count(seg.n); ++b) blocks += may_reach(seg, b) ? 1 : 0;
   }
   if (blocks > kSmallTypicalBlocks) return false;
+  // The members with key <= bound lie in a d-interval around the entropy
+  // point (keys fall, then rise, with d); a compare pass gathers that
+  // interval, widened far past the roundings of the key, and the exact test
+  // keeps those within the bound.
+  const double center = static_cast<double>(rule.d0) + rule.mu;
+  const double slack = 1e-5 * (std::fabs(center) + static_cast<double>(bound)) + 1e-30;
+  SetSpec near = set;
+  near.dlo = std::max(set.dlo, std::nextafter(static_cast<float>(center - bound - slack), -kInf));
+  near.dhi = std::min(set.dhi, std::nextafter(static_cast<float>(center + bound + slack), kInf));
   std::vector<SelectEntry>& list = sc.list;
   list.clear();
-  std::vector<GatheredToken>& at = sc.gathered_tokens;
+  std::vector<GatheredToken>& at = sc.gathered_tokens;  // (room for the row)
   size_t listed = 0;
   for (const Segment& seg : segments) {
-    for (int64_t b = 0; b < block_count(seg.n); ++b) {
-      if (!may_reach(seg, b)) continue;
-      for (int64_t j = b * kPassBlock; j < std::min(seg.n, (b + 1) * kPassBlock); ++j) {
-        const float d = distance(seg.x[j], set);
-        const float e = d - rule.d0;
-        if (!is_member(d, set) || !(e <= kUnderflow)) continue;
-        const float key = typical_key(e, rule.mu);
-        if (!(key <= bound)) continue;
-        if (listed == at.size()) return false;  // (sized for the row: never)
-        list.push_back(SelectEntry{key, e});
-        at[listed++] = GatheredToken{key, seg.x[j], seg.token(j)};
-      }
+    if (near.dlo > near.dhi) break;
+    const int64_t got = run.k->gather_below(seg, near, near.dhi, seg.n, at.data() + listed);
+    for (int64_t i = 0; i < got; ++i) {
+      const GatheredToken g = at[listed + static_cast<size_t>(i)];
+      const float e = g.key - rule.d0;  // (key = d: the scales agree)
+      if (!(e <= kUnderflow)) continue;
+      const float key = typical_key(e, rule.mu);
+      if (!(key <= bound)) continue;
+      list.push_back(SelectEntry{key, e});
+      at[list.size() - 1] = GatheredToken{key, g.x, g.token};  // (in place: behind the reads)
     }
+    listed = list.size();
   }
   run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
   double mass = 0.0;
