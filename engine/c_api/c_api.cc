@@ -456,15 +456,28 @@ nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, co
   });
 }
 
+namespace {
+
+// What nucleus_sample and nucleus_probs check first: the handles, then the
+// requests (translated into the thread's scratch).
+Status check_batch_call(const nucleus_engine* engine, const nucleus_logits_view* logits,
+                        const void* output, const nucleus_row_request* requests,
+                        int64_t num_requests, std::span<const RowRequest>* cpp_requests) {
+  if (engine == nullptr) return invalid("engine is NULL");
+  if (logits == nullptr) return invalid("logits is NULL");
+  if (output == nullptr) return invalid("output is NULL");
+  return translate_requests(*logits, requests, num_requests, cpp_requests);
+}
+
+}  // namespace
+
 nucleus_status nucleus_sample(nucleus_engine* engine, const nucleus_logits_view* logits,
                               const nucleus_row_request* requests, int64_t num_requests,
                               const nucleus_sample_output* output) {
   return guarded([&] {
-    if (engine == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "engine is NULL");
-    if (logits == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "logits is NULL");
-    if (output == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "output is NULL");
     std::span<const RowRequest> cpp_requests;
-    if (Status s = translate_requests(*logits, requests, num_requests, &cpp_requests); !s.ok()) {
+    if (Status s = check_batch_call(engine, logits, output, requests, num_requests, &cpp_requests);
+        !s.ok()) {
       return fail(s);
     }
     if (Status s = check_sample_output(*output, cpp_requests, logits->rows); !s.ok()) {
@@ -486,11 +499,9 @@ nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* 
                              const nucleus_row_request* requests, int64_t num_requests,
                              const nucleus_probs_output* output) {
   return guarded([&] {
-    if (engine == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "engine is NULL");
-    if (logits == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "logits is NULL");
-    if (output == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "output is NULL");
     std::span<const RowRequest> cpp_requests;
-    if (Status s = translate_requests(*logits, requests, num_requests, &cpp_requests); !s.ok()) {
+    if (Status s = check_batch_call(engine, logits, output, requests, num_requests, &cpp_requests);
+        !s.ok()) {
       return fail(s);
     }
     if (Status s = check_message_buffer(output->row_messages, output->row_message_size); !s.ok()) {
