@@ -54,7 +54,8 @@ run_tsan() {
   # those and libtbb's own announcements into happens-before edges.
   cmake -S . -B "$build" "${common[@]}" -DNUCLEUS_SANITIZE=thread -DNUCLEUS_BUILD_TOOLS=OFF \
     -DCMAKE_CXX_FLAGS="-DTBB_USE_PROFILING_TOOLS=2" >/dev/null
-  cmake --build "$build" -j"$jobs" --target reproducibility_test load_test verify_test c_api_test
+  cmake --build "$build" -j"$jobs" --target reproducibility_test load_test verify_test c_api_test \
+    processors_test
   local cxx="${CXX:-c++}"
   "$cxx" -std=c++20 -O1 -shared -fPIC -Wall -Wextra -o "$build/libtbb_tsan_shim.so" \
     scripts/tsan/tbb_tsan_shim.cc -ldl
@@ -85,6 +86,7 @@ run_tsan() {
     "load_test"
     "verify_test"
     "c_api_test --gtest_filter=CApi.ManyHostThreadsShareOneEngine:CApi.LastErrorIsClearedBySuccessAndPerThread"
+    "processors_test --gtest_filter=ProcessorsTest.LongRowsGetEveryChangeOnEveryThreadCount"
   )
   for test in "${t[@]}"; do
     read -r -a argv <<<"$test"

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <set>
 #include <span>
 #include <vector>
 
@@ -448,6 +450,85 @@ TEST_F(ProcessorsTest, SharedRequestEqualsOnePerRow) {
     EXPECT_EQ(p_shared[r * vocab + 7], 0.0f);
   }
   ExpectSameResults(Sample(view, std::span(&shared, 1)), Sample(view, per_row));
+}
+
+// A long row is processed a run of segments per thread (RowPipeline::check_and_widen): every
+// processor must apply to the tokens of every part, at and across part boundaries, whatever
+// the thread count. The row: 100,000 tokens (7 segments of 16384; with 2 or 4 threads the
+// parts split at segment boundaries), every list reaching tokens on both sides of them.
+TEST_F(ProcessorsTest, LongRowsGetEveryChangeOnEveryThreadCount) {
+  constexpr int64_t kVocab = 100000;
+  std::vector<float> row(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i)
+    row[i] = static_cast<float>((i * 7919) % 1000) / 100.0f - 5.0f;
+  const std::vector<int32_t> boundaries = {0,     16383, 16384, 32767, 49152,
+                                           65535, 65536, 81920, 99999};
+  std::vector<int32_t> allowed((kVocab + 31) / 32, Word(0xFFFFFFFFu));
+  for (int32_t t : {5, 16385, 50000, 99998, 16415}) {
+    allowed[t / 32] = Word(static_cast<uint32_t>(allowed[t / 32]) & ~(1u << (t % 32)));
+  }
+  const std::vector<int32_t> banned = {16383, 65536, 7};
+  const std::vector<TokenBias> bias = {{16384, 3.0f}, {99999, 2.5f}, {16384, 1.5f}, {32767, -1.0f}};
+  std::vector<int32_t> prompt = boundaries;
+  prompt.push_back(4242);
+  const std::vector<int32_t> generated = {49152, 49152, 65535, 81920, 0, 123, 49152};
+  RowRequest req = Request();
+  req.allowed_mask = allowed;
+  req.banned_tokens = banned;
+  req.logit_bias = bias;
+  req.prompt_tokens = prompt;
+  req.generated_tokens = generated;
+  req.params.repetition_penalty = 1.5f;
+  req.params.frequency_penalty = 0.25f;
+  req.params.presence_penalty = 0.5f;
+
+  // SPEC section 2, steps 1-4, by hand.
+  std::vector<float> x = row;
+  for (int64_t i = 0; i < kVocab; ++i) {
+    if (!((static_cast<uint32_t>(allowed[i / 32]) >> (i % 32)) & 1u)) x[i] = -kInf;
+  }
+  for (int32_t t : banned) x[t] = -kInf;
+  for (const TokenBias& b : bias) x[b.token] += b.bias;
+  std::set<int32_t> distinct(prompt.begin(), prompt.end());
+  distinct.insert(generated.begin(), generated.end());
+  for (int32_t t : distinct) x[t] = x[t] > 0.0f ? x[t] / 1.5f : x[t] * 1.5f;
+  std::map<int32_t, int> count;
+  for (int32_t t : generated) ++count[t];
+  for (const auto& [t, c] : count) {
+    if (x[t] == -kInf) continue;
+    x[t] -= 0.25f * static_cast<float>(c);
+    x[t] -= 0.5f;
+  }
+  const std::vector<double> expected = Softmax(std::vector<double>(x.begin(), x.end()));
+
+  const LogitsView view{row.data(), 1, kVocab, kVocab, DType::kFloat32};
+  std::vector<RowResult> first;
+  for (int threads : {1, 2, 4}) {
+    SCOPED_TRACE(threads);
+    Engine engine(EngineOptions{.max_threads = threads, .seed = 3});
+    std::vector<float> probs(kVocab, -1.0f);
+    std::vector<Status> row_status(1);
+    ASSERT_TRUE(engine.probs(view, std::span(&req, 1), probs.data(), kVocab, row_status).ok());
+    ASSERT_TRUE(row_status[0].ok()) << row_status[0].to_string();
+    for (int32_t t : {5,     16385, 50000, 99998, 16415, 16383, 65536, 7, 16384, 99999,
+                      32767, 49152, 65535, 81920, 0,     123,   4242,  1, 16382, 65537}) {
+      if (expected[static_cast<size_t>(t)] == 0.0) {
+        EXPECT_EQ(probs[static_cast<size_t>(t)], 0.0f) << "token " << t;
+      } else {
+        EXPECT_NEAR(probs[static_cast<size_t>(t)] / expected[static_cast<size_t>(t)], 1.0, 1e-4)
+            << "token " << t;
+      }
+    }
+    req.params.num_samples = 16;
+    std::vector<RowResult> results(1);
+    ASSERT_TRUE(engine.sample(view, std::span(&req, 1), results).ok());
+    req.params.num_samples = 1;
+    if (first.empty()) {
+      first = results;
+    } else {
+      ExpectSameResults(first, results);
+    }
+  }
 }
 
 }  // namespace

@@ -16,24 +16,32 @@ bool has_processors(const RowRequest& r) {
          (history && penalties);
 }
 
-void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScratch& scratch) {
+void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
+                      PenaltyScratch& scratch) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // (one compare per listed token: the lists are read whole by every range)
+  const auto span = static_cast<uint64_t>(hi - lo);
+  auto mine = [&](int32_t t) { return static_cast<uint64_t>(t - lo) < span; };
 
   // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32).
   if (!r.allowed_mask.empty()) {
-    for (int64_t w = 0; w * 32 < vocab; ++w) {
+    for (int64_t w = lo / 32; w * 32 < hi; ++w) {
       const auto bits = static_cast<uint32_t>(r.allowed_mask[static_cast<size_t>(w)]);
       if (bits == 0xFFFFFFFFu) continue;
-      const int64_t end = std::min<int64_t>(32, vocab - w * 32);
+      const int64_t end = std::min<int64_t>(32, hi - w * 32);
       for (int64_t b = 0; b < end; ++b) {
         if (!((bits >> b) & 1u)) row[w * 32 + b] = kNegInf;
       }
     }
   }
   // 2. Banned tokens.
-  for (int32_t t : r.banned_tokens) row[t] = kNegInf;
-  // 3. Logit bias (a -inf logit stays -inf).
-  for (const TokenBias& b : r.logit_bias) row[b.token] += b.bias;
+  for (int32_t t : r.banned_tokens) {
+    if (mine(t)) row[t] = kNegInf;
+  }
+  // 3. Logit bias (a -inf logit stays -inf), in list order.
+  for (const TokenBias& b : r.logit_bias) {
+    if (mine(b.token)) row[b.token] += b.bias;
+  }
 
   // 4. Penalties.
   const SamplingParams& p = r.params;
@@ -47,11 +55,10 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
   if (repetition) {
     // Each distinct token once: marked in a bitmap, whose words are cleared
     // after (every set bit belongs to a listed token).
-    const auto words = static_cast<size_t>((vocab + 63) / 64);
-    if (scratch.seen.size() < words) scratch.seen.resize(words, 0);
     uint64_t* seen = scratch.seen.data();
     const float rp = p.repetition_penalty;
     auto penalise = [&](int32_t t) {
+      if (!mine(t)) return;
       const uint64_t bit = uint64_t{1} << (t & 63);
       uint64_t& word = seen[t >> 6];
       if (word & bit) return;
@@ -61,17 +68,20 @@ void apply_processors(const RowRequest& r, int64_t vocab, float* row, PenaltyScr
     };
     for (int32_t t : r.prompt_tokens) penalise(t);
     for (int32_t t : r.generated_tokens) penalise(t);
-    for (int32_t t : r.prompt_tokens) seen[t >> 6] = 0;
-    for (int32_t t : r.generated_tokens) seen[t >> 6] = 0;
+    for (int32_t t : r.prompt_tokens) {
+      if (mine(t)) seen[t >> 6] = 0;
+    }
+    for (int32_t t : r.generated_tokens) {
+      if (mine(t)) seen[t >> 6] = 0;
+    }
   }
   if (additive) {
-    if (scratch.count.size() < static_cast<size_t>(vocab)) {
-      scratch.count.resize(static_cast<size_t>(vocab), 0);
-    }
     uint32_t* count = scratch.count.data();
-    for (int32_t t : r.generated_tokens) ++count[t];
     for (int32_t t : r.generated_tokens) {
-      if (count[t] == 0) continue;  // already applied
+      if (mine(t)) ++count[t];
+    }
+    for (int32_t t : r.generated_tokens) {
+      if (!mine(t) || count[t] == 0) continue;  // (0: already applied)
       float& x = row[t];
       // A masked token stays masked: an infinite penalty (a huge penalty times
       // its count) must not turn -inf into NaN.

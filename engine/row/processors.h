@@ -1,5 +1,6 @@
 // Logit processors (SPEC section 2, steps 1-4): allowed-token bitmask, banned
-// tokens, logit bias and penalties, applied to a float32 copy of the row.
+// tokens, logit bias and penalties, applied to a float32 copy of the row, a
+// range of it at a time (on the thread that holds that range).
 #pragma once
 
 #include <cstdint>
@@ -12,14 +13,18 @@ namespace nucleus::detail {
 // Whether the request changes any logit (and so needs a working copy).
 bool has_processors(const RowRequest& request);
 
-// Reusable buffers for the penalty bookkeeping.
+// Reusable buffers for the penalty bookkeeping, sized for the row before
+// apply_processors runs (RowScratch::prepare).
 struct PenaltyScratch {
   std::vector<uint32_t> count;  // per token, all zero between calls
   std::vector<uint64_t> seen;   // a bit per token (small enough for L1), all zero between calls
 };
 
-// Applies every processor of `request` to `row` (vocab floats) in SPEC order.
-void apply_processors(const RowRequest& request, int64_t vocab, float* row,
+// Applies every processor of `request` to the tokens [lo, hi) of `row` (the
+// whole row's floats) in SPEC order, leaving the others alone. lo and hi are
+// multiples of 64 (or hi the row's end), so that calls on disjoint ranges touch
+// disjoint parts of the row and of the scratch and may run at once.
+void apply_processors(const RowRequest& request, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch);
 
 }  // namespace nucleus::detail

@@ -1,11 +1,13 @@
 #include "engine/row/row_sampler.h"
 
-#include "engine/row/philox.h"
+#include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <cmath>
 #include <span>
 #include <string>
+
+#include "engine/row/philox.h"
 
 namespace nucleus::detail {
 namespace {
@@ -88,16 +90,6 @@ int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
     }
   }
   return tokens;
-}
-
-// A row that processors change is written by this thread (the copy, then
-// the processors at scattered tokens): its passes stay here, since another
-// core would first have to pull those freshly written lines out of this
-// one's cache (on one 128k row, that cost more than splitting saved).
-Runner runner_for(const RowRequest& req, const Runner& run) {
-  Runner r = run;
-  if (has_processors(req)) r.parallel = false;
-  return r;
 }
 
 // What the pipeline leaves behind: the final distribution of a row.
@@ -212,10 +204,10 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   sc_.prepare(vocab);
   // NaN and +inf are row errors wherever they are, masked or not: the scan
   // (per segment, combined in segment order) finds them with the max.
-  auto combine = [&](std::span<const Segment> segs) {
+  auto combine = [&](std::span<const Segment> segs, const std::vector<MaxStats>& stats) {
     MaxStats total;
     for (size_t s = 0; s < segs.size(); ++s) {
-      const MaxStats& m = sc_.max_stats[s];
+      const MaxStats& m = stats[s];
       if (total.bad_at < 0 && m.bad_at >= 0) total.bad_at = segs[s].base + m.bad_at;
       if (m.argmax >= 0 && (m.max > total.max || total.argmax < 0)) {
         total.max = m.max;
@@ -244,7 +236,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     } else {
       run_(static_cast<int64_t>(segs.size()), one);
     }
-    return combine(segs);
+    return combine(segs, sc_.max_stats);
   };
   // The input row as float32: half types are widened chunk by chunk, in the
   // same read as the scan. A float32 row that processors will change is
@@ -268,24 +260,67 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     } else {
       run_(static_cast<int64_t>(sc_.raw_segs.size()), one);
     }
-    return combine(sc_.raw_segs);
+    return combine(sc_.raw_segs, sc_.max_stats);
   };
   MaxStats raw;
-  bool copied = false;
+  MaxStats processed;
   // top-p's small-nucleus path samples the (processed) row: the scan that
   // reads it last records the sample.
   std::vector<float>* samples =
       p_.temperature > 0.0f && p_.top_p < 1.0f ? &sc_.row_samples : nullptr;
-  if (in_.dtype == DType::kFloat32) {
+  if (processors) {
+    // The row is widened (or copied) into the working buffer, changed and
+    // scanned again a run of segments at a time, each on the thread that
+    // reads it: the copy, the changes and the second scan stay in that
+    // core's cache, where the passes that follow find them.
+    const bool half = in_.dtype != DType::kFloat32;
+    if (half) sc_.raw_buf.resize(static_cast<size_t>(vocab));
+    sc_.work_buf.resize(static_cast<size_t>(vocab));
+    dist.raw = half ? sc_.raw_buf.data() : static_cast<const float*>(in_.data);
+    dist.x = sc_.work_buf.data();
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs, samples);
+    const int esize = dtype_size(in_.dtype);
+    const auto nseg = static_cast<int64_t>(sc_.row_segs.size());
+    sc_.max_stats.resize(static_cast<size_t>(nseg));
+    sc_.processed_stats.resize(static_cast<size_t>(nseg));
+    // One part per thread, each a run of whole segments (as the passes
+    // that follow split them): its segments are copied and scanned, the
+    // processors' changes that fall in them applied, and they are scanned
+    // again.
+    const int64_t parts =
+        light_row || !run_.parallel
+            ? 1
+            : std::clamp<int64_t>(tbb::this_task_arena::max_concurrency(), 1, nseg);
+    auto part = [&](int64_t p) {
+      const int64_t first = p * nseg / parts, last = (p + 1) * nseg / parts;
+      for (int64_t s = first; s < last; ++s) {
+        const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
+        float* work = sc_.work_buf.data() + seg.base;
+        float* widened = half ? sc_.raw_buf.data() + seg.base : work;
+        sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
+            static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n, widened,
+            sc_.raw_block_max.data() + seg.base / kPassBlock);
+        if (half) std::copy_n(widened, seg.n, work);
+      }
+      const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
+      apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
+                       sc_.work_buf.data(), sc_.penalties);
+      for (int64_t s = first; s < last; ++s) {
+        const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
+        sc_.processed_stats[static_cast<size_t>(s)] =
+            run_.k->max_stats(sc_.work_buf.data() + seg.base, seg.n,
+                              sc_.row_block_max.data() + seg.base / kPassBlock);
+        if (seg.sample) record_sample(seg, sc_.row_samples);
+      }
+    };
+    run_(parts, part);
+    raw = combine(sc_.raw_segs, sc_.max_stats);
+    processed = combine(sc_.row_segs, sc_.processed_stats);
+  } else if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
-    if (processors) {
-      sc_.work_buf.resize(static_cast<size_t>(vocab));
-      raw = widen_scan(sc_.work_buf.data());
-      copied = true;
-    } else {
-      raw = scan(sc_.raw_segs, sc_.raw_block_max);
-    }
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
+    raw = scan(sc_.raw_segs, sc_.raw_block_max);
   } else if (!values_needed_) {
     // Greedy with nothing else asked for: the scan's results are the answer,
     // and the widened row is never kept (half the memory traffic).
@@ -295,7 +330,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   } else {
     sc_.raw_buf.resize(static_cast<size_t>(vocab));
     dist.raw = sc_.raw_buf.data();
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, processors ? nullptr : samples);
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
     raw = widen_scan(sc_.raw_buf.data());
   }
   if (raw.bad_at >= 0) {
@@ -307,19 +342,14 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   }
   dist.raw_max = raw.max;
 
-  MaxStats processed = raw;
   if (processors) {
-    if (!copied) sc_.work_buf.assign(dist.raw, dist.raw + vocab);
-    apply_processors(req_, vocab, sc_.work_buf.data(), sc_.penalties);
-    dist.x = sc_.work_buf.data();
-    make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs, samples);
-    processed = scan(sc_.row_segs, sc_.row_block_max);
     if (processed.bad_at >= 0) {
       return Status::row_error(row_prefix(row_) + "logit of token " +
                                std::to_string(processed.bad_at) +
                                " is not finite after bias and penalties");
     }
   } else {
+    processed = raw;
     dist.x = dist.raw;
     sc_.row_segs = sc_.raw_segs;
   }
@@ -365,6 +395,7 @@ void RowScratch::prepare(int64_t vocab) {
   // sums (as many blocks as the row's chunks have, or fewer).
   moments.reserve(segments);
   max_stats.reserve(segments);
+  processed_stats.reserve(segments);
   seg_mass.reserve(segments);
   seg_count.reserve(segments);
   seg_min.reserve(segments);
@@ -626,8 +657,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                 RowResult& result, RowScratch& sc, const Runner& run) {
   result.clear();
   const SamplingParams& p = request.params;
-  const Runner row_run = runner_for(request, run);
-  RowPipeline pipe(input, request, row, sc, row_run);
+  RowPipeline pipe(input, request, row, sc, run);
   Distribution dist;
   const bool need_processed_z =
       p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kProcessed);
@@ -746,8 +776,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
                  RowScratch& sc, const Runner& run) {
-  const Runner row_run = runner_for(request, run);
-  RowPipeline pipe(input, request, row, sc, row_run);
+  RowPipeline pipe(input, request, row, sc, run);
   Distribution dist;
   if (Status s = pipe.build(dist, true); !s.ok()) {
     std::fill_n(out, input.vocab, 0.0f);

@@ -35,6 +35,7 @@ struct RowScratch {
   std::vector<Segment> cand_segs;
   std::vector<Moments> moments;
   std::vector<MaxStats> max_stats;
+  std::vector<MaxStats> processed_stats;  // the scan after the processors, per segment
   std::vector<double> seg_mass;
   std::vector<double> block_mass;        // per pass block, segments one after another
   std::vector<int64_t> seg_block_start;  // each segment's first entry in block_mass
