@@ -451,10 +451,32 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
   alignas(64) float arg[kBlock];  // (with mass: exponents, their exps in xs)
   bool member[kBlock];
   int64_t count = 0;
+  // Masses of distance keys in one scale (top-p's sample): the members' keys
+  // are d, which the mass pass gathers with the masses (a hit bound of dhi
+  // makes every member a hit), in one vector pass over the block.
+  const bool distance_keys = mass && rule.kind == KeyKind::kDistance && set.key_scale == set.scale;
+  block::BlockHits hits;
+  hits.bound = set.dhi;
   // Whole blocks of samples: stride * kBlock tokens at a time.
   for (int64_t j0 = 0; j0 < s.n; j0 += stride * kBlock) {
     int64_t m = 0;
-    for (int64_t j = j0; j < s.n && m < kBlock; j += stride) xs[m++] = s.x[j];
+    const float* sampled = xs;
+    if (stride == 1) {
+      m = std::min(kBlock, s.n - j0);
+      sampled = s.x + j0;
+    } else {
+      for (int64_t j = j0; j < s.n && m < kBlock; j += stride) xs[m++] = s.x[j];
+    }
+    if (distance_keys) {
+      int64_t unused = 0;
+      const double block_mass =
+          block::block_masses_and_hits(sampled, m, set, rule.d0, hits, &unused);
+      std::copy_n(hits.k, hits.n, out + count);
+      count += hits.n;
+      if (mass) *mass += block_mass;
+      continue;
+    }
+    if (sampled != xs) std::copy_n(sampled, m, xs);
     block_keys_only(xs, m, set, rule, key, e, member);
     for (int64_t j = 0; j < m; ++j) {
       out[count] = key[j];
