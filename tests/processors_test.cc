@@ -531,5 +531,90 @@ TEST_F(ProcessorsTest, LongRowsGetEveryChangeOnEveryThreadCount) {
   }
 }
 
+// Bias, bans and penalties change few tokens of a long row: the engine notes each change
+// instead of scanning the row again (docs/architecture.md "Processors"). These cases
+// change exactly what that bookkeeping must get right: the max of a block lowered (and
+// tied with another chunk's token), a block max raised, the row's max banned, a finite
+// logit pushed to -inf (the support shrinks), and +inf made by a bias (a row error naming
+// the first such token), each against the processed row by hand, on 1, 2 and 4 threads.
+TEST_F(ProcessorsTest, SparseChangesToALongRowOnEveryThreadCount) {
+  constexpr int64_t kVocab = 100000;
+  std::vector<float> row(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i)
+    row[i] = static_cast<float>((i * 7919) % 1000) / 100.0f - 5.0f;  // [-5, 5)
+  row[70000] = 9.0f;    // the max; 6.0 after a repetition penalty of 1.5
+  row[70001] = 5.5f;    // its block's max once it is lowered
+  row[81000] = 6.0f;    // another chunk's token, tied with it then
+  row[90000] = -3e38f;  // -inf after a repetition penalty of 2
+
+  struct Case {
+    const char* name;
+    std::vector<int32_t> banned;
+    std::vector<TokenBias> bias;
+    std::vector<int32_t> prompt;
+    float repetition;
+    const char* error;  // the row error expected, or null (then 30000 and 95000 are 3e38)
+  };
+  const std::vector<Case> cases = {
+      {"max lowered to a tie", {}, {}, {70000, 5, 16384, 99999}, 1.5f, nullptr},
+      {"block max raised", {}, {{20000, 20.0f}, {20001, -1.0f}}, {70000}, 1.5f, nullptr},
+      {"max banned", {70000, 81000}, {}, {}, 1.0f, nullptr},
+      {"finite to -inf", {}, {}, {90000, 70000}, 2.0f, nullptr},
+      {"bias to +inf", {}, {{95000, 3e38f}, {30000, 3e38f}}, {}, 1.0f, "logit of token 30000"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::vector<float> input = row;
+    if (c.error) input[30000] = input[95000] = 3e38f;  // +inf after a bias of 3e38
+    const LogitsView view{input.data(), 1, kVocab, kVocab, DType::kFloat32};
+    RowRequest req = Request();
+    req.banned_tokens = c.banned;
+    req.logit_bias = c.bias;
+    req.prompt_tokens = c.prompt;
+    req.params.repetition_penalty = c.repetition;
+    // SPEC section 2, steps 2-4, by hand.
+    std::vector<float> x = input;
+    for (int32_t t : c.banned) x[t] = -kInf;
+    for (const TokenBias& b : c.bias) x[b.token] += b.bias;
+    for (int32_t t : std::set<int32_t>(c.prompt.begin(), c.prompt.end()))
+      x[t] = x[t] > 0.0f ? x[t] / c.repetition : x[t] * c.repetition;
+    int64_t argmax = 0, finite = 0;
+    for (int64_t i = 0; i < kVocab; ++i) {
+      if (x[i] > x[argmax]) argmax = i;
+      finite += x[i] > -kInf ? 1 : 0;
+    }
+    const std::vector<double> expected = Softmax(std::vector<double>(x.begin(), x.end()));
+    for (int threads : {1, 2, 4}) {
+      SCOPED_TRACE(threads);
+      Engine engine(EngineOptions{.max_threads = threads, .seed = 3});
+      req.params.temperature = 0.0f;
+      std::vector<RowResult> results(1);
+      ASSERT_TRUE(engine.sample(view, std::span(&req, 1), results).ok());
+      if (c.error) {
+        EXPECT_THAT(results[0].status.to_string(), ::testing::HasSubstr(c.error));
+        EXPECT_THAT(results[0].status.to_string(),
+                    ::testing::HasSubstr("not finite after bias and penalties"));
+        continue;
+      }
+      ASSERT_TRUE(results[0].status.ok()) << results[0].status.to_string();
+      EXPECT_EQ(results[0].tokens[0], argmax);
+      EXPECT_EQ(results[0].support, finite);
+      req.params.temperature = 1.0f;
+      std::vector<float> probs(kVocab, -1.0f);
+      std::vector<Status> row_status(1);
+      ASSERT_TRUE(engine.probs(view, std::span(&req, 1), probs.data(), kVocab, row_status).ok());
+      ASSERT_TRUE(row_status[0].ok()) << row_status[0].to_string();
+      for (int32_t t : {70000, 70001, 81000, 90000, 20000, 20001, 5, 16384, 99999, 0, 50000}) {
+        if (expected[static_cast<size_t>(t)] == 0.0) {
+          EXPECT_EQ(probs[static_cast<size_t>(t)], 0.0f) << "token " << t;
+        } else {
+          EXPECT_NEAR(probs[static_cast<size_t>(t)] / expected[static_cast<size_t>(t)], 1.0, 1e-4)
+              << "token " << t;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nucleus

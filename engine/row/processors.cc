@@ -17,11 +17,18 @@ bool has_processors(const RowRequest& r) {
 }
 
 void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
-                      PenaltyScratch& scratch) {
+                      PenaltyScratch& scratch, const RowChanges* changes) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   // (one compare per listed token: the lists are read whole by every range)
   const auto span = static_cast<uint64_t>(hi - lo);
   auto mine = [&](int32_t t) { return static_cast<uint64_t>(t - lo) < span; };
+  // (the notes' pointers in registers: a store through one of them may not
+  // be taken to change another)
+  const RowChanges noted = changes ? *changes : RowChanges{};
+  auto put = [&, noted](int64_t t, float v) {
+    if (noted.block_max) noted.note(t, row[t], v);
+    row[t] = v;
+  };
 
   // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32).
   if (!r.allowed_mask.empty()) {
@@ -30,17 +37,17 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
       if (bits == 0xFFFFFFFFu) continue;
       const int64_t end = std::min<int64_t>(32, hi - w * 32);
       for (int64_t b = 0; b < end; ++b) {
-        if (!((bits >> b) & 1u)) row[w * 32 + b] = kNegInf;
+        if (!((bits >> b) & 1u)) put(w * 32 + b, kNegInf);
       }
     }
   }
   // 2. Banned tokens.
   for (int32_t t : r.banned_tokens) {
-    if (mine(t)) row[t] = kNegInf;
+    if (mine(t)) put(t, kNegInf);
   }
   // 3. Logit bias (a -inf logit stays -inf), in list order.
   for (const TokenBias& b : r.logit_bias) {
-    if (mine(b.token)) row[b.token] += b.bias;
+    if (mine(b.token)) put(b.token, row[b.token] + b.bias);
   }
 
   // 4. Penalties.
@@ -63,8 +70,8 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
       uint64_t& word = seen[t >> 6];
       if (word & bit) return;
       word |= bit;
-      float& x = row[t];
-      x = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
+      const float x = row[t];
+      put(t, x > 0.0f ? x / rp : x * rp);  // -inf stays -inf
     };
     for (int32_t t : r.prompt_tokens) penalise(t);
     for (int32_t t : r.generated_tokens) penalise(t);
@@ -82,12 +89,13 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
     }
     for (int32_t t : r.generated_tokens) {
       if (!mine(t) || count[t] == 0) continue;  // (0: already applied)
-      float& x = row[t];
       // A masked token stays masked: an infinite penalty (a huge penalty times
       // its count) must not turn -inf into NaN.
-      if (x > -std::numeric_limits<float>::infinity()) {
+      if (row[t] > kNegInf) {
+        float x = row[t];
         x -= p.frequency_penalty * static_cast<float>(count[t]);
         x -= p.presence_penalty;
+        put(t, x);
       }
       count[t] = 0;
     }

@@ -127,6 +127,8 @@ class RowPipeline {
 
  private:
   Status check_and_widen(Distribution& dist);
+  MaxStats changed_stats(const Segment& seg, const MaxStats& raw, float* bmax,
+                         const uint8_t* touched, int64_t lost, int64_t bad_at);
   void apply_filter(Filter f, std::span<const Segment>& segs, SetSpec& set, float& d0,
                     bool& d0_known, int64_t& count, bool& count_known);
   float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
@@ -197,6 +199,39 @@ float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set)
   float m = kInf;
   for (float v : sc_.seg_min) m = std::min(m, v);
   return m;
+}
+
+// A processed segment's scan from the unchanged row's (`raw`) and the noted
+// changes (RowChanges; seg.bmax already holds the block maxima as changes
+// raised them): blocks whose max a change touched are scanned again, and the
+// max's first position is looked for in the first block that reaches it. The
+// same results as scanning the changed segment.
+MaxStats RowPipeline::changed_stats(const Segment& seg, const MaxStats& raw, float* bmax,
+                                    const uint8_t* touched, int64_t lost, int64_t bad_at) {
+  MaxStats st;
+  st.finite = raw.finite - lost;
+  st.bad_at = bad_at;
+  float max = -kInf;
+  int64_t max_block = -1;
+  for (int64_t b = 0; b < block_count(seg.n); ++b) {
+    const int64_t j0 = b * kPassBlock;
+    if (touched[b]) {
+      run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), bmax + b);
+    }
+    if (bmax[b] > max) {
+      max = bmax[b];
+      max_block = b;
+    }
+  }
+  if (max_block >= 0) {
+    const int64_t j0 = max_block * kPassBlock;
+    float unused = 0.0f;
+    const MaxStats in_block =
+        run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), &unused);
+    st.max = in_block.max;
+    st.argmax = j0 + in_block.argmax;
+  }
+  return st;
 }
 
 Status RowPipeline::check_and_widen(Distribution& dist) {
@@ -285,32 +320,51 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     sc_.max_stats.resize(static_cast<size_t>(nseg));
     sc_.processed_stats.resize(static_cast<size_t>(nseg));
     // One part per thread, each a run of whole segments (as the passes
-    // that follow split them): its segments are copied and scanned, the
-    // processors' changes that fall in them applied, and they are scanned
-    // again.
+    // that follow split them): its segments are copied and scanned, and the
+    // processors' changes that fall in them applied. Sparse changes (bias,
+    // bans, penalties) are noted as they are made (RowChanges), and only the
+    // blocks whose max they touched are scanned again; an allowed-token mask
+    // may change most of the row, which is then scanned again whole.
     const int64_t parts =
         light_row || !run_.parallel
             ? 1
             : std::clamp<int64_t>(tbb::this_task_arena::max_concurrency(), 1, nseg);
+    const bool noted = req_.allowed_mask.empty();
+    auto row_bmax = [&](const Segment& seg) {
+      return sc_.row_block_max.data() + seg.base / kPassBlock;
+    };
+    RowChanges changes;
+    if (noted) {
+      sc_.touched_blocks.assign(sc_.row_block_max.size(), 0);
+      sc_.chunk_lost.assign(static_cast<size_t>(nseg), 0);
+      sc_.chunk_bad.assign(static_cast<size_t>(nseg), -1);
+      changes = RowChanges{sc_.row_block_max.data(), sc_.touched_blocks.data(),
+                           sc_.chunk_lost.data(), sc_.chunk_bad.data()};
+    }
     auto part = [&](int64_t p) {
       const int64_t first = p * nseg / parts, last = (p + 1) * nseg / parts;
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         float* work = sc_.work_buf.data() + seg.base;
         float* widened = half ? sc_.raw_buf.data() + seg.base : work;
-        sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
-            static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n, widened,
-            sc_.raw_block_max.data() + seg.base / kPassBlock);
+        float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
+        sc_.max_stats[static_cast<size_t>(s)] =
+            run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize,
+                                    in_.dtype, seg.n, widened, raw_bmax);
         if (half) std::copy_n(widened, seg.n, work);
+        if (noted) std::copy_n(raw_bmax, block_count(seg.n), row_bmax(seg));
       }
       const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
       apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
-                       sc_.work_buf.data(), sc_.penalties);
+                       sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr);
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         sc_.processed_stats[static_cast<size_t>(s)] =
-            run_.k->max_stats(sc_.work_buf.data() + seg.base, seg.n,
-                              sc_.row_block_max.data() + seg.base / kPassBlock);
+            noted ? changed_stats(seg, sc_.max_stats[static_cast<size_t>(s)], row_bmax(seg),
+                                  sc_.touched_blocks.data() + seg.base / kPassBlock,
+                                  sc_.chunk_lost[static_cast<size_t>(s)],
+                                  sc_.chunk_bad[static_cast<size_t>(s)])
+                  : run_.k->max_stats(seg.x, seg.n, row_bmax(seg));
         if (seg.sample) record_sample(seg, sc_.row_samples);
       }
     };
@@ -396,6 +450,9 @@ void RowScratch::prepare(int64_t vocab) {
   moments.reserve(segments);
   max_stats.reserve(segments);
   processed_stats.reserve(segments);
+  touched_blocks.reserve(static_cast<size_t>(block_count(vocab)));
+  chunk_lost.reserve(segments);
+  chunk_bad.reserve(segments);
   seg_mass.reserve(segments);
   seg_count.reserve(segments);
   seg_min.reserve(segments);

@@ -36,6 +36,9 @@ struct RowScratch {
   std::vector<Moments> moments;
   std::vector<MaxStats> max_stats;
   std::vector<MaxStats> processed_stats;  // the scan after the processors, per segment
+  std::vector<uint8_t> touched_blocks;    // RowChanges: per pass block...
+  std::vector<int64_t> chunk_lost;        // ...and per chunk
+  std::vector<int64_t> chunk_bad;
   std::vector<double> seg_mass;
   std::vector<double> block_mass;        // per pass block, segments one after another
   std::vector<int64_t> seg_block_start;  // each segment's first entry in block_mass
