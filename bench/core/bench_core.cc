@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -39,6 +40,43 @@ double median_seconds(int repeat, F&& f) {
   }
   std::nth_element(times.begin(), times.begin() + repeat / 2, times.end());
   return times[static_cast<size_t>(repeat / 2)];
+}
+
+// Median wall times of `repeat` calls of each of three functions, after two
+// warm-up calls of each, taken in turns of kTurn calls (a × kTurn, b × kTurn,
+// c × kTurn, a × kTurn, ...): on a shared machine whose speed drifts, every
+// median sees the same stretch of time, so their ratios hold even when the
+// absolute times move; within a turn each function runs back to back, warm,
+// as when it was timed alone (calls taken one by one in turn made the
+// softmax floor ~4 % slower here, which would flatter the ratios).
+constexpr int kTurn = 10;
+template <typename A, typename B, typename C>
+std::array<double, 3> interleaved_medians(int repeat, A&& a, B&& b, C&& c) {
+  for (int i = 0; i < 2; ++i) {
+    a();
+    b();
+    c();
+  }
+  std::array<std::vector<double>, 3> times;
+  for (auto& t : times) t.reserve(static_cast<size_t>(repeat));
+  auto timed = [](auto& f, std::vector<double>& into) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    const auto t1 = std::chrono::steady_clock::now();
+    into.push_back(std::chrono::duration<double>(t1 - t0).count());
+  };
+  for (int done = 0; done < repeat; done += kTurn) {
+    const int turn = std::min(kTurn, repeat - done);
+    for (int i = 0; i < turn; ++i) timed(a, times[0]);
+    for (int i = 0; i < turn; ++i) timed(b, times[1]);
+    for (int i = 0; i < turn; ++i) timed(c, times[2]);
+  }
+  std::array<double, 3> medians{};
+  for (size_t k = 0; k < 3; ++k) {
+    std::nth_element(times[k].begin(), times[k].begin() + repeat / 2, times[k].end());
+    medians[k] = times[k][static_cast<size_t>(repeat / 2)];
+  }
+  return medians;
 }
 
 // The row as float32 values, whatever the stored dtype.
@@ -322,15 +360,15 @@ CaseResult run_case(const Case& c, const Options& options) {
   const LogitsView view = w.view();
   const double rows = static_cast<double>(c.batch);
 
-  const double t_nucleus = median_seconds(options.repeat, [&] {
-    const Status s = engine.sample(view, requests, results);
-    if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
-  });
   volatile double sink = 0;
-  const double t_roof =
-      median_seconds(options.repeat, [&] { sink = sink + roofline_pass(w, c.threads, isa); });
-  const double t_soft =
-      median_seconds(options.repeat, [&] { sink = sink + softmax_floor_pass(w, c.threads, isa); });
+  const auto [t_nucleus, t_roof, t_soft] = interleaved_medians(
+      options.repeat,
+      [&] {
+        const Status s = engine.sample(view, requests, results);
+        if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
+      },
+      [&] { sink = sink + roofline_pass(w, c.threads, isa); },
+      [&] { sink = sink + softmax_floor_pass(w, c.threads, isa); });
   out.us_per_row = t_nucleus / rows * 1e6;
   out.rows_per_s = rows / t_nucleus;
   out.gb_per_s = static_cast<double>(w.bytes()) / t_nucleus / 1e9;
