@@ -311,6 +311,20 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   // The table: a header and one line per case.
   EXPECT_EQ(Lines(run.out).size(), 1 + doc["results"].size()) << run.out;
 
+  EXPECT_EQ(doc["rows"], "peaked-flat");
+
+  // One kind of row for the whole batch.
+  run = RunCli(dir,
+               "bench --vocab 1000 --batch 2 --threads 1 --config topp --rows flat --repeat 2 "
+               "--no-reference -q --json flat.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json flat = Json::parse(ReadText(dir / "flat.json"));
+  EXPECT_EQ(flat["rows"], "flat");
+  EXPECT_EQ(flat["results"].size(), 1u);
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --rows spiky -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--rows = spiky")) << run.err;
+
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa neon -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--isa = neon")) << run.err;

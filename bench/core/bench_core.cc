@@ -242,19 +242,50 @@ LogitsView Workload::view() const {
   return LogitsView{data, rows, vocab, vocab, dtype};
 }
 
-Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed) {
+const char* rows_name(Rows rows) {
+  switch (rows) {
+    case Rows::kPeakedFlat:
+      return "peaked-flat";
+    case Rows::kPeaked:
+      return "peaked";
+    case Rows::kMedium:
+      return "medium";
+    case Rows::kFlat:
+      return "flat";
+  }
+  return "?";
+}
+
+std::optional<Rows> parse_rows(std::string_view name) {
+  for (Rows r : {Rows::kPeakedFlat, Rows::kPeaked, Rows::kMedium, Rows::kFlat}) {
+    if (name == rows_name(r)) return r;
+  }
+  return std::nullopt;
+}
+
+Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed, Rows kind) {
   Workload w;
   w.rows = rows;
   w.vocab = vocab;
   w.dtype = dtype;
-  // Alternate peaked and flat rows: the nucleus size is what top-p pays for.
   w.f32.resize(static_cast<size_t>(rows * vocab));
-  const auto peaked = tools::make_lm_logits((rows + 1) / 2, vocab, tools::LmRowKind::kPeaked, seed);
-  const auto flat = tools::make_lm_logits(rows / 2, vocab, tools::LmRowKind::kFlat, seed + 1);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* src =
-        (r % 2 == 0) ? peaked.data() + (r / 2) * vocab : flat.data() + (r / 2) * vocab;
-    std::copy_n(src, vocab, w.f32.data() + r * vocab);
+  if (kind == Rows::kPeakedFlat) {
+    // Alternate peaked and flat rows: the nucleus size is what top-p pays for.
+    const auto peaked =
+        tools::make_lm_logits((rows + 1) / 2, vocab, tools::LmRowKind::kPeaked, seed);
+    const auto flat = tools::make_lm_logits(rows / 2, vocab, tools::LmRowKind::kFlat, seed + 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src =
+          (r % 2 == 0) ? peaked.data() + (r / 2) * vocab : flat.data() + (r / 2) * vocab;
+      std::copy_n(src, vocab, w.f32.data() + r * vocab);
+    }
+  } else {
+    // (the same rows as the alternating workload's of that kind)
+    const auto one = kind == Rows::kPeaked   ? tools::LmRowKind::kPeaked
+                     : kind == Rows::kMedium ? tools::LmRowKind::kMedium
+                                             : tools::LmRowKind::kFlat;
+    const auto x = tools::make_lm_logits(rows, vocab, one, kind == Rows::kFlat ? seed + 1 : seed);
+    std::copy(x.begin(), x.end(), w.f32.begin());
   }
   if (dtype != DType::kFloat32) {
     w.half.resize(w.f32.size());
@@ -330,6 +361,7 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
 
 namespace {
 uint64_t cached_seed = 0;
+Rows cached_rows = Rows::kPeakedFlat;
 }  // namespace
 
 CaseResult run_case(const Case& c, const Options& options) {
@@ -339,9 +371,10 @@ CaseResult run_case(const Case& c, const Options& options) {
   // configuration change: keep the last one.
   static Workload cached;
   if (cached.rows != c.batch || cached.vocab != c.vocab || cached.dtype != c.dtype ||
-      cached_seed != options.seed) {
-    cached = make_workload(c.batch, c.vocab, c.dtype, options.seed);
+      cached_seed != options.seed || cached_rows != options.rows) {
+    cached = make_workload(c.batch, c.vocab, c.dtype, options.seed, options.rows);
     cached_seed = options.seed;
+    cached_rows = options.rows;
   }
   const Workload& w = cached;
   const auto requests = make_requests(c.config, w, options.logprobs);

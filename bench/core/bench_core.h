@@ -41,8 +41,14 @@ const char* config_name(Config config);
 std::optional<Config> parse_config(std::string_view name);
 SamplingParams params_for(Config config);
 
-// A batch of LM-like logits (alternating peaked and flat rows, as served
-// traffic has both), stored in the requested dtype.
+// Which LM-like rows a workload holds (tools/lm_logits.h): peaked and flat
+// alternating (the default: served traffic has both, and the nucleus size is
+// what top-p and typical-p pay for), or every row of one kind.
+enum class Rows { kPeakedFlat, kPeaked, kMedium, kFlat };
+const char* rows_name(Rows rows);
+std::optional<Rows> parse_rows(std::string_view name);
+
+// A batch of LM-like logits, stored in the requested dtype.
 struct Workload {
   int64_t rows = 0;
   int64_t vocab = 0;
@@ -57,7 +63,8 @@ struct Workload {
   LogitsView view() const;
   int64_t bytes() const { return rows * vocab * dtype_size(dtype); }
 };
-Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed);
+Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed,
+                       Rows kind = Rows::kPeakedFlat);
 
 // One request per row: the configuration's parameters, a per-row seed.
 std::vector<RowRequest> make_requests(Config config, const Workload& w, bool logprobs);
@@ -76,6 +83,7 @@ struct Options {
   bool reference = true;  // also time the sort-based sampler (slow at large sizes)
   bool logprobs = false;  // ask for the sampled tokens' logprobs too
   uint64_t seed = 1;
+  Rows rows = Rows::kPeakedFlat;
 };
 
 struct CaseResult {

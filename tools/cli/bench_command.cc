@@ -75,6 +75,10 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Instruction sets of the row passes, comma-separated: auto (the best this "
                    "machine runs), sse2, avx2, avx512, or all (each one this machine runs)")
       ->capture_default_str();
+  c->app
+      ->add_option("--rows", c->rows,
+                   "LM-like rows of the batch: peaked-flat (alternating), peaked, medium or flat")
+      ->capture_default_str();
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -150,7 +154,13 @@ int run_bench(const BenchCommand& c) {
     return kExitFailure;
   }
 
+  const auto rows = bench::parse_rows(c.rows);
+  if (!rows) {
+    print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
+    return kExitFailure;
+  }
   bench::Options options;
+  options.rows = *rows;
   options.repeat = c.repeat;
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
@@ -186,6 +196,7 @@ int run_bench(const BenchCommand& c) {
     nlohmann::json doc;
     doc["machine_threads"] = all;
     doc["repeat"] = c.repeat;
+    doc["rows"] = bench::rows_name(*rows);
     doc["logprobs"] = c.logprobs;
     for (const auto& r : results) {
       doc["results"].push_back({{"config", bench::config_name(r.c.config)},

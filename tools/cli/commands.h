@@ -48,6 +48,7 @@ struct BenchCommand {
   std::string threads = "1,all";
   std::string dtype = "f32";
   std::string isa = "auto";
+  std::string rows = "peaked-flat";
   int repeat = 30;
   bool no_reference = false;
   bool logprobs = false;
