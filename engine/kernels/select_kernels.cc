@@ -664,19 +664,35 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
 #if defined(__AVX512F__)
   // Membership in mask registers, the exp and the sums as block_masses_avx512
   // forms them (the same bits for each mass).
+  // With no lower bound and d0 = 0 (typical-p as the first filter, the usual
+  // case) the exponent -e = -d is formed directly as (x - xmax) * scale, the
+  // same bits as -((xmax - x) * scale - 0) (block_masses_avx512's plain form),
+  // and membership is one compare on it.
+  const bool plain = set.dlo <= 0.0f && d0 == 0.0f;
+  const Packet pnhi = ei::pset1<Packet>(-set.dhi), pnunder = ei::pset1<Packet>(-kUnderflow),
+               pnbound = ei::pset1<Packet>(-bound);
   auto step = [&](const Packet px, int64_t at) {
-    const Packet d = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
-    const Packet e = _mm512_sub_ps(d, pd0);
-    const __mmask16 member =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
-    const __mmask16 live = _mm512_mask_cmp_ps_mask(member, e, sp.under, _CMP_LE_OQ);
-    const Packet arg = ei::pnegate(e);
+    Packet d, arg;
+    __mmask16 member, live, hit;
+    if (plain) {
+      arg = _mm512_mul_ps(_mm512_sub_ps(px, sp.xmax), sp.scale);
+      member = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
+      live = _mm512_mask_cmp_ps_mask(member, pnunder, arg, _CMP_LE_OQ);
+      hit = _mm512_mask_cmp_ps_mask(member, pnbound, arg, _CMP_LE_OQ);
+    } else {
+      d = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
+      const Packet e = _mm512_sub_ps(d, pd0);
+      member =
+          _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
+      live = _mm512_mask_cmp_ps_mask(member, e, sp.under, _CMP_LE_OQ);
+      hit = _mm512_mask_cmp_ps_mask(member, d, pbound, _CMP_LE_OQ);
+      arg = ei::pnegate(e);
+    }
     const Packet ex = ei::pexp(arg);
     pz = _mm512_mask_add_ps(pz, live, pz, ex);
     pzd = _mm512_mask3_fnmadd_ps(ex, arg, pzd, live);
     flush();
-    const auto hit = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(member, d, pbound, _CMP_LE_OQ));
-    if (hit != 0 && gathered <= cap) gather(d, hit, at);
+    if (hit != 0 && gathered <= cap) gather(plain ? ei::pnegate(arg) : d, hit, at);
   };
 #else
   const Packet poff = ei::pset1<Packet>(block::kOffExponent);
