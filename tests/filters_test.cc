@@ -711,5 +711,30 @@ TEST_F(FiltersTest, TopLogprobsAndRanks) {
   EXPECT_EQ(r.top_logprobs[1].token, 2);
 }
 
+// Greedy forms no normaliser of its own unless asked for processed logprobs:
+// raw top logprobs must then come from the raw row's (they were +inf once,
+// found by fuzzing: fuzz/regressions/engine_sample/greedy-raw-top-logprobs).
+TEST_F(FiltersTest, GreedyRawTopLogprobsWithoutLogprobs) {
+  const std::vector<float> row = {1.0f, 3.0f, 2.0f, 0.5f};
+  const double raw_lse = LogSumExp({1, 3, 2, 0.5});
+  for (bool logprobs : {false, true}) {
+    SCOPED_TRACE(logprobs);
+    RowRequest req = Request();
+    req.params.temperature = 0.0f;
+    req.params.logprobs = logprobs;
+    req.params.top_logprobs = 3;
+    req.params.logprobs_mode = LogprobsMode::kRaw;
+    const RowResult r = Sample(row, req);
+    ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+    EXPECT_EQ(r.tokens[0], 1);
+    ASSERT_EQ(r.top_logprobs.size(), 3u);
+    const int ids[] = {1, 2, 0};
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(r.top_logprobs[i].token, ids[i]);
+      EXPECT_NEAR(r.top_logprobs[i].logprob, row[ids[i]] - raw_lse, 1e-5);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nucleus

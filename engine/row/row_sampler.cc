@@ -766,8 +766,9 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
   SetSpec raw_set;
   raw_set.xmax = dist.raw_max;
   // When nothing changed the row and the final distribution is softmax of the
-  // whole row at temperature 1, its normaliser is the raw one.
-  const bool raw_is_final = dist.x == dist.raw && dist.set.key_scale == 1.0f &&
+  // whole row at temperature 1, its normaliser is the raw one (if it was
+  // formed: greedy forms it only for processed logprobs).
+  const bool raw_is_final = dist.z > 0.0 && dist.x == dist.raw && dist.set.key_scale == 1.0f &&
                             dist.set.scale == 1.0f && dist.k0 == 0.0f && dist.set.dlo == 0.0f &&
                             dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
