@@ -313,14 +313,19 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
 
   EXPECT_EQ(doc["rows"], "peaked-flat");
 
-  // One kind of row for the whole batch.
+  // One kind of row for the whole batch; the grid three times over, one
+  // result per case.
   run = RunCli(dir,
-               "bench --vocab 1000 --batch 2 --threads 1 --config topp --rows flat --repeat 2 "
-               "--no-reference -q --json flat.json");
+               "bench --vocab 1000 --batch 1,2 --threads 1 --config topp --rows flat --repeat 2 "
+               "--runs 3 --no-reference -q --json flat.json");
   ASSERT_EQ(run.code, 0) << run.err;
   const Json flat = Json::parse(ReadText(dir / "flat.json"));
   EXPECT_EQ(flat["rows"], "flat");
-  EXPECT_EQ(flat["results"].size(), 1u);
+  EXPECT_EQ(flat["runs"], 3);
+  ASSERT_EQ(flat["results"].size(), 2u);
+  EXPECT_EQ(flat["results"][0]["batch"], 1);
+  EXPECT_EQ(flat["results"][1]["batch"], 2);
+  EXPECT_EQ(Lines(run.out).size(), 3u) << run.out;
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --rows spiky -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--rows = spiky")) << run.err;

@@ -50,6 +50,7 @@ struct BenchCommand {
   std::string isa = "auto";
   std::string rows = "peaked-flat";
   int repeat = 30;
+  int runs = 1;
   bool no_reference = false;
   bool logprobs = false;
   std::string json;
