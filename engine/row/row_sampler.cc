@@ -155,9 +155,11 @@ class RowPipeline {
 Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& set, float d0,
                                 MomentKind kind) {
   sc_.moments.resize(segs.size());
-  run_.over(live_tokens(segs, set), static_cast<int64_t>(segs.size()), [&](int64_t s) {
-    sc_.moments[static_cast<size_t>(s)] = run_.k->moments(segs[s], set, d0, kind, nullptr, nullptr);
-  });
+  run_.over([&] { return live_tokens(segs, set); }, static_cast<int64_t>(segs.size()),
+            [&](int64_t s) {
+              sc_.moments[static_cast<size_t>(s)] =
+                  run_.k->moments(segs[s], set, d0, kind, nullptr, nullptr);
+            });
   Moments total;
   for (size_t s = 0; s < segs.size(); ++s) total.add(sc_.moments[s]);
   return total;
@@ -175,12 +177,13 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
     }
     sc_.block_mass.resize(static_cast<size_t>(sc_.seg_block_start.back()));
   }
-  run_.over(live_tokens(segs, set), static_cast<int64_t>(segs.size()), [&](int64_t s) {
-    const auto i = static_cast<size_t>(s);
-    sc_.seg_mass[i] =
-        run_.k->sum_mass(segs[i], set, k0, &sc_.seg_count[i],
-                         keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
-  });
+  run_.over([&] { return live_tokens(segs, set); }, static_cast<int64_t>(segs.size()),
+            [&](int64_t s) {
+              const auto i = static_cast<size_t>(s);
+              sc_.seg_mass[i] = run_.k->sum_mass(
+                  segs[i], set, k0, &sc_.seg_count[i],
+                  keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
+            });
   double z = 0.0;
   int64_t c = 0;
   for (size_t s = 0; s < segs.size(); ++s) {

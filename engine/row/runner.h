@@ -33,12 +33,12 @@ struct Runner {
   void serial(int64_t n, F&& f) const {
     for (int64_t i = 0; i < n; ++i) f(i);
   }
-  // Heavy per token, but only over `tokens` of them: split when that is
-  // enough to pay for it.
-  template <typename F>
-  void over(int64_t tokens, int64_t n, F&& f) const {
+  // Heavy per token, but only over `tokens()` of them: split when that is
+  // enough to pay for it (counted only when there are threads to split over).
+  template <typename Tokens, typename F>
+  void over(Tokens&& tokens, int64_t n, F&& f) const {
     constexpr int64_t kSplitFrom = 32768;
-    if (tokens >= kSplitFrom) {
+    if (parallel && n > 1 && tokens() >= kSplitFrom) {
       (*this)(n, f);
     } else {
       serial(n, f);
