@@ -86,7 +86,7 @@ run_tsan() {
     "load_test"
     "verify_test"
     "c_api_test --gtest_filter=CApi.ManyHostThreadsShareOneEngine:CApi.LastErrorIsClearedBySuccessAndPerThread"
-    "processors_test --gtest_filter=ProcessorsTest.LongRowsGetEveryChangeOnEveryThreadCount"
+    "processors_test --gtest_filter=ProcessorsTest.LongRowsGetEveryChangeOnEveryThreadCount:ProcessorsTest.SparseChangesToALongRowOnEveryThreadCount"
   )
   for test in "${t[@]}"; do
     read -r -a argv <<<"$test"
