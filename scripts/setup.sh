@@ -9,6 +9,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
   pybind11-dev python3-dev python3-numpy python3-pytest
+  # bench/plot (its test is part of the suite)
+  python3-matplotlib
   # scripts/fuzz.sh (part of CI): clang and its libFuzzer / sanitizer runtimes
   clang-14 libclang-rt-14-dev
 )
