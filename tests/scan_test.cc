@@ -10,6 +10,7 @@
 
 #include <bit>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -207,6 +208,83 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
       EXPECT_EQ(lean[0].support, kept[0].support);
       EXPECT_EQ(lean[0].support, vocab - 1);
     }
+  }
+}
+
+// The lean bfloat16 scan orders 16-bit keys instead of widened floats: rows
+// of negative values only, a zero max with -0 before +0, a negative NaN, a
+// max in the row's last, partial packet, and whole blocks of -inf must scan as
+// the widened row does.
+TEST_F(ScanTest, LeanBFloat16ScanAtTheEdgesOfItsOrder) {
+  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  struct Case {
+    const char* name;
+    int64_t vocab;
+    std::function<void(std::vector<uint16_t>&)> make;
+    int32_t token;      // expected greedy token, or -1 for a row error
+    const char* error;  // part of the row error's message
+  };
+  const std::vector<Case> cases = {
+      {"negative values only", 3000,
+       [&](std::vector<uint16_t>& r) {
+         for (uint16_t& v : r) v = to_bf16(-50.0f - std::fabs(normal(rng)));
+         r[1777] = to_bf16(-40.0f);
+         r[2900] = to_bf16(-40.0f);
+       },
+       1777, nullptr},
+      {"zero max, -0 first", 3000,
+       [&](std::vector<uint16_t>& r) {
+         for (uint16_t& v : r) v = to_bf16(-1.0f - std::fabs(normal(rng)));
+         r[700] = 0x8000;   // -0
+         r[1500] = 0x0000;  // +0
+       },
+       700, nullptr},
+      {"negative NaN", 3000,
+       [&](std::vector<uint16_t>& r) {
+         for (uint16_t& v : r) v = to_bf16(normal(rng));
+         r[2222] = 0xFFC0;
+       },
+       -1, "NaN"},
+      {"max in the last, partial packet", 1041,
+       [&](std::vector<uint16_t>& r) {
+         for (uint16_t& v : r) v = to_bf16(normal(rng));
+         r[1040] = to_bf16(30.0f);
+       },
+       1040, nullptr},
+      {"blocks of -inf", 3000,
+       [&](std::vector<uint16_t>& r) {
+         for (uint16_t& v : r) v = to_bf16(-kInf);
+         r[2600] = to_bf16(-3.0f);
+         r[2601] = to_bf16(-2.5f);
+       },
+       2601, nullptr},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::vector<uint16_t> row(static_cast<size_t>(c.vocab));
+    c.make(row);
+    const LogitsView view{row.data(), 1, c.vocab, c.vocab, DType::kBFloat16};
+    std::vector<RowResult> lean(1), kept(1);
+    RowRequest req;
+    req.params.temperature = 0.0f;
+    req.params.logprobs = false;
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
+    req.params.logprobs = true;
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+    EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
+    if (c.token < 0) {
+      EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
+      EXPECT_NE(lean[0].status.message().find(c.error), std::string::npos)
+          << lean[0].status.message();
+      continue;
+    }
+    ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
+    ASSERT_EQ(lean[0].tokens.size(), 1u);
+    EXPECT_EQ(lean[0].tokens[0], c.token);
+    EXPECT_EQ(kept[0].tokens[0], c.token);
+    EXPECT_EQ(lean[0].support, kept[0].support);
   }
 }
 

@@ -229,37 +229,61 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
 
 #if defined(__AVX512F__)
 // The scan of a bfloat16 row whose widened values are not kept (greedy with
-// nothing else asked for): each packet is widened in registers (a bfloat16 is
-// the top half of a float32) and scanned as scan_blocks does; a block is
-// widened to memory only when it is read again (it holds a non-finite entry,
-// or the max's first position). The same results as scanning the widened row.
+// nothing else asked for): each block's max and finiteness come from 16-bit
+// order keys (below), without widening; a block is widened to memory only
+// when it is read again (it holds a non-finite entry, or the max's first
+// position). The same results as scanning the widened row (the one value a
+// float max may pick differently, ±0, gives the same +0 max and position).
 MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
   alignas(64) float local[kPassBlock];
   auto widen = [&](int64_t b0, int64_t m) {
     for (int64_t j = 0; j < m; ++j) local[j] = bf16_to_float(h[b0 + j]);
   };
-  auto packet = [](__m256i half) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  // The packets are never widened: a bfloat16's bits, with the magnitude
+  // bits flipped when the sign is set (k = h ^ ((h >> 15) & 0x7fff), an
+  // involution), order as signed 16-bit integers exactly as the values do
+  // (-0 just below +0), so 32 lanes take a max and a min per load. The
+  // block is finite exactly when its largest key is below +inf's (0x7f80;
+  // +NaN lies above) and its smallest above -inf's (-NaN lies below).
+  const __m512i flip = _mm512_set1_epi16(0x7fff);
+  auto order_key = [&](__m512i bits) {
+    // bits ^ (sign mask & 0x7fff), one ternary-logic op: A ^ (B & C) = 0x78
+    return _mm512_ternarylogic_epi32(bits, _mm512_srai_epi16(bits, 15), flip, 0x78);
   };
-  const __m512 pninf = _mm512_set1_ps(-kInf);
-  const __m512 pzero = _mm512_setzero_ps();
+  auto reduce = [](__m512i v, auto op256, auto op128) {
+    __m256i a = op256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    __m128i b = op128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    b = op128(b, _mm_shuffle_epi32(b, 0x4e));
+    b = op128(b, _mm_shuffle_epi32(b, 0xb1));
+    b = op128(b, _mm_srli_epi32(b, 16));
+    return static_cast<int16_t>(_mm_extract_epi16(b, 0));
+  };
+  constexpr int16_t kInfKey = 0x7f80;
+  constexpr int16_t kNegInfKey = static_cast<int16_t>(0xff80 ^ 0x7fff);
   ScanTotals totals;
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
-    __m512 m0 = pninf, m1 = pninf, p0 = pzero, p1 = pzero;
+    __m512i kmax = _mm512_set1_epi16(INT16_MIN), kmin = _mm512_set1_epi16(INT16_MAX);
     int64_t j = 0;
     for (; j + 32 <= m; j += 32) {
       _mm_prefetch(reinterpret_cast<const char*>(h + b0 + j + 2048), _MM_HINT_T0);  // 4 KB on
-      const __m512i both = _mm512_loadu_si512(h + b0 + j);
-      const __m512 v0 = packet(_mm512_castsi512_si256(both));
-      const __m512 v1 = packet(_mm512_extracti64x4_epi64(both, 1));
-      m0 = _mm512_max_ps(m0, v0);
-      m1 = _mm512_max_ps(m1, v1);
-      p0 = _mm512_fmadd_ps(v0, pzero, p0);
-      p1 = _mm512_fmadd_ps(v1, pzero, p1);
+      const __m512i key = order_key(_mm512_loadu_si512(h + b0 + j));
+      kmax = _mm512_max_epi16(kmax, key);
+      kmin = _mm512_min_epi16(kmin, key);
     }
-    float bmax = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
-    bool finite_block = _mm512_cmp_ps_mask(_mm512_add_ps(p0, p1), pzero, _CMP_NEQ_UQ) == 0;
+    float bmax = -kInf;
+    bool finite_block = true;
+    if (j > 0) {
+      const int16_t hi = reduce(
+          kmax, [](__m256i a, __m256i b) { return _mm256_max_epi16(a, b); },
+          [](__m128i a, __m128i b) { return _mm_max_epi16(a, b); });
+      const int16_t lo = reduce(
+          kmin, [](__m256i a, __m256i b) { return _mm256_min_epi16(a, b); },
+          [](__m128i a, __m128i b) { return _mm_min_epi16(a, b); });
+      finite_block = hi < kInfKey && lo > kNegInfKey;
+      const auto bits = static_cast<uint16_t>(hi ^ ((hi >> 15) & 0x7fff));
+      bmax = bf16_to_float(bits);
+    }
     for (; j < m; ++j) {
       const float v = bf16_to_float(h[b0 + j]);
       bmax = v > bmax ? v : bmax;
