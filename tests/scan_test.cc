@@ -49,6 +49,22 @@ Expected scalar_scan(const std::vector<float>& x) {
 
 class ScanTest : public ::testing::Test {
  protected:
+  // Greedy on one bfloat16 row twice: with nothing else asked for (the lean
+  // scan, which never keeps the widened row) and with logprobs (the widened
+  // row kept and scanned as float32).
+  void GreedyLeanAndKept(const std::vector<uint16_t>& row, std::vector<RowResult>& lean,
+                         std::vector<RowResult>& kept) {
+    const auto vocab = static_cast<int64_t>(row.size());
+    const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
+    lean.assign(1, RowResult{});
+    kept.assign(1, RowResult{});
+    RowRequest req;
+    req.params.temperature = 0.0f;
+    req.params.logprobs = false;
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
+    req.params.logprobs = true;
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+  }
   // Greedy and full sampling of one row; checks the token, the support and
   // the row error against the scalar scan.
   void Check(const std::vector<float>& x, const std::string& what) {
@@ -184,14 +200,8 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
       if (trial >= 4) {
         row[other()] = trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
       }
-      const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
-      std::vector<RowResult> lean(1), kept(1);
-      RowRequest req;
-      req.params.temperature = 0.0f;
-      req.params.logprobs = false;
-      ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
-      req.params.logprobs = true;
-      ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+      std::vector<RowResult> lean, kept;
+      ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(row, lean, kept));
       SCOPED_TRACE("vocab " + std::to_string(vocab) + " trial " + std::to_string(trial));
       EXPECT_EQ(lean[0].status.code(), kept[0].status.code()) << lean[0].status.to_string();
       EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
@@ -265,14 +275,8 @@ TEST_F(ScanTest, LeanBFloat16ScanAtTheEdgesOfItsOrder) {
     SCOPED_TRACE(c.name);
     std::vector<uint16_t> row(static_cast<size_t>(c.vocab));
     c.make(row);
-    const LogitsView view{row.data(), 1, c.vocab, c.vocab, DType::kBFloat16};
-    std::vector<RowResult> lean(1), kept(1);
-    RowRequest req;
-    req.params.temperature = 0.0f;
-    req.params.logprobs = false;
-    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
-    req.params.logprobs = true;
-    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+    std::vector<RowResult> lean, kept;
+    ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(row, lean, kept));
     EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
     if (c.token < 0) {
       EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);

@@ -330,12 +330,10 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     const __m512 ex = ei::pexp(arg);
     if constexpr (!kOpenTop) count += __builtin_popcount(static_cast<unsigned>(in));
     const __m512 mass = _mm512_maskz_mov_ps(live, ex);
+    if constexpr (!kEntropy) partial = _mm512_add_ps(partial, mass);  // (faster than merging)
     if constexpr (kEntropy) {
+      // (merging adds: a zeroing move of ex would only feed the first)
       partial = _mm512_mask_add_ps(partial, live, partial, ex);
-    } else {
-      partial = _mm512_add_ps(partial, mass);  // (measured: faster than a merging add)
-    }
-    if constexpr (kEntropy) {
       // m e = -(m arg): subtract m arg, in one fused multiply-add.
       partial_zd = _mm512_mask3_fnmadd_ps(ex, arg, partial_zd, live);
       if (e_store) {

@@ -177,11 +177,8 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kScanBlock = kPassBlock;
-  // Each cache line is prefetched 4 KB ahead (prefetches never fault, so
-  // past the end is harmless): a row that comes from memory, as in a large
-  // batch, streams at 80-90 % of a plain read's bandwidth instead of ~55 %.
-  constexpr int64_t kPrefetchAhead = 1024;  // floats
-  constexpr int64_t kLineFloats = 16;
+  constexpr int64_t kLineFloats = 64 / sizeof(float);
+  constexpr int64_t kPrefetchAhead = kPrefetchBytes / sizeof(float);
   const Packet pninf = ei::pset1<Packet>(-kInf);
   const Packet pzero = ei::pset1<Packet>(0.0f);
   ScanTotals totals;
@@ -191,10 +188,11 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
     Packet m0 = pninf, m1 = pninf, p0 = pzero, p1 = pzero;
     int64_t j = 0;
     for (; j + 2 * kLanes <= m; j += 2 * kLanes) {
-      for (int64_t line = j; line < j + 2 * kLanes; line += kLineFloats) {
-        if (line % kLineFloats == 0) {
-          _mm_prefetch(reinterpret_cast<const char*>(xb + line + kPrefetchAhead), _MM_HINT_T0);
-        }
+      // (each line once: the packets of an iteration cover one line or more
+      // on AVX2 and AVX-512, half of one on SSE2)
+      for (int64_t line = j; line < j + 2 * kLanes && line % kLineFloats == 0;
+           line += kLineFloats) {
+        _mm_prefetch(reinterpret_cast<const char*>(xb + line + kPrefetchAhead), _MM_HINT_T0);
       }
       const Packet v0 = ei::ploadu<Packet>(xb + j);
       const Packet v1 = ei::ploadu<Packet>(xb + j + kLanes);
@@ -266,7 +264,7 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
     __m512i kmax = _mm512_set1_epi16(INT16_MIN), kmin = _mm512_set1_epi16(INT16_MAX);
     int64_t j = 0;
     for (; j + 32 <= m; j += 32) {
-      _mm_prefetch(reinterpret_cast<const char*>(h + b0 + j + 2048), _MM_HINT_T0);  // 4 KB on
+      _mm_prefetch(reinterpret_cast<const char*>(h + b0 + j) + kPrefetchBytes, _MM_HINT_T0);
       const __m512i key = order_key(_mm512_loadu_si512(h + b0 + j));
       kmax = _mm512_max_epi16(kmax, key);
       kmin = _mm512_min_epi16(kmin, key);
@@ -334,9 +332,9 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
   for (int64_t j = 0; j < n; j += kSub) {
     const int64_t m = std::min(kSub, n - j);
     float* out = dst ? dst + j : local;
-    // The next sub-block's lines are asked for while this one is widened
-    // (a row from memory streams faster; prefetches past the end never fault).
-    for (int64_t b = (j + kSub) * esize; b < (j + 2 * kSub) * esize; b += 64) {
+    // The input's lines kPrefetchBytes on are asked for while this sub-block
+    // is widened.
+    for (int64_t b = j * esize + kPrefetchBytes; b < (j + m) * esize + kPrefetchBytes; b += 64) {
       _mm_prefetch(bytes + b, _MM_HINT_T0);
     }
     to_float(bytes + j * esize, dtype, m, out);

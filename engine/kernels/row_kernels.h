@@ -107,6 +107,11 @@ inline constexpr int64_t kPassBlock = 512;
 inline int64_t block_count(int64_t n) { return (n + kPassBlock - 1) / kPassBlock; }
 // The stride of the sample the scan records (Segment::sample).
 inline constexpr int64_t kScanSampleStride = 128;
+// The scans ask for each cache line this many bytes ahead of their reads
+// (prefetches never fault, so past the end is harmless): a row that comes from
+// memory, as in a large batch, streams at 80-90 % of a plain read's bandwidth
+// instead of ~55 % (batch 256 x 128256, the 2-core Zen 5 box).
+inline constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kScanSampleStride; }
 
 // A (key, token) pair gathered for the top log-probabilities.

@@ -473,11 +473,10 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
           block::block_masses_and_hits(sampled, m, set, rule.d0, hits, &unused);
       std::copy_n(hits.k, hits.n, out + count);
       count += hits.n;
-      if (mass) *mass += block_mass;
+      *mass += block_mass;
       continue;
     }
-    if (sampled != xs) std::copy_n(sampled, m, xs);
-    block_keys_only(xs, m, set, rule, key, e, member);
+    block_keys_only(sampled, m, set, rule, key, e, member);
     for (int64_t j = 0; j < m; ++j) {
       out[count] = key[j];
       count += member[j] ? 1 : 0;
