@@ -85,6 +85,9 @@ constexpr double kFastTargetMax = 2048;
 // top-p takes its fast path when the nucleus can hold at most this many
 // tokens (each token's mass is at most the largest, exp(0) = 1).
 constexpr double kFastNucleusMax = 1024;
+// ... over sets of at least this many tokens (a sample of 128 or more; a
+// sample that misleads only costs the attempt: exact sums decide).
+constexpr int64_t kFastNucleusMinTokens = 128 * kNucleusSampleStride;
 
 // The keys of the members among every stride-th token, into `out`; with
 // `mass`, their total mass (sample_keys) there.
@@ -186,9 +189,11 @@ bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound
 // maxima of those blocks are `target` entries with x >= x_b, so (when they are
 // members, which the gather checks) at least `target` members have key <=
 // key(x_b); and only the blocks that reach x_b are read again. False when the
-// segments carry no maxima or have too few blocks.
+// segments carry no maxima or have too few blocks, unless `fewer`: then, with
+// fewer maxima than the target, the smallest of them (*used says how many
+// maxima the bound holds).
 bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
-                     SelectScratch& sc, float* bound) {
+                     SelectScratch& sc, float* bound, bool fewer = false, size_t* used = nullptr) {
   std::vector<float>& maxima = sc.block_maxima;
   maxima.clear();
   for (const Segment& seg : segments) {
@@ -198,8 +203,10 @@ bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, doub
       if (block_may_hold_members(m, set)) maxima.push_back(m);
     }
   }
-  const auto want = static_cast<size_t>(target);
+  auto want = static_cast<size_t>(target);
+  if (fewer) want = std::min(want, maxima.size());
   if (want < 1 || maxima.size() < want) return false;
+  if (used) *used = want;
   std::nth_element(maxima.begin(), maxima.begin() + static_cast<int64_t>(want - 1), maxima.end(),
                    std::greater<float>());
   *bound = (set.xmax - maxima[want - 1]) * set.key_scale;
@@ -218,11 +225,13 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
   if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
-      target > kFastTargetMax || static_cast<double>(total) < 16.0 * kSampleStride * target) {
+      target > kFastTargetMax) {
     return false;
   }
   float bound = 0.0f;
   if (!block_max_bound(segments, set, target, sc, &bound)) {
+    // (the sample places the bound only when it holds enough tokens)
+    if (static_cast<double>(total) < 16.0 * kSampleStride * target) return false;
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
     if (!sampled_bound(target, kSampleStride, sc, &bound)) return false;
   }
@@ -246,7 +255,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
   if (!rule.mass_weight || !rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
-      set.key_scale != set.scale || static_cast<double>(total) < 16.0 * kSampleStride * 64.0) {
+      set.key_scale != set.scale || total < kFastNucleusMinTokens) {
     return false;
   }
   constexpr auto stride = static_cast<double>(kNucleusSampleStride);
@@ -264,12 +273,15 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // bound, with its margin. The sample's bound also serves when the first
   // falls short, in a second, compare-only gather.
   float tight = kInf;
-  bool have_tight = block_max_bound(segments, set, want, sc, &tight);
+  // (a short row may have fewer blocks than `want`: their maxima then
+  // make the bound, and the exact masses below say whether it held enough)
+  size_t maxima = 0;
+  bool have_tight = block_max_bound(segments, set, want, sc, &tight, true, &maxima);
   if (have_tight) {
-    // (block_max_bound left the `want` largest maxima first; an estimate)
+    // (block_max_bound left the largest maxima first; an estimate)
     std::vector<SelectEntry>& top = sc.list;  // (free until the gather)
     top.clear();
-    for (size_t i = 0; i < static_cast<size_t>(want); ++i) {
+    for (size_t i = 0; i < maxima; ++i) {
       const float e = distance(sc.block_maxima[i], set) - rule.d0;
       top.push_back(SelectEntry{e, e});
     }
