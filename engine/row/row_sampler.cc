@@ -329,7 +329,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     // blocks whose max they touched are scanned again; an allowed-token mask
     // may change most of the row, which is then scanned again whole.
     const int64_t parts =
-        light_row || !run_.parallel
+        light_row || !run_.parallel || vocab < 4 * kChunk
             ? 1
             : std::clamp<int64_t>(tbb::this_task_arena::max_concurrency(), 1, nseg);
     const bool noted = req_.allowed_mask.empty();

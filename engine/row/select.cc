@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <functional>
+#include <limits>
 
 namespace nucleus::detail {
 namespace {
@@ -16,39 +17,80 @@ constexpr size_t kSortBelow = 64;
 
 inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
 
+// One level of the refinement: entries go to `buckets` buckets by
+// `bucket(entry)` (monotone in the key); the bucket where the running total
+// (the weight before the list in cum, its count in count_before) reaches the
+// target is kept and what lies before it added.
+template <typename Bucket>
+void refine_level(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, int64_t buckets,
+                  Bucket bucket, double& cum, int64_t& count_before, double target) {
+  sc.sub_counts.assign(static_cast<size_t>(buckets), 0);
+  sc.sub_masses.assign(static_cast<size_t>(buckets), 0.0);
+  for (const SelectEntry& e : list) {
+    const uint32_t b = bucket(e);
+    ++sc.sub_counts[b];
+    sc.sub_masses[b] += e.weight;
+  }
+  int64_t last_nonempty = buckets - 1;
+  while (last_nonempty > 0 && sc.sub_counts[last_nonempty] == 0) --last_nonempty;
+  int64_t chosen = -1;
+  for (int64_t b = 0; b < buckets; ++b) {
+    if (sc.sub_counts[b] == 0) continue;
+    chosen = b;
+    const double w = mass ? sc.sub_masses[b] : static_cast<double>(sc.sub_counts[b]);
+    if (cum + w >= target) break;
+    // Rounding can leave the target just out of reach inside the bucket
+    // chosen one level up: then its last non-empty sub-bucket holds the
+    // boundary, so only add buckets that have a successor.
+    if (b == last_nonempty) break;
+    cum += w;
+    count_before += sc.sub_counts[b];
+  }
+  const auto keep = static_cast<uint32_t>(chosen);
+  std::erase_if(list, [&](const SelectEntry& e) { return bucket(e) != keep; });
+}
+
+// A list of arbitrary keys (gathered below a bound, so a few units apart
+// and sharing most of their top bits) is first split by value: kLinearBuckets
+// of equal width between its least and greatest key, for a few rounds. The
+// bucket of a key, trunc((key - lo) * scale), never decreases as the key
+// grows, so the buckets keep the keys' order as the radix levels do.
+constexpr int64_t kLinearBuckets = 256;
+constexpr int kLinearRounds = 3;
+
 // Finishes the selection on the boundary bucket's members.
 // `shift` is the first level still to split on: kLevel1Shift for a list of
 // arbitrary keys, kLevel1Shift - 10 for one whose keys share their top bits.
 SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, double cum,
                     int64_t count_before, double target, int shift) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (int round = 0; shift == kLevel1Shift && list.size() > kSortBelow && round < kLinearRounds;
+       ++round) {
+    float lo = kInf, hi = -kInf;
+    for (const SelectEntry& e : list) {
+      lo = std::min(lo, e.key);
+      hi = std::max(hi, e.key);
+    }
+    const float span = hi - lo;
+    const float scale = static_cast<float>(kLinearBuckets) / span;
+    // (ties only, an infinite key or a span too small to divide: the radix
+    // levels below, which hold for any subset of non-negative keys)
+    if (!(span > 0.0f && span < kInf && scale < kInf)) break;
+    refine_level(
+        list, sc, mass, kLinearBuckets,
+        [&](const SelectEntry& e) {
+          return std::min(static_cast<uint32_t>(kLinearBuckets - 1),
+                          static_cast<uint32_t>((e.key - lo) * scale));
+        },
+        cum, count_before, target);
+  }
   for (; list.size() > kSortBelow && shift >= 0; shift -= 10) {
     const int64_t buckets = shift == kLevel1Shift ? kLevel1Buckets : kSubBuckets;
     const auto mask = static_cast<uint32_t>(buckets - 1);
-    sc.sub_counts.assign(static_cast<size_t>(buckets), 0);
-    sc.sub_masses.assign(static_cast<size_t>(buckets), 0.0);
-    for (const SelectEntry& e : list) {
-      const uint32_t b = (key_bits(e.key) >> shift) & mask;
-      ++sc.sub_counts[b];
-      sc.sub_masses[b] += e.weight;
-    }
-    int64_t last_nonempty = buckets - 1;
-    while (last_nonempty > 0 && sc.sub_counts[last_nonempty] == 0) --last_nonempty;
-    int64_t chosen = -1;
-    for (int64_t b = 0; b < buckets; ++b) {
-      if (sc.sub_counts[b] == 0) continue;
-      chosen = b;
-      const double w = mass ? sc.sub_masses[b] : static_cast<double>(sc.sub_counts[b]);
-      if (cum + w >= target) break;
-      // Rounding can leave the target just out of reach inside the bucket
-      // chosen one level up: then its last non-empty sub-bucket holds the
-      // boundary, so only add buckets that have a successor.
-      if (b == last_nonempty) break;
-      cum += w;
-      count_before += sc.sub_counts[b];
-    }
-    const auto keep = static_cast<uint32_t>(chosen);
-    std::erase_if(
-        list, [&](const SelectEntry& e) { return ((key_bits(e.key) >> shift) & mask) != keep; });
+    refine_level(
+        list, sc, mass, buckets,
+        [&](const SelectEntry& e) { return (key_bits(e.key) >> shift) & mask; }, cum, count_before,
+        target);
   }
   std::sort(list.begin(), list.end(),
             [](const SelectEntry& a, const SelectEntry& b) { return a.key < b.key; });
