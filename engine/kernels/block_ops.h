@@ -241,6 +241,12 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   return sum.total();
 }
 
+// The typical-p moments' sums in double lanes, carried from block to block of
+// a segment (reduced once, at its end).
+struct EntropyLanes {
+  DoubleLanes z, zd;
+};
+
 // What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
 enum class Extra {
   kNone,
@@ -269,8 +275,9 @@ struct BlockHits {
 // kExtra (same scales only, so key = d): Extra::kHits also collects the
 // members with d <= hits->bound (BlockHits, above), the work gather_below would
 // do in a pass of its own (packets with a hit cost two compressed stores);
-// Extra::kEntropy also sums m (d - k0) into *zd, in double as the masses, and
-// with e_store stores d - k0 there (+inf where the mass is 0).
+// Extra::kEntropy adds the masses and m (d - k0) to *sums instead (in double
+// as the masses; the return value is then 0), and with e_store stores d - k0
+// there (+inf where the mass is 0).
 //
 // kOpenTop (plain form, members not counted): the set has no upper bound short
 // of underflow (dhi >= kUnderflow, and a hit bound <= dhi), so the mass's own
@@ -280,7 +287,7 @@ template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
           Extra kExtra = Extra::kNone, bool kOpenTop = false>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
-                                  double* zd = nullptr, float* e_store = nullptr) {
+                                  EntropyLanes* sums = nullptr, float* e_store = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits;
   constexpr bool kEntropy = kExtra == Extra::kEntropy;
   static_assert(kExtra == Extra::kNone || kSameScale);
@@ -296,7 +303,9 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 partial = _mm512_setzero_ps();
   __m512 partial_zd = _mm512_setzero_ps();
-  DoubleLanes sum, sum_zd;
+  DoubleLanes own_sum, own_zd;
+  DoubleLanes& sum = kEntropy ? sums->z : own_sum;
+  DoubleLanes& sum_zd = kEntropy ? sums->zd : own_zd;
   int64_t in_group = 0;
   int64_t found = 0;
   int64_t count = 0;  // (a scalar popcount: a vector add here costs an FP slot)
@@ -379,7 +388,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   }
   if constexpr (!kOpenTop) *members = count;
   if constexpr (kGather) hits->n = found;
-  if constexpr (kEntropy) *zd = sum_zd.total();
+  if constexpr (kEntropy) return 0.0;  // (the sums are in *sums)
   return sum.total();
 }
 #define NUCLEUS_BLOCK_MASSES block_masses_avx512

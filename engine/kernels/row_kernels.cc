@@ -354,8 +354,10 @@ namespace {
 
 // kEntropy moments of one block in one read: z = Σ m and zd = Σ m e over
 // members, m = exp(-e) (0 past kUnderflow), e = d - d0, with the lanes'
-// partial sums widened to double every eight packets (as the mass pass).
-void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Moments& out) {
+// partial sums widened to double every eight packets (as the mass pass) and
+// added to `lanes` (the members counted in out).
+void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Moments& out,
+                     EntropyLanes& lanes) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -363,7 +365,8 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
   const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pd0 = ei::pset1<Packet>(d0);
   Packet count = ei::pzero(pone), z = count, zd = count;
-  DoubleLanes z_sum, zd_sum;
+  DoubleLanes& z_sum = lanes.z;
+  DoubleLanes& zd_sum = lanes.zd;
   alignas(64) float tail[kLanes];
   int64_t in_group = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
@@ -395,8 +398,6 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
     zd_sum.add(zd);
   }
   out.count += static_cast<int64_t>(ei::predux(count));
-  out.z += z_sum.total();
-  out.zd += zd_sum.total();
 }
 
 }  // namespace
@@ -406,6 +407,7 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
                 float* w_out) {
   Moments out;
   if (kind == MomentKind::kEntropy) {
+    EntropyLanes lanes;  // (reduced once, after the last block)
     for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, s.n - j0);
       float* e = e_out ? e_out + j0 : nullptr;
@@ -420,34 +422,29 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       SetSpec same = set;
       same.key_scale = set.scale;
       int64_t count = 0;
-      double zd = 0.0;
       const float* x = s.x + j0;
-      double z = 0.0;
       if (set.dlo > 0.0f) {
-        z = block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, w,
-                                                                           &count, nullptr, &zd, e);
+        block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, w, &count,
+                                                                       nullptr, &lanes, e);
       } else if (d0 == 0.0f && set.dhi >= kUnderflow) {
         // (no upper bound short of underflow: the mass's own test is the
         // member test, and the count, unused here, is not formed)
-        z = set.scale == 1.0f
-                ? block_masses_avx512<false, true, true, true, Extra::kEntropy, true>(
-                      x, n, same, d0, w, &count, nullptr, &zd, e)
-                : block_masses_avx512<false, true, true, false, Extra::kEntropy, true>(
-                      x, n, same, d0, w, &count, nullptr, &zd, e);
+        set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy, true>(
+                                x, n, same, d0, w, &count, nullptr, &lanes, e)
+                          : block_masses_avx512<false, true, true, false, Extra::kEntropy, true>(
+                                x, n, same, d0, w, &count, nullptr, &lanes, e);
       } else if (d0 == 0.0f) {
-        z = set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
-                                    x, n, same, d0, w, &count, nullptr, &zd, e)
-                              : block_masses_avx512<false, true, true, false, Extra::kEntropy>(
-                                    x, n, same, d0, w, &count, nullptr, &zd, e);
+        set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
+                                x, n, same, d0, w, &count, nullptr, &lanes, e)
+                          : block_masses_avx512<false, true, true, false, Extra::kEntropy>(
+                                x, n, same, d0, w, &count, nullptr, &lanes, e);
       } else {
-        z = block_masses_avx512<false, true, false, false, Extra::kEntropy>(
-            x, n, same, d0, w, &count, nullptr, &zd, e);
+        block_masses_avx512<false, true, false, false, Extra::kEntropy>(x, n, same, d0, w, &count,
+                                                                        nullptr, &lanes, e);
       }
       out.count += count;
-      out.z += z;
-      out.zd += zd;
 #else
-      entropy_moments(s.x + j0, n, set, d0, out);
+      entropy_moments(s.x + j0, n, set, d0, out, lanes);
       if (e || w) {
         // The stored forms: e = d - d0 (+inf where the mass is 0) and the mass.
         alignas(64) float d[kBlock];
@@ -463,6 +460,8 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       }
 #endif
     }
+    out.z = lanes.z.total();
+    out.zd = lanes.zd.total();
     return out;
   }
   // kSpread: squares in double: with a tiny temperature the distances reach
