@@ -66,11 +66,22 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
   constexpr float kInf = std::numeric_limits<float>::infinity();
   for (int round = 0; shift == kLevel1Shift && list.size() > kSortBelow && round < kLinearRounds;
        ++round) {
-    float lo = kInf, hi = -kInf;
-    for (const SelectEntry& e : list) {
-      lo = std::min(lo, e.key);
-      hi = std::max(hi, e.key);
+    // (in four chains: one min and one max per entry otherwise wait on the
+    // last ones)
+    float lo4[4] = {kInf, kInf, kInf, kInf}, hi4[4] = {-kInf, -kInf, -kInf, -kInf};
+    size_t i = 0;
+    for (; i + 4 <= list.size(); i += 4) {
+      for (size_t c = 0; c < 4; ++c) {
+        lo4[c] = std::min(lo4[c], list[i + c].key);
+        hi4[c] = std::max(hi4[c], list[i + c].key);
+      }
     }
+    for (; i < list.size(); ++i) {
+      lo4[0] = std::min(lo4[0], list[i].key);
+      hi4[0] = std::max(hi4[0], list[i].key);
+    }
+    const float lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
+    const float hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
     const float span = hi - lo;
     const float scale = static_cast<float>(kLinearBuckets) / span;
     // (ties only, an infinite key or a span too small to divide: the radix
@@ -353,9 +364,14 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   auto listed_mass = [&] {
     for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
     run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-    double mass = 0.0;
-    for (const SelectEntry& e : sc.list) mass += e.weight;
-    return mass;
+    // (in four chains, in a fixed order)
+    double mass[4] = {0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 4 <= sc.list.size(); i += 4) {
+      for (size_t c = 0; c < 4; ++c) mass[c] += static_cast<double>(sc.list[i + c].weight);
+    }
+    for (; i < sc.list.size(); ++i) mass[0] += static_cast<double>(sc.list[i].weight);
+    return (mass[0] + mass[1]) + (mass[2] + mass[3]);
   };
   if (!(listed_mass() >= target)) {
     // The nucleus reaches past the first bound: gather again below the
