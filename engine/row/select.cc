@@ -190,13 +190,20 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
   }
   sc.gathered_segments = nseg;
   sc.gathered_bound = bound;
-  sc.list.clear();
+  int64_t total = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
     if (got > cap) return false;
-    for (const GatheredToken& g : sc.gathered_list(s)) sc.list.push_back(SelectEntry{g.key, 1.0f});
+    total += got;
   }
-  return static_cast<int64_t>(sc.list.size()) <= cap;
+  if (total > cap) return false;
+  // (sized first: a push_back per entry stores the list's size each time)
+  sc.list.resize(static_cast<size_t>(total));
+  SelectEntry* to = sc.list.data();
+  for (int64_t s = 0; s < nseg; ++s) {
+    for (const GatheredToken& g : sc.gathered_list(s)) *to++ = SelectEntry{g.key, 1.0f};
+  }
+  return true;
 }
 
 bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
