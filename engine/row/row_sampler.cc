@@ -100,7 +100,8 @@ struct Distribution {
   std::span<const Segment> segs;  // the kept set's segments (row chunks or candidates)
   SetSpec set;                    // membership (filter space) and ranking (final) keys
   float k0 = 0.0f;                // the smallest final key of the set
-  double z = 0.0;                 // Σ exp(-(key - k0))
+  double z = 0.0;                 // Σ exp(-(key - k0)), when z_formed
+  bool z_formed = false;          // (greedy forms z only when asked to)
   int64_t support = 0;
   bool greedy = false;
   int32_t greedy_token = -1;
@@ -216,23 +217,29 @@ MaxStats RowPipeline::changed_stats(const Segment& seg, const MaxStats& raw, flo
   st.bad_at = bad_at;
   float max = -kInf;
   int64_t max_block = -1;
+  MaxStats in_max_block;  // the max block's own scan, when it was scanned again
+  bool max_block_scanned = false;
   for (int64_t b = 0; b < block_count(seg.n); ++b) {
     const int64_t j0 = b * kPassBlock;
+    MaxStats in_block;
     if (touched[b]) {
-      run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), bmax + b);
+      in_block = run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), bmax + b);
     }
     if (bmax[b] > max) {
       max = bmax[b];
       max_block = b;
+      max_block_scanned = touched[b] != 0;
+      in_max_block = in_block;
     }
   }
   if (max_block >= 0) {
     const int64_t j0 = max_block * kPassBlock;
-    float unused = 0.0f;
-    const MaxStats in_block =
-        run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), &unused);
-    st.max = in_block.max;
-    st.argmax = j0 + in_block.argmax;
+    if (!max_block_scanned) {
+      float unused = 0.0f;
+      in_max_block = run_.k->max_stats(seg.x + j0, std::min(kPassBlock, seg.n - j0), &unused);
+    }
+    st.max = in_max_block.max;
+    st.argmax = j0 + in_max_block.argmax;
   }
   return st;
 }
@@ -626,7 +633,10 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     dist.k0 = 0.0f;
     // (support stays the finite count, even for a token whose distance from
     // the max overflows float32 and so has no mass.)
-    if (need_z) dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
+    if (need_z) {
+      dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
+      dist.z_formed = true;
+    }
     return Status();
   }
 
@@ -704,6 +714,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   dist.set = set;
   dist.segs = segs;
   dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
+  dist.z_formed = true;
   dist.raw_z = raw_z_;
   if (dist.support == 0 || !(dist.z > 0.0)) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
@@ -771,7 +782,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
   // When nothing changed the row and the final distribution is softmax of the
   // whole row at temperature 1, its normaliser is the raw one (if it was
   // formed: greedy forms it only for processed logprobs).
-  const bool raw_is_final = dist.z > 0.0 && dist.x == dist.raw && dist.set.key_scale == 1.0f &&
+  const bool raw_is_final = dist.z_formed && dist.x == dist.raw && dist.set.key_scale == 1.0f &&
                             dist.set.scale == 1.0f && dist.k0 == 0.0f && dist.set.dlo == 0.0f &&
                             dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
