@@ -250,8 +250,9 @@ struct EntropyLanes {
 // What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
 enum class Extra {
   kNone,
-  kHits,     // BlockHits: the members with d <= bound
-  kEntropy,  // zd: Σ m (d - k0), the typical-p moment
+  kHits,            // BlockHits: the members with d <= bound
+  kEntropy,         // zd: Σ m (d - k0), the typical-p moment
+  kEntropyAndHits,  // both (typical-p's gathering pass)
 };
 
 // The members of a block with d <= bound, in order: block-relative index and
@@ -288,8 +289,8 @@ template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
                                   EntropyLanes* sums = nullptr, float* e_store = nullptr) {
-  constexpr bool kGather = kExtra == Extra::kHits;
-  constexpr bool kEntropy = kExtra == Extra::kEntropy;
+  constexpr bool kGather = kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits;
+  constexpr bool kEntropy = kExtra == Extra::kEntropy || kExtra == Extra::kEntropyAndHits;
   static_assert(kExtra == Extra::kNone || kSameScale);
   static_assert(!kOpenTop || kPlain);
   namespace ei = Eigen::internal;
@@ -566,29 +567,35 @@ struct Collected {
 // block_masses_from_values (w not stored) and, into hits, the members with
 // d <= hits.bound, for sets whose two scales agree: one pass on AVX-512, the
 // mass pass and then collect_members_with_key over the block (in L1) elsewhere.
+// On AVX-512, Extra::kEntropyAndHits also adds the masses and the typical-p
+// moment to *sums (block_masses_avx512; the return value is then 0).
+template <Extra kExtra = Extra::kHits>
 inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& set, float k0,
-                                    BlockHits& hits, int64_t* members) {
+                                    BlockHits& hits, int64_t* members,
+                                    [[maybe_unused]] EntropyLanes* sums = nullptr) {
 #if defined(__AVX512F__)
+  static_assert(kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits);
   if (set.dlo > 0.0f) {
-    return block_masses_avx512<true, true, false, false, Extra::kHits>(x, n, set, k0, nullptr,
-                                                                       members, &hits);
+    return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, nullptr, members,
+                                                                 &hits, sums);
   }
   if (k0 == 0.0f) {
     if (set.dhi >= kUnderflow && hits.bound <= set.dhi) {
       // (members are not counted: the callers of this form do not ask)
-      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kHits, true>(
-                                     x, n, set, k0, nullptr, members, &hits)
-                               : block_masses_avx512<false, true, true, false, Extra::kHits, true>(
-                                     x, n, set, k0, nullptr, members, &hits);
+      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
+                                     x, n, set, k0, nullptr, members, &hits, sums)
+                               : block_masses_avx512<false, true, true, false, kExtra, true>(
+                                     x, n, set, k0, nullptr, members, &hits, sums);
     }
-    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kHits>(
-                                   x, n, set, k0, nullptr, members, &hits)
-                             : block_masses_avx512<false, true, true, false, Extra::kHits>(
-                                   x, n, set, k0, nullptr, members, &hits);
+    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
+                                   x, n, set, k0, nullptr, members, &hits, sums)
+                             : block_masses_avx512<false, true, true, false, kExtra>(
+                                   x, n, set, k0, nullptr, members, &hits, sums);
   }
-  return block_masses_avx512<false, true, false, false, Extra::kHits>(x, n, set, k0, nullptr,
-                                                                      members, &hits);
+  return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, nullptr, members,
+                                                                &hits, sums);
 #else
+  static_assert(kExtra == Extra::kHits);
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
   alignas(64) float d[kBlock + 64];
   hits.n = collect_members_with_key(x, n, set, -kInf, hits.bound, hits.idx, hits.k, d);

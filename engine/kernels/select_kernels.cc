@@ -632,6 +632,29 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
 
 TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
                              int64_t cap, GatheredToken* out) {
+#if defined(__AVX512F__)
+  // The mass pass with both extras (the same bits for each mass and the same
+  // sums as the entropy pass, block_masses_avx512).
+  int64_t gathered = 0;
+  SetSpec same = set;
+  same.key_scale = set.scale;
+  block::EntropyLanes sums;
+  block::BlockHits hits;
+  hits.bound = bound;
+  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, s.n - j0);
+    if (block::block_empty(s, j0, set)) continue;
+    int64_t unused = 0;
+    block::block_masses_and_hits<block::Extra::kEntropyAndHits>(s.x + j0, n, same, d0, hits,
+                                                                &unused, &sums);
+    if (gathered > cap) continue;
+    for (int64_t i = 0; i < hits.n; ++i) {
+      out[gathered++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
+    }
+    if (gathered > cap) gathered = cap + 1;
+  }
+  return TypicalGather{sums.z.total(), sums.zd.total(), gathered};
+#else
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -660,40 +683,6 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
       out[gathered++] = GatheredToken{dl[j], s.x[at + j], s.token(at + j)};
     }
   };
-#if defined(__AVX512F__)
-  // Membership in mask registers, the exp and the sums as block_masses_avx512
-  // forms them (the same bits for each mass).
-  // With no lower bound and d0 = 0 (typical-p as the first filter, the usual
-  // case) the exponent -e = -d is formed directly as (x - xmax) * scale, the
-  // same bits as -((xmax - x) * scale - 0) (block_masses_avx512's plain form),
-  // and membership is one compare on it.
-  const bool plain = set.dlo <= 0.0f && d0 == 0.0f;
-  const Packet pnhi = ei::pset1<Packet>(-set.dhi), pnunder = ei::pset1<Packet>(-kUnderflow),
-               pnbound = ei::pset1<Packet>(-bound);
-  auto step = [&](const Packet px, int64_t at) {
-    Packet d, arg;
-    __mmask16 member, live, hit;
-    if (plain) {
-      arg = _mm512_mul_ps(_mm512_sub_ps(px, sp.xmax), sp.scale);
-      member = _mm512_cmp_ps_mask(pnhi, arg, _CMP_LE_OQ);
-      live = _mm512_mask_cmp_ps_mask(member, pnunder, arg, _CMP_LE_OQ);
-      hit = _mm512_mask_cmp_ps_mask(member, pnbound, arg, _CMP_LE_OQ);
-    } else {
-      d = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
-      const Packet e = _mm512_sub_ps(d, pd0);
-      member =
-          _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
-      live = _mm512_mask_cmp_ps_mask(member, e, sp.under, _CMP_LE_OQ);
-      hit = _mm512_mask_cmp_ps_mask(member, d, pbound, _CMP_LE_OQ);
-      arg = ei::pnegate(e);
-    }
-    const Packet ex = ei::pexp(arg);
-    pz = _mm512_mask_add_ps(pz, live, pz, ex);
-    pzd = _mm512_mask3_fnmadd_ps(ex, arg, pzd, live);
-    flush();
-    if (hit != 0 && gathered <= cap) gather(plain ? ei::pnegate(arg) : d, hit, at);
-  };
-#else
   const Packet poff = ei::pset1<Packet>(block::kOffExponent);
   auto step = [&](const Packet px, int64_t at) {
     const Packet d = ei::pmul(ei::psub(sp.xmax, px), sp.scale);
@@ -715,7 +704,6 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
     }
     gather(d, lanes, at);
   };
-#endif
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_empty(s, j0, set)) continue;
@@ -731,6 +719,7 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
   sum_z.add(pz);
   sum_zd.add(pzd);
   return TypicalGather{sum_z.total(), sum_zd.total(), gathered};
+#endif
 }
 
 }  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA
