@@ -381,11 +381,17 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     return (mass[0] + mass[1]) + (mass[2] + mass[3]);
   };
   if (!(listed_mass() >= target)) {
-    // The nucleus reaches past the first bound: gather again below the
-    // sample's (a compare per token, and only in blocks that can reach it).
+    // The nucleus reaches past the first bound: gather again below a looser
+    // one (a compare per token, and only in blocks that can reach it): the
+    // sample's bound for `want` tokens after the block maxima's, for eight
+    // times as many after the sample's own (which the heavy tokens the
+    // sample missed can make too tight: Z was underestimated).
+    const double wider = have_tight ? want : 8.0 * want;
+    const auto wider_cap = static_cast<int64_t>(64.0 * wider) + 4096;
     float loose = 0.0f;
-    if (!have_tight || !sampled_bound(want, kNucleusSampleStride, sc, &loose) || !(loose > bound) ||
-        !gather_members_below(segments, set, loose, cap, sc, run) || !(listed_mass() >= target)) {
+    if (!sampled_bound(wider, kNucleusSampleStride, sc, &loose) || !(loose > bound) ||
+        !gather_members_below(segments, set, loose, wider_cap, sc, run) ||
+        !(listed_mass() >= target)) {
       return false;
     }
   }
