@@ -1162,6 +1162,23 @@ TEST_F(EngineReferenceTest, TargetedRows) {
       }
     }
   }
+  // Flat LM-like rows at a model's vocabulary (the benchmark's): top-p's
+  // small-nucleus path, whose sample misses the few heavy tokens, so that
+  // on some rows (the second here) the bound the sample gives holds too
+  // little mass and a second, looser gather finds the nucleus.
+  {
+    const int64_t n = 151936;
+    const std::vector<float> rows =
+        nucleus::tools::make_lm_logits(4, n, nucleus::tools::LmRowKind::kFlat, 2);
+    for (int64_t r = 0; r < 4; ++r) {
+      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
+      for (float p_top : {0.9f, 0.95f}) {
+        add(
+            x, [&](SamplingParams& p) { p.top_p = p_top; },
+            "LM-like flat row " + std::to_string(r) + " of 151936, top-p " + std::to_string(p_top));
+      }
+    }
+  }
   Stats st;
   Engine engine({.max_threads = 2, .seed = 5});
   std::vector<RowResult> results(1);
