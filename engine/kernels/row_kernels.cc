@@ -226,16 +226,22 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
 }
 
 #if defined(__AVX512F__)
-// The scan of a bfloat16 row whose widened values are not kept (greedy with
-// nothing else asked for): each block's max and finiteness come from 16-bit
-// order keys (below), without widening; a block is widened to memory only
-// when it is read again (it holds a non-finite entry, or the max's first
-// position). The same results as scanning the widened row (the one value a
-// float max may pick differently, ±0, gives the same +0 max and position).
-MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
+// The scan of a bfloat16 row: each block's max and finiteness come from
+// 16-bit order keys (below), without widening; without dst (greedy with
+// nothing else asked for, the widened values not kept) a block is widened to
+// memory only when it is read again (it holds a non-finite entry, or the
+// max's first position). With dst the widened row is stored there as it is
+// read, and those blocks are read from it (the maxima still come from the
+// keys: the stored floats are not read back). The same results as scanning
+// the widened row (the one value a float max may pick differently, ±0, gives
+// the same +0 max and position).
+MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
   alignas(64) float local[kPassBlock];
-  auto widen = [&](int64_t b0, int64_t m) {
+  // A block's float values: from dst, or widened into local.
+  auto values = [&](int64_t b0, int64_t m) -> const float* {
+    if (dst) return dst + b0;
     for (int64_t j = 0; j < m; ++j) local[j] = bf16_to_float(h[b0 + j]);
+    return local;
   };
   // The packets are never widened: a bfloat16's bits, with the magnitude
   // bits flipped when the sign is set (k = h ^ ((h >> 15) & 0x7fff), an
@@ -265,9 +271,19 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
     int64_t j = 0;
     for (; j + 32 <= m; j += 32) {
       _mm_prefetch(reinterpret_cast<const char*>(h + b0 + j) + kPrefetchBytes, _MM_HINT_T0);
-      const __m512i key = order_key(_mm512_loadu_si512(h + b0 + j));
+      const __m512i bits = _mm512_loadu_si512(h + b0 + j);
+      const __m512i key = order_key(bits);
       kmax = _mm512_max_epi16(kmax, key);
       kmin = _mm512_min_epi16(kmin, key);
+      if (dst) {
+        // (a bfloat16 is the top half of its float32)
+        _mm512_storeu_si512(
+            dst + b0 + j,
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+        _mm512_storeu_si512(
+            dst + b0 + j + 16,
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+      }
     }
     float bmax = -kInf;
     bool finite_block = true;
@@ -284,21 +300,16 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max) {
     }
     for (; j < m; ++j) {
       const float v = bf16_to_float(h[b0 + j]);
+      if (dst) dst[b0 + j] = v;
       bmax = v > bmax ? v : bmax;
       finite_block &= v * 0.0f == 0.0f;
     }
     totals.add(
-        b0, m, finite_block, bmax,
-        [&] {
-          widen(b0, m);
-          return exact_scan(local, m);
-        },
-        block_max);
+        b0, m, finite_block, bmax, [&] { return exact_scan(values(b0, m), m); }, block_max);
   }
   const int64_t at = totals.max_block;
   const int64_t m = std::min(kPassBlock, n - at);
-  widen(at, m);
-  return totals.finish(local, m, [&] {
+  return totals.finish(values(at, m), m, [&] {
     int64_t t = 0;
     while (t < n && bf16_to_float(h[t]) < kInf) ++t;
     return t < n ? t : int64_t{-1};
@@ -317,8 +328,8 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
     return scan_blocks<true>(static_cast<const float*>(src), n, block_max, dst);
   }
 #if defined(__AVX512F__)
-  if (dtype == DType::kBFloat16 && !dst) {
-    return scan_bf16(static_cast<const uint16_t*>(src), n, block_max);
+  if (dtype == DType::kBFloat16) {
+    return scan_bf16(static_cast<const uint16_t*>(src), n, block_max, dst);
   }
 #endif
   // Sub-blocks small enough that max_stats reads them back from L1 (whole
