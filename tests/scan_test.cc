@@ -51,7 +51,8 @@ class ScanTest : public ::testing::Test {
  protected:
   // Greedy on one bfloat16 row twice: with nothing else asked for (the lean
   // scan, which never keeps the widened row) and with logprobs (the widened
-  // row kept and scanned as float32).
+  // row kept). The kept one must match the same row widened here and given
+  // as float32 (another scan, and the logprobs read the stored values).
   void GreedyLeanAndKept(const std::vector<uint16_t>& row, std::vector<RowResult>& lean,
                          std::vector<RowResult>& kept) {
     const auto vocab = static_cast<int64_t>(row.size());
@@ -64,6 +65,17 @@ class ScanTest : public ::testing::Test {
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), lean).ok());
     req.params.logprobs = true;
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
+    std::vector<float> widened(row.size());
+    for (size_t i = 0; i < row.size(); ++i) {
+      widened[i] = std::bit_cast<float>(static_cast<uint32_t>(row[i]) << 16);
+    }
+    const LogitsView f32_view{widened.data(), 1, vocab, vocab, DType::kFloat32};
+    std::vector<RowResult> f32(1);
+    ASSERT_TRUE(engine_.sample(f32_view, std::span(&req, 1), f32).ok());
+    EXPECT_EQ(kept[0].status.message(), f32[0].status.message());
+    EXPECT_EQ(kept[0].tokens, f32[0].tokens);
+    EXPECT_EQ(kept[0].support, f32[0].support);
+    EXPECT_EQ(kept[0].logprobs, f32[0].logprobs);
   }
   // Greedy and full sampling of one row; checks the token, the support and
   // the row error against the scalar scan.
