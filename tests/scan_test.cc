@@ -233,6 +233,82 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
   }
 }
 
+// A bfloat16 row whose first filter is top-k or min-p (nothing else reading
+// its values, logprobs off) is scanned without keeping the widened row, and only the
+// blocks that may hold that filter's members are widened and listed. The
+// kept set must be the one the whole row gives: the support equals the
+// number of tokens with a probability (Engine::probs widens the whole row),
+// and every drawn token has one. Rows: peaked, flat, few levels (ties at
+// every cut) and -inf runs; configurations where the list overflows (min-p
+// near 0, top-k past the number of blocks) take the whole-row path.
+TEST_F(ScanTest, HalfRowsGatherTheFirstFiltersCandidates) {
+  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Config {
+    const char* name;
+    std::function<void(SamplingParams&)> set;
+  };
+  const std::vector<Config> configs = {
+      {"min-p 0.05", [](SamplingParams& p) { p.min_p = 0.05f; }},
+      {"min-p 0.1, T 0.7", [](SamplingParams& p) { p.min_p = 0.1f, p.temperature = 0.7f; }},
+      {"min-p 1e-30 (overflows)", [](SamplingParams& p) { p.min_p = 1e-30f; }},
+      {"top-k 50", [](SamplingParams& p) { p.top_k = 50; }},
+      {"top-k 50, top-p 0.9, T 0.7",
+       [](SamplingParams& p) { p.top_k = 50, p.top_p = 0.9f, p.temperature = 0.7f; }},
+      {"top-k 5, min-p 0.1", [](SamplingParams& p) { p.top_k = 5, p.min_p = 0.1f; }},
+      {"top-k 3000 (past the blocks)", [](SamplingParams& p) { p.top_k = 3000; }},
+      {"vllm: min-p 0.05, top-k 20",
+       [](SamplingParams& p) { p.preset = Preset::kVLLM, p.min_p = 0.05f, p.top_k = 20; }},
+      {"llama.cpp: top-k 40, min-p 0.05, T 1.5",
+       [](SamplingParams& p) {
+         p.preset = Preset::kLlamaCpp, p.top_k = 40, p.min_p = 0.05f, p.temperature = 1.5f;
+       }},
+  };
+  for (int64_t vocab : {3000, 40000, 128256}) {
+    for (const char* kind : {"peaked", "flat", "levels", "-inf runs"}) {
+      std::vector<float> x(static_cast<size_t>(vocab));
+      for (float& v : x) v = normal(rng);
+      if (std::string(kind) == "peaked") {
+        for (int i = 0; i < 5; ++i) x[rng() % static_cast<uint64_t>(vocab)] = 9.0f + i;
+      } else if (std::string(kind) == "flat") {
+        for (float& v : x) v *= 0.2f;
+      } else if (std::string(kind) == "levels") {
+        for (float& v : x) v = std::round(v * 2.0f) / 2.0f;
+      } else {
+        for (int64_t j = 0; j < vocab; j += 1024) {
+          std::fill_n(x.begin() + j, std::min<int64_t>(600, vocab - j), -kInf);
+        }
+        x[static_cast<size_t>(vocab - 1)] = 6.0f;
+      }
+      std::vector<uint16_t> row(x.size());
+      for (size_t i = 0; i < x.size(); ++i) row[i] = to_bf16(x[i]);
+      const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
+      for (const Config& c : configs) {
+        SCOPED_TRACE(std::string(kind) + " row of " + std::to_string(vocab) + ", " + c.name);
+        RowRequest req;
+        c.set(req.params);
+        req.params.num_samples = 32;
+        req.params.logprobs = false;  // (logprobs read the whole row)
+        req.seed = 7;
+        std::vector<RowResult> sampled(1);
+        ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), sampled).ok());
+        ASSERT_TRUE(sampled[0].status.ok()) << sampled[0].status.to_string();
+        std::vector<float> probs(static_cast<size_t>(vocab));
+        std::vector<Status> status(1);
+        ASSERT_TRUE(engine_.probs(view, std::span(&req, 1), probs.data(), vocab, status).ok());
+        ASSERT_TRUE(status[0].ok()) << status[0].to_string();
+        int64_t kept = 0;
+        for (float q : probs) kept += q > 0.0f ? 1 : 0;
+        EXPECT_EQ(sampled[0].support, kept);
+        for (int32_t t : sampled[0].tokens) {
+          EXPECT_GT(probs[static_cast<size_t>(t)], 0.0f) << "token " << t;
+        }
+      }
+    }
+  }
+}
+
 // The lean bfloat16 scan orders 16-bit keys instead of widened floats: rows
 // of negative values only, a zero max with -0 before +0, a negative NaN, a
 // max in the row's last, partial packet, and whole blocks of -inf must scan as

@@ -141,8 +141,18 @@ class RowPipeline {
            set.dhi == kMaxFloat;
   }
 
+  // Whether the first filter that acts (SPEC order) is top-k or min-p and
+  // nothing needs the whole row's values, for a half-precision row: its
+  // members can then be gathered from the few blocks that may hold them.
+  bool light_half_row() const;
+  bool gather_candidates(const MaxStats& raw);
+
   bool unfiltered_raw_ = false;  // the processed row is the raw row
   bool values_needed_ = true;    // false: only the scan's results are used
+  bool need_z_ = false;
+  // The row was never widened whole: sc_.cand_segs holds the tokens that
+  // can be members of the first filter's set (gather_candidates).
+  bool candidates_ = false;
   double raw_z_ = -1.0;
 
   const RowInput& in_;
@@ -392,10 +402,24 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
     raw = widen_scan(nullptr);
   } else {
-    sc_.raw_buf.resize(static_cast<size_t>(vocab));
-    dist.raw = sc_.raw_buf.data();
-    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
-    raw = widen_scan(sc_.raw_buf.data());
+    // A half row under a first filter that keeps few tokens (top-k, min-p)
+    // with nothing else reading its values: scanned without keeping the
+    // widened row (the greedy scan), then only the blocks that may hold the
+    // filter's members are widened and their members listed
+    // (gather_candidates); when those are too many, the row is widened
+    // whole as any other.
+    bool done = false;
+    if (light_half_row()) {
+      make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
+      raw = widen_scan(nullptr);
+      done = raw.bad_at >= 0 || raw.finite == 0 || gather_candidates(raw);
+    }
+    if (!done) {
+      sc_.raw_buf.resize(static_cast<size_t>(vocab));
+      dist.raw = sc_.raw_buf.data();
+      make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
+      raw = widen_scan(sc_.raw_buf.data());
+    }
   }
   if (raw.bad_at >= 0) {
     float v = 0.0f;
@@ -415,7 +439,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   } else {
     processed = raw;
     dist.x = dist.raw;
-    sc_.row_segs = sc_.raw_segs;
+    sc_.row_segs = candidates_ ? sc_.cand_segs : sc_.raw_segs;
   }
   if (processed.finite == 0) {
     return Status::row_error(row_prefix(row_) + "no token left: every token is masked");
@@ -615,13 +639,91 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
   }
 }
 
+bool RowPipeline::light_half_row() const {
+  if (in_.dtype == DType::kFloat32 || p_.temperature <= 0.0f || need_z_ || p_.logprobs ||
+      p_.top_logprobs > 0 || p_.min_keep > 1 || has_processors(req_)) {
+    return false;
+  }
+  for (Filter f : filter_order(p_.preset)) {
+    switch (f) {
+      case Filter::kTopK:
+        if (p_.top_k > 0 && p_.top_k < in_.vocab) return true;
+        break;
+      case Filter::kMinP:
+        if (p_.min_p > 0.0f) return true;
+        break;
+      case Filter::kTopP:
+        if (p_.top_p < 1.0f) return false;
+        break;
+      case Filter::kTypical:
+        if (p_.typical_p < 1.0f) return false;
+        break;
+      case Filter::kTopNSigma:
+        if (p_.top_n_sigma > 0.0f) return false;
+        break;
+    }
+  }
+  return false;
+}
+
+// The members of the first filter's set lie within a distance bound known
+// from the scan: top-k's, the k-th largest block max (those k blocks hold k
+// tokens at least that large); min-p's, its own (the max's distance is 0).
+// The blocks whose max reaches it are widened one at a time and their tokens
+// within it listed, in token order, as the compaction after a filter lists
+// them (a superset of the filter's set: the filters then run on the list).
+// False when they would be more than a compacted set may hold.
+bool RowPipeline::gather_candidates(const MaxStats& raw) {
+  const int64_t vocab = in_.vocab;
+  const int64_t blocks = block_count(vocab);
+  SetSpec set;
+  set.xmax = raw.max;
+  const double inv_t =
+      std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat));
+  set.scale = p_.preset == Preset::kLlamaCpp ? 1.0f : static_cast<float>(inv_t);
+  set.key_scale = set.scale;
+  const bool top_k_first =
+      p_.top_k > 0 && p_.top_k < vocab && (p_.preset != Preset::kVLLM || p_.min_p <= 0.0f);
+  if (top_k_first) {
+    if (p_.top_k > blocks) return false;
+    std::vector<float>& maxima = sc_.select.block_maxima;
+    maxima.assign(sc_.raw_block_max.begin(), sc_.raw_block_max.begin() + blocks);
+    const auto k = static_cast<int64_t>(p_.top_k);
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
+    const float kth = maxima[static_cast<size_t>(k - 1)];
+    if (!(kth > -kInf)) return false;
+    set.dhi = distance(kth, set);
+  } else {
+    set.dhi = float_at_most(-std::log(static_cast<double>(p_.min_p)));
+  }
+  const int64_t cap = std::max<int64_t>(4096, vocab / 8);
+  const int esize = dtype_size(in_.dtype);
+  const auto* src = static_cast<const char*>(in_.data);
+  alignas(64) float block[kPassBlock];
+  int64_t n = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (!block_may_hold_members(sc_.raw_block_max[static_cast<size_t>(b)], set)) continue;
+    const int64_t j0 = b * kPassBlock;
+    const int64_t m = std::min(kPassBlock, vocab - j0);
+    run_.k->to_float(src + j0 * esize, in_.dtype, m, block);
+    const Segment one{block, nullptr, m, j0, sc_.raw_block_max.data() + b, nullptr};
+    n += run_.k->compact(one, set, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
+    if (n > cap) return false;
+  }
+  sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
+  candidates_ = true;
+  return true;
+}
+
 Status RowPipeline::build(Distribution& dist, bool need_z) {
   values_needed_ = !(p_.temperature == 0.0f && !need_z && !p_.logprobs && p_.top_logprobs == 0 &&
                      !has_processors(req_));
+  need_z_ = need_z;
+  candidates_ = false;
   if (Status s = check_and_widen(dist); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
-  unfiltered_raw_ = dist.x == dist.raw;
+  unfiltered_raw_ = dist.x == dist.raw && !candidates_;
 
   if (p_.temperature == 0.0f) {
     // Greedy: argmax of the processed logits, lowest id on ties (found by
@@ -653,7 +755,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   bool d0_known = true;
   int64_t count = dist.support;
   bool count_known = true;
-  bool compacted = false;
+  bool compacted = candidates_;  // (the candidates are the row's compacted form)
   const int64_t compact_below = std::max<int64_t>(4096, vocab / 8);
 
   for (Filter f : filter_order(p_.preset)) {

@@ -147,6 +147,9 @@ constexpr int64_t kSampleStride = 64;
 constexpr int64_t kNucleusSampleStride = kScanSampleStride;
 // Small count targets (top-k, min_keep, top-N) take the fast path up to this.
 constexpr double kFastTargetMax = 2048;
+// ... which, over sets this short (compacted candidates), gathers every member
+// (a 2048-bucket histogram pass would cost more than the set).
+constexpr int64_t kGatherAllBelow = 4096;
 // top-p takes its fast path when the nucleus can hold at most this many
 // tokens (each token's mass is at most the largest, exp(0) = 1).
 constexpr double kFastNucleusMax = 1024;
@@ -301,7 +304,9 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     return false;
   }
   float bound = 0.0f;
-  if (!block_max_bound(segments, set, target, sc, &bound)) {
+  if (total <= kGatherAllBelow) {
+    bound = kInf;  // (a short set, compacted candidates: every member is gathered)
+  } else if (!block_max_bound(segments, set, target, sc, &bound)) {
     // (the sample places the bound only when it holds enough tokens)
     if (static_cast<double>(total) < 16.0 * kSampleStride * target) return false;
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
