@@ -145,6 +145,7 @@ class RowPipeline {
   // nothing needs the whole row's values, for a half-precision row: its
   // members can then be gathered from the few blocks that may hold them.
   bool light_half_row() const;
+  bool filter_acts(Filter f) const;  // whether the filter can remove a token
   bool gather_candidates(const MaxStats& raw);
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
@@ -531,8 +532,25 @@ float RowPipeline::min_keep_key(std::span<const Segment> segs, const SetSpec& se
   return c;
 }
 
+bool RowPipeline::filter_acts(Filter f) const {
+  switch (f) {
+    case Filter::kTopK:
+      return p_.top_k > 0 && p_.top_k < in_.vocab;
+    case Filter::kTopP:
+      return p_.top_p < 1.0f;
+    case Filter::kMinP:
+      return p_.min_p > 0.0f;
+    case Filter::kTypical:
+      return p_.typical_p < 1.0f;
+    case Filter::kTopNSigma:
+      return p_.top_n_sigma > 0.0f;
+  }
+  return false;
+}
+
 void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec& set, float& d0,
                                bool& d0_known, int64_t& count, bool& count_known) {
+  if (!filter_acts(f)) return;
   auto ensure_d0 = [&] {
     if (!d0_known) {
       SetSpec s = set;
@@ -544,7 +562,6 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
   const KeyRule distance_count{KeyKind::kDistance, false, 0.0f, 0.0};
   switch (f) {
     case Filter::kTopK: {
-      if (p_.top_k <= 0 || p_.top_k >= in_.vocab) return;
       const int64_t k = std::max<int64_t>(p_.top_k, p_.min_keep);
       const SelectResult r =
           weighted_select(segs, set, distance_count, static_cast<double>(k), sc_.select, run_);
@@ -556,7 +573,6 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       return;
     }
     case Filter::kTopP: {
-      if (p_.top_p >= 1.0f) return;
       ensure_d0();
       const KeyRule rule{KeyKind::kDistance, true, d0, 0.0, /*target_is_fraction=*/true};
       const SelectResult r =
@@ -571,7 +587,6 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       return;
     }
     case Filter::kMinP: {
-      if (p_.min_p <= 0.0f) return;
       ensure_d0();
       // pi_i >= m * max pi  <=>  d_i <= d0 - ln m.
       float c = float_at_most(static_cast<double>(d0) - std::log(static_cast<double>(p_.min_p)));
@@ -581,7 +596,6 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       return;
     }
     case Filter::kTypical: {
-      if (p_.typical_p >= 1.0f) return;
       ensure_d0();
       // (a peaked row's kept set is found from a few blocks: no need for
       // typical_moments to store every token's e and mass for the select;
@@ -623,7 +637,6 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       return;
     }
     case Filter::kTopNSigma: {
-      if (p_.top_n_sigma <= 0.0f) return;
       ensure_d0();
       const Moments m = moments_of(segs, set, d0, MomentKind::kSpread);
       const double n = static_cast<double>(m.count);
@@ -645,23 +658,7 @@ bool RowPipeline::light_half_row() const {
     return false;
   }
   for (Filter f : filter_order(p_.preset)) {
-    switch (f) {
-      case Filter::kTopK:
-        if (p_.top_k > 0 && p_.top_k < in_.vocab) return true;
-        break;
-      case Filter::kMinP:
-        if (p_.min_p > 0.0f) return true;
-        break;
-      case Filter::kTopP:
-        if (p_.top_p < 1.0f) return false;
-        break;
-      case Filter::kTypical:
-        if (p_.typical_p < 1.0f) return false;
-        break;
-      case Filter::kTopNSigma:
-        if (p_.top_n_sigma > 0.0f) return false;
-        break;
-    }
+    if (filter_acts(f)) return f == Filter::kTopK || f == Filter::kMinP;
   }
   return false;
 }
@@ -682,8 +679,14 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
       std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat));
   set.scale = p_.preset == Preset::kLlamaCpp ? 1.0f : static_cast<float>(inv_t);
   set.key_scale = set.scale;
-  const bool top_k_first =
-      p_.top_k > 0 && p_.top_k < vocab && (p_.preset != Preset::kVLLM || p_.min_p <= 0.0f);
+  Filter first = Filter::kTopK;
+  for (Filter f : filter_order(p_.preset)) {
+    if (filter_acts(f)) {
+      first = f;
+      break;
+    }
+  }
+  const bool top_k_first = first == Filter::kTopK;
   if (top_k_first) {
     if (p_.top_k > blocks) return false;
     std::vector<float>& maxima = sc_.select.block_maxima;
