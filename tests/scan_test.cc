@@ -32,6 +32,11 @@ struct Expected {
   int64_t bad_at = -1;  // first NaN or +inf
 };
 
+// A bfloat16 is the top half of a float32 (truncated, which the rows here
+// do not mind).
+uint16_t ToBFloat16(float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); }
+float FromBFloat16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
 Expected scalar_scan(const std::vector<float>& x) {
   Expected e;
   float max = -kInf;
@@ -67,7 +72,7 @@ class ScanTest : public ::testing::Test {
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
     std::vector<float> widened(row.size());
     for (size_t i = 0; i < row.size(); ++i) {
-      widened[i] = std::bit_cast<float>(static_cast<uint32_t>(row[i]) << 16);
+      widened[i] = FromBFloat16(row[i]);
     }
     const LogitsView f32_view{widened.data(), 1, vocab, vocab, DType::kFloat32};
     std::vector<RowResult> f32(1);
@@ -192,23 +197,22 @@ TEST_F(ScanTest, EdgeRows) {
 TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
   for (int64_t vocab : {100, 1017, 2048, 40000}) {
     for (int trial = 0; trial < 6; ++trial) {
       std::vector<uint16_t> row(static_cast<size_t>(vocab));
-      for (uint16_t& v : row) v = to_bf16(normal(rng));
+      for (uint16_t& v : row) v = ToBFloat16(normal(rng));
       // The max twice (in different blocks, mostly): the first one wins.
       const auto top1 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
       const auto top2 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
-      row[static_cast<size_t>(top1)] = to_bf16(20.0f);
-      row[static_cast<size_t>(top2)] = to_bf16(20.0f);
+      row[static_cast<size_t>(top1)] = ToBFloat16(20.0f);
+      row[static_cast<size_t>(top2)] = ToBFloat16(20.0f);
       auto other = [&] {  // a position that holds neither max
         for (;;) {
           const auto t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
           if (t != top1 && t != top2) return static_cast<size_t>(t);
         }
       };
-      row[other()] = to_bf16(-kInf);
+      row[other()] = ToBFloat16(-kInf);
       if (trial >= 4) {
         row[other()] = trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
       }
@@ -242,7 +246,6 @@ TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
 // every cut) and -inf runs; configurations where the list overflows (min-p
 // near 0, top-k past the number of blocks) take the whole-row path.
 TEST_F(ScanTest, HalfRowsGatherTheFirstFiltersCandidates) {
-  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
   std::mt19937_64 rng(21);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   struct Config {
@@ -282,7 +285,7 @@ TEST_F(ScanTest, HalfRowsGatherTheFirstFiltersCandidates) {
         x[static_cast<size_t>(vocab - 1)] = 6.0f;
       }
       std::vector<uint16_t> row(x.size());
-      for (size_t i = 0; i < x.size(); ++i) row[i] = to_bf16(x[i]);
+      for (size_t i = 0; i < x.size(); ++i) row[i] = ToBFloat16(x[i]);
       const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
       for (const Config& c : configs) {
         SCOPED_TRACE(std::string(kind) + " row of " + std::to_string(vocab) + ", " + c.name);
@@ -314,7 +317,6 @@ TEST_F(ScanTest, HalfRowsGatherTheFirstFiltersCandidates) {
 // max in the row's last, partial packet, and whole blocks of -inf must scan as
 // the widened row does.
 TEST_F(ScanTest, LeanBFloat16ScanAtTheEdgesOfItsOrder) {
-  auto to_bf16 = [](float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); };
   std::mt19937_64 rng(9);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   struct Case {
@@ -327,35 +329,35 @@ TEST_F(ScanTest, LeanBFloat16ScanAtTheEdgesOfItsOrder) {
   const std::vector<Case> cases = {
       {"negative values only", 3000,
        [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = to_bf16(-50.0f - std::fabs(normal(rng)));
-         r[1777] = to_bf16(-40.0f);
-         r[2900] = to_bf16(-40.0f);
+         for (uint16_t& v : r) v = ToBFloat16(-50.0f - std::fabs(normal(rng)));
+         r[1777] = ToBFloat16(-40.0f);
+         r[2900] = ToBFloat16(-40.0f);
        },
        1777, nullptr},
       {"zero max, -0 first", 3000,
        [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = to_bf16(-1.0f - std::fabs(normal(rng)));
+         for (uint16_t& v : r) v = ToBFloat16(-1.0f - std::fabs(normal(rng)));
          r[700] = 0x8000;   // -0
          r[1500] = 0x0000;  // +0
        },
        700, nullptr},
       {"negative NaN", 3000,
        [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = to_bf16(normal(rng));
+         for (uint16_t& v : r) v = ToBFloat16(normal(rng));
          r[2222] = 0xFFC0;
        },
        -1, "NaN"},
       {"max in the last, partial packet", 1041,
        [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = to_bf16(normal(rng));
-         r[1040] = to_bf16(30.0f);
+         for (uint16_t& v : r) v = ToBFloat16(normal(rng));
+         r[1040] = ToBFloat16(30.0f);
        },
        1040, nullptr},
       {"blocks of -inf", 3000,
        [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = to_bf16(-kInf);
-         r[2600] = to_bf16(-3.0f);
-         r[2601] = to_bf16(-2.5f);
+         for (uint16_t& v : r) v = ToBFloat16(-kInf);
+         r[2600] = ToBFloat16(-3.0f);
+         r[2601] = ToBFloat16(-2.5f);
        },
        2601, nullptr},
   };

@@ -564,6 +564,48 @@ struct Collected {
   }
 };
 
+#if defined(__AVX512F__)
+// The form of block_masses_avx512 a set calls for, same scales only: with a
+// lower bound, the general one; from the top (k0 = 0), the plain one (at
+// temperature 1 without the multiply), open-topped when nothing short of
+// underflow bounds the set (and a hit bound, with hits, lies within it);
+// otherwise the general one without the lower test. (Open-topped forms do
+// not count members.)
+template <Extra kExtra>
+inline double block_masses_for(const float* x, int64_t n, const SetSpec& set, float k0,
+                               float* __restrict w, int64_t* members, BlockHits* hits,
+                               EntropyLanes* sums, float* e_store) {
+  if (set.dlo > 0.0f) {
+    return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
+                                                                 sums, e_store);
+  }
+  if (k0 == 0.0f) {
+    if (set.dhi >= kUnderflow && (!hits || hits->bound <= set.dhi)) {
+      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
+                                     x, n, set, k0, w, members, hits, sums, e_store)
+                               : block_masses_avx512<false, true, true, false, kExtra, true>(
+                                     x, n, set, k0, w, members, hits, sums, e_store);
+    }
+    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
+                                   x, n, set, k0, w, members, hits, sums, e_store)
+                             : block_masses_avx512<false, true, true, false, kExtra>(
+                                   x, n, set, k0, w, members, hits, sums, e_store);
+  }
+  return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
+                                                                sums, e_store);
+}
+#endif
+
+// A block's hits (block-relative indices and keys, from BlockHits or
+// Collected) appended to `out` as gathered tokens; returns how many.
+template <typename Hits>
+inline int64_t append_gathered(const Hits& hits, const Segment& s, int64_t j0, GatheredToken* out) {
+  for (int64_t i = 0; i < hits.n; ++i) {
+    out[i] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
+  }
+  return hits.n;
+}
+
 // block_masses_from_values (w not stored) and, into hits, the members with
 // d <= hits.bound, for sets whose two scales agree: one pass on AVX-512, the
 // mass pass and then collect_members_with_key over the block (in L1) elsewhere.
@@ -575,25 +617,7 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
                                     [[maybe_unused]] EntropyLanes* sums = nullptr) {
 #if defined(__AVX512F__)
   static_assert(kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits);
-  if (set.dlo > 0.0f) {
-    return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, nullptr, members,
-                                                                 &hits, sums);
-  }
-  if (k0 == 0.0f) {
-    if (set.dhi >= kUnderflow && hits.bound <= set.dhi) {
-      // (members are not counted: the callers of this form do not ask)
-      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
-                                     x, n, set, k0, nullptr, members, &hits, sums)
-                               : block_masses_avx512<false, true, true, false, kExtra, true>(
-                                     x, n, set, k0, nullptr, members, &hits, sums);
-    }
-    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
-                                   x, n, set, k0, nullptr, members, &hits, sums)
-                             : block_masses_avx512<false, true, true, false, kExtra>(
-                                   x, n, set, k0, nullptr, members, &hits, sums);
-  }
-  return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, nullptr, members,
-                                                                &hits, sums);
+  return block_masses_for<kExtra>(x, n, set, k0, nullptr, members, &hits, sums, nullptr);
 #else
   static_assert(kExtra == Extra::kHits);
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);

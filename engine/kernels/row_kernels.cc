@@ -433,26 +433,7 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       SetSpec same = set;
       same.key_scale = set.scale;
       int64_t count = 0;
-      const float* x = s.x + j0;
-      if (set.dlo > 0.0f) {
-        block_masses_avx512<true, true, false, false, Extra::kEntropy>(x, n, same, d0, w, &count,
-                                                                       nullptr, &lanes, e);
-      } else if (d0 == 0.0f && set.dhi >= kUnderflow) {
-        // (no upper bound short of underflow: the mass's own test is the
-        // member test, and the count, unused here, is not formed)
-        set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy, true>(
-                                x, n, same, d0, w, &count, nullptr, &lanes, e)
-                          : block_masses_avx512<false, true, true, false, Extra::kEntropy, true>(
-                                x, n, same, d0, w, &count, nullptr, &lanes, e);
-      } else if (d0 == 0.0f) {
-        set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kEntropy>(
-                                x, n, same, d0, w, &count, nullptr, &lanes, e)
-                          : block_masses_avx512<false, true, true, false, Extra::kEntropy>(
-                                x, n, same, d0, w, &count, nullptr, &lanes, e);
-      } else {
-        block_masses_avx512<false, true, false, false, Extra::kEntropy>(x, n, same, d0, w, &count,
-                                                                        nullptr, &lanes, e);
-      }
+      block_masses_for<Extra::kEntropy>(s.x + j0, n, same, d0, w, &count, nullptr, &lanes, e);
       out.count += count;
 #else
       entropy_moments(s.x + j0, n, set, d0, out, lanes);
@@ -534,9 +515,7 @@ double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bou
     int64_t unused = 0;
     total += block_masses_and_hits(s.x + j0, n, set, k0, hits, &unused);
     if (count > cap) continue;
-    for (int64_t i = 0; i < hits.n; ++i) {
-      out[count++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
-    }
+    count += append_gathered(hits, s, j0, out + count);
     if (count > cap) count = cap + 1;
   }
   *gathered = count;

@@ -503,9 +503,7 @@ int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t 
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_above(s, j0, set, bound)) continue;
     hits.collect(s.x + j0, n, set, -kInf, bound);
-    for (int64_t i = 0; i < hits.n; ++i) {
-      out[count++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
-    }
+    count += block::append_gathered(hits, s, j0, out + count);
     if (count > cap) return cap + 1;
   }
   return count;
@@ -648,9 +646,7 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
     block::block_masses_and_hits<block::Extra::kEntropyAndHits>(s.x + j0, n, same, d0, hits,
                                                                 &unused, &sums);
     if (gathered > cap) continue;
-    for (int64_t i = 0; i < hits.n; ++i) {
-      out[gathered++] = GatheredToken{hits.k[i], s.x[j0 + hits.idx[i]], s.token(j0 + hits.idx[i])};
-    }
+    gathered += block::append_gathered(hits, s, j0, out + gathered);
     if (gathered > cap) gathered = cap + 1;
   }
   return TypicalGather{sums.z.total(), sums.zd.total(), gathered};

@@ -145,7 +145,23 @@ class RowPipeline {
   // nothing needs the whole row's values, for a half-precision row: its
   // members can then be gathered from the few blocks that may hold them.
   bool light_half_row() const;
-  bool filter_acts(Filter f) const;  // whether the filter can remove a token
+  bool filter_acts(Filter f) const;    // whether the filter can remove a token
+  const Filter* first_filter() const;  // the first that acts, in the preset's order (or null)
+  // 1/T (T > 0), at most the largest float, and the scale the filters see
+  // (llama.cpp's see untempered logits).
+  float inverse_temperature() const {
+    return static_cast<float>(
+        std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat)));
+  }
+  float filter_scale() const {
+    return p_.preset == Preset::kLlamaCpp ? 1.0f : inverse_temperature();
+  }
+  // A kept set this small (or smaller) is copied out of the row (compacted).
+  int64_t compact_limit() const { return std::max<int64_t>(4096, in_.vocab / 8); }
+  // min-p's bound on d: pi_i >= m * max pi  <=>  d_i <= d0 - ln m.
+  float min_p_bound(float d0) const {
+    return float_at_most(static_cast<double>(d0) - std::log(static_cast<double>(p_.min_p)));
+  }
   bool gather_candidates(const MaxStats& raw);
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
@@ -588,8 +604,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
     }
     case Filter::kMinP: {
       ensure_d0();
-      // pi_i >= m * max pi  <=>  d_i <= d0 - ln m.
-      float c = float_at_most(static_cast<double>(d0) - std::log(static_cast<double>(p_.min_p)));
+      float c = min_p_bound(d0);
       c = min_keep_key(segs, set, distance_count, c, nullptr);
       set.dhi = std::min(set.dhi, c);
       count_known = false;
@@ -652,15 +667,20 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
   }
 }
 
+const Filter* RowPipeline::first_filter() const {
+  for (const Filter& f : filter_order(p_.preset)) {
+    if (filter_acts(f)) return &f;
+  }
+  return nullptr;
+}
+
 bool RowPipeline::light_half_row() const {
   if (in_.dtype == DType::kFloat32 || p_.temperature <= 0.0f || need_z_ || p_.logprobs ||
       p_.top_logprobs > 0 || p_.min_keep > 1 || has_processors(req_)) {
     return false;
   }
-  for (Filter f : filter_order(p_.preset)) {
-    if (filter_acts(f)) return f == Filter::kTopK || f == Filter::kMinP;
-  }
-  return false;
+  const Filter* first = first_filter();
+  return first && (*first == Filter::kTopK || *first == Filter::kMinP);
 }
 
 // The members of the first filter's set lie within a distance bound known
@@ -675,31 +695,18 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
   const int64_t blocks = block_count(vocab);
   SetSpec set;
   set.xmax = raw.max;
-  const double inv_t =
-      std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat));
-  set.scale = p_.preset == Preset::kLlamaCpp ? 1.0f : static_cast<float>(inv_t);
+  set.scale = filter_scale();
   set.key_scale = set.scale;
-  Filter first = Filter::kTopK;
-  for (Filter f : filter_order(p_.preset)) {
-    if (filter_acts(f)) {
-      first = f;
-      break;
+  float bound = 0.0f;
+  if (*first_filter() == Filter::kTopK) {
+    if (!block_max_bound(sc_.raw_segs, set, static_cast<double>(p_.top_k), sc_.select, &bound)) {
+      return false;
     }
-  }
-  const bool top_k_first = first == Filter::kTopK;
-  if (top_k_first) {
-    if (p_.top_k > blocks) return false;
-    std::vector<float>& maxima = sc_.select.block_maxima;
-    maxima.assign(sc_.raw_block_max.begin(), sc_.raw_block_max.begin() + blocks);
-    const auto k = static_cast<int64_t>(p_.top_k);
-    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
-    const float kth = maxima[static_cast<size_t>(k - 1)];
-    if (!(kth > -kInf)) return false;
-    set.dhi = distance(kth, set);
   } else {
-    set.dhi = float_at_most(-std::log(static_cast<double>(p_.min_p)));
+    bound = min_p_bound(0.0f);  // (the max's distance is 0)
   }
-  const int64_t cap = std::max<int64_t>(4096, vocab / 8);
+  set.dhi = bound;
+  const int64_t cap = compact_limit();
   const int esize = dtype_size(in_.dtype);
   const auto* src = static_cast<const char*>(in_.data);
   alignas(64) float block[kPassBlock];
@@ -745,12 +752,10 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     return Status();
   }
 
-  const double inv_t =
-      std::min(1.0 / static_cast<double>(p_.temperature), static_cast<double>(kMaxFloat));
-  const auto final_scale = static_cast<float>(inv_t);
+  const float final_scale = inverse_temperature();
   const bool llama = p_.preset == Preset::kLlamaCpp;
   SetSpec set = dist.set;
-  set.scale = llama ? 1.0f : final_scale;  // llama.cpp filters see untempered logits
+  set.scale = filter_scale();
   set.key_scale = set.scale;
   set.dlo = 0.0f;
   set.dhi = kMaxFloat;
@@ -759,7 +764,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   int64_t count = dist.support;
   bool count_known = true;
   bool compacted = candidates_;  // (the candidates are the row's compacted form)
-  const int64_t compact_below = std::max<int64_t>(4096, vocab / 8);
+  const int64_t compact_below = compact_limit();
 
   for (Filter f : filter_order(p_.preset)) {
     sc_.select.gathered = false;

@@ -268,7 +268,7 @@ bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound
 // fewer maxima than the target, the smallest of them (*used says how many
 // maxima the bound holds).
 bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
-                     SelectScratch& sc, float* bound, bool fewer = false, size_t* used = nullptr) {
+                     SelectScratch& sc, float* bound, bool fewer, size_t* used) {
   std::vector<float>& maxima = sc.block_maxima;
   maxima.clear();
   for (const Segment& seg : segments) {

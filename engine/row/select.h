@@ -77,6 +77,15 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                              const KeyRule& rule, double target, SelectScratch& scratch,
                              const Runner& run);
 
+// A key bound (key_scale) holding at least `target` members, from the scan's
+// block maxima: the target-th largest maximum among the blocks that may hold
+// members. False when a segment carries no maxima or too few blocks may hold
+// members; with `fewer`, then the smallest of those maxima instead (*used:
+// how many maxima the bound holds).
+bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
+                     SelectScratch& scratch, float* bound, bool fewer = false,
+                     size_t* used = nullptr);
+
 // typical-p's entropy moments over a large set (as the moments pass), in a
 // pass that also stores every token's d - d0 and mass for the select that
 // follows, which then only turns them into keys. False (nothing done) for
