@@ -560,6 +560,21 @@ TEST_F(ProcessorsTest, SparseChangesToALongRowOnEveryThreadCount) {
       {"block max raised", {}, {{20000, 20.0f}, {20001, -1.0f}}, {70000}, 1.5f, nullptr},
       {"max banned", {70000, 81000}, {}, {}, 1.0f, nullptr},
       {"finite to -inf", {}, {}, {90000, 70000}, 2.0f, nullptr},
+      // (listed again and again, in one packet of the vector kernel and across
+      // packets: penalised once, and the token lost to -inf counted once)
+      {"finite to -inf, listed many times",
+       {},
+       {},
+       {90000, 70000, 90000, 5, 90000, 70000, 16384, 90000, 1,     2,     3,    4,
+        6,     7,     8,     9, 10,    11,    12,    13,    90000, 70000, 90000},
+       2.0f,
+       nullptr},
+      {"block max raised by a penalty below 1",
+       {},
+       {},
+       {70001, 20000, 70001, 70001},
+       0.5f,
+       nullptr},
       {"bias to +inf", {}, {{95000, 3e38f}, {30000, 3e38f}}, {}, 1.0f, "logit of token 30000"},
   };
   for (const Case& c : cases) {

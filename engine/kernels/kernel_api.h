@@ -39,3 +39,6 @@ KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, 
 KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* key, float c);
 TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
                              int64_t cap, GatheredToken* out);
+void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
+                    int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
+                    const RowChanges* changes);

@@ -622,6 +622,84 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   return count;
 }
 
+void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
+                    int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
+                    const RowChanges* changes) {
+  // Every value is read from src, which the writes do not change: a token
+  // listed again is penalised from the same value to the same result. Its
+  // notes are the same too, and noting twice changes nothing (the maxima
+  // take the larger value, a block touched stays touched, the first bad
+  // position is the least) except the count of tokens that became -inf: a
+  // finite logit the penalty overflows to -inf is counted once, marked in
+  // `seen` (whose words are cleared after).
+  const auto span = static_cast<uint32_t>(hi - lo);
+  bool overflowed = false;
+  auto note = [&](int32_t t, float x, float y) {
+    if (y == -kInf && x > -kInf) [[unlikely]] {
+      overflowed = true;
+      const uint64_t bit = uint64_t{1} << (t & 63);
+      if (seen[t >> 6] & bit) return;
+      seen[t >> 6] |= bit;
+    }
+    changes->note(t, x, y);
+  };
+#if defined(__AVX512F__)
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int32_t>(lo));
+  const __m512i vspan = _mm512_set1_epi32(static_cast<int32_t>(span));
+  const __m512 vrp = _mm512_set1_ps(rp);
+  const __m512 zero = _mm512_setzero_ps();
+  auto penalise = [&](const int32_t* list, int64_t len) {
+    for (int64_t j = 0; j < len; j += 16) {
+      const auto tail = static_cast<__mmask16>(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
+      const __m512i tok = _mm512_maskz_loadu_epi32(tail, list + j);
+      const __mmask16 mine = _mm512_mask_cmplt_epu32_mask(tail, _mm512_sub_epi32(tok, vlo), vspan);
+      const __m512 x = _mm512_mask_i32gather_ps(zero, mine, tok, src, 4);
+      const __m512 y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
+                                            _mm512_mul_ps(x, vrp), _mm512_div_ps(x, vrp));
+      _mm512_mask_i32scatter_ps(row, mine, tok, y, 4);
+      if (!changes) continue;
+      // Only a token that held its block's max, rises above it or is not
+      // finite after changes the notes (the maxima only rise as the notes
+      // go): those lanes are noted one by one, in list order.
+      const __m512i blk = _mm512_srli_epi32(tok, std::countr_zero(uint64_t{kPassBlock}));
+      const __m512 bm = _mm512_mask_i32gather_ps(zero, mine, blk, changes->block_max, 4);
+      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(y, y), zero, _CMP_EQ_OQ);
+      auto noted = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(mine, x, bm, _CMP_GE_OQ) |
+                                         _mm512_mask_cmp_ps_mask(mine, y, bm, _CMP_GT_OQ) |
+                                         (mine & ~finite));
+      if (noted == 0) continue;
+      alignas(64) float xs[16], ys[16];
+      _mm512_store_ps(xs, x);
+      _mm512_store_ps(ys, y);
+      for (; noted != 0; noted &= noted - 1) {
+        const auto l = static_cast<int64_t>(std::countr_zero(noted));
+        note(list[j + l], xs[l], ys[l]);
+      }
+    }
+  };
+#else
+  auto penalise = [&](const int32_t* list, int64_t len) {
+    for (int64_t j = 0; j < len; ++j) {
+      const int32_t t = list[j];
+      if (static_cast<uint32_t>(t - lo) >= span) continue;
+      const float x = src[t];
+      const float y = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
+      row[t] = y;
+      if (changes) note(t, x, y);
+    }
+  };
+#endif
+  penalise(a, na);
+  penalise(b, nb);
+  if (overflowed) {
+    for (const int32_t* list : {a, b}) {
+      for (int64_t j = 0, len = list == a ? na : nb; j < len; ++j) {
+        if (static_cast<uint32_t>(list[j] - lo) < span) seen[list[j] >> 6] = 0;
+      }
+    }
+  }
+}
+
 }  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA
 
 namespace nucleus::detail {
@@ -653,6 +731,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     &k::key_bounds,
     &k::stored_key_bounds,
     &k::typical_gather,
+    &k::repeat_penalty,
 };
 
 }  // namespace nucleus::detail

@@ -114,6 +114,36 @@ inline constexpr int64_t kScanSampleStride = 128;
 inline constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kScanSampleStride; }
 
+// What the processors changed, noted change by change so that the row need
+// not be scanned again (check_and_widen): per pass block, its max as changes
+// raise it, and whether a change touched a token that held it (the block is
+// then scanned again); per chunk (kChunk tokens), how many tokens became -inf
+// and the first that became NaN or +inf. All arrays cover the whole row and
+// start as the unchanged row's block maxima, 0, 0 and -1. A note is a few
+// branch-free operations: rows with long histories take thousands of them.
+struct RowChanges {
+  float* block_max = nullptr;
+  uint8_t* touched = nullptr;
+  int64_t* lost = nullptr;    // tokens that were > -inf and are -inf now
+  int64_t* bad_at = nullptr;  // relative to the chunk
+  void note(int64_t t, float before, float after) const {
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    const auto b = static_cast<uint64_t>(t) / kPassBlock;
+    const float m = block_max[b];
+    touched[b] |= static_cast<uint8_t>(before == m);
+    block_max[b] = after > m ? after : m;
+    if (!(std::abs(after) < kInf)) [[unlikely]] {  // -inf, +inf or NaN
+      const auto c = static_cast<uint64_t>(t) / kChunk;
+      if (after == -kInf) {
+        lost[c] += before > -kInf ? 1 : 0;
+      } else {
+        const int64_t at = t - static_cast<int64_t>(c) * kChunk;
+        bad_at[c] = bad_at[c] < 0 ? at : std::min(bad_at[c], at);
+      }
+    }
+  }
+};
+
 // A (key, token) pair gathered for the top log-probabilities.
 struct KeyToken {
   float key;
@@ -297,6 +327,16 @@ struct Kernels {
   // scales agree.
   TypicalGather (*typical_gather)(const Segment& s, const SetSpec& set, float d0, float bound,
                                   int64_t cap, GatheredToken* out);
+
+  // The repetition penalty (x > 0 ? x / rp : x * rp, SPEC step 4) of the
+  // tokens listed in a or b that fall in [lo, hi): row[t] = penalised
+  // src[t], once per distinct token however often it is listed (src, not
+  // row: the values before penalties), each change noted in `changes` when
+  // given. `seen` (a bit per token, all zero) dedupes the rare notes that
+  // must count once, and is left all zero.
+  void (*repeat_penalty)(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
+                         int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
+                         const RowChanges* changes);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

@@ -1,5 +1,6 @@
 #include "engine/row/params_check.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -30,9 +31,12 @@ Status check_tokens(std::span<const int32_t> tokens, int64_t row, const char* fi
                     int64_t vocab) {
   // One branch-free sweep (it vectorises) for the common case; the position
   // of a bad id is looked for only when there is one.
-  bool any_bad = false;
-  for (const int32_t t : tokens) any_bad |= t < 0 || t >= vocab;
-  if (!any_bad) return Status();
+  // (one unsigned 32-bit compare per id: a negative id wraps past any vocab)
+  uint32_t any_bad = 0;
+  const auto limit = static_cast<uint32_t>(std::min<int64_t>(vocab, int64_t{1} << 31));
+  for (const int32_t t : tokens)
+    any_bad |= static_cast<uint32_t>(static_cast<uint32_t>(t) >= limit);
+  if (any_bad == 0) return Status();
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab) {
       return bad(row, std::string(field) + "[" + std::to_string(i) + "]", show(tokens[i]),

@@ -17,7 +17,8 @@ bool has_processors(const RowRequest& r) {
 }
 
 void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
-                      PenaltyScratch& scratch, const RowChanges* changes) {
+                      PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
+                      const float* unchanged) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   // (one compare per listed token: the lists are read whole by every range)
   const auto span = static_cast<uint64_t>(hi - lo);
@@ -59,9 +60,16 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
   const bool additive =
       (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && !r.generated_tokens.empty();
   if (!repetition && !additive) return;
-  if (repetition) {
-    // Each distinct token once: marked in a bitmap, whose words are cleared
-    // after (every set bit belongs to a listed token).
+  // Each distinct token once: read from the unchanged row when no earlier
+  // step changed this one (the kernel), or else marked in a bitmap whose
+  // words are cleared after (every set bit belongs to a listed token).
+  const bool from_unchanged = repetition && unchanged != nullptr && r.allowed_mask.empty() &&
+                              r.banned_tokens.empty() && r.logit_bias.empty();
+  if (from_unchanged) {
+    k.repeat_penalty(r.prompt_tokens.data(), static_cast<int64_t>(r.prompt_tokens.size()),
+                     r.generated_tokens.data(), static_cast<int64_t>(r.generated_tokens.size()), lo,
+                     hi, p.repetition_penalty, unchanged, row, scratch.seen.data(), changes);
+  } else if (repetition) {
     uint64_t* seen = scratch.seen.data();
     const float rp = p.repetition_penalty;
     auto penalise = [&](int32_t t) {

@@ -393,7 +393,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       }
       const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
       apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
-                       sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr);
+                       sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr, *run_.k,
+                       dist.raw);
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         sc_.processed_stats[static_cast<size_t>(s)] =
