@@ -427,7 +427,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     // (gather_candidates); when those are too many, the row is widened
     // whole as any other.
     bool done = false;
-    if (light_half_row()) {
+    const bool scanned = light_half_row();
+    if (scanned) {
       make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
       raw = widen_scan(nullptr);
       done = raw.bad_at >= 0 || raw.finite == 0 || gather_candidates(raw);
@@ -436,7 +437,19 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       sc_.raw_buf.resize(static_cast<size_t>(vocab));
       dist.raw = sc_.raw_buf.data();
       make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
-      raw = widen_scan(sc_.raw_buf.data());
+      if (scanned) {
+        // (too many candidates: the lean scan's results and block maxima
+        // stand, and the row is only widened; on this thread, as the scan)
+        const int esize = dtype_size(in_.dtype);
+        run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
+          const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
+          run_.k->to_float(static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
+                           sc_.raw_buf.data() + seg.base);
+          if (seg.sample) record_sample(seg, sc_.row_samples);
+        });
+      } else {
+        raw = widen_scan(sc_.raw_buf.data());
+      }
     }
   }
   if (raw.bad_at >= 0) {
