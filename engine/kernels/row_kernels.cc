@@ -392,7 +392,7 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
     const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
     const Packet e = ei::pand(ei::psub(d, pd0), in);  // 0 off the set (d may be +inf)
     const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
-    const Packet m = ei::pand(ei::pexp(ei::pnegate(e)), live);
+    const Packet m = ei::pand(mass_exp(ei::pnegate(e)), live);
     count = ei::padd(count, ei::pand(in, pone));
     z = ei::padd(z, m);
     zd = ei::padd(zd, ei::pmul(m, e));

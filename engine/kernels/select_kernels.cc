@@ -198,7 +198,7 @@ double store_keys_avx512(const Segment& s, const SetSpec& set, const KeyRule& ru
     const __mmask16 live = _mm512_mask_cmp_ps_mask(in, e, sp.under, _CMP_LE_OQ);
     __m512 w, k;
     if constexpr (kMass) {
-      w = _mm512_maskz_mov_ps(live, ei::pexp(ei::pnegate(e)));
+      w = _mm512_maskz_mov_ps(live, block::mass_exp(ei::pnegate(e)));
     } else {
       w = _mm512_maskz_mov_ps(in, sp.one);
     }
@@ -291,7 +291,7 @@ double store_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, flo
     const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
     Packet w;
     if (mass) {
-      w = ei::pand(ei::pexp(ei::pnegate(e)), live);
+      w = ei::pand(block::mass_exp(ei::pnegate(e)), live);
     } else {
       w = ei::pand(in, pone);
     }
@@ -686,7 +686,7 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
     const Packet member = ei::pand(ei::pcmp_le(sp.lo, d), ei::pcmp_le(d, sp.hi));
     const Packet live = ei::pand(member, ei::pcmp_le(e, sp.under));
     // (the argument block_masses gives the exp)
-    const Packet m = ei::pand(live, ei::pexp(ei::pselect(live, ei::pnegate(e), poff)));
+    const Packet m = ei::pand(live, block::mass_exp(ei::pselect(live, ei::pnegate(e), poff)));
     pz = ei::padd(pz, m);
     pzd = ei::padd(pzd, ei::pand(live, ei::pmul(m, e)));
     flush();
