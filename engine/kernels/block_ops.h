@@ -28,12 +28,8 @@ constexpr int64_t kBlock = kPassBlock;
 // result is replaced by an exact 0.
 constexpr float kOffExponent = -200.0f;
 
-// A set's bounds and the passes' constants, broadcast to packets once per
-// pass (Packet is __m512 itself on AVX-512 builds); passes bind them as
-// const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = ...,
-// or name the struct where a lambda uses them (clang 14 cannot capture a
-// structured binding).
 using Packet = Eigen::internal::packet_traits<float>::type;
+
 // exp of a mass's argument -(d - k0), for every pass that forms masses (one
 // function, so that they all agree to the bit). Eigen's pexp; on AVX-512 the
 // arithmetic of Eigen 3.4's Packet16f pexp (the same m = floor(x log2 e +
@@ -67,6 +63,20 @@ inline Packet mass_exp(const Packet& arg) {
 #endif
 }
 
+// ex[j] = mass_exp(arg[j]) for j < padded, a multiple of 16 (whole packets
+// on every build); both arrays on 64-byte boundaries.
+inline void masses_of(const float* arg, int64_t padded, float* ex) {
+  constexpr int64_t kLanes = Eigen::internal::packet_traits<float>::size;
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    Eigen::internal::pstore(ex + j, mass_exp(Eigen::internal::pload<Packet>(arg + j)));
+  }
+}
+
+// A set's bounds and the passes' constants, broadcast to packets once per
+// pass (Packet is __m512 itself on AVX-512 builds); passes bind them as
+// const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = ...,
+// or name the struct where a lambda uses them (clang 14 cannot capture a
+// structured binding).
 struct SetPackets {
   Packet xmax, scale, key_scale, lo, hi, under, inf, one;
   explicit SetPackets(const SetSpec& set)
@@ -118,7 +128,7 @@ inline void block_masses(const float* d, const float* k, int64_t n, const SetSpe
   }
   const int64_t padded = (n + 15) & ~int64_t{15};
   for (int64_t j = n; j < padded; ++j) arg[j] = kOffExponent;
-  MapF(ex, padded) = ConstMapF(arg, padded).exp();
+  masses_of(arg, padded, ex);
   for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? ex[j] : 0.0f;
 }
 

@@ -487,7 +487,7 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
         arg[j] = member[j] & (e[j] <= kUnderflow) ? -e[j] : block::kOffExponent;
       }
       for (int64_t j = m; j < padded; ++j) arg[j] = block::kOffExponent;
-      block::MapF(xs, padded) = block::ConstMapF(arg, padded).exp();
+      block::masses_of(arg, padded, xs);
       for (int64_t j = 0; j < padded; ++j) xs[j] = arg[j] > block::kOffExponent ? xs[j] : 0.0f;
       *mass += static_cast<double>(block::ConstMapF(xs, padded).sum());
     }
@@ -548,7 +548,7 @@ void entry_masses(SelectEntry* list, int64_t size) {
       const float e = j < n ? list[i0 + j].weight : kInf;
       arg[j] = e <= kUnderflow ? -e : block::kOffExponent;
     }
-    block::MapF(ex, padded) = block::ConstMapF(arg, padded).exp();
+    block::masses_of(arg, padded, ex);
     for (int64_t j = 0; j < n; ++j) {
       list[i0 + j].weight = arg[j] > block::kOffExponent ? ex[j] : 0.0f;
     }
