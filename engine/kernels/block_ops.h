@@ -31,7 +31,7 @@ constexpr float kOffExponent = -200.0f;
 using Packet = Eigen::internal::packet_traits<float>::type;
 
 // exp of a mass's argument -(d - k0), for every pass that forms masses (one
-// function, so that they all agree to the bit). Eigen's pexp; on AVX-512 the
+// function, so that they all agree to the bit). On AVX-512 the
 // arithmetic of Eigen 3.4's Packet16f pexp (the same m = floor(x log2 e +
 // 1/2), remainder and polynomial) finished by vscalefps, y 2^m in one
 // instruction where Eigen builds 2^m from its bits and multiplies, and with
@@ -59,7 +59,33 @@ inline Packet mass_exp(const Packet& arg) {
   y = _mm512_fmadd_ps(y, r2, y2);
   return _mm512_scalef_ps(y, m);
 #else
-  return Eigen::internal::pexp(arg);
+  // Eigen's generic pexp_float (SSE2, AVX2) but for its last step: y 2^m
+  // with 2^m built from its bits (m >= -126 once clamped) where Eigen's
+  // pldexp takes a dozen instructions to allow any exponent.
+  namespace ei = Eigen::internal;
+#if defined(__AVX__)
+  using PacketI = ei::Packet8i;
+#else
+  using PacketI = ei::Packet4i;
+#endif
+  const Packet x = ei::pmax(arg, ei::pset1<Packet>(-kUnderflow));
+  const Packet m =
+      ei::pfloor(ei::pmadd(x, ei::pset1<Packet>(1.44269504088896341f), ei::pset1<Packet>(0.5f)));
+  Packet r = ei::pmadd(m, ei::pset1<Packet>(-0.693359375f), x);
+  r = ei::pmadd(m, ei::pset1<Packet>(2.12194440e-4f), r);
+  const Packet r2 = ei::pmul(r, r);
+  const Packet r3 = ei::pmul(r2, r);
+  Packet y = ei::pmadd(ei::pset1<Packet>(1.9875691500E-4f), r, ei::pset1<Packet>(1.3981999507E-3f));
+  Packet y1 =
+      ei::pmadd(ei::pset1<Packet>(4.1665795894E-2f), r, ei::pset1<Packet>(1.6666665459E-1f));
+  const Packet y2 = ei::padd(r, ei::pset1<Packet>(1.0f));
+  y = ei::pmadd(y, r, ei::pset1<Packet>(8.3334519073E-3f));
+  y1 = ei::pmadd(y1, r, ei::pset1<Packet>(5.0000001201E-1f));
+  y = ei::pmadd(y, r3, y1);
+  y = ei::pmadd(y, r2, y2);
+  const PacketI bits =
+      ei::plogical_shift_left<23>(ei::padd(ei::pcast<Packet, PacketI>(m), ei::pset1<PacketI>(127)));
+  return ei::pmul(y, ei::preinterpret<Packet>(bits));
 #endif
 }
 
