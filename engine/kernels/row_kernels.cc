@@ -648,6 +648,14 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
   const __m512i vspan = _mm512_set1_epi32(static_cast<int32_t>(span));
   const __m512 vrp = _mm512_set1_ps(rp);
   const __m512 zero = _mm512_setzero_ps();
+  // (the least block max of the range: a lane below it can be no block's max)
+  float least = kInf;
+  if (changes) {
+    for (int64_t b = lo / kPassBlock; b < block_count(hi); ++b) {
+      least = std::min(least, changes->block_max[b]);
+    }
+  }
+  const __m512 least_max = _mm512_set1_ps(least);
   auto penalise = [&](const int32_t* list, int64_t len) {
     for (int64_t j = 0; j < len; j += 16) {
       const auto tail = static_cast<__mmask16>(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
@@ -659,14 +667,13 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
       _mm512_mask_i32scatter_ps(row, mine, tok, y, 4);
       if (!changes) continue;
       // Only a token that held its block's max, rises above it or is not
-      // finite after changes the notes (the maxima only rise as the notes
-      // go): those lanes are noted one by one, in list order.
-      const __m512i blk = _mm512_srli_epi32(tok, std::countr_zero(uint64_t{kPassBlock}));
-      const __m512 bm = _mm512_mask_i32gather_ps(zero, mine, blk, changes->block_max, 4);
+      // finite after changes the notes: a lane below every block's max
+      // before and after (the maxima only rise as the notes go) is passed
+      // over, the others are noted one by one, in list order.
       const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(y, y), zero, _CMP_EQ_OQ);
-      auto noted = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(mine, x, bm, _CMP_GE_OQ) |
-                                         _mm512_mask_cmp_ps_mask(mine, y, bm, _CMP_GT_OQ) |
-                                         (mine & ~finite));
+      auto noted = static_cast<uint32_t>(
+          _mm512_mask_cmp_ps_mask(mine, _mm512_max_ps(x, y), least_max, _CMP_GE_OQ) |
+          (mine & ~finite));
       if (noted == 0) continue;
       alignas(64) float xs[16], ys[16];
       _mm512_store_ps(xs, x);
