@@ -1173,9 +1173,18 @@ TEST_F(EngineReferenceTest, TargetedRows) {
     for (int64_t r = 0; r < 4; ++r) {
       const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
       for (float p_top : {0.9f, 0.95f}) {
-        add(
-            x, [&](SamplingParams& p) { p.top_p = p_top; },
-            "LM-like flat row " + std::to_string(r) + " of 151936, top-p " + std::to_string(p_top));
+        // (at T 0.7 too: the pass that gathers the nucleus then scales the
+        // distances, and its keys must be those the select ranks by)
+        for (float t : {1.0f, 0.7f}) {
+          add(
+              x,
+              [&](SamplingParams& p) {
+                p.top_p = p_top;
+                p.temperature = t;
+              },
+              "LM-like flat row " + std::to_string(r) + " of 151936, top-p " +
+                  std::to_string(p_top) + ", T " + std::to_string(t));
+        }
       }
     }
   }

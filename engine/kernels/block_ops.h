@@ -331,7 +331,20 @@ struct BlockHits {
   alignas(64) int32_t idx[kBlock + 64];
   alignas(64) float k[kBlock + 64];
   int64_t n = 0;
+  // Whether the next block is taken as dense (Extra::kHits on AVX-512):
+  // set after each block from its own count (kDenseHits or more). A dense
+  // block notes each packet's hit mask in the pass and stores the hits
+  // after it, instead of asking "has this packet hits?" in the pass: the
+  // hits a flat row spreads over its blocks make that a branch mispredicted
+  // about once per hit, unless the row was seen before (a benchmark that
+  // times one row again and again lets the predictor learn it; a decoder
+  // never sees a row twice). Top-p over distinct flat rows, one thread:
+  // 8 x 128256 46.8 -> 35.0 us a row, 64 x 32000 20.9 -> 15.4; one flat row
+  // timed again and again 31.9 -> 34.5, peaked rows unchanged (bench/ab).
+  // (typical-p's gathering pass stays with the branch: no clear gain there.)
+  bool deferred = false;
 };
+inline constexpr int64_t kDenseHits = 3;
 
 #if defined(__AVX512F__)
 // AVX-512: the same arithmetic on the same arguments (so the same bits in w
@@ -379,6 +392,18 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   int64_t in_group = 0;
   int64_t found = 0;
   int64_t count = 0;  // (a scalar popcount: a vector add here costs an FP slot)
+  // kGather: a packet's hits (block-relative index and key) compressed into
+  // hits, in order; or, in a block taken as dense (BlockHits::deferred),
+  // each packet's hit mask noted and the hits stored after the pass.
+  auto store_hits = [&](int64_t g, __mmask16 hit, __m512 key) {
+    const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
+    _mm512_storeu_si512(hits->idx + found, _mm512_maskz_compress_epi32(hit, at));
+    _mm512_storeu_ps(hits->k + found, _mm512_maskz_compress_ps(hit, key));
+    found += __builtin_popcount(static_cast<unsigned>(hit));
+  };
+  const bool deferred = kExtra == Extra::kHits && hits->deferred;
+  uint16_t hit_masks[kBlock / 16];
+  uint32_t with_hits = 0;  // (bit p: packet p has hits)
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
     __m512 arg, d;
     __mmask16 in, live;
@@ -435,13 +460,12 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       const __mmask16 hit = kOpenTop ? _mm512_cmp_ps_mask(pnbound, arg, _CMP_LE_OQ)
                             : kPlain ? _mm512_mask_cmp_ps_mask(in, pnbound, arg, _CMP_LE_OQ)
                                      : _mm512_mask_cmp_ps_mask(in, d, pbound, _CMP_LE_OQ);
-      if (hit != 0) {
+      if (deferred) {
+        hit_masks[g / 16] = hit;
+        with_hits |= static_cast<uint32_t>(hit != 0) << (g / 16);
+      } else if (hit != 0) {
         // -arg is d exactly in the plain form ((x - xmax) s = -((xmax - x) s)).
-        const __m512 key = kPlain ? ei::pnegate(arg) : d;
-        const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
-        _mm512_storeu_si512(hits->idx + found, _mm512_maskz_compress_epi32(hit, at));
-        _mm512_storeu_ps(hits->k + found, _mm512_maskz_compress_ps(hit, key));
-        found += __builtin_popcount(static_cast<unsigned>(hit));
+        store_hits(g, hit, kPlain ? ei::pnegate(arg) : d);
       }
     }
   };
@@ -457,7 +481,25 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (kEntropy) sum_zd.add(partial_zd);
   }
   if constexpr (!kOpenTop) *members = count;
-  if constexpr (kGather) hits->n = found;
+  if constexpr (kGather) {
+    // A dense block's hits, packet by packet, their keys computed again as
+    // the pass did (the same operations on the same values: the same bits).
+    for (; with_hits != 0; with_hits &= with_hits - 1) {
+      const int64_t g = 16 * std::countr_zero(with_hits);
+      const __mmask16 hit = hit_masks[g / 16];
+      const __m512 px = _mm512_maskz_loadu_ps(hit, x + g);
+      __m512 key;
+      if constexpr (kPlain) {
+        __m512 arg = _mm512_sub_ps(px, sp.xmax);
+        if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, sp.scale);
+        key = ei::pnegate(arg);
+      } else {
+        key = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
+      }
+      store_hits(g, hit, key);
+    }
+    hits->n = found;
+  }
   if constexpr (kEntropy) return 0.0;  // (the sums are in *sums)
   return sum.total();
 }
@@ -686,7 +728,10 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
                                     [[maybe_unused]] EntropyLanes* sums = nullptr) {
 #if defined(__AVX512F__)
   static_assert(kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits);
-  return block_masses_for<kExtra>(x, n, set, k0, nullptr, members, &hits, sums, nullptr);
+  const double mass =
+      block_masses_for<kExtra>(x, n, set, k0, nullptr, members, &hits, sums, nullptr);
+  hits.deferred = hits.n >= kDenseHits;
+  return mass;
 #else
   static_assert(kExtra == Extra::kHits);
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
