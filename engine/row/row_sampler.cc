@@ -439,7 +439,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
       if (scanned) {
         // (too many candidates: the lean scan's results and block maxima
-        // stand, and the row is only widened; on this thread, as the scan)
+        // stand, and the row is only widened, on this thread, where the
+        // light passes that follow read it)
         const int esize = dtype_size(in_.dtype);
         run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
           const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
