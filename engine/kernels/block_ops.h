@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 
@@ -31,70 +32,62 @@ constexpr float kOffExponent = -200.0f;
 using Packet = Eigen::internal::packet_traits<float>::type;
 
 // exp of a mass's argument -(d - k0), for every pass that forms masses (one
-// function, so that they all agree to the bit). On AVX-512 the
-// arithmetic of Eigen 3.4's Packet16f pexp (the same m = floor(x log2 e +
-// 1/2), remainder and polynomial) finished by vscalefps, y 2^m in one
-// instruction where Eigen builds 2^m from its bits and multiplies, and with
-// one clamp instead of Eigen's three min / max: the same bits for every
-// argument in [-kUnderflow, 0], the only ones whose results a pass keeps
-// (past kUnderflow a mass is exactly 0), in six fewer instructions, and the
-// mass passes are bound by vector instructions.
+// function, so that they all agree to the bit): the arithmetic of Eigen
+// 3.4's float pexp (m = floor(x log2 e + 1/2), the remainder r = x - m ln 2,
+// its polynomial in r) with one clamp instead of Eigen's three min / max and
+// a cheaper last step, y 2^m: on AVX-512 one vscalefps (Eigen builds 2^m
+// from its bits and multiplies), elsewhere 2^m from its bits (m >= -126 once
+// clamped) where Eigen's generic pldexp takes a dozen instructions to allow
+// any exponent. The same bits as Eigen's pexp for every argument in
+// [-kUnderflow, 0], the only ones whose results a pass keeps (past
+// kUnderflow a mass is exactly 0), in 6-10 fewer instructions, and the mass
+// passes are bound by vector instructions.
 inline Packet mass_exp(const Packet& arg) {
-#if defined(__AVX512F__)
+  namespace ei = Eigen::internal;
+  auto c = [](float v) { return ei::pset1<Packet>(v); };
   // (clamped below so that a masked token's -inf makes no NaN)
-  const __m512 x = _mm512_max_ps(arg, _mm512_set1_ps(-kUnderflow));
-  const __m512 m = _mm512_roundscale_ps(
-      _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fmadd_ps(m, _mm512_set1_ps(-0.6931471805599453f), x);
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  const __m512 r3 = _mm512_mul_ps(r2, r);
-  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500E-4f), r, _mm512_set1_ps(1.3981999507E-3f));
-  __m512 y1 =
-      _mm512_fmadd_ps(_mm512_set1_ps(4.1665795894E-2f), r, _mm512_set1_ps(1.6666665459E-1f));
-  const __m512 y2 = _mm512_add_ps(r, _mm512_set1_ps(1.0f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
-  y1 = _mm512_fmadd_ps(y1, r, _mm512_set1_ps(5.0000001201E-1f));
-  y = _mm512_fmadd_ps(y, r3, y1);
-  y = _mm512_fmadd_ps(y, r2, y2);
+  const Packet x = ei::pmax(arg, c(-kUnderflow));
+  const Packet m = ei::pfloor(ei::pmadd(x, c(1.44269504088896341f), c(0.5f)));
+#if defined(__AVX512F__)
+  // (Eigen's AVX-512 pexp: ln 2 in one constant, the multiply-add fused)
+  const Packet r = ei::pmadd(m, c(-0.6931471805599453f), x);
+#else
+  Packet r = ei::pmadd(m, c(-0.693359375f), x);
+  r = ei::pmadd(m, c(2.12194440e-4f), r);
+#endif
+  const Packet r2 = ei::pmul(r, r);
+  const Packet r3 = ei::pmul(r2, r);
+  Packet y = ei::pmadd(c(1.9875691500E-4f), r, c(1.3981999507E-3f));
+  Packet y1 = ei::pmadd(c(4.1665795894E-2f), r, c(1.6666665459E-1f));
+  const Packet y2 = ei::padd(r, c(1.0f));
+  y = ei::pmadd(y, r, c(8.3334519073E-3f));
+  y1 = ei::pmadd(y1, r, c(5.0000001201E-1f));
+  y = ei::pmadd(y, r3, y1);
+  y = ei::pmadd(y, r2, y2);
+#if defined(__AVX512F__)
   return _mm512_scalef_ps(y, m);
 #else
-  // Eigen's generic pexp_float (SSE2, AVX2) but for its last step: y 2^m
-  // with 2^m built from its bits (m >= -126 once clamped) where Eigen's
-  // pldexp takes a dozen instructions to allow any exponent.
-  namespace ei = Eigen::internal;
 #if defined(__AVX__)
   using PacketI = ei::Packet8i;
 #else
   using PacketI = ei::Packet4i;
 #endif
-  const Packet x = ei::pmax(arg, ei::pset1<Packet>(-kUnderflow));
-  const Packet m =
-      ei::pfloor(ei::pmadd(x, ei::pset1<Packet>(1.44269504088896341f), ei::pset1<Packet>(0.5f)));
-  Packet r = ei::pmadd(m, ei::pset1<Packet>(-0.693359375f), x);
-  r = ei::pmadd(m, ei::pset1<Packet>(2.12194440e-4f), r);
-  const Packet r2 = ei::pmul(r, r);
-  const Packet r3 = ei::pmul(r2, r);
-  Packet y = ei::pmadd(ei::pset1<Packet>(1.9875691500E-4f), r, ei::pset1<Packet>(1.3981999507E-3f));
-  Packet y1 =
-      ei::pmadd(ei::pset1<Packet>(4.1665795894E-2f), r, ei::pset1<Packet>(1.6666665459E-1f));
-  const Packet y2 = ei::padd(r, ei::pset1<Packet>(1.0f));
-  y = ei::pmadd(y, r, ei::pset1<Packet>(8.3334519073E-3f));
-  y1 = ei::pmadd(y1, r, ei::pset1<Packet>(5.0000001201E-1f));
-  y = ei::pmadd(y, r3, y1);
-  y = ei::pmadd(y, r2, y2);
   const PacketI bits =
       ei::plogical_shift_left<23>(ei::padd(ei::pcast<Packet, PacketI>(m), ei::pset1<PacketI>(127)));
   return ei::pmul(y, ei::preinterpret<Packet>(bits));
 #endif
 }
 
-// ex[j] = mass_exp(arg[j]) for j < padded, a multiple of 16 (whole packets
-// on every build); both arrays on 64-byte boundaries.
+// ex[j] = exp(arg[j]) where arg[j] > kOffExponent (mass_exp), else exactly
+// 0, for j < padded, a multiple of 16 (whole packets on every build; the
+// callers pad with kOffExponent); both arrays on 64-byte boundaries.
 inline void masses_of(const float* arg, int64_t padded, float* ex) {
-  constexpr int64_t kLanes = Eigen::internal::packet_traits<float>::size;
+  namespace ei = Eigen::internal;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  const Packet off = ei::pset1<Packet>(kOffExponent);
   for (int64_t j = 0; j < padded; j += kLanes) {
-    Eigen::internal::pstore(ex + j, mass_exp(Eigen::internal::pload<Packet>(arg + j)));
+    const Packet a = ei::pload<Packet>(arg + j);
+    ei::pstore(ex + j, ei::pand(mass_exp(a), ei::pcmp_lt(off, a)));
   }
 }
 
@@ -155,7 +148,7 @@ inline void block_masses(const float* d, const float* k, int64_t n, const SetSpe
   const int64_t padded = (n + 15) & ~int64_t{15};
   for (int64_t j = n; j < padded; ++j) arg[j] = kOffExponent;
   masses_of(arg, padded, ex);
-  for (int64_t j = 0; j < n; ++j) w[j] = arg[j] > kOffExponent ? ex[j] : 0.0f;
+  std::copy_n(ex, n, w);
 }
 
 // Adds the lanes of a float packet, widened to double, into two double
@@ -404,12 +397,19 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const bool deferred = kExtra == Extra::kHits && hits->deferred;
   uint16_t hit_masks[kBlock / 16];
   uint32_t with_hits = 0;  // (bit p: packet p has hits)
+  // -d in the plain form, (x - xmax) s; d in the general one, (xmax - x) s
+  // (the hits of a dense block take their keys from these again, after the
+  // pass: the same operations, the same bits).
+  auto minus_d = [&](__m512 px) {
+    const __m512 a = _mm512_sub_ps(px, sp.xmax);
+    return kUnitScale ? a : _mm512_mul_ps(a, sp.scale);
+  };
+  auto d_of = [&](__m512 diff) { return _mm512_mul_ps(diff, sp.scale); };
   auto step = [&](__m512 px, int64_t g, __mmask16 store) {
     __m512 arg, d;
     __mmask16 in, live;
     if constexpr (kPlain) {
-      arg = _mm512_sub_ps(px, sp.xmax);  // -d
-      if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, sp.scale);
+      arg = minus_d(px);
       if constexpr (kOpenTop) {
         in = 0xffff;  // (unused)
         live = _mm512_cmp_ps_mask(pnunder, arg, _CMP_LE_OQ);
@@ -419,7 +419,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       }
     } else {
       const __m512 diff = _mm512_sub_ps(sp.xmax, px);
-      d = _mm512_mul_ps(diff, sp.scale);
+      d = d_of(diff);
       in = _mm512_cmp_ps_mask(d, sp.hi, _CMP_LE_OQ);
       if constexpr (kCheckLo) in = _mm512_mask_cmp_ps_mask(in, sp.lo, d, _CMP_LE_OQ);
       __m512 e;
@@ -482,21 +482,12 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   }
   if constexpr (!kOpenTop) *members = count;
   if constexpr (kGather) {
-    // A dense block's hits, packet by packet, their keys computed again as
-    // the pass did (the same operations on the same values: the same bits).
+    // A dense block's hits, packet by packet, their keys computed again.
     for (; with_hits != 0; with_hits &= with_hits - 1) {
       const int64_t g = 16 * std::countr_zero(with_hits);
       const __mmask16 hit = hit_masks[g / 16];
       const __m512 px = _mm512_maskz_loadu_ps(hit, x + g);
-      __m512 key;
-      if constexpr (kPlain) {
-        __m512 arg = _mm512_sub_ps(px, sp.xmax);
-        if constexpr (!kUnitScale) arg = _mm512_mul_ps(arg, sp.scale);
-        key = ei::pnegate(arg);
-      } else {
-        key = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
-      }
-      store_hits(g, hit, key);
+      store_hits(g, hit, kPlain ? ei::pnegate(minus_d(px)) : d_of(_mm512_sub_ps(sp.xmax, px)));
     }
     hits->n = found;
   }

@@ -698,13 +698,14 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
 #endif
   penalise(a, na);
   penalise(b, nb);
-  if (overflowed) {
-    for (const int32_t* list : {a, b}) {
-      for (int64_t j = 0, len = list == a ? na : nb; j < len; ++j) {
-        if (static_cast<uint32_t>(list[j] - lo) < span) seen[list[j] >> 6] = 0;
-      }
+  if (!overflowed) return;
+  auto clear = [&](const int32_t* list, int64_t len) {
+    for (int64_t j = 0; j < len; ++j) {
+      if (static_cast<uint32_t>(list[j] - lo) < span) seen[list[j] >> 6] = 0;
     }
-  }
+  };
+  clear(a, na);
+  clear(b, nb);
 }
 
 }  // namespace nucleus::detail::NUCLEUS_KERNEL_ISA

@@ -488,7 +488,6 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
       }
       for (int64_t j = m; j < padded; ++j) arg[j] = block::kOffExponent;
       block::masses_of(arg, padded, xs);
-      for (int64_t j = 0; j < padded; ++j) xs[j] = arg[j] > block::kOffExponent ? xs[j] : 0.0f;
       *mass += static_cast<double>(block::ConstMapF(xs, padded).sum());
     }
   }
@@ -549,9 +548,7 @@ void entry_masses(SelectEntry* list, int64_t size) {
       arg[j] = e <= kUnderflow ? -e : block::kOffExponent;
     }
     block::masses_of(arg, padded, ex);
-    for (int64_t j = 0; j < n; ++j) {
-      list[i0 + j].weight = arg[j] > block::kOffExponent ? ex[j] : 0.0f;
-    }
+    for (int64_t j = 0; j < n; ++j) list[i0 + j].weight = ex[j];
   }
 }
 

@@ -127,7 +127,7 @@ class RowPipeline {
   Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0, MomentKind kind);
 
  private:
-  Status check_and_widen(Distribution& dist);
+  Status check_and_widen(Distribution& dist, bool need_z);
   MaxStats changed_stats(const Segment& seg, const MaxStats& raw, float* bmax,
                          const uint8_t* touched, int64_t lost, int64_t bad_at);
   void apply_filter(Filter f, std::span<const Segment>& segs, SetSpec& set, float& d0,
@@ -144,7 +144,7 @@ class RowPipeline {
   // Whether the first filter that acts (SPEC order) is top-k or min-p and
   // nothing needs the whole row's values, for a half-precision row: its
   // members can then be gathered from the few blocks that may hold them.
-  bool light_half_row() const;
+  bool light_half_row(bool need_z) const;
   bool filter_acts(Filter f) const;    // whether the filter can remove a token
   const Filter* first_filter() const;  // the first that acts, in the preset's order (or null)
   // 1/T (T > 0), at most the largest float, and the scale the filters see
@@ -166,7 +166,6 @@ class RowPipeline {
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
   bool values_needed_ = true;    // false: only the scan's results are used
-  bool need_z_ = false;
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
@@ -271,7 +270,7 @@ MaxStats RowPipeline::changed_stats(const Segment& seg, const MaxStats& raw, flo
   return st;
 }
 
-Status RowPipeline::check_and_widen(Distribution& dist) {
+Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
   const int64_t vocab = in_.vocab;
   sc_.prepare(vocab);
   // NaN and +inf are row errors wherever they are, masked or not: the scan
@@ -315,14 +314,21 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
   // copied to the working buffer the same way (the copy and the scan in one
   // read).
   const bool processors = has_processors(req_);
-  auto widen_scan = [&](float* dst) {
+  // (with `stats` false the row is only widened into dst, its scan's
+  // results being known already; nothing is returned then)
+  auto widen_scan = [&](float* dst, bool stats = true) {
     const int esize = dtype_size(in_.dtype);
     sc_.max_stats.resize(sc_.raw_segs.size());
     auto one = [&](int64_t s) {
       const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
-      sc_.max_stats[static_cast<size_t>(s)] = run_.k->widen_max_stats(
-          static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
-          dst ? dst + seg.base : nullptr, sc_.raw_block_max.data() + seg.base / kPassBlock);
+      const char* src = static_cast<const char*>(in_.data) + seg.base * esize;
+      if (stats) {
+        sc_.max_stats[static_cast<size_t>(s)] =
+            run_.k->widen_max_stats(src, in_.dtype, seg.n, dst ? dst + seg.base : nullptr,
+                                    sc_.raw_block_max.data() + seg.base / kPassBlock);
+      } else {
+        run_.k->to_float(src, in_.dtype, seg.n, dst + seg.base);
+      }
       if (seg.sample) record_sample(seg, sc_.row_samples);
     };
     // (split or not as the scan above when the widened row is kept: it is
@@ -332,7 +338,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     } else {
       run_(static_cast<int64_t>(sc_.raw_segs.size()), one);
     }
-    return combine(sc_.raw_segs, sc_.max_stats);
+    return stats ? combine(sc_.raw_segs, sc_.max_stats) : MaxStats{};
   };
   MaxStats raw;
   MaxStats processed;
@@ -427,7 +433,7 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
     // (gather_candidates); when those are too many, the row is widened
     // whole as any other.
     bool done = false;
-    const bool scanned = light_half_row();
+    const bool scanned = light_half_row(need_z);
     if (scanned) {
       make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
       raw = widen_scan(nullptr);
@@ -439,15 +445,8 @@ Status RowPipeline::check_and_widen(Distribution& dist) {
       make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
       if (scanned) {
         // (too many candidates: the lean scan's results and block maxima
-        // stand, and the row is only widened, on this thread, where the
-        // light passes that follow read it)
-        const int esize = dtype_size(in_.dtype);
-        run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), [&](int64_t s) {
-          const Segment& seg = sc_.raw_segs[static_cast<size_t>(s)];
-          run_.k->to_float(static_cast<const char*>(in_.data) + seg.base * esize, in_.dtype, seg.n,
-                           sc_.raw_buf.data() + seg.base);
-          if (seg.sample) record_sample(seg, sc_.row_samples);
-        });
+        // stand, and the row is only widened)
+        widen_scan(sc_.raw_buf.data(), false);
       } else {
         raw = widen_scan(sc_.raw_buf.data());
       }
@@ -689,8 +688,8 @@ const Filter* RowPipeline::first_filter() const {
   return nullptr;
 }
 
-bool RowPipeline::light_half_row() const {
-  if (in_.dtype == DType::kFloat32 || p_.temperature <= 0.0f || need_z_ || p_.logprobs ||
+bool RowPipeline::light_half_row(bool need_z) const {
+  if (in_.dtype == DType::kFloat32 || p_.temperature <= 0.0f || need_z || p_.logprobs ||
       p_.top_logprobs > 0 || p_.min_keep > 1 || has_processors(req_)) {
     return false;
   }
@@ -743,9 +742,8 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
 Status RowPipeline::build(Distribution& dist, bool need_z) {
   values_needed_ = !(p_.temperature == 0.0f && !need_z && !p_.logprobs && p_.top_logprobs == 0 &&
                      !has_processors(req_));
-  need_z_ = need_z;
   candidates_ = false;
-  if (Status s = check_and_widen(dist); !s.ok()) return s;
+  if (Status s = check_and_widen(dist, need_z); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
   unfiltered_raw_ = dist.x == dist.raw && !candidates_;
