@@ -326,6 +326,29 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_EQ(flat["results"][0]["batch"], 1);
   EXPECT_EQ(flat["results"][1]["batch"], 2);
   EXPECT_EQ(Lines(run.out).size(), 3u) << run.out;
+  // Three different batches timed in turn; none is refused.
+  run = RunCli(dir,
+               "bench --vocab 1000 --batch 2 --threads 1 --config penalty-topp,greedy "
+               "--distinct 3 --repeat 4 -q --json distinct.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json distinct = Json::parse(ReadText(dir / "distinct.json"));
+  EXPECT_EQ(distinct["distinct"], 3);
+  EXPECT_EQ(flat["distinct"], 1);
+  ASSERT_EQ(distinct["results"].size(), 2u);
+  for (const Json& r : distinct["results"]) {
+    EXPECT_GT(r["us_per_row"].get<double>(), 0.0);
+    EXPECT_GT(r["reference_us_per_row"].get<double>(), 0.0);
+  }
+  // A JSON path that cannot be written fails before the grid runs, and
+  // leaves nothing behind.
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 -q --json no/such/dir/b.json");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "no/such/dir")) << run.err;
+  EXPECT_TRUE(run.out.empty()) << run.out;
+  EXPECT_FALSE(fs::exists(dir / "no"));
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --distinct 0 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--distinct")) << run.err;
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --rows spiky -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--rows = spiky")) << run.err;

@@ -362,22 +362,38 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
 namespace {
 uint64_t cached_seed = 0;
 Rows cached_rows = Rows::kPeakedFlat;
+// Batch k of a case's options.distinct batches: the first is the workload of
+// options.seed, the others have seeds of their own.
+uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
 }  // namespace
 
 CaseResult run_case(const Case& c, const Options& options) {
   CaseResult out;
   out.c = c;
-  // Cases of a grid share their workload while only the threads or the
-  // configuration change: keep the last one.
-  static Workload cached;
-  if (cached.rows != c.batch || cached.vocab != c.vocab || cached.dtype != c.dtype ||
-      cached_seed != options.seed || cached_rows != options.rows) {
-    cached = make_workload(c.batch, c.vocab, c.dtype, options.seed, options.rows);
+  // Cases of a grid share their workloads while only the threads or the
+  // configuration change: keep the last ones.
+  static std::vector<Workload> cached;
+  const auto distinct = static_cast<size_t>(std::max(1, options.distinct));
+  if (cached.size() != distinct || cached[0].rows != c.batch || cached[0].vocab != c.vocab ||
+      cached[0].dtype != c.dtype || cached_seed != options.seed || cached_rows != options.rows) {
+    cached.clear();  // (freed before the next ones are made)
+    for (size_t k = 0; k < distinct; ++k) {
+      cached.push_back(make_workload(c.batch, c.vocab, c.dtype,
+                                     batch_seed(options.seed, static_cast<int>(k)), options.rows));
+    }
     cached_seed = options.seed;
     cached_rows = options.rows;
   }
-  const Workload& w = cached;
-  const auto requests = make_requests(c.config, w, options.logprobs);
+  const std::vector<Workload>& ws = cached;
+  std::vector<std::vector<RowRequest>> requests;
+  std::vector<LogitsView> views;
+  for (const Workload& w : ws) {
+    requests.push_back(make_requests(c.config, w, options.logprobs));
+    views.push_back(w.view());
+  }
+  // Each timed function takes the batches in turn, from its own count.
+  auto next = [distinct](size_t& i) { return i++ % distinct; };
+  size_t at_nucleus = 0, at_roof = 0, at_soft = 0, at_ref = 0;
   std::vector<RowResult> results(static_cast<size_t>(c.batch));
   // One engine per (threads, instruction set) for the whole run, as a server
   // keeps one: its arena and scratch stay warm from case to case.
@@ -390,21 +406,21 @@ CaseResult run_case(const Case& c, const Options& options) {
   Engine& engine = *slot;
   const Isa isa = engine.isa();
   out.c.isa = isa;
-  const LogitsView view = w.view();
   const double rows = static_cast<double>(c.batch);
 
   volatile double sink = 0;
   const auto [t_nucleus, t_roof, t_soft] = interleaved_medians(
       options.repeat,
       [&] {
-        const Status s = engine.sample(view, requests, results);
+        const size_t k = next(at_nucleus);
+        const Status s = engine.sample(views[k], requests[k], results);
         if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
       },
-      [&] { sink = sink + roofline_pass(w, c.threads, isa); },
-      [&] { sink = sink + softmax_floor_pass(w, c.threads, isa); });
+      [&] { sink = sink + roofline_pass(ws[next(at_roof)], c.threads, isa); },
+      [&] { sink = sink + softmax_floor_pass(ws[next(at_soft)], c.threads, isa); });
   out.us_per_row = t_nucleus / rows * 1e6;
   out.rows_per_s = rows / t_nucleus;
-  out.gb_per_s = static_cast<double>(w.bytes()) / t_nucleus / 1e9;
+  out.gb_per_s = static_cast<double>(ws[0].bytes()) / t_nucleus / 1e9;
   out.roofline_us_per_row = t_roof / rows * 1e6;
   out.softmax_us_per_row = t_soft / rows * 1e6;
   out.vs_roofline = t_roof / t_nucleus;
@@ -413,8 +429,8 @@ CaseResult run_case(const Case& c, const Options& options) {
     std::vector<int32_t> tokens;
     // The reference is slow: fewer repeats keep a grid affordable.
     const int repeat = std::max(3, options.repeat / 5);
-    const double t_ref =
-        median_seconds(repeat, [&] { reference_pass(c.config, w, c.threads, tokens); });
+    const double t_ref = median_seconds(
+        repeat, [&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens); });
     out.reference_us_per_row = t_ref / rows * 1e6;
     out.vs_reference = t_ref / t_nucleus;
   }

@@ -84,6 +84,12 @@ struct Options {
   bool logprobs = false;  // ask for the sampled tokens' logprobs too
   uint64_t seed = 1;
   Rows rows = Rows::kPeakedFlat;
+  // Batches timed in turn (call i reads batch i mod distinct), all of the
+  // same kind, each with its own values. With 1, every call reads the same
+  // batch: its rows stay in cache and the CPU's branch predictors learn the
+  // data-dependent branches of its passes, which a decoder, sampling each
+  // row once, never enjoys. Every baseline takes its batches in the same turn.
+  int distinct = 1;
 };
 
 struct CaseResult {
@@ -100,7 +106,8 @@ struct CaseResult {
 };
 
 // Times one case: nucleus, then the baselines, each the median of
-// `options.repeat` calls on the same buffers with the same thread count.
+// `options.repeat` calls on the same buffers (options.distinct batches in
+// turn) with the same thread count.
 // Not thread-safe (it keeps the last workload for the next case).
 CaseResult run_case(const Case& c, const Options& options);
 

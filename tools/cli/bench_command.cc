@@ -4,14 +4,15 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "bench/core/bench_core.h"
 #include "nucleus/dump.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/text_output.h"
 
 namespace nucleus::cli {
 namespace {
@@ -86,6 +87,13 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
       ->add_option("--runs", c->runs,
                    "Run the grid this many times; each case keeps its best run (the fastest "
                    "median), with the baselines timed in that run")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  c->app
+      ->add_option("--distinct", c->distinct,
+                   "Time this many different batches of the same kind in turn (call i reads "
+                   "batch i mod N), the baselines too: with 1 every call reads the same batch, "
+                   "whose rows stay in cache and whose branches the CPU learns")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   c->app->add_flag("--no-reference", c->no_reference,
@@ -165,11 +173,24 @@ int run_bench(const BenchCommand& c) {
     print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
     return kExitFailure;
   }
+  // The JSON file is opened (under a temporary name) before the grid runs,
+  // so that a path that cannot be written fails at once, and appears only
+  // once it is whole.
+  std::optional<TextOutput> json;
+  if (!c.json.empty()) {
+    Result<TextOutput> opened = TextOutput::open(c.json);
+    if (!opened.ok()) {
+      print_error(opened.status().message());
+      return kExitFailure;
+    }
+    json.emplace(std::move(opened).value());
+  }
   bench::Options options;
   options.rows = *rows;
   options.repeat = c.repeat;
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
+  options.distinct = c.distinct;
   std::vector<bench::CaseResult> results;
   const size_t total = vocabs.size() * batches.size() * dtypes.size() * threads.size() *
                        isas.size() * configs.size();
@@ -216,11 +237,12 @@ int run_bench(const BenchCommand& c) {
   if (progress) std::fprintf(stderr, "\r\033[K");
   std::fputs(bench::format_table(results).c_str(), stdout);
 
-  if (!c.json.empty()) {
+  if (json) {
     nlohmann::json doc;
     doc["machine_threads"] = all;
     doc["repeat"] = c.repeat;
     doc["runs"] = c.runs;
+    doc["distinct"] = c.distinct;
     doc["rows"] = bench::rows_name(*rows);
     doc["logprobs"] = c.logprobs;
     for (const auto& r : results) {
@@ -240,10 +262,10 @@ int run_bench(const BenchCommand& c) {
                                 {"vs_softmax", r.vs_softmax},
                                 {"vs_reference", r.vs_reference}});
     }
-    std::ofstream out(c.json);
-    out << doc.dump(1) << "\n";
-    if (!out) {
-      print_error("cannot write " + c.json);
+    Status written = json->write(doc.dump(1) + "\n");
+    if (written.ok()) written = json->commit();
+    if (!written.ok()) {
+      print_error(written.message());
       return kExitFailure;
     }
   }

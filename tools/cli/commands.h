@@ -51,6 +51,7 @@ struct BenchCommand {
   std::string rows = "peaked-flat";
   int repeat = 30;
   int runs = 1;
+  int distinct = 1;
   bool no_reference = false;
   bool logprobs = false;
   std::string json;
