@@ -346,6 +346,11 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_TRUE(Contains(run.err, "no/such/dir")) << run.err;
   EXPECT_TRUE(run.out.empty()) << run.out;
   EXPECT_FALSE(fs::exists(dir / "no"));
+  // Rows that would not fit in memory are refused before anything is made.
+  run = RunCli(dir, "bench --vocab 256000 --batch 256 --threads 1 --distinct 100000 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--distinct 100000")) << run.err;
+  EXPECT_TRUE(Contains(run.err, "GiB")) << run.err;
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --distinct 0 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--distinct")) << run.err;

@@ -3,6 +3,7 @@
 #include <tbb/info.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -172,6 +173,29 @@ int run_bench(const BenchCommand& c) {
   if (!rows) {
     print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
     return kExitFailure;
+  }
+  // The largest case's rows (all its distinct batches, and the float32 copy
+  // of a half-precision one) must fit in memory with room to spare.
+  {
+    const auto max_of = [](const std::vector<int64_t>& v) {
+      return *std::max_element(v.begin(), v.end());
+    };
+    int64_t elem = 4;
+    for (DType d : dtypes) elem = std::max<int64_t>(elem, d == DType::kFloat32 ? 4 : 6);
+    const double need = static_cast<double>(c.distinct) * static_cast<double>(max_of(batches)) *
+                        static_cast<double>(max_of(vocabs)) * static_cast<double>(elem);
+    const double have =
+        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    if (have > 0 && need > have / 2) {
+      char text[256];
+      std::snprintf(text, sizeof text,
+                    "options --distinct %d, --batch %lld and --vocab %lld need %.1f GiB of rows, "
+                    "more than half of this machine's %.1f GiB",
+                    c.distinct, static_cast<long long>(max_of(batches)),
+                    static_cast<long long>(max_of(vocabs)), need / (1u << 30), have / (1u << 30));
+      print_error(text);
+      return kExitFailure;
+    }
   }
   // The JSON file is opened (under a temporary name) before the grid runs,
   // so that a path that cannot be written fails at once, and appears only
