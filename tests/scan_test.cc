@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/io/half.h"
 #include "nucleus/engine.h"
 
 namespace nucleus {
@@ -32,10 +33,17 @@ struct Expected {
   int64_t bad_at = -1;  // first NaN or +inf
 };
 
-// A bfloat16 is the top half of a float32 (truncated, which the rows here
-// do not mind).
-uint16_t ToBFloat16(float f) { return static_cast<uint16_t>(std::bit_cast<uint32_t>(f) >> 16); }
-float FromBFloat16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+// Half-precision bits of a float (rounded to nearest) and back, for both
+// half types; and the quiet NaN and +inf of each.
+uint16_t ToHalf(DType t, float f) {
+  return t == DType::kFloat16 ? detail::float_to_half_bits(f) : detail::float_to_bfloat16_bits(f);
+}
+float FromHalf(DType t, uint16_t h) {
+  return t == DType::kFloat16 ? detail::half_bits_to_float(h) : detail::bfloat16_bits_to_float(h);
+}
+uint16_t HalfNaN(DType t) { return t == DType::kFloat16 ? 0x7E00 : 0x7FC0; }
+uint16_t HalfInf(DType t) { return t == DType::kFloat16 ? 0x7C00 : 0x7F80; }
+constexpr DType kHalfTypes[] = {DType::kBFloat16, DType::kFloat16};
 
 Expected scalar_scan(const std::vector<float>& x) {
   Expected e;
@@ -54,14 +62,14 @@ Expected scalar_scan(const std::vector<float>& x) {
 
 class ScanTest : public ::testing::Test {
  protected:
-  // Greedy on one bfloat16 row twice: with nothing else asked for (the lean
-  // scan, which never keeps the widened row) and with logprobs (the widened
-  // row kept). The kept one must match the same row widened here and given
-  // as float32 (another scan, and the logprobs read the stored values).
-  void GreedyLeanAndKept(const std::vector<uint16_t>& row, std::vector<RowResult>& lean,
+  // Greedy on one half-precision row twice: with nothing else asked for (the
+  // lean scan, which never keeps the widened row) and with logprobs (the
+  // widened row kept). The kept one must match the same row widened here and
+  // given as float32 (another scan, and the logprobs read the stored values).
+  void GreedyLeanAndKept(DType type, const std::vector<uint16_t>& row, std::vector<RowResult>& lean,
                          std::vector<RowResult>& kept) {
     const auto vocab = static_cast<int64_t>(row.size());
-    const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
+    const LogitsView view{row.data(), 1, vocab, vocab, type};
     lean.assign(1, RowResult{});
     kept.assign(1, RowResult{});
     RowRequest req;
@@ -72,7 +80,7 @@ class ScanTest : public ::testing::Test {
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kept).ok());
     std::vector<float> widened(row.size());
     for (size_t i = 0; i < row.size(); ++i) {
-      widened[i] = FromBFloat16(row[i]);
+      widened[i] = FromHalf(type, row[i]);
     }
     const LogitsView f32_view{widened.data(), 1, vocab, vocab, DType::kFloat32};
     std::vector<RowResult> f32(1);
@@ -197,47 +205,48 @@ TEST_F(ScanTest, EdgeRows) {
 TEST_F(ScanTest, HalfRowsScannedWithoutKeepingTheWidenedRow) {
   std::mt19937_64 rng(5);
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  for (int64_t vocab : {100, 1017, 2048, 40000}) {
-    for (int trial = 0; trial < 6; ++trial) {
-      std::vector<uint16_t> row(static_cast<size_t>(vocab));
-      for (uint16_t& v : row) v = ToBFloat16(normal(rng));
-      // The max twice (in different blocks, mostly): the first one wins.
-      const auto top1 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
-      const auto top2 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
-      row[static_cast<size_t>(top1)] = ToBFloat16(20.0f);
-      row[static_cast<size_t>(top2)] = ToBFloat16(20.0f);
-      auto other = [&] {  // a position that holds neither max
-        for (;;) {
-          const auto t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
-          if (t != top1 && t != top2) return static_cast<size_t>(t);
+  for (DType type : kHalfTypes) {
+    SCOPED_TRACE(dtype_name(type));
+    for (int64_t vocab : {100, 1017, 2048, 40000}) {
+      for (int trial = 0; trial < 6; ++trial) {
+        std::vector<uint16_t> row(static_cast<size_t>(vocab));
+        for (uint16_t& v : row) v = ToHalf(type, normal(rng));
+        // The max twice (in different blocks, mostly): the first one wins.
+        const auto top1 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+        const auto top2 = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+        row[static_cast<size_t>(top1)] = ToHalf(type, 20.0f);
+        row[static_cast<size_t>(top2)] = ToHalf(type, 20.0f);
+        auto other = [&] {  // a position that holds neither max
+          for (;;) {
+            const auto t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+            if (t != top1 && t != top2) return static_cast<size_t>(t);
+          }
+        };
+        row[other()] = ToHalf(type, -kInf);
+        if (trial >= 4) row[other()] = trial == 4 ? HalfNaN(type) : HalfInf(type);
+        std::vector<RowResult> lean, kept;
+        ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(type, row, lean, kept));
+        SCOPED_TRACE("vocab " + std::to_string(vocab) + " trial " + std::to_string(trial));
+        EXPECT_EQ(lean[0].status.code(), kept[0].status.code()) << lean[0].status.to_string();
+        EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
+        if (trial >= 4) {
+          EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
+          EXPECT_NE(lean[0].status.message().find(trial == 4 ? "NaN" : "+inf"), std::string::npos)
+              << lean[0].status.message();
+          continue;
         }
-      };
-      row[other()] = ToBFloat16(-kInf);
-      if (trial >= 4) {
-        row[other()] = trial == 4 ? uint16_t{0x7FC0} : uint16_t{0x7F80};  // NaN, +inf
+        ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
+        EXPECT_EQ(lean[0].tokens, kept[0].tokens);
+        ASSERT_EQ(lean[0].tokens.size(), 1u);
+        EXPECT_EQ(lean[0].tokens[0], std::min(top1, top2));
+        EXPECT_EQ(lean[0].support, kept[0].support);
+        EXPECT_EQ(lean[0].support, vocab - 1);
       }
-      std::vector<RowResult> lean, kept;
-      ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(row, lean, kept));
-      SCOPED_TRACE("vocab " + std::to_string(vocab) + " trial " + std::to_string(trial));
-      EXPECT_EQ(lean[0].status.code(), kept[0].status.code()) << lean[0].status.to_string();
-      EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
-      if (trial >= 4) {
-        EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
-        EXPECT_NE(lean[0].status.message().find(trial == 4 ? "NaN" : "+inf"), std::string::npos)
-            << lean[0].status.message();
-        continue;
-      }
-      ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
-      EXPECT_EQ(lean[0].tokens, kept[0].tokens);
-      ASSERT_EQ(lean[0].tokens.size(), 1u);
-      EXPECT_EQ(lean[0].tokens[0], std::min(top1, top2));
-      EXPECT_EQ(lean[0].support, kept[0].support);
-      EXPECT_EQ(lean[0].support, vocab - 1);
     }
   }
 }
 
-// A bfloat16 row whose first filter is top-k or min-p (nothing else reading
+// A half-precision row whose first filter is top-k or min-p (nothing else reading
 // its values, logprobs off) is scanned without keeping the widened row, and only the
 // blocks that may hold that filter's members are widened and listed. The
 // kept set must be the one the whole row gives: the support equals the
@@ -284,101 +293,108 @@ TEST_F(ScanTest, HalfRowsGatherTheFirstFiltersCandidates) {
         }
         x[static_cast<size_t>(vocab - 1)] = 6.0f;
       }
-      std::vector<uint16_t> row(x.size());
-      for (size_t i = 0; i < x.size(); ++i) row[i] = ToBFloat16(x[i]);
-      const LogitsView view{row.data(), 1, vocab, vocab, DType::kBFloat16};
-      for (const Config& c : configs) {
-        SCOPED_TRACE(std::string(kind) + " row of " + std::to_string(vocab) + ", " + c.name);
-        RowRequest req;
-        c.set(req.params);
-        req.params.num_samples = 32;
-        req.params.logprobs = false;  // (logprobs read the whole row)
-        req.seed = 7;
-        std::vector<RowResult> sampled(1);
-        ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), sampled).ok());
-        ASSERT_TRUE(sampled[0].status.ok()) << sampled[0].status.to_string();
-        std::vector<float> probs(static_cast<size_t>(vocab));
-        std::vector<Status> status(1);
-        ASSERT_TRUE(engine_.probs(view, std::span(&req, 1), probs.data(), vocab, status).ok());
-        ASSERT_TRUE(status[0].ok()) << status[0].to_string();
-        int64_t kept = 0;
-        for (float q : probs) kept += q > 0.0f ? 1 : 0;
-        EXPECT_EQ(sampled[0].support, kept);
-        for (int32_t t : sampled[0].tokens) {
-          EXPECT_GT(probs[static_cast<size_t>(t)], 0.0f) << "token " << t;
+      for (DType type : kHalfTypes) {
+        std::vector<uint16_t> row(x.size());
+        for (size_t i = 0; i < x.size(); ++i) row[i] = ToHalf(type, x[i]);
+        const LogitsView view{row.data(), 1, vocab, vocab, type};
+        for (const Config& c : configs) {
+          SCOPED_TRACE(std::string(dtype_name(type)) + " " + kind + " row of " +
+                       std::to_string(vocab) + ", " + c.name);
+          RowRequest req;
+          c.set(req.params);
+          req.params.num_samples = 32;
+          req.params.logprobs = false;  // (logprobs read the whole row)
+          req.seed = 7;
+          std::vector<RowResult> sampled(1);
+          ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), sampled).ok());
+          ASSERT_TRUE(sampled[0].status.ok()) << sampled[0].status.to_string();
+          std::vector<float> probs(static_cast<size_t>(vocab));
+          std::vector<Status> status(1);
+          ASSERT_TRUE(engine_.probs(view, std::span(&req, 1), probs.data(), vocab, status).ok());
+          ASSERT_TRUE(status[0].ok()) << status[0].to_string();
+          int64_t kept = 0;
+          for (float q : probs) kept += q > 0.0f ? 1 : 0;
+          EXPECT_EQ(sampled[0].support, kept);
+          for (int32_t t : sampled[0].tokens) {
+            EXPECT_GT(probs[static_cast<size_t>(t)], 0.0f) << "token " << t;
+          }
         }
       }
     }
   }
 }
 
-// The lean bfloat16 scan orders 16-bit keys instead of widened floats: rows
+// The lean half-precision scan orders 16-bit keys instead of widened floats: rows
 // of negative values only, a zero max with -0 before +0, a negative NaN, a
 // max in the row's last, partial packet, and whole blocks of -inf must scan as
 // the widened row does.
-TEST_F(ScanTest, LeanBFloat16ScanAtTheEdgesOfItsOrder) {
+TEST_F(ScanTest, LeanHalfScanAtTheEdgesOfItsOrder) {
   std::mt19937_64 rng(9);
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  struct Case {
-    const char* name;
-    int64_t vocab;
-    std::function<void(std::vector<uint16_t>&)> make;
-    int32_t token;      // expected greedy token, or -1 for a row error
-    const char* error;  // part of the row error's message
-  };
-  const std::vector<Case> cases = {
-      {"negative values only", 3000,
-       [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = ToBFloat16(-50.0f - std::fabs(normal(rng)));
-         r[1777] = ToBFloat16(-40.0f);
-         r[2900] = ToBFloat16(-40.0f);
-       },
-       1777, nullptr},
-      {"zero max, -0 first", 3000,
-       [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = ToBFloat16(-1.0f - std::fabs(normal(rng)));
-         r[700] = 0x8000;   // -0
-         r[1500] = 0x0000;  // +0
-       },
-       700, nullptr},
-      {"negative NaN", 3000,
-       [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = ToBFloat16(normal(rng));
-         r[2222] = 0xFFC0;
-       },
-       -1, "NaN"},
-      {"max in the last, partial packet", 1041,
-       [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = ToBFloat16(normal(rng));
-         r[1040] = ToBFloat16(30.0f);
-       },
-       1040, nullptr},
-      {"blocks of -inf", 3000,
-       [&](std::vector<uint16_t>& r) {
-         for (uint16_t& v : r) v = ToBFloat16(-kInf);
-         r[2600] = ToBFloat16(-3.0f);
-         r[2601] = ToBFloat16(-2.5f);
-       },
-       2601, nullptr},
-  };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    std::vector<uint16_t> row(static_cast<size_t>(c.vocab));
-    c.make(row);
-    std::vector<RowResult> lean, kept;
-    ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(row, lean, kept));
-    EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
-    if (c.token < 0) {
-      EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
-      EXPECT_NE(lean[0].status.message().find(c.error), std::string::npos)
-          << lean[0].status.message();
-      continue;
+  for (DType type : kHalfTypes) {
+    SCOPED_TRACE(dtype_name(type));
+    auto h = [type](float f) { return ToHalf(type, f); };
+    struct Case {
+      const char* name;
+      int64_t vocab;
+      std::function<void(std::vector<uint16_t>&)> make;
+      int32_t token;      // expected greedy token, or -1 for a row error
+      const char* error;  // part of the row error's message
+    };
+    const std::vector<Case> cases = {
+        {"negative values only", 3000,
+         [&](std::vector<uint16_t>& r) {
+           for (uint16_t& v : r) v = h(-50.0f - std::fabs(normal(rng)));
+           r[1777] = h(-40.0f);
+           r[2900] = h(-40.0f);
+         },
+         1777, nullptr},
+        {"zero max, -0 first", 3000,
+         [&](std::vector<uint16_t>& r) {
+           for (uint16_t& v : r) v = h(-1.0f - std::fabs(normal(rng)));
+           r[700] = 0x8000;   // -0
+           r[1500] = 0x0000;  // +0
+         },
+         700, nullptr},
+        {"negative NaN", 3000,
+         [&](std::vector<uint16_t>& r) {
+           for (uint16_t& v : r) v = h(normal(rng));
+           r[2222] = static_cast<uint16_t>(HalfNaN(type) | 0x8000);
+         },
+         -1, "NaN"},
+        {"max in the last, partial packet", 1041,
+         [&](std::vector<uint16_t>& r) {
+           for (uint16_t& v : r) v = h(normal(rng));
+           r[1040] = h(30.0f);
+         },
+         1040, nullptr},
+        {"blocks of -inf", 3000,
+         [&](std::vector<uint16_t>& r) {
+           for (uint16_t& v : r) v = h(-kInf);
+           r[2600] = h(-3.0f);
+           r[2601] = h(-2.5f);
+         },
+         2601, nullptr},
+    };
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      std::vector<uint16_t> row(static_cast<size_t>(c.vocab));
+      c.make(row);
+      std::vector<RowResult> lean, kept;
+      ASSERT_NO_FATAL_FAILURE(GreedyLeanAndKept(type, row, lean, kept));
+      EXPECT_EQ(lean[0].status.message(), kept[0].status.message());
+      if (c.token < 0) {
+        EXPECT_EQ(lean[0].status.code(), StatusCode::kRowError);
+        EXPECT_NE(lean[0].status.message().find(c.error), std::string::npos)
+            << lean[0].status.message();
+        continue;
+      }
+      ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
+      ASSERT_EQ(lean[0].tokens.size(), 1u);
+      EXPECT_EQ(lean[0].tokens[0], c.token);
+      EXPECT_EQ(kept[0].tokens[0], c.token);
+      EXPECT_EQ(lean[0].support, kept[0].support);
     }
-    ASSERT_TRUE(lean[0].status.ok()) << lean[0].status.to_string();
-    ASSERT_EQ(lean[0].tokens.size(), 1u);
-    EXPECT_EQ(lean[0].tokens[0], c.token);
-    EXPECT_EQ(kept[0].tokens[0], c.token);
-    EXPECT_EQ(lean[0].support, kept[0].support);
   }
 }
 

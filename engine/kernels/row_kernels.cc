@@ -226,29 +226,45 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
 }
 
 #if defined(__AVX512F__)
-// The scan of a bfloat16 row: each block's max and finiteness come from
-// 16-bit order keys (below), without widening; without dst (greedy with
-// nothing else asked for, the widened values not kept) a block is widened to
-// memory only when it is read again (it holds a non-finite entry, or the
-// max's first position). With dst the widened row is stored there as it is
-// read, and those blocks are read from it (the maxima still come from the
-// keys: the stored floats are not read back). The same results as scanning
-// the widened row (the one value a float max may pick differently, ±0, gives
-// the same +0 max and position).
-MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
+// The scan of a half-precision row (bfloat16 or float16): each block's max
+// and finiteness come from 16-bit order keys (below), without widening;
+// without dst (greedy with nothing else asked for, the widened values not
+// kept) a block is widened to memory only when it is read again (it holds a
+// non-finite entry, or the max's first position). With dst the widened row
+// is stored there as it is read, and those blocks are read from it (the
+// maxima still come from the keys: the stored floats are not read back). The
+// same results as scanning the widened row (the one value a float max may
+// pick differently, ±0, gives the same +0 max and position): both formats
+// widen exactly and in order.
+template <DType kType>
+MaxStats scan_half(const uint16_t* h, int64_t n, float* block_max, float* dst) {
+  static_assert(kType == DType::kBFloat16 || kType == DType::kFloat16);
+  constexpr bool kBf16 = kType == DType::kBFloat16;
+  // (F16C's conversion, exact, for a float16)
+  auto widen1 = [](uint16_t v) { return kBf16 ? bf16_to_float(v) : _cvtsh_ss(v); };
+  auto widen16 = [](__m256i v) {
+    return kBf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+                 : _mm512_cvtph_ps(v);
+  };
   alignas(64) float local[kPassBlock];
   // A block's float values: from dst, or widened into local.
   auto values = [&](int64_t b0, int64_t m) -> const float* {
     if (dst) return dst + b0;
-    for (int64_t j = 0; j < m; ++j) local[j] = bf16_to_float(h[b0 + j]);
+    int64_t j = 0;
+    for (; j + 16 <= m; j += 16) {
+      _mm512_store_ps(local + j,
+                      widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + b0 + j))));
+    }
+    for (; j < m; ++j) local[j] = widen1(h[b0 + j]);
     return local;
   };
-  // The packets are never widened: a bfloat16's bits, with the magnitude
-  // bits flipped when the sign is set (k = h ^ ((h >> 15) & 0x7fff), an
+  // The packets are never widened: a half's bits, with the magnitude bits
+  // flipped when the sign is set (k = h ^ ((h >> 15) & 0x7fff), an
   // involution), order as signed 16-bit integers exactly as the values do
-  // (-0 just below +0), so 32 lanes take a max and a min per load. The
-  // block is finite exactly when its largest key is below +inf's (0x7f80;
-  // +NaN lies above) and its smallest above -inf's (-NaN lies below).
+  // (-0 just below +0; both formats are sign and magnitude), so 32 lanes
+  // take a max and a min per load. The block is finite exactly when its
+  // largest key is below +inf's (bfloat16 0x7f80, float16 0x7c00; +NaN lies
+  // above) and its smallest above -inf's (-NaN lies below).
   const __m512i flip = _mm512_set1_epi16(0x7fff);
   auto order_key = [&](__m512i bits) {
     // bits ^ (sign mask & 0x7fff), one ternary-logic op: A ^ (B & C) = 0x78
@@ -262,8 +278,8 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
     b = op128(b, _mm_srli_epi32(b, 16));
     return static_cast<int16_t>(_mm_extract_epi16(b, 0));
   };
-  constexpr int16_t kInfKey = 0x7f80;
-  constexpr int16_t kNegInfKey = static_cast<int16_t>(0xff80 ^ 0x7fff);
+  constexpr int16_t kInfKey = kBf16 ? 0x7f80 : 0x7c00;
+  constexpr int16_t kNegInfKey = static_cast<int16_t>((kInfKey | 0x8000) ^ 0x7fff);
   ScanTotals totals;
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
@@ -276,13 +292,8 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
       kmax = _mm512_max_epi16(kmax, key);
       kmin = _mm512_min_epi16(kmin, key);
       if (dst) {
-        // (a bfloat16 is the top half of its float32)
-        _mm512_storeu_si512(
-            dst + b0 + j,
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
-        _mm512_storeu_si512(
-            dst + b0 + j + 16,
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+        _mm512_storeu_ps(dst + b0 + j, widen16(_mm512_castsi512_si256(bits)));
+        _mm512_storeu_ps(dst + b0 + j + 16, widen16(_mm512_extracti64x4_epi64(bits, 1)));
       }
     }
     float bmax = -kInf;
@@ -296,10 +307,10 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
           [](__m128i a, __m128i b) { return _mm_min_epi16(a, b); });
       finite_block = hi < kInfKey && lo > kNegInfKey;
       const auto bits = static_cast<uint16_t>(hi ^ ((hi >> 15) & 0x7fff));
-      bmax = bf16_to_float(bits);
+      bmax = widen1(bits);
     }
     for (; j < m; ++j) {
-      const float v = bf16_to_float(h[b0 + j]);
+      const float v = widen1(h[b0 + j]);
       if (dst) dst[b0 + j] = v;
       bmax = v > bmax ? v : bmax;
       finite_block &= v * 0.0f == 0.0f;
@@ -311,7 +322,7 @@ MaxStats scan_bf16(const uint16_t* h, int64_t n, float* block_max, float* dst) {
   const int64_t m = std::min(kPassBlock, n - at);
   return totals.finish(values(at, m), m, [&] {
     int64_t t = 0;
-    while (t < n && bf16_to_float(h[t]) < kInf) ++t;
+    while (t < n && widen1(h[t]) < kInf) ++t;
     return t < n ? t : int64_t{-1};
   });
 }
@@ -329,7 +340,10 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
   }
 #if defined(__AVX512F__)
   if (dtype == DType::kBFloat16) {
-    return scan_bf16(static_cast<const uint16_t*>(src), n, block_max, dst);
+    return scan_half<DType::kBFloat16>(static_cast<const uint16_t*>(src), n, block_max, dst);
+  }
+  if (dtype == DType::kFloat16) {
+    return scan_half<DType::kFloat16>(static_cast<const uint16_t*>(src), n, block_max, dst);
   }
 #endif
   // Sub-blocks small enough that max_stats reads them back from L1 (whole
