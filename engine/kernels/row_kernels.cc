@@ -225,7 +225,75 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   });
 }
 
+#if defined(__AVX2__)
+// The 16-bit word operations the half-precision key scan (below) needs, on
+// the widest registers the build has: 32 words on AVX-512, 16 on AVX2.
+struct HalfWords {
 #if defined(__AVX512F__)
+  using V = __m512i;
+  static constexpr int64_t kWords = 32;
+  static V load(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static V splat(int16_t v) { return _mm512_set1_epi16(v); }
+  // bits ^ ((bits >> 15) & 0x7fff), one ternary-logic op: A ^ (B & C) = 0x78
+  static V key(V bits) {
+    return _mm512_ternarylogic_epi32(bits, _mm512_srai_epi16(bits, 15), splat(0x7fff), 0x78);
+  }
+  static V max(V a, V b) { return _mm512_max_epi16(a, b); }
+  static V min(V a, V b) { return _mm512_min_epi16(a, b); }
+  static __m256i low(V v) { return _mm512_castsi512_si256(v); }
+  static __m256i high(V v) { return _mm512_extracti64x4_epi64(v, 1); }
+  // 16 floats from 16 halves (a bfloat16 is the top half of its float32;
+  // F16C's conversion for a float16, exact)
+  template <bool kBf16>
+  static void widen(__m256i h, float* out) {
+    _mm512_storeu_ps(out, kBf16
+                              ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                              : _mm512_cvtph_ps(h));
+  }
+#else
+  using V = __m256i;
+  static constexpr int64_t kWords = 16;
+  static V load(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const V*>(p)); }
+  static V splat(int16_t v) { return _mm256_set1_epi16(v); }
+  static V key(V bits) {
+    return _mm256_xor_si256(bits, _mm256_and_si256(_mm256_srai_epi16(bits, 15), splat(0x7fff)));
+  }
+  static V max(V a, V b) { return _mm256_max_epi16(a, b); }
+  static V min(V a, V b) { return _mm256_min_epi16(a, b); }
+  static __m256i low(V v) { return v; }
+  static __m256i high(V v) { return v; }
+  template <bool kBf16>
+  static void widen(__m256i h, float* out) {
+    auto eight = [](__m128i q) {
+      return kBf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(q), 16))
+                   : _mm256_cvtph_ps(q);
+    };
+    _mm256_storeu_ps(out, eight(_mm256_castsi256_si128(h)));
+    _mm256_storeu_ps(out + 8, eight(_mm256_extracti128_si256(h, 1)));
+  }
+#endif
+  // The largest (smallest) word of v.
+  template <typename Op256, typename Op128>
+  static int16_t reduce(V v, Op256 op256, Op128 op128) {
+    const __m256i a = kWords == 32 ? op256(low(v), high(v)) : low(v);
+    __m128i b = op128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    b = op128(b, _mm_shuffle_epi32(b, 0x4e));
+    b = op128(b, _mm_shuffle_epi32(b, 0xb1));
+    b = op128(b, _mm_srli_epi32(b, 16));
+    return static_cast<int16_t>(_mm_extract_epi16(b, 0));
+  }
+  static int16_t hmax(V v) {
+    return reduce(
+        v, [](__m256i a, __m256i b) { return _mm256_max_epi16(a, b); },
+        [](__m128i a, __m128i b) { return _mm_max_epi16(a, b); });
+  }
+  static int16_t hmin(V v) {
+    return reduce(
+        v, [](__m256i a, __m256i b) { return _mm256_min_epi16(a, b); },
+        [](__m128i a, __m128i b) { return _mm_min_epi16(a, b); });
+  }
+};
+
 // The scan of a half-precision row (bfloat16 or float16): each block's max
 // and finiteness come from 16-bit order keys (below), without widening;
 // without dst (greedy with nothing else asked for, the widened values not
@@ -240,20 +308,16 @@ template <DType kType>
 MaxStats scan_half(const uint16_t* h, int64_t n, float* block_max, float* dst) {
   static_assert(kType == DType::kBFloat16 || kType == DType::kFloat16);
   constexpr bool kBf16 = kType == DType::kBFloat16;
+  using W = HalfWords;
   // (F16C's conversion, exact, for a float16)
   auto widen1 = [](uint16_t v) { return kBf16 ? bf16_to_float(v) : _cvtsh_ss(v); };
-  auto widen16 = [](__m256i v) {
-    return kBf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
-                 : _mm512_cvtph_ps(v);
-  };
   alignas(64) float local[kPassBlock];
   // A block's float values: from dst, or widened into local.
   auto values = [&](int64_t b0, int64_t m) -> const float* {
     if (dst) return dst + b0;
     int64_t j = 0;
     for (; j + 16 <= m; j += 16) {
-      _mm512_store_ps(local + j,
-                      widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + b0 + j))));
+      W::widen<kBf16>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + b0 + j)), local + j);
     }
     for (; j < m; ++j) local[j] = widen1(h[b0 + j]);
     return local;
@@ -261,50 +325,35 @@ MaxStats scan_half(const uint16_t* h, int64_t n, float* block_max, float* dst) {
   // The packets are never widened: a half's bits, with the magnitude bits
   // flipped when the sign is set (k = h ^ ((h >> 15) & 0x7fff), an
   // involution), order as signed 16-bit integers exactly as the values do
-  // (-0 just below +0; both formats are sign and magnitude), so 32 lanes
-  // take a max and a min per load. The block is finite exactly when its
-  // largest key is below +inf's (bfloat16 0x7f80, float16 0x7c00; +NaN lies
-  // above) and its smallest above -inf's (-NaN lies below).
-  const __m512i flip = _mm512_set1_epi16(0x7fff);
-  auto order_key = [&](__m512i bits) {
-    // bits ^ (sign mask & 0x7fff), one ternary-logic op: A ^ (B & C) = 0x78
-    return _mm512_ternarylogic_epi32(bits, _mm512_srai_epi16(bits, 15), flip, 0x78);
-  };
-  auto reduce = [](__m512i v, auto op256, auto op128) {
-    __m256i a = op256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
-    __m128i b = op128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-    b = op128(b, _mm_shuffle_epi32(b, 0x4e));
-    b = op128(b, _mm_shuffle_epi32(b, 0xb1));
-    b = op128(b, _mm_srli_epi32(b, 16));
-    return static_cast<int16_t>(_mm_extract_epi16(b, 0));
-  };
+  // (-0 just below +0; both formats are sign and magnitude), so a register
+  // of words takes a max and a min per load. The block is finite exactly
+  // when its largest key is below +inf's (bfloat16 0x7f80, float16 0x7c00;
+  // +NaN lies above) and its smallest above -inf's (-NaN lies below).
   constexpr int16_t kInfKey = kBf16 ? 0x7f80 : 0x7c00;
   constexpr int16_t kNegInfKey = static_cast<int16_t>((kInfKey | 0x8000) ^ 0x7fff);
+  constexpr int64_t kWords = W::kWords;
   ScanTotals totals;
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
-    __m512i kmax = _mm512_set1_epi16(INT16_MIN), kmin = _mm512_set1_epi16(INT16_MAX);
+    W::V kmax = W::splat(INT16_MIN), kmin = W::splat(INT16_MAX);
     int64_t j = 0;
-    for (; j + 32 <= m; j += 32) {
+    for (; j + kWords <= m; j += kWords) {
+      // (a line of 32 words every other packet on AVX2: asked for twice)
       _mm_prefetch(reinterpret_cast<const char*>(h + b0 + j) + kPrefetchBytes, _MM_HINT_T0);
-      const __m512i bits = _mm512_loadu_si512(h + b0 + j);
-      const __m512i key = order_key(bits);
-      kmax = _mm512_max_epi16(kmax, key);
-      kmin = _mm512_min_epi16(kmin, key);
+      const W::V bits = W::load(h + b0 + j);
+      const W::V key = W::key(bits);
+      kmax = W::max(kmax, key);
+      kmin = W::min(kmin, key);
       if (dst) {
-        _mm512_storeu_ps(dst + b0 + j, widen16(_mm512_castsi512_si256(bits)));
-        _mm512_storeu_ps(dst + b0 + j + 16, widen16(_mm512_extracti64x4_epi64(bits, 1)));
+        W::widen<kBf16>(W::low(bits), dst + b0 + j);
+        if constexpr (kWords == 32) W::widen<kBf16>(W::high(bits), dst + b0 + j + 16);
       }
     }
     float bmax = -kInf;
     bool finite_block = true;
     if (j > 0) {
-      const int16_t hi = reduce(
-          kmax, [](__m256i a, __m256i b) { return _mm256_max_epi16(a, b); },
-          [](__m128i a, __m128i b) { return _mm_max_epi16(a, b); });
-      const int16_t lo = reduce(
-          kmin, [](__m256i a, __m256i b) { return _mm256_min_epi16(a, b); },
-          [](__m128i a, __m128i b) { return _mm_min_epi16(a, b); });
+      const int16_t hi = W::hmax(kmax);
+      const int16_t lo = W::hmin(kmin);
       finite_block = hi < kInfKey && lo > kNegInfKey;
       const auto bits = static_cast<uint16_t>(hi ^ ((hi >> 15) & 0x7fff));
       bmax = widen1(bits);
@@ -338,7 +387,7 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
   if (dtype == DType::kFloat32 && dst) {
     return scan_blocks<true>(static_cast<const float*>(src), n, block_max, dst);
   }
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
   if (dtype == DType::kBFloat16) {
     return scan_half<DType::kBFloat16>(static_cast<const uint16_t*>(src), n, block_max, dst);
   }
