@@ -275,7 +275,8 @@ struct HalfWords {
   // The largest (smallest) word of v.
   template <typename Op256, typename Op128>
   static int16_t reduce(V v, Op256 op256, Op128 op128) {
-    const __m256i a = kWords == 32 ? op256(low(v), high(v)) : low(v);
+    __m256i a = low(v);
+    if constexpr (kWords == 32) a = op256(a, high(v));
     __m128i b = op128(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     b = op128(b, _mm_shuffle_epi32(b, 0x4e));
     b = op128(b, _mm_shuffle_epi32(b, 0xb1));
@@ -384,8 +385,11 @@ MaxStats max_stats(const float* x, int64_t n, float* block_max) {
 }
 
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max) {
-  if (dtype == DType::kFloat32 && dst) {
-    return scan_blocks<true>(static_cast<const float*>(src), n, block_max, dst);
+  if (dtype == DType::kFloat32) {
+    // (without dst, the scan alone: nothing to widen)
+    const auto* x = static_cast<const float*>(src);
+    return dst ? scan_blocks<true>(x, n, block_max, dst)
+               : scan_blocks<false>(x, n, block_max, nullptr);
   }
 #if defined(__AVX2__)
   if (dtype == DType::kBFloat16) {

@@ -145,6 +145,12 @@ class RowPipeline {
   // nothing needs the whole row's values, for a half-precision row: its
   // members can then be gathered from the few blocks that may hold them.
   bool light_half_row(bool need_z) const;
+  // Whether anything reads the row's values after the scan (greedy with
+  // nothing else asked for needs only its results).
+  bool values_needed(bool need_z) const {
+    return !(p_.temperature == 0.0f && !need_z && !p_.logprobs && p_.top_logprobs == 0 &&
+             !has_processors(req_));
+  }
   bool filter_acts(Filter f) const;    // whether the filter can remove a token
   const Filter* first_filter() const;  // the first that acts, in the preset's order (or null)
   // 1/T (T > 0), at most the largest float, and the scale the filters see
@@ -165,7 +171,6 @@ class RowPipeline {
   bool gather_candidates(const MaxStats& raw);
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
-  bool values_needed_ = true;    // false: only the scan's results are used
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
@@ -419,7 +424,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     dist.raw = static_cast<const float*>(in_.data);
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
     raw = scan(sc_.raw_segs, sc_.raw_block_max);
-  } else if (!values_needed_) {
+  } else if (!values_needed(need_z)) {
     // Greedy with nothing else asked for: the scan's results are the answer,
     // and the widened row is never kept (half the memory traffic).
     dist.raw = nullptr;
@@ -740,8 +745,6 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
 }
 
 Status RowPipeline::build(Distribution& dist, bool need_z) {
-  values_needed_ = !(p_.temperature == 0.0f && !need_z && !p_.logprobs && p_.top_logprobs == 0 &&
-                     !has_processors(req_));
   candidates_ = false;
   if (Status s = check_and_widen(dist, need_z); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
