@@ -889,6 +889,58 @@ TEST_F(EngineReferenceTest, ModelVocabularies) {
   ExpectAggregates(st);
 }
 
+// A repetition penalty before top-p alone, on float32 rows of 16384 tokens or
+// more, with nothing asked but the tokens (the decoding step of a server with
+// a repetition penalty), which the random rows above almost never reach:
+// long histories (up to vocab / 8 tokens), repeated, often holding the row's
+// top tokens (the max lowered, or raised past the rest by a penalty below 1).
+TEST_F(EngineReferenceTest, RepetitionPenaltyBeforeTopP) {
+  Stats st;
+  Rng rng(6);
+  Engine engine({.max_threads = 2, .seed = 99});
+  std::vector<RowResult> results(3);
+  for (int64_t bi = 0; bi < 48 && !HasFatalFailure(); ++bi) {
+    Batch b;
+    b.vocab = rng.Pick<int64_t>({16384, 20011, 32000, 50257, 128256});
+    b.stride = b.vocab;
+    const int64_t rows = rng.Int(1, 3);
+    for (int64_t r = 0; r < rows; ++r) {
+      auto row = std::make_unique<RowCase>();
+      row->logits = MakeLogits(rng, b.vocab, &row->kind);
+      std::vector<int32_t> top(b.vocab);
+      for (int64_t i = 0; i < b.vocab; ++i) top[i] = static_cast<int32_t>(i);
+      std::partial_sort(top.begin(), top.begin() + 16, top.end(),
+                        [&](int32_t a, int32_t c) { return row->logits[a] > row->logits[c]; });
+      const int64_t length = rng.Chance(0.3) ? b.vocab / 8 : rng.Int(1, 3000);
+      for (int64_t i = 0; i < length; ++i) {
+        const int32_t t = rng.Chance(0.1)   ? top[rng.Int(0, 15)]
+                          : rng.Chance(0.2) ? static_cast<int32_t>(rng.Int(0, 40))
+                                            : static_cast<int32_t>(rng.Int(0, b.vocab - 1));
+        (rng.Chance(0.3) ? row->prompt : row->generated).push_back(t);
+      }
+      RowRequest& req = row->request;
+      SamplingParams& p = req.params;
+      p.temperature = rng.Chance(0.3) ? 1.0f : static_cast<float>(rng.Uniform(0.2, 2.0));
+      p.top_p = rng.Pick({0.5f, 0.9f, 0.95f, static_cast<float>(rng.Uniform(0.01, 0.999))});
+      p.repetition_penalty = rng.Pick({1.2f, 1.05f, static_cast<float>(rng.Uniform(0.5, 2.0))});
+      p.preset = rng.Pick({Preset::kHF, Preset::kVLLM, Preset::kLlamaCpp});
+      p.num_samples = static_cast<int32_t>(rng.Int(1, 4));
+      p.logprobs = false;
+      req.seed = rng.Bits();
+      req.step = static_cast<uint64_t>(rng.Int(0, 1000));
+      req.prompt_tokens = row->prompt;
+      req.generated_tokens = row->generated;
+      b.rows.push_back(std::move(row));
+    }
+    for (const auto& row : b.rows)
+      b.f32.insert(b.f32.end(), row->logits.begin(), row->logits.end());
+    RunBatch(engine, b, b.vocab, bi, results, st);
+  }
+  Report("penalty-topp", st);
+  ExpectAggregates(st);
+  EXPECT_GT(st.draws, 60);
+}
+
 // Logits whose softmax is the given distribution.
 std::vector<float> LogOfProbs(std::initializer_list<double> probs) {
   std::vector<float> x;

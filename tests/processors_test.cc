@@ -324,6 +324,9 @@ void ExpectSameResults(const std::vector<RowResult>& a, const std::vector<RowRes
     ASSERT_EQ(a[i].logprobs.size(), b[i].logprobs.size());
     ASSERT_EQ(a[i].raw_logprobs.size(), b[i].raw_logprobs.size());
     for (size_t j = 0; j < a[i].logprobs.size(); ++j) {
+      // (NaN where logprobs were not asked for)
+      EXPECT_EQ(std::isnan(a[i].logprobs[j]), std::isnan(b[i].logprobs[j]));
+      if (std::isnan(a[i].logprobs[j]) || std::isnan(b[i].logprobs[j])) continue;
       EXPECT_FLOAT_EQ(a[i].logprobs[j], b[i].logprobs[j]);
       EXPECT_FLOAT_EQ(a[i].raw_logprobs[j], b[i].raw_logprobs[j]);
     }
@@ -628,6 +631,115 @@ TEST_F(ProcessorsTest, SparseChangesToALongRowOnEveryThreadCount) {
         }
       }
     }
+  }
+}
+
+// A repetition penalty before top-p on a long row: the tokens drawn, the support and the
+// processed logprobs must be those of the row penalised by hand with no history, and every
+// result that of the same request with a zero logit bias added (which takes the penalty's
+// scalar path instead of the vector kernel); on a peaked row (top-p gathers its few members)
+// and a flat one, for the cases the bookkeeping must get right (the max lowered to a tie,
+// raised past the rest, a finite logit made -inf, tokens listed twice, at sampled positions
+// and at the ends, the longest histories), on 1, 2 and 4 threads. A penalty that makes a
+// logit +inf is a row error naming the first such token.
+TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
+  constexpr int64_t kVocab = 100000;
+  std::vector<float> flat(kVocab), peaked(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) {
+    const int64_t rank = (i * 7919) % kVocab;  // (a permutation: 7919 is prime)
+    flat[i] = static_cast<float>(rank % 1000) / 100.0f - 5.0f;
+    peaked[i] = -1.5f * std::log1p(static_cast<float>(rank));
+  }
+  for (std::vector<float>* row : {&flat, &peaked}) {
+    std::vector<float>& x = *row;
+    x[70000] = 9.0f;    // the max; 6.0 after a repetition penalty of 1.5
+    x[70001] = 5.5f;    // its block's max once it is lowered; 11 after a penalty of 0.5
+    x[81000] = 6.0f;    // another chunk's token, tied with it then
+    x[90000] = -3e38f;  // -inf after a repetition penalty of 2
+    x[99968] = 4.0f;    // the last chunk's last sampled position (a multiple of 128)
+  }
+  std::vector<int32_t> long_history;
+  for (int64_t i = 0; i < kVocab / 8; ++i) {
+    long_history.push_back(static_cast<int32_t>((i * 104729) % kVocab));
+  }
+  struct Case {
+    const char* name;
+    std::vector<int32_t> prompt, generated;
+    float repetition;
+  };
+  const std::vector<Case> cases = {
+      {"max lowered to a tie", {70000, 5, 16384, 99999}, {}, 1.5f},
+      {"raised past the max by a penalty below 1", {20000}, {70001, 70001}, 0.5f},
+      {"finite to -inf", {90000}, {70000, 90000}, 2.0f},
+      {"listed in both lists, at sampled positions and the ends",
+       {128, 256, 16384, 99999, 70000, 0},
+       {128, 70000, 0, 99968, 99999, 256},
+       1.3f},
+      {"the longest history taken", long_history, {70000, 81000}, 1.2f},
+  };
+  for (const std::vector<float>* row : {&peaked, &flat}) {
+    SCOPED_TRACE(row == &flat ? "flat" : "peaked");
+    const LogitsView view{row->data(), 1, kVocab, kVocab, DType::kFloat32};
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      std::vector<float> x = *row;  // SPEC section 2, step 4, by hand
+      std::set<int32_t> distinct(c.prompt.begin(), c.prompt.end());
+      distinct.insert(c.generated.begin(), c.generated.end());
+      for (int32_t t : distinct) x[t] = x[t] > 0.0f ? x[t] / c.repetition : x[t] * c.repetition;
+      const LogitsView by_hand{x.data(), 1, kVocab, kVocab, DType::kFloat32};
+      for (int threads : {1, 2, 4}) {
+        SCOPED_TRACE(threads);
+        Engine engine(EngineOptions{.max_threads = threads, .seed = 3});
+        for (float top_p : {0.9f, 0.5f}) {
+          for (float temperature : {1.0f, 0.7f}) {
+            for (int top_logprobs : {-1, 0, 3}) {  // (-1: no logprobs)
+              RowRequest req = Request();
+              req.params.top_p = top_p;
+              req.params.temperature = temperature;
+              req.params.num_samples = 16;
+              req.params.logprobs = top_logprobs >= 0;
+              req.params.top_logprobs = std::max(top_logprobs, 0);
+              req.params.repetition_penalty = c.repetition;
+              req.prompt_tokens = c.prompt;
+              req.generated_tokens = c.generated;
+              std::vector<RowResult> kernel(1), scalar(1), hand(1);
+              ASSERT_TRUE(engine.sample(view, std::span(&req, 1), kernel).ok());
+              const std::vector<TokenBias> zero_bias = {{1, 0.0f}};
+              req.logit_bias = zero_bias;
+              ASSERT_TRUE(engine.sample(view, std::span(&req, 1), scalar).ok());
+              req.logit_bias = std::span<const TokenBias>();
+              req.prompt_tokens = std::span<const int32_t>();
+              req.generated_tokens = std::span<const int32_t>();
+              ASSERT_TRUE(engine.sample(by_hand, std::span(&req, 1), hand).ok());
+              ASSERT_TRUE(kernel[0].status.ok()) << kernel[0].status.to_string();
+              ExpectSameResults(kernel, scalar);
+              EXPECT_EQ(kernel[0].tokens, hand[0].tokens);
+              EXPECT_EQ(kernel[0].support, hand[0].support);
+              for (size_t j = 0; j < hand[0].logprobs.size() && req.params.logprobs; ++j) {
+                EXPECT_FLOAT_EQ(kernel[0].logprobs[j], hand[0].logprobs[j]);
+              }
+            }
+          }
+        }
+      }
+    }
+    // A penalty below 1 that makes a positive logit +inf: a row error naming the first
+    // such token, on both paths.
+    RowRequest req = Request();
+    req.params.top_p = 0.9f;
+    req.params.repetition_penalty = 1e-38f;  // x / 1e-38 overflows for x > 3.4
+    const std::vector<int32_t> prompt = {70001, 5, 81000}, generated = {70000};
+    req.prompt_tokens = prompt;
+    req.generated_tokens = generated;
+    std::vector<RowResult> kernel(1), scalar(1);
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kernel).ok());
+    const std::vector<TokenBias> zero_bias = {{1, 0.0f}};
+    req.logit_bias = zero_bias;
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), scalar).ok());
+    EXPECT_THAT(kernel[0].status.to_string(), ::testing::HasSubstr("logit of token 70000"));
+    EXPECT_THAT(kernel[0].status.to_string(),
+                ::testing::HasSubstr("not finite after bias and penalties"));
+    EXPECT_EQ(kernel[0].status.to_string(), scalar[0].status.to_string());
   }
 }
 
