@@ -7,15 +7,21 @@
 // slice with --benchmark_filter, e.g.
 //   sampler_bench --benchmark_filter='/128256/1/f32/1$'
 // Counters: rows/s and bytes/s of logits read. `nucleus bench` prints the same
-// measurements as ratios.
+// measurements as ratios. --distinct=N (read here, before Google Benchmark's
+// flags) times N different batches of each shape in turn, every baseline
+// too, as `nucleus bench --distinct N` does (Options::distinct: with the
+// default 1 every iteration reads the same, cached batch).
 #include <benchmark/benchmark.h>
 #include <tbb/info.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <map>
-#include <memory>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "bench/core/bench_core.h"
 
@@ -27,12 +33,17 @@ constexpr int64_t kVocabs[] = {32000, 128256, 151936, 256000};
 constexpr int64_t kBatches[] = {1, 8, 64, 256};
 constexpr nucleus::DType kDtypes[] = {nucleus::DType::kFloat32, nucleus::DType::kBFloat16};
 
-// Workloads are built once per shape and shared by every benchmark over it.
-const nb::Workload& workload(int64_t vocab, int64_t batch, nucleus::DType dtype) {
-  static std::map<std::tuple<int64_t, int64_t, int>, std::unique_ptr<nb::Workload>> cache;
+int distinct = 1;  // --distinct=N
+
+// A shape's `distinct` batches, built once and shared by every benchmark over
+// it (iteration i reads batch i mod distinct).
+const std::vector<nb::Workload>& workloads(int64_t vocab, int64_t batch, nucleus::DType dtype) {
+  static std::map<std::tuple<int64_t, int64_t, int>, std::vector<nb::Workload>> cache;
   auto& slot = cache[{vocab, batch, static_cast<int>(dtype)}];
-  if (!slot) slot = std::make_unique<nb::Workload>(nb::make_workload(batch, vocab, dtype, 1));
-  return *slot;
+  for (int k = static_cast<int>(slot.size()); k < distinct; ++k) {
+    slot.push_back(nb::make_workload(batch, vocab, dtype, nb::batch_seed(1, k)));
+  }
+  return slot;
 }
 
 void set_counters(benchmark::State& state, const nb::Workload& w) {
@@ -43,45 +54,51 @@ void set_counters(benchmark::State& state, const nb::Workload& w) {
 
 void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
                   nucleus::DType dtype, int threads) {
-  const nb::Workload& w = workload(vocab, batch, dtype);
-  const auto requests = nb::make_requests(config, w, /*logprobs=*/false);
+  const std::vector<nb::Workload>& ws = workloads(vocab, batch, dtype);
+  std::vector<std::vector<nucleus::RowRequest>> requests;
+  for (const nb::Workload& w : ws) requests.push_back(nb::make_requests(config, w, false));
   std::vector<nucleus::RowResult> results(static_cast<size_t>(batch));
   nucleus::Engine engine({.max_threads = threads, .seed = 1});
+  size_t i = 0;
   for (auto _ : state) {
-    const nucleus::Status s = engine.sample(w.view(), requests, results);
+    const size_t k = i++ % ws.size();
+    const nucleus::Status s = engine.sample(ws[k].view(), requests[k], results);
     if (!s.ok()) state.SkipWithError(s.message().c_str());
     benchmark::DoNotOptimize(results.data());
   }
-  set_counters(state, w);
+  set_counters(state, ws[0]);
 }
 
 void roofline_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                    int threads) {
-  const nb::Workload& w = workload(vocab, batch, dtype);
+  const std::vector<nb::Workload>& ws = workloads(vocab, batch, dtype);
+  size_t i = 0;
   for (auto _ : state)
     benchmark::DoNotOptimize(
-        nb::roofline_pass(w, threads, nucleus::resolve_isa(nucleus::Isa::kAuto)));
-  set_counters(state, w);
+        nb::roofline_pass(ws[i++ % ws.size()], threads, nucleus::resolve_isa(nucleus::Isa::kAuto)));
+  set_counters(state, ws[0]);
 }
 
 void softmax_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                   int threads) {
-  const nb::Workload& w = workload(vocab, batch, dtype);
+  const std::vector<nb::Workload>& ws = workloads(vocab, batch, dtype);
+  size_t i = 0;
   for (auto _ : state)
-    benchmark::DoNotOptimize(
-        nb::softmax_floor_pass(w, threads, nucleus::resolve_isa(nucleus::Isa::kAuto)));
-  set_counters(state, w);
+    benchmark::DoNotOptimize(nb::softmax_floor_pass(ws[i++ % ws.size()], threads,
+                                                    nucleus::resolve_isa(nucleus::Isa::kAuto)));
+  set_counters(state, ws[0]);
 }
 
 void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
                     nucleus::DType dtype, int threads) {
-  const nb::Workload& w = workload(vocab, batch, dtype);
+  const std::vector<nb::Workload>& ws = workloads(vocab, batch, dtype);
   std::vector<int32_t> tokens;
+  size_t i = 0;
   for (auto _ : state) {
-    nb::reference_pass(config, w, threads, tokens);
+    nb::reference_pass(config, ws[i++ % ws.size()], threads, tokens);
     benchmark::DoNotOptimize(tokens.data());
   }
-  set_counters(state, w);
+  set_counters(state, ws[0]);
 }
 
 std::string join(std::initializer_list<std::string> parts) {
@@ -126,6 +143,23 @@ void register_grid() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // (our one flag, taken out of argv before Google Benchmark checks it)
+  int kept = 1;
+  for (int a = 1; a < argc; ++a) {
+    if (std::strncmp(argv[a], "--distinct=", 11) == 0) {
+      char* end = nullptr;
+      const long n = std::strtol(argv[a] + 11, &end, 10);
+      if (*end != '\0' || n < 1 || n > 1000) {
+        std::fprintf(stderr, "sampler_bench: --distinct wants a count from 1 to 1000, not '%s'\n",
+                     argv[a] + 11);
+        return 2;
+      }
+      distinct = static_cast<int>(n);
+      continue;
+    }
+    argv[kept++] = argv[a];
+  }
+  argc = kept;
   register_grid();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -362,10 +362,9 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
 namespace {
 uint64_t cached_seed = 0;
 Rows cached_rows = Rows::kPeakedFlat;
-// Batch k of a case's options.distinct batches: the first is the workload of
-// options.seed, the others have seeds of their own.
-uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
 }  // namespace
+
+uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
 
 CaseResult run_case(const Case& c, const Options& options) {
   CaseResult out;

@@ -105,6 +105,10 @@ struct CaseResult {
   double vs_reference = 0;          // reference time / nucleus time (speed-up); 0 when not measured
 };
 
+// Batch k of a case's Options::distinct batches: the first is the workload of
+// `seed`, the others have seeds of their own.
+uint64_t batch_seed(uint64_t seed, int k);
+
 // Times one case: nucleus, then the baselines, each the median of
 // `options.repeat` calls on the same buffers (options.distinct batches in
 // turn) with the same thread count.

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# bench/sampler_bench (the Google Benchmark grid): one small slice runs, the
+# nucleus case and its two baselines, over two distinct batches
+# (--distinct=2, a flag of its own taken before Google Benchmark's), and
+# reports rows/s for each; a bad --distinct is refused with exit status 2.
+# Usage: sampler_bench_test.sh SAMPLER_BENCH
+set -euo pipefail
+bench="$1"
+json="$("$bench" --distinct=2 --benchmark_min_time=0.01 --benchmark_format=json \
+  --benchmark_filter='^(nucleus/topp|softmax_floor|roofline)/32000/1/f32/1/real_time$' 2>/dev/null)"
+/usr/bin/python3 - "$json" <<'PY'
+import json, sys
+runs = {b["name"]: b for b in json.loads(sys.argv[1])["benchmarks"]}
+want = {n + "/32000/1/f32/1/real_time" for n in ("nucleus/topp", "softmax_floor", "roofline")}
+assert set(runs) == want, sorted(runs)
+for name, b in runs.items():
+    assert "error_occurred" not in b, (name, b)
+    assert b["iterations"] >= 1 and b["rows/s"] > 0, (name, b)
+print("sampler_bench: 3 benchmarks over 2 distinct batches")
+PY
+for bad in 0 x 1001; do
+  status=0
+  err="$("$bench" --distinct=$bad 2>&1 >/dev/null)" || status=$?
+  [[ $status -eq 2 && $err == *"--distinct wants a count from 1 to 1000"* ]] || {
+    echo "--distinct=$bad: status $status, '$err'"
+    exit 1
+  }
+done
+echo "sampler_bench: bad --distinct refused"
