@@ -24,5 +24,8 @@ for r in rows:
     lo, hi = (b_med - 0.005) / (a_med + 0.005), (b_med + 0.005) / (a_med - 0.005)
     assert lo - 5e-4 <= ratio <= hi + 5e-4, r
     assert r[11].endswith("/3"), r  # three rounds compared
+    a_floor, b_floor = map(float, r[12:14])  # best ratios to the softmax floor
+    assert 0 < a_floor < 1000 and 0 < b_floor < 1000, r
+    assert len(r) == 14, r
 print("bench/ab: 4 cases, 3 rounds each")
 PY
