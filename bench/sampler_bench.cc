@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
-#include <map>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -35,15 +34,23 @@ constexpr nucleus::DType kDtypes[] = {nucleus::DType::kFloat32, nucleus::DType::
 
 int distinct = 1;  // --distinct=N
 
-// A shape's `distinct` batches, built once and shared by every benchmark over
-// it (iteration i reads batch i mod distinct).
+// A shape's `distinct` batches (iteration i reads batch i mod distinct),
+// shared by the benchmarks over it, which run one after another (registered
+// shape by shape): only the last shape's are kept, so memory holds one
+// shape's batches, not the grid's (interleaved benchmarks rebuild them as
+// shapes alternate: the same batches, only slower to start).
 const std::vector<nb::Workload>& workloads(int64_t vocab, int64_t batch, nucleus::DType dtype) {
-  static std::map<std::tuple<int64_t, int64_t, int>, std::vector<nb::Workload>> cache;
-  auto& slot = cache[{vocab, batch, static_cast<int>(dtype)}];
-  for (int k = static_cast<int>(slot.size()); k < distinct; ++k) {
-    slot.push_back(nb::make_workload(batch, vocab, dtype, nb::batch_seed(1, k)));
+  static std::tuple<int64_t, int64_t, int> shape{-1, -1, -1};
+  static std::vector<nb::Workload> kept;
+  const std::tuple<int64_t, int64_t, int> wanted{vocab, batch, static_cast<int>(dtype)};
+  if (wanted != shape) {
+    kept.clear();
+    for (int k = 0; k < distinct; ++k) {
+      kept.push_back(nb::make_workload(batch, vocab, dtype, nb::batch_seed(1, k)));
+    }
+    shape = wanted;
   }
-  return slot;
+  return kept;
 }
 
 void set_counters(benchmark::State& state, const nb::Workload& w) {

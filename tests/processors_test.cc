@@ -715,8 +715,11 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
               ExpectSameResults(kernel, scalar);
               EXPECT_EQ(kernel[0].tokens, hand[0].tokens);
               EXPECT_EQ(kernel[0].support, hand[0].support);
-              for (size_t j = 0; j < hand[0].logprobs.size() && req.params.logprobs; ++j) {
-                EXPECT_FLOAT_EQ(kernel[0].logprobs[j], hand[0].logprobs[j]);
+              if (req.params.logprobs) {
+                ASSERT_EQ(kernel[0].logprobs.size(), hand[0].logprobs.size());
+                for (size_t j = 0; j < hand[0].logprobs.size(); ++j) {
+                  EXPECT_FLOAT_EQ(kernel[0].logprobs[j], hand[0].logprobs[j]);
+                }
               }
             }
           }
