@@ -2,7 +2,8 @@
 # bench/sampler_bench (the Google Benchmark grid): one small slice runs, the
 # nucleus case and its two baselines, over two distinct batches
 # (--distinct=2, a flag of its own taken before Google Benchmark's), and
-# reports rows/s for each; a bad --distinct is refused with exit status 2.
+# reports rows/s for each; a bad --distinct is refused with exit status 2, and
+# batches too large for memory are not made (the benchmark skipped).
 # Usage: sampler_bench_test.sh SAMPLER_BENCH
 set -euo pipefail
 bench="$1"
@@ -27,3 +28,16 @@ for bad in 0 x 1001; do
   }
 done
 echo "sampler_bench: bad --distinct refused"
+# Batches that would take more than half of the machine's memory (1000 of
+# 256 x 256000 bfloat16 rows with their float32 copies: ~366 GiB) are not
+# made: the benchmark is skipped with the reason.
+json="$("$bench" --distinct=1000 --benchmark_format=json \
+  --benchmark_filter='^nucleus/greedy/256000/256/bf16/1/real_time$' 2>/dev/null)"
+/usr/bin/python3 - "$json" <<'PY'
+import json, sys
+(b,) = json.loads(sys.argv[1])["benchmarks"]
+assert b.get("error_occurred") is True, b
+msg = b["error_message"]
+assert msg.startswith("--distinct=1000 batches need ") and "more than half of this machine's" in msg, msg
+print("sampler_bench: batches too large for memory refused:", msg)
+PY

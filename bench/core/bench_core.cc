@@ -2,6 +2,7 @@
 
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <unistd.h>
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -365,6 +366,22 @@ Rows cached_rows = Rows::kPeakedFlat;
 }  // namespace
 
 uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
+
+std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
+                              std::span<const DType> dtypes) {
+  int64_t elem = 4;
+  for (DType d : dtypes) elem = std::max<int64_t>(elem, d == DType::kFloat32 ? 4 : 6);
+  const double need = static_cast<double>(distinct) * static_cast<double>(batch) *
+                      static_cast<double>(vocab) * static_cast<double>(elem);
+  const double have =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (!(have > 0 && need > have / 2)) return {};
+  char text[128];
+  std::snprintf(text, sizeof text,
+                "need %.1f GiB of rows, more than half of this machine's %.1f GiB",
+                need / (1u << 30), have / (1u << 30));
+  return text;
+}
 
 CaseResult run_case(const Case& c, const Options& options) {
   CaseResult out;

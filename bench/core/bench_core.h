@@ -109,6 +109,13 @@ struct CaseResult {
 // `seed`, the others have seeds of their own.
 uint64_t batch_seed(uint64_t seed, int k);
 
+// Whether `distinct` batches of `batch` x `vocab` rows (the largest of the
+// dtypes asked for: a half-precision one is kept with its float32 copy) fit
+// in half of this machine's memory: empty when they do, else why not, as
+// "need 12.3 GiB of rows, more than half of this machine's 23.4 GiB".
+std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
+                              std::span<const DType> dtypes);
+
 // Times one case: nucleus, then the baselines, each the median of
 // `options.repeat` calls on the same buffers (options.distinct batches in
 // turn) with the same thread count.

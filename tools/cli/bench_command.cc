@@ -1,7 +1,6 @@
 // nucleus bench: decoding-throughput grid with the roofline, softmax-floor and
 // sort-based reference baselines measured in the same run (bench/core).
 #include <tbb/info.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -180,20 +179,12 @@ int run_bench(const BenchCommand& c) {
     const auto max_of = [](const std::vector<int64_t>& v) {
       return *std::max_element(v.begin(), v.end());
     };
-    int64_t elem = 4;
-    for (DType d : dtypes) elem = std::max<int64_t>(elem, d == DType::kFloat32 ? 4 : 6);
-    const double need = static_cast<double>(c.distinct) * static_cast<double>(max_of(batches)) *
-                        static_cast<double>(max_of(vocabs)) * static_cast<double>(elem);
-    const double have =
-        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-    if (have > 0 && need > have / 2) {
-      char text[256];
-      std::snprintf(text, sizeof text,
-                    "options --distinct %d, --batch %lld and --vocab %lld need %.1f GiB of rows, "
-                    "more than half of this machine's %.1f GiB",
-                    c.distinct, static_cast<long long>(max_of(batches)),
-                    static_cast<long long>(max_of(vocabs)), need / (1u << 30), have / (1u << 30));
-      print_error(text);
+    const std::string why =
+        bench::rows_memory_error(c.distinct, max_of(batches), max_of(vocabs), dtypes);
+    if (!why.empty()) {
+      print_error("options --distinct " + std::to_string(c.distinct) + ", --batch " +
+                  std::to_string(max_of(batches)) + " and --vocab " +
+                  std::to_string(max_of(vocabs)) + " " + why);
       return kExitFailure;
     }
   }
