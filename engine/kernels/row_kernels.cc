@@ -337,11 +337,7 @@ MaxStats scan_half(const uint16_t* h, int64_t n, float* block_max, float* dst) {
   // A block's float values: from dst, or widened into local.
   auto values = [&](int64_t b0, int64_t m) -> const float* {
     if (dst) return dst + b0;
-    int64_t j = 0;
-    for (; j + 16 <= m; j += 16) {
-      W::widen<kBf16>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + b0 + j)), local + j);
-    }
-    for (; j < m; ++j) local[j] = widen1(h[b0 + j]);
+    to_float(h + b0, kType, m, local);
     return local;
   };
   // The packets are never widened: a half's bits, with the magnitude bits
