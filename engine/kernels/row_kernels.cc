@@ -185,9 +185,9 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
   for (int64_t b0 = 0; b0 < n; b0 += kScanBlock) {
     const int64_t m = std::min(kScanBlock, n - b0);
     const float* xb = x + b0;
-    // Four packets an iteration, each into its own max and probe: one chain
-    // of two would wait on the multiply-add's latency (4 cycles) every
-    // iteration, twice the loads' pace.
+    // Four packets an iteration, each into its own max and probe chain: with
+    // two, the probes' multiply-add latency (4 cycles) paced the loop, not
+    // the loads (~4.9 against ~3.5 µs a 128k row, both not unrolled).
     Packet m0 = pninf, m1 = pninf, m2 = pninf, m3 = pninf;
     Packet p0 = pzero, p1 = pzero, p2 = pzero, p3 = pzero;
     int64_t j = 0;
