@@ -293,35 +293,19 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     }
     return total;
   };
+  // The input row's scan, segment by segment (sc_.raw_segs): its max, block
+  // maxima and finiteness, a half row widened in the same read (into dst,
+  // when the widened row is kept), the sample recorded where the segments
+  // ask for one. (With `stats` false the row is only widened into dst, its
+  // scan's results being known already; nothing is returned then.)
   // The scan is light: it runs on this thread when what follows is light
-  // too (greedy; top-k and min-p leave most blocks unread), and is split
-  // like the exp passes that follow otherwise (typical-p's entropy pass
-  // too), so that each thread finds its chunks in its own cache.
+  // too (greedy; top-k and min-p leave most blocks unread) and the row it
+  // reads is kept (a float32 row, or a half row widened into dst), and is
+  // split like the exp passes that follow otherwise (typical-p's entropy
+  // pass too), so that each thread finds its chunks in its own cache.
   const bool light_row =
       p_.temperature == 0.0f || (p_.top_k > 0 && p_.top_k < vocab) || p_.min_p > 0.0f;
-  auto scan = [&](std::span<const Segment> segs, std::vector<float>& bmax) {
-    sc_.max_stats.resize(segs.size());
-    auto one = [&](int64_t s) {
-      const Segment& seg = segs[static_cast<size_t>(s)];
-      sc_.max_stats[static_cast<size_t>(s)] =
-          run_.k->max_stats(seg.x, seg.n, bmax.data() + seg.base / kPassBlock);
-      if (seg.sample) record_sample(seg, sc_.row_samples);
-    };
-    if (light_row) {
-      run_.serial(static_cast<int64_t>(segs.size()), one);
-    } else {
-      run_(static_cast<int64_t>(segs.size()), one);
-    }
-    return combine(segs, sc_.max_stats);
-  };
-  // The input row as float32: half types are widened chunk by chunk, in the
-  // same read as the scan. A float32 row that processors will change is
-  // copied to the working buffer the same way (the copy and the scan in one
-  // read).
-  const bool processors = has_processors(req_);
-  // (with `stats` false the row is only widened into dst, its scan's
-  // results being known already; nothing is returned then)
-  auto widen_scan = [&](float* dst, bool stats = true) {
+  auto scan_input = [&](float* dst, bool stats = true) {
     const int esize = dtype_size(in_.dtype);
     sc_.max_stats.resize(sc_.raw_segs.size());
     auto one = [&](int64_t s) {
@@ -336,15 +320,16 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       }
       if (seg.sample) record_sample(seg, sc_.row_samples);
     };
-    // (split or not as the scan above when the widened row is kept: it is
-    // read next by passes that run where the scan ran)
-    if (light_row && dst) {
+    if (light_row && (dst || in_.dtype == DType::kFloat32)) {
       run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), one);
     } else {
       run_(static_cast<int64_t>(sc_.raw_segs.size()), one);
     }
     return stats ? combine(sc_.raw_segs, sc_.max_stats) : MaxStats{};
   };
+  // A float32 row that processors will change is copied to the working
+  // buffer by the same read as its scan (below).
+  const bool processors = has_processors(req_);
   MaxStats raw;
   MaxStats processed;
   // top-p's small-nucleus path samples the (processed) row: the scan that
@@ -423,13 +408,13 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
   } else if (in_.dtype == DType::kFloat32) {
     dist.raw = static_cast<const float*>(in_.data);
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs, samples);
-    raw = scan(sc_.raw_segs, sc_.raw_block_max);
+    raw = scan_input(nullptr);
   } else if (!values_needed(need_z)) {
     // Greedy with nothing else asked for: the scan's results are the answer,
     // and the widened row is never kept (half the memory traffic).
     dist.raw = nullptr;
     make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
-    raw = widen_scan(nullptr);
+    raw = scan_input(nullptr);
   } else {
     // A half row under a first filter that keeps few tokens (top-k, min-p)
     // with nothing else reading its values: scanned without keeping the
@@ -441,7 +426,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     const bool scanned = light_half_row(need_z);
     if (scanned) {
       make_segments(nullptr, vocab, sc_.raw_block_max, sc_.raw_segs);
-      raw = widen_scan(nullptr);
+      raw = scan_input(nullptr);
       done = raw.bad_at >= 0 || raw.finite == 0 || gather_candidates(raw);
     }
     if (!done) {
@@ -451,9 +436,9 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       if (scanned) {
         // (too many candidates: the lean scan's results and block maxima
         // stand, and the row is only widened)
-        widen_scan(sc_.raw_buf.data(), false);
+        scan_input(sc_.raw_buf.data(), false);
       } else {
-        raw = widen_scan(sc_.raw_buf.data());
+        raw = scan_input(sc_.raw_buf.data());
       }
     }
   }
