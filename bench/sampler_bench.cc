@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -40,11 +41,11 @@ int distinct = 1;  // --distinct=N
 // shared by the benchmarks over it, which run one after another (registered
 // shape by shape): only the last shape's are kept, so memory holds one
 // shape's batches, not the grid's (interleaved benchmarks rebuild them as
-// shapes alternate: the same batches, only slower to start). Null, with the
+// shapes alternate: the same batches, only slower to start). None, with the
 // benchmark skipped and the reason given, when they would take more than
 // half of the machine's memory (as `nucleus bench` refuses such a grid).
-const std::vector<nb::Workload>* workloads(benchmark::State& state, int64_t vocab, int64_t batch,
-                                           nucleus::DType dtype) {
+std::span<const nb::Workload> workloads(benchmark::State& state, int64_t vocab, int64_t batch,
+                                        nucleus::DType dtype) {
   static std::tuple<int64_t, int64_t, int> shape{-1, -1, -1};
   static std::vector<nb::Workload> kept;
   const std::tuple<int64_t, int64_t, int> wanted{vocab, batch, static_cast<int>(dtype)};
@@ -54,14 +55,14 @@ const std::vector<nb::Workload>* workloads(benchmark::State& state, int64_t voca
     const std::string why = nb::rows_memory_error(distinct, batch, vocab, {&dtype, 1});
     if (!why.empty()) {
       state.SkipWithError(("--distinct=" + std::to_string(distinct) + " batches " + why).c_str());
-      return nullptr;
+      return {};
     }
     for (int k = 0; k < distinct; ++k) {
       kept.push_back(nb::make_workload(batch, vocab, dtype, nb::batch_seed(1, k)));
     }
     shape = wanted;
   }
-  return &kept;
+  return kept;
 }
 
 void set_counters(benchmark::State& state, const nb::Workload& w) {
@@ -72,9 +73,8 @@ void set_counters(benchmark::State& state, const nb::Workload& w) {
 
 void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
                   nucleus::DType dtype, int threads) {
-  const std::vector<nb::Workload>* found = workloads(state, vocab, batch, dtype);
-  if (!found) return;
-  const std::vector<nb::Workload>& ws = *found;
+  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
+  if (ws.empty()) return;
   std::vector<std::vector<nucleus::RowRequest>> requests;
   for (const nb::Workload& w : ws) requests.push_back(nb::make_requests(config, w, false));
   std::vector<nucleus::RowResult> results(static_cast<size_t>(batch));
@@ -91,9 +91,8 @@ void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int
 
 void roofline_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                    int threads) {
-  const std::vector<nb::Workload>* found = workloads(state, vocab, batch, dtype);
-  if (!found) return;
-  const std::vector<nb::Workload>& ws = *found;
+  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
+  if (ws.empty()) return;
   size_t i = 0;
   for (auto _ : state)
     benchmark::DoNotOptimize(
@@ -103,9 +102,8 @@ void roofline_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleu
 
 void softmax_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
                   int threads) {
-  const std::vector<nb::Workload>* found = workloads(state, vocab, batch, dtype);
-  if (!found) return;
-  const std::vector<nb::Workload>& ws = *found;
+  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
+  if (ws.empty()) return;
   size_t i = 0;
   for (auto _ : state)
     benchmark::DoNotOptimize(nb::softmax_floor_pass(ws[i++ % ws.size()], threads,
@@ -115,9 +113,8 @@ void softmax_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus
 
 void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
                     nucleus::DType dtype, int threads) {
-  const std::vector<nb::Workload>* found = workloads(state, vocab, batch, dtype);
-  if (!found) return;
-  const std::vector<nb::Workload>& ws = *found;
+  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
+  if (ws.empty()) return;
   std::vector<int32_t> tokens;
   size_t i = 0;
   for (auto _ : state) {

@@ -187,13 +187,14 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
     const float* xb = x + b0;
     // Four packets an iteration, each into its own max and probe chain: with
     // two, the probes' multiply-add latency (4 cycles) paced the loop, not
-    // the loads (~4.9 against ~3.5 µs a 128k row, both not unrolled).
+    // the loads (a two-chain build, not unrolled, measured ~40 % slower).
     Packet m0 = pninf, m1 = pninf, m2 = pninf, m3 = pninf;
     Packet p0 = pzero, p1 = pzero, p2 = pzero, p3 = pzero;
     int64_t j = 0;
     // (not unrolled: GCC -O3 would unroll the loop whole, eight copies on
     // AVX-512 with a trip test between them, and that scans at half the
-    // speed of the loop, ~4.2 against ~2.2 µs for a 128k row in L2)
+    // speed of the loop: bench/kernel_bench's scan/128256, ~4.0 against
+    // ~2.3 µs)
 #pragma GCC unroll 1
     for (; j + 4 * kLanes <= m; j += 4 * kLanes) {
       // (each line once: the packets of an iteration cover one line or more)

@@ -320,7 +320,8 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       }
       if (seg.sample) record_sample(seg, sc_.row_samples);
     };
-    if (light_row && (dst || in_.dtype == DType::kFloat32)) {
+    const bool row_kept = dst || in_.dtype == DType::kFloat32;  // (read again by what follows)
+    if (light_row && row_kept) {
       run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), one);
     } else {
       run_(static_cast<int64_t>(sc_.raw_segs.size()), one);

@@ -1,0 +1,109 @@
+// Google Benchmark: single row passes timed alone, on one float32 row that
+// stays in cache, with the kernels this machine dispatches to (or
+// NUCLEUS_ISA's): the scan (max_stats), the scan that copies as it reads
+// (widen_max_stats into a buffer, what a row with processors pays), the
+// vector repetition penalty over 2,000 history tokens spread over the row
+// or all within its first 2,048, and two baselines: the roofline's
+// streaming read (an Eigen sum compiled for the same instruction set) and a
+// plain memcpy of the row. The figures in the README's paragraph on
+// processors and in docs/architecture.md ("the scan") come from here:
+//   kernel_bench --benchmark_filter=/128256 --benchmark_repetitions=5
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "bench/core/floor_kernels.h"
+#include "engine/kernels/row_kernels.h"
+#include "nucleus/engine.h"
+
+namespace {
+
+namespace nd = nucleus::detail;
+
+nucleus::Isa isa() { return nucleus::resolve_isa(nucleus::Isa::kAuto); }
+
+// One LM-like row (normal logits) starting on a cache line, and room for a copy.
+struct Row {
+  explicit Row(int64_t vocab) : n(vocab), x(vocab), copy(vocab), block_max(nd::block_count(vocab)) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> logit(0.0f, 3.0f);
+    for (float& v : x) v = logit(rng);
+  }
+  int64_t n;
+  nd::AlignedVector<float> x, copy;
+  std::vector<float> block_max;
+};
+
+void scan(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k.max_stats(row.x.data(), row.n, row.block_max.data()));
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void copying_scan(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k.widen_max_stats(row.x.data(), nucleus::DType::kFloat32, row.n,
+                                               row.copy.data(), row.block_max.data()));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void streaming_read(benchmark::State& state) {
+  Row row(state.range(0));
+  const nucleus::bench::FloorKernels& k = nucleus::bench::floor_kernels_for(isa());
+  for (auto _ : state) benchmark::DoNotOptimize(k.read_f32(row.x.data(), row.n));
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void copy(benchmark::State& state) {
+  Row row(state.range(0));
+  for (auto _ : state) {
+    std::memcpy(row.copy.data(), row.x.data(), static_cast<size_t>(row.n) * sizeof(float));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+// The repetition penalty kernel over 2,000 tokens drawn from the first
+// `span` of the row (the whole row, or 2,048 tokens whose lines stay in L1),
+// reading the row and writing its copy, with the notes of a row that has
+// processors (block maxima from a scan).
+void repetition_penalty(benchmark::State& state) {
+  Row row(state.range(0));
+  const int64_t span = state.range(1) > 0 ? state.range(1) : row.n;
+  const nd::Kernels& k = nd::kernels_for(isa());
+  std::mt19937 rng(2);
+  std::vector<int32_t> history(2000);
+  for (int32_t& t : history) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(span));
+  std::memcpy(row.copy.data(), row.x.data(), static_cast<size_t>(row.n) * sizeof(float));
+  k.max_stats(row.x.data(), row.n, row.block_max.data());
+  std::vector<uint8_t> touched(row.block_max.size());
+  const auto chunks = static_cast<size_t>((row.n + nd::kChunk - 1) / nd::kChunk);
+  std::vector<int64_t> lost(chunks), bad_at(chunks, -1);
+  std::vector<uint64_t> seen(static_cast<size_t>(row.n / 64 + 1));
+  const nd::RowChanges changes{row.block_max.data(), touched.data(), lost.data(), bad_at.data()};
+  for (auto _ : state) {
+    k.repeat_penalty(nullptr, 0, history.data(), static_cast<int64_t>(history.size()), 0, row.n,
+                     1.3f, row.x.data(), row.copy.data(), seen.data(), &changes);
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(history.size()));
+}
+
+}  // namespace
+
+BENCHMARK(scan)->Arg(32000)->Arg(128256);
+BENCHMARK(copying_scan)->Arg(32000)->Arg(128256);
+BENCHMARK(streaming_read)->Arg(32000)->Arg(128256);
+BENCHMARK(copy)->Arg(32000)->Arg(128256);
+BENCHMARK(repetition_penalty)->Args({128256, 0})->Args({128256, 2048});
+
+BENCHMARK_MAIN();
