@@ -5,8 +5,8 @@
 // vector repetition penalty over 2,000 history tokens spread over the row
 // or all within its first 2,048, and two baselines: the roofline's
 // streaming read (an Eigen sum compiled for the same instruction set) and a
-// plain memcpy of the row. The figures in the README's paragraph on
-// processors and in docs/architecture.md ("the scan") come from here:
+// plain memcpy of the row. The figures in docs/performance.md ("What each
+// pass costs") and in docs/architecture.md ("the scan") come from here:
 //   kernel_bench --benchmark_filter=/128256 --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 
