@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "tools/cli/progress.h"
+
 namespace nucleus::cli {
 namespace {
 
@@ -60,6 +62,17 @@ Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_e
   const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 4;
   dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
   return DumpReader::open(options.path, dump);
+}
+
+Status for_each_block(DumpReader& reader, Progress& progress,
+                      const std::function<Status(const LogitsView& block, int64_t first)>& body) {
+  for (int64_t b = 0; b < reader.num_blocks(); ++b) {
+    Result<LogitsView> view = reader.block(b);
+    if (!view.ok()) return view.status();
+    if (Status s = body(*view, reader.block_first_row(b)); !s.ok()) return s;
+    progress.advance(view->rows);
+  }
+  return Status();
 }
 
 void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags flags) {

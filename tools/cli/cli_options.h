@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,15 @@ void add_input_options(CLI::App* command, InputOptions* options);
 // per logit beside the block itself (4 for a float32 output row), so that
 // the whole working set of a block stays within --block-mb.
 Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element);
+
+class Progress;
+
+// Reads the dump a block at a time and hands each block to `body` with the
+// dump's index of its first row, advancing `progress` by the block's rows
+// after each. Stops at the first error, the read's or the body's, and
+// returns it.
+Status for_each_block(DumpReader& reader, Progress& progress,
+                      const std::function<Status(const LogitsView& block, int64_t first)>& body);
 
 struct SamplingOptions {
   SamplingParams params;

@@ -210,18 +210,10 @@ int run_inspect(const InspectCommand& c) {
     print_table_header(info);
   }
   int64_t failed = 0;
-  for (int64_t b = 0; b < reader->num_blocks(); ++b) {
-    Result<LogitsView> view = reader->block(b);
-    if (!view.ok()) {
-      print_error(view.status().message());
-      return kExitFailure;
-    }
-    const int64_t first = reader->block_first_row(b);
-    if (Status s = summarise_block(engine, *view, top_n, first, probs, &summaries); !s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
-    for (int64_t i = 0; i < view->rows; ++i) {
+  const Status read = for_each_block(*reader, progress, [&](const LogitsView& view, int64_t first) {
+    if (Status s = summarise_block(engine, view, top_n, first, probs, &summaries); !s.ok())
+      return s;
+    for (int64_t i = 0; i < view.rows; ++i) {
       const RowSummary& s = summaries[static_cast<size_t>(i)];
       if (!s.status.ok()) ++failed;
       if (c.json) {
@@ -230,7 +222,11 @@ int run_inspect(const InspectCommand& c) {
         print_table_row(first + i, s);
       }
     }
-    progress.advance(view->rows);
+    return Status();
+  });
+  if (!read.ok()) {
+    print_error(read.message());
+    return kExitFailure;
   }
   progress.finish();
   if (c.json)

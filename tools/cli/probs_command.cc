@@ -60,21 +60,12 @@ int run_probs(const ProbsCommand& c) {
   std::vector<float> probs(static_cast<size_t>(reader->block_rows() * info.vocab));
   std::vector<Status> row_status;
   int64_t failed = 0;
-  for (int64_t b = 0; b < reader->num_blocks(); ++b) {
-    Result<LogitsView> view = reader->block(b);
-    if (!view.ok()) {
-      print_error(view.status().message());
-      return kExitFailure;
-    }
-    const int64_t first = reader->block_first_row(b);
-    row_status.assign(static_cast<size_t>(view->rows), Status());
-    Status s = engine.probs(*view, table->requests(first, view->rows), probs.data(), info.vocab,
-                            row_status);
-    if (!s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
-    for (int64_t i = 0; i < view->rows; ++i) {
+  const Status read = for_each_block(*reader, progress, [&](const LogitsView& view, int64_t first) {
+    row_status.assign(static_cast<size_t>(view.rows), Status());
+    Status s =
+        engine.probs(view, table->requests(first, view.rows), probs.data(), info.vocab, row_status);
+    if (!s.ok()) return s;
+    for (int64_t i = 0; i < view.rows; ++i) {
       const Status& rs = row_status[static_cast<size_t>(i)];
       if (rs.ok()) continue;
       ++failed;
@@ -84,11 +75,11 @@ int run_probs(const ProbsCommand& c) {
       progress.finish();
       print_error(row_error_message(rs, i, first));
     }
-    if (Status w = writer->write_rows(probs.data(), view->rows); !w.ok()) {
-      print_error(w.message());
-      return kExitFailure;
-    }
-    progress.advance(view->rows);
+    return writer->write_rows(probs.data(), view.rows);
+  });
+  if (!read.ok()) {
+    print_error(read.message());
+    return kExitFailure;
   }
   progress.finish();
   if (Status s = writer->commit(); !s.ok()) {

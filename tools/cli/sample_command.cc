@@ -151,21 +151,12 @@ int run_sample(const SampleCommand& c) {
   std::vector<RowResult> results;
   std::string text;
   int64_t failed = 0;
-  for (int64_t b = 0; b < reader->num_blocks(); ++b) {
-    Result<LogitsView> view = reader->block(b);
-    if (!view.ok()) {
-      print_error(view.status().message());
-      return kExitFailure;
-    }
-    const int64_t first = reader->block_first_row(b);
-    results.resize(static_cast<size_t>(view->rows));
-    std::span<const RowRequest> requests = table->requests(first, view->rows);
-    if (Status s = engine.sample(*view, requests, results); !s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
+  const Status read = for_each_block(*reader, progress, [&](const LogitsView& view, int64_t first) {
+    results.resize(static_cast<size_t>(view.rows));
+    std::span<const RowRequest> requests = table->requests(first, view.rows);
+    if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
     text.clear();
-    for (int64_t i = 0; i < view->rows; ++i) {
+    for (int64_t i = 0; i < view.rows; ++i) {
       const RowResult& r = results[static_cast<size_t>(i)];
       if (!r.status.ok()) ++failed;
       const int32_t top_n = requests[static_cast<size_t>(i)].params.top_logprobs;
@@ -175,11 +166,11 @@ int run_sample(const SampleCommand& c) {
         append_json(first + i, r, top_n, i, &text);
       }
     }
-    if (Status s = out->write(text); !s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
-    progress.advance(view->rows);
+    return out->write(text);
+  });
+  if (!read.ok()) {
+    print_error(read.message());
+    return kExitFailure;
   }
   progress.finish();
   if (Status s = out->commit(); !s.ok()) {
