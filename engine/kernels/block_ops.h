@@ -226,97 +226,6 @@ inline __m128 typical_key_packet(__m128 e, double mu) {
 }
 #endif
 
-// The fused form of block_distances + block_masses straight from the values:
-// the block's mass Σ w, w[j] stored when `w` is not null (bit-identical to
-// block_masses: the same packet exp of the same argument), and the number of
-// members in *members. One read of x.
-//
-// Sums: each lane adds eight packets' worth of masses in float (eight terms,
-// so at most a few ulp), then the lane sums are widened and added in double.
-// The long accumulation is double; the order is fixed by position only.
-// kPlain (no lower bound, one scale, k0 = 0, the common final pass): the
-// exponent -d is formed directly as (x - xmax) * scale, the same bits as
-// -((xmax - x) * scale - 0), with two operations fewer per packet.
-template <bool kCheckLo, bool kSameScale, bool kPlain>
-inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
-                                            float* __restrict w, int64_t* members) {
-  namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
-  constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  constexpr int64_t kGroup = 8;  // packets per float partial sum
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
-  const Packet pk0 = ei::pset1<Packet>(k0);
-  const Packet pnhi = ei::pset1<Packet>(-set.dhi);
-  const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
-  Packet count = ei::pzero(pone);
-  Packet partial = ei::pzero(pone);
-  DoubleLanes sum;
-  alignas(64) float tail[kLanes];
-  int64_t in_group = 0;
-  for (int64_t g = 0; g < n; g += kLanes) {
-    const bool whole = g + kLanes <= n;
-    Packet px;
-    if (whole) {
-      px = ei::ploadu<Packet>(x + g);
-    } else {
-      for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
-      px = ei::pload<Packet>(tail);
-    }
-    Packet in, mass;
-    if constexpr (kPlain) {
-      const Packet arg = ei::pmul(ei::psub(px, pxmax), pscale);  // -d
-      in = ei::pcmp_le(pnhi, arg);
-      const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
-      mass = ei::pand(mass_exp(arg), live);
-    } else {
-      const Packet diff = ei::psub(pxmax, px);
-      const Packet d = ei::pmul(diff, pscale);
-      in = ei::pcmp_le(d, phi);
-      if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
-      Packet e;
-      if constexpr (kSameScale) {
-        e = ei::psub(d, pk0);
-      } else {
-        e = ei::psub(ei::pmul(diff, pkscale), pk0);
-      }
-      const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
-      mass = ei::pand(mass_exp(ei::pnegate(e)), live);
-    }
-    count = ei::padd(count, ei::pand(in, pone));
-    partial = ei::padd(partial, mass);
-    if (++in_group == kGroup) {
-      sum.add(partial);
-      partial = ei::pzero(pone);
-      in_group = 0;
-    }
-    if (w) {
-      if (whole) {
-        ei::pstoreu(w + g, mass);
-      } else {
-        ei::pstore(tail, mass);
-        for (int64_t j = 0; g + j < n; ++j) w[g + j] = tail[j];
-      }
-    }
-  }
-  if (in_group) sum.add(partial);
-  *members = static_cast<int64_t>(ei::predux(count));
-  return sum.total();
-}
-
-// The typical-p moments' sums in double lanes, carried from block to block of
-// a segment (reduced once, at its end).
-struct EntropyLanes {
-  DoubleLanes z, zd;
-};
-
-// What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
-enum class Extra {
-  kNone,
-  kHits,            // BlockHits: the members with d <= bound
-  kEntropy,         // zd: Σ m (d - k0), the typical-p moment
-  kEntropyAndHits,  // both (typical-p's gathering pass)
-};
-
 // The members of a block with d <= bound, in order: block-relative index and
 // key (same scales: key = d). The arrays have room for kBlock + one packet.
 struct BlockHits {
@@ -338,6 +247,130 @@ struct BlockHits {
   bool deferred = false;
 };
 inline constexpr int64_t kDenseHits = 3;
+
+// The fused form of block_distances + block_masses straight from the values:
+// the block's mass Σ w, w[j] stored when `w` is not null (bit-identical to
+// block_masses: the same packet exp of the same argument), and the number of
+// members in *members. One read of x.
+//
+// Sums: each lane adds eight packets' worth of masses in float (eight terms,
+// so at most a few ulp), then the lane sums are widened and added in double.
+// The long accumulation is double; the order is fixed by position only.
+// kPlain (no lower bound, one scale, k0 = 0, the common final pass): the
+// exponent -d is formed directly as (x - xmax) * scale, the same bits as
+// -((xmax - x) * scale - 0), with two operations fewer per packet.
+//
+// kHits (same scales only, so key = d): also collects into *hits the members
+// with d <= hits->bound, in order (BlockHits, above; what
+// collect_members_with_key would find in a pass of its own over the block).
+// A packet with a hit is written lane by lane without branches, every lane
+// written and only hits advancing, so dense hits cost no mispredictions.
+template <bool kCheckLo, bool kSameScale, bool kPlain, bool kHits = false>
+inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
+                                            float* __restrict w, int64_t* members,
+                                            BlockHits* hits = nullptr) {
+  static_assert(!kHits || kSameScale);
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  constexpr int64_t kGroup = 8;  // packets per float partial sum
+  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
+  const Packet pk0 = ei::pset1<Packet>(k0);
+  const Packet pnhi = ei::pset1<Packet>(-set.dhi);
+  const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
+  Packet count = ei::pzero(pone);
+  Packet partial = ei::pzero(pone);
+  DoubleLanes sum;
+  alignas(64) float tail[kLanes];
+  const Packet pbound = ei::pset1<Packet>(kHits ? hits->bound : 0.0f);
+  const Packet pnbound = ei::pset1<Packet>(kHits ? -hits->bound : 0.0f);
+  alignas(64) float hit_keys[kLanes];
+  alignas(64) float hit_lanes[kLanes];
+  int64_t found = 0;
+  int64_t in_group = 0;
+  for (int64_t g = 0; g < n; g += kLanes) {
+    const bool whole = g + kLanes <= n;
+    Packet px;
+    if (whole) {
+      px = ei::ploadu<Packet>(x + g);
+    } else {
+      for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
+      px = ei::pload<Packet>(tail);
+    }
+    Packet in, mass, hit, key;
+    if constexpr (kPlain) {
+      const Packet arg = ei::pmul(ei::psub(px, pxmax), pscale);  // -d
+      in = ei::pcmp_le(pnhi, arg);
+      const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
+      mass = ei::pand(mass_exp(arg), live);
+      if constexpr (kHits) {
+        hit = ei::pand(in, ei::pcmp_le(pnbound, arg));
+        key = ei::psub(ei::pzero(arg), arg);  // d to the bit (+0, d's zero, where x = xmax)
+      }
+    } else {
+      const Packet diff = ei::psub(pxmax, px);
+      const Packet d = ei::pmul(diff, pscale);
+      in = ei::pcmp_le(d, phi);
+      if constexpr (kHits) {
+        hit = ei::pand(in, ei::pcmp_le(d, pbound));
+        key = d;
+      }
+      if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
+      Packet e;
+      if constexpr (kSameScale) {
+        e = ei::psub(d, pk0);
+      } else {
+        e = ei::psub(ei::pmul(diff, pkscale), pk0);
+      }
+      const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
+      mass = ei::pand(mass_exp(ei::pnegate(e)), live);
+    }
+    if constexpr (kHits) {
+      if (ei::predux_any(hit)) {
+        ei::pstore(hit_keys, key);
+        ei::pstore(hit_lanes, hit);
+        for (int64_t j = 0; j < kLanes; ++j) {
+          hits->idx[found] = static_cast<int32_t>(g + j);
+          hits->k[found] = hit_keys[j];
+          found += std::bit_cast<uint32_t>(hit_lanes[j]) != 0 ? 1 : 0;  // (all ones)
+        }
+      }
+    }
+    count = ei::padd(count, ei::pand(in, pone));
+    partial = ei::padd(partial, mass);
+    if (++in_group == kGroup) {
+      sum.add(partial);
+      partial = ei::pzero(pone);
+      in_group = 0;
+    }
+    if (w) {
+      if (whole) {
+        ei::pstoreu(w + g, mass);
+      } else {
+        ei::pstore(tail, mass);
+        for (int64_t j = 0; g + j < n; ++j) w[g + j] = tail[j];
+      }
+    }
+  }
+  if (in_group) sum.add(partial);
+  *members = static_cast<int64_t>(ei::predux(count));
+  if constexpr (kHits) hits->n = found;
+  return sum.total();
+}
+
+// The typical-p moments' sums in double lanes, carried from block to block of
+// a segment (reduced once, at its end).
+struct EntropyLanes {
+  DoubleLanes z, zd;
+};
+
+// What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
+enum class Extra {
+  kNone,
+  kHits,            // BlockHits: the members with d <= bound
+  kEntropy,         // zd: Σ m (d - k0), the typical-p moment
+  kEntropyAndHits,  // both (typical-p's gathering pass)
+};
 
 #if defined(__AVX512F__)
 // AVX-512: the same arithmetic on the same arguments (so the same bits in w
@@ -629,6 +662,9 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   alignas(64) float tk[kLanes];
   alignas(64) float td[kLanes];
   alignas(64) float th[kLanes];
+  // As on AVX-512: a packet with no x at or above x_floor is skipped after
+  // one compare.
+  const Packet px_floor = ei::pset1<Packet>(x_floor_for_key(set, khi));
   int64_t c = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
     Packet px;
@@ -638,6 +674,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
       for (int64_t j = 0; j < kLanes; ++j) tx[j] = g + j < n ? x[g + j] : -kInf;
       px = ei::pload<Packet>(tx);
     }
+    if (!ei::predux_any(ei::pcmp_le(px_floor, px))) continue;
     const Packet diff = ei::psub(pxmax, px);
     const Packet d = ei::pmul(diff, pscale);
     const Packet k = ei::pmul(diff, pkscale);
@@ -713,8 +750,9 @@ inline int64_t append_gathered(const Hits& hits, const Segment& s, int64_t j0, G
 }
 
 // block_masses_from_values (w not stored) and, into hits, the members with
-// d <= hits.bound, for sets whose two scales agree: one pass on AVX-512, the
-// mass pass and then collect_members_with_key over the block (in L1) elsewhere.
+// d <= hits.bound, for sets whose two scales agree: one pass on AVX-512 and
+// AVX2, the mass pass and then collect_members_with_key over the block (in
+// L1) on SSE2.
 // On AVX-512, Extra::kEntropyAndHits also adds the masses and the typical-p
 // moment to *sums (block_masses_avx512; the return value is then 0).
 template <Extra kExtra = Extra::kHits>
@@ -729,10 +767,31 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
   return mass;
 #else
   static_assert(kExtra == Extra::kHits);
+#if defined(__AVX__)
+  // The hits taken in the mass pass (same scales, as on AVX-512: key = d).
+  // Top-p on AVX2 (Zen 3), × the softmax floor, against a second pass over
+  // each block: one peaked 128256 row 1.25 -> 0.94, one flat row 1.52 ->
+  // 1.17, eight distinct flat rows 1.63 -> 1.35; penalty + top-p 1.53 ->
+  // 1.25 (bench/ab, best of 3-4).
+  if (set.dlo > 0.0f) {
+    return block_masses_from_values_impl<true, true, false, true>(x, n, set, k0, nullptr, members,
+                                                                  &hits);
+  }
+  if (k0 == 0.0f) {
+    return block_masses_from_values_impl<false, true, true, true>(x, n, set, k0, nullptr, members,
+                                                                  &hits);
+  }
+  return block_masses_from_values_impl<false, true, false, true>(x, n, set, k0, nullptr, members,
+                                                                 &hits);
+#else
+  // SSE2: the mass pass, then the hits in a pass of their own over the block
+  // (in L1). Four lanes a packet make the in-pass test dearer: fused, top-p
+  // was ~2 % slower here (bench/ab, 5 rounds).
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
   alignas(64) float d[kBlock + 64];
   hits.n = collect_members_with_key(x, n, set, -kInf, hits.bound, hits.idx, hits.k, d);
   return mass;
+#endif
 #endif
 }
 
