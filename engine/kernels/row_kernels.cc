@@ -451,7 +451,11 @@ namespace {
 // kEntropy moments of one block in one read: z = Σ m and zd = Σ m e over
 // members, m = exp(-e) (0 past kUnderflow), e = d - d0, with the lanes'
 // partial sums widened to double every eight packets (as the mass pass) and
-// added to `lanes` (the members counted in out).
+// added to `lanes` (the members counted in out). The exponent is formed as
+// d0 - d (-e to the bit), and Σ m (-e) is what the lanes carry, in one
+// multiply-add a packet: moments() negates the total. kCheckLo: the set has
+// a lower bound (d >= 0 always, so dlo = 0 needs no test).
+template <bool kCheckLo>
 void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Moments& out,
                      EntropyLanes& lanes) {
   namespace ei = Eigen::internal;
@@ -460,9 +464,10 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
   constexpr int64_t kGroup = 8;
   const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pd0 = ei::pset1<Packet>(d0);
-  Packet count = ei::pzero(pone), z = count, zd = count;
+  const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
+  Packet count = ei::pzero(pone), z = count, zdn = count;
   DoubleLanes& z_sum = lanes.z;
-  DoubleLanes& zd_sum = lanes.zd;
+  DoubleLanes& zdn_sum = lanes.zd;
   alignas(64) float tail[kLanes];
   int64_t in_group = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
@@ -474,24 +479,25 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
       px = ei::pload<Packet>(tail);  // padding: d = +inf, never a member
     }
     const Packet d = ei::pmul(ei::psub(pxmax, px), pscale);
-    const Packet in = ei::pand(ei::pcmp_le(plo, d), ei::pcmp_le(d, phi));
-    const Packet e = ei::pand(ei::psub(d, pd0), in);  // 0 off the set (d may be +inf)
-    const Packet live = ei::pand(in, ei::pcmp_le(e, punder));
-    const Packet m = ei::pand(mass_exp(ei::pnegate(e)), live);
+    Packet in = ei::pcmp_le(d, phi);
+    if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
+    const Packet arg = ei::psub(pd0, d);  // -e (-inf where d = +inf)
+    const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
+    const Packet m = ei::pand(mass_exp(arg), live);
     count = ei::padd(count, ei::pand(in, pone));
     z = ei::padd(z, m);
-    zd = ei::padd(zd, ei::pmul(m, e));
+    zdn = ei::pmadd(m, ei::pand(arg, live), zdn);  // (0 off the set: no 0 · inf)
     if (++in_group == kGroup) {
       z_sum.add(z);
-      zd_sum.add(zd);
+      zdn_sum.add(zdn);
       z = ei::pzero(pone);
-      zd = z;
+      zdn = z;
       in_group = 0;
     }
   }
   if (in_group) {
     z_sum.add(z);
-    zd_sum.add(zd);
+    zdn_sum.add(zdn);
   }
   out.count += static_cast<int64_t>(ei::predux(count));
 }
@@ -521,7 +527,11 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       block_masses_for<Extra::kEntropy>(s.x + j0, n, same, d0, w, &count, nullptr, &lanes, e);
       out.count += count;
 #else
-      entropy_moments(s.x + j0, n, set, d0, out, lanes);
+      if (set.dlo > 0.0f) {
+        entropy_moments<true>(s.x + j0, n, set, d0, out, lanes);
+      } else {
+        entropy_moments<false>(s.x + j0, n, set, d0, out, lanes);
+      }
       if (e || w) {
         // The stored forms: e = d - d0 (+inf where the mass is 0) and the mass.
         alignas(64) float d[kBlock];
@@ -538,7 +548,11 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
 #endif
     }
     out.z = lanes.z.total();
+#if defined(__AVX512F__)
     out.zd = lanes.zd.total();
+#else
+    out.zd = -lanes.zd.total();  // (the lanes carry Σ m (-e): entropy_moments)
+#endif
     return out;
   }
   // kSpread: squares in double: with a tiny temperature the distances reach

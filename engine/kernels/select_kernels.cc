@@ -625,38 +625,25 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
   return out;
 }
 
-TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
-                             int64_t cap, GatheredToken* out) {
-#if defined(__AVX512F__)
-  // The mass pass with both extras (the same bits for each mass and the same
-  // sums as the entropy pass, block_masses_avx512).
-  int64_t gathered = 0;
-  SetSpec same = set;
-  same.key_scale = set.scale;
-  block::EntropyLanes sums;
-  block::BlockHits hits;
-  hits.bound = bound;
-  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
-    const int64_t n = std::min(kBlock, s.n - j0);
-    if (block::block_empty(s, j0, set)) continue;
-    int64_t unused = 0;
-    block::block_masses_and_hits<block::Extra::kEntropyAndHits>(s.x + j0, n, same, d0, hits,
-                                                                &unused, &sums);
-    if (gathered > cap) continue;
-    gathered += block::append_gathered(hits, s, j0, out + gathered);
-    if (gathered > cap) gathered = cap + 1;
-  }
-  return TypicalGather{sums.z.total(), sums.zd.total(), gathered};
-#else
+#if !defined(__AVX512F__)
+namespace {
+
+// typical_gather without AVX-512: the entropy pass's arithmetic to the bit
+// (moments' entropy_moments: the exponent d0 - d, the lanes carrying
+// Σ m (-e) in one multiply-add; the caller negates), with the members at or
+// below `bound` gathered. kCheckLo: the set has a lower bound.
+template <bool kCheckLo>
+TypicalGather typical_gather_generic(const Segment& s, const SetSpec& set, float d0, float bound,
+                                     int64_t cap, GatheredToken* out) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
   constexpr int64_t kGroup = 8;  // packets per float partial sum, as the mass passes
   const block::SetPackets sp(set);
   const Packet pd0 = ei::pset1<Packet>(d0), pbound = ei::pset1<Packet>(bound),
-               pzero = ei::pzero(sp.one);
-  Packet pz = pzero, pzd = pzero;
-  block::DoubleLanes sum_z, sum_zd;
+               pnunder = ei::pset1<Packet>(-kUnderflow), pzero = ei::pzero(sp.one);
+  Packet pz = pzero, pzdn = pzero;
+  block::DoubleLanes sum_z, sum_zdn;
   int64_t in_group = 0;
   int64_t gathered = 0;
   alignas(64) float pad[kLanes];
@@ -664,8 +651,8 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
   auto flush = [&] {
     if (++in_group == kGroup) {
       sum_z.add(pz);
-      sum_zd.add(pzd);
-      pz = pzd = pzero;
+      sum_zdn.add(pzdn);
+      pz = pzdn = pzero;
       in_group = 0;
     }
   };
@@ -676,16 +663,15 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
       out[gathered++] = GatheredToken{dl[j], s.x[at + j], s.token(at + j)};
     }
   };
-  const Packet poff = ei::pset1<Packet>(block::kOffExponent);
   auto step = [&](const Packet px, int64_t at) {
     const Packet d = ei::pmul(ei::psub(sp.xmax, px), sp.scale);
-    const Packet e = ei::psub(d, pd0);
-    const Packet member = ei::pand(ei::pcmp_le(sp.lo, d), ei::pcmp_le(d, sp.hi));
-    const Packet live = ei::pand(member, ei::pcmp_le(e, sp.under));
-    // (the argument block_masses gives the exp)
-    const Packet m = ei::pand(live, block::mass_exp(ei::pselect(live, ei::pnegate(e), poff)));
+    Packet member = ei::pcmp_le(d, sp.hi);
+    if constexpr (kCheckLo) member = ei::pand(member, ei::pcmp_le(sp.lo, d));
+    const Packet arg = ei::psub(pd0, d);  // -e (-inf where d = +inf)
+    const Packet live = ei::pand(member, ei::pcmp_le(pnunder, arg));
+    const Packet m = ei::pand(block::mass_exp(arg), live);
     pz = ei::padd(pz, m);
-    pzd = ei::padd(pzd, ei::pand(live, ei::pmul(m, e)));
+    pzdn = ei::pmadd(m, ei::pand(arg, live), pzdn);
     flush();
     const Packet hit = ei::pand(member, ei::pcmp_le(d, pbound));
     if (gathered > cap || !ei::predux_any(hit)) return;
@@ -710,8 +696,38 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
     if (gathered > cap) gathered = cap + 1;
   }
   sum_z.add(pz);
-  sum_zd.add(pzd);
-  return TypicalGather{sum_z.total(), sum_zd.total(), gathered};
+  sum_zdn.add(pzdn);
+  return TypicalGather{sum_z.total(), -sum_zdn.total(), gathered};
+}
+
+}  // namespace
+#endif
+
+TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
+                             int64_t cap, GatheredToken* out) {
+#if defined(__AVX512F__)
+  // The mass pass with both extras (the same bits for each mass and the same
+  // sums as the entropy pass, block_masses_avx512).
+  int64_t gathered = 0;
+  SetSpec same = set;
+  same.key_scale = set.scale;
+  block::EntropyLanes sums;
+  block::BlockHits hits;
+  hits.bound = bound;
+  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, s.n - j0);
+    if (block::block_empty(s, j0, set)) continue;
+    int64_t unused = 0;
+    block::block_masses_and_hits<block::Extra::kEntropyAndHits>(s.x + j0, n, same, d0, hits,
+                                                                &unused, &sums);
+    if (gathered > cap) continue;
+    gathered += block::append_gathered(hits, s, j0, out + gathered);
+    if (gathered > cap) gathered = cap + 1;
+  }
+  return TypicalGather{sums.z.total(), sums.zd.total(), gathered};
+#else
+  return set.dlo > 0.0f ? typical_gather_generic<true>(s, set, d0, bound, cap, out)
+                        : typical_gather_generic<false>(s, set, d0, bound, cap, out);
 #endif
 }
 
