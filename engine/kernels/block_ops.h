@@ -265,11 +265,17 @@ inline constexpr int64_t kDenseHits = 3;
 // collect_members_with_key would find in a pass of its own over the block).
 // A packet with a hit is written lane by lane without branches, every lane
 // written and only hits advancing, so dense hits cost no mispredictions.
-template <bool kCheckLo, bool kSameScale, bool kPlain, bool kHits = false>
+//
+// kOpenTop (plain form, as block_masses_avx512's): the set has no upper bound
+// short of underflow (dhi >= kUnderflow, and a hit bound <= dhi), so the
+// mass's own test and the hit test are the membership tests too; members
+// are not counted (*members is left as it is).
+template <bool kCheckLo, bool kSameScale, bool kPlain, bool kHits = false, bool kOpenTop = false>
 inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
                                             float* __restrict w, int64_t* members,
                                             BlockHits* hits = nullptr) {
   static_assert(!kHits || kSameScale);
+  static_assert(!kOpenTop || kPlain);
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -300,11 +306,16 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
     Packet in, mass, hit, key;
     if constexpr (kPlain) {
       const Packet arg = ei::pmul(ei::psub(px, pxmax), pscale);  // -d
-      in = ei::pcmp_le(pnhi, arg);
-      const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
+      Packet live;
+      if constexpr (kOpenTop) {
+        live = ei::pcmp_le(pnunder, arg);
+      } else {
+        in = ei::pcmp_le(pnhi, arg);
+        live = ei::pand(in, ei::pcmp_le(pnunder, arg));
+      }
       mass = ei::pand(mass_exp(arg), live);
       if constexpr (kHits) {
-        hit = ei::pand(in, ei::pcmp_le(pnbound, arg));
+        hit = kOpenTop ? ei::pcmp_le(pnbound, arg) : ei::pand(in, ei::pcmp_le(pnbound, arg));
         key = ei::psub(ei::pzero(arg), arg);  // d to the bit (+0, d's zero, where x = xmax)
       }
     } else {
@@ -336,7 +347,7 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
         }
       }
     }
-    count = ei::padd(count, ei::pand(in, pone));
+    if constexpr (!kOpenTop) count = ei::padd(count, ei::pand(in, pone));
     partial = ei::padd(partial, mass);
     if (++in_group == kGroup) {
       sum.add(partial);
@@ -353,7 +364,7 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
     }
   }
   if (in_group) sum.add(partial);
-  *members = static_cast<int64_t>(ei::predux(count));
+  if constexpr (!kOpenTop) *members = static_cast<int64_t>(ei::predux(count));
   if constexpr (kHits) hits->n = found;
   return sum.total();
 }
@@ -501,8 +512,10 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
         hit_masks[g / 16] = hit;
         with_hits |= static_cast<uint32_t>(hit != 0) << (g / 16);
       } else if (hit != 0) {
-        // -arg is d exactly in the plain form ((x - xmax) s = -((xmax - x) s)).
-        store_hits(g, hit, kPlain ? ei::pnegate(arg) : d);
+        // 0 - arg is d exactly in the plain form ((x - xmax) s = -((xmax - x)
+        // s)), +0 where x = xmax (a negation would give -0, whose bits sort
+        // after every positive key in select's radix levels).
+        store_hits(g, hit, kPlain ? _mm512_sub_ps(_mm512_setzero_ps(), arg) : d);
       }
     }
   };
@@ -524,7 +537,9 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
       const int64_t g = 16 * std::countr_zero(with_hits);
       const __mmask16 hit = hit_masks[g / 16];
       const __m512 px = _mm512_maskz_loadu_ps(hit, x + g);
-      store_hits(g, hit, kPlain ? ei::pnegate(minus_d(px)) : d_of(_mm512_sub_ps(sp.xmax, px)));
+      store_hits(g, hit,
+                 kPlain ? _mm512_sub_ps(_mm512_setzero_ps(), minus_d(px))
+                        : d_of(_mm512_sub_ps(sp.xmax, px)));
     }
     hits->n = found;
   }
@@ -778,6 +793,10 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
                                                                   &hits);
   }
   if (k0 == 0.0f) {
+    if (set.dhi >= kUnderflow && hits.bound <= set.dhi) {
+      return block_masses_from_values_impl<false, true, true, true, true>(x, n, set, k0, nullptr,
+                                                                          members, &hits);
+    }
     return block_masses_from_values_impl<false, true, true, true>(x, n, set, k0, nullptr, members,
                                                                   &hits);
   }
