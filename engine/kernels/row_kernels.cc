@@ -465,7 +465,8 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
   const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
   const Packet pd0 = ei::pset1<Packet>(d0);
   const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
-  Packet count = ei::pzero(pone), z = count, zdn = count;
+  LaneCount count;
+  Packet z = ei::pzero(pone), zdn = z;
   DoubleLanes& z_sum = lanes.z;
   DoubleLanes& zdn_sum = lanes.zd;
   alignas(64) float tail[kLanes];
@@ -484,7 +485,7 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
     const Packet arg = ei::psub(pd0, d);  // -e (-inf where d = +inf)
     const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
     const Packet m = ei::pand(mass_exp(arg), live);
-    count = ei::padd(count, ei::pand(in, pone));
+    count.add(in);
     z = ei::padd(z, m);
     zdn = ei::pmadd(m, ei::pand(arg, live), zdn);  // (0 off the set: no 0 · inf)
     if (++in_group == kGroup) {
@@ -499,7 +500,7 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
     z_sum.add(z);
     zdn_sum.add(zdn);
   }
-  out.count += static_cast<int64_t>(ei::predux(count));
+  out.count += count.total();
 }
 
 }  // namespace
