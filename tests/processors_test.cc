@@ -288,6 +288,24 @@ TEST_F(ProcessorsTest, PenaltiesCanChangeTheGreedyToken) {
   ExpectProcessed(row, req, {1.5, 1.75});
 }
 
+// The repetition penalty on a token that holds its block's max where every block's max is
+// the same (so that max is also the least of them): the block's max must be formed again.
+// A kernel that passed over tokens below every block's max, and took "equal to the least
+// block max" for "below", would leave the old max standing in block 0, and greedy, which
+// looks for the row's max in the first block that claims it, would not find 512.
+TEST_F(ProcessorsTest, RepetitionPenaltyOnATiedMaxCanChangeTheGreedyToken) {
+  std::vector<float> row(2048, -1.0f);
+  for (int b = 0; b < 4; ++b) row[static_cast<size_t>(512 * b)] = 2.0f;
+  row[1] = 1.75f;
+  const int32_t generated[] = {0};
+  RowRequest req = Request();
+  req.generated_tokens = generated;
+  req.params.repetition_penalty = 2.0f;
+  std::vector<double> processed(row.begin(), row.end());
+  processed[0] = 1.0;
+  ExpectProcessed(row, req, processed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element types, strides, shared requests.
 

@@ -743,18 +743,18 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
     }
     changes->note(t, x, y);
   };
-#if defined(__AVX512F__)
-  const __m512i vlo = _mm512_set1_epi32(static_cast<int32_t>(lo));
-  const __m512i vspan = _mm512_set1_epi32(static_cast<int32_t>(span));
-  const __m512 vrp = _mm512_set1_ps(rp);
-  const __m512 zero = _mm512_setzero_ps();
-  // (the least block max of the range: a lane below it can be no block's max)
+  // (the least block max of the range: a token below it can be no block's max)
   float least = kInf;
   if (changes) {
     for (int64_t b = lo / kPassBlock; b < block_count(hi); ++b) {
       least = std::min(least, changes->block_max[b]);
     }
   }
+#if defined(__AVX512F__)
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int32_t>(lo));
+  const __m512i vspan = _mm512_set1_epi32(static_cast<int32_t>(span));
+  const __m512 vrp = _mm512_set1_ps(rp);
+  const __m512 zero = _mm512_setzero_ps();
   const __m512 least_max = _mm512_set1_ps(least);
   auto penalise = [&](const int32_t* list, int64_t len) {
     for (int64_t j = 0; j < len; j += 16) {
@@ -792,7 +792,9 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
       const float x = src[t];
       const float y = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
       row[t] = y;
-      if (changes) note(t, x, y);
+      // (as above: a token below every block's max before and after, and
+      // finite after, changes no note)
+      if (changes && (std::max(x, y) >= least || !(std::abs(y) < kInf))) note(t, x, y);
     }
   };
 #endif
