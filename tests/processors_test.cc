@@ -662,6 +662,8 @@ TEST_F(ProcessorsTest, SparseChangesToALongRowOnEveryThreadCount) {
 // logit +inf is a row error naming the first such token.
 TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
   constexpr int64_t kVocab = 100000;
+  // (a bias that changes nothing but takes the scalar penalty path)
+  const std::vector<TokenBias> zero_bias = {{1, 0.0f}};
   std::vector<float> flat(kVocab), peaked(kVocab);
   for (int64_t i = 0; i < kVocab; ++i) {
     const int64_t rank = (i * 7919) % kVocab;  // (a permutation: 7919 is prime)
@@ -722,7 +724,6 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
               req.generated_tokens = c.generated;
               std::vector<RowResult> kernel(1), scalar(1), hand(1);
               ASSERT_TRUE(engine.sample(view, std::span(&req, 1), kernel).ok());
-              const std::vector<TokenBias> zero_bias = {{1, 0.0f}};
               req.logit_bias = zero_bias;
               ASSERT_TRUE(engine.sample(view, std::span(&req, 1), scalar).ok());
               req.logit_bias = std::span<const TokenBias>();
@@ -754,7 +755,6 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
     req.generated_tokens = generated;
     std::vector<RowResult> kernel(1), scalar(1);
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), kernel).ok());
-    const std::vector<TokenBias> zero_bias = {{1, 0.0f}};
     req.logit_bias = zero_bias;
     ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), scalar).ok());
     EXPECT_THAT(kernel[0].status.to_string(), ::testing::HasSubstr("logit of token 70000"));
