@@ -396,6 +396,56 @@ struct EntropyLanes {
   DoubleLanes z, zd;
 };
 
+#if !defined(__AVX512F__)
+// The typical-p entropy sums of the passes without AVX-512 (moments' entropy
+// pass and typical_gather's gathering one), a packet at a time, so that both
+// form them to the bit alike: members dlo <= d <= dhi (the lower test only
+// with kCheckLo: d >= 0 always), the exponent d0 - d (-e exactly), the mass
+// m = exp(-e) on members up to kUnderflow (0 past it), z = Σ m and Σ m (-e)
+// in one multiply-add a packet (zd() negates it). Partial sums in float over
+// eight packets, widened to double lanes at that and at each block's end
+// (end_block), carried from block to block and reduced once.
+class EntropySums {
+ public:
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  EntropySums(const SetSpec& set, float d0) : sp_(set), pd0_(SetPackets::bcast(d0)) {}
+  // Adds the members of one packet of x; returns their lanes (all ones) and
+  // sets *d.
+  template <bool kCheckLo>
+  Packet add(Packet px, Packet* d) {
+    namespace ei = Eigen::internal;
+    *d = ei::pmul(ei::psub(sp_.xmax, px), sp_.scale);
+    Packet member = ei::pcmp_le(*d, sp_.hi);
+    if constexpr (kCheckLo) member = ei::pand(member, ei::pcmp_le(sp_.lo, *d));
+    const Packet arg = ei::psub(pd0_, *d);  // -e (-inf where d = +inf)
+    const Packet live = ei::pand(member, ei::pcmp_le(pnunder_, arg));
+    const Packet m = ei::pand(mass_exp(arg), live);
+    z_ = ei::padd(z_, m);
+    zdn_ = ei::pmadd(m, ei::pand(arg, live), zdn_);  // (0 off the set: no 0 · inf)
+    if (++in_group_ == kGroup) end_block();
+    return member;
+  }
+  void end_block() {
+    if (in_group_ == 0) return;
+    z_sum_.add(z_);
+    zdn_sum_.add(zdn_);
+    z_ = zdn_ = Packet(Eigen::internal::pset1<Packet>(0.0f));
+    in_group_ = 0;
+  }
+  double z() const { return z_sum_.total(); }
+  double zd() const { return -zdn_sum_.total(); }
+
+ private:
+  static constexpr int64_t kGroup = 8;  // packets per float partial sum
+  const SetPackets sp_;
+  const Packet pd0_;
+  const Packet pnunder_ = SetPackets::bcast(-kUnderflow);
+  Packet z_ = SetPackets::bcast(0.0f), zdn_ = SetPackets::bcast(0.0f);
+  DoubleLanes z_sum_, zdn_sum_;
+  int64_t in_group_ = 0;
+};
+#endif
+
 // What a mass pass can gather besides the masses (block_masses_avx512's kExtra).
 enum class Extra {
   kNone,

@@ -448,29 +448,15 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
 #if !defined(__AVX512F__)
 namespace {
 
-// kEntropy moments of one block in one read: z = Σ m and zd = Σ m e over
-// members, m = exp(-e) (0 past kUnderflow), e = d - d0, with the lanes'
-// partial sums widened to double every eight packets (as the mass pass) and
-// added to `lanes` (the members counted in out). The exponent is formed as
-// d0 - d (-e to the bit), and Σ m (-e) is what the lanes carry, in one
-// multiply-add a packet: moments() negates the total. kCheckLo: the set has
-// a lower bound (d >= 0 always, so dlo = 0 needs no test).
+// kEntropy moments of one block in one read (EntropySums; the members
+// counted in out.count). kCheckLo: the set has a lower bound.
 template <bool kCheckLo>
-void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Moments& out,
-                     EntropyLanes& lanes) {
+void entropy_moments(const float* x, int64_t n, Moments& out, EntropySums& sums) {
   namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
+  using Packet = EntropySums::Packet;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  constexpr int64_t kGroup = 8;
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
-  const Packet pd0 = ei::pset1<Packet>(d0);
-  const Packet pnunder = ei::pset1<Packet>(-kUnderflow);
   LaneCount count;
-  Packet z = ei::pzero(pone), zdn = z;
-  DoubleLanes& z_sum = lanes.z;
-  DoubleLanes& zdn_sum = lanes.zd;
   alignas(64) float tail[kLanes];
-  int64_t in_group = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
     Packet px;
     if (g + kLanes <= n) {
@@ -479,27 +465,10 @@ void entropy_moments(const float* x, int64_t n, const SetSpec& set, float d0, Mo
       for (int64_t j = 0; j < kLanes; ++j) tail[j] = g + j < n ? x[g + j] : -kInf;
       px = ei::pload<Packet>(tail);  // padding: d = +inf, never a member
     }
-    const Packet d = ei::pmul(ei::psub(pxmax, px), pscale);
-    Packet in = ei::pcmp_le(d, phi);
-    if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
-    const Packet arg = ei::psub(pd0, d);  // -e (-inf where d = +inf)
-    const Packet live = ei::pand(in, ei::pcmp_le(pnunder, arg));
-    const Packet m = ei::pand(mass_exp(arg), live);
-    count.add(in);
-    z = ei::padd(z, m);
-    zdn = ei::pmadd(m, ei::pand(arg, live), zdn);  // (0 off the set: no 0 · inf)
-    if (++in_group == kGroup) {
-      z_sum.add(z);
-      zdn_sum.add(zdn);
-      z = ei::pzero(pone);
-      zdn = z;
-      in_group = 0;
-    }
+    Packet d;
+    count.add(sums.add<kCheckLo>(px, &d));
   }
-  if (in_group) {
-    z_sum.add(z);
-    zdn_sum.add(zdn);
-  }
+  sums.end_block();
   out.count += count.total();
 }
 
@@ -510,7 +479,11 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
                 float* w_out) {
   Moments out;
   if (kind == MomentKind::kEntropy) {
+#if defined(__AVX512F__)
     EntropyLanes lanes;  // (reduced once, after the last block)
+#else
+    EntropySums sums(set, d0);
+#endif
     for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, s.n - j0);
       float* e = e_out ? e_out + j0 : nullptr;
@@ -529,9 +502,9 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       out.count += count;
 #else
       if (set.dlo > 0.0f) {
-        entropy_moments<true>(s.x + j0, n, set, d0, out, lanes);
+        entropy_moments<true>(s.x + j0, n, out, sums);
       } else {
-        entropy_moments<false>(s.x + j0, n, set, d0, out, lanes);
+        entropy_moments<false>(s.x + j0, n, out, sums);
       }
       if (e || w) {
         // The stored forms: e = d - d0 (+inf where the mass is 0) and the mass.
@@ -548,11 +521,12 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
       }
 #endif
     }
-    out.z = lanes.z.total();
 #if defined(__AVX512F__)
+    out.z = lanes.z.total();
     out.zd = lanes.zd.total();
 #else
-    out.zd = -lanes.zd.total();  // (the lanes carry Σ m (-e): entropy_moments)
+    out.z = sums.z();
+    out.zd = sums.zd();
 #endif
     return out;
   }

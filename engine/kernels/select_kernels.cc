@@ -628,34 +628,20 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
 #if !defined(__AVX512F__)
 namespace {
 
-// typical_gather without AVX-512: the entropy pass's arithmetic to the bit
-// (moments' entropy_moments: the exponent d0 - d, the lanes carrying
-// Σ m (-e) in one multiply-add; the caller negates), with the members at or
+// typical_gather without AVX-512: the entropy pass's sums to the bit
+// (EntropySums, as moments' entropy pass forms them), with the members at or
 // below `bound` gathered. kCheckLo: the set has a lower bound.
 template <bool kCheckLo>
 TypicalGather typical_gather_generic(const Segment& s, const SetSpec& set, float d0, float bound,
                                      int64_t cap, GatheredToken* out) {
   namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
+  using Packet = block::EntropySums::Packet;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  constexpr int64_t kGroup = 8;  // packets per float partial sum, as the mass passes
-  const block::SetPackets sp(set);
-  const Packet pd0 = ei::pset1<Packet>(d0), pbound = ei::pset1<Packet>(bound),
-               pnunder = ei::pset1<Packet>(-kUnderflow), pzero = ei::pzero(sp.one);
-  Packet pz = pzero, pzdn = pzero;
-  block::DoubleLanes sum_z, sum_zdn;
-  int64_t in_group = 0;
+  const Packet pbound = ei::pset1<Packet>(bound);
+  block::EntropySums sums(set, d0);
   int64_t gathered = 0;
   alignas(64) float pad[kLanes];
   alignas(64) float dl[kLanes];
-  auto flush = [&] {
-    if (++in_group == kGroup) {
-      sum_z.add(pz);
-      sum_zdn.add(pzdn);
-      pz = pzdn = pzero;
-      in_group = 0;
-    }
-  };
   auto gather = [&](const Packet d, uint32_t lanes, int64_t at) {
     ei::pstore(dl, d);
     for (; lanes != 0; lanes &= lanes - 1) {
@@ -664,15 +650,8 @@ TypicalGather typical_gather_generic(const Segment& s, const SetSpec& set, float
     }
   };
   auto step = [&](const Packet px, int64_t at) {
-    const Packet d = ei::pmul(ei::psub(sp.xmax, px), sp.scale);
-    Packet member = ei::pcmp_le(d, sp.hi);
-    if constexpr (kCheckLo) member = ei::pand(member, ei::pcmp_le(sp.lo, d));
-    const Packet arg = ei::psub(pd0, d);  // -e (-inf where d = +inf)
-    const Packet live = ei::pand(member, ei::pcmp_le(pnunder, arg));
-    const Packet m = ei::pand(block::mass_exp(arg), live);
-    pz = ei::padd(pz, m);
-    pzdn = ei::pmadd(m, ei::pand(arg, live), pzdn);
-    flush();
+    Packet d;
+    const Packet member = sums.add<kCheckLo>(px, &d);
     const Packet hit = ei::pand(member, ei::pcmp_le(d, pbound));
     if (gathered > cap || !ei::predux_any(hit)) return;
     alignas(64) float bits[kLanes];
@@ -693,11 +672,10 @@ TypicalGather typical_gather_generic(const Segment& s, const SetSpec& set, float
       for (int64_t j = 0; j < kLanes; ++j) pad[j] = g + j < n ? s.x[j0 + g + j] : -kInf;
       step(ei::pload<Packet>(pad), j0 + g);
     }
+    sums.end_block();
     if (gathered > cap) gathered = cap + 1;
   }
-  sum_z.add(pz);
-  sum_zdn.add(pzdn);
-  return TypicalGather{sum_z.total(), -sum_zdn.total(), gathered};
+  return TypicalGather{sums.z(), sums.zd(), gathered};
 }
 
 }  // namespace
