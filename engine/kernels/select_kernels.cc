@@ -484,7 +484,7 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
     if (mass) {
       const int64_t padded = (m + 15) & ~int64_t{15};
       for (int64_t j = 0; j < m; ++j) {
-        arg[j] = member[j] & (e[j] <= kUnderflow) ? -e[j] : block::kOffExponent;
+        arg[j] = (member[j] & (e[j] <= kUnderflow)) ? -e[j] : block::kOffExponent;
       }
       for (int64_t j = m; j < padded; ++j) arg[j] = block::kOffExponent;
       block::masses_of(arg, padded, xs);
