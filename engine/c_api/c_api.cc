@@ -336,6 +336,27 @@ nucleus_status summarise(std::span<const Status> statuses) {
   return succeed();
 }
 
+// What nucleus_sample and nucleus_probs check first: the handles, then the
+// requests (translated into the thread's scratch).
+Status check_batch_call(const nucleus_engine* engine, const nucleus_logits_view* logits,
+                        const void* output, const nucleus_row_request* requests,
+                        int64_t num_requests, std::span<const RowRequest>* cpp_requests) {
+  if (engine == nullptr) return invalid("engine is NULL");
+  if (logits == nullptr) return invalid("logits is NULL");
+  if (output == nullptr) return invalid("output is NULL");
+  return translate_requests(*logits, requests, num_requests, cpp_requests);
+}
+
+nucleus_status write_view(nucleus::Result<nucleus::LogitsView> block, nucleus_logits_view* view) {
+  if (!block.ok()) return fail(block.status());
+  view->data = block->data;
+  view->rows = block->rows;
+  view->vocab = block->vocab;
+  view->row_stride = block->row_stride;
+  view->dtype = static_cast<int32_t>(block->dtype);
+  return succeed();
+}
+
 }  // namespace
 
 extern "C" {
@@ -455,21 +476,6 @@ nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, co
     return succeed();
   });
 }
-
-namespace {
-
-// What nucleus_sample and nucleus_probs check first: the handles, then the
-// requests (translated into the thread's scratch).
-Status check_batch_call(const nucleus_engine* engine, const nucleus_logits_view* logits,
-                        const void* output, const nucleus_row_request* requests,
-                        int64_t num_requests, std::span<const RowRequest>* cpp_requests) {
-  if (engine == nullptr) return invalid("engine is NULL");
-  if (logits == nullptr) return invalid("logits is NULL");
-  if (output == nullptr) return invalid("output is NULL");
-  return translate_requests(*logits, requests, num_requests, cpp_requests);
-}
-
-}  // namespace
 
 nucleus_status nucleus_sample(nucleus_engine* engine, const nucleus_logits_view* logits,
                               const nucleus_row_request* requests, int64_t num_requests,
@@ -633,20 +639,6 @@ nucleus_status nucleus_dump_get_info(const nucleus_dump* dump, nucleus_dump_info
     return succeed();
   });
 }
-
-namespace {
-
-nucleus_status write_view(nucleus::Result<nucleus::LogitsView> block, nucleus_logits_view* view) {
-  if (!block.ok()) return fail(block.status());
-  view->data = block->data;
-  view->rows = block->rows;
-  view->vocab = block->vocab;
-  view->row_stride = block->row_stride;
-  view->dtype = static_cast<int32_t>(block->dtype);
-  return succeed();
-}
-
-}  // namespace
 
 nucleus_status nucleus_dump_read_block(nucleus_dump* dump, int64_t index, nucleus_logits_view* view,
                                        int64_t* first_row) {
