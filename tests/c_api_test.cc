@@ -657,6 +657,12 @@ std::vector<CallErrorCase> CallErrorCases() {
          r[1].allowed_mask = kEvenMask.data();
          r[1].allowed_mask_words = 3;
        }},
+      {"mask with no words",
+       {"row 1", "allowed_mask is not NULL", "allowed_mask_words = 0"},
+       [](V&, R& r, int64_t&, O&) {
+         r[1].allowed_mask = kEvenMask.data();
+         r[1].allowed_mask_words = 0;
+       }},
       {"NULL array with a length",
        {"row 1", "generated_tokens is NULL", "num_generated_tokens = 4"},
        [](V&, R& r, int64_t&, O&) { r[1].num_generated_tokens = 4; }},

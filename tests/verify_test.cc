@@ -3,6 +3,7 @@
 // Theorem 1), be reproducible per row, and reject malformed calls.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -182,6 +183,61 @@ TEST(VerifyTest, BonusTokenWhenTheDrafterMatchesTheTarget) {
   for (int64_t c : bonus) n += c;
   EXPECT_GT(n, 99000);
   EXPECT_GT(chi_square_p(bonus, softmax(s.target.data() + kVocab)), 1e-6);
+}
+
+// Sampling a greedy row (temperature 0) returns its argmax, so verifying it
+// must too: a draft is accepted only if it is the argmax of its target row
+// (processed with the history grown by the drafts accepted before it), and
+// the token after the accepted drafts is the argmax of the next target row,
+// whatever the draft probabilities say.
+TEST(VerifyTest, GreedyRowsAcceptExactlyTheArgmax) {
+  constexpr int64_t k = 3;
+  Engine engine({.max_threads = 1, .seed = 1});
+  std::mt19937 gen(17);
+  std::uniform_int_distribution<int32_t> any(0, kVocab - 1);
+  std::uniform_int_distribution<int64_t> matched(0, k);
+  std::vector<VerifyResult> results(1);
+  std::vector<RowResult> sampled(1);
+  for (int trial = 0; trial < 200; ++trial) {
+    Drafting s = make_setup(k, 100 + static_cast<uint32_t>(trial));
+    if (trial % 4 == 0) s.target[3] = s.target[5] = 9.0f;  // a tied max: token 3 wins
+    RowRequest req;
+    req.seed = 42;
+    req.step = static_cast<uint64_t>(trial);
+    req.params.temperature = 0.0f;
+    req.params.repetition_penalty = 3.0f;  // the history moves the argmax
+    const std::vector<int32_t> history = {any(gen)};
+    req.generated_tokens = history;
+    // The argmax at each position, given the drafts accepted before it; the
+    // first m drafts are those argmaxes, draft m (if any) another token.
+    const int64_t m = matched(gen);
+    std::vector<int32_t> drafts(k), expected;
+    std::vector<int32_t> grown = history;
+    RowRequest at = req;
+    for (int64_t i = 0; i <= k; ++i) {
+      at.generated_tokens = grown;
+      const LogitsView row{s.target.data() + i * kVocab, 1, kVocab, kVocab, DType::kFloat32};
+      ASSERT_TRUE(engine.sample(row, std::span(&at, 1), sampled).ok());
+      const int32_t argmax = sampled[0].tokens.at(0);
+      if (i == m) {
+        expected.push_back(argmax);
+        if (i < k) drafts[static_cast<size_t>(i)] = (argmax + 1 + any(gen) % (kVocab - 1)) % kVocab;
+        for (int64_t j = i + 1; j < k; ++j) drafts[static_cast<size_t>(j)] = any(gen);
+        break;
+      }
+      drafts[static_cast<size_t>(i)] = argmax;
+      expected.push_back(argmax);
+      grown.push_back(argmax);
+    }
+    const LogitsView view{s.target.data(), k + 1, kVocab, kVocab, DType::kFloat32};
+    for (const float* q : std::array<const float*, 2>{s.draft.data(), nullptr}) {
+      ASSERT_TRUE(engine.verify(view, k, drafts, q, std::span(&req, 1), results).ok());
+      const VerifyResult& r = results[0];
+      ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+      EXPECT_EQ(r.accepted, m) << "trial " << trial << (q ? " with" : " without") << " q";
+      EXPECT_EQ(r.tokens, expected) << "trial " << trial << (q ? " with" : " without") << " q";
+    }
+  }
 }
 
 TEST(VerifyTest, RowsAreReproducibleWhateverTheBatch) {

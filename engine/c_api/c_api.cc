@@ -187,6 +187,13 @@ Status to_cpp(const nucleus_row_request& c, int64_t row, std::span<nucleus::Toke
       !s.ok()) {
     return s;
   }
+  if (c.allowed_mask != nullptr && c.allowed_mask_words == 0) {
+    // An empty mask means "no mask" to the engine: refuse it rather than
+    // allow every token.
+    return invalid(where(row) +
+                   ": allowed_mask is not NULL but allowed_mask_words = 0 (a mask holds "
+                   "ceil(vocab / 32) words; NULL for no mask)");
+  }
   return borrow(c.allowed_mask, c.allowed_mask_words, row, "allowed_mask", "allowed_mask_words",
                 &out->allowed_mask);
 }

@@ -41,7 +41,10 @@ class ScratchPool {
   }
   void release(std::unique_ptr<detail::RowScratch> s) {
     const std::lock_guard<std::mutex> lock(mutex_);
-    free_.push_back(s.release());  // (room reserved: no allocation)
+    // (Room is reserved, so this does not allocate; if it ever had to and
+    // failed, `s` would still own the scratch and free it.)
+    free_.push_back(s.get());
+    s.release();
   }
   // One scratch per arena slot up front, handed out last-in first-out: the
   // scratch a row gets is the one the last row used, whose buffers (a
@@ -62,6 +65,17 @@ class ScratchPool {
     for (detail::RowScratch* s : free_) s->prepare(vocab);
     prepared_vocab_ = vocab;
   }
+  // The same for verification's per-row lists: `positions` target rows and
+  // a history of up to `history` tokens.
+  void prepare_verify(int64_t positions, int64_t history) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (positions <= verify_positions_ && history <= verify_history_) return;
+    positions = std::max(positions, verify_positions_);
+    history = std::max(history, verify_history_);
+    for (detail::RowScratch* s : free_) s->prepare_verify(positions, history);
+    verify_positions_ = positions;
+    verify_history_ = history;
+  }
   ~ScratchPool() {
     for (detail::RowScratch* raw : free_) delete raw;
   }
@@ -70,6 +84,8 @@ class ScratchPool {
   std::mutex mutex_;
   std::vector<detail::RowScratch*> free_;
   int64_t prepared_vocab_ = 0;
+  int64_t verify_positions_ = 0;
+  int64_t verify_history_ = 0;
 };
 
 uint64_t system_seed() {
@@ -98,6 +114,39 @@ struct Engine::Impl {
     return (static_cast<uint64_t>(out[0]) << 32) | out[1];
   }
 
+  // Runs per_row(row, scratch, runner) for rows [0, rows) over the arena,
+  // each with a pooled scratch sized for `vocab` tokens. Errors are values
+  // at the API: an allocation that fails inside a row becomes that row's
+  // status (on_bad_alloc(row)), one that fails sizing the scratch the call's.
+  template <typename F, typename G>
+  Status for_rows(int64_t rows, int64_t vocab, F&& per_row, G&& on_bad_alloc) {
+    const detail::Runner runner{rows < threads && vocab > detail::kChunk, kernels};
+    try {
+      pool.prepare(vocab);
+    } catch (const std::bad_alloc&) {
+      return Status::internal("out of memory sizing the scratch for rows of " +
+                              std::to_string(vocab) + " tokens");
+    }
+    try {
+      arena->execute([&] {
+        tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
+          std::unique_ptr<detail::RowScratch> scratch;
+          try {
+            scratch = pool.acquire();
+            per_row(row, *scratch, runner);
+          } catch (const std::bad_alloc&) {
+            on_bad_alloc(row);
+          }
+          if (scratch) pool.release(std::move(scratch));
+        });
+      });
+    } catch (const std::bad_alloc&) {
+      // (oneTBB's own bookkeeping, outside any row)
+      return Status::internal("out of memory starting the rows");
+    }
+    return Status();
+  }
+
   template <typename F, typename G>
   Status run_rows(const LogitsView& logits, std::span<const RowRequest> requests,
                   int64_t results_size, F&& per_row, G&& on_bad_alloc) {
@@ -108,27 +157,16 @@ struct Engine::Impl {
       if (Status s = detail::check_request(requests[r], row, logits.vocab); !s.ok()) return s;
     }
     const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
-    const int64_t rows = logits.rows;
-    const detail::Runner runner{rows < threads && logits.vocab > detail::kChunk, kernels};
-    pool.prepare(logits.vocab);
-    arena->execute([&] {
-      tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
-        auto scratch = pool.acquire();
-        const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
-        detail::RowInput input{
-            static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype),
-            logits.dtype, logits.vocab};
-        try {
-          per_row(row, req, input, *scratch, runner);
-        } catch (const std::bad_alloc&) {
-          // Errors are values at the API: an allocation that fails inside a
-          // row becomes that row's status.
-          on_bad_alloc(row);
-        }
-        pool.release(std::move(scratch));
-      });
-    });
-    return Status();
+    return for_rows(
+        logits.rows, logits.vocab,
+        [&](int64_t row, detail::RowScratch& scratch, const detail::Runner& runner) {
+          const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
+          const detail::RowInput input{
+              static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype),
+              logits.dtype, logits.vocab};
+          per_row(row, req, input, scratch, runner);
+        },
+        on_bad_alloc);
   }
 };
 
@@ -264,31 +302,40 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
   const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
   const int esize = dtype_size(target_logits.dtype);
-  const detail::Runner runner{rows < impl_->threads && vocab > detail::kChunk, impl_->kernels};
-  impl_->pool.prepare(vocab);
-  impl_->arena->execute([&] {
-    tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
-      auto scratch = impl_->pool.acquire();
-      const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
-      const uint64_t seed =
-          req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
-      // At most a few positions per row: a small array of row inputs.
-      std::vector<detail::RowInput>& positions = scratch->verify_positions;
-      positions.resize(static_cast<size_t>(per_row));
-      for (int64_t i = 0; i < per_row; ++i) {
-        positions[static_cast<size_t>(i)] = detail::RowInput{
-            static_cast<const char*>(target_logits.data) + (row * per_row + i) * stride * esize,
-            target_logits.dtype, vocab};
-      }
-      detail::verify_row(positions,
-                         draft_tokens.subspan(static_cast<size_t>(row * num_draft),
-                                              static_cast<size_t>(num_draft)),
-                         draft_probs ? draft_probs + row * num_draft * vocab : nullptr, req, seed,
-                         row, results[static_cast<size_t>(row)], *scratch, runner);
-      impl_->pool.release(std::move(scratch));
-    });
-  });
-  return Status();
+  // Every pooled scratch gets room for the row inputs and the longest
+  // history plus the drafts, so the steady state allocates nothing whichever
+  // scratch a row is handed.
+  size_t history = 0;
+  for (const RowRequest& r : requests) history = std::max(history, r.generated_tokens.size());
+  try {
+    impl_->pool.prepare_verify(per_row, static_cast<int64_t>(history) + num_draft);
+  } catch (const std::bad_alloc&) {
+    return Status::internal("verify: out of memory sizing the scratch");
+  }
+  return impl_->for_rows(
+      rows, vocab,
+      [&](int64_t row, detail::RowScratch& scratch, const detail::Runner& runner) {
+        const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
+        const uint64_t seed =
+            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+        std::vector<detail::RowInput>& positions = scratch.verify_positions;
+        positions.resize(static_cast<size_t>(per_row));
+        for (int64_t i = 0; i < per_row; ++i) {
+          positions[static_cast<size_t>(i)] = detail::RowInput{
+              static_cast<const char*>(target_logits.data) + (row * per_row + i) * stride * esize,
+              target_logits.dtype, vocab};
+        }
+        detail::verify_row(positions,
+                           draft_tokens.subspan(static_cast<size_t>(row * num_draft),
+                                                static_cast<size_t>(num_draft)),
+                           draft_probs ? draft_probs + row * num_draft * vocab : nullptr, req, seed,
+                           row, results[static_cast<size_t>(row)], scratch, runner);
+      },
+      [&](int64_t row) {
+        VerifyResult& r = results[static_cast<size_t>(row)];
+        r.clear();
+        r.status = Status::internal("row " + std::to_string(row) + ": out of memory");
+      });
 }
 
 }  // namespace nucleus

@@ -534,6 +534,11 @@ void RowScratch::prepare(int64_t vocab) {
   if (penalties.seen.size() < words) penalties.seen.resize(words, 0);
 }
 
+void RowScratch::prepare_verify(int64_t positions, int64_t history) {
+  verify_positions.reserve(static_cast<size_t>(positions));
+  verify_history.reserve(static_cast<size_t>(history));
+}
+
 namespace {
 
 // The key of the min_keep-th most preferred token (with ties) when it lies
@@ -936,12 +941,15 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
     for (const Segment& s : segs) {
       found += static_cast<size_t>(run.k->gather_le(s, set, c, sc.top.data() + found));
     }
-    // Key ascending, then token id.
-    const auto end = sc.top.begin() + static_cast<std::ptrdiff_t>(found);
-    std::sort(sc.top.begin(), end, [](const KeyToken& a, const KeyToken& b) {
-      return a.key < b.key || (a.key == b.key && a.token < b.token);
-    });
+    // Key ascending, then token id. Ties at the N-th key are all gathered (a
+    // flat row can bring the whole vocabulary), so only the first N are
+    // sorted: the order is total, so they are those a full sort would give.
     const size_t keep = std::min(found, static_cast<size_t>(p.top_logprobs));
+    const auto end = sc.top.begin() + static_cast<std::ptrdiff_t>(found);
+    std::partial_sort(sc.top.begin(), sc.top.begin() + static_cast<std::ptrdiff_t>(keep), end,
+                      [](const KeyToken& a, const KeyToken& b) {
+                        return a.key < b.key || (a.key == b.key && a.token < b.token);
+                      });
     result.top_logprobs.resize(keep);
     for (size_t i = 0; i < keep; ++i) {
       result.top_logprobs[i] = TokenLogprob{
@@ -959,13 +967,15 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 }
 
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
-                 RowScratch& sc, const Runner& run) {
+                 RowScratch& sc, const Runner& run, int32_t* greedy_token) {
   RowPipeline pipe(input, request, row, sc, run);
   Distribution dist;
+  if (greedy_token != nullptr) *greedy_token = -1;
   if (Status s = pipe.build(dist, true); !s.ok()) {
     std::fill_n(out, input.vocab, 0.0f);
     return s;
   }
+  if (greedy_token != nullptr && dist.greedy) *greedy_token = dist.greedy_token;
   // The kept set is described by its bounds, so the row's own chunks
   // enumerate it whether or not it was compacted.
   const double inv_z = 1.0 / dist.z;

@@ -54,6 +54,9 @@ struct RowScratch {
   // Sizes every vocabulary-sized buffer for rows of `vocab` tokens (grown,
   // never shrunk): after this, no row of that size allocates in this scratch.
   void prepare(int64_t vocab);
+  // Room for verification's lists: `positions` row inputs and a history of
+  // `history` tokens (grown, never shrunk).
+  void prepare_verify(int64_t positions, int64_t history);
 };
 
 // Samples one row into `result` (cleared first). `seed` is the row's resolved
@@ -62,8 +65,11 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                 RowResult& result, RowScratch& scratch, const Runner& run);
 
 // Writes the row's final distribution to out[0, vocab); on a row error
-// returns it and leaves out zero.
+// returns it and leaves out zero. A greedy row (temperature 0) writes the
+// softmax of its processed logits (what Engine::probs reports) and, when
+// greedy_token is given, stores there the token sample_row would return
+// (-1 for a row that is not greedy).
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
-                 RowScratch& scratch, const Runner& run);
+                 RowScratch& scratch, const Runner& run, int32_t* greedy_token = nullptr);
 
 }  // namespace nucleus::detail

@@ -41,9 +41,23 @@ void verify_row(std::span<const RowInput> positions, std::span<const int32_t> dr
   sc.verify_history.assign(request.generated_tokens.begin(), request.generated_tokens.end());
   RowRequest at = request;
 
+  // The target distribution at position i. Sampling a greedy row (temperature
+  // 0) returns its argmax, so its target is that one token (as vLLM's
+  // rejection sampler does): a draft is accepted only if it is the argmax,
+  // and the recovered or bonus token is the argmax.
+  auto target = [&](int64_t i) {
+    int32_t greedy = -1;
+    Status s = probs_row(positions[static_cast<size_t>(i)], at, row, p, sc, run, &greedy);
+    if (s.ok() && greedy >= 0) {
+      std::fill_n(p, vocab, 0.0f);
+      p[greedy] = 1.0f;
+    }
+    return s;
+  };
+
   for (int64_t i = 0; i <= k; ++i) {
     at.generated_tokens = sc.verify_history;
-    if (Status s = probs_row(positions[static_cast<size_t>(i)], at, row, p, sc, run); !s.ok()) {
+    if (Status s = target(i); !s.ok()) {
       result.status =
           Status::row_error(s.message() + " (target position " + std::to_string(i) + ")");
       result.tokens.clear();
@@ -80,7 +94,7 @@ void verify_row(std::span<const RowInput> positions, std::span<const int32_t> dr
     if (token < 0) {
       // p <= q everywhere (equal up to rounding): the residual is empty, so
       // draw from the target itself.
-      probs_row(positions[static_cast<size_t>(i)], at, row, p, sc, run);
+      target(i);
       token = draw_dense(p, vocab, u2);
     }
     result.tokens.push_back(token);

@@ -127,6 +127,13 @@ Status to_allowed_mask(const std::string& where, const Json& v, int64_t vocab,
 Status to_mask_words(const std::string& where, const Json& v, std::vector<int32_t>* mask) {
   const std::string key = "allowed_mask";
   if (!v.is_array()) return field_error(where, key, v, "is not an array of 32-bit words");
+  if (v.empty()) {
+    // The engine reads an empty mask as "no mask": refuse it rather than
+    // allow every token.
+    return field_error(where, key, v,
+                       "holds no words (a mask holds ceil(vocab / 32); omit the "
+                       "field for no mask)");
+  }
   mask->clear();
   for (size_t i = 0; i < v.size(); ++i) {
     const Json& w = v[i];
