@@ -406,6 +406,22 @@ TEST(Cli, CsvHasOneLinePerSample) {
   }
 }
 
+TEST(Cli, CsvPrintsALogprobOfZeroWithoutASign) {
+  // One token holds all the mass: its log-probability is exactly 0 (a
+  // negated zero inside the engine), which JSON and CSV print unsigned.
+  const fs::path dir = TestDir();
+  std::vector<float> x(2 * 100, 0.0f);
+  x[7] = 200.0f;
+  x[100 + 42] = 200.0f;
+  WriteDump(dir / "d.npy", x, 2, 100, DType::kFloat32);
+  CliRun csv = RunCli(dir, "sample d.npy --temperature 0 --logprobs 1 --format csv -o out.csv");
+  ASSERT_EQ(csv.code, 0) << csv.err;
+  const std::vector<std::string> lines = Lines(ReadText(dir / "out.csv"));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1].rfind("0,0,7,0,0,1,100,7:0,", 0), 0u) << lines[1];
+  EXPECT_EQ(lines[2].rfind("1,0,42,0,0,1,100,42:0,", 0), 0u) << lines[2];
+}
+
 TEST(Cli, ParamsFileOverridesRowByRow) {
   const fs::path dir = TestDir();
   const int64_t rows = 6, vocab = 200;

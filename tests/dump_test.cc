@@ -567,6 +567,32 @@ TEST(DumpAtomicFile, WritesDevicesInPlace) {
   EXPECT_TRUE(S_ISCHR(st.st_mode));
 }
 
+TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
+  // As a shell's `>` does: the file a link names gets the contents, the link
+  // stays a link (a rename over the link would replace it). Relative and
+  // chained links, and a link to a file that does not exist yet.
+  const fs::path dir = TestDir();
+  fs::create_directories(dir / "real");
+  WriteBytes(dir / "real" / "out.txt", "old contents");
+  fs::create_symlink("real/out.txt", dir / "link.txt");
+  fs::create_symlink(dir / "link.txt", dir / "chain.txt");
+  fs::create_symlink("real/new.txt", dir / "dangling.txt");
+  for (const char* name : {"link.txt", "chain.txt", "dangling.txt"}) {
+    Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / name).string());
+    ASSERT_TRUE(file.ok()) << file.status().message();
+    ASSERT_TRUE(file->write(std::string("via ") + name).ok());
+    ASSERT_TRUE(file->commit().ok());
+    EXPECT_TRUE(fs::is_symlink(dir / name)) << name;
+    EXPECT_EQ(ReadBytes(dir / name), std::string("via ") + name);
+  }
+  EXPECT_EQ(ReadBytes(dir / "real" / "out.txt"), "via chain.txt");
+  EXPECT_EQ(ReadBytes(dir / "real" / "new.txt"), "via dangling.txt");
+  // No temporary file is left beside the links or the files.
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    EXPECT_EQ(entry.path().filename().string().rfind(".", 0), std::string::npos) << entry.path();
+  }
+}
+
 TEST(DumpNames, ParseAndPrint) {
   EXPECT_EQ(parse_dump_format("safetensors"), DumpFormat::kSafetensors);
   EXPECT_EQ(parse_dump_format("pickle"), std::nullopt);

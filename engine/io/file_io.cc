@@ -41,6 +41,22 @@ std::string base_name(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// The path a chain of symbolic links ends at (the path itself when it is not
+// a link; at most 40 links, as the kernel allows), whether or not that file
+// exists yet.
+std::string through_links(std::string path) {
+  for (int hop = 0; hop < 40; ++hop) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    std::string link(4096, '\0');
+    const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
+    if (len <= 0 || static_cast<size_t>(len) == link.size()) return path;
+    link.resize(static_cast<size_t>(len));
+    path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
+  }
+  return path;
+}
+
 }  // namespace
 
 std::string errno_text(int err) {
@@ -146,11 +162,16 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
     if (file.fd_ < 0) return Status::io_error(path + ": cannot open: " + errno_text(errno));
     return file;
   }
-  std::string temp = parent_directory(path) + "/." + base_name(path) + ".tmp-XXXXXX";
+  // A symbolic link is written through, as a shell's `>` would: the file it
+  // names is replaced and the link stays (so is `/dev/stdout` redirected to a
+  // file). Renaming over the link itself would replace the link.
+  const std::string target = through_links(path);
+  file.path_ = target;
+  std::string temp = parent_directory(target) + "/." + base_name(target) + ".tmp-XXXXXX";
   const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
   if (fd < 0) {
     return Status::io_error(path + ": cannot create a temporary file in '" +
-                            parent_directory(path) + "': " + errno_text(errno));
+                            parent_directory(target) + "': " + errno_text(errno));
   }
   file.fd_ = fd;
   file.temp_path_ = temp;

@@ -329,19 +329,31 @@ PyEngine& default_engine() {
   return *engine;
 }
 
+// A text argument of load_dump, or ValueError naming it and its value.
+std::string text_argument(const char* name, const py::object& value) {
+  if (!py::isinstance<py::str>(value)) {
+    throw py::value_error(std::string(name) + " = " + py::repr(value).cast<std::string>() +
+                          ": expected a string");
+  }
+  return value.cast<std::string>();
+}
+
 py::array load_dump(const py::object& path, const py::object& tensor, const py::object& dtype,
                     const py::object& vocab, const py::object& format, const std::string& bf16) {
-  const std::string file = py::str(py::module_::import("os").attr("fspath")(path));
+  // The path's bytes as the operating system spells them (str, bytes or
+  // os.PathLike, as open() takes).
+  const std::string file = py::module_::import("os").attr("fsencode")(path).cast<std::string>();
   DumpOptions options;
   if (!format.is_none()) {
-    std::optional<DumpFormat> f = parse_dump_format(format.cast<std::string>());
+    const std::string name = text_argument("format", format);
+    std::optional<DumpFormat> f = parse_dump_format(name);
     if (!f) {
-      throw py::value_error("format = '" + format.cast<std::string>() +
+      throw py::value_error("format = '" + name +
                             "' is not one of 'auto', 'npy', 'safetensors', 'raw'");
     }
     options.format = *f;
   }
-  if (!tensor.is_none()) options.tensor = tensor.cast<std::string>();
+  if (!tensor.is_none()) options.tensor = text_argument("tensor", tensor);
   if (!dtype.is_none()) {
     const std::string name = py::str(dtype);
     options.dtype = parse_dtype(name);
@@ -349,7 +361,19 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
       throw py::value_error("dtype = '" + name + "' is not one of 'f32', 'f16', 'bf16'");
     }
   }
-  if (!vocab.is_none()) options.vocab = vocab.cast<int64_t>();
+  if (!vocab.is_none()) {
+    // (an integer: bool and float are not)
+    if (!py::isinstance<py::int_>(vocab) || py::isinstance<py::bool_>(vocab)) {
+      throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
+                            ": expected an integer");
+    }
+    try {
+      options.vocab = vocab.cast<int64_t>();
+    } catch (const py::cast_error&) {
+      throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
+                            " does not fit a 64-bit integer");
+    }
+  }
   if (bf16 != "float32" && bf16 != "uint16") {
     throw py::value_error("bf16 = '" + bf16 + "' is not one of 'float32', 'uint16'");
   }

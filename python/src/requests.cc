@@ -323,9 +323,33 @@ class RequestParser {
 
   // Packed words as the engine wants them: from int32 / uint32 words, from
   // other integer words that fit 32 bits, or from a boolean mask over the
-  // vocabulary.
+  // vocabulary. One 1-D mask for every row, a 2-D array with a row each, or
+  // a list with an entry per row in which None means no mask for that row.
   void allowed_mask(py::handle value) {
     if (value.is_none()) return;
+    if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value)) {
+      const py::sequence items = py::reinterpret_borrow<py::sequence>(value);
+      bool any_none = false;
+      for (const py::handle item : items) any_none |= item.is_none();
+      if (any_none) {
+        if (static_cast<int64_t>(items.size()) != rows_) {
+          throw py::value_error("allowed_mask: a list with None needs one entry per row (" +
+                                std::to_string(rows_) + "), got " + std::to_string(items.size()));
+        }
+        for (int64_t r = 0; r < rows_; ++r) {
+          const py::object item = items[static_cast<size_t>(r)];
+          if (item.is_none()) continue;
+          const std::string name = "allowed_mask[" + std::to_string(r) + "]";
+          py::array a = as_array(item);
+          if (a.ndim() != 1) {
+            throw py::value_error(name + ": expected a 1-D array, got shape " + shape_text(a));
+          }
+          int64_t words_per_row = 0;
+          row(r).allowed_mask = packed(a, name, 1, &words_per_row);
+        }
+        return;
+      }
+    }
     py::array a = as_array(value);
     if (a.ndim() != 1 && a.ndim() != 2) {
       throw py::value_error(
@@ -338,30 +362,42 @@ class RequestParser {
       throw py::value_error("allowed_mask: expected " + std::to_string(rows_) +
                             " rows, got shape " + shape_text(a));
     }
-    const int64_t mask_rows = per_row ? rows_ : 1;
+    int64_t words_per_row = 0;
+    const std::span<const int32_t> all =
+        packed(a, "allowed_mask", per_row ? rows_ : 1, &words_per_row);
+    for (int64_t r = 0; r < rows_; ++r) {
+      row(r).allowed_mask = all.subspan(static_cast<size_t>((per_row ? r : 0) * words_per_row),
+                                        static_cast<size_t>(words_per_row));
+    }
+  }
+
+ private:
+  // The words of `mask_rows` masks, the last axis of `a` (named `name` in
+  // errors), kept in the table; *words_per_row gets each mask's length.
+  std::span<const int32_t> packed(const py::array& a, const std::string& name, int64_t mask_rows,
+                                  int64_t* words_per_row) {
     const int64_t width = a.shape(a.ndim() - 1);
     if (width == 0) {
       // An empty span means "no mask" to the engine: refuse it rather than
       // allow every token.
-      throw py::value_error("allowed_mask: expected ceil(vocab/32) words per row, got none");
+      throw py::value_error(name + ": expected ceil(vocab/32) words per row, got none");
     }
     const char kind = a.dtype().kind();
     std::vector<int32_t> words;
-    int64_t words_per_row = width;
+    *words_per_row = width;
     if (kind == 'b') {
       if (width != vocab_) {
-        throw py::value_error(
-            "allowed_mask: a boolean mask needs vocab = " + std::to_string(vocab_) +
-            " entries per row, got " + std::to_string(width));
+        throw py::value_error(name + ": a boolean mask needs vocab = " + std::to_string(vocab_) +
+                              " entries per row, got " + std::to_string(width));
       }
-      words_per_row = (vocab_ + 31) / 32;
+      *words_per_row = (vocab_ + 31) / 32;
       auto bits = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);
-      words.assign(static_cast<size_t>(mask_rows * words_per_row), 0);
+      words.assign(static_cast<size_t>(mask_rows * *words_per_row), 0);
       const bool* b = bits.data();
       for (int64_t r = 0; r < mask_rows; ++r) {
         for (int64_t i = 0; i < vocab_; ++i) {
           if (b[r * vocab_ + i]) {
-            words[static_cast<size_t>(r * words_per_row + i / 32)] |=
+            words[static_cast<size_t>(r * *words_per_row + i / 32)] |=
                 static_cast<int32_t>(uint32_t{1} << (i % 32));
           }
         }
@@ -372,30 +408,24 @@ class RequestParser {
       words.assign(w.data(), w.data() + w.size());
     } else if (kind == 'i' || kind == 'u') {
       auto w = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-      if (!w) throw py::value_error("allowed_mask: words do not fit in 64 bits");
+      if (!w) throw py::value_error(name + ": words do not fit in 64 bits");
       words.reserve(static_cast<size_t>(w.size()));
       for (py::ssize_t i = 0; i < w.size(); ++i) {
         const int64_t x = w.data()[i];
         if (x < INT32_MIN || x > int64_t{UINT32_MAX}) {
-          throw py::value_error("allowed_mask: word " + std::to_string(x) +
-                                " does not fit in 32 bits");
+          throw py::value_error(name + ": word " + std::to_string(x) + " does not fit in 32 bits");
         }
         words.push_back(static_cast<int32_t>(static_cast<uint32_t>(x)));
       }
     } else {
-      throw py::type_error(
-          "allowed_mask: expected 32-bit words (int32 / uint32, ceil(vocab/32) "
-          "per row) or a boolean mask over the vocabulary, got dtype " +
-          py::str(a.dtype()).cast<std::string>());
+      throw py::type_error(name +
+                           ": expected 32-bit words (int32 / uint32, ceil(vocab/32) "
+                           "per row) or a boolean mask over the vocabulary, got dtype " +
+                           py::str(a.dtype()).cast<std::string>());
     }
-    std::span<const int32_t> all = store(std::move(words));
-    for (int64_t r = 0; r < rows_; ++r) {
-      row(r).allowed_mask = all.subspan(static_cast<size_t>((per_row ? r : 0) * words_per_row),
-                                        static_cast<size_t>(words_per_row));
-    }
+    return store(std::move(words));
   }
 
- private:
   RequestTable* t_;
   int64_t rows_;
   int64_t vocab_;

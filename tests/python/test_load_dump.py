@@ -24,6 +24,8 @@ def test_npy_round_trip(rng, tmp_path):
         np.testing.assert_array_equal(back, x.astype(dtype))
     np.save(tmp_path / "x3.npy", x.reshape(2, 3, 333))
     assert nucleus.load_dump(str(tmp_path / "x3.npy")).shape == (2, 3, 333)
+    # bytes paths too, as open() takes them
+    assert nucleus.load_dump(os.fsencode(tmp_path / "x3.npy")).shape == (2, 3, 333)
 
 
 def test_raw_bfloat16(engine, rng, tmp_path):
@@ -82,3 +84,12 @@ def test_errors(rng, tmp_path):
         nucleus.load_dump(tmp_path / "x.bin", dtype="f64", vocab=3)
     with pytest.raises(ValueError, match="bf16 = "):
         nucleus.load_dump(tmp_path / "x.npy", bf16="float16")
+    # arguments of the wrong type are named, with their value
+    with pytest.raises(ValueError, match="vocab = 3.0: expected an integer"):
+        nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=3.0)
+    with pytest.raises(ValueError, match="vocab = True"):
+        nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=True)
+    with pytest.raises(ValueError, match="format = 3: expected a string"):
+        nucleus.load_dump(tmp_path / "x.npy", format=3)
+    with pytest.raises(ValueError, match="tensor = 1: expected a string"):
+        nucleus.load_dump(tmp_path / "x.npy", tensor=1)

@@ -98,8 +98,7 @@ def test_matches_cli_with_per_row_parameters(engine, rng, tmp_path, cli_sample):
         logit_bias=[{int(k): v for k, v in p["logit_bias"].items()} if "logit_bias" in p
                     else None for p in params],
         banned=per_row("banned", None),
-        allowed_mask=[mask_words if "allowed_tokens" in p else np.full(63, -1, np.int32)
-                      for p in params],
+        allowed_mask=[mask_words if "allowed_tokens" in p else None for p in params],
     )
     assert result.tokens.shape == (rows, 3)
     assert_same_as_cli(result, lines)
@@ -108,6 +107,22 @@ def test_matches_cli_with_per_row_parameters(engine, rng, tmp_path, cli_sample):
     assert result.tokens[4, 0] == 17
     # Rows with n < 3 are padded.
     assert (result.tokens[0, 1:] == -1).all() and np.isnan(result.logprobs[0, 1:]).all()
+
+
+def test_allowed_mask_list_with_none_rows(engine, rng):
+    # None in a list of masks: that row has no mask, the others theirs.
+    x = lm_logits(rng, 3, 100)
+    allowed = np.zeros(100, bool)
+    allowed[[3, 50, 99]] = True
+    masked = engine.sample(x, seed=[1, 2, 3], allowed_mask=[None, allowed, None])
+    plain = engine.sample(x, seed=[1, 2, 3])
+    assert masked.tokens[0, 0] == plain.tokens[0, 0]
+    assert masked.tokens[2, 0] == plain.tokens[2, 0]
+    assert masked.tokens[1, 0] in (3, 50, 99)
+    with pytest.raises(ValueError, match="one entry per row"):
+        engine.sample(x, seed=1, allowed_mask=[None, allowed])
+    with pytest.raises(ValueError, match=r"allowed_mask\[1\]: a boolean mask needs vocab"):
+        engine.sample(x, seed=1, allowed_mask=[None, allowed[:50], None])
 
 
 def test_matches_cli_float16(engine, rng, tmp_path, cli_sample):

@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "engine/row/params_check.h"
 
@@ -203,6 +204,19 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
     return Status::invalid_argument(where + ": " + shown(root) + " is not a JSON object");
   }
   SamplingParams& p = d->params;
+  // Two spellings of one field on one line would leave the result to the
+  // order the keys are read in: refused.
+  static constexpr std::pair<const char*, const char*> kAliases[] = {
+      {"logprobs", "top_logprobs"},
+      {"generated_tokens", "history"},
+      {"banned", "banned_tokens"},
+      {"allowed_mask", "allowed_tokens"}};
+  for (const auto& [a, b] : kAliases) {
+    if (root.contains(a) && root.contains(b)) {
+      return Status::invalid_argument(where + ": fields '" + a + "' and '" + b +
+                                      "' set the same thing: give one");
+    }
+  }
   for (const auto& [key, v] : root.items()) {
     Status s;
     if (key == "row") {

@@ -36,6 +36,7 @@ Examples:
   nucleus sample dump.npy --params rows.jsonl --seed 7 --output tokens.jsonl)";
 
 std::string csv_float(float value) {
+  if (value == 0.0f) return "0";  // log(1): no "-0", as in the JSON lines
   char buf[32];
   const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
   return ec == std::errc() ? std::string(buf, end) : std::string("nan");
