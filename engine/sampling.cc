@@ -33,7 +33,7 @@ const char* preset_name(Preset preset) {
 std::optional<Preset> parse_preset(std::string_view name) {
   if (name == "hf") return Preset::kHF;
   if (name == "vllm") return Preset::kVLLM;
-  if (name == "llama.cpp" || name == "llamacpp" || name == "llama") return Preset::kLlamaCpp;
+  if (name == "llama.cpp") return Preset::kLlamaCpp;
   return std::nullopt;
 }
 

@@ -480,6 +480,12 @@ TEST(DumpBlocks, CoverTheDumpAndCheckRanges) {
   EXPECT_FALSE(reader->read(8, 3).ok());
   EXPECT_FALSE(reader->read(0, 0).ok());
   EXPECT_FALSE(reader->read(-1, 1).ok());
+  // A count near INT64_MAX (the C API passes callers' values through): a
+  // message, no overflow (UBSan in the sanitizer build).
+  Result<LogitsView> huge = reader->read(5, std::numeric_limits<int64_t>::max());
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("9223372036854775807 rows from row 5"), std::string::npos)
+      << huge.status().message();
 }
 
 TEST(DumpBlocks, RefuseAFileThatShrankAfterOpening) {

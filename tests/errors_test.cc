@@ -284,6 +284,17 @@ TEST_F(ErrorsTest, ValuesAtTheEdgeOfTheirRangeAreAccepted) {
   }
 }
 
+// One spelling per preset, the same in every interface (the command line's
+// --preset checks against these three names).
+TEST(PresetNames, OnlyTheDocumentedSpellings) {
+  for (Preset p : {Preset::kHF, Preset::kVLLM, Preset::kLlamaCpp}) {
+    EXPECT_EQ(parse_preset(preset_name(p)), p);
+  }
+  for (const char* other : {"llama", "llamacpp", "HF", "vLLM", "", "hf "}) {
+    EXPECT_EQ(parse_preset(other), std::nullopt) << other;
+  }
+}
+
 TEST_F(ErrorsTest, BitmaskOfTheWrongLength) {
   // vocab 40 needs ceil(40 / 32) = 2 words.
   const std::vector<float> logits(kRows * 40, 0.0f);

@@ -323,8 +323,9 @@ Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
   Impl& m = *impl_;
   const std::string& name = m.source.name();
   if (first < 0 || count < 1 || first > m.info.rows || count > m.info.rows - first) {
-    return Status::invalid_argument(name + ": rows [" + std::to_string(first) + ", " +
-                                    std::to_string(first + count) + ") are outside [0, " +
+    // (first + count is not formed: it can overflow)
+    return Status::invalid_argument(name + ": " + std::to_string(count) + " rows from row " +
+                                    std::to_string(first) + " are outside the dump's rows [0, " +
                                     std::to_string(m.info.rows) + ")");
   }
   m.release();

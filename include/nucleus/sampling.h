@@ -42,7 +42,8 @@ struct LogitsView {
 // The order in which the filters run (SPEC section 4).
 enum class Preset { kHF, kVLLM, kLlamaCpp };
 
-// "hf", "vllm", "llama.cpp".
+// "hf", "vllm", "llama.cpp": the one spelling of each, which every interface
+// (the command line, --params, Python) accepts and no other.
 const char* preset_name(Preset preset);
 std::optional<Preset> parse_preset(std::string_view name);
 
