@@ -967,15 +967,21 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 }
 
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
-                 RowScratch& sc, const Runner& run, int32_t* greedy_token) {
+                 RowScratch& sc, const Runner& run, bool greedy_one_hot) {
   RowPipeline pipe(input, request, row, sc, run);
   Distribution dist;
-  if (greedy_token != nullptr) *greedy_token = -1;
-  if (Status s = pipe.build(dist, true); !s.ok()) {
+  // (a greedy row forms its normaliser only for the softmax; every other
+  // row always does)
+  const bool one_hot = greedy_one_hot && request.params.temperature == 0.0f;
+  if (Status s = pipe.build(dist, !one_hot); !s.ok()) {
     std::fill_n(out, input.vocab, 0.0f);
     return s;
   }
-  if (greedy_token != nullptr && dist.greedy) *greedy_token = dist.greedy_token;
+  if (one_hot) {
+    std::fill_n(out, input.vocab, 0.0f);
+    out[dist.greedy_token] = 1.0f;
+    return Status();
+  }
   // The kept set is described by its bounds, so the row's own chunks
   // enumerate it whether or not it was compacted.
   const double inv_z = 1.0 / dist.z;

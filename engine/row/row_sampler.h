@@ -66,10 +66,10 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
 
 // Writes the row's final distribution to out[0, vocab); on a row error
 // returns it and leaves out zero. A greedy row (temperature 0) writes the
-// softmax of its processed logits (what Engine::probs reports) and, when
-// greedy_token is given, stores there the token sample_row would return
-// (-1 for a row that is not greedy).
+// softmax of its processed logits (what Engine::probs reports), or with
+// greedy_one_hot the distribution sample_row draws from: all the mass on
+// its argmax (verification's target).
 Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, float* out,
-                 RowScratch& scratch, const Runner& run, int32_t* greedy_token = nullptr);
+                 RowScratch& scratch, const Runner& run, bool greedy_one_hot = false);
 
 }  // namespace nucleus::detail

@@ -41,18 +41,14 @@ void verify_row(std::span<const RowInput> positions, std::span<const int32_t> dr
   sc.verify_history.assign(request.generated_tokens.begin(), request.generated_tokens.end());
   RowRequest at = request;
 
-  // The target distribution at position i. Sampling a greedy row (temperature
-  // 0) returns its argmax, so its target is that one token (as vLLM's
-  // rejection sampler does): a draft is accepted only if it is the argmax,
-  // and the recovered or bonus token is the argmax.
+  // The target distribution at position i, the one sampling draws from.
+  // Sampling a greedy row (temperature 0) returns its argmax, so its target
+  // is that one token (as vLLM's rejection sampler does): a draft is
+  // accepted only if it is the argmax, and the recovered or bonus token is
+  // the argmax.
   auto target = [&](int64_t i) {
-    int32_t greedy = -1;
-    Status s = probs_row(positions[static_cast<size_t>(i)], at, row, p, sc, run, &greedy);
-    if (s.ok() && greedy >= 0) {
-      std::fill_n(p, vocab, 0.0f);
-      p[greedy] = 1.0f;
-    }
-    return s;
+    return probs_row(positions[static_cast<size_t>(i)], at, row, p, sc, run,
+                     /*greedy_one_hot=*/true);
   };
 
   for (int64_t i = 0; i <= k; ++i) {
