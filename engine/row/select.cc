@@ -666,9 +666,19 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
       tot_mass[b] += sc.masses[static_cast<size_t>(s * kLevel1Buckets + b)];
     }
   }
+  // (a run of 16 empty buckets is passed over after one test: their zero
+  // weights would add nothing, and a short set, a top-k's survivors say,
+  // leaves almost every bucket empty; one add per bucket, each waiting on
+  // the last, cost such a set more than its histogram)
   double total = 0.0;
-  for (int64_t b = 0; b < kTrashBucket; ++b) {
-    total += mass ? tot_mass[b] : static_cast<double>(tot_count[b]);
+  for (int64_t b0 = 0; b0 < kTrashBucket; b0 += 16) {
+    const int64_t b1 = std::min<int64_t>(b0 + 16, kTrashBucket);
+    uint32_t any = 0;
+    for (int64_t b = b0; b < b1; ++b) any |= tot_count[b];
+    if (any == 0) continue;
+    for (int64_t b = b0; b < b1; ++b) {
+      total += mass ? tot_mass[b] : static_cast<double>(tot_count[b]);
+    }
   }
   if (rule.target_is_fraction) target *= total;
   double cum = 0.0;
