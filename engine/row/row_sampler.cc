@@ -334,9 +334,14 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
   MaxStats raw;
   MaxStats processed;
   // top-p's small-nucleus path samples the (processed) row: the scan that
-  // reads it last records the sample.
+  // reads it last records the sample. Not when top-k acts first with a k
+  // that is compacted: top-p then runs on the survivors. (Should ties at the
+  // k-th key keep more, the path reads the same sample from the row.)
+  const Filter* first = first_filter();
+  const bool compacted_first = first && *first == Filter::kTopK &&
+                               std::max<int64_t>(p_.top_k, p_.min_keep) <= compact_limit();
   std::vector<float>* samples =
-      p_.temperature > 0.0f && p_.top_p < 1.0f ? &sc_.row_samples : nullptr;
+      p_.temperature > 0.0f && p_.top_p < 1.0f && !compacted_first ? &sc_.row_samples : nullptr;
   if (processors) {
     // The row is widened (or copied) into the working buffer, changed and
     // scanned again a run of segments at a time, each on the thread that
