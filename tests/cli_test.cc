@@ -717,14 +717,18 @@ TEST(Cli, MalformedInputsFailCleanly) {
        "good.npy --params bad_value.jsonl",
        {"bad_value.jsonl line 2", "row 1", "top_p", "1.5"}},
       {"params key", "good.npy --params bad_key.jsonl", {"bad_key.jsonl line 1", "'top-p'"}},
-      {"params json", "good.npy --params bad_json.jsonl", {"bad_json.jsonl line 2", "JSON"}},
+      {"params json",
+       "good.npy --params bad_json.jsonl",
+       {"bad_json.jsonl line 2", "not valid JSON at column 11", "unexpected end of input"}},
       {"params count",
        "good.npy --params bad_count.jsonl",
        {"bad_count.jsonl", "holds 1 parameter line", "2 rows"}},
       {"params token",
        "good.npy --params bad_token.jsonl",
        {"bad_token.jsonl line 2", "generated_tokens[1]", "8"}},
-      {"params missing", "good.npy --params nothere.jsonl", {"nothere.jsonl", "cannot open"}},
+      {"params missing",
+       "good.npy --params nothere.jsonl",
+       {"nothere.jsonl", "cannot open", "No such file"}},
   };
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.name);

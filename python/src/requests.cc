@@ -50,7 +50,13 @@ double to_double(py::handle v, const std::string& where) {
   }
   const double x = PyFloat_AsDouble(v.ptr());
   if (x == -1.0 && PyErr_Occurred() != nullptr) {
+    const bool overflow = PyErr_ExceptionMatches(PyExc_OverflowError) != 0;
     PyErr_Clear();
+    if (overflow) {  // an int past a double's range
+      std::string text = py::str(v).cast<std::string>();
+      if (text.size() > 24) text = text.substr(0, 12) + "..." + text.substr(text.size() - 8);
+      throw py::value_error(where + ": " + text + " is too large for a double");
+    }
     throw py::type_error(where + ": expected a number, got " + type_name(v));
   }
   return x;

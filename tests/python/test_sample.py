@@ -220,6 +220,8 @@ def test_row_errors_do_not_raise(engine, rng):
         ({"allowed_mask": np.zeros(3, dtype=np.int32)}, "allowed_mask"),
         ({"allowed_mask": np.zeros(10, dtype=bool)}, "needs vocab = 256"),
         ({"top_k": 2**40}, "top_k = 1099511627776 does not fit in int32"),
+        ({"temperature": 10**400}, "temperature: 100000000000...00000000 is too large"),
+        ({"top_p": [0.5, -(10**400)]}, "top_p[1]: -10000000000...00000000 is too large"),
     ],
 )
 def test_call_errors_raise_value_error(engine, rng, kwargs, message):

@@ -1,5 +1,6 @@
 #include "tools/cli/row_requests.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "engine/io/file_io.h"
 #include "engine/row/params_check.h"
 
 namespace nucleus::cli {
@@ -198,8 +200,19 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
 
 Status RequestTable::parse_line(const std::string& line, const std::string& where, int64_t vocab,
                                 RowData* d, int64_t expected_row) {
-  const Json root = Json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) return Status::invalid_argument(where + ": not valid JSON");
+  Json root;
+  try {
+    root = Json::parse(line);
+  } catch (const Json::parse_error& e) {
+    // nlohmann's message, "[json.exception.parse_error.101] parse error at
+    // line 1, column 9: syntax error ...", less its prefix.
+    const std::string what = e.what();
+    const size_t at = what.find("column ");
+    const size_t colon = what.find(": ", at == std::string::npos ? 0 : at);
+    return Status::invalid_argument(
+        where + ": not valid JSON at column " + std::to_string(e.byte) +
+        (colon == std::string::npos ? std::string() : ": " + what.substr(colon + 2)));
+  }
   if (!root.is_object()) {
     return Status::invalid_argument(where + ": " + shown(root) + " is not a JSON object");
   }
@@ -314,7 +327,7 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
   if (o.params_file.empty()) return table;
 
   std::ifstream in(o.params_file);
-  if (!in) return Status::io_error(o.params_file + ": cannot open");
+  if (!in) return Status::io_error(o.params_file + ": cannot open: " + detail::errno_text(errno));
   std::string line;
   int64_t line_number = 0;
   while (std::getline(in, line)) {
