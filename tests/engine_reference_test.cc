@@ -1069,6 +1069,26 @@ TEST_F(EngineReferenceTest, TargetedRows) {
   add(
       LogOfProbs({0.4, 0.3, 0.2, 0.1}), [](SamplingParams& p) { p.typical_p = 0.45f; },
       "hf typical-p");
+  // ... and a top-p after it over a row long enough for top-p's small-nucleus
+  // path, whose gather must leave out the tokens typical-p dropped above the
+  // set (the AVX2 mass pass once gathered them: a wrong kept set, or no
+  // token left).
+  {
+    std::vector<float> zipf(32000);
+    for (size_t i = 0; i < zipf.size(); ++i) {
+      zipf[i] = static_cast<float>(-0.8 * std::log(static_cast<double>(i + 1)));
+    }
+    for (const auto& [typical, top_p] : {std::pair{0.9f, 0.5f}, {0.5f, 0.05f}, {0.5f, 0.2f}}) {
+      add(
+          zipf,
+          [=](SamplingParams& p) {
+            p.preset = Preset::kLlamaCpp;
+            p.typical_p = typical;
+            p.top_p = top_p;
+          },
+          "llama.cpp, typical drops the top, then top-p, long row");
+    }
+  }
   // Greedy ties go to the lowest id.
   add(
       {1, 4, 2, 4, 4}, [](SamplingParams& p) { p.temperature = 0.0f; }, "greedy tie");

@@ -343,11 +343,12 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
       const Packet diff = ei::psub(pxmax, px);
       const Packet d = ei::pmul(diff, pscale);
       in = ei::pcmp_le(d, phi);
+      // (before the hits: a token below the set's lower bound is no member)
+      if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
       if constexpr (kHits) {
         hit = ei::pand(in, ei::pcmp_le(d, pbound));
         key = d;
       }
-      if constexpr (kCheckLo) in = ei::pand(in, ei::pcmp_le(plo, d));
       Packet e;
       if constexpr (kSameScale) {
         e = ei::psub(d, pk0);
