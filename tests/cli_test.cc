@@ -676,6 +676,10 @@ TEST(Cli, MalformedInputsFailCleanly) {
   WriteText(dir / "bad_value.jsonl", "{}\n{\"top_p\": 1.5}\n");
   WriteText(dir / "bad_key.jsonl", "{\"top-p\": 0.5}\n{}\n");
   WriteText(dir / "bad_json.jsonl", "{}\n{\"top_p\": \n");
+  WriteText(dir / "bad_number.jsonl", "{}\n{\"temperature\": 1e400}\n");
+  WriteText(dir / "bad_twice.jsonl", "{\"logit_bias\": {\"3\": 1, \"3\": 2}}\n{}\n");
+  WriteText(dir / "bad_deep.jsonl",
+            "{}\n" + std::string(100000, '[') + std::string(100000, ']') + "\n");
   WriteText(dir / "bad_count.jsonl", "{}\n");
   WriteText(dir / "bad_token.jsonl", "{}\n{\"history\": [1, 8]}\n");
 
@@ -720,6 +724,15 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"params json",
        "good.npy --params bad_json.jsonl",
        {"bad_json.jsonl line 2", "not valid JSON at column 11", "unexpected end of input"}},
+      {"params number",
+       "good.npy --params bad_number.jsonl",
+       {"bad_number.jsonl line 2", "number overflow", "1e400"}},
+      {"params key twice",
+       "good.npy --params bad_twice.jsonl",
+       {"bad_twice.jsonl line 1", "key \"3\" appears twice"}},
+      {"params deep",
+       "good.npy --params bad_deep.jsonl",
+       {"bad_deep.jsonl line 2", "nested more than 32 levels", "not a JSON object"}},
       {"params count",
        "good.npy --params bad_count.jsonl",
        {"bad_count.jsonl", "holds 1 parameter line", "2 rows"}},

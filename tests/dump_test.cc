@@ -383,6 +383,29 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
               {"shape.safetensors", "shape", "[2,-4]"});
   ExpectError(st("nodtype.safetensors", R"({"x":{"shape":[2,4],"data_offsets":[0,32]}})", data),
               {"nodtype.safetensors", "dtype", "missing"});
+  // The tensors must cover the data exactly, as the reference reader says.
+  ExpectError(
+      st("extra.safetensors", R"({"x":{"dtype":"F32","shape":[1,4],"data_offsets":[0,16]}})", data),
+      {"extra.safetensors", "end at byte 16", "32 bytes", "does not describe the data"});
+  ExpectError(st("gap.safetensors",
+                 R"({"x":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]},)"
+                 R"("y":{"dtype":"F32","shape":[1,4],"data_offsets":[16,32]}})",
+                 data),
+              {"gap.safetensors", "tensor 'y'", "begins at byte 16", "end at 8", "a gap"});
+  ExpectError(st("overlap.safetensors",
+                 R"({"x":{"dtype":"F32","shape":[1,6],"data_offsets":[0,24]},)"
+                 R"("y":{"dtype":"F32","shape":[1,4],"data_offsets":[16,32]}})",
+                 data),
+              {"overlap.safetensors", "tensor 'y'", "begins at byte 16", "an overlap"});
+  ExpectError(st("twice.safetensors",
+                 R"({"x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]},)"
+                 R"("x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]}})",
+                 data),
+              {"twice.safetensors", "key \"x\" appears twice"});
+  // Printing a deeply nested value would recurse once per level.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  ExpectError(st("deep.safetensors", "{\"x\": " + deep + "}", data),
+              {"deep.safetensors", "tensor 'x'", "nested more than 32 levels"});
   ExpectError(st("none.safetensors", R"({"__metadata__":{}})", ""),
               {"none.safetensors", "no tensor"});
   WriteBytes(dir / "len.safetensors", std::string("\xff\xff\x00\x00\x00\x00\x00\x00{}", 10));

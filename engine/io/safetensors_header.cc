@@ -1,11 +1,13 @@
 #include "engine/io/safetensors_header.h"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "engine/io/json_text.h"
 #include "engine/io/npy_header.h"
 
 namespace nucleus::detail {
@@ -43,17 +45,11 @@ std::optional<int64_t> as_count(const Json& value) {
   return std::nullopt;
 }
 
-std::string shown(const Json& value) {
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (text.size() > 120) text = text.substr(0, 120) + "...";
-  return text;
-}
-
 Status check_tensor(const std::string& key, const Json& entry, int64_t data_size,
                     const std::string& name, SafetensorsTensor* out) {
   const std::string where = name + ": tensor '" + key + "'";
   if (!entry.is_object()) {
-    return Status::io_error(where + " = " + shown(entry) + " is not a JSON object");
+    return Status::io_error(where + " = " + json_shown(entry) + " is not a JSON object");
   }
   const auto dtype = entry.find("dtype");
   if (dtype == entry.end() || !dtype->is_string()) {
@@ -75,7 +71,7 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
   for (const Json& dim : *shape) {
     const std::optional<int64_t> d = as_count(dim);
     if (!d) {
-      return Status::io_error(where + ": field 'shape' = " + shown(*shape) +
+      return Status::io_error(where + ": field 'shape' = " + json_shown(*shape) +
                               " holds something other than a non-negative integer");
     }
     out->shape.push_back(*d);
@@ -85,13 +81,13 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
   const std::optional<int64_t> begin = as_count((*offsets)[0]);
   const std::optional<int64_t> end = as_count((*offsets)[1]);
   if (!begin || !end || *begin > *end) {
-    return Status::io_error(where + ": field 'data_offsets' = " + shown(*offsets) +
+    return Status::io_error(where + ": field 'data_offsets' = " + json_shown(*offsets) +
                             " is not a pair of non-negative integers begin <= end");
   }
   out->begin = *begin;
   out->end = *end;
   if (*end > data_size) {
-    return Status::io_error(where + ": field 'data_offsets' = " + shown(*offsets) +
+    return Status::io_error(where + ": field 'data_offsets' = " + json_shown(*offsets) +
                             " reaches past the end of the data (" + std::to_string(data_size) +
                             " bytes): the file is truncated or the header is wrong");
   }
@@ -100,9 +96,37 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
       return Status::io_error(where + ": field 'shape' = " + shape_text(out->shape) + " of " +
                               out->dtype + " needs " +
                               (overflow ? std::string("more") : std::to_string(elements * *size)) +
-                              " bytes but 'data_offsets' = " + shown(*offsets) + " span " +
+                              " bytes but 'data_offsets' = " + json_shown(*offsets) + " span " +
                               std::to_string(*end - *begin));
     }
+  }
+  return Status();
+}
+
+// As the reference reader: the tensors' byte ranges follow one another
+// from the start of the data to its end, without gaps or overlaps, so that
+// no byte of the file goes unread or is read as two tensors.
+Status check_tiling(const std::vector<SafetensorsTensor>& tensors, int64_t data_size,
+                    const std::string& name) {
+  std::vector<const SafetensorsTensor*> by_begin;
+  for (const SafetensorsTensor& t : tensors) by_begin.push_back(&t);
+  std::stable_sort(by_begin.begin(), by_begin.end(),
+                   [](const auto* a, const auto* b) { return a->begin < b->begin; });
+  int64_t at = 0;
+  for (const SafetensorsTensor* t : by_begin) {
+    if (t->begin != at) {
+      return Status::io_error(name + ": tensor '" + t->name +
+                              "': field 'data_offsets' begins at byte " + std::to_string(t->begin) +
+                              " but the tensors before it end at " + std::to_string(at) +
+                              (t->begin > at ? " (a gap)" : " (an overlap)") +
+                              ": the header does not describe the data");
+    }
+    at = t->end;
+  }
+  if (at != data_size) {
+    return Status::io_error(name + ": the tensors end at byte " + std::to_string(at) +
+                            " of the data but the file holds " + std::to_string(data_size) +
+                            " bytes after the header: the header does not describe the data");
   }
   return Status();
 }
@@ -137,9 +161,9 @@ Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source) {
   header.data_start = 8 + header_len;
   const int64_t data_size = source.size() - header.data_start;
   try {
-    const Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (root.is_discarded()) {
-      return Status::io_error(name + ": the header is not valid JSON: " +
+    Json root;
+    if (std::string error; !parse_json(text, &root, &error)) {
+      return Status::io_error(name + ": header: " + error + "; it begins " +
                               text.substr(0, std::min<size_t>(text.size(), 120)));
     }
     if (!root.is_object()) {
@@ -151,6 +175,10 @@ Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source) {
       SafetensorsTensor tensor;
       if (Status s = check_tensor(key, entry, data_size, name, &tensor); !s.ok()) return s;
       header.tensors.push_back(std::move(tensor));
+    }
+    // (a file without tensors is refused as such when one is chosen)
+    if (!header.tensors.empty()) {
+      if (Status s = check_tiling(header.tensors, data_size, name); !s.ok()) return s;
     }
   } catch (const std::exception& e) {
     // The checks above guard every access; this only keeps a surprise from

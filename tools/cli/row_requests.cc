@@ -10,21 +10,20 @@
 #include <utility>
 
 #include "engine/io/file_io.h"
+#include "engine/io/json_text.h"
 #include "engine/row/params_check.h"
 
 namespace nucleus::cli {
 namespace {
 
 using Json = nlohmann::json;
-
-std::string shown(const Json& value) {
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  return text.size() > 80 ? text.substr(0, 80) + "..." : text;
-}
+using detail::json_shown;
+using detail::parse_json;
 
 Status field_error(const std::string& where, const std::string& key, const Json& value,
                    const std::string& why) {
-  return Status::invalid_argument(where + ": field '" + key + "' = " + shown(value) + " " + why);
+  return Status::invalid_argument(where + ": field '" + key + "' = " + json_shown(value) + " " +
+                                  why);
 }
 
 Status to_float(const std::string& where, const std::string& key, const Json& v, float* out) {
@@ -201,20 +200,11 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
 Status RequestTable::parse_line(const std::string& line, const std::string& where, int64_t vocab,
                                 RowData* d, int64_t expected_row) {
   Json root;
-  try {
-    root = Json::parse(line);
-  } catch (const Json::parse_error& e) {
-    // nlohmann's message, "[json.exception.parse_error.101] parse error at
-    // line 1, column 9: syntax error ...", less its prefix.
-    const std::string what = e.what();
-    const size_t at = what.find("column ");
-    const size_t colon = what.find(": ", at == std::string::npos ? 0 : at);
-    return Status::invalid_argument(
-        where + ": not valid JSON at column " + std::to_string(e.byte) +
-        (colon == std::string::npos ? std::string() : ": " + what.substr(colon + 2)));
+  if (std::string error; !parse_json(line, &root, &error)) {
+    return Status::invalid_argument(where + ": " + error);
   }
   if (!root.is_object()) {
-    return Status::invalid_argument(where + ": " + shown(root) + " is not a JSON object");
+    return Status::invalid_argument(where + ": " + json_shown(root) + " is not a JSON object");
   }
   SamplingParams& p = d->params;
   // Two spellings of one field on one line would leave the result to the

@@ -1,0 +1,22 @@
+// JSON text read from users (--params lines, safetensors headers): parsed
+// with the reasons a user can act on, and shown back briefly in messages.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace nucleus::detail {
+
+// Parses `text` into *out. On failure returns false and *error says where
+// and why, e.g. "not valid JSON at column 11: syntax error while parsing
+// value - unexpected end of input", "... number overflow parsing '1e400'",
+// or "key \"top_p\" appears twice in one object" (nlohmann would keep the
+// last silently; every object at every depth is checked).
+bool parse_json(const std::string& text, nlohmann::json* out, std::string* error);
+
+// A value as compact JSON text for a message, cut to about 120 characters;
+// a value nested deeper than 32 levels is named, not printed (printing
+// recurses once per level).
+std::string json_shown(const nlohmann::json& value);
+
+}  // namespace nucleus::detail
