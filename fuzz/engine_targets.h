@@ -756,8 +756,10 @@ inline int FuzzVerify(const uint8_t* bytes, size_t size) {
     NUCLEUS_FUZZ_CHECK(res.accepted >= 0 && res.accepted <= k, res.accepted);
     NUCLEUS_FUZZ_CHECK(res.tokens.size() == static_cast<size_t>(res.accepted) + 1);
     for (int32_t i = 0; i < res.accepted; ++i) {
-      NUCLEUS_FUZZ_CHECK(res.tokens[static_cast<size_t>(i)] ==
-                         drafts[static_cast<size_t>(r * k + i)]);
+      const int32_t draft = drafts[static_cast<size_t>(r * k + i)];
+      NUCLEUS_FUZZ_CHECK(res.tokens[static_cast<size_t>(i)] == draft);
+      // (a draft its drafter gave no probability is never accepted)
+      if (draft_probs) NUCLEUS_FUZZ_CHECK(draft_probs[(r * k + i) * v.vocab + draft] > 0.0f, i);
     }
     // Each position that was reached had a valid row; the token drawn at the
     // last one is not masked there.

@@ -156,6 +156,33 @@ TEST(VerifyTest, OutputIsDistributedAsTheTargetWithADeterministicDrafter) {
   EXPECT_GT(chi_square_p(second, softmax(s.target.data() + kVocab)), 1e-6);
 }
 
+// A draft its drafter gave no probability cannot have been drawn from q: it
+// is rejected (as vLLM's rejection sampler does), though min(1, p/q) would
+// be 1, and the token comes from max(p - q, 0).
+TEST(VerifyTest, ADraftItsDrafterGaveNoProbabilityIsRejected) {
+  const std::vector<float> target(2 * kVocab, 0.0f);  // uniform p
+  std::vector<float> q(kVocab, 0.0f);
+  q[1] = 1.0f;                              // the drafter is sure of token 1 ...
+  const std::vector<int32_t> drafts = {0};  // ... but token 0 is drafted
+  Engine engine({.max_threads = 1, .seed = 1});
+  const LogitsView view{target.data(), 2, kVocab, kVocab, DType::kFloat32};
+  std::vector<VerifyResult> results(1);
+  std::vector<int64_t> counts(kVocab, 0);
+  for (int t = 0; t < 40000; ++t) {
+    RowRequest req;
+    req.seed = 5;
+    req.step = static_cast<uint64_t>(t) * 10;
+    ASSERT_TRUE(engine.verify(view, 1, drafts, q.data(), std::span(&req, 1), results).ok());
+    ASSERT_TRUE(results[0].status.ok()) << results[0].status.to_string();
+    ASSERT_EQ(results[0].accepted, 0);
+    ++counts[static_cast<size_t>(results[0].tokens[0])];
+  }
+  // max(p - q, 0): 1/8 on every token but 1, renormalised.
+  std::vector<double> residual(kVocab, 1.0 / (kVocab - 1));
+  residual[1] = 0.0;
+  EXPECT_GT(chi_square_p(counts, residual), 1e-6);
+}
+
 TEST(VerifyTest, BonusTokenWhenTheDrafterMatchesTheTarget) {
   // q = p: every draft is accepted and the bonus follows the last target row.
   Drafting s = make_setup(1, 7);

@@ -71,9 +71,10 @@ void verify_row(std::span<const RowInput> positions, std::span<const int32_t> dr
     const double qx = q ? q[x] : 1.0;
     const double px = p[x];
     // Accept with probability min(1, p(x) / q(x)); a token the target rules
-    // out is never accepted.
+    // out is never accepted, nor one the drafter gave no probability (it
+    // cannot have drawn it; vLLM's rejection sampler rejects it too).
     const double u = philox_uniform(seed, step, 0, kAcceptPurpose);
-    if (px > 0.0 && u * qx <= px) {
+    if (px > 0.0 && qx > 0.0 && u * qx <= px) {
       result.tokens.push_back(x);
       ++result.accepted;
       sc.verify_history.push_back(x);

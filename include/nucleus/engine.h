@@ -88,10 +88,12 @@ class Engine {
   // probabilities, float32, rows × K × vocab (row-major, stride vocab); null
   // means a deterministic drafter (probability 1 on each draft token).
   //
-  // Draft i is accepted with probability min(1, p(x)/q(x)); at the first
-  // rejection a token is drawn from max(p - q, 0) renormalised and the row
-  // stops; when all K are accepted a bonus token is drawn from the last
-  // target row. The output is distributed exactly as sampling from the target.
+  // Draft i is accepted with probability min(1, p(x)/q(x)) (never when
+  // q(x) = 0, as vLLM); at the first rejection a token is drawn from
+  // max(p - q, 0) renormalised and the row stops; when all K are accepted a
+  // bonus token is drawn from the last target row. The output is distributed
+  // exactly as sampling from the target. Target rows past the first
+  // rejection are not read: a NaN or +inf there is no row error.
   // Uniforms come from Philox keyed by the row's seed with counter
   // (step + i, 0, purpose), so the reproducibility contract holds.
   Status verify(const LogitsView& target_logits, int64_t num_draft,
