@@ -4,6 +4,7 @@
 // the field and the value; writers never leave a partial file behind.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cmath>
@@ -301,6 +302,9 @@ TEST(DumpNpy, RefusesWhatItCannotRead) {
   ExpectError(
       npy("extra.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), 'x': 1}", data),
       {"extra.npy", "unknown field 'x'"});
+  ExpectError(
+      npy("junk.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), } junk", data),
+      {"junk.npy", "malformed", "nothing after the closing '}'"});
   ExpectError(npy("syntax.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': [2, 4]}", data),
               {"syntax.npy", "malformed", "shape"});
   ExpectError(npy("struct.npy",
@@ -619,6 +623,29 @@ TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
   // No temporary file is left beside the links or the files.
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     EXPECT_EQ(entry.path().filename().string().rfind(".", 0), std::string::npos) << entry.path();
+  }
+}
+
+TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
+  const fs::path dir = TestDir();
+  const fs::path out = dir / "kept.txt";
+  WriteBytes(out, "old");
+  fs::permissions(out, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  Result<detail::AtomicFile> file = detail::AtomicFile::create(out.string());
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  ASSERT_TRUE(file->write("new").ok());
+  ASSERT_TRUE(file->commit().ok());
+  EXPECT_EQ(ReadBytes(out), "new");
+  EXPECT_EQ(fs::status(out).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  // A file this user may not write is refused, as `>` would refuse it (root
+  // may write anything).
+  fs::permissions(out, fs::perms::owner_read);
+  if (::geteuid() != 0) {
+    Result<detail::AtomicFile> refused = detail::AtomicFile::create(out.string());
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("cannot write"), std::string::npos);
+    EXPECT_EQ(ReadBytes(out), "new");
   }
 }
 

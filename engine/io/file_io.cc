@@ -167,6 +167,14 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
   // file). Renaming over the link itself would replace the link.
   const std::string target = through_links(path);
   file.path_ = target;
+  // A file that is there already keeps its permissions, and one this user
+  // may not write is refused, as `>` would refuse it (the rename would
+  // replace it regardless).
+  struct stat old;
+  const bool replacing = ::stat(target.c_str(), &old) == 0;
+  if (replacing && ::access(target.c_str(), W_OK) != 0) {
+    return Status::io_error(path + ": cannot write: " + errno_text(errno));
+  }
   std::string temp = parent_directory(target) + "/." + base_name(target) + ".tmp-XXXXXX";
   const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
   if (fd < 0) {
@@ -175,10 +183,15 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
   }
   file.fd_ = fd;
   file.temp_path_ = temp;
-  // mkstemp creates the file 0600; give it the mode a plain create would.
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  ::fchmod(fd, 0666 & ~mask);
+  // mkstemp creates the file 0600; give it the replaced file's mode, or the
+  // mode a plain create would.
+  if (replacing) {
+    ::fchmod(fd, old.st_mode & 07777);
+  } else {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    ::fchmod(fd, 0666 & ~mask);
+  }
   return file;
 }
 

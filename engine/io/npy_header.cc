@@ -60,6 +60,10 @@ class DictParser {
       if (eat('}')) break;
       return expected("',' or '}'");
     }
+    // (the padding after the dict is spaces and a newline; NumPy refuses
+    // anything else, as a Python literal would)
+    skip_space();
+    if (pos_ < text_.size()) return expected("nothing after the closing '}'");
     if (!have_descr) return std::string("field 'descr' is missing");
     if (!have_order) return std::string("field 'fortran_order' is missing");
     if (!have_shape) return std::string("field 'shape' is missing");
