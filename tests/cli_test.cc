@@ -707,6 +707,9 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"safetensors name", "two.safetensors --tensor c", {"two.safetensors", "tensor = 'c'"}},
       {"dtype disagrees", "good.npy --dtype f16", {"good.npy", "dtype = f16", "f32"}},
       {"tensor of npy", "good.npy --tensor x", {"good.npy", "tensor = 'x'", "npy"}},
+      {"vocab", "dump.bin --dtype f32 --vocab 0", {"--vocab", "value 0 is below 1"}},
+      {"threads", "good.npy --threads -1", {"--threads", "value -1 is below 0"}},
+      {"seed", "good.npy --seed -1", {"--seed", "-1", "[0, 2^64)"}},
       {"top-p", "good.npy --top-p 1.5", {"--top-p", "1.5"}},
       {"temperature", "good.npy --temperature -1", {"--temperature", "-1"}},
       {"min-keep", "good.npy --min-keep 0", {"--min-keep", "0"}},
@@ -753,7 +756,9 @@ TEST(Cli, MalformedInputsFailCleanly) {
     for (const std::string& part : c.message) {
       EXPECT_TRUE(Contains(run.err, part)) << "stderr: " << run.err << "\nmissing: " << part;
     }
-    EXPECT_LE(Lines(run.err).size(), 2u) << run.err;  // CLI11 adds a --help hint
+    // One line, as every error of the program (usage errors included).
+    EXPECT_EQ(Lines(run.err).size(), 1u) << run.err;
+    EXPECT_EQ(run.err.rfind("nucleus: ", 0), 0u) << run.err;
     EXPECT_EQ(run.out, "");
     EXPECT_TRUE(fs::is_empty(out_dir)) << "left " << fs::directory_iterator(out_dir)->path();
 

@@ -26,6 +26,23 @@ CLI::Validator unsigned_64() {
       "UINT64");
 }
 
+// An integer >= lo (CLI11's PositiveNumber and NonNegativeNumber print their
+// range as "0.000000 to 1.79769e+308", whatever the bound).
+CLI::Validator integer_at_least(int64_t lo) {
+  return CLI::Validator(
+      [lo](std::string& text) -> std::string {
+        int64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (text.empty() || ec != std::errc() || ptr != end) {
+          return "value " + text + " is not an integer";
+        }
+        if (value < lo) return "value " + text + " is below " + std::to_string(lo);
+        return std::string();
+      },
+      "INT >= " + std::to_string(lo));
+}
+
 }  // namespace
 
 void add_input_options(CLI::App* command, InputOptions* options) {
@@ -41,7 +58,7 @@ void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("--dtype", options->dtype, "Raw dumps: element type, f32, f16 or bf16")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "bfloat16"}));
   command->add_option("--vocab", options->vocab, "Raw dumps: values per row")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   command
       ->add_option("--block-mb", options->block_mb,
                    "Memory per block of rows, in MiB; larger dumps are read block by block")
@@ -171,7 +188,7 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
 
 void add_run_options(CLI::App* command, int* threads, bool* quiet) {
   command->add_option("--threads", *threads, "Threads for the engine; 0 = every core")
-      ->check(CLI::NonNegativeNumber)
+      ->check(integer_at_least(0))
       ->capture_default_str();
   command->add_flag("--quiet,-q", *quiet, "No progress bar and no summary on stderr");
 }

@@ -45,8 +45,11 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // --help and --version exit 0; every usage error is exit status 2.
-    return app.exit(e) == 0 ? kExitOk : kExitFailure;
+    // --help and --version exit 0; every usage error is exit status 2, its
+    // message one line, as the program's other errors.
+    if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kExitOk : kExitFailure;
+    print_error(std::string(e.what()) + " (see --help)");
+    return kExitFailure;
   }
   try {
     if (sample.app->parsed()) return run_sample(sample);
