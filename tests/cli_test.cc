@@ -809,6 +809,39 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   fs::remove(dir / "big.npy");
 }
 
+// Many short rows: a block of them is one read, but their results and text
+// are not small (here ~3 KB a row against 16 bytes of logits); sample takes
+// them a run of rows at a time and inspect --json prints its document as it
+// goes, so both stay within the address-space limit that a whole block's
+// results overran (sample: out of memory; inspect --json: 2.9 GB for 1M rows).
+TEST(Cli, ManyShortRowsRunInBoundedMemory) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizers reserve terabytes of address space; ulimit -v would stop them";
+#endif
+  const fs::path dir = TestDir();
+  const int64_t vocab = 4, rows = 100000;
+  const int64_t shape[] = {rows, vocab};
+  WriteText(dir / "short.npy", detail::format_npy_header(DType::kFloat32, shape));
+  fs::resize_file(dir / "short.npy", fs::file_size(dir / "short.npy") + rows * vocab * 4);
+  const std::string limit = "ulimit -v 262144 && ";  // 256 MiB of address space
+
+  CliRun run =
+      RunCli(dir, "sample short.npy --temperature 0 -n 8 --logprobs 4 -q -o out.jsonl", limit);
+  ASSERT_EQ(run.code, 0) << run.err;
+  const std::vector<std::string> lines = Lines(ReadText(dir / "out.jsonl"));
+  ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
+  const Json last = Json::parse(lines.back());
+  EXPECT_EQ(last["row"], rows - 1);
+  EXPECT_EQ(last["tokens"].size(), 8u);
+
+  run = RunCli(dir, "inspect short.npy --json -q", limit);
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json doc = Json::parse(run.out);
+  EXPECT_EQ(doc["rows"], rows);
+  ASSERT_EQ(doc["rows_summary"].size(), static_cast<size_t>(rows));
+  EXPECT_EQ(doc["rows_summary"].back()["row"], rows - 1);
+}
+
 #endif  // NUCLEUS_CLI_PATH
 
 }  // namespace

@@ -66,17 +66,19 @@ void add_input_options(CLI::App* command, InputOptions* options) {
       ->capture_default_str();
 }
 
-Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element) {
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element,
+                              int64_t reserved_bytes) {
   DumpOptions dump;
   dump.format = *parse_dump_format(options.format);  // CLI11 checked the name
   dump.tensor = options.tensor;
   if (!options.dtype.empty()) dump.dtype = parse_dtype(options.dtype);
   dump.vocab = options.vocab;
-  // Split the budget between the mapped block and the command's own per-row
-  // buffers in proportion to their element sizes; with an unknown dtype
-  // assume the widest.
-  const int64_t budget = options.block_mb << 20;
-  const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 4;
+  // Split what the command does not reserve between the mapped block and
+  // the command's own per-element buffers in proportion to their element
+  // sizes; with an unknown dtype assume the narrowest (a 2-byte block then
+  // holds the most rows, and their buffers take the largest share).
+  const int64_t budget = std::max<int64_t>(1, (options.block_mb << 20) - reserved_bytes);
+  const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 2;
   dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
   return DumpReader::open(options.path, dump);
 }

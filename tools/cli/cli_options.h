@@ -33,9 +33,11 @@ struct InputOptions {
 void add_input_options(CLI::App* command, InputOptions* options);
 
 // Opens the dump. `extra_bytes_per_element` is the memory a command needs
-// per logit beside the block itself (4 for a float32 output row), so that
+// per logit beside the block itself (4 for a float32 output row), and
+// `reserved_bytes` what it sets aside for the rest (results, text), so that
 // the whole working set of a block stays within --block-mb.
-Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element);
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element,
+                              int64_t reserved_bytes = 0);
 
 class Progress;
 

@@ -196,16 +196,24 @@ int run_inspect(const InspectCommand& c) {
   Progress progress(info.rows, c.quiet || !c.json);
   std::vector<float> probs(static_cast<size_t>(reader->block_rows() * info.vocab));
   std::vector<RowSummary> summaries;
-  OrderedJson doc;
+  // The JSON document is printed as it is made, a row at a time (memory
+  // stays bounded however many rows the dump has): the text of
+  // dump(2) of the whole document, its head first.
+  auto json_text = [](const OrderedJson& j) {
+    return j.dump(2, ' ', false, OrderedJson::error_handler_t::replace);
+  };
   if (c.json) {
-    doc["path"] = info.path;
-    doc["format"] = dump_format_name(info.format);
-    if (!info.tensor.empty()) doc["tensor"] = info.tensor;
-    doc["dtype"] = dtype_name(info.dtype);
-    doc["shape"] = info.shape;
-    doc["rows"] = info.rows;
-    doc["vocab"] = info.vocab;
-    doc["rows_summary"] = OrderedJson::array();
+    OrderedJson head;
+    head["path"] = info.path;
+    head["format"] = dump_format_name(info.format);
+    if (!info.tensor.empty()) head["tensor"] = info.tensor;
+    head["dtype"] = dtype_name(info.dtype);
+    head["shape"] = info.shape;
+    head["rows"] = info.rows;
+    head["vocab"] = info.vocab;
+    std::string text = json_text(head);
+    text.resize(text.size() - 2);  // (its closing "\n}")
+    std::printf("%s,\n  \"rows_summary\": [", text.c_str());
   } else {
     print_table_header(info);
   }
@@ -217,7 +225,11 @@ int run_inspect(const InspectCommand& c) {
       const RowSummary& s = summaries[static_cast<size_t>(i)];
       if (!s.status.ok()) ++failed;
       if (c.json) {
-        doc["rows_summary"].push_back(row_json(first + i, s));
+        std::string text = json_text(row_json(first + i, s));
+        for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 5)) {
+          text.insert(at + 1, "    ");
+        }
+        std::printf("%s\n    %s", first + i == 0 ? "" : ",", text.c_str());
       } else {
         print_table_row(first + i, s);
       }
@@ -229,8 +241,7 @@ int run_inspect(const InspectCommand& c) {
     return kExitFailure;
   }
   progress.finish();
-  if (c.json)
-    std::printf("%s\n", doc.dump(2, ' ', false, OrderedJson::error_handler_t::replace).c_str());
+  if (c.json) std::printf("\n  ]\n}\n");
   if (std::fflush(stdout) != 0) {
     print_error("standard output: cannot write");
     return kExitFailure;

@@ -121,8 +121,21 @@ void add_sample_command(CLI::App* app, SampleCommand* c) {
       ->capture_default_str();
 }
 
+// A generous bound on the memory one row's result and its text take: the
+// draws with their log-probabilities and ranks, the top-N list (repeated for
+// every sample in CSV).
+int64_t result_bytes(const SamplingParams& p) {
+  const int64_t n = std::max<int64_t>(p.num_samples, 1);
+  const int64_t top = std::max<int64_t>(p.top_logprobs, 0);
+  return 512 + 64 * n + 64 * top + 48 * n * top;
+}
+
 int run_sample(const SampleCommand& c) {
-  Result<DumpReader> reader = open_input(c.input, 0);
+  // A quarter of --block-mb holds the results and text of the rows sampled
+  // at once: a block of many short rows, or many draws with long top-N
+  // lists, is sampled a run of rows at a time that fits it.
+  const int64_t reserved = (c.input.block_mb << 20) / 4;
+  Result<DumpReader> reader = open_input(c.input, 0, reserved);
   if (!reader.ok()) {
     print_error(reader.status().message());
     return kExitFailure;
@@ -152,23 +165,37 @@ int run_sample(const SampleCommand& c) {
   std::vector<RowResult> results;
   std::string text;
   int64_t failed = 0;
-  const Status read = for_each_block(*reader, progress, [&](const LogitsView& view, int64_t first) {
-    results.resize(static_cast<size_t>(view.rows));
-    std::span<const RowRequest> requests = table->requests(first, view.rows);
-    if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
-    text.clear();
-    for (int64_t i = 0; i < view.rows; ++i) {
-      const RowResult& r = results[static_cast<size_t>(i)];
-      if (!r.status.ok()) ++failed;
-      const int32_t top_n = requests[static_cast<size_t>(i)].params.top_logprobs;
-      if (csv) {
-        append_csv(first + i, r, top_n, i, &text);
-      } else {
-        append_json(first + i, r, top_n, i, &text);
-      }
-    }
-    return out->write(text);
-  });
+  const Status read =
+      for_each_block(*reader, progress, [&](const LogitsView& block, int64_t first) {
+        const int64_t stride = block.row_stride > 0 ? block.row_stride : block.vocab;
+        for (int64_t i0 = 0; i0 < block.rows;) {
+          int64_t i1 = i0 + 1;
+          int64_t bytes = result_bytes(table->params(first + i0));
+          while (i1 < block.rows && bytes + result_bytes(table->params(first + i1)) <= reserved) {
+            bytes += result_bytes(table->params(first + i1++));
+          }
+          LogitsView view = block;
+          view.data = static_cast<const char*>(block.data) + i0 * stride * dtype_size(block.dtype);
+          view.rows = i1 - i0;
+          results.resize(static_cast<size_t>(view.rows));
+          std::span<const RowRequest> requests = table->requests(first + i0, view.rows);
+          if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
+          text.clear();
+          for (int64_t i = 0; i < view.rows; ++i) {
+            const RowResult& r = results[static_cast<size_t>(i)];
+            if (!r.status.ok()) ++failed;
+            const int32_t top_n = requests[static_cast<size_t>(i)].params.top_logprobs;
+            if (csv) {
+              append_csv(first + i0 + i, r, top_n, i, &text);
+            } else {
+              append_json(first + i0 + i, r, top_n, i, &text);
+            }
+          }
+          if (Status s = out->write(text); !s.ok()) return s;
+          i0 = i1;
+        }
+        return Status();
+      });
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;
