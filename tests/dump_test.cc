@@ -428,6 +428,7 @@ TEST(DumpRaw, NeedsDtypeAndVocabThatDivideTheSize) {
   ExpectError(DumpReader::open(dir / "r.pt"), {"r.pt", "unknown format", "'.pt'"});
   DumpOptions options;
   options.dtype = DType::kFloat32;
+  ExpectError(DumpReader::open(dir / "r.bin", options), {"r.bin", "needs its vocab to be given"});
   options.vocab = 3;
   ExpectError(DumpReader::open(dir / "r.bin", options),
               {"r.bin", "size = 40 bytes", "vocab 3", "12"});

@@ -64,6 +64,13 @@ std::string extension_of(const std::string& path) {
   return ext;
 }
 
+// What a raw read of the dump still needs ("its dtype and vocab", or the
+// one of the two that is missing).
+std::string raw_needs(const DumpOptions& options) {
+  if (!options.dtype && options.vocab <= 0) return "its dtype and vocab";
+  return options.dtype ? "its vocab" : "its dtype";
+}
+
 // The format of a dump whose options say kAuto.
 Result<DumpFormat> detect_format(const std::string& path, const ByteSource& source,
                                  const DumpOptions& options) {
@@ -79,7 +86,8 @@ Result<DumpFormat> detect_format(const std::string& path, const ByteSource& sour
     if (!options.dtype || options.vocab <= 0) {
       return Status::io_error(name +
                               ": unknown format: the input does not start with the NumPy magic, "
-                              "and reading it as a raw dump needs its dtype and vocab");
+                              "and reading it as a raw dump needs " +
+                              raw_needs(options));
     }
     return DumpFormat::kRaw;
   }
@@ -88,12 +96,13 @@ Result<DumpFormat> detect_format(const std::string& path, const ByteSource& sour
   if (ext == ".safetensors") return DumpFormat::kSafetensors;
   if (options.dtype && options.vocab > 0) return DumpFormat::kRaw;
   if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
-    return Status::io_error(name + ": a raw dump (extension '" + ext +
-                            "') needs its dtype and vocab to be given");
+    return Status::io_error(name + ": a raw dump (extension '" + ext + "') needs " +
+                            raw_needs(options) + " to be given");
   }
   return Status::io_error(name + ": unknown format: extension = '" + ext +
                           "' is not .npy or .safetensors; to read the file as raw "
-                          "little-endian rows, give its dtype and vocab");
+                          "little-endian rows, give " +
+                          raw_needs(options));
 }
 
 // rows × vocab from a stored shape: the last axis is the vocabulary and the
