@@ -5,7 +5,7 @@
 //
 // The whole grid takes a long time (the reference sorts every row); pick a
 // slice with --benchmark_filter, e.g.
-//   sampler_bench --benchmark_filter='/128256/1/f32/1$'
+//   sampler_bench --benchmark_filter='/128256/1/f32/1/'
 // Counters: rows/s and bytes/s of logits read. `nucleus bench` prints the same
 // measurements as ratios. --distinct=N (read here, before Google Benchmark's
 // flags) times N different batches of each shape in turn, every baseline

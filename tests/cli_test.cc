@@ -358,6 +358,25 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--rows = spiky")) << run.err;
 
+  // A case named twice runs once; the core count is for --threads only.
+  run = RunCli(dir,
+               "bench --vocab 1000,1000 --batch 1 --threads 1,1 --config greedy,greedy "
+               "--isa auto,all --repeat 2 --no-reference -q");
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(Lines(run.out).size(), 1 + isas.size()) << run.out;
+  run = RunCli(dir, "bench --vocab all --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--vocab = all")) << run.err;
+  // A row split across two threads (fewer rows than threads): the floor is
+  // split too, and its time is measured.
+  run = RunCli(dir,
+               "bench --vocab 40000 --batch 1 --threads 2 --config full --repeat 2 "
+               "--no-reference -q --json split.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json split = Json::parse(ReadText(dir / "split.json"));
+  ASSERT_EQ(split["results"].size(), 1u);
+  EXPECT_GT(split["results"][0]["softmax_us_per_row"].get<double>(), 0.0);
+
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa neon -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--isa = neon")) << run.err;

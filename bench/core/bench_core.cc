@@ -26,6 +26,16 @@ constexpr Config kAll[] = {Config::kGreedy, Config::kFull,    Config::kTopKTopP,
                            Config::kMinP,   Config::kTypical, Config::kPenaltyTopP};
 constexpr int64_t kHistory = 2000;
 
+// The median of the times (the mean of the middle two for an even count).
+double median_of(std::vector<double>& times) {
+  const size_t n = times.size(), mid = n / 2;
+  std::nth_element(times.begin(), times.begin() + static_cast<int64_t>(mid), times.end());
+  if (n % 2 == 1) return times[mid];
+  const double upper = times[mid];
+  return 0.5 *
+         (upper + *std::max_element(times.begin(), times.begin() + static_cast<int64_t>(mid)));
+}
+
 // Median wall time of `repeat` calls, after two warm-up calls.
 template <typename F>
 double median_seconds(int repeat, F&& f) {
@@ -39,8 +49,7 @@ double median_seconds(int repeat, F&& f) {
     const auto t1 = std::chrono::steady_clock::now();
     times.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
-  std::nth_element(times.begin(), times.begin() + repeat / 2, times.end());
-  return times[static_cast<size_t>(repeat / 2)];
+  return median_of(times);
 }
 
 // Median wall times of `repeat` calls of each of three functions, after two
@@ -73,10 +82,7 @@ std::array<double, 3> interleaved_medians(int repeat, A&& a, B&& b, C&& c) {
     for (int i = 0; i < turn; ++i) timed(c, times[2]);
   }
   std::array<double, 3> medians{};
-  for (size_t k = 0; k < 3; ++k) {
-    std::nth_element(times[k].begin(), times[k].begin() + repeat / 2, times[k].end());
-    medians[k] = times[k][static_cast<size_t>(repeat / 2)];
-  }
+  for (size_t k = 0; k < 3; ++k) medians[k] = median_of(times[k]);
   return medians;
 }
 
@@ -339,12 +345,39 @@ double roofline_pass(const Workload& w, int threads, Isa isa) {
 
 double softmax_floor_pass(const Workload& w, int threads, Isa isa) {
   const FloorKernels& k = floor_kernels_for(isa);
+  auto at = [&](int64_t r, int64_t j) {
+    return w.dtype == DType::kFloat32 ? static_cast<const void*>(row_f32(w, r) + j)
+                                      : static_cast<const void*>(w.half.data() + r * w.vocab + j);
+  };
+  // Fewer rows than threads: each row split into fixed slices, a max pass
+  // and then an exp-sum pass over them, as the engine splits such rows (its
+  // own condition and chunk size), so the floor uses the threads it does.
+  constexpr int64_t kSlice = 16384;
+  if (w.rows < threads && w.vocab > kSlice) {
+    const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
+    const int64_t slices = w.rows * per_row;
+    auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
+    std::vector<float> maxima(static_cast<size_t>(slices));
+    for_rows(threads, slices, [&](int64_t s) {
+      maxima[static_cast<size_t>(s)] =
+          k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
+    });
+    std::vector<float> row_max(static_cast<size_t>(w.rows));
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const auto first = maxima.begin() + r * per_row;
+      row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
+    }
+    std::vector<double> partial(static_cast<size_t>(slices));
+    for_rows(threads, slices, [&](int64_t s) {
+      partial[static_cast<size_t>(s)] =
+          k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
+                          row_max[static_cast<size_t>(s / per_row)]);
+    });
+    return std::accumulate(partial.begin(), partial.end(), 0.0);
+  }
   std::vector<double> partial(static_cast<size_t>(w.rows));
   for_rows(threads, w.rows, [&](int64_t r) {
-    const void* row = w.dtype == DType::kFloat32
-                          ? static_cast<const void*>(row_f32(w, r))
-                          : static_cast<const void*>(w.half.data() + r * w.vocab);
-    partial[static_cast<size_t>(r)] = k.softmax_floor(row, w.dtype, w.vocab);
+    partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
   });
   return std::accumulate(partial.begin(), partial.end(), 0.0);
 }

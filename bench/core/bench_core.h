@@ -3,8 +3,9 @@
 // configurations, and the three baselines every figure is compared with,
 // measured in the same run on the same buffers:
 //   roofline      one streaming read (sum) of the batch as stored;
-//   softmax floor one max pass and one exp-sum pass per row (Eigen), the least
-//                 any sampler that needs the full softmax must do;
+//   softmax floor one max pass and one exp-sum pass per row (Eigen): a plain
+//                 softmax (rows split across threads as the engine splits
+//                 them when there are fewer rows than threads);
 //   reference     a sort-based sampler, the way HF transformers, vLLM's CPU
 //                 path and CTranslate2 do it (std::sort / std::partial_sort of
 //                 the row, cumulative sums, a draw).
@@ -116,9 +117,10 @@ uint64_t batch_seed(uint64_t seed, int k);
 std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
                               std::span<const DType> dtypes);
 
-// Times one case: nucleus, then the baselines, each the median of
-// `options.repeat` calls on the same buffers (options.distinct batches in
-// turn) with the same thread count.
+// Times one case: nucleus, the roofline and the floor, each the median of
+// `options.repeat` calls in alternating turns on the same buffers
+// (options.distinct batches in turn) with the same thread count; then the
+// reference, the median of max(3, repeat / 5) calls over the float32 rows.
 // Not thread-safe (it keeps the last workload for the next case).
 CaseResult run_case(const Case& c, const Options& options);
 

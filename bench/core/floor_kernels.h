@@ -18,6 +18,10 @@ struct FloorKernels {
   double (*read_u16)(const uint16_t* x, int64_t n);
   // One fused max pass and one exp-sum pass over a row: Σ exp(x - max).
   double (*softmax_floor)(const void* row, DType dtype, int64_t vocab);
+  // Its two passes over a slice of a row (the floor of a row split across
+  // threads, as the engine splits one): the max, and Σ exp(x - m).
+  float (*slice_max)(const void* x, DType dtype, int64_t n);
+  double (*slice_exp_sum)(const void* x, DType dtype, int64_t n, float m);
 };
 
 const FloorKernels& floor_kernels_for(Isa isa);

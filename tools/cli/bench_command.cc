@@ -3,6 +3,7 @@
 #include <tbb/info.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -30,12 +31,23 @@ std::vector<std::string> split(const std::string& text) {
   return parts;
 }
 
-bool parse_int_list(const std::string& option, const std::string& text, int64_t all,
+// Drops repeated values, keeping the first of each (a case is run once).
+template <typename T>
+void drop_repeats(std::vector<T>& v) {
+  std::vector<T> kept;
+  for (const T& x : v) {
+    if (std::find(kept.begin(), kept.end(), x) == kept.end()) kept.push_back(x);
+  }
+  v = std::move(kept);
+}
+
+// `all` (the core count) where the option allows it (--threads).
+bool parse_int_list(const std::string& option, const std::string& text, std::optional<int64_t> all,
                     std::vector<int64_t>& out) {
   out.clear();
   for (const std::string& p : split(text)) {
-    if (p == "all") {
-      out.push_back(all);
+    if (p == "all" && all) {
+      out.push_back(*all);
       continue;
     }
     try {
@@ -52,6 +64,7 @@ bool parse_int_list(const std::string& option, const std::string& text, int64_t 
     print_error("option " + option + " is empty");
     return false;
   }
+  drop_repeats(out);
   return true;
 }
 
@@ -102,11 +115,16 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app->add_option("--json", c->json, "Also write the results as JSON to this file");
   c->app->add_flag("--quiet,-q", c->quiet, "No progress on standard error");
   c->app->footer(
-      "Columns: us/row = median microseconds per row; GB/s = logits read per second;\n"
-      "roofline = share of a plain streaming read's bandwidth; x softmax = time over\n"
-      "one max + exp-sum pass per row (the least a full softmax costs); x faster =\n"
-      "speed-up over a sort-based sampler. All baselines run in the same process on\n"
-      "the same buffers with the same thread count.\n\n"
+      "Columns: us/row = median microseconds per row over --repeat calls (with\n"
+      "--runs N: the fastest run's); GB/s = logits read per second; roofline =\n"
+      "share of a plain vectorised streaming read's bandwidth; x softmax = time over\n"
+      "one max pass and one exp-sum pass per row (Eigen: a plain softmax, which the\n"
+      "trimmed exp of nucleus can beat); x faster = speed-up over a sort-based\n"
+      "sampler (scalar; the float32 rows; timed after the others, with fewer calls).\n"
+      "With --runs N each ratio is the median of the N runs' ratios. The roofline\n"
+      "and the floor run in the same process, alternating with nucleus, on the same\n"
+      "buffers with the same threads (a row split across threads as nucleus splits\n"
+      "it when there are fewer rows than threads).\n\n"
       "Examples:\n"
       "  nucleus bench\n"
       "  nucleus bench --vocab 128256 --batch 1,64 --config topp,minp --threads 1,all\n"
@@ -117,8 +135,8 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
 int run_bench(const BenchCommand& c) {
   const int all = tbb::info::default_concurrency();
   std::vector<int64_t> vocabs, batches, threads;
-  if (!parse_int_list("--vocab", c.vocab, all, vocabs) ||
-      !parse_int_list("--batch", c.batch, all, batches) ||
+  if (!parse_int_list("--vocab", c.vocab, std::nullopt, vocabs) ||
+      !parse_int_list("--batch", c.batch, std::nullopt, batches) ||
       !parse_int_list("--threads", c.threads, all, threads)) {
     return kExitFailure;
   }
@@ -163,6 +181,12 @@ int run_bench(const BenchCommand& c) {
     }
     isas.push_back(*isa);
   }
+  // (an instruction set named twice, or once by name and once as what auto
+  // or all resolve to, runs once)
+  for (Isa& isa : isas) isa = resolve_isa(isa);
+  drop_repeats(configs);
+  drop_repeats(dtypes);
+  drop_repeats(isas);
   if (configs.empty() || dtypes.empty() || isas.empty()) {
     print_error("options --config, --dtype and --isa need at least one value");
     return kExitFailure;
@@ -211,11 +235,16 @@ int run_bench(const BenchCommand& c) {
                        isas.size() * configs.size();
   const bool progress = !c.quiet && isatty(STDERR_FILENO);
   // With --runs N the grid runs N times over; each case keeps its best run
-  // (the fastest nucleus median) with the baselines timed in that run's
-  // turns. (Picking the run with the fastest softmax floor instead was tried:
-  // on the shared 2-core box the floor slows ~7 % in its slow stretches while
-  // the sampler slows ~30 %, so the floor did not find the quiet ones.)
+  // (the fastest nucleus median) for the times, rates and baseline times,
+  // and the median over the N runs of each ratio to a baseline (each run's
+  // ratio taken against the baselines timed in that run's turns): the ratios
+  // of the fastest run alone would be biased towards nucleus, whose noise
+  // picked it. (Picking the run with the fastest softmax floor instead was
+  // tried: on the shared 2-core box the floor slows ~7 % in its slow
+  // stretches while the sampler slows ~30 %, so the floor did not find the
+  // quiet ones.)
   std::vector<bench::CaseResult> best;
+  std::vector<std::array<std::vector<double>, 3>> ratios;  // per case: roofline, floor, reference
   for (int run = 0; run < c.runs; ++run) {
     results.clear();
     for (int64_t vocab : vocabs) {
@@ -242,11 +271,27 @@ int run_bench(const BenchCommand& c) {
     }
     if (best.empty()) {
       best = results;
+      ratios.resize(results.size());
     } else {
       for (size_t i = 0; i < results.size(); ++i) {
         if (results[i].us_per_row < best[i].us_per_row) best[i] = results[i];
       }
     }
+    for (size_t i = 0; i < results.size(); ++i) {
+      ratios[i][0].push_back(results[i].vs_roofline);
+      ratios[i][1].push_back(results[i].vs_softmax);
+      ratios[i][2].push_back(results[i].vs_reference);
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  for (size_t i = 0; i < best.size(); ++i) {
+    best[i].vs_roofline = median(ratios[i][0]);
+    best[i].vs_softmax = median(ratios[i][1]);
+    best[i].vs_reference = median(ratios[i][2]);
   }
   results = best;
   if (progress) std::fprintf(stderr, "\r\033[K");
