@@ -214,9 +214,17 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
         check_ndim(static_cast<size_t>(in.buffer_.ndim), min_ndim, what);
         t.data = static_cast<const char*>(in.buffer_.buf);
         t.itemsize = in.buffer_.itemsize;
-        for (int i = 0; i < in.buffer_.ndim; ++i) {
-          t.shape.push_back(in.buffer_.shape[i]);
-          t.strides.push_back(in.buffer_.strides[i]);
+        for (int i = 0; i < in.buffer_.ndim; ++i) t.shape.push_back(in.buffer_.shape[i]);
+        if (in.buffer_.strides != nullptr) {
+          t.strides.assign(in.buffer_.strides, in.buffer_.strides + in.buffer_.ndim);
+        } else {
+          // No strides: C-contiguous (ctypes arrays export them so).
+          t.strides.resize(t.shape.size());
+          int64_t compact = t.itemsize;
+          for (size_t i = t.shape.size(); i-- > 0;) {
+            t.strides[i] = compact;
+            compact *= t.shape[i];
+          }
         }
       } else {
         PyBuffer_Release(&in.buffer_);
@@ -282,7 +290,10 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
                              "patterns as uint16), got " +
                              py::str(array.dtype()).cast<std::string>());
       }
-      converted = numpy.attr("ascontiguousarray")(array).attr("view")(numpy.attr("uint16"));
+      // (in native byte order first: a big-endian array's bytes viewed as
+      // uint16 would be swapped patterns)
+      const py::object native = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
+      converted = numpy.attr("ascontiguousarray")(native).attr("view")(numpy.attr("uint16"));
     } else if (kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b') {
       converted = numpy.attr("ascontiguousarray")(array, numpy.attr("float32"));
     } else {

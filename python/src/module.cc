@@ -275,8 +275,9 @@ class PyEngine {
       if (!index) throw py::error_already_set();
       const int64_t t = index.cast<int64_t>();
       if (t < 0 || t > INT32_MAX) {
-        throw py::value_error("threads = " + std::to_string(t) +
-                              " must be >= 0 (0 or None: every core the process may use)");
+        throw py::value_error("threads = " + py::repr(index).cast<std::string>() +
+                              " is outside [0, 2**31) (0 or None: every core the process may "
+                              "use)");
       }
       o.max_threads = static_cast<int>(t);
     }
@@ -302,10 +303,11 @@ class PyEngine {
       throw py::type_error("out: expected a numpy float32 array");
     }
     py::array a = py::reinterpret_borrow<py::array>(out_arg);
-    if (!a.dtype().is(py::dtype::of<float>()) || !a.writeable()) {
-      throw py::type_error("out: expected a writable float32 array, got dtype " +
+    if (!a.dtype().equal(py::dtype::of<float>())) {
+      throw py::type_error("out: expected a float32 array, got dtype " +
                            py::str(a.dtype()).cast<std::string>());
     }
+    if (!a.writeable()) throw py::value_error("out: the array is read-only");
     std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
     std::vector<int64_t> strides(a.strides(), a.strides() + a.ndim());
     int64_t rows = 0;
@@ -362,13 +364,16 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
     }
   }
   if (!vocab.is_none()) {
-    // (an integer: bool and float are not)
-    if (!py::isinstance<py::int_>(vocab) || py::isinstance<py::bool_>(vocab)) {
+    // (an integer, numpy's too: bool and float are not)
+    PyObject* index = py::isinstance<py::bool_>(vocab) ? nullptr : PyNumber_Index(vocab.ptr());
+    if (index == nullptr) {
+      PyErr_Clear();
       throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
                             ": expected an integer");
     }
+    const py::int_ vocab_int = py::reinterpret_steal<py::int_>(index);
     try {
-      options.vocab = vocab.cast<int64_t>();
+      options.vocab = vocab_int.cast<int64_t>();
     } catch (const py::cast_error&) {
       throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
                             " does not fit a 64-bit integer");

@@ -409,8 +409,10 @@ class RequestParser {
         }
       }
     } else if ((kind == 'i' || kind == 'u') && a.itemsize() == 4) {
+      // (the bits as they are, uint32 too; in native byte order first)
+      const py::object native = a.attr("astype")(a.dtype().attr("newbyteorder")("="));
       auto w = py::array_t<int32_t, py::array::c_style>::ensure(
-          py::module_::import("numpy").attr("ascontiguousarray")(a).attr("view")("int32"));
+          py::module_::import("numpy").attr("ascontiguousarray")(native).attr("view")("int32"));
       words.assign(w.data(), w.data() + w.size());
     } else if (kind == 'i' || kind == 'u') {
       auto w = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);

@@ -87,6 +87,17 @@ def test_buffer_protocol_objects(engine, rng):
     same_result(engine.sample(memoryview(buf), seed=3), engine.sample(x, seed=3))
 
 
+def test_buffers_without_strides_are_c_contiguous(engine, rng):
+    # ctypes arrays export no strides (NULL: C-contiguous); reading them
+    # once dereferenced a null pointer.
+    x = lm_logits(rng, 2, 300)
+    c = ((ctypes.c_float * 300) * 2)()
+    ctypes.memmove(c, x.tobytes(), x.nbytes)
+    info = nucleus._inspect_logits(c)
+    assert (info["rows"], info["vocab"], info["row_stride"]) == (2, 300, 300)
+    same_result(engine.sample(c, seed=[3, 4]), engine.sample(x, seed=[3, 4]))
+
+
 def test_bfloat16_bit_patterns(engine, rng):
     x = lm_logits(rng, 4, 1500)
     bits = to_bf16_bits(x)
@@ -96,6 +107,9 @@ def test_bfloat16_bit_patterns(engine, rng):
                 engine.sample(from_bf16_bits(bits), **PARAMS))
     np.testing.assert_array_equal(engine.probs(bits, logits_dtype="bfloat16", top_p=0.5),
                                   engine.probs(from_bf16_bits(bits), top_p=0.5))
+    # Big-endian patterns are the same patterns (numpy converts them).
+    np.testing.assert_array_equal(engine.probs(bits.astype(">u2"), logits_dtype="bf16"),
+                                  engine.probs(bits, logits_dtype="bf16"))
     with pytest.raises(TypeError, match="2-byte elements"):
         engine.sample(x, logits_dtype="bf16")
     with pytest.raises(ValueError, match="only 'bf16'"):

@@ -37,6 +37,9 @@ def test_raw_bfloat16(engine, rng, tmp_path):
     np.testing.assert_array_equal(widened, (bits.astype(np.uint32) << 16).view(np.float32))
     raw = nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=257, bf16="uint16")
     np.testing.assert_array_equal(raw, bits)
+    # numpy integers are integers
+    np.testing.assert_array_equal(
+        nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=np.int64(257)), widened)
     a = engine.sample(raw, logits_dtype="bf16", seed=1, top_k=20)
     b = engine.sample(widened, seed=1, top_k=20)
     np.testing.assert_array_equal(a.tokens, b.tokens)

@@ -60,6 +60,11 @@ def test_out_argument(engine, rng):
         engine.probs(x, out=np.zeros((3, 499), dtype=np.float32))
     with pytest.raises(TypeError, match="float32"):
         engine.probs(x, out=np.zeros((3, 500)))
+    with pytest.raises(ValueError, match="out: the array is read-only"):
+        engine.probs(x, out=np.broadcast_to(np.zeros(500, np.float32), (3, 500)))
+    # A float32 dtype carrying metadata is float32.
+    tagged = np.zeros((3, 500), dtype=np.dtype(np.float32, metadata={"unit": "p"}))
+    np.testing.assert_array_equal(engine.probs(x, top_k=4, out=tagged), result)
 
 
 def test_row_errors_are_nan(engine, rng):

@@ -119,6 +119,12 @@ def test_allowed_mask_list_with_none_rows(engine, rng):
     assert masked.tokens[0, 0] == plain.tokens[0, 0]
     assert masked.tokens[2, 0] == plain.tokens[2, 0]
     assert masked.tokens[1, 0] in (3, 50, 99)
+    # Packed words in any integer byte order allow the same tokens.
+    words = np.zeros(4, np.int32)
+    words[0], words[1] = 1 << 3, 1 << (50 - 32)
+    for w in (words, words.astype(">i4"), words.astype("<u4"), words.astype(">u4")):
+        only = engine.sample(x, seed=[1, 2, 3], allowed_mask=w, n=8)
+        assert set(only.tokens.ravel()) <= {3, 50}, w.dtype
     with pytest.raises(ValueError, match="one entry per row"):
         engine.sample(x, seed=1, allowed_mask=[None, allowed])
     with pytest.raises(ValueError, match=r"allowed_mask\[1\]: a boolean mask needs vocab"):
@@ -280,8 +286,10 @@ def test_threads_share_an_engine(engine, rng):
 def test_engine_options():
     assert nucleus.Engine(threads=1).max_threads == 1
     assert nucleus.Engine().max_threads >= 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"threads = -1 is outside \[0, 2\*\*31\)"):
         nucleus.Engine(threads=-1)
+    with pytest.raises(ValueError, match=r"threads = 1099511627776 is outside"):
+        nucleus.Engine(threads=2**40)
     with pytest.raises(ValueError):
         nucleus.Engine(seed=-5)
     assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
