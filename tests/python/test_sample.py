@@ -218,7 +218,10 @@ def test_row_errors_do_not_raise(engine, rng):
     [
         ({"top_p": 1.5}, "row 0: top_p = 1.5 is outside [0, 1]"),
         ({"temperature": [1.0, -1.0]}, "row 1: temperature = -1"),
-        ({"history": [[1], [300]]}, "row 1: generated_tokens[0] = 300 is outside [0, 256)"),
+        ({"history": [[1], [300]]}, "row 1: history[0] = 300 is outside [0, 256)"),
+        ({"prompt": [7, 256]}, "row 0: prompt[1] = 256 is outside [0, 256)"),
+        ({"n": 0}, "row 0: n = 0 is outside"),
+        ({"logprobs": 300}, "row 0: logprobs = 300 is outside"),
         ({"min_keep": 0}, "min_keep"),
         ({"top_p": [0.5, 0.5, 0.5]}, "top_p: expected one value or 2 per-row values, got 3"),
         ({"preset": "foo"}, "preset = 'foo' is not one of"),

@@ -220,55 +220,58 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
                                       "' set the same thing: give one");
     }
   }
+  // (a field's errors name the row too, as the range checks' do)
+  const std::string field_where = where + ": row " + std::to_string(expected_row);
   for (const auto& [key, v] : root.items()) {
     Status s;
     if (key == "row") {
       int32_t row = 0;
-      s = to_int32(where, key, v, &row);
+      s = to_int32(field_where, key, v, &row);
       if (s.ok() && row != expected_row) {
-        s = field_error(where, key, v, "but this line is row " + std::to_string(expected_row));
+        s = field_error(field_where, key, v,
+                        "but this line is row " + std::to_string(expected_row));
       }
     } else if (key == "seed") {
       d->seed_set = true;
       d->seed.reset();
       if (!v.is_null()) {
         uint64_t seed = 0;
-        s = to_uint64(where, key, v, &seed);
+        s = to_uint64(field_where, key, v, &seed);
         d->seed = seed;
       }
     } else if (key == "step") {
-      s = to_uint64(where, key, v, &d->step);
+      s = to_uint64(field_where, key, v, &d->step);
     } else if (key == "temperature") {
-      s = to_float(where, key, v, &p.temperature);
+      s = to_float(field_where, key, v, &p.temperature);
     } else if (key == "top_k") {
-      s = to_int32(where, key, v, &p.top_k);
+      s = to_int32(field_where, key, v, &p.top_k);
     } else if (key == "top_p") {
-      s = to_float(where, key, v, &p.top_p);
+      s = to_float(field_where, key, v, &p.top_p);
     } else if (key == "min_p") {
-      s = to_float(where, key, v, &p.min_p);
+      s = to_float(field_where, key, v, &p.min_p);
     } else if (key == "typical_p") {
-      s = to_float(where, key, v, &p.typical_p);
+      s = to_float(field_where, key, v, &p.typical_p);
     } else if (key == "top_n_sigma") {
-      s = to_float(where, key, v, &p.top_n_sigma);
+      s = to_float(field_where, key, v, &p.top_n_sigma);
     } else if (key == "min_keep") {
-      s = to_int32(where, key, v, &p.min_keep);
+      s = to_int32(field_where, key, v, &p.min_keep);
     } else if (key == "repetition_penalty") {
-      s = to_float(where, key, v, &p.repetition_penalty);
+      s = to_float(field_where, key, v, &p.repetition_penalty);
     } else if (key == "frequency_penalty") {
-      s = to_float(where, key, v, &p.frequency_penalty);
+      s = to_float(field_where, key, v, &p.frequency_penalty);
     } else if (key == "presence_penalty") {
-      s = to_float(where, key, v, &p.presence_penalty);
+      s = to_float(field_where, key, v, &p.presence_penalty);
     } else if (key == "num_samples") {
-      s = to_int32(where, key, v, &p.num_samples);
+      s = to_int32(field_where, key, v, &p.num_samples);
     } else if (key == "logprobs" || key == "top_logprobs") {
-      s = to_int32(where, key, v, &p.top_logprobs);
+      s = to_int32(field_where, key, v, &p.top_logprobs);
     } else if (key == "preset") {
       const std::optional<Preset> preset =
           v.is_string() ? parse_preset(v.get<std::string>()) : std::nullopt;
       if (preset) {
         p.preset = *preset;
       } else {
-        s = field_error(where, key, v, "is not \"hf\", \"vllm\" or \"llama.cpp\"");
+        s = field_error(field_where, key, v, "is not \"hf\", \"vllm\" or \"llama.cpp\"");
       }
     } else if (key == "logprobs_mode") {
       if (v == "processed") {
@@ -276,20 +279,20 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
       } else if (v == "raw") {
         p.logprobs_mode = LogprobsMode::kRaw;
       } else {
-        s = field_error(where, key, v, "is not \"processed\" or \"raw\"");
+        s = field_error(field_where, key, v, "is not \"processed\" or \"raw\"");
       }
     } else if (key == "prompt_tokens") {
-      s = to_tokens(where, key, v, &d->prompt_tokens);
+      s = to_tokens(field_where, key, v, &d->prompt_tokens);
     } else if (key == "generated_tokens" || key == "history") {
-      s = to_tokens(where, key, v, &d->generated_tokens);
+      s = to_tokens(field_where, key, v, &d->generated_tokens);
     } else if (key == "banned" || key == "banned_tokens") {
-      s = to_tokens(where, key, v, &d->banned_tokens);
+      s = to_tokens(field_where, key, v, &d->banned_tokens);
     } else if (key == "logit_bias") {
-      s = to_logit_bias(where, v, &d->logit_bias);
+      s = to_logit_bias(field_where, v, &d->logit_bias);
     } else if (key == "allowed_mask") {
-      s = to_mask_words(where, v, &d->allowed_mask);
+      s = to_mask_words(field_where, v, &d->allowed_mask);
     } else if (key == "allowed_tokens") {
-      s = to_allowed_mask(where, v, vocab, &d->allowed_mask);
+      s = to_allowed_mask(field_where, v, vocab, &d->allowed_mask);
     } else {
       s = Status::invalid_argument(where + ": unknown field '" + key + "'");
     }
