@@ -297,8 +297,9 @@ class PyEngine {
     if (!threads.is_none()) {
       const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(threads.ptr()));
       if (!index) throw py::error_already_set();
-      const int64_t t = index.cast<int64_t>();
-      if (t < 0 || t > INT32_MAX) {
+      int overflow = 0;  // (past int64: out of range as well)
+      const long long t = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+      if (overflow != 0 || t < 0 || t > INT32_MAX) {
         throw py::value_error("threads = " + py::repr(index).cast<std::string>() +
                               " is outside [0, 2**31) (0 or None: every core the process may "
                               "use)");

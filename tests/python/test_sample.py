@@ -293,6 +293,8 @@ def test_engine_options():
         nucleus.Engine(threads=-1)
     with pytest.raises(ValueError, match=r"threads = 1099511627776 is outside"):
         nucleus.Engine(threads=2**40)
+    with pytest.raises(ValueError, match=r"threads = 1180591620717411303424 is outside"):
+        nucleus.Engine(threads=2**70)
     with pytest.raises(ValueError):
         nucleus.Engine(seed=-5)
     assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
