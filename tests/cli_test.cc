@@ -728,6 +728,9 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"tensor of npy", "good.npy --tensor x", {"good.npy", "tensor = 'x'", "npy"}},
       {"vocab", "dump.bin --dtype f32 --vocab 0", {"--vocab", "value 0 is below 1"}},
       {"threads", "good.npy --threads -1", {"--threads", "value -1 is below 0"}},
+      {"threads range",
+       "good.npy --threads 99999999999999999999",
+       {"--threads", "99999999999999999999 is out of range"}},
       {"seed", "good.npy --seed -1", {"--seed", "-1", "[0, 2^64)"}},
       {"top-p", "good.npy --top-p 1.5", {"--top-p", "1.5"}},
       {"temperature", "good.npy --temperature -1", {"--temperature", "-1"}},
@@ -742,7 +745,9 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"params value",
        "good.npy --params bad_value.jsonl",
        {"bad_value.jsonl line 2", "row 1", "top_p", "1.5"}},
-      {"params key", "good.npy --params bad_key.jsonl", {"bad_key.jsonl line 1", "'top-p'"}},
+      {"params key",
+       "good.npy --params bad_key.jsonl",
+       {"bad_key.jsonl line 1: row 0", "unknown field 'top-p'"}},
       {"params json",
        "good.npy --params bad_json.jsonl",
        {"bad_json.jsonl line 2", "not valid JSON at column 11", "unexpected end of input"}},
@@ -859,6 +864,16 @@ TEST(Cli, ManyShortRowsRunInBoundedMemory) {
   EXPECT_EQ(doc["rows"], rows);
   ASSERT_EQ(doc["rows_summary"].size(), static_cast<size_t>(rows));
   EXPECT_EQ(doc["rows_summary"].back()["row"], rows - 1);
+
+  // probs and inspect keep a request, a status and a summary per row: with
+  // --block-mb 16 and one thread they fit in 64 MiB of address space (a
+  // whole block's summaries did not: inspect ran out of memory).
+  const std::string tight = "ulimit -v 65536 && ";
+  run = RunCli(dir, "probs short.npy --block-mb 16 --threads 1 -q -o p.npy", tight);
+  ASSERT_EQ(run.code, 0) << run.err;
+  run = RunCli(dir, "inspect short.npy --block-mb 16 --threads 1 -q", tight);
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(Lines(run.out).size(), static_cast<size_t>(rows) + 5) << run.out.substr(0, 400);
 }
 
 #endif  // NUCLEUS_CLI_PATH

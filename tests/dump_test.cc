@@ -401,6 +401,18 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
                  R"("y":{"dtype":"F32","shape":[1,4],"data_offsets":[16,32]}})",
                  data),
               {"overlap.safetensors", "tensor 'y'", "begins at byte 16", "an overlap"});
+  // An empty tensor where another starts is no overlap, whichever name
+  // sorts first (the header's objects are read in key order).
+  {
+    Result<DumpReader> empty_first =
+        st("empty.safetensors",
+           R"({"a":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]},)"
+           R"("b":{"dtype":"F32","shape":[0,8],"data_offsets":[0,0]}})",
+           data);
+    ASSERT_FALSE(empty_first.ok());  // two tensors: one must be chosen
+    EXPECT_NE(empty_first.status().message().find("2 tensors"), std::string::npos)
+        << empty_first.status().message();
+  }
   ExpectError(st("twice.safetensors",
                  R"({"x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]},)"
                  R"("x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]}})",

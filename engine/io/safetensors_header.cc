@@ -110,8 +110,11 @@ Status check_tiling(const std::vector<SafetensorsTensor>& tensors, int64_t data_
                     const std::string& name) {
   std::vector<const SafetensorsTensor*> by_begin;
   for (const SafetensorsTensor& t : tensors) by_begin.push_back(&t);
-  std::stable_sort(by_begin.begin(), by_begin.end(),
-                   [](const auto* a, const auto* b) { return a->begin < b->begin; });
+  // (by begin, then end, as the reference reader: an empty tensor at the
+  // offset where another starts comes first, whatever the names' order)
+  std::stable_sort(by_begin.begin(), by_begin.end(), [](const auto* a, const auto* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
   int64_t at = 0;
   for (const SafetensorsTensor* t : by_begin) {
     if (t->begin != at) {

@@ -34,6 +34,9 @@ CLI::Validator integer_at_least(int64_t lo) {
         int64_t value = 0;
         const char* end = text.data() + text.size();
         const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+        if (ec == std::errc::result_out_of_range && ptr == end) {
+          return "value " + text + " is out of range";
+        }
         if (text.empty() || ec != std::errc() || ptr != end) {
           return "value " + text + " is not an integer";
         }
@@ -81,6 +84,18 @@ Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_e
   const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 2;
   dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
   return DumpReader::open(options.path, dump);
+}
+
+LogitsView rows_of(const LogitsView& block, int64_t first, int64_t rows) {
+  const int64_t stride = block.row_stride > 0 ? block.row_stride : block.vocab;
+  LogitsView view = block;
+  view.data = static_cast<const char*>(block.data) + first * stride * dtype_size(block.dtype);
+  view.rows = rows;
+  return view;
+}
+
+int64_t rows_within(int64_t reserved, int64_t bytes_per_row) {
+  return std::max<int64_t>(1, reserved / std::max<int64_t>(1, bytes_per_row));
 }
 
 Status for_each_block(DumpReader& reader, Progress& progress,

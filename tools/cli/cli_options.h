@@ -39,6 +39,15 @@ void add_input_options(CLI::App* command, InputOptions* options);
 Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element,
                               int64_t reserved_bytes = 0);
 
+// Rows [first, first + rows) of a block, as a view of their own (commands
+// run a block of many short rows a run of rows at a time, so that their
+// per-row results stay within what they set aside of --block-mb).
+LogitsView rows_of(const LogitsView& block, int64_t first, int64_t rows);
+
+// How many rows of `bytes_per_row` of per-row results fit in `reserved`
+// bytes (at least 1).
+int64_t rows_within(int64_t reserved, int64_t bytes_per_row);
+
 class Progress;
 
 // Reads the dump a block at a time and hands each block to `body` with the

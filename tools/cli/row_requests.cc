@@ -294,7 +294,7 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
     } else if (key == "allowed_tokens") {
       s = to_allowed_mask(field_where, v, vocab, &d->allowed_mask);
     } else {
-      s = Status::invalid_argument(where + ": unknown field '" + key + "'");
+      s = Status::invalid_argument(field_where + ": unknown field '" + key + "'");
     }
     if (!s.ok()) return s;
   }

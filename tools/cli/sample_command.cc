@@ -167,16 +167,13 @@ int run_sample(const SampleCommand& c) {
   int64_t failed = 0;
   const Status read =
       for_each_block(*reader, progress, [&](const LogitsView& block, int64_t first) {
-        const int64_t stride = block.row_stride > 0 ? block.row_stride : block.vocab;
         for (int64_t i0 = 0; i0 < block.rows;) {
           int64_t i1 = i0 + 1;
           int64_t bytes = result_bytes(table->params(first + i0));
           while (i1 < block.rows && bytes + result_bytes(table->params(first + i1)) <= reserved) {
             bytes += result_bytes(table->params(first + i1++));
           }
-          LogitsView view = block;
-          view.data = static_cast<const char*>(block.data) + i0 * stride * dtype_size(block.dtype);
-          view.rows = i1 - i0;
+          const LogitsView view = rows_of(block, i0, i1 - i0);
           results.resize(static_cast<size_t>(view.rows));
           std::span<const RowRequest> requests = table->requests(first + i0, view.rows);
           if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
