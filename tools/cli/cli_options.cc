@@ -69,42 +69,46 @@ void add_input_options(CLI::App* command, InputOptions* options) {
       ->capture_default_str();
 }
 
-Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element,
-                              int64_t reserved_bytes) {
+int64_t results_bytes(const InputOptions& options) { return (options.block_mb << 20) / 4; }
+
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element) {
   DumpOptions dump;
   dump.format = *parse_dump_format(options.format);  // CLI11 checked the name
   dump.tensor = options.tensor;
   if (!options.dtype.empty()) dump.dtype = parse_dtype(options.dtype);
   dump.vocab = options.vocab;
-  // Split what the command does not reserve between the mapped block and
+  // Split what is not set aside for results between the mapped block and
   // the command's own per-element buffers in proportion to their element
   // sizes; with an unknown dtype assume the narrowest (a 2-byte block then
   // holds the most rows, and their buffers take the largest share).
-  const int64_t budget = std::max<int64_t>(1, (options.block_mb << 20) - reserved_bytes);
+  const int64_t budget = std::max<int64_t>(1, (options.block_mb << 20) - results_bytes(options));
   const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 2;
   dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
   return DumpReader::open(options.path, dump);
 }
 
-LogitsView rows_of(const LogitsView& block, int64_t first, int64_t rows) {
-  const int64_t stride = block.row_stride > 0 ? block.row_stride : block.vocab;
-  LogitsView view = block;
-  view.data = static_cast<const char*>(block.data) + first * stride * dtype_size(block.dtype);
-  view.rows = rows;
-  return view;
-}
-
-int64_t rows_within(int64_t reserved, int64_t bytes_per_row) {
-  return std::max<int64_t>(1, reserved / std::max<int64_t>(1, bytes_per_row));
-}
-
-Status for_each_block(DumpReader& reader, Progress& progress,
-                      const std::function<Status(const LogitsView& block, int64_t first)>& body) {
+Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& progress,
+                    const std::function<int64_t(int64_t row)>& row_bytes,
+                    const std::function<Status(const LogitsView& rows, int64_t first)>& body) {
+  const int64_t reserved = results_bytes(options);
   for (int64_t b = 0; b < reader.num_blocks(); ++b) {
-    Result<LogitsView> view = reader.block(b);
-    if (!view.ok()) return view.status();
-    if (Status s = body(*view, reader.block_first_row(b)); !s.ok()) return s;
-    progress.advance(view->rows);
+    Result<LogitsView> block = reader.block(b);
+    if (!block.ok()) return block.status();
+    const int64_t first = reader.block_first_row(b);
+    const int64_t stride = block->row_stride > 0 ? block->row_stride : block->vocab;
+    for (int64_t i0 = 0; i0 < block->rows;) {
+      int64_t i1 = i0 + 1;
+      int64_t bytes = row_bytes(first + i0);
+      while (i1 < block->rows && bytes + row_bytes(first + i1) <= reserved) {
+        bytes += row_bytes(first + i1++);
+      }
+      LogitsView run = *block;
+      run.data = static_cast<const char*>(block->data) + i0 * stride * dtype_size(block->dtype);
+      run.rows = i1 - i0;
+      if (Status s = body(run, first + i0); !s.ok()) return s;
+      i0 = i1;
+    }
+    progress.advance(block->rows);
   }
   return Status();
 }

@@ -33,29 +33,26 @@ struct InputOptions {
 void add_input_options(CLI::App* command, InputOptions* options);
 
 // Opens the dump. `extra_bytes_per_element` is the memory a command needs
-// per logit beside the block itself (4 for a float32 output row), and
-// `reserved_bytes` what it sets aside for the rest (results, text), so that
-// the whole working set of a block stays within --block-mb.
-Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element,
-                              int64_t reserved_bytes = 0);
+// per logit beside the block itself (4 for a float32 output row); a quarter
+// of --block-mb (results_bytes) is set aside for per-row results and text,
+// so that the whole working set of a block stays within --block-mb.
+Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element);
 
-// Rows [first, first + rows) of a block, as a view of their own (commands
-// run a block of many short rows a run of rows at a time, so that their
-// per-row results stay within what they set aside of --block-mb).
-LogitsView rows_of(const LogitsView& block, int64_t first, int64_t rows);
-
-// How many rows of `bytes_per_row` of per-row results fit in `reserved`
-// bytes (at least 1).
-int64_t rows_within(int64_t reserved, int64_t bytes_per_row);
+// What open_input sets aside of --block-mb for per-row results.
+int64_t results_bytes(const InputOptions& options);
 
 class Progress;
 
-// Reads the dump a block at a time and hands each block to `body` with the
-// dump's index of its first row, advancing `progress` by the block's rows
-// after each. Stops at the first error, the read's or the body's, and
-// returns it.
-Status for_each_block(DumpReader& reader, Progress& progress,
-                      const std::function<Status(const LogitsView& block, int64_t first)>& body);
+// Reads the dump a block at a time and hands `body` its rows in runs of
+// consecutive rows whose results fit in results_bytes(options), as
+// `row_bytes(row)` (dump row index) estimates them, at least one row a run:
+// a block of many short rows, or of rows with many draws and long top-N
+// lists, has results far larger than its logits. `first` is the dump's
+// index of the run's first row; `progress` advances by each block's rows.
+// Stops at the first error, the read's or the body's, and returns it.
+Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& progress,
+                    const std::function<int64_t(int64_t row)>& row_bytes,
+                    const std::function<Status(const LogitsView& rows, int64_t first)>& body);
 
 struct SamplingOptions {
   SamplingParams params;

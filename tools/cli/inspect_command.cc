@@ -185,12 +185,7 @@ void add_inspect_command(CLI::App* app, InspectCommand* c) {
 }
 
 int run_inspect(const InspectCommand& c) {
-  // A quarter of --block-mb holds the per-row summaries, results and
-  // statuses; a block of many short rows is summarised a run of rows at a
-  // time.
-  const int64_t reserved = (c.input.block_mb << 20) / 4;
-  const int64_t run_rows = rows_within(reserved, 2048 + 32 * int64_t{c.top});
-  Result<DumpReader> reader = open_input(c.input, 4, reserved);
+  Result<DumpReader> reader = open_input(c.input, 4);
   if (!reader.ok()) {
     print_error(reader.status().message());
     return kExitFailure;
@@ -223,29 +218,30 @@ int run_inspect(const InspectCommand& c) {
     print_table_header(info);
   }
   int64_t failed = 0;
-  const Status read = for_each_block(*reader, progress, [&](const LogitsView& block, int64_t at) {
-    for (int64_t i0 = 0; i0 < block.rows; i0 += run_rows) {
-      const LogitsView view = rows_of(block, i0, std::min(run_rows, block.rows - i0));
-      const int64_t first = at + i0;
-      if (Status s = summarise_block(engine, view, top_n, first, probs, &summaries); !s.ok()) {
-        return s;
-      }
-      for (int64_t i = 0; i < view.rows; ++i) {
-        const RowSummary& s = summaries[static_cast<size_t>(i)];
-        if (!s.status.ok()) ++failed;
-        if (c.json) {
-          std::string text = json_text(row_json(first + i, s));
-          for (size_t nl = text.find('\n'); nl != std::string::npos; nl = text.find('\n', nl + 5)) {
-            text.insert(nl + 1, "    ");
-          }
-          std::printf("%s\n    %s", first + i == 0 ? "" : ",", text.c_str());
-        } else {
-          print_table_row(first + i, s);
+  // (a run of rows: a summary, a result and a status each)
+  const int64_t summary_bytes = 2048 + 32 * int64_t{c.top};
+  const Status read = for_each_run(
+      *reader, c.input, progress, [&](int64_t) { return summary_bytes; },
+      [&](const LogitsView& view, int64_t first) {
+        if (Status s = summarise_block(engine, view, top_n, first, probs, &summaries); !s.ok()) {
+          return s;
         }
-      }
-    }
-    return Status();
-  });
+        for (int64_t i = 0; i < view.rows; ++i) {
+          const RowSummary& s = summaries[static_cast<size_t>(i)];
+          if (!s.status.ok()) ++failed;
+          if (c.json) {
+            std::string text = json_text(row_json(first + i, s));
+            for (size_t nl = text.find('\n'); nl != std::string::npos;
+                 nl = text.find('\n', nl + 5)) {
+              text.insert(nl + 1, "    ");
+            }
+            std::printf("%s\n    %s", first + i == 0 ? "" : ",", text.c_str());
+          } else {
+            print_table_row(first + i, s);
+          }
+        }
+        return Status();
+      });
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;

@@ -38,12 +38,8 @@ int run_probs(const ProbsCommand& c) {
     print_error("option --output = '-': probs writes a .npy file; give its path");
     return kExitFailure;
   }
-  // Each block needs a float32 row of output per row of input, and each
-  // row a request and a status: a quarter of --block-mb is set aside for
-  // those, a block of many short rows done a run of rows at a time.
-  const int64_t reserved = (c.input.block_mb << 20) / 4;
-  const int64_t run_rows = rows_within(reserved, 512);
-  Result<DumpReader> reader = open_input(c.input, 4, reserved);
+  // Each block needs a float32 row of output per row of input.
+  Result<DumpReader> reader = open_input(c.input, 4);
   if (!reader.ok()) {
     print_error(reader.status().message());
     return kExitFailure;
@@ -64,28 +60,26 @@ int run_probs(const ProbsCommand& c) {
   std::vector<float> probs(static_cast<size_t>(reader->block_rows() * info.vocab));
   std::vector<Status> row_status;
   int64_t failed = 0;
-  const Status read = for_each_block(*reader, progress, [&](const LogitsView& block, int64_t at) {
-    for (int64_t i0 = 0; i0 < block.rows; i0 += run_rows) {
-      const LogitsView view = rows_of(block, i0, std::min(run_rows, block.rows - i0));
-      const int64_t first = at + i0;
-      row_status.assign(static_cast<size_t>(view.rows), Status());
-      Status s = engine.probs(view, table->requests(first, view.rows), probs.data(), info.vocab,
-                              row_status);
-      if (!s.ok()) return s;
-      for (int64_t i = 0; i < view.rows; ++i) {
-        const Status& rs = row_status[static_cast<size_t>(i)];
-        if (rs.ok()) continue;
-        ++failed;
-        // The engine promises zeros here; the buffer is reused across blocks,
-        // so make sure no earlier block's row shows through.
-        std::fill_n(probs.begin() + i * info.vocab, info.vocab, 0.0f);
-        progress.finish();
-        print_error(row_error_message(rs, i, first));
-      }
-      if (Status w = writer->write_rows(probs.data(), view.rows); !w.ok()) return w;
-    }
-    return Status();
-  });
+  // (a run of rows: a request and a status each)
+  const Status read = for_each_run(
+      *reader, c.input, progress, [](int64_t) { return int64_t{512}; },
+      [&](const LogitsView& view, int64_t first) {
+        row_status.assign(static_cast<size_t>(view.rows), Status());
+        Status s = engine.probs(view, table->requests(first, view.rows), probs.data(), info.vocab,
+                                row_status);
+        if (!s.ok()) return s;
+        for (int64_t i = 0; i < view.rows; ++i) {
+          const Status& rs = row_status[static_cast<size_t>(i)];
+          if (rs.ok()) continue;
+          ++failed;
+          // The engine promises zeros here; the buffer is reused across
+          // blocks, so make sure no earlier block's row shows through.
+          std::fill_n(probs.begin() + i * info.vocab, info.vocab, 0.0f);
+          progress.finish();
+          print_error(row_error_message(rs, i, first));
+        }
+        return writer->write_rows(probs.data(), view.rows);
+      });
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;

@@ -131,11 +131,7 @@ int64_t result_bytes(const SamplingParams& p) {
 }
 
 int run_sample(const SampleCommand& c) {
-  // A quarter of --block-mb holds the results and text of the rows sampled
-  // at once: a block of many short rows, or many draws with long top-N
-  // lists, is sampled a run of rows at a time that fits it.
-  const int64_t reserved = (c.input.block_mb << 20) / 4;
-  Result<DumpReader> reader = open_input(c.input, 0, reserved);
+  Result<DumpReader> reader = open_input(c.input, 0);
   if (!reader.ok()) {
     print_error(reader.status().message());
     return kExitFailure;
@@ -165,33 +161,24 @@ int run_sample(const SampleCommand& c) {
   std::vector<RowResult> results;
   std::string text;
   int64_t failed = 0;
-  const Status read =
-      for_each_block(*reader, progress, [&](const LogitsView& block, int64_t first) {
-        for (int64_t i0 = 0; i0 < block.rows;) {
-          int64_t i1 = i0 + 1;
-          int64_t bytes = result_bytes(table->params(first + i0));
-          while (i1 < block.rows && bytes + result_bytes(table->params(first + i1)) <= reserved) {
-            bytes += result_bytes(table->params(first + i1++));
+  const Status read = for_each_run(
+      *reader, c.input, progress, [&](int64_t row) { return result_bytes(table->params(row)); },
+      [&](const LogitsView& view, int64_t first) {
+        results.resize(static_cast<size_t>(view.rows));
+        std::span<const RowRequest> requests = table->requests(first, view.rows);
+        if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
+        text.clear();
+        for (int64_t i = 0; i < view.rows; ++i) {
+          const RowResult& r = results[static_cast<size_t>(i)];
+          if (!r.status.ok()) ++failed;
+          const int32_t top_n = requests[static_cast<size_t>(i)].params.top_logprobs;
+          if (csv) {
+            append_csv(first + i, r, top_n, i, &text);
+          } else {
+            append_json(first + i, r, top_n, i, &text);
           }
-          const LogitsView view = rows_of(block, i0, i1 - i0);
-          results.resize(static_cast<size_t>(view.rows));
-          std::span<const RowRequest> requests = table->requests(first + i0, view.rows);
-          if (Status s = engine.sample(view, requests, results); !s.ok()) return s;
-          text.clear();
-          for (int64_t i = 0; i < view.rows; ++i) {
-            const RowResult& r = results[static_cast<size_t>(i)];
-            if (!r.status.ok()) ++failed;
-            const int32_t top_n = requests[static_cast<size_t>(i)].params.top_logprobs;
-            if (csv) {
-              append_csv(first + i0 + i, r, top_n, i, &text);
-            } else {
-              append_json(first + i0 + i, r, top_n, i, &text);
-            }
-          }
-          if (Status s = out->write(text); !s.ok()) return s;
-          i0 = i1;
         }
-        return Status();
+        return out->write(text);
       });
   if (!read.ok()) {
     print_error(read.message());
