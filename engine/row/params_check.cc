@@ -10,10 +10,6 @@ namespace {
 
 constexpr int32_t kMaxSamples = 1 << 20;
 
-std::string where(int64_t row) {
-  return row < 0 ? std::string("shared request") : "row " + std::to_string(row);
-}
-
 template <typename T>
 std::string show(T value) {
   std::ostringstream out;
@@ -22,13 +18,19 @@ std::string show(T value) {
   return out.str();
 }
 
-Status bad(int64_t row, const std::string& field, const std::string& value,
-           const std::string& why) {
-  return Status::invalid_argument(where(row) + ": " + field + " = " + value + " " + why);
+FieldError bad(std::string_view field, std::string value, std::string why, std::string index = {}) {
+  return FieldError{field, std::move(index), std::move(value), std::move(why)};
 }
 
-Status check_tokens(std::span<const int32_t> tokens, int64_t row, const char* field,
-                    int64_t vocab) {
+// "[i]" (built by appends: GCC 12 warns falsely on "[" + std::string)
+std::string subscript(size_t i) {
+  std::string s(1, '[');
+  s.append(std::to_string(i)).push_back(']');
+  return s;
+}
+
+std::optional<FieldError> check_tokens(std::span<const int32_t> tokens, std::string_view field,
+                                       int64_t vocab) {
   // One branch-free sweep (it vectorises) for the common case; the position
   // of a bad id is looked for only when there is one.
   // (one unsigned 32-bit compare per id: a negative id wraps past any vocab)
@@ -36,14 +38,14 @@ Status check_tokens(std::span<const int32_t> tokens, int64_t row, const char* fi
   const auto limit = static_cast<uint32_t>(std::min<int64_t>(vocab, int64_t{1} << 31));
   for (const int32_t t : tokens)
     any_bad |= static_cast<uint32_t>(static_cast<uint32_t>(t) >= limit);
-  if (any_bad == 0) return Status();
+  if (any_bad == 0) return std::nullopt;
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab) {
-      return bad(row, std::string(field) + "[" + std::to_string(i) + "]", show(tokens[i]),
-                 "is outside [0, " + std::to_string(vocab) + ")");
+      return bad(field, show(tokens[i]), "is outside [0, " + std::to_string(vocab) + ")",
+                 subscript(i));
     }
   }
-  return Status();
+  return std::nullopt;
 }
 
 }  // namespace
@@ -83,74 +85,85 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
   return Status();
 }
 
-Status check_request(const RowRequest& r, int64_t row, int64_t vocab) {
+std::optional<FieldError> find_request_error(const RowRequest& r, int64_t vocab) {
   const SamplingParams& p = r.params;
   if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
-    return bad(row, "temperature", show(p.temperature), "must be finite and >= 0");
+    return bad("temperature", show(p.temperature), "must be finite and >= 0");
   }
-  if (p.top_k < -1) return bad(row, "top_k", show(p.top_k), "must be >= -1 (0 or -1 = off)");
+  if (p.top_k < -1) return bad("top_k", show(p.top_k), "must be >= -1 (0 or -1 = off)");
   if (!(p.top_p >= 0.0f && p.top_p <= 1.0f)) {
-    return bad(row, "top_p", show(p.top_p), "is outside [0, 1]");
+    return bad("top_p", show(p.top_p), "is outside [0, 1]");
   }
   if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) {
-    return bad(row, "min_p", show(p.min_p), "is outside [0, 1]");
+    return bad("min_p", show(p.min_p), "is outside [0, 1]");
   }
   if (!(p.typical_p > 0.0f && p.typical_p <= 1.0f)) {
-    return bad(row, "typical_p", show(p.typical_p), "is outside (0, 1]");
+    return bad("typical_p", show(p.typical_p), "is outside (0, 1]");
   }
   if (std::isnan(p.top_n_sigma) || p.top_n_sigma == INFINITY) {
-    return bad(row, "top_n_sigma", show(p.top_n_sigma), "must be finite or -inf (<= 0 = off)");
+    return bad("top_n_sigma", show(p.top_n_sigma), "must be finite or -inf (<= 0 = off)");
   }
-  if (p.min_keep < 1) return bad(row, "min_keep", show(p.min_keep), "must be >= 1");
+  if (p.min_keep < 1) return bad("min_keep", show(p.min_keep), "must be >= 1");
   if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) {
-    return bad(row, "repetition_penalty", show(p.repetition_penalty), "must be finite and > 0");
+    return bad("repetition_penalty", show(p.repetition_penalty), "must be finite and > 0");
   }
   if (!std::isfinite(p.frequency_penalty)) {
-    return bad(row, "frequency_penalty", show(p.frequency_penalty), "must be finite");
+    return bad("frequency_penalty", show(p.frequency_penalty), "must be finite");
   }
   if (!std::isfinite(p.presence_penalty)) {
-    return bad(row, "presence_penalty", show(p.presence_penalty), "must be finite");
+    return bad("presence_penalty", show(p.presence_penalty), "must be finite");
   }
   // Each sample costs a few words of output; the cap keeps a typo from asking
   // for gigabytes (vLLM's n is small too).
   if (p.num_samples < 1 || p.num_samples > kMaxSamples) {
-    return bad(row, "num_samples", show(p.num_samples),
+    return bad("num_samples", show(p.num_samples),
                "is outside [1, " + std::to_string(kMaxSamples) + "]");
   }
   if (p.top_logprobs < 0 || p.top_logprobs > vocab) {
-    return bad(row, "top_logprobs", show(p.top_logprobs),
+    return bad("top_logprobs", show(p.top_logprobs),
                "is outside [0, vocab = " + std::to_string(vocab) + "]");
   }
   if (p.preset != Preset::kHF && p.preset != Preset::kVLLM && p.preset != Preset::kLlamaCpp) {
-    return bad(row, "preset", show(static_cast<int>(p.preset)), "is unknown");
+    return bad("preset", show(static_cast<int>(p.preset)), "is unknown");
   }
   if (p.logprobs_mode != LogprobsMode::kProcessed && p.logprobs_mode != LogprobsMode::kRaw) {
-    return bad(row, "logprobs_mode", show(static_cast<int>(p.logprobs_mode)), "is unknown");
+    return bad("logprobs_mode", show(static_cast<int>(p.logprobs_mode)), "is unknown");
   }
-  if (Status s = check_tokens(r.prompt_tokens, row, "prompt_tokens", vocab); !s.ok()) return s;
-  if (Status s = check_tokens(r.generated_tokens, row, "generated_tokens", vocab); !s.ok()) {
-    return s;
-  }
-  if (Status s = check_tokens(r.banned_tokens, row, "banned_tokens", vocab); !s.ok()) return s;
+  if (auto e = check_tokens(r.prompt_tokens, "prompt_tokens", vocab)) return e;
+  if (auto e = check_tokens(r.generated_tokens, "generated_tokens", vocab)) return e;
+  if (auto e = check_tokens(r.banned_tokens, "banned_tokens", vocab)) return e;
   for (size_t i = 0; i < r.logit_bias.size(); ++i) {
     const TokenBias& b = r.logit_bias[i];
-    const std::string field = "logit_bias[" + std::to_string(i) + "]";
+    const std::string item = subscript(i);
     if (b.token < 0 || b.token >= vocab) {
-      return bad(row, field + ".token", show(b.token),
-                 "is outside [0, " + std::to_string(vocab) + ")");
+      return bad("logit_bias", show(b.token), "is outside [0, " + std::to_string(vocab) + ")",
+                 item + ".token");
     }
     if (std::isnan(b.bias) || b.bias == INFINITY) {
-      return bad(row, field + ".bias", show(b.bias), "must be finite or -inf");
+      return bad("logit_bias", show(b.bias), "must be finite or -inf", item + ".bias");
     }
   }
   if (!r.allowed_mask.empty()) {
     const int64_t words = (vocab + 31) / 32;
     if (static_cast<int64_t>(r.allowed_mask.size()) != words) {
-      return bad(row, "allowed_mask", std::to_string(r.allowed_mask.size()) + " words",
+      return bad("allowed_mask", std::to_string(r.allowed_mask.size()) + " words",
                  "must hold ceil(vocab / 32) = " + std::to_string(words) + " words");
     }
   }
-  return Status();
+  return std::nullopt;
+}
+
+Status field_status(std::string prefix, std::string_view field, const FieldError& e) {
+  prefix.append(field).append(e.index).append(" = ").append(e.value).append(" ");
+  return Status::invalid_argument(prefix + e.reason);
+}
+
+Status check_request(const RowRequest& r, int64_t row, int64_t vocab) {
+  const std::optional<FieldError> e = find_request_error(r, vocab);
+  if (!e) return Status();
+  return field_status(
+      row < 0 ? std::string("shared request: ") : "row " + std::to_string(row) + ": ", e->field,
+      *e);
 }
 
 }  // namespace nucleus::detail

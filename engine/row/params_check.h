@@ -2,7 +2,10 @@
 // found before any row is touched, so a call error writes nothing.
 #pragma once
 
+#include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 
 #include "nucleus/sampling.h"
 #include "nucleus/status.h"
@@ -14,8 +17,26 @@ namespace nucleus::detail {
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
                   int64_t results_size);
 
-// Checks one request against the vocabulary. `row` < 0 means the request is
-// shared by every row.
+// What is wrong with a request, field by field, so that each interface can
+// spell the field as its users typed it ("--top-p", "n") without reading text
+// back out of a message.
+struct FieldError {
+  std::string_view field;  // the RowRequest/SamplingParams name: "top_p", "generated_tokens"
+  std::string index;       // "", "[3]" or "[0].token"
+  std::string value;       // as shown in the message
+  std::string reason;      // "is outside [0, 1]"
+};
+
+// The first field of `request` that is invalid for `vocab`, if any.
+std::optional<FieldError> find_request_error(const RowRequest& request, int64_t vocab);
+
+// "<prefix><field><index> = <value> <reason>", with `field` spelled as given
+// ("row 3: " + "top_p", "option " + "--top-p").
+Status field_status(std::string prefix, std::string_view field, const FieldError& error);
+
+// Checks one request against the vocabulary; the message names the row ("row
+// 3", or "shared request" when `row` < 0, the request of every row) and the
+// field by its C++ name.
 Status check_request(const RowRequest& request, int64_t row, int64_t vocab);
 
 }  // namespace nucleus::detail

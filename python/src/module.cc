@@ -22,35 +22,13 @@ namespace nucleus::python {
 namespace py = pybind11;
 namespace {
 
-// The engine's message with its field names spelled as this module's
-// keywords ("row 0: num_samples = 0 ..." for n=0 reads "row 0: n = 0 ..."):
-// a field name is replaced where it follows the start or ": " and is
-// followed by " =" or "[".
-std::string with_keywords(std::string m) {
-  static constexpr std::pair<std::string_view, std::string_view> kNames[] = {
-      {"num_samples", "n"},
-      {"top_logprobs", "logprobs"},
-      {"generated_tokens", "history"},
-      {"prompt_tokens", "prompt"},
-      {"banned_tokens", "banned"}};
-  for (const auto& [field, keyword] : kNames) {
-    for (size_t at = m.find(field); at != std::string::npos; at = m.find(field, at + 1)) {
-      const bool starts = at == 0 || (at >= 2 && m.compare(at - 2, 2, ": ") == 0);
-      const size_t end = at + field.size();
-      const bool ends = m.compare(end, 2, " =") == 0 || m.compare(end, 1, "[") == 0;
-      if (starts && ends) m.replace(at, field.size(), keyword);
-    }
-  }
-  return m;
-}
-
 [[noreturn]] void throw_status(const Status& status) {
   PyObject* type = PyExc_RuntimeError;
   if (status.code() == StatusCode::kInvalidArgument) type = PyExc_ValueError;
   if (status.code() == StatusCode::kIoError) type = PyExc_OSError;
   // A message may quote bytes of a malformed file that are not UTF-8: show
   // them escaped rather than lose the message.
-  const std::string m = with_keywords(status.message());
+  const std::string& m = status.message();
   PyObject* text =
       PyUnicode_DecodeUTF8(m.data(), static_cast<Py_ssize_t>(m.size()), "backslashreplace");
   if (text == nullptr) throw py::error_already_set();

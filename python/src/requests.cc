@@ -5,6 +5,10 @@
 #include <climits>
 #include <cmath>
 #include <string>
+#include <string_view>
+#include <utility>
+
+#include "engine/row/params_check.h"
 
 namespace nucleus::python {
 namespace py = pybind11;
@@ -215,6 +219,20 @@ std::vector<int32_t> to_tokens(py::handle v, const std::string& where) {
     out.push_back(to_int32(list[i], where + "[" + std::to_string(i) + "]"));
   }
   return out;
+}
+
+// The keyword a request field is set by ("num_samples" is n).
+std::string_view keyword_of(std::string_view field) {
+  static constexpr std::pair<std::string_view, std::string_view> kNames[] = {
+      {"num_samples", "n"},
+      {"top_logprobs", "logprobs"},
+      {"generated_tokens", "history"},
+      {"prompt_tokens", "prompt"},
+      {"banned_tokens", "banned"}};
+  for (const auto& [from, to] : kNames) {
+    if (field == from) return to;
+  }
+  return field;
 }
 
 }  // namespace
@@ -550,10 +568,17 @@ RequestTable RequestTable::from_kwargs(const py::dict& kwargs, int64_t rows, int
                       [&](int64_t r, int32_t x) { params(r).top_logprobs = x; });
     for_rows<LogprobsMode>("logprobs_mode", arg("logprobs_mode"), rows, to_logprobs_mode,
                            [&](int64_t r, LogprobsMode x) { params(r).logprobs_mode = x; });
-    for (const RowRequest& req : table.requests_) {
-      table.max_samples_ = std::max(table.max_samples_, req.params.num_samples);
-      table.max_top_logprobs_ = std::max(table.max_top_logprobs_, req.params.top_logprobs);
+  }
+  // The engine would refuse the same requests; checked here so that the
+  // message names this module's keywords ("n", not num_samples).
+  for (size_t r = 0; r < table.requests_.size(); ++r) {
+    const RowRequest& req = table.requests_[r];
+    if (auto e = detail::find_request_error(req, vocab)) {
+      const std::string prefix = "row " + std::to_string(r) + ": ";
+      throw py::value_error(detail::field_status(prefix, keyword_of(e->field), *e).message());
     }
+    table.max_samples_ = std::max(table.max_samples_, req.params.num_samples);
+    table.max_top_logprobs_ = std::max(table.max_top_logprobs_, req.params.top_logprobs);
   }
   return table;
 }

@@ -26,8 +26,8 @@ class RequestTable {
   // Parses `kwargs` for a batch of `rows` rows of `vocab` tokens. Throws
   // TypeError for an unknown keyword or a value of the wrong type, and
   // ValueError for a per-row value whose length is not `rows` or a number
-  // that does not fit its field. Range checks are left to the engine, whose
-  // messages name the row, the field and the value.
+  // that does not fit its field, or a request the engine would refuse (the
+  // engine's own check, its message naming the row, the keyword and the value).
   static RequestTable from_kwargs(const pybind11::dict& kwargs, int64_t rows, int64_t vocab,
                                   CallKind kind, const char* function);
 

@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -151,29 +150,17 @@ Status to_mask_words(const std::string& where, const Json& v, std::vector<int32_
   return Status();
 }
 
-// "shared request: top_p = 1.5 ..." becomes "option --top-p = 1.5 ...": the
-// engine names request fields, the user typed options.
-std::string as_option_message(const std::string& message) {
-  const std::string prefix = "shared request: ";
-  if (message.rfind(prefix, 0) != 0) return message;
-  const std::string rest = message.substr(prefix.size());
-  const size_t eq = rest.find(" = ");
-  if (eq == std::string::npos) return rest;
-  const std::string field = rest.substr(0, eq);
-  const size_t bracket = field.find('[');
-  std::string name = field.substr(0, bracket);
-  static const std::map<std::string, std::string> kRenamed = {
-      {"top_logprobs", "logprobs"},
-      {"generated_tokens", "history"},
-      {"banned_tokens", "banned"},
-  };
-  if (auto it = kRenamed.find(name); it != kRenamed.end()) {
-    name = it->second;
-  } else {
-    for (char& c : name) c = c == '_' ? '-' : c;
+// The option a request field comes from ("top_p" is --top-p): the engine's
+// checks name fields, the user typed options.
+std::string option_name(std::string_view field) {
+  static constexpr std::pair<std::string_view, std::string_view> kRenamed[] = {
+      {"top_logprobs", "logprobs"}, {"generated_tokens", "history"}, {"banned_tokens", "banned"}};
+  for (const auto& [from, to] : kRenamed) {
+    if (field == from) return "--" + std::string(to);
   }
-  const std::string index = bracket == std::string::npos ? "" : field.substr(bracket);
-  return "option --" + name + index + rest.substr(eq);
+  std::string name = "--" + std::string(field);
+  for (char& c : name) c = c == '_' ? '-' : c;
+  return name;
 }
 
 Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBias>* out) {
@@ -314,8 +301,8 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
   base.banned_tokens = o.banned;
   if (Status s = parse_cli_bias(o.logit_bias, &base.logit_bias); !s.ok()) return s;
   if (o.seed_option != nullptr && o.seed_option->count() > 0) table.seed_base_ = o.seed;
-  if (Status s = detail::check_request(table.request_of(base, -1), -1, vocab); !s.ok()) {
-    return Status::invalid_argument(as_option_message(s.message()));
+  if (auto e = detail::find_request_error(table.request_of(base, -1), vocab)) {
+    return detail::field_status("option ", option_name(e->field), *e);
   }
   if (o.params_file.empty()) return table;
 
