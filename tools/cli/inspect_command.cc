@@ -55,12 +55,12 @@ float logit_at(const LogitsView& view, int64_t row, int64_t token) {
 }
 
 // Runs the engine over one block and fills one summary per row.
-Status summarise_block(Engine& engine, const LogitsView& view, int top_n, int64_t first,
-                       std::vector<float>& probs, std::vector<RowSummary>* out) {
+Status summarise_block(Engine& engine, const LogitsView& view, int top_n, std::vector<float>& probs,
+                       std::vector<RowSummary>* out) {
   const auto rows = static_cast<size_t>(view.rows);
   out->assign(rows, RowSummary());
   auto fail_row = [&](size_t i, const Status& s) {
-    if ((*out)[i].status.ok()) (*out)[i].status = Status::row_error(row_error_message(s, i, first));
+    if ((*out)[i].status.ok()) (*out)[i].status = Status::row_error(row_error_text(s, i));
   };
 
   // The untouched distribution, for the entropy.
@@ -223,7 +223,7 @@ int run_inspect(const InspectCommand& c) {
   const Status read = for_each_run(
       *reader, c.input, progress, [&](int64_t) { return summary_bytes; },
       [&](const LogitsView& view, int64_t first) {
-        if (Status s = summarise_block(engine, view, top_n, first, probs, &summaries); !s.ok()) {
+        if (Status s = summarise_block(engine, view, top_n, probs, &summaries); !s.ok()) {
           return s;
         }
         for (int64_t i = 0; i < view.rows; ++i) {
@@ -252,7 +252,14 @@ int run_inspect(const InspectCommand& c) {
     print_error("standard output: cannot write");
     return kExitFailure;
   }
-  return failed > 0 ? kExitRowErrors : kExitOk;
+  if (failed > 0) {
+    if (!c.quiet) {
+      print_error(std::to_string(failed) + " of " + std::to_string(info.rows) +
+                  " rows could not be summarised; their entries hold the error");
+    }
+    return kExitRowErrors;
+  }
+  return kExitOk;
 }
 
 }  // namespace nucleus::cli
