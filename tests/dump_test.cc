@@ -557,7 +557,7 @@ TEST(DumpNpyWriter, WritesRowsAndRenamesOnCommit) {
   ASSERT_EQ(::stat((dir / "out.npy").c_str(), &st), 0);
   const mode_t mask = ::umask(0);
   ::umask(mask);
-  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask) << "mkstemp's 0600 should have become the usual mode";
+  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask) << "a new file gets the mode a plain create gives";
   Result<DumpReader> reader = DumpReader::open(dir / "out.npy");
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   ExpectRows(*reader, values, DType::kFloat32);
@@ -651,6 +651,14 @@ TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
   EXPECT_EQ(ReadBytes(out), "new");
   EXPECT_EQ(fs::status(out).permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  // Not its set-user-ID bit: a write by anyone but root clears it.
+  ASSERT_EQ(::chmod(out.c_str(), 04750), 0);
+  Result<detail::AtomicFile> again = detail::AtomicFile::create(out.string());
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  ASSERT_TRUE(again->commit().ok());
+  struct stat st;
+  ASSERT_EQ(::stat(out.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
   // A file this user may not write is refused, as `>` would refuse it (root
   // may write anything).
   fs::permissions(out, fs::perms::owner_read);
@@ -660,6 +668,18 @@ TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
     EXPECT_NE(refused.status().message().find("cannot write"), std::string::npos);
     EXPECT_EQ(ReadBytes(out), "new");
   }
+}
+
+TEST(DumpAtomicFile, ANewFileGetsTheUmasksMode) {
+  const fs::path dir = TestDir();
+  const mode_t before = ::umask(027);
+  Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / "new.txt").string());
+  ::umask(before);
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  ASSERT_TRUE(file->commit().ok());
+  struct stat st;
+  ASSERT_EQ(::stat((dir / "new.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
 }
 
 TEST(DumpNames, ParseAndPrint) {

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <utility>
 
 namespace nucleus::detail {
@@ -175,23 +176,29 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
   if (replacing && ::access(target.c_str(), W_OK) != 0) {
     return Status::io_error(path + ": cannot write: " + errno_text(errno));
   }
-  std::string temp = parent_directory(target) + "/." + base_name(target) + ".tmp-XXXXXX";
-  const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
+  // The temporary file is created with the mode a plain create would give
+  // (0666 less the umask, applied by the kernel: reading the umask means
+  // setting it, which would race with other threads creating files).
+  const std::string stem = parent_directory(target) + "/." + base_name(target) + ".tmp-";
+  std::random_device entropy;
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    char suffix[17];
+    std::snprintf(suffix, sizeof suffix, "%08x%08x", entropy(), entropy());
+    temp = stem + suffix;
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) {
     return Status::io_error(path + ": cannot create a temporary file in '" +
                             parent_directory(target) + "': " + errno_text(errno));
   }
   file.fd_ = fd;
   file.temp_path_ = temp;
-  // mkstemp creates the file 0600; give it the replaced file's mode, or the
-  // mode a plain create would.
-  if (replacing) {
-    ::fchmod(fd, old.st_mode & 07777);
-  } else {
-    const mode_t mask = ::umask(0);
-    ::umask(mask);
-    ::fchmod(fd, 0666 & ~mask);
-  }
+  // A replaced file's permission bits are kept (not its set-user-ID,
+  // set-group-ID or sticky bits, which a write by another user clears).
+  if (replacing) ::fchmod(fd, old.st_mode & 0777);
   return file;
 }
 
