@@ -973,7 +973,7 @@ TEST(CApiDump, ReadsRawBlocksThatSampleLikeTheWholeBatch) {
   EXPECT_EQ(info.vocab, vocab);
   EXPECT_EQ(info.block_rows, 3);
   EXPECT_EQ(info.num_blocks, 3);
-  EXPECT_EQ(info.memory_mapped, 1);
+  EXPECT_EQ(info.streamed, 1);
 
   // The whole batch at once, for comparison.
   nucleus_row_request req = KindRequest(1, 77);

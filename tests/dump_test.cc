@@ -212,7 +212,7 @@ TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
     EXPECT_EQ(reader->info().rows, rows);
     EXPECT_EQ(reader->info().vocab, vocab);
     EXPECT_EQ(reader->info().dtype, GetParam().dtype);
-    EXPECT_TRUE(reader->info().memory_mapped);
+    EXPECT_TRUE(reader->info().streamed);
     ExpectRows(*reader, values, GetParam().dtype);
   }
 }
@@ -344,6 +344,15 @@ TEST(DumpSafetensors, PicksTheTensorByName) {
   options.tensor = "c";
   ExpectError(DumpReader::open(dir / "two.safetensors", options),
               {"two.safetensors", "tensor = 'c'", "'a', 'b'"});
+}
+
+TEST(DumpOptionsCheck, ANegativeVocabIsRefusedWhateverTheFormat) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(2 * 3, 5);
+  ASSERT_TRUE(detail::write_dump(dir / "v.npy", values.data(), 2, 3, {}).ok());
+  DumpOptions options;
+  options.vocab = -3;  // (0 means not given)
+  ExpectError(DumpReader::open(dir / "v.npy", options), {"v.npy", "vocab = -3 must be > 0"});
 }
 
 TEST(DumpSafetensors, UnalignedDataIsCopiedToAlignedMemory) {
@@ -483,7 +492,7 @@ TEST(DumpFromBytes, SniffsNumPyAndFallsBackToRaw) {
       DumpReader::from_bytes("<pipe>", std::vector<unsigned char>(npy.begin(), npy.end()));
   ASSERT_TRUE(a.ok()) << a.status().message();
   EXPECT_EQ(a->info().format, DumpFormat::kNpy);
-  EXPECT_FALSE(a->info().memory_mapped);
+  EXPECT_FALSE(a->info().streamed);
   ExpectRows(*a, values, DType::kFloat32);
 
   const std::string raw = FloatBytes(values);
@@ -536,10 +545,19 @@ TEST(DumpBlocks, RefuseAFileThatShrankAfterOpening) {
   options.block_bytes = 1024 * 4;
   Result<DumpReader> reader = DumpReader::open(dir / "a.npy", options);
   ASSERT_TRUE(reader.ok());
+  // A block read before the file shrinks stays readable (a mapped block
+  // would fault with SIGBUS on its lost pages); the next is refused.
+  Result<LogitsView> first = reader->block(1);
+  ASSERT_TRUE(first.ok()) << first.status().message();
   fs::resize_file(dir / "a.npy", 2048);
+  const auto* kept = static_cast<const float*>(first->data);
+  EXPECT_TRUE(std::equal(kept, kept + 1024, values.begin() + 1024));
   Result<LogitsView> view = reader->block(3);
   ASSERT_FALSE(view.ok());
-  EXPECT_NE(view.status().message().find("shrank"), std::string::npos);
+  EXPECT_NE(view.status().message().find("a.npy: truncated: the file shrank to 2048 bytes while "
+                                         "it was being read"),
+            std::string::npos)
+      << view.status().message();
 }
 
 TEST(DumpNpyWriter, WritesRowsAndRenamesOnCommit) {

@@ -257,7 +257,12 @@ TEST(VerifyTest, GreedyRowsAcceptExactlyTheArgmax) {
       grown.push_back(argmax);
     }
     const LogitsView view{s.target.data(), k + 1, kVocab, kVocab, DType::kFloat32};
-    for (const float* q : std::array<const float*, 2>{s.draft.data(), nullptr}) {
+    // ... whatever the drafter's probabilities, even none on the draft (vLLM's
+    // greedy path does not look at them).
+    std::vector<float> none_on_drafts = s.draft;
+    for (int64_t i = 0; i < k; ++i) none_on_drafts[i * kVocab + drafts[i]] = 0.0f;
+    for (const float* q :
+         std::array<const float*, 3>{s.draft.data(), nullptr, none_on_drafts.data()}) {
       ASSERT_TRUE(engine.verify(view, k, drafts, q, std::span(&req, 1), results).ok());
       const VerifyResult& r = results[0];
       ASSERT_TRUE(r.status.ok()) << r.status.to_string();

@@ -642,7 +642,7 @@ nucleus_status nucleus_dump_get_info(const nucleus_dump* dump, nucleus_dump_info
     info->vocab = i.vocab;
     info->block_rows = dump->reader.block_rows();
     info->num_blocks = dump->reader.num_blocks();
-    info->memory_mapped = i.memory_mapped ? 1 : 0;
+    info->streamed = i.streamed ? 1 : 0;
     return succeed();
   });
 }

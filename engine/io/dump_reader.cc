@@ -1,6 +1,5 @@
-// DumpReader: validates a dump's header against its size, then maps it one
+// DumpReader: validates a dump's header against its size, then reads it one
 // block of rows at a time.
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <utility>
 
 #include "engine/io/file_io.h"
@@ -153,23 +153,15 @@ struct DumpReaderState {
   explicit DumpReaderState(ByteSource s) : source(std::move(s)) {}
   DumpReaderState(const DumpReaderState&) = delete;
   DumpReaderState& operator=(const DumpReaderState&) = delete;
-  ~DumpReaderState() { release(); }
-
-  void release() {
-    if (map != nullptr) ::munmap(map, map_len);
-    map = nullptr;
-    map_len = 0;
-  }
 
   ByteSource source;
   DumpInfo info;
   int64_t row_bytes = 0;
   int64_t block_rows = 1;
-  void* map = nullptr;
-  size_t map_len = 0;
-  // Holds a block whose first byte is not aligned for its dtype (possible in
-  // .safetensors files, whose data offsets need not be aligned).
-  std::vector<float> aligned_copy;
+  // The block last read from a file, or a copy of one held in memory whose
+  // first byte is not aligned for its dtype (.safetensors data offsets need
+  // not be aligned). Floats: aligned for every dtype.
+  std::vector<float> block;
 };
 
 }  // namespace detail
@@ -184,7 +176,7 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
                 DumpInfo* info) {
   const std::string& name = source.name();
   info->path = path;
-  info->memory_mapped = source.is_file();
+  info->streamed = source.is_file();
   info->format = options.format;
   if (info->format == DumpFormat::kAuto) {
     Result<DumpFormat> format = detect_format(path, source, options);
@@ -265,6 +257,10 @@ Status init_state(const std::string& path, const DumpOptions& options,
                                     " must be > 0");
   }
   const std::string& name = state.source.name();
+  if (options.vocab < 0) {
+    return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
+                                    " must be > 0");
+  }
   if (Status s = describe(path, options, state.source, &state.info); !s.ok()) return s;
   const DumpInfo& info = state.info;
   if (!options.tensor.empty() && info.format != DumpFormat::kSafetensors) {
@@ -337,46 +333,33 @@ Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
                                     std::to_string(first) + " are outside the dump's rows [0, " +
                                     std::to_string(m.info.rows) + ")");
   }
-  m.release();
   const int64_t begin = m.info.data_offset + first * m.row_bytes;
   const int64_t length = count * m.row_bytes;
   const unsigned char* data = nullptr;
-  if (!m.source.is_file()) {
-    data = m.source.bytes() + begin;
-  } else {
-    // A file that shrank since it was opened would fault (SIGBUS) on access
-    // to the missing pages; check before mapping.
-    struct stat st;
-    if (::fstat(m.source.fd(), &st) != 0) {
-      return Status::io_error(name + ": cannot stat: " + detail::errno_text(errno));
-    }
-    if (static_cast<int64_t>(st.st_size) < begin + length) {
-      return Status::io_error(name + ": truncated: the file shrank to " +
-                              std::to_string(st.st_size) + " bytes while it was being read");
-    }
-    static const int64_t page = ::sysconf(_SC_PAGESIZE);
-    const int64_t map_begin = begin / page * page;
-    const auto map_len = static_cast<size_t>(begin + length - map_begin);
-    void* map = ::mmap(nullptr, map_len, PROT_READ, MAP_PRIVATE, m.source.fd(),
-                       static_cast<off_t>(map_begin));
-    if (map == MAP_FAILED) {
-      return Status::io_error(name + ": cannot map rows [" + std::to_string(first) + ", " +
-                              std::to_string(first + count) + ") (" + std::to_string(map_len) +
-                              " bytes): " + detail::errno_text(errno));
-    }
-    // Each block is read once, front to back: read ahead aggressively.
-    ::madvise(map, map_len, MADV_SEQUENTIAL);
-    ::madvise(map, map_len, MADV_WILLNEED);
-    m.map = map;
-    m.map_len = map_len;
-    data = static_cast<const unsigned char*>(map) + (begin - map_begin);
-  }
   const auto item = static_cast<uintptr_t>(dtype_size(m.info.dtype));
-  if (reinterpret_cast<uintptr_t>(data) % item != 0) {
-    m.aligned_copy.resize(static_cast<size_t>((length + 3) / 4));
-    std::memcpy(m.aligned_copy.data(), data, static_cast<size_t>(length));
-    data = reinterpret_cast<const unsigned char*>(m.aligned_copy.data());
-    m.release();
+  auto hold = [&]() -> Status {
+    try {
+      m.block.resize(static_cast<size_t>((length + 3) / 4));
+    } catch (const std::bad_alloc&) {
+      return Status::io_error(name + ": cannot hold rows [" + std::to_string(first) + ", " +
+                              std::to_string(first + count) + ") (" + std::to_string(length) +
+                              " bytes) in memory");
+    }
+    return Status();
+  };
+  if (m.source.is_file()) {
+    // Read, not mapped: a mapped file that shrinks under the reader (another
+    // program truncating it) kills the process with SIGBUS on the next touch
+    // of a lost page, wherever in the engine that is; a read reports it.
+    if (Status s = hold(); !s.ok()) return s;
+    if (Status s = m.source.read_at(begin, length, m.block.data()); !s.ok()) return s;
+    data = reinterpret_cast<const unsigned char*>(m.block.data());
+  } else if (reinterpret_cast<uintptr_t>(m.source.bytes() + begin) % item != 0) {
+    if (Status s = hold(); !s.ok()) return s;
+    std::memcpy(m.block.data(), m.source.bytes() + begin, static_cast<size_t>(length));
+    data = reinterpret_cast<const unsigned char*>(m.block.data());
+  } else {
+    data = m.source.bytes() + begin;
   }
   LogitsView view;
   view.data = data;

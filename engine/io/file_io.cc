@@ -142,8 +142,11 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
                               errno_text(errno));
     }
     if (got == 0) {
-      return Status::io_error(name_ + ": truncated: the file ended at offset " +
-                              std::to_string(offset) + " while it was being read");
+      struct stat st;
+      const std::string now = ::fstat(fd_, &st) == 0 ? std::to_string(st.st_size) + " bytes"
+                                                     : "before byte " + std::to_string(offset);
+      return Status::io_error(name_ + ": truncated: the file shrank to " + now +
+                              " while it was being read");
     }
     dst += got;
     offset += got;

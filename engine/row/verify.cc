@@ -72,9 +72,12 @@ void verify_row(std::span<const RowInput> positions, std::span<const int32_t> dr
     const double px = p[x];
     // Accept with probability min(1, p(x) / q(x)); a token the target rules
     // out is never accepted, nor one the drafter gave no probability (it
-    // cannot have drawn it; vLLM's rejection sampler rejects it too).
+    // cannot have drawn it; vLLM's rejection sampler rejects it too). A
+    // greedy row accepts the argmax whatever q says, as vLLM's greedy path
+    // does (its target is one-hot: px > 0 only there).
     const double u = philox_uniform(seed, step, 0, kAcceptPurpose);
-    if (px > 0.0 && qx > 0.0 && u * qx <= px) {
+    const bool greedy = request.params.temperature == 0.0f;
+    if (px > 0.0 && (greedy || (qx > 0.0 && u * qx <= px))) {
       result.tokens.push_back(x);
       ++result.accepted;
       sc.verify_history.push_back(x);

@@ -2,9 +2,10 @@
 // little-endian files, read as blocks of rows that feed Engine::sample and
 // Engine::probs directly.
 //
-// A file is memory-mapped one block at a time and each block is unmapped
-// before the next is mapped, so a dump far larger than memory is processed in
-// bounded memory. Every error is a Status whose message names the file, the
+// A file is read one block at a time into one buffer, reused for the next
+// block, so a dump far larger than memory is processed in bounded memory
+// (read, not mapped: a mapped file truncated by another program would kill
+// the process with SIGBUS; a read reports it). Every error is a Status whose message names the file, the
 // field and the bad value; nothing here throws.
 //
 // Example:
@@ -47,8 +48,8 @@ struct DumpOptions {
   DumpFormat format = DumpFormat::kAuto;
   std::string tensor;          // safetensors: the tensor to read; empty = the only one
   std::optional<DType> dtype;  // raw: required
-  int64_t vocab = 0;           // raw: required (> 0)
-  // A block maps at most this many bytes (but always at least one row).
+  int64_t vocab = 0;           // raw: required (> 0); 0 = not given, < 0 refused
+  // A block reads at most this many bytes (but always at least one row).
   int64_t block_bytes = int64_t{64} << 20;
 };
 
@@ -61,7 +62,8 @@ struct DumpInfo {
   int64_t rows = 0;
   int64_t vocab = 0;           // the last axis
   int64_t data_offset = 0;     // of the first element, in bytes from the start
-  bool memory_mapped = false;  // false: read into memory (a pipe on standard input)
+  bool streamed = false;  // true: read from the file a block at a time; false: held
+                          // whole in memory (a pipe on standard input)
 };
 
 // Reads one dump. Movable, not copyable; not safe to share between threads.
@@ -69,7 +71,7 @@ class DumpReader {
  public:
   // Opens `path` ("-" = standard input) and validates its header against the
   // file size; reads no logits yet. Standard input that is a regular file is
-  // mapped like any file; a pipe is read whole into memory, and its format is
+  // read a block at a time like any file; a pipe is read whole into memory, and its format is
   // sniffed (the NumPy magic, else raw) unless `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 

@@ -89,7 +89,8 @@ class Engine {
   // means a deterministic drafter (probability 1 on each draft token).
   //
   // Draft i is accepted with probability min(1, p(x)/q(x)) (never when
-  // q(x) = 0, as vLLM); at the first rejection a token is drawn from
+  // q(x) = 0, as vLLM; a greedy row accepts exactly its argmax, whatever q);
+  // at the first rejection a token is drawn from
   // max(p - q, 0) renormalised and the row stops; when all K are accepted a
   // bonus token is drawn from the last target row. The output is distributed
   // exactly as sampling from the target. Target rows past the first

@@ -306,7 +306,8 @@ typedef struct nucleus_dump_info {
   int64_t vocab;
   int64_t block_rows; /* rows per block */
   int64_t num_blocks;
-  int32_t memory_mapped; /* zero: read into memory (a pipe on standard input) */
+  int32_t streamed; /* nonzero: read from the file a block at a time; zero: held whole
+                       in memory (a pipe on standard input) */
 } nucleus_dump_info;
 
 nucleus_dump_options nucleus_dump_options_default(void);

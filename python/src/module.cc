@@ -381,6 +381,10 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
       throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
                             " does not fit a 64-bit integer");
     }
+    // (0 would read as "not given" below)
+    if (options.vocab <= 0) {
+      throw py::value_error("vocab = " + std::to_string(options.vocab) + " must be > 0");
+    }
   }
   if (bf16 != "float32" && bf16 != "uint16") {
     throw py::value_error("bf16 = '" + bf16 + "' is not one of 'float32', 'uint16'");

@@ -92,6 +92,12 @@ def test_errors(rng, tmp_path):
         nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=3.0)
     with pytest.raises(ValueError, match="vocab = True"):
         nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=True)
+    # a vocab given is > 0, for a .npy (which has its own) too
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"vocab = {bad} must be > 0"):
+            nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=bad)
+        with pytest.raises(ValueError, match=f"vocab = {bad} must be > 0"):
+            nucleus.load_dump(tmp_path / "x.npy", vocab=bad)
     with pytest.raises(ValueError, match="format = 3: expected a string"):
         nucleus.load_dump(tmp_path / "x.npy", format=3)
     with pytest.raises(ValueError, match="tensor = 1: expected a string"):

@@ -77,7 +77,7 @@ Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_e
   dump.tensor = options.tensor;
   if (!options.dtype.empty()) dump.dtype = parse_dtype(options.dtype);
   dump.vocab = options.vocab;
-  // Split what is not set aside for results between the mapped block and
+  // Split what is not set aside for results between the block read and
   // the command's own per-element buffers in proportion to their element
   // sizes; with an unknown dtype assume the narrowest (a 2-byte block then
   // holds the most rows, and their buffers take the largest share).
