@@ -602,6 +602,26 @@ TEST(Cli, ReadsStandardInput) {
   EXPECT_TRUE(Contains(unknown.err, "unknown format")) << unknown.err;
 }
 
+// Standard output that cannot be written (a full disk) fails every command
+// with status 2 and a message, not status 0 with the text lost.
+TEST(Cli, AFullStandardOutputFailsTheRun) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  const fs::path dir = TestDir();
+  const int64_t rows = 3, vocab = 300;
+  WriteDump(dir / "d.npy", Logits(rows, vocab, 7), rows, vocab, DType::kFloat32);
+  for (const std::string args :
+       {"sample d.npy --seed 1", "inspect d.npy", "inspect d.npy --json",
+        "bench --vocab 100 --batch 1 --threads 1 --config greedy --repeat 1 -q --no-reference"}) {
+    const fs::path err = dir / "stderr.txt";
+    const std::string command = "cd " + Quote(dir) + " && " + Quote(NUCLEUS_CLI_PATH) + " " + args +
+                                " > /dev/full 2> " + Quote(err);
+    const int status = std::system(command.c_str());
+    ASSERT_TRUE(WIFEXITED(status)) << args;
+    EXPECT_EQ(WEXITSTATUS(status), 2) << args;
+    EXPECT_TRUE(Contains(ReadText(err), "standard output: cannot write")) << args;
+  }
+}
+
 TEST(Cli, RowErrorsFailOnlyTheirRow) {
   const fs::path dir = TestDir();
   // 800 KB rows: with --block-mb 1 every block holds one row.

@@ -295,7 +295,14 @@ int run_bench(const BenchCommand& c) {
   }
   results = best;
   if (progress) std::fprintf(stderr, "\r\033[K");
-  std::fputs(bench::format_table(results).c_str(), stdout);
+  // (a table that cannot be written fails the run, before any --json file)
+  Result<TextOutput> table = TextOutput::open("-");
+  Status shown = table->write(bench::format_table(results));
+  if (shown.ok()) shown = table->commit();
+  if (!shown.ok()) {
+    print_error(shown.message());
+    return kExitFailure;
+  }
 
   if (json) {
     nlohmann::json doc;
