@@ -1168,6 +1168,13 @@ TEST(CApiVerify, MatchesTheCppEngine) {
       NUCLEUS_INVALID_ARGUMENT);  // 9 target rows are not a multiple of 2
   EXPECT_NE(std::string(nucleus_last_error()).find("multiple"), std::string::npos)
       << nucleus_last_error();
+  // (num_draft + 1 would overflow: UBSan's build reports it if it is formed)
+  EXPECT_EQ(nucleus_verify(engine, &c_view, INT64_MAX, drafts.data(), nullptr, c_requests.data(),
+                           kRows, &out),
+            NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(nucleus_last_error()).find("num_draft = 9223372036854775807"),
+            std::string::npos)
+      << nucleus_last_error();
   nucleus_engine_destroy(engine);
 }
 

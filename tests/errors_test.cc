@@ -377,6 +377,34 @@ TEST_F(ErrorsTest, RequestsOfTheWrongSize) {
   }
 }
 
+// probs may write over its float32 logits in place; an output that overlaps
+// them otherwise (a row later, say) would have rows running in parallel
+// overwrite logits not yet read, so it is refused.
+TEST_F(ErrorsTest, ProbsOutputOverTheLogits) {
+  ASSERT_TRUE(CallProbs(View()).ok());
+  const std::vector<float> expected = out_;
+  std::vector<float> buffer(logits_.begin(), logits_.end());
+  buffer.resize(buffer.size() + kVocab, 0.0f);
+  const LogitsView view{buffer.data(), kRows, kVocab, kVocab, DType::kFloat32};
+  ASSERT_TRUE(engine_.probs(view, requests_, buffer.data(), kVocab, row_status_).ok());
+  EXPECT_EQ(std::vector<float>(buffer.begin(), buffer.begin() + kRows * kVocab), expected);
+
+  std::copy(logits_.begin(), logits_.end(), buffer.begin());
+  const std::vector<float> before = buffer;
+  for (int64_t shift : {int64_t{1}, kVocab}) {
+    SCOPED_TRACE(shift);
+    const Status s = engine_.probs(view, requests_, buffer.data() + shift, kVocab, row_status_);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+    ExpectMessageHas(s, {"probs", "out overlaps the logits"});
+    EXPECT_EQ(buffer, before);
+  }
+  // Half-precision logits cannot be overwritten in place (a float32 row is
+  // twice as long).
+  const LogitsView half{buffer.data(), kRows, kVocab, kVocab, DType::kFloat16};
+  const Status s = engine_.probs(half, requests_, buffer.data(), kVocab, row_status_);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+}
+
 TEST_F(ErrorsTest, ResultsOfTheWrongSize) {
   for (size_t n : {0, 2, 4}) {
     SCOPED_TRACE(n);

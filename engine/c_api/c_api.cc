@@ -552,9 +552,11 @@ nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view*
     if (output->accepted == nullptr || output->tokens == nullptr) {
       return fail(NUCLEUS_INVALID_ARGUMENT, "output: accepted and tokens are required");
     }
-    if (num_draft < 0) {
-      return fail(NUCLEUS_INVALID_ARGUMENT,
-                  "verify: num_draft = " + std::to_string(num_draft) + " must be >= 0");
+    if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits->rows, 1)) {
+      // (the engine's message; checked before num_draft + 1 can overflow)
+      return fail(NUCLEUS_INVALID_ARGUMENT, "verify: num_draft = " + std::to_string(num_draft) +
+                                                " must be >= 0 and below the target rows = " +
+                                                std::to_string(target_logits->rows));
     }
     const int64_t per_row = num_draft + 1;
     // The requests are per batch row (K + 1 target rows each); shapes the

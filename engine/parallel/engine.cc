@@ -227,6 +227,27 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         "probs: row_status size = " + std::to_string(row_status.size()) +
         " must equal rows = " + std::to_string(logits.rows));
   }
+  if (logits.data != nullptr && logits.rows > 0 && logits.vocab > 0) {
+    // The bytes each spans, first to last element (gaps between rows
+    // included: an interleaved layout is refused too). Unsigned: a view too
+    // large to exist wraps instead of overflowing; the call's checks follow.
+    const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+    auto span = [&](int64_t row_stride, uint64_t item) {
+      return (static_cast<uint64_t>(logits.rows - 1) * static_cast<uint64_t>(row_stride) +
+              static_cast<uint64_t>(logits.vocab)) *
+             item;
+    };
+    const auto in = reinterpret_cast<uintptr_t>(logits.data);
+    const auto at = reinterpret_cast<uintptr_t>(out);
+    const uintptr_t in_end = in + span(stride, static_cast<uint64_t>(dtype_size(logits.dtype)));
+    const uintptr_t at_end = at + span(out_stride, sizeof(float));
+    const bool in_place = at == in && out_stride == stride && logits.dtype == DType::kFloat32;
+    if (at < in_end && in < at_end && !in_place) {
+      return Status::invalid_argument(
+          "probs: out overlaps the logits without being them (same address, stride and "
+          "float32): rows written in parallel would overwrite logits not yet read");
+    }
+  }
   return impl_->run_rows(
       logits, requests, -1,
       [&](int64_t row, const RowRequest& req, const detail::RowInput& input,

@@ -74,7 +74,10 @@ class Engine {
   // and filters): probabilities, zero for removed tokens, written to
   // `out + row * out_stride`. Greedy rows give softmax of the processed
   // logits. `row_status` (one per row) receives row errors; such rows are
-  // left zero.
+  // left zero. `out` may be the float32 logits themselves (same address and
+  // stride: each row is written in place); any other overlap with the
+  // logits is a call error (rows run in parallel: one row's output would
+  // overwrite logits another has yet to read).
   Status probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
                int64_t out_stride, std::span<Status> row_status);
 

@@ -52,6 +52,33 @@ py::array_t<T> filled(std::vector<py::ssize_t> shape, T value) {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+// A call's result vector, reused by the calls on one thread (the results
+// keep their capacity, so a steady decode loop does not allocate inside the
+// engine). It is taken out of the thread's slot for the call and put back
+// after: building the Python results can run Python code (a garbage
+// collection, a finaliser) that calls the module again on this thread, and
+// that call must get a vector of its own, not overwrite this one.
+template <typename T>
+class ReusedResults {
+ public:
+  explicit ReusedResults(int64_t rows) : v_(std::move(slot())) {
+    slot().clear();
+    v_.resize(static_cast<size_t>(std::max<int64_t>(rows, 0)));
+  }
+  ~ReusedResults() { slot() = std::move(v_); }
+  ReusedResults(const ReusedResults&) = delete;
+  ReusedResults& operator=(const ReusedResults&) = delete;
+
+  std::vector<T>& get() { return v_; }
+
+ private:
+  static std::vector<T>& slot() {
+    thread_local std::vector<T> kept;
+    return kept;
+  }
+  std::vector<T> v_;
+};
+
 // What Engine.sample returns: numpy arrays, one row per logit row.
 struct SampleResult {
   py::array_t<int32_t> tokens;      // [rows, n], -1 where a row has fewer samples
@@ -85,10 +112,8 @@ class PyEngine {
     const LogitsView& view = in.view();
     RequestTable table =
         RequestTable::from_kwargs(kwargs, view.rows, view.vocab, CallKind::kSample, "sample");
-    // Reused across calls on this thread: the result vectors keep their
-    // capacity, so a steady decode loop does not allocate inside the engine.
-    thread_local std::vector<RowResult> results;
-    results.resize(static_cast<size_t>(std::max<int64_t>(view.rows, 0)));
+    ReusedResults<RowResult> reused(view.rows);
+    std::vector<RowResult>& results = reused.get();
     Status status;
     {
       py::gil_scoped_release release;
@@ -236,8 +261,8 @@ class PyEngine {
 
     RequestTable table =
         RequestTable::from_kwargs(kwargs, rows, view.vocab, CallKind::kVerify, "verify");
-    thread_local std::vector<VerifyResult> results;
-    results.resize(static_cast<size_t>(rows));
+    ReusedResults<VerifyResult> reused(rows);
+    std::vector<VerifyResult>& results = reused.get();
     Status status;
     {
       py::gil_scoped_release release;

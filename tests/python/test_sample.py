@@ -319,3 +319,63 @@ def test_engine_seed_drives_unseeded_rows(rng):
     first = [a.sample(x).tokens for _ in range(3)]
     np.testing.assert_array_equal(first, [b.sample(x).tokens for _ in range(3)])
     assert not np.array_equal(first[0], first[1])  # a new seed for every call
+
+
+@pytest.mark.parametrize("call", ["sample", "verify"])
+def test_a_nested_call_while_results_are_built_does_not_corrupt_them(call):
+    """Building the Python results can run Python code (a garbage collection
+    and its callbacks) that calls the module again on the same thread; the
+    outer call's results must not be the nested call's. The collection is
+    steered to fall at each of the allocations after the engine call in turn:
+    a logit_bias value's __float__ sets the threshold a few allocations
+    ahead."""
+    import gc
+
+    engine = nucleus.Engine(threads=2)
+    rows, vocab = 6, 1000
+    if call == "sample":
+        outer = np.zeros((rows, vocab), np.float32)
+        for r in range(rows):
+            outer[r, 500 + r] = 100.0  # row r always draws 500 + r
+        run = lambda **kw: engine.sample(outer, **kw).tokens
+        nested = lambda: engine.sample(np.eye(1, 50, 3, dtype=np.float32) * 100)
+    else:
+        outer = np.zeros((rows, 3, vocab), np.float32)
+        for r in range(rows):
+            outer[r, :, 500 + r] = 100.0
+        drafts = np.array([[500 + r] * 2 for r in range(rows)])
+        run = lambda **kw: engine.verify(outer, drafts, **kw).tokens
+        small = np.zeros((1, 2, 50), np.float32)
+        small[0, :, 3] = 100.0
+        nested = lambda: engine.verify(small, np.array([[3]]))
+    expected = run()
+    armed, fired, keep = [False], [], []
+
+    def on_gc(phase, info):
+        if phase == "start" and armed[0]:
+            armed[0] = False
+            fired.append(True)
+            nested()
+
+    class Bias:
+        def __init__(self, ahead):
+            self.ahead = ahead
+
+        def __float__(self):
+            keep.append([[] for _ in range(100)])  # empty CPython's list free list
+            gc.set_threshold(max(1, gc.get_count()[0] + self.ahead))
+            armed[0] = True
+            return 0.0
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(on_gc)
+    try:
+        for ahead in range(-4, 4):
+            got = run(logit_bias={0: Bias(ahead)})
+            armed[0] = False
+            gc.set_threshold(*threshold)
+            np.testing.assert_array_equal(got, expected, err_msg=f"ahead={ahead}")
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*threshold)
+    assert fired, "no nested call happened: the test did not test anything"
