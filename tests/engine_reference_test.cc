@@ -1078,7 +1078,8 @@ TEST_F(EngineReferenceTest, TargetedRows) {
     for (size_t i = 0; i < zipf.size(); ++i) {
       zipf[i] = static_cast<float>(-0.8 * std::log(static_cast<double>(i + 1)));
     }
-    for (const auto& [typical, top_p] : {std::pair{0.9f, 0.5f}, {0.5f, 0.05f}, {0.5f, 0.2f}}) {
+    for (const auto& [typical, top_p] :
+         {std::pair{0.9f, 0.5f}, {0.5f, 0.05f}, {0.5f, 0.2f}, {0.5f, 0.0f}}) {
       add(
           zipf,
           [=](SamplingParams& p) {
@@ -1088,6 +1089,21 @@ TEST_F(EngineReferenceTest, TargetedRows) {
           },
           "llama.cpp, typical drops the top, then top-p, long row");
     }
+    // top_p = 0 after typical-p on a nearly flat row: the gather below the
+    // largest block maxima, all of them above typical-p's set, found no
+    // member, and an empty list "reached" the target 0 (no token left).
+    std::vector<float> flat(16384);
+    for (size_t i = 0; i < flat.size(); ++i) {
+      flat[i] = -0.001f * static_cast<float>((i * 7919) % 1000);
+    }
+    add(
+        flat,
+        [](SamplingParams& p) {
+          p.preset = Preset::kLlamaCpp;
+          p.typical_p = 0.5f;
+          p.top_p = 0.0f;
+        },
+        "llama.cpp, typical drops the top, then top-p 0, flat row");
   }
   // Greedy ties go to the lowest id.
   add(

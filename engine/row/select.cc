@@ -395,12 +395,15 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   for (double t : sc.seg_total) z += t;
   const double target = fraction * z;
 
-  auto listed_mass = [&] {
+  // (at least one member, too: with p = 0 the target is 0, which an empty
+  // list "reaches"; a bound from block maxima that typical-p's lower bound
+  // excludes (the row's maximum dropped) gathers none)
+  auto enough = [&] {
     for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
     run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-    return weight_of(sc.list);
+    return !sc.list.empty() && weight_of(sc.list) >= target;
   };
-  if (!(listed_mass() >= target)) {
+  if (!enough()) {
     // The nucleus reaches past the first bound: gather again below a looser
     // one (a compare per token, and only in blocks that can reach it): the
     // sample's bound for `want` tokens after the block maxima's, for eight
@@ -410,8 +413,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     const auto wider_cap = static_cast<int64_t>(64.0 * wider) + 4096;
     float loose = 0.0f;
     if (!sampled_bound(wider, kNucleusSampleStride, sc, &loose) || !(loose > bound) ||
-        !gather_members_below(segments, set, loose, wider_cap, sc, run) ||
-        !(listed_mass() >= target)) {
+        !gather_members_below(segments, set, loose, wider_cap, sc, run) || !enough()) {
       return false;
     }
   }
