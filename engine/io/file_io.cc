@@ -83,7 +83,7 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
     source.size_ = static_cast<int64_t>(st.st_size);
     return source;
   }
-  // Pipes and devices cannot be mapped (nor sized): read them whole.
+  // Pipes and devices cannot be read at an offset (nor sized): read them whole.
   if (Status s = read_whole(fd, name, &source.buffer_); !s.ok()) return s;
   source.size_ = static_cast<int64_t>(source.buffer_.size());
   if (source.owns_fd_) ::close(fd);

@@ -15,12 +15,13 @@ namespace nucleus::detail {
 // "No such file or directory" for ENOENT, and so on.
 std::string errno_text(int err);
 
-// The bytes of a dump: a regular file read through its descriptor (and
-// mapped block by block later), or bytes already in memory.
+// The bytes of a dump: a regular file read through its descriptor (block by
+// block, at absolute offsets), or bytes already in memory.
 class ByteSource {
  public:
   // Opens `path`, or standard input for "-". A regular file stays on disk; a
-  // pipe, FIFO or character device is read whole, since it cannot be mapped.
+  // pipe, FIFO or character device is read whole, since it cannot be read at
+  // an offset.
   static Result<ByteSource> open(const std::string& path, const std::string& name);
   static ByteSource from_bytes(std::vector<unsigned char> bytes, const std::string& name);
 
