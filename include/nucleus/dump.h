@@ -5,8 +5,8 @@
 // A file is read one block at a time into one buffer, reused for the next
 // block, so a dump far larger than memory is processed in bounded memory
 // (read, not mapped: a mapped file truncated by another program would kill
-// the process with SIGBUS; a read reports it). Every error is a Status whose message names the file, the
-// field and the bad value; nothing here throws.
+// the process with SIGBUS; a read reports it). Every error is a Status whose
+// message names the file, the field and the bad value; nothing here throws.
 //
 // Example:
 //   nucleus::Result<nucleus::DumpReader> reader = nucleus::DumpReader::open("logits.npy");
@@ -60,10 +60,10 @@ struct DumpInfo {
   std::vector<int64_t> shape;  // as stored; leading axes flatten into rows
   std::string tensor;          // safetensors: the tensor read
   int64_t rows = 0;
-  int64_t vocab = 0;           // the last axis
-  int64_t data_offset = 0;     // of the first element, in bytes from the start
-  bool streamed = false;  // true: read from the file a block at a time; false: held
-                          // whole in memory (a pipe on standard input)
+  int64_t vocab = 0;        // the last axis
+  int64_t data_offset = 0;  // of the first element, in bytes from the start
+  bool streamed = false;    // true: read from the file a block at a time; false: held
+                            // whole in memory (a pipe on standard input)
 };
 
 // Reads one dump. Movable, not copyable; not safe to share between threads.
