@@ -688,6 +688,17 @@ TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
   }
 }
 
+// The temporary name adds 12 characters (".NAME.tmp-XXXXXX"), so any name
+// up to NAME_MAX - 12 can be written.
+TEST(DumpAtomicFile, LongNamesFit) {
+  const fs::path dir = TestDir();
+  const std::string name = std::string(239, 'a') + ".txt";  // 243 = 255 - 12
+  Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / name).string());
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  ASSERT_TRUE(file->commit().ok());
+  EXPECT_TRUE(fs::exists(dir / name));
+}
+
 TEST(DumpAtomicFile, ANewFileGetsTheUmasksMode) {
   const fs::path dir = TestDir();
   const mode_t before = ::umask(027);

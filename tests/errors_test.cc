@@ -398,6 +398,23 @@ TEST_F(ErrorsTest, ProbsOutputOverTheLogits) {
     ExpectMessageHas(s, {"probs", "out overlaps the logits"});
     EXPECT_EQ(buffer, before);
   }
+  // Rows that share no byte are no overlap: the output interleaved with the
+  // logits (each row in the padding after its logits row), and one row in
+  // place whatever the strides.
+  std::vector<float> wide(static_cast<size_t>(kRows * 2 * kVocab), 0.0f);
+  for (int64_t r = 0; r < kRows; ++r) {
+    std::copy_n(logits_.begin() + r * kVocab, kVocab, wide.begin() + r * 2 * kVocab);
+  }
+  const LogitsView padded{wide.data(), kRows, kVocab, 2 * kVocab, DType::kFloat32};
+  ASSERT_TRUE(engine_.probs(padded, requests_, wide.data() + kVocab, 2 * kVocab, row_status_).ok());
+  for (int64_t r = 0; r < kRows; ++r) {
+    EXPECT_TRUE(std::equal(expected.begin() + r * kVocab, expected.begin() + (r + 1) * kVocab,
+                           wide.begin() + r * 2 * kVocab + kVocab))
+        << "row " << r;
+  }
+  const LogitsView one{wide.data(), 1, kVocab, 2 * kVocab, DType::kFloat32};
+  EXPECT_TRUE(
+      engine_.probs(one, {requests_.data(), 1}, wide.data(), kVocab, {row_status_.data(), 1}).ok());
   // Half-precision logits cannot be overwritten in place (a float32 row is
   // twice as long).
   const LogitsView half{buffer.data(), kRows, kVocab, kVocab, DType::kFloat16};

@@ -552,17 +552,14 @@ nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view*
     if (output->accepted == nullptr || output->tokens == nullptr) {
       return fail(NUCLEUS_INVALID_ARGUMENT, "output: accepted and tokens are required");
     }
-    if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits->rows, 1)) {
-      // (the engine's message; checked before num_draft + 1 can overflow)
-      return fail(NUCLEUS_INVALID_ARGUMENT, "verify: num_draft = " + std::to_string(num_draft) +
-                                                " must be >= 0 and below the target rows = " +
-                                                std::to_string(target_logits->rows));
-    }
-    const int64_t per_row = num_draft + 1;
     // The requests are per batch row (K + 1 target rows each); shapes the
-    // engine rejects are left to it, with its messages.
+    // engine rejects (num_draft out of range too: num_draft + 1 is formed
+    // only within it, as INT64_MAX + 1 would overflow) are left to it, with
+    // its messages.
+    const bool k_fits = num_draft >= 0 && num_draft < std::max<int64_t>(target_logits->rows, 1);
+    const int64_t per_row = k_fits ? num_draft + 1 : 0;
     nucleus_logits_view by_row = *target_logits;
-    by_row.rows = target_logits->rows > 0 && target_logits->rows % per_row == 0
+    by_row.rows = k_fits && target_logits->rows > 0 && target_logits->rows % per_row == 0
                       ? target_logits->rows / per_row
                       : 0;
     std::span<const RowRequest> cpp_requests;

@@ -179,18 +179,24 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
   if (replacing && ::access(target.c_str(), W_OK) != 0) {
     return Status::io_error(path + ": cannot write: " + errno_text(errno));
   }
-  // The temporary file is created with the mode a plain create would give
-  // (0666 less the umask, applied by the kernel: reading the umask means
-  // setting it, which would race with other threads creating files).
+  // A new file's temporary is created with the mode a plain create would
+  // give (0666 less the umask, applied by the kernel: reading the umask means
+  // setting it, which would race with other threads creating files). One
+  // that replaces a file is created 0600 and given the old file's mode once
+  // open: another user who opened it in between could read what is written
+  // (permissions are checked at open), which a private file must not allow.
+  // The name takes mkstemp's six characters (a longer suffix would refuse
+  // output names that mkstemp's fit under NAME_MAX).
   const std::string stem = parent_directory(target) + "/." + base_name(target) + ".tmp-";
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   std::random_device entropy;
   std::string temp;
   int fd = -1;
   for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    char suffix[17];
-    std::snprintf(suffix, sizeof suffix, "%08x%08x", entropy(), entropy());
-    temp = stem + suffix;
-    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    temp = stem;
+    for (int i = 0; i < 6; ++i) temp.push_back(kAlphabet[entropy() % (sizeof kAlphabet - 1)]);
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, replacing ? 0600 : 0666);
     if (fd < 0 && errno != EEXIST) break;
   }
   if (fd < 0) {

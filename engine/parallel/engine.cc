@@ -215,6 +215,45 @@ Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requ
       });
 }
 
+namespace {
+
+// Whether some output row shares bytes with a logits row other than its own
+// row exactly (the one overlap allowed: float32 rows written in place).
+// Rows, not spans: an output interleaved with the logits, or in the padding
+// between their rows, shares nothing.
+bool output_overlaps_logits(const LogitsView& logits, const float* out, int64_t out_stride) {
+  const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+  constexpr int64_t kBig = int64_t{1} << 40;  // (elements; larger than any real view)
+  if (logits.data == nullptr || out == nullptr || logits.rows <= 0 || logits.vocab <= 0 ||
+      stride < logits.vocab || out_stride < logits.vocab || logits.rows > kBig || stride > kBig ||
+      out_stride > kBig || logits.rows > kBig / stride || logits.rows > kBig / out_stride) {
+    return false;  // (a call the checks refuse, or memory that cannot exist)
+  }
+  const int64_t es = dtype_size(logits.dtype);
+  const int64_t row_bytes = logits.vocab * es, out_bytes = logits.vocab * int64_t{4};
+  const int64_t step = stride * es, out_step = out_stride * int64_t{4};
+  // Byte offsets from the logits (bounded above: no overflow).
+  const auto in = reinterpret_cast<intptr_t>(logits.data);
+  const auto at = reinterpret_cast<intptr_t>(out);
+  const int64_t span = (logits.rows - 1) * step + row_bytes;
+  const int64_t out_span = (logits.rows - 1) * out_step + out_bytes;
+  if (at >= in + span || in >= at + out_span) return false;
+  auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  for (int64_t r = 0; r < logits.rows; ++r) {
+    // Output row r is [lo, lo + out_bytes); logits row k is [k step, k step + row_bytes).
+    const int64_t lo = at - in + r * out_step;
+    const int64_t k_first = std::max<int64_t>(0, floor_div(lo - row_bytes, step) + 1);
+    const int64_t k_last = std::min<int64_t>(logits.rows - 1, floor_div(lo + out_bytes - 1, step));
+    for (int64_t k = k_first; k <= k_last; ++k) {
+      const bool own_row_in_place = k == r && lo == k * step && es == 4;
+      if (!own_row_in_place) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
                      int64_t out_stride, std::span<Status> row_status) {
   if (out == nullptr) return Status::invalid_argument("probs: out is null");
@@ -227,26 +266,10 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         "probs: row_status size = " + std::to_string(row_status.size()) +
         " must equal rows = " + std::to_string(logits.rows));
   }
-  if (logits.data != nullptr && logits.rows > 0 && logits.vocab > 0) {
-    // The bytes each spans, first to last element (gaps between rows
-    // included: an interleaved layout is refused too). Unsigned: a view too
-    // large to exist wraps instead of overflowing; the call's checks follow.
-    const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
-    auto span = [&](int64_t row_stride, uint64_t item) {
-      return (static_cast<uint64_t>(logits.rows - 1) * static_cast<uint64_t>(row_stride) +
-              static_cast<uint64_t>(logits.vocab)) *
-             item;
-    };
-    const auto in = reinterpret_cast<uintptr_t>(logits.data);
-    const auto at = reinterpret_cast<uintptr_t>(out);
-    const uintptr_t in_end = in + span(stride, static_cast<uint64_t>(dtype_size(logits.dtype)));
-    const uintptr_t at_end = at + span(out_stride, sizeof(float));
-    const bool in_place = at == in && out_stride == stride && logits.dtype == DType::kFloat32;
-    if (at < in_end && in < at_end && !in_place) {
-      return Status::invalid_argument(
-          "probs: out overlaps the logits without being them (same address, stride and "
-          "float32): rows written in parallel would overwrite logits not yet read");
-    }
+  if (output_overlaps_logits(logits, out, out_stride)) {
+    return Status::invalid_argument(
+        "probs: out overlaps the logits other than row for row in place (same address, row for "
+        "row, float32): rows written in parallel would overwrite logits not yet read");
   }
   return impl_->run_rows(
       logits, requests, -1,

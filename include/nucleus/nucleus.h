@@ -296,7 +296,7 @@ typedef struct nucleus_dump_options {
   int32_t dtype;       /* raw: a nucleus_dtype, used when has_dtype is nonzero */
   int32_t has_dtype;   /* raw: required */
   int64_t vocab;       /* raw: required (> 0) */
-  int64_t block_bytes; /* a block maps at most this many bytes (>= one row); 0 = 64 MiB */
+  int64_t block_bytes; /* a block reads at most this many bytes (>= one row); 0 = 64 MiB */
 } nucleus_dump_options;
 
 typedef struct nucleus_dump_info {

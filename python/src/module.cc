@@ -112,6 +112,7 @@ class PyEngine {
     const LogitsView& view = in.view();
     RequestTable table =
         RequestTable::from_kwargs(kwargs, view.rows, view.vocab, CallKind::kSample, "sample");
+    table.check(view.vocab);
     ReusedResults<RowResult> reused(view.rows);
     std::vector<RowResult>& results = reused.get();
     Status status;
@@ -179,6 +180,7 @@ class PyEngine {
     } else {
       out = checked_out(out_arg, in, &out_stride);
     }
+    table.check(view.vocab);
     std::vector<Status> row_status(static_cast<size_t>(std::max<int64_t>(view.rows, 0)));
     float* data = out.mutable_data();
     Status status;
@@ -261,6 +263,7 @@ class PyEngine {
 
     RequestTable table =
         RequestTable::from_kwargs(kwargs, rows, view.vocab, CallKind::kVerify, "verify");
+    table.check(view.vocab);
     ReusedResults<VerifyResult> reused(rows);
     std::vector<VerifyResult>& results = reused.get();
     Status status;

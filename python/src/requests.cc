@@ -457,6 +457,17 @@ class RequestParser {
   int64_t vocab_;
 };
 
+void RequestTable::check(int64_t vocab) const {
+  // (logits the engine refuses: its call error comes first, as it would)
+  if (vocab <= 0) return;
+  for (size_t r = 0; r < requests_.size(); ++r) {
+    if (auto e = detail::find_request_error(requests_[r], vocab)) {
+      const std::string prefix = "row " + std::to_string(r) + ": ";
+      throw py::value_error(detail::field_status(prefix, keyword_of(e->field), *e).message());
+    }
+  }
+}
+
 const std::vector<const char*>& keyword_names(CallKind kind) {
   static const std::vector<const char*> kCommon = {"temperature",
                                                    "top_k",
@@ -569,14 +580,7 @@ RequestTable RequestTable::from_kwargs(const py::dict& kwargs, int64_t rows, int
     for_rows<LogprobsMode>("logprobs_mode", arg("logprobs_mode"), rows, to_logprobs_mode,
                            [&](int64_t r, LogprobsMode x) { params(r).logprobs_mode = x; });
   }
-  // The engine would refuse the same requests; checked here so that the
-  // message names this module's keywords ("n", not num_samples).
-  for (size_t r = 0; r < table.requests_.size(); ++r) {
-    const RowRequest& req = table.requests_[r];
-    if (auto e = detail::find_request_error(req, vocab)) {
-      const std::string prefix = "row " + std::to_string(r) + ": ";
-      throw py::value_error(detail::field_status(prefix, keyword_of(e->field), *e).message());
-    }
+  for (const RowRequest& req : table.requests_) {
     table.max_samples_ = std::max(table.max_samples_, req.params.num_samples);
     table.max_top_logprobs_ = std::max(table.max_top_logprobs_, req.params.top_logprobs);
   }

@@ -26,10 +26,14 @@ class RequestTable {
   // Parses `kwargs` for a batch of `rows` rows of `vocab` tokens. Throws
   // TypeError for an unknown keyword or a value of the wrong type, and
   // ValueError for a per-row value whose length is not `rows` or a number
-  // that does not fit its field, or a request the engine would refuse (the
-  // engine's own check, its message naming the row, the keyword and the value).
+  // that does not fit its field.
   static RequestTable from_kwargs(const pybind11::dict& kwargs, int64_t rows, int64_t vocab,
                                   CallKind kind, const char* function);
+
+  // Throws ValueError for a request the engine would refuse (its own check,
+  // the message naming the row, this module's keyword and the value): called
+  // just before the engine, so other arguments' errors come first as before.
+  void check(int64_t vocab) const;
 
   std::span<const RowRequest> requests() const { return requests_; }
   int32_t max_samples() const { return max_samples_; }

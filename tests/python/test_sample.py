@@ -379,3 +379,14 @@ def test_a_nested_call_while_results_are_built_does_not_corrupt_them(call):
         gc.callbacks.remove(on_gc)
         gc.set_threshold(*threshold)
     assert fired, "no nested call happened: the test did not test anything"
+
+
+def test_a_call_error_comes_before_a_parameter_error():
+    """Logits the engine refuses are reported as such, not as a parameter
+    that is out of range for them; so is a bad `out`."""
+    engine = nucleus.Engine(threads=1)
+    with pytest.raises(ValueError, match="vocab = 0"):
+        engine.sample(np.zeros((2, 0), np.float32), history=[1])
+    x = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="out: expected"):
+        engine.probs(x, top_p=2.0, out=x[:, :4])
