@@ -786,7 +786,7 @@ TEST(Cli, MalformedInputsFailCleanly) {
        {"bad_count.jsonl", "holds 1 parameter line", "2 rows"}},
       {"params token",
        "good.npy --params bad_token.jsonl",
-       {"bad_token.jsonl line 2", "generated_tokens[1]", "8"}},
+       {"bad_token.jsonl line 2: row 1: history[1] = 8"}},
       {"params missing",
        "good.npy --params nothere.jsonl",
        {"nothere.jsonl", "cannot open", "No such file"}},

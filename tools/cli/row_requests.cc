@@ -163,6 +163,22 @@ std::string option_name(std::string_view field) {
   return name;
 }
 
+// The key a --params line set a field with, of the spellings it takes
+// ("history" or "generated_tokens"): a range error names the one typed.
+// (The line parsed before; only a failing row reads it again.)
+std::string params_key(const std::string& line, std::string_view field) {
+  static constexpr std::pair<std::string_view, std::string_view> kAliases[] = {
+      {"top_logprobs", "logprobs"}, {"generated_tokens", "history"}, {"banned_tokens", "banned"}};
+  Json root;
+  std::string error;
+  if (parse_json(line, &root, &error) && root.is_object()) {
+    for (const auto& [name, alias] : kAliases) {
+      if (field == name && root.contains(std::string(alias))) return std::string(alias);
+    }
+  }
+  return std::string(field);
+}
+
 Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBias>* out) {
   for (const std::string& pair : pairs) {
     const size_t colon = pair.find(':');
@@ -321,8 +337,9 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
     }
     RowData data = base;
     if (Status s = parse_line(line, where, vocab, &data, row); !s.ok()) return s;
-    if (Status s = detail::check_request(table.request_of(data, row), row, vocab); !s.ok()) {
-      return Status::invalid_argument(where + ": " + s.message());
+    if (auto e = detail::find_request_error(table.request_of(data, row), vocab)) {
+      return detail::field_status(where + ": row " + std::to_string(row) + ": ",
+                                  params_key(line, e->field), *e);
     }
     table.rows_.push_back(std::move(data));
   }
