@@ -656,7 +656,7 @@ std::vector<ParamsCase> ParamsCases() {
        "{}\n{}\n{\"num_samples\": 0}\n",
        {"line 3", "row 2", "num_samples", "0"}},
       {"typical_p zero", "{\"typical_p\": 0}\n{}\n{}\n", {"line 1", "typical_p"}},
-      {"logprobs above vocab", "{\"logprobs\": 41}\n{}\n{}\n", {"line 1", "top_logprobs", "41"}},
+      {"logprobs above vocab", "{\"logprobs\": 41}\n{}\n{}\n", {"line 1", "row 0: logprobs = 41"}},
       {"duplicate key wins nothing",
        "{\"top_p\": 0.5, \"top_p\": 7}\n{}\n{}\n",
        {"line 1", "top_p"}},
