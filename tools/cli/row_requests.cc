@@ -163,17 +163,24 @@ std::string option_name(std::string_view field) {
   return name;
 }
 
+// The fields a --params line may spell two ways: {request field, alias}.
+// (allowed_tokens is a token list, not the same value as allowed_mask's
+// words, but sets the same thing.)
+constexpr std::pair<const char*, const char*> kParamsAliases[] = {
+    {"top_logprobs", "logprobs"},
+    {"generated_tokens", "history"},
+    {"banned_tokens", "banned"},
+    {"allowed_mask", "allowed_tokens"}};
+
 // The key a --params line set a field with, of the spellings it takes
 // ("history" or "generated_tokens"): a range error names the one typed.
 // (The line parsed before; only a failing row reads it again.)
 std::string params_key(const std::string& line, std::string_view field) {
-  static constexpr std::pair<std::string_view, std::string_view> kAliases[] = {
-      {"top_logprobs", "logprobs"}, {"generated_tokens", "history"}, {"banned_tokens", "banned"}};
   Json root;
   std::string error;
   if (parse_json(line, &root, &error) && root.is_object()) {
-    for (const auto& [name, alias] : kAliases) {
-      if (field == name && root.contains(std::string(alias))) return std::string(alias);
+    for (const auto& [name, alias] : kParamsAliases) {
+      if (field == name && root.contains(alias)) return alias;
     }
   }
   return std::string(field);
@@ -212,12 +219,7 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
   SamplingParams& p = d->params;
   // Two spellings of one field on one line would leave the result to the
   // order the keys are read in: refused.
-  static constexpr std::pair<const char*, const char*> kAliases[] = {
-      {"logprobs", "top_logprobs"},
-      {"generated_tokens", "history"},
-      {"banned", "banned_tokens"},
-      {"allowed_mask", "allowed_tokens"}};
-  for (const auto& [a, b] : kAliases) {
+  for (const auto& [a, b] : kParamsAliases) {
     if (root.contains(a) && root.contains(b)) {
       return Status::invalid_argument(where + ": fields '" + a + "' and '" + b +
                                       "' set the same thing: give one");
