@@ -1,11 +1,7 @@
 // DumpReader: validates a dump's header against its size, then reads it one
 // block of rows at a time.
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <new>

@@ -34,7 +34,6 @@ class ByteSource {
   const std::string& name() const { return name_; }
   int64_t size() const { return size_; }
   bool is_file() const { return fd_ >= 0; }
-  int fd() const { return fd_; }
   const unsigned char* bytes() const { return buffer_.data(); }
 
   // Exactly `n` bytes at `offset`, or an error naming the file and offset.
