@@ -596,6 +596,16 @@ TEST(Cli, ReadsStandardInput) {
   CliRun raw = RunCli(dir, "sample - --seed 2 --dtype f16 --vocab 300", "cat d.bin | ");
   EXPECT_EQ(raw.code, 0) << raw.err;
   EXPECT_EQ(raw.out, file.out);
+  // A redirected file is read from where its position stands, as cat reads
+  // it: here after 100 bytes another program in the same redirect read.
+  {
+    std::ofstream prefixed(dir / "prefixed.npy", std::ios::binary);
+    prefixed << std::string(100, 'x') << ReadText(dir / "d.npy");
+  }
+  CliRun after = RunCli(dir, "sample - --seed 2", "{ dd bs=100 count=1 of=/dev/null 2> /dev/null; ",
+                        "; } < prefixed.npy");
+  EXPECT_EQ(after.code, 0) << after.err;
+  EXPECT_EQ(after.out, file.out);
   CliRun unknown = RunCli(dir, "sample - --seed 2", "cat d.bin | ");
   EXPECT_EQ(unknown.code, 2);
   EXPECT_TRUE(Contains(unknown.err, "<stdin>")) << unknown.err;

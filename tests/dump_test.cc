@@ -6,12 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <ostream>
 #include <random>
@@ -535,6 +537,34 @@ TEST(DumpBlocks, CoverTheDumpAndCheckRanges) {
   ASSERT_FALSE(huge.ok());
   EXPECT_NE(huge.status().message().find("9223372036854775807 rows from row 5"), std::string::npos)
       << huge.status().message();
+}
+
+// read_into copies rows as stored, from a file or from bytes in memory (a
+// pipe), with read()'s range checks, and leaves read()'s block alone.
+TEST(DumpBlocks, ReadIntoCopiesRowsAsStored) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(10 * 16, 15);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 10, 16, {}).ok());
+  std::ifstream in(dir / "a.npy", std::ios::binary);
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
+  DumpOptions options;
+  options.block_bytes = 3 * 16 * 4;
+  Result<DumpReader> file = DumpReader::open(dir / "a.npy", options);
+  Result<DumpReader> held = DumpReader::from_bytes("a.npy", std::move(bytes), options);
+  for (Result<DumpReader>* reader : {&file, &held}) {
+    ASSERT_TRUE(reader->ok());
+    Result<LogitsView> block = (*reader)->block(0);
+    ASSERT_TRUE(block.ok());
+    std::vector<float> rows(5 * 16, -1.0f);
+    ASSERT_TRUE((*reader)->read_into(4, 5, rows.data()).ok());
+    EXPECT_TRUE(std::equal(rows.begin(), rows.end(), values.begin() + 4 * 16));
+    EXPECT_EQ(ValueAt(*block, 2, 7), values[2 * 16 + 7]);  // still the block read
+    EXPECT_FALSE((*reader)->read_into(8, 3, rows.data()).ok());
+    EXPECT_FALSE((*reader)->read_into(0, 0, rows.data()).ok());
+    Status huge = (*reader)->read_into(5, std::numeric_limits<int64_t>::max(), rows.data());
+    EXPECT_NE(huge.message().find("9223372036854775807 rows from row 5"), std::string::npos)
+        << huge.message();
+  }
 }
 
 TEST(DumpBlocks, RefuseAFileThatShrankAfterOpening) {

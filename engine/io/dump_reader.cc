@@ -320,15 +320,30 @@ Result<LogitsView> DumpReader::block(int64_t index) {
   return read(first, std::min(impl_->block_rows, impl_->info.rows - first));
 }
 
+namespace {
+
+Status check_rows(const detail::DumpReaderState& m, int64_t first, int64_t count) {
+  if (first < 0 || count < 1 || first > m.info.rows || count > m.info.rows - first) {
+    // (first + count is not formed: it can overflow)
+    return Status::invalid_argument(
+        m.source.name() + ": " + std::to_string(count) + " rows from row " + std::to_string(first) +
+        " are outside the dump's rows [0, " + std::to_string(m.info.rows) + ")");
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status DumpReader::read_into(int64_t first, int64_t count, void* dst) {
+  const Impl& m = *impl_;
+  if (Status s = check_rows(m, first, count); !s.ok()) return s;
+  return m.source.read_at(m.info.data_offset + first * m.row_bytes, count * m.row_bytes, dst);
+}
+
 Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
   Impl& m = *impl_;
   const std::string& name = m.source.name();
-  if (first < 0 || count < 1 || first > m.info.rows || count > m.info.rows - first) {
-    // (first + count is not formed: it can overflow)
-    return Status::invalid_argument(name + ": " + std::to_string(count) + " rows from row " +
-                                    std::to_string(first) + " are outside the dump's rows [0, " +
-                                    std::to_string(m.info.rows) + ")");
-  }
+  if (Status s = check_rows(m, first, count); !s.ok()) return s;
   const int64_t begin = m.info.data_offset + first * m.row_bytes;
   const int64_t length = count * m.row_bytes;
   const unsigned char* data = nullptr;

@@ -81,6 +81,14 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
   if (S_ISDIR(st.st_mode)) return Status::io_error(name + ": is a directory, not a dump");
   if (S_ISREG(st.st_mode)) {
     source.size_ = static_cast<int64_t>(st.st_size);
+    if (!source.owns_fd_) {
+      // (as cat would read it: from where an earlier reader left it)
+      const off_t at = ::lseek(fd, 0, SEEK_CUR);
+      if (at > 0) {
+        source.origin_ = std::min(static_cast<int64_t>(at), source.size_);
+        source.size_ -= source.origin_;
+      }
+    }
     return source;
   }
   // Pipes and devices cannot be read at an offset (nor sized): read them whole.
@@ -104,6 +112,7 @@ ByteSource::ByteSource(ByteSource&& other) noexcept
     : name_(std::move(other.name_)),
       fd_(std::exchange(other.fd_, -1)),
       owns_fd_(std::exchange(other.owns_fd_, false)),
+      origin_(other.origin_),
       size_(other.size_),
       buffer_(std::move(other.buffer_)) {}
 
@@ -113,6 +122,7 @@ ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
     name_ = std::move(other.name_);
     fd_ = std::exchange(other.fd_, -1);
     owns_fd_ = std::exchange(other.owns_fd_, false);
+    origin_ = other.origin_;
     size_ = other.size_;
     buffer_ = std::move(other.buffer_);
   }
@@ -135,7 +145,7 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
   }
   auto* dst = static_cast<unsigned char*>(out);
   while (n > 0) {
-    const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(n), offset);
+    const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(n), origin_ + offset);
     if (got < 0) {
       if (errno == EINTR) continue;
       return Status::io_error(name_ + ": cannot read at offset " + std::to_string(offset) + ": " +

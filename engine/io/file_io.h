@@ -19,9 +19,10 @@ std::string errno_text(int err);
 // block, at absolute offsets), or bytes already in memory.
 class ByteSource {
  public:
-  // Opens `path`, or standard input for "-". A regular file stays on disk; a
-  // pipe, FIFO or character device is read whole, since it cannot be read at
-  // an offset.
+  // Opens `path`, or standard input for "-". A regular file stays on disk
+  // (standard input from its current position: the bytes an earlier reader
+  // of the same open file consumed are not the dump's); a pipe, FIFO or
+  // character device is read whole, since it cannot be read at an offset.
   static Result<ByteSource> open(const std::string& path, const std::string& name);
   static ByteSource from_bytes(std::vector<unsigned char> bytes, const std::string& name);
 
@@ -44,6 +45,7 @@ class ByteSource {
   std::string name_;
   int fd_ = -1;
   bool owns_fd_ = false;
+  int64_t origin_ = 0;  // the file offset of byte 0 (standard input's position)
   int64_t size_ = 0;
   std::vector<unsigned char> buffer_;
 };

@@ -71,8 +71,9 @@ class DumpReader {
  public:
   // Opens `path` ("-" = standard input) and validates its header against the
   // file size; reads no logits yet. Standard input that is a regular file is
-  // read a block at a time like any file; a pipe is read whole into memory, and its format is
-  // sniffed (the NumPy magic, else raw) unless `options.format` says.
+  // read a block at a time like any file, from its current position; a pipe
+  // is read whole into memory. Standard input's format is sniffed (the NumPy
+  // magic, else raw) unless `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 
   // The same checks over bytes already in memory (`name` is used in messages).
@@ -96,6 +97,12 @@ class DumpReader {
   // read or block call; the previous block is released first.
   Result<LogitsView> read(int64_t first, int64_t count);
   Result<LogitsView> block(int64_t index);
+
+  // Rows [first, first + count) as stored (the dump's dtype, vocab values a
+  // row, no padding) copied into `dst`, which holds count × vocab of them:
+  // for a caller that keeps the rows, one copy fewer than read(). The block
+  // read() last returned stays valid.
+  Status read_into(int64_t first, int64_t count, void* dst);
 
  private:
   struct Impl;

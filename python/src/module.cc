@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -437,32 +439,25 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
                                                                    : py::dtype::of<float>();
   py::array out(out_dtype, shape);
   char* dst = static_cast<char*>(out.mutable_data());
-  const int64_t in_size = dtype_size(info.dtype);
-  const int64_t out_row_bytes = info.vocab * static_cast<int64_t>(out.itemsize());
   Status status;
   {
     py::gil_scoped_release release;
-    for (int64_t b = 0; b < reader.num_blocks() && status.ok(); ++b) {
-      Result<LogitsView> block = reader.block(b);
-      if (!block.ok()) {
-        status = block.status();
-        break;
-      }
-      const int64_t stride = block->row_stride == 0 ? block->vocab : block->row_stride;
-      for (int64_t r = 0; r < block->rows; ++r) {
-        const char* src = static_cast<const char*>(block->data) + r * stride * in_size;
-        char* row = dst + (reader.block_first_row(b) + r) * out_row_bytes;
-        if (widen) {
-          // bfloat16 is the top half of a float32: widening is exact.
-          for (int64_t i = 0; i < info.vocab; ++i) {
-            uint16_t half = 0;
-            std::memcpy(&half, src + 2 * i, 2);
-            const uint32_t bits = static_cast<uint32_t>(half) << 16;
-            std::memcpy(row + 4 * i, &bits, 4);
-          }
-        } else {
-          std::memcpy(row, src, static_cast<size_t>(out_row_bytes));
-        }
+    // The rows are read straight into the array. bfloat16 rows widened to
+    // float32 are read into its second half and widened in place, front to
+    // back, a run at a time: the floats of values [i, i + n) never reach the
+    // bfloat16 of value i + n.
+    const int64_t values = info.rows * info.vocab;
+    if (values > 0) {
+      char* stored = widen ? dst + 2 * values : dst;
+      status = reader.read_into(0, info.rows, stored);
+      constexpr int64_t kRun = 4096;
+      std::array<uint16_t, kRun> half;
+      std::array<uint32_t, kRun> bits;
+      for (int64_t i = 0; widen && status.ok() && i < values; i += kRun) {
+        const int64_t n = std::min(kRun, values - i);
+        std::memcpy(half.data(), stored + 2 * i, static_cast<size_t>(2 * n));
+        for (int64_t j = 0; j < n; ++j) bits[j] = static_cast<uint32_t>(half[j]) << 16;  // (exact)
+        std::memcpy(dst + 4 * i, bits.data(), static_cast<size_t>(4 * n));
       }
     }
   }

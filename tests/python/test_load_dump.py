@@ -35,6 +35,11 @@ def test_raw_bfloat16(engine, rng, tmp_path):
     widened = nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=257)
     assert widened.dtype == np.float32 and widened.shape == (4, 257)
     np.testing.assert_array_equal(widened, (bits.astype(np.uint32) << 16).view(np.float32))
+    # (widened in place a run at a time: runs end mid-row, the last is short)
+    big = bf16_bits(lm_logits(rng, 3, 3001))
+    big.tofile(tmp_path / "big.bin")
+    np.testing.assert_array_equal(nucleus.load_dump(tmp_path / "big.bin", dtype="bf16", vocab=3001),
+                                  (big.astype(np.uint32) << 16).view(np.float32))
     raw = nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=257, bf16="uint16")
     np.testing.assert_array_equal(raw, bits)
     # numpy integers are integers
