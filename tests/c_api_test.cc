@@ -1009,6 +1009,16 @@ TEST(CApiDump, ReadsRawBlocksThatSampleLikeTheWholeBatch) {
   EXPECT_EQ(view.rows, 4);
   EXPECT_EQ(std::memcmp(view.data, logits.data() + 2 * vocab, 4 * vocab * sizeof(float)), 0);
 
+  std::vector<float> copied(3 * vocab, -1.0f);
+  ASSERT_EQ(nucleus_dump_read_into(dump, 4, 3, copied.data()), NUCLEUS_OK);
+  EXPECT_EQ(std::memcmp(copied.data(), logits.data() + 4 * vocab, copied.size() * sizeof(float)),
+            0);
+  EXPECT_EQ(std::memcmp(view.data, logits.data() + 2 * vocab, 4 * vocab * sizeof(float)), 0);
+  EXPECT_EQ(nucleus_dump_read_into(dump, 5, 3, copied.data()), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_THAT(nucleus_last_error(), HasSubstr("3 rows from row 5"));
+  EXPECT_EQ(nucleus_dump_read_into(dump, 0, 1, nullptr), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_EQ(nucleus_dump_read_into(nullptr, 0, 1, copied.data()), NUCLEUS_INVALID_ARGUMENT);
+
   EXPECT_EQ(nucleus_dump_read_block(dump, 3, &view, nullptr), NUCLEUS_INVALID_ARGUMENT);
   EXPECT_THAT(nucleus_last_error(), HasSubstr("block = 3"));
   EXPECT_EQ(nucleus_dump_read(dump, 5, 4, &view), NUCLEUS_INVALID_ARGUMENT);

@@ -325,6 +325,11 @@ nucleus_status nucleus_dump_read_block(nucleus_dump* dump, int64_t index, nucleu
 /* Rows [first, first + count) as a view, valid as for nucleus_dump_read_block. */
 nucleus_status nucleus_dump_read(nucleus_dump* dump, int64_t first, int64_t count,
                                  nucleus_logits_view* view);
+/* Rows [first, first + count) as stored (the dump's dtype, vocab values a
+ * row, no padding) copied into dst, which holds count * vocab of them: for a
+ * caller that keeps the rows, one copy fewer than nucleus_dump_read. A view
+ * read before stays valid. */
+nucleus_status nucleus_dump_read_into(nucleus_dump* dump, int64_t first, int64_t count, void* dst);
 /* Closes a dump; NULL is allowed. A dump is not safe to share between threads. */
 nucleus_status nucleus_dump_close(nucleus_dump* dump);
 
