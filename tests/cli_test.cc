@@ -397,6 +397,12 @@ TEST(Cli, OutputDoesNotDependOnBlocksOrThreads) {
   ASSERT_EQ(blocks.code, 0) << blocks.err;
   EXPECT_EQ(blocks.out, whole.out);
   EXPECT_EQ(Lines(whole.out).size(), static_cast<size_t>(rows));
+  // More threads than cores run on the cores, with nothing on stderr (oneTBB
+  // warned there when an engine asked it for more).
+  CliRun many = RunCli(dir, args + " --threads 4096 -q");
+  ASSERT_EQ(many.code, 0) << many.err;
+  EXPECT_EQ(many.out, whole.out);
+  EXPECT_EQ(many.err, "");
 
   CliRun probs_whole = RunCli(dir, "probs d.npy --top-k 50 -o a.npy");
   CliRun probs_blocks = RunCli(dir, "probs d.npy --top-k 50 -o b.npy --block-mb 1 --threads 2");
@@ -596,6 +602,12 @@ TEST(Cli, ReadsStandardInput) {
   CliRun raw = RunCli(dir, "sample - --seed 2 --dtype f16 --vocab 300", "cat d.bin | ");
   EXPECT_EQ(raw.code, 0) << raw.err;
   EXPECT_EQ(raw.out, file.out);
+  for (const char* spelling : {"float16", "half"}) {  // (docs/cli.md's spellings)
+    CliRun named =
+        RunCli(dir, std::string("sample d.bin --seed 2 --vocab 300 --dtype ") + spelling);
+    EXPECT_EQ(named.code, 0) << spelling << ": " << named.err;
+    EXPECT_EQ(named.out, file.out) << spelling;
+  }
   // A redirected file is read from where its position stands, as cat reads
   // it: here after 100 bytes another program in the same redirect read.
   {

@@ -59,7 +59,7 @@ void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("--tensor", options->tensor,
                       "safetensors: the tensor to read (default: the only one)");
   command->add_option("--dtype", options->dtype, "Raw dumps: element type, f32, f16 or bf16")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "bfloat16"}));
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "half", "bfloat16"}));
   command->add_option("--vocab", options->vocab, "Raw dumps: values per row")
       ->check(integer_at_least(1));
   command
