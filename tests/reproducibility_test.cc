@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <tbb/global_control.h>
 
 #include <algorithm>
 #include <bit>
@@ -212,6 +213,9 @@ void CheckBatchInvariance(int vocab, int kinds, const std::vector<int>& batch_si
   for (const RowSpec& t : targets)
     reference.push_back(Batch({t}, vocab).Sample(reference_engine)[0]);
 
+  // (4 threads even on fewer cores: an engine takes no more threads than
+  // oneTBB allows the process)
+  const tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 4);
   for (int threads : {1, 2, 4}) {
     Engine engine(EngineOptions{.max_threads = threads, .seed = 2});
     ASSERT_EQ(engine.max_threads(), threads);
@@ -322,6 +326,25 @@ RowResult SampleFlat(Engine& engine, std::optional<uint64_t> seed, uint64_t step
                                  std::span(&req, 1), results);
   EXPECT_TRUE(s.ok()) << s.to_string();
   return results[0];
+}
+
+// An engine takes the threads it is asked for up to what oneTBB allows the
+// process (its cores, unless the host raised or lowered that limit): more
+// would get no workers, and oneTBB would print a warning on stderr.
+TEST(ReproducibilityTest, EngineThreadsAreCappedAtWhatOneTbbAllows) {
+  const auto limit = static_cast<int>(
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
+  EXPECT_EQ(Engine(EngineOptions{.max_threads = 0, .seed = 1}).max_threads(), limit);
+  EXPECT_EQ(Engine(EngineOptions{.max_threads = limit + 3, .seed = 1}).max_threads(), limit);
+  EXPECT_EQ(Engine(EngineOptions{.max_threads = 1, .seed = 1}).max_threads(), 1);
+  {
+    const tbb::global_control raised(tbb::global_control::max_allowed_parallelism, limit + 3);
+    EXPECT_EQ(Engine(EngineOptions{.max_threads = limit + 3, .seed = 1}).max_threads(), limit + 3);
+    EXPECT_EQ(Engine(EngineOptions{.max_threads = 0, .seed = 1}).max_threads(), limit + 3);
+  }
+  const tbb::global_control lowered(tbb::global_control::max_allowed_parallelism, 1);
+  EXPECT_EQ(Engine(EngineOptions{.max_threads = 0, .seed = 1}).max_threads(), 1);
+  EXPECT_EQ(Engine(EngineOptions{.max_threads = 2, .seed = 1}).max_threads(), 1);
 }
 
 TEST(ReproducibilityTest, MultipleSamplesDifferButAreReproducible) {

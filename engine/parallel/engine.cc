@@ -3,13 +3,14 @@
 // than threads, each row's chunk passes run in parallel too (the chunks are
 // fixed, so results do not depend on the thread count).
 #include <Random123/philox.h>
-#include <tbb/info.h>
+#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -171,9 +172,14 @@ struct Engine::Impl {
 };
 
 Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
-  const int available = tbb::info::default_concurrency();
+  // More threads than oneTBB allows the process (its cores, unless the host
+  // set tbb::global_control's max_allowed_parallelism) would not be more
+  // parallel: an arena is granted no more workers (and oneTBB says so on
+  // stderr).
+  const int available = static_cast<int>(std::min<size_t>(
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism),
+      std::numeric_limits<int>::max()));
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
-  if (options.max_threads > available) impl_->threads = options.max_threads;
   impl_->seed = options.seed ? *options.seed : system_seed();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);

@@ -49,7 +49,7 @@ Isa resolve_isa(Isa requested);
 std::vector<Isa> runnable_isas();
 
 struct EngineOptions {
-  int max_threads = 0;           // 0: every core the process may use
+  int max_threads = 0;           // 0 (or more than that): every core the process may use
   std::optional<uint64_t> seed;  // for unseeded rows; none: from the system
   Isa isa = Isa::kAuto;          // the highest instruction set to use
 };
