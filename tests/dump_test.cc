@@ -2,13 +2,17 @@
 // every format and dtype reads back exactly what was written, in any block
 // size; every malformed file is refused with a message that names the file,
 // the field and the value; writers never leave a partial file behind.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -739,6 +743,66 @@ TEST(DumpAtomicFile, ANewFileGetsTheUmasksMode) {
   struct stat st;
   ASSERT_EQ(::stat((dir / "new.txt").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
+}
+
+// A process killed while it writes (SIGKILL: no handler, no unwinding)
+// leaves no temporary file: it has no name until commit().
+TEST(DumpAtomicFile, AKilledWriterLeavesNothingBehind) {
+  const fs::path dir = TestDir();
+  const int probe = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (probe < 0) GTEST_SKIP() << "this file system has no O_TMPFILE: " << std::strerror(errno);
+  ::close(probe);
+  WriteBytes(dir / "old.txt", "old contents");
+  for (const char* name : {"new.txt", "old.txt"}) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / name).string());
+      if (file.ok() && file->write(std::string(3 << 20, 'x')).ok()) ::raise(SIGKILL);
+      ::_exit(1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << name;
+  }
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  EXPECT_EQ(names, std::vector<std::string>{"old.txt"});
+  EXPECT_EQ(ReadBytes(dir / "old.txt"), "old contents");
+}
+
+// Where the file system has no O_TMPFILE the temporary is a named file
+// beside the destination: the same results, and nothing left once the
+// writer is destroyed (normal return or unwinding).
+TEST(DumpAtomicFile, NamedTemporariesBehaveTheSame) {
+  const fs::path dir = TestDir();
+  WriteBytes(dir / "old.txt", "old contents");
+  fs::permissions(dir / "old.txt", fs::perms::owner_read | fs::perms::owner_write);
+  const std::string long_name = std::string(239, 'a') + ".txt";  // 255 - 12
+  auto entries = [&] {
+    return std::distance(fs::directory_iterator(dir), fs::directory_iterator());
+  };
+  for (const std::string name : {"new.txt", "old.txt", long_name.c_str()}) {
+    const auto before = entries();
+    Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / name).string(), false);
+    ASSERT_TRUE(file.ok()) << file.status().message();
+    ASSERT_TRUE(file->write("written").ok());
+    EXPECT_EQ(entries(), before + 1) << "a named temporary";
+    ASSERT_TRUE(file->commit().ok()) << name;
+    EXPECT_EQ(ReadBytes(dir / name), "written");
+  }
+  EXPECT_EQ(fs::status(dir / "old.txt").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  {
+    Result<detail::AtomicFile> abandoned =
+        detail::AtomicFile::create((dir / "x.txt").string(), false);
+    ASSERT_TRUE(abandoned.ok());
+    ASSERT_TRUE(abandoned->write("partial").ok());
+  }
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{long_name, "new.txt", "old.txt"}));
 }
 
 TEST(DumpNames, ParseAndPrint) {

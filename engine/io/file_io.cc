@@ -42,6 +42,10 @@ std::string base_name(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// The name of an open file descriptor under /proc, which linkat follows to
+// give an unnamed (O_TMPFILE) file a name without privileges.
+std::string proc_fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
 // The path a chain of symbolic links ends at (the path itself when it is not
 // a link; at most 40 links, as the kernel allows), whether or not that file
 // exists yet.
@@ -165,7 +169,7 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
   return Status();
 }
 
-Result<AtomicFile> AtomicFile::create(const std::string& path) {
+Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   AtomicFile file;
   file.path_ = path;
   file.buffer_.resize(kWriteBuffer);
@@ -195,35 +199,66 @@ Result<AtomicFile> AtomicFile::create(const std::string& path) {
   // that replaces a file is created 0600 and given the old file's mode once
   // open: another user who opened it in between could read what is written
   // (permissions are checked at open), which a private file must not allow.
-  // The name takes mkstemp's six characters (a longer suffix would refuse
-  // output names that mkstemp's fit under NAME_MAX).
-  const std::string stem = parent_directory(target) + "/." + base_name(target) + ".tmp-";
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  std::random_device entropy;
-  std::string temp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    temp = stem;
-    for (int i = 0; i < 6; ++i) temp.push_back(kAlphabet[entropy() % (sizeof kAlphabet - 1)]);
-    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, replacing ? 0600 : 0666);
-    if (fd < 0 && errno != EEXIST) break;
+  const mode_t mode = replacing ? 0600 : 0666;
+  file.stem_ = parent_directory(target) + "/." + base_name(target) + ".tmp-";
+  // The temporary has no name while it is written (O_TMPFILE): a run killed
+  // by any signal, even SIGKILL, leaves nothing behind. commit() links it in
+  // through /proc/self/fd. Where the file system (or a missing /proc) does
+  // not allow that, it is a named file beside the destination, which only
+  // a run that ends without unwinding leaves behind.
+  int fd = unnamed
+               ? ::open(parent_directory(target).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode)
+               : -1;
+  if (fd >= 0 && ::access(proc_fd_path(fd).c_str(), F_OK) != 0) {
+    ::close(fd);
+    fd = -1;
   }
   if (fd < 0) {
-    return Status::io_error(path + ": cannot create a temporary file in '" +
-                            parent_directory(target) + "': " + errno_text(errno));
+    Result<int> named = file.create_named(mode);
+    if (!named.ok()) return named.status();
+    fd = *named;
   }
   file.fd_ = fd;
-  file.temp_path_ = temp;
   // A replaced file's permission bits are kept (not its set-user-ID,
   // set-group-ID or sticky bits, which a write by another user clears).
   if (replacing) ::fchmod(fd, old.st_mode & 0777);
   return file;
 }
 
+// The temporary's name takes mkstemp's six characters after the stem (a
+// longer suffix would refuse output names that mkstemp's fit under
+// NAME_MAX); `make(name)` creates the file or fails with errno.
+template <typename Make>
+std::string AtomicFile::fresh_name(Make&& make) const {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  std::random_device entropy;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string name = stem_;
+    for (int i = 0; i < 6; ++i) name.push_back(kAlphabet[entropy() % (sizeof kAlphabet - 1)]);
+    if (make(name)) return name;
+    if (errno != EEXIST) break;
+  }
+  return {};
+}
+
+Result<int> AtomicFile::create_named(mode_t mode) {
+  int fd = -1;
+  temp_path_ = fresh_name([&](const std::string& name) {
+    fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    return fd >= 0;
+  });
+  if (fd < 0) {
+    return Status::io_error(path_ + ": cannot create a temporary file in '" +
+                            parent_directory(path_) + "': " + errno_text(errno));
+  }
+  return fd;
+}
+
 AtomicFile::AtomicFile(AtomicFile&& other) noexcept
     : path_(std::move(other.path_)),
       temp_path_(std::move(other.temp_path_)),
+      stem_(std::move(other.stem_)),
       fd_(std::exchange(other.fd_, -1)),
       buffer_(std::move(other.buffer_)),
       used_(std::exchange(other.used_, 0)) {
@@ -236,6 +271,8 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
     path_ = std::move(other.path_);
     temp_path_ = std::move(other.temp_path_);
     other.temp_path_.clear();
+    stem_ = std::move(other.stem_);
+    other.stem_.clear();
     fd_ = std::exchange(other.fd_, -1);
     buffer_ = std::move(other.buffer_);
     used_ = std::exchange(other.used_, 0);
@@ -290,6 +327,20 @@ Status AtomicFile::commit() {
   if (Status s = flush(); !s.ok()) {
     discard();
     return s;
+  }
+  if (temp_path_.empty() && !stem_.empty()) {
+    // The unnamed temporary gets its name now, just before it replaces the
+    // destination (a link cannot replace a file; the rename below does).
+    const std::string from = proc_fd_path(fd_);
+    temp_path_ = fresh_name([&](const std::string& name) {
+      return ::linkat(AT_FDCWD, from.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0;
+    });
+    if (temp_path_.empty()) {
+      const int err = errno;
+      discard();
+      return Status::io_error(path_ + ": cannot name the finished file in '" +
+                              parent_directory(path_) + "': " + errno_text(err));
+    }
   }
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) {

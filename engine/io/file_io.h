@@ -3,6 +3,8 @@
 // under its final name once it is complete.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -52,12 +54,16 @@ class ByteSource {
 
 // Writes `path` through a temporary file in the same directory that is
 // renamed into place by commit(); destroying it uncommitted removes the
-// temporary, so no reader ever sees a partial file. A destination that exists
-// and is not a regular file (/dev/null, a FIFO) is written directly instead,
-// since renaming over it would replace the device node.
+// temporary, so no reader ever sees a partial file. The temporary has no
+// name until commit() (O_TMPFILE, where the file system has it), so not even
+// a killed process leaves one behind. A destination that exists and is not a
+// regular file (/dev/null, a FIFO) is written directly instead, since
+// renaming over it would replace the device node.
 class AtomicFile {
  public:
-  static Result<AtomicFile> create(const std::string& path);
+  // `unnamed` false: a named temporary even where the file system has
+  // O_TMPFILE (as on one without it; for the tests).
+  static Result<AtomicFile> create(const std::string& path, bool unnamed = true);
 
   AtomicFile(AtomicFile&& other) noexcept;
   AtomicFile& operator=(AtomicFile&& other) noexcept;
@@ -75,8 +81,12 @@ class AtomicFile {
  private:
   AtomicFile() = default;
   Status flush();
+  Result<int> create_named(mode_t mode);
+  template <typename Make>
+  std::string fresh_name(Make&& make) const;
   std::string path_;
-  std::string temp_path_;  // empty when writing the destination directly
+  std::string temp_path_;  // the temporary's name; empty while it has none
+  std::string stem_;       // of temporary names; empty when writing the destination directly
   int fd_ = -1;
   std::vector<char> buffer_;
   size_t used_ = 0;
