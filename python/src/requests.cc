@@ -48,7 +48,16 @@ std::string shape_text(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+// True and False (Python's or numpy's) are not numbers here: `logprobs=True`
+// (the OpenAI API's flag) would otherwise ask for one top log-probability.
+bool is_boolean(py::handle v) {
+  if (PyBool_Check(v.ptr())) return true;
+  const std::string type = type_name(v);
+  return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
+}
+
 double to_double(py::handle v, const std::string& where) {
+  if (is_boolean(v)) throw py::type_error(where + ": expected a number, got bool");
   if (py::isinstance<py::str>(v) || py::isinstance<py::bytes>(v)) {
     throw py::type_error(where + ": expected a number, got " + type_name(v));
   }
@@ -74,6 +83,7 @@ float to_float(py::handle v, const std::string& where) {
 
 // Integers only: a float such as 50.0 is refused rather than truncated.
 py::object to_index(py::handle v, const std::string& where) {
+  if (is_boolean(v)) throw py::type_error(where + ": expected an integer, got bool");
   PyObject* index = PyNumber_Index(v.ptr());
   if (index == nullptr) {
     PyErr_Clear();

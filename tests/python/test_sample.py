@@ -248,6 +248,13 @@ def test_call_errors_raise_value_error(engine, rng, kwargs, message):
         ({"temperature": "hot"}, "temperature: expected a number"),
         ({"logit_bias": 3}, "logit_bias: expected a dict"),
         ({"history": [1, [2]]}, "mixes token ids and lists"),
+        # booleans are not numbers here (logprobs=True, the OpenAI flag,
+        # would ask for one top log-probability)
+        ({"logprobs": True}, "logprobs: expected an integer, got bool"),
+        ({"top_k": [3, np.True_]}, "top_k[1]: expected an integer, got bool"),
+        ({"temperature": False}, "temperature: expected a number, got bool"),
+        ({"seed": True}, "seed: expected an integer, got bool"),
+        ({"top_p": np.array([True, False])}, "top_p[0]: expected a number, got bool"),
     ],
 )
 def test_bad_types_raise_type_error(engine, rng, kwargs, message):
