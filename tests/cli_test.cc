@@ -364,6 +364,17 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                "--isa auto,all --repeat 2 --no-reference -q");
   ASSERT_EQ(run.code, 0) << run.err;
   EXPECT_EQ(Lines(run.out).size(), 1 + isas.size()) << run.out;
+  // More threads than the process runs are measured at what it runs, under
+  // that label, and said so (not a row labelled 4096 that ran on fewer).
+  run = RunCli(dir,
+               "bench --vocab 1000 --batch 1 --threads 4096,all --config greedy --repeat 2 "
+               "--no-reference --json capped.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json capped = Json::parse(ReadText(dir / "capped.json"));
+  ASSERT_EQ(capped["results"].size(), 1u) << "4096 and all are the same case";
+  EXPECT_EQ(capped["results"][0]["threads"], capped["machine_threads"]);
+  EXPECT_TRUE(Contains(run.err, "the cases asked for more are measured at")) << run.err;
+  EXPECT_FALSE(Contains(run.err, "TBB Warning")) << run.err;
   run = RunCli(dir, "bench --vocab all --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--vocab = all")) << run.err;

@@ -1,6 +1,6 @@
 // nucleus bench: decoding-throughput grid with the roofline, softmax-floor and
 // sort-based reference baselines measured in the same run (bench/core).
-#include <tbb/info.h>
+#include <tbb/global_control.h>
 
 #include <algorithm>
 #include <array>
@@ -81,7 +81,9 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Configurations: greedy, full, topk-topp, topp, minp, typical, penalty-topp, "
                    "or all")
       ->capture_default_str();
-  c->app->add_option("--threads", c->threads, "Thread counts, comma-separated; all = every core")
+  c->app
+      ->add_option("--threads", c->threads,
+                   "Thread counts, comma-separated; all = every core (more are measured at all)")
       ->capture_default_str();
   c->app->add_option("--dtype", c->dtype, "Logit types: f32, f16, bf16")->capture_default_str();
   c->app
@@ -133,12 +135,25 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
 }
 
 int run_bench(const BenchCommand& c) {
-  const int all = tbb::info::default_concurrency();
+  // The threads oneTBB lets this process run (its cores, unless limited):
+  // an engine asked for more runs this many, and so is the case measured.
+  const auto all = static_cast<int64_t>(
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
   std::vector<int64_t> vocabs, batches, threads;
   if (!parse_int_list("--vocab", c.vocab, std::nullopt, vocabs) ||
       !parse_int_list("--batch", c.batch, std::nullopt, batches) ||
       !parse_int_list("--threads", c.threads, all, threads)) {
     return kExitFailure;
+  }
+  if (std::any_of(threads.begin(), threads.end(), [&](int64_t t) { return t > all; })) {
+    if (!c.quiet) {
+      std::fprintf(stderr,
+                   "nucleus bench: this process runs at most %lld threads; the cases "
+                   "asked for more are measured at %lld\n",
+                   static_cast<long long>(all), static_cast<long long>(all));
+    }
+    for (int64_t& t : threads) t = std::min(t, all);
+    drop_repeats(threads);
   }
   std::vector<bench::Config> configs;
   for (const std::string& name : split(c.config)) {
