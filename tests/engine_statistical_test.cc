@@ -14,6 +14,8 @@
 // test fails when it is below 1e-6. With fixed seeds the outcome is
 // deterministic; a correct engine fails a given configuration with
 // probability 1e-6 over the choice of seeds.
+#include <Random123/philox.h>
+#include <Random123/u01fixedpt.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,7 +25,9 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nucleus/engine.h"
@@ -410,6 +414,68 @@ TEST(EngineExactDraw, RareTokenOfTwo) {
   // Binomial(n, 1e-6) is bounded by Poisson(λ) tails (conservatively wider).
   EXPECT_GT(PoissonAtMost(observed, lambda), kPValueThreshold / 2) << "rare token too rare";
   EXPECT_GT(PoissonAtLeast(observed, lambda), kPValueThreshold / 2) << "rare token too common";
+}
+
+// The draw inside a 512-token block gives each token exactly its share,
+// also where the block's sum (float partial sums per lane, as Z is summed)
+// loses tokens far below a heavy one in their lane. Found by a statistical
+// review: the walk added the tokens' masses in double, so the block's last
+// token was out of reach (masses lost from the sum) or took the difference
+// (masses rounded up), up to ~4e-7 of the row. The rows hold one heavy
+// token, seven in its lane that the float sum loses (or rounds up) and a
+// tail token at the block's end, the rest masked: their exact CDF in double
+// is known to ~1e-15, and the draws whose u lands in its top 8e-7 (found by
+// Philox, docs/semantics.md "Randomness") must give the CDF's token.
+TEST(EngineExactDraw, TailTokensAtTheEndOfABlock) {
+  using Philox = r123::Philox4x32;
+  std::vector<std::pair<uint64_t, double>> draws;  // (seed, u) with u > 1 - 8e-7
+  Philox philox;
+  for (uint64_t seed = 0; draws.size() < 10; ++seed) {
+    const Philox::key_type key = {{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
+    const Philox::ctr_type out = philox(Philox::ctr_type{{0, 0, 0, 0}}, key);
+    const double u =
+        u01fixedpt_open_closed_64_double((static_cast<uint64_t>(out[0]) << 32) | out[1]);
+    if (u > 1.0 - 8e-7) draws.emplace_back(seed, u);
+  }
+  Engine engine({.max_threads = 1, .seed = 1});
+  struct Case {
+    const char* name;
+    double lost;  // mass of each of the seven tokens in the heavy one's lane
+    double tail;  // mass of the block's last token
+    int in_tail = 0;
+    int below_tail = 0;
+  };
+  Case cases[] = {{"lost from the sum", 5.5e-8, 3e-7}, {"rounded up", 0.75 * 0x1p-23, 1e-9}};
+  constexpr int kVocab = 512;
+  for (Case& c : cases) {
+    std::vector<float> x(kVocab, -std::numeric_limits<float>::infinity());
+    x[0] = 0.0f;
+    for (int j = 8; j < 64; j += 8) x[j] = static_cast<float>(std::log(c.lost));
+    x[kVocab - 1] = static_cast<float>(std::log(c.tail));
+    std::vector<double> cdf(kVocab);
+    double run = 0.0;
+    for (int j = 0; j < kVocab; ++j) cdf[j] = run += std::exp(static_cast<double>(x[j]));
+    for (double& v : cdf) v /= run;
+    for (const auto& [seed, u] : draws) {
+      const auto exact =
+          static_cast<int32_t>(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+      if (std::abs(u - cdf[exact]) < 1e-12 || (exact > 0 && u - cdf[exact - 1] < 1e-12)) continue;
+      RowRequest req;
+      req.seed = seed;
+      std::vector<RowResult> out(1);
+      ASSERT_TRUE(engine
+                      .sample(LogitsView{x.data(), 1, kVocab, kVocab, DType::kFloat32},
+                              std::span(&req, 1), out)
+                      .ok());
+      EXPECT_EQ(out[0].tokens.at(0), exact) << c.name << ", seed " << seed << ", u = " << u;
+      c.in_tail += exact == kVocab - 1;
+      c.below_tail += exact < kVocab - 1 && u > cdf[kVocab - 2] - 2.5e-7;
+    }
+  }
+  // (the seeds found reach the cases' edges: the tail's share in the first
+  // row, the 2.1e-7 below it that the second row's tail took)
+  EXPECT_GT(cases[0].in_tail, 0);
+  EXPECT_GT(cases[1].below_tail, 0);
 }
 
 }  // namespace

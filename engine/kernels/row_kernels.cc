@@ -641,12 +641,38 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block
   const int64_t n = std::min(kBlock, s.n - j0);
   int64_t unused = 0;
   block_masses_from_values(s.x + j0, n, set, k0, w, &unused);
+  // The block's sum (float partial sums per lane, as Z's) can differ from
+  // its tokens' masses added in double by a few ulp of its largest: a token
+  // far below a heavy one in its lane rounds away from the sum. The walk is
+  // scaled to the sum, so each token gets its exact share of the block's
+  // mass (unscaled, the block's last tokens could be out of reach, or the
+  // last one took the difference). The scale is within kSlack of 1 (at most
+  // 512 float additions, 2^-24 each: 3e-5), so it is summed only when the
+  // unscaled walk ends that close to a token's edge or past the block.
+  constexpr double kSlack = 1e-4;
+  const double goal = target - cum;
+  double in_block = 0.0;
   int64_t last_positive = -1;
   for (int64_t j = 0; j < n; ++j) {
     if (w[j] <= 0.0f) continue;
-    cum += w[j];
+    const double before = in_block;
+    in_block += w[j];
     last_positive = j0 + j;
-    if (cum >= target) return j0 + j;
+    if (in_block >= goal) {
+      if (before < goal * (1.0 - kSlack) && in_block >= goal * (1.0 + kSlack)) return j0 + j;
+      break;
+    }
+  }
+  // (masses are >= 0: a token outside the set has 0)
+  double exact = 0.0;
+  for (int64_t j = 0; j < n; ++j) exact += w[j];
+  const double scaled = goal * (exact / block_sums[b]);
+  in_block = 0.0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (w[j] <= 0.0f) continue;
+    in_block += w[j];
+    last_positive = j0 + j;
+    if (in_block >= scaled) return j0 + j;
   }
   return last_positive;
 }
