@@ -99,7 +99,10 @@ class Engine {
   // exactly as sampling from the target. Target rows past the first
   // rejection are not read: a NaN or +inf there is no row error.
   // Uniforms come from Philox keyed by the row's seed with counter
-  // (step + i, 0, purpose), so the reproducibility contract holds.
+  // (step + i, 0, purpose), so the reproducibility contract holds. Position
+  // i uses step + i: the next call's step is this one's plus the tokens it
+  // emitted (accepted + 1), the sequence position, so that no uniform is
+  // used twice (a step advanced by 1 per call would reuse them).
   Status verify(const LogitsView& target_logits, int64_t num_draft,
                 std::span<const int32_t> draft_tokens, const float* draft_probs,
                 std::span<const RowRequest> requests, std::span<VerifyResult> results);
