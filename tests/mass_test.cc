@@ -86,4 +86,35 @@ TEST(Masses, RowPassesAndListsAgreeToTheBit) {
 }
 
 }  // namespace
+// The draw's walk: a target past the row's summed mass (rounding) gives the
+// last member of positive mass, not the first of the last block (the walk
+// had counted that block's mass as before it); a target inside it walks to
+// the member whose share reaches it. Members at 0, 5, 600, 700, 1000.
+TEST(Walk, PastTheMassIsTheLastMember) {
+  std::vector<float> x(1024, -std::numeric_limits<float>::infinity());
+  x[0] = 0.0f, x[5] = -1.0f, x[600] = 0.0f, x[700] = -2.0f, x[1000] = -3.0f;
+  detail::Segment s;
+  s.x = x.data();
+  s.n = static_cast<int64_t>(x.size());
+  detail::SetSpec set;
+  set.xmax = 0.0f;
+  for (Isa isa : runnable_isas()) {
+    const detail::Kernels& k = detail::kernels_for(isa);
+    std::vector<double> sums(2);
+    int64_t members = 0;
+    const double z = k.sum_mass(s, set, 0.0f, &members, sums.data());
+    ASSERT_EQ(members, 5);
+    for (double target :
+         {z * (1 + 1e-15), z * (1 + 1e-6), std::numeric_limits<double>::infinity()}) {
+      EXPECT_EQ(k.walk(s, set, 0.0f, sums.data(), 0.0, target), 1000)
+          << isa_name(isa) << ", target " << target << " past Z " << z;
+    }
+    const double e = std::exp(-1.0), at600 = 1.0 + e + 1.0;
+    EXPECT_EQ(k.walk(s, set, 0.0f, sums.data(), 0.0, 1e-9), 0) << isa_name(isa);
+    EXPECT_EQ(k.walk(s, set, 0.0f, sums.data(), 0.0, 1.0 + e / 2), 5) << isa_name(isa);
+    EXPECT_EQ(k.walk(s, set, 0.0f, sums.data(), 0.0, at600 - 0.5), 600) << isa_name(isa);
+    EXPECT_EQ(k.walk(s, set, 0.0f, sums.data(), 0.0, at600 + 0.1), 700) << isa_name(isa);
+  }
+}
+
 }  // namespace nucleus

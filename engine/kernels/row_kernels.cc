@@ -635,7 +635,10 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block
     cum += block_sums[b];
   }
   if (last_block < 0) return -1;
-  if (b == blocks) b = last_block;  // rounding: settle for the last block of positive mass
+  if (b == blocks) {  // rounding: settle for the last block of positive mass
+    b = last_block;
+    cum -= block_sums[b];  // (its mass is not before it: its walk runs past its end)
+  }
   alignas(64) float w[kBlock];
   const int64_t j0 = b * kBlock;
   const int64_t n = std::min(kBlock, s.n - j0);

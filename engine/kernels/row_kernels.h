@@ -259,9 +259,11 @@ struct Kernels {
   float (*min_key)(const Segment& s, const SetSpec& set);
   // Members whose key is strictly below `key`.
   int64_t (*count_key_below)(const Segment& s, const SetSpec& set, float key);
-  // Inverse-CDF walk: the first member (segment-relative index) at which the
-  // running mass cum_before + Σ exp(-(key - k0)) reaches target, skipping
-  // whole blocks by their sums from sum_mass; when rounding keeps it short,
+  // Inverse-CDF walk: whole blocks are skipped by their sums from sum_mass
+  // while cum_before plus them stays below target; inside the block that
+  // reaches it, the first member at which the running mass Σ exp(-(key -
+  // k0)), scaled to the block's sum, reaches the rest of target
+  // (segment-relative index). When rounding keeps the row short of target,
   // the last member of positive mass; -1 if there is none.
   int64_t (*walk)(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
                   double cum_before, double target);
