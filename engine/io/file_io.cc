@@ -86,7 +86,7 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
   if (S_ISREG(st.st_mode)) {
     source.size_ = static_cast<int64_t>(st.st_size);
     if (!source.owns_fd_) {
-      // (as cat would read it: from where an earlier reader left it)
+      // (from where an earlier reader left it)
       const off_t at = ::lseek(fd, 0, SEEK_CUR);
       if (at > 0) {
         source.origin_ = std::min(static_cast<int64_t>(at), source.size_);

@@ -22,8 +22,9 @@ std::string errno_text(int err);
 class ByteSource {
  public:
   // Opens `path`, or standard input for "-". A regular file stays on disk
-  // (standard input from its current position: the bytes an earlier reader
-  // of the same open file consumed are not the dump's); a pipe, FIFO or
+  // (standard input from its current position, which is left unchanged:
+  // the bytes an earlier reader of the same open file consumed are not the
+  // dump's); a pipe, FIFO or
   // character device is read whole, since it cannot be read at an offset.
   static Result<ByteSource> open(const std::string& path, const std::string& name);
   static ByteSource from_bytes(std::vector<unsigned char> bytes, const std::string& name);

@@ -110,9 +110,11 @@ class DumpReader {
   std::unique_ptr<Impl> impl_;
 };
 
-// Writes a rows × vocab .npy (float32 or float16, C order) under a temporary
-// name in the destination's directory and renames it into place on commit(),
-// so a failed or abandoned write never leaves a partial file behind.
+// Writes a rows × vocab .npy (float32 or float16, C order) to a temporary
+// file in the destination's directory that commit() renames into place, so a
+// failed or abandoned write never leaves a partial file behind. The
+// temporary has no name until then where the file system allows it
+// (O_TMPFILE), so not even a killed process leaves one.
 //
 // Example:
 //   auto writer = nucleus::NpyWriter::create("probs.npy", rows, vocab);

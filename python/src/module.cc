@@ -302,6 +302,10 @@ class PyEngine {
       throw py::value_error("isa = '" + isa + "' is not auto, sse2, avx2 or avx512");
     }
     o.isa = *parsed;
+    for (const auto& [name, value] : {std::pair{"threads", &threads}, std::pair{"seed", &seed}}) {
+      if (is_boolean(*value))
+        throw py::type_error(std::string(name) + ": expected an integer, got bool");
+    }
     if (!threads.is_none()) {
       const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(threads.ptr()));
       if (!index) throw py::error_already_set();

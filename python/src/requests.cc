@@ -13,6 +13,12 @@
 namespace nucleus::python {
 namespace py = pybind11;
 
+bool is_boolean(py::handle v) {
+  if (PyBool_Check(v.ptr())) return true;
+  const std::string type = py::str(py::type::handle_of(v).attr("__name__")).cast<std::string>();
+  return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
+}
+
 namespace {
 
 std::string type_name(py::handle object) {
@@ -46,14 +52,6 @@ std::string shape_text(const py::array& a) {
     s += std::to_string(a.shape(i));
   }
   return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-// True and False (Python's or numpy's) are not numbers here: `logprobs=True`
-// (the OpenAI API's flag) would otherwise ask for one top log-probability.
-bool is_boolean(py::handle v) {
-  if (PyBool_Check(v.ptr())) return true;
-  const std::string type = type_name(v);
-  return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
 }
 
 double to_double(py::handle v, const std::string& where) {

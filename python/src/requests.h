@@ -21,6 +21,11 @@ enum class CallKind {
 // The keywords `kind` accepts, in the order the documentation lists them.
 const std::vector<const char*>& keyword_names(CallKind kind);
 
+// True and False (Python's or numpy's), which are not numbers to this module:
+// `logprobs=True` (the OpenAI API's flag) would otherwise ask for one top
+// log-probability, `Engine(threads=True)` one thread.
+bool is_boolean(pybind11::handle v);
+
 class RequestTable {
  public:
   // Parses `kwargs` for a batch of `rows` rows of `vocab` tokens. Throws

@@ -296,6 +296,12 @@ def test_threads_share_an_engine(engine, rng):
 def test_engine_options():
     assert nucleus.Engine(threads=1).max_threads == 1
     assert nucleus.Engine().max_threads >= 1
+    # more threads than the process may run: capped there (no oneTBB warning)
+    assert nucleus.Engine(threads=100000).max_threads == nucleus.Engine().max_threads
+    for name in ("threads", "seed"):
+        for flag in (True, np.False_):
+            with pytest.raises(TypeError, match=f"{name}: expected an integer, got bool"):
+                nucleus.Engine(**{name: flag})
     with pytest.raises(ValueError, match=r"threads = -1 is outside \[0, 2\*\*31\)"):
         nucleus.Engine(threads=-1)
     with pytest.raises(ValueError, match=r"threads = 1099511627776 is outside"):
