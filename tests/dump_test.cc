@@ -4,6 +4,7 @@
 // the field and the value; writers never leave a partial file behind.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -803,6 +804,41 @@ TEST(DumpAtomicFile, NamedTemporariesBehaveTheSame) {
   for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, (std::vector<std::string>{long_name, "new.txt", "old.txt"}));
+}
+
+// Linux before 6.0 created an O_TMPFILE file on a file system without POSIX
+// ACLs (ramfs) 0666 whatever the umask: apply_umask_if_skipped takes the
+// umask's bits off there (simulated here: this kernel applies the umask
+// itself), and only there. Needs a ramfs mount (CAP_SYS_ADMIN).
+TEST(DumpAtomicFile, TheUmaskIsAppliedWhereOldKernelsSkippedIt) {
+  const fs::path dir = TestDir();
+  const fs::path ramfs = dir / "ramfs";
+  fs::create_directories(ramfs);
+  if (::mount("ramfs", ramfs.c_str(), "ramfs", 0, nullptr) != 0) {
+    GTEST_SKIP() << "cannot mount a ramfs: " << std::strerror(errno);
+  }
+  struct Unmount {
+    const fs::path& at;
+    ~Unmount() { ::umount(at.c_str()); }
+  } unmount{ramfs};
+  const mode_t before = ::umask(027);
+  for (const fs::path& where : {ramfs, dir}) {
+    const int fd = ::open((where / "f").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fchmod(fd, 0666), 0);  // as such a kernel left an O_TMPFILE file
+    detail::apply_umask_if_skipped(fd, where.string());
+    struct stat st;
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    ::close(fd);
+    EXPECT_EQ(st.st_mode & 0777, where == ramfs ? 0640u : 0666u) << where;
+  }
+  Result<detail::AtomicFile> file = detail::AtomicFile::create((ramfs / "new.txt").string());
+  ::umask(before);
+  ASSERT_TRUE(file.ok()) << file.status().message();
+  ASSERT_TRUE(file->commit().ok());
+  struct stat st;
+  ASSERT_EQ(::stat((ramfs / "new.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
 }
 
 TEST(DumpNames, ParseAndPrint) {

@@ -2,12 +2,16 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <random>
 #include <utility>
 
@@ -46,6 +50,19 @@ std::string base_name(const std::string& path) {
 // give an unnamed (O_TMPFILE) file a name without privileges.
 std::string proc_fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
 
+// The process's umask, read from /proc/self/status (setting it to read it,
+// umask(2)'s way, would race with other threads creating files).
+std::optional<mode_t> process_umask() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Umask:", 0) == 0) {
+      return static_cast<mode_t>(std::strtoul(line.c_str() + 6, nullptr, 8));
+    }
+  }
+  return std::nullopt;
+}
+
 // The path a chain of symbolic links ends at (the path itself when it is not
 // a link; at most 40 links, as the kernel allows), whether or not that file
 // exists yet.
@@ -63,6 +80,22 @@ std::string through_links(std::string path) {
 }
 
 }  // namespace
+
+// Linux before 6.0 did not apply the umask to an O_TMPFILE file on a file
+// system without POSIX ACLs (on one with them, the ACL code applies it, or
+// the directory's default ACL stands instead): there the bits the umask
+// forbids are taken away here. Elsewhere the mode already lacks them.
+void apply_umask_if_skipped(int fd, const std::string& directory) {
+  if (::getxattr(directory.c_str(), "system.posix_acl_default", nullptr, 0) >= 0 ||
+      errno != EOPNOTSUPP) {
+    return;
+  }
+  const std::optional<mode_t> mask = process_umask();
+  struct stat st;
+  if (mask && ::fstat(fd, &st) == 0 && (st.st_mode & *mask & 0777) != 0) {
+    ::fchmod(fd, st.st_mode & 0777 & ~*mask);
+  }
+}
 
 std::string errno_text(int err) {
   char buf[256];
@@ -213,6 +246,7 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
     ::close(fd);
     fd = -1;
   }
+  if (fd >= 0 && !replacing) apply_umask_if_skipped(fd, parent_directory(target));
   if (fd < 0) {
     Result<int> named = file.create_named(mode);
     if (!named.ok()) return named.status();

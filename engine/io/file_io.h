@@ -60,6 +60,11 @@ class ByteSource {
 // a killed process leaves one behind. A destination that exists and is not a
 // regular file (/dev/null, a FIFO) is written directly instead, since
 // renaming over it would replace the device node.
+// Linux before 6.0 created O_TMPFILE files without applying the umask on a
+// file system without POSIX ACLs: on such a file system (getxattr says
+// EOPNOTSUPP), takes the bits the process's umask forbids off `fd`'s mode.
+void apply_umask_if_skipped(int fd, const std::string& directory);
+
 class AtomicFile {
  public:
   // `unnamed` false: a named temporary even where the file system has
