@@ -233,20 +233,19 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   // open: another user who opened it in between could read what is written
   // (permissions are checked at open), which a private file must not allow.
   const mode_t mode = replacing ? 0600 : 0666;
-  file.stem_ = parent_directory(target) + "/." + base_name(target) + ".tmp-";
+  const std::string directory = parent_directory(target);
+  file.stem_ = directory + "/." + base_name(target) + ".tmp-";
   // The temporary has no name while it is written (O_TMPFILE): a run killed
   // by any signal, even SIGKILL, leaves nothing behind. commit() links it in
   // through /proc/self/fd. Where the file system (or a missing /proc) does
   // not allow that, it is a named file beside the destination, which only
   // a run that ends without unwinding leaves behind.
-  int fd = unnamed
-               ? ::open(parent_directory(target).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode)
-               : -1;
+  int fd = unnamed ? ::open(directory.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, mode) : -1;
   if (fd >= 0 && ::access(proc_fd_path(fd).c_str(), F_OK) != 0) {
     ::close(fd);
     fd = -1;
   }
-  if (fd >= 0 && !replacing) apply_umask_if_skipped(fd, parent_directory(target));
+  if (fd >= 0 && !replacing) apply_umask_if_skipped(fd, directory);
   if (fd < 0) {
     Result<int> named = file.create_named(mode);
     if (!named.ok()) return named.status();

@@ -653,31 +653,28 @@ int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block
   // 512 float additions, 2^-24 each: 3e-5), so it is summed only when the
   // unscaled walk ends that close to a token's edge or past the block.
   constexpr double kSlack = 1e-4;
-  const double goal = target - cum;
-  double in_block = 0.0;
-  int64_t last_positive = -1;
-  for (int64_t j = 0; j < n; ++j) {
-    if (w[j] <= 0.0f) continue;
-    const double before = in_block;
-    in_block += w[j];
-    last_positive = j0 + j;
-    if (in_block >= goal) {
-      if (before < goal * (1.0 - kSlack) && in_block >= goal * (1.0 + kSlack)) return j0 + j;
-      break;
+  // The first member at which the block's running mass reaches g (the last
+  // member of positive mass when none does), and that mass before and after it.
+  double before = 0.0, after = 0.0;
+  auto reach = [&](double g) {
+    int64_t at = -1;
+    after = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      if (w[j] <= 0.0f) continue;
+      before = after;
+      after += w[j];
+      at = j0 + j;
+      if (after >= g) break;
     }
-  }
+    return at;
+  };
+  const double goal = target - cum;
+  const int64_t unscaled = reach(goal);
+  if (before < goal * (1.0 - kSlack) && after >= goal * (1.0 + kSlack)) return unscaled;
   // (masses are >= 0: a token outside the set has 0)
   double exact = 0.0;
   for (int64_t j = 0; j < n; ++j) exact += w[j];
-  const double scaled = goal * (exact / block_sums[b]);
-  in_block = 0.0;
-  for (int64_t j = 0; j < n; ++j) {
-    if (w[j] <= 0.0f) continue;
-    in_block += w[j];
-    last_positive = j0 + j;
-    if (in_block >= scaled) return j0 + j;
-  }
-  return last_positive;
+  return reach(goal * (exact / block_sums[b]));
 }
 
 void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out) {

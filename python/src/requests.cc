@@ -13,17 +13,21 @@
 namespace nucleus::python {
 namespace py = pybind11;
 
-bool is_boolean(py::handle v) {
-  if (PyBool_Check(v.ptr())) return true;
-  const std::string type = py::str(py::type::handle_of(v).attr("__name__")).cast<std::string>();
-  return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
-}
-
 namespace {
 
 std::string type_name(py::handle object) {
   return py::str(py::type::handle_of(object).attr("__name__")).cast<std::string>();
 }
+
+}  // namespace
+
+bool is_boolean(py::handle v) {
+  if (PyBool_Check(v.ptr())) return true;
+  const std::string type = type_name(v);
+  return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
+}
+
+namespace {
 
 std::string element(const char* name, int64_t row) {
   return std::string(name) + "[" + std::to_string(row) + "]";
