@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -635,6 +636,48 @@ TEST(Cli, ReadsStandardInput) {
   EXPECT_TRUE(Contains(unknown.err, "unknown format")) << unknown.err;
 }
 
+// A .npy pipe longer than a block is streamed, a block at a time, with the
+// file's results; one that ends early or runs on past its header's shape
+// stops the run when that shows, with the file's message, and leaves no
+// --output file.
+TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 40, vocab = 32000;  // 5 MB: more than the 2 MiB read ahead
+  WriteDump(dir / "d.npy", Logits(rows, vocab, 8), rows, vocab, DType::kFloat32);
+  for (const char* command : {"sample - --seed 4 --block-mb 1", "probs - --block-mb 1 -o p.npy"}) {
+    const std::string file_command = std::regex_replace(command, std::regex(" - "), " d.npy ");
+    CliRun file = RunCli(dir, file_command);
+    ASSERT_EQ(file.code, 0) << file.err;
+    const std::string file_probs = fs::exists(dir / "p.npy") ? ReadText(dir / "p.npy") : "";
+    CliRun pipe = RunCli(dir, command, "cat d.npy | ");
+    ASSERT_EQ(pipe.code, 0) << command << ": " << pipe.err;
+    EXPECT_EQ(pipe.out, file.out) << command;
+    if (!file_probs.empty()) {
+      EXPECT_EQ(ReadText(dir / "p.npy"), file_probs);
+    }
+    fs::remove(dir / "p.npy");
+  }
+  const int64_t size = static_cast<int64_t>(fs::file_size(dir / "d.npy"));
+  const std::string cut = "head -c " + std::to_string(size - 5000) + " d.npy | ";
+  const std::string more = "{ cat d.npy; printf xyz; } | ";
+  for (const char* command :
+       {"sample - --block-mb 1 -o o.jsonl", "probs - --block-mb 1 -o o.npy"}) {
+    CliRun short_run = RunCli(dir, command, cut);
+    EXPECT_EQ(short_run.code, 2) << command;
+    EXPECT_TRUE(Contains(short_run.err,
+                         "<stdin>: header field 'shape' = (40, 32000) of f32 needs "
+                         "5120000 bytes of data but the file holds 5115000: "
+                         "truncated file"))
+        << short_run.err;
+    CliRun long_run = RunCli(dir, command, more);
+    EXPECT_EQ(long_run.code, 2) << command;
+    EXPECT_TRUE(Contains(long_run.err, "holds 5120003: the header does not describe the data"))
+        << long_run.err;
+    EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
+    EXPECT_FALSE(fs::exists(dir / "o.npy"));
+  }
+}
+
 // Standard output that cannot be written (a full disk) fails every command
 // with status 2 and a message, not status 0 with the text lost.
 TEST(Cli, AFullStandardOutputFailsTheRun) {
@@ -878,6 +921,12 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   const std::vector<std::string> lines = Lines(ReadText(dir / "out.jsonl"));
   ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
   EXPECT_EQ(Json::parse(lines.back())["tokens"][0], 0);  // all ties: the lowest id
+
+  // A pipe is streamed the same way (and was read whole: out of memory).
+  CliRun piped = RunCli(dir, "sample - --temperature 0 --block-mb 16 -q -o out3.jsonl",
+                        limit + "cat big.npy | ");
+  ASSERT_EQ(piped.code, 0) << piped.err;
+  EXPECT_EQ(ReadText(dir / "out3.jsonl"), ReadText(dir / "out.jsonl"));
 
   CliRun whole =
       RunCli(dir, "sample big.npy --temperature 0 --block-mb 1024 -q -o out2.jsonl", limit);

@@ -22,7 +22,10 @@
 #include <limits>
 #include <ostream>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "engine/io/dump_writer.h"
@@ -593,6 +596,168 @@ TEST(DumpBlocks, RefuseAFileThatShrankAfterOpening) {
                                          "it was being read"),
             std::string::npos)
       << view.status().message();
+}
+
+// Feeds `bytes` through a pipe from a thread; path() names its read end
+// (/dev/fd/N, as a shell's `<(cmd)` would). A reader that stops early makes
+// the writer's next write fail (EPIPE, SIGPIPE ignored), which ends it.
+class PipeFeed {
+ public:
+  explicit PipeFeed(std::string bytes) : bytes_(std::move(bytes)) {
+    std::signal(SIGPIPE, SIG_IGN);
+    int fds[2];
+    if (::pipe(fds) != 0) throw std::runtime_error("pipe");
+    read_end_ = fds[0];
+    writer_ = std::thread([this, fd = fds[1]] {
+      size_t done = 0;
+      while (done < bytes_.size()) {
+        const ssize_t n = ::write(fd, bytes_.data() + done, bytes_.size() - done);
+        if (n <= 0) break;
+        done += static_cast<size_t>(n);
+      }
+      ::close(fd);
+    });
+  }
+  PipeFeed(const PipeFeed&) = delete;
+  PipeFeed& operator=(const PipeFeed&) = delete;
+  ~PipeFeed() {
+    close_read_end();
+    writer_.join();
+  }
+  std::string path() const { return "/dev/fd/" + std::to_string(read_end_); }
+  // Once a reader has opened path() (its own descriptor), the feed's own is
+  // closed, so that the writer sees the reader go.
+  void close_read_end() {
+    if (read_end_ >= 0) ::close(read_end_);
+    read_end_ = -1;
+  }
+
+ private:
+  std::string bytes_;
+  int read_end_ = -1;
+  std::thread writer_;
+};
+
+Result<DumpReader> OpenPipe(PipeFeed& feed, const DumpOptions& options) {
+  Result<DumpReader> reader = DumpReader::open(feed.path(), options);
+  feed.close_read_end();
+  return reader;
+}
+
+// 12 rows of 64 Ki float32 (3 MiB, more than the 2 MiB a pipe is read ahead
+// at least) read two rows a block.
+constexpr int64_t kPipeRows = 12, kPipeVocab = 64 * 1024;
+DumpOptions TwoRowBlocks() {
+  DumpOptions options;
+  options.block_bytes = 2 * kPipeVocab * 4;
+  return options;
+}
+
+// A .npy pipe longer than the read-ahead is streamed: read once, front to
+// back, block by block, with the file's values.
+TEST(DumpPipe, ALongNpyIsStreamedAndReadsBackAsTheFile) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 21);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
+  PipeFeed feed(ReadBytes(dir / "a.npy"));
+  Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  EXPECT_TRUE(reader->info().streamed);
+  EXPECT_EQ(reader->info().rows, kPipeRows);
+  ExpectRows(*reader, values, DType::kFloat32);
+  Result<LogitsView> again = reader->block(0);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.status().message().find(
+                "rows [0, 2) were already read: a pipe is read once, front to back"),
+            std::string::npos)
+      << again.status().message();
+}
+
+// read_into skips rows it is not asked for and refuses those it passed.
+TEST(DumpPipe, ReadIntoSkipsForward) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 22);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
+  PipeFeed feed(ReadBytes(dir / "a.npy"));
+  Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  std::vector<float> rows(2 * kPipeVocab);
+  for (int64_t first : {int64_t{3}, int64_t{9}, int64_t{10}}) {
+    const int64_t count = first == 9 ? 1 : 2;
+    ASSERT_TRUE(reader->read_into(first, count, rows.data()).ok()) << "rows from " << first;
+    EXPECT_TRUE(std::equal(rows.begin(), rows.begin() + count * kPipeVocab,
+                           values.begin() + first * kPipeVocab))
+        << "rows from " << first;
+  }
+  // (rows 0 to 7 were in the 2 MiB read ahead; reading row 9 dropped them)
+  EXPECT_FALSE(reader->read_into(4, 1, rows.data()).ok());
+  EXPECT_FALSE(reader->read_into(11, 1, rows.data()).ok());
+}
+
+// A stream that ends early, or holds bytes after the last row, fails at the
+// block where that shows, with the message a file of that size gets when it
+// is opened; the blocks before it read normally.
+TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 23);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
+  const std::string bytes = ReadBytes(dir / "a.npy");
+  const size_t header = bytes.size() - kPipeRows * kPipeVocab * 4;
+  struct Case {
+    std::string bytes;
+    int64_t failing_block;
+    std::string says;
+  };
+  const Case cases[] = {
+      {bytes.substr(0, header + 9 * kPipeVocab * 4 + 100), 4, "truncated file"},
+      {bytes.substr(0, header + 11 * kPipeVocab * 4), 5, "truncated file"},
+      {bytes + "xyz", 5, "the header does not describe the data"},
+  };
+  for (const Case& c : cases) {
+    PipeFeed feed(c.bytes);
+    const std::string name = feed.path();
+    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    Result<DumpReader> held = DumpReader::from_bytes(
+        name, std::vector<unsigned char>(c.bytes.begin(), c.bytes.end()), TwoRowBlocks());
+    ASSERT_FALSE(held.ok());
+    EXPECT_NE(held.status().message().find(c.says), std::string::npos) << held.status().message();
+    for (int64_t b = 0; b < c.failing_block; ++b) {
+      EXPECT_TRUE(reader->block(b).ok()) << "block " << b << " of " << c.bytes.size() << " bytes";
+    }
+    Result<LogitsView> failing = reader->block(c.failing_block);
+    ASSERT_FALSE(failing.ok()) << c.bytes.size() << " bytes";
+    EXPECT_EQ(failing.status().message(), held.status().message());
+  }
+}
+
+// A pipe that ends within the read-ahead is held whole and checked when it
+// is opened; so are the formats whose header is checked against the whole
+// size (.safetensors, raw), however long.
+TEST(DumpPipe, ShortPipesAndOtherFormatsAreHeldWhole) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 24);
+  for (const char* file : {"a.safetensors", "a.bin"}) {
+    detail::DumpWriteSpec spec;
+    spec.format = detail::dump_format_for_path(file);
+    ASSERT_TRUE(detail::write_dump(dir / file, values.data(), kPipeRows, kPipeVocab, spec).ok());
+    PipeFeed feed(ReadBytes(dir / file));
+    DumpOptions options = TwoRowBlocks();
+    options.format = spec.format;
+    if (spec.format == DumpFormat::kRaw) {
+      options.dtype = DType::kFloat32;
+      options.vocab = kPipeVocab;
+    }
+    Result<DumpReader> reader = OpenPipe(feed, options);
+    ASSERT_TRUE(reader.ok()) << file << ": " << reader.status().message();
+    EXPECT_FALSE(reader->info().streamed) << file;
+    ExpectRows(*reader, values, DType::kFloat32);
+    EXPECT_TRUE(reader->block(0).ok()) << file;  // held: any block, any order
+  }
+  ASSERT_TRUE(detail::write_dump(dir / "s.npy", values.data(), 2, kPipeVocab, {}).ok());
+  const std::string small = ReadBytes(dir / "s.npy");
+  PipeFeed feed(small.substr(0, small.size() - 4));
+  ExpectError(OpenPipe(feed, TwoRowBlocks()), {"/dev/fd/", "truncated file"});
 }
 
 TEST(DumpNpyWriter, WritesRowsAndRenamesOnCommit) {

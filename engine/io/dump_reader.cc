@@ -68,7 +68,7 @@ std::string raw_needs(const DumpOptions& options) {
 }
 
 // The format of a dump whose options say kAuto.
-Result<DumpFormat> detect_format(const std::string& path, const ByteSource& source,
+Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
                                  const DumpOptions& options) {
   const std::string& name = source.name();
   if (!source.is_file() || path == "-") {
@@ -172,13 +172,19 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
                 DumpInfo* info) {
   const std::string& name = source.name();
   info->path = path;
-  info->streamed = source.is_file();
   info->format = options.format;
   if (info->format == DumpFormat::kAuto) {
     Result<DumpFormat> format = detect_format(path, source, options);
     if (!format.ok()) return format.status();
     info->format = *format;
   }
+  // A pipe longer than the read-ahead is streamed when its header says how
+  // many rows it holds (.npy; its size is checked once it ends); the other
+  // formats are checked against the whole input's size first.
+  if (info->format != DumpFormat::kNpy) {
+    if (Status s = source.hold_whole(); !s.ok()) return s;
+  }
+  info->streamed = source.is_file() || source.streaming();
   switch (info->format) {
     case DumpFormat::kNpy: {
       Result<detail::NpyHeader> header = detail::parse_npy_header(source);
@@ -195,6 +201,7 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->data_offset = header->data_offset;
       const std::string field = name + ": header field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
+      if (source.streaming()) return Status();  // (checked when the stream ends)
       return check_data_size(*info, source.size() - info->data_offset, field);
     }
     case DumpFormat::kSafetensors: {
@@ -246,6 +253,11 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
   return Status::internal(name + ": no format chosen");
 }
 
+// A pipe is read ahead by at least this much before it is streamed: more
+// than the longest .npy header this reader accepts, so the header is always
+// in memory when it is parsed.
+constexpr int64_t kMinReadAhead = int64_t{2} << 20;
+
 Status init_state(const std::string& path, const DumpOptions& options,
                   detail::DumpReaderState& state) {
   if (options.block_bytes <= 0) {
@@ -290,7 +302,8 @@ DumpReader::~DumpReader() = default;
 
 Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
   const std::string name = path == "-" ? std::string("<stdin>") : path;
-  Result<ByteSource> source = ByteSource::open(path, name);
+  Result<ByteSource> source =
+      ByteSource::open(path, name, std::max(options.block_bytes, kMinReadAhead));
   if (!source.ok()) return source.status();
   auto impl = std::make_unique<Impl>(std::move(source).value());
   if (Status s = init_state(path, options, *impl); !s.ok()) return s;
@@ -332,12 +345,35 @@ Status check_rows(const detail::DumpReaderState& m, int64_t first, int64_t count
   return Status();
 }
 
+// Reads rows [first, first + count) into `dst`. A stream refuses rows it has
+// passed, and is checked against the header when it ends: short, the read
+// fails; past the last row, the rest is read and must be empty. Either way
+// the message is the one a file of that size gets when it is opened.
+Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void* dst) {
+  if (Status s = check_rows(m, first, count); !s.ok()) return s;
+  ByteSource& source = m.source;
+  const int64_t begin = m.info.data_offset + first * m.row_bytes;
+  if (source.streaming() && begin < source.readable_from()) {
+    return Status::invalid_argument(source.name() + ": rows [" + std::to_string(first) + ", " +
+                                    std::to_string(first + count) +
+                                    ") were already read: a pipe is read once, front to back");
+  }
+  const std::string field = source.name() + ": header field 'shape'";
+  Status s = source.read_at(begin, count * m.row_bytes, dst);
+  if (s.ok() && source.streaming() && first + count == m.info.rows) s = source.read_to_end();
+  if (source.ended() && (s.ok() || source.size() < begin + count * m.row_bytes)) {
+    if (Status size = check_data_size(m.info, source.size() - m.info.data_offset, field);
+        !size.ok()) {
+      return size;
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 Status DumpReader::read_into(int64_t first, int64_t count, void* dst) {
-  const Impl& m = *impl_;
-  if (Status s = check_rows(m, first, count); !s.ok()) return s;
-  return m.source.read_at(m.info.data_offset + first * m.row_bytes, count * m.row_bytes, dst);
+  return read_rows(*impl_, first, count, dst);
 }
 
 Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
@@ -358,12 +394,12 @@ Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {
     }
     return Status();
   };
-  if (m.source.is_file()) {
+  if (m.source.is_file() || m.source.streaming()) {
     // Read, not mapped: a mapped file that shrinks under the reader (another
     // program truncating it) kills the process with SIGBUS on the next touch
     // of a lost page, wherever in the engine that is; a read reports it.
     if (Status s = hold(); !s.ok()) return s;
-    if (Status s = m.source.read_at(begin, length, m.block.data()); !s.ok()) return s;
+    if (Status s = read_rows(m, first, count, m.block.data()); !s.ok()) return s;
     data = reinterpret_cast<const unsigned char*>(m.block.data());
   } else if (reinterpret_cast<uintptr_t>(m.source.bytes() + begin) % item != 0) {
     if (Status s = hold(); !s.ok()) return s;

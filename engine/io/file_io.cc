@@ -20,19 +20,8 @@ namespace {
 
 constexpr size_t kWriteBuffer = size_t{1} << 20;
 
-Status read_whole(int fd, const std::string& name, std::vector<unsigned char>* out) {
-  out->clear();
-  std::vector<unsigned char> chunk(size_t{1} << 20);
-  for (;;) {
-    const ssize_t got = ::read(fd, chunk.data(), chunk.size());
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return Status::io_error(name + ": cannot read: " + errno_text(errno));
-    }
-    if (got == 0) return Status();
-    out->insert(out->end(), chunk.begin(), chunk.begin() + got);
-  }
-}
+// Read at a time from a pipe.
+constexpr int64_t kPipeChunk = int64_t{1} << 20;
 
 std::string parent_directory(const std::string& path) {
   const size_t slash = path.rfind('/');
@@ -103,7 +92,8 @@ std::string errno_text(int err) {
   return ::strerror_r(err, buf, sizeof buf);
 }
 
-Result<ByteSource> ByteSource::open(const std::string& path, const std::string& name) {
+Result<ByteSource> ByteSource::open(const std::string& path, const std::string& name,
+                                    int64_t read_ahead) {
   ByteSource source;
   source.name_ = name;
   int fd = 0;
@@ -128,12 +118,19 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
     }
     return source;
   }
-  // Pipes and devices cannot be read at an offset (nor sized): read them whole.
-  if (Status s = read_whole(fd, name, &source.buffer_); !s.ok()) return s;
-  source.size_ = static_cast<int64_t>(source.buffer_.size());
-  if (source.owns_fd_) ::close(fd);
-  source.fd_ = -1;
-  source.owns_fd_ = false;
+  // Pipes and devices cannot be read at an offset (nor sized): read ahead,
+  // and hold the bytes whole if they end there, else stream them.
+  source.streaming_ = true;
+  while (!source.ended_ && source.size_ < read_ahead) {
+    const int64_t n = std::min(kPipeChunk, read_ahead - source.size_);
+    source.buffer_.resize(static_cast<size_t>(source.size_ + n));
+    Result<int64_t> got = source.read_some(source.buffer_.data() + source.size_, n);
+    if (!got.ok()) return got.status();
+    source.buffer_.resize(static_cast<size_t>(source.size_));
+  }
+  if (source.ended_) {
+    if (Status s = source.hold_whole(); !s.ok()) return s;  // (closes the pipe)
+  }
   return source;
 }
 
@@ -151,7 +148,10 @@ ByteSource::ByteSource(ByteSource&& other) noexcept
       owns_fd_(std::exchange(other.owns_fd_, false)),
       origin_(other.origin_),
       size_(other.size_),
-      buffer_(std::move(other.buffer_)) {}
+      buffer_(std::move(other.buffer_)),
+      streaming_(other.streaming_),
+      ended_(other.ended_),
+      buffer_begin_(other.buffer_begin_) {}
 
 ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
   if (this != &other) {
@@ -162,6 +162,9 @@ ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
     origin_ = other.origin_;
     size_ = other.size_;
     buffer_ = std::move(other.buffer_);
+    streaming_ = other.streaming_;
+    ended_ = other.ended_;
+    buffer_begin_ = other.buffer_begin_;
   }
   return *this;
 }
@@ -170,7 +173,90 @@ ByteSource::~ByteSource() {
   if (owns_fd_) ::close(fd_);
 }
 
-Status ByteSource::read_at(int64_t offset, int64_t n, void* out) const {
+Result<int64_t> ByteSource::read_some(unsigned char* out, int64_t n) {
+  for (;;) {
+    const ssize_t got = ::read(fd_, out, static_cast<size_t>(n));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return Status::io_error(name_ + ": cannot read after byte " + std::to_string(size_) + ": " +
+                              errno_text(errno));
+    }
+    size_ += got;
+    if (got == 0) ended_ = true;
+    return static_cast<int64_t>(got);
+  }
+}
+
+Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
+  if (offset < buffer_begin_) {
+    return Status::io_error(name_ + ": bytes " + std::to_string(offset) + " to " +
+                            std::to_string(offset + n) +
+                            " were already passed: a pipe is read once, front to back");
+  }
+  // From what was read ahead, then from the pipe (which drops the read-ahead:
+  // it lies behind).
+  if (offset < size_) {
+    const int64_t k = std::min(n, size_ - offset);
+    std::memcpy(out, buffer_.data() + (offset - buffer_begin_), static_cast<size_t>(k));
+    out += k;
+    offset += k;
+    n -= k;
+  }
+  if (n == 0) return Status();
+  std::vector<unsigned char>().swap(buffer_);
+  buffer_begin_ = size_;
+  std::vector<unsigned char> skip;
+  while (size_ < offset + n) {
+    const bool skipping = size_ < offset;
+    if (skipping && skip.empty()) skip.resize(static_cast<size_t>(kPipeChunk));
+    Result<int64_t> got = skipping ? read_some(skip.data(), std::min(kPipeChunk, offset - size_))
+                                   : read_some(out + (size_ - offset), offset + n - size_);
+    buffer_begin_ = size_;  // (nothing read is kept)
+    if (!got.ok()) return got.status();
+    if (*got == 0) {
+      return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) +
+                              " to " + std::to_string(offset + n) + " but the input ended after " +
+                              std::to_string(size_) + " bytes");
+    }
+  }
+  return Status();
+}
+
+Status ByteSource::read_to_end() {
+  std::vector<unsigned char>().swap(buffer_);
+  buffer_begin_ = size_;
+  std::vector<unsigned char> skip(static_cast<size_t>(kPipeChunk));
+  while (streaming_ && !ended_) {
+    Result<int64_t> got = read_some(skip.data(), kPipeChunk);
+    if (!got.ok()) return got.status();
+    buffer_begin_ = size_;
+  }
+  return Status();
+}
+
+Status ByteSource::hold_whole() {
+  if (!streaming_) return Status();
+  if (buffer_begin_ != 0) {
+    return Status::internal(name_ + ": a pipe already read past byte " +
+                            std::to_string(buffer_begin_) + " cannot be held whole");
+  }
+  while (!ended_) {
+    buffer_.resize(static_cast<size_t>(size_ + kPipeChunk));
+    Result<int64_t> got = read_some(buffer_.data() + size_, kPipeChunk);
+    if (!got.ok()) return got.status();
+    buffer_.resize(static_cast<size_t>(size_));
+  }
+  if (owns_fd_) ::close(fd_);
+  fd_ = -1;
+  owns_fd_ = false;
+  streaming_ = false;
+  return Status();
+}
+
+Status ByteSource::read_at(int64_t offset, int64_t n, void* out) {
+  if (streaming_ && offset >= 0 && n >= 0) {
+    return read_forward(offset, n, static_cast<unsigned char*>(out));
+  }
   if (offset < 0 || n < 0 || offset > size_ || n > size_ - offset) {
     return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) + " to " +
                             std::to_string(offset + n) + " but the file has " +

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,15 +19,19 @@ namespace nucleus::detail {
 std::string errno_text(int err);
 
 // The bytes of a dump: a regular file read through its descriptor (block by
-// block, at absolute offsets), or bytes already in memory.
+// block, at absolute offsets), bytes already in memory, or a pipe read once,
+// front to back.
 class ByteSource {
  public:
   // Opens `path`, or standard input for "-". A regular file stays on disk
   // (standard input from its current position, which is left unchanged:
   // the bytes an earlier reader of the same open file consumed are not the
-  // dump's); a pipe, FIFO or
-  // character device is read whole, since it cannot be read at an offset.
-  static Result<ByteSource> open(const std::string& path, const std::string& name);
+  // dump's). A pipe, FIFO or character device cannot be read at an offset:
+  // its first `read_ahead` bytes are read into memory; one that ends within
+  // them is held whole, a longer one is streamed (read_at moves forward
+  // only, and size() is what has been read so far).
+  static Result<ByteSource> open(const std::string& path, const std::string& name,
+                                 int64_t read_ahead = std::numeric_limits<int64_t>::max());
   static ByteSource from_bytes(std::vector<unsigned char> bytes, const std::string& name);
 
   ByteSource(ByteSource&& other) noexcept;
@@ -36,21 +41,40 @@ class ByteSource {
   ~ByteSource();
 
   const std::string& name() const { return name_; }
+  // The size; for a stream, the bytes read so far (all of them once ended()).
   int64_t size() const { return size_; }
-  bool is_file() const { return fd_ >= 0; }
+  bool is_file() const { return fd_ >= 0 && !streaming_; }
+  bool streaming() const { return streaming_; }
+  // A stream that reached its end: size() is its length.
+  bool ended() const { return ended_; }
+  // A stream: the first offset read_at can still return (bytes before it
+  // were passed and dropped); 0 otherwise.
+  int64_t readable_from() const { return streaming_ ? buffer_begin_ : 0; }
   const unsigned char* bytes() const { return buffer_.data(); }
 
   // Exactly `n` bytes at `offset`, or an error naming the file and offset.
-  Status read_at(int64_t offset, int64_t n, void* out) const;
+  // A stream skips forward to `offset` and refuses bytes it has passed.
+  Status read_at(int64_t offset, int64_t n, void* out);
+  // A stream: reads (and drops) the rest, so that size() is its length.
+  Status read_to_end();
+  // A stream: reads the rest into memory and holds it whole from then on
+  // (for formats whose header is checked against the size).
+  Status hold_whole();
 
  private:
   ByteSource() = default;
+  Status read_forward(int64_t offset, int64_t n, unsigned char* out);
+  // Reads up to `n` bytes at the stream's end into `out` (fewer at its end).
+  Result<int64_t> read_some(unsigned char* out, int64_t n);
   std::string name_;
   int fd_ = -1;
   bool owns_fd_ = false;
   int64_t origin_ = 0;  // the file offset of byte 0 (standard input's position)
   int64_t size_ = 0;
   std::vector<unsigned char> buffer_;
+  bool streaming_ = false;
+  bool ended_ = false;
+  int64_t buffer_begin_ = 0;  // a stream: the offset of buffer_[0]
 };
 
 // Writes `path` through a temporary file in the same directory that is

@@ -153,7 +153,7 @@ std::string shape_text(std::span<const int64_t> shape) {
   return out + ")";
 }
 
-Result<NpyHeader> parse_npy_header(const ByteSource& source) {
+Result<NpyHeader> parse_npy_header(ByteSource& source) {
   const std::string& name = source.name();
   unsigned char preamble[12] = {};
   if (source.size() < 10) {

@@ -28,7 +28,7 @@ struct NpyHeader {
 
 // Parses and checks the header's syntax; says nothing yet about whether
 // nucleus can read the dtype or whether the data fits the file.
-Result<NpyHeader> parse_npy_header(const ByteSource& source);
+Result<NpyHeader> parse_npy_header(ByteSource& source);
 
 // The header's dtype, or an error naming the field and value: big-endian
 // data, and any dtype other than float32 and float16, are rejected.

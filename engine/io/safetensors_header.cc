@@ -136,7 +136,7 @@ Status check_tiling(const std::vector<SafetensorsTensor>& tensors, int64_t data_
 
 }  // namespace
 
-Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source) {
+Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
   const std::string& name = source.name();
   if (source.size() < 8) {
     return Status::io_error(name + ": truncated: " + std::to_string(source.size()) +

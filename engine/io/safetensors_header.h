@@ -30,7 +30,7 @@ struct SafetensorsHeader {
 
 // Parses the header and checks every tensor entry: field types, offsets
 // inside the data area, and offsets that match shape × element size.
-Result<SafetensorsHeader> parse_safetensors_header(const ByteSource& source);
+Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source);
 
 // The tensor called `tensor`, or the only one when `tensor` is empty, with
 // its dtype if nucleus can read it (F32, F16, BF16).

@@ -62,8 +62,11 @@ struct DumpInfo {
   int64_t rows = 0;
   int64_t vocab = 0;        // the last axis
   int64_t data_offset = 0;  // of the first element, in bytes from the start
-  bool streamed = false;    // true: read from the file a block at a time; false: held
-                            // whole in memory (a pipe on standard input)
+  // true: read a block at a time, from a file or, for a .npy pipe longer than
+  // the read-ahead, from the pipe (once, front to back: rows already passed
+  // are refused); false: held whole in memory (a shorter pipe, or a pipe of
+  // another format)
+  bool streamed = false;
 };
 
 // Reads one dump. Movable, not copyable; not safe to share between threads.
@@ -71,9 +74,14 @@ class DumpReader {
  public:
   // Opens `path` ("-" = standard input) and validates its header against the
   // file size; reads no logits yet. Standard input that is a regular file is
-  // read a block at a time like any file, from its current position; a pipe
-  // is read whole into memory. Standard input's format is sniffed (the NumPy
-  // magic, else raw) unless `options.format` says.
+  // read a block at a time like any file, from its current position. A pipe
+  // is read ahead by max(block_bytes, 2 MiB); one that ends there is held
+  // whole, a longer .npy is streamed (see DumpInfo::streamed), its size
+  // checked when it ends: the read that finds it short, or the read of the
+  // last row when bytes follow it, fails with the message a file of that
+  // size gets here. Other formats from a pipe are held whole. Standard
+  // input's format (and a pipe's) is sniffed (the NumPy magic, else raw)
+  // unless `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 
   // The same checks over bytes already in memory (`name` is used in messages).

@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -73,6 +74,51 @@ def test_bundled_demo_dump():
     if not os.path.exists(path):
         pytest.skip("data/demo.npy is not in this checkout")
     np.testing.assert_array_equal(nucleus.load_dump(path), np.load(path))
+
+
+def feed_pipe(data):
+    """A pipe fed `data` from a thread: its read end's /dev/fd path, and a
+    function that closes that end and waits for the writer."""
+    r, w = os.pipe()
+
+    def write():
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+
+    def done():
+        os.close(r)
+        writer.join()
+
+    return f"/dev/fd/{r}", done
+
+
+def test_npy_from_a_pipe(rng, tmp_path):
+    # 3 MB: more than a pipe is read ahead, so the rows are read straight
+    # from the pipe into the array (not held whole first)
+    x = lm_logits(rng, 12, 65536).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    data = (tmp_path / "x.npy").read_bytes()
+    path, done = feed_pipe(data)
+    try:
+        np.testing.assert_array_equal(nucleus.load_dump(path), x)
+    finally:
+        done()
+    path, done = feed_pipe(data[:-100])
+    try:
+        with pytest.raises(OSError, match=r"needs 3145728 bytes of data but the file holds "
+                                          r"3145628: truncated file"):
+            nucleus.load_dump(path)
+    finally:
+        done()
 
 
 def test_errors(rng, tmp_path):
