@@ -547,6 +547,15 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   const std::vector<Json> lines = JsonLines(run.out);
   ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) ExpectSameRow(lines[r], want[r], r, 0);
+  // Lists may also be spread over arguments or repeated; an empty value is
+  // an empty list.
+  CliRun spread = RunCli(dir,
+                         "sample d.npy --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
+                         "--repetition-penalty 1.3 --frequency-penalty 0.5 --presence-penalty 0.25 "
+                         "--banned 7 --banned 8 --logit-bias 11:1.5 12:-2 --banned '' "
+                         "--preset llama.cpp --top-k 20 --typical-p 0.9 --top-n-sigma 2");
+  ASSERT_EQ(spread.code, 0) << spread.err;
+  EXPECT_EQ(spread.out, run.out);
 }
 
 TEST(Cli, InspectSummarisesAKnownDump) {
@@ -834,6 +843,12 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"min-keep", "good.npy --min-keep 0", {"--min-keep", "0"}},
       {"typical-p", "good.npy --typical-p 0", {"--typical-p", "0"}},
       {"history token", "good.npy --history 1,8", {"--history[1]", "8", "[0, 8)"}},
+      // (the parser dropped empty items, and a value ending in a comma took
+      // the next option as more of the list)
+      {"history empty item", "good.npy --history 1,,2", {"--history = '1,,2'", "empty item"}},
+      {"banned comma", "good.npy --banned , --seed 1", {"--banned = ','", "empty item"}},
+      {"banned trailing comma", "good.npy --banned 2 3, --seed 1", {"--banned = '3,'"}},
+      {"logit bias empty item", "good.npy --logit-bias=,1:2", {"--logit-bias = ',1:2'"}},
       {"logprobs", "good.npy --logprobs 9", {"--logprobs", "9"}},
       {"logit bias", "good.npy --logit-bias 3", {"--logit-bias", "'3'"}},
       {"preset", "good.npy --preset bogus", {"--preset", "bogus"}},

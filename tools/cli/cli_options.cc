@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <string_view>
 
 #include "tools/cli/progress.h"
 
@@ -111,6 +113,36 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
     progress.advance(block->rows);
   }
   return Status();
+}
+
+std::optional<std::string> empty_list_item(int argc, const char* const* argv) {
+  static constexpr std::string_view kLists[] = {"--history", "--prompt-tokens", "--banned",
+                                                "--logit-bias"};
+  auto has_empty = [](std::string_view value) {
+    return !value.empty() && (value.front() == ',' || value.back() == ',' ||
+                              value.find(",,") != std::string_view::npos);
+  };
+  auto message = [](std::string_view option, std::string_view value) {
+    return "option " + std::string(option) + " = '" + std::string(value) +
+           "' has an empty item (a comma at an end, or two in a row)";
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    for (std::string_view option : kLists) {
+      if (arg.size() > option.size() && arg.substr(0, option.size()) == option &&
+          arg[option.size()] == '=') {
+        if (has_empty(arg.substr(option.size() + 1))) {
+          return message(option, arg.substr(option.size() + 1));
+        }
+      } else if (arg == option) {
+        // (values up to the next option: "--history 1 2 3" is a list too)
+        for (int j = i + 1; j < argc && argv[j][0] != '-'; ++j) {
+          if (has_empty(argv[j])) return message(option, argv[j]);
+        }
+      }
+    }
+  }
+  return std::nullopt;
 }
 
 void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags flags) {

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,14 @@ struct SamplingFlags {
 };
 
 void add_sampling_options(CLI::App* command, SamplingOptions* options, SamplingFlags flags);
+
+// The comma-separated list options (--history, --prompt-tokens, --banned,
+// --logit-bias) with an empty item ("1,,2", "5,", ","; an empty value is
+// an empty list): the message naming
+// the option and its value, for the command line before it is parsed. The
+// parser drops empty items, and a value ending in a comma takes the next
+// argument (another option, even) as more of the list.
+std::optional<std::string> empty_list_item(int argc, const char* const* argv);
 
 // --threads and --quiet, for commands without sampling options.
 void add_run_options(CLI::App* command, int* threads, bool* quiet);

@@ -2,6 +2,7 @@
 // engine (and the same semantics, SPEC.md) as the library.
 #include <CLI/CLI.hpp>
 #include <exception>
+#include <optional>
 #include <string>
 
 #include "nucleus/engine.h"
@@ -42,6 +43,10 @@ int main(int argc, char** argv) {
   add_inspect_command(&app, &inspect);
   add_bench_command(&app, &bench);
 
+  if (std::optional<std::string> error = empty_list_item(argc, argv)) {
+    print_error(*error);
+    return kExitFailure;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
