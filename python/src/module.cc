@@ -302,13 +302,8 @@ class PyEngine {
       throw py::value_error("isa = '" + isa + "' is not auto, sse2, avx2 or avx512");
     }
     o.isa = *parsed;
-    for (const auto& [name, value] : {std::pair{"threads", &threads}, std::pair{"seed", &seed}}) {
-      if (is_boolean(*value))
-        throw py::type_error(std::string(name) + ": expected an integer, got bool");
-    }
     if (!threads.is_none()) {
-      const py::int_ index = py::reinterpret_steal<py::int_>(PyNumber_Index(threads.ptr()));
-      if (!index) throw py::error_already_set();
+      const py::object index = to_index(threads, "threads");
       int overflow = 0;  // (past int64: out of range as well)
       const long long t = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
       if (overflow != 0 || t < 0 || t > INT32_MAX) {
@@ -318,17 +313,7 @@ class PyEngine {
       }
       o.max_threads = static_cast<int>(t);
     }
-    if (!seed.is_none()) {
-      const py::int_ s = py::reinterpret_steal<py::int_>(PyNumber_Index(seed.ptr()));
-      if (!s) throw py::error_already_set();
-      const unsigned long long v = PyLong_AsUnsignedLongLong(s.ptr());
-      if (PyErr_Occurred() != nullptr) {
-        PyErr_Clear();
-        throw py::value_error("seed = " + py::str(seed).cast<std::string>() +
-                              " is outside [0, 2**64)");
-      }
-      o.seed = v;
-    }
+    if (!seed.is_none()) o.seed = to_uint64(seed, "seed");
     return o;
   }
 

@@ -83,7 +83,8 @@ float to_float(py::handle v, const std::string& where) {
   return static_cast<float>(to_double(v, where));
 }
 
-// Integers only: a float such as 50.0 is refused rather than truncated.
+}  // namespace
+
 py::object to_index(py::handle v, const std::string& where) {
   if (is_boolean(v)) throw py::type_error(where + ": expected an integer, got bool");
   PyObject* index = PyNumber_Index(v.ptr());
@@ -123,6 +124,8 @@ uint64_t to_uint64(py::handle v, const std::string& where) {
   }
   return x;
 }
+
+namespace {
 
 // One keyword's value: either one value for every row or a sequence of one
 // value per row (a list, a tuple or a 1-D array). None means the default.

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "nucleus/sampling.h"
@@ -25,6 +26,15 @@ const std::vector<const char*>& keyword_names(CallKind kind);
 // `logprobs=True` (the OpenAI API's flag) would otherwise ask for one top
 // log-probability, `Engine(threads=True)` one thread.
 bool is_boolean(pybind11::handle v);
+
+// Integers only (Python's, numpy's, anything with __index__; not bool, not
+// a float such as 50.0, which is refused rather than truncated), as the
+// argument `where` names: TypeError for another type, ValueError for a
+// value outside the result's range.
+pybind11::object to_index(pybind11::handle v, const std::string& where);
+int64_t to_int64(pybind11::handle v, const std::string& where);
+int32_t to_int32(pybind11::handle v, const std::string& where);
+uint64_t to_uint64(pybind11::handle v, const std::string& where);
 
 class RequestTable {
  public:

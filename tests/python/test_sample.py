@@ -308,8 +308,12 @@ def test_engine_options():
         nucleus.Engine(threads=2**40)
     with pytest.raises(ValueError, match=r"threads = 1180591620717411303424 is outside"):
         nucleus.Engine(threads=2**70)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"seed = -5 is outside \[0, 2\*\*64\)"):
         nucleus.Engine(seed=-5)
+    for name in ("threads", "seed"):
+        with pytest.raises(TypeError, match=f"{name}: expected an integer, got float"):
+            nucleus.Engine(**{name: 2.0})
+    assert nucleus.Engine(threads=np.int8(1), seed=np.uint64(2**64 - 1)).max_threads == 1
     assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
 
 
