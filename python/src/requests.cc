@@ -79,8 +79,15 @@ double to_double(py::handle v, const std::string& where) {
 
 float to_float(py::handle v, const std::string& where) {
   // Narrowed once from the double Python holds, as the command-line tool
-  // does with its JSON numbers, so both give the engine the same float.
-  return static_cast<float>(to_double(v, where));
+  // does with its JSON numbers, so both give the engine the same float; one
+  // past float's range is refused by its own spelling, not later as "inf".
+  const double x = to_double(v, where);
+  const auto f = static_cast<float>(x);
+  if (std::isinf(f) && std::isfinite(x)) {
+    throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() +
+                          " does not fit a 32-bit float");
+  }
+  return f;
 }
 
 }  // namespace

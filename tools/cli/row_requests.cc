@@ -25,10 +25,20 @@ Status field_error(const std::string& where, const std::string& key, const Json&
                                   why);
 }
 
+// A JSON number as the float the engine takes; one past float's range
+// (1e39) is refused here, by its own spelling, not later as "inf".
+Status narrow(const std::string& where, const std::string& key, const Json& v, float* out) {
+  const double d = v.get<double>();
+  *out = static_cast<float>(d);
+  if (std::isinf(*out) && std::isfinite(d)) {
+    return field_error(where, key, v, "does not fit a 32-bit float");
+  }
+  return Status();
+}
+
 Status to_float(const std::string& where, const std::string& key, const Json& v, float* out) {
   if (!v.is_number()) return field_error(where, key, v, "is not a number");
-  *out = static_cast<float>(v.get<double>());
-  return Status();
+  return narrow(where, key, v, out);
 }
 
 Status to_int32(const std::string& where, const std::string& key, const Json& v, int32_t* out) {
@@ -67,8 +77,7 @@ Status to_bias(const std::string& where, const std::string& key, const Json& v, 
     return Status();
   }
   if (!v.is_number()) return field_error(where, key, v, "is not a number or \"-inf\"");
-  *out = static_cast<float>(v.get<double>());
-  return Status();
+  return narrow(where, key, v, out);
 }
 
 // {"TOKEN": BIAS, ...} (the OpenAI form) or [[TOKEN, BIAS], ...].
