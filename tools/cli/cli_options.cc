@@ -28,6 +28,23 @@ CLI::Validator unsigned_64() {
       "UINT64");
 }
 
+// A number that a float holds: "1e40" would otherwise become inf, and be
+// refused as "inf" by the range checks (which "inf" and "nan" spelled out,
+// and anything not a number, still go to).
+CLI::Validator fits_float() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double value = std::strtod(text.c_str(), &end);
+        if (!text.empty() && *end == '\0' && std::isfinite(value) &&
+            std::isinf(static_cast<float>(value))) {
+          return "value " + text + " does not fit a 32-bit float";
+        }
+        return std::string();
+      },
+      "");
+}
+
 // An integer >= lo (CLI11's PositiveNumber and NonNegativeNumber print their
 // range as "0.000000 to 1.79769e+308", whatever the bound).
 CLI::Validator integer_at_least(int64_t lo) {
@@ -149,21 +166,26 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
   SamplingParams& p = o->params;
   const std::string filters = "Sampling (per-row values in --params override these)";
   command->add_option("--temperature,-t", p.temperature, "Temperature; 0 = greedy")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-k", p.top_k, "Keep the k most likely tokens; 0 or -1 = off")
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-p", p.top_p, "Nucleus: keep the smallest set of mass >= p; 1 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--min-p", p.min_p, "Keep tokens with prob >= m * max prob; 0 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--typical-p", p.typical_p, "Locally typical sampling; 1 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-n-sigma", p.top_n_sigma, "Keep z >= z_max - n*sigma; <= 0 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--min-keep", p.min_keep, "Every filter keeps at least this many tokens")
@@ -174,12 +196,15 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->capture_default_str()
       ->group(filters);
   command->add_option("--repetition-penalty", p.repetition_penalty, "1 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--frequency-penalty", p.frequency_penalty, "0 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--presence-penalty", p.presence_penalty, "0 = off")
+      ->check(fits_float())
       ->capture_default_str()
       ->group(filters);
   command

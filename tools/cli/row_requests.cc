@@ -207,9 +207,14 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
     if (token_text.empty() || *end != '\0' || token < INT32_MIN || token > INT32_MAX) {
       return Status::invalid_argument(bad);
     }
-    const float bias = std::strtof(bias_text.c_str(), &end);
+    // (narrowed from a double, as --params' JSON numbers are)
+    const double bias = std::strtod(bias_text.c_str(), &end);
     if (bias_text.empty() || *end != '\0') return Status::invalid_argument(bad);
-    out->push_back({static_cast<int32_t>(token), bias});
+    if (std::isfinite(bias) && std::isinf(static_cast<float>(bias))) {
+      return Status::invalid_argument("option --logit-bias = '" + pair + "': bias " + bias_text +
+                                      " does not fit a 32-bit float");
+    }
+    out->push_back({static_cast<int32_t>(token), static_cast<float>(bias)});
   }
   return Status();
 }
