@@ -685,6 +685,13 @@ TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
     EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
     EXPECT_FALSE(fs::exists(dir / "o.npy"));
   }
+  // A pipe that never ends is refused soon after the last row (it was read
+  // to its end to count what followed).
+  CliRun endless =
+      RunCli(dir, "sample - --block-mb 1 -q", "{ cat d.npy; cat /dev/zero; } | timeout 60 ");
+  EXPECT_EQ(endless.code, 2);
+  EXPECT_TRUE(Contains(endless.err, "needs 5120000 bytes of data but the input holds at least"))
+      << endless.err;
 }
 
 // Standard output that cannot be written (a full disk) fails every command

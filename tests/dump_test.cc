@@ -731,6 +731,54 @@ TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
   }
 }
 
+// After the last row a stream is read on only so far (1 MiB): one that goes
+// on (here 3 MiB more; a `cat /dev/zero` would never end) is refused without
+// waiting for its end.
+TEST(DumpPipe, AStreamThatGoesOnIsRefusedWithoutWaitingForItsEnd) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 25);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
+  PipeFeed feed(ReadBytes(dir / "a.npy") + std::string(3 << 20, '\0'));
+  Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  for (int64_t b = 0; b + 1 < reader->num_blocks(); ++b) ASSERT_TRUE(reader->block(b).ok());
+  Result<LogitsView> last = reader->block(reader->num_blocks() - 1);
+  ASSERT_FALSE(last.ok());
+  EXPECT_NE(last.status().message().find("needs 3145728 bytes of data but the input holds at "
+                                         "least 4194304: the header does not describe the data"),
+            std::string::npos)
+      << last.status().message();
+}
+
+// A streamed header is still checked for what needs no size: a shape past
+// 2^63 bytes is refused when the pipe is opened (rows near 2^62 overflowed
+// the reads' offsets: a read returned OK having read nothing).
+TEST(DumpPipe, AShapePast2To63BytesIsRefusedAtOpen) {
+  const int64_t shape[] = {int64_t{1} << 62, 1000};
+  PipeFeed feed(detail::format_npy_header(DType::kFloat32, shape) + std::string(3 << 20, '\0'));
+  ExpectError(OpenPipe(feed, TwoRowBlocks()),
+              {"/dev/fd/", "needs more than 2^63 bytes of data: truncated file"});
+}
+
+// The read-ahead is 2 MiB: a pipe of exactly that many bytes is held whole
+// (its end is seen), one byte more is streamed.
+TEST(DumpPipe, APipeOfExactlyTheReadAheadIsHeldWhole) {
+  const int64_t shape[] = {1, 16};
+  const size_t header = detail::format_npy_header(DType::kFloat32, shape).size();
+  for (int64_t extra : {0, 1}) {
+    const int64_t vocab = ((int64_t{2} << 20) - static_cast<int64_t>(header)) / 2 + extra;
+    const int64_t row_shape[] = {1, vocab};
+    const std::string bytes = detail::format_npy_header(DType::kFloat16, row_shape) +
+                              std::string(static_cast<size_t>(2 * vocab), '\0');
+    ASSERT_EQ(bytes.size(), static_cast<size_t>((int64_t{2} << 20) + 2 * extra));
+    PipeFeed feed(bytes);
+    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_EQ(reader->info().streamed, extra == 1) << bytes.size() << " bytes";
+    EXPECT_TRUE(reader->block(0).ok());
+  }
+}
+
 // A pipe that ends within the read-ahead is held whole and checked when it
 // is opened; so are the formats whose header is checked against the whole
 // size (.safetensors, raw), however long.

@@ -126,15 +126,24 @@ Status rows_and_vocab(const std::vector<int64_t>& shape, const std::string& fiel
 
 // The data that the header promises must be exactly the data there is:
 // fewer bytes is a truncated file, more is a header that lies about the shape.
-Status check_data_size(const DumpInfo& info, int64_t available, const std::string& field) {
+// A stream that has not ended (`ended` false) holds at least `available`
+// bytes: only more than the header's, or a shape past 2^63 bytes, is wrong.
+Status check_data_size(const DumpInfo& info, int64_t available, const std::string& field,
+                       bool ended = true) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   const int64_t item = dtype_size(info.dtype);
-  const bool overflow = info.rows > std::numeric_limits<int64_t>::max() / item / info.vocab;
+  const bool overflow = info.rows > kMax / item / info.vocab ||
+                        info.rows * info.vocab * item > kMax - info.data_offset;
   const int64_t needed = overflow ? -1 : info.rows * info.vocab * item;
-  if (!overflow && needed == available) return Status();
-  const std::string what = field + " = " + detail::shape_text(info.shape) + " of " +
-                           dtype_name(info.dtype) + " needs " +
-                           (overflow ? std::string("more than 2^63") : std::to_string(needed)) +
-                           " bytes of data but the file holds " + std::to_string(available);
+  if (!overflow && (ended ? needed == available : needed >= available)) return Status();
+  std::string what =
+      field + " = " + detail::shape_text(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
+      (overflow ? std::string("more than 2^63") : std::to_string(needed)) + " bytes of data";
+  if (ended) {
+    what += " but the file holds " + std::to_string(available);
+  } else if (!overflow) {
+    what += " but the input holds at least " + std::to_string(available);
+  }
   if (overflow || needed > available) return Status::io_error(what + ": truncated file");
   return Status::io_error(what + ": the header does not describe the data");
 }
@@ -201,8 +210,8 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->data_offset = header->data_offset;
       const std::string field = name + ": header field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
-      if (source.streaming()) return Status();  // (checked when the stream ends)
-      return check_data_size(*info, source.size() - info->data_offset, field);
+      // (a stream's size is checked when it ends)
+      return check_data_size(*info, source.size() - info->data_offset, field, !source.streaming());
     }
     case DumpFormat::kSafetensors: {
       Result<detail::SafetensorsHeader> header = detail::parse_safetensors_header(source);
@@ -253,10 +262,14 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
   return Status::internal(name + ": no format chosen");
 }
 
-// A pipe is read ahead by at least this much before it is streamed: more
-// than the longest .npy header this reader accepts, so the header is always
-// in memory when it is parsed.
-constexpr int64_t kMinReadAhead = int64_t{2} << 20;
+// A pipe is read ahead by this much before it is streamed: more than the
+// longest .npy header this reader accepts, so the header is always in memory
+// when it is parsed, and little next to a block (it is held until the reads
+// pass it).
+constexpr int64_t kReadAhead = int64_t{2} << 20;
+// After a stream's last row, this much more is read to see whether it ends
+// (and to count what follows, when it does).
+constexpr int64_t kTrailingLimit = int64_t{1} << 20;
 
 Status init_state(const std::string& path, const DumpOptions& options,
                   detail::DumpReaderState& state) {
@@ -302,8 +315,7 @@ DumpReader::~DumpReader() = default;
 
 Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
   const std::string name = path == "-" ? std::string("<stdin>") : path;
-  Result<ByteSource> source =
-      ByteSource::open(path, name, std::max(options.block_bytes, kMinReadAhead));
+  Result<ByteSource> source = ByteSource::open(path, name, kReadAhead);
   if (!source.ok()) return source.status();
   auto impl = std::make_unique<Impl>(std::move(source).value());
   if (Status s = init_state(path, options, *impl); !s.ok()) return s;
@@ -360,9 +372,11 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
   }
   const std::string field = source.name() + ": header field 'shape'";
   Status s = source.read_at(begin, count * m.row_bytes, dst);
-  if (s.ok() && source.streaming() && first + count == m.info.rows) s = source.read_to_end();
-  if (source.ended() && (s.ok() || source.size() < begin + count * m.row_bytes)) {
-    if (Status size = check_data_size(m.info, source.size() - m.info.data_offset, field);
+  const bool last = first + count == m.info.rows;
+  if (s.ok() && source.streaming() && last) s = source.read_to_end(kTrailingLimit);
+  if (source.streaming() && (source.ended() || last)) {
+    if (Status size =
+            check_data_size(m.info, source.size() - m.info.data_offset, field, source.ended());
         !size.ok()) {
       return size;
     }

@@ -120,9 +120,15 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
   }
   // Pipes and devices cannot be read at an offset (nor sized): read ahead,
   // and hold the bytes whole if they end there, else stream them.
+  // (up to one byte past read_ahead: a pipe of exactly read_ahead bytes is
+  // held whole once its end is seen)
   source.streaming_ = true;
-  while (!source.ended_ && source.size_ < read_ahead) {
-    const int64_t n = std::min(kPipeChunk, read_ahead - source.size_);
+  read_ahead = std::min(read_ahead, std::numeric_limits<int64_t>::max() - 1);
+  if (read_ahead < (int64_t{1} << 30)) {
+    source.buffer_.reserve(static_cast<size_t>(read_ahead + 1));  // (no doubling past it)
+  }
+  while (!source.ended_ && source.size_ <= read_ahead) {
+    const int64_t n = std::min(kPipeChunk, read_ahead + 1 - source.size_);
     source.buffer_.resize(static_cast<size_t>(source.size_ + n));
     Result<int64_t> got = source.read_some(source.buffer_.data() + source.size_, n);
     if (!got.ok()) return got.status();
@@ -188,6 +194,10 @@ Result<int64_t> ByteSource::read_some(unsigned char* out, int64_t n) {
 }
 
 Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
+  if (offset > std::numeric_limits<int64_t>::max() - n) {
+    return Status::io_error(name_ + ": truncated: needs bytes past 2^63 from byte " +
+                            std::to_string(offset));
+  }
   if (offset < buffer_begin_) {
     return Status::io_error(name_ + ": bytes " + std::to_string(offset) + " to " +
                             std::to_string(offset + n) +
@@ -222,12 +232,17 @@ Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
   return Status();
 }
 
-Status ByteSource::read_to_end() {
+Status ByteSource::read_to_end(int64_t limit) {
   std::vector<unsigned char>().swap(buffer_);
   buffer_begin_ = size_;
-  std::vector<unsigned char> skip(static_cast<size_t>(kPipeChunk));
-  while (streaming_ && !ended_) {
-    Result<int64_t> got = read_some(skip.data(), kPipeChunk);
+  const int64_t stop = size_ > std::numeric_limits<int64_t>::max() - limit
+                           ? std::numeric_limits<int64_t>::max()
+                           : size_ + limit;
+  std::vector<unsigned char> skip;
+  while (streaming_ && !ended_ && size_ < stop) {
+    const int64_t n = std::min(kPipeChunk, stop - size_);
+    if (skip.empty()) skip.resize(static_cast<size_t>(std::min(kPipeChunk, limit)));
+    Result<int64_t> got = read_some(skip.data(), std::min(n, static_cast<int64_t>(skip.size())));
     if (!got.ok()) return got.status();
     buffer_begin_ = size_;
   }

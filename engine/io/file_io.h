@@ -28,7 +28,7 @@ class ByteSource {
   // the bytes an earlier reader of the same open file consumed are not the
   // dump's). A pipe, FIFO or character device cannot be read at an offset:
   // its first `read_ahead` bytes are read into memory; one that ends within
-  // them is held whole, a longer one is streamed (read_at moves forward
+  // them (or right after) is held whole, a longer one is streamed (read_at moves forward
   // only, and size() is what has been read so far).
   static Result<ByteSource> open(const std::string& path, const std::string& name,
                                  int64_t read_ahead = std::numeric_limits<int64_t>::max());
@@ -55,8 +55,9 @@ class ByteSource {
   // Exactly `n` bytes at `offset`, or an error naming the file and offset.
   // A stream skips forward to `offset` and refuses bytes it has passed.
   Status read_at(int64_t offset, int64_t n, void* out);
-  // A stream: reads (and drops) the rest, so that size() is its length.
-  Status read_to_end();
+  // A stream: reads (and drops) the rest, at most `limit` bytes of it (a pipe
+  // need not end), so that size() is its length if ended().
+  Status read_to_end(int64_t limit);
   // A stream: reads the rest into memory and holds it whole from then on
   // (for formats whose header is checked against the size).
   Status hold_whole();
