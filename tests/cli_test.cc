@@ -955,6 +955,11 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
                         limit + "cat big.npy | ");
   ASSERT_EQ(piped.code, 0) << piped.err;
   EXPECT_EQ(ReadText(dir / "out3.jsonl"), ReadText(dir / "out.jsonl"));
+  // A raw pipe is held whole: past the limit, a message (was std::bad_alloc).
+  CliRun raw = RunCli(dir, "sample - --input-format raw --dtype f32 --vocab 32000 -q",
+                      limit + "cat big.npy | ");
+  EXPECT_EQ(raw.code, 2);
+  EXPECT_TRUE(Contains(raw.err, "<stdin>: cannot hold the input in memory past")) << raw.err;
 
   CliRun whole =
       RunCli(dir, "sample big.npy --temperature 0 --block-mb 1024 -q -o out2.jsonl", limit);

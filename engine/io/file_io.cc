@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <optional>
 #include <random>
 #include <utility>
@@ -238,11 +239,11 @@ Status ByteSource::read_to_end(int64_t limit) {
   const int64_t stop = size_ > std::numeric_limits<int64_t>::max() - limit
                            ? std::numeric_limits<int64_t>::max()
                            : size_ + limit;
-  std::vector<unsigned char> skip;
-  while (streaming_ && !ended_ && size_ < stop) {
-    const int64_t n = std::min(kPipeChunk, stop - size_);
-    if (skip.empty()) skip.resize(static_cast<size_t>(std::min(kPipeChunk, limit)));
-    Result<int64_t> got = read_some(skip.data(), std::min(n, static_cast<int64_t>(skip.size())));
+  if (!streaming_ || ended_ || limit <= 0) return Status();
+  std::vector<unsigned char> skip(static_cast<size_t>(std::min(kPipeChunk, limit)));
+  while (!ended_ && size_ < stop) {
+    const int64_t n = std::min(static_cast<int64_t>(skip.size()), stop - size_);
+    Result<int64_t> got = read_some(skip.data(), n);
     if (!got.ok()) return got.status();
     buffer_begin_ = size_;
   }
@@ -256,7 +257,12 @@ Status ByteSource::hold_whole() {
                             std::to_string(buffer_begin_) + " cannot be held whole");
   }
   while (!ended_) {
-    buffer_.resize(static_cast<size_t>(size_ + kPipeChunk));
+    try {
+      buffer_.resize(static_cast<size_t>(size_ + kPipeChunk));
+    } catch (const std::bad_alloc&) {
+      return Status::io_error(name_ + ": cannot hold the input in memory past " +
+                              std::to_string(size_) + " bytes");
+    }
     Result<int64_t> got = read_some(buffer_.data() + size_, kPipeChunk);
     if (!got.ok()) return got.status();
     buffer_.resize(static_cast<size_t>(size_));
