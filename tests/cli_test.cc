@@ -558,6 +558,33 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   EXPECT_EQ(spread.out, run.out);
 }
 
+// An empty list value ("" from a script's empty variable, or --banned=) is
+// an empty list: the same probabilities as none at all (the parser read ""
+// as token 0, which banning token 0 shows).
+TEST(Cli, AnEmptyListValueIsAnEmptyList) {
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(2, 50, 9), 2, 50, DType::kFloat32);
+  CliRun none =
+      RunCli(dir, "probs d.npy --repetition-penalty 2 --presence-penalty 0.5 -o none.npy");
+  ASSERT_EQ(none.code, 0) << none.err;
+  CliRun zero = RunCli(dir, "probs d.npy --banned 0 -o zero.npy");
+  ASSERT_EQ(zero.code, 0) << zero.err;
+  ASSERT_NE(ReadText(dir / "zero.npy"), ReadText(dir / "none.npy"));
+  for (const char* lists :
+       {"--banned '' --history '' --prompt-tokens '' --logit-bias ''",
+        "--banned= --history= --prompt-tokens= --logit-bias=", "--banned '' '' --history ''"}) {
+    CliRun empty = RunCli(dir, std::string("probs d.npy --repetition-penalty 2 --presence-penalty "
+                                           "0.5 -o empty.npy ") +
+                                   lists);
+    ASSERT_EQ(empty.code, 0) << lists << ": " << empty.err;
+    EXPECT_EQ(ReadText(dir / "empty.npy"), ReadText(dir / "none.npy")) << lists;
+  }
+  // Empty values among others add nothing.
+  CliRun mixed = RunCli(dir, "probs d.npy --banned '' 0 '' -o mixed.npy");
+  ASSERT_EQ(mixed.code, 0) << mixed.err;
+  EXPECT_EQ(ReadText(dir / "mixed.npy"), ReadText(dir / "zero.npy"));
+}
+
 TEST(Cli, InspectSummarisesAKnownDump) {
   const fs::path dir = TestDir();
   // Row 0: probabilities 0.5, 0.3, 0.12, 0.05 and twelve tokens of 0.0025.

@@ -132,7 +132,7 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
   return Status();
 }
 
-std::optional<std::string> empty_list_item(int argc, const char* const* argv) {
+std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args) {
   static constexpr std::string_view kLists[] = {"--history", "--prompt-tokens", "--banned",
                                                 "--logit-bias"};
   auto has_empty = [](std::string_view value) {
@@ -143,22 +143,42 @@ std::optional<std::string> empty_list_item(int argc, const char* const* argv) {
     return "option " + std::string(option) + " = '" + std::string(value) +
            "' has an empty item (a comma at an end, or two in a row)";
   };
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    for (std::string_view option : kLists) {
-      if (arg.size() > option.size() && arg.substr(0, option.size()) == option &&
-          arg[option.size()] == '=') {
-        if (has_empty(arg.substr(option.size() + 1))) {
-          return message(option, arg.substr(option.size() + 1));
-        }
-      } else if (arg == option) {
-        // (values up to the next option: "--history 1 2 3" is a list too)
-        for (int j = i + 1; j < argc && argv[j][0] != '-'; ++j) {
-          if (has_empty(argv[j])) return message(option, argv[j]);
-        }
+  std::vector<const char*> out;
+  const std::vector<const char*>& in = *args;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const std::string_view arg = in[i];
+    const std::string_view* list = nullptr;
+    for (const std::string_view& option : kLists) {
+      if (arg.starts_with(option) && (arg.size() == option.size() || arg[option.size()] == '=')) {
+        list = &option;
       }
     }
+    if (list == nullptr) {
+      out.push_back(in[i]);
+      continue;
+    }
+    if (arg.size() > list->size()) {  // --banned=VALUE
+      const std::string_view value = arg.substr(list->size() + 1);
+      if (has_empty(value)) return message(*list, value);
+      if (!value.empty()) out.push_back(in[i]);
+      continue;
+    }
+    // --banned VALUE...: the values up to the next option ("--history 1 2 3"
+    // is a list too); empty ones add nothing, and an option left with no
+    // values is dropped (the parser would read "" as token 0).
+    size_t j = i + 1;
+    std::vector<const char*> values;
+    for (; j < in.size() && in[j][0] != '-'; ++j) {
+      if (has_empty(in[j])) return message(*list, in[j]);
+      if (in[j][0] != '\0') values.push_back(in[j]);
+    }
+    if (!values.empty() || j == i + 1) {  // (no value at all: the parser's error)
+      out.push_back(in[i]);
+      out.insert(out.end(), values.begin(), values.end());
+    }
+    i = j - 1;
   }
+  *args = std::move(out);
   return std::nullopt;
 }
 

@@ -78,13 +78,14 @@ struct SamplingFlags {
 
 void add_sampling_options(CLI::App* command, SamplingOptions* options, SamplingFlags flags);
 
-// The comma-separated list options (--history, --prompt-tokens, --banned,
-// --logit-bias) with an empty item ("1,,2", "5,", ","; an empty value is
-// an empty list): the message naming
-// the option and its value, for the command line before it is parsed. The
-// parser drops empty items, and a value ending in a comma takes the next
-// argument (another option, even) as more of the list.
-std::optional<std::string> empty_list_item(int argc, const char* const* argv);
+// The command line before it is parsed, for the comma-separated list
+// options (--history, --prompt-tokens, --banned, --logit-bias): an empty
+// value ("", "--banned=") is an empty list and is taken out (the parser
+// would read "" as token 0, or want a value); an empty item ("1,,2", "5,",
+// ",") is an error, whose message this returns (the parser drops empty
+// items, and a value ending in a comma takes the next argument, another
+// option even, as more of the list).
+std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args);
 
 // --threads and --quiet, for commands without sampling options.
 void add_run_options(CLI::App* command, int* threads, bool* quiet);

@@ -4,6 +4,7 @@
 #include <exception>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "nucleus/engine.h"
 #include "tools/cli/cli_options.h"
@@ -43,12 +44,13 @@ int main(int argc, char** argv) {
   add_inspect_command(&app, &inspect);
   add_bench_command(&app, &bench);
 
-  if (std::optional<std::string> error = empty_list_item(argc, argv)) {
+  std::vector<const char*> args(argv, argv + argc);
+  if (std::optional<std::string> error = normalize_list_arguments(&args)) {
     print_error(*error);
     return kExitFailure;
   }
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(args.size()), args.data());
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every usage error is exit status 2, its
     // message one line, as the program's other errors.
