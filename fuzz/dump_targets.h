@@ -1,6 +1,7 @@
 // Fuzz targets for the dump parsers, through the public entry point
-// nucleus::DumpReader::from_bytes: NumPy headers and bodies, safetensors
-// headers and offsets, and the sizing of raw dumps.
+// nucleus::DumpReader::from_bytes (and, for .npy, DumpReader::open on a pipe
+// that streams it): NumPy headers and bodies, safetensors headers and
+// offsets, and the sizing of raw dumps.
 //
 // A file the reader accepts must keep every promise of include/nucleus/dump.h:
 // its rows cover the data exactly, every block lies inside the bytes, the
@@ -9,10 +10,15 @@
 // must be refused with a message, never with a crash.
 #pragma once
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
 #include <cstdint>
 #include <limits>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fuzz/fuzz_input.h"
@@ -128,6 +134,75 @@ inline std::optional<std::vector<uint8_t>> OpenAndCheck(const std::string& name,
   return CheckReader(*reader, file.size(), sample);
 }
 
+// The same .npy through a pipe, read a block of `block_bytes` at a time: a
+// pipe longer than that is streamed (read once, front to back; the header
+// read on past the read-ahead; the size checked when the pipe ends). It must
+// give the rows from_bytes gives, or be refused, at open or at the block
+// where its size shows, with from_bytes's message (but for a shape past
+// 2^63 bytes, refused at open before the pipe's size is known).
+inline void CheckStream(const std::vector<uint8_t>& file, int64_t block_bytes) {
+  std::signal(SIGPIPE, SIG_IGN);  // (a refused pipe is closed on its writer)
+  int fds[2];
+  if (::pipe(fds) != 0) return;
+  std::thread writer([&file, fd = fds[1]] {
+    for (size_t done = 0; done < file.size();) {
+      const ssize_t n = ::write(fd, file.data() + done, file.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    ::close(fd);
+  });
+  const std::string path = "/dev/fd/" + std::to_string(fds[0]);
+  DumpOptions options;
+  options.format = DumpFormat::kNpy;
+  options.block_bytes = block_bytes;
+  std::optional<Status> stream_error;
+  std::vector<uint8_t> data;
+  bool claims_more = false;
+  {
+    Result<DumpReader> streamed = DumpReader::open(path, options);
+    ::close(fds[0]);  // (the reader opened its own descriptor)
+    if (!streamed.ok()) stream_error = streamed.status();
+    // A header that claims far more than an input this size holds is not
+    // read: a block of it would be allocated as claimed (a pipe's size is
+    // known only at its end), past the fuzzer's memory limit.
+    if (streamed.ok()) {
+      const DumpInfo& info = streamed->info();
+      claims_more = info.rows > (int64_t{1} << 20) / info.vocab / dtype_size(info.dtype);
+    }
+    if (claims_more) stream_error = Status::io_error("not read");
+    for (int64_t b = 0; !stream_error && b < streamed->num_blocks(); ++b) {
+      Result<LogitsView> view = streamed->block(b);
+      if (!view.ok()) {
+        stream_error = view.status();
+        break;
+      }
+      const auto* bytes = static_cast<const uint8_t*>(view->data);
+      data.insert(data.end(), bytes, bytes + view->rows * view->vocab * dtype_size(view->dtype));
+    }
+  }  // (the pipe's read end closes here, so the writer ends)
+  writer.join();
+  Result<DumpReader> held = DumpReader::from_bytes(path, file, options);
+  if (claims_more) {
+    NUCLEUS_FUZZ_CHECK(!held.ok());
+    return;
+  }
+  if (held.ok()) {
+    NUCLEUS_FUZZ_CHECK(!stream_error.has_value());
+    const auto offset = static_cast<size_t>(held->info().data_offset);
+    NUCLEUS_FUZZ_CHECK(data.size() == file.size() - offset, data.size(), file.size());
+    NUCLEUS_FUZZ_CHECK(std::equal(data.begin(), data.end(), file.begin() + offset));
+    return;
+  }
+  NUCLEUS_FUZZ_CHECK(stream_error.has_value());
+  CheckRefusal(*stream_error);
+  const std::string& want = held.status().message();
+  const std::string& got = stream_error->message();
+  const std::string huge = "needs more than 2^63 bytes of data";
+  NUCLEUS_FUZZ_CHECK(got == want ||
+                     (got.find(huge) != std::string::npos && want.find(huge) != std::string::npos));
+}
+
 // A header format (npy or safetensors): the whole input is the file.
 inline int FuzzHeaderDump(DumpFormat format, const uint8_t* bytes, size_t size) {
   const std::vector<uint8_t> file(bytes, bytes + size);
@@ -159,6 +234,7 @@ inline int FuzzHeaderDump(DumpFormat format, const uint8_t* bytes, size_t size) 
     }
     options.tensor.clear();
   } else {
+    CheckStream(file, static_cast<int64_t>(1 + (h >> 24) % 97));
     // A tensor name is refused for a format without tensors.
     options.tensor = "logits";
     NUCLEUS_FUZZ_CHECK(!DumpReader::from_bytes(name, file, options).ok());

@@ -678,7 +678,7 @@ TEST(Cli, ReadsStandardInput) {
 // --output file.
 TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
   const fs::path dir = TestDir();
-  const int64_t rows = 40, vocab = 32000;  // 5 MB: more than the 2 MiB read ahead
+  const int64_t rows = 40, vocab = 32000;  // 5 MB: more than the read-ahead (at most 2 MiB)
   WriteDump(dir / "d.npy", Logits(rows, vocab, 8), rows, vocab, DType::kFloat32);
   for (const char* command : {"sample - --seed 4 --block-mb 1", "probs - --block-mb 1 -o p.npy"}) {
     const std::string file_command = std::regex_replace(command, std::regex(" - "), " d.npy ");

@@ -644,8 +644,8 @@ Result<DumpReader> OpenPipe(PipeFeed& feed, const DumpOptions& options) {
   return reader;
 }
 
-// 12 rows of 64 Ki float32 (3 MiB, more than the 2 MiB a pipe is read ahead
-// at least) read two rows a block.
+// 12 rows of 64 Ki float32 (3 MiB) read two rows a block (a pipe is read
+// ahead by a block, 512 KiB, when that is less than 2 MiB).
 constexpr int64_t kPipeRows = 12, kPipeVocab = 64 * 1024;
 DumpOptions TwoRowBlocks() {
   DumpOptions options;
@@ -689,7 +689,7 @@ TEST(DumpPipe, ReadIntoSkipsForward) {
                            values.begin() + first * kPipeVocab))
         << "rows from " << first;
   }
-  // (rows 0 to 7 were in the 2 MiB read ahead; reading row 9 dropped them)
+  // (rows 0 and 1 were read ahead; reading rows 3 and 4 dropped them)
   EXPECT_FALSE(reader->read_into(4, 1, rows.data()).ok());
   EXPECT_FALSE(reader->read_into(11, 1, rows.data()).ok());
 }
@@ -760,22 +760,55 @@ TEST(DumpPipe, AShapePast2To63BytesIsRefusedAtOpen) {
               {"/dev/fd/", "needs more than 2^63 bytes of data: truncated file"});
 }
 
-// The read-ahead is 2 MiB: a pipe of exactly that many bytes is held whole
-// (its end is seen), one byte more is streamed.
+// The read-ahead is 2 MiB, or a block when that is less: a pipe of exactly
+// that many bytes is held whole (its end is seen), one element more is
+// streamed.
 TEST(DumpPipe, APipeOfExactlyTheReadAheadIsHeldWhole) {
   const int64_t shape[] = {1, 16};
   const size_t header = detail::format_npy_header(DType::kFloat32, shape).size();
-  for (int64_t extra : {0, 1}) {
-    const int64_t vocab = ((int64_t{2} << 20) - static_cast<int64_t>(header)) / 2 + extra;
-    const int64_t row_shape[] = {1, vocab};
-    const std::string bytes = detail::format_npy_header(DType::kFloat16, row_shape) +
-                              std::string(static_cast<size_t>(2 * vocab), '\0');
-    ASSERT_EQ(bytes.size(), static_cast<size_t>((int64_t{2} << 20) + 2 * extra));
-    PipeFeed feed(bytes);
-    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
-    ASSERT_TRUE(reader.ok()) << reader.status().message();
-    EXPECT_EQ(reader->info().streamed, extra == 1) << bytes.size() << " bytes";
-    EXPECT_TRUE(reader->block(0).ok());
+  for (const int64_t read_ahead : {int64_t{2} << 20, int64_t{64} << 10}) {
+    DumpOptions options;
+    options.block_bytes = read_ahead == (int64_t{2} << 20) ? int64_t{64} << 20 : read_ahead;
+    for (int64_t extra : {0, 1}) {
+      const int64_t vocab = (read_ahead - static_cast<int64_t>(header)) / 2 + extra;
+      const int64_t row_shape[] = {1, vocab};
+      const std::string bytes = detail::format_npy_header(DType::kFloat16, row_shape) +
+                                std::string(static_cast<size_t>(2 * vocab), '\0');
+      ASSERT_EQ(bytes.size(), static_cast<size_t>(read_ahead + 2 * extra));
+      PipeFeed feed(bytes);
+      Result<DumpReader> reader = OpenPipe(feed, options);
+      ASSERT_TRUE(reader.ok()) << reader.status().message();
+      EXPECT_EQ(reader->info().streamed, extra == 1) << bytes.size() << " bytes";
+      EXPECT_TRUE(reader->block(0).ok());
+    }
+  }
+}
+
+// A header longer than the read-ahead (here 16 bytes: a block of 16 bytes)
+// is read on as far as it goes, then the rows are streamed; so is one whose
+// pipe ends within it (held whole: the file's message).
+TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(12 * 64, 26);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 12, 64, {}).ok());
+  const std::string bytes = ReadBytes(dir / "a.npy");
+  DumpOptions options;
+  options.block_bytes = 16;
+  PipeFeed feed(bytes);
+  Result<DumpReader> reader = OpenPipe(feed, options);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  EXPECT_TRUE(reader->info().streamed);
+  EXPECT_EQ(reader->block_rows(), 1);
+  ExpectRows(*reader, values, DType::kFloat32);
+  for (size_t cut : {size_t{5}, size_t{11}, size_t{100}}) {
+    PipeFeed short_feed(bytes.substr(0, cut));
+    const std::string name = short_feed.path();
+    Result<DumpReader> held = DumpReader::from_bytes(
+        name, std::vector<unsigned char>(bytes.begin(), bytes.begin() + cut), options);
+    Result<DumpReader> piped = OpenPipe(short_feed, options);
+    ASSERT_FALSE(held.ok());
+    ASSERT_FALSE(piped.ok()) << cut;
+    EXPECT_EQ(piped.status().message(), held.status().message());
   }
 }
 
@@ -805,7 +838,7 @@ TEST(DumpPipe, ShortPipesAndOtherFormatsAreHeldWhole) {
   ASSERT_TRUE(detail::write_dump(dir / "s.npy", values.data(), 2, kPipeVocab, {}).ok());
   const std::string small = ReadBytes(dir / "s.npy");
   PipeFeed feed(small.substr(0, small.size() - 4));
-  ExpectError(OpenPipe(feed, TwoRowBlocks()), {"/dev/fd/", "truncated file"});
+  ExpectError(OpenPipe(feed, DumpOptions{}), {"/dev/fd/", "truncated file"});
 }
 
 TEST(DumpNpyWriter, WritesRowsAndRenamesOnCommit) {

@@ -74,6 +74,7 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
   if (!source.is_file() || path == "-") {
     // Standard input or a pipe has no extension: sniff the NumPy magic.
     unsigned char magic[sizeof detail::kNpyMagic] = {};
+    if (Status s = source.fill(sizeof magic); !s.ok()) return s;
     if (source.size() >= static_cast<int64_t>(sizeof magic) &&
         source.read_at(0, sizeof magic, magic).ok() &&
         std::memcmp(magic, detail::kNpyMagic, sizeof magic) == 0) {
@@ -123,6 +124,15 @@ Status rows_and_vocab(const std::vector<int64_t>& shape, const std::string& fiel
   info->vocab = vocab;
   return Status();
 }
+
+// A pipe is read ahead by this much, or a block if that is less, before it
+// is streamed (a header longer than that is read on, ByteSource::fill): a
+// pipe that ends there is held whole and checked at open. Little next to a
+// block; it is held until the reads pass it.
+constexpr int64_t kReadAhead = int64_t{2} << 20;
+// After a stream's last row, this much more is read to see whether it ends
+// (and to count what follows, when it does).
+constexpr int64_t kTrailingLimit = int64_t{1} << 20;
 
 // The data that the header promises must be exactly the data there is:
 // fewer bytes is a truncated file, more is a header that lies about the shape.
@@ -210,8 +220,16 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->data_offset = header->data_offset;
       const std::string field = name + ": header field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
-      // (a stream's size is checked when it ends)
-      return check_data_size(*info, source.size() - info->data_offset, field, !source.streaming());
+      // (a stream's size is checked when it ends; one whose read-ahead
+      // already holds more than the header says is read on to its end, as
+      // far as that goes, to give a file's message)
+      Status size =
+          check_data_size(*info, source.size() - info->data_offset, field, !source.streaming());
+      if (!size.ok() && source.streaming()) {
+        if (Status s = source.read_to_end(kTrailingLimit); !s.ok()) return s;
+        size = check_data_size(*info, source.size() - info->data_offset, field, source.ended());
+      }
+      return size;
     }
     case DumpFormat::kSafetensors: {
       Result<detail::SafetensorsHeader> header = detail::parse_safetensors_header(source);
@@ -262,15 +280,6 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
   return Status::internal(name + ": no format chosen");
 }
 
-// A pipe is read ahead by this much before it is streamed: more than the
-// longest .npy header this reader accepts, so the header is always in memory
-// when it is parsed, and little next to a block (it is held until the reads
-// pass it).
-constexpr int64_t kReadAhead = int64_t{2} << 20;
-// After a stream's last row, this much more is read to see whether it ends
-// (and to count what follows, when it does).
-constexpr int64_t kTrailingLimit = int64_t{1} << 20;
-
 Status init_state(const std::string& path, const DumpOptions& options,
                   detail::DumpReaderState& state) {
   if (options.block_bytes <= 0) {
@@ -315,7 +324,8 @@ DumpReader::~DumpReader() = default;
 
 Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
   const std::string name = path == "-" ? std::string("<stdin>") : path;
-  Result<ByteSource> source = ByteSource::open(path, name, kReadAhead);
+  Result<ByteSource> source =
+      ByteSource::open(path, name, std::clamp<int64_t>(options.block_bytes, 1, kReadAhead));
   if (!source.ok()) return source.status();
   auto impl = std::make_unique<Impl>(std::move(source).value());
   if (Status s = init_state(path, options, *impl); !s.ok()) return s;

@@ -128,13 +128,7 @@ Result<ByteSource> ByteSource::open(const std::string& path, const std::string& 
   if (read_ahead < (int64_t{1} << 30)) {
     source.buffer_.reserve(static_cast<size_t>(read_ahead + 1));  // (no doubling past it)
   }
-  while (!source.ended_ && source.size_ <= read_ahead) {
-    const int64_t n = std::min(kPipeChunk, read_ahead + 1 - source.size_);
-    source.buffer_.resize(static_cast<size_t>(source.size_ + n));
-    Result<int64_t> got = source.read_some(source.buffer_.data() + source.size_, n);
-    if (!got.ok()) return got.status();
-    source.buffer_.resize(static_cast<size_t>(source.size_));
-  }
+  if (Status s = source.buffer_up_to(read_ahead + 1); !s.ok()) return s;
   if (source.ended_) {
     if (Status s = source.hold_whole(); !s.ok()) return s;  // (closes the pipe)
   }
@@ -233,6 +227,32 @@ Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
   return Status();
 }
 
+Status ByteSource::buffer_up_to(int64_t n) {
+  if (buffer_begin_ != 0) {
+    return Status::internal(name_ + ": a pipe already read past byte " +
+                            std::to_string(buffer_begin_) + " cannot be held in memory again");
+  }
+  while (!ended_ && size_ < n) {
+    const int64_t k = std::min(kPipeChunk, n - size_);
+    try {
+      buffer_.resize(static_cast<size_t>(size_ + k));
+    } catch (const std::bad_alloc&) {
+      return Status::io_error(name_ + ": cannot hold the input in memory past " +
+                              std::to_string(size_) + " bytes");
+    }
+    Result<int64_t> got = read_some(buffer_.data() + size_, k);
+    if (!got.ok()) return got.status();
+    buffer_.resize(static_cast<size_t>(size_));
+  }
+  return Status();
+}
+
+Status ByteSource::fill(int64_t n) {
+  if (!streaming_ || size_ >= n) return Status();
+  if (Status s = buffer_up_to(n); !s.ok()) return s;
+  return ended_ ? hold_whole() : Status();
+}
+
 Status ByteSource::read_to_end(int64_t limit) {
   std::vector<unsigned char>().swap(buffer_);
   buffer_begin_ = size_;
@@ -252,21 +272,7 @@ Status ByteSource::read_to_end(int64_t limit) {
 
 Status ByteSource::hold_whole() {
   if (!streaming_) return Status();
-  if (buffer_begin_ != 0) {
-    return Status::internal(name_ + ": a pipe already read past byte " +
-                            std::to_string(buffer_begin_) + " cannot be held whole");
-  }
-  while (!ended_) {
-    try {
-      buffer_.resize(static_cast<size_t>(size_ + kPipeChunk));
-    } catch (const std::bad_alloc&) {
-      return Status::io_error(name_ + ": cannot hold the input in memory past " +
-                              std::to_string(size_) + " bytes");
-    }
-    Result<int64_t> got = read_some(buffer_.data() + size_, kPipeChunk);
-    if (!got.ok()) return got.status();
-    buffer_.resize(static_cast<size_t>(size_));
-  }
+  if (Status s = buffer_up_to(std::numeric_limits<int64_t>::max()); !s.ok()) return s;
   if (owns_fd_) ::close(fd_);
   fd_ = -1;
   owns_fd_ = false;

@@ -55,6 +55,10 @@ class ByteSource {
   // Exactly `n` bytes at `offset`, or an error naming the file and offset.
   // A stream skips forward to `offset` and refuses bytes it has passed.
   Status read_at(int64_t offset, int64_t n, void* out);
+  // A stream that has not passed byte 0: reads on into memory until it holds
+  // `n` bytes or ends (and is then held whole), so that a header longer
+  // than the read-ahead is checked against size() like a file's.
+  Status fill(int64_t n);
   // A stream: reads (and drops) the rest, at most `limit` bytes of it (a pipe
   // need not end), so that size() is its length if ended().
   Status read_to_end(int64_t limit);
@@ -65,6 +69,9 @@ class ByteSource {
  private:
   ByteSource() = default;
   Status read_forward(int64_t offset, int64_t n, unsigned char* out);
+  // A stream that has not passed byte 0: reads on into buffer_ until it
+  // holds `n` bytes or ends.
+  Status buffer_up_to(int64_t n);
   // Reads up to `n` bytes at the stream's end into `out` (fewer at its end).
   Result<int64_t> read_some(unsigned char* out, int64_t n);
   std::string name_;

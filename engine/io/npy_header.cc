@@ -156,6 +156,8 @@ std::string shape_text(std::span<const int64_t> shape) {
 Result<NpyHeader> parse_npy_header(ByteSource& source) {
   const std::string& name = source.name();
   unsigned char preamble[12] = {};
+  // (a stream is read on as far as the header goes, whatever it read ahead)
+  if (Status s = source.fill(12); !s.ok()) return s;
   if (source.size() < 10) {
     return Status::io_error(name + ": truncated: " + std::to_string(source.size()) +
                             " bytes, fewer than a NumPy header's 10");
@@ -189,6 +191,7 @@ Result<NpyHeader> parse_npy_header(ByteSource& source) {
                             " bytes is implausibly large (the limit is " +
                             std::to_string(kMaxHeaderBytes) + ")");
   }
+  if (Status s = source.fill(prefix + header_len); !s.ok()) return s;
   if (prefix + header_len > source.size()) {
     return Status::io_error(name + ": truncated: the header length says " +
                             std::to_string(header_len) + " bytes but the file has only " +

@@ -75,13 +75,14 @@ class DumpReader {
   // Opens `path` ("-" = standard input) and validates its header against the
   // file size; reads no logits yet. Standard input that is a regular file is
   // read a block at a time like any file, from its current position. A pipe
-  // is read ahead by 2 MiB; one that ends there is held whole, a longer .npy
-  // is streamed (see DumpInfo::streamed), its size
-  // checked when it ends: the read that finds it short, or the read of the
-  // last row when bytes follow it, fails with the message a file of that
-  // size gets here (or, when more than 1 MiB follows, "holds at least N"). Other formats from a
-  // pipe are held whole. Standard input's format (and a pipe's) is sniffed (the NumPy magic, else
-  // raw) unless `options.format` says.
+  // is read ahead by min(block_bytes, 2 MiB); one that ends there is held
+  // whole (a header that goes on past it is read on first), a longer .npy is
+  // streamed (see DumpInfo::streamed), its size checked when it ends: the
+  // read that finds it short, or the read of the last row when bytes follow
+  // it, fails with the message a file of that size gets here (or, when more
+  // than 1 MiB follows, "holds at least N"). Other formats from a pipe are
+  // held whole. Standard input's format (and a pipe's) is sniffed (the NumPy
+  // magic, else raw) unless `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 
   // The same checks over bytes already in memory (`name` is used in messages).
