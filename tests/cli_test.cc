@@ -712,6 +712,11 @@ TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
     EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
     EXPECT_FALSE(fs::exists(dir / "o.npy"));
   }
+  // A raw pipe without its dtype is refused after the read-ahead (it was
+  // read whole first: without end, here)
+  CliRun raw = RunCli(dir, "inspect - --input-format raw -q", "cat /dev/zero | timeout 60 ");
+  EXPECT_EQ(raw.code, 2);
+  EXPECT_TRUE(Contains(raw.err, "<stdin>: a raw dump needs its dtype")) << raw.err;
   // A pipe that never ends is refused soon after the last row (it was read
   // to its end to count what followed).
   CliRun endless =

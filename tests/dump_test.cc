@@ -712,6 +712,8 @@ TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
       {bytes.substr(0, header + 9 * kPipeVocab * 4 + 100), 4, "truncated file"},
       {bytes.substr(0, header + 11 * kPipeVocab * 4), 5, "truncated file"},
       {bytes + "xyz", 5, "the header does not describe the data"},
+      // (exactly the 1 MiB read after the last row: its end is seen)
+      {bytes + std::string(1 << 20, '\0'), 5, "the header does not describe the data"},
   };
   for (const Case& c : cases) {
     PipeFeed feed(c.bytes);
@@ -728,6 +730,10 @@ TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
     Result<LogitsView> failing = reader->block(c.failing_block);
     ASSERT_FALSE(failing.ok()) << c.bytes.size() << " bytes";
     EXPECT_EQ(failing.status().message(), held.status().message());
+    // (again: the same message, not "already read")
+    Result<LogitsView> again = reader->block(c.failing_block);
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.status().message(), held.status().message());
   }
 }
 
@@ -745,7 +751,7 @@ TEST(DumpPipe, AStreamThatGoesOnIsRefusedWithoutWaitingForItsEnd) {
   Result<LogitsView> last = reader->block(reader->num_blocks() - 1);
   ASSERT_FALSE(last.ok());
   EXPECT_NE(last.status().message().find("needs 3145728 bytes of data but the input holds at "
-                                         "least 4194304: the header does not describe the data"),
+                                         "least 4194305: the header does not describe the data"),
             std::string::npos)
       << last.status().message();
 }
@@ -758,6 +764,52 @@ TEST(DumpPipe, AShapePast2To63BytesIsRefusedAtOpen) {
   PipeFeed feed(detail::format_npy_header(DType::kFloat32, shape) + std::string(3 << 20, '\0'));
   ExpectError(OpenPipe(feed, TwoRowBlocks()),
               {"/dev/fd/", "needs more than 2^63 bytes of data: truncated file"});
+  // Data that fits 2^63 bytes but not after its header: its size is given.
+  const int64_t near[] = {2305843009213693942, 1};  // 2^63 - 40 bytes of f32
+  const std::string bytes = detail::format_npy_header(DType::kFloat32, near) + "abcd";
+  PipeFeed near_feed(bytes + std::string(3 << 20, '\0'));
+  ExpectError(OpenPipe(near_feed, TwoRowBlocks()),
+              {"needs 9223372036854775768 bytes of data: truncated file"});
+  ExpectError(
+      DumpReader::from_bytes("n.npy", std::vector<unsigned char>(bytes.begin(), bytes.end())),
+      {"needs 9223372036854775768 bytes of data but the file holds 4: truncated file"});
+}
+
+// Options refused whatever the data are refused before a pipe is read (the
+// pipe's bytes are still there after); options that disagree with the
+// header come before its size, which a stream knows only at its end.
+TEST(DumpPipe, OptionsAreCheckedBeforeThePipeIsRead) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_EQ(::write(fds[1], "abc", 3), 3);
+  ::close(fds[1]);
+  const std::string path = "/dev/fd/" + std::to_string(fds[0]);
+  DumpOptions bad;
+  bad.block_bytes = 0;
+  ExpectError(DumpReader::open(path, bad), {"block_bytes = 0 must be > 0"});
+  bad.block_bytes = 64;
+  bad.vocab = -3;
+  ExpectError(DumpReader::open(path, bad), {"vocab = -3 must be > 0"});
+  char left[4] = {};
+  EXPECT_EQ(::read(fds[0], left, 4), 3);
+  EXPECT_EQ(std::string(left), "abc");
+  ::close(fds[0]);
+
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 27);
+  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
+  const std::string bytes = ReadBytes(dir / "a.npy");
+  const std::string cut = bytes.substr(0, bytes.size() - 100);
+  DumpOptions options = TwoRowBlocks();
+  options.vocab = 5;
+  PipeFeed feed(cut);
+  const std::string name = feed.path();
+  Result<DumpReader> piped = OpenPipe(feed, options);
+  Result<DumpReader> held =
+      DumpReader::from_bytes(name, std::vector<unsigned char>(cut.begin(), cut.end()), options);
+  ExpectError(piped, {"vocab = 5 was given but the file's shape (12, 65536) has vocab 65536"});
+  ASSERT_FALSE(held.ok());
+  EXPECT_EQ(piped.status().message(), held.status().message());
 }
 
 // The read-ahead is 2 MiB, or a block when that is less: a pipe of exactly

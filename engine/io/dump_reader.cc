@@ -142,13 +142,14 @@ Status check_data_size(const DumpInfo& info, int64_t available, const std::strin
                        bool ended = true) {
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   const int64_t item = dtype_size(info.dtype);
-  const bool overflow = info.rows > kMax / item / info.vocab ||
-                        info.rows * info.vocab * item > kMax - info.data_offset;
-  const int64_t needed = overflow ? -1 : info.rows * info.vocab * item;
+  // (the data's size past 2^63, or the data and the header before it)
+  const bool data_overflow = info.rows > kMax / item / info.vocab;
+  const int64_t needed = data_overflow ? -1 : info.rows * info.vocab * item;
+  const bool overflow = data_overflow || needed > kMax - info.data_offset;
   if (!overflow && (ended ? needed == available : needed >= available)) return Status();
   std::string what =
       field + " = " + detail::shape_text(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
-      (overflow ? std::string("more than 2^63") : std::to_string(needed)) + " bytes of data";
+      (data_overflow ? std::string("more than 2^63") : std::to_string(needed)) + " bytes of data";
   if (ended) {
     what += " but the file holds " + std::to_string(available);
   } else if (!overflow) {
@@ -187,6 +188,40 @@ struct DumpReader::Impl : detail::DumpReaderState {
 
 namespace {
 
+// Options that need no data: refused before a pipe is read ahead.
+Status check_options(const std::string& name, const DumpOptions& options) {
+  if (options.block_bytes <= 0) {
+    return Status::invalid_argument("block_bytes = " + std::to_string(options.block_bytes) +
+                                    " must be > 0");
+  }
+  if (options.vocab < 0) {
+    return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
+                                    " must be > 0");
+  }
+  return Status();
+}
+
+// Options that describe the data must agree with a header that does too
+// (checked before the data's size, which a stream knows only at its end).
+Status options_agree(const DumpInfo& info, const DumpOptions& options, const std::string& name) {
+  if (!options.tensor.empty() && info.format != DumpFormat::kSafetensors) {
+    return Status::invalid_argument(name + ": tensor = '" + options.tensor +
+                                    "' was given but the file is " + dump_format_name(info.format) +
+                                    ", not .safetensors");
+  }
+  if (info.format == DumpFormat::kRaw) return Status();
+  if (options.dtype && *options.dtype != info.dtype) {
+    return Status::invalid_argument(name + ": dtype = " + dtype_name(*options.dtype) +
+                                    " was given but the file holds " + dtype_name(info.dtype));
+  }
+  if (options.vocab > 0 && options.vocab != info.vocab) {
+    return Status::invalid_argument(
+        name + ": vocab = " + std::to_string(options.vocab) + " was given but the file's shape " +
+        detail::shape_text(info.shape) + " has vocab " + std::to_string(info.vocab));
+  }
+  return Status();
+}
+
 Status describe(const std::string& path, const DumpOptions& options, ByteSource& source,
                 DumpInfo* info) {
   const std::string& name = source.name();
@@ -199,11 +234,8 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
   }
   // A pipe longer than the read-ahead is streamed when its header says how
   // many rows it holds (.npy; its size is checked once it ends); the other
-  // formats are checked against the whole input's size first.
-  if (info->format != DumpFormat::kNpy) {
-    if (Status s = source.hold_whole(); !s.ok()) return s;
-  }
-  info->streamed = source.is_file() || source.streaming();
+  // formats are checked against the whole input's size, so a pipe of them is
+  // held whole first (after the checks that need no data).
   switch (info->format) {
     case DumpFormat::kNpy: {
       Result<detail::NpyHeader> header = detail::parse_npy_header(source);
@@ -220,6 +252,7 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->data_offset = header->data_offset;
       const std::string field = name + ": header field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
+      if (Status s = options_agree(*info, options, name); !s.ok()) return s;
       // (a stream's size is checked when it ends; one whose read-ahead
       // already holds more than the header says is read on to its end, as
       // far as that goes, to give a file's message)
@@ -232,6 +265,7 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       return size;
     }
     case DumpFormat::kSafetensors: {
+      if (Status s = source.hold_whole(); !s.ok()) return s;
       Result<detail::SafetensorsHeader> header = detail::parse_safetensors_header(source);
       if (!header.ok()) return header.status();
       Result<const detail::SafetensorsTensor*> tensor =
@@ -246,6 +280,7 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->data_offset = header->data_start + t.begin;
       const std::string field = name + ": tensor '" + t.name + "': field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
+      if (Status s = options_agree(*info, options, name); !s.ok()) return s;
       return check_data_size(*info, t.end - t.begin, field);
     }
     case DumpFormat::kRaw: {
@@ -258,6 +293,8 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
         return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
                                         " does not fit token ids (int32)");
       }
+      if (Status s = options_agree(*info, options, name); !s.ok()) return s;
+      if (Status s = source.hold_whole(); !s.ok()) return s;
       info->dtype = *options.dtype;
       info->vocab = options.vocab;
       info->data_offset = 0;
@@ -282,34 +319,10 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
 
 Status init_state(const std::string& path, const DumpOptions& options,
                   detail::DumpReaderState& state) {
-  if (options.block_bytes <= 0) {
-    return Status::invalid_argument("block_bytes = " + std::to_string(options.block_bytes) +
-                                    " must be > 0");
-  }
-  const std::string& name = state.source.name();
-  if (options.vocab < 0) {
-    return Status::invalid_argument(name + ": vocab = " + std::to_string(options.vocab) +
-                                    " must be > 0");
-  }
+  if (Status s = check_options(state.source.name(), options); !s.ok()) return s;
   if (Status s = describe(path, options, state.source, &state.info); !s.ok()) return s;
-  const DumpInfo& info = state.info;
-  if (!options.tensor.empty() && info.format != DumpFormat::kSafetensors) {
-    return Status::invalid_argument(name + ": tensor = '" + options.tensor +
-                                    "' was given but the file is " + dump_format_name(info.format) +
-                                    ", not .safetensors");
-  }
-  // Options that describe the data must agree with a header that does too.
-  if (info.format != DumpFormat::kRaw) {
-    if (options.dtype && *options.dtype != info.dtype) {
-      return Status::invalid_argument(name + ": dtype = " + dtype_name(*options.dtype) +
-                                      " was given but the file holds " + dtype_name(info.dtype));
-    }
-    if (options.vocab > 0 && options.vocab != info.vocab) {
-      return Status::invalid_argument(
-          name + ": vocab = " + std::to_string(options.vocab) + " was given but the file's shape " +
-          detail::shape_text(info.shape) + " has vocab " + std::to_string(info.vocab));
-    }
-  }
+  DumpInfo& info = state.info;
+  info.streamed = state.source.is_file() || state.source.streaming();
   state.row_bytes = info.vocab * dtype_size(info.dtype);
   state.block_rows = std::clamp<int64_t>(options.block_bytes / state.row_bytes, 1, info.rows);
   return Status();
@@ -324,6 +337,7 @@ DumpReader::~DumpReader() = default;
 
 Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
   const std::string name = path == "-" ? std::string("<stdin>") : path;
+  if (Status s = check_options(name, options); !s.ok()) return s;
   Result<ByteSource> source =
       ByteSource::open(path, name, std::clamp<int64_t>(options.block_bytes, 1, kReadAhead));
   if (!source.ok()) return source.status();
@@ -375,12 +389,19 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
   if (Status s = check_rows(m, first, count); !s.ok()) return s;
   ByteSource& source = m.source;
   const int64_t begin = m.info.data_offset + first * m.row_bytes;
+  // (a stream that ended short says so again, rather than "already read")
+  const std::string field = source.name() + ": header field 'shape'";
+  if (source.streaming() && source.ended()) {
+    if (Status size = check_data_size(m.info, source.size() - m.info.data_offset, field);
+        !size.ok()) {
+      return size;
+    }
+  }
   if (source.streaming() && begin < source.readable_from()) {
     return Status::invalid_argument(source.name() + ": rows [" + std::to_string(first) + ", " +
                                     std::to_string(first + count) +
                                     ") were already read: a pipe is read once, front to back");
   }
-  const std::string field = source.name() + ": header field 'shape'";
   Status s = source.read_at(begin, count * m.row_bytes, dst);
   const bool last = first + count == m.info.rows;
   if (s.ok() && source.streaming() && last) s = source.read_to_end(kTrailingLimit);

@@ -256,11 +256,12 @@ Status ByteSource::fill(int64_t n) {
 Status ByteSource::read_to_end(int64_t limit) {
   std::vector<unsigned char>().swap(buffer_);
   buffer_begin_ = size_;
-  const int64_t stop = size_ > std::numeric_limits<int64_t>::max() - limit
+  // (one byte past the limit: a stream that ends right there is seen to end)
+  const int64_t stop = size_ >= std::numeric_limits<int64_t>::max() - limit
                            ? std::numeric_limits<int64_t>::max()
-                           : size_ + limit;
+                           : size_ + limit + 1;
   if (!streaming_ || ended_ || limit <= 0) return Status();
-  std::vector<unsigned char> skip(static_cast<size_t>(std::min(kPipeChunk, limit)));
+  std::vector<unsigned char> skip(static_cast<size_t>(std::min(kPipeChunk, limit + 1)));
   while (!ended_ && size_ < stop) {
     const int64_t n = std::min(static_cast<int64_t>(skip.size()), stop - size_);
     Result<int64_t> got = read_some(skip.data(), n);

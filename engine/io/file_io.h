@@ -59,8 +59,9 @@ class ByteSource {
   // `n` bytes or ends (and is then held whole), so that a header longer
   // than the read-ahead is checked against size() like a file's.
   Status fill(int64_t n);
-  // A stream: reads (and drops) the rest, at most `limit` bytes of it (a pipe
-  // need not end), so that size() is its length if ended().
+  // A stream: reads (and drops) the rest, at most `limit` bytes of it and
+  // one more to see its end (a pipe need not end), so that size() is its
+  // length if ended().
   Status read_to_end(int64_t limit);
   // A stream: reads the rest into memory and holds it whole from then on
   // (for formats whose header is checked against the size).
