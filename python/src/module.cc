@@ -617,6 +617,15 @@ void define_module(py::module_& m) {
       py::arg("target_logits"), py::arg("draft_tokens"), py::arg("draft_probs") = py::none(),
       "verify(target_logits, draft_tokens, draft_probs=None, **params)\n\n"
       "Engine.verify on a shared default engine.");
+  m.def(
+      "runnable_isas",
+      [] {
+        py::list out;
+        for (Isa isa : runnable_isas()) out.append(isa_name(isa));
+        return out;
+      },
+      "runnable_isas()\n\nThe instruction sets an Engine here can run (its isa= values), lowest\n"
+      "first; NUCLEUS_ISA in the environment caps them. The last is what isa='auto' runs.");
   m.def("load_dump", &load_dump, py::arg("path"), py::arg("tensor") = py::none(),
         py::arg("dtype") = py::none(), py::arg("vocab") = py::none(), py::kw_only(),
         py::arg("format") = py::none(), py::arg("bf16") = "float32",

@@ -295,6 +295,15 @@ def test_threads_share_an_engine(engine, rng):
         np.testing.assert_array_equal(tokens, expected)
 
 
+def test_runnable_isas():
+    isas = nucleus.runnable_isas()
+    assert isas[0] == "sse2" and len(set(isas)) == len(isas)
+    assert set(isas) <= {"sse2", "avx2", "avx512"}
+    for isa in isas:
+        assert nucleus.Engine(threads=1, isa=isa).isa == isa
+    assert nucleus.Engine(threads=1).isa == isas[-1]
+
+
 def test_engine_options():
     assert nucleus.Engine(threads=1).max_threads == 1
     assert nucleus.Engine().max_threads >= 1
