@@ -520,11 +520,13 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   const fs::path dir = TestDir();
   const int64_t rows = 4, vocab = 100;
   WriteDump(dir / "d.npy", Logits(rows, vocab, 6), rows, vocab, DType::kFloat16);
+  const std::string others =
+      " --repetition-penalty 1.3 --frequency-penalty 0.5 --presence-penalty 0.25 --preset "
+      "llama.cpp --top-k 20 --typical-p 0.9 --top-n-sigma 2";
   CliRun run = RunCli(dir,
                       "sample d.npy --seed 8 --step 4 --history 1,2,2 --prompt-tokens 3,5 "
-                      "--repetition-penalty 1.3 --frequency-penalty 0.5 --presence-penalty 0.25 "
-                      "--banned 7,8 --logit-bias 11:1.5,12:-2 --preset llama.cpp --top-k 20 "
-                      "--typical-p 0.9 --top-n-sigma 2");
+                      "--banned 7,8 --logit-bias 11:1.5,12:-2" +
+                          others);
   ASSERT_EQ(run.code, 0) << run.err;
   Loaded dump = Load(dir / "d.npy");
   RowRequest base;
@@ -550,9 +552,8 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   // an empty list.
   CliRun spread = RunCli(dir,
                          "sample d.npy --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
-                         "--repetition-penalty 1.3 --frequency-penalty 0.5 --presence-penalty 0.25 "
-                         "--banned 7 --banned 8 --logit-bias 11:1.5 12:-2 --banned '' "
-                         "--preset llama.cpp --top-k 20 --typical-p 0.9 --top-n-sigma 2");
+                         "--banned 7 --banned 8 --logit-bias 11:1.5 12:-2 --banned ''" +
+                             others);
   ASSERT_EQ(spread.code, 0) << spread.err;
   EXPECT_EQ(spread.out, run.out);
 }

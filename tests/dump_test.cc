@@ -653,13 +653,19 @@ DumpOptions TwoRowBlocks() {
   return options;
 }
 
+// kPipeRows x kPipeVocab float32 `values` as the bytes of a .npy file.
+std::string PipeNpy(const std::vector<float>& values) {
+  const fs::path path = TestDir() / "a.npy";
+  EXPECT_TRUE(detail::write_dump(path, values.data(), kPipeRows, kPipeVocab, {}).ok());
+  return ReadBytes(path);
+}
+
 // A .npy pipe longer than the read-ahead is streamed: read once, front to
 // back, block by block, with the file's values.
 TEST(DumpPipe, ALongNpyIsStreamedAndReadsBackAsTheFile) {
-  const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 21);
-  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
-  PipeFeed feed(ReadBytes(dir / "a.npy"));
+  const std::string bytes = PipeNpy(values);
+  PipeFeed feed(bytes);
   Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   EXPECT_TRUE(reader->info().streamed);
@@ -675,10 +681,9 @@ TEST(DumpPipe, ALongNpyIsStreamedAndReadsBackAsTheFile) {
 
 // read_into skips rows it is not asked for and refuses those it passed.
 TEST(DumpPipe, ReadIntoSkipsForward) {
-  const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 22);
-  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
-  PipeFeed feed(ReadBytes(dir / "a.npy"));
+  const std::string bytes = PipeNpy(values);
+  PipeFeed feed(bytes);
   Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   std::vector<float> rows(2 * kPipeVocab);
@@ -698,10 +703,8 @@ TEST(DumpPipe, ReadIntoSkipsForward) {
 // block where that shows, with the message a file of that size gets when it
 // is opened; the blocks before it read normally.
 TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
-  const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 23);
-  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
-  const std::string bytes = ReadBytes(dir / "a.npy");
+  const std::string bytes = PipeNpy(values);
   const size_t header = bytes.size() - kPipeRows * kPipeVocab * 4;
   struct Case {
     std::string bytes;
@@ -741,10 +744,9 @@ TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
 // on (here 3 MiB more; a `cat /dev/zero` would never end) is refused without
 // waiting for its end.
 TEST(DumpPipe, AStreamThatGoesOnIsRefusedWithoutWaitingForItsEnd) {
-  const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 25);
-  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
-  PipeFeed feed(ReadBytes(dir / "a.npy") + std::string(3 << 20, '\0'));
+  const std::string bytes = PipeNpy(values);
+  PipeFeed feed(bytes + std::string(3 << 20, '\0'));
   Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   for (int64_t b = 0; b + 1 < reader->num_blocks(); ++b) ASSERT_TRUE(reader->block(b).ok());
@@ -795,10 +797,8 @@ TEST(DumpPipe, OptionsAreCheckedBeforeThePipeIsRead) {
   EXPECT_EQ(std::string(left), "abc");
   ::close(fds[0]);
 
-  const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 27);
-  ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), kPipeRows, kPipeVocab, {}).ok());
-  const std::string bytes = ReadBytes(dir / "a.npy");
+  const std::string bytes = PipeNpy(values);
   const std::string cut = bytes.substr(0, bytes.size() - 100);
   DumpOptions options = TwoRowBlocks();
   options.vocab = 5;

@@ -389,28 +389,25 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
   if (Status s = check_rows(m, first, count); !s.ok()) return s;
   ByteSource& source = m.source;
   const int64_t begin = m.info.data_offset + first * m.row_bytes;
+  if (!source.streaming()) return source.read_at(begin, count * m.row_bytes, dst);
+  auto size_check = [&] {
+    return check_data_size(m.info, source.size() - m.info.data_offset,
+                           source.name() + ": header field 'shape'", source.ended());
+  };
   // (a stream that ended short says so again, rather than "already read")
-  const std::string field = source.name() + ": header field 'shape'";
-  if (source.streaming() && source.ended()) {
-    if (Status size = check_data_size(m.info, source.size() - m.info.data_offset, field);
-        !size.ok()) {
-      return size;
-    }
+  if (source.ended()) {
+    if (Status size = size_check(); !size.ok()) return size;
   }
-  if (source.streaming() && begin < source.readable_from()) {
+  if (begin < source.readable_from()) {
     return Status::invalid_argument(source.name() + ": rows [" + std::to_string(first) + ", " +
                                     std::to_string(first + count) +
                                     ") were already read: a pipe is read once, front to back");
   }
   Status s = source.read_at(begin, count * m.row_bytes, dst);
   const bool last = first + count == m.info.rows;
-  if (s.ok() && source.streaming() && last) s = source.read_to_end(kTrailingLimit);
-  if (source.streaming() && (source.ended() || last)) {
-    if (Status size =
-            check_data_size(m.info, source.size() - m.info.data_offset, field, source.ended());
-        !size.ok()) {
-      return size;
-    }
+  if (s.ok() && last) s = source.read_to_end(kTrailingLimit);
+  if (source.ended() || last) {
+    if (Status size = size_check(); !size.ok()) return size;
   }
   return s;
 }

@@ -151,8 +151,7 @@ ByteSource::ByteSource(ByteSource&& other) noexcept
       size_(other.size_),
       buffer_(std::move(other.buffer_)),
       streaming_(other.streaming_),
-      ended_(other.ended_),
-      buffer_begin_(other.buffer_begin_) {}
+      ended_(other.ended_) {}
 
 ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
   if (this != &other) {
@@ -165,7 +164,6 @@ ByteSource& ByteSource::operator=(ByteSource&& other) noexcept {
     buffer_ = std::move(other.buffer_);
     streaming_ = other.streaming_;
     ended_ = other.ended_;
-    buffer_begin_ = other.buffer_begin_;
   }
   return *this;
 }
@@ -188,12 +186,24 @@ Result<int64_t> ByteSource::read_some(unsigned char* out, int64_t n) {
   }
 }
 
+Status ByteSource::skip_to(int64_t stop) {
+  std::vector<unsigned char>().swap(buffer_);  // (behind: dropped)
+  std::vector<unsigned char> skip;
+  while (!ended_ && size_ < stop) {
+    if (skip.empty()) skip.resize(static_cast<size_t>(std::min(kPipeChunk, stop - size_)));
+    Result<int64_t> got =
+        read_some(skip.data(), std::min(static_cast<int64_t>(skip.size()), stop - size_));
+    if (!got.ok()) return got.status();
+  }
+  return Status();
+}
+
 Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
   if (offset > std::numeric_limits<int64_t>::max() - n) {
     return Status::io_error(name_ + ": truncated: needs bytes past 2^63 from byte " +
                             std::to_string(offset));
   }
-  if (offset < buffer_begin_) {
+  if (offset < readable_from()) {
     return Status::io_error(name_ + ": bytes " + std::to_string(offset) + " to " +
                             std::to_string(offset + n) +
                             " were already passed: a pipe is read once, front to back");
@@ -202,35 +212,29 @@ Status ByteSource::read_forward(int64_t offset, int64_t n, unsigned char* out) {
   // it lies behind).
   if (offset < size_) {
     const int64_t k = std::min(n, size_ - offset);
-    std::memcpy(out, buffer_.data() + (offset - buffer_begin_), static_cast<size_t>(k));
+    std::memcpy(out, buffer_.data() + (offset - readable_from()), static_cast<size_t>(k));
     out += k;
     offset += k;
     n -= k;
   }
   if (n == 0) return Status();
-  std::vector<unsigned char>().swap(buffer_);
-  buffer_begin_ = size_;
-  std::vector<unsigned char> skip;
-  while (size_ < offset + n) {
-    const bool skipping = size_ < offset;
-    if (skipping && skip.empty()) skip.resize(static_cast<size_t>(kPipeChunk));
-    Result<int64_t> got = skipping ? read_some(skip.data(), std::min(kPipeChunk, offset - size_))
-                                   : read_some(out + (size_ - offset), offset + n - size_);
-    buffer_begin_ = size_;  // (nothing read is kept)
+  if (Status s = skip_to(offset); !s.ok()) return s;
+  while (!ended_ && size_ < offset + n) {
+    Result<int64_t> got = read_some(out + (size_ - offset), offset + n - size_);
     if (!got.ok()) return got.status();
-    if (*got == 0) {
-      return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) +
-                              " to " + std::to_string(offset + n) + " but the input ended after " +
-                              std::to_string(size_) + " bytes");
-    }
+  }
+  if (size_ < offset + n) {
+    return Status::io_error(name_ + ": truncated: needs bytes " + std::to_string(offset) + " to " +
+                            std::to_string(offset + n) + " but the input ended after " +
+                            std::to_string(size_) + " bytes");
   }
   return Status();
 }
 
 Status ByteSource::buffer_up_to(int64_t n) {
-  if (buffer_begin_ != 0) {
+  if (readable_from() != 0) {
     return Status::internal(name_ + ": a pipe already read past byte " +
-                            std::to_string(buffer_begin_) + " cannot be held in memory again");
+                            std::to_string(readable_from()) + " cannot be held in memory again");
   }
   while (!ended_ && size_ < n) {
     const int64_t k = std::min(kPipeChunk, n - size_);
@@ -241,8 +245,8 @@ Status ByteSource::buffer_up_to(int64_t n) {
                               std::to_string(size_) + " bytes");
     }
     Result<int64_t> got = read_some(buffer_.data() + size_, k);
+    buffer_.resize(static_cast<size_t>(size_));  // (what was read, whatever happened)
     if (!got.ok()) return got.status();
-    buffer_.resize(static_cast<size_t>(size_));
   }
   return Status();
 }
@@ -254,21 +258,11 @@ Status ByteSource::fill(int64_t n) {
 }
 
 Status ByteSource::read_to_end(int64_t limit) {
-  std::vector<unsigned char>().swap(buffer_);
-  buffer_begin_ = size_;
+  if (!streaming_ || limit <= 0) return Status();
   // (one byte past the limit: a stream that ends right there is seen to end)
-  const int64_t stop = size_ >= std::numeric_limits<int64_t>::max() - limit
-                           ? std::numeric_limits<int64_t>::max()
-                           : size_ + limit + 1;
-  if (!streaming_ || ended_ || limit <= 0) return Status();
-  std::vector<unsigned char> skip(static_cast<size_t>(std::min(kPipeChunk, limit + 1)));
-  while (!ended_ && size_ < stop) {
-    const int64_t n = std::min(static_cast<int64_t>(skip.size()), stop - size_);
-    Result<int64_t> got = read_some(skip.data(), n);
-    if (!got.ok()) return got.status();
-    buffer_begin_ = size_;
-  }
-  return Status();
+  return skip_to(size_ >= std::numeric_limits<int64_t>::max() - limit
+                     ? std::numeric_limits<int64_t>::max()
+                     : size_ + limit + 1);
 }
 
 Status ByteSource::hold_whole() {

@@ -49,7 +49,10 @@ class ByteSource {
   bool ended() const { return ended_; }
   // A stream: the first offset read_at can still return (bytes before it
   // were passed and dropped); 0 otherwise.
-  int64_t readable_from() const { return streaming_ ? buffer_begin_ : 0; }
+  // (buffer_ holds the bytes read last, up to size())
+  int64_t readable_from() const {
+    return streaming_ ? size_ - static_cast<int64_t>(buffer_.size()) : 0;
+  }
   const unsigned char* bytes() const { return buffer_.data(); }
 
   // Exactly `n` bytes at `offset`, or an error naming the file and offset.
@@ -70,6 +73,9 @@ class ByteSource {
  private:
   ByteSource() = default;
   Status read_forward(int64_t offset, int64_t n, unsigned char* out);
+  // A stream: drops what it holds and reads (and drops) on until `stop`
+  // bytes were read or it ends.
+  Status skip_to(int64_t stop);
   // A stream that has not passed byte 0: reads on into buffer_ until it
   // holds `n` bytes or ends.
   Status buffer_up_to(int64_t n);
@@ -83,7 +89,6 @@ class ByteSource {
   std::vector<unsigned char> buffer_;
   bool streaming_ = false;
   bool ended_ = false;
-  int64_t buffer_begin_ = 0;  // a stream: the offset of buffer_[0]
 };
 
 // Writes `path` through a temporary file in the same directory that is

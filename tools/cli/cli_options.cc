@@ -36,8 +36,7 @@ CLI::Validator fits_float() {
       [](std::string& text) -> std::string {
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
-        if (!text.empty() && *end == '\0' && std::isfinite(value) &&
-            std::isinf(static_cast<float>(value))) {
+        if (!text.empty() && *end == '\0' && past_float_range(value)) {
           return "value " + text + " does not fit a 32-bit float";
         }
         return std::string();
@@ -130,6 +129,10 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
     progress.advance(block->rows);
   }
   return Status();
+}
+
+bool past_float_range(double value) {
+  return std::isfinite(value) && std::isinf(static_cast<float>(value));
 }
 
 std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args) {

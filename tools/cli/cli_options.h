@@ -90,6 +90,10 @@ std::optional<std::string> normalize_list_arguments(std::vector<const char*>* ar
 // --threads and --quiet, for commands without sampling options.
 void add_run_options(CLI::App* command, int* threads, bool* quiet);
 
+// A finite number that float32 cannot hold (1e40): refused by its own
+// spelling rather than later as "inf".
+bool past_float_range(double value);
+
 // The shortest decimal that reads back as `value`, as a JSON number (NaN
 // and infinities become null).
 double json_float(float value);
