@@ -1,6 +1,6 @@
 // Fuzz targets for the dump parsers, through the public entry point
-// nucleus::DumpReader::from_bytes (and, for .npy, DumpReader::open on a pipe
-// that streams it): NumPy headers and bodies, safetensors headers and
+// nucleus::DumpReader::from_bytes (and DumpReader::open on a pipe that
+// streams it): NumPy headers and bodies, safetensors headers and
 // offsets, and the sizing of raw dumps.
 //
 // A file the reader accepts must keep every promise of include/nucleus/dump.h:
@@ -134,13 +134,14 @@ inline std::optional<std::vector<uint8_t>> OpenAndCheck(const std::string& name,
   return CheckReader(*reader, file.size(), sample);
 }
 
-// The same .npy through a pipe, read a block of `block_bytes` at a time: a
-// pipe longer than that is streamed (read once, front to back; the header
-// read on past the read-ahead; the size checked when the pipe ends). It must
-// give the rows from_bytes gives, or be refused, at open or at the block
-// where its size shows, with from_bytes's message (a stream's size is known
-// at its end, which a pipe this short always reaches).
-inline void CheckStream(const std::vector<uint8_t>& file, int64_t block_bytes) {
+// The same .npy or .safetensors through a pipe, read a block of
+// `block_bytes` at a time: a pipe longer than that is streamed (read once, front to back; the
+// header read on past the read-ahead; the size checked when the pipe ends). It must give the rows
+// from_bytes gives, or be refused, at open or at the block where its size shows, with from_bytes's
+// message (a stream's size is known at its end, which a pipe this short always reaches). `tensor`:
+// the .safetensors tensor to read.
+inline void CheckStream(DumpFormat format, const std::vector<uint8_t>& file, int64_t block_bytes,
+                        const std::string& tensor = "") {
   std::signal(SIGPIPE, SIG_IGN);  // (a refused pipe is closed on its writer)
   int fds[2];
   if (::pipe(fds) != 0) return;
@@ -154,8 +155,9 @@ inline void CheckStream(const std::vector<uint8_t>& file, int64_t block_bytes) {
   });
   const std::string path = "/dev/fd/" + std::to_string(fds[0]);
   DumpOptions options;
-  options.format = DumpFormat::kNpy;
+  options.format = format;
   options.block_bytes = block_bytes;
+  options.tensor = tensor;
   std::optional<Status> stream_error;
   std::vector<uint8_t> data;
   bool claims_more = false;
@@ -223,21 +225,25 @@ inline int FuzzHeaderDump(DumpFormat format, const uint8_t* bytes, size_t size) 
   options.dtype.reset();
   options.vocab = 0;
 
+  CheckStream(format, file, static_cast<int64_t>(1 + (h >> 24) % 97));
   if (format == DumpFormat::kSafetensors) {
+    // (a tensor chosen among several: those before it skipped, those after
+    // it read through)
+    CheckStream(format, file, static_cast<int64_t>(1 + (h >> 32) % 97), "logits");
     for (const char* tensor : {"logits", "a", "__metadata__"}) {
       options.tensor = tensor;
       OpenAndCheck(name, file, options, false);
     }
     options.tensor.clear();
   } else {
-    CheckStream(file, static_cast<int64_t>(1 + (h >> 24) % 97));
     // A tensor name is refused for a format without tensors.
     options.tensor = "logits";
     NUCLEUS_FUZZ_CHECK(!DumpReader::from_bytes(name, file, options).ok());
     options.tensor.clear();
   }
 
-  // Sniffing, as for standard input: NumPy magic or, with dtype and vocab, raw.
+  // Sniffing, as for standard input: the NumPy magic, a .safetensors header
+  // or, with dtype and vocab, raw.
   options.format = DumpFormat::kAuto;
   OpenAndCheck("-", file, options, false);
   return 0;

@@ -344,7 +344,7 @@ std::vector<FileCase> FileCases() {
       {"(0, 8)", "no logits"});
   add("safetensors huge tensor past the end", "s.safetensors",
       Safetensors(R"({"a":{"dtype":"U8","shape":[64],"data_offsets":[0,64]},)"
-                  R"("logits":{"dtype":"BF16","shape":[2,4294967296],)"
+                  R"("logits":{"dtype":"BF16","shape":[4294967296,2],)"
                   R"("data_offsets":[64,17179869248]}})",
                   d16),
       "--tensor logits",

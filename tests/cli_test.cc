@@ -713,6 +713,22 @@ TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
     EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
     EXPECT_FALSE(fs::exists(dir / "o.npy"));
   }
+  // A .safetensors pipe is recognised by its header and streamed too.
+  WriteDump(dir / "d.safetensors", Logits(rows, vocab, 8), rows, vocab, DType::kFloat32);
+  CliRun file = RunCli(dir, "sample d.safetensors --seed 4 --block-mb 1");
+  ASSERT_EQ(file.code, 0) << file.err;
+  CliRun pipe = RunCli(dir, "sample - --seed 4 --block-mb 1", "cat d.safetensors | ");
+  ASSERT_EQ(pipe.code, 0) << pipe.err;
+  EXPECT_EQ(pipe.out, file.out);
+  const int64_t st_size = static_cast<int64_t>(fs::file_size(dir / "d.safetensors"));
+  CliRun st_short = RunCli(dir, "sample - --block-mb 1 -o o.jsonl",
+                           "head -c " + std::to_string(st_size - 5000) + " d.safetensors | ");
+  EXPECT_EQ(st_short.code, 2);
+  EXPECT_TRUE(Contains(st_short.err,
+                       "<stdin>: tensor 'logits': field 'data_offsets' = [0,5120000] reaches "
+                       "past the end of the data (5115000 bytes)"))
+      << st_short.err;
+  EXPECT_FALSE(fs::exists(dir / "o.jsonl"));
   // A raw pipe without its dtype is refused after the read-ahead (it was
   // read whole first: without end, here)
   CliRun raw = RunCli(dir, "inspect - --input-format raw -q", "cat /dev/zero | timeout 60 ");

@@ -441,6 +441,11 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   ExpectError(st("deep.safetensors", "{\"x\": " + deep + "}", data),
               {"deep.safetensors", "tensor 'x'", "nested more than 32 levels"});
+  // (a header whose tensors end past 2^63 bytes with it: its offsets would overflow)
+  ExpectError(
+      st("far.safetensors",
+         R"({"x":{"dtype":"Q9","shape":[1],"data_offsets":[0,9223372036854775800]}})", data),
+      {"far.safetensors", "end at byte 9223372036854775800", "past 2^63 bytes"});
   ExpectError(st("none.safetensors", R"({"__metadata__":{}})", ""),
               {"none.safetensors", "no tensor"});
   WriteBytes(dir / "len.safetensors", std::string("\xff\xff\x00\x00\x00\x00\x00\x00{}", 10));
@@ -516,6 +521,33 @@ TEST(DumpFromBytes, SniffsNumPyAndFallsBackToRaw) {
   EXPECT_EQ(b->info().format, DumpFormat::kRaw);
   EXPECT_EQ(b->info().rows, 3);
   ExpectRows(*b, values, DType::kFloat32);
+}
+
+// A .safetensors header is recognised by its length (at most 100 MB) and
+// its opening brace, even when a dtype and vocab are given (as for .npy:
+// read as raw, the header would be rows of logits).
+TEST(DumpFromBytes, SniffsSafetensors) {
+  const std::vector<float> values = RandomLogits(6, 12);
+  const std::string st = SafetensorsBytes(
+      R"({"logits":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}})", FloatBytes(values));
+  const std::vector<unsigned char> bytes(st.begin(), st.end());
+  DumpOptions options;
+  for (const bool raw_options : {false, true}) {
+    if (raw_options) {
+      options.dtype = DType::kFloat32;
+      options.vocab = 3;
+    }
+    Result<DumpReader> a = DumpReader::from_bytes("<pipe>", bytes, options);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    EXPECT_EQ(a->info().format, DumpFormat::kSafetensors);
+    ExpectRows(*a, values, DType::kFloat32);
+  }
+  // A length past 100 MB, or no brace after it: not a header.
+  for (const int at : {5, 8}) {
+    std::vector<unsigned char> other = bytes;
+    other[at] = at == 5 ? 0x07 : ' ';
+    ExpectError(DumpReader::from_bytes("<pipe>", other), {"<pipe>", "unknown format"});
+  }
 }
 
 TEST(DumpBlocks, CoverTheDumpAndCheckRanges) {
@@ -653,36 +685,46 @@ DumpOptions TwoRowBlocks() {
   return options;
 }
 
-// kPipeRows x kPipeVocab float32 `values` as the bytes of a .npy file.
-std::string PipeNpy(const std::vector<float>& values) {
-  const fs::path path = TestDir() / "a.npy";
-  EXPECT_TRUE(detail::write_dump(path, values.data(), kPipeRows, kPipeVocab, {}).ok());
+// kPipeRows x kPipeVocab float32 `values` as the bytes of a .npy file, or
+// of a .safetensors file (tensor "logits").
+std::string PipeDump(const std::vector<float>& values, DumpFormat format = DumpFormat::kNpy) {
+  const fs::path path = TestDir() / (format == DumpFormat::kNpy ? "a.npy" : "a.safetensors");
+  detail::DumpWriteSpec spec;
+  spec.format = format;
+  EXPECT_TRUE(detail::write_dump(path, values.data(), kPipeRows, kPipeVocab, spec).ok());
   return ReadBytes(path);
 }
 
-// A .npy pipe longer than the read-ahead is streamed: read once, front to
-// back, block by block, with the file's values.
-TEST(DumpPipe, ALongNpyIsStreamedAndReadsBackAsTheFile) {
+// The formats whose pipes are streamed: their headers say how many rows follow.
+constexpr DumpFormat kStreamedFormats[] = {DumpFormat::kNpy, DumpFormat::kSafetensors};
+
+// A .npy or .safetensors pipe longer than the read-ahead is streamed: read
+// once, front to back, block by block, with the file's values.
+TEST(DumpPipe, ALongNpyOrSafetensorsIsStreamedAndReadsBackAsTheFile) {
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 21);
-  const std::string bytes = PipeNpy(values);
-  PipeFeed feed(bytes);
-  Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
-  ASSERT_TRUE(reader.ok()) << reader.status().message();
-  EXPECT_TRUE(reader->info().streamed);
-  EXPECT_EQ(reader->info().rows, kPipeRows);
-  ExpectRows(*reader, values, DType::kFloat32);
-  Result<LogitsView> again = reader->block(0);
-  ASSERT_FALSE(again.ok());
-  EXPECT_NE(again.status().message().find(
-                "rows [0, 2) were already read: a pipe is read once, front to back"),
-            std::string::npos)
-      << again.status().message();
+  for (const DumpFormat format : kStreamedFormats) {
+    SCOPED_TRACE(dump_format_name(format));
+    const std::string bytes = PipeDump(values, format);
+    PipeFeed feed(bytes);
+    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_EQ(reader->info().format, format);  // (sniffed: a pipe has no extension)
+    EXPECT_TRUE(reader->info().streamed);
+    EXPECT_EQ(reader->info().rows, kPipeRows);
+    ExpectRows(*reader, values, DType::kFloat32);
+    Result<LogitsView> again = reader->block(0);
+    ASSERT_FALSE(again.ok());
+    EXPECT_NE(again.status().message().find(
+                  "rows [0, 2) were already read: a pipe is read once, front to back"),
+              std::string::npos)
+        << again.status().message();
+  }
 }
 
 // read_into skips rows it is not asked for and refuses those it passed.
 TEST(DumpPipe, ReadIntoSkipsForward) {
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 22);
-  const std::string bytes = PipeNpy(values);
+  const std::string bytes = PipeDump(values);
   PipeFeed feed(bytes);
   Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
@@ -704,39 +746,44 @@ TEST(DumpPipe, ReadIntoSkipsForward) {
 // is opened; the blocks before it read normally.
 TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 23);
-  const std::string bytes = PipeNpy(values);
-  const size_t header = bytes.size() - kPipeRows * kPipeVocab * 4;
-  struct Case {
-    std::string bytes;
-    int64_t failing_block;
-    std::string says;
-  };
-  const Case cases[] = {
-      {bytes.substr(0, header + 9 * kPipeVocab * 4 + 100), 4, "truncated file"},
-      {bytes.substr(0, header + 11 * kPipeVocab * 4), 5, "truncated file"},
-      {bytes + "xyz", 5, "the header does not describe the data"},
-      // (exactly the 1 MiB read after the last row: its end is seen)
-      {bytes + std::string(1 << 20, '\0'), 5, "the header does not describe the data"},
-  };
-  for (const Case& c : cases) {
-    PipeFeed feed(c.bytes);
-    const std::string name = feed.path();
-    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
-    ASSERT_TRUE(reader.ok()) << reader.status().message();
-    Result<DumpReader> held = DumpReader::from_bytes(
-        name, std::vector<unsigned char>(c.bytes.begin(), c.bytes.end()), TwoRowBlocks());
-    ASSERT_FALSE(held.ok());
-    EXPECT_NE(held.status().message().find(c.says), std::string::npos) << held.status().message();
-    for (int64_t b = 0; b < c.failing_block; ++b) {
-      EXPECT_TRUE(reader->block(b).ok()) << "block " << b << " of " << c.bytes.size() << " bytes";
+  for (const DumpFormat format : kStreamedFormats) {
+    SCOPED_TRACE(dump_format_name(format));
+    const std::string bytes = PipeDump(values, format);
+    const size_t header = bytes.size() - kPipeRows * kPipeVocab * 4;
+    const std::string truncated =
+        format == DumpFormat::kNpy ? "truncated file" : "reaches past the end of the data";
+    struct Case {
+      std::string bytes;
+      int64_t failing_block;
+      std::string says;
+    };
+    const Case cases[] = {
+        {bytes.substr(0, header + 9 * kPipeVocab * 4 + 100), 4, truncated},
+        {bytes.substr(0, header + 11 * kPipeVocab * 4), 5, truncated},
+        {bytes + "xyz", 5, "the header does not describe the data"},
+        // (exactly the 1 MiB read after the last row: its end is seen)
+        {bytes + std::string(1 << 20, '\0'), 5, "the header does not describe the data"},
+    };
+    for (const Case& c : cases) {
+      PipeFeed feed(c.bytes);
+      const std::string name = feed.path();
+      Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+      ASSERT_TRUE(reader.ok()) << reader.status().message();
+      Result<DumpReader> held = DumpReader::from_bytes(
+          name, std::vector<unsigned char>(c.bytes.begin(), c.bytes.end()), TwoRowBlocks());
+      ASSERT_FALSE(held.ok());
+      EXPECT_NE(held.status().message().find(c.says), std::string::npos) << held.status().message();
+      for (int64_t b = 0; b < c.failing_block; ++b) {
+        EXPECT_TRUE(reader->block(b).ok()) << "block " << b << " of " << c.bytes.size() << " bytes";
+      }
+      Result<LogitsView> failing = reader->block(c.failing_block);
+      ASSERT_FALSE(failing.ok()) << c.bytes.size() << " bytes";
+      EXPECT_EQ(failing.status().message(), held.status().message());
+      // (again: the same message, not "already read")
+      Result<LogitsView> again = reader->block(c.failing_block);
+      ASSERT_FALSE(again.ok());
+      EXPECT_EQ(again.status().message(), held.status().message());
     }
-    Result<LogitsView> failing = reader->block(c.failing_block);
-    ASSERT_FALSE(failing.ok()) << c.bytes.size() << " bytes";
-    EXPECT_EQ(failing.status().message(), held.status().message());
-    // (again: the same message, not "already read")
-    Result<LogitsView> again = reader->block(c.failing_block);
-    ASSERT_FALSE(again.ok());
-    EXPECT_EQ(again.status().message(), held.status().message());
   }
 }
 
@@ -745,17 +792,69 @@ TEST(DumpPipe, AShortOrLongStreamGetsTheFilesMessage) {
 // waiting for its end.
 TEST(DumpPipe, AStreamThatGoesOnIsRefusedWithoutWaitingForItsEnd) {
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 25);
-  const std::string bytes = PipeNpy(values);
-  PipeFeed feed(bytes + std::string(3 << 20, '\0'));
-  Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+  for (const DumpFormat format : kStreamedFormats) {
+    SCOPED_TRACE(dump_format_name(format));
+    const std::string bytes = PipeDump(values, format);
+    PipeFeed feed(bytes + std::string(3 << 20, '\0'));
+    Result<DumpReader> reader = OpenPipe(feed, TwoRowBlocks());
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    for (int64_t b = 0; b + 1 < reader->num_blocks(); ++b) ASSERT_TRUE(reader->block(b).ok());
+    Result<LogitsView> last = reader->block(reader->num_blocks() - 1);
+    ASSERT_FALSE(last.ok());
+    const std::string says =
+        format == DumpFormat::kNpy
+            ? "needs 3145728 bytes of data but the input holds at least 4194305: the header "
+              "does not describe the data"
+            : "the tensors end at byte 3145728 of the data but the input holds at least "
+              "4194305 bytes after the header: the header does not describe the data";
+    EXPECT_NE(last.status().message().find(says), std::string::npos) << last.status().message();
+  }
+}
+
+// A .safetensors stream with several tensors: the one chosen is read where
+// it lies (the tensors before it are skipped), and the ones after it are
+// read through, since the file's size is checked (a later tensor cut short
+// is the file's "truncated" error, at the chosen tensor's last block).
+TEST(DumpPipe, ASafetensorsStreamSkipsToItsTensorAndChecksTheRest) {
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 28);
+  const int64_t before = int64_t{3} << 20, after = int64_t{2} << 20;  // bytes of U8
+  const int64_t logits = kPipeRows * kPipeVocab * 4;
+  std::string header = "{\"before\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(before) +
+                       "],\"data_offsets\":[0," + std::to_string(before) +
+                       "]},\"logits\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(kPipeRows) +
+                       "," + std::to_string(kPipeVocab) + "],\"data_offsets\":[" +
+                       std::to_string(before) + "," + std::to_string(before + logits) +
+                       "]},\"after\":{\"dtype\":\"U8\",\"shape\":[" + std::to_string(after) +
+                       "],\"data_offsets\":[" + std::to_string(before + logits) + "," +
+                       std::to_string(before + logits + after) + "]}}";
+  std::string bytes(8, '\0');
+  for (size_t i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  bytes += header + std::string(static_cast<size_t>(before), 'b');
+  bytes.append(reinterpret_cast<const char*>(values.data()), static_cast<size_t>(logits));
+  bytes += std::string(static_cast<size_t>(after), 'a');
+  DumpOptions options = TwoRowBlocks();
+  options.tensor = "logits";
+  {
+    PipeFeed feed(bytes);
+    Result<DumpReader> reader = OpenPipe(feed, options);
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_TRUE(reader->info().streamed);
+    EXPECT_EQ(reader->info().tensor, "logits");
+    ExpectRows(*reader, values, DType::kFloat32);
+  }
+  const std::string cut = bytes.substr(0, bytes.size() - 5);
+  PipeFeed feed(cut);
+  const std::string name = feed.path();
+  Result<DumpReader> reader = OpenPipe(feed, options);
   ASSERT_TRUE(reader.ok()) << reader.status().message();
+  Result<DumpReader> held =
+      DumpReader::from_bytes(name, std::vector<unsigned char>(cut.begin(), cut.end()), options);
+  ExpectError(held, {"tensor 'after': field 'data_offsets' = [6291456,8388608] reaches past "
+                     "the end of the data (8388603 bytes): the file is truncated"});
   for (int64_t b = 0; b + 1 < reader->num_blocks(); ++b) ASSERT_TRUE(reader->block(b).ok());
   Result<LogitsView> last = reader->block(reader->num_blocks() - 1);
   ASSERT_FALSE(last.ok());
-  EXPECT_NE(last.status().message().find("needs 3145728 bytes of data but the input holds at "
-                                         "least 4194305: the header does not describe the data"),
-            std::string::npos)
-      << last.status().message();
+  EXPECT_EQ(last.status().message(), held.status().message());
 }
 
 // A streamed header is still checked for what needs no size: a shape past
@@ -798,7 +897,7 @@ TEST(DumpPipe, OptionsAreCheckedBeforeThePipeIsRead) {
   ::close(fds[0]);
 
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 27);
-  const std::string bytes = PipeNpy(values);
+  const std::string bytes = PipeDump(values);
   const std::string cut = bytes.substr(0, bytes.size() - 100);
   DumpOptions options = TwoRowBlocks();
   options.vocab = 5;
@@ -865,27 +964,24 @@ TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
 }
 
 // A pipe that ends within the read-ahead is held whole and checked when it
-// is opened; so are the formats whose header is checked against the whole
-// size (.safetensors, raw), however long.
-TEST(DumpPipe, ShortPipesAndOtherFormatsAreHeldWhole) {
+// is opened; so is a raw dump, whose rows are its size, however long.
+TEST(DumpPipe, ShortPipesAndRawDumpsAreHeldWhole) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 24);
-  for (const char* file : {"a.safetensors", "a.bin"}) {
+  {
     detail::DumpWriteSpec spec;
-    spec.format = detail::dump_format_for_path(file);
-    ASSERT_TRUE(detail::write_dump(dir / file, values.data(), kPipeRows, kPipeVocab, spec).ok());
-    PipeFeed feed(ReadBytes(dir / file));
+    spec.format = DumpFormat::kRaw;
+    ASSERT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
+    PipeFeed feed(ReadBytes(dir / "a.bin"));
     DumpOptions options = TwoRowBlocks();
-    options.format = spec.format;
-    if (spec.format == DumpFormat::kRaw) {
-      options.dtype = DType::kFloat32;
-      options.vocab = kPipeVocab;
-    }
+    options.dtype = DType::kFloat32;
+    options.vocab = kPipeVocab;
     Result<DumpReader> reader = OpenPipe(feed, options);
-    ASSERT_TRUE(reader.ok()) << file << ": " << reader.status().message();
-    EXPECT_FALSE(reader->info().streamed) << file;
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_EQ(reader->info().format, DumpFormat::kRaw);
+    EXPECT_FALSE(reader->info().streamed);
     ExpectRows(*reader, values, DType::kFloat32);
-    EXPECT_TRUE(reader->block(0).ok()) << file;  // held: any block, any order
+    EXPECT_TRUE(reader->block(0).ok());  // held: any block, any order
   }
   ASSERT_TRUE(detail::write_dump(dir / "s.npy", values.data(), 2, kPipeVocab, {}).ok());
   const std::string small = ReadBytes(dir / "s.npy");

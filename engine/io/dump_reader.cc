@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <optional>
 #include <utility>
 
 #include "engine/io/file_io.h"
@@ -72,18 +73,26 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
                                  const DumpOptions& options) {
   const std::string& name = source.name();
   if (!source.is_file() || path == "-") {
-    // Standard input or a pipe has no extension: sniff the NumPy magic.
-    unsigned char magic[sizeof detail::kNpyMagic] = {};
+    // Standard input or a pipe has no extension: sniff the NumPy magic, or
+    // a .safetensors header's length (at most 100 MB) and its opening brace.
+    unsigned char magic[9] = {};
     if (Status s = source.fill(sizeof magic); !s.ok()) return s;
-    if (source.size() >= static_cast<int64_t>(sizeof magic) &&
-        source.read_at(0, sizeof magic, magic).ok() &&
-        std::memcmp(magic, detail::kNpyMagic, sizeof magic) == 0) {
+    const int64_t got = std::min<int64_t>(source.size(), sizeof magic);
+    if (Status s = source.read_at(0, got, magic); !s.ok()) return s;
+    if (got >= static_cast<int64_t>(sizeof detail::kNpyMagic) &&
+        std::memcmp(magic, detail::kNpyMagic, sizeof detail::kNpyMagic) == 0) {
       return DumpFormat::kNpy;
+    }
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | magic[i];
+    if (got == sizeof magic && magic[8] == '{' && header_len >= 2 &&
+        header_len <= (uint64_t{100} << 20)) {
+      return DumpFormat::kSafetensors;
     }
     if (!options.dtype || options.vocab <= 0) {
       return Status::io_error(name +
-                              ": unknown format: the input does not start with the NumPy magic, "
-                              "and reading it as a raw dump needs " +
+                              ": unknown format: the input does not start with the NumPy magic "
+                              "or a .safetensors header, and reading it as a raw dump needs " +
                               raw_needs(options));
     }
     return DumpFormat::kRaw;
@@ -172,6 +181,8 @@ struct DumpReaderState {
 
   ByteSource source;
   DumpInfo info;
+  // A .safetensors file's header, for the check of a stream's size at its end.
+  std::optional<SafetensorsHeader> safetensors;
   int64_t row_bytes = 0;
   int64_t block_rows = 1;
   // The block last read from a file, or a copy of one held in memory whose
@@ -222,8 +233,24 @@ Status options_agree(const DumpInfo& info, const DumpOptions& options, const std
   return Status();
 }
 
-Status describe(const std::string& path, const DumpOptions& options, ByteSource& source,
-                DumpInfo* info) {
+// The input's size against what its header says: exactly (a file, or a
+// stream that ended) or as far as a stream was read.
+Status check_size(const detail::DumpReaderState& m) {
+  const ByteSource& source = m.source;
+  const bool ended = !source.streaming() || source.ended();
+  if (m.safetensors) {
+    return detail::check_safetensors_data_size(
+        *m.safetensors, source.size() - m.safetensors->data_start, ended, source.name());
+  }
+  if (m.info.format != DumpFormat::kNpy) return Status();  // (raw: rows from the size)
+  return check_data_size(m.info, source.size() - m.info.data_offset,
+                         source.name() + ": header field 'shape'", ended);
+}
+
+Status describe(const std::string& path, const DumpOptions& options,
+                detail::DumpReaderState& state) {
+  ByteSource& source = state.source;
+  DumpInfo* info = &state.info;
   const std::string& name = source.name();
   info->path = path;
   info->format = options.format;
@@ -233,9 +260,9 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
     info->format = *format;
   }
   // A pipe longer than the read-ahead is streamed when its header says how
-  // many rows it holds (.npy; its size is checked once it ends); the other
-  // formats are checked against the whole input's size, so a pipe of them is
-  // held whole first (after the checks that need no data).
+  // many rows it holds (.npy, .safetensors; its size is checked once it
+  // ends); a raw dump's rows are its size, so a pipe of one is held whole
+  // first (after the checks that need no data).
   switch (info->format) {
     case DumpFormat::kNpy: {
       Result<detail::NpyHeader> header = detail::parse_npy_header(source);
@@ -250,22 +277,12 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->dtype = *dtype;
       info->shape = header->shape;
       info->data_offset = header->data_offset;
-      const std::string field = name + ": header field 'shape'";
-      if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
-      if (Status s = options_agree(*info, options, name); !s.ok()) return s;
-      // (a stream's size is checked when it ends; one whose read-ahead
-      // already holds more than the header says is read on to its end, as
-      // far as that goes, to give a file's message)
-      Status size =
-          check_data_size(*info, source.size() - info->data_offset, field, !source.streaming());
-      if (!size.ok() && source.streaming()) {
-        if (Status s = source.read_to_end(kTrailingLimit); !s.ok()) return s;
-        size = check_data_size(*info, source.size() - info->data_offset, field, source.ended());
+      if (Status s = rows_and_vocab(info->shape, name + ": header field 'shape'", info); !s.ok()) {
+        return s;
       }
-      return size;
+      break;
     }
     case DumpFormat::kSafetensors: {
-      if (Status s = source.hold_whole(); !s.ok()) return s;
       Result<detail::SafetensorsHeader> header = detail::parse_safetensors_header(source);
       if (!header.ok()) return header.status();
       Result<const detail::SafetensorsTensor*> tensor =
@@ -277,11 +294,12 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       info->dtype = *dtype;
       info->tensor = t.name;
       info->shape = t.shape;
+      // (no overflow: the header ends within 2^63 bytes with its tensors)
       info->data_offset = header->data_start + t.begin;
       const std::string field = name + ": tensor '" + t.name + "': field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
-      if (Status s = options_agree(*info, options, name); !s.ok()) return s;
-      return check_data_size(*info, t.end - t.begin, field);
+      state.safetensors = std::move(header).value();
+      break;
     }
     case DumpFormat::kRaw: {
       if (!options.dtype) return Status::invalid_argument(name + ": a raw dump needs its dtype");
@@ -312,15 +330,25 @@ Status describe(const std::string& path, const DumpOptions& options, ByteSource&
       return Status();
     }
     case DumpFormat::kAuto:
-      break;
+      return Status::internal(name + ": no format chosen");
   }
-  return Status::internal(name + ": no format chosen");
+  // A header format: options that disagree with it come before its size.
+  if (Status s = options_agree(*info, options, name); !s.ok()) return s;
+  // (a stream's size is checked when it ends; one whose read-ahead already
+  // holds more than the header says is read on to its end, as far as that
+  // goes, to give a file's message)
+  Status size = check_size(state);
+  if (!size.ok() && source.streaming()) {
+    if (Status s = source.read_to_end(kTrailingLimit); !s.ok()) return s;
+    size = check_size(state);
+  }
+  return size;
 }
 
 Status init_state(const std::string& path, const DumpOptions& options,
                   detail::DumpReaderState& state) {
   if (Status s = check_options(state.source.name(), options); !s.ok()) return s;
-  if (Status s = describe(path, options, state.source, &state.info); !s.ok()) return s;
+  if (Status s = describe(path, options, state); !s.ok()) return s;
   DumpInfo& info = state.info;
   info.streamed = state.source.is_file() || state.source.streaming();
   state.row_bytes = info.vocab * dtype_size(info.dtype);
@@ -383,20 +411,17 @@ Status check_rows(const detail::DumpReaderState& m, int64_t first, int64_t count
 
 // Reads rows [first, first + count) into `dst`. A stream refuses rows it has
 // passed, and is checked against the header when it ends: short, the read
-// fails; past the last row, the rest is read and must be empty. Either way
-// the message is the one a file of that size gets when it is opened.
+// fails; past the last row, the rest is read (what follows the tensor, and
+// at most 1 MiB more) and must be what the header says. Either way the
+// message is the one a file of that size gets when it is opened.
 Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void* dst) {
   if (Status s = check_rows(m, first, count); !s.ok()) return s;
   ByteSource& source = m.source;
   const int64_t begin = m.info.data_offset + first * m.row_bytes;
   if (!source.streaming()) return source.read_at(begin, count * m.row_bytes, dst);
-  auto size_check = [&] {
-    return check_data_size(m.info, source.size() - m.info.data_offset,
-                           source.name() + ": header field 'shape'", source.ended());
-  };
   // (a stream that ended short says so again, rather than "already read")
   if (source.ended()) {
-    if (Status size = size_check(); !size.ok()) return size;
+    if (Status size = check_size(m); !size.ok()) return size;
   }
   if (begin < source.readable_from()) {
     return Status::invalid_argument(source.name() + ": rows [" + std::to_string(first) + ", " +
@@ -405,9 +430,17 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
   }
   Status s = source.read_at(begin, count * m.row_bytes, dst);
   const bool last = first + count == m.info.rows;
-  if (s.ok() && last) s = source.read_to_end(kTrailingLimit);
+  if (s.ok() && last) {
+    // (the header's end, then the trailing limit)
+    const int64_t end =
+        m.safetensors ? m.safetensors->data_start + m.safetensors->data_end : source.size();
+    const int64_t rest = std::max<int64_t>(end - source.size(), 0);
+    s = source.read_to_end(rest > std::numeric_limits<int64_t>::max() - kTrailingLimit
+                               ? std::numeric_limits<int64_t>::max()
+                               : rest + kTrailingLimit);
+  }
   if (source.ended() || last) {
-    if (Status size = size_check(); !size.ok()) return size;
+    if (Status size = check_size(m); !size.ok()) return size;
   }
   return s;
 }

@@ -45,8 +45,8 @@ std::optional<int64_t> as_count(const Json& value) {
   return std::nullopt;
 }
 
-Status check_tensor(const std::string& key, const Json& entry, int64_t data_size,
-                    const std::string& name, SafetensorsTensor* out) {
+Status check_tensor(const std::string& key, const Json& entry, const std::string& name,
+                    SafetensorsTensor* out) {
   const std::string where = name + ": tensor '" + key + "'";
   if (!entry.is_object()) {
     return Status::io_error(where + " = " + json_shown(entry) + " is not a JSON object");
@@ -86,11 +86,6 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
   }
   out->begin = *begin;
   out->end = *end;
-  if (*end > data_size) {
-    return Status::io_error(where + ": field 'data_offsets' = " + json_shown(*offsets) +
-                            " reaches past the end of the data (" + std::to_string(data_size) +
-                            " bytes): the file is truncated or the header is wrong");
-  }
   if (const std::optional<int64_t> size = element_size(out->dtype)) {
     if (overflow || *end - *begin != elements * *size) {
       return Status::io_error(where + ": field 'shape' = " + shape_text(out->shape) + " of " +
@@ -104,10 +99,10 @@ Status check_tensor(const std::string& key, const Json& entry, int64_t data_size
 }
 
 // As the reference reader: the tensors' byte ranges follow one another
-// from the start of the data to its end, without gaps or overlaps, so that
-// no byte of the file goes unread or is read as two tensors.
-Status check_tiling(const std::vector<SafetensorsTensor>& tensors, int64_t data_size,
-                    const std::string& name) {
+// from the start of the data, without gaps or overlaps, so that no byte of
+// the file is read as two tensors. Returns where the last one ends.
+Result<int64_t> check_tiling(const std::vector<SafetensorsTensor>& tensors,
+                             const std::string& name) {
   std::vector<const SafetensorsTensor*> by_begin;
   for (const SafetensorsTensor& t : tensors) by_begin.push_back(&t);
   // (by begin, then end, as the reference reader: an empty tensor at the
@@ -126,18 +121,26 @@ Status check_tiling(const std::vector<SafetensorsTensor>& tensors, int64_t data_
     }
     at = t->end;
   }
-  if (at != data_size) {
-    return Status::io_error(name + ": the tensors end at byte " + std::to_string(at) +
-                            " of the data but the file holds " + std::to_string(data_size) +
-                            " bytes after the header: the header does not describe the data");
-  }
-  return Status();
+  return at;
+}
+
+// "[begin,end]", as the header writes a tensor's data_offsets.
+std::string offsets_text(const SafetensorsTensor& t) {
+  // (appended, not "[" + ...: GCC 12 warns -Wrestrict about that at -O3)
+  std::string text(1, '[');
+  text += std::to_string(t.begin);
+  text += ',';
+  text += std::to_string(t.end);
+  text += ']';
+  return text;
 }
 
 }  // namespace
 
 Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
   const std::string& name = source.name();
+  // (a stream is read on as far as the header goes, whatever it read ahead)
+  if (Status s = source.fill(8); !s.ok()) return s;
   if (source.size() < 8) {
     return Status::io_error(name + ": truncated: " + std::to_string(source.size()) +
                             " bytes, fewer than the 8-byte .safetensors header length");
@@ -152,6 +155,7 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
                             "file?");
   }
   const auto header_len = static_cast<int64_t>(len);
+  if (Status s = source.fill(8 + header_len); !s.ok()) return s;
   if (8 + header_len > source.size()) {
     return Status::io_error(name + ": truncated: the header length says " +
                             std::to_string(header_len) + " bytes but the file has only " +
@@ -162,7 +166,6 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
 
   SafetensorsHeader header;
   header.data_start = 8 + header_len;
-  const int64_t data_size = source.size() - header.data_start;
   try {
     Json root;
     if (std::string error; !parse_json(text, &root, &error)) {
@@ -176,19 +179,43 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
     for (const auto& [key, entry] : root.items()) {
       if (key == "__metadata__") continue;
       SafetensorsTensor tensor;
-      if (Status s = check_tensor(key, entry, data_size, name, &tensor); !s.ok()) return s;
+      if (Status s = check_tensor(key, entry, name, &tensor); !s.ok()) return s;
       header.tensors.push_back(std::move(tensor));
     }
     // (a file without tensors is refused as such when one is chosen)
-    if (!header.tensors.empty()) {
-      if (Status s = check_tiling(header.tensors, data_size, name); !s.ok()) return s;
+    Result<int64_t> data_end = check_tiling(header.tensors, name);
+    if (!data_end.ok()) return data_end.status();
+    if (*data_end > std::numeric_limits<int64_t>::max() - header.data_start) {
+      return Status::io_error(name + ": the tensors end at byte " + std::to_string(*data_end) +
+                              " of the data, past 2^63 bytes after the header: the file is "
+                              "truncated or the header is wrong");
     }
+    header.data_end = *data_end;
   } catch (const std::exception& e) {
     // The checks above guard every access; this only keeps a surprise from
     // escaping as an exception.
     return Status::io_error(name + ": cannot read the header: " + e.what());
   }
   return header;
+}
+
+Status check_safetensors_data_size(const SafetensorsHeader& header, int64_t data_size, bool ended,
+                                   const std::string& name) {
+  if (ended ? header.data_end == data_size : header.data_end >= data_size) return Status();
+  if (header.data_end > data_size) {
+    // (the first tensor, in the header's order, that the data does not reach)
+    for (const SafetensorsTensor& t : header.tensors) {
+      if (t.end <= data_size) continue;
+      return Status::io_error(name + ": tensor '" + t.name +
+                              "': field 'data_offsets' = " + offsets_text(t) +
+                              " reaches past the end of the data (" + std::to_string(data_size) +
+                              " bytes): the file is truncated or the header is wrong");
+    }
+  }
+  return Status::io_error(
+      name + ": the tensors end at byte " + std::to_string(header.data_end) +
+      " of the data but the " + (ended ? "file holds " : "input holds at least ") +
+      std::to_string(data_size) + " bytes after the header: the header does not describe the data");
 }
 
 Result<const SafetensorsTensor*> select_safetensors_tensor(const SafetensorsHeader& header,

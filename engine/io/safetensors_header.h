@@ -25,12 +25,21 @@ struct SafetensorsTensor {
 
 struct SafetensorsHeader {
   int64_t data_start = 0;  // 8 + the header length
+  int64_t data_end = 0;    // where the last tensor ends, relative to data_start
   std::vector<SafetensorsTensor> tensors;
 };
 
 // Parses the header and checks every tensor entry: field types, offsets
-// inside the data area, and offsets that match shape × element size.
+// that match shape × element size, tensors that follow one another without
+// gaps or overlaps. A stream is read on as far as the header goes. The data's
+// size is not checked here (a stream's is known only at its end).
 Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source);
+
+// The data after the header (`data_size` bytes; at least that many when not
+// `ended`) must be what the tensors cover: a tensor past its end is a
+// truncated file, bytes after the last one a header that lies.
+Status check_safetensors_data_size(const SafetensorsHeader& header, int64_t data_size, bool ended,
+                                   const std::string& name);
 
 // The tensor called `tensor`, or the only one when `tensor` is empty, with
 // its dtype if nucleus can read it (F32, F16, BF16).

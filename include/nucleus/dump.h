@@ -62,10 +62,10 @@ struct DumpInfo {
   int64_t rows = 0;
   int64_t vocab = 0;        // the last axis
   int64_t data_offset = 0;  // of the first element, in bytes from the start
-  // true: read a block at a time, from a file or, for a .npy pipe longer than
-  // the read-ahead, from the pipe (once, front to back: rows already passed
-  // are refused); false: held whole in memory (a shorter pipe, or a pipe of
-  // another format)
+  // true: read a block at a time, from a file or, for a .npy or .safetensors
+  // pipe longer than the read-ahead, from the pipe (once, front to back: rows
+  // already passed are refused); false: held whole in memory (a shorter
+  // pipe, or a raw one)
   bool streamed = false;
 };
 
@@ -76,13 +76,15 @@ class DumpReader {
   // file size; reads no logits yet. Standard input that is a regular file is
   // read a block at a time like any file, from its current position. A pipe
   // is read ahead by min(block_bytes, 2 MiB); one that ends there is held
-  // whole (a header that goes on past it is read on first), a longer .npy is
-  // streamed (see DumpInfo::streamed), its size checked when it ends: the
-  // read that finds it short, or the read of the last row when bytes follow
-  // it, fails with the message a file of that size gets here (or, when more
-  // than 1 MiB follows, "holds at least N"). Other formats from a pipe are
-  // held whole. Standard input's format (and a pipe's) is sniffed (the NumPy
-  // magic, else raw) unless `options.format` says.
+  // whole (a header that goes on past it is read on first), a longer .npy or
+  // .safetensors is streamed (see DumpInfo::streamed), its size checked when
+  // it ends: the read that finds it short, or the read of the last row when
+  // bytes follow it, fails with the message a file of that size gets here
+  // (or, when more than 1 MiB follows the header's data, "holds at least N";
+  // the .safetensors tensors after the one read are read through). A raw
+  // pipe is held whole. Standard input's format (and a pipe's) is sniffed
+  // (the NumPy magic; a .safetensors header length of at most 100 MB
+  // followed by '{'; else raw) unless `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 
   // The same checks over bytes already in memory (`name` is used in messages).

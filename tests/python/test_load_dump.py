@@ -1,5 +1,6 @@
 """nucleus.load_dump: .npy, .safetensors and raw dumps back as numpy arrays."""
 
+import contextlib
 import json
 import os
 import struct
@@ -76,9 +77,10 @@ def test_bundled_demo_dump():
     np.testing.assert_array_equal(nucleus.load_dump(path), np.load(path))
 
 
-def feed_pipe(data):
-    """A pipe fed `data` from a thread: its read end's /dev/fd path, and a
-    function that closes that end and waits for the writer."""
+@contextlib.contextmanager
+def piped(data):
+    """A pipe fed `data` from a thread: yields its read end's /dev/fd path;
+    closes that end and waits for the writer after."""
     r, w = os.pipe()
 
     def write():
@@ -93,32 +95,36 @@ def feed_pipe(data):
 
     writer = threading.Thread(target=write)
     writer.start()
-
-    def done():
+    try:
+        yield f"/dev/fd/{r}"
+    finally:
         os.close(r)
         writer.join()
 
-    return f"/dev/fd/{r}", done
 
-
-def test_npy_from_a_pipe(rng, tmp_path):
+@pytest.mark.parametrize("fmt,truncated", [
+    ("npy", r"needs 3145728 bytes of data but the file holds 3145628: truncated file"),
+    ("safetensors", r"tensor 'logits': field 'data_offsets' = \[0,3145728\] reaches past the "
+                    r"end of the data \(3145628 bytes\)"),
+])
+def test_from_a_pipe(rng, tmp_path, fmt, truncated):
     # 3 MB: more than a pipe is read ahead, so the rows are read straight
-    # from the pipe into the array (not held whole first)
+    # from the pipe into the array (not held whole first); the format is
+    # recognised by its header (a pipe has no extension)
     x = lm_logits(rng, 12, 65536).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    data = (tmp_path / "x.npy").read_bytes()
-    path, done = feed_pipe(data)
-    try:
+    if fmt == "npy":
+        np.save(tmp_path / "x.npy", x)
+        data = (tmp_path / "x.npy").read_bytes()
+    else:
+        header = json.dumps({
+            "logits": {"dtype": "F32", "shape": list(x.shape), "data_offsets": [0, x.nbytes]},
+        }).encode()
+        data = struct.pack("<Q", len(header)) + header + x.tobytes()
+    with piped(data) as path:
         np.testing.assert_array_equal(nucleus.load_dump(path), x)
-    finally:
-        done()
-    path, done = feed_pipe(data[:-100])
-    try:
-        with pytest.raises(OSError, match=r"needs 3145728 bytes of data but the file holds "
-                                          r"3145628: truncated file"):
+    with piped(data[:-100]) as path:
+        with pytest.raises(OSError, match=truncated):
             nucleus.load_dump(path)
-    finally:
-        done()
 
 
 def test_errors(rng, tmp_path):

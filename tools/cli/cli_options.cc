@@ -71,7 +71,8 @@ void add_input_options(CLI::App* command, InputOptions* options) {
       ->required();
   command
       ->add_option("--input-format", options->format,
-                   "auto (by extension; stdin: NumPy magic, else raw), npy, safetensors, raw")
+                   "auto (by extension; stdin: NumPy magic or .safetensors header, else raw), npy, "
+                   "safetensors, raw")
       ->check(CLI::IsMember({"auto", "npy", "safetensors", "raw"}))
       ->capture_default_str();
   command->add_option("--tensor", options->tensor,
