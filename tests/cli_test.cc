@@ -25,6 +25,7 @@
 
 #include "engine/io/dump_writer.h"
 #include "engine/io/npy_header.h"
+#include "engine/io/safetensors_header.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
 
@@ -1004,6 +1005,16 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
                         limit + "cat big.npy | ");
   ASSERT_EQ(piped.code, 0) << piped.err;
   EXPECT_EQ(ReadText(dir / "out3.jsonl"), ReadText(dir / "out.jsonl"));
+  // So is a .safetensors pipe.
+  WriteText(dir / "big.safetensors",
+            detail::format_safetensors_header("logits", DType::kFloat32, shape));
+  fs::resize_file(dir / "big.safetensors",
+                  fs::file_size(dir / "big.safetensors") + rows * vocab * 4);
+  CliRun piped_st = RunCli(dir, "sample - --temperature 0 --block-mb 16 -q -o out4.jsonl",
+                           limit + "cat big.safetensors | ");
+  fs::remove(dir / "big.safetensors");
+  ASSERT_EQ(piped_st.code, 0) << piped_st.err;
+  EXPECT_EQ(ReadText(dir / "out4.jsonl"), ReadText(dir / "out.jsonl"));
   // A raw pipe is held whole: past the limit, a message (was std::bad_alloc).
   CliRun raw = RunCli(dir, "sample - --input-format raw --dtype f32 --vocab 32000 -q",
                       limit + "cat big.npy | ");
