@@ -1,12 +1,18 @@
-// The benchmark's baselines (bench/core): the softmax floor of a batch with
+// The benchmark's harness (bench/core): the softmax floor of a batch with
 // fewer rows than threads splits each row into slices (a max pass, then an
 // exp-sum pass) as the engine splits such rows; split or not, it must form
-// the same Σ exp(x - max) per row, for every dtype and slice tail.
+// the same Σ exp(x - max) per row, for every dtype and slice tail. A dump's
+// rows (bench --input) become batches that hold exactly them.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <limits>
+#include <random>
 
 #include "bench/core/bench_core.h"
+#include "engine/io/dump_writer.h"
+#include "engine/io/half.h"
 #include "nucleus/engine.h"
 
 namespace nucleus::bench {
@@ -38,6 +44,127 @@ TEST(BenchFloor, ASplitRowSumsWhatAWholeRowSums) {
       }
     }
   }
+}
+
+namespace fs = std::filesystem;
+
+fs::path TestDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "bench_core_test" /
+                 (std::string(info->test_suite_name()) + "." + info->name());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::vector<float> Values(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Rows of a dump are read as float32 (a bfloat16 dump widened exactly), at
+// most as many as asked for; batches take them in turn, from row k × batch
+// of batch k, round to row 0 after the last, rounded to the batch's dtype.
+TEST(BenchInput, BatchesHoldTheDumpsRowsInTurn) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 5, vocab = 300;
+  const std::vector<float> values = Values(rows * vocab, 3);
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kSafetensors;
+  spec.dtype = DType::kBFloat16;
+  ASSERT_TRUE(detail::write_dump(dir / "d.safetensors", values.data(), rows, vocab, spec).ok());
+  auto stored = [&](int64_t r, int64_t i) {  // (the dump holds bfloat16, a .safetensors)
+    const float x = values[static_cast<size_t>(r * vocab + i)];
+    return detail::bfloat16_bits_to_float(detail::float_to_bfloat16_bits(x));
+  };
+
+  Result<InputRows> few = read_input_rows((dir / "d.safetensors").string(), "", 3);
+  ASSERT_TRUE(few.ok()) << few.status().message();
+  EXPECT_EQ(few->rows, 3);
+  Result<InputRows> all = read_input_rows((dir / "d.safetensors").string(), "logits", 100);
+  ASSERT_TRUE(all.ok()) << all.status().message();
+  ASSERT_EQ(all->rows, rows);
+  ASSERT_EQ(all->vocab, vocab);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < vocab; ++i) {
+      ASSERT_EQ(all->values[static_cast<size_t>(r * vocab + i)], stored(r, i)) << r << " " << i;
+    }
+  }
+
+  // Batch 1 of three rows: rows 3, 4, 0.
+  for (const DType dtype : {DType::kFloat32, DType::kFloat16}) {
+    const Workload w = input_workload(*all, 3, 3, dtype, 9);
+    ASSERT_EQ(w.rows, 3);
+    ASSERT_EQ(w.vocab, vocab);
+    EXPECT_EQ(w.history.size(), 2000u);
+    const int64_t from[] = {3, 4, 0};
+    for (int64_t r = 0; r < 3; ++r) {
+      for (int64_t i = 0; i < vocab; ++i) {
+        const float want =
+            dtype == DType::kFloat32
+                ? stored(from[r], i)
+                : detail::half_bits_to_float(detail::float_to_half_bits(stored(from[r], i)));
+        const auto at = static_cast<size_t>(r * vocab + i);
+        ASSERT_EQ(w.f32[at], want) << r << " " << i;
+        if (dtype == DType::kFloat16) {
+          ASSERT_EQ(w.half[at], detail::float_to_half_bits(want));
+        }
+      }
+    }
+  }
+
+  // A case on the input: its rows, its vocab.
+  Options options;
+  options.repeat = 2;
+  options.reference = false;
+  options.input = std::make_shared<const InputRows>(std::move(all).value());
+  const CaseResult r = run_case({Config::kTopP, vocab, 2, DType::kFloat32, 1}, options);
+  EXPECT_GT(r.us_per_row, 0.0);
+  EXPECT_GT(r.vs_softmax, 0.0);
+}
+
+// Rows that cannot be sampled (a NaN or +inf logit, nothing finite) are
+// refused, naming the row and token; so is a raw dump.
+TEST(BenchInput, RefusesRowsThatCannotBeSampled) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 3, vocab = 40;
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    int64_t row, token;
+    float value;
+    std::string says;
+  };
+  const Case cases[] = {
+      {1, 7, std::nanf(""), "row 1: token 7 = nan"},
+      {2, 39, inf, "row 2: token 39 = inf"},
+      {0, -1, -inf, "row 0 has no finite logit"},
+  };
+  for (const Case& c : cases) {
+    std::vector<float> values = Values(rows * vocab, 4);
+    if (c.token >= 0) {
+      values[static_cast<size_t>(c.row * vocab + c.token)] = c.value;
+    } else {
+      std::fill_n(values.begin() + c.row * vocab, vocab, c.value);
+    }
+    ASSERT_TRUE(detail::write_dump(dir / "bad.npy", values.data(), rows, vocab, {}).ok());
+    Result<InputRows> read = read_input_rows((dir / "bad.npy").string(), "", rows);
+    ASSERT_FALSE(read.ok()) << c.says;
+    EXPECT_NE(read.status().message().find(c.says), std::string::npos) << read.status().message();
+  }
+  // (a -inf token is a masked one: fine)
+  std::vector<float> masked = Values(rows * vocab, 5);
+  masked[3] = -inf;
+  ASSERT_TRUE(detail::write_dump(dir / "masked.npy", masked.data(), rows, vocab, {}).ok());
+  EXPECT_TRUE(read_input_rows((dir / "masked.npy").string(), "", rows).ok());
+  detail::DumpWriteSpec raw;
+  raw.format = DumpFormat::kRaw;
+  ASSERT_TRUE(detail::write_dump(dir / "d.bin", masked.data(), rows, vocab, raw).ok());
+  Result<InputRows> read = read_input_rows((dir / "d.bin").string(), "", rows);
+  ASSERT_FALSE(read.ok());
+  EXPECT_NE(read.status().message().find("d.bin"), std::string::npos) << read.status().message();
 }
 
 }  // namespace

@@ -397,6 +397,49 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_TRUE(Contains(run.err, "--config = nothing")) << run.err;
 }
 
+// `nucleus bench --input`: a dump's rows timed in place of LM-like ones,
+// its vocab the cases'; options that describe the LM-like rows refused
+// with it, and rows that cannot be sampled refused naming row and token.
+TEST(Cli, BenchTimesADumpsRows) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 3, vocab = 1234;
+  std::vector<float> values = Logits(rows, vocab, 12);
+  WriteDump(dir / "d.npy", values, rows, vocab, DType::kFloat16);
+  CliRun run = RunCli(dir,
+                      "bench --input d.npy --batch 2 --distinct 2 --threads 1 --config topp,greedy "
+                      "--dtype f32,bf16 --repeat 2 -q --json in.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  const Json doc = Json::parse(ReadText(dir / "in.json"));
+  EXPECT_EQ(doc["rows"], "input");
+  EXPECT_EQ(doc["input"], "d.npy");
+  EXPECT_EQ(doc["input_rows"], 3);  // (of the 2 x 2 asked for: the dump's 3, cycled)
+  ASSERT_EQ(doc["results"].size(), 4u);
+  for (const Json& r : doc["results"]) {
+    EXPECT_EQ(r["vocab"], vocab);
+    EXPECT_GT(r["us_per_row"].get<double>(), 0.0);
+    EXPECT_GT(r["reference_us_per_row"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(Lines(run.out).size(), 5u) << run.out;
+
+  for (const char* args : {"--input d.npy --vocab 1000", "--input d.npy --rows flat"}) {
+    run = RunCli(dir, std::string("bench --batch 1 --threads 1 -q ") + args);
+    EXPECT_EQ(run.code, 2) << args;
+    EXPECT_TRUE(Contains(run.err, "excludes")) << run.err;
+  }
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 -q --tensor logits");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--tensor requires --input")) << run.err;
+  run = RunCli(dir, "bench --input missing.npy --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "missing.npy: cannot open")) << run.err;
+  values[static_cast<size_t>(2 * vocab + 5)] = std::nanf("");
+  WriteDump(dir / "nan.npy", values, rows, vocab, DType::kFloat32);
+  run = RunCli(dir, "bench --input nan.npy --batch 4 --threads 1 -q --json nan.json");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "nan.npy: row 2: token 5 = nan")) << run.err;
+  EXPECT_FALSE(fs::exists(dir / "nan.json"));
+}
+
 TEST(Cli, OutputDoesNotDependOnBlocksOrThreads) {
   const fs::path dir = TestDir();
   const int64_t rows = 40, vocab = 32000;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -17,6 +18,8 @@
 #include <tuple>
 
 #include "bench/core/floor_kernels.h"
+#include "engine/io/half.h"
+#include "nucleus/dump.h"
 #include "tools/lm_logits.h"
 
 namespace nucleus::bench {
@@ -279,6 +282,32 @@ std::optional<Rows> parse_rows(std::string_view name) {
   return std::nullopt;
 }
 
+namespace {
+
+// Rounds a workload's float32 values to its dtype, keeping the stored bits,
+// and draws its penalty history.
+void finish_workload(Workload& w, uint64_t seed) {
+  if (w.dtype != DType::kFloat32) {
+    w.half.resize(w.f32.size());
+    for (size_t i = 0; i < w.f32.size(); ++i) {
+      if (w.dtype == DType::kFloat16) {
+        const Eigen::half h(w.f32[i]);
+        w.half[i] = Eigen::numext::bit_cast<uint16_t>(h);
+        w.f32[i] = static_cast<float>(h);
+      } else {
+        const Eigen::bfloat16 b(w.f32[i]);
+        w.half[i] = Eigen::numext::bit_cast<uint16_t>(b);
+        w.f32[i] = static_cast<float>(b);
+      }
+    }
+  }
+  std::mt19937_64 rng(seed + 7);
+  w.history.resize(kHistory);
+  for (int32_t& t : w.history) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(w.vocab));
+}
+
+}  // namespace
+
 Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed, Rows kind) {
   Workload w;
   w.rows = rows;
@@ -303,23 +332,79 @@ Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed, 
     const auto x = tools::make_lm_logits(rows, vocab, one, kind == Rows::kFlat ? seed + 1 : seed);
     std::copy(x.begin(), x.end(), w.f32.begin());
   }
-  if (dtype != DType::kFloat32) {
-    w.half.resize(w.f32.size());
-    for (size_t i = 0; i < w.f32.size(); ++i) {
-      if (dtype == DType::kFloat16) {
-        const Eigen::half h(w.f32[i]);
-        w.half[i] = Eigen::numext::bit_cast<uint16_t>(h);
-        w.f32[i] = static_cast<float>(h);
-      } else {
-        const Eigen::bfloat16 b(w.f32[i]);
-        w.half[i] = Eigen::numext::bit_cast<uint16_t>(b);
-        w.f32[i] = static_cast<float>(b);
-      }
+  finish_workload(w, seed);
+  return w;
+}
+
+Result<InputRows> read_input_rows(const std::string& path, const std::string& tensor,
+                                  int64_t max_rows) {
+  DumpOptions options;
+  options.tensor = tensor;
+  Result<DumpReader> reader = DumpReader::open(path, options);
+  if (!reader.ok()) return reader.status();
+  const DumpInfo& info = reader->info();
+  if (info.format == DumpFormat::kRaw) {
+    return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
+  }
+  InputRows input;
+  input.path = path;
+  input.vocab = info.vocab;
+  input.rows = std::min(info.rows, std::max<int64_t>(max_rows, 1));
+  if (const std::string why = rows_memory_error(1, input.rows, input.vocab, {}); !why.empty()) {
+    return Status::invalid_argument(path + ": " + std::to_string(input.rows) + " rows of vocab " +
+                                    std::to_string(input.vocab) + " " + why);
+  }
+  input.values.resize(static_cast<size_t>(input.rows * input.vocab));
+  std::vector<uint16_t> bits;
+  for (int64_t first = 0; first < input.rows; first += reader->block_rows()) {
+    const int64_t count = std::min(reader->block_rows(), input.rows - first);
+    float* out = input.values.data() + first * input.vocab;
+    const auto n = static_cast<size_t>(count * input.vocab);
+    if (info.dtype == DType::kFloat32) {
+      if (Status s = reader->read_into(first, count, out); !s.ok()) return s;
+      continue;
+    }
+    bits.resize(n);
+    if (Status s = reader->read_into(first, count, bits.data()); !s.ok()) return s;
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = info.dtype == DType::kFloat16 ? detail::half_bits_to_float(bits[i])
+                                             : detail::bfloat16_bits_to_float(bits[i]);
     }
   }
-  std::mt19937_64 rng(seed + 7);
-  w.history.resize(kHistory);
-  for (int32_t& t : w.history) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  for (int64_t r = 0; r < input.rows; ++r) {
+    const float* row = input.values.data() + r * input.vocab;
+    bool finite = false;
+    for (int64_t i = 0; i < input.vocab; ++i) {
+      if (std::isnan(row[i]) || row[i] == std::numeric_limits<float>::infinity()) {
+        return Status::invalid_argument(path + ": row " + std::to_string(r) + ": token " +
+                                        std::to_string(i) + " = " +
+                                        (std::isnan(row[i]) ? "nan" : "inf") +
+                                        ": bench rows must sample (a NaN or +inf logit is a "
+                                        "row error)");
+      }
+      finite = finite || std::isfinite(row[i]);
+    }
+    if (!finite) {
+      return Status::invalid_argument(path + ": row " + std::to_string(r) +
+                                      " has no finite logit: bench rows must sample");
+    }
+  }
+  return input;
+}
+
+Workload input_workload(const InputRows& input, int64_t rows, int64_t first, DType dtype,
+                        uint64_t seed) {
+  Workload w;
+  w.rows = rows;
+  w.vocab = input.vocab;
+  w.dtype = dtype;
+  w.f32.resize(static_cast<size_t>(rows * input.vocab));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t from = (first + r) % input.rows;
+    std::copy_n(input.values.data() + from * input.vocab, input.vocab,
+                w.f32.data() + r * input.vocab);
+  }
+  finish_workload(w, seed);
   return w;
 }
 
@@ -405,6 +490,7 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
 namespace {
 uint64_t cached_seed = 0;
 Rows cached_rows = Rows::kPeakedFlat;
+std::shared_ptr<const InputRows> cached_input;
 }  // namespace
 
 uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
@@ -433,14 +519,19 @@ CaseResult run_case(const Case& c, const Options& options) {
   static std::vector<Workload> cached;
   const auto distinct = static_cast<size_t>(std::max(1, options.distinct));
   if (cached.size() != distinct || cached[0].rows != c.batch || cached[0].vocab != c.vocab ||
-      cached[0].dtype != c.dtype || cached_seed != options.seed || cached_rows != options.rows) {
+      cached[0].dtype != c.dtype || cached_seed != options.seed || cached_rows != options.rows ||
+      cached_input != options.input) {
     cached.clear();  // (freed before the next ones are made)
     for (size_t k = 0; k < distinct; ++k) {
-      cached.push_back(make_workload(c.batch, c.vocab, c.dtype,
-                                     batch_seed(options.seed, static_cast<int>(k)), options.rows));
+      const uint64_t seed = batch_seed(options.seed, static_cast<int>(k));
+      cached.push_back(options.input
+                           ? input_workload(*options.input, c.batch,
+                                            static_cast<int64_t>(k) * c.batch, c.dtype, seed)
+                           : make_workload(c.batch, c.vocab, c.dtype, seed, options.rows));
     }
     cached_seed = options.seed;
     cached_rows = options.rows;
+    cached_input = options.input;
   }
   const std::vector<Workload>& ws = cached;
   std::vector<std::vector<RowRequest>> requests;

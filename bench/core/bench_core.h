@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -24,6 +25,7 @@
 
 #include "engine/kernels/row_kernels.h"
 #include "nucleus/engine.h"
+#include "nucleus/status.h"
 
 namespace nucleus::bench {
 
@@ -67,6 +69,28 @@ struct Workload {
 Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed,
                        Rows kind = Rows::kPeakedFlat);
 
+// Rows of a real model's logits to time in place of the LM-like ones: the
+// first rows of a dump, as float32.
+struct InputRows {
+  std::string path;
+  int64_t rows = 0;  // read (at most the max_rows asked for)
+  int64_t vocab = 0;
+  std::vector<float> values;  // rows × vocab
+};
+
+// Reads up to `max_rows` rows of a .npy or .safetensors dump (`tensor`: the
+// .safetensors tensor; empty = the only one). Every row must sample: a NaN
+// or +inf logit, or a row without a finite one, is refused, naming the row
+// and the token (the sort-based reference cannot order NaN).
+Result<InputRows> read_input_rows(const std::string& path, const std::string& tensor,
+                                  int64_t max_rows);
+
+// A batch of `rows` of the input's rows, from row `first` on (wrapping
+// round to row 0 after the last), stored in `dtype` (rounded to it as
+// make_workload rounds); its penalty history is made as make_workload's.
+Workload input_workload(const InputRows& input, int64_t rows, int64_t first, DType dtype,
+                        uint64_t seed);
+
 // One request per row: the configuration's parameters, a per-row seed.
 std::vector<RowRequest> make_requests(Config config, const Workload& w, bool logprobs);
 
@@ -91,6 +115,9 @@ struct Options {
   // data-dependent branches of its passes, which a decoder, sampling each
   // row once, never enjoys. Every baseline takes its batches in the same turn.
   int distinct = 1;
+  // The rows to time, when not LM-like ones (Case::vocab must be its vocab):
+  // batch k of a case starts at row k × batch of it.
+  std::shared_ptr<const InputRows> input;
 };
 
 struct CaseResult {

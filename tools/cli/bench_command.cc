@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -72,8 +74,8 @@ bool parse_int_list(const std::string& option, const std::string& text, std::opt
 
 void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app = app->add_subcommand("bench", "Measure decoding throughput against baselines");
-  c->app->add_option("--vocab", c->vocab, "Vocabulary sizes, comma-separated")
-      ->capture_default_str();
+  CLI::Option* vocab = c->app->add_option("--vocab", c->vocab, "Vocabulary sizes, comma-separated")
+                           ->capture_default_str();
   c->app->add_option("--batch", c->batch, "Batch sizes (rows per call), comma-separated")
       ->capture_default_str();
   c->app
@@ -91,10 +93,21 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Instruction sets of the row passes, comma-separated: auto (the best this "
                    "machine runs), sse2, avx2, avx512, or all (each one this machine runs)")
       ->capture_default_str();
+  CLI::Option* rows =
+      c->app
+          ->add_option("--rows", c->rows,
+                       "LM-like rows of the batch: peaked-flat (alternating), peaked, medium or "
+                       "flat")
+          ->capture_default_str();
   c->app
-      ->add_option("--rows", c->rows,
-                   "LM-like rows of the batch: peaked-flat (alternating), peaked, medium or flat")
-      ->capture_default_str();
+      ->add_option("--input", c->input,
+                   "Time the rows of this .npy or .safetensors dump (a model's own logits) "
+                   "instead of LM-like ones: batch k of --distinct takes the rows from k x "
+                   "batch on, round the dump's rows; the vocab is the dump's")
+      ->excludes(vocab)
+      ->excludes(rows);
+  c->app->add_option("--tensor", c->tensor, "The --input .safetensors tensor to read")
+      ->needs("--input");
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -131,7 +144,8 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
       "  nucleus bench\n"
       "  nucleus bench --vocab 128256 --batch 1,64 --config topp,minp --threads 1,all\n"
       "  nucleus bench --dtype f32,bf16 --json bench.json   (then: bench/plot bench.json)\n"
-      "  nucleus bench --vocab 128256 --batch 1 --threads 1 --isa all --no-reference");
+      "  nucleus bench --vocab 128256 --batch 1 --threads 1 --isa all --no-reference\n"
+      "  nucleus bench --input logits.npy --batch 1,8 --config topp,typical");
 }
 
 int run_bench(const BenchCommand& c) {
@@ -212,6 +226,21 @@ int run_bench(const BenchCommand& c) {
     print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
     return kExitFailure;
   }
+  // A dump's rows: as many as the largest batch takes, for each distinct batch.
+  std::shared_ptr<const bench::InputRows> input;
+  if (!c.input.empty()) {
+    const int64_t largest = *std::max_element(batches.begin(), batches.end());
+    const int64_t wanted = largest > std::numeric_limits<int64_t>::max() / c.distinct
+                               ? std::numeric_limits<int64_t>::max()
+                               : largest * c.distinct;
+    Result<bench::InputRows> read = bench::read_input_rows(c.input, c.tensor, wanted);
+    if (!read.ok()) {
+      print_error(read.status().message());
+      return kExitFailure;
+    }
+    input = std::make_shared<const bench::InputRows>(std::move(read).value());
+    vocabs = {input->vocab};
+  }
   // The largest case's rows (all its distinct batches, and the float32 copy
   // of a half-precision one) must fit in memory with room to spare.
   {
@@ -245,6 +274,7 @@ int run_bench(const BenchCommand& c) {
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
   options.distinct = c.distinct;
+  options.input = input;
   std::vector<bench::CaseResult> results;
   const size_t total = vocabs.size() * batches.size() * dtypes.size() * threads.size() *
                        isas.size() * configs.size();
@@ -325,7 +355,11 @@ int run_bench(const BenchCommand& c) {
     doc["repeat"] = c.repeat;
     doc["runs"] = c.runs;
     doc["distinct"] = c.distinct;
-    doc["rows"] = bench::rows_name(*rows);
+    doc["rows"] = input ? "input" : bench::rows_name(*rows);
+    if (input) {
+      doc["input"] = input->path;
+      doc["input_rows"] = input->rows;  // read from it (cycled when a batch wants more)
+    }
     doc["logprobs"] = c.logprobs;
     for (const auto& r : results) {
       doc["results"].push_back({{"config", bench::config_name(r.c.config)},

@@ -49,6 +49,8 @@ struct BenchCommand {
   std::string dtype = "f32";
   std::string isa = "auto";
   std::string rows = "peaked-flat";
+  std::string input;   // a dump whose rows are timed instead
+  std::string tensor;  // its .safetensors tensor
   int repeat = 30;
   int runs = 1;
   int distinct = 1;
