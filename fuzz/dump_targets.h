@@ -191,8 +191,11 @@ inline void CheckStream(DumpFormat format, const std::vector<uint8_t>& file, int
   }
   if (held.ok()) {
     NUCLEUS_FUZZ_CHECK(!stream_error.has_value());
-    const auto offset = static_cast<size_t>(held->info().data_offset);
-    NUCLEUS_FUZZ_CHECK(data.size() == file.size() - offset, data.size(), file.size());
+    // (the rows of the tensor read: other tensors may follow it)
+    const DumpInfo& info = held->info();
+    const auto offset = static_cast<size_t>(info.data_offset);
+    const auto bytes = static_cast<size_t>(info.rows * info.vocab * dtype_size(info.dtype));
+    NUCLEUS_FUZZ_CHECK(data.size() == bytes, data.size(), bytes);
     NUCLEUS_FUZZ_CHECK(std::equal(data.begin(), data.end(), file.begin() + offset));
     return;
   }

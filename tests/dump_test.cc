@@ -542,12 +542,22 @@ TEST(DumpFromBytes, SniffsSafetensors) {
     EXPECT_EQ(a->info().format, DumpFormat::kSafetensors);
     ExpectRows(*a, values, DType::kFloat32);
   }
-  // A length past 100 MB, or no brace after it: not a header.
-  for (const int at : {5, 8}) {
+  // A length past 100 MB, or no '{"' after it: not a header.
+  for (const int at : {5, 8, 9}) {
     std::vector<unsigned char> other = bytes;
     other[at] = at == 5 ? 0x07 : ' ';
     ExpectError(DumpReader::from_bytes("<pipe>", other), {"<pipe>", "unknown format"});
   }
+  // Raw bfloat16 rows that start with a small length and a '{' (0x3f7b,
+  // ~0.98, fifth) are raw.
+  const uint16_t row[8] = {0x3f80, 0, 0, 0, 0x3f7b, 0x3f00, 0x3f00, 0x3f00};
+  const auto* raw = reinterpret_cast<const unsigned char*>(row);
+  options.dtype = DType::kBFloat16;
+  options.vocab = 8;
+  Result<DumpReader> r =
+      DumpReader::from_bytes("<pipe>", std::vector<unsigned char>(raw, raw + sizeof row), options);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->info().format, DumpFormat::kRaw);
 }
 
 TEST(DumpBlocks, CoverTheDumpAndCheckRanges) {

@@ -74,8 +74,11 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
   const std::string& name = source.name();
   if (!source.is_file() || path == "-") {
     // Standard input or a pipe has no extension: sniff the NumPy magic, or
-    // a .safetensors header's length (at most 100 MB) and its opening brace.
-    unsigned char magic[9] = {};
+    // a .safetensors header's length (at most 100 MB) and the start of its
+    // JSON object, '{"' (raw rows rarely start so: a row would have to
+    // begin with a tiny value, three zeros and 0x227b; --input-format raw
+    // reads them all the same).
+    unsigned char magic[10] = {};
     if (Status s = source.fill(sizeof magic); !s.ok()) return s;
     const int64_t got = std::min<int64_t>(source.size(), sizeof magic);
     if (Status s = source.read_at(0, got, magic); !s.ok()) return s;
@@ -85,7 +88,7 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
     }
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | magic[i];
-    if (got == sizeof magic && magic[8] == '{' && header_len >= 2 &&
+    if (got == sizeof magic && magic[8] == '{' && magic[9] == '"' && header_len >= 2 &&
         header_len <= (uint64_t{100} << 20)) {
       return DumpFormat::kSafetensors;
     }

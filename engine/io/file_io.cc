@@ -253,6 +253,16 @@ Status ByteSource::buffer_up_to(int64_t n) {
 
 Status ByteSource::fill(int64_t n) {
   if (!streaming_ || size_ >= n) return Status();
+  // (a header, at most ~100 MB: reserved whole, where growing by doubling
+  // could take twice that)
+  if (readable_from() == 0 && static_cast<size_t>(n) > buffer_.capacity()) {
+    try {
+      buffer_.reserve(static_cast<size_t>(n));
+    } catch (const std::bad_alloc&) {
+      return Status::io_error(name_ + ": cannot hold " + std::to_string(n) +
+                              " bytes of the input's header in memory");
+    }
+  }
   if (Status s = buffer_up_to(n); !s.ok()) return s;
   return ended_ ? hold_whole() : Status();
 }

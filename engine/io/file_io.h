@@ -60,7 +60,8 @@ class ByteSource {
   Status read_at(int64_t offset, int64_t n, void* out);
   // A stream that has not passed byte 0: reads on into memory until it holds
   // `n` bytes or ends (and is then held whole), so that a header longer
-  // than the read-ahead is checked against size() like a file's.
+  // than the read-ahead is checked against size() like a file's. `n` bytes
+  // are reserved at once: a header's length, never a data size.
   Status fill(int64_t n);
   // A stream: reads (and drops) the rest, at most `limit` bytes of it and
   // one more to see its end (a pipe need not end), so that size() is its

@@ -41,7 +41,7 @@ bool deeper_than(const Json& v, int depth) {
 
 }  // namespace
 
-bool parse_json(const std::string& text, Json* out, std::string* error) {
+bool parse_json(std::string_view text, Json* out, std::string* error) {
   // One set of keys per object being read, innermost last.
   std::vector<std::set<std::string>> keys;
   const Json::parser_callback_t check = [&keys](int, Json::parse_event_t event, Json& parsed) {
@@ -63,7 +63,7 @@ bool parse_json(const std::string& text, Json* out, std::string* error) {
     return true;
   };
   try {
-    *out = Json::parse(text, check);
+    *out = Json::parse(text.data(), text.data() + text.size(), check);
     return true;
   } catch (const RepeatedKey& r) {
     *error = "key " + json_shown(Json(r.key)) + " appears twice in one object";

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace nucleus::detail {
 
@@ -12,7 +13,7 @@ namespace nucleus::detail {
 // value - unexpected end of input", "... number overflow parsing '1e400'",
 // or "key \"top_p\" appears twice in one object" (nlohmann would keep the
 // last silently; every object at every depth is checked).
-bool parse_json(const std::string& text, nlohmann::json* out, std::string* error);
+bool parse_json(std::string_view text, nlohmann::json* out, std::string* error);
 
 // A value as compact JSON text for a message, cut to about 120 characters;
 // a value nested deeper than 32 levels is named, not printed (printing

@@ -161,8 +161,18 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
                             std::to_string(header_len) + " bytes but the file has only " +
                             std::to_string(source.size() - 8) + " after it");
   }
-  std::string text(static_cast<size_t>(header_len), '\0');
-  if (Status s = source.read_at(8, header_len, text.data()); !s.ok()) return s;
+  // (parsed where it lies when the input is in memory: a pipe's header is
+  // not copied again)
+  std::string copy;
+  std::string_view text;
+  if (!source.is_file() && source.readable_from() == 0) {
+    text = std::string_view(reinterpret_cast<const char*>(source.bytes()) + 8,
+                            static_cast<size_t>(header_len));
+  } else {
+    copy.resize(static_cast<size_t>(header_len));
+    if (Status s = source.read_at(8, header_len, copy.data()); !s.ok()) return s;
+    text = copy;
+  }
 
   SafetensorsHeader header;
   header.data_start = 8 + header_len;
@@ -170,7 +180,7 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
     Json root;
     if (std::string error; !parse_json(text, &root, &error)) {
       return Status::io_error(name + ": header: " + error + "; it begins " +
-                              text.substr(0, std::min<size_t>(text.size(), 120)));
+                              std::string(text.substr(0, 120)));
     }
     if (!root.is_object()) {
       return Status::io_error(name + ": the header is " + std::string(root.type_name()) +

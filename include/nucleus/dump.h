@@ -81,10 +81,11 @@ class DumpReader {
   // it ends: the read that finds it short, or the read of the last row when
   // bytes follow it, fails with the message a file of that size gets here
   // (or, when more than 1 MiB follows the header's data, "holds at least N";
-  // the .safetensors tensors after the one read are read through). A raw
-  // pipe is held whole. Standard input's format (and a pipe's) is sniffed
-  // (the NumPy magic; a .safetensors header length of at most 100 MB
-  // followed by '{'; else raw) unless `options.format` says.
+  // the .safetensors tensors after the one read are read through, as long
+  // as the header says they are). A raw pipe is held whole. Standard input's
+  // format (and a pipe's) is sniffed (the NumPy magic; a .safetensors header
+  // length of at most 100 MB followed by '{"'; else raw) unless
+  // `options.format` says.
   static Result<DumpReader> open(const std::string& path, const DumpOptions& options = {});
 
   // The same checks over bytes already in memory (`name` is used in messages).
