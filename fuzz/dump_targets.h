@@ -134,14 +134,16 @@ inline std::optional<std::vector<uint8_t>> OpenAndCheck(const std::string& name,
   return CheckReader(*reader, file.size(), sample);
 }
 
-// The same .npy or .safetensors through a pipe, read a block of
-// `block_bytes` at a time: a pipe longer than that is streamed (read once, front to back; the
-// header read on past the read-ahead; the size checked when the pipe ends). It must give the rows
-// from_bytes gives, or be refused, at open or at the block where its size shows, with from_bytes's
-// message (a stream's size is known at its end, which a pipe this short always reaches). `tensor`:
-// the .safetensors tensor to read.
-inline void CheckStream(DumpFormat format, const std::vector<uint8_t>& file, int64_t block_bytes,
-                        const std::string& tensor = "") {
+// The same dump through a pipe, read a block of `block_bytes` at a time: a
+// .npy or .safetensors pipe longer than that is streamed (read once, front
+// to back; the header read on past the read-ahead; the size checked when
+// the pipe ends), a raw one copied to a temporary file first. It must give
+// the rows from_bytes gives, or be refused, at open or at the block where
+// its size shows, with from_bytes's message (a stream's size is known at its
+// end, which a pipe this short always reaches). `options` name the format
+// (and the tensor, dtype and vocab) to read.
+inline void CheckStream(DumpOptions options, const std::vector<uint8_t>& file,
+                        int64_t block_bytes) {
   std::signal(SIGPIPE, SIG_IGN);  // (a refused pipe is closed on its writer)
   int fds[2];
   if (::pipe(fds) != 0) return;
@@ -154,10 +156,7 @@ inline void CheckStream(DumpFormat format, const std::vector<uint8_t>& file, int
     ::close(fd);
   });
   const std::string path = "/dev/fd/" + std::to_string(fds[0]);
-  DumpOptions options;
-  options.format = format;
   options.block_bytes = block_bytes;
-  options.tensor = tensor;
   std::optional<Status> stream_error;
   std::vector<uint8_t> data;
   bool claims_more = false;
@@ -228,11 +227,13 @@ inline int FuzzHeaderDump(DumpFormat format, const uint8_t* bytes, size_t size) 
   options.dtype.reset();
   options.vocab = 0;
 
-  CheckStream(format, file, static_cast<int64_t>(1 + (h >> 24) % 97));
+  CheckStream(options, file, static_cast<int64_t>(1 + (h >> 24) % 97));
   if (format == DumpFormat::kSafetensors) {
     // (a tensor chosen among several: those before it skipped, those after
     // it read through)
-    CheckStream(format, file, static_cast<int64_t>(1 + (h >> 32) % 97), "logits");
+    options.tensor = "logits";
+    CheckStream(options, file, static_cast<int64_t>(1 + (h >> 32) % 97));
+    options.tensor.clear();
     for (const char* tensor : {"logits", "a", "__metadata__"}) {
       options.tensor = tensor;
       OpenAndCheck(name, file, options, false);
@@ -271,6 +272,9 @@ inline int FuzzRawDump(const uint8_t* bytes, size_t size) {
     // A raw dump is its data, whole.
     NUCLEUS_FUZZ_CHECK(*data == file);
   }
+  // Through a pipe (copied to a temporary file when longer than the
+  // read-ahead): the same rows or the same message.
+  if (options.format == DumpFormat::kRaw) CheckStream(options, file, 1 + (mode >> 1) % 61);
   return 0;
 }
 

@@ -1058,11 +1058,24 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   fs::remove(dir / "big.safetensors");
   ASSERT_EQ(piped_st.code, 0) << piped_st.err;
   EXPECT_EQ(ReadText(dir / "out4.jsonl"), ReadText(dir / "out.jsonl"));
-  // A raw pipe is held whole: past the limit, a message (was std::bad_alloc).
-  CliRun raw = RunCli(dir, "sample - --input-format raw --dtype f32 --vocab 32000 -q",
-                      limit + "cat big.npy | ");
-  EXPECT_EQ(raw.code, 2);
-  EXPECT_TRUE(Contains(raw.err, "<stdin>: cannot hold the input in memory past")) << raw.err;
+  // A raw pipe is copied to a temporary file and read from there (it was
+  // held whole: past the limit, a message).
+  const int64_t data = rows * vocab * 4;
+  CliRun raw = RunCli(dir,
+                      "sample - --input-format raw --dtype f32 --vocab 32000 --temperature 0 "
+                      "--block-mb 16 -q -o out5.jsonl",
+                      limit + "tail -c " + std::to_string(data) + " big.npy | ");
+  ASSERT_EQ(raw.code, 0) << raw.err;
+  EXPECT_EQ(ReadText(dir / "out5.jsonl"), ReadText(dir / "out.jsonl"));
+  // One that the temporary file cannot hold fails with a message that names
+  // the directory (here: a 1 MiB limit on the files the program writes).
+  CliRun full = RunCli(dir, "inspect - --dtype f32 --vocab 32000 -q",
+                       "trap '' XFSZ; ulimit -f 2048; export TMPDIR=" + dir.string() +
+                           "; tail -c " + std::to_string(data) + " big.npy | ");
+  EXPECT_EQ(full.code, 2);
+  EXPECT_TRUE(Contains(full.err, "<stdin>: cannot copy the input to a temporary file in " +
+                                     dir.string() + ": File too large"))
+      << full.err;
 
   CliRun whole =
       RunCli(dir, "sample big.npy --temperature 0 --block-mb 1024 -q -o out2.jsonl", limit);

@@ -973,28 +973,57 @@ TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
   }
 }
 
-// A pipe that ends within the read-ahead is held whole and checked when it
-// is opened; so is a raw dump, whose rows are its size, however long.
-TEST(DumpPipe, ShortPipesAndRawDumpsAreHeldWhole) {
+// A raw pipe longer than the read-ahead (its rows are its size) is copied
+// to an unnamed temporary file in $TMPDIR and read from there like a file
+// (any block, any order; nothing left in the directory); where no temporary
+// file can be made, it is held whole in memory.
+TEST(DumpPipe, ARawPipeIsCopiedToATemporaryFile) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 24);
-  {
-    detail::DumpWriteSpec spec;
-    spec.format = DumpFormat::kRaw;
-    ASSERT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
-    PipeFeed feed(ReadBytes(dir / "a.bin"));
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kRaw;
+  ASSERT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
+  const std::string bytes = ReadBytes(dir / "a.bin");
+  fs::create_directory(dir / "tmp");
+  const char* had = std::getenv("TMPDIR");
+  const std::string saved = had != nullptr ? had : "";
+  for (const bool writable : {true, false}) {
+    SCOPED_TRACE(writable ? "a temporary file" : "no temporary file");
+    ::setenv("TMPDIR", (dir / (writable ? "tmp" : "missing")).c_str(), 1);
+    PipeFeed feed(bytes);
     DumpOptions options = TwoRowBlocks();
     options.dtype = DType::kFloat32;
     options.vocab = kPipeVocab;
     Result<DumpReader> reader = OpenPipe(feed, options);
     ASSERT_TRUE(reader.ok()) << reader.status().message();
     EXPECT_EQ(reader->info().format, DumpFormat::kRaw);
-    EXPECT_FALSE(reader->info().streamed);
+    EXPECT_EQ(reader->info().rows, kPipeRows);
+    EXPECT_EQ(reader->info().streamed, writable);  // (read from the file a block at a time)
     ExpectRows(*reader, values, DType::kFloat32);
-    EXPECT_TRUE(reader->block(0).ok());  // held: any block, any order
+    EXPECT_TRUE(reader->block(0).ok());  // any block, any order
+    EXPECT_TRUE(fs::is_empty(dir / "tmp"));
   }
+  if (had != nullptr) {
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  } else {
+    ::unsetenv("TMPDIR");
+  }
+}
+
+// A pipe that ends within the read-ahead is held whole and checked when it
+// is opened.
+TEST(DumpPipe, ShortPipesAreHeldWhole) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(2 * kPipeVocab, 24);
   ASSERT_TRUE(detail::write_dump(dir / "s.npy", values.data(), 2, kPipeVocab, {}).ok());
   const std::string small = ReadBytes(dir / "s.npy");
+  {
+    PipeFeed feed(small);
+    Result<DumpReader> reader = OpenPipe(feed, DumpOptions{});
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_FALSE(reader->info().streamed);
+    ExpectRows(*reader, values, DType::kFloat32);
+  }
   PipeFeed feed(small.substr(0, small.size() - 4));
   ExpectError(OpenPipe(feed, DumpOptions{}), {"/dev/fd/", "truncated file"});
 }

@@ -264,8 +264,8 @@ Status describe(const std::string& path, const DumpOptions& options,
   }
   // A pipe longer than the read-ahead is streamed when its header says how
   // many rows it holds (.npy, .safetensors; its size is checked once it
-  // ends); a raw dump's rows are its size, so a pipe of one is held whole
-  // first (after the checks that need no data).
+  // ends); a raw dump's rows are its size, so a pipe of one is copied whole
+  // to a temporary file first (after the checks that need no data).
   switch (info->format) {
     case DumpFormat::kNpy: {
       Result<detail::NpyHeader> header = detail::parse_npy_header(source);
@@ -315,7 +315,7 @@ Status describe(const std::string& path, const DumpOptions& options,
                                         " does not fit token ids (int32)");
       }
       if (Status s = options_agree(*info, options, name); !s.ok()) return s;
-      if (Status s = source.hold_whole(); !s.ok()) return s;
+      if (Status s = source.spill(); !s.ok()) return s;
       info->dtype = *options.dtype;
       info->vocab = options.vocab;
       info->data_offset = 0;

@@ -36,6 +36,22 @@ std::string base_name(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// Writes all `n` bytes at `fd`'s position: 0, or the errno of the write
+// that failed.
+int write_all(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t put = ::write(fd, p, n);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += put;
+    n -= static_cast<size_t>(put);
+  }
+  return 0;
+}
+
 // The name of an open file descriptor under /proc, which linkat follows to
 // give an unnamed (O_TMPFILE) file a name without privileges.
 std::string proc_fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
@@ -285,6 +301,48 @@ Status ByteSource::hold_whole() {
   return Status();
 }
 
+Status ByteSource::spill() {
+  if (!streaming_) return Status();
+  if (readable_from() != 0) {
+    return Status::internal(name_ + ": a pipe already read past byte " +
+                            std::to_string(readable_from()) + " cannot be copied whole");
+  }
+  const char* env = std::getenv("TMPDIR");
+  const std::string dir = env != nullptr && *env != '\0' ? env : "/tmp";
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    // (a file system without O_TMPFILE: a named one, unlinked at once)
+    std::string name = dir + "/.nucleus-spill-XXXXXX";
+    fd = ::mkostemp(name.data(), O_CLOEXEC);
+    if (fd >= 0) ::unlink(name.c_str());
+  }
+  if (fd < 0) return hold_whole();  // (no temporary file there: memory, as before)
+  auto fail = [&](int err) {
+    ::close(fd);
+    return Status::io_error(name_ + ": cannot copy the input to a temporary file in " + dir + ": " +
+                            errno_text(err) + " (TMPDIR names another directory)");
+  };
+  if (const int err = write_all(fd, buffer_.data(), buffer_.size()); err != 0) return fail(err);
+  std::vector<unsigned char>().swap(buffer_);
+  std::vector<unsigned char> chunk(static_cast<size_t>(kPipeChunk));
+  while (!ended_) {
+    Result<int64_t> got = read_some(chunk.data(), kPipeChunk);
+    if (!got.ok()) {
+      ::close(fd);
+      return got.status();
+    }
+    if (const int err = write_all(fd, chunk.data(), static_cast<size_t>(*got)); err != 0) {
+      return fail(err);
+    }
+  }
+  if (owns_fd_) ::close(fd_);
+  fd_ = fd;
+  owns_fd_ = true;
+  origin_ = 0;
+  streaming_ = false;
+  return Status();
+}
+
 Status ByteSource::read_at(int64_t offset, int64_t n, void* out) {
   if (streaming_ && offset >= 0 && n >= 0) {
     return read_forward(offset, n, static_cast<unsigned char*>(out));
@@ -442,16 +500,8 @@ void AtomicFile::discard() {
 }
 
 Status AtomicFile::flush() {
-  const char* p = buffer_.data();
-  size_t left = used_;
-  while (left > 0) {
-    const ssize_t put = ::write(fd_, p, left);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return Status::io_error(path_ + ": cannot write: " + errno_text(errno));
-    }
-    p += put;
-    left -= static_cast<size_t>(put);
+  if (const int err = write_all(fd_, buffer_.data(), used_); err != 0) {
+    return Status::io_error(path_ + ": cannot write: " + errno_text(err));
   }
   used_ = 0;
   return Status();

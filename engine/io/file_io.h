@@ -70,6 +70,12 @@ class ByteSource {
   // A stream: reads the rest into memory and holds it whole from then on
   // (for formats whose header is checked against the size).
   Status hold_whole();
+  // A stream that has not passed byte 0: copies what it read and the rest
+  // into an unnamed temporary file ($TMPDIR, else /tmp), read from then on
+  // like a file (a raw dump's row count is its size: it must be known before
+  // rows are read, and a pipe larger than memory must not be held in it).
+  // Where no temporary file can be made there, holds it whole instead.
+  Status spill();
 
  private:
   ByteSource() = default;

@@ -64,8 +64,9 @@ struct DumpInfo {
   int64_t data_offset = 0;  // of the first element, in bytes from the start
   // true: read a block at a time, from a file or, for a .npy or .safetensors
   // pipe longer than the read-ahead, from the pipe (once, front to back: rows
-  // already passed are refused); false: held whole in memory (a shorter
-  // pipe, or a raw one)
+  // already passed are refused), or for a longer raw pipe from its copy in
+  // a temporary file; false: held whole in memory (a shorter pipe, or a raw
+  // one where no temporary file could be made)
   bool streamed = false;
 };
 
@@ -82,7 +83,9 @@ class DumpReader {
   // bytes follow it, fails with the message a file of that size gets here
   // (or, when more than 1 MiB follows the header's data, "holds at least N";
   // the .safetensors tensors after the one read are read through, as long
-  // as the header says they are). A raw pipe is held whole. Standard input's
+  // as the header says they are). A longer raw pipe (its rows are its size)
+  // is copied to an unnamed temporary file in $TMPDIR (else /tmp) and read
+  // from there, or held whole where no file can be made. Standard input's
   // format (and a pipe's) is sniffed (the NumPy magic; a .safetensors header
   // length of at most 100 MB followed by '{"'; else raw) unless
   // `options.format` says.
