@@ -81,10 +81,25 @@ TEST(BenchInput, BatchesHoldTheDumpsRowsInTurn) {
     return detail::bfloat16_bits_to_float(detail::float_to_bfloat16_bits(x));
   };
 
-  Result<InputRows> few = read_input_rows((dir / "d.safetensors").string(), "", 3);
+  const DType f32[] = {DType::kFloat32};
+  Result<InputRows> few = read_input_rows((dir / "d.safetensors").string(), "", 3, f32);
   ASSERT_TRUE(few.ok()) << few.status().message();
   EXPECT_EQ(few->rows, 3);
-  Result<InputRows> all = read_input_rows((dir / "d.safetensors").string(), "logits", 100);
+  EXPECT_EQ(few->tensor, "logits");
+  // (the rows and vocab to read are shown before they are read; an error
+  // there is the call's)
+  int64_t shown_rows = 0, shown_vocab = 0;
+  Result<InputRows> refused =
+      read_input_rows((dir / "d.safetensors").string(), "", 100, f32, [&](int64_t r, int64_t v) {
+        shown_rows = r;
+        shown_vocab = v;
+        return Status::invalid_argument("too big");
+      });
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().message(), "too big");
+  EXPECT_EQ(shown_rows, rows);
+  EXPECT_EQ(shown_vocab, vocab);
+  Result<InputRows> all = read_input_rows((dir / "d.safetensors").string(), "logits", 100, f32);
   ASSERT_TRUE(all.ok()) << all.status().message();
   ASSERT_EQ(all->rows, rows);
   ASSERT_EQ(all->vocab, vocab);
@@ -126,8 +141,9 @@ TEST(BenchInput, BatchesHoldTheDumpsRowsInTurn) {
   EXPECT_GT(r.vs_softmax, 0.0);
 }
 
-// Rows that cannot be sampled (a NaN or +inf logit, nothing finite) are
-// refused, naming the row and token; so is a raw dump.
+// Rows that cannot be sampled (a NaN or +inf logit, nothing finite), as
+// read or as stored in a dtype asked for, are refused, naming the row,
+// token and dtype; so is a raw dump.
 TEST(BenchInput, RefusesRowsThatCannotBeSampled) {
   const fs::path dir = TestDir();
   const int64_t rows = 3, vocab = 40;
@@ -135,12 +151,17 @@ TEST(BenchInput, RefusesRowsThatCannotBeSampled) {
   struct Case {
     int64_t row, token;
     float value;
+    DType dtype;
     std::string says;
   };
   const Case cases[] = {
-      {1, 7, std::nanf(""), "row 1: token 7 = nan"},
-      {2, 39, inf, "row 2: token 39 = inf"},
-      {0, -1, -inf, "row 0 has no finite logit"},
+      {1, 7, std::nanf(""), DType::kFloat32, "row 1: token 7 = nan:"},
+      {2, 39, inf, DType::kFloat32, "row 2: token 39 = inf:"},
+      {0, -1, -inf, DType::kFloat32, "row 0 has no finite logit:"},
+      {2, 3, 70000.0f, DType::kFloat16, "row 2: token 3 = 70000 is +inf as f16:"},
+      {1, 0, std::numeric_limits<float>::max(), DType::kBFloat16,
+       "row 1: token 0 = 3.40282347e+38 is +inf as bf16:"},
+      {1, -1, -1e6f, DType::kFloat16, "row 1 has no finite logit as f16:"},
   };
   for (const Case& c : cases) {
     std::vector<float> values = Values(rows * vocab, 4);
@@ -150,7 +171,8 @@ TEST(BenchInput, RefusesRowsThatCannotBeSampled) {
       std::fill_n(values.begin() + c.row * vocab, vocab, c.value);
     }
     ASSERT_TRUE(detail::write_dump(dir / "bad.npy", values.data(), rows, vocab, {}).ok());
-    Result<InputRows> read = read_input_rows((dir / "bad.npy").string(), "", rows);
+    const DType dtypes[] = {DType::kFloat32, c.dtype};
+    Result<InputRows> read = read_input_rows((dir / "bad.npy").string(), "", rows, dtypes);
     ASSERT_FALSE(read.ok()) << c.says;
     EXPECT_NE(read.status().message().find(c.says), std::string::npos) << read.status().message();
   }
@@ -158,11 +180,12 @@ TEST(BenchInput, RefusesRowsThatCannotBeSampled) {
   std::vector<float> masked = Values(rows * vocab, 5);
   masked[3] = -inf;
   ASSERT_TRUE(detail::write_dump(dir / "masked.npy", masked.data(), rows, vocab, {}).ok());
-  EXPECT_TRUE(read_input_rows((dir / "masked.npy").string(), "", rows).ok());
+  const DType every[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  EXPECT_TRUE(read_input_rows((dir / "masked.npy").string(), "", rows, every).ok());
   detail::DumpWriteSpec raw;
   raw.format = DumpFormat::kRaw;
   ASSERT_TRUE(detail::write_dump(dir / "d.bin", masked.data(), rows, vocab, raw).ok());
-  Result<InputRows> read = read_input_rows((dir / "d.bin").string(), "", rows);
+  Result<InputRows> read = read_input_rows((dir / "d.bin").string(), "", rows, every);
   ASSERT_FALSE(read.ok());
   EXPECT_NE(read.status().message().find("d.bin"), std::string::npos) << read.status().message();
 }

@@ -429,6 +429,27 @@ TEST(Cli, BenchTimesADumpsRows) {
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 -q --tensor logits");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--tensor requires --input")) << run.err;
+  run = RunCli(dir, "bench --input \"\" --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "option --input is empty")) << run.err;
+  // (the memory needed names the dump's vocab, and counts its rows)
+  run = RunCli(dir, "bench --input d.npy --batch 100000000000 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--batch 100000000000 and the vocab 1234 of d.npy need"))
+      << run.err;
+  // Distinct batches that the dump's rows cannot fill share rows: said so.
+  run = RunCli(dir,
+               "bench --input d.npy --batch 2 --distinct 3 --threads 1 --config greedy "
+               "--repeat 2 --no-reference");
+  EXPECT_EQ(run.code, 0) << run.err;
+  EXPECT_TRUE(Contains(run.err, "d.npy holds 3 rows: the 3 distinct batches of 2 rows share some"))
+      << run.err;
+  WriteDump(dir / "d.safetensors", values, rows, vocab, DType::kBFloat16);
+  run = RunCli(dir,
+               "bench --input d.safetensors --tensor logits --batch 1 --threads 1 "
+               "--config greedy --repeat 2 --no-reference -q --json st.json");
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(Json::parse(ReadText(dir / "st.json"))["input_tensor"], "logits");
   run = RunCli(dir, "bench --input missing.npy --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "missing.npy: cannot open")) << run.err;

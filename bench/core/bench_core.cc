@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -336,8 +337,53 @@ Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed, 
   return w;
 }
 
+namespace {
+
+// `x` as stored in `dtype` (rounded to nearest even), back as float32.
+float stored_as(float x, DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return detail::half_bits_to_float(detail::float_to_half_bits(x));
+    case DType::kBFloat16:
+      return detail::bfloat16_bits_to_float(detail::float_to_bfloat16_bits(x));
+    case DType::kFloat32:
+      break;
+  }
+  return x;
+}
+
+// Every row must sample as stored in `dtype`: no NaN or +inf (a row error),
+// at least one finite logit (-inf is a masked token).
+Status check_samplable(const InputRows& input, DType dtype) {
+  const std::string as = dtype == DType::kFloat32 ? "" : std::string(" as ") + dtype_name(dtype);
+  for (int64_t r = 0; r < input.rows; ++r) {
+    const float* row = input.values.data() + r * input.vocab;
+    bool finite = false;
+    for (int64_t i = 0; i < input.vocab; ++i) {
+      const float x = stored_as(row[i], dtype);
+      if (std::isnan(x) || x == std::numeric_limits<float>::infinity()) {
+        char value[32];
+        std::snprintf(value, sizeof value, "%.9g", static_cast<double>(row[i]));
+        return Status::invalid_argument(
+            input.path + ": row " + std::to_string(r) + ": token " + std::to_string(i) + " = " +
+            value + (std::isnan(row[i]) || as.empty() ? "" : " is +inf" + as) +
+            ": bench rows must sample (a NaN or +inf logit is a row error)");
+      }
+      finite = finite || std::isfinite(x);
+    }
+    if (!finite) {
+      return Status::invalid_argument(input.path + ": row " + std::to_string(r) +
+                                      " has no finite logit" + as + ": bench rows must sample");
+    }
+  }
+  return Status();
+}
+
+}  // namespace
+
 Result<InputRows> read_input_rows(const std::string& path, const std::string& tensor,
-                                  int64_t max_rows) {
+                                  int64_t max_rows, std::span<const DType> dtypes,
+                                  const std::function<Status(int64_t, int64_t)>& before_read) {
   DumpOptions options;
   options.tensor = tensor;
   Result<DumpReader> reader = DumpReader::open(path, options);
@@ -348,11 +394,11 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
   }
   InputRows input;
   input.path = path;
+  input.tensor = info.tensor;
   input.vocab = info.vocab;
   input.rows = std::min(info.rows, std::max<int64_t>(max_rows, 1));
-  if (const std::string why = rows_memory_error(1, input.rows, input.vocab, {}); !why.empty()) {
-    return Status::invalid_argument(path + ": " + std::to_string(input.rows) + " rows of vocab " +
-                                    std::to_string(input.vocab) + " " + why);
+  if (before_read) {
+    if (Status s = before_read(input.rows, input.vocab); !s.ok()) return s;
   }
   input.values.resize(static_cast<size_t>(input.rows * input.vocab));
   std::vector<uint16_t> bits;
@@ -371,23 +417,9 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
                                              : detail::bfloat16_bits_to_float(bits[i]);
     }
   }
-  for (int64_t r = 0; r < input.rows; ++r) {
-    const float* row = input.values.data() + r * input.vocab;
-    bool finite = false;
-    for (int64_t i = 0; i < input.vocab; ++i) {
-      if (std::isnan(row[i]) || row[i] == std::numeric_limits<float>::infinity()) {
-        return Status::invalid_argument(path + ": row " + std::to_string(r) + ": token " +
-                                        std::to_string(i) + " = " +
-                                        (std::isnan(row[i]) ? "nan" : "inf") +
-                                        ": bench rows must sample (a NaN or +inf logit is a "
-                                        "row error)");
-      }
-      finite = finite || std::isfinite(row[i]);
-    }
-    if (!finite) {
-      return Status::invalid_argument(path + ": row " + std::to_string(r) +
-                                      " has no finite logit: bench rows must sample");
-    }
+  if (Status s = check_samplable(input, DType::kFloat32); !s.ok()) return s;
+  for (const DType dtype : dtypes) {
+    if (Status s = check_samplable(input, dtype); !s.ok()) return s;
   }
   return input;
 }
@@ -496,11 +528,13 @@ std::shared_ptr<const InputRows> cached_input;
 uint64_t batch_seed(uint64_t seed, int k) { return seed + 1000 * static_cast<uint64_t>(k); }
 
 std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
-                              std::span<const DType> dtypes) {
+                              std::span<const DType> dtypes, int64_t input_rows) {
   int64_t elem = 4;
   for (DType d : dtypes) elem = std::max<int64_t>(elem, d == DType::kFloat32 ? 4 : 6);
-  const double need = static_cast<double>(distinct) * static_cast<double>(batch) *
-                      static_cast<double>(vocab) * static_cast<double>(elem);
+  const double need =
+      (static_cast<double>(distinct) * static_cast<double>(batch) * static_cast<double>(elem) +
+       static_cast<double>(input_rows) * 4.0) *
+      static_cast<double>(vocab);
   const double have =
       static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
   if (!(have > 0 && need > have / 2)) return {};

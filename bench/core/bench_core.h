@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -73,17 +74,23 @@ Workload make_workload(int64_t rows, int64_t vocab, DType dtype, uint64_t seed,
 // first rows of a dump, as float32.
 struct InputRows {
   std::string path;
-  int64_t rows = 0;  // read (at most the max_rows asked for)
+  std::string tensor;  // .safetensors: the tensor read
+  int64_t rows = 0;    // read (at most the max_rows asked for)
   int64_t vocab = 0;
   std::vector<float> values;  // rows × vocab
 };
 
 // Reads up to `max_rows` rows of a .npy or .safetensors dump (`tensor`: the
-// .safetensors tensor; empty = the only one). Every row must sample: a NaN
-// or +inf logit, or a row without a finite one, is refused, naming the row
-// and the token (the sort-based reference cannot order NaN).
-Result<InputRows> read_input_rows(const std::string& path, const std::string& tensor,
-                                  int64_t max_rows);
+// .safetensors tensor; empty = the only one). Every row must sample, as
+// read and as stored in each of `dtypes`: a NaN or +inf logit (70000 is +inf
+// in f16), or a row without a finite one, is refused, naming the row, the
+// token and the dtype (the sort-based reference cannot order NaN).
+// `before_read(rows, vocab)`, when given, runs once the header is read and
+// before the rows are: an error from it is returned (a memory check).
+Result<InputRows> read_input_rows(
+    const std::string& path, const std::string& tensor, int64_t max_rows,
+    std::span<const DType> dtypes,
+    const std::function<Status(int64_t rows, int64_t vocab)>& before_read = {});
 
 // A batch of `rows` of the input's rows, from row `first` on (wrapping
 // round to row 0 after the last), stored in `dtype` (rounded to it as
@@ -138,11 +145,12 @@ struct CaseResult {
 uint64_t batch_seed(uint64_t seed, int k);
 
 // Whether `distinct` batches of `batch` x `vocab` rows (the largest of the
-// dtypes asked for: a half-precision one is kept with its float32 copy) fit
+// dtypes asked for: a half-precision one is kept with its float32 copy),
+// and `input_rows` float32 rows of an --input dump kept beside them, fit
 // in half of this machine's memory: empty when they do, else why not, as
 // "need 12.3 GiB of rows, more than half of this machine's 23.4 GiB".
 std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
-                              std::span<const DType> dtypes);
+                              std::span<const DType> dtypes, int64_t input_rows = 0);
 
 // Times one case: nucleus, the roofline and the floor, each the median of
 // `options.repeat` calls in alternating turns on the same buffers

@@ -226,33 +226,49 @@ int run_bench(const BenchCommand& c) {
     print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
     return kExitFailure;
   }
+  // The largest case's rows (all its distinct batches, and the float32 copy
+  // of a half-precision one; an --input dump's rows too) must fit in memory
+  // with room to spare.
+  const int64_t largest = *std::max_element(batches.begin(), batches.end());
+  const auto memory_check = [&](int64_t vocab, int64_t input_rows, const std::string& vocab_is) {
+    const std::string why =
+        bench::rows_memory_error(c.distinct, largest, vocab, dtypes, input_rows);
+    if (why.empty()) return Status();
+    return Status::invalid_argument("options --distinct " + std::to_string(c.distinct) +
+                                    ", --batch " + std::to_string(largest) + " and " + vocab_is +
+                                    " " + why);
+  };
   // A dump's rows: as many as the largest batch takes, for each distinct batch.
   std::shared_ptr<const bench::InputRows> input;
-  if (!c.input.empty()) {
-    const int64_t largest = *std::max_element(batches.begin(), batches.end());
+  if (c.app->count("--input") > 0) {
+    if (c.input.empty()) {
+      print_error("option --input is empty");
+      return kExitFailure;
+    }
     const int64_t wanted = largest > std::numeric_limits<int64_t>::max() / c.distinct
                                ? std::numeric_limits<int64_t>::max()
                                : largest * c.distinct;
-    Result<bench::InputRows> read = bench::read_input_rows(c.input, c.tensor, wanted);
+    Result<bench::InputRows> read =
+        bench::read_input_rows(c.input, c.tensor, wanted, dtypes, [&](int64_t rows, int64_t vocab) {
+          return memory_check(vocab, rows, "the vocab " + std::to_string(vocab) + " of " + c.input);
+        });
     if (!read.ok()) {
       print_error(read.status().message());
       return kExitFailure;
     }
     input = std::make_shared<const bench::InputRows>(std::move(read).value());
     vocabs = {input->vocab};
-  }
-  // The largest case's rows (all its distinct batches, and the float32 copy
-  // of a half-precision one) must fit in memory with room to spare.
-  {
-    const auto max_of = [](const std::vector<int64_t>& v) {
-      return *std::max_element(v.begin(), v.end());
-    };
-    const std::string why =
-        bench::rows_memory_error(c.distinct, max_of(batches), max_of(vocabs), dtypes);
-    if (!why.empty()) {
-      print_error("options --distinct " + std::to_string(c.distinct) + ", --batch " +
-                  std::to_string(max_of(batches)) + " and --vocab " +
-                  std::to_string(max_of(vocabs)) + " " + why);
+    if (input->rows < wanted && c.distinct > 1 && !c.quiet) {
+      std::fprintf(stderr,
+                   "nucleus bench: %s holds %lld rows: the %d distinct batches of %lld rows "
+                   "share some\n",
+                   c.input.c_str(), static_cast<long long>(input->rows), c.distinct,
+                   static_cast<long long>(largest));
+    }
+  } else {
+    const int64_t vocab = *std::max_element(vocabs.begin(), vocabs.end());
+    if (Status s = memory_check(vocab, 0, "--vocab " + std::to_string(vocab)); !s.ok()) {
+      print_error(s.message());
       return kExitFailure;
     }
   }
@@ -359,6 +375,7 @@ int run_bench(const BenchCommand& c) {
     if (input) {
       doc["input"] = input->path;
       doc["input_rows"] = input->rows;  // read from it (cycled when a batch wants more)
+      if (!input->tensor.empty()) doc["input_tensor"] = input->tensor;
     }
     doc["logprobs"] = c.logprobs;
     for (const auto& r : results) {
