@@ -1088,15 +1088,30 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
                       limit + "tail -c " + std::to_string(data) + " big.npy | ");
   ASSERT_EQ(raw.code, 0) << raw.err;
   EXPECT_EQ(ReadText(dir / "out5.jsonl"), ReadText(dir / "out.jsonl"));
-  // One that the temporary file cannot hold fails with a message that names
-  // the directory (here: a 1 MiB limit on the files the program writes).
-  CliRun full = RunCli(dir, "inspect - --dtype f32 --vocab 32000 -q",
-                       "trap '' XFSZ; ulimit -f 2048; export TMPDIR=" + dir.string() +
-                           "; tail -c " + std::to_string(data) + " big.npy | ");
+  // One that the temporary file cannot hold (here: a 1 MiB limit on the
+  // files the program writes) is held in memory instead, as before; where
+  // memory cannot hold it either, the message says why the file did not.
+  const std::string fsize = "ulimit -f 2048; export TMPDIR=" + dir.string() + "; ";
+  const std::string raw_pipe = "tail -c " + std::to_string(data) + " big.npy | ";
+  CliRun small_disk = RunCli(
+      dir, "sample - --dtype f32 --vocab 32000 --temperature 0 -q -o out6.jsonl", fsize + raw_pipe);
+  ASSERT_EQ(small_disk.code, 0) << small_disk.err;
+  EXPECT_EQ(ReadText(dir / "out6.jsonl"), ReadText(dir / "out.jsonl"));
+  CliRun full = RunCli(dir, "inspect - --dtype f32 --vocab 32000 -q", limit + fsize + raw_pipe);
   EXPECT_EQ(full.code, 2);
-  EXPECT_TRUE(Contains(full.err, "<stdin>: cannot copy the input to a temporary file in " +
-                                     dir.string() + ": File too large"))
+  EXPECT_TRUE(Contains(full.err, "<stdin>: cannot hold the input in memory past "));
+  EXPECT_TRUE(Contains(full.err, "(a temporary file in " + dir.string() + ": File too large)"))
       << full.err;
+  // Options that need no dump are refused before a raw pipe is copied (an
+  // endless one, here: it was copied until the disk, then memory, ran out).
+  for (const char* command : {"sample", "probs -o p.npy"}) {
+    CliRun bad_option =
+        RunCli(dir, std::string(command) + " - --dtype f32 --vocab 32000 --banned 32000 -q",
+               limit + fsize + "cat /dev/zero | timeout 60 ");
+    EXPECT_EQ(bad_option.code, 2) << command;
+    EXPECT_TRUE(Contains(bad_option.err, "option --banned[0] = 32000 is outside [0, 32000)"))
+        << bad_option.err;
+  }
 
   CliRun whole =
       RunCli(dir, "sample big.npy --temperature 0 --block-mb 1024 -q -o out2.jsonl", limit);

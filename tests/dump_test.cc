@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <stdexcept>
@@ -973,6 +975,43 @@ TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
   }
 }
 
+// Sets an environment variable for its lifetime, then puts back what was.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* had = std::getenv(name)) saved_ = had;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  ~ScopedEnv() {
+    if (saved_) {
+      ::setenv(name_, saved_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> saved_;
+};
+
+// kPipeRows x kPipeVocab float32 `values` as the bytes of a raw dump, and
+// the options that read them two rows a block.
+std::string PipeRaw(const fs::path& dir, const std::vector<float>& values) {
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kRaw;
+  EXPECT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
+  return ReadBytes(dir / "a.bin");
+}
+DumpOptions RawBlocks() {
+  DumpOptions options = TwoRowBlocks();
+  options.dtype = DType::kFloat32;
+  options.vocab = kPipeVocab;
+  return options;
+}
+
 // A raw pipe longer than the read-ahead (its rows are its size) is copied
 // to an unnamed temporary file in $TMPDIR and read from there like a file
 // (any block, any order; nothing left in the directory); where no temporary
@@ -980,21 +1019,13 @@ TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
 TEST(DumpPipe, ARawPipeIsCopiedToATemporaryFile) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 24);
-  detail::DumpWriteSpec spec;
-  spec.format = DumpFormat::kRaw;
-  ASSERT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
-  const std::string bytes = ReadBytes(dir / "a.bin");
+  const std::string bytes = PipeRaw(dir, values);
   fs::create_directory(dir / "tmp");
-  const char* had = std::getenv("TMPDIR");
-  const std::string saved = had != nullptr ? had : "";
   for (const bool writable : {true, false}) {
     SCOPED_TRACE(writable ? "a temporary file" : "no temporary file");
-    ::setenv("TMPDIR", (dir / (writable ? "tmp" : "missing")).c_str(), 1);
+    const ScopedEnv tmpdir("TMPDIR", dir / (writable ? "tmp" : "missing"));
     PipeFeed feed(bytes);
-    DumpOptions options = TwoRowBlocks();
-    options.dtype = DType::kFloat32;
-    options.vocab = kPipeVocab;
-    Result<DumpReader> reader = OpenPipe(feed, options);
+    Result<DumpReader> reader = OpenPipe(feed, RawBlocks());
     ASSERT_TRUE(reader.ok()) << reader.status().message();
     EXPECT_EQ(reader->info().format, DumpFormat::kRaw);
     EXPECT_EQ(reader->info().rows, kPipeRows);
@@ -1003,11 +1034,33 @@ TEST(DumpPipe, ARawPipeIsCopiedToATemporaryFile) {
     EXPECT_TRUE(reader->block(0).ok());  // any block, any order
     EXPECT_TRUE(fs::is_empty(dir / "tmp"));
   }
-  if (had != nullptr) {
-    ::setenv("TMPDIR", saved.c_str(), 1);
-  } else {
-    ::unsetenv("TMPDIR");
+}
+
+// A temporary file that cannot take the whole pipe (here a file-size limit
+// that cuts a write short mid-chunk) gives what it took back to memory,
+// which holds the rest.
+TEST(DumpPipe, ARawPipeTheTemporaryFileCannotHoldIsHeldInMemory) {
+  const fs::path dir = TestDir();
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 29);
+  const std::string bytes = PipeRaw(dir, values);
+  const ScopedEnv tmpdir("TMPDIR", dir);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  rlimit old_limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  rlimit limit = old_limit;
+  limit.rlim_cur = (3 << 20) / 2 + 12345;  // (past the read-ahead, within a 1 MiB chunk)
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
+  Result<DumpReader> reader = Status::internal("not opened");
+  {
+    PipeFeed feed(bytes);
+    reader = OpenPipe(feed, RawBlocks());
   }
+  ::setrlimit(RLIMIT_FSIZE, &old_limit);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  EXPECT_FALSE(reader->info().streamed);  // (held in memory)
+  EXPECT_EQ(reader->info().rows, kPipeRows);
+  ExpectRows(*reader, values, DType::kFloat32);
 }
 
 // A pipe that ends within the read-ahead is held whole and checked when it

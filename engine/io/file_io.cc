@@ -309,6 +309,12 @@ Status ByteSource::spill() {
   }
   const char* env = std::getenv("TMPDIR");
   const std::string dir = env != nullptr && *env != '\0' ? env : "/tmp";
+  // Where no temporary file takes the pipe, memory does, as before; when
+  // that runs out too, the message says why the file did not.
+  auto in_memory = [&](const std::string& why) {
+    Status s = hold_whole();
+    return s.ok() ? s : Status::io_error(s.message() + " (" + why + ")");
+  };
   int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) {
     // (a file system without O_TMPFILE: a named one, unlinked at once)
@@ -316,13 +322,11 @@ Status ByteSource::spill() {
     fd = ::mkostemp(name.data(), O_CLOEXEC);
     if (fd >= 0) ::unlink(name.c_str());
   }
-  if (fd < 0) return hold_whole();  // (no temporary file there: memory, as before)
-  auto fail = [&](int err) {
+  if (fd < 0) return in_memory("no temporary file in " + dir + ": " + errno_text(errno));
+  if (const int err = write_all(fd, buffer_.data(), buffer_.size()); err != 0) {
     ::close(fd);
-    return Status::io_error(name_ + ": cannot copy the input to a temporary file in " + dir + ": " +
-                            errno_text(err) + " (TMPDIR names another directory)");
-  };
-  if (const int err = write_all(fd, buffer_.data(), buffer_.size()); err != 0) return fail(err);
+    return in_memory("a temporary file in " + dir + ": " + errno_text(err));
+  }
   std::vector<unsigned char>().swap(buffer_);
   std::vector<unsigned char> chunk(static_cast<size_t>(kPipeChunk));
   while (!ended_) {
@@ -331,9 +335,36 @@ Status ByteSource::spill() {
       ::close(fd);
       return got.status();
     }
-    if (const int err = write_all(fd, chunk.data(), static_cast<size_t>(*got)); err != 0) {
-      return fail(err);
+    const int err = write_all(fd, chunk.data(), static_cast<size_t>(*got));
+    if (err == 0) continue;
+    // A full disk or a file-size limit: what the file took is read back,
+    // the rest of the chunk after it, and the pipe read on in memory.
+    const std::string why = "a temporary file in " + dir + ": " + errno_text(err);
+    struct stat st;
+    const int64_t chunk_start = size_ - *got;
+    const int64_t in_file = ::fstat(fd, &st) == 0 ? static_cast<int64_t>(st.st_size) : -1;
+    Status back;
+    if (in_file < chunk_start || in_file > size_) {
+      back = Status::io_error(name_ + ": cannot read back " + why);
+    } else {
+      try {
+        buffer_.resize(static_cast<size_t>(size_));
+      } catch (const std::bad_alloc&) {
+        back = Status::io_error(name_ + ": cannot hold the input in memory past " +
+                                std::to_string(chunk_start) + " bytes (" + why + ")");
+      }
     }
+    for (int64_t at = 0; back.ok() && at < in_file;) {
+      const ssize_t n = ::pread(fd, buffer_.data() + at, static_cast<size_t>(in_file - at), at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) back = Status::io_error(name_ + ": cannot read back " + why);
+      at += n > 0 ? n : 0;
+    }
+    ::close(fd);
+    if (!back.ok()) return back;
+    std::memcpy(buffer_.data() + in_file, chunk.data() + (in_file - chunk_start),
+                static_cast<size_t>(size_ - in_file));
+    return in_memory(why);
   }
   if (owns_fd_) ::close(fd_);
   fd_ = fd;

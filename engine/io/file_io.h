@@ -74,7 +74,8 @@ class ByteSource {
   // into an unnamed temporary file ($TMPDIR, else /tmp), read from then on
   // like a file (a raw dump's row count is its size: it must be known before
   // rows are read, and a pipe larger than memory must not be held in it).
-  // Where no temporary file can be made there, holds it whole instead.
+  // Where no temporary file can be made or take it all (a full disk, a
+  // file-size limit), holds it whole in memory instead.
   Status spill();
 
  private:

@@ -309,7 +309,8 @@ typedef struct nucleus_dump_info {
   int32_t streamed; /* nonzero: read a block at a time, from a file or (a .npy or .safetensors
                        pipe longer than its read-ahead, min(block_bytes, 2 MiB)) from the pipe,
                        once, front to back, or (a longer raw pipe) from its copy in a temporary
-                       file; zero: held whole in memory (a shorter pipe) */
+                       file; zero: held whole in memory (a shorter pipe, or a raw one no
+                       temporary file took) */
 } nucleus_dump_info;
 
 nucleus_dump_options nucleus_dump_options_default(void);

@@ -1,6 +1,7 @@
 // nucleus: sample tokens from logit dumps on the command line, with the same
 // engine (and the same semantics, SPEC.md) as the library.
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <exception>
 #include <optional>
 #include <string>
@@ -29,6 +30,10 @@ Run "nucleus COMMAND --help" for a command's options. Documentation: docs/cli.md
 
 int main(int argc, char** argv) {
   using namespace nucleus::cli;
+  // A file-size limit (ulimit -f) makes a write fail with EFBIG, which the
+  // program reports (a raw pipe's temporary copy then moves to memory),
+  // rather than killing it without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app("nucleus: sample tokens from LLM logit dumps", "nucleus");
   app.set_version_flag("--version", std::string("nucleus ") + nucleus::version());
   app.require_subcommand(1);

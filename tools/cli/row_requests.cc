@@ -318,6 +318,12 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
   return Status();
 }
 
+Status RequestTable::check_before_dump(const SamplingOptions& options, int64_t vocab) {
+  SamplingOptions base = options;
+  base.params_file.clear();
+  return build(base, 1, vocab).status();
+}
+
 Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows, int64_t vocab) {
   RequestTable table;
   RowData& base = table.base_;

@@ -19,6 +19,11 @@ namespace nucleus::cli {
 class RequestTable {
  public:
   static Result<RequestTable> build(const SamplingOptions& options, int64_t rows, int64_t vocab);
+  // The options' checks against a vocab given up front (--vocab: a raw
+  // dump's), made before the dump is opened: a raw pipe is copied whole to
+  // a temporary file first, and a bad option should not wait for that.
+  // (The --params file's rows are checked once the dump's are known.)
+  static Status check_before_dump(const SamplingOptions& options, int64_t vocab);
 
   // The requests of rows [first, first + count); valid until the next call.
   std::span<const RowRequest> requests(int64_t first, int64_t count);

@@ -131,6 +131,20 @@ int64_t result_bytes(const SamplingParams& p) {
 }
 
 int run_sample(const SampleCommand& c) {
+  // (the options against a given --vocab, and the output, before the dump:
+  // opening a raw pipe copies it whole; the output appears only once it is
+  // complete)
+  if (c.input.vocab > 0) {
+    if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
+      print_error(s.message());
+      return kExitFailure;
+    }
+  }
+  Result<TextOutput> out = TextOutput::open(c.output);
+  if (!out.ok()) {
+    print_error(out.status().message());
+    return kExitFailure;
+  }
   Result<DumpReader> reader = open_input(c.input, 0);
   if (!reader.ok()) {
     print_error(reader.status().message());
@@ -140,11 +154,6 @@ int run_sample(const SampleCommand& c) {
   Result<RequestTable> table = RequestTable::build(c.sampling, info.rows, info.vocab);
   if (!table.ok()) {
     print_error(table.status().message());
-    return kExitFailure;
-  }
-  Result<TextOutput> out = TextOutput::open(c.output);
-  if (!out.ok()) {
-    print_error(out.status().message());
     return kExitFailure;
   }
   const bool csv = c.format == "csv";
