@@ -316,13 +316,15 @@ Status ByteSource::spill() {
     return s.ok() ? s : Status::io_error(s.message() + " (" + why + ")");
   };
   int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  int open_error = errno;
   if (fd < 0) {
     // (a file system without O_TMPFILE: a named one, unlinked at once)
     std::string name = dir + "/.nucleus-spill-XXXXXX";
     fd = ::mkostemp(name.data(), O_CLOEXEC);
+    open_error = errno;
     if (fd >= 0) ::unlink(name.c_str());
   }
-  if (fd < 0) return in_memory("no temporary file in " + dir + ": " + errno_text(errno));
+  if (fd < 0) return in_memory("no temporary file in " + dir + ": " + errno_text(open_error));
   if (const int err = write_all(fd, buffer_.data(), buffer_.size()); err != 0) {
     ::close(fd);
     return in_memory("a temporary file in " + dir + ": " + errno_text(err));
