@@ -4,7 +4,6 @@
 #include <tbb/task_arena.h>
 #include <unistd.h>
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -290,16 +289,12 @@ namespace {
 void finish_workload(Workload& w, uint64_t seed) {
   if (w.dtype != DType::kFloat32) {
     w.half.resize(w.f32.size());
+    const bool f16 = w.dtype == DType::kFloat16;
     for (size_t i = 0; i < w.f32.size(); ++i) {
-      if (w.dtype == DType::kFloat16) {
-        const Eigen::half h(w.f32[i]);
-        w.half[i] = Eigen::numext::bit_cast<uint16_t>(h);
-        w.f32[i] = static_cast<float>(h);
-      } else {
-        const Eigen::bfloat16 b(w.f32[i]);
-        w.half[i] = Eigen::numext::bit_cast<uint16_t>(b);
-        w.f32[i] = static_cast<float>(b);
-      }
+      w.half[i] =
+          f16 ? detail::float_to_half_bits(w.f32[i]) : detail::float_to_bfloat16_bits(w.f32[i]);
+      w.f32[i] =
+          f16 ? detail::half_bits_to_float(w.half[i]) : detail::bfloat16_bits_to_float(w.half[i]);
     }
   }
   std::mt19937_64 rng(seed + 7);
