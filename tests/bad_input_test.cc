@@ -40,6 +40,7 @@
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
 #include "nucleus/nucleus.h"
+#include "test_files.h"
 
 namespace nucleus {
 namespace {
@@ -64,25 +65,10 @@ void ExpectMentions(const std::string& text, const std::vector<std::string>& par
   }
 }
 
-fs::path TestDir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "." + info->name();
-  for (char& c : name) c = c == '/' ? '_' : c;
-  const fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "bad_input_test" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test_files::ReadFile;
+using test_files::WriteFile;
 
-void WriteFile(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-}
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+fs::path TestDir() { return test_files::TestDir("bad_input_test"); }
 
 std::string F32Bytes(const std::vector<float>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));

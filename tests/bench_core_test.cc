@@ -14,6 +14,7 @@
 #include "engine/io/dump_writer.h"
 #include "engine/io/half.h"
 #include "nucleus/engine.h"
+#include "test_files.h"
 
 namespace nucleus::bench {
 namespace {
@@ -48,14 +49,7 @@ TEST(BenchFloor, ASplitRowSumsWhatAWholeRowSums) {
 
 namespace fs = std::filesystem;
 
-fs::path TestDir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "bench_core_test" /
-                 (std::string(info->test_suite_name()) + "." + info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path TestDir() { return test_files::TestDir("bench_core_test"); }
 
 std::vector<float> Values(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -28,6 +28,7 @@
 #include "engine/io/safetensors_header.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
+#include "test_files.h"
 
 namespace nucleus {
 namespace {
@@ -43,15 +44,10 @@ using Json = nlohmann::json;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-fs::path TestDir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = std::string(info->test_suite_name()) + "." + info->name();
-  for (char& c : name) c = c == '/' ? '_' : c;
-  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "cli_test" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test_files::ReadFile;
+using test_files::WriteFile;
+
+fs::path TestDir() { return test_files::TestDir("cli_test"); }
 
 std::string Quote(const std::string& s) {
   std::string out = "'";
@@ -63,16 +59,6 @@ std::string Quote(const std::string& s) {
     }
   }
   return out + "'";
-}
-
-std::string ReadText(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void WriteText(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
 }
 
 struct CliRun {
@@ -91,8 +77,8 @@ CliRun RunCli(const fs::path& dir, const std::string& args, const std::string& b
   const int status = std::system(command.c_str());
   CliRun run;
   run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = ReadText(out);
-  run.err = ReadText(err);
+  run.out = ReadFile(out);
+  run.err = ReadFile(err);
   fs::remove(out);
   fs::remove(err);
   return run;
@@ -298,7 +284,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   ASSERT_EQ(run.code, 0) << run.err;
   std::vector<std::string> isas;
   for (Isa isa : runnable_isas()) isas.push_back(isa_name(isa));
-  const Json doc = Json::parse(ReadText(dir / "bench.json"));
+  const Json doc = Json::parse(ReadFile(dir / "bench.json"));
   ASSERT_EQ(doc["results"].size(), 2 * 2 * isas.size());  // batches x configs x sets
   std::map<std::string, int> per_isa;
   for (const Json& r : doc["results"]) {
@@ -320,7 +306,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                "bench --vocab 1000 --batch 1,2 --threads 1 --config topp --rows flat --repeat 2 "
                "--runs 3 --no-reference -q --json flat.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json flat = Json::parse(ReadText(dir / "flat.json"));
+  const Json flat = Json::parse(ReadFile(dir / "flat.json"));
   EXPECT_EQ(flat["rows"], "flat");
   EXPECT_EQ(flat["runs"], 3);
   ASSERT_EQ(flat["results"].size(), 2u);
@@ -332,7 +318,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                "bench --vocab 1000 --batch 2 --threads 1 --config penalty-topp,greedy "
                "--distinct 3 --repeat 4 -q --json distinct.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json distinct = Json::parse(ReadText(dir / "distinct.json"));
+  const Json distinct = Json::parse(ReadFile(dir / "distinct.json"));
   EXPECT_EQ(distinct["distinct"], 3);
   EXPECT_EQ(flat["distinct"], 1);
   ASSERT_EQ(distinct["results"].size(), 2u);
@@ -371,7 +357,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                "bench --vocab 1000 --batch 1 --threads 4096,all --config greedy --repeat 2 "
                "--no-reference --json capped.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json capped = Json::parse(ReadText(dir / "capped.json"));
+  const Json capped = Json::parse(ReadFile(dir / "capped.json"));
   ASSERT_EQ(capped["results"].size(), 1u) << "4096 and all are the same case";
   EXPECT_EQ(capped["results"][0]["threads"], capped["machine_threads"]);
   EXPECT_TRUE(Contains(run.err, "the cases asked for more are measured at")) << run.err;
@@ -385,7 +371,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                "bench --vocab 40000 --batch 1 --threads 2 --config full --repeat 2 "
                "--no-reference -q --json split.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json split = Json::parse(ReadText(dir / "split.json"));
+  const Json split = Json::parse(ReadFile(dir / "split.json"));
   ASSERT_EQ(split["results"].size(), 1u);
   EXPECT_GT(split["results"][0]["softmax_us_per_row"].get<double>(), 0.0);
 
@@ -409,7 +395,7 @@ TEST(Cli, BenchTimesADumpsRows) {
                       "bench --input d.npy --batch 2 --distinct 2 --threads 1 --config topp,greedy "
                       "--dtype f32,bf16 --repeat 2 -q --json in.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json doc = Json::parse(ReadText(dir / "in.json"));
+  const Json doc = Json::parse(ReadFile(dir / "in.json"));
   EXPECT_EQ(doc["rows"], "input");
   EXPECT_EQ(doc["input"], "d.npy");
   EXPECT_EQ(doc["input_rows"], 3);  // (of the 2 x 2 asked for: the dump's 3, cycled)
@@ -449,7 +435,7 @@ TEST(Cli, BenchTimesADumpsRows) {
                "bench --input d.safetensors --tensor logits --batch 1 --threads 1 "
                "--config greedy --repeat 2 --no-reference -q --json st.json");
   ASSERT_EQ(run.code, 0) << run.err;
-  EXPECT_EQ(Json::parse(ReadText(dir / "st.json"))["input_tensor"], "logits");
+  EXPECT_EQ(Json::parse(ReadFile(dir / "st.json"))["input_tensor"], "logits");
   run = RunCli(dir, "bench --input missing.npy --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "missing.npy: cannot open")) << run.err;
@@ -484,7 +470,7 @@ TEST(Cli, OutputDoesNotDependOnBlocksOrThreads) {
   CliRun probs_blocks = RunCli(dir, "probs d.npy --top-k 50 -o b.npy --block-mb 1 --threads 2");
   ASSERT_EQ(probs_whole.code, 0) << probs_whole.err;
   ASSERT_EQ(probs_blocks.code, 0) << probs_blocks.err;
-  EXPECT_EQ(ReadText(dir / "a.npy"), ReadText(dir / "b.npy"));
+  EXPECT_EQ(ReadFile(dir / "a.npy"), ReadFile(dir / "b.npy"));
 }
 
 TEST(Cli, CsvHasOneLinePerSample) {
@@ -494,7 +480,7 @@ TEST(Cli, CsvHasOneLinePerSample) {
   CliRun csv = RunCli(dir, "sample d.npy --seed 1 -n 2 --logprobs 2 --format csv -o out.csv");
   ASSERT_EQ(csv.code, 0) << csv.err;
   EXPECT_EQ(csv.out, "");
-  const std::vector<std::string> lines = Lines(ReadText(dir / "out.csv"));
+  const std::vector<std::string> lines = Lines(ReadFile(dir / "out.csv"));
   ASSERT_EQ(lines.size(), 1u + 3 * 2);
   EXPECT_EQ(lines[0], "row,sample,token,logprob,raw_logprob,rank,support,top_logprobs,error");
   const std::vector<Json> rows = JsonLines(json.out);
@@ -517,7 +503,7 @@ TEST(Cli, CsvPrintsALogprobOfZeroWithoutASign) {
   WriteDump(dir / "d.npy", x, 2, 100, DType::kFloat32);
   CliRun csv = RunCli(dir, "sample d.npy --temperature 0 --logprobs 1 --format csv -o out.csv");
   ASSERT_EQ(csv.code, 0) << csv.err;
-  const std::vector<std::string> lines = Lines(ReadText(dir / "out.csv"));
+  const std::vector<std::string> lines = Lines(ReadFile(dir / "out.csv"));
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[1].rfind("0,0,7,0,0,1,100,7:0,", 0), 0u) << lines[1];
   EXPECT_EQ(lines[2].rfind("1,0,42,0,0,1,100,42:0,", 0), 0u) << lines[2];
@@ -527,7 +513,7 @@ TEST(Cli, ParamsFileOverridesRowByRow) {
   const fs::path dir = TestDir();
   const int64_t rows = 6, vocab = 200;
   WriteDump(dir / "d.npy", Logits(rows, vocab, 5), rows, vocab, DType::kFloat32);
-  WriteText(dir / "params.jsonl",
+  WriteFile(dir / "params.jsonl",
             "{\"temperature\": 0}\n"
             "{\"seed\": 5, \"top_k\": 3, \"step\": 9}\n"
             "\n"
@@ -634,7 +620,7 @@ TEST(Cli, AnEmptyListValueIsAnEmptyList) {
   ASSERT_EQ(none.code, 0) << none.err;
   CliRun zero = RunCli(dir, "probs d.npy --banned 0 -o zero.npy");
   ASSERT_EQ(zero.code, 0) << zero.err;
-  ASSERT_NE(ReadText(dir / "zero.npy"), ReadText(dir / "none.npy"));
+  ASSERT_NE(ReadFile(dir / "zero.npy"), ReadFile(dir / "none.npy"));
   for (const char* lists :
        {"--banned '' --history '' --prompt-tokens '' --logit-bias ''",
         "--banned= --history= --prompt-tokens= --logit-bias=", "--banned '' '' --history ''"}) {
@@ -642,12 +628,12 @@ TEST(Cli, AnEmptyListValueIsAnEmptyList) {
                                            "0.5 -o empty.npy ") +
                                    lists);
     ASSERT_EQ(empty.code, 0) << lists << ": " << empty.err;
-    EXPECT_EQ(ReadText(dir / "empty.npy"), ReadText(dir / "none.npy")) << lists;
+    EXPECT_EQ(ReadFile(dir / "empty.npy"), ReadFile(dir / "none.npy")) << lists;
   }
   // Empty values among others add nothing.
   CliRun mixed = RunCli(dir, "probs d.npy --banned '' 0 '' -o mixed.npy");
   ASSERT_EQ(mixed.code, 0) << mixed.err;
-  EXPECT_EQ(ReadText(dir / "mixed.npy"), ReadText(dir / "zero.npy"));
+  EXPECT_EQ(ReadFile(dir / "mixed.npy"), ReadFile(dir / "zero.npy"));
 }
 
 TEST(Cli, InspectSummarisesAKnownDump) {
@@ -725,7 +711,7 @@ TEST(Cli, ReadsStandardInput) {
   // it: here after 100 bytes another program in the same redirect read.
   {
     std::ofstream prefixed(dir / "prefixed.npy", std::ios::binary);
-    prefixed << std::string(100, 'x') << ReadText(dir / "d.npy");
+    prefixed << std::string(100, 'x') << ReadFile(dir / "d.npy");
   }
   CliRun after = RunCli(dir, "sample - --seed 2", "{ dd bs=100 count=1 of=/dev/null 2> /dev/null; ",
                         "; } < prefixed.npy");
@@ -750,12 +736,12 @@ TEST(Cli, ALongPipeIsStreamedAndCheckedWhenItEnds) {
     file_command.replace(file_command.find(" - "), 3, " d.npy ");
     CliRun file = RunCli(dir, file_command);
     ASSERT_EQ(file.code, 0) << file.err;
-    const std::string file_probs = fs::exists(dir / "p.npy") ? ReadText(dir / "p.npy") : "";
+    const std::string file_probs = fs::exists(dir / "p.npy") ? ReadFile(dir / "p.npy") : "";
     CliRun pipe = RunCli(dir, command, "cat d.npy | ");
     ASSERT_EQ(pipe.code, 0) << command << ": " << pipe.err;
     EXPECT_EQ(pipe.out, file.out) << command;
     if (!file_probs.empty()) {
-      EXPECT_EQ(ReadText(dir / "p.npy"), file_probs);
+      EXPECT_EQ(ReadFile(dir / "p.npy"), file_probs);
     }
     fs::remove(dir / "p.npy");
   }
@@ -824,7 +810,7 @@ TEST(Cli, AFullStandardOutputFailsTheRun) {
     const int status = std::system(command.c_str());
     ASSERT_TRUE(WIFEXITED(status)) << args;
     EXPECT_EQ(WEXITSTATUS(status), 2) << args;
-    EXPECT_TRUE(Contains(ReadText(err), "standard output: cannot write")) << args;
+    EXPECT_TRUE(Contains(ReadFile(err), "standard output: cannot write")) << args;
   }
 }
 
@@ -840,7 +826,7 @@ TEST(Cli, RowErrorsFailOnlyTheirRow) {
   CliRun run = RunCli(dir, "sample d.npy --seed 1 -o out.jsonl --block-mb 1");
   EXPECT_EQ(run.code, 1);
   EXPECT_TRUE(Contains(run.err, "2 of 4 rows")) << run.err;
-  const std::vector<Json> lines = JsonLines(ReadText(dir / "out.jsonl"));
+  const std::vector<Json> lines = JsonLines(ReadFile(dir / "out.jsonl"));
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[0]["tokens"].size(), 1u);
   EXPECT_EQ(lines[1]["row"], 1);
@@ -893,12 +879,12 @@ TEST(Cli, MalformedInputsFailCleanly) {
     std::string body = dict;
     body.resize(close + 1 - open, ' ');  // same length: the header stays aligned
     header.replace(open, close + 1 - open, body);
-    WriteText(dir / file, header + payload);
+    WriteFile(dir / file, header + payload);
   };
   auto safetensors = [&](const std::string& file, const std::string& json) {
     std::string out(8, '\0');
     for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((json.size() >> (8 * i)) & 0xff);
-    WriteText(dir / file, out + json + data);
+    WriteFile(dir / file, out + json + data);
   };
   npy("good.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", data);
   npy("truncated.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }",
@@ -907,10 +893,10 @@ TEST(Cli, MalformedInputsFailCleanly) {
   npy("bigendian.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 8), }", data);
   npy("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 8), }", data);
   npy("lying.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 8), }", data);
-  WriteText(dir / "header.npy", std::string("\x93NUMPY\x01\x00\x76\x00{'descr'", 18));
-  WriteText(dir / "notnpy.npy", "hello world, this is text");
-  WriteText(dir / "dump.bin", data);
-  WriteText(dir / "model.pt", data);
+  WriteFile(dir / "header.npy", std::string("\x93NUMPY\x01\x00\x76\x00{'descr'", 18));
+  WriteFile(dir / "notnpy.npy", "hello world, this is text");
+  WriteFile(dir / "dump.bin", data);
+  WriteFile(dir / "model.pt", data);
   safetensors("json.safetensors", "{\"logits\": {\"dtype\": \"F32\", ");
   safetensors("i64.safetensors",
               R"({"logits":{"dtype":"I64","shape":[1,8],"data_offsets":[0,64]}})");
@@ -919,15 +905,15 @@ TEST(Cli, MalformedInputsFailCleanly) {
   safetensors("two.safetensors", R"({"a":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]},)"
                                  R"("b":{"dtype":"F32","shape":[1,8],"data_offsets":[32,64]}})");
   fs::create_directory(dir / "folder.npy");
-  WriteText(dir / "bad_value.jsonl", "{}\n{\"top_p\": 1.5}\n");
-  WriteText(dir / "bad_key.jsonl", "{\"top-p\": 0.5}\n{}\n");
-  WriteText(dir / "bad_json.jsonl", "{}\n{\"top_p\": \n");
-  WriteText(dir / "bad_number.jsonl", "{}\n{\"temperature\": 1e400}\n");
-  WriteText(dir / "bad_twice.jsonl", "{\"logit_bias\": {\"3\": 1, \"3\": 2}}\n{}\n");
-  WriteText(dir / "bad_deep.jsonl",
+  WriteFile(dir / "bad_value.jsonl", "{}\n{\"top_p\": 1.5}\n");
+  WriteFile(dir / "bad_key.jsonl", "{\"top-p\": 0.5}\n{}\n");
+  WriteFile(dir / "bad_json.jsonl", "{}\n{\"top_p\": \n");
+  WriteFile(dir / "bad_number.jsonl", "{}\n{\"temperature\": 1e400}\n");
+  WriteFile(dir / "bad_twice.jsonl", "{\"logit_bias\": {\"3\": 1, \"3\": 2}}\n{}\n");
+  WriteFile(dir / "bad_deep.jsonl",
             "{}\n" + std::string(100000, '[') + std::string(100000, ']') + "\n");
-  WriteText(dir / "bad_count.jsonl", "{}\n");
-  WriteText(dir / "bad_token.jsonl", "{}\n{\"history\": [1, 8]}\n");
+  WriteFile(dir / "bad_count.jsonl", "{}\n");
+  WriteFile(dir / "bad_token.jsonl", "{}\n{\"history\": [1, 8]}\n");
 
   const std::vector<BadCase> cases = {
       {"missing file", "missing.npy", {"missing.npy", "No such file"}},
@@ -1054,13 +1040,13 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   const fs::path dir = TestDir();
   const int64_t vocab = 32000, rows = 4096;  // 500 MiB of float32
   const int64_t shape[] = {rows, vocab};
-  WriteText(dir / "big.npy", detail::format_npy_header(DType::kFloat32, shape));
+  WriteFile(dir / "big.npy", detail::format_npy_header(DType::kFloat32, shape));
   fs::resize_file(dir / "big.npy", fs::file_size(dir / "big.npy") + rows * vocab * 4);
   const std::string limit = "ulimit -v 262144 && ";  // 256 MiB of address space
 
   CliRun run = RunCli(dir, "sample big.npy --temperature 0 --block-mb 16 -q -o out.jsonl", limit);
   ASSERT_EQ(run.code, 0) << run.err;
-  const std::vector<std::string> lines = Lines(ReadText(dir / "out.jsonl"));
+  const std::vector<std::string> lines = Lines(ReadFile(dir / "out.jsonl"));
   ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
   EXPECT_EQ(Json::parse(lines.back())["tokens"][0], 0);  // all ties: the lowest id
 
@@ -1068,9 +1054,9 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   CliRun piped = RunCli(dir, "sample - --temperature 0 --block-mb 16 -q -o out3.jsonl",
                         limit + "cat big.npy | ");
   ASSERT_EQ(piped.code, 0) << piped.err;
-  EXPECT_EQ(ReadText(dir / "out3.jsonl"), ReadText(dir / "out.jsonl"));
+  EXPECT_EQ(ReadFile(dir / "out3.jsonl"), ReadFile(dir / "out.jsonl"));
   // So is a .safetensors pipe.
-  WriteText(dir / "big.safetensors",
+  WriteFile(dir / "big.safetensors",
             detail::format_safetensors_header("logits", DType::kFloat32, shape));
   fs::resize_file(dir / "big.safetensors",
                   fs::file_size(dir / "big.safetensors") + rows * vocab * 4);
@@ -1078,7 +1064,7 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
                            limit + "cat big.safetensors | ");
   fs::remove(dir / "big.safetensors");
   ASSERT_EQ(piped_st.code, 0) << piped_st.err;
-  EXPECT_EQ(ReadText(dir / "out4.jsonl"), ReadText(dir / "out.jsonl"));
+  EXPECT_EQ(ReadFile(dir / "out4.jsonl"), ReadFile(dir / "out.jsonl"));
   // A raw pipe is copied to a temporary file and read from there (it was
   // held whole: past the limit, a message).
   const int64_t data = rows * vocab * 4;
@@ -1087,7 +1073,7 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
                       "--block-mb 16 -q -o out5.jsonl",
                       limit + "tail -c " + std::to_string(data) + " big.npy | ");
   ASSERT_EQ(raw.code, 0) << raw.err;
-  EXPECT_EQ(ReadText(dir / "out5.jsonl"), ReadText(dir / "out.jsonl"));
+  EXPECT_EQ(ReadFile(dir / "out5.jsonl"), ReadFile(dir / "out.jsonl"));
   // One that the temporary file cannot hold (here: a 1 MiB limit on the
   // files the program writes) is held in memory instead, as before; where
   // memory cannot hold it either, the message says why the file did not.
@@ -1096,7 +1082,7 @@ TEST(Cli, LargeDumpRunsInBoundedMemory) {
   CliRun small_disk = RunCli(
       dir, "sample - --dtype f32 --vocab 32000 --temperature 0 -q -o out6.jsonl", fsize + raw_pipe);
   ASSERT_EQ(small_disk.code, 0) << small_disk.err;
-  EXPECT_EQ(ReadText(dir / "out6.jsonl"), ReadText(dir / "out.jsonl"));
+  EXPECT_EQ(ReadFile(dir / "out6.jsonl"), ReadFile(dir / "out.jsonl"));
   CliRun full = RunCli(dir, "inspect - --dtype f32 --vocab 32000 -q", limit + fsize + raw_pipe);
   EXPECT_EQ(full.code, 2);
   EXPECT_TRUE(Contains(full.err, "<stdin>: cannot hold the input in memory past "));
@@ -1133,14 +1119,14 @@ TEST(Cli, ManyShortRowsRunInBoundedMemory) {
   const fs::path dir = TestDir();
   const int64_t vocab = 4, rows = 100000;
   const int64_t shape[] = {rows, vocab};
-  WriteText(dir / "short.npy", detail::format_npy_header(DType::kFloat32, shape));
+  WriteFile(dir / "short.npy", detail::format_npy_header(DType::kFloat32, shape));
   fs::resize_file(dir / "short.npy", fs::file_size(dir / "short.npy") + rows * vocab * 4);
   const std::string limit = "ulimit -v 262144 && ";  // 256 MiB of address space
 
   CliRun run =
       RunCli(dir, "sample short.npy --temperature 0 -n 8 --logprobs 4 -q -o out.jsonl", limit);
   ASSERT_EQ(run.code, 0) << run.err;
-  const std::vector<std::string> lines = Lines(ReadText(dir / "out.jsonl"));
+  const std::vector<std::string> lines = Lines(ReadFile(dir / "out.jsonl"));
   ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
   const Json last = Json::parse(lines.back());
   EXPECT_EQ(last["row"], rows - 1);

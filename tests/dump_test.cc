@@ -35,6 +35,7 @@
 #include "engine/io/half.h"
 #include "engine/io/npy_header.h"
 #include "nucleus/dump.h"
+#include "test_files.h"
 
 namespace nucleus {
 namespace {
@@ -46,24 +47,10 @@ using detail::float_to_half_bits;
 using detail::half_bits_to_float;
 
 // A fresh, empty directory per test.
-fs::path TestDir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(NUCLEUS_TEST_TMPDIR) / "dump_test" /
-                 (std::string(info->test_suite_name()) + "." + info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test_files::ReadFile;
+using test_files::WriteFile;
 
-void WriteBytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string ReadBytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+fs::path TestDir() { return test_files::TestDir("dump_test"); }
 
 std::vector<float> RandomLogits(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -229,6 +216,47 @@ TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
   }
 }
 
+// read_into_float32 gives the stored values widened (a half dump's rows
+// widened in place in the caller's buffer, with nothing written past it),
+// from a file and from a pipe, with read_into's range checks.
+TEST_P(DumpFormats, ReadIntoFloat32WidensTheStoredValues) {
+  const fs::path dir = TestDir();
+  const int64_t rows = 7, vocab = 5000;  // (more values than one widening run)
+  const std::vector<float> values = RandomLogits(rows * vocab, 4);
+  const fs::path path = dir / GetParam().file;
+  detail::DumpWriteSpec spec;
+  spec.format = DumpFormat::kAuto;
+  spec.dtype = GetParam().dtype;
+  ASSERT_TRUE(detail::write_dump(path, values.data(), rows, vocab, spec).ok());
+  DumpOptions options;
+  if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
+    options.dtype = GetParam().dtype;
+    options.vocab = vocab;
+  }
+  Result<DumpReader> file = DumpReader::open(path, options);
+  Result<DumpReader> pipe = DumpReader::from_bytes(
+      path.filename().string(),
+      [&] {
+        const std::string bytes = ReadFile(path);
+        return std::vector<unsigned char>(bytes.begin(), bytes.end());
+      }(),
+      options);
+  for (Result<DumpReader>* reader : {&file, &pipe}) {
+    ASSERT_TRUE(reader->ok()) << reader->status().message();
+    std::vector<float> out(5 * vocab + 16, -7.0f);
+    ASSERT_TRUE((*reader)->read_into_float32(2, 4, out.data()).ok());
+    for (int64_t i = 0; i < 4 * vocab; ++i) {
+      ASSERT_EQ(out[static_cast<size_t>(i)],
+                Rounded(values[static_cast<size_t>(2 * vocab + i)], GetParam().dtype))
+          << "value " << i;
+    }
+    for (size_t i = 4 * vocab; i < out.size(); ++i) ASSERT_EQ(out[i], -7.0f) << "past the rows";
+    Status past = (*reader)->read_into_float32(6, 2, out.data());
+    EXPECT_NE(past.message().find("2 rows from row 6"), std::string::npos) << past.message();
+    EXPECT_FALSE((*reader)->read_into_float32(0, 0, out.data()).ok());
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Dumps, DumpFormats,
     ::testing::Values(FormatCase{"a.npy", DType::kFloat32}, FormatCase{"a.npy", DType::kFloat16},
@@ -246,17 +274,17 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(DumpNpy, OneDimensionalIsOneRowAndLeadingAxesFlatten) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(24, 2);
-  WriteBytes(dir / "one.npy", NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (24,), }",
-                                       FloatBytes(values)));
+  WriteFile(dir / "one.npy", NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (24,), }",
+                                      FloatBytes(values)));
   Result<DumpReader> one = DumpReader::open(dir / "one.npy");
   ASSERT_TRUE(one.ok()) << one.status().message();
   EXPECT_EQ(one->info().rows, 1);
   EXPECT_EQ(one->info().vocab, 24);
   ExpectRows(*one, values, DType::kFloat32);
 
-  WriteBytes(dir / "three.npy",
-             NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }",
-                      FloatBytes(values)));
+  WriteFile(dir / "three.npy",
+            NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }",
+                     FloatBytes(values)));
   Result<DumpReader> three = DumpReader::open(dir / "three.npy");
   ASSERT_TRUE(three.ok()) << three.status().message();
   EXPECT_EQ(three->info().rows, 6);
@@ -268,9 +296,9 @@ TEST(DumpNpy, OneDimensionalIsOneRowAndLeadingAxesFlatten) {
 TEST(DumpNpy, AcceptsVersion2AndKeyOrderAndNativeByteOrder) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(6, 3);
-  WriteBytes(dir / "v2.npy",
-             NpyBytes("{\"shape\": (2, 3), \"fortran_order\": False, \"descr\": \"=f4\"}",
-                      FloatBytes(values), 2));
+  WriteFile(dir / "v2.npy",
+            NpyBytes("{\"shape\": (2, 3), \"fortran_order\": False, \"descr\": \"=f4\"}",
+                     FloatBytes(values), 2));
   Result<DumpReader> reader = DumpReader::open(dir / "v2.npy");
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   ExpectRows(*reader, values, DType::kFloat32);
@@ -289,7 +317,7 @@ TEST(DumpNpy, RefusesWhatItCannotRead) {
   const fs::path dir = TestDir();
   const std::string data = FloatBytes(RandomLogits(8, 4));
   auto npy = [&](const std::string& name, const std::string& dict, const std::string& payload) {
-    WriteBytes(dir / name, NpyBytes(dict, payload));
+    WriteFile(dir / name, NpyBytes(dict, payload));
     return DumpReader::open(dir / name);
   };
   ExpectError(
@@ -323,16 +351,16 @@ TEST(DumpNpy, RefusesWhatItCannotRead) {
                   "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 4), }", data),
               {"struct.npy", "descr", "structured"});
 
-  WriteBytes(dir / "magic.npy", "PK\x03\x04 not numpy at all");
+  WriteFile(dir / "magic.npy", "PK\x03\x04 not numpy at all");
   ExpectError(DumpReader::open(dir / "magic.npy"), {"magic.npy", "magic"});
-  WriteBytes(dir / "tiny.npy", "\x93NUMPY");
+  WriteFile(dir / "tiny.npy", "\x93NUMPY");
   ExpectError(DumpReader::open(dir / "tiny.npy"), {"tiny.npy", "truncated"});
   std::string cut = NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", data);
-  WriteBytes(dir / "cut.npy", cut.substr(0, 40));
+  WriteFile(dir / "cut.npy", cut.substr(0, 40));
   ExpectError(DumpReader::open(dir / "cut.npy"), {"cut.npy", "truncated", "header length"});
   std::string v9 = cut;
   v9[6] = 9;
-  WriteBytes(dir / "v9.npy", v9);
+  WriteFile(dir / "v9.npy", v9);
   ExpectError(DumpReader::open(dir / "v9.npy"), {"v9.npy", "version", "9.0"});
 }
 
@@ -342,7 +370,7 @@ TEST(DumpSafetensors, PicksTheTensorByName) {
   const std::string json =
       R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2, 3], )"
       R"("data_offsets": [0, 24]}, "b": {"dtype": "F32", "shape": [4, 2], "data_offsets": [24, 56]}})";
-  WriteBytes(dir / "two.safetensors", SafetensorsBytes(json, FloatBytes(a) + FloatBytes(b)));
+  WriteFile(dir / "two.safetensors", SafetensorsBytes(json, FloatBytes(a) + FloatBytes(b)));
   DumpOptions options;
   options.tensor = "b";
   Result<DumpReader> reader = DumpReader::open(dir / "two.safetensors", options);
@@ -373,7 +401,7 @@ TEST(DumpSafetensors, UnalignedDataIsCopiedToAlignedMemory) {
   // A header of odd length puts the data at an odd offset.
   const std::string json = R"({"x":{"dtype":"F32","shape":[3,4],"data_offsets":[0,48]}})";
   ASSERT_NE((8 + json.size()) % 4, 0u);
-  WriteBytes(dir / "odd.safetensors", SafetensorsBytes(json, FloatBytes(values)));
+  WriteFile(dir / "odd.safetensors", SafetensorsBytes(json, FloatBytes(values)));
   DumpOptions options;
   options.block_bytes = 16;  // one row per block
   Result<DumpReader> reader = DumpReader::open(dir / "odd.safetensors", options);
@@ -385,7 +413,7 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
   const fs::path dir = TestDir();
   const std::string data = FloatBytes(RandomLogits(8, 8));
   auto st = [&](const std::string& name, const std::string& json, const std::string& payload) {
-    WriteBytes(dir / name, SafetensorsBytes(json, payload));
+    WriteFile(dir / name, SafetensorsBytes(json, payload));
     return DumpReader::open(dir / name);
   };
   ExpectError(st("json.safetensors", "{\"x\": {\"dtype\": ", data),
@@ -450,19 +478,19 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
       {"far.safetensors", "end at byte 9223372036854775800", "past 2^63 bytes"});
   ExpectError(st("none.safetensors", R"({"__metadata__":{}})", ""),
               {"none.safetensors", "no tensor"});
-  WriteBytes(dir / "len.safetensors", std::string("\xff\xff\x00\x00\x00\x00\x00\x00{}", 10));
+  WriteFile(dir / "len.safetensors", std::string("\xff\xff\x00\x00\x00\x00\x00\x00{}", 10));
   ExpectError(DumpReader::open(dir / "len.safetensors"), {"len.safetensors", "truncated"});
-  WriteBytes(dir / "huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10));
+  WriteFile(dir / "huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10));
   ExpectError(DumpReader::open(dir / "huge.safetensors"), {"huge.safetensors", "header length"});
-  WriteBytes(dir / "short.safetensors", "abc");
+  WriteFile(dir / "short.safetensors", "abc");
   ExpectError(DumpReader::open(dir / "short.safetensors"), {"short.safetensors", "truncated"});
 }
 
 TEST(DumpRaw, NeedsDtypeAndVocabThatDivideTheSize) {
   const fs::path dir = TestDir();
-  WriteBytes(dir / "r.bin", FloatBytes(RandomLogits(10, 9)));
+  WriteFile(dir / "r.bin", FloatBytes(RandomLogits(10, 9)));
   ExpectError(DumpReader::open(dir / "r.bin"), {"r.bin", "dtype and vocab"});
-  WriteBytes(dir / "r.pt", FloatBytes(RandomLogits(10, 9)));
+  WriteFile(dir / "r.pt", FloatBytes(RandomLogits(10, 9)));
   ExpectError(DumpReader::open(dir / "r.pt"), {"r.pt", "unknown format", "'.pt'"});
   DumpOptions options;
   options.dtype = DType::kFloat32;
@@ -477,7 +505,7 @@ TEST(DumpRaw, NeedsDtypeAndVocabThatDivideTheSize) {
   options.format = DumpFormat::kRaw;
   options.vocab = 0;
   ExpectError(DumpReader::open(dir / "r.bin", options), {"r.bin", "vocab"});
-  WriteBytes(dir / "empty.bin", "");
+  WriteFile(dir / "empty.bin", "");
   options.vocab = 5;
   ExpectError(DumpReader::open(dir / "empty.bin", options), {"empty.bin", "empty"});
 }
@@ -704,7 +732,7 @@ std::string PipeDump(const std::vector<float>& values, DumpFormat format = DumpF
   detail::DumpWriteSpec spec;
   spec.format = format;
   EXPECT_TRUE(detail::write_dump(path, values.data(), kPipeRows, kPipeVocab, spec).ok());
-  return ReadBytes(path);
+  return ReadFile(path);
 }
 
 // The formats whose pipes are streamed: their headers say how many rows follow.
@@ -954,7 +982,7 @@ TEST(DumpPipe, AHeaderLongerThanTheReadAheadIsReadOn) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(12 * 64, 26);
   ASSERT_TRUE(detail::write_dump(dir / "a.npy", values.data(), 12, 64, {}).ok());
-  const std::string bytes = ReadBytes(dir / "a.npy");
+  const std::string bytes = ReadFile(dir / "a.npy");
   DumpOptions options;
   options.block_bytes = 16;
   PipeFeed feed(bytes);
@@ -1003,7 +1031,7 @@ std::string PipeRaw(const fs::path& dir, const std::vector<float>& values) {
   detail::DumpWriteSpec spec;
   spec.format = DumpFormat::kRaw;
   EXPECT_TRUE(detail::write_dump(dir / "a.bin", values.data(), kPipeRows, kPipeVocab, spec).ok());
-  return ReadBytes(dir / "a.bin");
+  return ReadFile(dir / "a.bin");
 }
 DumpOptions RawBlocks() {
   DumpOptions options = TwoRowBlocks();
@@ -1069,7 +1097,7 @@ TEST(DumpPipe, ShortPipesAreHeldWhole) {
   const fs::path dir = TestDir();
   const std::vector<float> values = RandomLogits(2 * kPipeVocab, 24);
   ASSERT_TRUE(detail::write_dump(dir / "s.npy", values.data(), 2, kPipeVocab, {}).ok());
-  const std::string small = ReadBytes(dir / "s.npy");
+  const std::string small = ReadFile(dir / "s.npy");
   {
     PipeFeed feed(small);
     Result<DumpReader> reader = OpenPipe(feed, DumpOptions{});
@@ -1125,13 +1153,13 @@ TEST(DumpNpyWriter, LeavesNothingBehindWhenAbandonedOrIncomplete) {
 
 TEST(DumpNpyWriter, ReplacesAnExistingFileOnlyOnCommit) {
   const fs::path dir = TestDir();
-  WriteBytes(dir / "out.npy", "old contents");
+  WriteFile(dir / "out.npy", "old contents");
   const std::vector<float> values = RandomLogits(4, 16);
   {
     Result<NpyWriter> writer = NpyWriter::create(dir / "out.npy", 1, 4);
     ASSERT_TRUE(writer.ok());
   }
-  EXPECT_EQ(ReadBytes(dir / "out.npy"), "old contents");
+  EXPECT_EQ(ReadFile(dir / "out.npy"), "old contents");
   Result<NpyWriter> writer = NpyWriter::create(dir / "out.npy", 1, 4);
   ASSERT_TRUE(writer.ok());
   ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
@@ -1158,7 +1186,7 @@ TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
   // chained links, and a link to a file that does not exist yet.
   const fs::path dir = TestDir();
   fs::create_directories(dir / "real");
-  WriteBytes(dir / "real" / "out.txt", "old contents");
+  WriteFile(dir / "real" / "out.txt", "old contents");
   fs::create_symlink("real/out.txt", dir / "link.txt");
   fs::create_symlink(dir / "link.txt", dir / "chain.txt");
   fs::create_symlink("real/new.txt", dir / "dangling.txt");
@@ -1168,10 +1196,10 @@ TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
     ASSERT_TRUE(file->write(std::string("via ") + name).ok());
     ASSERT_TRUE(file->commit().ok());
     EXPECT_TRUE(fs::is_symlink(dir / name)) << name;
-    EXPECT_EQ(ReadBytes(dir / name), std::string("via ") + name);
+    EXPECT_EQ(ReadFile(dir / name), std::string("via ") + name);
   }
-  EXPECT_EQ(ReadBytes(dir / "real" / "out.txt"), "via chain.txt");
-  EXPECT_EQ(ReadBytes(dir / "real" / "new.txt"), "via dangling.txt");
+  EXPECT_EQ(ReadFile(dir / "real" / "out.txt"), "via chain.txt");
+  EXPECT_EQ(ReadFile(dir / "real" / "new.txt"), "via dangling.txt");
   // No temporary file is left beside the links or the files.
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     EXPECT_EQ(entry.path().filename().string().rfind(".", 0), std::string::npos) << entry.path();
@@ -1181,13 +1209,13 @@ TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
 TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
   const fs::path dir = TestDir();
   const fs::path out = dir / "kept.txt";
-  WriteBytes(out, "old");
+  WriteFile(out, "old");
   fs::permissions(out, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
   Result<detail::AtomicFile> file = detail::AtomicFile::create(out.string());
   ASSERT_TRUE(file.ok()) << file.status().message();
   ASSERT_TRUE(file->write("new").ok());
   ASSERT_TRUE(file->commit().ok());
-  EXPECT_EQ(ReadBytes(out), "new");
+  EXPECT_EQ(ReadFile(out), "new");
   EXPECT_EQ(fs::status(out).permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
   // Not its set-user-ID bit: a write by anyone but root clears it.
@@ -1205,7 +1233,7 @@ TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
     Result<detail::AtomicFile> refused = detail::AtomicFile::create(out.string());
     ASSERT_FALSE(refused.ok());
     EXPECT_NE(refused.status().message().find("cannot write"), std::string::npos);
-    EXPECT_EQ(ReadBytes(out), "new");
+    EXPECT_EQ(ReadFile(out), "new");
   }
 }
 
@@ -1242,7 +1270,7 @@ TEST(DumpAtomicFile, AKilledWriterLeavesNothingBehind) {
   const int probe = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
   if (probe < 0) GTEST_SKIP() << "this file system has no O_TMPFILE: " << std::strerror(errno);
   ::close(probe);
-  WriteBytes(dir / "old.txt", "old contents");
+  WriteFile(dir / "old.txt", "old contents");
   for (const char* name : {"new.txt", "old.txt"}) {
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
@@ -1258,7 +1286,7 @@ TEST(DumpAtomicFile, AKilledWriterLeavesNothingBehind) {
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
   EXPECT_EQ(names, std::vector<std::string>{"old.txt"});
-  EXPECT_EQ(ReadBytes(dir / "old.txt"), "old contents");
+  EXPECT_EQ(ReadFile(dir / "old.txt"), "old contents");
 }
 
 // Where the file system has no O_TMPFILE the temporary is a named file
@@ -1266,7 +1294,7 @@ TEST(DumpAtomicFile, AKilledWriterLeavesNothingBehind) {
 // writer is destroyed (normal return or unwinding).
 TEST(DumpAtomicFile, NamedTemporariesBehaveTheSame) {
   const fs::path dir = TestDir();
-  WriteBytes(dir / "old.txt", "old contents");
+  WriteFile(dir / "old.txt", "old contents");
   fs::permissions(dir / "old.txt", fs::perms::owner_read | fs::perms::owner_write);
   const std::string long_name = std::string(239, 'a') + ".txt";  // 255 - 12
   auto entries = [&] {
@@ -1279,7 +1307,7 @@ TEST(DumpAtomicFile, NamedTemporariesBehaveTheSame) {
     ASSERT_TRUE(file->write("written").ok());
     EXPECT_EQ(entries(), before + 1) << "a named temporary";
     ASSERT_TRUE(file->commit().ok()) << name;
-    EXPECT_EQ(ReadBytes(dir / name), "written");
+    EXPECT_EQ(ReadFile(dir / name), "written");
   }
   EXPECT_EQ(fs::status(dir / "old.txt").permissions() & fs::perms::all,
             fs::perms::owner_read | fs::perms::owner_write);

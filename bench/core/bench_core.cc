@@ -396,21 +396,10 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
     if (Status s = before_read(input.rows, input.vocab); !s.ok()) return s;
   }
   input.values.resize(static_cast<size_t>(input.rows * input.vocab));
-  std::vector<uint16_t> bits;
   for (int64_t first = 0; first < input.rows; first += reader->block_rows()) {
     const int64_t count = std::min(reader->block_rows(), input.rows - first);
     float* out = input.values.data() + first * input.vocab;
-    const auto n = static_cast<size_t>(count * input.vocab);
-    if (info.dtype == DType::kFloat32) {
-      if (Status s = reader->read_into(first, count, out); !s.ok()) return s;
-      continue;
-    }
-    bits.resize(n);
-    if (Status s = reader->read_into(first, count, bits.data()); !s.ok()) return s;
-    for (size_t i = 0; i < n; ++i) {
-      out[i] = info.dtype == DType::kFloat16 ? detail::half_bits_to_float(bits[i])
-                                             : detail::bfloat16_bits_to_float(bits[i]);
-    }
+    if (Status s = reader->read_into_float32(first, count, out); !s.ok()) return s;
   }
   if (Status s = check_samplable(input, DType::kFloat32); !s.ok()) return s;
   for (const DType dtype : dtypes) {

@@ -1,6 +1,7 @@
 // DumpReader: validates a dump's header against its size, then reads it one
 // block of rows at a time.
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -9,6 +10,7 @@
 #include <utility>
 
 #include "engine/io/file_io.h"
+#include "engine/io/half.h"
 #include "engine/io/npy_header.h"
 #include "engine/io/safetensors_header.h"
 #include "nucleus/dump.h"
@@ -86,10 +88,9 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
         std::memcmp(magic, detail::kNpyMagic, sizeof detail::kNpyMagic) == 0) {
       return DumpFormat::kNpy;
     }
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | magic[i];
+    const uint64_t header_len = detail::safetensors_header_length(magic);
     if (got == sizeof magic && magic[8] == '{' && magic[9] == '"' && header_len >= 2 &&
-        header_len <= (uint64_t{100} << 20)) {
+        header_len <= static_cast<uint64_t>(detail::kMaxSafetensorsHeaderBytes)) {
       return DumpFormat::kSafetensors;
     }
     if (!options.dtype || options.vocab <= 0) {
@@ -452,6 +453,31 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
 
 Status DumpReader::read_into(int64_t first, int64_t count, void* dst) {
   return read_rows(*impl_, first, count, dst);
+}
+
+Status DumpReader::read_into_float32(int64_t first, int64_t count, float* dst) {
+  const DType dtype = impl_->info.dtype;
+  if (dtype == DType::kFloat32) return read_rows(*impl_, first, count, dst);
+  if (Status s = check_rows(*impl_, first, count); !s.ok()) return s;
+  // (count × vocab fits in memory once the range is checked: rows exist)
+  const int64_t values = count * impl_->info.vocab;
+  auto* bytes = reinterpret_cast<unsigned char*>(dst);
+  unsigned char* stored = bytes + 2 * values;
+  if (Status s = read_rows(*impl_, first, count, stored); !s.ok()) return s;
+  // Runs of values [i, i + n) are copied out first; their floats end at
+  // byte 4 (i + n) <= 2 values + 2 (i + n), where the halves not yet read
+  // begin.
+  constexpr int64_t kRun = 4096;
+  std::array<uint16_t, kRun> half;
+  for (int64_t i = 0; i < values; i += kRun) {
+    const int64_t n = std::min(kRun, values - i);
+    std::memcpy(half.data(), stored + 2 * i, static_cast<size_t>(2 * n));
+    for (int64_t j = 0; j < n; ++j) {
+      dst[i + j] = dtype == DType::kFloat16 ? detail::half_bits_to_float(half[j])
+                                            : detail::bfloat16_bits_to_float(half[j]);
+    }
+  }
+  return Status();
 }
 
 Result<LogitsView> DumpReader::read(int64_t first, int64_t count) {

@@ -52,6 +52,24 @@ int write_all(int fd, const void* data, size_t n) {
   return 0;
 }
 
+// Reads n bytes at `offset` (retrying short reads and EINTR): 0, errno on a
+// failed read, or -1 when the file ends first.
+int pread_all(int fd, void* data, int64_t n, int64_t offset) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, p, static_cast<size_t>(n), offset);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (got == 0) return -1;
+    p += got;
+    offset += got;
+    n -= got;
+  }
+  return 0;
+}
+
 // The name of an open file descriptor under /proc, which linkat follows to
 // give an unnamed (O_TMPFILE) file a name without privileges.
 std::string proc_fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
@@ -356,11 +374,8 @@ Status ByteSource::spill() {
                                 std::to_string(chunk_start) + " bytes (" + why + ")");
       }
     }
-    for (int64_t at = 0; back.ok() && at < in_file;) {
-      const ssize_t n = ::pread(fd, buffer_.data() + at, static_cast<size_t>(in_file - at), at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) back = Status::io_error(name_ + ": cannot read back " + why);
-      at += n > 0 ? n : 0;
+    if (back.ok() && pread_all(fd, buffer_.data(), in_file, 0) != 0) {
+      back = Status::io_error(name_ + ": cannot read back " + why);
     }
     ::close(fd);
     if (!back.ok()) return back;
@@ -389,24 +404,18 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) {
     if (n > 0) std::memcpy(out, buffer_.data() + offset, static_cast<size_t>(n));
     return Status();
   }
-  auto* dst = static_cast<unsigned char*>(out);
-  while (n > 0) {
-    const ssize_t got = ::pread(fd_, dst, static_cast<size_t>(n), origin_ + offset);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return Status::io_error(name_ + ": cannot read at offset " + std::to_string(offset) + ": " +
-                              errno_text(errno));
-    }
-    if (got == 0) {
-      struct stat st;
-      const std::string now = ::fstat(fd_, &st) == 0 ? std::to_string(st.st_size) + " bytes"
-                                                     : "before byte " + std::to_string(offset);
-      return Status::io_error(name_ + ": truncated: the file shrank to " + now +
-                              " while it was being read");
-    }
-    dst += got;
-    offset += got;
-    n -= got;
+  const int err = pread_all(fd_, out, n, origin_ + offset);
+  if (err > 0) {
+    return Status::io_error(name_ + ": cannot read at offset " + std::to_string(offset) + ": " +
+                            errno_text(err));
+  }
+  if (err < 0) {
+    struct stat st;
+    const std::string now = ::fstat(fd_, &st) == 0
+                                ? std::to_string(st.st_size) + " bytes"
+                                : "fewer than " + std::to_string(offset + n) + " bytes";
+    return Status::io_error(name_ + ": truncated: the file shrank to " + now +
+                            " while it was being read");
   }
   return Status();
 }

@@ -15,9 +15,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-// The reference implementation refuses headers over 100 MB.
-constexpr int64_t kMaxHeaderBytes = int64_t{100} << 20;
-
 // Element sizes of every dtype the format defines, so that the offsets of
 // tensors nucleus does not read can still be checked.
 std::optional<int64_t> element_size(const std::string& dtype) {
@@ -147,9 +144,8 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
   }
   unsigned char len_bytes[8];
   if (Status s = source.read_at(0, 8, len_bytes); !s.ok()) return s;
-  uint64_t len = 0;
-  for (int i = 7; i >= 0; --i) len = (len << 8) | len_bytes[i];
-  if (len > static_cast<uint64_t>(kMaxHeaderBytes)) {
+  const uint64_t len = safetensors_header_length(len_bytes);
+  if (len > static_cast<uint64_t>(kMaxSafetensorsHeaderBytes)) {
     return Status::io_error(name + ": header length = " + std::to_string(len) +
                             " bytes exceeds the format's limit of 100 MB; not a .safetensors "
                             "file?");

@@ -29,6 +29,17 @@ struct SafetensorsHeader {
   std::vector<SafetensorsTensor> tensors;
 };
 
+// The format's limit on the header's length (bytes): the reference
+// implementation refuses headers over 100 MB.
+inline constexpr int64_t kMaxSafetensorsHeaderBytes = int64_t{100} << 20;
+
+// The header's length: the file's first 8 bytes (at `first`), little-endian.
+inline uint64_t safetensors_header_length(const unsigned char* first) {
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | first[i];
+  return len;
+}
+
 // Parses the header and checks every tensor entry: field types, offsets
 // that match shape × element size, tensors that follow one another without
 // gaps or overlaps. A stream is read on as far as the header goes. The data's

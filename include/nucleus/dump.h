@@ -119,6 +119,12 @@ class DumpReader {
   // read() last returned stays valid.
   Status read_into(int64_t first, int64_t count, void* dst);
 
+  // The same rows widened to float32 into `dst` (count × vocab floats):
+  // every float16 and bfloat16 value is a float32 one, so exactly. A half
+  // dump's rows are read into the back half of `dst` and widened in place,
+  // front to back: no buffer beside it.
+  Status read_into_float32(int64_t first, int64_t count, float* dst);
+
  private:
   struct Impl;
   explicit DumpReader(std::unique_ptr<Impl> impl);

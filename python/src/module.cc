@@ -431,23 +431,11 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
   Status status;
   {
     py::gil_scoped_release release;
-    // The rows are read straight into the array. bfloat16 rows widened to
-    // float32 are read into its second half and widened in place, front to
-    // back, a run at a time: the floats of values [i, i + n) never reach the
-    // bfloat16 of value i + n.
-    const int64_t values = info.rows * info.vocab;
-    if (values > 0) {
-      char* stored = widen ? dst + 2 * values : dst;
-      status = reader.read_into(0, info.rows, stored);
-      constexpr int64_t kRun = 4096;
-      std::array<uint16_t, kRun> half;
-      std::array<uint32_t, kRun> bits;
-      for (int64_t i = 0; widen && status.ok() && i < values; i += kRun) {
-        const int64_t n = std::min(kRun, values - i);
-        std::memcpy(half.data(), stored + 2 * i, static_cast<size_t>(2 * n));
-        for (int64_t j = 0; j < n; ++j) bits[j] = static_cast<uint32_t>(half[j]) << 16;  // (exact)
-        std::memcpy(dst + 4 * i, bits.data(), static_cast<size_t>(4 * n));
-      }
+    // The rows are read straight into the array (bfloat16 rows widened to
+    // float32 in place).
+    if (info.rows * info.vocab > 0) {
+      status = widen ? reader.read_into_float32(0, info.rows, reinterpret_cast<float*>(dst))
+                     : reader.read_into(0, info.rows, dst);
     }
   }
   if (!status.ok()) throw_status(status);
