@@ -848,6 +848,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .gather_below = &k::gather_below,
     .gather_bucket = &k::gather_bucket,
     .entry_masses = &k::entry_masses,
+    .kth_largest = &k::kth_largest,
     .key_bounds = &k::key_bounds,
     .stored_key_bounds = &k::stored_key_bounds,
     .typical_gather = &k::typical_gather,

@@ -320,6 +320,14 @@ struct Kernels {
   // Turns each entry's d - d0 (in .weight) into its mass, bit-identical to
   // the mass every other pass computes for that token.
   void (*entry_masses)(SelectEntry* list, int64_t n);
+
+  // The k-th largest of v[0, n) (1 <= k <= n; no NaN), without branching
+  // on the data: its order key is set bit by bit from the highest bit in
+  // which the smallest and largest keys differ, each bit a vectorised count
+  // of the keys (n of them, stored in `keys`) at or above a candidate. (A
+  // sort-like selection mispredicts about every other compare on a row it
+  // has not seen before.)
+  float (*kth_largest)(const float* v, int64_t n, int64_t k, uint32_t* keys);
   KeyBounds (*key_bounds)(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
   // key_bounds from the keys store_keys wrote for the segment, for c < +inf.
   KeyBounds (*stored_key_bounds)(const Segment& s, const SetSpec& set, const float* key, float c);

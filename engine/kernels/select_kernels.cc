@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "engine/kernels/block_ops.h"
@@ -535,6 +536,48 @@ int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule,
     }
   }
   return at;
+}
+
+float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
+  // Order keys: a float's bits with the magnitude flipped when negative, plus
+  // 2^31, order as unsigned integers as the values do.
+  uint32_t lo = UINT32_MAX, hi = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = std::bit_cast<uint32_t>(v[i]);
+    const uint32_t key = u & 0x80000000u ? ~u : u | 0x80000000u;
+    keys[i] = key;
+    lo = std::min(lo, key);
+    hi = std::max(hi, key);
+  }
+  // t: the largest key that at least k keys reach. Every key lies in [lo,
+  // hi], so the bits above the first in which lo and hi differ are theirs;
+  // below, each bit is kept when k keys still reach t with it set.
+  uint32_t t = lo;
+  if (lo != hi) {
+    int top = 31 - std::countl_zero(lo ^ hi);
+    t = static_cast<uint32_t>(lo & ~((uint64_t{2} << top) - 1));
+    const auto need = static_cast<uint32_t>(k);
+    // Two bits a step (three counts in one pass over the keys): the steps
+    // form a chain, each waiting for the last one's counts.
+    for (; top >= 1; top -= 2) {
+      const uint32_t c1 = t | (uint32_t{1} << (top - 1));
+      const uint32_t c2 = t | (uint32_t{2} << (top - 1));
+      const uint32_t c3 = t | (uint32_t{3} << (top - 1));
+      uint32_t n1 = 0, n2 = 0, n3 = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        n1 += keys[i] >= c1 ? 1u : 0u;
+        n2 += keys[i] >= c2 ? 1u : 0u;
+        n3 += keys[i] >= c3 ? 1u : 0u;
+      }
+      t = n3 >= need ? c3 : n2 >= need ? c2 : n1 >= need ? c1 : t;
+    }
+    if (top == 0) {
+      uint32_t count = 0;
+      for (int64_t i = 0; i < n; ++i) count += keys[i] >= (t | 1u) ? 1u : 0u;
+      t = count >= need ? t | 1u : t;
+    }
+  }
+  return std::bit_cast<float>(t & 0x80000000u ? t & 0x7fffffffu : ~t);
 }
 
 void entry_masses(SelectEntry* list, int64_t size) {

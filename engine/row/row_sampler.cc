@@ -489,6 +489,7 @@ void RowScratch::prepare(int64_t vocab) {
   select.list.reserve(v);
   select.samples.reserve(v);
   select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
+  select.block_keys.reserve(static_cast<size_t>(block_count(vocab)));
   select.typical_maxima.reserve(static_cast<size_t>(block_count(vocab)));
   if (top.size() < v) top.resize(v);  // grown, never shrunk
   if (select.gathered_tokens.size() < v) select.gathered_tokens.resize(v);
@@ -714,7 +715,8 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
   set.key_scale = set.scale;
   float bound = 0.0f;
   if (*first_filter() == Filter::kTopK) {
-    if (!block_max_bound(sc_.raw_segs, set, static_cast<double>(p_.top_k), sc_.select, &bound)) {
+    if (!block_max_bound(sc_.raw_segs, set, static_cast<double>(p_.top_k), sc_.select, *run_.k,
+                         &bound)) {
       return false;
     }
   } else {

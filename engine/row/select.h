@@ -27,13 +27,14 @@ struct SelectResult {
 };
 
 struct SelectScratch {
-  std::vector<uint32_t> counts;     // per segment × level-1 buckets
-  std::vector<double> masses;       // per segment × level-1 buckets
-  std::vector<int64_t> offsets;     // per segment
-  std::vector<int64_t> seg_chosen;  // per segment: members in the chosen bucket
-  std::vector<SelectEntry> list;    // the boundary bucket's members
-  std::vector<float> samples;       // small-target path
-  std::vector<float> block_maxima;  // small-target and small-nucleus paths
+  std::vector<uint32_t> counts;      // per segment × level-1 buckets
+  std::vector<double> masses;        // per segment × level-1 buckets
+  std::vector<int64_t> offsets;      // per segment
+  std::vector<int64_t> seg_chosen;   // per segment: members in the chosen bucket
+  std::vector<SelectEntry> list;     // the boundary bucket's members
+  std::vector<float> samples;        // small-target path
+  std::vector<float> block_maxima;   // small-target and small-nucleus paths
+  std::vector<uint32_t> block_keys;  // block_max_bound's order keys of those
   // typical-p's block maxima as (d - d0, mass) (typical_set_looks_small,
   // small_typical_select).
   std::vector<SelectEntry> typical_maxima;
@@ -79,12 +80,13 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
 
 // A key bound (key_scale) holding at least `target` members, from the scan's
 // block maxima: the target-th largest maximum among the blocks that may hold
-// members. False when a segment carries no maxima or too few blocks may hold
-// members; with `fewer`, then the smallest of those maxima instead (*used:
-// how many maxima the bound holds).
+// members (*kth, when given; those maxima are left in scratch.block_maxima,
+// in block order). False when a segment carries no maxima or too few blocks
+// may hold members; with `fewer`, then the smallest of those maxima instead
+// (*used: how many maxima the bound holds).
 bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, double target,
-                     SelectScratch& scratch, float* bound, bool fewer = false,
-                     size_t* used = nullptr);
+                     SelectScratch& scratch, const Kernels& k, float* bound, bool fewer = false,
+                     size_t* used = nullptr, float* kth = nullptr);
 
 // typical-p's entropy moments over a large set (as the moments pass), in a
 // pass that also stores every token's d - d0 and mass for the select that
