@@ -37,7 +37,8 @@ run_asan() {
   #     the steady state, not of memory safety.
   local tests=(errors_test processors_test filters_test dump_test verify_test
                reproducibility_test engine_reference_test c_api_test cli_test
-               bad_input_test load_test fuzz_regression_test isa_test mass_test scan_test)
+               bad_input_test load_test fuzz_regression_test isa_test mass_test scan_test
+               select_kernels_test)
   # Only these test programs are configured (NUCLEUS_TESTS), so one parallel
   # build makes them all; naming them as targets would build one at a time.
   local list
