@@ -187,23 +187,30 @@ struct FormatCase {
 
 void PrintTo(const FormatCase& c, std::ostream* os) { *os << c.file << " " << dtype_name(c.dtype); }
 
-class DumpFormats : public ::testing::TestWithParam<FormatCase> {};
+class DumpFormats : public ::testing::TestWithParam<FormatCase> {
+ protected:
+  // The case's file of `values` (rows × vocab) in the test's folder, and the
+  // options that open it (a raw dump's dtype and vocab).
+  fs::path Write(const std::vector<float>& values, int64_t rows, int64_t vocab,
+                 DumpOptions* options) {
+    const fs::path path = TestDir() / GetParam().file;
+    detail::DumpWriteSpec spec;
+    spec.format = DumpFormat::kAuto;
+    spec.dtype = GetParam().dtype;
+    EXPECT_TRUE(detail::write_dump(path, values.data(), rows, vocab, spec).ok());
+    if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
+      options->dtype = GetParam().dtype;
+      options->vocab = vocab;
+    }
+    return path;
+  }
+};
 
 TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
-  const fs::path dir = TestDir();
   const int64_t rows = 7, vocab = 1000;
   const std::vector<float> values = RandomLogits(rows * vocab, 1);
-  const fs::path path = dir / GetParam().file;
-  detail::DumpWriteSpec spec;
-  spec.format = DumpFormat::kAuto;
-  spec.dtype = GetParam().dtype;
-  ASSERT_TRUE(detail::write_dump(path, values.data(), rows, vocab, spec).ok());
-
   DumpOptions options;
-  if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
-    options.dtype = GetParam().dtype;
-    options.vocab = vocab;
-  }
+  const fs::path path = Write(values, rows, vocab, &options);
   for (int64_t block_bytes : {int64_t{1} << 26, vocab * 4 * 3, int64_t{1}}) {
     options.block_bytes = block_bytes;
     Result<DumpReader> reader = DumpReader::open(path, options);
@@ -220,19 +227,10 @@ TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
 // widened in place in the caller's buffer, with nothing written past it),
 // from a file and from a pipe, with read_into's range checks.
 TEST_P(DumpFormats, ReadIntoFloat32WidensTheStoredValues) {
-  const fs::path dir = TestDir();
   const int64_t rows = 7, vocab = 5000;  // (more values than one widening run)
   const std::vector<float> values = RandomLogits(rows * vocab, 4);
-  const fs::path path = dir / GetParam().file;
-  detail::DumpWriteSpec spec;
-  spec.format = DumpFormat::kAuto;
-  spec.dtype = GetParam().dtype;
-  ASSERT_TRUE(detail::write_dump(path, values.data(), rows, vocab, spec).ok());
   DumpOptions options;
-  if (detail::dump_format_for_path(path) == DumpFormat::kRaw) {
-    options.dtype = GetParam().dtype;
-    options.vocab = vocab;
-  }
+  const fs::path path = Write(values, rows, vocab, &options);
   Result<DumpReader> file = DumpReader::open(path, options);
   Result<DumpReader> pipe = DumpReader::from_bytes(
       path.filename().string(),
