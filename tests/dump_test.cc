@@ -225,7 +225,9 @@ TEST_P(DumpFormats, ReadsBackWhatWasWritten) {
 
 // read_into_float32 gives the stored values widened (a half dump's rows
 // widened in place in the caller's buffer, with nothing written past it),
-// from a file and from a pipe, with read_into's range checks.
+// from a file and from bytes held in memory (a short pipe; a streamed one:
+// DumpPipe.ReadIntoFloat32WidensAStreamedHalfPipe), with read_into's range
+// checks.
 TEST_P(DumpFormats, ReadIntoFloat32WidensTheStoredValues) {
   const int64_t rows = 7, vocab = 5000;  // (more values than one widening run)
   const std::vector<float> values = RandomLogits(rows * vocab, 4);
@@ -777,6 +779,41 @@ TEST(DumpPipe, ReadIntoSkipsForward) {
   // (rows 0 and 1 were read ahead; reading rows 3 and 4 dropped them)
   EXPECT_FALSE(reader->read_into(4, 1, rows.data()).ok());
   EXPECT_FALSE(reader->read_into(11, 1, rows.data()).ok());
+}
+
+// read_into_float32 from a streamed half-precision pipe: the rows widened as
+// a file's are (in place in the caller's buffer, nothing written past it),
+// read forward only.
+TEST(DumpPipe, ReadIntoFloat32WidensAStreamedHalfPipe) {
+  const std::vector<float> values = RandomLogits(kPipeRows * kPipeVocab, 24);
+  const std::pair<DumpFormat, DType> cases[] = {{DumpFormat::kNpy, DType::kFloat16},
+                                                {DumpFormat::kSafetensors, DType::kBFloat16}};
+  for (const auto& [format, dtype] : cases) {
+    SCOPED_TRACE(dump_format_name(format));
+    const fs::path path = TestDir() / "half";
+    detail::DumpWriteSpec spec;
+    spec.format = format;
+    spec.dtype = dtype;
+    ASSERT_TRUE(detail::write_dump(path, values.data(), kPipeRows, kPipeVocab, spec).ok());
+    PipeFeed feed(ReadFile(path));
+    DumpOptions options;
+    options.block_bytes = 2 * kPipeVocab * 2;  // (the read-ahead: 256 KiB of 1.5 MiB)
+    Result<DumpReader> reader = OpenPipe(feed, options);
+    ASSERT_TRUE(reader.ok()) << reader.status().message();
+    EXPECT_TRUE(reader->info().streamed);
+    EXPECT_EQ(reader->info().dtype, dtype);
+    std::vector<float> rows(3 * kPipeVocab + 8, -7.0f);
+    for (const int64_t first : {int64_t{1}, int64_t{6}}) {
+      ASSERT_TRUE(reader->read_into_float32(first, 3, rows.data()).ok()) << "rows from " << first;
+      for (int64_t i = 0; i < 3 * kPipeVocab; ++i) {
+        ASSERT_EQ(rows[static_cast<size_t>(i)],
+                  Rounded(values[static_cast<size_t>(first * kPipeVocab + i)], dtype))
+            << "rows from " << first << ", value " << i;
+      }
+      for (size_t i = 3 * kPipeVocab; i < rows.size(); ++i) ASSERT_EQ(rows[i], -7.0f);
+    }
+    EXPECT_FALSE(reader->read_into_float32(0, 1, rows.data()).ok());  // (already read)
+  }
 }
 
 // A stream that ends early, or holds bytes after the last row, fails at the

@@ -200,7 +200,8 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
       // (each line once: the packets of an iteration cover one line or more)
       for (int64_t line = j; line < j + 4 * kLanes && line % kLineFloats == 0;
            line += kLineFloats) {
-        // (a row being copied is not read again, its copy is: on AVX-512 its
+        // (the passes after a copying scan read the copy, not the row, but
+        // for the raw log-probabilities when asked for: on AVX-512 the row's
         // lines are asked for as non-temporal, which leaves more of the cache
         // to the copy; penalty + top-p on one 128256 row, Zen 5, bench/ab -n
         // 10: 35.09 -> 34.67 µs median, over eight distinct rows 38.00 ->
