@@ -1030,6 +1030,46 @@ TEST(CApiDump, ReadsRawBlocksThatSampleLikeTheWholeBatch) {
   EXPECT_EQ(nucleus_dump_close(nullptr), NUCLEUS_OK);
 }
 
+// nucleus_dump_read_into_float32 widens bfloat16 rows exactly (in place in
+// the caller's buffer, nothing written past the rows), with the range checks
+// and NULL checks of nucleus_dump_read_into.
+TEST(CApiDump, ReadIntoFloat32WidensBfloat16Rows) {
+  const int64_t rows = 5, vocab = 3000;
+  const std::vector<float> logits = MakeLogits(rows, vocab, 19);
+  std::vector<uint16_t> bits(logits.size());
+  for (size_t i = 0; i < bits.size(); ++i) {
+    bits[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(logits[i]) >> 16);  // (truncated)
+  }
+  const std::string path = (TempDir("bf16") / "logits.bin").string();
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(bits.data(), sizeof(uint16_t), bits.size(), f), bits.size());
+    std::fclose(f);
+  }
+  nucleus_dump_options options = nucleus_dump_options_default();
+  options.format = NUCLEUS_DUMP_RAW;
+  options.dtype = NUCLEUS_DTYPE_BF16;
+  options.has_dtype = 1;
+  options.vocab = vocab;
+  nucleus_dump* dump = nullptr;
+  ASSERT_EQ(nucleus_dump_open(path.c_str(), &options, &dump), NUCLEUS_OK) << nucleus_last_error();
+  std::vector<float> rows_out(3 * vocab + 4, -7.0f);
+  ASSERT_EQ(nucleus_dump_read_into_float32(dump, 1, 3, rows_out.data()), NUCLEUS_OK)
+      << nucleus_last_error();
+  for (int64_t i = 0; i < 3 * vocab; ++i) {
+    const uint32_t want = uint32_t{bits[static_cast<size_t>(vocab + i)]} << 16;
+    ASSERT_EQ(std::bit_cast<uint32_t>(rows_out[static_cast<size_t>(i)]), want) << "value " << i;
+  }
+  for (size_t i = 3 * vocab; i < rows_out.size(); ++i) EXPECT_EQ(rows_out[i], -7.0f);
+  EXPECT_EQ(nucleus_dump_read_into_float32(dump, 4, 2, rows_out.data()), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_THAT(nucleus_last_error(), HasSubstr("2 rows from row 4"));
+  EXPECT_EQ(nucleus_dump_read_into_float32(dump, 0, 1, nullptr), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_EQ(nucleus_dump_read_into_float32(nullptr, 0, 1, rows_out.data()),
+            NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_EQ(nucleus_dump_close(dump), NUCLEUS_OK);
+}
+
 TEST(CApiDump, OpensNpyByExtension) {
   const int64_t rows = 2, vocab = 50;
   const std::vector<float> logits = MakeLogits(rows, vocab, 19);

@@ -675,6 +675,16 @@ nucleus_status nucleus_dump_read_into(nucleus_dump* dump, int64_t first, int64_t
   });
 }
 
+nucleus_status nucleus_dump_read_into_float32(nucleus_dump* dump, int64_t first, int64_t count,
+                                              float* dst) {
+  return guarded([&] {
+    if (dump == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dump is NULL");
+    if (dst == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dst is NULL");
+    const Status s = dump->reader.read_into_float32(first, count, dst);
+    return s.ok() ? succeed() : fail(s);
+  });
+}
+
 nucleus_status nucleus_dump_close(nucleus_dump* dump) {
   return guarded([&] {
     delete dump;
