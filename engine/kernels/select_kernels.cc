@@ -544,7 +544,7 @@ float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
   uint32_t lo = UINT32_MAX, hi = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = std::bit_cast<uint32_t>(v[i]);
-    const uint32_t key = u & 0x80000000u ? ~u : u | 0x80000000u;
+    const uint32_t key = (u & 0x80000000u) ? ~u : u | 0x80000000u;
     keys[i] = key;
     lo = std::min(lo, key);
     hi = std::max(hi, key);
@@ -577,7 +577,7 @@ float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
       t = count >= need ? t | 1u : t;
     }
   }
-  return std::bit_cast<float>(t & 0x80000000u ? t & 0x7fffffffu : ~t);
+  return std::bit_cast<float>((t & 0x80000000u) ? t & 0x7fffffffu : ~t);
 }
 
 void entry_masses(SelectEntry* list, int64_t size) {

@@ -796,7 +796,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
         for (const GatheredToken& g : sc_.select.gathered_list(p)) {
           sc_.cand_x[static_cast<size_t>(n)] = g.x;
           sc_.cand_idx[static_cast<size_t>(n)] = g.token;
-          n += (g.key >= set.dlo) & (g.key <= set.dhi) ? 1 : 0;
+          n += ((g.key >= set.dlo) & (g.key <= set.dhi)) ? 1 : 0;
         }
       }
       sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
