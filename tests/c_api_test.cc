@@ -39,6 +39,7 @@
 
 // Allocation counting and fault injection.
 #include "counting_new.h"
+#include "test_files.h"
 
 namespace {
 
@@ -947,21 +948,29 @@ std::filesystem::path TempDir(const std::string& name) {
   return dir;
 }
 
+// `data` as the raw file `path`.
+template <typename T>
+void WriteRaw(const std::string& path, const std::vector<T>& data) {
+  test_files::WriteFile(
+      path, std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(T)));
+}
+
+// The options that open a raw dump of `dtype` rows of `vocab` values.
+nucleus_dump_options RawOptions(nucleus_dtype dtype, int64_t vocab) {
+  nucleus_dump_options options = nucleus_dump_options_default();
+  options.format = NUCLEUS_DUMP_RAW;
+  options.dtype = dtype;
+  options.has_dtype = 1;
+  options.vocab = vocab;
+  return options;
+}
+
 TEST(CApiDump, ReadsRawBlocksThatSampleLikeTheWholeBatch) {
   const int64_t rows = 7, vocab = 100;
   const std::vector<float> logits = MakeLogits(rows, vocab, 18);
   const std::string path = (TempDir("raw") / "logits.bin").string();
-  {
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    ASSERT_NE(f, nullptr);
-    ASSERT_EQ(std::fwrite(logits.data(), sizeof(float), logits.size(), f), logits.size());
-    std::fclose(f);
-  }
-  nucleus_dump_options options = nucleus_dump_options_default();
-  options.format = NUCLEUS_DUMP_RAW;
-  options.dtype = NUCLEUS_DTYPE_F32;
-  options.has_dtype = 1;
-  options.vocab = vocab;
+  WriteRaw(path, logits);
+  nucleus_dump_options options = RawOptions(NUCLEUS_DTYPE_F32, vocab);
   options.block_bytes = 3 * vocab * 4;  // three rows a block
   nucleus_dump* dump = nullptr;
   ASSERT_EQ(nucleus_dump_open(path.c_str(), &options, &dump), NUCLEUS_OK) << nucleus_last_error();
@@ -1041,17 +1050,8 @@ TEST(CApiDump, ReadIntoFloat32WidensBfloat16Rows) {
     bits[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(logits[i]) >> 16);  // (truncated)
   }
   const std::string path = (TempDir("bf16") / "logits.bin").string();
-  {
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    ASSERT_NE(f, nullptr);
-    ASSERT_EQ(std::fwrite(bits.data(), sizeof(uint16_t), bits.size(), f), bits.size());
-    std::fclose(f);
-  }
-  nucleus_dump_options options = nucleus_dump_options_default();
-  options.format = NUCLEUS_DUMP_RAW;
-  options.dtype = NUCLEUS_DTYPE_BF16;
-  options.has_dtype = 1;
-  options.vocab = vocab;
+  WriteRaw(path, bits);
+  const nucleus_dump_options options = RawOptions(NUCLEUS_DTYPE_BF16, vocab);
   nucleus_dump* dump = nullptr;
   ASSERT_EQ(nucleus_dump_open(path.c_str(), &options, &dump), NUCLEUS_OK) << nucleus_last_error();
   std::vector<float> rows_out(3 * vocab + 4, -7.0f);
@@ -1103,13 +1103,7 @@ TEST(CApiDump, OpenErrors) {
   EXPECT_THAT(nucleus_last_error(), HasSubstr("missing.npy"));
 
   const std::string raw = (TempDir("errors") / "some.bin").string();
-  {
-    std::FILE* f = std::fopen(raw.c_str(), "wb");
-    ASSERT_NE(f, nullptr);
-    const float x[6] = {1, 2, 3, 4, 5, 6};
-    std::fwrite(x, sizeof x, 1, f);
-    std::fclose(f);
-  }
+  WriteRaw(raw, std::vector<float>{1, 2, 3, 4, 5, 6});
   nucleus_dump_options options = nucleus_dump_options_default();
   // By extension a .bin file is raw, and a raw dump needs its dtype and vocab.
   EXPECT_EQ(nucleus_dump_open(raw.c_str(), &options, &dump), NUCLEUS_IO_ERROR);

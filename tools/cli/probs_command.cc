@@ -40,11 +40,9 @@ int run_probs(const ProbsCommand& c) {
   }
   // (the options against a given --vocab before the dump: opening a raw
   // pipe copies it whole)
-  if (c.input.vocab > 0) {
-    if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
+  if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
+    print_error(s.message());
+    return kExitFailure;
   }
   // Each block needs a float32 row of output per row of input.
   Result<DumpReader> reader = open_input(c.input, 4);

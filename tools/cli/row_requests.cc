@@ -319,6 +319,7 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
 }
 
 Status RequestTable::check_before_dump(const SamplingOptions& options, int64_t vocab) {
+  if (vocab <= 0) return Status();  // (no --vocab: checked once the dump says it)
   SamplingOptions base = options;
   base.params_file.clear();
   return build(base, 1, vocab).status();

@@ -134,11 +134,9 @@ int run_sample(const SampleCommand& c) {
   // (the options against a given --vocab, and the output, before the dump:
   // opening a raw pipe copies it whole; the output appears only once it is
   // complete)
-  if (c.input.vocab > 0) {
-    if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
-      print_error(s.message());
-      return kExitFailure;
-    }
+  if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
+    print_error(s.message());
+    return kExitFailure;
   }
   Result<TextOutput> out = TextOutput::open(c.output);
   if (!out.ok()) {
