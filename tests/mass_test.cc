@@ -1,5 +1,5 @@
 // The masses exp(-(d - d0)) that every pass forms (engine/kernels/block_ops.h,
-// mass_exp), on every instruction set this machine runs: within four float
+// mass_exp), on every instruction set this machine runs: within a few float
 // ulps of the exact exp wherever they are kept, exactly 0 past kUnderflow, and the
 // same bits from a row pass (moments) as from the pass over a gathered list
 // (entry_masses), which the selects rely on when they total a list's masses
@@ -51,10 +51,12 @@ TEST(Masses, WithinFourUlpsAndZeroPastUnderflow) {
       const double err = std::abs(static_cast<double>(list[i].weight) - exact) / exact;
       if (err > worst) worst = err, worst_at = e[i];
     }
-    // 4 ulps of a float in [1, 2), 2^-21: the polynomial's ulp or two, and
-    // on AVX-512 the range reduction subtracts m ln 2 with one float ln 2,
-    // whose error times m (up to 126 near kUnderflow) adds about 2.5 ulps.
-    EXPECT_LE(worst, std::ldexp(1.0, -21)) << "at e = " << worst_at;
+    // The polynomial's ulp or so, 2^-22 (measured over every float of the
+    // interval: 1.3e-7); on AVX-512 the range reduction subtracts m ln 2 with
+    // one float ln 2, whose error times m (up to 126 near kUnderflow) adds
+    // about 2.5 ulps, 2^-21 (measured: 3.0e-7).
+    const double bound = std::ldexp(1.0, isa == Isa::kAVX512 ? -21 : -22);
+    EXPECT_LE(worst, bound) << "at e = " << worst_at;
     for (size_t i = kept; i < e.size(); ++i) EXPECT_EQ(list[i].weight, 0.0f) << "e = " << e[i];
   }
 }
