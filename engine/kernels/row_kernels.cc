@@ -736,13 +736,14 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
                     int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                     const RowChanges* changes) {
-  // Every value is read from src, which the writes do not change: a token
-  // listed again is penalised from the same value to the same result. Its
-  // notes are the same too, and noting twice changes nothing (the maxima
-  // take the larger value, a block touched stays touched, the first bad
-  // position is the least) except the count of tokens that became -inf: a
-  // finite logit the penalty overflows to -inf is counted once, marked in
-  // `seen` (whose words are cleared after).
+  // Every value is read as it was before the kernel wrote anything (from
+  // src, which the writes do not change, or on AVX-512 from row before the
+  // first write): a token listed again is penalised from the same value to
+  // the same result. Its notes are the same too, and noting twice changes
+  // nothing (the maxima take the larger value, a block touched stays
+  // touched, the first bad position is the least) except the count of
+  // tokens that became -inf: a finite logit the penalty overflows to -inf is
+  // counted once, marked in `seen` (whose words are cleared after).
   const auto span = static_cast<uint32_t>(hi - lo);
   bool overflowed = false;
   auto note = [&](int32_t t, float x, float y) {
@@ -767,12 +768,43 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
   const __m512 vrp = _mm512_set1_ps(rp);
   const __m512 zero = _mm512_setzero_ps();
   const __m512 least_max = _mm512_set1_ps(least);
-  auto penalise = [&](const int32_t* list, int64_t len) {
+  auto packet = [&](const int32_t* list, int64_t len, int64_t j, __m512i* tok) {
+    const auto tail = static_cast<__mmask16>(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
+    *tok = _mm512_maskz_loadu_epi32(tail, list + j);
+    return _mm512_mask_cmplt_epu32_mask(tail, _mm512_sub_epi32(*tok, vlo), vspan);
+  };
+  // The first kEarly listed tokens' values are gathered from row before
+  // anything is written (in [lo, hi) it holds src's values until then):
+  // the copying scan has just written its lines, which are in cache, while
+  // src's were read past it (the scan's non-temporal prefetch). The rest,
+  // if any, are gathered from src. One 128256 row, 2,000 tokens: see
+  // docs/performance.md, "Penalty + top-p".
+  constexpr int64_t kEarly = 4096;
+  alignas(64) float early[kEarly + 16];
+  const int64_t early_a = std::min(na, kEarly), early_b = std::min(nb, kEarly - early_a);
+  auto gather_early = [&](const int32_t* list, int64_t len, float* out) {
     for (int64_t j = 0; j < len; j += 16) {
-      const auto tail = static_cast<__mmask16>(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
-      const __m512i tok = _mm512_maskz_loadu_epi32(tail, list + j);
-      const __mmask16 mine = _mm512_mask_cmplt_epu32_mask(tail, _mm512_sub_epi32(tok, vlo), vspan);
-      const __m512 x = _mm512_mask_i32gather_ps(zero, mine, tok, src, 4);
+      __m512i tok;
+      const __mmask16 mine = packet(list, len, j, &tok);
+      _mm512_storeu_ps(out + j, _mm512_mask_i32gather_ps(zero, mine, tok, row, 4));
+    }
+  };
+  gather_early(a, early_a, early);
+  gather_early(b, early_b, early + early_a);
+  auto penalise = [&](const int32_t* list, int64_t len, const float* pre, int64_t npre) {
+    for (int64_t j = 0; j < len; j += 16) {
+      __m512i tok;
+      const __mmask16 mine = packet(list, len, j, &tok);
+      __m512 x;
+      if (j + 16 <= npre) [[likely]] {
+        x = _mm512_maskz_loadu_ps(mine, pre + j);
+      } else if (j >= npre) {
+        x = _mm512_mask_i32gather_ps(zero, mine, tok, src, 4);
+      } else {
+        const auto ahead = static_cast<__mmask16>((1u << static_cast<unsigned>(npre - j)) - 1);
+        x = _mm512_mask_i32gather_ps(_mm512_maskz_loadu_ps(mine & ahead, pre + j),
+                                     static_cast<__mmask16>(mine & ~ahead), tok, src, 4);
+      }
       const __m512 y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
                                             _mm512_mul_ps(x, vrp), _mm512_div_ps(x, vrp));
       _mm512_mask_i32scatter_ps(row, mine, tok, y, 4);
@@ -795,6 +827,8 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
       }
     }
   };
+  penalise(a, na, early, early_a);
+  penalise(b, nb, early + early_a, early_b);
 #else
   auto penalise = [&](const int32_t* list, int64_t len) {
     for (int64_t j = 0; j < len; ++j) {
@@ -808,9 +842,9 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
       if (changes && (std::max(x, y) >= least || !(std::abs(y) < kInf))) note(t, x, y);
     }
   };
-#endif
   penalise(a, na);
   penalise(b, nb);
+#endif
   if (!overflowed) return;
   auto clear = [&](const int32_t* list, int64_t len) {
     for (int64_t j = 0; j < len; ++j) {
