@@ -51,8 +51,10 @@ inline Packet mass_exp(const Packet& arg) {
   // low mantissa bits of t (one fused multiply-add, no round instruction).
   const Packet shift = c(12582912.0f);
 #if defined(__AVX512F__)
-  // (no clamp: vscalefps takes any m, and a masked token's -inf makes a NaN
-  // that every caller's member mask drops)
+  // (no clamp: vscalefps takes any m, and a masked token's -inf, or the -inf
+  // padding of a tail, makes a NaN that every caller's member mask drops; it
+  // sets the invalid-operation status flag, which nothing reads, and a
+  // caller that unmasks that exception traps on every path anyway)
   const Packet x = arg;
 #else
   // (clamped so that 2^m can be built from its bits, m >= -126)
