@@ -6,15 +6,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
 #include <span>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -345,6 +350,45 @@ TEST(ReproducibilityTest, EngineThreadsAreCappedAtWhatOneTbbAllows) {
   const tbb::global_control lowered(tbb::global_control::max_allowed_parallelism, 1);
   EXPECT_EQ(Engine(EngineOptions{.max_threads = 0, .seed = 1}).max_threads(), 1);
   EXPECT_EQ(Engine(EngineOptions{.max_threads = 2, .seed = 1}).max_threads(), 1);
+}
+
+// Engine::execute runs the host's work in the engine's arena: a
+// parallel_for there sees the engine's concurrency and uses no more threads,
+// a sampling call made from it draws what one made outside draws, and an
+// exception thrown by the work reaches the caller.
+TEST(ReproducibilityTest, ExecuteRunsTheHostsWorkInTheEnginesArena) {
+  for (int threads : {1, 0}) {
+    Engine engine(EngineOptions{.max_threads = threads, .seed = 1});
+    int concurrency = 0;
+    std::set<std::thread::id> ids;
+    std::mutex m;
+    engine.execute([&] {
+      concurrency = tbb::this_task_arena::max_concurrency();
+      tbb::parallel_for(0, 256, [&](int) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        const std::lock_guard<std::mutex> lock(m);
+        ids.insert(std::this_thread::get_id());
+      });
+    });
+    EXPECT_EQ(concurrency, engine.max_threads()) << "max_threads " << threads;
+    EXPECT_GE(ids.size(), 1u);
+    EXPECT_LE(ids.size(), static_cast<size_t>(engine.max_threads()));
+
+    const std::vector<float> row = MakeLogits(7, kLargeVocab);
+    RowRequest req;
+    req.seed = 11;
+    req.params.top_p = 0.9f;
+    const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};
+    std::vector<RowResult> outside(1), inside(1);
+    ASSERT_TRUE(engine.sample(view, std::span(&req, 1), outside).ok());
+    Status s;
+    engine.execute([&] { s = engine.sample(view, std::span(&req, 1), inside); });
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(inside[0].tokens, outside[0].tokens);
+
+    EXPECT_THROW(engine.execute([] { throw std::runtime_error("host work failed"); }),
+                 std::runtime_error);
+  }
 }
 
 TEST(ReproducibilityTest, MultipleSamplesDifferButAreReproducible) {

@@ -179,10 +179,17 @@ tbb::task_arena& arena_for(int threads) {
   return *a;
 }
 
+// Runs in the calling thread's arena when it has `threads` slots (the
+// engine's, inside Engine::execute), in one of the bench's own otherwise.
 template <typename F>
 void for_rows(int threads, int64_t rows, F&& f) {
-  arena_for(threads).execute(
-      [&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); });
+  auto all = [&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); };
+  if (tbb::this_task_arena::current_thread_index() != tbb::task_arena::not_initialized &&
+      tbb::this_task_arena::max_concurrency() == threads) {
+    all();
+  } else {
+    arena_for(threads).execute(all);
+  }
 }
 
 // A buffer kept between calls (one per type and slot), so that the timed
@@ -575,6 +582,12 @@ CaseResult run_case(const Case& c, const Options& options) {
   out.c.isa = isa;
   const double rows = static_cast<double>(c.batch);
 
+  // The baselines run in the engine's arena (Engine::execute): oneTBB hands
+  // an idle worker to another arena only after ~0.2 ms, so in an arena of
+  // their own either they or nucleus would start each turn without the
+  // other thread (at batch 1 on two threads the floor then ran no faster
+  // than on one, and nucleus at 1.2x or 1.55x its one-thread speed,
+  // depending on which arena kept the worker).
   volatile double sink = 0;
   const auto [t_nucleus, t_roof, t_soft] = interleaved_medians(
       options.repeat,
@@ -583,8 +596,13 @@ CaseResult run_case(const Case& c, const Options& options) {
         const Status s = engine.sample(views[k], requests[k], results);
         if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
       },
-      [&] { sink = sink + roofline_pass(ws[next(at_roof)], c.threads, isa); },
-      [&] { sink = sink + softmax_floor_pass(ws[next(at_soft)], c.threads, isa); });
+      [&] {
+        engine.execute([&] { sink = sink + roofline_pass(ws[next(at_roof)], c.threads, isa); });
+      },
+      [&] {
+        engine.execute(
+            [&] { sink = sink + softmax_floor_pass(ws[next(at_soft)], c.threads, isa); });
+      });
   out.us_per_row = t_nucleus / rows * 1e6;
   out.rows_per_s = rows / t_nucleus;
   out.gb_per_s = static_cast<double>(ws[0].bytes()) / t_nucleus / 1e9;
@@ -596,8 +614,9 @@ CaseResult run_case(const Case& c, const Options& options) {
     std::vector<int32_t> tokens;
     // The reference is slow: fewer repeats keep a grid affordable.
     const int repeat = std::max(3, options.repeat / 5);
-    const double t_ref = median_seconds(
-        repeat, [&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens); });
+    const double t_ref = median_seconds(repeat, [&] {
+      engine.execute([&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens); });
+    });
     out.reference_us_per_row = t_ref / rows * 1e6;
     out.vs_reference = t_ref / t_nucleus;
   }

@@ -194,6 +194,8 @@ int Engine::max_threads() const { return impl_->threads; }
 
 Isa Engine::isa() const { return impl_->kernels->isa; }
 
+void Engine::execute(const std::function<void()>& work) { impl_->arena->execute(work); }
+
 Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requests,
                       std::span<RowResult> results) {
   // Unseeded rows take seeds from one block of the engine's counter.

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -111,6 +112,15 @@ class Engine {
   int max_threads() const;
   // The instruction set this engine's row passes run (never kAuto).
   Isa isa() const;
+
+  // Runs `work` on the calling thread inside the engine's oneTBB arena: a
+  // tbb::parallel_for in it shares the engine's threads. oneTBB moves an idle
+  // worker thread from one arena to another only after it has idled a while
+  // (~0.2 ms on the development machine), so a host that alternates parallel
+  // work of its own, in another arena, with sampling calls would find the
+  // engine's threads away at the start of each call; its work run here does
+  // not. Exceptions from `work` propagate.
+  void execute(const std::function<void()>& work);
 
  private:
   struct Impl;
