@@ -13,9 +13,25 @@
 // default 1 every iteration reads the same, cached batch); a shape whose N
 // batches would take more than half of the machine's memory is skipped with
 // that reason (bench_core's rows_memory_error, as `nucleus bench` checks).
+//
+// arena_switch/{none,own_arena,engine_execute}/... time ten sampling calls
+// (one 128256 row, full sampling, all threads) after ten roofline passes of
+// the host's: none, in an arena of the host's own, or in the engine's
+// (Engine::execute); only the sampling calls are timed. oneTBB hands an idle
+// worker to another arena only after a while, so own_arena's calls start
+// without the engine's other threads.
+//
+// fork_join/{alone,split}/128256 time the softmax floor's exp-sum over half
+// of one row on the calling thread (alone), and over the whole row in two
+// halves run by a tbb::parallel_for with a static partitioner in a 2-thread
+// arena (split): split - alone is what one fork and join costs on this
+// machine, which each split pass of a batch-1 row pays.
 #include <benchmark/benchmark.h>
 #include <tbb/info.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,9 +39,11 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bench/core/bench_core.h"
+#include "bench/core/floor_kernels.h"
 
 namespace nb = nucleus::bench;
 
@@ -124,6 +142,63 @@ void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, i
   set_counters(state, ws[0]);
 }
 
+enum class HostWork { kNone, kOwnArena, kEngineExecute };
+
+void arena_switch_case(benchmark::State& state, HostWork host) {
+  const int threads = tbb::info::default_concurrency();
+  const std::span<const nb::Workload> ws = workloads(state, 128256, 1, nucleus::DType::kFloat32);
+  if (ws.empty()) return;
+  const nb::Workload& w = ws[0];
+  const std::vector<nucleus::RowRequest> requests = nb::make_requests(nb::Config::kFull, w, false);
+  std::vector<nucleus::RowResult> results(1);
+  nucleus::Engine engine({.max_threads = threads, .seed = 1});
+  const nucleus::Isa isa = engine.isa();
+  constexpr int kTurn = 10;
+  for (auto _ : state) {
+    for (int i = 0; i < kTurn; ++i) {
+      if (host == HostWork::kOwnArena) {
+        benchmark::DoNotOptimize(nb::roofline_pass(w, threads, isa));
+      } else if (host == HostWork::kEngineExecute) {
+        engine.execute([&] { benchmark::DoNotOptimize(nb::roofline_pass(w, threads, isa)); });
+      }
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kTurn; ++i) {
+      const nucleus::Status s = engine.sample(w.view(), requests, results);
+      if (!s.ok()) state.SkipWithError(s.message().c_str());
+    }
+    state.SetIterationTime(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / kTurn);
+  }
+  set_counters(state, w);
+}
+
+void fork_join_case(benchmark::State& state, bool split) {
+  const std::span<const nb::Workload> ws = workloads(state, 128256, 1, nucleus::DType::kFloat32);
+  if (ws.empty()) return;
+  const float* row = ws[0].f32.data();
+  const int64_t half = ws[0].vocab / 2;
+  const nb::FloorKernels& k = nb::floor_kernels_for(nucleus::resolve_isa(nucleus::Isa::kAuto));
+  const float m = k.slice_max(row, nucleus::DType::kFloat32, ws[0].vocab);
+  tbb::task_arena arena(2);
+  double sums[2] = {0, 0};
+  for (auto _ : state) {
+    if (split) {
+      arena.execute([&] {
+        tbb::parallel_for(
+            0, 2,
+            [&](int h) {
+              sums[h] = k.slice_exp_sum(row + h * half, nucleus::DType::kFloat32, half, m);
+            },
+            tbb::static_partitioner{});
+      });
+    } else {
+      sums[0] = k.slice_exp_sum(row, nucleus::DType::kFloat32, half, m);
+    }
+    benchmark::DoNotOptimize(sums);
+  }
+}
+
 std::string join(std::initializer_list<std::string> parts) {
   std::string out;
   for (const std::string& p : parts) {
@@ -160,6 +235,18 @@ void register_grid() {
         }
       }
     }
+  }
+  if (all > 1) {
+    for (auto [name, host] :
+         {std::pair{"none", HostWork::kNone}, std::pair{"own_arena", HostWork::kOwnArena},
+          std::pair{"engine_execute", HostWork::kEngineExecute}}) {
+      benchmark::RegisterBenchmark(
+          join({"arena_switch", name, "full/128256/1/f32", std::to_string(all)}).c_str(),
+          arena_switch_case, host)
+          ->UseManualTime();
+    }
+    benchmark::RegisterBenchmark("fork_join/alone/128256", fork_join_case, false)->UseRealTime();
+    benchmark::RegisterBenchmark("fork_join/split/128256", fork_join_case, true)->UseRealTime();
   }
 }
 

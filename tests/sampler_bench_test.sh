@@ -3,7 +3,8 @@
 # nucleus case and its two baselines, over two distinct batches
 # (--distinct=2, a flag of its own taken before Google Benchmark's), and
 # reports rows/s for each; a bad --distinct is refused with exit status 2, and
-# batches too large for memory are not made (the benchmark skipped).
+# batches too large for memory are not made (the benchmark skipped); with two
+# cores or more the arena-switch and fork-join benchmarks run.
 # Usage: sampler_bench_test.sh SAMPLER_BENCH
 set -euo pipefail
 bench="$1"
@@ -41,3 +42,21 @@ msg = b["error_message"]
 assert msg.startswith("--distinct=1000 batches need ") and "more than half of this machine's" in msg, msg
 print("sampler_bench: batches too large for memory refused:", msg)
 PY
+# With two cores or more: the arena-switch and fork-join benchmarks run and
+# report a time (arena_switch's rows/s too), none with an error.
+if (($(nproc) >= 2)); then
+  json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
+    --benchmark_filter='^(arena_switch|fork_join)/' 2>/dev/null)"
+  /usr/bin/python3 - "$json" <<'PY'
+import json, sys
+runs = {b["name"]: b for b in json.loads(sys.argv[1])["benchmarks"]}
+kinds = sorted({n.split("/")[0] + "/" + n.split("/")[1] for n in runs})
+assert kinds == ["arena_switch/engine_execute", "arena_switch/none", "arena_switch/own_arena",
+                 "fork_join/alone", "fork_join/split"], kinds
+for name, b in runs.items():
+    assert "error_occurred" not in b, (name, b)
+    assert b["iterations"] >= 1 and b["real_time"] > 0, (name, b)
+    assert not name.startswith("arena_switch") or b["rows/s"] > 0, (name, b)
+print("sampler_bench: arena_switch and fork_join run")
+PY
+fi
