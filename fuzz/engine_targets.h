@@ -236,16 +236,7 @@ struct FuzzBatch {
 // The input row as float32 (what the engine widens it to).
 inline float LogitAt(const LogitsView& v, int64_t row, int64_t token) {
   const int64_t stride = v.row_stride == 0 ? v.vocab : v.row_stride;
-  const int64_t i = row * stride + token;
-  switch (v.dtype) {
-    case DType::kFloat32:
-      return static_cast<const float*>(v.data)[i];
-    case DType::kFloat16:
-      return detail::half_bits_to_float(static_cast<const uint16_t*>(v.data)[i]);
-    case DType::kBFloat16:
-      return detail::bfloat16_bits_to_float(static_cast<const uint16_t*>(v.data)[i]);
-  }
-  return 0.0f;
+  return detail::value_to_float(v.data, v.dtype, row * stride + token);
 }
 
 inline void StoreLogit(FuzzBatch& b, int64_t index, float x) {

@@ -74,16 +74,8 @@ float Rounded(float x, DType dtype) {
 }
 
 float ValueAt(const LogitsView& view, int64_t row, int64_t col) {
-  const int64_t i = row * (view.row_stride ? view.row_stride : view.vocab) + col;
-  switch (view.dtype) {
-    case DType::kFloat16:
-      return half_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
-    case DType::kBFloat16:
-      return bfloat16_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
-    case DType::kFloat32:
-      break;
-  }
-  return static_cast<const float*>(view.data)[i];
+  return detail::value_to_float(view.data, view.dtype,
+                                row * (view.row_stride ? view.row_stride : view.vocab) + col);
 }
 
 // Reads every row through blocks and checks them against `values`.

@@ -38,9 +38,7 @@ struct Expected {
 uint16_t ToHalf(DType t, float f) {
   return t == DType::kFloat16 ? detail::float_to_half_bits(f) : detail::float_to_bfloat16_bits(f);
 }
-float FromHalf(DType t, uint16_t h) {
-  return t == DType::kFloat16 ? detail::half_bits_to_float(h) : detail::bfloat16_bits_to_float(h);
-}
+float FromHalf(DType t, uint16_t h) { return detail::half_to_float(h, t); }
 uint16_t HalfNaN(DType t) { return t == DType::kFloat16 ? 0x7E00 : 0x7FC0; }
 uint16_t HalfInf(DType t) { return t == DType::kFloat16 ? 0x7C00 : 0x7F80; }
 constexpr DType kHalfTypes[] = {DType::kBFloat16, DType::kFloat16};

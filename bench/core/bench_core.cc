@@ -300,8 +300,7 @@ void finish_workload(Workload& w, uint64_t seed) {
     for (size_t i = 0; i < w.f32.size(); ++i) {
       w.half[i] =
           f16 ? detail::float_to_half_bits(w.f32[i]) : detail::float_to_bfloat16_bits(w.f32[i]);
-      w.f32[i] =
-          f16 ? detail::half_bits_to_float(w.half[i]) : detail::bfloat16_bits_to_float(w.half[i]);
+      w.f32[i] = detail::half_to_float(w.half[i], w.dtype);
     }
   }
   std::mt19937_64 rng(seed + 7);

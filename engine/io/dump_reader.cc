@@ -473,8 +473,7 @@ Status DumpReader::read_into_float32(int64_t first, int64_t count, float* dst) {
     const int64_t n = std::min(kRun, values - i);
     std::memcpy(half.data(), stored + 2 * i, static_cast<size_t>(2 * n));
     for (int64_t j = 0; j < n; ++j) {
-      dst[i + j] = dtype == DType::kFloat16 ? detail::half_bits_to_float(half[j])
-                                            : detail::bfloat16_bits_to_float(half[j]);
+      dst[i + j] = detail::half_to_float(half[j], dtype);
     }
   }
   return Status();

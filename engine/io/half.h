@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "nucleus/sampling.h"
+
 namespace nucleus::detail {
 
 // IEEE binary16 bits to float32 (exact: every half is a float).
@@ -60,6 +62,18 @@ inline uint16_t float_to_half_bits(float f) {
 // bfloat16 bits to float32 (exact: bfloat16 is the top half of a float).
 inline float bfloat16_bits_to_float(uint16_t b) {
   return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
+
+// The 16-bit float `bits` of a row of `dtype` (kFloat16 or kBFloat16) as
+// float32.
+inline float half_to_float(uint16_t bits, DType dtype) {
+  return dtype == DType::kFloat16 ? half_bits_to_float(bits) : bfloat16_bits_to_float(bits);
+}
+
+// Element i of a row of `dtype` (any of the three) as float32.
+inline float value_to_float(const void* data, DType dtype, int64_t i) {
+  if (dtype == DType::kFloat32) return static_cast<const float*>(data)[i];
+  return half_to_float(static_cast<const uint16_t*>(data)[i], dtype);
 }
 
 // float32 to bfloat16 bits, rounding to nearest even; NaN stays NaN.

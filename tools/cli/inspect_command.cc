@@ -42,16 +42,7 @@ struct RowSummary {
 };
 
 float logit_at(const LogitsView& view, int64_t row, int64_t token) {
-  const int64_t i = row * view.row_stride + token;
-  switch (view.dtype) {
-    case DType::kFloat32:
-      return static_cast<const float*>(view.data)[i];
-    case DType::kFloat16:
-      return detail::half_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
-    case DType::kBFloat16:
-      return detail::bfloat16_bits_to_float(static_cast<const uint16_t*>(view.data)[i]);
-  }
-  return 0.0f;
+  return detail::value_to_float(view.data, view.dtype, row * view.row_stride + token);
 }
 
 // Runs the engine over one block and fills one summary per row.
