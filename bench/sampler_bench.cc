@@ -159,7 +159,7 @@ void arena_switch_case(benchmark::State& state, HostWork host) {
       if (host == HostWork::kOwnArena) {
         benchmark::DoNotOptimize(nb::roofline_pass(w, threads, isa));
       } else if (host == HostWork::kEngineExecute) {
-        engine.execute([&] { benchmark::DoNotOptimize(nb::roofline_pass(w, threads, isa)); });
+        benchmark::DoNotOptimize(nb::roofline_pass(w, threads, isa, &engine));
       }
     }
     const auto start = std::chrono::steady_clock::now();

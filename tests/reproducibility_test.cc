@@ -8,12 +8,15 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <tbb/task_scheduler_observer.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -352,17 +355,38 @@ TEST(ReproducibilityTest, EngineThreadsAreCappedAtWhatOneTbbAllows) {
   EXPECT_EQ(Engine(EngineOptions{.max_threads = 2, .seed = 1}).max_threads(), 1);
 }
 
-// Engine::execute runs the host's work in the engine's arena: a
-// parallel_for there sees the engine's concurrency and uses no more threads,
-// a sampling call made from it draws what one made outside draws, and an
-// exception thrown by the work reaches the caller.
+// Counts the threads that enter one oneTBB arena.
+class ArenaEntries : public tbb::task_scheduler_observer {
+ public:
+  explicit ArenaEntries(tbb::task_arena& arena) : tbb::task_scheduler_observer(arena) {
+    observe(true);
+  }
+  ~ArenaEntries() override { observe(false); }
+  void on_scheduler_entry(bool) override { ++count; }
+  std::atomic<int> count{0};
+};
+
+// Engine::execute runs the host's work in the arena the engine samples in
+// (an observer on the arena the work finds itself in sees sampling calls
+// made from outside enter it; one on another arena of the same size sees
+// none): a parallel_for there sees the engine's concurrency and uses no
+// more threads, a sampling call made from it draws what one made outside
+// draws, and an exception thrown by the work reaches the caller.
 TEST(ReproducibilityTest, ExecuteRunsTheHostsWorkInTheEnginesArena) {
+  const std::vector<float> row = MakeLogits(7, kLargeVocab);
+  RowRequest req;
+  req.seed = 11;
+  req.params.top_p = 0.9f;
+  const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};
   for (int threads : {1, 0}) {
+    SCOPED_TRACE(threads);
     Engine engine(EngineOptions{.max_threads = threads, .seed = 1});
+    std::unique_ptr<tbb::task_arena> arena;
     int concurrency = 0;
     std::set<std::thread::id> ids;
     std::mutex m;
     engine.execute([&] {
+      arena = std::make_unique<tbb::task_arena>(tbb::task_arena::attach());
       concurrency = tbb::this_task_arena::max_concurrency();
       tbb::parallel_for(0, 256, [&](int) {
         std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -370,17 +394,20 @@ TEST(ReproducibilityTest, ExecuteRunsTheHostsWorkInTheEnginesArena) {
         ids.insert(std::this_thread::get_id());
       });
     });
-    EXPECT_EQ(concurrency, engine.max_threads()) << "max_threads " << threads;
-    EXPECT_GE(ids.size(), 1u);
+    ASSERT_TRUE(arena && arena->is_active());
+    EXPECT_EQ(concurrency, engine.max_threads());
     EXPECT_LE(ids.size(), static_cast<size_t>(engine.max_threads()));
 
-    const std::vector<float> row = MakeLogits(7, kLargeVocab);
-    RowRequest req;
-    req.seed = 11;
-    req.params.top_p = 0.9f;
-    const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};
+    tbb::task_arena other(engine.max_threads());
+    other.initialize();
     std::vector<RowResult> outside(1), inside(1);
-    ASSERT_TRUE(engine.sample(view, std::span(&req, 1), outside).ok());
+    {
+      ArenaEntries engines(*arena);
+      ArenaEntries others(other);
+      ASSERT_TRUE(engine.sample(view, std::span(&req, 1), outside).ok());
+      EXPECT_GT(engines.count.load(), 0);
+      EXPECT_EQ(others.count.load(), 0);
+    }
     Status s;
     engine.execute([&] { s = engine.sample(view, std::span(&req, 1), inside); });
     ASSERT_TRUE(s.ok()) << s.to_string();
@@ -388,6 +415,61 @@ TEST(ReproducibilityTest, ExecuteRunsTheHostsWorkInTheEnginesArena) {
 
     EXPECT_THROW(engine.execute([] { throw std::runtime_error("host work failed"); }),
                  std::runtime_error);
+  }
+}
+
+// Many host threads share one engine for sampling and for work of their own
+// through execute: every result is what one thread alone gets.
+TEST(ReproducibilityTest, ExecuteAndSampleFromManyHostThreads) {
+  const std::vector<float> row = MakeLogits(8, kLargeVocab);
+  const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};
+  Engine engine(EngineOptions{.max_threads = 0, .seed = 1});
+  constexpr int kHosts = 4, kCalls = 20;
+  auto request = [](int host, int call) {
+    RowRequest req;
+    req.seed = static_cast<uint64_t>(100 * host + call);
+    req.params.top_p = 0.95f;
+    return req;
+  };
+  auto work_sum = [](int host, int call) {
+    int64_t sum = 0;
+    for (int i = 0; i < 4096; ++i) sum += (i * (host + 1)) ^ call;
+    return sum;
+  };
+  std::vector<std::vector<int32_t>> expected(kHosts * kCalls);
+  for (int h = 0; h < kHosts; ++h) {
+    for (int c = 0; c < kCalls; ++c) {
+      const RowRequest req = request(h, c);
+      std::vector<RowResult> out(1);
+      ASSERT_TRUE(engine.sample(view, std::span(&req, 1), out).ok());
+      expected[static_cast<size_t>(h * kCalls + c)] = out[0].tokens;
+    }
+  }
+  std::vector<std::vector<int32_t>> got(kHosts * kCalls);
+  std::vector<int64_t> sums(kHosts * kCalls, 0);
+  std::vector<std::thread> hosts;
+  for (int h = 0; h < kHosts; ++h) {
+    hosts.emplace_back([&, h] {
+      for (int c = 0; c < kCalls; ++c) {
+        const size_t at = static_cast<size_t>(h * kCalls + c);
+        engine.execute([&] {
+          std::atomic<int64_t> sum{0};
+          tbb::parallel_for(0, 4096, [&](int i) { sum += (i * (h + 1)) ^ c; });
+          sums[at] = sum.load();
+        });
+        const RowRequest req = request(h, c);
+        std::vector<RowResult> out(1);
+        if (engine.sample(view, std::span(&req, 1), out).ok()) got[at] = out[0].tokens;
+      }
+    });
+  }
+  for (std::thread& t : hosts) t.join();
+  for (int h = 0; h < kHosts; ++h) {
+    for (int c = 0; c < kCalls; ++c) {
+      const size_t at = static_cast<size_t>(h * kCalls + c);
+      EXPECT_EQ(got[at], expected[at]) << "host " << h << " call " << c;
+      EXPECT_EQ(sums[at], work_sum(h, c)) << "host " << h << " call " << c;
+    }
   }
 }
 

@@ -4,7 +4,7 @@
 # (--distinct=2, a flag of its own taken before Google Benchmark's), and
 # reports rows/s for each; a bad --distinct is refused with exit status 2, and
 # batches too large for memory are not made (the benchmark skipped); with two
-# cores or more the arena-switch and fork-join benchmarks run.
+# threads or more the arena-switch and fork-join benchmarks run.
 # Usage: sampler_bench_test.sh SAMPLER_BENCH
 set -euo pipefail
 bench="$1"
@@ -42,9 +42,11 @@ msg = b["error_message"]
 assert msg.startswith("--distinct=1000 batches need ") and "more than half of this machine's" in msg, msg
 print("sampler_bench: batches too large for memory refused:", msg)
 PY
-# With two cores or more: the arena-switch and fork-join benchmarks run and
-# report a time (arena_switch's rows/s too), none with an error.
-if (($(nproc) >= 2)); then
+# With two threads or more (oneTBB's default concurrency, which registers
+# them): the arena-switch and fork-join benchmarks run and report a time
+# (arena_switch's rows/s too), none with an error.
+listed="$("$bench" --benchmark_list_tests=true 2>/dev/null)"
+if [[ $'\n'$listed == *$'\n'fork_join/* ]]; then
   json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
     --benchmark_filter='^(arena_switch|fork_join)/' 2>/dev/null)"
   /usr/bin/python3 - "$json" <<'PY'

@@ -179,17 +179,23 @@ tbb::task_arena& arena_for(int threads) {
   return *a;
 }
 
-// Runs in the calling thread's arena when it has `threads` slots (the
-// engine's, inside Engine::execute), in one of the bench's own otherwise.
+// Runs f() in `engine`'s arena when one is given (Engine::execute: the
+// baselines then share the threads nucleus uses, which oneTBB would
+// otherwise hand from one arena to the other only after a while), else in
+// an arena of `threads` of the bench's own.
 template <typename F>
-void for_rows(int threads, int64_t rows, F&& f) {
-  auto all = [&] { tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); }); };
-  if (tbb::this_task_arena::current_thread_index() != tbb::task_arena::not_initialized &&
-      tbb::this_task_arena::max_concurrency() == threads) {
-    all();
+void in_arena(int threads, Engine* engine, F&& f) {
+  if (engine) {
+    engine->execute(f);
   } else {
-    arena_for(threads).execute(all);
+    arena_for(threads).execute(f);
   }
+}
+
+// f(0) .. f(rows - 1) over the calling thread's arena.
+template <typename F>
+void for_rows(int64_t rows, F&& f) {
+  tbb::parallel_for(int64_t{0}, rows, [&](int64_t r) { f(r); });
 }
 
 // A buffer kept between calls (one per type and slot), so that the timed
@@ -442,70 +448,84 @@ std::vector<RowRequest> make_requests(Config config, const Workload& w, bool log
   return requests;
 }
 
-double roofline_pass(const Workload& w, int threads, Isa isa) {
+double roofline_pass(const Workload& w, int threads, Isa isa, Engine* engine) {
   // Fixed slices of the flat buffer, so a single row still uses every thread.
   constexpr int64_t kSlice = 1 << 16;
   const FloorKernels& k = floor_kernels_for(isa);
   const int64_t n = w.rows * w.vocab;
   const int64_t slices = (n + kSlice - 1) / kSlice;
-  std::vector<double>& partial = kept<double, 0>(slices);
-  for_rows(threads, slices, [&](int64_t s) {
-    const int64_t begin = s * kSlice;
-    const int64_t len = std::min(kSlice, n - begin);
-    partial[static_cast<size_t>(s)] = w.dtype == DType::kFloat32
-                                          ? k.read_f32(w.f32.data() + begin, len)
-                                          : k.read_u16(w.half.data() + begin, len);
+  double total = 0.0;
+  in_arena(threads, engine, [&] {
+    std::vector<double>& partial = kept<double, 0>(slices);
+    for_rows(slices, [&](int64_t s) {
+      const int64_t begin = s * kSlice;
+      const int64_t len = std::min(kSlice, n - begin);
+      partial[static_cast<size_t>(s)] = w.dtype == DType::kFloat32
+                                            ? k.read_f32(w.f32.data() + begin, len)
+                                            : k.read_u16(w.half.data() + begin, len);
+    });
+    total = std::accumulate(partial.begin(), partial.end(), 0.0);
   });
-  return std::accumulate(partial.begin(), partial.end(), 0.0);
+  return total;
 }
 
-double softmax_floor_pass(const Workload& w, int threads, Isa isa) {
+double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engine) {
   const FloorKernels& k = floor_kernels_for(isa);
   auto at = [&](int64_t r, int64_t j) {
     return w.dtype == DType::kFloat32 ? static_cast<const void*>(row_f32(w, r) + j)
                                       : static_cast<const void*>(w.half.data() + r * w.vocab + j);
   };
-  // Fewer rows than threads: each row split into fixed slices, a max pass
-  // and then an exp-sum pass over them, as the engine splits such rows (its
-  // own condition and chunk size), so the floor uses the threads it does.
-  constexpr int64_t kSlice = 16384;
-  if (w.rows < threads && w.vocab > kSlice) {
-    const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
-    const int64_t slices = w.rows * per_row;
-    auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
-    std::vector<float>& maxima = kept<float, 0>(slices);
-    for_rows(threads, slices, [&](int64_t s) {
-      maxima[static_cast<size_t>(s)] =
-          k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
-    });
-    std::vector<float>& row_max = kept<float, 1>(w.rows);
-    for (int64_t r = 0; r < w.rows; ++r) {
-      const auto first = maxima.begin() + r * per_row;
-      row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
+  if (engine) threads = engine->max_threads();
+  double total = 0.0;
+  in_arena(threads, engine, [&] {
+    // Fewer rows than threads: each row split into fixed slices, a max pass
+    // and then an exp-sum pass over them, as the engine splits such rows
+    // (its own condition and chunk size), so the floor uses the threads it
+    // does.
+    constexpr int64_t kSlice = 16384;
+    if (w.rows < threads && w.vocab > kSlice) {
+      const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
+      const int64_t slices = w.rows * per_row;
+      auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
+      std::vector<float>& maxima = kept<float, 0>(slices);
+      for_rows(slices, [&](int64_t s) {
+        maxima[static_cast<size_t>(s)] =
+            k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
+      });
+      std::vector<float>& row_max = kept<float, 1>(w.rows);
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const auto first = maxima.begin() + r * per_row;
+        row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
+      }
+      std::vector<double>& partial = kept<double, 0>(slices);
+      for_rows(slices, [&](int64_t s) {
+        partial[static_cast<size_t>(s)] =
+            k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
+                            row_max[static_cast<size_t>(s / per_row)]);
+      });
+      total = std::accumulate(partial.begin(), partial.end(), 0.0);
+      return;
     }
-    std::vector<double>& partial = kept<double, 0>(slices);
-    for_rows(threads, slices, [&](int64_t s) {
-      partial[static_cast<size_t>(s)] =
-          k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
-                          row_max[static_cast<size_t>(s / per_row)]);
+    std::vector<double>& partial = kept<double, 0>(w.rows);
+    for_rows(w.rows, [&](int64_t r) {
+      partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
     });
-    return std::accumulate(partial.begin(), partial.end(), 0.0);
-  }
-  std::vector<double>& partial = kept<double, 0>(w.rows);
-  for_rows(threads, w.rows, [&](int64_t r) {
-    partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
+    total = std::accumulate(partial.begin(), partial.end(), 0.0);
   });
-  return std::accumulate(partial.begin(), partial.end(), 0.0);
+  return total;
 }
 
-void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens) {
+void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens,
+                    Engine* engine) {
   tokens.resize(static_cast<size_t>(w.rows));
   const SamplingParams p = params_for(config);
   std::span<const int32_t> history;
   if (config == Config::kPenaltyTopP) history = w.history;
-  for_rows(threads, w.rows, [&](int64_t r) {
-    tokens[static_cast<size_t>(r)] =
-        reference_row(config, row_f32(w, r), w.vocab, p, history, 1000 + static_cast<uint64_t>(r));
+  in_arena(threads, engine, [&] {
+    for_rows(w.rows, [&](int64_t r) {
+      tokens[static_cast<size_t>(r)] = reference_row(config, row_f32(w, r), w.vocab, p, history,
+                                                     1000 + static_cast<uint64_t>(r));
+    });
   });
 }
 
@@ -581,7 +601,8 @@ CaseResult run_case(const Case& c, const Options& options) {
   out.c.isa = isa;
   const double rows = static_cast<double>(c.batch);
 
-  // The baselines run in the engine's arena (Engine::execute): oneTBB hands
+  // The baselines run in the engine's arena (Engine::execute), on its
+  // threads (max_threads, should the engine have capped c.threads): oneTBB hands
   // an idle worker to another arena only after ~0.2 ms, so in an arena of
   // their own either they or nucleus would start each turn without the
   // other thread (at batch 1 on two threads the floor then ran no faster
@@ -595,13 +616,8 @@ CaseResult run_case(const Case& c, const Options& options) {
         const Status s = engine.sample(views[k], requests[k], results);
         if (!s.ok()) std::fprintf(stderr, "nucleus bench: %s\n", s.to_string().c_str());
       },
-      [&] {
-        engine.execute([&] { sink = sink + roofline_pass(ws[next(at_roof)], c.threads, isa); });
-      },
-      [&] {
-        engine.execute(
-            [&] { sink = sink + softmax_floor_pass(ws[next(at_soft)], c.threads, isa); });
-      });
+      [&] { sink = sink + roofline_pass(ws[next(at_roof)], c.threads, isa, &engine); },
+      [&] { sink = sink + softmax_floor_pass(ws[next(at_soft)], c.threads, isa, &engine); });
   out.us_per_row = t_nucleus / rows * 1e6;
   out.rows_per_s = rows / t_nucleus;
   out.gb_per_s = static_cast<double>(ws[0].bytes()) / t_nucleus / 1e9;
@@ -613,9 +629,8 @@ CaseResult run_case(const Case& c, const Options& options) {
     std::vector<int32_t> tokens;
     // The reference is slow: fewer repeats keep a grid affordable.
     const int repeat = std::max(3, options.repeat / 5);
-    const double t_ref = median_seconds(repeat, [&] {
-      engine.execute([&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens); });
-    });
+    const double t_ref = median_seconds(
+        repeat, [&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens, &engine); });
     out.reference_us_per_row = t_ref / rows * 1e6;
     out.vs_reference = t_ref / t_nucleus;
   }

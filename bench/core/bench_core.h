@@ -160,13 +160,17 @@ std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
 CaseResult run_case(const Case& c, const Options& options);
 
 // The three baselines, exposed for the Google Benchmark programs. Each runs
-// over the whole batch with up to `threads` threads and returns a value that
-// depends on every element (so nothing is optimised away). `isa` is the
-// instruction set their kernels are built for (never kAuto).
-double roofline_pass(const Workload& w, int threads, Isa isa);
-double softmax_floor_pass(const Workload& w, int threads, Isa isa);
+// over the whole batch with up to `threads` threads, in an oneTBB arena of
+// the bench's own, or, given an engine, in that engine's arena with its
+// max_threads (Engine::execute: on the threads the engine samples with, as
+// `nucleus bench` runs them), and returns a value that depends on every
+// element (so nothing is optimised away). `isa` is the instruction set
+// their kernels are built for (never kAuto).
+double roofline_pass(const Workload& w, int threads, Isa isa, Engine* engine = nullptr);
+double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engine = nullptr);
 // The sort-based sampler; writes one token per row.
-void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens);
+void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens,
+                    Engine* engine = nullptr);
 
 // A fixed-width table of results, one line per case.
 std::string format_table(std::span<const CaseResult> results);

@@ -113,13 +113,17 @@ class Engine {
   // The instruction set this engine's row passes run (never kAuto).
   Isa isa() const;
 
-  // Runs `work` on the calling thread inside the engine's oneTBB arena: a
-  // tbb::parallel_for in it shares the engine's threads. oneTBB moves an idle
-  // worker thread from one arena to another only after it has idled a while
-  // (~0.2 ms on the development machine), so a host that alternates parallel
-  // work of its own, in another arena, with sampling calls would find the
-  // engine's threads away at the start of each call; its work run here does
-  // not. Exceptions from `work` propagate.
+  // Runs `work` inside the engine's oneTBB arena and returns when it is done:
+  // a tbb::parallel_for in it shares the engine's threads. oneTBB moves an
+  // idle worker thread from one arena to another only after it has idled a
+  // while (~0.2 ms on the development machine), so a host that alternates
+  // parallel work of its own, in another arena, with sampling calls would
+  // find the engine's threads away at the start of each call; its work run
+  // here does not. `work` runs on the calling thread when the arena has a
+  // free slot (one per max_threads); when calls from other host threads hold
+  // them all, it may run on one of the engine's threads while the caller
+  // waits, and it holds a slot while it runs: it must not wait for another
+  // host thread's call to this engine. Exceptions from `work` propagate.
   void execute(const std::function<void()>& work);
 
  private:
