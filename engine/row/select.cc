@@ -393,13 +393,16 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     have_tight = top_mass >= fraction * (top_mass + 4.0 * sample_mass * stride);
   }
   float bound = tight;
-  // (the sample's bound with 4 samples to spare, not 8: on flat rows, whose
-  // nucleus of a few hundred tokens the 1-in-128 sample barely sees, 8 made
-  // the pass gather 3-10 times the nucleus; with 4 a second, compare-only
-  // gather is needed a little more often (6-11 % of flat rows against
-  // 5.5-7.5 %), and top-p over eight distinct flat rows is 3-5 % faster, one
-  // flat row timed again and again 11-16 %, peaked rows unchanged: bench/ab)
-  if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, &bound, 4)) return false;
+  // (the sample's bound with 2 samples to spare: on flat rows, whose
+  // nucleus of a few hundred tokens the 1-in-128 sample barely sees, each
+  // spare sample adds ~128 gathered tokens. 8 made the pass gather 3-10
+  // times the nucleus; 4 needed a second, compare-only gather a little more
+  // often (6-11 % of flat rows against 5.5-7.5 %) and was 3-5 % faster over
+  // eight distinct flat rows, 11-16 % on one flat row timed again and
+  // again; 2 another 5 % over eight distinct flat rows, 2 % on one, 9 % over
+  // eight distinct medium rows, peaked rows unchanged; 1 was slower on flat
+  // rows again: bench/ab)
+  if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, &bound, 2)) return false;
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
   // One pass gathers them and forms the exact total, per segment (summed in
   // segment order below).
