@@ -179,17 +179,23 @@ tbb::task_arena& arena_for(int threads) {
   return *a;
 }
 
-// Runs f() in `engine`'s arena when one is given (Engine::execute: the
+// f() run in `engine`'s arena when one is given (Engine::execute: the
 // baselines then share the threads nucleus uses, which oneTBB would
 // otherwise hand from one arena to the other only after a while), else in
-// an arena of `threads` of the bench's own.
+// an arena of `threads` of the bench's own; returns what f returns.
+// (Engine::execute takes a std::function: the wrapper it gets holds one
+// reference, small enough to be stored without an allocation, so the timed
+// baselines allocate nothing, as nucleus's calls do not.)
 template <typename F>
-void in_arena(int threads, Engine* engine, F&& f) {
+auto in_arena(int threads, Engine* engine, F&& f) {
+  decltype(f()) out{};
+  auto run = [&] { out = f(); };
   if (engine) {
-    engine->execute(f);
+    engine->execute([&run] { run(); });
   } else {
-    arena_for(threads).execute(f);
+    arena_for(threads).execute(run);
   }
+  return out;
 }
 
 // f(0) .. f(rows - 1) over the calling thread's arena.
@@ -454,8 +460,7 @@ double roofline_pass(const Workload& w, int threads, Isa isa, Engine* engine) {
   const FloorKernels& k = floor_kernels_for(isa);
   const int64_t n = w.rows * w.vocab;
   const int64_t slices = (n + kSlice - 1) / kSlice;
-  double total = 0.0;
-  in_arena(threads, engine, [&] {
+  return in_arena(threads, engine, [&] {
     std::vector<double>& partial = kept<double, 0>(slices);
     for_rows(slices, [&](int64_t s) {
       const int64_t begin = s * kSlice;
@@ -464,9 +469,8 @@ double roofline_pass(const Workload& w, int threads, Isa isa, Engine* engine) {
                                             ? k.read_f32(w.f32.data() + begin, len)
                                             : k.read_u16(w.half.data() + begin, len);
     });
-    total = std::accumulate(partial.begin(), partial.end(), 0.0);
+    return std::accumulate(partial.begin(), partial.end(), 0.0);
   });
-  return total;
 }
 
 double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engine) {
@@ -476,43 +480,41 @@ double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engin
                                       : static_cast<const void*>(w.half.data() + r * w.vocab + j);
   };
   if (engine) threads = engine->max_threads();
-  double total = 0.0;
-  in_arena(threads, engine, [&] {
-    // Fewer rows than threads: each row split into fixed slices, a max pass
-    // and then an exp-sum pass over them, as the engine splits such rows
-    // (its own condition and chunk size), so the floor uses the threads it
-    // does.
-    constexpr int64_t kSlice = 16384;
-    if (w.rows < threads && w.vocab > kSlice) {
-      const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
-      const int64_t slices = w.rows * per_row;
-      auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
-      std::vector<float>& maxima = kept<float, 0>(slices);
-      for_rows(slices, [&](int64_t s) {
-        maxima[static_cast<size_t>(s)] =
-            k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
+  // Fewer rows than threads: each row split into the engine's chunks, a max
+  // pass and then an exp-sum pass over them, as the engine splits such rows
+  // (its own condition and chunk size), so the floor uses the threads it
+  // does.
+  constexpr int64_t kSlice = detail::kChunk;
+  const bool split = w.rows < threads && w.vocab > kSlice;
+  return in_arena(threads, engine, [&] {
+    if (!split) {
+      std::vector<double>& partial = kept<double, 0>(w.rows);
+      for_rows(w.rows, [&](int64_t r) {
+        partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
       });
-      std::vector<float>& row_max = kept<float, 1>(w.rows);
-      for (int64_t r = 0; r < w.rows; ++r) {
-        const auto first = maxima.begin() + r * per_row;
-        row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
-      }
-      std::vector<double>& partial = kept<double, 0>(slices);
-      for_rows(slices, [&](int64_t s) {
-        partial[static_cast<size_t>(s)] =
-            k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
-                            row_max[static_cast<size_t>(s / per_row)]);
-      });
-      total = std::accumulate(partial.begin(), partial.end(), 0.0);
-      return;
+      return std::accumulate(partial.begin(), partial.end(), 0.0);
     }
-    std::vector<double>& partial = kept<double, 0>(w.rows);
-    for_rows(w.rows, [&](int64_t r) {
-      partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
+    const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
+    const int64_t slices = w.rows * per_row;
+    auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
+    std::vector<float>& maxima = kept<float, 0>(slices);
+    for_rows(slices, [&](int64_t s) {
+      maxima[static_cast<size_t>(s)] =
+          k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
     });
-    total = std::accumulate(partial.begin(), partial.end(), 0.0);
+    std::vector<float>& row_max = kept<float, 1>(w.rows);
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const auto first = maxima.begin() + r * per_row;
+      row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
+    }
+    std::vector<double>& partial = kept<double, 0>(slices);
+    for_rows(slices, [&](int64_t s) {
+      partial[static_cast<size_t>(s)] =
+          k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
+                          row_max[static_cast<size_t>(s / per_row)]);
+    });
+    return std::accumulate(partial.begin(), partial.end(), 0.0);
   });
-  return total;
 }
 
 void reference_pass(Config config, const Workload& w, int threads, std::vector<int32_t>& tokens,
@@ -526,6 +528,7 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
       tokens[static_cast<size_t>(r)] = reference_row(config, row_f32(w, r), w.vocab, p, history,
                                                      1000 + static_cast<uint64_t>(r));
     });
+    return 0;  // (in_arena hands back a value)
   });
 }
 
