@@ -124,6 +124,8 @@ class Engine {
   // them all, it may run on one of the engine's threads while the caller
   // waits, and it holds a slot while it runs: it must not wait for another
   // host thread's call to this engine. Exceptions from `work` propagate.
+  // (A callable larger than two pointers is copied to the heap for the
+  // std::function; `[&f] { f(); }` passes a larger one without that.)
   void execute(const std::function<void()>& work);
 
  private:
