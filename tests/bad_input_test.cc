@@ -830,6 +830,15 @@ TEST(BadInputEngine, ImpossibleShapesAreCallErrors) {
        {&one, 2, 4, std::numeric_limits<int64_t>::min(), DType::kFloat32},
        {"row_stride"}},
       {"dtype out of the enum", {&one, 1, 1, 1, static_cast<DType>(7)}, {"dtype", "7"}},
+      // Row offsets that wrap (row 1 would read row 0) or reach past the
+      // address space (a crash).
+      {"stride 2^62",
+       {&one, 2, 4, int64_t{1} << 62, DType::kFloat32},
+       {"row_stride", "4611686018427387904", "address space"}},
+      {"stride 2^61", {&one, 2, 4, int64_t{1} << 61, DType::kFloat32}, {"row_stride"}},
+      {"stride int64 max", {&one, 2, 4, big, DType::kFloat32}, {"row_stride"}},
+      {"rows int64 max", {&one, big, 4, 4, DType::kFloat32}, {"rows", "address space"}},
+      {"half rows 2^56 apart", {&one, 3, 4, int64_t{1} << 56, DType::kBFloat16}, {"row_stride"}},
   };
   Engine engine(EngineOptions{.max_threads = 2, .seed = 1});
   for (const Case& c : cases) {
@@ -844,6 +853,33 @@ TEST(BadInputEngine, ImpossibleShapesAreCallErrors) {
     const Status p = engine.probs(c.view, {&request, 1}, out, 4, row_status);
     EXPECT_EQ(p.code(), StatusCode::kInvalidArgument) << p.to_string();
   }
+}
+
+// An output stride whose rows would wrap or reach past the address space, and
+// a verify call whose target rows would, are call errors too, and nothing is
+// written or read.
+TEST(BadInputEngine, ImpossibleStridesOfProbsAndVerifyAreCallErrors) {
+  const float logits[8] = {0, 1, 2, 3, 3, 2, 1, 0};
+  Engine engine(EngineOptions{.max_threads = 2, .seed = 1});
+  RowRequest request;
+  for (const int64_t out_stride :
+       {int64_t{1} << 61, int64_t{1} << 62, std::numeric_limits<int64_t>::max()}) {
+    SCOPED_TRACE(out_stride);
+    std::vector<float> out(8, -1.0f);
+    std::vector<Status> row_status(2);
+    const Status s = engine.probs({logits, 2, 4, 4, DType::kFloat32}, {&request, 1}, out.data(),
+                                  out_stride, row_status);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+    ExpectMentions(s.message(), {"out_stride", std::to_string(out_stride), "address space"});
+    EXPECT_EQ(out, std::vector<float>(8, -1.0f));
+  }
+  // Two positions (one draft) of one row, the second 2^62 floats on.
+  const int32_t draft = 1;
+  std::vector<VerifyResult> results(1);
+  const Status v = engine.verify({logits, 2, 4, int64_t{1} << 62, DType::kFloat32}, 1, {&draft, 1},
+                                 nullptr, {&request, 1}, results);
+  EXPECT_EQ(v.code(), StatusCode::kInvalidArgument) << v.to_string();
+  ExpectMentions(v.message(), {"row_stride", "address space"});
 }
 
 // The extremes of the valid ranges sample without error, and what they give

@@ -274,6 +274,13 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         "probs: row_status size = " + std::to_string(row_status.size()) +
         " must equal rows = " + std::to_string(logits.rows));
   }
+  if (logits.rows > 0 && logits.vocab > 0) {
+    if (Status s = detail::check_extent("probs: out", "out_stride", out, logits.rows, out_stride,
+                                        logits.vocab, 4);
+        !s.ok()) {
+      return s;
+    }
+  }
   if (output_overlaps_logits(logits, out, out_stride)) {
     return Status::invalid_argument(
         "probs: out overlaps the logits other than row for row in place (same address, row for "
@@ -312,6 +319,13 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   LogitsView by_row = target_logits;
   by_row.rows = rows;
   if (Status s = detail::check_call(by_row, requests, static_cast<int64_t>(results.size()));
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = detail::check_extent(
+          "verify: target_logits", "row_stride", target_logits.data, target_logits.rows,
+          target_logits.row_stride == 0 ? target_logits.vocab : target_logits.row_stride,
+          target_logits.vocab, dtype_size(target_logits.dtype));
       !s.ok()) {
     return s;
   }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 #include <string>
 
@@ -50,6 +51,27 @@ std::optional<FieldError> check_tokens(std::span<const int32_t> tokens, std::str
 
 }  // namespace
 
+Status check_extent(std::string_view what, std::string_view stride_field, const void* data,
+                    int64_t rows, int64_t stride, int64_t vocab, int64_t esize) {
+  // No 64-bit system nucleus builds for maps user memory at or above 2^57
+  // bytes (x86-64 with five-level paging, AArch64 with 52-bit addresses are
+  // below it), so every offset below is formed without overflow.
+  constexpr uint64_t kAddressLimit = uint64_t{1} << 57;
+  const uint64_t max_elements = kAddressLimit / static_cast<uint64_t>(esize);
+  const auto v = static_cast<uint64_t>(vocab), s = static_cast<uint64_t>(stride);
+  const auto last = static_cast<uint64_t>(rows - 1);
+  const auto at = reinterpret_cast<uintptr_t>(data);
+  bool fits = v <= max_elements && last <= (max_elements - v) / s;
+  if (fits) {
+    const uint64_t bytes = (last * s + v) * static_cast<uint64_t>(esize);
+    fits = at <= kAddressLimit - bytes;
+  }
+  if (fits) return Status();
+  return Status::invalid_argument(
+      std::string(what) + ": rows = " + show(rows) + " of vocab = " + show(vocab) + " with " +
+      std::string(stride_field) + " = " + show(stride) + " reach past the address space");
+}
+
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
                   int64_t results_size) {
   if (logits.data == nullptr) return Status::invalid_argument("logits: data is null");
@@ -72,6 +94,11 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
       logits.dtype != DType::kBFloat16) {
     return Status::invalid_argument("logits: dtype = " + show(static_cast<int>(logits.dtype)) +
                                     " is unknown");
+  }
+  if (Status s = check_extent("logits", "row_stride", logits.data, logits.rows, stride,
+                              logits.vocab, dtype_size(logits.dtype));
+      !s.ok()) {
+    return s;
   }
   const auto n = static_cast<int64_t>(requests.size());
   if (n != 1 && n != logits.rows) {
