@@ -268,6 +268,13 @@ TEST(ReproducibilityTest, LargeVocabIgnoresChunkingBatchAndThreads) {
   CheckBatchInvariance(kLargeVocab, kKinds, {1, 3, 9});
 }
 
+TEST(ReproducibilityTest, RowsOfABatchReadAheadGiveWhatTheyGiveAlone) {
+  // 30 rows of 300000 float32 logits (36 MB) pass the size from which each
+  // row's exp passes bring the next row into L2 (engine.cc, kAheadFromBytes):
+  // what the rows give must not change.
+  CheckBatchInvariance(kLargeVocab, kKinds, {30});
+}
+
 TEST(ReproducibilityTest, LargeVocabProbsAreBitIdenticalAcrossThreads) {
   std::vector<RowSpec> specs;
   for (int k = 0; k < kKinds; k += 2)

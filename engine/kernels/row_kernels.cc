@@ -504,6 +504,7 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
         if (w) std::fill_n(w, n, 0.0f);
         continue;
       }
+      prefetch_ahead(s, j0, n);
 #if defined(__AVX512F__)
       // The mass pass with the moment riding along (filter space: key = d).
       SetSpec same = set;
@@ -578,6 +579,7 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
       if (block_sums) block_sums[j0 / kBlock] = 0.0;
       continue;
     }
+    prefetch_ahead(s, j0, n);
     int64_t in_block = 0;
     const double block_sum = block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
     members += in_block;
@@ -597,6 +599,7 @@ double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bou
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block_empty(s, j0, set)) continue;
+    prefetch_ahead(s, j0, n);
     int64_t unused = 0;
     total += block_masses_and_hits(s.x + j0, n, set, k0, hits, &unused);
     if (count > cap) continue;

@@ -63,6 +63,12 @@ struct Segment {
   // x at every kScanSampleStride-th entry from the segment's start, recorded
   // by the scan when a select will want a sample; null when not.
   const float* sample = nullptr;
+  // The same tokens of the row this thread samples next (its input, of
+  // ahead_esize bytes a token), or null. The exp passes ask for its lines a
+  // block at a time, so that its scan, which would otherwise wait on memory
+  // in a batch, finds it in this core's L2 (prefetch_ahead).
+  const char* ahead = nullptr;
+  int64_t ahead_esize = 0;
   int32_t token(int64_t j) const { return idx ? idx[j] : static_cast<int32_t>(base + j); }
 };
 

@@ -708,6 +708,7 @@ TypicalGather typical_gather_generic(const Segment& s, const SetSpec& set, float
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_empty(s, j0, set)) continue;
+    block::prefetch_ahead(s, j0, n);
     int64_t g = 0;
     for (; g + kLanes <= n; g += kLanes) step(ei::ploadu<Packet>(s.x + j0 + g), j0 + g);
     if (g < n) {
@@ -738,6 +739,7 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_empty(s, j0, set)) continue;
+    block::prefetch_ahead(s, j0, n);
     int64_t unused = 0;
     block::block_masses_and_hits<block::Extra::kEntropyAndHits>(s.x + j0, n, same, d0, hits,
                                                                 &unused, &sums);

@@ -89,6 +89,25 @@ class ScratchPool {
   int64_t verify_history_ = 0;
 };
 
+// From this size on (the whole batch's logits, in bytes) each row's exp
+// passes bring the next row into L2 (RowInput::next). A batch this large
+// outgrows the last-level cache of a core complex (32 MB on current AMD
+// parts), so its rows come from memory, and a row's scan, which otherwise
+// waits on memory there, finds it in L2: full sampling, top-p, typical-p and
+// penalty + top-p at batch 256 x 128256 took 13-23 % less time on one
+// thread (float32; docs/performance.md, "Batches"). A smaller batch is
+// mostly cached already (as one the benchmark has just sampled, or the host
+// has just written), and the prefetches then cost more than they save: at
+// batch 8 3-11 % more.
+constexpr int64_t kAheadFromBytes = int64_t{32} << 20;
+
+// Whether a batch of `rows` rows `stride` elements of `esize` bytes apart
+// takes the next row ahead (a view that reaches past the address space never
+// gets here: check_extent).
+bool rows_ahead(int64_t rows, int64_t stride, int64_t esize) {
+  return rows > 1 && stride * esize >= kAheadFromBytes / rows;
+}
+
 uint64_t system_seed() {
   std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -115,8 +134,16 @@ struct Engine::Impl {
     return (static_cast<uint64_t>(out[0]) << 32) | out[1];
   }
 
-  // Runs per_row(row, scratch, runner) for rows [0, rows) over the arena,
-  // each with a pooled scratch sized for `vocab` tokens. Errors are values
+  // Runs per_row(row, next, scratch, runner) for rows [0, rows) over the
+  // arena, each with a pooled scratch sized for `vocab` tokens. `next` is
+  // row + 1 (-1 for the last row, or when a row splits its passes over the
+  // threads): the row this thread most likely samples next, whose lines the
+  // exp passes may bring into L2 (RowInput::next). Most likely only: oneTBB
+  // hands rows out in ranges of one or two once two threads share a batch
+  // (its auto partitioner), and a row another thread takes then comes from
+  // this core's cache rather than from memory. (Ranges of many rows per
+  // thread, with a simple partitioner, measured the same at batch 256 and
+  // balance a batch worse.) Errors are values
   // at the API: an allocation that fails inside a row becomes that row's
   // status (on_bad_alloc(row)), one that fails sizing the scratch the call's.
   template <typename F, typename G>
@@ -131,10 +158,11 @@ struct Engine::Impl {
     try {
       arena->execute([&] {
         tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
+          const int64_t next = row + 1 < rows && !runner.parallel ? row + 1 : -1;
           std::unique_ptr<detail::RowScratch> scratch;
           try {
             scratch = pool.acquire();
-            per_row(row, *scratch, runner);
+            per_row(row, next, *scratch, runner);
           } catch (const std::bad_alloc&) {
             on_bad_alloc(row);
           }
@@ -158,13 +186,16 @@ struct Engine::Impl {
       if (Status s = detail::check_request(requests[r], row, logits.vocab); !s.ok()) return s;
     }
     const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+    const auto row_data = [&](int64_t row) {
+      return static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype);
+    };
+    const bool ahead = rows_ahead(logits.rows, stride, dtype_size(logits.dtype));
     return for_rows(
         logits.rows, logits.vocab,
-        [&](int64_t row, detail::RowScratch& scratch, const detail::Runner& runner) {
+        [&](int64_t row, int64_t next, detail::RowScratch& scratch, const detail::Runner& runner) {
           const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
-          const detail::RowInput input{
-              static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype),
-              logits.dtype, logits.vocab};
+          const detail::RowInput input{row_data(row), logits.dtype, logits.vocab,
+                                       ahead && next >= 0 ? row_data(next) : nullptr};
           per_row(row, req, input, scratch, runner);
         },
         on_bad_alloc);
@@ -368,6 +399,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
   const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
   const int esize = dtype_size(target_logits.dtype);
+  const bool ahead = rows_ahead(target_logits.rows, stride, esize);
   // Every pooled scratch gets room for the row inputs and the longest
   // history plus the drafts, so the steady state allocates nothing whichever
   // scratch a row is handed.
@@ -380,16 +412,23 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   }
   return impl_->for_rows(
       rows, vocab,
-      [&](int64_t row, detail::RowScratch& scratch, const detail::Runner& runner) {
+      [&](int64_t row, int64_t next, detail::RowScratch& scratch, const detail::Runner& runner) {
         const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
         const uint64_t seed =
             req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
         std::vector<detail::RowInput>& positions = scratch.verify_positions;
         positions.resize(static_cast<size_t>(per_row));
+        // (each position's next is the one after it, the last's the next
+        // row's first)
+        auto position = [&](int64_t r, int64_t i) {
+          return static_cast<const char*>(target_logits.data) + (r * per_row + i) * stride * esize;
+        };
         for (int64_t i = 0; i < per_row; ++i) {
+          const char* after = i + 1 < per_row ? position(row, i + 1)
+                              : next >= 0     ? position(next, 0)
+                                              : nullptr;
           positions[static_cast<size_t>(i)] = detail::RowInput{
-              static_cast<const char*>(target_logits.data) + (row * per_row + i) * stride * esize,
-              target_logits.dtype, vocab};
+              position(row, i), target_logits.dtype, vocab, ahead ? after : nullptr};
         }
         detail::verify_row(positions,
                            draft_tokens.subspan(static_cast<size_t>(row * num_draft),

@@ -470,6 +470,13 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     dist.x = dist.raw;
     sc_.row_segs = candidates_ ? sc_.cand_segs : sc_.raw_segs;
   }
+  if (in_.next && !candidates_) {
+    const int esize = dtype_size(in_.dtype);
+    for (Segment& seg : sc_.row_segs) {
+      seg.ahead = static_cast<const char*>(in_.next) + seg.base * esize;
+      seg.ahead_esize = esize;
+    }
+  }
   if (processed.finite == 0) {
     return Status::row_error(row_prefix(row_) + "no token left: every token is masked");
   }

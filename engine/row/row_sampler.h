@@ -18,6 +18,9 @@ struct RowInput {
   const void* data = nullptr;  // the row's first element
   DType dtype = DType::kFloat32;
   int64_t vocab = 0;
+  // The row this thread samples next (same dtype and vocab), or null: the
+  // exp passes bring it into this core's L2 as they go (Segment::ahead).
+  const void* next = nullptr;
 };
 
 // Buffers one row needs, sized on first use and reused afterwards, so the
