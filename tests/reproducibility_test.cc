@@ -15,6 +15,7 @@
 #include <bit>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include <set>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -272,6 +274,39 @@ TEST(ReproducibilityTest, RowsOfABatchReadAheadGiveWhatTheyGiveAlone) {
   // 30 rows of 300000 float32 logits (36 MB) pass the size from which each
   // row's exp passes bring the next row into L2 (engine.cc, kAheadFromBytes):
   // what the rows give must not change.
+  CheckBatchInvariance(kLargeVocab, kKinds, {30});
+}
+
+// Sets NUCLEUS_READ_AHEAD for the engines made in its scope (read when an
+// engine is made), and puts back what was there.
+class ReadAheadEnv {
+ public:
+  explicit ReadAheadEnv(const char* value) {
+    if (const char* old = std::getenv("NUCLEUS_READ_AHEAD")) old_ = old;
+    setenv("NUCLEUS_READ_AHEAD", value, 1);
+  }
+  ~ReadAheadEnv() {
+    if (old_) {
+      setenv("NUCLEUS_READ_AHEAD", old_->c_str(), 1);
+    } else {
+      unsetenv("NUCLEUS_READ_AHEAD");
+    }
+  }
+  ReadAheadEnv(const ReadAheadEnv&) = delete;
+  ReadAheadEnv& operator=(const ReadAheadEnv&) = delete;
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST(ReproducibilityTest, ReadAheadAlwaysOrNeverChangesNothingRowsGive) {
+  {
+    // Every batch of two rows or more reads ahead, short rows too.
+    const ReadAheadEnv always("always");
+    CheckBatchInvariance(kSmallVocab, kKinds, {3, 17});
+    CheckBatchInvariance(kLargeVocab, kKinds, {3});
+  }
+  const ReadAheadEnv never("never");
   CheckBatchInvariance(kLargeVocab, kKinds, {30});
 }
 

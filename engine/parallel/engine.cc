@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -98,14 +100,33 @@ class ScratchPool {
 // thread (float32; docs/performance.md, "Batches"). A smaller batch is
 // mostly cached already (as one the benchmark has just sampled, or the host
 // has just written), and the prefetches then cost more than they save: at
-// batch 8 3-11 % more.
+// batch 8 3-11 % more. But a batch that arrives uncached (copied from a
+// device) gains at every size (batch 8: 12-18 %), and nothing here tells the
+// two apart: NUCLEUS_READ_AHEAD lets the host say (read_ahead_from).
 constexpr int64_t kAheadFromBytes = int64_t{32} << 20;
 
+// NUCLEUS_READ_AHEAD, read when an engine is made: the batch size from which
+// rows are read ahead. "auto" (or unset) kAheadFromBytes, "always" every
+// batch of two rows or more, "never" none. Another value is reported once on
+// standard error and taken as auto.
+int64_t read_ahead_from() {
+  const char* v = std::getenv("NUCLEUS_READ_AHEAD");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return kAheadFromBytes;
+  if (std::strcmp(v, "always") == 0) return 0;
+  if (std::strcmp(v, "never") == 0) return std::numeric_limits<int64_t>::max();
+  static std::once_flag reported;
+  std::call_once(reported, [v] {
+    std::fprintf(stderr,
+                 "nucleus: ignoring NUCLEUS_READ_AHEAD=%s (expected auto, always or never)\n", v);
+  });
+  return kAheadFromBytes;
+}
+
 // Whether a batch of `rows` rows `stride` elements of `esize` bytes apart
-// takes the next row ahead (a view that reaches past the address space never
-// gets here: check_extent).
-bool rows_ahead(int64_t rows, int64_t stride, int64_t esize) {
-  return rows > 1 && stride * esize >= kAheadFromBytes / rows;
+// takes the next row ahead, from `from` bytes on (a view that reaches past
+// the address space, 2^57 bytes, never gets here: check_extent).
+bool rows_ahead(int64_t rows, int64_t stride, int64_t esize, int64_t from) {
+  return rows > 1 && stride * esize >= from / rows;
 }
 
 uint64_t system_seed() {
@@ -120,6 +141,7 @@ struct Engine::Impl {
   const detail::Kernels* kernels = nullptr;
   uint64_t seed = 0;
   std::atomic<uint64_t> counter{0};
+  int64_t ahead_from = 0;  // read_ahead_from()
   std::unique_ptr<tbb::task_arena> arena;
   ScratchPool pool;
 
@@ -189,7 +211,7 @@ struct Engine::Impl {
     const auto row_data = [&](int64_t row) {
       return static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype);
     };
-    const bool ahead = rows_ahead(logits.rows, stride, dtype_size(logits.dtype));
+    const bool ahead = rows_ahead(logits.rows, stride, dtype_size(logits.dtype), ahead_from);
     return for_rows(
         logits.rows, logits.vocab,
         [&](int64_t row, int64_t next, detail::RowScratch& scratch, const detail::Runner& runner) {
@@ -213,6 +235,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
   impl_->seed = options.seed ? *options.seed : system_seed();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
+  impl_->ahead_from = read_ahead_from();
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
   impl_->pool.reserve(impl_->threads);
 }
@@ -399,7 +422,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
   const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
   const int esize = dtype_size(target_logits.dtype);
-  const bool ahead = rows_ahead(target_logits.rows, stride, esize);
+  const bool ahead = rows_ahead(target_logits.rows, stride, esize, impl_->ahead_from);
   // Every pooled scratch gets room for the row inputs and the longest
   // history plus the drafts, so the steady state allocates nothing whichever
   // scratch a row is handed.
