@@ -91,8 +91,10 @@ class ScratchPool {
   int64_t verify_history_ = 0;
 };
 
-// From this size on (the whole batch's logits, in bytes) each row's exp
-// passes bring the next row into L2 (RowInput::next). A batch this large
+// From this size on (rows x row stride, in bytes; verify: every position)
+// each row's exp passes bring the next row into L2 (RowInput::next; not for
+// greedy, top-k or min-p rows, nor rows that split their passes over the
+// threads). A batch this large
 // outgrows the last-level cache of a core complex (32 MB on current AMD
 // parts), so its rows come from memory, and a row's scan, which otherwise
 // waits on memory there, finds it in L2: full sampling, top-p, typical-p and
@@ -100,14 +102,15 @@ class ScratchPool {
 // thread (float32; docs/performance.md, "Batches"). A smaller batch is
 // mostly cached already (as one the benchmark has just sampled, or the host
 // has just written), and the prefetches then cost more than they save: at
-// batch 8 3-11 % more. But a batch that arrives uncached (copied from a
-// device) gains at every size (batch 8: 12-18 %), and nothing here tells the
-// two apart: NUCLEUS_READ_AHEAD lets the host say (read_ahead_from).
+// batch 8 3-12 % more. But a batch that arrives uncached (copied from a
+// device) gains at every size (batch 8, one thread: 6-18 %), and nothing
+// here tells the two apart: NUCLEUS_READ_AHEAD lets the host say (read_ahead_from).
 constexpr int64_t kAheadFromBytes = int64_t{32} << 20;
 
 // NUCLEUS_READ_AHEAD, read when an engine is made: the batch size from which
 // rows are read ahead. "auto" (or unset) kAheadFromBytes, "always" every
-// batch of two rows or more, "never" none. Another value is reported once on
+// batch of two rows or more (as far as kAheadFromBytes's exceptions allow),
+// "never" none. Another value is reported once on
 // standard error and taken as auto.
 int64_t read_ahead_from() {
   const char* v = std::getenv("NUCLEUS_READ_AHEAD");
@@ -123,8 +126,8 @@ int64_t read_ahead_from() {
 }
 
 // Whether a batch of `rows` rows `stride` elements of `esize` bytes apart
-// takes the next row ahead, from `from` bytes on (a view that reaches past
-// the address space, 2^57 bytes, never gets here: check_extent).
+// takes the next row ahead, from `from` bytes on (a view that spans 2^57
+// bytes or more never gets here, check_extent: no overflow).
 bool rows_ahead(int64_t rows, int64_t stride, int64_t esize, int64_t from) {
   return rows > 1 && stride * esize >= from / rows;
 }
@@ -329,7 +332,7 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         " must equal rows = " + std::to_string(logits.rows));
   }
   if (logits.rows > 0 && logits.vocab > 0) {
-    if (Status s = detail::check_extent("probs: out", "out_stride", out, logits.rows, out_stride,
+    if (Status s = detail::check_extent("probs: out", "out_stride", logits.rows, out_stride,
                                         logits.vocab, 4);
         !s.ok()) {
       return s;
@@ -377,7 +380,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
     return s;
   }
   if (Status s = detail::check_extent(
-          "verify: target_logits", "row_stride", target_logits.data, target_logits.rows,
+          "verify: target_logits", "row_stride", target_logits.rows,
           target_logits.row_stride == 0 ? target_logits.vocab : target_logits.row_stride,
           target_logits.vocab, dtype_size(target_logits.dtype));
       !s.ok()) {
@@ -450,8 +453,9 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
           const char* after = i + 1 < per_row ? position(row, i + 1)
                               : next >= 0     ? position(next, 0)
                                               : nullptr;
-          positions[static_cast<size_t>(i)] = detail::RowInput{
-              position(row, i), target_logits.dtype, vocab, ahead ? after : nullptr};
+          positions[static_cast<size_t>(i)] =
+              detail::RowInput{position(row, i), target_logits.dtype, vocab,
+                               ahead && !runner.parallel ? after : nullptr};
         }
         detail::verify_row(positions,
                            draft_tokens.subspan(static_cast<size_t>(row * num_draft),

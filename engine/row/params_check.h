@@ -18,12 +18,13 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
                   int64_t results_size);
 
 // Checks that `rows` rows of `vocab` elements of `esize` bytes, `stride`
-// elements apart (stride >= vocab, both > 0), starting at `data`, fit the
-// address space: a view that does not cannot exist, and the offsets of its
-// rows would overflow (a wrong row read, or a crash). The message names
-// `what` ("logits", "probs: out") and `stride_field` with their values.
-Status check_extent(std::string_view what, std::string_view stride_field, const void* data,
-                    int64_t rows, int64_t stride, int64_t vocab, int64_t esize);
+// elements apart (stride >= vocab, both > 0), span less than any address
+// space holds (2^57 bytes): a view that spans more cannot exist, and the
+// offsets of its rows would overflow (a wrong row read, or a crash). The
+// message names `what` ("logits", "probs: out") and `stride_field` with
+// their values.
+Status check_extent(std::string_view what, std::string_view stride_field, int64_t rows,
+                    int64_t stride, int64_t vocab, int64_t esize);
 
 // What is wrong with a request, field by field, so that each interface can
 // spell the field as its users typed it ("--top-p", "n") without reading text

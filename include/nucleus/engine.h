@@ -60,7 +60,7 @@ class Engine {
   // Reads NUCLEUS_READ_AHEAD from the environment: "auto" (unset), "always"
   // or "never", whether each row's exp passes bring the next row of a batch
   // into cache (from 32 MiB of logits, at every size, or not at all; speed
-  // only, never results: README, "Reading the next row ahead").
+  // only, never results: README, "Reading the next row ahead", docs/cli.md).
   explicit Engine(const EngineOptions& options = {});
   ~Engine();
   Engine(Engine&&) noexcept;
