@@ -882,6 +882,24 @@ TEST(BadInputEngine, ImpossibleStridesOfProbsAndVerifyAreCallErrors) {
   ExpectMentions(v.message(), {"row_stride", "address space"});
 }
 
+// An output that overlaps the logits other than row for row in place is a
+// call error however far apart the rows are (rows 8 TiB apart here: the
+// view can exist, and nothing is read or written before the refusal).
+TEST(BadInputEngine, ProbsOverlapIsFoundWithRowsFarApart) {
+  float logits[8] = {0, 1, 2, 3, 3, 2, 1, 0};
+  Engine engine(EngineOptions{.max_threads = 2, .seed = 1});
+  RowRequest request;
+  const int64_t far = int64_t{1} << 41;
+  std::vector<Status> row_status(2);
+  // Output row 0 is logits row 0 in place; output row 1 starts one float
+  // past logits row 1.
+  const Status s = engine.probs({logits, 2, 4, far, DType::kFloat32}, {&request, 1}, logits,
+                                far + 1, row_status);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  ExpectMentions(s.message(), {"overlaps"});
+  EXPECT_EQ(logits[1], 1.0f);
+}
+
 // The extremes of the valid ranges sample without error, and what they give
 // follows from SPEC.md.
 TEST(BadInputEngine, ExtremeButValidValuesSample) {

@@ -287,13 +287,9 @@ namespace {
 // Rows, not spans: an output interleaved with the logits, or in the padding
 // between their rows, shares nothing.
 bool output_overlaps_logits(const LogitsView& logits, const float* out, int64_t out_stride) {
+  // (Called on views check_call and check_extent accepted: both span less
+  // than 2^57 bytes, so no offset below overflows.)
   const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
-  constexpr int64_t kBig = int64_t{1} << 40;  // (elements; larger than any real view)
-  if (logits.data == nullptr || out == nullptr || logits.rows <= 0 || logits.vocab <= 0 ||
-      stride < logits.vocab || out_stride < logits.vocab || logits.rows > kBig || stride > kBig ||
-      out_stride > kBig || logits.rows > kBig / stride || logits.rows > kBig / out_stride) {
-    return false;  // (a call the checks refuse, or memory that cannot exist)
-  }
   const int64_t es = dtype_size(logits.dtype);
   const int64_t row_bytes = logits.vocab * es, out_bytes = logits.vocab * int64_t{4};
   const int64_t step = stride * es, out_step = out_stride * int64_t{4};
@@ -331,12 +327,12 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
         "probs: row_status size = " + std::to_string(row_status.size()) +
         " must equal rows = " + std::to_string(logits.rows));
   }
-  if (logits.rows > 0 && logits.vocab > 0) {
-    if (Status s = detail::check_extent("probs: out", "out_stride", logits.rows, out_stride,
-                                        logits.vocab, 4);
-        !s.ok()) {
-      return s;
-    }
+  // (the logits' checks first: the overlap's needs views that can exist)
+  if (Status s = detail::check_call(logits, requests, -1); !s.ok()) return s;
+  if (Status s = detail::check_extent("probs: out", "out_stride", logits.rows, out_stride,
+                                      logits.vocab, 4);
+      !s.ok()) {
+    return s;
   }
   if (output_overlaps_logits(logits, out, out_stride)) {
     return Status::invalid_argument(
