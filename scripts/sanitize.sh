@@ -50,6 +50,7 @@ run_asan() {
   # The runs of the kernel tests on the lower instruction sets (label isa) are
   # left to scripts/test.sh.
   ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1" \
+  LSAN_OPTIONS="suppressions=$root/scripts/lsan/suppressions.txt:print_suppressions=0" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   NUCLEUS_LOAD_SECONDS=2 \
     ctest --test-dir "$build" --output-on-failure -j"$jobs" --timeout 1200 -LE isa
