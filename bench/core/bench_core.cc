@@ -16,6 +16,7 @@
 #include <numeric>
 #include <random>
 #include <tuple>
+#include <type_traits>
 
 #include "bench/core/floor_kernels.h"
 #include "engine/io/half.h"
@@ -188,14 +189,20 @@ tbb::task_arena& arena_for(int threads) {
 // baselines allocate nothing, as nucleus's calls do not.)
 template <typename F>
 auto in_arena(int threads, Engine* engine, F&& f) {
-  decltype(f()) out{};
-  auto run = [&] { out = f(); };
-  if (engine) {
-    engine->execute([&run] { run(); });
+  auto run = [&](auto&& g) {
+    if (engine) {
+      engine->execute([&g] { g(); });
+    } else {
+      arena_for(threads).execute(g);
+    }
+  };
+  if constexpr (std::is_void_v<decltype(f())>) {
+    run(f);
   } else {
-    arena_for(threads).execute(run);
+    decltype(f()) out{};
+    run([&] { out = f(); });
+    return out;
   }
-  return out;
 }
 
 // f(0) .. f(rows - 1) over the calling thread's arena.
@@ -528,7 +535,6 @@ void reference_pass(Config config, const Workload& w, int threads, std::vector<i
       tokens[static_cast<size_t>(r)] = reference_row(config, row_f32(w, r), w.vocab, p, history,
                                                      1000 + static_cast<uint64_t>(r));
     });
-    return 0;  // (in_arena hands back a value)
   });
 }
 

@@ -210,7 +210,7 @@ struct Engine::Impl {
       const int64_t row = shared && logits.rows > 1 ? -1 : static_cast<int64_t>(r);
       if (Status s = detail::check_request(requests[r], row, logits.vocab); !s.ok()) return s;
     }
-    const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+    const int64_t stride = detail::row_stride_of(logits);
     const auto row_data = [&](int64_t row) {
       return static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype);
     };
@@ -289,7 +289,7 @@ namespace {
 bool output_overlaps_logits(const LogitsView& logits, const float* out, int64_t out_stride) {
   // (Called on views check_call and check_extent accepted: both span less
   // than 2^57 bytes, so no offset below overflows.)
-  const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+  const int64_t stride = detail::row_stride_of(logits);
   const int64_t es = dtype_size(logits.dtype);
   const int64_t row_bytes = logits.vocab * es, out_bytes = logits.vocab * int64_t{4};
   const int64_t step = stride * es, out_step = out_stride * int64_t{4};
@@ -375,10 +375,12 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
       !s.ok()) {
     return s;
   }
-  if (Status s = detail::check_extent(
-          "verify: target_logits", "row_stride", target_logits.rows,
-          target_logits.row_stride == 0 ? target_logits.vocab : target_logits.row_stride,
-          target_logits.vocab, dtype_size(target_logits.dtype));
+  const int64_t vocab = target_logits.vocab;
+  const int64_t stride = detail::row_stride_of(target_logits);
+  const int esize = dtype_size(target_logits.dtype);
+  // (check_call saw a view of rows / (K + 1) rows only)
+  if (Status s = detail::check_extent("verify: target_logits", "row_stride", target_logits.rows,
+                                      stride, vocab, esize);
       !s.ok()) {
     return s;
   }
@@ -387,7 +389,6 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
     const int64_t row = shared && rows > 1 ? -1 : static_cast<int64_t>(r);
     if (Status s = detail::check_request(requests[r], row, target_logits.vocab); !s.ok()) return s;
   }
-  const int64_t vocab = target_logits.vocab;
   if (static_cast<int64_t>(draft_tokens.size()) != rows * num_draft) {
     return Status::invalid_argument(
         "verify: draft_tokens size = " + std::to_string(draft_tokens.size()) +
@@ -419,8 +420,6 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   bool any_unseeded = false;
   for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
-  const int64_t stride = target_logits.row_stride == 0 ? vocab : target_logits.row_stride;
-  const int esize = dtype_size(target_logits.dtype);
   const bool ahead = rows_ahead(target_logits.rows, stride, esize, impl_->ahead_from);
   // Every pooled scratch gets room for the row inputs and the longest
   // history plus the drafts, so the steady state allocates nothing whichever

@@ -81,7 +81,7 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
     return Status::invalid_argument("logits: vocab = " + show(logits.vocab) +
                                     " does not fit token ids (int32)");
   }
-  const int64_t stride = logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+  const int64_t stride = row_stride_of(logits);
   if (stride < logits.vocab) {
     return Status::invalid_argument("logits: row_stride = " + show(logits.row_stride) +
                                     " is smaller than vocab = " + show(logits.vocab));

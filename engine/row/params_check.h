@@ -12,6 +12,12 @@
 
 namespace nucleus::detail {
 
+// The elements from one row's start to the next's (row_stride, 0 meaning
+// vocab).
+inline int64_t row_stride_of(const LogitsView& logits) {
+  return logits.row_stride == 0 ? logits.vocab : logits.row_stride;
+}
+
 // Checks the logits view and the request/result counts. `results_size` < 0
 // skips the results check (the probs call has no results).
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
