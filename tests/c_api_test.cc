@@ -432,6 +432,30 @@ TEST(CApi, EngineIsa) {
   }
 }
 
+TEST(CApi, EngineReadAhead) {
+  nucleus_engine_options options = nucleus_engine_options_default();
+  EXPECT_EQ(options.read_ahead, NUCLEUS_READ_AHEAD_AUTO);
+  for (int32_t mode : {NUCLEUS_READ_AHEAD_ALWAYS, NUCLEUS_READ_AHEAD_NEVER}) {
+    options.read_ahead = mode;
+    Engine engine(&options);
+    int32_t got = -1;
+    const char* name = nullptr;
+    ASSERT_EQ(nucleus_engine_read_ahead(engine.handle, &got, &name), NUCLEUS_OK);
+    EXPECT_EQ(got, mode);
+    EXPECT_STREQ(name, mode == NUCLEUS_READ_AHEAD_ALWAYS ? "always" : "never");
+    EXPECT_EQ(nucleus_engine_read_ahead(engine.handle, nullptr, nullptr), NUCLEUS_INVALID_ARGUMENT);
+  }
+  int32_t got = -1;
+  EXPECT_EQ(nucleus_engine_read_ahead(nullptr, &got, nullptr), NUCLEUS_INVALID_ARGUMENT);
+  for (int32_t bad : {-1, 3, 99}) {
+    options.read_ahead = bad;
+    nucleus_engine* engine = nullptr;
+    EXPECT_EQ(nucleus_engine_create(&options, &engine), NUCLEUS_INVALID_ARGUMENT);
+    EXPECT_EQ(engine, nullptr);
+    EXPECT_THAT(nucleus_last_error(), HasSubstr("read_ahead = " + std::to_string(bad)));
+  }
+}
+
 // ---- Results equal the C++ engine's ----------------------------------------------
 
 TEST(CApi, SampleMatchesCppEngineForEveryKindOfRequest) {

@@ -313,13 +313,15 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_EQ(flat["results"][0]["batch"], 1);
   EXPECT_EQ(flat["results"][1]["batch"], 2);
   EXPECT_EQ(Lines(run.out).size(), 3u) << run.out;
-  // Three different batches timed in turn; none is refused.
+  // Three different batches timed in turn; none is refused. (Read ahead:
+  // the engines' option, recorded.)
   run = RunCli(dir,
                "bench --vocab 1000 --batch 2 --threads 1 --config penalty-topp,greedy "
-               "--distinct 3 --repeat 4 -q --json distinct.json");
+               "--distinct 3 --repeat 4 --read-ahead always -q --json distinct.json");
   ASSERT_EQ(run.code, 0) << run.err;
   const Json distinct = Json::parse(ReadFile(dir / "distinct.json"));
   EXPECT_EQ(distinct["distinct"], 3);
+  EXPECT_EQ(distinct["read_ahead"], "always");
   EXPECT_EQ(flat["distinct"], 1);
   ASSERT_EQ(distinct["results"].size(), 2u);
   for (const Json& r : distinct["results"]) {
@@ -381,6 +383,9 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --config nothing -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--config = nothing")) << run.err;
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --read-ahead sometimes -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--read-ahead = sometimes")) << run.err;
 }
 
 // `nucleus bench --input`: a dump's rows timed in place of LM-like ones,

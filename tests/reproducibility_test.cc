@@ -216,7 +216,8 @@ RowSpec Neighbour(std::mt19937& rng) {
 
 // Samples every target alone, then in batches of each size, at several positions, with
 // random neighbours, on engines of 1, 2 and 4 threads: the target's result never changes.
-void CheckBatchInvariance(int vocab, int kinds, const std::vector<int>& batch_sizes) {
+void CheckBatchInvariance(int vocab, int kinds, const std::vector<int>& batch_sizes,
+                          ReadAhead read_ahead = ReadAhead::kAuto) {
   const std::vector<RowSpec> targets = Targets(kinds);
   Engine reference_engine(EngineOptions{.max_threads = 1, .seed = 1});
   std::vector<RowResult> reference;
@@ -227,7 +228,8 @@ void CheckBatchInvariance(int vocab, int kinds, const std::vector<int>& batch_si
   // oneTBB allows the process)
   const tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 4);
   for (int threads : {1, 2, 4}) {
-    Engine engine(EngineOptions{.max_threads = threads, .seed = 2});
+    Engine engine(EngineOptions{
+        .max_threads = threads, .seed = 2, .isa = Isa::kAuto, .read_ahead = read_ahead});
     ASSERT_EQ(engine.max_threads(), threads);
     for (int size : batch_sizes) {
       // Each target gets a batch of its own with the target at position (k * 5 + 1) % size,
@@ -310,6 +312,38 @@ TEST(ReproducibilityTest, ReadAheadAlwaysOrNeverChangesNothingRowsGive) {
   }
   const ReadAheadEnv never("never");
   CheckBatchInvariance(kLargeVocab, kKinds, {30});
+}
+
+ReadAhead ReadAheadOf(ReadAhead option) {
+  return Engine(EngineOptions{.max_threads = 1, .seed = 1, .isa = Isa::kAuto, .read_ahead = option})
+      .read_ahead();
+}
+
+TEST(ReproducibilityTest, ReadAheadOptionOverridesTheEnvironment) {
+  for (ReadAhead mode : {ReadAhead::kAuto, ReadAhead::kAlways, ReadAhead::kNever}) {
+    ASSERT_TRUE(parse_read_ahead(read_ahead_name(mode)).has_value()) << read_ahead_name(mode);
+    EXPECT_EQ(*parse_read_ahead(read_ahead_name(mode)), mode);
+  }
+  EXPECT_EQ(parse_read_ahead("NEVER"), ReadAhead::kNever);
+  EXPECT_FALSE(parse_read_ahead("").has_value());
+  EXPECT_FALSE(parse_read_ahead("sometimes").has_value());
+  {
+    // The option wins; auto leaves the choice to the environment.
+    const ReadAheadEnv never("never");
+    EXPECT_EQ(ReadAheadOf(ReadAhead::kAlways), ReadAhead::kAlways);
+    EXPECT_EQ(ReadAheadOf(ReadAhead::kAuto), ReadAhead::kNever);
+    // Under the option small batches read ahead, whatever the environment says.
+    CheckBatchInvariance(kSmallVocab, kKinds, {3, 17}, ReadAhead::kAlways);
+  }
+  {
+    const ReadAheadEnv always("Always");
+    EXPECT_EQ(ReadAheadOf(ReadAhead::kAuto), ReadAhead::kAlways);
+    EXPECT_EQ(ReadAheadOf(ReadAhead::kNever), ReadAhead::kNever);
+  }
+  for (const char* unset : {"", "auto", "sometimes"}) {
+    const ReadAheadEnv env(unset);
+    EXPECT_EQ(ReadAheadOf(ReadAhead::kAuto), ReadAhead::kAuto) << unset;
+  }
 }
 
 TEST(ReproducibilityTest, LargeVocabProbsAreBitIdenticalAcrossThreads) {

@@ -599,11 +599,13 @@ CaseResult run_case(const Case& c, const Options& options) {
   std::vector<RowResult> results(static_cast<size_t>(c.batch));
   // One engine per (threads, instruction set) for the whole run, as a server
   // keeps one: its arena and scratch stay warm from case to case.
-  static std::map<std::tuple<int, Isa, uint64_t>, std::unique_ptr<Engine>> engines;
-  std::unique_ptr<Engine>& slot = engines[{c.threads, c.isa, options.seed}];
+  static std::map<std::tuple<int, Isa, uint64_t, ReadAhead>, std::unique_ptr<Engine>> engines;
+  std::unique_ptr<Engine>& slot = engines[{c.threads, c.isa, options.seed, options.read_ahead}];
   if (!slot) {
-    slot = std::make_unique<Engine>(
-        EngineOptions{.max_threads = c.threads, .seed = options.seed, .isa = c.isa});
+    slot = std::make_unique<Engine>(EngineOptions{.max_threads = c.threads,
+                                                  .seed = options.seed,
+                                                  .isa = c.isa,
+                                                  .read_ahead = options.read_ahead});
   }
   Engine& engine = *slot;
   const Isa isa = engine.isa();

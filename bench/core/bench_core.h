@@ -115,6 +115,8 @@ struct Options {
   bool reference = true;  // also time the sort-based sampler (slow at large sizes)
   bool logprobs = false;  // ask for the sampled tokens' logprobs too
   uint64_t seed = 1;
+  // The engines' EngineOptions::read_ahead.
+  ReadAhead read_ahead = ReadAhead::kAuto;
   Rows rows = Rows::kPeakedFlat;
   // Batches timed in turn (call i reads batch i mod distinct), all of the
   // same kind, each with its own values. With 1, every call reads the same

@@ -94,6 +94,9 @@ static_assert(NUCLEUS_DUMP_AUTO == static_cast<int>(nucleus::DumpFormat::kAuto))
 static_assert(NUCLEUS_DUMP_NPY == static_cast<int>(nucleus::DumpFormat::kNpy));
 static_assert(NUCLEUS_DUMP_SAFETENSORS == static_cast<int>(nucleus::DumpFormat::kSafetensors));
 static_assert(NUCLEUS_DUMP_RAW == static_cast<int>(nucleus::DumpFormat::kRaw));
+static_assert(NUCLEUS_READ_AHEAD_AUTO == static_cast<int>(nucleus::ReadAhead::kAuto));
+static_assert(NUCLEUS_READ_AHEAD_ALWAYS == static_cast<int>(nucleus::ReadAhead::kAlways));
+static_assert(NUCLEUS_READ_AHEAD_NEVER == static_cast<int>(nucleus::ReadAhead::kNever));
 
 nucleus_status fail(const Status& s) { return fail(to_c(s.code()), s.message()); }
 
@@ -446,9 +449,15 @@ nucleus_status nucleus_engine_create(const nucleus_engine_options* options,
                   "engine options: isa = " + std::to_string(o.isa) +
                       " is not a NUCLEUS_ISA_ value (0 auto, 1 sse2, 2 avx2, 3 avx512)");
     }
+    if (o.read_ahead < NUCLEUS_READ_AHEAD_AUTO || o.read_ahead > NUCLEUS_READ_AHEAD_NEVER) {
+      return fail(NUCLEUS_INVALID_ARGUMENT,
+                  "engine options: read_ahead = " + std::to_string(o.read_ahead) +
+                      " is not a NUCLEUS_READ_AHEAD_ value (0 auto, 1 always, 2 never)");
+    }
     nucleus::EngineOptions cpp;
     cpp.max_threads = o.max_threads;
     cpp.isa = static_cast<nucleus::Isa>(o.isa);
+    cpp.read_ahead = static_cast<nucleus::ReadAhead>(o.read_ahead);
     if (o.has_seed != 0) cpp.seed = o.seed;
     *engine = new nucleus_engine(cpp);
     return succeed();
@@ -480,6 +489,20 @@ nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, co
     const nucleus::Isa chosen = engine->engine.isa();
     *isa = static_cast<int32_t>(chosen);
     if (name != nullptr) *name = nucleus::isa_name(chosen);
+    return succeed();
+  });
+}
+
+nucleus_status nucleus_engine_read_ahead(const nucleus_engine* engine, int32_t* read_ahead,
+                                         const char** name) {
+  return guarded([&] {
+    if (engine == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "engine is NULL");
+    if (read_ahead == nullptr) {
+      return fail(NUCLEUS_INVALID_ARGUMENT, "read_ahead: out pointer is NULL");
+    }
+    const nucleus::ReadAhead mode = engine->engine.read_ahead();
+    *read_ahead = static_cast<int32_t>(mode);
+    if (name != nullptr) *name = nucleus::read_ahead_name(mode);
     return succeed();
   });
 }

@@ -9,14 +9,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/row/params_check.h"
@@ -104,24 +105,37 @@ class ScratchPool {
 // has just written), and the prefetches then cost more than they save: at
 // batch 8 3-12 % more. But a batch that arrives uncached (copied from a
 // device) gains at every size (batch 8, one thread: 6-18 %), and nothing
-// here tells the two apart: NUCLEUS_READ_AHEAD lets the host say (read_ahead_from).
+// here tells the two apart: the host says (EngineOptions::read_ahead or
+// NUCLEUS_READ_AHEAD).
 constexpr int64_t kAheadFromBytes = int64_t{32} << 20;
 
-// NUCLEUS_READ_AHEAD, read when an engine is made: the batch size from which
-// rows are read ahead. "auto" (or unset) kAheadFromBytes, "always" every
-// batch of two rows or more (as far as kAheadFromBytes's exceptions allow),
-// "never" none. Another value is reported once on
+// NUCLEUS_READ_AHEAD, read when an engine whose options leave the choice
+// (ReadAhead::kAuto) is made. A value that names no mode is reported once on
 // standard error and taken as auto.
-int64_t read_ahead_from() {
+ReadAhead environment_read_ahead() {
   const char* v = std::getenv("NUCLEUS_READ_AHEAD");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return kAheadFromBytes;
-  if (std::strcmp(v, "always") == 0) return 0;
-  if (std::strcmp(v, "never") == 0) return std::numeric_limits<int64_t>::max();
+  if (v == nullptr || *v == '\0') return ReadAhead::kAuto;
+  if (auto mode = parse_read_ahead(v)) return *mode;
   static std::once_flag reported;
   std::call_once(reported, [v] {
     std::fprintf(stderr,
                  "nucleus: ignoring NUCLEUS_READ_AHEAD=%s (expected auto, always or never)\n", v);
   });
+  return ReadAhead::kAuto;
+}
+
+// The batch size in bytes from which a mode reads rows ahead: kAheadFromBytes,
+// every batch of two rows or more (as far as for_rows's exceptions allow), or
+// none.
+int64_t read_ahead_from(ReadAhead mode) {
+  switch (mode) {
+    case ReadAhead::kAlways:
+      return 0;
+    case ReadAhead::kNever:
+      return std::numeric_limits<int64_t>::max();
+    case ReadAhead::kAuto:
+      break;
+  }
   return kAheadFromBytes;
 }
 
@@ -144,7 +158,8 @@ struct Engine::Impl {
   const detail::Kernels* kernels = nullptr;
   uint64_t seed = 0;
   std::atomic<uint64_t> counter{0};
-  int64_t ahead_from = 0;  // read_ahead_from()
+  ReadAhead read_ahead = ReadAhead::kAuto;
+  int64_t ahead_from = 0;  // read_ahead_from(read_ahead)
   std::unique_ptr<tbb::task_arena> arena;
   ScratchPool pool;
 
@@ -238,7 +253,9 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
   impl_->seed = options.seed ? *options.seed : system_seed();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
-  impl_->ahead_from = read_ahead_from();
+  impl_->read_ahead =
+      options.read_ahead != ReadAhead::kAuto ? options.read_ahead : environment_read_ahead();
+  impl_->ahead_from = read_ahead_from(impl_->read_ahead);
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
   impl_->pool.reserve(impl_->threads);
 }
@@ -250,6 +267,30 @@ Engine& Engine::operator=(Engine&&) noexcept = default;
 int Engine::max_threads() const { return impl_->threads; }
 
 Isa Engine::isa() const { return impl_->kernels->isa; }
+
+ReadAhead Engine::read_ahead() const { return impl_->read_ahead; }
+
+const char* read_ahead_name(ReadAhead mode) {
+  switch (mode) {
+    case ReadAhead::kAlways:
+      return "always";
+    case ReadAhead::kNever:
+      return "never";
+    case ReadAhead::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+std::optional<ReadAhead> parse_read_ahead(std::string_view name) {
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (ReadAhead mode : {ReadAhead::kAuto, ReadAhead::kAlways, ReadAhead::kNever}) {
+    if (lower == read_ahead_name(mode)) return mode;
+  }
+  return std::nullopt;
+}
 
 void Engine::execute(const std::function<void()>& work) { impl_->arena->execute(work); }
 

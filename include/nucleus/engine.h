@@ -49,18 +49,34 @@ Isa resolve_isa(Isa requested);
 // The sets an engine here can run (up to resolve_isa(kAuto)), lowest first.
 std::vector<Isa> runnable_isas();
 
+// Whether each row's exp passes bring the next row of a batch into cache
+// (speed only, never results: README, "Reading the next row ahead"). A row
+// of a large batch comes from memory, and its scan waits on it; read ahead,
+// it comes from L2. A small batch is mostly cached already, unless it has
+// just been copied in from a device.
+enum class ReadAhead {
+  kAuto = 0,    // batches of 32 MiB of logits or more
+  kAlways = 1,  // every batch of two rows or more (batches that arrive uncached)
+  kNever = 2,
+};
+// "auto", "always" or "never".
+const char* read_ahead_name(ReadAhead mode);
+// The inverse of read_ahead_name (case-insensitive); nullopt for anything else.
+std::optional<ReadAhead> parse_read_ahead(std::string_view name);
+
 struct EngineOptions {
   int max_threads = 0;           // 0 (or more than that): every core the process may use
   std::optional<uint64_t> seed;  // for unseeded rows; none: from the system
   Isa isa = Isa::kAuto;          // the highest instruction set to use
+  // kAuto: as the environment variable NUCLEUS_READ_AHEAD says (auto, always
+  // or never; unset: auto); another value overrides it.
+  ReadAhead read_ahead = ReadAhead::kAuto;
 };
 
 class Engine {
  public:
-  // Reads NUCLEUS_READ_AHEAD from the environment: "auto" (unset), "always"
-  // or "never", whether each row's exp passes bring the next row of a batch
-  // into cache (from 32 MiB of logits, at every size, or not at all; speed
-  // only, never results: README, "Reading the next row ahead", docs/cli.md).
+  // Reads NUCLEUS_READ_AHEAD from the environment when options.read_ahead is
+  // kAuto (ReadAhead; docs/cli.md).
   explicit Engine(const EngineOptions& options = {});
   ~Engine();
   Engine(Engine&&) noexcept;
@@ -116,6 +132,9 @@ class Engine {
   int max_threads() const;
   // The instruction set this engine's row passes run (never kAuto).
   Isa isa() const;
+  // When this engine reads the next row ahead: EngineOptions::read_ahead, or
+  // NUCLEUS_READ_AHEAD's mode where that was kAuto (kAuto: the size rule).
+  ReadAhead read_ahead() const;
 
   // Runs `work` inside the engine's oneTBB arena and returns when it is done:
   // a tbb::parallel_for in it shares the engine's threads. oneTBB moves an

@@ -234,9 +234,16 @@ typedef struct nucleus_engine_options {
    * best the CPU runs), _SSE2, _AVX2 or _AVX512; also capped by the CPU and
    * by the NUCLEUS_ISA environment variable. */
   int32_t isa;
+  /* Whether each row's passes bring the next row of a batch into cache
+   * (speed only, never results): NUCLEUS_READ_AHEAD_AUTO (as the
+   * NUCLEUS_READ_AHEAD environment variable says; unset: batches of 32 MiB
+   * or more), _ALWAYS (every batch of two rows or more: for batches that
+   * arrive uncached, copied from a device) or _NEVER. */
+  int32_t read_ahead;
 } nucleus_engine_options;
 
 enum { NUCLEUS_ISA_AUTO = 0, NUCLEUS_ISA_SSE2 = 1, NUCLEUS_ISA_AVX2 = 2, NUCLEUS_ISA_AVX512 = 3 };
+enum { NUCLEUS_READ_AHEAD_AUTO = 0, NUCLEUS_READ_AHEAD_ALWAYS = 1, NUCLEUS_READ_AHEAD_NEVER = 2 };
 
 nucleus_engine_options nucleus_engine_options_default(void);
 
@@ -250,6 +257,11 @@ nucleus_status nucleus_engine_max_threads(const nucleus_engine* engine, int32_t*
 /* The instruction set the engine's row passes run (a NUCLEUS_ISA_ value, never
  * AUTO), and its name ("sse2", "avx2", "avx512") when `name` is not NULL. */
 nucleus_status nucleus_engine_isa(const nucleus_engine* engine, int32_t* isa, const char** name);
+/* When the engine reads the next row ahead (a NUCLEUS_READ_AHEAD_ value: the
+ * option, or the environment variable's mode where the option was AUTO), and
+ * its name ("auto", "always", "never") when `name` is not NULL. */
+nucleus_status nucleus_engine_read_ahead(const nucleus_engine* engine, int32_t* read_ahead,
+                                         const char** name);
 
 /* Samples every row of `logits`. `requests` holds num_requests = rows
  * requests, or 1 shared by every row. Returns NUCLEUS_OK when every row was

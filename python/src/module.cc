@@ -100,11 +100,13 @@ struct VerifyOutput {
 
 class PyEngine {
  public:
-  PyEngine(const py::object& threads, const py::object& seed, const std::string& isa)
-      : engine_(options(threads, seed, isa)) {}
+  PyEngine(const py::object& threads, const py::object& seed, const std::string& isa,
+           const std::string& read_ahead)
+      : engine_(options(threads, seed, isa, read_ahead)) {}
 
   int max_threads() const { return engine_.max_threads(); }
   std::string isa() const { return isa_name(engine_.isa()); }
+  std::string read_ahead() const { return read_ahead_name(engine_.read_ahead()); }
 
   SampleResult sample(py::handle logits, py::kwargs kwargs) {
     const bool bf16 = parse_logits_dtype(pop(kwargs, "logits_dtype"));
@@ -293,13 +295,18 @@ class PyEngine {
 
  private:
   static EngineOptions options(const py::object& threads, const py::object& seed,
-                               const std::string& isa) {
+                               const std::string& isa, const std::string& read_ahead) {
     EngineOptions o;
     const auto parsed = parse_isa(isa);
     if (!parsed) {
       throw py::value_error("isa = '" + isa + "' is not auto, sse2, avx2 or avx512");
     }
     o.isa = *parsed;
+    const auto mode = parse_read_ahead(read_ahead);
+    if (!mode) {
+      throw py::value_error("read_ahead = '" + read_ahead + "' is not auto, always or never");
+    }
+    o.read_ahead = *mode;
     if (!threads.is_none()) {
       const py::object index = to_index(threads, "threads");
       int overflow = 0;  // (past int64: out of range as well)
@@ -347,7 +354,7 @@ class PyEngine {
 // never destroyed: its worker threads must not be torn down while the
 // interpreter finalises.
 PyEngine& default_engine() {
-  static PyEngine* engine = new PyEngine(py::none(), py::none(), "auto");
+  static PyEngine* engine = new PyEngine(py::none(), py::none(), "auto", "auto");
   return *engine;
 }
 
@@ -561,26 +568,34 @@ void define_module(py::module_& m) {
       kParams;
 
   py::class_<PyEngine>(m, "Engine",
-                       "Engine(threads=None, seed=None, isa='auto')\n\n"
+                       "Engine(threads=None, seed=None, isa='auto', read_ahead='auto')\n\n"
                        "A sampling engine. threads: the most threads it may use (None or 0: "
                        "every core);\nseed: seeds the generator of unseeded rows (None: from "
                        "the system);\nisa: the highest instruction set of the row passes "
                        "(auto, sse2, avx2, avx512;\nalso capped by the CPU and by the "
-                       "NUCLEUS_ISA environment variable).\nSafe to share between Python "
-                       "threads; the GIL is released while it samples.")
-      .def(py::init<const py::object&, const py::object&, const std::string&>(),
-           py::arg("threads") = py::none(), py::arg("seed") = py::none(), py::arg("isa") = "auto")
+                       "NUCLEUS_ISA environment variable);\nread_ahead: whether each row's "
+                       "passes bring the next row of a batch into cache\n(speed only): "
+                       "'always' for batches that arrive uncached (copied from a GPU),\n"
+                       "'never', or 'auto' (as the NUCLEUS_READ_AHEAD environment variable "
+                       "says;\nunset: batches of 32 MiB or more).\nSafe to share between "
+                       "Python threads; the GIL is released while it samples.")
+      .def(py::init<const py::object&, const py::object&, const std::string&, const std::string&>(),
+           py::arg("threads") = py::none(), py::arg("seed") = py::none(), py::arg("isa") = "auto",
+           py::arg("read_ahead") = "auto")
       .def_property_readonly("max_threads", &PyEngine::max_threads,
                              "The number of threads this engine may use.")
       .def_property_readonly("isa", &PyEngine::isa,
                              "The instruction set this engine's row passes run.")
+      .def_property_readonly("read_ahead", &PyEngine::read_ahead,
+                             "When this engine reads the next row ahead: its read_ahead, or\n"
+                             "NUCLEUS_READ_AHEAD's mode where that was 'auto'.")
       .def("sample", &PyEngine::sample, py::arg("logits"), sample_doc.c_str())
       .def("probs", &PyEngine::probs, py::arg("logits"), probs_doc.c_str())
       .def("verify", &PyEngine::verify, py::arg("target_logits"), py::arg("draft_tokens"),
            py::arg("draft_probs") = py::none(), verify_doc.c_str())
       .def("__repr__", [](const PyEngine& e) {
         return "nucleus.Engine(threads=" + std::to_string(e.max_threads()) + ", isa='" + e.isa() +
-               "')";
+               "', read_ahead='" + e.read_ahead() + "')";
       });
 
   m.def(

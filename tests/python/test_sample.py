@@ -328,6 +328,24 @@ def test_engine_options():
     assert isinstance(nucleus.__version__, str) and nucleus.__version__.count(".") == 2
 
 
+def test_engine_read_ahead(monkeypatch):
+    monkeypatch.delenv("NUCLEUS_READ_AHEAD", raising=False)
+    assert nucleus.Engine().read_ahead == "auto"
+    assert nucleus.Engine(read_ahead="Always").read_ahead == "always"
+    assert "read_ahead='never'" in repr(nucleus.Engine(read_ahead="never"))
+    with pytest.raises(ValueError, match="read_ahead = 'sometimes' is not auto, always or never"):
+        nucleus.Engine(read_ahead="sometimes")
+    # the environment decides where the option says auto, and only there
+    monkeypatch.setenv("NUCLEUS_READ_AHEAD", "never")
+    assert nucleus.Engine().read_ahead == "never"
+    assert nucleus.Engine(read_ahead="always").read_ahead == "always"
+    # speed only: a batch read ahead gives what it gives without
+    x = np.random.default_rng(3).standard_normal((6, 5000)).astype(np.float32)
+    got = [nucleus.Engine(threads=1, read_ahead=m).sample(x, seed=7, top_p=0.9).tokens
+           for m in ("always", "never")]
+    np.testing.assert_array_equal(got[0], got[1])
+
+
 def test_engine_isa():
     assert nucleus.Engine(isa="sse2").isa == "sse2"
     assert nucleus.Engine(isa="SSE2").isa == "sse2"

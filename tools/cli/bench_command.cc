@@ -93,6 +93,12 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Instruction sets of the row passes, comma-separated: auto (the best this "
                    "machine runs), sse2, avx2, avx512, or all (each one this machine runs)")
       ->capture_default_str();
+  c->app
+      ->add_option("--read-ahead", c->read_ahead,
+                   "Whether each row's passes bring the next row of a batch into cache "
+                   "(EngineOptions::read_ahead): auto (as NUCLEUS_READ_AHEAD says; unset: "
+                   "batches of 32 MiB or more), always or never")
+      ->capture_default_str();
   CLI::Option* rows =
       c->app
           ->add_option("--rows", c->rows,
@@ -226,6 +232,11 @@ int run_bench(const BenchCommand& c) {
     print_error("option --rows = " + c.rows + " is not peaked-flat, peaked, medium or flat");
     return kExitFailure;
   }
+  const std::optional<ReadAhead> read_ahead = parse_read_ahead(c.read_ahead);
+  if (!read_ahead) {
+    print_error("option --read-ahead = " + c.read_ahead + " is not auto, always or never");
+    return kExitFailure;
+  }
   // The largest case's rows (all its distinct batches, and the float32 copy
   // of a half-precision one; an --input dump's rows too) must fit in memory
   // with room to spare.
@@ -286,6 +297,7 @@ int run_bench(const BenchCommand& c) {
   }
   bench::Options options;
   options.rows = *rows;
+  options.read_ahead = *read_ahead;
   options.repeat = c.repeat;
   options.reference = !c.no_reference;
   options.logprobs = c.logprobs;
@@ -371,6 +383,11 @@ int run_bench(const BenchCommand& c) {
     doc["repeat"] = c.repeat;
     doc["runs"] = c.runs;
     doc["distinct"] = c.distinct;
+    // (the mode the engines ran: the option, or NUCLEUS_READ_AHEAD's under auto)
+    doc["read_ahead"] = read_ahead_name(
+        Engine(EngineOptions{
+                   .max_threads = 1, .seed = 1, .isa = Isa::kAuto, .read_ahead = *read_ahead})
+            .read_ahead());
     doc["rows"] = input ? "input" : bench::rows_name(*rows);
     if (input) {
       doc["input"] = input->path;

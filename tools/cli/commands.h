@@ -48,6 +48,7 @@ struct BenchCommand {
   std::string threads = "1,all";
   std::string dtype = "f32";
   std::string isa = "auto";
+  std::string read_ahead = "auto";
   std::string rows = "peaked-flat";
   std::string input;   // a dump whose rows are timed instead
   std::string tensor;  // its .safetensors tensor
