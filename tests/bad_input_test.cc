@@ -590,6 +590,9 @@ std::vector<ParamsCase> ParamsCases() {
       {"temperature overflows float",
        "{\"temperature\": 1e39}\n{}\n{}\n",
        {"line 1", "'temperature' = 1e+39 does not fit a 32-bit float"}},
+      {"top_p underflows float",
+       "{}\n{\"top_p\": -1e-50}\n{}\n",
+       {"line 2", "'top_p' = -1e-50 is too small for a 32-bit float"}},
       {"top_k fractional",
        "{}\n{}\n{\"top_k\": 1.5}\n",
        {"line 3: row 2", "'top_k'", "not an integer"}},
@@ -638,6 +641,11 @@ std::vector<ParamsCase> ParamsCases() {
       {"binary garbage",
        "{}\n" + std::string("\x01\xff\xfe\0garbage\n", 12) + "{}\n",
        {"line 2", "JSON"}},
+      // (a JSON reader may take a NUL for the end of the text and never see
+      // the unknown key after it)
+      {"NUL between values",
+       std::string("{\"temperature\": 0}") + '\0' + "{\"bogus\": 1}\n{}\n{}\n",
+       {"line 1", "column 19", "NUL byte"}},
       {"num_samples zero",
        "{}\n{}\n{\"num_samples\": 0}\n",
        {"line 3", "row 2", "num_samples", "0"}},

@@ -955,6 +955,12 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"temperature past float",
        "good.npy --temperature 1e40",
        {"--temperature", "value 1e40 does not fit a 32-bit float"}},
+      {"temperature below float",
+       "good.npy --temperature 1e-46",
+       {"--temperature", "value 1e-46 is too small for a 32-bit float"}},
+      {"bias below float",
+       "good.npy --logit-bias 3:-1e-50",
+       {"--logit-bias = '3:-1e-50'", "bias -1e-50 is too small for a 32-bit float"}},
       {"bias past float",
        "good.npy --logit-bias 3:1e39",
        {"--logit-bias = '3:1e39'", "bias 1e39 does not fit a 32-bit float"}},
@@ -1033,6 +1039,17 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   CliRun nowhere = RunCli(dir, "probs d.npy -o no/such/dir/p.npy");
   EXPECT_EQ(nowhere.code, 2);
   EXPECT_TRUE(Contains(nowhere.err, "p.npy")) << nowhere.err;
+  // An empty path is refused before any work, by every command that writes
+  // to a path (sample would otherwise write to standard output, bench no
+  // JSON at all).
+  for (const char* args : {"probs d.npy -o ''", "sample d.npy -q -o ''",
+                           "bench --vocab 100 --batch 1 --threads 1 -q --json ''"}) {
+    SCOPED_TRACE(args);
+    CliRun empty = RunCli(dir, args);
+    EXPECT_EQ(empty.code, 2);
+    EXPECT_TRUE(Contains(empty.err, "is empty") || Contains(empty.err, "= ''")) << empty.err;
+    EXPECT_TRUE(empty.out.empty()) << empty.out;
+  }
 }
 
 // A dump several times larger than the address-space limit goes through in

@@ -106,6 +106,9 @@ void ExpectError(const Result<DumpReader>& reader, const std::vector<std::string
     EXPECT_NE(reader.status().message().find(part), std::string::npos)
         << "message: " << reader.status().message() << "\nmissing: " << part;
   }
+  // One line, whatever the file holds (a header's newlines are shown as \n).
+  EXPECT_EQ(reader.status().message().find('\n'), std::string::npos)
+      << "message: " << reader.status().message();
 }
 
 // A .npy file with the given dict literal (padded as NumPy does) and payload.
@@ -339,6 +342,9 @@ TEST(DumpNpy, RefusesWhatItCannotRead) {
       {"junk.npy", "malformed", "nothing after the closing '}'"});
   ExpectError(npy("syntax.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': [2, 4]}", data),
               {"syntax.npy", "malformed", "shape"});
+  ExpectError(
+      npy("lines.npy", "{'descr': '<f4',\n 'fortran_order': Fals,\n 'shape': (2, 4), }", data),
+      {"lines.npy", "malformed", "'<f4',\\n 'fortran_order'"});
   ExpectError(npy("struct.npy",
                   "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 4), }", data),
               {"struct.npy", "descr", "structured"});
@@ -410,6 +416,12 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
   };
   ExpectError(st("json.safetensors", "{\"x\": {\"dtype\": ", data),
               {"json.safetensors", "not valid JSON"});
+  ExpectError(st("lines.safetensors", "{\n \"x\": {\n  \"dtype\": \"F32\",\n },\n}", data),
+              {"lines.safetensors", "not valid JSON", "it begins {\\n \"x\""});
+  ExpectError(
+      st("name.safetensors",
+         "{\"x\\ny\\u0001\":{\"dtype\":\"F64\",\"shape\":[1,4],\"data_offsets\":[0,32]}}", data),
+      {"name.safetensors", "tensor 'x\\ny\\x01'", "'F64'"});
   ExpectError(st("array.safetensors", "[1, 2]", data), {"array.safetensors", "not a JSON object"});
   ExpectError(
       st("f64.safetensors", R"({"x":{"dtype":"F64","shape":[1,4],"data_offsets":[0,32]}})", data),
@@ -459,6 +471,13 @@ TEST(DumpSafetensors, RefusesWhatItCannotRead) {
                  R"("x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]}})",
                  data),
               {"twice.safetensors", "key \"x\" appears twice"});
+  // A NUL byte, which a JSON reader may take for the end of the text, does
+  // not hide a second tensor after it.
+  ExpectError(st("nul.safetensors",
+                 std::string(R"({"x":{"dtype":"F32","shape":[1,8],"data_offsets":[0,32]}})") +
+                     '\0' + R"(, "y": {"dtype":"F32","shape":[1],"data_offsets":[32,36]}})",
+                 data),
+              {"nul.safetensors", "NUL byte"});
   // Printing a deeply nested value would recurse once per level.
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   ExpectError(st("deep.safetensors", "{\"x\": " + deep + "}", data),

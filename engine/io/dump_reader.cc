@@ -11,6 +11,7 @@
 
 #include "engine/io/file_io.h"
 #include "engine/io/half.h"
+#include "engine/io/json_text.h"
 #include "engine/io/npy_header.h"
 #include "engine/io/safetensors_header.h"
 #include "nucleus/dump.h"
@@ -300,7 +301,8 @@ Status describe(const std::string& path, const DumpOptions& options,
       info->shape = t.shape;
       // (no overflow: the header ends within 2^63 bytes with its tensors)
       info->data_offset = header->data_start + t.begin;
-      const std::string field = name + ": tensor '" + t.name + "': field 'shape'";
+      const std::string field =
+          name + ": tensor '" + detail::shown_text(t.name) + "': field 'shape'";
       if (Status s = rows_and_vocab(info->shape, field, info); !s.ok()) return s;
       state.safetensors = std::move(header).value();
       break;

@@ -62,6 +62,13 @@ bool parse_json(std::string_view text, Json* out, std::string* error) {
     }
     return true;
   };
+  // nlohmann's reader takes a NUL byte between tokens for the end of the
+  // text (as in a C string) and would ignore whatever follows it, an unknown
+  // key or a second tensor: refused here.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    *error = "not valid JSON at column " + std::to_string(nul + 1) + ": a NUL byte";
+    return false;
+  }
   try {
     *out = Json::parse(text.data(), text.data() + text.size(), check);
     return true;
@@ -73,6 +80,28 @@ bool parse_json(std::string_view text, Json* out, std::string* error) {
     *error = "not valid JSON: " + reason(e);
   }
   return false;
+}
+
+std::string shown_text(std::string_view text, size_t max_chars) {
+  std::string out;
+  const std::string_view part = text.substr(0, max_chars);
+  for (const char c : part) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  if (text.size() > max_chars) out += "...";
+  return out;
 }
 
 std::string json_shown(const Json& value) {

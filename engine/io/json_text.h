@@ -15,6 +15,11 @@ namespace nucleus::detail {
 // last silently; every object at every depth is checked).
 bool parse_json(std::string_view text, nlohmann::json* out, std::string* error);
 
+// Text from a file (a header, a name in it) for a one-line message: cut to
+// about `max_chars` bytes ("..." then), control characters written as \n,
+// \t or \xNN.
+std::string shown_text(std::string_view text, size_t max_chars = 120);
+
 // A value as compact JSON text for a message, cut to about 120 characters;
 // a value nested deeper than 32 levels is named, not printed (printing
 // recurses once per level).

@@ -5,6 +5,8 @@
 #include <limits>
 #include <optional>
 
+#include "engine/io/json_text.h"
+
 namespace nucleus::detail {
 namespace {
 
@@ -12,12 +14,13 @@ namespace {
 // larger bound still stops a corrupt length from allocating gigabytes.
 constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;
 
-std::string quoted(std::string_view text) {
+std::string header_shown(std::string_view text) {
   constexpr size_t kMaxShown = 160;
-  std::string out(text.substr(0, kMaxShown));
-  while (!out.empty() && (out.back() == ' ' || out.back() == '\n')) out.pop_back();
-  if (text.size() > kMaxShown) out += "...";
-  return out;
+  // (less the padding a header ends with, when it is shown whole)
+  if (text.size() <= kMaxShown) {
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\n')) text.remove_suffix(1);
+  }
+  return shown_text(text, kMaxShown);
 }
 
 // A parser for the subset of Python literals that .npy headers use:
@@ -37,7 +40,7 @@ class DictParser {
       std::string key;
       if (!parse_string(&key)) return expected("a quoted key or '}'");
       skip_space();
-      if (!eat(':')) return expected("':' after '" + key + "'");
+      if (!eat(':')) return expected("':' after '" + shown_text(key) + "'");
       skip_space();
       if (key == "descr") {
         if (!parse_string(&header->descr)) {
@@ -52,7 +55,7 @@ class DictParser {
         if (!parse_shape(&header->shape)) return expected("a tuple of non-negative integers");
         have_shape = true;
       } else {
-        return "unknown field '" + key + "'";
+        return "unknown field '" + shown_text(key) + "'";
       }
       skip_space();
       if (eat(',')) continue;
@@ -202,7 +205,7 @@ Result<NpyHeader> parse_npy_header(ByteSource& source) {
   header.data_offset = prefix + header_len;
   if (std::optional<std::string> error = DictParser(header.text).parse(&header)) {
     return Status::io_error(name + ": malformed NumPy header: " + *error + " in " +
-                            quoted(header.text));
+                            header_shown(header.text));
   }
   return header;
 }

@@ -44,7 +44,7 @@ std::optional<int64_t> as_count(const Json& value) {
 
 Status check_tensor(const std::string& key, const Json& entry, const std::string& name,
                     SafetensorsTensor* out) {
-  const std::string where = name + ": tensor '" + key + "'";
+  const std::string where = name + ": tensor '" + shown_text(key) + "'";
   if (!entry.is_object()) {
     return Status::io_error(where + " = " + json_shown(entry) + " is not a JSON object");
   }
@@ -110,7 +110,7 @@ Result<int64_t> check_tiling(const std::vector<SafetensorsTensor>& tensors,
   int64_t at = 0;
   for (const SafetensorsTensor* t : by_begin) {
     if (t->begin != at) {
-      return Status::io_error(name + ": tensor '" + t->name +
+      return Status::io_error(name + ": tensor '" + shown_text(t->name) +
                               "': field 'data_offsets' begins at byte " + std::to_string(t->begin) +
                               " but the tensors before it end at " + std::to_string(at) +
                               (t->begin > at ? " (a gap)" : " (an overlap)") +
@@ -175,8 +175,7 @@ Result<SafetensorsHeader> parse_safetensors_header(ByteSource& source) {
   try {
     Json root;
     if (std::string error; !parse_json(text, &root, &error)) {
-      return Status::io_error(name + ": header: " + error + "; it begins " +
-                              std::string(text.substr(0, 120)));
+      return Status::io_error(name + ": header: " + error + "; it begins " + shown_text(text));
     }
     if (!root.is_object()) {
       return Status::io_error(name + ": the header is " + std::string(root.type_name()) +
@@ -212,7 +211,7 @@ Status check_safetensors_data_size(const SafetensorsHeader& header, int64_t data
     // (the first tensor, in the header's order, that the data does not reach)
     for (const SafetensorsTensor& t : header.tensors) {
       if (t.end <= data_size) continue;
-      return Status::io_error(name + ": tensor '" + t.name +
+      return Status::io_error(name + ": tensor '" + shown_text(t.name) +
                               "': field 'data_offsets' = " + offsets_text(t) +
                               " reaches past the end of the data (" + std::to_string(data_size) +
                               " bytes): the file is truncated or the header is wrong");
@@ -230,7 +229,7 @@ Result<const SafetensorsTensor*> select_safetensors_tensor(const SafetensorsHead
   std::string names;
   for (const SafetensorsTensor& t : header.tensors) {
     if (!tensor.empty() && t.name == tensor) return &t;
-    names += (names.empty() ? "'" : ", '") + t.name + "'";
+    names += (names.empty() ? "'" : ", '") + shown_text(t.name) + "'";
   }
   if (header.tensors.empty()) return Status::io_error(name + ": the file holds no tensor");
   if (!tensor.empty()) {
@@ -248,8 +247,9 @@ Result<DType> safetensors_dtype(const SafetensorsTensor& tensor, const std::stri
   if (tensor.dtype == "F32") return DType::kFloat32;
   if (tensor.dtype == "F16") return DType::kFloat16;
   if (tensor.dtype == "BF16") return DType::kBFloat16;
-  return Status::io_error(name + ": tensor '" + tensor.name + "': field 'dtype' = '" +
-                          tensor.dtype + "' is not a supported dtype (F32, F16 or BF16)");
+  return Status::io_error(name + ": tensor '" + shown_text(tensor.name) + "': field 'dtype' = '" +
+                          shown_text(tensor.dtype) +
+                          "' is not a supported dtype (F32, F16 or BF16)");
 }
 
 std::string format_safetensors_header(const std::string& tensor, DType dtype,

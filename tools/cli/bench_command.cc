@@ -287,6 +287,10 @@ int run_bench(const BenchCommand& c) {
   // so that a path that cannot be written fails at once, and appears only
   // once it is whole.
   std::optional<TextOutput> json;
+  if (c.app->count("--json") > 0 && c.json.empty()) {
+    print_error("option --json is empty: give a path");
+    return kExitFailure;
+  }
   if (!c.json.empty()) {
     Result<TextOutput> opened = TextOutput::open(c.json);
     if (!opened.ok()) {

@@ -30,14 +30,16 @@ CLI::Validator unsigned_64() {
 
 // A number that a float holds: "1e40" would otherwise become inf, and be
 // refused as "inf" by the range checks (which "inf" and "nan" spelled out,
-// and anything not a number, still go to).
+// and anything not a number, still go to), "1e-50" 0 (float_range_error).
 CLI::Validator fits_float() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
-        if (!text.empty() && *end == '\0' && past_float_range(value)) {
-          return "value " + text + " does not fit a 32-bit float";
+        if (!text.empty() && *end == '\0') {
+          if (const std::string why = float_range_error(value); !why.empty()) {
+            return "value " + text + " " + why;
+          }
         }
         return std::string();
       },
@@ -132,8 +134,12 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
   return Status();
 }
 
-bool past_float_range(double value) {
-  return std::isfinite(value) && std::isinf(static_cast<float>(value));
+std::string float_range_error(double value) {
+  if (!std::isfinite(value)) return std::string();
+  const auto f = static_cast<float>(value);
+  if (std::isinf(f)) return "does not fit a 32-bit float";
+  if (f == 0.0f && value != 0.0) return "is too small for a 32-bit float (it would be 0)";
+  return std::string();
 }
 
 std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args) {

@@ -34,8 +34,8 @@ void add_probs_command(CLI::App* app, ProbsCommand* c) {
 }
 
 int run_probs(const ProbsCommand& c) {
-  if (c.output == "-") {
-    print_error("option --output = '-': probs writes a .npy file; give its path");
+  if (c.output == "-" || c.output.empty()) {
+    print_error("option --output = '" + c.output + "': probs writes a .npy file; give its path");
     return kExitFailure;
   }
   // (the options against a given --vocab before the dump: opening a raw

@@ -29,7 +29,9 @@ Status field_error(const std::string& where, const std::string& key, const Json&
 // (1e39) is refused here, by its own spelling, not later as "inf".
 Status narrow(const std::string& where, const std::string& key, const Json& v, float* out) {
   const double d = v.get<double>();
-  if (past_float_range(d)) return field_error(where, key, v, "does not fit a 32-bit float");
+  if (const std::string why = float_range_error(d); !why.empty()) {
+    return field_error(where, key, v, why);
+  }
   *out = static_cast<float>(d);
   return Status();
 }
@@ -208,9 +210,9 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
     // (narrowed from a double, as --params' JSON numbers are)
     const double bias = std::strtod(bias_text.c_str(), &end);
     if (bias_text.empty() || *end != '\0') return Status::invalid_argument(bad);
-    if (past_float_range(bias)) {
+    if (const std::string why = float_range_error(bias); !why.empty()) {
       return Status::invalid_argument("option --logit-bias = '" + pair + "': bias " + bias_text +
-                                      " does not fit a 32-bit float");
+                                      " " + why);
     }
     out->push_back({static_cast<int32_t>(token), static_cast<float>(bias)});
   }

@@ -131,6 +131,10 @@ int64_t result_bytes(const SamplingParams& p) {
 }
 
 int run_sample(const SampleCommand& c) {
+  if (c.app->count("--output") > 0 && c.output.empty()) {
+    print_error("option --output is empty: give a path, or - for standard output");
+    return kExitFailure;
+  }
   // (the options against a given --vocab, and the output, before the dump:
   // opening a raw pipe copies it whole; the output appears only once it is
   // complete)
