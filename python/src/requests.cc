@@ -80,12 +80,17 @@ double to_double(py::handle v, const std::string& where) {
 float to_float(py::handle v, const std::string& where) {
   // Narrowed once from the double Python holds, as the command-line tool
   // does with its JSON numbers, so both give the engine the same float; one
-  // past float's range is refused by its own spelling, not later as "inf".
+  // past float's range is refused by its own spelling, not later as "inf",
+  // and so is one below it, not taken as 0 (a temperature of 0 is greedy).
   const double x = to_double(v, where);
   const auto f = static_cast<float>(x);
   if (std::isinf(f) && std::isfinite(x)) {
     throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() +
                           " does not fit a 32-bit float");
+  }
+  if (f == 0.0f && x != 0.0) {
+    throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() +
+                          " is too small for a 32-bit float (it would be 0)");
   }
   return f;
 }

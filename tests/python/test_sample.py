@@ -233,6 +233,7 @@ def test_row_errors_do_not_raise(engine, rng):
         ({"top_p": [0.5, -(10**400)]}, "top_p[1]: -10000000000...00000000 is too large"),
         ({"temperature": 1e40}, "temperature = 1e+40 does not fit a 32-bit float"),
         ({"logit_bias": {3: -1e39}}, "logit_bias[3] = -1e+39 does not fit a 32-bit float"),
+        ({"temperature": 1e-46}, "temperature = 1e-46 is too small for a 32-bit float"),
     ],
 )
 def test_call_errors_raise_value_error(engine, rng, kwargs, message):
