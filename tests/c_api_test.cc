@@ -746,6 +746,48 @@ TEST(CApi, NullHandlesAndStructsAreCallErrors) {
   for (float p : probs) EXPECT_EQ(p, kSentinelFloat);
 }
 
+TEST(CApi, ViewsThatCannotExistAreCallErrorsBeforeAnyScratch) {
+  // The C layer sizes per-thread scratch from the view's rows: a view that
+  // cannot exist (INT64_MAX rows, or 2^50 rows of NULL) is refused first, as
+  // the C++ engine refuses it, not failed as out of memory in the sizing.
+  const std::vector<float> logits = MakeLogits(1, 4, 1);
+  nucleus_row_request req = nucleus_row_request_default();
+  Buffers b(1, 1, 0);
+  const nucleus_sample_output out = b.output();
+  std::vector<float> probs(4, kSentinelFloat);
+  nucleus_probs_output pout = nucleus_probs_output_default();
+  pout.probs = probs.data();
+  int32_t accepted = -2, tokens[2] = {-2, -2};
+  nucleus_verify_output vout = nucleus_verify_output_default();
+  vout.accepted = &accepted;
+  vout.tokens = tokens;
+  const int32_t draft = 0;
+  Engine engine;
+  for (const auto& [view, message] : std::vector<std::pair<nucleus_logits_view, std::string>>{
+           {{logits.data(), INT64_MAX, 4, 0, NUCLEUS_DTYPE_F32}, "address space"},
+           {{nullptr, int64_t{1} << 50, 4, 0, NUCLEUS_DTYPE_F32}, "data is null"}}) {
+    SCOPED_TRACE(message);
+    EXPECT_EQ(nucleus_sample(engine.handle, &view, &req, 1, &out), NUCLEUS_INVALID_ARGUMENT);
+    EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
+    EXPECT_EQ(nucleus_probs(engine.handle, &view, &req, 1, &pout), NUCLEUS_INVALID_ARGUMENT);
+    EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
+    EXPECT_EQ(nucleus_verify(engine.handle, &view, 1, &draft, nullptr, &req, 1, &vout),
+              NUCLEUS_INVALID_ARGUMENT);
+    EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
+  }
+  b.ExpectUntouched();
+  for (float p : probs) EXPECT_EQ(p, kSentinelFloat);
+  EXPECT_EQ(accepted, -2);
+  // Bias lists no memory holds are refused before their lengths are summed.
+  const nucleus_logits_view view{logits.data(), 1, 4, 0, NUCLEUS_DTYPE_F32};
+  const nucleus_token_bias bias{1, 1.0f};
+  req.logit_bias = &bias;
+  req.num_logit_bias = INT64_MAX;
+  EXPECT_EQ(nucleus_sample(engine.handle, &view, &req, 1, &out), NUCLEUS_INVALID_ARGUMENT);
+  EXPECT_THAT(nucleus_last_error(), HasSubstr("num_logit_bias = 9223372036854775807"));
+  b.ExpectUntouched();
+}
+
 // ---- Row errors: the other rows are sampled ----------------------------------------
 
 TEST(CApi, RowErrorsFailOnlyTheirRow) {

@@ -441,6 +441,12 @@ TEST(Cli, BenchTimesADumpsRows) {
                "--config greedy --repeat 2 --no-reference -q --json st.json");
   ASSERT_EQ(run.code, 0) << run.err;
   EXPECT_EQ(Json::parse(ReadFile(dir / "st.json"))["input_tensor"], "logits");
+  // A raw dump: said so (bench takes no dtype or vocab for it).
+  WriteFile(dir / "d.bin", std::string(64, '\0'));
+  run = RunCli(dir, "bench --input d.bin --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "d.bin: bench --input reads .npy and .safetensors dumps"))
+      << run.err;
   run = RunCli(dir, "bench --input missing.npy --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "missing.npy: cannot open")) << run.err;

@@ -1246,6 +1246,16 @@ TEST(DumpAtomicFile, WritesThroughSymbolicLinks) {
   }
   EXPECT_EQ(ReadFile(dir / "real" / "out.txt"), "via chain.txt");
   EXPECT_EQ(ReadFile(dir / "real" / "new.txt"), "via dangling.txt");
+  // A loop of links is refused, as `>` refuses it, and both stay links.
+  fs::create_symlink("loop_b", dir / "loop_a");
+  fs::create_symlink("loop_a", dir / "loop_b");
+  Result<detail::AtomicFile> loop = detail::AtomicFile::create((dir / "loop_a").string());
+  ASSERT_FALSE(loop.ok());
+  EXPECT_NE(loop.status().message().find("loop_a: cannot write: Too many levels of symbolic links"),
+            std::string::npos)
+      << loop.status().message();
+  EXPECT_TRUE(fs::is_symlink(dir / "loop_a"));
+  EXPECT_TRUE(fs::is_symlink(dir / "loop_b"));
   // No temporary file is left beside the links or the files.
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     EXPECT_EQ(entry.path().filename().string().rfind(".", 0), std::string::npos) << entry.path();

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -406,12 +407,18 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
                                   const std::function<Status(int64_t, int64_t)>& before_read) {
   DumpOptions options;
   options.tensor = tensor;
-  Result<DumpReader> reader = DumpReader::open(path, options);
-  if (!reader.ok()) return reader.status();
-  const DumpInfo& info = reader->info();
-  if (info.format == DumpFormat::kRaw) {
+  const auto raw = [&] {
     return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
+  };
+  Result<DumpReader> reader = DumpReader::open(path, options);
+  if (!reader.ok()) {
+    // (not the reader's "a raw dump needs its dtype and vocab": bench takes neither)
+    const std::string ext = std::filesystem::path(path).extension().string();
+    if (ext == ".bin" || ext == ".raw" || ext == ".dat") return raw();
+    return reader.status();
   }
+  const DumpInfo& info = reader->info();
+  if (info.format == DumpFormat::kRaw) return raw();
   InputRows input;
   input.path = path;
   input.tensor = info.tensor;

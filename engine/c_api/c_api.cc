@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/row/params_check.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
 #include "nucleus/sampling.h"
@@ -244,6 +245,15 @@ Status translate_requests(const nucleus_logits_view& logits, const nucleus_row_r
   int64_t total_bias = 0;
   for (int64_t r = 0; r < num_requests; ++r) {
     if (requests[r].logit_bias != nullptr && requests[r].num_logit_bias > 0) {
+      // (lengths no memory holds: refused before their sum could overflow)
+      if (requests[r].num_logit_bias > (int64_t{1} << 40) - total_bias) {
+        return invalid(where(shared ? -1 : r) +
+                       ": num_logit_bias = " + std::to_string(requests[r].num_logit_bias) +
+                       (total_bias > 0
+                            ? " (after " + std::to_string(total_bias) + " in the rows before)"
+                            : std::string()) +
+                       " is more entries than memory holds");
+      }
       total_bias += requests[r].num_logit_bias;
     }
   }
@@ -354,6 +364,9 @@ Status check_batch_call(const nucleus_engine* engine, const nucleus_logits_view*
   if (engine == nullptr) return invalid("engine is NULL");
   if (logits == nullptr) return invalid("logits is NULL");
   if (output == nullptr) return invalid("output is NULL");
+  // The view first: its rows size this thread's scratch (a view that cannot
+  // exist, INT64_MAX rows, would otherwise fail there as out of memory).
+  if (Status s = nucleus::detail::check_view(to_cpp(*logits)); !s.ok()) return s;
   return translate_requests(*logits, requests, num_requests, cpp_requests);
 }
 
@@ -575,6 +588,8 @@ nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view*
     if (output->accepted == nullptr || output->tokens == nullptr) {
       return fail(NUCLEUS_INVALID_ARGUMENT, "output: accepted and tokens are required");
     }
+    // (as check_batch_call: the view before its rows size the scratch)
+    if (Status s = nucleus::detail::check_view(to_cpp(*target_logits)); !s.ok()) return fail(s);
     // The requests are per batch row (K + 1 target rows each); shapes the
     // engine rejects (num_draft out of range too: num_draft + 1 is formed
     // only within it, as INT64_MAX + 1 would overflow) are left to it, with

@@ -88,19 +88,20 @@ std::optional<mode_t> process_umask() {
 }
 
 // The path a chain of symbolic links ends at (the path itself when it is not
-// a link; at most 40 links, as the kernel allows), whether or not that file
-// exists yet.
-std::string through_links(std::string path) {
-  for (int hop = 0; hop < 40; ++hop) {
+// a link), whether or not that file exists yet; nullopt past 40 links (a
+// loop), where the kernel would refuse to open it (ELOOP).
+std::optional<std::string> through_links(std::string path) {
+  for (int hop = 0; hop <= 40; ++hop) {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    if (hop == 40) break;
     std::string link(4096, '\0');
     const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
     if (len <= 0 || static_cast<size_t>(len) == link.size()) return path;
     link.resize(static_cast<size_t>(len));
     path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
   }
-  return path;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -434,7 +435,9 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   // A symbolic link is written through, as a shell's `>` would: the file it
   // names is replaced and the link stays (so is `/dev/stdout` redirected to a
   // file). Renaming over the link itself would replace the link.
-  const std::string target = through_links(path);
+  const std::optional<std::string> linked = through_links(path);
+  if (!linked) return Status::io_error(path + ": cannot write: " + errno_text(ELOOP));
+  const std::string& target = *linked;
   file.path_ = target;
   // A file that is there already keeps its permissions, and one this user
   // may not write is refused, as `>` would refuse it (the rename would

@@ -68,8 +68,7 @@ Status check_extent(std::string_view what, std::string_view stride_field, int64_
                                   show(stride) + " span more than any address space (2^57 bytes)");
 }
 
-Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
-                  int64_t results_size) {
+Status check_view(const LogitsView& logits) {
   if (logits.data == nullptr) return Status::invalid_argument("logits: data is null");
   if (logits.rows <= 0) {
     return Status::invalid_argument("logits: rows = " + show(logits.rows) + " must be > 0");
@@ -96,6 +95,12 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
       !s.ok()) {
     return s;
   }
+  return Status();
+}
+
+Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
+                  int64_t results_size) {
+  if (Status s = check_view(logits); !s.ok()) return s;
   const auto n = static_cast<int64_t>(requests.size());
   if (n != 1 && n != logits.rows) {
     return Status::invalid_argument("requests: size = " + show(n) +

@@ -18,8 +18,12 @@ inline int64_t row_stride_of(const LogitsView& logits) {
   return logits.row_stride == 0 ? logits.vocab : logits.row_stride;
 }
 
-// Checks the logits view and the request/result counts. `results_size` < 0
-// skips the results check (the probs call has no results).
+// Checks the logits view alone: data, shape, stride, dtype and extent (a view
+// that passes can exist, and its rows can be counted in memory).
+Status check_view(const LogitsView& logits);
+
+// Checks the logits view (check_view) and the request/result counts.
+// `results_size` < 0 skips the results check (the probs call has no results).
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
                   int64_t results_size);
 

@@ -224,6 +224,10 @@ class PyEngine {
     }
     const int64_t rows = drafts.ndim() == 2 ? drafts.shape(0) : 1;
     const int64_t k = drafts.shape(drafts.ndim() - 1);
+    if (const std::optional<uint64_t> big = first_past_int64(drafts)) {
+      throw py::value_error("draft_tokens: token " + std::to_string(*big) +
+                            " does not fit in int32");
+    }
     auto drafts64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(drafts);
     if (!drafts64) throw py::error_already_set();
     std::vector<int32_t> tokens(static_cast<size_t>(rows * k));

@@ -97,6 +97,16 @@ float to_float(py::handle v, const std::string& where) {
 
 }  // namespace
 
+std::optional<uint64_t> first_past_int64(const py::array& a) {
+  if (a.dtype().kind() != 'u' || a.itemsize() != 8) return std::nullopt;
+  auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!u) throw py::error_already_set();
+  for (py::ssize_t i = 0; i < u.size(); ++i) {
+    if (u.data()[i] > static_cast<uint64_t>(INT64_MAX)) return u.data()[i];
+  }
+  return std::nullopt;
+}
+
 py::object to_index(py::handle v, const std::string& where) {
   if (is_boolean(v)) throw py::type_error(where + ": expected an integer, got bool");
   PyObject* index = PyNumber_Index(v.ptr());
@@ -460,6 +470,9 @@ class RequestParser {
           py::module_::import("numpy").attr("ascontiguousarray")(native).attr("view")("int32"));
       words.assign(w.data(), w.data() + w.size());
     } else if (kind == 'i' || kind == 'u') {
+      if (const std::optional<uint64_t> big = first_past_int64(a)) {
+        throw py::value_error(name + ": word " + std::to_string(*big) + " does not fit in 32 bits");
+      }
       auto w = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
       if (!w) throw py::value_error(name + ": words do not fit in 64 bits");
       words.reserve(static_cast<size_t>(w.size()));

@@ -2,9 +2,11 @@
 // arguments: each takes one value for every row or one value per row.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,6 +37,10 @@ pybind11::object to_index(pybind11::handle v, const std::string& where);
 int64_t to_int64(pybind11::handle v, const std::string& where);
 int32_t to_int32(pybind11::handle v, const std::string& where);
 uint64_t to_uint64(pybind11::handle v, const std::string& where);
+// The first value of an unsigned 64-bit integer array that int64 cannot hold
+// (read as int64 it would wrap to a negative number), if any; nullopt for
+// other arrays.
+std::optional<uint64_t> first_past_int64(const pybind11::array& a);
 
 class RequestTable {
  public:

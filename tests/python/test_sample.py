@@ -189,6 +189,13 @@ def test_allowed_mask_forms_agree(engine, rng):
     np.testing.assert_array_equal(by_bool, by_words)
     np.testing.assert_array_equal(by_bool, by_rows)
     assert (by_bool[:, ~allowed] == 0).all()
+    # uint64 words past 32 bits are refused by their value (not wrapped
+    # through int64 to -1, which would allow every token)
+    for big in (2**64 - 1, 2**63, 2**32):
+        wide = words.astype(np.uint64)
+        wide[0] = big
+        with pytest.raises(ValueError, match=f"allowed_mask: word {big} does not fit in 32 bits"):
+            engine.probs(x, allowed_mask=wide)
 
 
 def test_logit_bias_accepts_string_keys(engine, rng):

@@ -75,6 +75,10 @@ def test_errors(engine, rng):
         engine.verify(x, drafts, draft_probs=np.zeros((ROWS, K, VOCAB - 1), np.float32))
     with pytest.raises(TypeError, match="draft_tokens"):
         engine.verify(x, drafts.astype(np.float32))
+    wide = drafts.astype(np.uint64)
+    wide[1, 0] = 2**64 - 1
+    with pytest.raises(ValueError, match="draft_tokens: token 18446744073709551615 does not fit"):
+        engine.verify(x, wide)
     with pytest.raises(ValueError, match="top_p"):
         engine.verify(x, drafts, top_p=3.0)
     with pytest.raises(TypeError, match="applies to sample"):
