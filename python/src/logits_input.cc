@@ -281,6 +281,9 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
       throw py::type_error(std::string(what) + ": cannot read a " + type_name(object) +
                            " as logits (" + e.what() + ")");
     }
+    // (before the conversion below, which makes a 0-d array, a bare number,
+    // one of 1 axis)
+    check_ndim(static_cast<size_t>(array.ndim()), min_ndim, what);
     const char kind = array.dtype().kind();
     py::object converted;
     if (as_bfloat16) {

@@ -212,7 +212,7 @@ class PyEngine {
                       py::kwargs kwargs) {
     const bool bf16 = parse_logits_dtype(pop(kwargs, "logits_dtype"));
     py::module_ numpy = py::module_::import("numpy");
-    py::array drafts = numpy.attr("asarray")(draft_tokens);
+    py::array drafts = as_array(draft_tokens, "draft_tokens");
     if (drafts.ndim() != 1 && drafts.ndim() != 2) {
       throw py::value_error("draft_tokens: expected [rows, K] (or [K] for one row), got " +
                             std::to_string(drafts.ndim()) + " axes");
@@ -258,11 +258,21 @@ class PyEngine {
     if (!draft_probs.is_none()) {
       probs = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
           numpy.attr("asarray")(draft_probs));
-      if (!probs || probs.ndim() == 0 || probs.size() != rows * k * view.vocab ||
-          probs.shape(probs.ndim() - 1) != view.vocab) {
+      // [rows, K, vocab] or [rows * K, vocab], as target_logits may be laid
+      // out ([K, rows, vocab] of the same size is refused, not misread)
+      const bool laid_out =
+          probs &&
+          ((probs.ndim() == 3 && probs.shape(0) == rows && probs.shape(1) == k &&
+            probs.shape(2) == view.vocab) ||
+           (probs.ndim() == 2 && probs.shape(0) == rows * k && probs.shape(1) == view.vocab));
+      if (!laid_out) {
+        std::string got;
+        for (py::ssize_t i = 0; probs && i < probs.ndim(); ++i) {
+          got += (i > 0 ? ", " : "") + std::to_string(probs.shape(i));
+        }
         throw py::value_error("draft_probs: expected [rows, K, vocab] = [" + std::to_string(rows) +
                               ", " + std::to_string(k) + ", " + std::to_string(view.vocab) +
-                              "] float32 probabilities");
+                              "] (or [rows * K, vocab]) float32 probabilities, got [" + got + "]");
       }
       probs_data = probs.data();
     }

@@ -49,6 +49,20 @@ py::array as_array(py::handle v) {
   return py::module_::import("numpy").attr("asarray")(v);
 }
 
+}  // namespace
+
+py::array as_array(py::handle v, const std::string& where) {
+  try {
+    return as_array(v);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_ValueError)) throw;
+    // (numpy's own message, a ragged list's, named by the keyword)
+    throw py::value_error(where + ": " + py::str(e.value()).cast<std::string>());
+  }
+}
+
+namespace {
+
 std::string shape_text(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) {
@@ -343,12 +357,17 @@ class RequestParser {
       const std::string at = where + "[" + py::repr(key).cast<std::string>() + "]";
       int32_t token = 0;
       if (py::isinstance<py::str>(key)) {
-        // OpenAI-style JSON keys: {"50256": -100}.
-        try {
-          token = to_int32(py::int_(py::reinterpret_borrow<py::object>(key)), at);
-        } catch (py::error_already_set&) {
+        // OpenAI-style JSON keys: {"50256": -100}. Decimal digits only, as
+        // the command-line tool's JSON keys (Python's int() would also take
+        // " 5 ", "0_5" and other scripts' digits).
+        const std::string text = key.cast<std::string>();
+        const size_t digits = text.starts_with('-') ? 1 : 0;
+        if (text.size() == digits ||
+            !std::all_of(text.begin() + static_cast<std::ptrdiff_t>(digits), text.end(),
+                         [](char c) { return c >= '0' && c <= '9'; })) {
           throw py::type_error(at + ": the key is not a token id");
         }
+        token = to_int32(py::int_(py::reinterpret_borrow<py::object>(key)), at);
       } else {
         token = to_int32(key, at);
       }
@@ -401,7 +420,7 @@ class RequestParser {
           const py::object item = items[static_cast<size_t>(r)];
           if (item.is_none()) continue;
           const std::string name = "allowed_mask[" + std::to_string(r) + "]";
-          py::array a = as_array(item);
+          py::array a = as_array(item, name);
           if (a.ndim() != 1) {
             throw py::value_error(name + ": expected a 1-D array, got shape " + shape_text(a));
           }
@@ -411,7 +430,7 @@ class RequestParser {
         return;
       }
     }
-    py::array a = as_array(value);
+    py::array a = as_array(value, "allowed_mask");
     if (a.ndim() != 1 && a.ndim() != 2) {
       throw py::value_error(
           "allowed_mask: expected a 1-D array (every row) or a 2-D array (one row each), got "

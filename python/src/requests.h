@@ -37,6 +37,9 @@ pybind11::object to_index(pybind11::handle v, const std::string& where);
 int64_t to_int64(pybind11::handle v, const std::string& where);
 int32_t to_int32(pybind11::handle v, const std::string& where);
 uint64_t to_uint64(pybind11::handle v, const std::string& where);
+// numpy.asarray(v), a ValueError numpy raises (a ragged list) named by
+// `where`.
+pybind11::array as_array(pybind11::handle v, const std::string& where);
 // The first value of an unsigned 64-bit integer array that int64 cannot hold
 // (read as int64 it would wrap to a negative number), if any; nullopt for
 // other arrays.

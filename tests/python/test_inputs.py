@@ -116,6 +116,14 @@ def test_bfloat16_bit_patterns(engine, rng):
         engine.sample(x, logits_dtype="f32")
 
 
+def test_a_bare_number_is_not_a_row(engine):
+    # A 0-d input is refused whatever its type (numpy would make a float64
+    # one a row of one token on its way to float32).
+    for scalar in (3.5, 3, np.array(1.0), np.float32(3.5), np.array(2, np.int64)):
+        with pytest.raises(ValueError, match="logits: expected at least 1 axis, got 0"):
+            engine.sample(scalar)
+
+
 class NumpyDLPack:
     """Only the DLPack protocol of a numpy array (numpy >= 1.22 exports it)."""
 

@@ -189,6 +189,8 @@ def test_allowed_mask_forms_agree(engine, rng):
     np.testing.assert_array_equal(by_bool, by_words)
     np.testing.assert_array_equal(by_bool, by_rows)
     assert (by_bool[:, ~allowed] == 0).all()
+    with pytest.raises(ValueError, match="allowed_mask: "):
+        engine.probs(x, allowed_mask=[[1, 2, 3, 4], [1]])
     # uint64 words past 32 bits are refused by their value (not wrapped
     # through int64 to -1, which would allow every token)
     for big in (2**64 - 1, 2**63, 2**32):
@@ -202,6 +204,12 @@ def test_logit_bias_accepts_string_keys(engine, rng):
     x = lm_logits(rng, 1, 300)
     result = engine.sample(x, seed=0, logit_bias={"42": 100.0})
     assert result.tokens[0, 0] == 42
+    # decimal digits only (Python's int() takes more)
+    for key in (" 42", "4_2", "\u0664\u0662", "", "-", "42.0"):
+        with pytest.raises(TypeError, match="the key is not a token id"):
+            engine.sample(x, seed=0, logit_bias={key: 100.0})
+    with pytest.raises(ValueError, match="logit_bias"):
+        engine.sample(x, seed=0, logit_bias={"-3": 100.0})
 
 
 def test_row_errors_do_not_raise(engine, rng):

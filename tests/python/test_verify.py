@@ -73,8 +73,13 @@ def test_errors(engine, rng):
         engine.verify(x[:, :K], drafts)
     with pytest.raises(ValueError, match="draft_probs: expected"):
         engine.verify(x, drafts, draft_probs=np.zeros((ROWS, K, VOCAB - 1), np.float32))
+    # the right size laid out the wrong way round is refused, not misread
+    with pytest.raises(ValueError, match=rf"draft_probs: expected .* got \[{K}, {ROWS}, {VOCAB}\]"):
+        engine.verify(x, drafts, draft_probs=np.zeros((K, ROWS, VOCAB), np.float32))
     with pytest.raises(TypeError, match="draft_tokens"):
         engine.verify(x, drafts.astype(np.float32))
+    with pytest.raises(ValueError, match="draft_tokens: setting an array element|draft_tokens: .*inhomogeneous"):
+        engine.verify(x, [[1, 2, 3, 4], [1, 2], [1, 2, 3, 4]])
     wide = drafts.astype(np.uint64)
     wide[1, 0] = 2**64 - 1
     with pytest.raises(ValueError, match="draft_tokens: token 18446744073709551615 does not fit"):
