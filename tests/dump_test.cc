@@ -356,6 +356,14 @@ TEST(DumpNpy, RefusesWhatItCannotRead) {
   std::string cut = NpyBytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", data);
   WriteFile(dir / "cut.npy", cut.substr(0, 40));
   ExpectError(DumpReader::open(dir / "cut.npy"), {"cut.npy", "truncated", "header length"});
+  // A length field shorter than the dict: the header ends inside 'descr'.
+  std::string short_len = cut;
+  short_len[8] = 12;
+  short_len[9] = 0;
+  WriteFile(dir / "shortlen.npy", short_len);
+  ExpectError(DumpReader::open(dir / "shortlen.npy"),
+              {"shortlen.npy", "expected the end of the 'descr' string at byte 12",
+               "is its length field short?"});
   std::string v9 = cut;
   v9[6] = 9;
   WriteFile(dir / "v9.npy", v9);

@@ -43,7 +43,9 @@ class DictParser {
       if (!eat(':')) return expected("':' after '" + shown_text(key) + "'");
       skip_space();
       if (key == "descr") {
+        const bool quoted = pos_ < text_.size() && (text_[pos_] == '\'' || text_[pos_] == '"');
         if (!parse_string(&header->descr)) {
+          if (quoted && pos_ >= text_.size()) return expected("the end of the 'descr' string");
           return "field 'descr' is not a simple dtype string (structured dtypes are not "
                  "supported)";
         }
@@ -75,7 +77,8 @@ class DictParser {
 
  private:
   std::string expected(const std::string& what) const {
-    return "expected " + what + " at byte " + std::to_string(pos_);
+    return "expected " + what + " at byte " + std::to_string(pos_) +
+           (pos_ >= text_.size() ? " (where the header ends: is its length field short?)" : "");
   }
   void skip_space() {
     while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) ++pos_;

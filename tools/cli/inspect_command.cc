@@ -3,6 +3,7 @@
 // engine (probabilities, top tokens, nucleus sizes); this file only reads
 // and summarises its answers.
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/file_io.h"
 #include "engine/io/half.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
@@ -240,7 +242,7 @@ int run_inspect(const InspectCommand& c) {
   progress.finish();
   if (c.json) std::printf("\n  ]\n}\n");
   if (std::fflush(stdout) != 0) {
-    print_error("standard output: cannot write");
+    print_error("standard output: cannot write: " + detail::errno_text(errno));
     return kExitFailure;
   }
   if (failed > 0) {

@@ -60,6 +60,12 @@ int main(int argc, char** argv) {
     // --help and --version exit 0; every usage error is exit status 2, its
     // message one line, as the program's other errors.
     if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kExitOk : kExitFailure;
+    // (a mistyped command is otherwise reported as a missing one)
+    if (args.size() > 1 && args[1][0] != '-' && app.get_subcommands().empty()) {
+      print_error(std::string("unknown command '") + args[1] +
+                  "' (expected sample, probs, inspect or bench; see --help)");
+      return kExitFailure;
+    }
     print_error(std::string(e.what()) + " (see --help)");
     return kExitFailure;
   }

@@ -366,7 +366,9 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
     }
     table.rows_.push_back(std::move(data));
   }
-  if (in.bad()) return Status::io_error(o.params_file + ": cannot read");
+  if (in.bad()) {
+    return Status::io_error(o.params_file + ": cannot read: " + detail::errno_text(errno));
+  }
   if (static_cast<int64_t>(table.rows_.size()) != rows) {
     return Status::invalid_argument(o.params_file + ": holds " +
                                     std::to_string(table.rows_.size()) +
