@@ -761,7 +761,6 @@ TEST(CApi, ViewsThatCannotExistAreCallErrorsBeforeAnyScratch) {
   nucleus_verify_output vout = nucleus_verify_output_default();
   vout.accepted = &accepted;
   vout.tokens = tokens;
-  const int32_t draft = 0;
   Engine engine;
   for (const auto& [view, message] : std::vector<std::pair<nucleus_logits_view, std::string>>{
            {{logits.data(), INT64_MAX, 4, 0, NUCLEUS_DTYPE_F32}, "address space"},
@@ -771,7 +770,7 @@ TEST(CApi, ViewsThatCannotExistAreCallErrorsBeforeAnyScratch) {
     EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
     EXPECT_EQ(nucleus_probs(engine.handle, &view, &req, 1, &pout), NUCLEUS_INVALID_ARGUMENT);
     EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
-    EXPECT_EQ(nucleus_verify(engine.handle, &view, 1, &draft, nullptr, &req, 1, &vout),
+    EXPECT_EQ(nucleus_verify(engine.handle, &view, 0, nullptr, nullptr, &req, 1, &vout),
               NUCLEUS_INVALID_ARGUMENT);
     EXPECT_THAT(nucleus_last_error(), HasSubstr(message));
   }

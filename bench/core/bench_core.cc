@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -407,18 +408,18 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
                                   const std::function<Status(int64_t, int64_t)>& before_read) {
   DumpOptions options;
   options.tensor = tensor;
-  const auto raw = [&] {
+  // (a raw dump's extension, before the reader says it needs a dtype and a
+  // vocab, which bench takes neither of; without dtype and vocab the reader
+  // opens nothing else as raw)
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
     return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
-  };
-  Result<DumpReader> reader = DumpReader::open(path, options);
-  if (!reader.ok()) {
-    // (not the reader's "a raw dump needs its dtype and vocab": bench takes neither)
-    const std::string ext = std::filesystem::path(path).extension().string();
-    if (ext == ".bin" || ext == ".raw" || ext == ".dat") return raw();
-    return reader.status();
   }
+  Result<DumpReader> reader = DumpReader::open(path, options);
+  if (!reader.ok()) return reader.status();
   const DumpInfo& info = reader->info();
-  if (info.format == DumpFormat::kRaw) return raw();
   InputRows input;
   input.path = path;
   input.tensor = info.tensor;

@@ -225,6 +225,8 @@ CallScratch& call_scratch() {
 
 template <typename T>
 std::span<T> first(std::vector<T>& v, int64_t n) {
+  // (more than a vector can hold is out of memory too, not a length_error)
+  if (static_cast<size_t>(n) > v.max_size()) throw std::bad_alloc();
   if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
   return std::span<T>(v.data(), static_cast<size_t>(n));
 }
@@ -588,18 +590,17 @@ nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view*
     if (output->accepted == nullptr || output->tokens == nullptr) {
       return fail(NUCLEUS_INVALID_ARGUMENT, "output: accepted and tokens are required");
     }
-    // (as check_batch_call: the view before its rows size the scratch)
-    if (Status s = nucleus::detail::check_view(to_cpp(*target_logits)); !s.ok()) return fail(s);
-    // The requests are per batch row (K + 1 target rows each); shapes the
-    // engine rejects (num_draft out of range too: num_draft + 1 is formed
-    // only within it, as INT64_MAX + 1 would overflow) are left to it, with
-    // its messages.
-    const bool k_fits = num_draft >= 0 && num_draft < std::max<int64_t>(target_logits->rows, 1);
-    const int64_t per_row = k_fits ? num_draft + 1 : 0;
+    // The target view first, with the engine's checks and messages (as
+    // check_batch_call: its rows size the scratch); the requests are per
+    // batch row, K + 1 target rows each.
+    int64_t rows = 0;
+    if (Status s = nucleus::detail::check_verify_view(to_cpp(*target_logits), num_draft, &rows);
+        !s.ok()) {
+      return fail(s);
+    }
+    const int64_t per_row = num_draft + 1;
     nucleus_logits_view by_row = *target_logits;
-    by_row.rows = k_fits && target_logits->rows > 0 && target_logits->rows % per_row == 0
-                      ? target_logits->rows / per_row
-                      : 0;
+    by_row.rows = rows;
     std::span<const RowRequest> cpp_requests;
     if (Status s = translate_requests(by_row, requests, num_requests, &cpp_requests); !s.ok()) {
       return fail(s);
@@ -607,8 +608,7 @@ nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view*
     if (Status s = check_message_buffer(output->row_messages, output->row_message_size); !s.ok()) {
       return fail(s);
     }
-    const int64_t rows = by_row.rows;
-    if (rows > 0 && num_draft > 0 && draft_tokens == nullptr) {
+    if (num_draft > 0 && draft_tokens == nullptr) {
       return fail(NUCLEUS_INVALID_ARGUMENT, "draft_tokens is NULL");
     }
     std::span<nucleus::VerifyResult> results = first(call_scratch().verify, rows);

@@ -87,7 +87,9 @@ std::string shown_text(std::string_view text, size_t max_chars) {
   const std::string_view part = text.substr(0, max_chars);
   for (const char c : part) {
     const auto u = static_cast<unsigned char>(c);
-    if (c == '\n') {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
       out += "\\n";
     } else if (c == '\t') {
       out += "\\t";

@@ -17,7 +17,8 @@ bool parse_json(std::string_view text, nlohmann::json* out, std::string* error);
 
 // Text from a file (a header, a name in it) for a one-line message: cut to
 // about `max_chars` bytes ("..." then), control characters written as \n,
-// \t or \xNN.
+// \t or \xNN, and a backslash as \\ (so that neither is mistaken for the
+// other).
 std::string shown_text(std::string_view text, size_t max_chars = 120);
 
 // A value as compact JSON text for a message, cut to about 120 characters;

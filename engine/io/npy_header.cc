@@ -16,10 +16,8 @@ constexpr int64_t kMaxHeaderBytes = int64_t{1} << 20;
 
 std::string header_shown(std::string_view text) {
   constexpr size_t kMaxShown = 160;
-  // (less the padding a header ends with, when it is shown whole)
-  if (text.size() <= kMaxShown) {
-    while (!text.empty() && (text.back() == ' ' || text.back() == '\n')) text.remove_suffix(1);
-  }
+  // (less the padding a header ends with)
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\n')) text.remove_suffix(1);
   return shown_text(text, kMaxShown);
 }
 
@@ -215,7 +213,7 @@ Result<NpyHeader> parse_npy_header(ByteSource& source) {
 
 Result<DType> npy_dtype(const NpyHeader& header, const std::string& name) {
   const std::string& d = header.descr;
-  const std::string field = name + ": header field 'descr' = '" + d + "'";
+  const std::string field = name + ": header field 'descr' = '" + shown_text(d) + "'";
   // Byte order: '<' little, '>' big, '=' native, '|' not applicable.
   const char order = d.empty() ? '\0' : d[0];
   const std::string type =

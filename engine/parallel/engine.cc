@@ -396,19 +396,9 @@ Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> reque
 Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
                       std::span<const int32_t> draft_tokens, const float* draft_probs,
                       std::span<const RowRequest> requests, std::span<VerifyResult> results) {
-  if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits.rows, 1)) {
-    // (Checked before num_draft + 1 is formed, which could overflow.)
-    return Status::invalid_argument(
-        "verify: num_draft = " + std::to_string(num_draft) +
-        " must be >= 0 and below the target rows = " + std::to_string(target_logits.rows));
-  }
+  int64_t rows = 0;
+  if (Status s = detail::check_verify_view(target_logits, num_draft, &rows); !s.ok()) return s;
   const int64_t per_row = num_draft + 1;
-  if (target_logits.rows <= 0 || target_logits.rows % per_row != 0) {
-    return Status::invalid_argument(
-        "verify: target_logits rows = " + std::to_string(target_logits.rows) +
-        " must be a positive multiple of num_draft + 1 = " + std::to_string(per_row));
-  }
-  const int64_t rows = target_logits.rows / per_row;
   // The per-row view (rows of K + 1 positions) for the shared checks.
   LogitsView by_row = target_logits;
   by_row.rows = rows;
@@ -419,12 +409,6 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   const int64_t vocab = target_logits.vocab;
   const int64_t stride = detail::row_stride_of(target_logits);
   const int esize = dtype_size(target_logits.dtype);
-  // (check_call saw a view of rows / (K + 1) rows only)
-  if (Status s = detail::check_extent("verify: target_logits", "row_stride", target_logits.rows,
-                                      stride, vocab, esize);
-      !s.ok()) {
-    return s;
-  }
   const bool shared = requests.size() == 1;
   for (size_t r = 0; r < requests.size(); ++r) {
     const int64_t row = shared && rows > 1 ? -1 : static_cast<int64_t>(r);

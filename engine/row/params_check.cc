@@ -98,6 +98,47 @@ Status check_view(const LogitsView& logits) {
   return Status();
 }
 
+std::string float32_range_error(double value) {
+  if (!std::isfinite(value)) return std::string();
+  const auto f = static_cast<float>(value);
+  if (std::isinf(f)) return "does not fit a 32-bit float";
+  if (f == 0.0f && value != 0.0) return "is too small for a 32-bit float (it would be 0)";
+  return std::string();
+}
+
+bool is_token_key(std::string_view text) {
+  if (text.starts_with('-')) text.remove_prefix(1);
+  return !text.empty() && text.size() <= 10 &&
+         std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+Status check_verify_view(const LogitsView& target_logits, int64_t num_draft, int64_t* rows) {
+  if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits.rows, 1)) {
+    // (Checked before num_draft + 1 is formed, which could overflow.)
+    return Status::invalid_argument(
+        "verify: num_draft = " + std::to_string(num_draft) +
+        " must be >= 0 and below the target rows = " + std::to_string(target_logits.rows));
+  }
+  const int64_t per_row = num_draft + 1;
+  if (target_logits.rows <= 0 || target_logits.rows % per_row != 0) {
+    return Status::invalid_argument(
+        "verify: target_logits rows = " + std::to_string(target_logits.rows) +
+        " must be a positive multiple of num_draft + 1 = " + std::to_string(per_row));
+  }
+  LogitsView by_row = target_logits;
+  by_row.rows = target_logits.rows / per_row;
+  if (Status s = check_view(by_row); !s.ok()) return s;
+  // (check_view saw a view of rows / (K + 1) rows only)
+  if (Status s = check_extent("verify: target_logits", "row_stride", target_logits.rows,
+                              row_stride_of(target_logits), target_logits.vocab,
+                              dtype_size(target_logits.dtype));
+      !s.ok()) {
+    return s;
+  }
+  *rows = by_row.rows;
+  return Status();
+}
+
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
                   int64_t results_size) {
   if (Status s = check_view(logits); !s.ok()) return s;

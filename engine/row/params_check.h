@@ -19,8 +19,15 @@ inline int64_t row_stride_of(const LogitsView& logits) {
 }
 
 // Checks the logits view alone: data, shape, stride, dtype and extent (a view
-// that passes can exist, and its rows can be counted in memory).
+// that passes can exist: its offsets do not overflow).
 Status check_view(const LogitsView& logits);
+
+// Checks verify's target view for `num_draft` drafts a row: num_draft in
+// [0, target rows), the target rows a positive multiple of num_draft + 1,
+// the view of one row per K + 1 positions (check_view) and the whole
+// target's extent; *rows gets the batch's rows. (Shared by the C++ and C
+// interfaces, in this order, with these messages.)
+Status check_verify_view(const LogitsView& target_logits, int64_t num_draft, int64_t* rows);
 
 // Checks the logits view (check_view) and the request/result counts.
 // `results_size` < 0 skips the results check (the probs call has no results).
@@ -52,6 +59,19 @@ std::optional<FieldError> find_request_error(const RowRequest& request, int64_t 
 // "<prefix><field><index> = <value> <reason>", with `field` spelled as given
 // ("row 3: " + "top_p", "option " + "--top-p").
 Status field_status(std::string prefix, std::string_view field, const FieldError& error);
+
+// Why a float32 parameter cannot take a finite double an interface read
+// (JSON, Python): "does not fit a 32-bit float" (1e40, which would be inf
+// and refused as that), "is too small for a 32-bit float (it would be 0)"
+// (1e-50: a temperature of 0 is greedy); empty when it can, or when the
+// value is not finite (the range checks refuse those by their own name).
+std::string float32_range_error(double value);
+
+// Whether `text` spells a token id as a logit_bias key (the OpenAI form's
+// {"50256": -100}): an optional '-' and 1 to 10 ASCII decimal digits, nothing
+// else (no spaces, '+', '_' or other scripts' digits). Its range is checked
+// as any token id's.
+bool is_token_key(std::string_view text);
 
 // Checks one request against the vocabulary; the message names the row ("row
 // 3", or "shared request" when `row` < 0, the request of every row) and the

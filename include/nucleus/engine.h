@@ -54,6 +54,9 @@ std::vector<Isa> runnable_isas();
 // of a large batch comes from memory, and its scan waits on it; read ahead,
 // it comes from L2. A small batch is mostly cached already, unless it has
 // just been copied in from a device.
+// As an option, kAuto leaves the last word to NUCLEUS_READ_AHEAD (a
+// deployment can switch it without a rebuild); as the mode an engine runs
+// (Engine::read_ahead), it is the size rule.
 enum class ReadAhead {
   kAuto = 0,    // batches of 32 MiB of logits or more
   kAlways = 1,  // every batch of two rows or more (batches that arrive uncached)

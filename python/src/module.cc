@@ -256,18 +256,21 @@ class PyEngine {
     py::array_t<float, py::array::c_style | py::array::forcecast> probs;
     const float* probs_data = nullptr;
     if (!draft_probs.is_none()) {
-      probs = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
-          numpy.attr("asarray")(draft_probs));
+      const py::array given = as_array(draft_probs, "draft_probs");
+      probs = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(given);
+      if (!probs) {
+        throw py::type_error("draft_probs: expected float32 probabilities, got dtype " +
+                             py::str(given.dtype()).cast<std::string>());
+      }
       // [rows, K, vocab] or [rows * K, vocab], as target_logits may be laid
       // out ([K, rows, vocab] of the same size is refused, not misread)
       const bool laid_out =
-          probs &&
           ((probs.ndim() == 3 && probs.shape(0) == rows && probs.shape(1) == k &&
             probs.shape(2) == view.vocab) ||
            (probs.ndim() == 2 && probs.shape(0) == rows * k && probs.shape(1) == view.vocab));
       if (!laid_out) {
         std::string got;
-        for (py::ssize_t i = 0; probs && i < probs.ndim(); ++i) {
+        for (py::ssize_t i = 0; i < probs.ndim(); ++i) {
           got += (i > 0 ? ", " : "") + std::to_string(probs.shape(i));
         }
         throw py::value_error("draft_probs: expected [rows, K, vocab] = [" + std::to_string(rows) +

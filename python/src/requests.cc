@@ -97,16 +97,10 @@ float to_float(py::handle v, const std::string& where) {
   // past float's range is refused by its own spelling, not later as "inf",
   // and so is one below it, not taken as 0 (a temperature of 0 is greedy).
   const double x = to_double(v, where);
-  const auto f = static_cast<float>(x);
-  if (std::isinf(f) && std::isfinite(x)) {
-    throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() +
-                          " does not fit a 32-bit float");
+  if (const std::string why = nucleus::detail::float32_range_error(x); !why.empty()) {
+    throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() + " " + why);
   }
-  if (f == 0.0f && x != 0.0) {
-    throw py::value_error(where + " = " + py::str(py::float_(x)).cast<std::string>() +
-                          " is too small for a 32-bit float (it would be 0)");
-  }
-  return f;
+  return static_cast<float>(x);
 }
 
 }  // namespace
@@ -357,14 +351,10 @@ class RequestParser {
       const std::string at = where + "[" + py::repr(key).cast<std::string>() + "]";
       int32_t token = 0;
       if (py::isinstance<py::str>(key)) {
-        // OpenAI-style JSON keys: {"50256": -100}. Decimal digits only, as
-        // the command-line tool's JSON keys (Python's int() would also take
-        // " 5 ", "0_5" and other scripts' digits).
-        const std::string text = key.cast<std::string>();
-        const size_t digits = text.starts_with('-') ? 1 : 0;
-        if (text.size() == digits ||
-            !std::all_of(text.begin() + static_cast<std::ptrdiff_t>(digits), text.end(),
-                         [](char c) { return c >= '0' && c <= '9'; })) {
+        // OpenAI-style JSON keys: {"50256": -100}, spelled as the
+        // command-line tool's must be (Python's int() would also take " 5 ",
+        // "0_5" and other scripts' digits).
+        if (!nucleus::detail::is_token_key(key.cast<std::string>())) {
           throw py::type_error(at + ": the key is not a token id");
         }
         token = to_int32(py::int_(py::reinterpret_borrow<py::object>(key)), at);

@@ -73,6 +73,8 @@ def test_errors(engine, rng):
         engine.verify(x[:, :K], drafts)
     with pytest.raises(ValueError, match="draft_probs: expected"):
         engine.verify(x, drafts, draft_probs=np.zeros((ROWS, K, VOCAB - 1), np.float32))
+    with pytest.raises(TypeError, match="draft_probs: expected float32 probabilities, got dtype <U3"):
+        engine.verify(x, drafts, draft_probs="abc")
     # the right size laid out the wrong way round is refused, not misread
     with pytest.raises(ValueError, match=rf"draft_probs: expected .* got \[{K}, {ROWS}, {VOCAB}\]"):
         engine.verify(x, drafts, draft_probs=np.zeros((K, ROWS, VOCAB), np.float32))

@@ -237,6 +237,10 @@ int run_bench(const BenchCommand& c) {
     print_error("option --read-ahead = " + c.read_ahead + " is not auto, always or never");
     return kExitFailure;
   }
+  if (c.app->count("--json") > 0 && c.json.empty()) {
+    print_error("option --json is empty: give a path");
+    return kExitFailure;
+  }
   // The largest case's rows (all its distinct batches, and the float32 copy
   // of a half-precision one; an --input dump's rows too) must fit in memory
   // with room to spare.
@@ -287,10 +291,6 @@ int run_bench(const BenchCommand& c) {
   // so that a path that cannot be written fails at once, and appears only
   // once it is whole.
   std::optional<TextOutput> json;
-  if (c.app->count("--json") > 0 && c.json.empty()) {
-    print_error("option --json is empty: give a path");
-    return kExitFailure;
-  }
   if (!c.json.empty()) {
     Result<TextOutput> opened = TextOutput::open(c.json);
     if (!opened.ok()) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string_view>
 
+#include "engine/row/params_check.h"
 #include "tools/cli/progress.h"
 
 namespace nucleus::cli {
@@ -37,7 +38,7 @@ CLI::Validator fits_float() {
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
         if (!text.empty() && *end == '\0') {
-          if (const std::string why = float_range_error(value); !why.empty()) {
+          if (const std::string why = detail::float32_range_error(value); !why.empty()) {
             return "value " + text + " " + why;
           }
         }
@@ -132,14 +133,6 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
     progress.advance(block->rows);
   }
   return Status();
-}
-
-std::string float_range_error(double value) {
-  if (!std::isfinite(value)) return std::string();
-  const auto f = static_cast<float>(value);
-  if (std::isinf(f)) return "does not fit a 32-bit float";
-  if (f == 0.0f && value != 0.0) return "is too small for a 32-bit float (it would be 0)";
-  return std::string();
 }
 
 std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args) {

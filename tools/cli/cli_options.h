@@ -90,13 +90,6 @@ std::optional<std::string> normalize_list_arguments(std::vector<const char*>* ar
 // --threads and --quiet, for commands without sampling options.
 void add_run_options(CLI::App* command, int* threads, bool* quiet);
 
-// Why float32 cannot hold a finite number ("does not fit a 32-bit float":
-// 1e40, which would be refused later as "inf"; "is too small for a 32-bit
-// float": 1e-50, which would be 0, a temperature of 0 greedy), so that it is
-// refused by its own spelling; empty when it can (infinities and NaN go on to
-// the range checks).
-std::string float_range_error(double value);
-
 // The shortest decimal that reads back as `value`, as a JSON number (NaN
 // and infinities become null).
 double json_float(float value);

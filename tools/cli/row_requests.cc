@@ -29,7 +29,7 @@ Status field_error(const std::string& where, const std::string& key, const Json&
 // (1e39) is refused here, by its own spelling, not later as "inf".
 Status narrow(const std::string& where, const std::string& key, const Json& v, float* out) {
   const double d = v.get<double>();
-  if (const std::string why = float_range_error(d); !why.empty()) {
+  if (const std::string why = detail::float32_range_error(d); !why.empty()) {
     return field_error(where, key, v, why);
   }
   *out = static_cast<float>(d);
@@ -89,7 +89,8 @@ Status to_logit_bias(const std::string& where, const Json& v, std::vector<TokenB
       char* end = nullptr;
       const long long token = std::strtoll(token_text.c_str(), &end, 10);
       const std::string item = key + "[\"" + token_text + "\"]";
-      if (token_text.empty() || *end != '\0' || token < INT32_MIN || token > INT32_MAX) {
+      if (!detail::is_token_key(token_text) || *end != '\0' || token < INT32_MIN ||
+          token > INT32_MAX) {
         return field_error(where, key, v,
                            "has a key that is not a token id: \"" + token_text + "\"");
       }
@@ -210,7 +211,7 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
     // (narrowed from a double, as --params' JSON numbers are)
     const double bias = std::strtod(bias_text.c_str(), &end);
     if (bias_text.empty() || *end != '\0') return Status::invalid_argument(bad);
-    if (const std::string why = float_range_error(bias); !why.empty()) {
+    if (const std::string why = detail::float32_range_error(bias); !why.empty()) {
       return Status::invalid_argument("option --logit-bias = '" + pair + "': bias " + bias_text +
                                       " " + why);
     }
