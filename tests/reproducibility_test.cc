@@ -629,6 +629,41 @@ TEST(ReproducibilityTest, UnseededRowsFollowTheEngineSeed) {
   }
 }
 
+TEST(ReproducibilityTest, SplitFullSamplingRowsFromManyHostThreads) {
+  // Full sampling of a row split over threads (fewer rows than threads) runs
+  // its scan and its exp pass in one fork and join, the threads claiming the
+  // chunks (Runner::two_passes): from several host threads at once (the
+  // ThreadSanitizer build runs this), every call gives one thread's results.
+  const tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 4);
+  constexpr int kVocab = 40000;  // three chunks, past the split threshold
+  const std::vector<RowSpec> specs = {{.logits_seed = 71, .kind = 4, .seed = 5, .step = 0},
+                                      {.logits_seed = 72, .kind = 4, .seed = 6, .step = 2}};
+  const Batch one({specs[0]}, kVocab), two(specs, kVocab);
+  Engine single(EngineOptions{.max_threads = 1, .seed = 1});
+  const std::vector<RowResult> one_expected = one.Sample(single), two_expected = two.Sample(single);
+  const std::vector<uint32_t> probs_expected = Bits(two.Probs(single));
+  Engine engine(EngineOptions{.max_threads = 4, .seed = 1});
+  std::vector<std::thread> hosts;
+  std::atomic<int> mismatches{0};
+  for (int h = 0; h < 3; ++h) {
+    hosts.emplace_back([&] {
+      for (int i = 0; i < 8; ++i) {
+        const std::vector<RowResult> a = one.Sample(engine), b = two.Sample(engine);
+        bool same = a[0].tokens == one_expected[0].tokens &&
+                    Bits(a[0].logprobs) == Bits(one_expected[0].logprobs) &&
+                    Bits(two.Probs(engine)) == probs_expected;
+        for (size_t r = 0; r < b.size(); ++r) {
+          same = same && b[r].tokens == two_expected[r].tokens &&
+                 Bits(b[r].logprobs) == Bits(two_expected[r].logprobs);
+        }
+        if (!same) ++mismatches;
+      }
+    });
+  }
+  for (std::thread& t : hosts) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
 TEST(ReproducibilityTest, ConcurrentCallsMatchSequentialCalls) {
   constexpr int kThreads = 8;
   constexpr int kCallsPerThread = 6;
