@@ -630,10 +630,10 @@ TEST(ReproducibilityTest, UnseededRowsFollowTheEngineSeed) {
 }
 
 TEST(ReproducibilityTest, SplitFullSamplingRowsFromManyHostThreads) {
-  // Full sampling of a row split over threads (fewer rows than threads) runs
-  // its scan and its exp pass in one fork and join, the threads claiming the
-  // chunks (Runner::two_passes): from several host threads at once (the
-  // ThreadSanitizer build runs this), every call gives one thread's results.
+  // Full sampling of rows split over threads (fewer rows than threads: the
+  // scan and the exp pass each spread over the engine's threads) from several
+  // host threads at once (the ThreadSanitizer build runs this): every call
+  // gives one thread's results, probabilities included.
   const tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 4);
   constexpr int kVocab = 40000;  // three chunks, past the split threshold
   const std::vector<RowSpec> specs = {{.logits_seed = 71, .kind = 4, .seed = 5, .step = 0},

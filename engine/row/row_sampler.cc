@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
 #include <span>
 #include <string>
 
@@ -14,8 +13,6 @@ namespace nucleus::detail {
 namespace {
 
 enum class Filter { kTopK, kTopP, kMinP, kTypical, kTopNSigma };
-constexpr Filter kFilters[] = {Filter::kTopK, Filter::kTopP, Filter::kMinP, Filter::kTypical,
-                               Filter::kTopNSigma};
 
 // SPEC section 4: the filter order of each preset; filters a preset does not
 // list run after the listed ones, in the hf order.
@@ -126,12 +123,6 @@ class RowPipeline {
   // With keep_blocks, the per-block sums stay in the scratch for the draws.
   double mass_of(std::span<const Segment> segs, const SetSpec& set, float k0, int64_t* count,
                  bool keep_blocks = false);
-  // mass_of in parts: the per-segment arrays sized, one segment's pass, and
-  // the total of the passes (and the members' count) in segment order.
-  void prepare_mass(std::span<const Segment> segs, bool keep_blocks);
-  void segment_mass(std::span<const Segment> segs, const SetSpec& set, float k0, bool keep_blocks,
-                    int64_t s);
-  double total_mass(std::span<const Segment> segs, int64_t* count) const;
   float min_key_of(std::span<const Segment> segs, const SetSpec& set);
   Moments moments_of(std::span<const Segment> segs, const SetSpec& set, float d0, MomentKind kind);
 
@@ -178,31 +169,8 @@ class RowPipeline {
     return float_at_most(static_cast<double>(d0) - std::log(static_cast<double>(p_.min_p)));
   }
   bool gather_candidates(const MaxStats& raw);
-  // Whether the row's scan and its one exp pass (full sampling: no filter
-  // acts, no processors) run in one fork and join (Runner::two_passes), when
-  // the row is split over threads: the set that pass sums over is known once
-  // the scan has found the max.
-  bool fuses_mass() const {
-    return run_.parallel && in_.vocab >= Runner::kSplitFrom && p_.temperature > 0.0f &&
-           p_.preset != Preset::kLlamaCpp && !has_processors(req_) &&
-           std::none_of(std::begin(kFilters), std::end(kFilters),
-                        [&](Filter f) { return filter_acts(f); });
-  }
-  // The set full sampling sums over (build() forms the same): the row at 1/T.
-  SetSpec full_set(float xmax) const {
-    SetSpec set;
-    set.xmax = xmax;
-    set.scale = filter_scale();
-    set.dlo = 0.0f;
-    set.dhi = kMaxFloat;
-    set.key_scale = inverse_temperature();
-    return set;
-  }
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
-  // The scan formed the per-segment masses over fused_set_ (fuses_mass()).
-  bool fused_mass_ = false;
-  SetSpec fused_set_;
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
@@ -229,7 +197,8 @@ Moments RowPipeline::moments_of(std::span<const Segment> segs, const SetSpec& se
   return total;
 }
 
-void RowPipeline::prepare_mass(std::span<const Segment> segs, bool keep_blocks) {
+double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, float k0,
+                            int64_t* count, bool keep_blocks) {
   sc_.seg_mass.resize(segs.size());
   sc_.seg_count.resize(segs.size());
   if (keep_blocks) {
@@ -240,25 +209,13 @@ void RowPipeline::prepare_mass(std::span<const Segment> segs, bool keep_blocks) 
     }
     sc_.block_mass.resize(static_cast<size_t>(sc_.seg_block_start.back()));
   }
-}
-
-void RowPipeline::segment_mass(std::span<const Segment> segs, const SetSpec& set, float k0,
-                               bool keep_blocks, int64_t s) {
-  const auto i = static_cast<size_t>(s);
-  sc_.seg_mass[i] =
-      run_.k->sum_mass(segs[i], set, k0, &sc_.seg_count[i],
-                       keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
-}
-
-double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, float k0,
-                            int64_t* count, bool keep_blocks) {
-  prepare_mass(segs, keep_blocks);
   run_.over([&] { return live_tokens(segs, set); }, static_cast<int64_t>(segs.size()),
-            [&](int64_t s) { segment_mass(segs, set, k0, keep_blocks, s); });
-  return total_mass(segs, count);
-}
-
-double RowPipeline::total_mass(std::span<const Segment> segs, int64_t* count) const {
+            [&](int64_t s) {
+              const auto i = static_cast<size_t>(s);
+              sc_.seg_mass[i] = run_.k->sum_mass(
+                  segs[i], set, k0, &sc_.seg_count[i],
+                  keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
+            });
   double z = 0.0;
   int64_t c = 0;
   for (size_t s = 0; s < segs.size(); ++s) {
@@ -366,28 +323,10 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       }
       if (seg.sample) record_sample(seg, sc_.row_samples);
     };
-    const auto n = static_cast<int64_t>(sc_.raw_segs.size());
     if (light_row) {
-      run_.serial(n, one);
-    } else if (stats && fuses_mass()) {
-      // Full sampling on a split row: the exp pass follows the scan in the
-      // same fork and join (one instead of two, 1-3 us on a 128k row), over
-      // the set build() forms (which takes the masses from here).
-      prepare_mass(sc_.raw_segs, /*keep_blocks=*/true);
-      bool ok = false;
-      run_.two_passes(
-          n, one,
-          [&] {
-            const MaxStats total = combine(sc_.raw_segs, sc_.max_stats);
-            ok = total.bad_at < 0 && total.finite > 0;
-            if (ok) fused_set_ = full_set(total.max);
-          },
-          [&](int64_t s) {
-            if (ok) segment_mass(sc_.raw_segs, fused_set_, 0.0f, /*keep_blocks=*/true, s);
-          });
-      fused_mass_ = ok;
+      run_.serial(static_cast<int64_t>(sc_.raw_segs.size()), one);
     } else {
-      run_(n, one);
+      run_(static_cast<int64_t>(sc_.raw_segs.size()), one);
     }
     return stats ? combine(sc_.raw_segs, sc_.max_stats) : MaxStats{};
   };
@@ -820,7 +759,6 @@ bool RowPipeline::gather_candidates(const MaxStats& raw) {
 
 Status RowPipeline::build(Distribution& dist, bool need_z) {
   candidates_ = false;
-  fused_mass_ = false;
   if (Status s = check_and_widen(dist, need_z); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
@@ -914,13 +852,7 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   }
   dist.set = set;
   dist.segs = segs;
-  // (the scan's fused pass, over the same segments and set: the same sums)
-  const bool fused = fused_mass_ && dist.k0 == 0.0f && segs.size() == sc_.raw_segs.size() &&
-                     set.xmax == fused_set_.xmax && set.scale == fused_set_.scale &&
-                     set.dlo == fused_set_.dlo && set.dhi == fused_set_.dhi &&
-                     set.key_scale == fused_set_.key_scale;
-  dist.z = fused ? total_mass(segs, &dist.support)
-                 : mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
+  dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   dist.z_formed = true;
   dist.raw_z = raw_z_;
   if (dist.support == 0 || !(dist.z > 0.0)) {
