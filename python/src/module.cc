@@ -98,6 +98,14 @@ struct VerifyOutput {
   py::list errors;
 };
 
+// No rows is the engine's call error; said before the per-row arguments are
+// counted against the rows (their message would blame them).
+void check_has_rows(const LogitsView& view) {
+  if (view.rows <= 0) {
+    throw py::value_error("logits: rows = " + std::to_string(view.rows) + " must be > 0");
+  }
+}
+
 class PyEngine {
  public:
   PyEngine(const py::object& threads, const py::object& seed, const std::string& isa,
@@ -112,6 +120,7 @@ class PyEngine {
     const bool bf16 = parse_logits_dtype(pop(kwargs, "logits_dtype"));
     LogitsInput in = LogitsInput::from_object(logits, "logits", bf16);
     const LogitsView& view = in.view();
+    check_has_rows(view);
     RequestTable table =
         RequestTable::from_kwargs(kwargs, view.rows, view.vocab, CallKind::kSample, "sample");
     table.check(view.vocab);
@@ -171,6 +180,7 @@ class PyEngine {
     const bool return_errors = py::bool_(pop(kwargs, "return_errors"));
     LogitsInput in = LogitsInput::from_object(logits, "logits", bf16);
     const LogitsView& view = in.view();
+    check_has_rows(view);
     RequestTable table =
         RequestTable::from_kwargs(kwargs, view.rows, view.vocab, CallKind::kProbs, "probs");
 

@@ -77,6 +77,11 @@ double to_double(py::handle v, const std::string& where) {
   if (py::isinstance<py::str>(v) || py::isinstance<py::bytes>(v)) {
     throw py::type_error(where + ": expected a number, got " + type_name(v));
   }
+  // (an array of one element would pass as its element through __float__)
+  if (py::isinstance<py::array>(v) && py::reinterpret_borrow<py::array>(v).ndim() > 0) {
+    throw py::type_error(where + ": expected a number, got an array of shape " +
+                         shape_text(py::reinterpret_borrow<py::array>(v)));
+  }
   const double x = PyFloat_AsDouble(v.ptr());
   if (x == -1.0 && PyErr_Occurred() != nullptr) {
     const bool overflow = PyErr_ExceptionMatches(PyExc_OverflowError) != 0;

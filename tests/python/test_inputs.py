@@ -116,6 +116,17 @@ def test_bfloat16_bit_patterns(engine, rng):
         engine.sample(x, logits_dtype="f32")
 
 
+def test_no_rows_and_one_element_arrays(engine):
+    # no rows is said as such, not as a per-row list of the wrong length
+    for call in (engine.sample, engine.probs):
+        with pytest.raises(ValueError, match="logits: rows = 0 must be > 0"):
+            call(np.zeros((0, 10), np.float32), temperature=[0.5])
+    # an array of one element is not a number (it would pass through __float__)
+    x = np.zeros((3, 10), np.float32)
+    with pytest.raises(TypeError, match=r"temperature\[0\]: expected a number, got an array"):
+        engine.sample(x, temperature=[np.array([0.0]), 1.0, 1.0])
+
+
 def test_a_bare_number_is_not_a_row(engine):
     # A 0-d input is refused whatever its type (numpy would make a float64
     # one a row of one token on its way to float32).
