@@ -19,10 +19,21 @@ double read_f32(const float* x, int64_t n) {
   return static_cast<double>(Eigen::Map<const Eigen::ArrayXf>(x, n).sum());
 }
 
+// A read of every 16-bit word into 16-bit lanes that wrap (the sum is only
+// a sink): a byte costs what read_f32's does. (Widening each word to 32 bits
+// first made the half-precision roofline bound by its shuffles, 30-45 %
+// below the float32 one at equal bytes.)
 double read_u16(const uint16_t* x, int64_t n) {
-  uint32_t acc = 0;
-  for (int64_t j = 0; j < n; ++j) acc += x[j];
-  return acc;
+  constexpr int64_t kLanes = 64;
+  alignas(64) uint16_t acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = static_cast<uint16_t>(acc[l] + x[j + l]);
+  }
+  uint32_t total = 0;
+  for (; j < n; ++j) total += x[j];
+  for (const uint16_t a : acc) total += a;
+  return total;
 }
 
 // Half types are widened a chunk at a time (Eigen's vectorised cast) into a
