@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "bench/core/floor_kernels.h"
+#include "engine/ascii_lower.h"
 #include "engine/io/half.h"
 #include "nucleus/dump.h"
 #include "tools/lm_logits.h"
@@ -411,9 +412,7 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
   // (a raw dump's extension, before the reader says it needs a dtype and a
   // vocab, which bench takes neither of; without dtype and vocab the reader
   // opens nothing else as raw)
-  std::string ext = std::filesystem::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  const std::string ext = detail::ascii_lower(std::filesystem::path(path).extension().string());
   if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
     return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
   }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <utility>
 
+#include "engine/ascii_lower.h"
 #include "engine/io/file_io.h"
 #include "engine/io/half.h"
 #include "engine/io/json_text.h"
@@ -58,10 +59,7 @@ std::string extension_of(const std::string& path) {
   const size_t slash = path.rfind('/');
   const size_t dot = path.rfind('.');
   if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
-  std::string ext = path.substr(dot);
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return ext;
+  return detail::ascii_lower(std::string_view(path).substr(dot));
 }
 
 // What a raw read of the dump still needs ("its dtype and vocab", or the

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "engine/ascii_lower.h"
 #include "engine/kernels/row_kernels.h"
 #include "nucleus/engine.h"
 
@@ -78,9 +79,7 @@ const char* isa_name(Isa isa) {
 }
 
 std::optional<Isa> parse_isa(std::string_view name) {
-  std::string lower(name);
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const std::string lower = detail::ascii_lower(name);
   for (Isa isa : {Isa::kAuto, Isa::kSSE2, Isa::kAVX2, Isa::kAVX512}) {
     if (lower == isa_name(isa)) return isa;
   }

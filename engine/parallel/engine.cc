@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/ascii_lower.h"
 #include "engine/row/params_check.h"
 #include "engine/row/row_sampler.h"
 #include "engine/row/verify.h"
@@ -283,9 +284,7 @@ const char* read_ahead_name(ReadAhead mode) {
 }
 
 std::optional<ReadAhead> parse_read_ahead(std::string_view name) {
-  std::string lower(name);
-  std::transform(lower.begin(), lower.end(), lower.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const std::string lower = detail::ascii_lower(name);
   for (ReadAhead mode : {ReadAhead::kAuto, ReadAhead::kAlways, ReadAhead::kNever}) {
     if (lower == read_ahead_name(mode)) return mode;
   }
