@@ -171,6 +171,54 @@ TEST_F(FiltersTest, TinyTemperatureIsFiniteAndPeaksOnTheMaximum) {
   EXPECT_FLOAT_EQ(probs[2], 1.0f);
 }
 
+// Rows of three 16384-token chunks, whose masses full sampling forms chunk by chunk, each from
+// the chunk's own max (docs/semantics.md, Numbers): the distribution, the draws and `support`
+// are the row's as a whole, also where a chunk's own max is far from the row's.
+TEST_F(FiltersTest, FullSamplingOverChunksIsTheWholeRowsSoftmax) {
+  constexpr int64_t kVocab = 40000;
+  constexpr int kMax = 20000, kTie = 35000;  // in the second and third chunks
+  // A spread row, the max in the second chunk: the plain softmax.
+  std::vector<float> row(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) row[i] = static_cast<float>((i * 7919) % 1000) / 100.0f;
+  row[kMax] = 12.0f;
+  ExpectDistribution(row, Request(), KeepAll(ExpWeights(row)), kVocab);
+  RowRequest req = Request();
+  req.params.temperature = 0.6f;
+  ExpectDistribution(row, req, KeepAll(ExpWeights(row, 0.6)), kVocab);
+
+  // A tiny T with a near-tie in the first chunk: only the max has mass, all stay members.
+  std::fill(row.begin(), row.end(), 0.0f);
+  row[5] = std::nextafter(10.0f, 0.0f);
+  row[kMax] = 10.0f;
+  std::vector<double> expected(kVocab, 0.0);
+  expected[kMax] = 1.0;
+  req.params.temperature = 1e-30f;
+  ExpectDistribution(row, req, expected, kVocab);
+
+  // T = 1e-37: the first chunk's distance from the row's max (100 / T) overflows float, so it
+  // leaves the kept set, though within its own chunk every distance is 0.
+  row[5] = 0.0f;
+  for (int64_t i = 16384; i < kVocab; ++i) row[i] = 99.0f;
+  row[kMax] = row[kTie] = 100.0f;
+  expected[kMax] = expected[kTie] = 0.5;
+  req.params.temperature = 1e-37f;
+  ExpectDistribution(row, req, expected, kVocab - 16384);
+
+  // Logits at both ends of the float range: distances of 6e38 overflow at T = 1 (the first
+  // chunk and the third's other tokens leave the set), 3e38 does not (the second's stay).
+  std::fill(row.begin(), row.end(), -3e38f);
+  std::fill(row.begin() + 16384, row.begin() + 32768, 0.0f);
+  row[kMax] = row[kTie] = 3e38f;
+  ExpectDistribution(row, Request(), expected, 16384 + 1);
+  // Distances of 1e38 and 2.5e38 do not overflow either, though they are as far from each
+  // chunk's own max: every token stays.
+  std::fill(row.begin(), row.end(), 0.0f);
+  row[100] = row[kMax] = row[kTie] = 1e38f;
+  row[36000] = -1.5e38f;
+  expected[100] = expected[kMax] = expected[kTie] = 1.0 / 3;
+  ExpectDistribution(row, Request(), expected, kVocab);
+}
+
 TEST_F(FiltersTest, TinyTemperatureAfterLlamaCppFiltersPeaksOnTheSurvivorsMaximum) {
   // p = {0.5, 0.1, 0.1, 0.1, 0.09, 0.06, 0.05}: H = 1.5727, s = {0.880, 0.730 (x3), 0.835,
   // 1.241, 1.423}; sorted cum = {0.1, 0.2, 0.3, 0.39, ...}; tau = 0.35 -> last = 3 -> keep
