@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/ab alternates two nucleus programs over `nucleus bench`: run it with
 # the same program on both sides over a tiny grid and check that every case is
-# reported once, with both programs' times for every round.
+# reported once, with both programs' times for every round; and that a run
+# that fails, or options it cannot take, end it with a one-line reason.
 # Usage: ab_test.sh NUCLEUS BENCH_AB
 set -euo pipefail
 nucleus="$1"
@@ -29,3 +30,22 @@ for r in rows:
     assert len(r) == 14, r
 print("bench/ab: 4 cases, 3 rounds each")
 PY
+
+# Failures: a reason on standard error, no traceback, a non-zero status.
+expect_refused() {  # STATUS PATTERN ARGS...
+  local want="$1" pattern="$2" err status=0
+  shift 2
+  err="$(/usr/bin/python3 "$ab" "$@" 2>&1 >/dev/null)" || status=$?
+  if [[ "$status" != "$want" ]] || ! grep -q -- "$pattern" <<<"$err" || grep -q Traceback <<<"$err"; then
+    echo "bench/ab $*: status $status (want $want), said: $err" >&2
+    exit 1
+  fi
+}
+expect_refused 2 "leave --json out" -n 1 "$nucleus" "$nucleus" --vocab 1000 --json x.json
+expect_refused 2 "leave -q out" -n 1 "$nucleus" "$nucleus" --vocab 1000 -q
+expect_refused 2 "-n wants a number of rounds >= 1, not 'x'" -n x "$nucleus" "$nucleus"
+expect_refused 2 "not '0'" -n 0 "$nucleus" "$nucleus"
+expect_refused 1 "round 1: cannot run /nonexistent/nucleus" -n 1 "$nucleus" /nonexistent/nucleus \
+  --vocab 1000 --repeat 2 --no-reference --config greedy
+expect_refused 1 "round 1: .* failed (exit status 2)" -n 1 "$nucleus" "$nucleus" --vocab 0
+echo "bench/ab: failures refused"

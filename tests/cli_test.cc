@@ -313,6 +313,8 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   const Json flat = Json::parse(ReadFile(dir / "flat.json"));
   EXPECT_EQ(flat["rows"], "flat");
   EXPECT_EQ(flat["runs"], 3);
+  EXPECT_EQ(flat["times_from"], "fastest run");
+  EXPECT_EQ(flat["ratios_from"], "median over runs");
   ASSERT_EQ(flat["results"].size(), 2u);
   EXPECT_EQ(flat["results"][0]["batch"], 1);
   EXPECT_EQ(flat["results"][1]["batch"], 2);
@@ -326,6 +328,8 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   const Json distinct = Json::parse(ReadFile(dir / "distinct.json"));
   EXPECT_EQ(distinct["distinct"], 3);
   EXPECT_EQ(distinct["read_ahead"], "always");
+  EXPECT_EQ(distinct["times_from"], "the run");
+  EXPECT_EQ(distinct["ratios_from"], "the run");
   EXPECT_EQ(flat["distinct"], 1);
   ASSERT_EQ(distinct["results"].size(), 2u);
   for (const Json& r : distinct["results"]) {
@@ -381,6 +385,16 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   ASSERT_EQ(split["results"].size(), 1u);
   EXPECT_GT(split["results"][0]["softmax_us_per_row"].get<double>(), 0.0);
 
+  // A set NUCLEUS_ISA caps runs as the cap, and the note says why (the
+  // machine's lack, where it has no AVX2).
+  run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa avx2 --repeat 2 --no-reference",
+               "NUCLEUS_ISA=sse2 ");
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_TRUE(Contains(run.err, best_isa() >= Isa::kAVX2
+                                    ? "--isa avx2 runs as sse2 under NUCLEUS_ISA"
+                                    : "--isa avx2 runs as sse2 on this machine"))
+      << run.err;
+  EXPECT_TRUE(Contains(run.out, " sse2 ")) << run.out;
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa neon -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--isa = neon")) << run.err;

@@ -209,10 +209,13 @@ int run_bench(const BenchCommand& c) {
       print_error("option --isa = " + name + " is not auto, sse2, avx2, avx512 or all");
       return kExitFailure;
     }
-    // A set this machine lacks runs as the best one it has: say so.
+    // A set this machine lacks, or that NUCLEUS_ISA caps, runs as the best
+    // one allowed: say so, and which of the two it is.
     if (*isa != Isa::kAuto && resolve_isa(*isa) != *isa) {
-      std::fprintf(stderr, "nucleus bench: --isa %s runs as %s on this machine\n", isa_name(*isa),
-                   isa_name(resolve_isa(*isa)));
+      const bool machine_has = static_cast<int>(best_isa()) >= static_cast<int>(*isa);
+      std::fprintf(stderr, "nucleus bench: --isa %s runs as %s %s\n", isa_name(*isa),
+                   isa_name(resolve_isa(*isa)),
+                   machine_has ? "under NUCLEUS_ISA" : "on this machine");
     }
     isas.push_back(*isa);
   }
@@ -386,6 +389,10 @@ int run_bench(const BenchCommand& c) {
     doc["machine_threads"] = all;
     doc["repeat"] = c.repeat;
     doc["runs"] = c.runs;
+    // (with --runs N a case's times are its fastest run's, its ratios the
+    // medians over the runs: a ratio is then not its times' quotient)
+    doc["times_from"] = c.runs > 1 ? "fastest run" : "the run";
+    doc["ratios_from"] = c.runs > 1 ? "median over runs" : "the run";
     doc["distinct"] = c.distinct;
     // (the mode the engines ran: the option, or NUCLEUS_READ_AHEAD's under auto)
     doc["read_ahead"] = read_ahead_name(
