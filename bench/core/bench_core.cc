@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -21,7 +20,7 @@
 #include <type_traits>
 
 #include "bench/core/floor_kernels.h"
-#include "engine/ascii_lower.h"
+#include "engine/io/dump_extension.h"
 #include "engine/io/half.h"
 #include "nucleus/dump.h"
 #include "tools/lm_logits.h"
@@ -412,8 +411,7 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
   // (a raw dump's extension, before the reader says it needs a dtype and a
   // vocab, which bench takes neither of; without dtype and vocab the reader
   // opens nothing else as raw)
-  const std::string ext = detail::ascii_lower(std::filesystem::path(path).extension().string());
-  if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
+  if (detail::raw_dump_extension(detail::extension_of(path))) {
     return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
   }
   Result<DumpReader> reader = DumpReader::open(path, options);

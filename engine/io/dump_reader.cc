@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "engine/ascii_lower.h"
+#include "engine/io/dump_extension.h"
 #include "engine/io/file_io.h"
 #include "engine/io/half.h"
 #include "engine/io/json_text.h"
@@ -53,14 +54,14 @@ std::optional<DType> parse_dtype(std::string_view name) {
   return std::nullopt;
 }
 
-namespace {
-
-std::string extension_of(const std::string& path) {
+std::string detail::extension_of(const std::string& path) {
   const size_t slash = path.rfind('/');
   const size_t dot = path.rfind('.');
   if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
   return detail::ascii_lower(std::string_view(path).substr(dot));
 }
+
+namespace {
 
 // What a raw read of the dump still needs ("its dtype and vocab", or the
 // one of the two that is missing).
@@ -100,11 +101,11 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
     }
     return DumpFormat::kRaw;
   }
-  const std::string ext = extension_of(path);
+  const std::string ext = detail::extension_of(path);
   if (ext == ".npy") return DumpFormat::kNpy;
   if (ext == ".safetensors") return DumpFormat::kSafetensors;
   if (options.dtype && options.vocab > 0) return DumpFormat::kRaw;
-  if (ext == ".bin" || ext == ".raw" || ext == ".dat") {
+  if (detail::raw_dump_extension(ext)) {
     return Status::io_error(name + ": a raw dump (extension '" + ext + "') needs " +
                             raw_needs(options) + " to be given");
   }
