@@ -91,17 +91,17 @@ std::optional<mode_t> process_umask() {
 // a link), whether or not that file exists yet; nullopt past 40 links (a
 // loop), where the kernel would refuse to open it (ELOOP).
 std::optional<std::string> through_links(std::string path) {
-  for (int hop = 0; hop <= 40; ++hop) {
+  constexpr int kMaxHops = 40;  // (Linux's own limit, MAXSYMLINKS)
+  for (int hops = 0;; ++hops) {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
-    if (hop == 40) break;
+    if (hops == kMaxHops) return std::nullopt;  // a loop, or a chain too long to follow
     std::string link(4096, '\0');
     const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
     if (len <= 0 || static_cast<size_t>(len) == link.size()) return path;
     link.resize(static_cast<size_t>(len));
     path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
   }
-  return std::nullopt;
 }
 
 }  // namespace
