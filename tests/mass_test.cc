@@ -6,10 +6,12 @@
 // against the row's.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "engine/kernels/row_kernels.h"
@@ -119,4 +121,64 @@ TEST(Walk, PastTheMassIsTheLastMember) {
   }
 }
 
+}  // namespace nucleus
+
+namespace nucleus {
+namespace {
+
+// The smallest key of a set's members (min_key, the pass under llama.cpp's
+// order when typical-p dropped the row's max) and the count of members below
+// a key (count_key_below, the ranks'), on every instruction set: the scalar
+// answers over the members, whatever the bounds, the scales, the tail after
+// the last packet and pass block, and masked (-inf) tokens.
+TEST(MemberKeys, SmallestKeyAndCountBelow) {
+  std::vector<float> x(3 * 512 + 77);
+  uint32_t state = 12345;
+  for (float& v : x) {
+    state = state * 1664525u + 1013904223u;
+    v = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 20.0f - 10.0f;
+  }
+  x[100] = x[1600] = -std::numeric_limits<float>::infinity();
+  detail::Segment s;
+  s.x = x.data();
+  s.n = static_cast<int64_t>(x.size());
+  detail::SetSpec set;
+  set.xmax = 10.0f;
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    for (const float key_scale : {1.0f, 1.7f}) {
+      for (const auto& [lo, hi] : {std::pair{0.0f, detail::kMaxFloat}, std::pair{3.0f, 7.5f},
+                                   std::pair{19.9f, 25.0f}, std::pair{30.0f, 40.0f}}) {
+        set.dlo = lo, set.dhi = hi, set.key_scale = key_scale;
+        float want = std::numeric_limits<float>::infinity();
+        for (float v : x) {
+          const float d = (set.xmax - v) * set.scale;
+          if (d >= lo && d <= hi) want = std::min(want, (set.xmax - v) * key_scale);
+        }
+        EXPECT_EQ(k.min_key(s, set), want)
+            << "d in [" << lo << ", " << hi << "], scale " << key_scale;
+        // count_key_below (the ranks' pass) over the same members.
+        for (const float below : {0.0f, 2.5f, 11.0f, 40.0f}) {
+          int64_t count = 0;
+          for (float v : x) {
+            const float d = (set.xmax - v) * set.scale;
+            count += (d >= lo && d <= hi && (set.xmax - v) * key_scale < below) ? 1 : 0;
+          }
+          EXPECT_EQ(k.count_key_below(s, set, below), count)
+              << "d in [" << lo << ", " << hi << "], scale " << key_scale << ", below " << below;
+        }
+      }
+    }
+    // The smallest member in the tail, past every whole packet and block.
+    std::vector<float> tail = x;
+    tail.back() = 9.9995f;
+    s.x = tail.data();
+    set.dlo = 0.0f, set.dhi = detail::kMaxFloat, set.key_scale = 1.0f;
+    EXPECT_EQ(k.min_key(s, set), 10.0f - 9.9995f);
+    s.x = x.data();
+  }
+}
+
+}  // namespace
 }  // namespace nucleus

@@ -940,7 +940,10 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   // Temperature (already applied for hf / vllm): rank and weigh the kept set
   // by (xmax - x) / T.
   set.key_scale = final_scale;
-  dist.k0 = (!llama && d0_known) ? d0 : min_key_of(segs, set);
+  // (llama.cpp's filters ran untempered: the smallest tempered key is 0,
+  // the max's, while the set holds the max, i.e. its lower bound is 0;
+  // only when typical-p dropped it is the smallest key looked for)
+  dist.k0 = (!llama && d0_known) ? d0 : set.dlo == 0.0f ? 0.0f : min_key_of(segs, set);
   if (llama && dist.k0 == kInf) {
     // Every survivor's tempered distance from the row's max overflowed (a
     // tiny T, and typical-p dropped the max): weigh them from their own top
