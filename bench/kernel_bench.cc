@@ -3,7 +3,11 @@
 // NUCLEUS_ISA's): the scan (max_stats), the scan that copies as it reads
 // (widen_max_stats into a buffer, what a row with processors pays), the
 // vector repetition penalty over 2,000 history tokens spread over the row
-// or all within its first 2,048, and two baselines: the roofline's
+// or all within its first 2,048, the compare-only passes over a set's
+// member keys (min_key, the llama.cpp preset's smallest key when typical-p
+// dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
+// spread moments (squares in double) and an allowed-token bitmask (one word
+// in three partly cleared), and two baselines: the roofline's
 // streaming read (an Eigen sum compiled for the same instruction set) and a
 // plain memcpy of the row. The figures in docs/performance.md ("What each
 // pass costs") and in docs/architecture.md ("the scan") come from here:
@@ -98,6 +102,60 @@ void repetition_penalty(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(history.size()));
 }
 
+// A set over the whole row whose two scales differ (the llama.cpp preset
+// under a temperature), bounded below and above.
+nd::SetSpec member_set() {
+  nd::SetSpec set;
+  set.xmax = 20.0f;
+  set.dlo = 1.0f;
+  set.dhi = 25.0f;
+  set.key_scale = 1.25f;
+  return set;
+}
+
+void member_min_key(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  for (auto _ : state) benchmark::DoNotOptimize(k.min_key(seg, member_set()));
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void member_count_below(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  for (auto _ : state) benchmark::DoNotOptimize(k.count_key_below(seg, member_set(), 22.0f));
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void spread_moments(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  nd::SetSpec set = member_set();
+  set.key_scale = set.scale;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        k.moments(seg, set, 1.0f, nd::MomentKind::kSpread, nullptr, nullptr).sd2);
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+void allowed_mask(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  std::vector<int32_t> words(static_cast<size_t>((row.n + 31) / 32), -1);
+  for (size_t w = 0; w < words.size(); w += 3) words[w] = 0x0f0f0f0f;
+  for (auto _ : state) {
+    // (on a fresh copy each time: the row's values, not yet masked)
+    std::memcpy(row.copy.data(), row.x.data(), static_cast<size_t>(row.n) * sizeof(float));
+    k.allowed_mask(words.data(), 0, row.n, row.copy.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
 }  // namespace
 
 BENCHMARK(scan)->Arg(32000)->Arg(128256);
@@ -105,5 +163,9 @@ BENCHMARK(copying_scan)->Arg(32000)->Arg(128256);
 BENCHMARK(streaming_read)->Arg(32000)->Arg(128256);
 BENCHMARK(copy)->Arg(32000)->Arg(128256);
 BENCHMARK(repetition_penalty)->Args({128256, 0})->Args({128256, 2048});
+BENCHMARK(member_min_key)->Arg(128256);
+BENCHMARK(member_count_below)->Arg(128256);
+BENCHMARK(spread_moments)->Arg(128256);
+BENCHMARK(allowed_mask)->Arg(128256);
 
 BENCHMARK_MAIN();

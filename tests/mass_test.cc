@@ -182,3 +182,39 @@ TEST(MemberKeys, SmallestKeyAndCountBelow) {
 
 }  // namespace
 }  // namespace nucleus
+
+namespace nucleus {
+namespace {
+
+// The allowed-token bitmask's kernel, on every instruction set: a token
+// whose bit is clear becomes -inf, every other keeps its value (its bits:
+// -0, denormals, infinities and NaN included), over a range that starts
+// past 0 and ends inside a word.
+TEST(AllowedMask, ClearedBitsAreMinusInfinityAndTheRestUnchanged) {
+  constexpr int64_t kVocab = 32 * 40 + 13;
+  std::vector<int32_t> words(40 + 1);
+  uint32_t state = 99;
+  for (int32_t& w : words) {
+    state = state * 1664525u + 1013904223u;
+    w = static_cast<int32_t>(state);
+  }
+  words[3] = -1;  // all allowed
+  words[4] = 0;   // none
+  std::vector<float> row(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) row[i] = static_cast<float>(i % 97) - 48.5f;
+  row[64] = -0.0f, row[65] = std::numeric_limits<float>::denorm_min();
+  row[66] = std::numeric_limits<float>::infinity(), row[67] = std::nanf("");
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    std::vector<float> out = row;
+    detail::kernels_for(isa).allowed_mask(words.data(), 64, kVocab, out.data());
+    for (int64_t i = 0; i < kVocab; ++i) {
+      const bool allowed = i < 64 || ((static_cast<uint32_t>(words[i / 32]) >> (i % 32)) & 1u);
+      const float want = allowed ? row[i] : -std::numeric_limits<float>::infinity();
+      ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(want)) << "token " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nucleus

@@ -43,3 +43,4 @@ TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, flo
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
                     int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                     const RowChanges* changes);
+void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row);

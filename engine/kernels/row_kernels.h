@@ -353,6 +353,10 @@ struct Kernels {
   void (*repeat_penalty)(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
                          int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                          const RowChanges* changes);
+  // An allowed-token bitmask (bit i % 32 of words[i / 32] set: token i
+  // allowed) over row[lo, hi) (lo a multiple of 32): each token whose bit
+  // is clear becomes -inf, the others stay as they are.
+  void (*allowed_mask)(const int32_t* words, int64_t lo, int64_t hi, float* row);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

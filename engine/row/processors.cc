@@ -31,8 +31,11 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
     row[t] = v;
   };
 
-  // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32).
-  if (!r.allowed_mask.empty()) {
+  // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32). (Without
+  // notes, which a mask never keeps, the kernel's vector select.)
+  if (!r.allowed_mask.empty() && !noted.block_max) {
+    k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
+  } else if (!r.allowed_mask.empty()) {
     for (int64_t w = lo / 32; w * 32 < hi; ++w) {
       const auto bits = static_cast<uint32_t>(r.allowed_mask[static_cast<size_t>(w)]);
       if (bits == 0xFFFFFFFFu) continue;
