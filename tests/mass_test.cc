@@ -132,13 +132,17 @@ namespace {
 // answers over the members, whatever the bounds, the scales, the tail after
 // the last packet and pass block, and masked (-inf) tokens.
 TEST(MemberKeys, SmallestKeyAndCountBelow) {
+  // Each 512-token block 6 lower than the one before (keys from ~0, ~6, ~12,
+  // ~18 up), so that passes given the scan's block maxima skip blocks.
   std::vector<float> x(3 * 512 + 77);
   uint32_t state = 12345;
-  for (float& v : x) {
+  for (size_t i = 0; i < x.size(); ++i) {
     state = state * 1664525u + 1013904223u;
-    v = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 20.0f - 10.0f;
+    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 20.0f - 10.0f -
+           6.0f * static_cast<float>(i / 512);
   }
   x[100] = x[1600] = -std::numeric_limits<float>::infinity();
+  std::vector<float> maxima(detail::block_count(static_cast<int64_t>(x.size())));
   detail::Segment s;
   s.x = x.data();
   s.n = static_cast<int64_t>(x.size());
@@ -147,32 +151,38 @@ TEST(MemberKeys, SmallestKeyAndCountBelow) {
   for (Isa isa : runnable_isas()) {
     SCOPED_TRACE(isa_name(isa));
     const detail::Kernels& k = detail::kernels_for(isa);
-    for (const float key_scale : {1.0f, 1.7f}) {
-      for (const auto& [lo, hi] : {std::pair{0.0f, detail::kMaxFloat}, std::pair{3.0f, 7.5f},
-                                   std::pair{19.9f, 25.0f}, std::pair{30.0f, 40.0f}}) {
-        set.dlo = lo, set.dhi = hi, set.key_scale = key_scale;
-        float want = std::numeric_limits<float>::infinity();
-        for (float v : x) {
-          const float d = (set.xmax - v) * set.scale;
-          if (d >= lo && d <= hi) want = std::min(want, (set.xmax - v) * key_scale);
-        }
-        EXPECT_EQ(k.min_key(s, set), want)
-            << "d in [" << lo << ", " << hi << "], scale " << key_scale;
-        // count_key_below (the ranks' pass) over the same members.
-        for (const float below : {0.0f, 2.5f, 11.0f, 40.0f}) {
-          int64_t count = 0;
+    k.max_stats(x.data(), s.n, maxima.data());
+    for (const bool with_maxima : {false, true}) {
+      SCOPED_TRACE(with_maxima ? "with block maxima" : "without block maxima");
+      s.bmax = with_maxima ? maxima.data() : nullptr;
+      for (const float key_scale : {1.0f, 1.7f}) {
+        for (const auto& [lo, hi] : {std::pair{0.0f, detail::kMaxFloat}, std::pair{3.0f, 7.5f},
+                                     std::pair{19.9f, 25.0f}, std::pair{30.0f, 40.0f}}) {
+          set.dlo = lo, set.dhi = hi, set.key_scale = key_scale;
+          float want = std::numeric_limits<float>::infinity();
           for (float v : x) {
             const float d = (set.xmax - v) * set.scale;
-            count += (d >= lo && d <= hi && (set.xmax - v) * key_scale < below) ? 1 : 0;
+            if (d >= lo && d <= hi) want = std::min(want, (set.xmax - v) * key_scale);
           }
-          EXPECT_EQ(k.count_key_below(s, set, below), count)
-              << "d in [" << lo << ", " << hi << "], scale " << key_scale << ", below " << below;
+          EXPECT_EQ(k.min_key(s, set), want)
+              << "d in [" << lo << ", " << hi << "], scale " << key_scale;
+          // count_key_below (the ranks' pass) over the same members.
+          for (const float below : {0.0f, 2.5f, 11.0f, 15.0f, 40.0f, 1e30f}) {
+            int64_t count = 0;
+            for (float v : x) {
+              const float d = (set.xmax - v) * set.scale;
+              count += (d >= lo && d <= hi && (set.xmax - v) * key_scale < below) ? 1 : 0;
+            }
+            EXPECT_EQ(k.count_key_below(s, set, below), count)
+                << "d in [" << lo << ", " << hi << "], scale " << key_scale << ", below " << below;
+          }
         }
       }
     }
+    s.bmax = nullptr;
     // The smallest member in the tail, past every whole packet and block.
     std::vector<float> tail = x;
-    tail.back() = 9.9995f;
+    tail.back() = 9.9995f;  // (in the last block, whose values lie below -8)
     s.x = tail.data();
     set.dlo = 0.0f, set.dhi = detail::kMaxFloat, set.key_scale = 1.0f;
     EXPECT_EQ(k.min_key(s, set), 10.0f - 9.9995f);

@@ -625,15 +625,16 @@ namespace {
 
 // The members' keys of a segment, a packet at a time, formed in registers
 // from the values (the bits of BlockKeys: d = (xmax - x) * scale, key =
-// (xmax - x) * key_scale): packet(key, member mask) for each whole packet of
-// the blocks that may hold members, one(key, member) for each token after
-// the last whole packet of a block; packets alternate between two chains
+// (xmax - x) * key_scale), in the blocks that may hold members with key <=
+// bound (block_above): packet(key, member mask) for each whole packet,
+// one(key, member) for each token after the last whole packet of a block;
+// packets alternate between two chains
 // (packet(chain, ...), chain a std::integral_constant 0 or 1), so that a
 // caller's accumulation does not wait on its own latency. Through BlockKeys
 // (distances stored and read back) and a scalar loop, min_key took 104-172
 // us over a 128256 row and count_key_below 18-26; so, 9-12 each.
 template <typename Packets, typename Tail>
-void member_keys(const Segment& s, const SetSpec& set, Packets&& packet, Tail&& one) {
+void member_keys(const Segment& s, const SetSpec& set, float bound, Packets&& packet, Tail&& one) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kP = ei::packet_traits<float>::size;
@@ -643,7 +644,7 @@ void member_keys(const Segment& s, const SetSpec& set, Packets&& packet, Tail&& 
   const bool same = set.key_scale == set.scale;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    if (block_empty(s, j0, set)) continue;
+    if (block_above(s, j0, set, bound)) continue;
     const float* x = s.x + j0;
     auto at = [&](auto chain, int64_t j) {
       const Packet diff = ei::psub(pxmax, ei::ploadu<Packet>(x + j));
@@ -671,7 +672,7 @@ float min_key(const Segment& s, const SetSpec& set) {
   Packet acc[2] = {pinf, pinf};
   float best = kInf;
   member_keys(
-      s, set,
+      s, set, kInf,
       [&](auto chain, const Packet& key, const Packet& in) {
         acc[chain] = ei::pmin(acc[chain], ei::pselect(in, key, pinf));
       },
@@ -685,8 +686,11 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
   const Packet pkey = ei::pset1<Packet>(key);
   LaneCount lanes[2];
   int64_t count = 0;
+  // (only blocks whose max's key is below `key` can hold a member below it:
+  // on a peaked row, where a sampled token is one of the few near the top,
+  // a handful of blocks)
   member_keys(
-      s, set,
+      s, set, std::nextafter(key, -kInf),
       [&](auto chain, const Packet& k, const Packet& in) {
         lanes[chain].add(ei::pand(in, ei::pcmp_lt(k, pkey)));
       },
