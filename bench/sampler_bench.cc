@@ -21,6 +21,13 @@
 // worker to another arena only after a while, so own_arena's calls start
 // without the engine's other threads.
 //
+// params/<name>/128256/1/f32/1 time parameter sets the grid's seven
+// configurations leave out (one LM-like row, one thread, full sampling's
+// request changed): temperature 0.8 with and without logprobs, the
+// llama.cpp and vllm presets, top-n-sigma, top_logprobs (with their ranks),
+// an allowed-token mask (one word in three partly cleared), alone and with
+// top-p (docs/performance.md, "Paths the benchmark grid does not time").
+//
 // fork_join/{alone,split}/128256 time the softmax floor's exp-sum over half
 // of one row on the calling thread (alone), and over the whole row in two
 // halves run by a tbb::parallel_for with a static partitioner in a 2-thread
@@ -142,6 +149,88 @@ void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, i
   set_counters(state, ws[0]);
 }
 
+// The parameter sets of params/...: each changes full sampling's request.
+struct ParamSet {
+  const char* name;
+  void (*change)(nucleus::RowRequest& r);
+};
+// An allowed-token mask for 128256 tokens, one word in three partly cleared.
+std::span<const int32_t> partial_mask() {
+  static const std::vector<int32_t> words = [] {
+    std::vector<int32_t> w((128256 + 31) / 32, -1);
+    for (size_t i = 0; i < w.size(); i += 3) w[i] = 0x0f0f0f0f;
+    return w;
+  }();
+  return words;
+}
+constexpr ParamSet kParamSets[] = {
+    {"t0.8", [](nucleus::RowRequest& r) { r.params.temperature = 0.8f; }},
+    {"t0.8-logprobs",
+     [](nucleus::RowRequest& r) {
+       r.params.temperature = 0.8f;
+       r.params.logprobs = true;
+     }},
+    {"t0.8-vllm",
+     [](nucleus::RowRequest& r) {
+       r.params.temperature = 0.8f;
+       r.params.preset = nucleus::Preset::kVLLM;
+     }},
+    {"t0.8-llama",
+     [](nucleus::RowRequest& r) {
+       r.params.temperature = 0.8f;
+       r.params.preset = nucleus::Preset::kLlamaCpp;
+     }},
+    {"minp-llama",
+     [](nucleus::RowRequest& r) {
+       r.params.min_p = 0.05f;
+       r.params.preset = nucleus::Preset::kLlamaCpp;
+     }},
+    {"topnsigma", [](nucleus::RowRequest& r) { r.params.top_n_sigma = 1.0f; }},
+    {"topnsigma-llama",
+     [](nucleus::RowRequest& r) {
+       r.params.top_n_sigma = 1.0f;
+       r.params.preset = nucleus::Preset::kLlamaCpp;
+     }},
+    {"top-logprobs5",
+     [](nucleus::RowRequest& r) {
+       r.params.logprobs = true;
+       r.params.top_logprobs = 5;
+     }},
+    {"top-logprobs5-raw-t0.8",
+     [](nucleus::RowRequest& r) {
+       r.params.temperature = 0.8f;
+       r.params.logprobs = true;
+       r.params.top_logprobs = 5;
+       r.params.logprobs_mode = nucleus::LogprobsMode::kRaw;
+     }},
+    {"mask", [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }},
+    {"mask-topp",
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = partial_mask();
+       r.params.top_p = 0.9f;
+     }},
+};
+
+void params_case(benchmark::State& state, const ParamSet* set) {
+  const std::span<const nb::Workload> ws = workloads(state, 128256, 1, nucleus::DType::kFloat32);
+  if (ws.empty()) return;
+  std::vector<std::vector<nucleus::RowRequest>> requests;
+  for (const nb::Workload& w : ws) {
+    requests.push_back(nb::make_requests(nb::Config::kFull, w, false));
+    for (nucleus::RowRequest& r : requests.back()) set->change(r);
+  }
+  std::vector<nucleus::RowResult> results(1);
+  nucleus::Engine engine({.max_threads = 1, .seed = 1});
+  size_t i = 0;
+  for (auto _ : state) {
+    const size_t k = i++ % ws.size();
+    const nucleus::Status s = engine.sample(ws[k].view(), requests[k], results);
+    if (!s.ok()) state.SkipWithError(s.message().c_str());
+    benchmark::DoNotOptimize(results.data());
+  }
+  set_counters(state, ws[0]);
+}
+
 enum class HostWork { kNone, kOwnArena, kEngineExecute };
 
 void arena_switch_case(benchmark::State& state, HostWork host) {
@@ -235,6 +324,11 @@ void register_grid() {
         }
       }
     }
+  }
+  for (const ParamSet& set : kParamSets) {
+    benchmark::RegisterBenchmark(join({"params", set.name, "128256/1/f32/1"}).c_str(), params_case,
+                                 &set)
+        ->UseRealTime();
   }
   if (all > 1) {
     for (auto [name, host] :
