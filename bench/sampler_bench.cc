@@ -96,14 +96,11 @@ void set_counters(benchmark::State& state, const nb::Workload& w) {
   state.SetBytesProcessed(w.bytes() * state.iterations());
 }
 
-void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
-                  nucleus::DType dtype, int threads) {
-  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
-  if (ws.empty()) return;
-  std::vector<std::vector<nucleus::RowRequest>> requests;
-  for (const nb::Workload& w : ws) requests.push_back(nb::make_requests(config, w, false));
-  std::vector<nucleus::RowResult> results(static_cast<size_t>(batch));
-  nucleus::Engine engine({.max_threads = threads, .seed = 1});
+// Times engine.sample over the batches in turn (requests[k] for ws[k]).
+void time_sampling(benchmark::State& state, nucleus::Engine& engine,
+                   std::span<const nb::Workload> ws,
+                   const std::vector<std::vector<nucleus::RowRequest>>& requests,
+                   std::vector<nucleus::RowResult>& results) {
   size_t i = 0;
   for (auto _ : state) {
     const size_t k = i++ % ws.size();
@@ -112,6 +109,17 @@ void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int
     benchmark::DoNotOptimize(results.data());
   }
   set_counters(state, ws[0]);
+}
+
+void nucleus_case(benchmark::State& state, nb::Config config, int64_t vocab, int64_t batch,
+                  nucleus::DType dtype, int threads) {
+  const std::span<const nb::Workload> ws = workloads(state, vocab, batch, dtype);
+  if (ws.empty()) return;
+  std::vector<std::vector<nucleus::RowRequest>> requests;
+  for (const nb::Workload& w : ws) requests.push_back(nb::make_requests(config, w, false));
+  std::vector<nucleus::RowResult> results(static_cast<size_t>(batch));
+  nucleus::Engine engine({.max_threads = threads, .seed = 1});
+  time_sampling(state, engine, ws, requests, results);
 }
 
 void roofline_case(benchmark::State& state, int64_t vocab, int64_t batch, nucleus::DType dtype,
@@ -221,14 +229,7 @@ void params_case(benchmark::State& state, const ParamSet* set) {
   }
   std::vector<nucleus::RowResult> results(1);
   nucleus::Engine engine({.max_threads = 1, .seed = 1});
-  size_t i = 0;
-  for (auto _ : state) {
-    const size_t k = i++ % ws.size();
-    const nucleus::Status s = engine.sample(ws[k].view(), requests[k], results);
-    if (!s.ok()) state.SkipWithError(s.message().c_str());
-    benchmark::DoNotOptimize(results.data());
-  }
-  set_counters(state, ws[0]);
+  time_sampling(state, engine, ws, requests, results);
 }
 
 enum class HostWork { kNone, kOwnArena, kEngineExecute };

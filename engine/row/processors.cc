@@ -31,20 +31,9 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
     row[t] = v;
   };
 
-  // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32). (Without
-  // notes, which a mask never keeps, the kernel's vector select.)
-  if (!r.allowed_mask.empty() && !noted.block_max) {
-    k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
-  } else if (!r.allowed_mask.empty()) {
-    for (int64_t w = lo / 32; w * 32 < hi; ++w) {
-      const auto bits = static_cast<uint32_t>(r.allowed_mask[static_cast<size_t>(w)]);
-      if (bits == 0xFFFFFFFFu) continue;
-      const int64_t end = std::min<int64_t>(32, hi - w * 32);
-      for (int64_t b = 0; b < end; ++b) {
-        if (!((bits >> b) & 1u)) put(w * 32 + b, kNegInf);
-      }
-    }
-  }
+  // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32), a vector select
+  // (not noted: a row with a mask is scanned again whole).
+  if (!r.allowed_mask.empty()) k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
   // 2. Banned tokens.
   for (int32_t t : r.banned_tokens) {
     if (mine(t)) put(t, kNegInf);

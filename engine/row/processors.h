@@ -26,7 +26,9 @@ struct PenaltyScratch {
 
 // Applies every processor of `request` to the tokens [lo, hi) of `row` (the
 // whole row's floats) in SPEC order, leaving the others alone, and notes each
-// change in `changes` when given. lo and hi are multiples of 64 (or hi the
+// change in `changes` when given (never with an allowed-token mask, which
+// may change most of the row: the caller scans such a row again whole and
+// passes no `changes`). lo and hi are multiples of 64 (or hi the
 // row's end; with `changes`, of kChunk), so that calls on disjoint ranges
 // touch disjoint parts of the row and of the scratch and may run at once.
 // `unchanged`, when not null, holds the row as it was before any processor

@@ -204,10 +204,8 @@ class RowPipeline {
   bool frame_masses(const SetSpec& set, double* z, int64_t* count);
 
   bool unfiltered_raw_ = false;  // the processed row is the raw row
-  // The scan also forms each segment's masses in its own frame (full_sampling),
-  // from frame_set_'s scales.
+  // The scan also forms each segment's masses in its own frame (full_sampling).
   bool framed_ = false;
-  SetSpec frame_set_;
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
@@ -352,6 +350,10 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
   // Full sampling's mass pass, in each segment's own frame, run on the
   // segment just scanned (its values in this core's L1 and L2): one fork
   // and join a row instead of two when the row is split.
+  // (the set build() starts the filters from: every token, both scales the
+  // filters'; full sampling's stays so)
+  SetSpec whole_row;
+  whole_row.scale = whole_row.key_scale = filter_scale();
   auto frame_pass = [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
     const MaxStats& st = sc_.max_stats[i];
@@ -369,7 +371,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       seg.ahead_esize = esize;
     }
     sc_.seg_mass[i] =
-        run_.k->sum_mass(seg, frame_of(frame_set_, st.max), 0.0f, &sc_.seg_count[i], blocks);
+        run_.k->sum_mass(seg, frame_of(whole_row, st.max), 0.0f, &sc_.seg_count[i], blocks);
   };
   // (Split, the frame pass runs with each segment's scan, on its thread. On
   // one thread the row is scanned whole first: one row of 128256 took 4.5 %
@@ -862,11 +864,6 @@ bool RowPipeline::frame_masses(const SetSpec& set, double* z, int64_t* count) {
 Status RowPipeline::build(Distribution& dist, bool need_z) {
   candidates_ = false;
   framed_ = full_sampling();
-  if (framed_) {
-    frame_set_ = SetSpec{};
-    frame_set_.scale = filter_scale();
-    frame_set_.key_scale = frame_set_.scale;
-  }
   if (Status s = check_and_widen(dist, need_z); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
