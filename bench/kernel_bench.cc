@@ -7,13 +7,16 @@
 // member keys (min_key, the llama.cpp preset's smallest key when typical-p
 // dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
 // spread moments (squares in double) and an allowed-token bitmask (one word
-// in three partly cleared), and two baselines: the roofline's
+// in three partly cleared), the mass pass (sum_mass) beside the pivot
+// select's store pass and the wide-nucleus band pass (sum_mass_band), and
+// two baselines: the roofline's
 // streaming read (an Eigen sum compiled for the same instruction set) and a
 // plain memcpy of the row. The figures in docs/performance.md ("What each
 // pass costs") and in docs/architecture.md ("the scan") come from here:
 //   kernel_bench --benchmark_filter=/128256 --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -156,6 +159,67 @@ void allowed_mask(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * row.n * 4);
 }
 
+// The whole row as one set at temperature 1 (top-p's), its pivots a little
+// past the middle of the keys (where a wide nucleus's boundary falls).
+nd::SetSpec row_set(const Row& row) {
+  nd::SetSpec set;
+  set.xmax = *std::max_element(row.x.begin(), row.x.end());
+  return set;
+}
+constexpr float kPivotKeys[nd::kPivots] = {10.0f, 11.0f, 12.0f};
+
+// The mass pass alone (sum_mass: the masses and their sum, block by block).
+void mass_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  const nd::SetSpec set = row_set(row);
+  int64_t count = 0;
+  for (auto _ : state) benchmark::DoNotOptimize(k.sum_mass(seg, set, 0.0f, &count, nullptr));
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+// The pivot select's first pass: every key and mass stored, with the pivot
+// sums.
+void pivot_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  const nd::SetSpec set = row_set(row);
+  nd::AlignedVector<float> keys(static_cast<size_t>(row.n)), weights(static_cast<size_t>(row.n));
+  nd::KeyRule rule;
+  rule.mass_weight = true;
+  double sums[nd::kPivots];
+  int64_t counts[nd::kPivots];
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        k.store_keys(seg, set, rule, keys.data(), weights.data(), kPivotKeys, sums, counts));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+// A wide nucleus's pass (sum_mass_band): the mass, the mass at or before
+// the first pivot, and the members between the first and the last listed.
+void band_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  const nd::SetSpec set = row_set(row);
+  nd::AlignedVector<float> keys(static_cast<size_t>(row.n + 64));
+  nd::AlignedVector<float> weights(static_cast<size_t>(row.n + 64));
+  int64_t listed = 0, below_count = 0;
+  double below = 0.0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k.sum_mass_band(seg, set, 0.0f, kPivotKeys[0],
+                                             kPivotKeys[nd::kPivots - 1], keys.data(),
+                                             weights.data(), &listed, &below, &below_count));
+    benchmark::ClobberMemory();
+  }
+  state.counters["listed"] = static_cast<double>(listed);
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
 }  // namespace
 
 BENCHMARK(scan)->Arg(32000)->Arg(128256);
@@ -167,5 +231,8 @@ BENCHMARK(member_min_key)->Arg(128256);
 BENCHMARK(member_count_below)->Arg(128256);
 BENCHMARK(spread_moments)->Arg(128256);
 BENCHMARK(allowed_mask)->Arg(128256);
+BENCHMARK(mass_pass)->Arg(128256);
+BENCHMARK(pivot_pass)->Arg(128256);
+BENCHMARK(band_pass)->Arg(128256);
 
 BENCHMARK_MAIN();

@@ -28,6 +28,10 @@
 // an allowed-token mask (one word in three partly cleared), alone and with
 // top-p (docs/performance.md, "Paths the benchmark grid does not time").
 //
+// wide/<row>/{full,topp,typical}/128256/1/f32/1 time one row whose top-p
+// nucleus holds thousands of tokens (a Gaussian tail under one or five
+// dominant tokens), one thread (docs/performance.md, "Wide nuclei").
+//
 // fork_join/{alone,split}/128256 time the softmax floor's exp-sum over half
 // of one row on the calling thread (alone), and over the whole row in two
 // halves run by a tbb::parallel_for with a static partitioner in a 2-thread
@@ -43,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <random>
 #include <span>
 #include <string>
 #include <tuple>
@@ -232,6 +237,39 @@ void params_case(benchmark::State& state, const ParamSet* set) {
   time_sampling(state, engine, ws, requests, results);
 }
 
+// wide/...: rows whose top-p nucleus holds thousands of tokens, which the
+// LM-like rows never have: a Gaussian tail (sd 1 or 2) under one dominant
+// token 8 above, or five 12 above, and the parameters full sampling, top-p
+// 0.95 and typical-p 0.9 (the ratio to full sampling is what a wide
+// nucleus costs).
+struct WideRow {
+  const char* name;
+  double sd;
+  int dominant;
+  double gap;
+};
+constexpr WideRow kWideRows[] = {{"gauss1-one8", 1.0, 1, 8.0}, {"gauss2-five12", 2.0, 5, 12.0}};
+
+void wide_case(benchmark::State& state, const WideRow* row, nb::Config config) {
+  nb::Workload w;
+  w.rows = 1;
+  w.vocab = 128256;
+  w.f32.resize(static_cast<size_t>(w.vocab));
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (float& v : w.f32) v = static_cast<float>(row->sd * normal(rng));
+  for (int j = 0; j < row->dominant; ++j) {
+    w.f32[static_cast<size_t>(rng() % static_cast<uint64_t>(w.vocab))] =
+        static_cast<float>(row->gap + normal(rng));
+  }
+  const nb::Workload ws[] = {std::move(w)};
+  const std::vector<std::vector<nucleus::RowRequest>> requests = {
+      nb::make_requests(config, ws[0], false)};
+  std::vector<nucleus::RowResult> results(1);
+  nucleus::Engine engine({.max_threads = 1, .seed = 1});
+  time_sampling(state, engine, ws, requests, results);
+}
+
 enum class HostWork { kNone, kOwnArena, kEngineExecute };
 
 void arena_switch_case(benchmark::State& state, HostWork host) {
@@ -330,6 +368,14 @@ void register_grid() {
     benchmark::RegisterBenchmark(join({"params", set.name, "128256/1/f32/1"}).c_str(), params_case,
                                  &set)
         ->UseRealTime();
+  }
+  for (const WideRow& row : kWideRows) {
+    for (nb::Config config : {nb::Config::kFull, nb::Config::kTopP, nb::Config::kTypical}) {
+      benchmark::RegisterBenchmark(
+          join({"wide", row.name, nb::config_name(config), "128256/1/f32/1"}).c_str(), wide_case,
+          &row, config)
+          ->UseRealTime();
+    }
   }
   if (all > 1) {
     for (auto [name, host] :

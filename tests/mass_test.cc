@@ -190,6 +190,77 @@ TEST(MemberKeys, SmallestKeyAndCountBelow) {
   }
 }
 
+// top-p's wide-nucleus pass (sum_mass_band), on every instruction set: the
+// total is sum_mass's to the bit; the members with d <= lo are counted
+// exactly and their masses totalled; those in (lo, hi] are listed in token
+// order with d as its key and the mass entry_masses gives it, to the bit.
+// Sets with and without bounds, k0 = 0 and not, two scales (the forms the
+// pass takes), over a row with -inf tokens, a tail past the last block and
+// blocks that hold no member.
+TEST(Band, TotalsBelowAndListsTheBand) {
+  std::vector<float> x(5 * 512 + 77);
+  uint32_t state = 777;
+  for (size_t i = 0; i < x.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
+  }
+  x[3] = x[700] = x.back() = -std::numeric_limits<float>::infinity();
+  for (size_t i = 1024; i < 1536; ++i) x[i] -= 200.0f;  // a block past every set below
+  std::vector<float> maxima(detail::block_count(static_cast<int64_t>(x.size())));
+  const auto n = static_cast<int64_t>(x.size());
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    k.max_stats(x.data(), n, maxima.data());
+    const detail::Segment s{x.data(), nullptr, n, 0, maxima.data(), nullptr};
+    struct Case {
+      float dlo, dhi, scale, k0, lo, hi;
+    };
+    for (const Case c :
+         {Case{0.0f, detail::kMaxFloat, 1.0f, 0.0f, 5.0f, 9.0f},
+          Case{0.0f, detail::kMaxFloat, 0.7f, 0.0f, 1.0f, 15.5f},
+          Case{0.0f, 20.0f, 1.0f, 0.0f, 12.0f, 19.0f}, Case{2.0f, 21.0f, 1.3f, 2.0f, 8.0f, 8.5f},
+          Case{0.0f, 30.0f, 1.0f, 0.5f, 0.0f, 29.0f},
+          Case{0.0f, detail::kMaxFloat, 1.0f, 0.0f, 22.0f, 23.0f}}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "d in [" << c.dlo << ", " << c.dhi << "], scale " << c.scale << ", k0 "
+                   << c.k0 << ", band (" << c.lo << ", " << c.hi << "]");
+      detail::SetSpec set;
+      set.xmax = 12.0f;
+      set.dlo = c.dlo, set.dhi = c.dhi, set.scale = set.key_scale = c.scale;
+      std::vector<float> key(x.size() + 64), weight(x.size() + 64);
+      int64_t listed = -1, below_count = -1;
+      double below = -1.0;
+      const double total = k.sum_mass_band(s, set, c.k0, c.lo, c.hi, key.data(), weight.data(),
+                                           &listed, &below, &below_count);
+      int64_t members = 0;
+      EXPECT_EQ(total, k.sum_mass(s, set, c.k0, &members, nullptr));
+      // The scalar answer: each member's d and mass.
+      std::vector<detail::SelectEntry> under, band;
+      for (float v : x) {
+        const float d = (set.xmax - v) * set.scale;
+        if (!(d >= c.dlo && d <= c.dhi)) continue;
+        if (d <= c.lo) under.push_back(detail::SelectEntry{d, d - c.k0});
+        if (d > c.lo && d <= c.hi) band.push_back(detail::SelectEntry{d, d - c.k0});
+      }
+      k.entry_masses(under.data(), static_cast<int64_t>(under.size()));
+      k.entry_masses(band.data(), static_cast<int64_t>(band.size()));
+      double want_below = 0.0;
+      for (const detail::SelectEntry& e : under) want_below += e.weight;
+      EXPECT_EQ(below_count, static_cast<int64_t>(under.size()));
+      EXPECT_NEAR(below, want_below, 1e-6 * want_below);
+      ASSERT_EQ(listed, static_cast<int64_t>(band.size()));
+      ASSERT_GT(listed, 0);
+      int64_t differ = 0;
+      for (int64_t j = 0; j < listed; ++j) {
+        differ += key[j] != band[j].key;
+        differ += std::bit_cast<uint32_t>(weight[j]) != std::bit_cast<uint32_t>(band[j].weight);
+      }
+      EXPECT_EQ(differ, 0) << "of " << listed;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nucleus
 

@@ -5,7 +5,8 @@
 # reports rows/s for each; a bad --distinct is refused with exit status 2, and
 # batches too large for memory are not made (the benchmark skipped); with two
 # threads or more the arena-switch and fork-join benchmarks run; the
-# parameter sets the grid leaves out (params/...) run without an error.
+# parameter sets the grid leaves out (params/...) and the wide-nucleus
+# rows (wide/...) run without an error.
 # Usage: sampler_bench_test.sh SAMPLER_BENCH
 set -euo pipefail
 bench="$1"
@@ -63,17 +64,23 @@ for name, b in runs.items():
 print("sampler_bench: arena_switch and fork_join run")
 PY
 fi
-# The parameter sets the grid leaves out: every one runs, none with an
-# error (a request the engine refused would say so).
-json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
-  --benchmark_filter='^params/' 2>/dev/null)"
-/usr/bin/python3 - "$json" <<'PY'
+# Cases of one row each (filter, how many): every one runs, none with an
+# error (a request the engine refused would say so). The parameter sets the
+# grid leaves out, and the wide-nucleus rows (two rows x full, top-p,
+# typical-p).
+one_row_cases() {
+  json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
+    --benchmark_filter="$1" 2>/dev/null)"
+  /usr/bin/python3 - "$json" "$1" "$2" <<'PY'
 import json, sys
 runs = {b["name"]: b for b in json.loads(sys.argv[1])["benchmarks"]}
-assert len(runs) == 11, sorted(runs)
+assert len(runs) == int(sys.argv[3]), sorted(runs)
 for name, b in runs.items():
     assert name.endswith("/128256/1/f32/1/real_time"), name
     assert "error_occurred" not in b, (name, b)
     assert b["iterations"] >= 1 and b["rows/s"] > 0, (name, b)
-print("sampler_bench: 11 parameter sets run")
+print(f"sampler_bench: {len(runs)} cases {sys.argv[2]} run")
 PY
+}
+one_row_cases '^params/' 11
+one_row_cases '^wide/' 6

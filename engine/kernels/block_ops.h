@@ -482,6 +482,22 @@ enum class Extra {
   kHits,            // BlockHits: the members with d <= bound
   kEntropy,         // zd: Σ m (d - k0), the typical-p moment
   kEntropyAndHits,  // both (typical-p's gathering pass)
+  kBand,            // BandLanes: top-p's wide-nucleus pass (sum_mass_band)
+};
+
+// Extra::kBand's state across the blocks of a segment: the members with d <=
+// lo have their masses totalled (in double lanes, a group of packets at a
+// time, as the mass) and counted; those with lo < d <= hi have their keys
+// (d) and masses listed, in order, at key[n] / weight[n] (room for a packet
+// past the last).
+struct BandLanes {
+  float lo = 0.0f;
+  float hi = 0.0f;
+  float* key = nullptr;
+  float* weight = nullptr;
+  int64_t n = 0;
+  DoubleLanes below;
+  int64_t below_count = 0;
 };
 
 #if defined(__AVX512F__)
@@ -508,9 +524,11 @@ template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
           Extra kExtra = Extra::kNone, bool kOpenTop = false>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
-                                  EntropyLanes* sums = nullptr, float* e_store = nullptr) {
+                                  EntropyLanes* sums = nullptr, float* e_store = nullptr,
+                                  BandLanes* band = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits;
   constexpr bool kEntropy = kExtra == Extra::kEntropy || kExtra == Extra::kEntropyAndHits;
+  constexpr bool kBand = kExtra == Extra::kBand;
   static_assert(kExtra == Extra::kNone || kSameScale);
   static_assert(!kOpenTop || kPlain);
   namespace ei = Eigen::internal;
@@ -524,6 +542,15 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 partial = _mm512_setzero_ps();
   __m512 partial_zd = _mm512_setzero_ps();
+  __m512 partial_below = _mm512_setzero_ps();
+  // (Extra::kBand: the bounds as every form tests them, and the running
+  // counts in registers)
+  const __m512 pblo = _mm512_set1_ps(band ? band->lo : 0.0f);
+  const __m512 pbhi = _mm512_set1_ps(band ? band->hi : 0.0f);
+  const __m512 pnblo = _mm512_set1_ps(band ? -band->lo : 0.0f);
+  const __m512 pnbhi = _mm512_set1_ps(band ? -band->hi : 0.0f);
+  int64_t listed = band ? band->n : 0;
+  int64_t below_count = 0;
   DoubleLanes own_sum, own_zd;
   DoubleLanes& sum = kEntropy ? sums->z : own_sum;
   DoubleLanes& sum_zd = kEntropy ? sums->zd : own_zd;
@@ -595,12 +622,37 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
                               _mm512_mask_mov_ps(_mm512_set1_ps(kInf), live, ei::pnegate(arg)));
       }
     }
+    if constexpr (kBand) {
+      // (d is 0 - arg in the plain form, as the hits' keys below)
+      __mmask16 le, upto;
+      if constexpr (kOpenTop) {
+        le = _mm512_cmp_ps_mask(pnblo, arg, _CMP_LE_OQ);
+        upto = _mm512_cmp_ps_mask(pnbhi, arg, _CMP_LE_OQ);
+      } else if constexpr (kPlain) {
+        le = _mm512_mask_cmp_ps_mask(in, pnblo, arg, _CMP_LE_OQ);
+        upto = _mm512_mask_cmp_ps_mask(in, pnbhi, arg, _CMP_LE_OQ);
+      } else {
+        le = _mm512_mask_cmp_ps_mask(in, d, pblo, _CMP_LE_OQ);
+        upto = _mm512_mask_cmp_ps_mask(in, d, pbhi, _CMP_LE_OQ);
+      }
+      const auto between = static_cast<__mmask16>(upto & ~le);
+      partial_below = _mm512_mask_add_ps(partial_below, le, partial_below, mass);
+      below_count += __builtin_popcount(static_cast<unsigned>(le));
+      const __m512 key = kPlain ? _mm512_sub_ps(_mm512_setzero_ps(), arg) : d;
+      _mm512_storeu_ps(band->key + listed, _mm512_maskz_compress_ps(between, key));
+      _mm512_storeu_ps(band->weight + listed, _mm512_maskz_compress_ps(between, mass));
+      listed += __builtin_popcount(static_cast<unsigned>(between));
+    }
     if (++in_group == kGroup) {
       sum.add(partial);
       partial = _mm512_setzero_ps();
       if constexpr (kEntropy) {
         sum_zd.add(partial_zd);
         partial_zd = _mm512_setzero_ps();
+      }
+      if constexpr (kBand) {
+        band->below.add(partial_below);
+        partial_below = _mm512_setzero_ps();
       }
       in_group = 0;
     }
@@ -630,6 +682,11 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   if (in_group) {
     sum.add(partial);
     if constexpr (kEntropy) sum_zd.add(partial_zd);
+    if constexpr (kBand) band->below.add(partial_below);
+  }
+  if constexpr (kBand) {
+    band->n = listed;
+    band->below_count += below_count;
   }
   if constexpr (!kOpenTop) *members = count;
   if constexpr (kGather) {
@@ -862,25 +919,26 @@ struct Collected {
 template <Extra kExtra>
 inline double block_masses_for(const float* x, int64_t n, const SetSpec& set, float k0,
                                float* __restrict w, int64_t* members, BlockHits* hits,
-                               EntropyLanes* sums, float* e_store) {
+                               EntropyLanes* sums, float* e_store, BandLanes* band = nullptr) {
   if (set.dlo > 0.0f) {
     return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
-                                                                 sums, e_store);
+                                                                 sums, e_store, band);
   }
   if (k0 == 0.0f) {
-    if (set.dhi >= kUnderflow && (!hits || hits->bound <= set.dhi)) {
+    if (set.dhi >= kUnderflow && (!hits || hits->bound <= set.dhi) &&
+        (!band || band->hi <= set.dhi)) {
       return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
-                                     x, n, set, k0, w, members, hits, sums, e_store)
+                                     x, n, set, k0, w, members, hits, sums, e_store, band)
                                : block_masses_avx512<false, true, true, false, kExtra, true>(
-                                     x, n, set, k0, w, members, hits, sums, e_store);
+                                     x, n, set, k0, w, members, hits, sums, e_store, band);
     }
     return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
-                                   x, n, set, k0, w, members, hits, sums, e_store)
+                                   x, n, set, k0, w, members, hits, sums, e_store, band)
                              : block_masses_avx512<false, true, true, false, kExtra>(
-                                   x, n, set, k0, w, members, hits, sums, e_store);
+                                   x, n, set, k0, w, members, hits, sums, e_store, band);
   }
   return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
-                                                                sums, e_store);
+                                                                sums, e_store, band);
 }
 #endif
 

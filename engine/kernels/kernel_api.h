@@ -12,6 +12,9 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count, double* block_sums);
 double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
                        GatheredToken* out, int64_t* gathered);
+double sum_mass_band(const Segment& s, const SetSpec& set, float k0, float lo, float hi,
+                     float* out_key, float* out_weight, int64_t* listed, double* below,
+                     int64_t* below_count);
 float min_key(const Segment& s, const SetSpec& set);
 int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
 int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,

@@ -261,6 +261,16 @@ struct Kernels {
   // complete). Sets whose two scales agree only (key = d).
   double (*sum_mass_gather)(const Segment& s, const SetSpec& set, float k0, float bound,
                             int64_t cap, GatheredToken* out, int64_t* gathered);
+  // sum_mass (the total, returned) and, in the same read of each block, the
+  // mass of the members with key <= lo (*below, in double) and how many
+  // (*below_count), and the keys and masses of the members with lo < key <=
+  // hi, in order, into out_key / out_weight (room for every token of the
+  // segment and a packet, 64 floats, past it; *listed says how many). The
+  // masses are those every pass computes. Sets whose two scales agree only
+  // (key = d).
+  double (*sum_mass_band)(const Segment& s, const SetSpec& set, float k0, float lo, float hi,
+                          float* out_key, float* out_weight, int64_t* listed, double* below,
+                          int64_t* below_count);
   // Smallest key over members (kInf when none).
   float (*min_key)(const Segment& s, const SetSpec& set);
   // Members whose key is strictly below `key`.

@@ -334,6 +334,97 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   return true;
 }
 
+// What the sample says of top-p's nucleus (estimate_nucleus).
+struct NucleusEstimate {
+  bool large = false;      // far more tokens than the fast path gathers
+  float heavy_key = 0.0f;  // the sample's kHeavySamples-th smallest key
+  // The mass at or before it: the block maxima's there (exact, one token a
+  // block), and that plus the sample's estimate of the other tokens there
+  // (which a heavy token caught by the sample makes far too large).
+  double heavy_lo = 0.0, heavy_hi = 0.0;
+  double light = 0.0;      // the mass past it (the sample's)
+  bool estimated = false;  // the above are set
+};
+
+// Whether the nucleus looks far larger than the fast path below gathers (a
+// flat tail whose many light tokens hold most of the mass): the sampled
+// mass past the sample's kHeavySamples-th smallest key (past the ~2048
+// heaviest tokens) is more than 1.5 times (1 - p) of the total. The mass at or
+// before that key is the block maxima's there, exactly (the scan's maxima
+// read as a row of their own), and the sample's for the other tokens: a
+// heavy token the 1-in-128 sample caught would count 128 times, one it
+// missed not at all. Without this, such a row paid the fast path's two
+// gathers of tens of thousands of tokens before the pivot select (top-p
+// 0.95 over a Gaussian tail: 262 against 112 us). Only an estimate: either
+// path is exact.
+NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpec& set,
+                                 const KeyRule& rule, double fraction, double sample_mass,
+                                 SelectScratch& sc, const Runner& run) {
+  NucleusEstimate est;
+  constexpr size_t kHeavySamples = 16;
+  constexpr int64_t stride = kNucleusSampleStride;
+  const double share = 1.5 * (1.0 - fraction);
+  if (!(share < 1.0) || sc.samples.size() <= kHeavySamples) return est;
+  for (const Segment& seg : segments) {
+    if (!seg.bmax || !(seg.sample || seg.x)) return est;
+  }
+  // (the max, a member at d = 0 when dlo is 0, weighs exp(d0): a sampled
+  // mass this light against it cannot be the larger share)
+  const double all = static_cast<double>(stride) * sample_mass;
+  if (set.dlo == 0.0f && all * (1.0 - share) <= share * std::exp(static_cast<double>(rule.d0))) {
+    return est;
+  }
+  const float heavy_key = kth_smallest(sc.samples, kHeavySamples);
+  // The sampled tokens at or before that key (those the sample took, every
+  // stride-th from each segment's start): the ones that are not their
+  // block's maximum from the front of the list, the others from its back.
+  std::vector<SelectEntry>& heavy = sc.list;  // (free until the gather)
+  heavy.resize(sc.samples.size());
+  size_t others = 0, maxima_at = heavy.size();
+  for (const Segment& seg : segments) {
+    for (int64_t j = 0; j * stride < seg.n && others < maxima_at; ++j) {
+      const float x = seg.sample ? seg.sample[j] : seg.x[j * stride];
+      const float d = distance(x, set);
+      if (!is_member(d, set) || !(d <= heavy_key)) continue;
+      const SelectEntry e{d, d - rule.d0};
+      if (x == seg.bmax[j * stride / kPassBlock]) {
+        heavy[--maxima_at] = e;
+      } else {
+        heavy[others++] = e;
+      }
+    }
+  }
+  run.k->entry_masses(heavy.data(), static_cast<int64_t>(others));
+  run.k->entry_masses(heavy.data() + maxima_at, static_cast<int64_t>(heavy.size() - maxima_at));
+  double sampled_others = 0.0, sampled_maxima = 0.0;
+  for (size_t i = 0; i < others; ++i) sampled_others += heavy[i].weight;
+  for (size_t i = maxima_at; i < heavy.size(); ++i) sampled_maxima += heavy[i].weight;
+  SetSpec heavy_set = set;
+  heavy_set.dhi = std::min(set.dhi, heavy_key);
+  double maxima = 0.0;
+  for (const Segment& seg : segments) {
+    int64_t unused = 0;
+    maxima += run.k->sum_mass(Segment{seg.bmax, nullptr, block_count(seg.n), 0}, heavy_set, rule.d0,
+                              &unused, nullptr);
+  }
+  est.heavy_key = heavy_key;
+  // (more sampled tokens at or before heavy_key than the kHeavySamples + 1
+  // distinct keys would give, by a margin, are ties: many tokens share the
+  // maximum's value, or a few values, and a block's maximum is then not one
+  // token; the sample counts them as it counts the others)
+  constexpr size_t kTieMargin = 4;
+  if (others + (heavy.size() - maxima_at) > kHeavySamples + 1 + kTieMargin) {
+    est.heavy_lo = est.heavy_hi = static_cast<double>(stride) * (sampled_others + sampled_maxima);
+  } else {
+    est.heavy_lo = maxima;
+    est.heavy_hi = maxima + static_cast<double>(stride) * sampled_others;
+  }
+  est.light = std::max(0.0, all - static_cast<double>(stride) * (sampled_others + sampled_maxima));
+  est.estimated = true;
+  est.large = est.light > share * (est.heavy_lo + est.light);
+  return est;
+}
+
 // top-p over a large set whose nucleus is small (the peaked rows of LM
 // decoding): the sample's mass, scaled up, estimates the total Z; when p Z
 // cannot need more than kFastNucleusMax tokens, the members with the smallest
@@ -342,7 +433,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
 // Otherwise (or when the sample misleads) the histogram path takes over.
 bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
                           const KeyRule& rule, double fraction, SelectScratch& sc,
-                          const Runner& run, SelectResult& result) {
+                          const Runner& run, SelectResult& result, NucleusEstimate& est) {
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
   if (!rule.mass_weight || !rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
@@ -352,7 +443,14 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   constexpr auto stride = static_cast<double>(kNucleusSampleStride);
   double sample_mass = 0.0;
   sample_member_keys(segments, set, rule, kNucleusSampleStride, sc.samples, run, &sample_mass);
-  if (fraction * sample_mass * stride > kFastNucleusMax) return false;
+  est = estimate_nucleus(segments, set, rule, fraction, sample_mass, sc, run);
+  // (p Z tokens at least, each of mass 1 at most: a nucleus too large for
+  // this path whatever the estimate says, when it could say anything)
+  if (fraction * sample_mass * stride > kFastNucleusMax) {
+    est.large = est.estimated;
+    return false;
+  }
+  if (est.large) return false;
 
   // Gather about eight times the tokens the estimate needs (the estimate
   // misses the few heaviest tokens, which only makes the nucleus smaller).
@@ -505,6 +603,247 @@ bool typical_moments(std::span<const Segment> segments, const SetSpec& set, floa
   return true;
 }
 
+namespace {
+
+// kPivots pivots at the quartiles of `sample` (which is sorted); false when
+// it holds fewer than four keys.
+bool quartiles(std::vector<float>& sample, float* pivots) {
+  if (sample.size() < 4) return false;
+  std::sort(sample.begin(), sample.end());
+  for (int i = 0; i < kPivots; ++i) {
+    pivots[i] = sample[sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
+  }
+  return true;
+}
+
+// Pivots from a sample of the entries of k[0, size) in (from, to].
+bool pick_pivots(const float* k, int64_t size, float from, float to, SelectScratch& sc,
+                 float* pivots) {
+  const int64_t stride = std::max<int64_t>(1, size / kPivotSample);
+  sc.pivot_sample.clear();
+  for (int64_t j = 0; j < size; j += stride) {
+    if (k[j] > from && k[j] <= to) sc.pivot_sample.push_back(k[j]);
+  }
+  return quartiles(sc.pivot_sample, pivots);
+}
+
+// The pivot select's rounds over entries (key, weight)[0, n) whose interval
+// (lo, hi] holds the boundary (cum: the weight of the entries at or below
+// lo, `below` how many; none of them is among the n). `pivots`, with their
+// sums and counts over the n entries, come from the pass that formed them,
+// or, when `pivots` is null, from a sample of them and a copy that totals
+// them. Each round copies the part between two pivots that holds the
+// boundary into sc.interval_keys / interval_weights (room for n + 64) and,
+// in the same read, totals the next pivots (a sample of the part); below
+// kPivotRefineBelow entries, refine finishes. False when the rounds stop
+// shrinking the part (a run of equal keys).
+bool narrow_to_boundary(const float* key, const float* weight, int64_t n, float lo, float hi,
+                        double cum, int64_t below, const float* given_pivots,
+                        const double* given_sums, const int64_t* given_counts, double target,
+                        SelectScratch& sc, const Runner& run, SelectResult& result) {
+  float* out_key = sc.interval_keys.data();
+  float* out_weight = sc.interval_weights.data();
+  float pivots[kPivots];
+  double sums[kPivots];
+  int64_t counts[kPivots];
+  if (given_pivots) {
+    std::copy_n(given_pivots, kPivots, pivots);
+    std::copy_n(given_sums, kPivots, sums);
+    std::copy_n(given_counts, kPivots, counts);
+  } else {
+    if (!pick_pivots(key, n, lo, hi, sc, pivots)) return false;
+    n = run.k->keep_and_sum(key, weight, n, lo, hi, pivots, out_key, out_weight, sums, counts);
+    key = out_key;
+    weight = out_weight;
+  }
+  for (bool first = true;; first = false) {
+    // The first pivot whose cumulative weight reaches the target closes the
+    // new interval; the one before it opens it. (The sums count the entries
+    // in (lo, pivot]: none of the n lies at or below lo.)
+    float new_lo = lo, new_hi = hi;
+    double new_cum = cum;
+    int64_t new_below = below;
+    for (int i = 0; i < kPivots; ++i) {
+      if (cum + sums[i] >= target) {
+        new_hi = std::min(hi, pivots[i]);
+        break;
+      }
+      new_lo = pivots[i];
+      new_cum = cum + sums[i];
+      new_below = below + counts[i];
+    }
+    const bool more = pick_pivots(key, n, new_lo, new_hi, sc, pivots);
+    const int64_t kept = run.k->keep_and_sum(
+        key, weight, n, new_lo, new_hi, more ? pivots : nullptr, out_key, out_weight, sums, counts);
+    if (kept >= n && !first) return false;  // no progress: a run of equal keys
+    key = out_key;
+    weight = out_weight;
+    n = kept;
+    lo = new_lo;
+    hi = new_hi;
+    cum = new_cum;
+    below = new_below;
+    if (n <= kPivotRefineBelow) break;
+    if (!more) return false;  // a long interval the sample cannot split
+  }
+  sc.list.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) sc.list[static_cast<size_t>(j)] = SelectEntry{key[j], weight[j]};
+  result = refine(sc.list, sc, true, cum, below, target, kLevel1Shift);
+  return true;
+}
+
+void reserve_intervals(int64_t n, SelectScratch& sc) {
+  if (sc.interval_keys.size() < static_cast<size_t>(n + 64)) {
+    sc.interval_keys.resize(static_cast<size_t>(n + 64));
+    sc.interval_weights.resize(static_cast<size_t>(n + 64));
+  }
+}
+
+}  // namespace
+
+// top-p whose nucleus holds thousands of tokens (est.large): the sampled
+// tail's masses, by key, place a band of keys around the boundary: its deep
+// end where the sampled tail holds (1 - p) of the smaller estimate of the
+// total, less three standard errors, its near end where it holds that of
+// the larger, plus three. One pass over the row, a segment per thread
+// (sum_mass_band), totals the mass and the mass before the band and lists
+// the band's keys and masses; the pivot rounds (or refine, on a short list)
+// finish on that list. Against the pivot select: no pass that stores every
+// key and weight, on one thread, and no rounds over the whole row (top-p
+// 0.95 over a Gaussian tail, one 128256 row, 112 -> 66 us;
+// docs/performance.md). False when the boundary falls outside the band
+// (the estimate missed: the pivot select then takes over, after one pass
+// more) or there is nothing to place it by.
+bool large_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
+                          const KeyRule& rule, double fraction, const NucleusEstimate& est,
+                          SelectScratch& sc, const Runner& run, SelectResult& result) {
+  constexpr int64_t kBuckets = 256;
+  constexpr auto stride = static_cast<double>(kNucleusSampleStride);
+  // The total lies between these, give or take the sample's error.
+  const double z_lo = est.heavy_lo + est.light;
+  const double z_hi = est.heavy_hi + est.light;
+  const double tail = (1.0 - fraction) * z_lo;
+  if (!(tail > 0.0) || !(est.light > 0.0)) return false;
+  // The sampled tokens past heavy_key, their masses by key: kBuckets of
+  // equal width up to the largest sampled key.
+  float top = est.heavy_key;
+  std::vector<SelectEntry>& light = sc.list;
+  light.clear();
+  for (const float k : sc.samples) {
+    if (!(k > est.heavy_key)) continue;
+    light.push_back(SelectEntry{k, k - rule.d0});
+    top = std::max(top, k);
+  }
+  const float scale = static_cast<float>(kBuckets) / (top - est.heavy_key);
+  if (!(scale > 0.0f && scale < kInf)) return false;
+  run.k->entry_masses(light.data(), static_cast<int64_t>(light.size()));
+  double mass[kBuckets] = {};
+  double square[kBuckets] = {};
+  double light_mass = 0.0, light_square = 0.0;
+  for (const SelectEntry& e : light) {
+    const auto b =
+        std::min<int64_t>(kBuckets - 1, static_cast<int64_t>((e.key - est.heavy_key) * scale));
+    const auto w = static_cast<double>(e.weight);
+    mass[b] += w;
+    square[b] += w * w;
+    light_mass += w;
+    light_square += w * w;
+  }
+  if (!(light_mass > 0.0)) return false;
+  auto edge = [&](int64_t b) { return est.heavy_key + static_cast<float>(b) / scale; };
+  // From the deepest bucket up: the bucket where the sampled tail first
+  // reaches (1 - p) of the smaller total less delta (the band's deep end,
+  // hi) and where it reaches (1 - p) of the larger total plus delta (its
+  // near end, lo), delta three standard errors of the sampled sums (sqrt(Σ
+  // m^2) / Σ m of the sampled masses: the tail's, and the light part's of
+  // the total) and a little more.
+  const double z_error = std::sqrt(light_square) / light_mass * (est.light / z_lo);
+  int64_t b_far = -1;
+  double cum = 0.0, cum_square = 0.0;
+  for (int64_t b = kBuckets - 1; b >= 0 && b_far < 0; --b) {
+    cum += stride * mass[b];
+    cum_square += stride * stride * square[b];
+    if (cum >= tail) b_far = b;
+  }
+  if (b_far < 0 || !(cum > 0.0)) return false;
+  const double delta = 3.0 * (std::sqrt(cum_square) / cum + z_error) + 0.02;
+  const double far = tail * (1.0 - delta);
+  const double near = (1.0 - fraction) * z_hi * (1.0 + delta);
+  int64_t b_near = 0;
+  b_far = kBuckets - 1;  // (the deepest bucket whose tail reaches `far`)
+  cum = 0.0;
+  for (int64_t b = kBuckets - 1; b >= 0; --b) {
+    cum += stride * mass[b];
+    if (cum < far) b_far = b - 1;
+    if (cum >= near) {
+      b_near = b;
+      break;
+    }
+  }
+  const float lo = edge(b_near);
+  const float hi = edge(b_far + 1);
+
+  // One pass, a segment per thread: the total, the mass at or before lo,
+  // and the keys and masses of the members in (lo, hi], each segment's
+  // where its whole would fit, then closed up in segment order.
+  const auto nseg = static_cast<int64_t>(segments.size());
+  layout_stored(segments, sc);
+  sc.seg_total.resize(static_cast<size_t>(nseg));
+  sc.masses.resize(static_cast<size_t>(nseg));
+  sc.seg_chosen.resize(static_cast<size_t>(nseg));
+  sc.gathered_count.resize(static_cast<size_t>(nseg));
+  run(nseg, [&](int64_t s) {
+    const auto i = static_cast<size_t>(s);
+    const int64_t at = sc.offsets[i];
+    sc.seg_total[i] = run.k->sum_mass_band(segments[i], set, rule.d0, lo, hi, sc.keys.data() + at,
+                                           sc.weights.data() + at, &sc.gathered_count[i],
+                                           &sc.masses[i], &sc.seg_chosen[i]);
+  });
+  double total = 0.0, below = 0.0;
+  int64_t below_count = 0, n = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    const auto i = static_cast<size_t>(s);
+    total += sc.seg_total[i];
+    below += sc.masses[i];
+    below_count += sc.seg_chosen[i];
+    const int64_t at = sc.offsets[i], got = sc.gathered_count[i];
+    std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
+    std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
+    n += got;
+  }
+  const double target = fraction * total;
+  if (!(target > 0.0) || !(target <= total) || !(below < target)) return false;  // before lo
+  // (four chains, as weight_of's: indexed by j & 3, the sums went through
+  // memory, 14 of an 85 us row)
+  const float* weights = sc.weights.data();
+  double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    l0 += static_cast<double>(weights[j]);
+    l1 += static_cast<double>(weights[j + 1]);
+    l2 += static_cast<double>(weights[j + 2]);
+    l3 += static_cast<double>(weights[j + 3]);
+  }
+  for (; j < n; ++j) l0 += static_cast<double>(weights[j]);
+  if (!(below + ((l0 + l1) + (l2 + l3)) >= target)) return false;  // past hi
+  if (n <= kPivotRefineBelow) {
+    sc.list.resize(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) {
+      sc.list[static_cast<size_t>(j)] =
+          SelectEntry{sc.keys[static_cast<size_t>(j)], sc.weights[static_cast<size_t>(j)]};
+    }
+    result = refine(sc.list, sc, true, below, below_count, target, kLevel1Shift);
+  } else {
+    reserve_intervals(n, sc);
+    if (!narrow_to_boundary(sc.keys.data(), sc.weights.data(), n, lo, hi, below, below_count,
+                            nullptr, nullptr, nullptr, target, sc, run, result)) {
+      return false;
+    }
+  }
+  result.total = total;
+  return true;
+}
+
 // `prepared`: typical_moments stored e and the masses for these segments.
 bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
                   double target, bool prepared, SelectScratch& sc, const Runner& run,
@@ -517,14 +856,6 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
   // Round 0's pivots come from a sample of the keys, taken before the pass
   // that stores them all (and totals the weight at the pivots as it goes).
   float pivots[kPivots];
-  auto quartiles = [&](std::vector<float>& sample) {
-    if (sample.size() < 4) return false;
-    std::sort(sample.begin(), sample.end());
-    for (int i = 0; i < kPivots; ++i) {
-      pivots[i] = sample[sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
-    }
-    return true;
-  };
   const int64_t stride = std::max<int64_t>(1, total_n / kPivotSample);
   if (prepared) {
     // The stored e give the sample's keys.
@@ -539,7 +870,7 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     sample_member_keys(segments, set, rule, stride, sc.pivot_sample, run);
     std::erase_if(sc.pivot_sample, [](float k) { return !(k < kInf); });
   }
-  if (!quartiles(sc.pivot_sample)) return false;
+  if (!quartiles(sc.pivot_sample, pivots)) return false;
   sc.seg_total.resize(static_cast<size_t>(nseg));
   sc.masses.resize(static_cast<size_t>(nseg * kPivots));
   sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
@@ -575,35 +906,11 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
 
   sc.keys_stored = true;
   sc.keys_of = segments.data();
-  if (sc.interval_keys.size() < static_cast<size_t>(total_n + 64)) {
-    sc.interval_keys.resize(static_cast<size_t>(total_n + 64));
-    sc.interval_weights.resize(static_cast<size_t>(total_n + 64));
-  }
-  // Round 0's sums came with the store pass; every later round copies the
-  // interval that holds the boundary out of the previous arrays and, in the
-  // same read, totals the next pivots (from a sample of the previous arrays
-  // that falls in the interval).
-  const float* key = sc.keys.data();
-  const float* weight = sc.weights.data();
-  float* out_key = sc.interval_keys.data();
-  float* out_weight = sc.interval_weights.data();
-  int64_t n = total_n;
-  double cum = 0.0;   // weight of the entries with key <= lo
-  int64_t below = 0;  // how many
-  // The interval (lo, hi] holds the boundary. Keys of +inf carry no weight
-  // (non-members, masses that underflow), so the boundary is finite.
-  float lo = -kInf;
-  float hi = kMaxFloat;
-  // Later pivots: quartiles of a sample of the entries in (lo, hi].
-  auto pick_pivots = [&](const float* k, int64_t size, float from, float to) {
-    const int64_t stride = std::max<int64_t>(1, size / kPivotSample);
-    sc.pivot_sample.clear();
-    for (int64_t j = 0; j < size; j += stride) {
-      if (k[j] > from && k[j] <= to) sc.pivot_sample.push_back(k[j]);
-    }
-    return quartiles(sc.pivot_sample);
-  };
-  // Round 0's sums, per segment, combined in segment order.
+  reserve_intervals(total_n, sc);
+  // Round 0's sums came with the store pass, per segment, combined in
+  // segment order. (The interval (lo, hi] holds the boundary: keys of +inf
+  // carry no weight, non-members and masses that underflow, so the boundary
+  // is finite.)
   double sums[kPivots];
   int64_t counts[kPivots];
   for (int i = 0; i < kPivots; ++i) {
@@ -614,39 +921,10 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
       counts[i] += sc.seg_chosen[static_cast<size_t>(s * kPivots + i)];
     }
   }
-  for (bool first = true;; first = false) {
-    // The first pivot whose cumulative weight reaches the target closes the
-    // new interval; the one before it opens it. (The sums count the entries
-    // in (lo, pivot]: round 0's arrays hold nothing at or below lo = -inf.)
-    float new_lo = lo, new_hi = hi;
-    double new_cum = cum;
-    int64_t new_below = below;
-    for (int i = 0; i < kPivots; ++i) {
-      if (cum + sums[i] >= target) {
-        new_hi = std::min(hi, pivots[i]);
-        break;
-      }
-      new_lo = pivots[i];
-      new_cum = cum + sums[i];
-      new_below = below + counts[i];
-    }
-    const bool more = pick_pivots(key, n, new_lo, new_hi);
-    const int64_t kept = run.k->keep_and_sum(
-        key, weight, n, new_lo, new_hi, more ? pivots : nullptr, out_key, out_weight, sums, counts);
-    if (kept >= n && !first) return false;  // no progress: a run of equal keys
-    key = out_key;
-    weight = out_weight;
-    n = kept;
-    lo = new_lo;
-    hi = new_hi;
-    cum = new_cum;
-    below = new_below;
-    if (n <= kPivotRefineBelow) break;
-    if (!more) return false;  // a long interval the sample cannot split
+  if (!narrow_to_boundary(sc.keys.data(), sc.weights.data(), total_n, -kInf, kMaxFloat, 0.0, 0,
+                          pivots, sums, counts, target, sc, run, result)) {
+    return false;
   }
-  sc.list.resize(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) sc.list[static_cast<size_t>(j)] = SelectEntry{key[j], weight[j]};
-  result = refine(sc.list, sc, true, cum, below, target, kLevel1Shift);
   result.total = total;
   return true;
 }
@@ -660,9 +938,12 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   const bool prepared = sc.prepared && sc.prepared_of == segments.data() &&
                         rule.kind == KeyKind::kTypical && rule.mass_weight;
   sc.prepared = false;
-  if (SelectResult fast; small_target_select(segments, set, rule, target, sc, run, fast) ||
-                         small_nucleus_select(segments, set, rule, target, sc, run, fast) ||
-                         pivot_select(segments, set, rule, target, prepared, sc, run, fast)) {
+  NucleusEstimate est;
+  if (SelectResult fast;
+      small_target_select(segments, set, rule, target, sc, run, fast) ||
+      small_nucleus_select(segments, set, rule, target, sc, run, fast, est) ||
+      (est.large && large_nucleus_select(segments, set, rule, target, est, sc, run, fast)) ||
+      pivot_select(segments, set, rule, target, prepared, sc, run, fast)) {
     return fast;
   }
   const auto nseg = static_cast<int64_t>(segments.size());
