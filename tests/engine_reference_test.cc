@@ -941,63 +941,85 @@ TEST_F(EngineReferenceTest, RepetitionPenaltyBeforeTopP) {
   EXPECT_GT(st.draws, 60);
 }
 
-// top-p (and top-p after top-k or min-p) over rows whose nucleus holds
-// thousands of tokens: a Gaussian tail under a few dominant tokens, or
-// none, at gaps that put from 1 % to 95 % of the mass in the tail; some rows
-// quantized (ties at every value) or with the dominant tokens in one block.
-// Such rows take the wide-nucleus select (a band around the estimated
-// boundary, listed in one pass) or, when its estimate misses, the pivot
-// select; the random rows above seldom reach either with a large nucleus.
-TEST_F(EngineReferenceTest, WideNucleusTopP) {
-  Stats st;
-  Rng rng(7);
-  Engine engine({.max_threads = 2, .seed = 99});
-  std::vector<RowResult> results(2);
-  for (int64_t bi = 0; bi < 40 && !HasFatalFailure(); ++bi) {
-    Batch b;
-    b.vocab = rng.Pick<int64_t>({20011, 32000, 128256, 151936});
-    b.stride = b.vocab;
-    const int64_t rows = rng.Int(1, 2);
-    for (int64_t r = 0; r < rows; ++r) {
-      auto row = std::make_unique<RowCase>();
-      const double sd = rng.Pick({0.5, 1.0, 2.0, 3.0});
-      const int64_t dominant = rng.Pick<int64_t>({0, 1, 5, 20});
-      const double gap = rng.Uniform(2.0, 14.0);
-      const bool quantized = rng.Chance(0.2);
-      const bool one_block = rng.Chance(0.2);
-      row->kind = "gauss tail sd " + std::to_string(sd) + ", " + std::to_string(dominant) +
-                  " dominant at +" + std::to_string(gap) + (quantized ? ", quantized" : "") +
-                  (one_block ? ", in one block" : "");
-      row->logits.resize(static_cast<size_t>(b.vocab));
-      for (float& v : row->logits) {
-        v = static_cast<float>(sd * rng.Normal());
-        if (quantized) v = std::round(v * 4.0f) / 4.0f;
-      }
-      const int64_t first = rng.Int(0, b.vocab - 64);
-      for (int64_t j = 0; j < dominant; ++j) {
-        const int64_t at = one_block ? first + j : rng.Int(0, b.vocab - 1);
-        row->logits[static_cast<size_t>(at)] = static_cast<float>(gap + rng.Normal());
-      }
-      RowRequest& req = row->request;
-      SamplingParams& p = req.params;
-      p.temperature = rng.Pick({1.0f, 1.0f, 0.7f, 1.3f});
-      p.top_p = rng.Pick({0.5f, 0.8f, 0.9f, 0.95f, 0.99f});
-      if (rng.Chance(0.15)) p.top_k = static_cast<int32_t>(b.vocab / 2);
-      if (rng.Chance(0.15)) p.min_p = 1e-6f;
-      p.preset = rng.Pick({Preset::kHF, Preset::kVLLM, Preset::kLlamaCpp});
-      p.num_samples = static_cast<int32_t>(rng.Int(1, 4));
-      p.logprobs = rng.Chance(0.5);
-      req.seed = rng.Bits();
-      req.step = static_cast<uint64_t>(rng.Int(0, 1000));
-      b.rows.push_back(std::move(row));
-    }
-    for (const auto& row : b.rows)
-      b.f32.insert(b.f32.end(), row->logits.begin(), row->logits.end());
-    RunBatch(engine, b, b.vocab, bi, results, st);
+// Rows whose top-p nucleus or typical-p set holds thousands of tokens: a
+// Gaussian tail under a few dominant tokens, or none, at gaps that put from
+// 1 % to 95 % of the mass in the tail; some rows quantized (ties at every
+// value) or with the dominant tokens in one block. Such rows take the
+// wide-set selects (a band around the estimated threshold, listed in one
+// pass) or, when their estimate misses, the pivot select; the random rows
+// above seldom reach either with a wide set.
+std::unique_ptr<RowCase> WideRow(Rng& rng, int64_t vocab) {
+  auto row = std::make_unique<RowCase>();
+  const double sd = rng.Pick({0.5, 1.0, 2.0, 3.0});
+  const int64_t dominant = rng.Pick<int64_t>({0, 1, 5, 20});
+  const double gap = rng.Uniform(2.0, 14.0);
+  const bool quantized = rng.Chance(0.2);
+  const bool one_block = rng.Chance(0.2);
+  row->kind = "gauss tail sd " + std::to_string(sd) + ", " + std::to_string(dominant) +
+              " dominant at +" + std::to_string(gap) + (quantized ? ", quantized" : "") +
+              (one_block ? ", in one block" : "");
+  row->logits.resize(static_cast<size_t>(vocab));
+  for (float& v : row->logits) {
+    v = static_cast<float>(sd * rng.Normal());
+    if (quantized) v = std::round(v * 4.0f) / 4.0f;
   }
-  Report("wide-nucleus", st);
-  ExpectAggregates(st);
-  EXPECT_GT(st.draws, 60);
+  const int64_t first = rng.Int(0, vocab - 64);
+  for (int64_t j = 0; j < dominant; ++j) {
+    const int64_t at = one_block ? first + j : rng.Int(0, vocab - 1);
+    row->logits[static_cast<size_t>(at)] = static_cast<float>(gap + rng.Normal());
+  }
+  RowRequest& req = row->request;
+  SamplingParams& p = req.params;
+  p.temperature = rng.Pick({1.0f, 1.0f, 0.7f, 1.3f});
+  if (rng.Chance(0.15)) p.top_k = static_cast<int32_t>(vocab / 2);
+  if (rng.Chance(0.15)) p.min_p = 1e-6f;
+  p.preset = rng.Pick({Preset::kHF, Preset::kVLLM, Preset::kLlamaCpp});
+  p.num_samples = static_cast<int32_t>(rng.Int(1, 4));
+  p.logprobs = rng.Chance(0.5);
+  req.seed = rng.Bits();
+  req.step = static_cast<uint64_t>(rng.Int(0, 1000));
+  return row;
+}
+
+class WideSetTest : public EngineReferenceTest {
+ protected:
+  // 40 batches of one or two wide rows, `configure` setting the filter.
+  template <typename Configure>
+  void Run(uint64_t seed, const char* name, Configure configure) {
+    Stats st;
+    Rng rng(seed);
+    Engine engine({.max_threads = 2, .seed = 99});
+    std::vector<RowResult> results(2);
+    for (int64_t bi = 0; bi < 40 && !HasFatalFailure(); ++bi) {
+      Batch b;
+      b.vocab = rng.Pick<int64_t>({20011, 32000, 128256, 151936});
+      b.stride = b.vocab;
+      const int64_t rows = rng.Int(1, 2);
+      for (int64_t r = 0; r < rows; ++r) {
+        b.rows.push_back(WideRow(rng, b.vocab));
+        configure(rng, b.rows.back()->request.params);
+      }
+      for (const auto& row : b.rows)
+        b.f32.insert(b.f32.end(), row->logits.begin(), row->logits.end());
+      RunBatch(engine, b, b.vocab, bi, results, st);
+    }
+    Report(name, st);
+    ExpectAggregates(st);
+    EXPECT_GT(st.draws, 60);
+  }
+};
+
+TEST_F(WideSetTest, TopP) {
+  Run(7, "wide top-p", [](Rng& rng, SamplingParams& p) {
+    p.top_p = rng.Pick({0.5f, 0.8f, 0.9f, 0.95f, 0.99f});
+  });
+}
+
+TEST_F(WideSetTest, TypicalP) {
+  Run(8, "wide typical-p", [](Rng& rng, SamplingParams& p) {
+    p.typical_p = rng.Pick({0.2f, 0.5f, 0.8f, 0.9f, 0.95f, 0.99f});
+    if (rng.Chance(0.2)) p.top_p = 0.9f;
+  });
 }
 
 // Logits whose softmax is the given distribution.

@@ -765,21 +765,6 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
   }
 }
 
-// An x below which no token's key (xmax - x) * key_scale, as computed in
-// float, can be <= khi: the exact threshold xmax - khi / key_scale moved down
-// by a relative margin far above the two roundings of the key (and two ulps
-// for its own), so that a test on x alone may skip a packet. -inf (skip
-// nothing) where no such margin is safe.
-inline float x_floor_for_key(const SetSpec& set, float khi) {
-  const double s = set.key_scale;
-  if (!(khi > 0.0f) || !(s >= 1e-30) || !std::isfinite(khi) || !std::isfinite(set.xmax)) {
-    return -kInf;
-  }
-  const double t = static_cast<double>(set.xmax) - static_cast<double>(khi) / s * (1.0 + 1e-5);
-  if (!(t > -static_cast<double>(kMaxFloat))) return -kInf;
-  return std::nextafter(std::nextafter(static_cast<float>(t), -kInf), -kInf);
-}
-
 // Collects, in order, every member j of a block (dlo <= d <= dhi, n <=
 // kBlock) whose ranking key k lies in [klo, khi]: idx[c] = j, k[c], d[c].
 // Returns the count. Each packet is tested as a whole; packets with a hit are

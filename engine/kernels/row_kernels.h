@@ -218,6 +218,21 @@ inline bool block_may_hold_members(float bmax, const SetSpec& set) {
   return distance(bmax, set) <= set.dhi;
 }
 
+// An x below which no token's key (xmax - x) * key_scale, as computed in
+// float, can be <= khi: the exact threshold xmax - khi / key_scale moved down
+// by a relative margin far above the two roundings of the key (and two ulps
+// for its own), so that a test on x alone may skip a packet (or a sampled
+// token). -inf (skip nothing) where no such margin is safe.
+inline float x_floor_for_key(const SetSpec& set, float khi) {
+  const double s = set.key_scale;
+  if (!(khi > 0.0f) || !(s >= 1e-30) || !std::isfinite(khi) || !std::isfinite(set.xmax)) {
+    return -kInf;
+  }
+  const double t = static_cast<double>(set.xmax) - static_cast<double>(khi) / s * (1.0 + 1e-5);
+  if (!(t > -static_cast<double>(kMaxFloat))) return -kInf;
+  return std::nextafter(std::nextafter(static_cast<float>(t), -kInf), -kInf);
+}
+
 // A bfloat16 is the top half of a float32.
 inline float bf16_to_float(uint16_t h) { return std::bit_cast<float>(uint32_t{h} << 16); }
 

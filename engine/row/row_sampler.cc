@@ -585,7 +585,8 @@ void RowScratch::prepare(int64_t vocab) {
   for (auto* a : {&select.keys, &select.weights, &select.interval_keys, &select.interval_weights}) {
     if (a->size() < v + 64) a->resize(v + 64);
   }
-  select.pivot_sample.reserve(1024);
+  // (also the wide-nucleus check's ranking of a sample of every 128th token)
+  select.pivot_sample.reserve(std::max<size_t>(1024, v / kScanSampleStride + segments + 1));
   select.seg_moments.reserve(segments);
   select.gathered_at.reserve(segments);
   select.gathered_count.reserve(segments);
