@@ -385,14 +385,15 @@ struct NucleusEstimate {
 // Whether the nucleus looks far larger than the fast path below gathers (a
 // flat tail whose many light tokens hold most of the mass): the sampled
 // mass past the sample's kHeavySamples-th smallest key (past the ~2048
-// heaviest tokens) is more than 1.5 times (1 - p) of the total. The mass at or
-// before that key is the block maxima's there, exactly (the scan's maxima
-// read as a row of their own), and the sample's for the other tokens: a
-// heavy token the 1-in-128 sample caught would count 128 times, one it
-// missed not at all. Without this, such a row paid the fast path's two
-// gathers of tens of thousands of tokens before the pivot select (top-p
-// 0.95 over a Gaussian tail: 262 against 112 us). Only an estimate: either
-// path is exact.
+// heaviest tokens) is more than 1.5 times (1 - p) of the total. The mass at
+// or before that key is taken as the block maxima's there, exactly (the
+// scan's maxima read as a row of their own), for the decision, and with the
+// sample's estimate of the other tokens there added, for the band select's
+// upper bound: a heavy token the 1-in-128 sample caught would count 128
+// times, one it missed not at all. Without this, such a row paid the fast
+// path's two gathers of tens of thousands of tokens before the pivot select
+// (top-p 0.95 over a Gaussian tail: 262 against 112 us). Only an estimate:
+// either path is exact.
 NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpec& set,
                                  const KeyRule& rule, double fraction, double sample_mass,
                                  SelectScratch& sc, const Runner& run) {
