@@ -1015,6 +1015,16 @@ TEST_F(WideSetTest, TopP) {
   });
 }
 
+// top-k past the block maxima's count (251 blocks in a 128256 row) and up
+// to 2048, where the sample places the gather's bound.
+TEST_F(WideSetTest, TopKPastTheBlockCount) {
+  Run(9, "wide top-k", [](Rng& rng, SamplingParams& p) {
+    p.top_k = static_cast<int32_t>(rng.Pick<int64_t>({300, 1000, 2000, rng.Int(100, 2048)}));
+    p.min_p = 0.0f;
+    if (rng.Chance(0.3)) p.top_p = 0.9f;
+  });
+}
+
 TEST_F(WideSetTest, TypicalP) {
   Run(8, "wide typical-p", [](Rng& rng, SamplingParams& p) {
     p.typical_p = rng.Pick({0.2f, 0.5f, 0.8f, 0.9f, 0.95f, 0.99f});
