@@ -667,7 +667,7 @@ double sum_mass_band(const Segment& s, const SetSpec& set, float k0, float lo, f
     int64_t unused = 0;
     const float* x = s.x + j0;
     total += block_masses_from_values(x, n, set, k0, w, &unused);
-    Packet part = ei::pzero(pone);
+    Packet part = ei::pzero(pone), members = ei::pzero(pone);
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
       // (d as every pass forms it; key = d, the scales agreeing)
@@ -688,9 +688,10 @@ double sum_mass_band(const Segment& s, const SetSpec& set, float k0, float lo, f
           count += hit ? 1 : 0;
         }
       }
-      ei::pstore(lanes, ei::pand(le, pone));
-      for (int64_t i = 0; i < kLanes; ++i) under_count += static_cast<int64_t>(lanes[i]);
+      members = ei::padd(members, ei::pand(le, pone));  // (exact: at most kBlock a lane)
     }
+    ei::pstore(lanes, members);
+    for (int64_t i = 0; i < kLanes; ++i) under_count += static_cast<int64_t>(lanes[i]);
     ei::pstore(lanes, part);
     double block_under = sum_as_double(lanes, kLanes);
     for (; j < n; ++j) {
