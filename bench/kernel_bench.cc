@@ -8,7 +8,9 @@
 // dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
 // spread moments (squares in double) and an allowed-token bitmask (one word
 // in three partly cleared), the mass pass (sum_mass) beside the pivot
-// select's store pass and the wide-nucleus band pass (sum_mass_band), and
+// select's store pass and the wide-nucleus band pass (sum_mass_band), the
+// compaction of a kept set (compact) and a large count target's band pass
+// (count_band), and
 // two baselines: the roofline's
 // streaming read (an Eigen sum compiled for the same instruction set) and a
 // plain memcpy of the row. The figures in docs/performance.md ("What each
@@ -18,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -220,6 +223,49 @@ void band_pass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * row.n * 4);
 }
 
+// The set of a row's `kept` largest values (top-k's, before compaction).
+nd::SetSpec top_set(const Row& row, int64_t kept) {
+  nd::SetSpec set = row_set(row);
+  std::vector<float> v(row.x.begin(), row.x.end());
+  std::nth_element(v.begin(), v.begin() + (kept - 1), v.end(), std::greater<>());
+  set.dhi = set.xmax - v[static_cast<size_t>(kept - 1)];
+  return set;
+}
+
+// Compaction after a filter (compact: the kept set's values and token ids
+// copied out of the row), the kept set the range(1) largest values.
+void compact_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  const nd::SetSpec set = top_set(row, state.range(1));
+  nd::AlignedVector<float> cx(static_cast<size_t>(row.n + 64));
+  std::vector<int32_t> ci(static_cast<size_t>(row.n + 64));
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k.compact(seg, set, cx.data(), ci.data()));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
+// A large count target's band pass (count_band: the members at or before
+// the 4000th largest value counted, those up to the 6000th listed).
+void count_band_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
+  const nd::SetSpec set = row_set(row);
+  const float lo = top_set(row, 4000).dhi, hi = top_set(row, 6000).dhi;
+  nd::AlignedVector<float> keys(static_cast<size_t>(row.n + 64));
+  int64_t below = 0, listed = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(listed = k.count_band(seg, set, lo, hi, keys.data(), &below));
+    benchmark::ClobberMemory();
+  }
+  state.counters["listed"] = static_cast<double>(listed);
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
 }  // namespace
 
 BENCHMARK(scan)->Arg(32000)->Arg(128256);
@@ -234,5 +280,7 @@ BENCHMARK(allowed_mask)->Arg(128256);
 BENCHMARK(mass_pass)->Arg(128256);
 BENCHMARK(pivot_pass)->Arg(128256);
 BENCHMARK(band_pass)->Arg(128256);
+BENCHMARK(compact_pass)->Args({128256, 500})->Args({128256, 5000});
+BENCHMARK(count_band_pass)->Arg(128256);
 
 BENCHMARK_MAIN();

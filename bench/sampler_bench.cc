@@ -28,9 +28,11 @@
 // an allowed-token mask (one word in three partly cleared), alone and with
 // top-p (docs/performance.md, "Paths the benchmark grid does not time").
 //
-// wide/<row>/{full,topp,typical}/128256/1/f32/1 time one row whose top-p
-// nucleus holds thousands of tokens (a Gaussian tail under one or five
-// dominant tokens), one thread (docs/performance.md, "Wide nuclei").
+// wide/<row>/{full,topp,typical,topk2000,topk5000}/128256/1/f32/1 time one
+// row whose top-p nucleus holds thousands of tokens (a Gaussian tail under
+// one or five dominant tokens), one thread (docs/performance.md, "Wide
+// nuclei"); top-k 2000 and 5000 are full sampling's request with that k
+// (count targets past the block maxima's 251).
 //
 // fork_join/{alone,split}/128256 time the softmax floor's exp-sum over half
 // of one row on the calling thread (alone), and over the whole row in two
@@ -250,7 +252,14 @@ struct WideRow {
 };
 constexpr WideRow kWideRows[] = {{"gauss1-one8", 1.0, 1, 8.0}, {"gauss2-five12", 2.0, 5, 12.0}};
 
-void wide_case(benchmark::State& state, const WideRow* row, nb::Config config) {
+// Full sampling's request with a large top-k (wide/<row>/topk...).
+struct WideTopK {
+  const char* name;
+  int32_t k;
+};
+constexpr WideTopK kWideTopK[] = {{"topk2000", 2000}, {"topk5000", 5000}};
+
+void wide_case(benchmark::State& state, const WideRow* row, nb::Config config, int32_t top_k) {
   nb::Workload w;
   w.rows = 1;
   w.vocab = 128256;
@@ -263,8 +272,9 @@ void wide_case(benchmark::State& state, const WideRow* row, nb::Config config) {
         static_cast<float>(row->gap + normal(rng));
   }
   const nb::Workload ws[] = {std::move(w)};
-  const std::vector<std::vector<nucleus::RowRequest>> requests = {
+  std::vector<std::vector<nucleus::RowRequest>> requests = {
       nb::make_requests(config, ws[0], false)};
+  if (top_k > 0) requests[0][0].params.top_k = top_k;
   std::vector<nucleus::RowResult> results(1);
   nucleus::Engine engine({.max_threads = 1, .seed = 1});
   time_sampling(state, engine, ws, requests, results);
@@ -373,7 +383,12 @@ void register_grid() {
     for (nb::Config config : {nb::Config::kFull, nb::Config::kTopP, nb::Config::kTypical}) {
       benchmark::RegisterBenchmark(
           join({"wide", row.name, nb::config_name(config), "128256/1/f32/1"}).c_str(), wide_case,
-          &row, config)
+          &row, config, 0)
+          ->UseRealTime();
+    }
+    for (const WideTopK& topk : kWideTopK) {
+      benchmark::RegisterBenchmark(join({"wide", row.name, topk.name, "128256/1/f32/1"}).c_str(),
+                                   wide_case, &row, nb::Config::kFull, topk.k)
           ->UseRealTime();
     }
   }

@@ -1025,6 +1025,23 @@ TEST_F(WideSetTest, TopKPastTheBlockCount) {
   });
 }
 
+// Count targets past 2048 (top-k, min_keep), up to past the whole row,
+// where the sample places a band around the boundary (count_band_select);
+// on quantized rows, ties at the boundary.
+TEST_F(WideSetTest, LargeCountTargets) {
+  Run(10, "wide large counts", [](Rng& rng, SamplingParams& p) {
+    p.min_p = 0.0f;
+    if (rng.Chance(0.7)) {
+      p.top_k = static_cast<int32_t>(
+          rng.Pick<int64_t>({2049, 3000, 5000, 10000, 30000, rng.Int(2049, 200000)}));
+      if (rng.Chance(0.3)) p.top_p = 0.9f;
+    } else {
+      p.top_p = rng.Pick({0.3f, 0.5f, 0.9f});
+      p.min_keep = static_cast<int32_t>(rng.Int(2049, 40000));
+    }
+  });
+}
+
 TEST_F(WideSetTest, TypicalP) {
   Run(8, "wide typical-p", [](Rng& rng, SamplingParams& p) {
     p.typical_p = rng.Pick({0.2f, 0.5f, 0.8f, 0.9f, 0.95f, 0.99f});

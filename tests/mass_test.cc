@@ -261,6 +261,89 @@ TEST(Band, TotalsBelowAndListsTheBand) {
   }
 }
 
+// Large count targets' band pass (count_band) and the compaction after a
+// filter (compact), on every instruction set, against the scalar answer:
+// count_band counts the members with key <= lo and lists the keys in
+// (lo, hi] in token order, bit-equal to (xmax - x) * key_scale; compact
+// copies every member's value and token id in order. Sets with and without
+// bounds, two scales that differ, a segment with token ids and one without
+// block maxima, over a row with -inf tokens, a tail past the last block and
+// blocks that hold no member.
+TEST(CountBand, CountsBelowAndListsTheBand) {
+  std::vector<float> x(5 * 512 + 77);
+  uint32_t state = 4242;
+  for (size_t i = 0; i < x.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
+  }
+  x[5] = x[900] = x.back() = -std::numeric_limits<float>::infinity();
+  for (size_t i = 1536; i < 2048; ++i) x[i] -= 200.0f;  // a block past every set below
+  const auto n = static_cast<int64_t>(x.size());
+  std::vector<float> maxima(detail::block_count(n));
+  std::vector<int32_t> ids(x.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(7 * i + 3);
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    k.max_stats(x.data(), n, maxima.data());
+    struct Case {
+      float dlo, dhi, scale, key_scale, lo, hi;
+    };
+    for (const bool with_ids : {false, true}) {
+      for (const bool with_maxima : {true, false}) {
+        const detail::Segment s{x.data(), with_ids ? ids.data() : nullptr,       n,
+                                100,      with_maxima ? maxima.data() : nullptr, nullptr};
+        for (const Case c :
+             {Case{0.0f, detail::kMaxFloat, 1.0f, 1.0f, 5.0f, 9.0f},
+              Case{0.0f, detail::kMaxFloat, 0.7f, 1.4f, -detail::kInf, 3.0f},
+              Case{0.0f, 20.0f, 1.0f, 1.0f, 12.0f, detail::kMaxFloat},
+              Case{2.0f, 21.0f, 1.3f, 0.9f, 8.0f, 8.5f}, Case{0.0f, 3.0f, 1.0f, 1.0f, 0.5f, 2.5f},
+              // (lo a member's key: counted, not listed)
+              Case{0.0f, detail::kMaxFloat, 1.0f, 1.1f, (12.0f - x[100]) * 1.1f, 40.0f}}) {
+          SCOPED_TRACE(::testing::Message()
+                       << "d in [" << c.dlo << ", " << c.dhi << "], scales " << c.scale << " / "
+                       << c.key_scale << ", band (" << c.lo << ", " << c.hi << "], ids " << with_ids
+                       << ", maxima " << with_maxima);
+          detail::SetSpec set;
+          set.xmax = 12.0f;
+          set.dlo = c.dlo, set.dhi = c.dhi, set.scale = c.scale, set.key_scale = c.key_scale;
+          int64_t want_below = 0;
+          std::vector<float> want_band, want_x;
+          std::vector<int32_t> want_ids;
+          for (size_t j = 0; j < x.size(); ++j) {
+            const float d = (set.xmax - x[j]) * set.scale;
+            if (!(d >= c.dlo && d <= c.dhi)) continue;
+            const float key = (set.xmax - x[j]) * set.key_scale;
+            want_below += key <= c.lo ? 1 : 0;
+            if (key > c.lo && key <= c.hi) want_band.push_back(key);
+            want_x.push_back(x[j]);
+            want_ids.push_back(s.token(static_cast<int64_t>(j)));
+          }
+          std::vector<float> key(x.size() + 64);
+          int64_t below = -1;
+          const int64_t listed = k.count_band(s, set, c.lo, c.hi, key.data(), &below);
+          EXPECT_EQ(below, want_below);
+          ASSERT_EQ(listed, static_cast<int64_t>(want_band.size()));
+          ASSERT_GT(listed, 0);
+          int64_t differ = 0;
+          for (int64_t j = 0; j < listed; ++j) {
+            differ += std::bit_cast<uint32_t>(key[j]) != std::bit_cast<uint32_t>(want_band[j]);
+          }
+          EXPECT_EQ(differ, 0) << "of " << listed;
+          std::vector<float> cx(x.size() + 64);
+          std::vector<int32_t> ci(x.size() + 64);
+          const int64_t kept = k.compact(s, set, cx.data(), ci.data());
+          ASSERT_EQ(kept, static_cast<int64_t>(want_x.size()));
+          cx.resize(static_cast<size_t>(kept));
+          ci.resize(static_cast<size_t>(kept));
+          EXPECT_EQ(cx, want_x);
+          EXPECT_EQ(ci, want_ids);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nucleus
 

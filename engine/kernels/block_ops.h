@@ -793,18 +793,8 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   constexpr int64_t kGroup = 64;
   int64_t c = 0;
-  for (int64_t g = 0; g < n; g += 16) {
-    if (g % kGroup == 0 && g + kGroup <= n) {
-      if ((reaches(g) | reaches(g + 16) | reaches(g + 32) | reaches(g + 48)) == 0) {
-        g += kGroup - 16;
-        continue;
-      }
-    }
-    const __mmask16 load =
-        g + 16 <= n ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - g)) - 1u);
-    // A padded lane reads -inf: d = +inf, which no dhi admits.
-    const __m512 px = _mm512_mask_loadu_ps(pad, load, x + g);
-    if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) continue;
+  auto packet = [&](int64_t g, __m512 px) {
+    if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) return;
     const __m512 diff = _mm512_sub_ps(pxmax, px);
     const __m512 d = _mm512_mul_ps(diff, pscale);
     const __m512 k = _mm512_mul_ps(diff, pkscale);
@@ -812,12 +802,28 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
     hit = _mm512_mask_cmp_ps_mask(hit, d, phi, _CMP_LE_OQ);
     hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
     hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
-    if (hit == 0) continue;
+    if (hit == 0) return;
     const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
     _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(hit, at));
     _mm512_storeu_ps(kout + c, _mm512_maskz_compress_ps(hit, k));
     _mm512_storeu_ps(dout + c, _mm512_maskz_compress_ps(hit, d));
     c += __builtin_popcount(static_cast<unsigned>(hit));
+  };
+  // (whole packets by plain loads: a masked load for each, the last
+  // packet's form, cost compact ~25 against ~8 us over a 128256 row)
+  int64_t g = 0;
+  for (; g + 16 <= n; g += 16) {
+    if (g % kGroup == 0 && g + kGroup <= n) {
+      if ((reaches(g) | reaches(g + 16) | reaches(g + 32) | reaches(g + 48)) == 0) {
+        g += kGroup - 16;
+        continue;
+      }
+    }
+    packet(g, _mm512_loadu_ps(x + g));
+  }
+  if (g < n) {
+    // A padded lane reads -inf: d = +inf, which no dhi admits.
+    packet(g, _mm512_mask_loadu_ps(pad, static_cast<__mmask16>((1u << (n - g)) - 1u), x + g));
   }
   return c;
 }

@@ -290,6 +290,12 @@ struct Kernels {
   float (*min_key)(const Segment& s, const SetSpec& set);
   // Members whose key is strictly below `key`.
   int64_t (*count_key_below)(const Segment& s, const SetSpec& set, float key);
+  // Members whose key is <= lo, counted (*below), and the keys of those with
+  // lo < key <= hi, in order, into out_key (room for every token of the
+  // segment and a packet, 64 floats, past it); returns how many were listed.
+  // No masses: count targets' band (top-k past the small-target path).
+  int64_t (*count_band)(const Segment& s, const SetSpec& set, float lo, float hi, float* out_key,
+                        int64_t* below);
   // Inverse-CDF walk: whole blocks are skipped by their sums from sum_mass
   // while cum_before plus them stays below target; inside the block that
   // reaches it, the first member at which the running mass Σ exp(-(key -
@@ -304,7 +310,8 @@ struct Kernels {
   // Writes (key, token) of every member whose key is <= c; returns how many
   // (at most s.n).
   int64_t (*gather_le)(const Segment& s, const SetSpec& set, float c, KeyToken* out);
-  // Copies the members (value and token id) to cx / ci; returns how many.
+  // Copies the members (value and token id) to cx / ci, in order; returns how
+  // many. cx / ci need room for a packet (64 entries) past the members.
   int64_t (*compact)(const Segment& s, const SetSpec& set, float* cx, int32_t* ci);
 
   // The threshold selection's passes (engine/row/select.cc).

@@ -582,8 +582,11 @@ void RowScratch::prepare(int64_t vocab) {
   select.typical_maxima.reserve(static_cast<size_t>(block_count(vocab)));
   if (top.size() < v) top.resize(v);  // grown, never shrunk
   if (select.gathered_tokens.size() < v) select.gathered_tokens.resize(v);
+  // (a packet of room past the end, and past each segment's for the band
+  // passes)
+  const size_t stored = v + 64 * (segments + 1);
   for (auto* a : {&select.keys, &select.weights, &select.interval_keys, &select.interval_weights}) {
-    if (a->size() < v + 64) a->resize(v + 64);
+    if (a->size() < stored) a->resize(stored);
   }
   // (also the wide-nucleus check's ranking of a sample of every 128th token)
   select.pivot_sample.reserve(std::max<size_t>(1024, v / kScanSampleStride + segments + 1));
@@ -618,8 +621,9 @@ void RowScratch::prepare(int64_t vocab) {
   row_segs.reserve(segments);
   cand_segs.reserve(1);
   // Whether a row is compacted depends on its values.
-  cand_x.resize(std::max(cand_x.size(), v));
-  cand_idx.resize(std::max(cand_idx.size(), v));
+  // (and a packet past the kept set: compact stores whole packets)
+  cand_x.resize(std::max(cand_x.size(), v + 64));
+  cand_idx.resize(std::max(cand_idx.size(), v + 64));
   // Buffers some requests need (half-precision input, processors,
   // verification), sized with the rest so that a scratch first used by such
   // a row does not allocate then.

@@ -25,11 +25,17 @@ template <typename Bucket>
 void refine_level(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, int64_t buckets,
                   Bucket bucket, double& cum, int64_t& count_before, double target) {
   sc.sub_counts.assign(static_cast<size_t>(buckets), 0);
-  sc.sub_masses.assign(static_cast<size_t>(buckets), 0.0);
-  for (const SelectEntry& e : list) {
-    const uint32_t b = bucket(e);
-    ++sc.sub_counts[b];
-    sc.sub_masses[b] += e.weight;
+  if (mass) {
+    sc.sub_masses.assign(static_cast<size_t>(buckets), 0.0);
+    for (const SelectEntry& e : list) {
+      const uint32_t b = bucket(e);
+      ++sc.sub_counts[b];
+      sc.sub_masses[b] += e.weight;
+    }
+  } else {
+    // (counts only: an add to a bucket's mass waits on the last one to that
+    // bucket, and crowded keys share a few buckets)
+    for (const SelectEntry& e : list) ++sc.sub_counts[bucket(e)];
   }
   int64_t last_nonempty = buckets - 1;
   while (last_nonempty > 0 && sc.sub_counts[last_nonempty] == 0) --last_nonempty;
@@ -296,6 +302,23 @@ bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound
   return true;
 }
 
+// The sample ranks (from 0; every kSampleStride-th token) either side of
+// a count target's boundary: its rank r = target / stride is known to
+// within a binomial standard deviation sqrt(r (1 - target / n)) over a set
+// of n tokens; the band is kCountBandDeviations of them, and a few keys,
+// each side. (lo may be negative: nothing below.)
+constexpr double kCountBandDeviations = 4.0;
+struct RankBand {
+  int64_t lo = 0, hi = 0;
+};
+RankBand count_target_ranks(double target, int64_t total_n) {
+  const double rank = target / static_cast<double>(kSampleStride);
+  const double share = std::min(1.0, target / static_cast<double>(total_n));
+  const double margin = kCountBandDeviations * std::sqrt(rank * (1.0 - share)) + 4.0;
+  return {static_cast<int64_t>(std::floor(rank - margin)),
+          static_cast<int64_t>(std::ceil(rank + margin))};
+}
+
 // A key bound for a count target no larger than the number of pass blocks,
 // from the scan's block maxima: the target-th largest block maximum x_b. The
 // maxima of those blocks are `target` entries with x >= x_b, so (when they are
@@ -361,8 +384,12 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     // says; it once also asked for 1024 k tokens, which sent top-k 500 to
     // 2048 over a 128256 row, past the block maxima's 251, to the
     // histogram: ~240 us against ~13 for top-k 200)
+    // (the band's far end: where the sample says, with a margin, that
+    // target members lie before it)
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
-    if (!sampled_bound(target, kSampleStride, sc, &bound)) return false;
+    const int64_t want = count_target_ranks(target, total).hi;
+    if (static_cast<int64_t>(sc.samples.size()) <= want) return false;
+    bound = kth_smallest(sc.samples, static_cast<size_t>(want));
   }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
   if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
@@ -604,14 +631,17 @@ constexpr int64_t kPivotSample = 256;        // keys sampled per round
 
 // Each segment's first entry in the stored arrays (sc.offsets) and room for
 // every token (a packet of room past the end for keep_interval's whole-packet
-// stores); returns the number of tokens.
-int64_t layout_stored(std::span<const Segment> segments, SelectScratch& sc) {
+// stores); returns the number of tokens. `padded`: a packet of room past
+// each segment's too, for passes that list a segment's tokens on its own
+// thread with whole-packet stores (the band passes; their lists are closed
+// up after), which would otherwise write into the next segment's room.
+int64_t layout_stored(std::span<const Segment> segments, SelectScratch& sc, bool padded = false) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.offsets.resize(static_cast<size_t>(nseg + 1));
   sc.offsets[0] = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     sc.offsets[static_cast<size_t>(s + 1)] =
-        sc.offsets[static_cast<size_t>(s)] + segments[static_cast<size_t>(s)].n;
+        sc.offsets[static_cast<size_t>(s)] + segments[static_cast<size_t>(s)].n + (padded ? 64 : 0);
   }
   const int64_t total_n = sc.offsets.back();
   if (sc.keys.size() < static_cast<size_t>(total_n + 64)) {
@@ -831,7 +861,7 @@ bool large_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // and the keys and masses of the members in (lo, hi], each segment's
   // where its whole would fit, then closed up in segment order.
   const auto nseg = static_cast<int64_t>(segments.size());
-  layout_stored(segments, sc);
+  layout_stored(segments, sc, /*padded=*/true);
   sc.seg_total.resize(static_cast<size_t>(nseg));
   sc.masses.resize(static_cast<size_t>(nseg));
   sc.seg_chosen.resize(static_cast<size_t>(nseg));
@@ -851,8 +881,10 @@ bool large_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     below += sc.masses[i];
     below_count += sc.seg_chosen[i];
     const int64_t at = sc.offsets[i], got = sc.gathered_count[i];
-    std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
-    std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
+    if (at != n) {  // (copy_n forbids a range onto itself; forward, onto lower room, is fine)
+      std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
+      std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
+    }
     n += got;
   }
   const double target = fraction * total;
@@ -973,6 +1005,78 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
   return true;
 }
 
+// Count targets the small-target path leaves (top-k, min_keep and top-N past
+// kFastTargetMax, or a sampled bound that missed) over a large set: the
+// sampled keys at count_target_ranks place a band around the target-th
+// smallest key. One pass, a segment per thread (count_band), counts the members at
+// or before the band and lists the band's keys; refine finishes on that
+// list. Against the histogram pass, whose increments to one bucket wait on
+// each other when the keys crowd into a few of its 2048 buckets (as a
+// row's do), top-k 5000 over one 128256 row: see docs/performance.md.
+// False when the boundary falls outside the band (the sample misled: the
+// histogram takes over) or the set is too short to sample.
+constexpr int64_t kCountBandMinTokens = 128 * kSampleStride;
+
+bool count_band_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
+                       double target, SelectScratch& sc, const Runner& run, SelectResult& result) {
+  if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance) return false;
+  int64_t total_n = 0;
+  for (const Segment& seg : segments) total_n += seg.n;
+  if (total_n < kCountBandMinTokens) return false;
+  sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
+  std::vector<float>& v = sc.samples;
+  const auto sampled = static_cast<int64_t>(v.size());
+  const RankBand ranks = count_target_ranks(target, total_n);
+  const int64_t hi_rank = ranks.hi;
+  const int64_t lo_rank = std::min(ranks.lo, sampled - 1);
+  // hi: past every member when the sample holds too few keys (every member
+  // is then counted or listed).
+  float hi = kMaxFloat, lo = -kInf;
+  int64_t upto = sampled;
+  if (hi_rank < sampled) {
+    std::nth_element(v.begin(), v.begin() + hi_rank, v.end());
+    hi = v[static_cast<size_t>(hi_rank)];
+    upto = hi_rank;
+  }
+  if (lo_rank >= 0 && lo_rank < upto) {
+    std::nth_element(v.begin(), v.begin() + lo_rank, v.begin() + upto);
+    lo = v[static_cast<size_t>(lo_rank)];
+  }
+  if (!(lo < hi)) return false;  // (ties: a band of one key lists nothing)
+  const auto nseg = static_cast<int64_t>(segments.size());
+  layout_stored(segments, sc, /*padded=*/true);
+  sc.seg_chosen.resize(static_cast<size_t>(2 * nseg));  // (below, listed) a segment
+  run(nseg, [&](int64_t s) {
+    const auto i = static_cast<size_t>(s);
+    sc.seg_chosen[2 * i + 1] = run.k->count_band(
+        segments[i], set, lo, hi, sc.keys.data() + sc.offsets[i], &sc.seg_chosen[2 * i]);
+  });
+  int64_t below = 0, listed = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    below += sc.seg_chosen[static_cast<size_t>(2 * s)];
+    listed += sc.seg_chosen[static_cast<size_t>(2 * s + 1)];
+  }
+  if (!(static_cast<double>(below) < target)) return false;  // the boundary lies before lo
+  if (static_cast<double>(below + listed) < target) {
+    if (hi < kMaxFloat) return false;  // ... or past hi
+    // Every member counted: the target is out of reach.
+    result = SelectResult();
+    result.count_le = below + listed;
+    result.total = static_cast<double>(below + listed);
+    return true;
+  }
+  sc.list.resize(static_cast<size_t>(listed));
+  SelectEntry* to = sc.list.data();
+  for (int64_t s = 0; s < nseg; ++s) {
+    const float* k = sc.keys.data() + sc.offsets[static_cast<size_t>(s)];
+    for (int64_t j = 0; j < sc.seg_chosen[static_cast<size_t>(2 * s + 1)]; ++j) {
+      *to++ = SelectEntry{k[j], 1.0f};
+    }
+  }
+  result = refine(sc.list, sc, false, static_cast<double>(below), below, target, kLevel1Shift);
+  return true;
+}
+
 SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& set,
                              const KeyRule& rule, double target, SelectScratch& sc,
                              const Runner& run) {
@@ -985,6 +1089,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
   NucleusEstimate est;
   if (SelectResult fast;
       small_target_select(segments, set, rule, target, sc, run, fast) ||
+      count_band_select(segments, set, rule, target, sc, run, fast) ||
       small_nucleus_select(segments, set, rule, target, sc, run, fast, est) ||
       (est.large && large_nucleus_select(segments, set, rule, target, est, sc, run, fast)) ||
       pivot_select(segments, set, rule, target, prepared, sc, run, fast)) {
