@@ -8,17 +8,17 @@
 // dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
 // spread moments (squares in double) and an allowed-token bitmask (one word
 // in three partly cleared), the mass pass (sum_mass) beside the pivot
-// select's store pass and the wide-nucleus band pass (sum_mass_band), the
-// compaction of a kept set (compact) and a large count target's band pass
-// (count_band), and
-// two baselines: the roofline's
-// streaming read (an Eigen sum compiled for the same instruction set) and a
+// select's store pass, a pivot round (keep_and_sum) and the wide-nucleus
+// band pass (sum_mass_band), the compaction of a kept set (compact) and a
+// large count target's band pass (count_band), and two baselines: the
+// roofline's streaming read (an Eigen sum compiled for the same instruction set) and a
 // plain memcpy of the row. The figures in docs/performance.md ("What each
 // pass costs") and in docs/architecture.md ("the scan") come from here:
 //   kernel_bench --benchmark_filter=/128256 --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -202,6 +202,34 @@ void pivot_pass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * row.n * 4);
 }
 
+// A pivot round over stored entries (keep_and_sum: the entries between the
+// first and the last pivot copied out, the pivot sums of those in the
+// same read).
+void interval_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  const float xmax = *std::max_element(row.x.begin(), row.x.end());
+  nd::AlignedVector<float> keys(static_cast<size_t>(row.n)), weights(static_cast<size_t>(row.n));
+  for (size_t j = 0; j < keys.size(); ++j) {
+    keys[j] = xmax - row.x[j];
+    weights[j] = std::exp(-keys[j]);
+  }
+  nd::AlignedVector<float> out_key(static_cast<size_t>(row.n + 64));
+  nd::AlignedVector<float> out_weight(static_cast<size_t>(row.n + 64));
+  double sums[nd::kPivots];
+  int64_t counts[nd::kPivots];
+  int64_t kept = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(kept =
+                                 k.keep_and_sum(keys.data(), weights.data(), row.n, kPivotKeys[0],
+                                                kPivotKeys[nd::kPivots - 1], kPivotKeys,
+                                                out_key.data(), out_weight.data(), sums, counts));
+    benchmark::ClobberMemory();
+  }
+  state.counters["kept"] = static_cast<double>(kept);
+  state.SetBytesProcessed(state.iterations() * row.n * 8);
+}
+
 // A wide nucleus's pass (sum_mass_band): the mass, the mass at or before
 // the first pivot, and the members between the first and the last listed.
 void band_pass(benchmark::State& state) {
@@ -280,6 +308,7 @@ BENCHMARK(allowed_mask)->Arg(128256);
 BENCHMARK(mass_pass)->Arg(128256);
 BENCHMARK(pivot_pass)->Arg(128256);
 BENCHMARK(band_pass)->Arg(128256);
+BENCHMARK(interval_pass)->Arg(128256);
 BENCHMARK(compact_pass)->Args({128256, 500})->Args({128256, 5000});
 BENCHMARK(count_band_pass)->Arg(128256);
 

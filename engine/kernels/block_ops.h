@@ -776,7 +776,7 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // and stored whole (the outputs have a packet of room past kBlock).
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
                                         float khi, int32_t* idx, float* kout, float* dout) {
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
+  const SetPackets sp(set);  // (named: the lambda below uses it)
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
   const __m512 pad = _mm512_set1_ps(-kInf);
@@ -795,11 +795,11 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   int64_t c = 0;
   auto packet = [&](int64_t g, __m512 px) {
     if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) return;
-    const __m512 diff = _mm512_sub_ps(pxmax, px);
-    const __m512 d = _mm512_mul_ps(diff, pscale);
-    const __m512 k = _mm512_mul_ps(diff, pkscale);
-    __mmask16 hit = _mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, d, phi, _CMP_LE_OQ);
+    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+    const __m512 d = _mm512_mul_ps(diff, sp.scale);
+    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
+    __mmask16 hit = _mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, d, sp.hi, _CMP_LE_OQ);
     hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
     hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
     if (hit == 0) return;

@@ -798,16 +798,16 @@ int64_t count_band(const Segment& s, const SetSpec& set, float lo, float hi, flo
   // Masks throughout (through member_keys' packets, a mask turned into a
   // vector and back: ~19 us over a 128256 row listing 2k keys); whole
   // packets by plain loads.
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
+  const SetPackets sp(set);  // (named: the lambda below uses it)
   const __m512 pklo = _mm512_set1_ps(lo), pkhi = _mm512_set1_ps(hi);
   const __m512 pad = _mm512_set1_ps(-kInf);  // (d = +inf: no member)
   int64_t under = 0, listed = 0;
   auto packet = [&](__m512 px) {
-    const __m512 diff = _mm512_sub_ps(pxmax, px);
-    const __m512 d = _mm512_mul_ps(diff, pscale);
-    const __m512 k = _mm512_mul_ps(diff, pkscale);
+    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+    const __m512 d = _mm512_mul_ps(diff, sp.scale);
+    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
     const __mmask16 in =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ), d, phi, _CMP_LE_OQ);
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
     const __mmask16 le = _mm512_mask_cmp_ps_mask(in, k, pklo, _CMP_LE_OQ);
     under += std::popcount(static_cast<unsigned>(le));
     const __mmask16 band = _mm512_mask_cmp_ps_mask(in & ~le, k, pkhi, _CMP_LE_OQ);
@@ -949,14 +949,14 @@ int64_t compact(const Segment& s, const SetSpec& set, float* cx, int32_t* ci) {
   // branch: where about half the packets hold a member, after top-k 5000
   // over a 128256 row, a branch on each missed every other packet; ~30 us
   // that way, through Collected).
-  const auto [pxmax, pscale, pkscale, plo, phi, punder, pinf, pone] = SetPackets(set);
+  const SetPackets sp(set);                  // (named: the lambda below uses it)
   const __m512 pad = _mm512_set1_ps(-kInf);  // (d = +inf: no member)
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   int64_t count = 0;
   auto packet = [&](int64_t at, __m512 px, __mmask16 load) {
-    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(pxmax, px), pscale);
+    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(sp.xmax, px), sp.scale);
     const __mmask16 hit =
-        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, d, _CMP_LE_OQ), d, phi, _CMP_LE_OQ);
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
     if (hit == 0) return;
     const __m512i ids =
         s.idx ? _mm512_maskz_loadu_epi32(load, s.idx + at)

@@ -351,12 +351,7 @@ int64_t interval_pass_avx512(const float* key, const float* weight, int64_t n, f
     __m512 part[kPivots], cnt[kPivots];
     for (int i = 0; i < kPivots; ++i) part[i] = cnt[i] = _mm512_setzero_ps();
     int64_t in_group = 0;
-    for (int64_t g = 0; g < m; g += 16) {
-      const auto load =
-          g + 16 <= m ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (m - g)) - 1u);
-      const __m512 k = _mm512_maskz_loadu_ps(load, key + b0 + g);
-      const __m512 w = _mm512_maskz_loadu_ps(load, weight + b0 + g);
-      __mmask16 in = load;
+    auto packet = [&](__m512 k, __m512 w, __mmask16 in) {
       if constexpr (kKeep) {
         in = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(in, plo, k, _CMP_LT_OQ), k, phi,
                                      _CMP_LE_OQ);
@@ -380,6 +375,17 @@ int64_t interval_pass_avx512(const float* key, const float* weight, int64_t n, f
         _mm512_storeu_ps(out_weight + c, _mm512_maskz_compress_ps(in, w));
         c += __builtin_popcount(static_cast<unsigned>(in));
       }
+    };
+    // (whole packets by plain loads, the last by a masked one: a masked
+    // load each, bench/kernel_bench interval_pass over 128256 entries,
+    // 30 -> 26 us)
+    const float* k0 = key + b0;
+    const float* w0 = weight + b0;
+    int64_t g = 0;
+    for (; g + 16 <= m; g += 16) packet(_mm512_loadu_ps(k0 + g), _mm512_loadu_ps(w0 + g), 0xffff);
+    if (g < m) {
+      const auto load = static_cast<__mmask16>((1u << (m - g)) - 1u);
+      packet(_mm512_maskz_loadu_ps(load, k0 + g), _mm512_maskz_loadu_ps(load, w0 + g), load);
     }
     for (int i = 0; i < kPivots; ++i) {
       if (in_group) sum[i].add(part[i]);
