@@ -25,6 +25,7 @@
 // configurations leave out (one LM-like row, one thread, full sampling's
 // request changed): temperature 0.8 with and without logprobs, the
 // llama.cpp and vllm presets, top-n-sigma, top_logprobs (with their ranks),
+// top-p 0.5 and 0.7,
 // an allowed-token mask (one word in three partly cleared), alone and with
 // top-p (docs/performance.md, "Paths the benchmark grid does not time").
 //
@@ -218,6 +219,8 @@ constexpr ParamSet kParamSets[] = {
        r.params.top_logprobs = 5;
        r.params.logprobs_mode = nucleus::LogprobsMode::kRaw;
      }},
+    {"topp0.5", [](nucleus::RowRequest& r) { r.params.top_p = 0.5f; }},
+    {"topp0.7", [](nucleus::RowRequest& r) { r.params.top_p = 0.7f; }},
     {"mask", [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }},
     {"mask-topp",
      [](nucleus::RowRequest& r) {

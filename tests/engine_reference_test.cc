@@ -1011,7 +1011,16 @@ class WideSetTest : public EngineReferenceTest {
 
 TEST_F(WideSetTest, TopP) {
   Run(7, "wide top-p", [](Rng& rng, SamplingParams& p) {
-    p.top_p = rng.Pick({0.5f, 0.8f, 0.9f, 0.95f, 0.99f});
+    p.top_p = rng.Pick({0.2f, 0.3f, 0.5f, 0.7f, 0.8f, 0.9f, 0.95f, 0.99f});
+  });
+}
+
+// top-p below 0.75, where the wide-nucleus check also asks whether the
+// ~2048 heaviest tokens fall short of p of the total (estimate_nucleus).
+TEST_F(WideSetTest, LowTopP) {
+  Run(11, "wide low top-p", [](Rng& rng, SamplingParams& p) {
+    p.top_p = rng.Pick({0.05f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f});
+    p.min_p = 0.0f;
   });
 }
 

@@ -423,6 +423,14 @@ struct NucleusEstimate {
 // path's two gathers of tens of thousands of tokens before the pivot select
 // (top-p 0.95 over a Gaussian tail: 262 against 112 us). Only an estimate:
 // either path is exact.
+// For p below kLowP the test above says little (it asks the light tokens
+// for more than 1.5 (1 - p) of the total: all of it and more for p <= 1/3),
+// so the nucleus is also called large when the upper estimate of the ~2048
+// heaviest tokens' mass falls short of kHeavyShort p of the total: the
+// boundary then lies among the light tokens (top-p 0.3 over a Gaussian
+// row: 255 -> 73 us, docs/performance.md).
+constexpr double kLowP = 0.75;
+constexpr double kHeavyShort = 0.85;
 NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpec& set,
                                  const KeyRule& rule, double fraction, double sample_mass,
                                  SelectScratch& sc, const Runner& run) {
@@ -430,14 +438,18 @@ NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpe
   constexpr size_t kHeavySamples = 16;
   constexpr int64_t stride = kNucleusSampleStride;
   const double share = 1.5 * (1.0 - fraction);
-  if (!(share < 1.0) || sc.samples.size() <= kHeavySamples) return est;
+  const bool low_p = fraction < kLowP;
+  if (!(share < 1.0 || low_p) || sc.samples.size() <= kHeavySamples) return est;
   for (const Segment& seg : segments) {
     if (!seg.bmax || !(seg.sample || seg.x)) return est;
   }
   // (the max, a member at d = 0 when dlo is 0, weighs exp(d0): a sampled
-  // mass this light against it cannot be the larger share)
+  // mass this light against it cannot be the larger share, nor the heavy
+  // tokens, which hold the max, fall short)
   const double all = static_cast<double>(stride) * sample_mass;
-  if (set.dlo == 0.0f && all * (1.0 - share) <= share * std::exp(static_cast<double>(rule.d0))) {
+  const double max_mass = std::exp(static_cast<double>(rule.d0));
+  if (set.dlo == 0.0f && !(share < 1.0 && all * (1.0 - share) > share * max_mass) &&
+      !(low_p && max_mass < kHeavyShort * fraction * (max_mass + all))) {
     return est;
   }
   const float heavy_key = small_kth(sc.samples, kHeavySamples, sc.pivot_sample);
@@ -492,7 +504,8 @@ NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpe
   }
   est.light = std::max(0.0, all - static_cast<double>(stride) * (sampled_others + sampled_maxima));
   est.estimated = true;
-  est.large = est.light > share * (est.heavy_lo + est.light);
+  est.large = est.light > share * (est.heavy_lo + est.light) ||
+              (low_p && est.heavy_hi < kHeavyShort * fraction * (est.heavy_lo + est.light));
   return est;
 }
 
