@@ -90,10 +90,11 @@ void key_histogram(const Segment& s, const SetSpec& set, const KeyRule& rule, ui
   alignas(64) float key[kBlock];
   alignas(64) float weight[kBlock];
   bool member[kBlock];
-  if (!rule.mass_weight) {
+  if (!rule.mass_weight && s.n >= 8 * kLevel1Buckets) {
     // Counts only (the weights are the counts), in four tables, a token's
     // by its place mod 4: a row's keys crowd into a few buckets, and each
-    // increment to a bucket waits on the last one to it.
+    // increment to a bucket waits on the last one to it. (Not for short
+    // sets, where clearing and merging the tables would cost more.)
     alignas(64) uint32_t table[4][kLevel1Buckets] = {};
     for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
       const int64_t n = std::min(kBlock, s.n - j0);

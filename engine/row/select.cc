@@ -380,12 +380,10 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   if (total <= kGatherAllBelow) {
     bound = kInf;  // (a short set, compacted candidates: every member is gathered)
   } else if (!block_max_bound(segments, set, target, sc, *run.k, &bound)) {
-    // (the sample places the bound when it holds enough keys, sampled_bound
-    // says; it once also asked for 1024 k tokens, which sent top-k 500 to
-    // 2048 over a 128256 row, past the block maxima's 251, to the
-    // histogram: ~240 us against ~13 for top-k 200)
-    // (the band's far end: where the sample says, with a margin, that
-    // target members lie before it)
+    // (the sample places the bound at count_target_ranks' far end when it
+    // holds that many keys; it once also asked for 1024 k tokens, which
+    // sent top-k 500 to 2048 over a 128256 row, past the block maxima's
+    // 251, to the histogram: ~240 us against ~13 for top-k 200)
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
     const int64_t want = count_target_ranks(target, total).hi;
     if (static_cast<int64_t>(sc.samples.size()) <= want) return false;
@@ -440,18 +438,21 @@ NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpe
   const double share = 1.5 * (1.0 - fraction);
   const bool low_p = fraction < kLowP;
   if (!(share < 1.0 || low_p) || sc.samples.size() <= kHeavySamples) return est;
+  // The decision, from the heavy tokens' mass (lower and upper estimates)
+  // and the light tokens'.
+  auto wide = [&](double heavy_lo, double heavy_hi, double light) {
+    return (share < 1.0 && light > share * (heavy_lo + light)) ||
+           (low_p && heavy_hi < kHeavyShort * fraction * (heavy_lo + light));
+  };
   for (const Segment& seg : segments) {
     if (!seg.bmax || !(seg.sample || seg.x)) return est;
   }
-  // (the max, a member at d = 0 when dlo is 0, weighs exp(d0): a sampled
-  // mass this light against it cannot be the larger share, nor the heavy
-  // tokens, which hold the max, fall short)
+  // (the max, a member at d = 0 when dlo is 0, weighs exp(d0): when even
+  // all the sampled mass as light against the max alone as heavy says
+  // small, the estimate below cannot say wide)
   const double all = static_cast<double>(stride) * sample_mass;
   const double max_mass = std::exp(static_cast<double>(rule.d0));
-  if (set.dlo == 0.0f && !(share < 1.0 && all * (1.0 - share) > share * max_mass) &&
-      !(low_p && max_mass < kHeavyShort * fraction * (max_mass + all))) {
-    return est;
-  }
+  if (set.dlo == 0.0f && !wide(max_mass, max_mass, all)) return est;
   const float heavy_key = small_kth(sc.samples, kHeavySamples, sc.pivot_sample);
   // The sampled tokens at or before that key (those the sample took, every
   // stride-th from each segment's start): the ones that are not their
@@ -504,8 +505,7 @@ NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpe
   }
   est.light = std::max(0.0, all - static_cast<double>(stride) * (sampled_others + sampled_maxima));
   est.estimated = true;
-  est.large = est.light > share * (est.heavy_lo + est.light) ||
-              (low_p && est.heavy_hi < kHeavyShort * fraction * (est.heavy_lo + est.light));
+  est.large = wide(est.heavy_lo, est.heavy_hi, est.light);
   return est;
 }
 
@@ -1058,16 +1058,19 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
   if (!(lo < hi)) return false;  // (ties: a band of one key lists nothing)
   const auto nseg = static_cast<int64_t>(segments.size());
   layout_stored(segments, sc, /*padded=*/true);
-  sc.seg_chosen.resize(static_cast<size_t>(2 * nseg));  // (below, listed) a segment
+  // (each segment's count before the band and how many it listed, as
+  // large_nucleus_select keeps them)
+  sc.seg_chosen.resize(static_cast<size_t>(nseg));
+  sc.gathered_count.resize(static_cast<size_t>(nseg));
   run(nseg, [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
-    sc.seg_chosen[2 * i + 1] = run.k->count_band(
-        segments[i], set, lo, hi, sc.keys.data() + sc.offsets[i], &sc.seg_chosen[2 * i]);
+    sc.gathered_count[i] = run.k->count_band(segments[i], set, lo, hi,
+                                             sc.keys.data() + sc.offsets[i], &sc.seg_chosen[i]);
   });
   int64_t below = 0, listed = 0;
   for (int64_t s = 0; s < nseg; ++s) {
-    below += sc.seg_chosen[static_cast<size_t>(2 * s)];
-    listed += sc.seg_chosen[static_cast<size_t>(2 * s + 1)];
+    below += sc.seg_chosen[static_cast<size_t>(s)];
+    listed += sc.gathered_count[static_cast<size_t>(s)];
   }
   if (!(static_cast<double>(below) < target)) return false;  // the boundary lies before lo
   if (static_cast<double>(below + listed) < target) {
@@ -1082,7 +1085,7 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
   SelectEntry* to = sc.list.data();
   for (int64_t s = 0; s < nseg; ++s) {
     const float* k = sc.keys.data() + sc.offsets[static_cast<size_t>(s)];
-    for (int64_t j = 0; j < sc.seg_chosen[static_cast<size_t>(2 * s + 1)]; ++j) {
+    for (int64_t j = 0; j < sc.gathered_count[static_cast<size_t>(s)]; ++j) {
       *to++ = SelectEntry{k[j], 1.0f};
     }
   }
