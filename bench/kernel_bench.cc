@@ -284,10 +284,11 @@ void count_band_pass(benchmark::State& state) {
   const nd::Segment seg{row.x.data(), nullptr, row.n, 0, nullptr, nullptr};
   const nd::SetSpec set = row_set(row);
   const float lo = top_set(row, 4000).dhi, hi = top_set(row, 6000).dhi;
+  const nd::KeyRule rule;  // (distance keys)
   nd::AlignedVector<float> keys(static_cast<size_t>(row.n + 64));
   int64_t below = 0, listed = 0;
   for (auto _ : state) {
-    benchmark::DoNotOptimize(listed = k.count_band(seg, set, lo, hi, keys.data(), &below));
+    benchmark::DoNotOptimize(listed = k.count_band(seg, set, rule, lo, hi, keys.data(), &below));
     benchmark::ClobberMemory();
   }
   state.counters["listed"] = static_cast<double>(listed);

@@ -29,11 +29,13 @@
 // an allowed-token mask (one word in three partly cleared), alone and with
 // top-p (docs/performance.md, "Paths the benchmark grid does not time").
 //
-// wide/<row>/{full,topp,typical,topk2000,topk5000}/128256/1/f32/1 time one
-// row whose top-p nucleus holds thousands of tokens (a Gaussian tail under
-// one or five dominant tokens), one thread (docs/performance.md, "Wide
-// nuclei"); top-k 2000 and 5000 are full sampling's request with that k
-// (count targets past the block maxima's 251).
+// wide/<row>/{full,topp,typical,topk2000,topk5000,typical_minkeep5000}/
+// 128256/1/f32/1 time one row whose top-p nucleus holds thousands of tokens
+// (a Gaussian tail under one or five dominant tokens), one thread
+// (docs/performance.md, "Wide nuclei"); top-k 2000 and 5000 are full
+// sampling's request with that k (count targets past the block maxima's
+// 251), typical_minkeep5000 typical-p 0.9's with min_keep 5000 (a count
+// target on typical keys).
 //
 // fork_join/{alone,split}/128256 time the softmax floor's exp-sum over half
 // of one row on the calling thread (alone), and over the whole row in two
@@ -255,14 +257,19 @@ struct WideRow {
 };
 constexpr WideRow kWideRows[] = {{"gauss1-one8", 1.0, 1, 8.0}, {"gauss2-five12", 2.0, 5, 12.0}};
 
-// Full sampling's request with a large top-k (wide/<row>/topk...).
-struct WideTopK {
+// A configuration's request with a large count target: top-k, min_keep
+// (wide/<row>/topk..., typical_minkeep...).
+struct WideCount {
   const char* name;
-  int32_t k;
+  nb::Config config;
+  int32_t top_k, min_keep;
 };
-constexpr WideTopK kWideTopK[] = {{"topk2000", 2000}, {"topk5000", 5000}};
+constexpr WideCount kWideCounts[] = {{"topk2000", nb::Config::kFull, 2000, 1},
+                                     {"topk5000", nb::Config::kFull, 5000, 1},
+                                     {"typical_minkeep5000", nb::Config::kTypical, 0, 5000}};
 
-void wide_case(benchmark::State& state, const WideRow* row, nb::Config config, int32_t top_k) {
+void wide_case(benchmark::State& state, const WideRow* row, nb::Config config, int32_t top_k,
+               int32_t min_keep) {
   nb::Workload w;
   w.rows = 1;
   w.vocab = 128256;
@@ -278,6 +285,7 @@ void wide_case(benchmark::State& state, const WideRow* row, nb::Config config, i
   std::vector<std::vector<nucleus::RowRequest>> requests = {
       nb::make_requests(config, ws[0], false)};
   if (top_k > 0) requests[0][0].params.top_k = top_k;
+  requests[0][0].params.min_keep = min_keep;
   std::vector<nucleus::RowResult> results(1);
   nucleus::Engine engine({.max_threads = 1, .seed = 1});
   time_sampling(state, engine, ws, requests, results);
@@ -386,12 +394,12 @@ void register_grid() {
     for (nb::Config config : {nb::Config::kFull, nb::Config::kTopP, nb::Config::kTypical}) {
       benchmark::RegisterBenchmark(
           join({"wide", row.name, nb::config_name(config), "128256/1/f32/1"}).c_str(), wide_case,
-          &row, config, 0)
+          &row, config, 0, 1)
           ->UseRealTime();
     }
-    for (const WideTopK& topk : kWideTopK) {
-      benchmark::RegisterBenchmark(join({"wide", row.name, topk.name, "128256/1/f32/1"}).c_str(),
-                                   wide_case, &row, nb::Config::kFull, topk.k)
+    for (const WideCount& count : kWideCounts) {
+      benchmark::RegisterBenchmark(join({"wide", row.name, count.name, "128256/1/f32/1"}).c_str(),
+                                   wide_case, &row, count.config, count.top_k, count.min_keep)
           ->UseRealTime();
     }
   }

@@ -1058,6 +1058,17 @@ TEST_F(WideSetTest, TypicalP) {
   });
 }
 
+// min_keep beside typical-p: a count target on typical keys, placed by a
+// band around the sampled boundary (count_band_select), small or large;
+// some past the whole row.
+TEST_F(WideSetTest, TypicalMinKeep) {
+  Run(12, "wide typical-p with min_keep", [](Rng& rng, SamplingParams& p) {
+    p.typical_p = rng.Pick({0.2f, 0.5f, 0.9f});
+    p.min_keep = static_cast<int32_t>(
+        rng.Pick<int64_t>({2, 50, 500, 2049, 5000, 30000, rng.Int(2, 200000)}));
+  });
+}
+
 // Logits whose softmax is the given distribution.
 std::vector<float> LogOfProbs(std::initializer_list<double> probs) {
   std::vector<float> x;

@@ -261,10 +261,12 @@ TEST(Band, TotalsBelowAndListsTheBand) {
   }
 }
 
-// Large count targets' band pass (count_band) and the compaction after a
-// filter (compact), on every instruction set, against the scalar answer:
+// Large count targets' band pass (count_band), the compaction after a
+// filter (compact) and a threshold's d range (key_bounds), on every
+// instruction set, against the scalar answer:
 // count_band counts the members with key <= lo and lists the keys in
-// (lo, hi] in token order, bit-equal to (xmax - x) * key_scale; compact
+// (lo, hi] in token order, bit-equal to (xmax - x) * key_scale, or, for
+// typical keys, to typical_key(d - d0, mu) (+inf past kUnderflow); compact
 // copies every member's value and token id in order. Sets with and without
 // bounds, two scales that differ, a segment with token ids and one without
 // block maxima, over a row with -inf tokens, a tail past the last block and
@@ -288,32 +290,46 @@ TEST(CountBand, CountsBelowAndListsTheBand) {
     k.max_stats(x.data(), n, maxima.data());
     struct Case {
       float dlo, dhi, scale, key_scale, lo, hi;
+      bool typical = false;  // typical keys, d0 0.5, mu 6
     };
+    const float inf = detail::kInf;
     for (const bool with_ids : {false, true}) {
       for (const bool with_maxima : {true, false}) {
         const detail::Segment s{x.data(), with_ids ? ids.data() : nullptr,       n,
                                 100,      with_maxima ? maxima.data() : nullptr, nullptr};
         for (const Case c :
              {Case{0.0f, detail::kMaxFloat, 1.0f, 1.0f, 5.0f, 9.0f},
-              Case{0.0f, detail::kMaxFloat, 0.7f, 1.4f, -detail::kInf, 3.0f},
+              Case{0.0f, detail::kMaxFloat, 0.7f, 1.4f, -inf, 3.0f},
               Case{0.0f, 20.0f, 1.0f, 1.0f, 12.0f, detail::kMaxFloat},
               Case{2.0f, 21.0f, 1.3f, 0.9f, 8.0f, 8.5f}, Case{0.0f, 3.0f, 1.0f, 1.0f, 0.5f, 2.5f},
               // (lo a member's key: counted, not listed)
-              Case{0.0f, detail::kMaxFloat, 1.0f, 1.1f, (12.0f - x[100]) * 1.1f, 40.0f}}) {
+              Case{0.0f, detail::kMaxFloat, 1.0f, 1.1f, (12.0f - x[100]) * 1.1f, 40.0f},
+              Case{0.0f, detail::kMaxFloat, 1.0f, 1.0f, 1.0f, 3.0f, true},
+              Case{2.0f, 21.0f, 1.3f, 1.3f, -inf, 0.5f, true},
+              // (scale 8: d reaches 192, past kUnderflow: +inf keys, listed)
+              Case{0.0f, detail::kMaxFloat, 8.0f, 8.0f, 4.0f, inf, true},
+              Case{0.0f, 150.0f, 8.0f, 8.0f, 60.0f, 90.0f, true}}) {
           SCOPED_TRACE(::testing::Message()
                        << "d in [" << c.dlo << ", " << c.dhi << "], scales " << c.scale << " / "
                        << c.key_scale << ", band (" << c.lo << ", " << c.hi << "], ids " << with_ids
-                       << ", maxima " << with_maxima);
+                       << ", maxima " << with_maxima << ", typical " << c.typical);
           detail::SetSpec set;
           set.xmax = 12.0f;
           set.dlo = c.dlo, set.dhi = c.dhi, set.scale = c.scale, set.key_scale = c.key_scale;
+          detail::KeyRule rule;
+          if (c.typical) rule = detail::KeyRule{detail::KeyKind::kTypical, false, 0.5f, 6.0};
+          auto member_key = [&](size_t j) {  // (for a member)
+            if (!c.typical) return (set.xmax - x[j]) * set.key_scale;
+            const float e = (set.xmax - x[j]) * set.scale - rule.d0;
+            return e <= detail::kUnderflow ? detail::typical_key(e, rule.mu) : inf;
+          };
           int64_t want_below = 0;
           std::vector<float> want_band, want_x;
           std::vector<int32_t> want_ids;
           for (size_t j = 0; j < x.size(); ++j) {
             const float d = (set.xmax - x[j]) * set.scale;
             if (!(d >= c.dlo && d <= c.dhi)) continue;
-            const float key = (set.xmax - x[j]) * set.key_scale;
+            const float key = member_key(j);
             want_below += key <= c.lo ? 1 : 0;
             if (key > c.lo && key <= c.hi) want_band.push_back(key);
             want_x.push_back(x[j]);
@@ -321,7 +337,7 @@ TEST(CountBand, CountsBelowAndListsTheBand) {
           }
           std::vector<float> key(x.size() + 64);
           int64_t below = -1;
-          const int64_t listed = k.count_band(s, set, c.lo, c.hi, key.data(), &below);
+          const int64_t listed = k.count_band(s, set, rule, c.lo, c.hi, key.data(), &below);
           EXPECT_EQ(below, want_below);
           ASSERT_EQ(listed, static_cast<int64_t>(want_band.size()));
           ASSERT_GT(listed, 0);
@@ -338,10 +354,75 @@ TEST(CountBand, CountsBelowAndListsTheBand) {
           ci.resize(static_cast<size_t>(kept));
           EXPECT_EQ(cx, want_x);
           EXPECT_EQ(ci, want_ids);
+          // key_bounds: the d range and count of the members with key <= c
+          // (c = +inf: every member, +inf keys included).
+          for (const float bound : {c.lo, c.hi, inf}) {
+            detail::KeyBounds want;
+            for (size_t j = 0; j < x.size(); ++j) {
+              const float d = (set.xmax - x[j]) * set.scale;
+              if (!(d >= c.dlo && d <= c.dhi) || !(member_key(j) <= bound)) continue;
+              want.dmin = std::min(want.dmin, d);
+              want.dmax = std::max(want.dmax, d);
+              ++want.count;
+            }
+            const detail::KeyBounds got = k.key_bounds(s, set, rule, bound);
+            EXPECT_EQ(got.count, want.count) << "c " << bound;
+            EXPECT_EQ(got.dmin, want.dmin) << "c " << bound;
+            EXPECT_EQ(got.dmax, want.dmax) << "c " << bound;
+          }
         }
       }
     }
   }
+}
+
+// typical_e_range: e lies in [lo, hi] exactly when its typical key (+inf
+// past kUnderflow) is <= c, checked at each end and its float neighbours,
+// at float(mu) and at random e, for mu from 1e-3 to past kUnderflow and c
+// from keys themselves (ties), keys nudged by an ulp, 0, below 0 and +inf.
+TEST(TypicalERange, HoldsExactlyTheKeysAtMostC) {
+  const float inf = detail::kInf;
+  auto key = [inf](float e, double mu) {
+    return e <= kUnderflow ? detail::typical_key(e, mu) : inf;
+  };
+  uint64_t state = 99;
+  auto uniform = [&](double a, double b) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return a + (b - a) * static_cast<double>(state >> 11) / 9007199254740992.0;
+  };
+  int64_t checked = 0;
+  for (const double mu : {1e-3, 0.37, 1.0, 2.718281828459045, 6.1, 13.000001, 86.9, 90.25}) {
+    std::vector<float> cs = {0.0f, -1.0f, -inf, inf, 1e-6f, 3.0f, 100.0f};
+    for (int i = 0; i < 12; ++i) {
+      const float k = key(static_cast<float>(uniform(mu - 8.0, mu + 8.0)), mu);
+      cs.insert(cs.end(), {k, std::nextafter(k, inf), std::nextafter(k, -inf)});
+    }
+    for (const float c : cs) {
+      const detail::ERange r = detail::typical_e_range(mu, c);
+      auto expect = [&](float e) {
+        ++checked;
+        EXPECT_EQ(r.lo <= e && e <= r.hi, key(e, mu) <= c)
+            << "mu " << mu << " c " << c << " e " << e << " range [" << r.lo << ", " << r.hi << "]";
+      };
+      std::vector<float> es = {static_cast<float>(mu), 0.0f, kUnderflow,
+                               std::nextafter(kUnderflow, inf)};
+      for (float end : {r.lo, r.hi}) {
+        if (!std::isfinite(end)) continue;
+        float up = end, down = end;
+        for (int i = 0; i < 3; ++i) {
+          up = std::nextafter(up, inf);
+          down = std::nextafter(down, -inf);
+          es.insert(es.end(), {up, down});
+        }
+        es.push_back(end);
+      }
+      const double width = std::isfinite(c) && c > 0.0f ? 2.0 * c : 1.0;
+      for (int i = 0; i < 40; ++i)
+        es.push_back(static_cast<float>(uniform(mu - width, mu + width)));
+      for (const float e : es) expect(e);
+    }
+  }
+  EXPECT_GT(checked, 5000);
 }
 
 }  // namespace

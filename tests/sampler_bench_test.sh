@@ -67,7 +67,7 @@ fi
 # Cases of one row each (filter, how many): every one runs, none with an
 # error (a request the engine refused would say so). The parameter sets the
 # grid leaves out, and the wide-nucleus rows (two rows x full, top-p,
-# typical-p, top-k 2000 and 5000).
+# typical-p, top-k 2000 and 5000, typical-p with min_keep 5000).
 one_row_cases() {
   json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
     --benchmark_filter="$1" 2>/dev/null)"
@@ -83,4 +83,4 @@ print(f"sampler_bench: {len(runs)} cases {sys.argv[2]} run")
 PY
 }
 one_row_cases '^params/' 13
-one_row_cases '^wide/' 10
+one_row_cases '^wide/' 12

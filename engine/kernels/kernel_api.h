@@ -17,8 +17,8 @@ double sum_mass_band(const Segment& s, const SetSpec& set, float k0, float lo, f
                      int64_t* below_count);
 float min_key(const Segment& s, const SetSpec& set);
 int64_t count_key_below(const Segment& s, const SetSpec& set, float key);
-int64_t count_band(const Segment& s, const SetSpec& set, float lo, float hi, float* out_key,
-                   int64_t* below);
+int64_t count_band(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,
+                   float* out_key, int64_t* below);
 int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,
              double cum_before, double target);
 void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, float* out);

@@ -792,37 +792,65 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
   return count + lanes[0].total() + lanes[1].total();
 }
 
-int64_t count_band(const Segment& s, const SetSpec& set, float lo, float hi, float* out_key,
-                   int64_t* below) {
+namespace {
+
+// e -> its typical key (+inf past kUnderflow), in place.
+void typical_keys_of_e(float* e, int64_t n, double mu) {
+  for (int64_t j = 0; j < n; ++j) e[j] = e[j] <= kUnderflow ? typical_key(e[j], mu) : kInf;
+}
+
+// count_band for distance keys (kTypical false: blocks whose max's key lies
+// past hi are skipped) or typical keys (every block is read: a block's max
+// bounds no token's typical key). Typical keys are compared as e against
+// typical_e_range's ends, the band's e listed and turned into keys after.
+template <bool kTypical>
+int64_t count_band_of(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,
+                      float* out_key, int64_t* below) {
 #if defined(__AVX512F__)
   // Masks throughout (through member_keys' packets, a mask turned into a
   // vector and back: ~19 us over a 128256 row listing 2k keys); whole
   // packets by plain loads.
   const SetPackets sp(set);  // (named: the lambda below uses it)
   const __m512 pklo = _mm512_set1_ps(lo), pkhi = _mm512_set1_ps(hi);
+  const __m512 pd0 = _mm512_set1_ps(rule.d0);
   const __m512 pad = _mm512_set1_ps(-kInf);  // (d = +inf: no member)
+  const ERange rlo = kTypical ? typical_e_range(rule.mu, lo) : ERange{};
+  const ERange rhi = kTypical ? typical_e_range(rule.mu, hi) : ERange{};
+  const __m512 pelo0 = _mm512_set1_ps(rlo.lo), pehi0 = _mm512_set1_ps(rlo.hi);
+  const __m512 pelo1 = _mm512_set1_ps(rhi.lo), pehi1 = _mm512_set1_ps(rhi.hi);
   int64_t under = 0, listed = 0;
   auto packet = [&](__m512 px) {
     const __m512 diff = _mm512_sub_ps(sp.xmax, px);
     const __m512 d = _mm512_mul_ps(diff, sp.scale);
-    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
     const __mmask16 in =
         _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ), d, sp.hi, _CMP_LE_OQ);
-    const __mmask16 le = _mm512_mask_cmp_ps_mask(in, k, pklo, _CMP_LE_OQ);
+    __mmask16 le, band;
+    __m512 k;  // (typical: e, its key formed after)
+    if constexpr (kTypical) {
+      k = _mm512_sub_ps(d, pd0);
+      le = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(in, pelo0, k, _CMP_LE_OQ), k, pehi0,
+                                   _CMP_LE_OQ);
+      band = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(in & ~le, pelo1, k, _CMP_LE_OQ), k,
+                                     pehi1, _CMP_LE_OQ);
+    } else {
+      k = _mm512_mul_ps(diff, sp.key_scale);
+      le = _mm512_mask_cmp_ps_mask(in, k, pklo, _CMP_LE_OQ);
+      band = _mm512_mask_cmp_ps_mask(in & ~le, k, pkhi, _CMP_LE_OQ);
+    }
     under += std::popcount(static_cast<unsigned>(le));
-    const __mmask16 band = _mm512_mask_cmp_ps_mask(in & ~le, k, pkhi, _CMP_LE_OQ);
     _mm512_storeu_ps(out_key + listed, _mm512_maskz_compress_ps(band, k));
     listed += std::popcount(static_cast<unsigned>(band));
   };
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
-    if (block_above(s, j0, set, hi)) continue;  // (every key past hi)
+    if (!kTypical && block_above(s, j0, set, hi)) continue;  // (every key past hi)
     const float* x = s.x + j0;
     int64_t g = 0;
     for (; g + 16 <= n; g += 16) packet(_mm512_loadu_ps(x + g));
     if (g < n)
       packet(_mm512_mask_loadu_ps(pad, static_cast<__mmask16>((1u << (n - g)) - 1u), x + g));
   }
+  if constexpr (kTypical) typical_keys_of_e(out_key, listed, rule.mu);
   *below = under;
   return listed;
 #else
@@ -832,31 +860,66 @@ int64_t count_band(const Segment& s, const SetSpec& set, float lo, float hi, flo
   const Packet plo = ei::pset1<Packet>(lo), phi = ei::pset1<Packet>(hi);
   LaneCount lanes[2];
   int64_t under = 0, listed = 0;
-  // (blocks whose every key lies past hi hold neither kind: skipped)
-  member_keys(
-      s, set, hi,
-      [&](auto chain, const Packet& k, const Packet& in) {
-        const Packet le = ei::pand(in, ei::pcmp_le(k, plo));
-        lanes[chain].add(le);
-        const Packet band = ei::pandnot(ei::pand(in, ei::pcmp_le(k, phi)), le);
-        if (!ei::predux_any(band)) return;
-        alignas(64) float kk[kP];
-        alignas(64) float bb[kP];
-        ei::pstore(kk, k);
-        ei::pstore(bb, band);
-        for (int64_t i = 0; i < kP; ++i) {
-          out_key[listed] = kk[i];
-          listed += std::bit_cast<uint32_t>(bb[i]) != 0 ? 1 : 0;  // (a hit lane is all ones)
-        }
-      },
-      [&](float k, bool in) {
-        under += (in & (k <= lo)) ? 1 : 0;
-        out_key[listed] = k;
-        listed += (in & (k > lo) & (k <= hi)) ? 1 : 0;
-      });
+  // The lanes of `le` counted, those of `in_band` listed (their k).
+  auto band = [&](auto chain, const Packet& k, const Packet& le, const Packet& in_band) {
+    lanes[chain].add(le);
+    if (!ei::predux_any(in_band)) return;
+    alignas(64) float kk[kP];
+    alignas(64) float bb[kP];
+    ei::pstore(kk, k);
+    ei::pstore(bb, in_band);
+    for (int64_t i = 0; i < kP; ++i) {
+      out_key[listed] = kk[i];
+      listed += std::bit_cast<uint32_t>(bb[i]) != 0 ? 1 : 0;  // (a hit lane is all ones)
+    }
+  };
+  auto take = [&](auto chain, const Packet& k, const Packet& in) {
+    const Packet le = ei::pand(in, ei::pcmp_le(k, plo));
+    band(chain, k, le, ei::pandnot(ei::pand(in, ei::pcmp_le(k, phi)), le));
+  };
+  if constexpr (kTypical) {
+    const SetPackets sp(set);
+    const Packet pd0 = ei::pset1<Packet>(rule.d0);
+    const ERange rlo = typical_e_range(rule.mu, lo), rhi = typical_e_range(rule.mu, hi);
+    const Packet pelo0 = ei::pset1<Packet>(rlo.lo), pehi0 = ei::pset1<Packet>(rlo.hi);
+    const Packet pelo1 = ei::pset1<Packet>(rhi.lo), pehi1 = ei::pset1<Packet>(rhi.hi);
+    alignas(64) float tail[kP];
+    for (int64_t g = 0; g < s.n; g += kP) {
+      Packet px;
+      if (g + kP <= s.n) {
+        px = ei::ploadu<Packet>(s.x + g);
+      } else {
+        for (int64_t j = 0; j < kP; ++j) tail[j] = g + j < s.n ? s.x[g + j] : -kInf;
+        px = ei::pload<Packet>(tail);  // padding: never a member
+      }
+      const Packet d = ei::pmul(ei::psub(sp.xmax, px), sp.scale);
+      const Packet in = ei::pand(ei::pcmp_le(sp.lo, d), ei::pcmp_le(d, sp.hi));
+      const Packet e = ei::psub(d, pd0);
+      const Packet le = ei::pand(in, ei::pand(ei::pcmp_le(pelo0, e), ei::pcmp_le(e, pehi0)));
+      const Packet upto = ei::pand(in, ei::pand(ei::pcmp_le(pelo1, e), ei::pcmp_le(e, pehi1)));
+      band(std::integral_constant<int, 0>{}, e, le, ei::pandnot(upto, le));
+    }
+    typical_keys_of_e(out_key, listed, rule.mu);
+  } else {
+    // (blocks whose every key lies past hi hold neither kind: skipped)
+    member_keys(s, set, hi, take, [&](float k, bool in) {
+      under += (in & (k <= lo)) ? 1 : 0;
+      out_key[listed] = k;
+      listed += (in & (k > lo) & (k <= hi)) ? 1 : 0;
+    });
+  }
   *below = under + lanes[0].total() + lanes[1].total();
   return listed;
 #endif
+}
+
+}  // namespace
+
+int64_t count_band(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,
+                   float* out_key, int64_t* below) {
+  return rule.kind == KeyKind::kTypical
+             ? count_band_of<true>(s, set, rule, lo, hi, out_key, below)
+             : count_band_of<false>(s, set, rule, lo, hi, out_key, below);
 }
 
 int64_t walk(const Segment& s, const SetSpec& set, float k0, const double* block_sums,

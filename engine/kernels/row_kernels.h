@@ -242,6 +242,43 @@ inline float typical_key(float e, double mu) {
   return static_cast<float>(std::fabs(static_cast<double>(e) - mu));
 }
 
+// The e whose typical key, +inf past kUnderflow as the passes form it, is
+// at most c: the floats in [lo, hi] (none when lo > hi; every e when c is
+// +inf). The key falls as e nears mu and rises past it, float(mu) the
+// nearest float and so the smallest key, so they are one interval; each end
+// is bisected over the floats' order. A pass then compares e, with no
+// double conversions a token (two of them, and their rounding back, cost a
+// 128256-row pass ~2.5x its compares).
+struct ERange {
+  float lo, hi;
+};
+inline ERange typical_e_range(double mu, float c) {
+  if (!(c < kInf)) return {-kInf, kInf};
+  const auto m = static_cast<float>(mu);
+  auto ok = [&](float e) { return typical_key(e, mu) <= c; };
+  if (!ok(m)) return {kInf, -kInf};  // (c below every key)
+  // Floats in order as integers (-0 and +0 as one).
+  auto ord = [](float f) -> int64_t {
+    const auto b = std::bit_cast<int32_t>(f);
+    return b >= 0 ? b : -static_cast<int64_t>(b & 0x7fffffff);
+  };
+  auto flt = [](int64_t o) {
+    return o >= 0 ? std::bit_cast<float>(static_cast<uint32_t>(o))
+                  : std::bit_cast<float>(static_cast<uint32_t>(-o) | 0x80000000u);
+  };
+  // Each side: `in` holds, `out` does not (or lies past the finite floats).
+  auto bisect = [&](int64_t in, int64_t out) {
+    while (in - out > 1 || out - in > 1) {
+      const int64_t mid = in + (out - in) / 2;
+      (ok(flt(mid)) ? in : out) = mid;
+    }
+    return flt(in);
+  };
+  const float lo = bisect(ord(m), ord(-kMaxFloat) - 1);
+  const float hi = bisect(ord(m), ord(kMaxFloat) + 1);
+  return {lo, std::min(hi, kUnderflow)};
+}
+
 // Pivots per round of the pivot select (Kernels::keep_and_sum).
 inline constexpr int kPivots = 3;
 
@@ -293,9 +330,11 @@ struct Kernels {
   // Members whose key is <= lo, counted (*below), and the keys of those with
   // lo < key <= hi, in order, into out_key (room for every token of the
   // segment and a packet, 64 floats, past it); returns how many were listed.
-  // No masses: count targets' band (top-k past the small-target path).
-  int64_t (*count_band)(const Segment& s, const SetSpec& set, float lo, float hi, float* out_key,
-                        int64_t* below);
+  // No masses: count targets' band (top-k past the small-target path, and
+  // min_keep under typical-p). The keys are rule.kind's (typical: +inf
+  // past kUnderflow); rule.mass_weight is not read.
+  int64_t (*count_band)(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo,
+                        float hi, float* out_key, int64_t* below);
   // Inverse-CDF walk: whole blocks are skipped by their sums from sum_mass
   // while cum_before plus them stays below target; inside the block that
   // reaches it, the first member at which the running mass Σ exp(-(key -

@@ -366,7 +366,7 @@ bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, doub
 // pass gathers the members with key <= bound and the exact answer is found
 // among them. Returns false when the bound turns out too tight or too loose,
 // and the histogram path takes over. (Distance keys only: count rules on
-// typical keys, from min_keep, take the histogram path.)
+// typical keys, from min_keep, take count_band_select.)
 bool small_target_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
                          double target, SelectScratch& sc, const Runner& run,
                          SelectResult& result) {
@@ -1019,7 +1019,8 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
 }
 
 // Count targets the small-target path leaves (top-k, min_keep and top-N past
-// kFastTargetMax, or a sampled bound that missed) over a large set: the
+// kFastTargetMax, or a sampled bound that missed; min_keep under typical-p,
+// on typical keys, at any size) over a large set: the
 // sampled keys at count_target_ranks place a band around the target-th
 // smallest key. One pass, a segment per thread (count_band), counts the members at
 // or before the band and lists the band's keys; refine finishes on that
@@ -1032,7 +1033,7 @@ constexpr int64_t kCountBandMinTokens = 128 * kSampleStride;
 
 bool count_band_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
                        double target, SelectScratch& sc, const Runner& run, SelectResult& result) {
-  if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance) return false;
+  if (rule.mass_weight || rule.target_is_fraction) return false;
   int64_t total_n = 0;
   for (const Segment& seg : segments) total_n += seg.n;
   if (total_n < kCountBandMinTokens) return false;
@@ -1043,8 +1044,9 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
   const int64_t hi_rank = ranks.hi;
   const int64_t lo_rank = std::min(ranks.lo, sampled - 1);
   // hi: past every member when the sample holds too few keys (every member
-  // is then counted or listed).
-  float hi = kMaxFloat, lo = -kInf;
+  // is then counted or listed; typical keys are +inf where the mass is 0).
+  const float far_end = rule.kind == KeyKind::kTypical ? kInf : kMaxFloat;
+  float hi = far_end, lo = -kInf;
   int64_t upto = sampled;
   if (hi_rank < sampled) {
     std::nth_element(v.begin(), v.begin() + hi_rank, v.end());
@@ -1064,7 +1066,7 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
   sc.gathered_count.resize(static_cast<size_t>(nseg));
   run(nseg, [&](int64_t s) {
     const auto i = static_cast<size_t>(s);
-    sc.gathered_count[i] = run.k->count_band(segments[i], set, lo, hi,
+    sc.gathered_count[i] = run.k->count_band(segments[i], set, rule, lo, hi,
                                              sc.keys.data() + sc.offsets[i], &sc.seg_chosen[i]);
   });
   int64_t below = 0, listed = 0;
@@ -1074,7 +1076,7 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
   }
   if (!(static_cast<double>(below) < target)) return false;  // the boundary lies before lo
   if (static_cast<double>(below + listed) < target) {
-    if (hi < kMaxFloat) return false;  // ... or past hi
+    if (hi < far_end) return false;  // ... or past hi
     // Every member counted: the target is out of reach.
     result = SelectResult();
     result.count_le = below + listed;
