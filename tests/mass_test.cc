@@ -262,7 +262,8 @@ TEST(Band, TotalsBelowAndListsTheBand) {
 }
 
 // Large count targets' band pass (count_band), the compaction after a
-// filter (compact) and a threshold's d range (key_bounds), on every
+// filter (compact) and a threshold's d range (key_bounds, from the values
+// and from stored keys), on every
 // instruction set, against the scalar answer:
 // count_band counts the members with key <= lo and lists the keys in
 // (lo, hi] in token order, bit-equal to (xmax - x) * key_scale, or, for
@@ -369,6 +370,17 @@ TEST(CountBand, CountsBelowAndListsTheBand) {
             EXPECT_EQ(got.count, want.count) << "c " << bound;
             EXPECT_EQ(got.dmin, want.dmin) << "c " << bound;
             EXPECT_EQ(got.dmax, want.dmax) << "c " << bound;
+            if (!(bound < inf)) continue;
+            // ... and from stored keys (+inf off the set), for c < +inf.
+            std::vector<float> stored(x.size());
+            for (size_t j = 0; j < x.size(); ++j) {
+              const float d = (set.xmax - x[j]) * set.scale;
+              stored[j] = d >= c.dlo && d <= c.dhi ? member_key(j) : inf;
+            }
+            const detail::KeyBounds from = k.stored_key_bounds(s, set, stored.data(), bound);
+            EXPECT_EQ(from.count, want.count) << "c " << bound;
+            EXPECT_EQ(from.dmin, want.dmin) << "c " << bound;
+            EXPECT_EQ(from.dmax, want.dmax) << "c " << bound;
           }
         }
       }

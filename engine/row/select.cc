@@ -786,6 +786,58 @@ void reserve_intervals(int64_t n, SelectScratch& sc) {
   }
 }
 
+// Each segment's list, sc.gathered_count[s] entries at sc.offsets[s] of
+// sc.keys (and of sc.weights, `weights`), closed up at the front in segment
+// order; returns how many in all.
+int64_t close_up_lists(SelectScratch& sc, int64_t nseg, bool weights) {
+  int64_t n = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    const int64_t at = sc.offsets[static_cast<size_t>(s)];
+    const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
+    if (at != n) {  // (copy_n forbids a range onto itself; forward, onto lower room, is fine)
+      std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
+      if (weights) std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
+    }
+    n += got;
+  }
+  return n;
+}
+
+// The threshold among a band's n entries (sc.keys / sc.weights, keys in
+// (lo, hi]) when the weight before the band (`below`, of `below_count`
+// entries) falls short of the target and the band's reaches it: refine on a
+// short band, the pivot rounds on a long one. False when the target lies
+// outside the band (or the rounds stall on equal keys).
+bool select_in_band(int64_t n, float lo, float hi, double below, int64_t below_count, double target,
+                    SelectScratch& sc, const Runner& run, SelectResult& result) {
+  if (!(below < target)) return false;  // before lo
+  // (four chains, as weight_of's: indexed by j & 3, the sums went through
+  // memory, 14 of an 85 us row)
+  const float* weights = sc.weights.data();
+  double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    l0 += static_cast<double>(weights[j]);
+    l1 += static_cast<double>(weights[j + 1]);
+    l2 += static_cast<double>(weights[j + 2]);
+    l3 += static_cast<double>(weights[j + 3]);
+  }
+  for (; j < n; ++j) l0 += static_cast<double>(weights[j]);
+  if (!(below + ((l0 + l1) + (l2 + l3)) >= target)) return false;  // past hi
+  if (n <= kPivotRefineBelow) {
+    sc.list.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      sc.list[static_cast<size_t>(i)] =
+          SelectEntry{sc.keys[static_cast<size_t>(i)], sc.weights[static_cast<size_t>(i)]};
+    }
+    result = refine(sc.list, sc, true, below, below_count, target, kLevel1Shift);
+    return true;
+  }
+  reserve_intervals(n, sc);
+  return narrow_to_boundary(sc.keys.data(), sc.weights.data(), n, lo, hi, below, below_count,
+                            nullptr, nullptr, nullptr, target, sc, run, result);
+}
+
 }  // namespace
 
 // top-p whose nucleus holds thousands of tokens (est.large): the sampled
@@ -887,48 +939,17 @@ bool large_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
                                            &sc.masses[i], &sc.seg_chosen[i]);
   });
   double total = 0.0, below = 0.0;
-  int64_t below_count = 0, n = 0;
+  int64_t below_count = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     const auto i = static_cast<size_t>(s);
     total += sc.seg_total[i];
     below += sc.masses[i];
     below_count += sc.seg_chosen[i];
-    const int64_t at = sc.offsets[i], got = sc.gathered_count[i];
-    if (at != n) {  // (copy_n forbids a range onto itself; forward, onto lower room, is fine)
-      std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
-      std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
-    }
-    n += got;
   }
+  const int64_t n = close_up_lists(sc, nseg, true);
   const double target = fraction * total;
-  if (!(target > 0.0) || !(target <= total) || !(below < target)) return false;  // before lo
-  // (four chains, as weight_of's: indexed by j & 3, the sums went through
-  // memory, 14 of an 85 us row)
-  const float* weights = sc.weights.data();
-  double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0;
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    l0 += static_cast<double>(weights[j]);
-    l1 += static_cast<double>(weights[j + 1]);
-    l2 += static_cast<double>(weights[j + 2]);
-    l3 += static_cast<double>(weights[j + 3]);
-  }
-  for (; j < n; ++j) l0 += static_cast<double>(weights[j]);
-  if (!(below + ((l0 + l1) + (l2 + l3)) >= target)) return false;  // past hi
-  if (n <= kPivotRefineBelow) {
-    sc.list.resize(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j) {
-      sc.list[static_cast<size_t>(j)] =
-          SelectEntry{sc.keys[static_cast<size_t>(j)], sc.weights[static_cast<size_t>(j)]};
-    }
-    result = refine(sc.list, sc, true, below, below_count, target, kLevel1Shift);
-  } else {
-    reserve_intervals(n, sc);
-    if (!narrow_to_boundary(sc.keys.data(), sc.weights.data(), n, lo, hi, below, below_count,
-                            nullptr, nullptr, nullptr, target, sc, run, result)) {
-      return false;
-    }
-  }
+  if (!(target > 0.0) || !(target <= total)) return false;
+  if (!select_in_band(n, lo, hi, below, below_count, target, sc, run, result)) return false;
   result.total = total;
   return true;
 }
@@ -1083,13 +1104,10 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
     result.total = static_cast<double>(below + listed);
     return true;
   }
+  close_up_lists(sc, nseg, false);
   sc.list.resize(static_cast<size_t>(listed));
-  SelectEntry* to = sc.list.data();
-  for (int64_t s = 0; s < nseg; ++s) {
-    const float* k = sc.keys.data() + sc.offsets[static_cast<size_t>(s)];
-    for (int64_t j = 0; j < sc.gathered_count[static_cast<size_t>(s)]; ++j) {
-      *to++ = SelectEntry{k[j], 1.0f};
-    }
+  for (int64_t j = 0; j < listed; ++j) {
+    sc.list[static_cast<size_t>(j)] = SelectEntry{sc.keys[static_cast<size_t>(j)], 1.0f};
   }
   result = refine(sc.list, sc, false, static_cast<double>(below), below, target, kLevel1Shift);
   return true;
@@ -1343,14 +1361,18 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   if (!result.found) return false;
   sc.gathered = false;
   sc.prepared = false;  // (what typical_moments stored, if it ran, is not needed)
-  bounds = KeyBounds{};
+  // (into a local, branch-free: stores through `bounds` each token, which
+  // the compiler must keep, ran at the mercy of where the caller's object
+  // lay against the list, 4K aliasing)
+  KeyBounds b;
   for (size_t i = 0; i < listed; ++i) {
-    if (!(at[i].key <= result.key)) continue;
+    const bool kept = at[i].key <= result.key;
     const float d = distance(at[i].x, set);
-    bounds.dmin = std::min(bounds.dmin, d);
-    bounds.dmax = std::max(bounds.dmax, d);
-    ++bounds.count;
+    b.dmin = std::min(b.dmin, kept ? d : kInf);
+    b.dmax = std::max(b.dmax, kept ? d : -kInf);
+    b.count += kept ? 1 : 0;
   }
+  bounds = b;
   return true;
 }
 
@@ -1499,15 +1521,34 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     const float k_out = static_cast<double>(above - d0) >= mu ? key_of(above) : 0.0f;
     if (!(r.key < k_out)) return false;
   }
-  bounds = KeyBounds{};
+  // (in locals, branch-free, four chains: stores through `bounds` each
+  // kept token, which the compiler must keep, took ~190 against ~115 us a
+  // 128256 row where the caller's object lay 4K-aliased with the list; one
+  // chain of mins waits on each)
+  float lo[4] = {kInf, kInf, kInf, kInf}, hi[4] = {-kInf, -kInf, -kInf, -kInf};
+  int64_t kept[4] = {0, 0, 0, 0};
+  const ERange kept_e = typical_e_range(mu, r.key);  // (key_of(d) <= r.key: e in it)
+  auto take = [&](int c, float d) {
+    const float e = d - d0;
+    const bool in = (kept_e.lo <= e) & (e <= kept_e.hi);
+    lo[c] = std::min(lo[c], in ? d : kInf);
+    hi[c] = std::max(hi[c], in ? d : -kInf);
+    kept[c] += in ? 1 : 0;
+  };
   for (int64_t s = 0; s < sc.gathered_segments; ++s) {
-    for (const GatheredToken& g : sc.gathered_list(s)) {
-      if (!(key_of(g.key) <= r.key)) continue;
-      bounds.dmin = std::min(bounds.dmin, g.key);
-      bounds.dmax = std::max(bounds.dmax, g.key);
-      ++bounds.count;
+    const std::span<const GatheredToken> list = sc.gathered_list(s);
+    size_t i = 0;
+    for (; i + 4 <= list.size(); i += 4) {
+      take(0, list[i].key);
+      take(1, list[i + 1].key);
+      take(2, list[i + 2].key);
+      take(3, list[i + 3].key);
     }
+    for (; i < list.size(); ++i) take(0, list[i].key);
   }
+  bounds = KeyBounds{std::min(std::min(lo[0], lo[1]), std::min(lo[2], lo[3])),
+                     std::max(std::max(hi[0], hi[1]), std::max(hi[2], hi[3])),
+                     (kept[0] + kept[1]) + (kept[2] + kept[3])};
   // Every kept token is among the gathered ones, in token order: the
   // filter may compact from them.
   sc.gathered = true;
