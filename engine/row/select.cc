@@ -367,9 +367,11 @@ bool block_max_bound(std::span<const Segment> segments, const SetSpec& set, doub
 // among them. Returns false when the bound turns out too tight or too loose,
 // and the histogram path takes over. (Distance keys only: count rules on
 // typical keys, from min_keep, take count_band_select.)
+// `sampled`: set when sc.samples holds the members' keys among every
+// kSampleStride-th token (count_band_select's sample too), in some order.
 bool small_target_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                         double target, SelectScratch& sc, const Runner& run,
-                         SelectResult& result) {
+                         double target, SelectScratch& sc, const Runner& run, SelectResult& result,
+                         bool& sampled) {
   int64_t total = 0;
   for (const Segment& seg : segments) total += seg.n;
   if (rule.mass_weight || rule.target_is_fraction || rule.kind != KeyKind::kDistance ||
@@ -385,6 +387,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     // sent top-k 500 to 2048 over a 128256 row, past the block maxima's
     // 251, to the histogram: ~240 us against ~13 for top-k 200)
     sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
+    sampled = true;
     const int64_t want = count_target_ranks(target, total).hi;
     if (static_cast<int64_t>(sc.samples.size()) <= want) return false;
     bound = kth_smallest(sc.samples, static_cast<size_t>(want));
@@ -1052,13 +1055,16 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
 // histogram takes over) or the set is too short to sample.
 constexpr int64_t kCountBandMinTokens = 128 * kSampleStride;
 
+// `have_sample`: sc.samples already holds the sample (small_target_select's,
+// which missed).
 bool count_band_select(std::span<const Segment> segments, const SetSpec& set, const KeyRule& rule,
-                       double target, SelectScratch& sc, const Runner& run, SelectResult& result) {
+                       double target, bool have_sample, SelectScratch& sc, const Runner& run,
+                       SelectResult& result) {
   if (rule.mass_weight || rule.target_is_fraction) return false;
   int64_t total_n = 0;
   for (const Segment& seg : segments) total_n += seg.n;
   if (total_n < kCountBandMinTokens) return false;
-  sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
+  if (!have_sample) sample_member_keys(segments, set, rule, kSampleStride, sc.samples, run);
   std::vector<float>& v = sc.samples;
   const auto sampled = static_cast<int64_t>(v.size());
   const RankBand ranks = count_target_ranks(target, total_n);
@@ -1123,9 +1129,10 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                         rule.kind == KeyKind::kTypical && rule.mass_weight;
   sc.prepared = false;
   NucleusEstimate est;
+  bool sampled = false;
   if (SelectResult fast;
-      small_target_select(segments, set, rule, target, sc, run, fast) ||
-      count_band_select(segments, set, rule, target, sc, run, fast) ||
+      small_target_select(segments, set, rule, target, sc, run, fast, sampled) ||
+      count_band_select(segments, set, rule, target, sampled, sc, run, fast) ||
       small_nucleus_select(segments, set, rule, target, sc, run, fast, est) ||
       (est.large && large_nucleus_select(segments, set, rule, target, est, sc, run, fast)) ||
       pivot_select(segments, set, rule, target, prepared, sc, run, fast)) {
