@@ -276,6 +276,29 @@ inline __m128 typical_key_packet(__m128 e, double mu) {
 }
 #endif
 
+// key[j] = typical_key(e[j], mu), a packet at a time (key may be e).
+inline void typical_key_run(const float* e, int64_t n, double mu, float* key) {
+  namespace ei = Eigen::internal;
+  using Packet = ei::packet_traits<float>::type;
+  constexpr int64_t kLanes = ei::packet_traits<float>::size;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    ei::pstoreu(key + j, typical_key_packet(ei::ploadu<Packet>(e + j), mu));
+  }
+  for (; j < n; ++j) key[j] = typical_key(e[j], mu);
+}
+
+// Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
+// past kUnderflow (zero mass) and, when `member` is given, for non-members
+// (key may be e: the +inf are placed first, and their key is +inf).
+inline void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
+  for (int64_t j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? e[j] : kInf;
+  if (member != nullptr) {
+    for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? key[j] : kInf;
+  }
+  typical_key_run(key, n, mu, key);
+}
+
 // The members of a block with d <= bound, in order: block-relative index and
 // key (same scales: key = d). The arrays have room for kBlock + one packet.
 struct BlockHits {

@@ -794,11 +794,6 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
 
 namespace {
 
-// e -> its typical key (+inf past kUnderflow), in place.
-void typical_keys_of_e(float* e, int64_t n, double mu) {
-  for (int64_t j = 0; j < n; ++j) e[j] = e[j] <= kUnderflow ? typical_key(e[j], mu) : kInf;
-}
-
 // count_band for distance keys (kTypical false: blocks whose max's key lies
 // past hi are skipped) or typical keys (every block is read: a block's max
 // bounds no token's typical key). Typical keys are compared as e against
@@ -850,7 +845,7 @@ int64_t count_band_of(const Segment& s, const SetSpec& set, const KeyRule& rule,
     if (g < n)
       packet(_mm512_mask_loadu_ps(pad, static_cast<__mmask16>((1u << (n - g)) - 1u), x + g));
   }
-  if constexpr (kTypical) typical_keys_of_e(out_key, listed, rule.mu);
+  if constexpr (kTypical) typical_keys(out_key, nullptr, listed, rule.mu, out_key);
   *below = under;
   return listed;
 #else
@@ -899,7 +894,7 @@ int64_t count_band_of(const Segment& s, const SetSpec& set, const KeyRule& rule,
       const Packet upto = ei::pand(in, ei::pand(ei::pcmp_le(pelo1, e), ei::pcmp_le(e, pehi1)));
       band(std::integral_constant<int, 0>{}, e, le, ei::pandnot(upto, le));
     }
-    typical_keys_of_e(out_key, listed, rule.mu);
+    typical_keys(out_key, nullptr, listed, rule.mu, out_key);
   } else {
     // (blocks whose every key lies past hi hold neither kind: skipped)
     member_keys(s, set, hi, take, [&](float k, bool in) {

@@ -19,30 +19,10 @@ namespace nucleus::detail::NUCLEUS_KERNEL_ISA {
 namespace {
 
 using block::kBlock;
+using block::typical_key_run;
+using block::typical_keys;
 
 inline uint32_t key_bits(float k) { return std::bit_cast<uint32_t>(k); }
-
-// key[j] = typical_key(e[j], mu), a packet at a time (key may be e).
-void typical_key_run(const float* e, int64_t n, double mu, float* key) {
-  namespace ei = Eigen::internal;
-  using Packet = ei::packet_traits<float>::type;
-  constexpr int64_t kLanes = ei::packet_traits<float>::size;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    ei::pstoreu(key + j, block::typical_key_packet(ei::ploadu<Packet>(e + j), mu));
-  }
-  for (; j < n; ++j) key[j] = typical_key(e[j], mu);
-}
-
-// Typical keys |e - mu| (e = d - d0), in double and rounded to float; +inf
-// past kUnderflow (zero mass) and, when `member` is given, for non-members.
-void typical_keys(const float* e, const bool* member, int64_t n, double mu, float* key) {
-  typical_key_run(e, n, mu, key);
-  for (int64_t j = 0; j < n; ++j) key[j] = e[j] <= kUnderflow ? key[j] : kInf;
-  if (member != nullptr) {
-    for (int64_t j = 0; j < n; ++j) key[j] = member[j] ? key[j] : kInf;
-  }
-}
 
 // Keys, weights and member flags of one block.
 void block_keys(const float* x, int64_t n, const SetSpec& set, const KeyRule& rule, float* key,

@@ -790,16 +790,16 @@ void reserve_intervals(int64_t n, SelectScratch& sc) {
 }
 
 // Each segment's list, sc.gathered_count[s] entries at sc.offsets[s] of
-// sc.keys (and of sc.weights, `weights`), closed up at the front in segment
-// order; returns how many in all.
-int64_t close_up_lists(SelectScratch& sc, int64_t nseg, bool weights) {
+// sc.keys and sc.weights, closed up at the front in segment order; returns
+// how many in all.
+int64_t close_up_lists(SelectScratch& sc, int64_t nseg) {
   int64_t n = 0;
   for (int64_t s = 0; s < nseg; ++s) {
     const int64_t at = sc.offsets[static_cast<size_t>(s)];
     const int64_t got = sc.gathered_count[static_cast<size_t>(s)];
     if (at != n) {  // (copy_n forbids a range onto itself; forward, onto lower room, is fine)
       std::copy_n(sc.keys.begin() + at, got, sc.keys.begin() + n);
-      if (weights) std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
+      std::copy_n(sc.weights.begin() + at, got, sc.weights.begin() + n);
     }
     n += got;
   }
@@ -949,7 +949,7 @@ bool large_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     below += sc.masses[i];
     below_count += sc.seg_chosen[i];
   }
-  const int64_t n = close_up_lists(sc, nseg, true);
+  const int64_t n = close_up_lists(sc, nseg);
   const double target = fraction * total;
   if (!(target > 0.0) || !(target <= total)) return false;
   if (!select_in_band(n, lo, hi, below, below_count, target, sc, run, result)) return false;
@@ -1110,10 +1110,15 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
     result.total = static_cast<double>(below + listed);
     return true;
   }
-  close_up_lists(sc, nseg, false);
+  // (each segment's list straight into sc.list, in segment order: closing
+  // them up first would copy the band twice)
   sc.list.resize(static_cast<size_t>(listed));
-  for (int64_t j = 0; j < listed; ++j) {
-    sc.list[static_cast<size_t>(j)] = SelectEntry{sc.keys[static_cast<size_t>(j)], 1.0f};
+  SelectEntry* to = sc.list.data();
+  for (int64_t s = 0; s < nseg; ++s) {
+    const float* k = sc.keys.data() + sc.offsets[static_cast<size_t>(s)];
+    for (int64_t j = 0; j < sc.gathered_count[static_cast<size_t>(s)]; ++j) {
+      *to++ = SelectEntry{k[j], 1.0f};
+    }
   }
   result = refine(sc.list, sc, false, static_cast<double>(below), below, target, kLevel1Shift);
   return true;
