@@ -33,42 +33,74 @@ using Packet = Eigen::internal::packet_traits<float>::type;
 
 // exp of a mass's argument -(d - k0), for every pass that forms masses (one
 // function, so that they all agree to the bit). The passes that form masses
-// are bound by vector instructions, so this is written for fewest: Eigen
-// 3.4's float pexp range reduction (r = x - m ln 2, |r| <= ln 2 / 2) with m
-// rounded by a shift constant instead of a floor instruction, a degree-6
-// polynomial in Estrin's form (Eigen: degree 7, one step deeper), and y 2^m by
-// one vscalefps (AVX-512) or from 2^m's bits (elsewhere: m >= -126 once
-// clamped, where Eigen's pldexp allows any exponent in a dozen instructions).
-// Relative error at most 1.3e-7 on SSE2 and AVX2 and 3.0e-7 on AVX-512 (one
-// float ln 2, as Eigen's AVX-512 pexp: its error times m, up to 126 near
-// kUnderflow) for every argument in [-kUnderflow, 0] (all 1,118,743,632
-// floats there checked), the only arguments whose results a pass keeps (past
-// kUnderflow a mass is exactly 0).
+// are bound by vector instructions, so this is written for fewest.
+//
+// AVX-512 (eight instructions): x log2 e rounded to a multiple of 1/32, m,
+// by adding a shift constant (one fused multiply-add, no round
+// instruction); r = x - m ln 2 (one float ln 2, as Eigen's AVX-512 pexp),
+// |r| <= ln 2 / 64; 2^(m - floor(m)) from a 32-entry table (one
+// two-register permute, which reads the table index straight from the low
+// five mantissa bits of the shifted sum); exp(r) by a degree-2 polynomial
+// fitted to the relative error (5.3e-8 before rounding); and 2^floor(m) by
+// one vscalefps, which floors m itself. Relative error 1.7e-7 near the max
+// (the rounding of the table, the polynomial and the product), growing with
+// the distance by the float ln 2's error times m (~2.8e-9 d: 2.2e-7 at
+// d = 20) to 4.1e-7 near kUnderflow. (That term is the same for every token
+// at one distance: a temperature off by 3e-9 of itself.)
+//
+// Elsewhere: Eigen 3.4's float pexp range reduction (r = x - m ln 2 in two
+// constants, |r| <= ln 2 / 2) with m rounded by the same shift, a degree-6
+// polynomial in Estrin's form (Eigen: degree 7, one step deeper), and 2^m
+// from its bits (m >= -126 once clamped, where Eigen's pldexp allows any
+// exponent in a dozen instructions). Relative error at most 1.3e-7.
+//
+// Both bounds hold for every argument in [-kUnderflow, 0] (all
+// 1,118,743,632 floats there checked), the only arguments whose results a
+// pass keeps (past kUnderflow a mass is exactly 0).
+#if defined(__AVX512F__)
+// 2^(j/32), j = 0..31, each rounded to float: mass_exp's table.
+alignas(64) constexpr float kExp2Table[32] = {
+    0x1p+0f,        0x1.059b0ep+0f, 0x1.0b5586p+0f, 0x1.11301ep+0f, 0x1.172b84p+0f, 0x1.1d4874p+0f,
+    0x1.2387a6p+0f, 0x1.29e9ep+0f,  0x1.306fep+0f,  0x1.371a74p+0f, 0x1.3dea64p+0f, 0x1.44e086p+0f,
+    0x1.4bfdaep+0f, 0x1.5342b6p+0f, 0x1.5ab07ep+0f, 0x1.6247ecp+0f, 0x1.6a09e6p+0f, 0x1.71f75ep+0f,
+    0x1.7a1148p+0f, 0x1.82589ap+0f, 0x1.8ace54p+0f, 0x1.93737cp+0f, 0x1.9c4918p+0f, 0x1.a5503cp+0f,
+    0x1.ae89fap+0f, 0x1.b7f77p+0f,  0x1.c199bep+0f, 0x1.cb720ep+0f, 0x1.d5818ep+0f, 0x1.dfc974p+0f,
+    0x1.ea4afap+0f, 0x1.f50766p+0f};
+#endif
+
 inline Packet mass_exp(const Packet& arg) {
   namespace ei = Eigen::internal;
   auto c = [](float v) { return ei::pset1<Packet>(v); };
-  // m = round(x log2 e): adding 1.5 2^23 leaves the rounded integer in the
-  // low mantissa bits of t (one fused multiply-add, no round instruction).
-  const Packet shift = c(12582912.0f);
 #if defined(__AVX512F__)
+  // t = x log2 e + 1.5 2^18 holds x log2 e rounded to a multiple of 1/32:
+  // m = t - shift exactly, and the low five bits of t's mantissa are
+  // j = 32 m mod 32 (the permute reads only those), so that
+  // 2^m = 2^(j/32) 2^floor(m).
   // (no clamp: vscalefps takes any m, and a masked token's -inf, or the -inf
   // padding of a tail, makes a NaN that every caller's member mask drops; it
   // sets the invalid-operation status flag, which nothing reads, and a
   // caller that unmasks that exception traps on every path anyway)
   const Packet x = arg;
-#else
-  // (clamped so that 2^m can be built from its bits, m >= -126)
-  const Packet x = ei::pmax(arg, c(-kUnderflow));
-#endif
+  const Packet shift = c(393216.0f);
   const Packet t = ei::pmadd(x, c(1.44269504088896341f), shift);
   const Packet m = ei::psub(t, shift);
-#if defined(__AVX512F__)
-  // (ln 2 in one constant, the multiply-add fused, as Eigen's AVX-512 pexp)
   const Packet r = ei::pmadd(m, c(-0.6931471805599453f), x);
+  const __m512i j = _mm512_castps_si512(t);
+  const Packet tj =
+      _mm512_permutex2var_ps(_mm512_load_ps(kExp2Table), j, _mm512_load_ps(kExp2Table + 16));
+  // exp(r) = 1 + q, q = r (c1 + c2 r); 2^(j/32) exp(r) = tj + tj q.
+  const Packet q = ei::pmul(ei::pmadd(c(5.000110865e-1f), r, c(1.000014782f)), r);
+  return _mm512_scalef_ps(ei::pmadd(tj, q, tj), m);
 #else
+  // m = round(x log2 e): adding 1.5 2^23 leaves the rounded integer in the
+  // low mantissa bits of t (one fused multiply-add, no round instruction).
+  const Packet shift = c(12582912.0f);
+  // (clamped so that 2^m can be built from its bits, m >= -126)
+  const Packet x = ei::pmax(arg, c(-kUnderflow));
+  const Packet t = ei::pmadd(x, c(1.44269504088896341f), shift);
+  const Packet m = ei::psub(t, shift);
   Packet r = ei::pmadd(m, c(-0.693359375f), x);
   r = ei::pmadd(m, c(2.12194440e-4f), r);
-#endif
   // exp(r), |r| <= ln 2 / 2: a degree-6 polynomial fitted to the relative
   // error (2e-9 before rounding), in Estrin's form (three steps deep).
   const Packet r2 = ei::pmul(r, r);
@@ -78,9 +110,6 @@ inline Packet mass_exp(const Packet& arg) {
   Packet y = ei::pmadd(c(1.3836845755577087e-3f), r2, d);
   y = ei::pmadd(y, r2, b);
   y = ei::pmadd(y, r2, a);
-#if defined(__AVX512F__)
-  return _mm512_scalef_ps(y, m);
-#else
 #if defined(__AVX__)
   using PacketI = ei::Packet8i;
 #else
