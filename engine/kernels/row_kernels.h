@@ -281,7 +281,8 @@ struct Kernels {
   Moments (*moments)(const Segment& s, const SetSpec& set, float d0, MomentKind kind, float* e_out,
                      float* w_out);
   // Σ exp(-(key - k0)) over members in the ranking space, in block order; the
-  // number of members goes to *count and, when block_sums is not null, each
+  // number of members goes to *count (when not null: without a count the
+  // members need not be counted) and, when block_sums is not null, each
   // block's sum to block_sums[b].
   double (*sum_mass)(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                      double* block_sums);

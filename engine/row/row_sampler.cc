@@ -252,14 +252,14 @@ double RowPipeline::mass_of(std::span<const Segment> segs, const SetSpec& set, f
             [&](int64_t s) {
               const auto i = static_cast<size_t>(s);
               sc_.seg_mass[i] = run_.k->sum_mass(
-                  segs[i], set, k0, &sc_.seg_count[i],
+                  segs[i], set, k0, count ? &sc_.seg_count[i] : nullptr,
                   keep_blocks ? sc_.block_mass.data() + sc_.seg_block_start[i] : nullptr);
             });
   double z = 0.0;
   int64_t c = 0;
   for (size_t s = 0; s < segs.size(); ++s) {
     z += sc_.seg_mass[s];
-    c += sc_.seg_count[s];
+    if (count) c += sc_.seg_count[s];
   }
   if (count) *count = c;
   return z;
