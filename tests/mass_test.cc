@@ -193,6 +193,92 @@ TEST(MemberKeys, SmallestKeyAndCountBelow) {
   }
 }
 
+// The mass pass's member count (sum_mass), on every instruction set: the
+// scalar count of d = (xmax - x) scale <= dhi, whether or not any entry
+// reaches past dhi (on AVX-512 an open-topped set is counted only then:
+// -inf entries, distances past dhi or overflowed to +inf, the last entry of
+// the tail past dhi, blocks skipped by their maxima), with the same total
+// and block sums as without a count.
+TEST(SumMass, CountsTheMembersOfOpenToppedSets) {
+  const float big = 0.75f * detail::kMaxFloat;
+  std::vector<float> base(2 * 512 + 300);
+  uint32_t state = 777;
+  for (float& v : base) {
+    state = state * 1664525u + 1013904223u;
+    v = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 30.0f - 20.0f;
+  }
+  struct Case {
+    const char* what;
+    float xmax, scale, dhi;
+    std::vector<std::pair<size_t, float>> set_to;  // entries changed from base
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  const size_t last = base.size() - 1;
+  const Case cases[] = {
+      {"every entry a member", 10.0f, 1.0f, detail::kMaxFloat, {}},
+      {"every entry a member, scale 1.25", 10.0f, 1.25f, detail::kMaxFloat / 4, {}},
+      {"-inf entries", 10.0f, 1.0f, detail::kMaxFloat, {{3, -inf}, {700, -inf}, {last, -inf}}},
+      {"a distance past dhi", 10.0f, 1.0f, 100.0f, {{5, -95.0f}, {1030, -89.5f}}},
+      {"the tail's last entry past dhi", 10.0f, 1.0f, 100.0f, {{last, -95.0f}}},
+      {"a distance overflowed", big, 1.0f, detail::kMaxFloat, {{0, big}, {9, -big}}},
+      {"a scaled distance past dhi", 10.0f, 1e36f, detail::kMaxFloat / 4, {{600, -200.0f}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::vector<float> x = base;
+    for (const auto& [at, v] : c.set_to) x[at] = v;
+    x[17] = c.xmax;
+    detail::SetSpec set;
+    set.xmax = c.xmax;
+    set.scale = set.key_scale = c.scale;
+    set.dhi = c.dhi;
+    int64_t want = 0;
+    for (float v : x) want += (set.xmax - v) * set.scale <= set.dhi ? 1 : 0;
+    std::vector<float> maxima(detail::block_count(static_cast<int64_t>(x.size())));
+    for (Isa isa : runnable_isas()) {
+      SCOPED_TRACE(isa_name(isa));
+      const detail::Kernels& k = detail::kernels_for(isa);
+      k.max_stats(x.data(), static_cast<int64_t>(x.size()), maxima.data());
+      for (const bool with_maxima : {false, true}) {
+        SCOPED_TRACE(with_maxima ? "with block maxima" : "without block maxima");
+        const detail::Segment s{x.data(),
+                                nullptr,
+                                static_cast<int64_t>(x.size()),
+                                0,
+                                with_maxima ? maxima.data() : nullptr,
+                                nullptr};
+        std::vector<double> sums(maxima.size()), sums_uncounted(maxima.size());
+        int64_t members = -1;
+        const double z = k.sum_mass(s, set, 0.0f, &members, sums.data());
+        EXPECT_EQ(members, want);
+        EXPECT_EQ(z, k.sum_mass(s, set, 0.0f, nullptr, sums_uncounted.data()));
+        EXPECT_EQ(sums, sums_uncounted);
+      }
+    }
+  }
+  // Blocks skipped by their maxima hold no member: a set whose bound leaves
+  // the second block out.
+  std::vector<float> x = base;
+  for (size_t i = 512; i < 1024; ++i) x[i] = -500.0f;
+  x[17] = 10.0f;
+  std::vector<float> maxima(detail::block_count(static_cast<int64_t>(x.size())));
+  detail::SetSpec set;
+  set.xmax = 10.0f;
+  set.dhi = 100.0f;
+  int64_t want = 0;
+  for (float v : x) want += (set.xmax - v) * set.scale <= set.dhi ? 1 : 0;
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    k.max_stats(x.data(), static_cast<int64_t>(x.size()), maxima.data());
+    const detail::Segment s{x.data(), nullptr,       static_cast<int64_t>(x.size()),
+                            0,        maxima.data(), nullptr};
+    int64_t members = -1;
+    k.sum_mass(s, set, 0.0f, &members, nullptr);
+    EXPECT_EQ(members, want);
+  }
+}
+
 // top-p's wide-nucleus pass (sum_mass_band), on every instruction set: the
 // total is sum_mass's to the bit; the members with d <= lo are counted
 // exactly and their masses totalled; those in (lo, hi] are listed in token

@@ -535,6 +535,7 @@ enum class Extra {
   kEntropy,         // zd: Σ m (d - k0), the typical-p moment
   kEntropyAndHits,  // both (typical-p's gathering pass)
   kBand,            // BandLanes: top-p's wide-nucleus pass (sum_mass_band)
+  kLeast,           // the least argument -d (open-topped form): how far the set reaches
 };
 
 // Extra::kBand's state across the blocks of a segment: the members with d <=
@@ -571,14 +572,21 @@ struct BandLanes {
 // kOpenTop (plain form, members not counted): the set has no upper bound short
 // of underflow (dhi >= kUnderflow, and a hit bound <= dhi), so the mass's own
 // test (d <= kUnderflow) and the hit test are the membership tests too, and
-// the member test is skipped (*members is left as it is).
+// the member test is skipped (*members is left as it is). Extra::kLeast
+// (open-topped only) lowers *least to the block's least -d instead, one
+// vector min a packet against a compare and a popcount: when that stays
+// within -dhi every entry was a member (an entry of -inf, or one whose d
+// overflowed, is not; entries are never NaN in a mass pass: such rows are
+// row errors first).
 template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
           Extra kExtra = Extra::kNone, bool kOpenTop = false>
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
                                   EntropyLanes* sums = nullptr, float* e_store = nullptr,
-                                  BandLanes* band = nullptr) {
+                                  BandLanes* band = nullptr, float* least = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits;
+  constexpr bool kLeast = kExtra == Extra::kLeast;
+  static_assert(!kLeast || kOpenTop);
   constexpr bool kEntropy = kExtra == Extra::kEntropy || kExtra == Extra::kEntropyAndHits;
   constexpr bool kBand = kExtra == Extra::kBand;
   static_assert(kExtra == Extra::kNone || kSameScale);
@@ -593,6 +601,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   const __m512 pnbound = _mm512_set1_ps(hits ? -hits->bound : 0.0f);
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 partial = _mm512_setzero_ps();
+  __m512 least_arg = _mm512_set1_ps(kInf);
   __m512 partial_zd = _mm512_setzero_ps();
   __m512 partial_below = _mm512_setzero_ps();
   // (Extra::kBand: the bounds as every form tests them, and the running
@@ -661,6 +670,8 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     }
     const __m512 ex = mass_exp(arg);
     if constexpr (!kOpenTop) count += __builtin_popcount(static_cast<unsigned>(in));
+    // (the tail's padding left out)
+    if constexpr (kLeast) least_arg = _mm512_mask_min_ps(least_arg, store, least_arg, arg);
     const __m512 mass = _mm512_maskz_mov_ps(live, ex);
     if constexpr (!kEntropy) partial = _mm512_add_ps(partial, mass);  // (faster than merging)
     if constexpr (kEntropy) {
@@ -741,6 +752,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     band->below_count += below_count;
   }
   if constexpr (!kOpenTop) *members = count;
+  if constexpr (kLeast) *least = std::min(*least, _mm512_reduce_min_ps(least_arg));
   if constexpr (kGather) {
     // A dense block's hits, packet by packet, their keys computed again.
     for (; with_hits != 0; with_hits &= with_hits - 1) {

@@ -580,8 +580,46 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
   return out;
 }
 
+// The members of a segment, counted by their bounds' test alone (below).
+int64_t count_members(const Segment& s, const SetSpec& set);
+
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                 double* block_sums) {
+#if defined(__AVX512F__)
+  // From the top, one scale, nothing short of underflow bounding the set (the
+  // whole row: full sampling's frames, the raw normaliser, greedy's Z): the
+  // open-topped form, which tests no token against dhi. With a count asked
+  // for, the pass notes the least -d it met; a segment none of whose entries
+  // reaches past dhi (the common case: no -inf, no overflowed distance) has
+  // every entry a member, and any other is counted after, by compares alone.
+  // (full sampling, one 128256 row: ~9 % off, against the form that tests
+  // and counts each token)
+  if (set.dlo <= 0.0f && k0 == 0.0f && set.key_scale == set.scale && set.dhi >= kUnderflow) {
+    double total = 0.0;
+    float least = kInf;
+    bool skipped = false;
+    for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+      const int64_t n = std::min(kBlock, s.n - j0);
+      if (block_empty(s, j0, set)) {
+        if (block_sums) block_sums[j0 / kBlock] = 0.0;
+        skipped = true;
+        continue;
+      }
+      prefetch_ahead(s, j0, n);
+      const double block_sum =
+          set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kLeast, true>(
+                                  s.x + j0, n, set, k0, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                  nullptr, &least)
+                            : block_masses_avx512<false, true, true, false, Extra::kLeast, true>(
+                                  s.x + j0, n, set, k0, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                  nullptr, &least);
+      if (block_sums) block_sums[j0 / kBlock] = block_sum;
+      total += block_sum;
+    }
+    if (count) *count = !skipped && least >= -set.dhi ? s.n : count_members(s, set);
+    return total;
+  }
+#endif
   double total = 0.0;
   int64_t members = 0;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
@@ -592,16 +630,7 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
     }
     prefetch_ahead(s, j0, n);
     int64_t in_block = 0;
-#if defined(__AVX512F__)
-    // (no count asked, one scale: an open-topped set skips the member test)
-    const double block_sum =
-        count == nullptr && set.key_scale == set.scale
-            ? block_masses_for<Extra::kNone>(s.x + j0, n, set, k0, nullptr, &in_block, nullptr,
-                                             nullptr, nullptr)
-            : block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
-#else
     const double block_sum = block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
-#endif
     members += in_block;
     if (block_sums) block_sums[j0 / kBlock] = block_sum;
     total += block_sum;
@@ -798,6 +827,15 @@ int64_t count_key_below(const Segment& s, const SetSpec& set, float key) {
         lanes[chain].add(ei::pand(in, ei::pcmp_lt(k, pkey)));
       },
       [&](float k, bool in) { count += (in & (k < key)) ? 1 : 0; });
+  return count + lanes[0].total() + lanes[1].total();
+}
+
+int64_t count_members(const Segment& s, const SetSpec& set) {
+  LaneCount lanes[2];
+  int64_t count = 0;
+  member_keys(
+      s, set, kInf, [&](auto chain, const auto& /*key*/, const auto& in) { lanes[chain].add(in); },
+      [&](float /*key*/, bool in) { count += in ? 1 : 0; });
   return count + lanes[0].total() + lanes[1].total();
 }
 
