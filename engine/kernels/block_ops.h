@@ -35,18 +35,15 @@ using Packet = Eigen::internal::packet_traits<float>::type;
 // function, so that they all agree to the bit). The passes that form masses
 // are bound by vector instructions, so this is written for fewest.
 //
-// AVX-512 (eight instructions): x log2 e rounded to a multiple of 1/32, m,
+// AVX-512 (nine instructions): x log2 e rounded to a multiple of 1/32, m,
 // by adding a shift constant (one fused multiply-add, no round
-// instruction); r = x - m ln 2 (one float ln 2, as Eigen's AVX-512 pexp),
-// |r| <= ln 2 / 64; 2^(m - floor(m)) from a 32-entry table (one
-// two-register permute, which reads the table index straight from the low
-// five mantissa bits of the shifted sum); exp(r) by a degree-2 polynomial
-// fitted to the relative error (5.3e-8 before rounding); and 2^floor(m) by
-// one vscalefps, which floors m itself. Relative error 1.7e-7 near the max
-// (the rounding of the table, the polynomial and the product), growing with
-// the distance by the float ln 2's error times m (~2.8e-9 d: 2.2e-7 at
-// d = 20) to 4.1e-7 near kUnderflow. (That term is the same for every token
-// at one distance: a temperature off by 3e-9 of itself.)
+// instruction); r = x - m ln 2 with ln 2 in two constants, |r| <= ln 2 /
+// 64; 2^(m - floor(m)) from a 32-entry table (one two-register permute,
+// which reads the table index straight from the low five mantissa bits of
+// the shifted sum); exp(r) by a degree-2 polynomial fitted to the relative
+// error (5.3e-8 before rounding); and 2^floor(m) by one vscalefps, which
+// floors m itself. Relative error at most 1.65e-7 (the rounding of the
+// table, the polynomial and the product), at every distance.
 //
 // Elsewhere: Eigen 3.4's float pexp range reduction (r = x - m ln 2 in two
 // constants, |r| <= ln 2 / 2) with m rounded by the same shift, a degree-6
@@ -84,7 +81,11 @@ inline Packet mass_exp(const Packet& arg) {
   const Packet shift = c(393216.0f);
   const Packet t = ei::pmadd(x, c(1.44269504088896341f), shift);
   const Packet m = ei::psub(t, shift);
-  const Packet r = ei::pmadd(m, c(-0.6931471805599453f), x);
+  // (ln 2 in two constants: with one float ln 2, as Eigen's AVX-512 pexp,
+  // its error times m grew the error with the distance, to 4.0e-7 near
+  // kUnderflow; the second costs ~6 % of a mass pass)
+  Packet r = ei::pmadd(m, c(-0.6931471805599453f), x);
+  r = ei::pmadd(m, c(1.9046542999577e-9f), r);
   const __m512i j = _mm512_castps_si512(t);
   const Packet tj =
       _mm512_permutex2var_ps(_mm512_load_ps(kExp2Table), j, _mm512_load_ps(kExp2Table + 16));
