@@ -239,6 +239,19 @@ LogprobsMode to_logprobs_mode(py::handle v, const std::string& where) {
   throw py::value_error(where + " = '" + name + "' is not one of 'processed', 'raw'");
 }
 
+// `logprobs`: a number asks for that many top log-probabilities (vLLM's
+// meaning) besides the sampled tokens' own; a boolean is the OpenAI API's
+// flag: True asks for the sampled tokens' log-probabilities (the default),
+// False for none at all, which spares a row the raw normaliser's exp pass.
+struct LogprobsArg {
+  bool sampled = true;
+  int32_t top = 0;
+};
+LogprobsArg to_logprobs(py::handle v, const std::string& where) {
+  if (is_boolean(v)) return LogprobsArg{PyObject_IsTrue(v.ptr()) == 1, 0};
+  return LogprobsArg{true, to_int32(v, where)};
+}
+
 // A row's own list (as opposed to one token id of a list shared by every
 // row). Numpy integer scalars and 0-d tensors are array-like but are ids.
 bool is_token_row(py::handle v) {
@@ -629,8 +642,11 @@ RequestTable RequestTable::from_kwargs(const py::dict& kwargs, int64_t rows, int
   if (kind == CallKind::kSample) {
     for_rows<int32_t>("n", arg("n"), rows, to_int32,
                       [&](int64_t r, int32_t x) { params(r).num_samples = x; });
-    for_rows<int32_t>("logprobs", arg("logprobs"), rows, to_int32,
-                      [&](int64_t r, int32_t x) { params(r).top_logprobs = x; });
+    for_rows<LogprobsArg>("logprobs", arg("logprobs"), rows, to_logprobs,
+                          [&](int64_t r, LogprobsArg x) {
+                            params(r).logprobs = x.sampled;
+                            params(r).top_logprobs = x.top;
+                          });
     for_rows<LogprobsMode>("logprobs_mode", arg("logprobs_mode"), rows, to_logprobs_mode,
                            [&](int64_t r, LogprobsMode x) { params(r).logprobs_mode = x; });
   }

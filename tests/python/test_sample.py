@@ -266,9 +266,9 @@ def test_call_errors_raise_value_error(engine, rng, kwargs, message):
         ({"temperature": "hot"}, "temperature: expected a number"),
         ({"logit_bias": 3}, "logit_bias: expected a dict"),
         ({"history": [1, [2]]}, "mixes token ids and lists"),
-        # booleans are not numbers here (logprobs=True, the OpenAI flag,
-        # would ask for one top log-probability)
-        ({"logprobs": True}, "logprobs: expected an integer, got bool"),
+        # booleans are not numbers here (logprobs takes them as the OpenAI
+        # flag: test_logprobs_flag)
+        ({"logprobs": 2.0}, "logprobs: expected an integer, got float"),
         ({"top_k": [3, np.True_]}, "top_k[1]: expected an integer, got bool"),
         ({"temperature": False}, "temperature: expected a number, got bool"),
         ({"seed": True}, "seed: expected an integer, got bool"),
@@ -279,6 +279,29 @@ def test_bad_types_raise_type_error(engine, rng, kwargs, message):
     with pytest.raises(TypeError) as info:
         engine.sample(lm_logits(rng, 2, 64), **kwargs)
     assert message in str(info.value)
+
+
+def test_logprobs_flag(engine, rng):
+    # logprobs=False: no log-probabilities (the tokens are the same draws);
+    # True: the sampled tokens' own, the default; a number: also that many
+    # top ones. Per row too, booleans and numbers mixed.
+    x = lm_logits(rng, 3, 3000)
+    kw = dict(seed=11, temperature=0.8, top_k=40, n=2)
+    default = engine.sample(x, **kw)
+    assert np.isfinite(default.logprobs).all() and np.isfinite(default.raw_logprobs).all()
+    off = engine.sample(x, logprobs=False, **kw)
+    np.testing.assert_array_equal(off.tokens, default.tokens)
+    assert np.isnan(off.logprobs).all() and np.isnan(off.raw_logprobs).all()
+    assert (off.ranks == -1).all() and off.top_tokens.shape[1] == 0
+    on = engine.sample(x, logprobs=np.True_, **kw)
+    np.testing.assert_array_equal(on.logprobs, default.logprobs)
+    np.testing.assert_array_equal(on.raw_logprobs, default.raw_logprobs)
+    mixed = engine.sample(x, logprobs=[False, True, 3], **kw)
+    np.testing.assert_array_equal(mixed.tokens, default.tokens)
+    assert np.isnan(mixed.logprobs[0]).all() and np.isnan(mixed.raw_logprobs[0]).all()
+    np.testing.assert_array_equal(mixed.logprobs[1:], default.logprobs[1:])
+    np.testing.assert_array_equal(mixed.raw_logprobs[1:], default.raw_logprobs[1:])
+    assert (mixed.top_tokens[:2] == -1).all() and (mixed.top_tokens[2] >= 0).all()
 
 
 def test_bad_logits_raise(engine):
