@@ -13,10 +13,12 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "nucleus/engine.h"
@@ -761,6 +763,96 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
     EXPECT_THAT(kernel[0].status.to_string(),
                 ::testing::HasSubstr("not finite after bias and penalties"));
     EXPECT_EQ(kernel[0].status.to_string(), scalar[0].status.to_string());
+  }
+}
+
+// The raw log-probabilities are log_softmax of the input row whatever the
+// processors did (SPEC section 6). At temperature 1, when a pass formed the
+// processed row's whole normaliser (full sampling, top-p, typical-p,
+// greedy), the raw one is derived from it and the changed tokens; every
+// other case (an allowed-token mask, a bias that raises a token, a long
+// history, min-p, another temperature) takes the raw row's own pass. Both
+// must give the input row's log_softmax: a max lowered by the penalty, a
+// history with repeats, banned and biased tokens, peaked and flat rows.
+TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
+  constexpr int64_t kVocab = 50000;
+  std::vector<float> flat(kVocab), peaked(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) {
+    const int64_t rank = (i * 7919) % kVocab;
+    flat[i] = static_cast<float>(rank % 1000) / 100.0f - 5.0f;
+    peaked[i] = -1.5f * std::log1p(static_cast<float>(rank));
+  }
+  std::vector<int32_t> history, long_history;
+  for (int64_t i = 0; i < 2000; ++i) history.push_back(static_cast<int32_t>((i * 104729) % kVocab));
+  for (int64_t i = 0; i < 4000; ++i) {
+    long_history.push_back(static_cast<int32_t>((i * 15485863) % kVocab));
+  }
+  std::vector<int32_t> allowed((kVocab + 31) / 32, Word(0xFFFFFFFFu));
+  allowed[3] = Word(0x0000FFFFu);
+  const std::vector<TokenBias> lowering = {{17, -3.0f}, {25000, -0.5f}, {17, -1.0f}};
+  const std::vector<TokenBias> raising = {{42, 2.0f}};
+  for (const std::vector<float>* row : {&peaked, &flat}) {
+    SCOPED_TRACE(row == &flat ? "flat" : "peaked");
+    const std::vector<float>& x = *row;
+    int32_t argmax = 0;
+    for (int32_t i = 1; i < kVocab; ++i) argmax = x[i] > x[argmax] ? i : argmax;
+    double max = x[argmax], sum = 0.0;
+    for (float v : x) sum += std::exp(static_cast<double>(v) - max);
+    const double log_z = max + std::log(sum);
+    // (the max token repeated and last in the history, so the penalty lowers it)
+    std::vector<int32_t> generated = history;
+    generated.insert(generated.end(), {argmax, argmax, history[5]});
+    const std::vector<int32_t> banned = {argmax, 3, 49999};
+    struct Case {
+      const char* name;
+      std::function<void(RowRequest&)> set;
+    };
+    const std::vector<Case> cases = {
+        {"repetition penalty", [&](RowRequest& r) { r.params.repetition_penalty = 1.3f; }},
+        {"frequency and presence",
+         [&](RowRequest& r) {
+           r.params.frequency_penalty = 0.4f;
+           r.params.presence_penalty = 0.7f;
+         }},
+        {"banned", [&](RowRequest& r) { r.banned_tokens = banned; }},
+        {"bias lowering", [&](RowRequest& r) { r.logit_bias = lowering; }},
+        {"bias raising", [&](RowRequest& r) { r.logit_bias = raising; }},
+        {"allowed mask",
+         [&](RowRequest& r) {
+           r.allowed_mask = allowed;
+           r.params.repetition_penalty = 1.3f;
+         }},
+        {"long history",
+         [&](RowRequest& r) {
+           r.generated_tokens = long_history;
+           r.params.repetition_penalty = 1.3f;
+         }},
+    };
+    const LogitsView view{x.data(), 1, kVocab, kVocab, DType::kFloat32};
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      for (const char* filter : {"none", "top-p", "typical-p", "min-p", "greedy"}) {
+        for (float temperature : {1.0f, 0.7f}) {
+          SCOPED_TRACE(std::string(filter) + ", T " + std::to_string(temperature));
+          RowRequest req = Request();
+          req.generated_tokens = generated;
+          req.params.num_samples = 8;
+          req.params.temperature = temperature;
+          if (std::string(filter) == "top-p") req.params.top_p = 0.9f;
+          if (std::string(filter) == "typical-p") req.params.typical_p = 0.9f;
+          if (std::string(filter) == "min-p") req.params.min_p = 0.05f;
+          if (std::string(filter) == "greedy") req.params.temperature = 0.0f;
+          c.set(req);
+          const RowResult r = Sample(view, std::span(&req, 1))[0];
+          ASSERT_EQ(r.raw_logprobs.size(), r.tokens.size());
+          for (size_t j = 0; j < r.tokens.size(); ++j) {
+            const double want = static_cast<double>(x[r.tokens[j]]) - log_z;
+            EXPECT_NEAR(r.raw_logprobs[j], want, 1e-6 + 1e-7 * std::abs(want))
+                << "token " << r.tokens[j];
+          }
+        }
+      }
+    }
   }
 }
 

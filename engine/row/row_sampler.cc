@@ -107,6 +107,10 @@ struct Distribution {
   int32_t greedy_token = -1;
   // Σ exp(x - raw_max) over the raw row, when a pass already formed it.
   double raw_z = -1.0;
+  // Σ exp(x - whole_xmax) over the processed row (the whole row at
+  // temperature 1, whole_xmax its max), when a pass formed it; else -1.
+  double whole_z = -1.0;
+  float whole_xmax = 0.0f;
   // The per-segment masses were formed in each segment's own frame (full
   // sampling, RowPipeline::framed_): block sums are relative to the
   // segment's max (frame_of), and seg_mass is scaled into the row's frame by
@@ -153,11 +157,18 @@ class RowPipeline {
                     bool& d0_known, int64_t& count, bool& count_known);
   float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
                      float c, int64_t* count);
-  // Whether a set's mass Σ exp(-(d - d0)) is the raw row's normaliser: the
-  // whole unprocessed row at temperature 1.
-  bool whole_raw_row(const SetSpec& set, float d0) const {
-    return unfiltered_raw_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
+  // Whether a set's mass Σ exp(-(d - d0)) is the processed row's normaliser
+  // at temperature 1 (the whole row, from its max), and so, when nothing
+  // processed the row, the raw row's.
+  bool whole_row(const SetSpec& set, float d0) const {
+    return !candidates_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
            set.dhi == kMaxFloat;
+  }
+  void note_whole_z(const SetSpec& set, float d0, double z) {
+    if (!whole_row(set, d0)) return;
+    whole_z_ = z;
+    whole_xmax_ = set.xmax;
+    if (unfiltered_raw_) raw_z_ = z;  // the raw normaliser
   }
 
   // Whether the first filter that acts (SPEC order) is top-k or min-p and
@@ -210,6 +221,8 @@ class RowPipeline {
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
   double raw_z_ = -1.0;
+  double whole_z_ = -1.0;  // (Distribution::whole_z)
+  float whole_xmax_ = 0.0f;
 
   const RowInput& in_;
   const RowRequest& req_;
@@ -704,7 +717,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
       const KeyRule rule{KeyKind::kDistance, true, d0, 0.0, /*target_is_fraction=*/true};
       const SelectResult r =
           weighted_select(segs, set, rule, static_cast<double>(p_.top_p), sc_.select, run_);
-      if (whole_raw_row(set, d0)) raw_z_ = r.total;  // the raw normaliser
+      note_whole_z(set, d0, r.total);
       if (!r.found) return;
       int64_t kept = r.count_le;
       const float c = min_keep_key(segs, set, rule, r.key, &kept);
@@ -754,7 +767,7 @@ void RowPipeline::apply_filter(Filter f, std::span<const Segment>& segs, SetSpec
           b = key_bounds(segs, set, rule, c, sc_.select, run_);
         }
       }
-      if (whole_raw_row(set, d0)) raw_z_ = z;  // the raw normaliser, as top-p's
+      note_whole_z(set, d0, z);  // (as top-p's)
       set.dlo = b.dmin;
       set.dhi = b.dmax;
       d0 = b.dmin;
@@ -887,6 +900,10 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     if (need_z) {
       dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
       dist.z_formed = true;
+      if (!candidates_) {  // (the whole row at temperature 1)
+        dist.whole_z = dist.z;
+        dist.whole_xmax = dist.set.xmax;
+      }
     }
     return Status();
   }
@@ -972,10 +989,90 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   if (!dist.framed) dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   dist.z_formed = true;
   dist.raw_z = raw_z_;
+  dist.whole_z = whole_z_;
+  dist.whole_xmax = whole_xmax_;
+  if (!compacted && dist.k0 == 0.0f && set.key_scale == 1.0f && whole_row(set, 0.0f)) {
+    dist.whole_z = dist.z;  // (the final set is the whole row at temperature 1)
+    dist.whole_xmax = set.xmax;
+  }
   if (dist.support == 0 || !(dist.z > 0.0)) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
   }
   return Status();
+}
+
+}  // namespace
+
+namespace {
+
+// The raw row's normaliser Σ exp(x - raw_max) from the processed row's
+// (dist.whole_z: the whole row at temperature 1), when the processors
+// changed only listed tokens (history, prompt, bias, bans; no allowed-token
+// mask, which may change most of the row) and raised none: the processed
+// normaliser put in the raw max's frame, plus each changed token's raw mass
+// less its processed one. Every such term is >= 0 (no cancellation), and
+// the masses are mass_exp's, in a fixed order (the tokens deduplicated in
+// list order). -1 when that does not apply, or the lists hold more than
+// vocab / 16 tokens: the raw row's own exp pass forms it then.
+double raw_z_from_processed(const Distribution& dist, const RowRequest& req, int64_t vocab,
+                            RowScratch& sc, const Runner& run) {
+  if (!(dist.whole_z > 0.0) || !req.allowed_mask.empty() || dist.raw == nullptr ||
+      dist.x == dist.raw) {
+    return -1.0;
+  }
+  const size_t listed = req.generated_tokens.size() + req.prompt_tokens.size() +
+                        req.banned_tokens.size() + req.logit_bias.size();
+  if (listed > static_cast<size_t>(vocab / 16)) return -1.0;
+  const double delta = static_cast<double>(dist.whole_xmax) - static_cast<double>(dist.raw_max);
+  if (!(delta <= 0.0)) return -1.0;  // (a token raised past the raw max)
+  // Each listed token once (a bit per token, cleared after), its raw and
+  // processed distances from the raw max as mass arguments, turned into
+  // masses 32 tokens at a time; the differences summed in four chains.
+  uint64_t* seen = sc.penalties.seen.data();
+  alignas(64) SelectEntry pairs[64];
+  int64_t n = 0;
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  auto flush = [&] {
+    run.k->entry_masses(pairs, n);
+    auto diff = [&](int64_t i) {
+      return static_cast<double>(pairs[i].weight) - static_cast<double>(pairs[i + 1].weight);
+    };
+    // (named chains: an array indexed by the pair went through memory)
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      s0 += diff(i);
+      s1 += diff(i + 2);
+      s2 += diff(i + 4);
+      s3 += diff(i + 6);
+    }
+    for (; i < n; i += 2) s0 += diff(i);
+    n = 0;
+  };
+  bool raised = false;
+  auto add = [&](int32_t t) {
+    uint64_t& word = seen[static_cast<uint32_t>(t) >> 6];
+    const uint64_t bit = uint64_t{1} << (static_cast<uint32_t>(t) & 63u);
+    if (word & bit) return;
+    word |= bit;
+    const float raw = dist.raw[t], x = dist.x[t];
+    raised |= x > raw;
+    pairs[n++] = SelectEntry{0.0f, dist.raw_max - raw};
+    pairs[n++] = SelectEntry{0.0f, dist.raw_max - x};
+    if (n == 64) flush();
+  };
+  auto clear = [&](int32_t t) { seen[static_cast<uint32_t>(t) >> 6] = 0; };
+  for (int32_t t : req.generated_tokens) add(t);
+  for (int32_t t : req.prompt_tokens) add(t);
+  for (int32_t t : req.banned_tokens) add(t);
+  for (const TokenBias& b : req.logit_bias) add(b.token);
+  if (n > 0) flush();
+  for (int32_t t : req.generated_tokens) clear(t);
+  for (int32_t t : req.prompt_tokens) clear(t);
+  for (int32_t t : req.banned_tokens) clear(t);
+  for (const TokenBias& b : req.logit_bias) clear(b.token);
+  if (raised) return -1.0;
+  const double z = dist.whole_z * std::exp(delta) + ((s0 + s1) + (s2 + s3));
+  return z > 0.0 && z < kInf ? z : -1.0;
 }
 
 }  // namespace
@@ -1046,9 +1143,10 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                             dist.set.scale == 1.0f && dist.k0 == 0.0f && dist.set.dlo == 0.0f &&
                             dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
-    raw_log_z = raw_is_final       ? std::log(dist.z)
-                : dist.raw_z > 0.0 ? std::log(dist.raw_z)
-                                   : std::log(pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr));
+    double raw_z = raw_is_final ? dist.z : dist.raw_z;
+    if (!(raw_z > 0.0)) raw_z = raw_z_from_processed(dist, request, input.vocab, sc, run);
+    if (!(raw_z > 0.0)) raw_z = pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr);
+    raw_log_z = std::log(raw_z);
   }
   // mass_of overwrote the per-segment masses; the draws are done with them.
   const double log_z = std::log(dist.z);
