@@ -583,6 +583,21 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
 // The members of a segment, counted by their bounds' test alone (below).
 int64_t count_members(const Segment& s, const SetSpec& set);
 
+#if defined(__AVX512F__)
+namespace {
+// A block's masses in the open-topped form (sum_mass, below), with
+// Extra::kLeast or kNone.
+template <Extra kExtra>
+double open_block_masses(const float* x, int64_t n, const SetSpec& set, float* least) {
+  return set.scale == 1.0f
+             ? block_masses_avx512<false, true, true, true, kExtra, true>(
+                   x, n, set, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, least)
+             : block_masses_avx512<false, true, true, false, kExtra, true>(
+                   x, n, set, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, least);
+}
+}  // namespace
+#endif
+
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                 double* block_sums) {
 #if defined(__AVX512F__)
@@ -606,13 +621,8 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
         continue;
       }
       prefetch_ahead(s, j0, n);
-      const double block_sum =
-          set.scale == 1.0f ? block_masses_avx512<false, true, true, true, Extra::kLeast, true>(
-                                  s.x + j0, n, set, k0, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                  nullptr, &least)
-                            : block_masses_avx512<false, true, true, false, Extra::kLeast, true>(
-                                  s.x + j0, n, set, k0, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                  nullptr, &least);
+      const double block_sum = count ? open_block_masses<Extra::kLeast>(s.x + j0, n, set, &least)
+                                     : open_block_masses<Extra::kNone>(s.x + j0, n, set, nullptr);
       if (block_sums) block_sums[j0 / kBlock] = block_sum;
       total += block_sum;
     }
