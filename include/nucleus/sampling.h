@@ -70,7 +70,9 @@ struct SamplingParams {
   int32_t num_samples = 1;  // independent draws with replacement
 
   // Compute the sampled tokens' log-probabilities (processed and raw). When
-  // false they are left NaN and greedy rows skip their exp passes.
+  // false they are left NaN, and rows whose filters read few tokens (greedy,
+  // top-k, min-p) skip the raw normaliser, an exp over the whole row (most
+  // of their time: README, "Benchmarks").
   bool logprobs = true;
   int32_t top_logprobs = 0;  // N > 0: also return the top-N and the sampled ranks
   LogprobsMode logprobs_mode = LogprobsMode::kProcessed;
