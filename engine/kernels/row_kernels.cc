@@ -600,51 +600,48 @@ double open_block_masses(const float* x, int64_t n, const SetSpec& set, float* l
 
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                 double* block_sums) {
-#if defined(__AVX512F__)
   // From the top, one scale, nothing short of underflow bounding the set (the
-  // whole row: full sampling's frames, the raw normaliser, greedy's Z): the
-  // open-topped form, which tests no token against dhi. With a count asked
-  // for, the pass notes the least -d it met; a segment none of whose entries
-  // reaches past dhi (the common case: no -inf, no overflowed distance) has
-  // every entry a member, and any other is counted after, by compares alone.
-  // (full sampling, one 128256 row: ~9 % off, against the form that tests
-  // and counts each token)
-  if (set.dlo <= 0.0f && k0 == 0.0f && set.key_scale == set.scale && set.dhi >= kUnderflow) {
-    double total = 0.0;
-    float least = kInf;
-    bool skipped = false;
-    for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
-      const int64_t n = std::min(kBlock, s.n - j0);
-      if (block_empty(s, j0, set)) {
-        if (block_sums) block_sums[j0 / kBlock] = 0.0;
-        skipped = true;
-        continue;
-      }
-      prefetch_ahead(s, j0, n);
-      const double block_sum = count ? open_block_masses<Extra::kLeast>(s.x + j0, n, set, &least)
-                                     : open_block_masses<Extra::kNone>(s.x + j0, n, set, nullptr);
-      if (block_sums) block_sums[j0 / kBlock] = block_sum;
-      total += block_sum;
-    }
-    if (count) *count = !skipped && least >= -set.dhi ? s.n : count_members(s, set);
-    return total;
-  }
+  // whole row: full sampling's frames, the raw normaliser, greedy's Z), on
+  // AVX-512: the open-topped form, which tests no token against dhi. With a
+  // count asked for, the pass notes the least -d it met; a segment none of
+  // whose entries reaches past dhi (the common case: no -inf, no overflowed
+  // distance) and none of whose blocks was skipped has every entry a member,
+  // and any other is counted after, by compares alone. (full sampling, one
+  // 128256 row: ~9 % off, against the form that tests and counts each token)
+#if defined(__AVX512F__)
+  const bool open =
+      set.dlo <= 0.0f && k0 == 0.0f && set.key_scale == set.scale && set.dhi >= kUnderflow;
+#else
+  constexpr bool open = false;
 #endif
+  float least = kInf;
+  bool skipped = false;
   double total = 0.0;
   int64_t members = 0;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block_empty(s, j0, set)) {
       if (block_sums) block_sums[j0 / kBlock] = 0.0;
+      skipped = true;
       continue;
     }
     prefetch_ahead(s, j0, n);
-    int64_t in_block = 0;
-    const double block_sum = block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
-    members += in_block;
+    double block_sum;
+#if defined(__AVX512F__)
+    if (open) {
+      block_sum = count ? open_block_masses<Extra::kLeast>(s.x + j0, n, set, &least)
+                        : open_block_masses<Extra::kNone>(s.x + j0, n, set, nullptr);
+    } else
+#endif
+    {
+      int64_t in_block = 0;
+      block_sum = block_masses_from_values(s.x + j0, n, set, k0, nullptr, &in_block);
+      members += in_block;
+    }
     if (block_sums) block_sums[j0 / kBlock] = block_sum;
     total += block_sum;
   }
+  if (count && open) members = !skipped && least >= -set.dhi ? s.n : count_members(s, set);
   if (count) *count = members;
   return total;
 }

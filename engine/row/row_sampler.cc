@@ -105,10 +105,9 @@ struct Distribution {
   int64_t support = 0;
   bool greedy = false;
   int32_t greedy_token = -1;
-  // Σ exp(x - raw_max) over the raw row, when a pass already formed it.
-  double raw_z = -1.0;
   // Σ exp(x - whole_xmax) over the processed row (the whole row at
   // temperature 1, whole_xmax its max), when a pass formed it; else -1.
+  // Unprocessed, it is the raw row's normaliser.
   double whole_z = -1.0;
   float whole_xmax = 0.0f;
   // The per-segment masses were formed in each segment's own frame (full
@@ -158,8 +157,7 @@ class RowPipeline {
   float min_keep_key(std::span<const Segment> segs, const SetSpec& set, const KeyRule& rule,
                      float c, int64_t* count);
   // Whether a set's mass Σ exp(-(d - d0)) is the processed row's normaliser
-  // at temperature 1 (the whole row, from its max), and so, when nothing
-  // processed the row, the raw row's.
+  // at temperature 1 (the whole row, from its max).
   bool whole_row(const SetSpec& set, float d0) const {
     return !candidates_ && set.scale == 1.0f && d0 == 0.0f && set.dlo == 0.0f &&
            set.dhi == kMaxFloat;
@@ -168,7 +166,6 @@ class RowPipeline {
     if (!whole_row(set, d0)) return;
     whole_z_ = z;
     whole_xmax_ = set.xmax;
-    if (unfiltered_raw_) raw_z_ = z;  // the raw normaliser
   }
 
   // Whether the first filter that acts (SPEC order) is top-k or min-p and
@@ -214,13 +211,11 @@ class RowPipeline {
   // lose members the frames kept.
   bool frame_masses(const SetSpec& set, double* z, int64_t* count);
 
-  bool unfiltered_raw_ = false;  // the processed row is the raw row
   // The scan also forms each segment's masses in its own frame (full_sampling).
   bool framed_ = false;
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
-  double raw_z_ = -1.0;
   double whole_z_ = -1.0;  // (Distribution::whole_z)
   float whole_xmax_ = 0.0f;
 
@@ -885,7 +880,6 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
   if (Status s = check_and_widen(dist, need_z); !s.ok()) return s;
   const int64_t vocab = in_.vocab;
   std::span<const Segment> segs(sc_.row_segs);
-  unfiltered_raw_ = dist.x == dist.raw && !candidates_;
 
   if (p_.temperature == 0.0f) {
     // Greedy: argmax of the processed logits, lowest id on ties (found by
@@ -988,7 +982,6 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
       framed_ && !compacted && dist.k0 == 0.0f && frame_masses(set, &dist.z, &dist.support);
   if (!dist.framed) dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   dist.z_formed = true;
-  dist.raw_z = raw_z_;
   dist.whole_z = whole_z_;
   dist.whole_xmax = whole_xmax_;
   if (!compacted && dist.k0 == 0.0f && set.key_scale == 1.0f && whole_row(set, 0.0f)) {
@@ -1006,20 +999,21 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
 namespace {
 
 // The raw row's normaliser Σ exp(x - raw_max) from the processed row's
-// (dist.whole_z: the whole row at temperature 1), when the processors
-// changed only listed tokens (history, prompt, bias, bans; no allowed-token
-// mask, which may change most of the row) and raised none: the processed
-// normaliser put in the raw max's frame, plus each changed token's raw mass
-// less its processed one. Every such term is >= 0 (no cancellation), and
-// the masses are mass_exp's, in a fixed order (the tokens deduplicated in
-// list order). -1 when that does not apply, or the lists hold more than
-// vocab / 16 tokens: the raw row's own exp pass forms it then.
-double raw_z_from_processed(const Distribution& dist, const RowRequest& req, int64_t vocab,
-                            RowScratch& sc, const Runner& run) {
-  if (!(dist.whole_z > 0.0) || !req.allowed_mask.empty() || dist.raw == nullptr ||
-      dist.x == dist.raw) {
-    return -1.0;
-  }
+// (dist.whole_z: the whole row at temperature 1, formed by full sampling,
+// top-p, typical-p or greedy's Z): the same when nothing processed the row;
+// else, when the processors changed only listed tokens (history, prompt,
+// bias, bans; no allowed-token mask, which may change most of the row) and
+// raised none, the processed normaliser put in the raw max's frame, plus
+// each changed token's raw mass less its processed one. Every such term is
+// >= 0 (no cancellation), and the masses are mass_exp's, in a fixed order
+// (the tokens deduplicated in list order). -1 when neither applies, or the
+// lists hold more than vocab / 16 tokens: the raw row's own exp pass forms
+// it then.
+double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t vocab,
+                      RowScratch& sc, const Runner& run) {
+  if (!(dist.whole_z > 0.0)) return -1.0;
+  if (dist.x == dist.raw) return dist.whole_z;
+  if (!req.allowed_mask.empty() || dist.raw == nullptr) return -1.0;
   const size_t listed = req.generated_tokens.size() + req.prompt_tokens.size() +
                         req.banned_tokens.size() + req.logit_bias.size();
   if (listed > static_cast<size_t>(vocab / 16)) return -1.0;
@@ -1136,15 +1130,8 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
       p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kRaw);
   SetSpec raw_set;
   raw_set.xmax = dist.raw_max;
-  // When nothing changed the row and the final distribution is softmax of the
-  // whole row at temperature 1, its normaliser is the raw one (if it was
-  // formed: greedy forms it only for processed logprobs).
-  const bool raw_is_final = dist.z_formed && dist.x == dist.raw && dist.set.key_scale == 1.0f &&
-                            dist.set.scale == 1.0f && dist.k0 == 0.0f && dist.set.dlo == 0.0f &&
-                            dist.set.dhi == kMaxFloat;
   if (need_raw_z) {
-    double raw_z = raw_is_final ? dist.z : dist.raw_z;
-    if (!(raw_z > 0.0)) raw_z = raw_z_from_processed(dist, request, input.vocab, sc, run);
+    double raw_z = raw_normaliser(dist, request, input.vocab, sc, run);
     if (!(raw_z > 0.0)) raw_z = pipe.mass_of(sc.raw_segs, raw_set, 0.0f, nullptr);
     raw_log_z = std::log(raw_z);
   }
