@@ -8,12 +8,12 @@
 // dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
 // spread moments (squares in double) and an allowed-token bitmask (one word
 // in three partly cleared), the mass pass (sum_mass) beside the pivot
-// select's store pass, a pivot round (keep_and_sum) and the wide-nucleus
-// band pass (sum_mass_band), the compaction of a kept set (compact) and a
-// large count target's band pass (count_band), and two baselines: the
-// roofline's streaming read (an Eigen sum compiled for the same instruction set) and a
-// plain memcpy of the row. The figures in docs/performance.md ("What each
-// pass costs") and in docs/architecture.md ("the scan") come from here:
+// select's store pass and top-p's gathering mass pass (sum_mass_gather), a pivot round
+// (keep_and_sum) and the wide-nucleus band pass (sum_mass_band), the compaction of a kept set
+// (compact) and a large count target's band pass (count_band), and two baselines: the roofline's
+// streaming read (an Eigen sum compiled for the same instruction set) and a plain memcpy of the
+// row. The figures in docs/performance.md ("What each pass costs") and in docs/architecture.md
+// ("the scan") come from here:
 //   kernel_bench --benchmark_filter=/128256 --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 
@@ -182,6 +182,31 @@ void mass_pass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * row.n * 4);
 }
 
+// Top-p's gathering mass pass (sum_mass_gather, with the block maxima the
+// scan records): the masses and their sum, and the members within a bound
+// placed so that state.range(1) of them fall under it (a peaked row's
+// nucleus bound gathers ~100, a flat one's ~1,000).
+void gather_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  k.max_stats(row.x.data(), row.n, row.block_max.data());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, row.block_max.data(), nullptr};
+  const nd::SetSpec set = row_set(row);
+  std::vector<float> sorted(row.x.begin(), row.x.end());
+  const auto last = static_cast<size_t>(state.range(1) - 1);
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<ptrdiff_t>(last), sorted.end(),
+                   std::greater<>());
+  const float bound = set.xmax - sorted[last];
+  const int64_t cap = 4 * state.range(1) + 4096;
+  std::vector<nd::GatheredToken> out(static_cast<size_t>(cap + nd::kPassBlock + 64));
+  int64_t gathered = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(k.sum_mass_gather(seg, set, 0.0f, bound, cap, out.data(), &gathered));
+  }
+  if (gathered != state.range(1)) state.SkipWithError("unexpected gather count");
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
 // The pivot select's first pass: every key and mass stored, with the pivot
 // sums.
 void pivot_pass(benchmark::State& state) {
@@ -307,6 +332,7 @@ BENCHMARK(member_count_below)->Arg(128256);
 BENCHMARK(spread_moments)->Arg(128256);
 BENCHMARK(allowed_mask)->Arg(128256);
 BENCHMARK(mass_pass)->Arg(128256);
+BENCHMARK(gather_pass)->Args({128256, 100})->Args({128256, 1000});
 BENCHMARK(pivot_pass)->Arg(128256);
 BENCHMARK(band_pass)->Arg(128256);
 BENCHMARK(interval_pass)->Arg(128256);

@@ -345,6 +345,78 @@ TEST(Band, TotalsBelowAndListsTheBand) {
   }
 }
 
+// top-p's gathering pass (sum_mass_gather), on every instruction set, with
+// and without the block maxima (blocks whose maximum lies past the bound
+// take the mass-only form): the total is sum_mass's to the bit, and the
+// members with d <= bound are listed in token order with d as their key, to
+// the bit, and their values and token ids. Sets with and without bounds,
+// k0 = 0 and not, two scales, bounds that reach every block or only a few,
+// over a row with -inf tokens, a tail past the last block, blocks far below
+// the maximum and one that holds no member.
+TEST(Gather, TotalsAndListsTheMembersWithinTheBound) {
+  std::vector<float> x(6 * 512 + 77);
+  uint32_t state = 99;
+  for (size_t i = 0; i < x.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
+  }
+  x[9] = x[1500] = x.back() = -std::numeric_limits<float>::infinity();
+  for (size_t i = 512; i < 1024; ++i) x[i] -= 9.0f;     // blocks whose maxima lie
+  for (size_t i = 1536; i < 2048; ++i) x[i] -= 7.0f;    // past the tighter bounds
+  for (size_t i = 2048; i < 2560; ++i) x[i] -= 200.0f;  // a block past every set below
+  const auto n = static_cast<int64_t>(x.size());
+  std::vector<float> maxima(detail::block_count(n));
+  std::vector<detail::GatheredToken> out(x.size() + 64);
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    k.max_stats(x.data(), n, maxima.data());
+    struct Case {
+      float dlo, dhi, scale, k0, bound;
+    };
+    for (const Case c :
+         {Case{0.0f, detail::kMaxFloat, 1.0f, 0.0f, 2.5f},
+          Case{0.0f, detail::kMaxFloat, 0.7f, 0.0f, 3.0f},
+          Case{0.0f, detail::kMaxFloat, 1.0f, 0.0f, 0.0f},
+          Case{0.0f, detail::kMaxFloat, 1.0f, 0.0f, 30.0f}, Case{0.0f, 20.0f, 1.0f, 0.0f, 4.0f},
+          Case{1.0f, 21.0f, 1.3f, 1.0f, 5.0f}}) {
+      SCOPED_TRACE(::testing::Message() << "d in [" << c.dlo << ", " << c.dhi << "], scale "
+                                        << c.scale << ", k0 " << c.k0 << ", bound " << c.bound);
+      detail::SetSpec set;
+      set.xmax = 12.0f;
+      set.dlo = c.dlo, set.dhi = c.dhi, set.scale = set.key_scale = c.scale;
+      x[40] = set.xmax;
+      k.max_stats(x.data(), n, maxima.data());
+      // The scalar answer.
+      std::vector<size_t> within;
+      for (size_t i = 0; i < x.size(); ++i) {
+        const float d = (set.xmax - x[i]) * set.scale;
+        if (d >= c.dlo && d <= c.dhi && d <= c.bound) within.push_back(i);
+      }
+      ASSERT_FALSE(within.empty());
+      const double z = k.sum_mass(detail::Segment{x.data(), nullptr, n, 0, nullptr, nullptr}, set,
+                                  c.k0, nullptr, nullptr);
+      for (const bool with_maxima : {false, true}) {
+        SCOPED_TRACE(with_maxima ? "with block maxima" : "without block maxima");
+        const detail::Segment s{x.data(), nullptr, n, 0, with_maxima ? maxima.data() : nullptr,
+                                nullptr};
+        int64_t got = -1;
+        const double total = k.sum_mass_gather(s, set, c.k0, c.bound, n, out.data(), &got);
+        EXPECT_EQ(total, z);
+        ASSERT_EQ(got, static_cast<int64_t>(within.size()));
+        int64_t differ = 0;
+        for (size_t j = 0; j < within.size(); ++j) {
+          const size_t i = within[j];
+          differ += out[j].token != static_cast<int32_t>(i);
+          differ += std::bit_cast<uint32_t>(out[j].x) != std::bit_cast<uint32_t>(x[i]);
+          differ += out[j].key != (set.xmax - x[i]) * set.scale;
+        }
+        EXPECT_EQ(differ, 0) << "of " << got;
+      }
+    }
+  }
+}
+
 // Large count targets' band pass (count_band), the compaction after a
 // filter (compact) and a threshold's d range (key_bounds, from the values
 // and from stored keys), on every

@@ -598,6 +598,24 @@ double open_block_masses(const float* x, int64_t n, const SetSpec& set, float* l
 }  // namespace
 #endif
 
+namespace {
+// A block's mass alone, in the form block_masses_and_hits takes for the same
+// set (open-topped where it may be: no member test, no count), so the same
+// bits. Same scales only, as the hits.
+double block_masses_alone(const float* x, int64_t n, const SetSpec& set, float k0) {
+  int64_t unused = 0;
+#if defined(__AVX512F__)
+  return block_masses_for<Extra::kNone>(x, n, set, k0, nullptr, &unused, nullptr, nullptr, nullptr);
+#else
+  if (set.dlo > 0.0f || k0 != 0.0f || set.dhi < kUnderflow) {
+    return block_masses_from_values(x, n, set, k0, nullptr, &unused);
+  }
+  return block_masses_from_values_impl<false, true, true, false, true>(x, n, set, k0, nullptr,
+                                                                       &unused);
+#endif
+}
+}  // namespace
+
 double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
                 double* block_sums) {
   // From the top, one scale, nothing short of underflow bounding the set (the
@@ -657,6 +675,11 @@ double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bou
     if (block_empty(s, j0, set)) continue;
     prefetch_ahead(s, j0, n);
     int64_t unused = 0;
+    if (block_above(s, j0, set, bound)) {
+      // No member within the bound (its largest x says so): the masses alone.
+      total += block_masses_alone(s.x + j0, n, set, k0);
+      continue;
+    }
     total += block_masses_and_hits(s.x + j0, n, set, k0, hits, &unused);
     if (count > cap) continue;
     count += append_gathered(hits, s, j0, out + count);
