@@ -22,6 +22,17 @@ namespace {
 
 using detail::kUnderflow;
 
+// n values in [lo, hi) from a fixed linear congruential sequence.
+std::vector<float> LcgRow(size_t n, uint32_t seed, float lo, float hi) {
+  std::vector<float> x(n);
+  uint32_t state = seed;
+  for (float& v : x) {
+    state = state * 1664525u + 1013904223u;
+    v = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * (hi - lo) + lo;
+  }
+  return x;
+}
+
 // Every `step`-th float from 0 up to kUnderflow, and the edges.
 std::vector<float> Exponents(uint32_t step) {
   std::vector<float> e;
@@ -196,12 +207,7 @@ TEST(MemberKeys, SmallestKeyAndCountBelow) {
 // and block sums as without a count.
 TEST(SumMass, CountsTheMembersOfOpenToppedSets) {
   const float big = 0.75f * detail::kMaxFloat;
-  std::vector<float> base(2 * 512 + 300);
-  uint32_t state = 777;
-  for (float& v : base) {
-    state = state * 1664525u + 1013904223u;
-    v = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 30.0f - 20.0f;
-  }
+  const std::vector<float> base = LcgRow(2 * 512 + 300, 777, -20.0f, 10.0f);
   struct Case {
     const char* what;
     float xmax, scale, dhi;
@@ -282,12 +288,7 @@ TEST(SumMass, CountsTheMembersOfOpenToppedSets) {
 // pass takes), over a row with -inf tokens, a tail past the last block and
 // blocks that hold no member.
 TEST(Band, TotalsBelowAndListsTheBand) {
-  std::vector<float> x(5 * 512 + 77);
-  uint32_t state = 777;
-  for (size_t i = 0; i < x.size(); ++i) {
-    state = state * 1664525u + 1013904223u;
-    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
-  }
+  std::vector<float> x = LcgRow(5 * 512 + 77, 777, -12.0f, 12.0f);
   x[3] = x[700] = x.back() = -std::numeric_limits<float>::infinity();
   for (size_t i = 1024; i < 1536; ++i) x[i] -= 200.0f;  // a block past every set below
   std::vector<float> maxima(detail::block_count(static_cast<int64_t>(x.size())));
@@ -354,12 +355,7 @@ TEST(Band, TotalsBelowAndListsTheBand) {
 // over a row with -inf tokens, a tail past the last block, blocks far below
 // the maximum and one that holds no member.
 TEST(Gather, TotalsAndListsTheMembersWithinTheBound) {
-  std::vector<float> x(6 * 512 + 77);
-  uint32_t state = 99;
-  for (size_t i = 0; i < x.size(); ++i) {
-    state = state * 1664525u + 1013904223u;
-    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
-  }
+  std::vector<float> x = LcgRow(6 * 512 + 77, 99, -12.0f, 12.0f);
   x[9] = x[1500] = x.back() = -std::numeric_limits<float>::infinity();
   for (size_t i = 512; i < 1024; ++i) x[i] -= 9.0f;     // blocks whose maxima lie
   for (size_t i = 1536; i < 2048; ++i) x[i] -= 7.0f;    // past the tighter bounds
@@ -429,12 +425,7 @@ TEST(Gather, TotalsAndListsTheMembersWithinTheBound) {
 // block maxima, over a row with -inf tokens, a tail past the last block and
 // blocks that hold no member.
 TEST(CountBand, CountsBelowAndListsTheBand) {
-  std::vector<float> x(5 * 512 + 77);
-  uint32_t state = 4242;
-  for (size_t i = 0; i < x.size(); ++i) {
-    state = state * 1664525u + 1013904223u;
-    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1 << 24) * 24.0f - 12.0f;
-  }
+  std::vector<float> x = LcgRow(5 * 512 + 77, 4242, -12.0f, 12.0f);
   x[5] = x[900] = x.back() = -std::numeric_limits<float>::infinity();
   for (size_t i = 1536; i < 2048; ++i) x[i] -= 200.0f;  // a block past every set below
   const auto n = static_cast<int64_t>(x.size());
