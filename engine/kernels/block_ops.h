@@ -971,30 +971,36 @@ struct Collected {
 // temperature 1 without the multiply), open-topped when nothing short of
 // underflow bounds the set (and a hit bound, with hits, lies within it);
 // otherwise the general one without the lower test. (Open-topped forms do
-// not count members.)
+// not count members.) Extra::kLeast takes the open-topped form alone: the
+// caller has checked that the set allows it (sum_mass).
 template <Extra kExtra>
 inline double block_masses_for(const float* x, int64_t n, const SetSpec& set, float k0,
                                float* __restrict w, int64_t* members, BlockHits* hits,
-                               EntropyLanes* sums, float* e_store, BandLanes* band = nullptr) {
-  if (set.dlo > 0.0f) {
-    return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
-                                                                 sums, e_store, band);
+                               EntropyLanes* sums, float* e_store, BandLanes* band = nullptr,
+                               float* least = nullptr) {
+  if (kExtra == Extra::kLeast ||
+      (set.dlo <= 0.0f && k0 == 0.0f && set.dhi >= kUnderflow &&
+       (!hits || hits->bound <= set.dhi) && (!band || band->hi <= set.dhi))) {
+    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
+                                   x, n, set, k0, w, members, hits, sums, e_store, band, least)
+                             : block_masses_avx512<false, true, true, false, kExtra, true>(
+                                   x, n, set, k0, w, members, hits, sums, e_store, band, least);
   }
-  if (k0 == 0.0f) {
-    if (set.dhi >= kUnderflow && (!hits || hits->bound <= set.dhi) &&
-        (!band || band->hi <= set.dhi)) {
-      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra, true>(
+  if constexpr (kExtra != Extra::kLeast) {
+    if (set.dlo > 0.0f) {
+      return block_masses_avx512<true, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
+                                                                   sums, e_store, band);
+    }
+    if (k0 == 0.0f) {
+      return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
                                      x, n, set, k0, w, members, hits, sums, e_store, band)
-                               : block_masses_avx512<false, true, true, false, kExtra, true>(
+                               : block_masses_avx512<false, true, true, false, kExtra>(
                                      x, n, set, k0, w, members, hits, sums, e_store, band);
     }
-    return set.scale == 1.0f ? block_masses_avx512<false, true, true, true, kExtra>(
-                                   x, n, set, k0, w, members, hits, sums, e_store, band)
-                             : block_masses_avx512<false, true, true, false, kExtra>(
-                                   x, n, set, k0, w, members, hits, sums, e_store, band);
+    return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
+                                                                  sums, e_store, band);
   }
-  return block_masses_avx512<false, true, false, false, kExtra>(x, n, set, k0, w, members, hits,
-                                                                sums, e_store, band);
+  return 0.0;  // (Extra::kLeast took the open-topped form)
 }
 #endif
 

@@ -583,21 +583,6 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
 // The members of a segment, counted by their bounds' test alone (below).
 int64_t count_members(const Segment& s, const SetSpec& set);
 
-#if defined(__AVX512F__)
-namespace {
-// A block's masses in the open-topped form (sum_mass, below), with
-// Extra::kLeast or kNone.
-template <Extra kExtra>
-double open_block_masses(const float* x, int64_t n, const SetSpec& set, float* least) {
-  return set.scale == 1.0f
-             ? block_masses_avx512<false, true, true, true, kExtra, true>(
-                   x, n, set, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, least)
-             : block_masses_avx512<false, true, true, false, kExtra, true>(
-                   x, n, set, 0.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, least);
-}
-}  // namespace
-#endif
-
 namespace {
 // A block's mass alone, in the form block_masses_and_hits takes for the same
 // set (open-topped where it may be: no member test, no count), so the same
@@ -647,8 +632,11 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
     double block_sum;
 #if defined(__AVX512F__)
     if (open) {
-      block_sum = count ? open_block_masses<Extra::kLeast>(s.x + j0, n, set, &least)
-                        : open_block_masses<Extra::kNone>(s.x + j0, n, set, nullptr);
+      int64_t unused = 0;
+      block_sum = count
+                      ? block_masses_for<Extra::kLeast>(s.x + j0, n, set, 0.0f, nullptr, &unused,
+                                                        nullptr, nullptr, nullptr, nullptr, &least)
+                      : block_masses_alone(s.x + j0, n, set, 0.0f);
     } else
 #endif
     {
