@@ -93,6 +93,13 @@ int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
 }
 
 // What the pipeline leaves behind: the final distribution of a row.
+// Σ exp(x - xmax) over the processed row (the whole row at temperature 1,
+// xmax its max); z is -1 until a pass forms it.
+struct WholeRowZ {
+  double z = -1.0;
+  float xmax = 0.0f;
+};
+
 struct Distribution {
   const float* raw = nullptr;  // the input row as float32
   const float* x = nullptr;    // the processed row
@@ -105,11 +112,9 @@ struct Distribution {
   int64_t support = 0;
   bool greedy = false;
   int32_t greedy_token = -1;
-  // Σ exp(x - whole_xmax) over the processed row (the whole row at
-  // temperature 1, whole_xmax its max), when a pass formed it; else -1.
-  // Unprocessed, it is the raw row's normaliser.
-  double whole_z = -1.0;
-  float whole_xmax = 0.0f;
+  // The processed row's whole normaliser at temperature 1, when a pass
+  // formed it (WholeRowZ). Unprocessed, it is the raw row's normaliser.
+  WholeRowZ whole;
   // The per-segment masses were formed in each segment's own frame (full
   // sampling, RowPipeline::framed_): block sums are relative to the
   // segment's max (frame_of), and seg_mass is scaled into the row's frame by
@@ -163,9 +168,7 @@ class RowPipeline {
            set.dhi == kMaxFloat;
   }
   void note_whole_z(const SetSpec& set, float d0, double z) {
-    if (!whole_row(set, d0)) return;
-    whole_z_ = z;
-    whole_xmax_ = set.xmax;
+    if (whole_row(set, d0)) whole_ = WholeRowZ{z, set.xmax};
   }
 
   // Whether the first filter that acts (SPEC order) is top-k or min-p and
@@ -216,8 +219,7 @@ class RowPipeline {
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
-  double whole_z_ = -1.0;  // (Distribution::whole_z)
-  float whole_xmax_ = 0.0f;
+  WholeRowZ whole_;  // (Distribution::whole)
 
   const RowInput& in_;
   const RowRequest& req_;
@@ -894,10 +896,8 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     if (need_z) {
       dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
       dist.z_formed = true;
-      if (!candidates_) {  // (the whole row at temperature 1)
-        dist.whole_z = dist.z;
-        dist.whole_xmax = dist.set.xmax;
-      }
+      note_whole_z(dist.set, 0.0f, dist.z);  // (the whole row at temperature 1)
+      dist.whole = whole_;
     }
     return Status();
   }
@@ -982,24 +982,17 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
       framed_ && !compacted && dist.k0 == 0.0f && frame_masses(set, &dist.z, &dist.support);
   if (!dist.framed) dist.z = mass_of(segs, set, dist.k0, &dist.support, /*keep_blocks=*/true);
   dist.z_formed = true;
-  dist.whole_z = whole_z_;
-  dist.whole_xmax = whole_xmax_;
-  if (!compacted && dist.k0 == 0.0f && set.key_scale == 1.0f && whole_row(set, 0.0f)) {
-    dist.whole_z = dist.z;  // (the final set is the whole row at temperature 1)
-    dist.whole_xmax = set.xmax;
-  }
+  // (the final set may be the whole row at temperature 1 itself)
+  if (!compacted && set.key_scale == 1.0f) note_whole_z(set, dist.k0, dist.z);
+  dist.whole = whole_;
   if (dist.support == 0 || !(dist.z > 0.0)) {
     return Status::row_error(row_prefix(row_) + "no token left after the filters");
   }
   return Status();
 }
 
-}  // namespace
-
-namespace {
-
 // The raw row's normaliser Σ exp(x - raw_max) from the processed row's
-// (dist.whole_z: the whole row at temperature 1, formed by full sampling,
+// (dist.whole: the whole row at temperature 1, formed by full sampling,
 // top-p, typical-p or greedy's Z): the same when nothing processed the row;
 // else, when the processors changed only listed tokens (history, prompt,
 // bias, bans; no allowed-token mask, which may change most of the row) and
@@ -1011,13 +1004,13 @@ namespace {
 // it then.
 double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t vocab,
                       RowScratch& sc, const Runner& run) {
-  if (!(dist.whole_z > 0.0)) return -1.0;
-  if (dist.x == dist.raw) return dist.whole_z;
+  if (!(dist.whole.z > 0.0)) return -1.0;
+  if (dist.x == dist.raw) return dist.whole.z;
   if (!req.allowed_mask.empty() || dist.raw == nullptr) return -1.0;
   const size_t listed = req.generated_tokens.size() + req.prompt_tokens.size() +
                         req.banned_tokens.size() + req.logit_bias.size();
   if (listed > static_cast<size_t>(vocab / 16)) return -1.0;
-  const double delta = static_cast<double>(dist.whole_xmax) - static_cast<double>(dist.raw_max);
+  const double delta = static_cast<double>(dist.whole.xmax) - static_cast<double>(dist.raw_max);
   if (!(delta <= 0.0)) return -1.0;  // (a token raised past the raw max)
   // Each listed token once (a bit per token, cleared after), its raw and
   // processed distances from the raw max as mass arguments, turned into
@@ -1054,18 +1047,17 @@ double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t v
     pairs[n++] = SelectEntry{0.0f, dist.raw_max - x};
     if (n == 64) flush();
   };
-  auto clear = [&](int32_t t) { seen[static_cast<uint32_t>(t) >> 6] = 0; };
-  for (int32_t t : req.generated_tokens) add(t);
-  for (int32_t t : req.prompt_tokens) add(t);
-  for (int32_t t : req.banned_tokens) add(t);
-  for (const TokenBias& b : req.logit_bias) add(b.token);
+  auto each_listed = [&](auto&& fn) {
+    for (int32_t t : req.generated_tokens) fn(t);
+    for (int32_t t : req.prompt_tokens) fn(t);
+    for (int32_t t : req.banned_tokens) fn(t);
+    for (const TokenBias& b : req.logit_bias) fn(b.token);
+  };
+  each_listed(add);
   if (n > 0) flush();
-  for (int32_t t : req.generated_tokens) clear(t);
-  for (int32_t t : req.prompt_tokens) clear(t);
-  for (int32_t t : req.banned_tokens) clear(t);
-  for (const TokenBias& b : req.logit_bias) clear(b.token);
+  each_listed([&](int32_t t) { seen[static_cast<uint32_t>(t) >> 6] = 0; });
   if (raised) return -1.0;
-  const double z = dist.whole_z * std::exp(delta) + ((s0 + s1) + (s2 + s3));
+  const double z = dist.whole.z * std::exp(delta) + ((s0 + s1) + (s2 + s3));
   return z > 0.0 && z < kInf ? z : -1.0;
 }
 

@@ -131,12 +131,11 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass
   return r;  // rounding: the last key of the boundary bucket
 }
 
-// Σ weight over a list, in double, in four chains (one chain of dependent
-// additions costs microseconds on a few thousand entries), in a fixed order.
 // Σ weight(i) for i < n in double, in four chains (i mod 4, the tail into
 // the first), added pairwise at the end: a fixed order, and no chain waits
-// on another's latency. (Indexed by i & 3 the sums went through memory: 14
-// of an 85 us row, in select_in_band.)
+// on another's latency (one chain of dependent additions costs microseconds
+// on a few thousand entries; indexed by i & 3 the sums went through memory:
+// 14 of an 85 us row, in select_in_band).
 template <typename Weight>
 double sum4(size_t n, Weight&& weight) {
   double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0;
@@ -151,6 +150,7 @@ double sum4(size_t n, Weight&& weight) {
   return (l0 + l1) + (l2 + l3);
 }
 
+// Σ weight over a list.
 double weight_of(const std::vector<SelectEntry>& list) {
   return sum4(list.size(), [&](size_t i) { return list[i].weight; });
 }
