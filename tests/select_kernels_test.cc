@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "engine/kernels/row_kernels.h"
@@ -60,6 +62,64 @@ TEST(KthLargest, AgreesWithNthElementForEveryK) {
                          std::greater<float>());
         const float got = k.kth_largest(v.data(), n, want, keys.data());
         EXPECT_EQ(got, sorted[static_cast<size_t>(want - 1)]) << "n = " << n << ", k = " << want;
+      }
+    }
+  }
+}
+
+// A gathered list (key, value, token id) taken apart: gathered_keys pairs
+// each key with 1, compact_gathered keeps the values and ids of the keys in
+// [lo, hi], in order; lists of lengths around the 16-token packets and the
+// length from which the AVX-512 loops run (32), keys at the bounds, ±0,
+// +inf and NaN among them.
+TEST(GatheredList, KeysAndTheSurvivorsInOrder) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> key(0.0f, 8.0f);
+  std::vector<detail::GatheredToken> all(1000);
+  for (size_t i = 0; i < all.size(); ++i) {
+    all[i] = detail::GatheredToken{key(rng), key(rng) - 20.0f, static_cast<int32_t>(i * 7 + 3)};
+  }
+  all[5].key = 2.0f;   // (at lo)
+  all[17].key = 5.0f;  // (at hi)
+  all[20].key = -0.0f;
+  all[31].key = kInf;
+  all[32].key = nan;
+  all[260].key = 2.0f;
+  all[270].key = 5.0f;
+  all[281].key = -0.0f;
+  all[290].key = kInf;
+  all[303].key = nan;
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    for (size_t n : {0, 1, 15, 16, 17, 31, 32, 33, 47, 48, 100, 257, 271, 1000}) {
+      SCOPED_TRACE(n);
+      std::vector<detail::SelectEntry> keys(n + 1, detail::SelectEntry{-1.0f, -1.0f});
+      k.gathered_keys(all.data(), static_cast<int64_t>(n), keys.data());
+      for (size_t i = 0; i < n; ++i) {
+        EXPECT_EQ(std::bit_cast<uint32_t>(keys[i].key), std::bit_cast<uint32_t>(all[i].key)) << i;
+        EXPECT_EQ(keys[i].weight, 1.0f) << i;
+      }
+      EXPECT_EQ(keys[n].key, -1.0f);  // (nothing past the list)
+      for (const auto& [lo, hi] : {std::pair{2.0f, 5.0f}, std::pair{0.0f, kInf},
+                                   std::pair{9.0f, 10.0f}, std::pair{-0.0f, 0.0f}}) {
+        std::vector<float> want_x, x(n + 1);
+        std::vector<int32_t> want_idx, idx(n + 1);
+        for (size_t i = 0; i < n; ++i) {
+          if (all[i].key >= lo && all[i].key <= hi) {
+            want_x.push_back(all[i].x);
+            want_idx.push_back(all[i].token);
+          }
+        }
+        const int64_t kept =
+            k.compact_gathered(all.data(), static_cast<int64_t>(n), lo, hi, x.data(), idx.data());
+        ASSERT_EQ(kept, static_cast<int64_t>(want_x.size())) << "[" << lo << ", " << hi << "]";
+        x.resize(want_x.size());
+        idx.resize(want_idx.size());
+        EXPECT_EQ(x, want_x);
+        EXPECT_EQ(idx, want_idx);
       }
     }
   }

@@ -37,6 +37,9 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
                     float* out, double* mass);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                      GatheredToken* out);
+void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out);
+int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
+                         int32_t* idx);
 int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,
                       bool inf_bucket, SelectEntry* out);
 void entry_masses(SelectEntry* list, int64_t n);

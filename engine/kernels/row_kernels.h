@@ -369,6 +369,12 @@ struct Kernels {
   // as soon as there are more); out needs room for cap + kPassBlock.
   int64_t (*gather_below)(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                           GatheredToken* out);
+  // out[i] = (g[i].key, 1) for i < n: a gathered list's keys, to select on.
+  void (*gathered_keys)(const GatheredToken* g, int64_t n, SelectEntry* out);
+  // The values and token ids of the gathered tokens whose key lies in
+  // [lo, hi], in order, into x / idx (room for n); returns how many.
+  int64_t (*compact_gathered)(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
+                              int32_t* idx);
   // Members whose key lies in [lo, hi] (or, with inf_bucket, is +inf), in
   // order, as (key, d - d0); returns how many.
   int64_t (*gather_bucket)(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo,

@@ -760,6 +760,95 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
   return out;
 }
 
+#if defined(__AVX512F__)
+namespace {
+
+// Sixteen gathered tokens (48 floats from p) as three vectors: keys, values
+// and token ids. Lane i's field f sits at float 3 i + f: the lanes whose
+// float lies in the first 32 come from a and b, the others from c.
+struct GatheredLanes {
+  __m512 key, x;
+  __m512i token;
+};
+// Field f's permute indices: into a and b, into c, and which lanes take c.
+struct FieldIndex {
+  alignas(64) int32_t ab[16];
+  alignas(64) int32_t c[16];
+  __mmask16 in_c;
+};
+constexpr FieldIndex field_index(int f) {
+  FieldIndex r{};
+  for (int i = 0; i < 16; ++i) {
+    const int at = 3 * i + f;
+    r.ab[i] = at < 32 ? at : 0;
+    r.c[i] = at < 32 ? 0 : at - 32;
+    r.in_c = static_cast<__mmask16>(r.in_c | ((at < 32 ? 0u : 1u) << i));
+  }
+  return r;
+}
+constexpr FieldIndex kFields[3] = {field_index(0), field_index(1), field_index(2)};
+
+// (a list shorter than this, such as top-k's few tokens a segment, takes the
+// scalar loop alone)
+constexpr int64_t kGatheredVectorFrom = 32;
+
+inline GatheredLanes load_gathered(const GatheredToken* g) {
+  static_assert(sizeof(GatheredToken) == 12);
+  const auto* p = reinterpret_cast<const float*>(g);
+  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16), c = _mm512_loadu_ps(p + 32);
+  auto field = [&](int f) {
+    const FieldIndex& at = kFields[f];
+    const __m512 t = _mm512_permutex2var_ps(a, _mm512_load_si512(at.ab), b);
+    return _mm512_mask_permutexvar_ps(t, at.in_c, _mm512_load_si512(at.c), c);
+  };
+  return {field(0), field(1), _mm512_castps_si512(field(2))};
+}
+
+}  // namespace
+#endif
+
+void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  // (each key beside a 1: two permutes of the keys and a vector of ones)
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512i lo = _mm512_set_epi32(16, 7, 16, 6, 16, 5, 16, 4, 16, 3, 16, 2, 16, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(16, 15, 16, 14, 16, 13, 16, 12, 16, 11, 16, 10, 16, 9, 16, 8);
+  for (; n >= kGatheredVectorFrom && i + 16 <= n; i += 16) {
+    const __m512 key = load_gathered(g + i).key;
+    auto* o = reinterpret_cast<float*>(out + i);
+    _mm512_storeu_ps(o, _mm512_permutex2var_ps(key, lo, one));
+    _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(key, hi, one));
+  }
+#endif
+  for (; i < n; ++i) out[i] = SelectEntry{g[i].key, 1.0f};
+}
+
+int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
+                         int32_t* idx) {
+  int64_t kept = 0, i = 0;
+#if defined(__AVX512F__)
+  // (each packet's survivors compressed out: on a flat row a few of every
+  // ten gathered tokens survive, in no order a branch could learn)
+  const __m512 plo = _mm512_set1_ps(lo), phi = _mm512_set1_ps(hi);
+  for (; n >= kGatheredVectorFrom && i + 16 <= n; i += 16) {
+    const GatheredLanes l = load_gathered(g + i);
+    const __mmask16 in =
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, l.key, _CMP_LE_OQ), l.key, phi, _CMP_LE_OQ);
+    _mm512_mask_compressstoreu_ps(x + kept, in, l.x);
+    _mm512_mask_compressstoreu_epi32(idx + kept, in, l.token);
+    kept += std::popcount(static_cast<unsigned>(in));
+  }
+#endif
+  // (written whole and kept by a count)
+  for (; i < n; ++i) {
+    x[kept] = g[i].x;
+    idx[kept] = g[i].token;
+    kept += ((g[i].key >= lo) & (g[i].key <= hi)) ? 1 : 0;
+  }
+  return kept;
+}
+
 #if !defined(__AVX512F__)
 namespace {
 

@@ -927,13 +927,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
         count <= compact_below) {
       int64_t n = 0;
       for (int64_t p = 0; p < sc_.select.gathered_segments; ++p) {
-        // (written whole and kept by a count: on a flat row a few of every
-        // ten gathered tokens survive, in no order a branch could learn)
-        for (const GatheredToken& g : sc_.select.gathered_list(p)) {
-          sc_.cand_x[static_cast<size_t>(n)] = g.x;
-          sc_.cand_idx[static_cast<size_t>(n)] = g.token;
-          n += ((g.key >= set.dlo) & (g.key <= set.dhi)) ? 1 : 0;
-        }
+        const std::span<const GatheredToken> got = sc_.select.gathered_list(p);
+        n += run_.k->compact_gathered(got.data(), static_cast<int64_t>(got.size()), set.dlo,
+                                      set.dhi, sc_.cand_x.data() + n, sc_.cand_idx.data() + n);
       }
       sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
       segs = std::span<const Segment>(sc_.cand_segs);

@@ -234,7 +234,9 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
   sc.list.resize(static_cast<size_t>(total));
   SelectEntry* to = sc.list.data();
   for (int64_t s = 0; s < nseg; ++s) {
-    for (const GatheredToken& g : sc.gathered_list(s)) *to++ = SelectEntry{g.key, 1.0f};
+    const std::span<const GatheredToken> got = sc.gathered_list(s);
+    run.k->gathered_keys(got.data(), static_cast<int64_t>(got.size()), to);
+    to += got.size();
   }
   return true;
 }
