@@ -835,8 +835,10 @@ int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, 
     const GatheredLanes l = load_gathered(g + i);
     const __mmask16 in =
         _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, l.key, _CMP_LE_OQ), l.key, phi, _CMP_LE_OQ);
-    _mm512_mask_compressstoreu_ps(x + kept, in, l.x);
-    _mm512_mask_compressstoreu_epi32(idx + kept, in, l.token);
+    // (whole stores of the compressed packets, at or before the packet's own
+    // place: a masked compressing store is microcoded on some AVX-512 cores)
+    _mm512_storeu_ps(x + kept, _mm512_maskz_compress_ps(in, l.x));
+    _mm512_storeu_si512(idx + kept, _mm512_maskz_compress_epi32(in, l.token));
     kept += std::popcount(static_cast<unsigned>(in));
   }
 #endif
