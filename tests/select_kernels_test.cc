@@ -125,5 +125,62 @@ TEST(GatheredList, KeysAndTheSurvivorsInOrder) {
   }
 }
 
+// A mass target's refinement round (AVX-512 only): pivot_sums totals the
+// weight and count at or below each pivot as a double sum over the entries
+// would (float partial sums of 128 entries: within a few float roundings),
+// and keep_between keeps, in order, the entries in (lo, hi]; over lists
+// around the packet sizes, with ties at the pivots and the bounds.
+TEST(RefineRound, PivotSumsAndTheKeptPart) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const std::vector<Isa> isas = runnable_isas();
+  if (std::find(isas.begin(), isas.end(), Isa::kAVX512) == isas.end()) {
+    GTEST_SKIP() << "no AVX-512 here";
+  }
+  const detail::Kernels& k = detail::kernels_for(Isa::kAVX512);
+  ASSERT_NE(k.pivot_sums, nullptr);
+  ASSERT_NE(k.keep_between, nullptr);
+  for (Isa isa : {Isa::kSSE2, Isa::kAVX2}) {
+    EXPECT_EQ(detail::kernels_for(isa).pivot_sums, nullptr);  // (refine's histogram there)
+  }
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> step(0, 40);
+  std::uniform_real_distribution<float> mass(0.0f, 1.0f);
+  std::vector<detail::SelectEntry> all(3000);
+  // (keys on a grid of quarter units: many equal to a pivot or a bound)
+  for (auto& e : all) e = detail::SelectEntry{static_cast<float>(step(rng)) * 0.25f, mass(rng)};
+  const float pivots[detail::kRefinePivots] = {0.5f, 1.0f, 2.0f, 2.25f, 4.0f, 7.5f, 9.0f};
+  for (size_t n : {0, 1, 7, 8, 9, 15, 16, 17, 127, 128, 129, 300, 3000}) {
+    SCOPED_TRACE(n);
+    double mass_le[detail::kRefinePivots];
+    int64_t count_le[detail::kRefinePivots];
+    k.pivot_sums(all.data(), static_cast<int64_t>(n), pivots, mass_le, count_le);
+    for (int j = 0; j < detail::kRefinePivots; ++j) {
+      double want = 0.0;
+      int64_t want_count = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (all[i].key <= pivots[j]) {
+          want += all[i].weight;
+          ++want_count;
+        }
+      }
+      EXPECT_EQ(count_le[j], want_count) << "pivot " << pivots[j];
+      EXPECT_NEAR(mass_le[j], want, 1e-6 * want + 1e-30) << "pivot " << pivots[j];
+    }
+    for (const auto& [lo, hi] : {std::pair{-kInf, 2.0f}, std::pair{2.0f, 2.25f},
+                                 std::pair{7.5f, 10.0f}, std::pair{3.0f, 3.0f}}) {
+      std::vector<detail::SelectEntry> list(all.begin(), all.begin() + static_cast<int64_t>(n));
+      std::vector<std::pair<float, float>> want;
+      for (const auto& e : list) {
+        if (lo < e.key && e.key <= hi) want.emplace_back(e.key, e.weight);
+      }
+      list.resize(static_cast<size_t>(
+          k.keep_between(list.data(), static_cast<int64_t>(list.size()), lo, hi)));
+      std::vector<std::pair<float, float>> got;
+      for (const auto& e : list) got.emplace_back(e.key, e.weight);
+      EXPECT_EQ(got, want) << "(" << lo << ", " << hi << "]";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nucleus

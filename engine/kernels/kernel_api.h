@@ -37,6 +37,11 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
                     float* out, double* mass);
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                      GatheredToken* out);
+#if defined(__AVX512F__)
+void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double* mass,
+                int64_t* count);
+int64_t keep_between(SelectEntry* list, int64_t n, float lo, float hi);
+#endif
 void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out);
 int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
                          int32_t* idx);

@@ -1285,6 +1285,13 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .typical_keys_from_e = &k::typical_keys_from_e,
     .sample_keys = &k::sample_keys,
     .gather_below = &k::gather_below,
+#if defined(__AVX512F__)
+    .pivot_sums = &k::pivot_sums,
+    .keep_between = &k::keep_between,
+#else
+    .pivot_sums = nullptr,
+    .keep_between = nullptr,
+#endif
     .gathered_keys = &k::gathered_keys,
     .compact_gathered = &k::compact_gathered,
     .gather_bucket = &k::gather_bucket,

@@ -259,6 +259,8 @@ ERange typical_e_range(double mu, float c);
 
 // Pivots per round of the pivot select (Kernels::keep_and_sum).
 inline constexpr int kPivots = 3;
+// Pivots per round of a short list's refinement (Kernels::pivot_sums).
+inline constexpr int kRefinePivots = 7;
 
 // One instruction set's passes. Each entry works on one segment and writes
 // only through its arguments (no allocation, no shared state), so segments
@@ -369,6 +371,15 @@ struct Kernels {
   // as soon as there are more); out needs room for cap + kPassBlock.
   int64_t (*gather_below)(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                           GatheredToken* out);
+  // A mass target's refinement round over list[0, n), AVX-512 only (null
+  // elsewhere): for each of the kRefinePivots pivots (ascending), the total
+  // weight (in double, from float partial sums of 128 entries) and the number
+  // of the entries with key <= pivot.
+  void (*pivot_sums)(const SelectEntry* list, int64_t n, const float* pivots, double* mass,
+                     int64_t* count);
+  // The entries of list[0, n) with lo < key <= hi moved, in order, to its
+  // front; returns how many. AVX-512 only (null elsewhere).
+  int64_t (*keep_between)(SelectEntry* list, int64_t n, float lo, float hi);
   // out[i] = (g[i].key, 1) for i < n: a gathered list's keys, to select on.
   void (*gathered_keys)(const GatheredToken* g, int64_t n, SelectEntry* out);
   // The values and token ids of the gathered tokens whose key lies in

@@ -807,6 +807,79 @@ inline GatheredLanes load_gathered(const GatheredToken* g) {
 }  // namespace
 #endif
 
+#if defined(__AVX512F__)
+void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double* mass,
+                int64_t* count) {
+  constexpr int P = kRefinePivots;
+  constexpr int64_t kGroup = 8;  // packets per float partial sum
+  static_assert(sizeof(SelectEntry) == 8);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512 pivot[P];
+  __m512i counted[P];
+  double sum[P];
+  for (int j = 0; j < P; ++j) {
+    pivot[j] = _mm512_set1_ps(pivots[j]);
+    counted[j] = _mm512_setzero_si512();
+    sum[j] = 0.0;
+  }
+  int64_t i = 0;
+  while (i + 16 <= n) {
+    __m512 part[P];
+    for (int j = 0; j < P; ++j) part[j] = _mm512_setzero_ps();
+    const int64_t end = std::min(n, i + 16 * kGroup);
+    for (; i + 16 <= end; i += 16) {
+      const auto* f = reinterpret_cast<const float*>(list + i);
+      const __m512 a = _mm512_loadu_ps(f), b = _mm512_loadu_ps(f + 16);
+      const __m512 key = _mm512_permutex2var_ps(a, even, b);
+      const __m512 w = _mm512_permutex2var_ps(a, odd, b);
+      for (int j = 0; j < P; ++j) {
+        const __mmask16 le = _mm512_cmp_ps_mask(key, pivot[j], _CMP_LE_OQ);
+        part[j] = _mm512_mask_add_ps(part[j], le, part[j], w);
+        counted[j] = _mm512_mask_add_epi32(counted[j], le, counted[j], one);
+      }
+    }
+    for (int j = 0; j < P; ++j) {
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(part[j]));
+      const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(part[j], 1));
+      sum[j] += _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+    }
+  }
+  for (int j = 0; j < P; ++j) {
+    count[j] = _mm512_reduce_add_epi32(counted[j]);
+    for (int64_t t = i; t < n; ++t) {
+      if (list[t].key <= pivots[j]) {
+        sum[j] += static_cast<double>(list[t].weight);
+        ++count[j];
+      }
+    }
+    mass[j] = sum[j];
+  }
+}
+
+int64_t keep_between(SelectEntry* list, int64_t n, float lo, float hi) {
+  const __m512 plo = _mm512_set1_ps(lo), phi = _mm512_set1_ps(hi);
+  int64_t kept = 0, i = 0;
+  // (eight entries a packet, the keys in its even lanes; each packet's
+  // survivors compressed and stored whole at or before its own place)
+  for (; i + 8 <= n; i += 8) {
+    const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(list + i));
+    const __mmask16 in =
+        _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(plo, v, _CMP_LT_OQ), v, phi, _CMP_LE_OQ);
+    const auto pairs = static_cast<__mmask8>(_pext_u32(in, 0x5555u));
+    _mm512_storeu_si512(list + kept, _mm512_maskz_compress_epi64(pairs, _mm512_castps_si512(v)));
+    kept += std::popcount(static_cast<unsigned>(pairs));
+  }
+  for (; i < n; ++i) {
+    const SelectEntry e = list[i];
+    list[kept] = e;
+    kept += (lo < e.key && e.key <= hi) ? 1 : 0;
+  }
+  return kept;
+}
+#endif
+
 void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out) {
   int64_t i = 0;
 #if defined(__AVX512F__)

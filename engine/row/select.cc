@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <utility>
 
 namespace nucleus::detail {
 namespace {
@@ -67,27 +68,91 @@ constexpr int kLinearRounds = 3;
 // Finishes the selection on the boundary bucket's members.
 // `shift` is the first level still to split on: kLevel1Shift for a list of
 // arbitrary keys, kLevel1Shift - 10 for one whose keys share their top bits.
-SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, double cum,
-                    int64_t count_before, double target, int shift) {
+// The least and greatest key of a list.
+std::pair<float, float> key_range(const std::vector<SelectEntry>& list) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
+  // (in four chains: one min and one max per entry otherwise wait on the
+  // last ones)
+  float lo4[4] = {kInf, kInf, kInf, kInf}, hi4[4] = {-kInf, -kInf, -kInf, -kInf};
+  size_t i = 0;
+  for (; i + 4 <= list.size(); i += 4) {
+    for (size_t c = 0; c < 4; ++c) {
+      lo4[c] = std::min(lo4[c], list[i + c].key);
+      hi4[c] = std::max(hi4[c], list[i + c].key);
+    }
+  }
+  for (; i < list.size(); ++i) {
+    lo4[0] = std::min(lo4[0], list[i].key);
+    hi4[0] = std::max(hi4[0], list[i].key);
+  }
+  return {std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3])),
+          std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]))};
+}
+
+// A mass target's refinement on AVX-512: rounds of kRefinePivots pivots
+// spaced evenly over the part of the key range that holds the boundary (no
+// sample to sort), each a vector pass that totals the weight at or below
+// every pivot and one that keeps, in order, the part between two pivots
+// where the running total reaches the target (cum and count_before take
+// what lies before it). Until at most kSortBelow entries remain, a run of
+// equal keys stops the narrowing, or kPivotRounds rounds (8^6 narrower)
+// have run. The histogram of refine_level was a scalar add per entry into
+// a bucket's mass, ~2.5 ns an entry on the gathered lists of flat rows.
+constexpr int kPivotRounds = 6;
+void narrow_by_pivots(std::vector<SelectEntry>& list, const Kernels& k, double& cum,
+                      int64_t& count_before, double target) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  constexpr int P = kRefinePivots;
+  auto [lo, hi] = key_range(list);
+  float open_lo = -kInf;  // the part's keys lie in (open_lo, hi]
+  for (int round = 0; round < kPivotRounds && list.size() > kSortBelow; ++round) {
+    const float span = hi - lo;
+    if (!(span > 0.0f && span < kInf)) return;
+    float pivot[P];
+    for (int j = 0; j < P; ++j) {
+      pivot[j] = std::min(hi, lo + span * static_cast<float>(j + 1) / static_cast<float>(P + 1));
+    }
+    double mass[P];
+    int64_t count[P];
+    const auto n = static_cast<int64_t>(list.size());
+    k.pivot_sums(list.data(), n, pivot, mass, count);
+    // Part t is (pivot[t - 1], pivot[t]] (open_lo and hi at the ends): the
+    // first non-empty one whose end reaches the target, else (rounding left
+    // the target just out of reach) the last non-empty one.
+    auto mass_to = [&](int t) { return t == 0 ? 0.0 : mass[t - 1]; };
+    auto count_to = [&](int t) { return t == 0 ? int64_t{0} : count[t - 1]; };
+    auto count_through = [&](int t) { return t == P ? n : count[t]; };
+    int chosen = -1;
+    for (int t = 0; t <= P; ++t) {
+      if (count_through(t) == count_to(t)) continue;
+      chosen = t;
+      if (t == P || cum + mass[t] >= target) break;
+    }
+    if (chosen < 0) return;
+    const float part_lo = chosen == 0 ? open_lo : pivot[chosen - 1];
+    const float part_hi = chosen == P ? hi : pivot[chosen];
+    if (count_through(chosen) - count_to(chosen) == n) {
+      // (no narrowing by count: the next round splits the part's range)
+      if (part_lo == open_lo && part_hi == hi) return;
+    }
+    cum += mass_to(chosen);
+    count_before += count_to(chosen);
+    list.resize(static_cast<size_t>(k.keep_between(list.data(), n, part_lo, part_hi)));
+    open_lo = part_lo;
+    lo = part_lo == -kInf ? lo : part_lo;
+    hi = part_hi;
+  }
+}
+
+SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, const Kernels& k, bool mass,
+                    double cum, int64_t count_before, double target, int shift) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (mass && k.pivot_sums && shift == kLevel1Shift && list.size() > kSortBelow) {
+    narrow_by_pivots(list, k, cum, count_before, target);
+  }
   for (int round = 0; shift == kLevel1Shift && list.size() > kSortBelow && round < kLinearRounds;
        ++round) {
-    // (in four chains: one min and one max per entry otherwise wait on the
-    // last ones)
-    float lo4[4] = {kInf, kInf, kInf, kInf}, hi4[4] = {-kInf, -kInf, -kInf, -kInf};
-    size_t i = 0;
-    for (; i + 4 <= list.size(); i += 4) {
-      for (size_t c = 0; c < 4; ++c) {
-        lo4[c] = std::min(lo4[c], list[i + c].key);
-        hi4[c] = std::max(hi4[c], list[i + c].key);
-      }
-    }
-    for (; i < list.size(); ++i) {
-      lo4[0] = std::min(lo4[0], list[i].key);
-      hi4[0] = std::max(hi4[0], list[i].key);
-    }
-    const float lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
-    const float hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
+    const auto [lo, hi] = key_range(list);
     const float span = hi - lo;
     const float scale = static_cast<float>(kLinearBuckets) / span;
     // (ties only, an infinite key or a span too small to divide: the radix
@@ -409,7 +474,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
   if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
   if (static_cast<double>(sc.list.size()) < target) return false;
-  result = refine(sc.list, sc, false, 0.0, 0, target, kLevel1Shift);
+  result = refine(sc.list, sc, *run.k, false, 0.0, 0, target, kLevel1Shift);
   sc.gathered = true;
   return true;
 }
@@ -655,7 +720,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
       return false;
     }
   }
-  result = refine(sc.list, sc, true, 0.0, 0, target, kLevel1Shift);
+  result = refine(sc.list, sc, *run.k, true, 0.0, 0, target, kLevel1Shift);
   result.total = z;
   sc.gathered = true;
   return true;
@@ -807,7 +872,7 @@ bool narrow_to_boundary(const float* key, const float* weight, int64_t n, float 
   }
   sc.list.resize(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) sc.list[static_cast<size_t>(j)] = SelectEntry{key[j], weight[j]};
-  result = refine(sc.list, sc, true, cum, below, target, kLevel1Shift);
+  result = refine(sc.list, sc, *run.k, true, cum, below, target, kLevel1Shift);
   return true;
 }
 
@@ -852,7 +917,7 @@ bool select_in_band(int64_t n, float lo, float hi, double below, int64_t below_c
       sc.list[static_cast<size_t>(i)] =
           SelectEntry{sc.keys[static_cast<size_t>(i)], sc.weights[static_cast<size_t>(i)]};
     }
-    result = refine(sc.list, sc, true, below, below_count, target, kLevel1Shift);
+    result = refine(sc.list, sc, *run.k, true, below, below_count, target, kLevel1Shift);
     return true;
   }
   reserve_intervals(n, sc);
@@ -1139,7 +1204,8 @@ bool count_band_select(std::span<const Segment> segments, const SetSpec& set, co
       *to++ = SelectEntry{k[j], 1.0f};
     }
   }
-  result = refine(sc.list, sc, false, static_cast<double>(below), below, target, kLevel1Shift);
+  result =
+      refine(sc.list, sc, *run.k, false, static_cast<double>(below), below, target, kLevel1Shift);
   return true;
 }
 
@@ -1254,7 +1320,7 @@ SelectResult weighted_select(std::span<const Segment> segments, const SetSpec& s
                          inf_bucket, sc.list.data() + at);
   });
   if (mass) run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
-  SelectResult r = refine(sc.list, sc, mass, cum, count_before, target, kLevel1Shift - 10);
+  SelectResult r = refine(sc.list, sc, *run.k, mass, cum, count_before, target, kLevel1Shift - 10);
   r.total = total;
   return r;
 }
@@ -1388,7 +1454,7 @@ bool small_typical_select(std::span<const Segment> segments, const SetSpec& set,
   double mass = 0.0;
   for (const SelectEntry& entry : list) mass += entry.weight;
   if (!(mass >= target)) return false;
-  const SelectResult result = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
+  const SelectResult result = refine(list, sc, *run.k, true, 0.0, 0, target, kLevel1Shift);
   if (!result.found) return false;
   sc.gathered = false;
   sc.prepared = false;  // (what typical_moments stored, if it ran, is not needed)
@@ -1543,7 +1609,7 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   for (SelectEntry& e : list) e = SelectEntry{key_of(e.key), e.key - d0};
   run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
   if (!(weight_of(list) >= target)) return false;
-  const SelectResult r = refine(list, sc, true, 0.0, 0, target, kLevel1Shift);
+  const SelectResult r = refine(list, sc, *run.k, true, 0.0, 0, target, kLevel1Shift);
   // ... holds when every member past the bound has a larger key: the key
   // rises with d past the entropy point, so the first d past the bound
   // decides (when the entropy point lies past the bound, nothing does).
