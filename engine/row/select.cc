@@ -103,7 +103,8 @@ void narrow_by_pivots(std::vector<SelectEntry>& list, const Kernels& k, double& 
                       int64_t& count_before, double target) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr int P = kRefinePivots;
-  auto [lo, hi] = key_range(list);
+  const std::pair<float, float> range = key_range(list);
+  float lo = range.first, hi = range.second;
   float open_lo = -kInf;  // the part's keys lie in (open_lo, hi]
   for (int round = 0; round < kPivotRounds && list.size() > kSortBelow; ++round) {
     const float span = hi - lo;
@@ -152,7 +153,10 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, const Ker
   }
   for (int round = 0; shift == kLevel1Shift && list.size() > kSortBelow && round < kLinearRounds;
        ++round) {
-    const auto [lo, hi] = key_range(list);
+    // (not a structured binding: the bucket lambda below captures lo, which
+    // clang before 16 does not allow)
+    const std::pair<float, float> range = key_range(list);
+    const float lo = range.first, hi = range.second;
     const float span = hi - lo;
     const float scale = static_cast<float>(kLinearBuckets) / span;
     // (ties only, an infinite key or a span too small to divide: the radix
