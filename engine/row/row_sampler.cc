@@ -92,7 +92,6 @@ int64_t live_tokens(std::span<const Segment> segs, const SetSpec& set) {
   return tokens;
 }
 
-// What the pipeline leaves behind: the final distribution of a row.
 // Σ exp(x - xmax) over the processed row (the whole row at temperature 1,
 // xmax its max); z is -1 until a pass forms it.
 struct WholeRowZ {
@@ -100,6 +99,7 @@ struct WholeRowZ {
   float xmax = 0.0f;
 };
 
+// What the pipeline leaves behind: the final distribution of a row.
 struct Distribution {
   const float* raw = nullptr;  // the input row as float32
   const float* x = nullptr;    // the processed row

@@ -65,9 +65,6 @@ void refine_level(std::vector<SelectEntry>& list, SelectScratch& sc, bool mass, 
 constexpr int64_t kLinearBuckets = 256;
 constexpr int kLinearRounds = 3;
 
-// Finishes the selection on the boundary bucket's members.
-// `shift` is the first level still to split on: kLevel1Shift for a list of
-// arbitrary keys, kLevel1Shift - 10 for one whose keys share their top bits.
 // The least and greatest key of a list.
 std::pair<float, float> key_range(const std::vector<SelectEntry>& list) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -132,10 +129,9 @@ void narrow_by_pivots(std::vector<SelectEntry>& list, const Kernels& k, double& 
     if (chosen < 0) return;
     const float part_lo = chosen == 0 ? open_lo : pivot[chosen - 1];
     const float part_hi = chosen == P ? hi : pivot[chosen];
-    if (count_through(chosen) - count_to(chosen) == n) {
-      // (no narrowing by count: the next round splits the part's range)
-      if (part_lo == open_lo && part_hi == hi) return;
-    }
+    // (a part that is the whole range, its pivots collapsed onto an end:
+    // no round can narrow it)
+    if (part_lo == open_lo && part_hi == hi) return;
     cum += mass_to(chosen);
     count_before += count_to(chosen);
     list.resize(static_cast<size_t>(k.keep_between(list.data(), n, part_lo, part_hi)));
@@ -145,6 +141,9 @@ void narrow_by_pivots(std::vector<SelectEntry>& list, const Kernels& k, double& 
   }
 }
 
+// Finishes the selection on the boundary bucket's members.
+// `shift` is the first level still to split on: kLevel1Shift for a list of
+// arbitrary keys, kLevel1Shift - 10 for one whose keys share their top bits.
 SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, const Kernels& k, bool mass,
                     double cum, int64_t count_before, double target, int shift) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
