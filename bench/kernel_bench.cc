@@ -8,7 +8,8 @@
 // dropped the max; count_key_below, a sampled token's rank), top-n-sigma's
 // spread moments (squares in double) and an allowed-token bitmask (one word
 // in three partly cleared), the mass pass (sum_mass) beside the pivot
-// select's store pass and top-p's gathering mass pass (sum_mass_gather), a pivot round
+// select's store pass and top-p's gathering mass pass (sum_mass_gather) and its second,
+// compare-only gather (gather_below), a pivot round
 // (keep_and_sum) and the wide-nucleus band pass (sum_mass_band), the compaction of a kept set
 // (compact) and a large count target's band pass (count_band), and two baselines: the roofline's
 // streaming read (an Eigen sum compiled for the same instruction set) and a plain memcpy of the
@@ -207,6 +208,31 @@ void gather_pass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * row.n * 4);
 }
 
+// Top-p's second, compare-only gather (gather_below, with the scan's block
+// maxima): the members within a bound placed so that state.range(1) of them
+// fall under it (a flat row's second gather takes ~1,000-4,000).
+void gather_below_pass(benchmark::State& state) {
+  Row row(state.range(0));
+  const nd::Kernels& k = nd::kernels_for(isa());
+  k.max_stats(row.x.data(), row.n, row.block_max.data());
+  const nd::Segment seg{row.x.data(), nullptr, row.n, 0, row.block_max.data(), nullptr};
+  const nd::SetSpec set = row_set(row);
+  std::vector<float> sorted(row.x.begin(), row.x.end());
+  const auto last = static_cast<size_t>(state.range(1) - 1);
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<ptrdiff_t>(last), sorted.end(),
+                   std::greater<>());
+  const float bound = set.xmax - sorted[last];
+  const int64_t cap = 4 * state.range(1) + 4096;
+  std::vector<nd::GatheredToken> out(static_cast<size_t>(cap + nd::kPassBlock + 64));
+  int64_t gathered = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(gathered = k.gather_below(seg, set, bound, cap, out.data()));
+    benchmark::ClobberMemory();
+  }
+  if (gathered != state.range(1)) state.SkipWithError("unexpected gather count");
+  state.SetBytesProcessed(state.iterations() * row.n * 4);
+}
+
 // The pivot select's first pass: every key and mass stored, with the pivot
 // sums.
 void pivot_pass(benchmark::State& state) {
@@ -332,7 +358,17 @@ BENCHMARK(member_count_below)->Arg(128256);
 BENCHMARK(spread_moments)->Arg(128256);
 BENCHMARK(allowed_mask)->Arg(128256);
 BENCHMARK(mass_pass)->Arg(128256);
-BENCHMARK(gather_pass)->Args({128256, 100})->Args({128256, 1000});
+BENCHMARK(gather_pass)
+    ->Args({32000, 600})
+    ->Args({128256, 100})
+    ->Args({128256, 600})
+    ->Args({128256, 1000});
+BENCHMARK(gather_below_pass)
+    ->Args({32000, 500})
+    ->Args({32000, 3500})
+    ->Args({128256, 100})
+    ->Args({128256, 1000})
+    ->Args({128256, 5000});
 BENCHMARK(pivot_pass)->Arg(128256);
 BENCHMARK(band_pass)->Arg(128256);
 BENCHMARK(interval_pass)->Arg(128256);
