@@ -21,7 +21,8 @@ namespace {
 
 // kth_largest agrees with std::nth_element for every k, over values spread
 // across signs and exponents, with ties (±0 among them), -inf and the
-// largest floats, and over runs of one repeated value.
+// largest floats, and over runs of one repeated value; up to 64 values the
+// kernel ranks them, past that it selects by bits.
 TEST(KthLargest, AgreesWithNthElementForEveryK) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr float kMax = std::numeric_limits<float>::max();
@@ -32,7 +33,7 @@ TEST(KthLargest, AgreesWithNthElementForEveryK) {
                                            {3.0f, 3.0f, 3.0f, 3.0f},
                                            {-kInf, 1.0f, -kInf},
                                            {kMax, -kMax, 0.0f, kMax}};
-  for (int64_t n : {2, 15, 16, 17, 251, 600}) {
+  for (int64_t n : {2, 15, 16, 17, 40, 64, 65, 251, 600}) {
     std::vector<float> spread(static_cast<size_t>(n)), narrow(spread.size()), dupes(spread.size()),
         binade(spread.size());
     std::normal_distribution<float> wide(0.0f, 1e3f);

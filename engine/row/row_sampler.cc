@@ -599,7 +599,9 @@ void RowScratch::prepare(int64_t vocab) {
     if (a->size() < stored) a->resize(stored);
   }
   // (also the wide-nucleus check's ranking of a sample of every 128th token)
-  select.pivot_sample.reserve(std::max<size_t>(1024, v / kScanSampleStride + segments + 1));
+  // (and the ranked part of a sample: every 64th token's at most)
+  select.pivot_sample.reserve(std::max<size_t>(1024, v / 32 + segments + 1));
+  select.sample_order.reserve(std::max<size_t>(1024, v / 32 + segments + 1));
   select.seg_moments.reserve(segments);
   select.gathered_at.reserve(segments);
   select.gathered_count.reserve(segments);

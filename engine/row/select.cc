@@ -316,38 +316,29 @@ bool gather_members_below(std::span<const Segment> segments, const SetSpec& set,
   });
 }
 
-// The k-th smallest (from 0) of v, which it may reorder. For the short
-// prefixes the sampled bounds ask for, one pass that keeps the k + 1 smallest
-// in order (most values fail the first compare) beats nth_element's
-// partitioning.
-float kth_smallest(std::vector<float>& v, size_t k) {
-  constexpr size_t kKeep = 64;
-  if (k >= kKeep) {
-    std::nth_element(v.begin(), v.begin() + static_cast<int64_t>(k), v.end());
-    return v[k];
-  }
-  float best[kKeep];
-  size_t n = 0;
-  for (const float x : v) {
-    if (n == k + 1 && !(x < best[k])) continue;
-    size_t i = n == k + 1 ? k : n++;
-    for (; i > 0 && best[i - 1] > x; --i) best[i] = best[i - 1];
-    best[i] = x;
-  }
-  return best[k];
+// The k-th smallest (from 0) of the n values at v (k < n), by the kernels'
+// kth_largest (over order keys in `order`), which has no branch on a value:
+// a pass that kept the k + 1 smallest in order, by insertion, mispredicted
+// about once a value it kept, and nth_element once a value or so, on values
+// never seen before. Over 256 distinct flat 32000-token rows,
+// estimate_nucleus's 16th key, the sampled bound and block_max_bound took
+// ~1.9 -> ~0.9 us a row together (TSC counts around them, with kth_largest
+// ranking short lists).
+float kth_smallest(const float* v, size_t n, size_t k, const Kernels& kern,
+                   std::vector<uint32_t>& order) {
+  order.resize(n);
+  return kern.kth_largest(v, static_cast<int64_t>(n), static_cast<int64_t>(n - k), order.data());
 }
 
-// kth_smallest for a small k over many values, without reordering v: the
-// largest of k + 1 group minima bounds the answer from above (k + 1 values
-// lie at or below it), and only the values at or below it, a few times k
-// on most rows, are ranked (in `below`). estimate_nucleus's 16th of ~1000
-// sampled keys: ~0.9 -> ~0.3 us.
-float small_kth(const std::vector<float>& v, size_t k, std::vector<float>& below) {
+// kth_smallest for a small k over many values: the largest of k + 1 group
+// minima bounds the answer from above (k + 1 values lie at or below it), and
+// only the values at or below it, a few times k on most rows, are ranked
+// (copied into `below`). estimate_nucleus's 16th of ~1000 sampled keys:
+// ~0.9 -> ~0.3 us.
+float small_kth(const std::vector<float>& v, size_t k, std::vector<float>& below,
+                const Kernels& kern, std::vector<uint32_t>& order) {
   const size_t groups = k + 1;
-  if (v.size() < 4 * groups) {
-    below.assign(v.begin(), v.end());
-    return kth_smallest(below, k);
-  }
+  if (v.size() < 4 * groups) return kth_smallest(v.data(), v.size(), k, kern, order);
   float bound = -kInf;
   for (size_t g = 0; g < groups; ++g) {
     const float* p = v.data() + v.size() * g / groups;
@@ -369,18 +360,17 @@ float small_kth(const std::vector<float>& v, size_t k, std::vector<float>& below
     below[n] = x;
     n += x <= bound ? 1 : 0;
   }
-  below.resize(n);
-  return kth_smallest(below, k);
+  return kth_smallest(below.data(), n, k, kern, order);
 }
 
 // A key bound that, with a margin, holds at least `count` members: the
 // (4 count / stride + extra)-th smallest key of a sample taken every
 // stride-th token. False when the sample is too small to say.
-bool sampled_bound(double count, int64_t stride, SelectScratch& sc, float* bound,
-                   size_t extra = 8) {
+bool sampled_bound(double count, int64_t stride, SelectScratch& sc, const Kernels& kern,
+                   float* bound, size_t extra = 8) {
   const auto want = static_cast<size_t>(4.0 * count / static_cast<double>(stride)) + extra;
   if (sc.samples.size() <= want) return false;
-  *bound = kth_smallest(sc.samples, want);
+  *bound = small_kth(sc.samples, want, sc.pivot_sample, kern, sc.sample_order);
   return true;
 }
 
@@ -472,7 +462,8 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
     sampled = true;
     const int64_t want = count_target_ranks(target, total).hi;
     if (static_cast<int64_t>(sc.samples.size()) <= want) return false;
-    bound = kth_smallest(sc.samples, static_cast<size_t>(want));
+    bound =
+        small_kth(sc.samples, static_cast<size_t>(want), sc.pivot_sample, *run.k, sc.sample_order);
   }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
   if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
@@ -538,7 +529,8 @@ NucleusEstimate estimate_nucleus(std::span<const Segment> segments, const SetSpe
   const double all = static_cast<double>(stride) * sample_mass;
   const double max_mass = std::exp(static_cast<double>(rule.d0));
   if (set.dlo == 0.0f && !wide(max_mass, max_mass, all)) return est;
-  const float heavy_key = small_kth(sc.samples, kHeavySamples, sc.pivot_sample);
+  const float heavy_key =
+      small_kth(sc.samples, kHeavySamples, sc.pivot_sample, *run.k, sc.sample_order);
   // The sampled tokens at or before that key (those the sample took, every
   // stride-th from each segment's start): the ones that are not their
   // block's maximum from the front of the list, the others from its back.
@@ -684,7 +676,9 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // again; 2 another 5 % over eight distinct flat rows, 2 % on one, 9 % over
   // eight distinct medium rows, peaked rows unchanged; 1 was slower on flat
   // rows again: bench/ab)
-  if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, &bound, 2)) return false;
+  if (!have_tight && !sampled_bound(want, kNucleusSampleStride, sc, *run.k, &bound, 2)) {
+    return false;
+  }
   const auto cap = static_cast<int64_t>(64.0 * want) + 4096;
   // One pass gathers them and forms the exact total, per segment (summed in
   // segment order below).
@@ -726,7 +720,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
       const double wider = times[t] * want;
       const auto wider_cap = static_cast<int64_t>(64.0 * wider) + 4096;
       float loose = 0.0f;
-      if (!sampled_bound(wider, kNucleusSampleStride, sc, &loose) || !(loose > bound) ||
+      if (!sampled_bound(wider, kNucleusSampleStride, sc, *run.k, &loose) || !(loose > bound) ||
           !gather_members_below(segments, set, loose, wider_cap, sc, run)) {
         return false;
       }

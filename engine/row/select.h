@@ -67,6 +67,7 @@ struct SelectScratch {
   double prepared_total = 0.0;
   std::vector<Moments> seg_moments;
   std::vector<float> pivot_sample;
+  std::vector<uint32_t> sample_order;  // kth_smallest's order keys
 
   std::span<const GatheredToken> gathered_list(int64_t s) const {
     return {gathered_tokens.data() + gathered_at[static_cast<size_t>(s)],
