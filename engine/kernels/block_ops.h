@@ -837,19 +837,77 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // advance), so dense and sparse hits both stay cheap. The outputs need room
 // for kBlock + one packet.
 #if defined(__AVX512F__)
-// AVX-512: in two steps, with no branch on a packet. First every packet's
+// AVX-512: the hits of a packet are compressed into the front of a register
+// and stored whole (the outputs have a packet of room past kBlock).
+inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
+                                        float khi, int32_t* idx, float* kout, float* dout) {
+  const SetPackets sp(set);  // (named: the lambda below uses it)
+  const __m512 pklo = _mm512_set1_ps(klo);
+  const __m512 pkhi = _mm512_set1_ps(khi);
+  const __m512 pad = _mm512_set1_ps(-kInf);
+  // Packets with no x at or above x_floor hold no key <= khi: skipped after
+  // one compare (a gather under a bound reads mostly such packets); and
+  // first a group of four packets (a line pair) after one test of their
+  // compare masks or-ed together, as on AVX2. Top-k + top-p, one 128256 row
+  // (Zen 5, bench/ab -n 5..7, medians): peaked 7.32 -> 6.89 µs, flat 8.28 ->
+  // 6.97; top-p, typical-p, min-p and full sampling unchanged or faster.
+  const __m512 px_floor = _mm512_set1_ps(x_floor_for_key(set, khi));
+  auto reaches = [&](int64_t at) {
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(x + at), px_floor, _CMP_GE_OQ);
+  };
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  constexpr int64_t kGroup = 64;
+  int64_t c = 0;
+  auto packet = [&](int64_t g, __m512 px) {
+    if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) return;
+    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+    const __m512 d = _mm512_mul_ps(diff, sp.scale);
+    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
+    __mmask16 hit = _mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, d, sp.hi, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
+    hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
+    if (hit == 0) return;
+    const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
+    _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(hit, at));
+    _mm512_storeu_ps(kout + c, _mm512_maskz_compress_ps(hit, k));
+    _mm512_storeu_ps(dout + c, _mm512_maskz_compress_ps(hit, d));
+    c += __builtin_popcount(static_cast<unsigned>(hit));
+  };
+  // (whole packets by plain loads: a masked load for each, the last
+  // packet's form, cost compact ~25 against ~8 us over a 128256 row)
+  int64_t g = 0;
+  for (; g + 16 <= n; g += 16) {
+    if (g % kGroup == 0 && g + kGroup <= n) {
+      if ((reaches(g) | reaches(g + 16) | reaches(g + 32) | reaches(g + 48)) == 0) {
+        g += kGroup - 16;
+        continue;
+      }
+    }
+    packet(g, _mm512_loadu_ps(x + g));
+  }
+  if (g < n) {
+    // A padded lane reads -inf: d = +inf, which no dhi admits.
+    packet(g, _mm512_mask_loadu_ps(pad, static_cast<__mmask16>((1u << (n - g)) - 1u), x + g));
+  }
+  return c;
+}
+// collect_members_with_key for a block among many hits (AVX-512), in two
+// steps with no branch on a packet. First every packet's
 // lanes with x at or above x_floor (those that can hold a key <= khi), one
 // compare each, noted with a bit set of the packets that have any; then only
 // those packets, taken from the bit set: the exact tests, the hits
 // compressed into the front of a register and stored whole (the outputs
-// have a packet of room past kBlock). The form before asked per group of
-// four packets, then per packet, whether any lane reached x_floor: branches
-// a row never seen before mispredicts about once a hit where hits are
-// neither rare nor everywhere, as in a flat row's second top-p gather (~4 %
-// of its tokens; over 256 distinct flat 32000-token rows those gathers took
-// ~2.3 -> ~1.2 us a row on average, from cycle counts around them).
-inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
-                                        float khi, int32_t* idx, float* kout, float* dout) {
+// have a packet of room past kBlock). The form above asks per group of four
+// packets, then per packet, whether any lane reaches x_floor: branches a
+// row never seen before mispredicts about once a hit where hits are neither
+// rare nor everywhere, as in a flat row's second top-p gather (~4 % of its
+// tokens; over 256 distinct flat 32000-token rows those gathers took ~2.3
+// -> ~1.2 us a row on average, from cycle counts around them); where hits
+// are few, its tests skip most of a block (top-k 50 + top-p, eight flat
+// rows: 1.09-1.15x slower with this form alone).
+inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& set, float klo,
+                                     float khi, int32_t* idx, float* kout, float* dout) {
   const SetPackets sp(set);
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
@@ -965,6 +1023,14 @@ struct Collected {
   int64_t n = 0;
   void collect(const float* x, int64_t len, const SetSpec& set, float klo, float khi) {
     n = collect_members_with_key(x, len, set, klo, khi, idx, k, d);
+  }
+  // ... in the form for a block among many hits where there is one (AVX-512).
+  void collect_dense(const float* x, int64_t len, const SetSpec& set, float klo, float khi) {
+#if defined(__AVX512F__)
+    n = collect_members_dense(x, len, set, klo, khi, idx, k, d);
+#else
+    collect(x, len, set, klo, khi);
+#endif
   }
 };
 

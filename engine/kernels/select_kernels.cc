@@ -505,14 +505,23 @@ int64_t sample_keys(const Segment& s, const SetSpec& set, const KeyRule& rule, i
   return count;
 }
 
+constexpr int64_t kDenseCollect = 4;
 int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t cap,
                      GatheredToken* out) {
   int64_t count = 0;
   block::Collected hits;
+  // (a block after one with kDenseCollect hits or more takes the form
+  // without a branch on a packet)
+  bool dense = false;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_above(s, j0, set, bound)) continue;
-    hits.collect(s.x + j0, n, set, -kInf, bound);
+    if (dense) {
+      hits.collect_dense(s.x + j0, n, set, -kInf, bound);
+    } else {
+      hits.collect(s.x + j0, n, set, -kInf, bound);
+    }
+    dense = hits.n >= kDenseCollect;
     count += block::append_gathered(hits, s, j0, out + count);
     if (count > cap) return cap + 1;
   }
