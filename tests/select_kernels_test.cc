@@ -68,6 +68,37 @@ TEST(KthLargest, AgreesWithNthElementForEveryK) {
   }
 }
 
+// sort_short agrees with std::stable_sort by key for every length up to
+// kShortSort, over keys with ties, +-0, +inf and negative values: entries
+// with equal keys keep their order (their weights tell them apart), and -0
+// comes before +0.
+TEST(SortShort, AgreesWithStableSort) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> pick(0, 9);
+  const float keys[10] = {0.0f, -0.0f, 1.5f, 1.5f, 2.25f, kInf, -3.0f, 7.0f, 0.5f, 1e-30f};
+  for (Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const detail::Kernels& k = detail::kernels_for(isa);
+    for (int64_t n = 0; n <= detail::kShortSort; ++n) {
+      std::vector<detail::SelectEntry> list(static_cast<size_t>(n)), got(list.size());
+      for (int64_t i = 0; i < n; ++i) {
+        list[static_cast<size_t>(i)] = {keys[pick(rng)], static_cast<float>(i)};
+      }
+      std::vector<detail::SelectEntry> want = list;
+      std::stable_sort(want.begin(), want.end(), [](const auto& a, const auto& b) {
+        return a.key < b.key || (a.key == b.key && std::signbit(a.key) && !std::signbit(b.key));
+      });
+      k.sort_short(list.data(), n, got.data());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(std::bit_cast<uint32_t>(got[i].key), std::bit_cast<uint32_t>(want[i].key))
+            << "n = " << n << ", at " << i;
+        EXPECT_EQ(got[i].weight, want[i].weight) << "n = " << n << ", at " << i;
+      }
+    }
+  }
+}
+
 // A gathered list (key, value, token id) taken apart: gathered_keys pairs
 // each key with 1, compact_gathered keeps the values and ids of the keys in
 // [lo, hi], in order; lists of lengths around the 16-token packets and the

@@ -49,6 +49,7 @@ int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule,
                       bool inf_bucket, SelectEntry* out);
 void entry_masses(SelectEntry* list, int64_t n);
 float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys);
+void sort_short(const SelectEntry* list, int64_t n, SelectEntry* out);
 KeyBounds key_bounds(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
 KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* key, float c);
 TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,

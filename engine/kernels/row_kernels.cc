@@ -1297,6 +1297,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .gather_bucket = &k::gather_bucket,
     .entry_masses = &k::entry_masses,
     .kth_largest = &k::kth_largest,
+    .sort_short = &k::sort_short,
     .key_bounds = &k::key_bounds,
     .stored_key_bounds = &k::stored_key_bounds,
     .typical_gather = &k::typical_gather,

@@ -179,6 +179,8 @@ struct SelectEntry {
 
 // A member gathered by the small-target path, kept so that a filter which
 // leaves only these can compact the set without another pass over the row.
+inline constexpr int64_t kShortSort = 64;
+
 struct GatheredToken {
   float key;
   float x;
@@ -401,6 +403,10 @@ struct Kernels {
   // sort-like selection mispredicts about every other compare on a row it
   // has not seen before.)
   float (*kth_largest)(const float* v, int64_t n, int64_t k, uint32_t* keys);
+  // The n <= kShortSort entries of list (no NaN key), stably sorted by key
+  // into out (-0 before +0): each entry's rank (the keys below its own and
+  // the equal keys before it) counted without branching on a key.
+  void (*sort_short)(const SelectEntry* list, int64_t n, SelectEntry* out);
   KeyBounds (*key_bounds)(const Segment& s, const SetSpec& set, const KeyRule& rule, float c);
   // key_bounds from the keys store_keys wrote for the segment, for c < +inf.
   KeyBounds (*stored_key_bounds)(const Segment& s, const SetSpec& set, const float* key, float c);

@@ -637,6 +637,45 @@ float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
   return std::bit_cast<float>((t & 0x80000000u) ? t & 0x7fffffffu : ~t);
 }
 
+void sort_short(const SelectEntry* list, int64_t n, SelectEntry* out) {
+  // Order keys, as kth_largest's (-0 before +0, which std::sort takes as
+  // equal: refine's walk after it takes them as one key either way).
+  alignas(64) uint32_t bits[kShortSort];
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = key_bits(list[i].key);
+    bits[i] = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+  }
+#if defined(__AVX512F__)
+  // (padding no key exceeds; an equal one counts only before entry i, and
+  // the padding lies after every entry)
+  for (int64_t i = n; i < kShortSort; ++i) bits[i] = UINT32_MAX;
+  __m512i packet[kShortSort / 16];
+  for (int p = 0; p < kShortSort / 16; ++p) packet[p] = _mm512_load_si512(bits + 16 * p);
+  const int packets = static_cast<int>((n + 15) / 16);
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(bits[i]));
+    int64_t rank = 0;
+    for (int p = 0; p < packets; ++p) {
+      // (the equal keys before entry i: lanes below i - 16 p)
+      const int64_t before = std::clamp<int64_t>(i - 16 * p, 0, 16);
+      const auto earlier = static_cast<__mmask16>((1u << before) - 1u);
+      const __mmask16 ahead = _mm512_cmplt_epu32_mask(packet[p], key) |
+                              _mm512_mask_cmpeq_epu32_mask(earlier, packet[p], key);
+      rank += std::popcount(static_cast<unsigned>(ahead));
+    }
+    out[rank] = list[i];
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t rank = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      rank += (bits[j] < bits[i] || (bits[j] == bits[i] && j < i)) ? 1 : 0;
+    }
+    out[rank] = list[i];
+  }
+#endif
+}
+
 void entry_masses(SelectEntry* list, int64_t size) {
   alignas(64) float arg[kBlock];
   alignas(64) float ex[kBlock];
@@ -871,18 +910,32 @@ void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double*
     counted[j] = _mm512_setzero_si512();
     sum[j] = 0.0;
   }
+  // (the last packet, short, read by masked loads: its lanes past n are
+  // left out of every compare. A scalar loop there, a branch per entry and
+  // pivot, took ~0.35 of ~0.7 us a flat row's refine spent in this kernel.)
   int64_t i = 0;
-  while (i + 16 <= n) {
+  while (i < n) {
     __m512 part[P];
     for (int j = 0; j < P; ++j) part[j] = _mm512_setzero_ps();
     const int64_t end = std::min(n, i + 16 * kGroup);
-    for (; i + 16 <= end; i += 16) {
+    for (; i < end; i += 16) {
       const auto* f = reinterpret_cast<const float*>(list + i);
-      const __m512 a = _mm512_loadu_ps(f), b = _mm512_loadu_ps(f + 16);
+      const int64_t left = std::min<int64_t>(16, end - i);
+      __m512 a, b;
+      __mmask16 valid = 0xffff;
+      if (left == 16) {
+        a = _mm512_loadu_ps(f);
+        b = _mm512_loadu_ps(f + 16);
+      } else {
+        const uint64_t floats = (uint64_t{1} << (2 * left)) - 1;
+        a = _mm512_maskz_loadu_ps(static_cast<__mmask16>(floats), f);
+        b = _mm512_maskz_loadu_ps(static_cast<__mmask16>(floats >> 16), f + 16);
+        valid = static_cast<__mmask16>((1u << left) - 1u);
+      }
       const __m512 key = _mm512_permutex2var_ps(a, even, b);
       const __m512 w = _mm512_permutex2var_ps(a, odd, b);
       for (int j = 0; j < P; ++j) {
-        const __mmask16 le = _mm512_cmp_ps_mask(key, pivot[j], _CMP_LE_OQ);
+        const __mmask16 le = _mm512_mask_cmp_ps_mask(valid, key, pivot[j], _CMP_LE_OQ);
         part[j] = _mm512_mask_add_ps(part[j], le, part[j], w);
         counted[j] = _mm512_mask_add_epi32(counted[j], le, counted[j], one);
       }
@@ -895,12 +948,6 @@ void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double*
   }
   for (int j = 0; j < P; ++j) {
     count[j] = _mm512_reduce_add_epi32(counted[j]);
-    for (int64_t t = i; t < n; ++t) {
-      if (list[t].key <= pivots[j]) {
-        sum[j] += static_cast<double>(list[t].weight);
-        ++count[j];
-      }
-    }
     mass[j] = sum[j];
   }
 }

@@ -32,6 +32,7 @@ struct SelectScratch {
   std::vector<int64_t> offsets;      // per segment
   std::vector<int64_t> seg_chosen;   // per segment: members in the chosen bucket
   std::vector<SelectEntry> list;     // the boundary bucket's members
+  std::vector<SelectEntry> sorted;   // ... in key order, at the end
   std::vector<float> samples;        // small-target path
   std::vector<float> block_maxima;   // small-target and small-nucleus paths
   std::vector<uint32_t> block_keys;  // block_max_bound's order keys of those
