@@ -892,20 +892,21 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   }
   return c;
 }
+
 // collect_members_with_key for a block among many hits (AVX-512), in two
-// steps with no branch on a packet. First every packet's
-// lanes with x at or above x_floor (those that can hold a key <= khi), one
-// compare each, noted with a bit set of the packets that have any; then only
-// those packets, taken from the bit set: the exact tests, the hits
-// compressed into the front of a register and stored whole (the outputs
-// have a packet of room past kBlock). The form above asks per group of four
-// packets, then per packet, whether any lane reaches x_floor: branches a
-// row never seen before mispredicts about once a hit where hits are neither
-// rare nor everywhere, as in a flat row's second top-p gather (~4 % of its
-// tokens; over 256 distinct flat 32000-token rows those gathers took ~2.3
-// -> ~1.2 us a row on average, from cycle counts around them); where hits
-// are few, its tests skip most of a block (top-k 50 + top-p, eight flat
-// rows: 1.09-1.15x slower with this form alone).
+// steps with no branch on a packet. First every packet's lanes with x at
+// or above x_floor (those that can hold a key <= khi), one compare each,
+// noted with a bit set of the packets that have any; then only those
+// packets, taken from the bit set: the exact tests, the hits compressed
+// into the front of a register and stored whole (the outputs have a packet
+// of room past kBlock). The form above asks per group of four packets, then
+// per packet, whether any lane reaches x_floor: branches a row never seen
+// before mispredicts about once a hit where hits are neither rare nor
+// everywhere, as in a flat row's second top-p gather (~4 % of its tokens;
+// over 256 distinct flat 32000-token rows those gathers took ~2.3 -> ~1.2
+// us a row on average, from cycle counts around them); where hits are few,
+// its tests skip most of a block (top-k 50 + top-p, eight flat rows:
+// 1.09-1.15x slower with this form alone).
 inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& set, float klo,
                                      float khi, int32_t* idx, float* kout, float* dout) {
   const SetPackets sp(set);

@@ -177,10 +177,11 @@ struct SelectEntry {
   float weight;
 };
 
-// A member gathered by the small-target path, kept so that a filter which
-// leaves only these can compact the set without another pass over the row.
+// The longest list Kernels::sort_short sorts.
 inline constexpr int64_t kShortSort = 64;
 
+// A member gathered by the small-target path, kept so that a filter which
+// leaves only these can compact the set without another pass over the row.
 struct GatheredToken {
   float key;
   float x;

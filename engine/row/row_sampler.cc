@@ -586,7 +586,7 @@ void RowScratch::prepare(int64_t vocab) {
   const auto v = static_cast<size_t>(vocab);
   const size_t segments = static_cast<size_t>((vocab + kChunk - 1) / kChunk);
   select.list.reserve(v);
-  select.sorted.reserve(64);  // (refine's last list, kSortBelow entries)
+  select.sorted.reserve(static_cast<size_t>(kShortSort));  // (refine's last, short list)
   select.samples.reserve(v);
   select.block_maxima.reserve(static_cast<size_t>(block_count(vocab)));
   select.block_keys.reserve(static_cast<size_t>(block_count(vocab)));

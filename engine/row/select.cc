@@ -820,26 +820,30 @@ bool typical_moments(std::span<const Segment> segments, const SetSpec& set, floa
 
 namespace {
 
-// kPivots pivots at the quartiles of `sample` (which is sorted); false when
-// it holds fewer than four keys.
-bool quartiles(std::vector<float>& sample, float* pivots) {
-  if (sample.size() < 4) return false;
-  std::sort(sample.begin(), sample.end());
+// kPivots pivots at the quartiles of `sample`, each by kth_smallest (no
+// branch on a value: std::sort of the ~256 sampled keys mispredicted about
+// every other compare on a row never seen); false when it holds fewer than
+// four keys.
+bool quartiles(const std::vector<float>& sample, float* pivots, const Kernels& kern,
+               std::vector<uint32_t>& order) {
+  const size_t n = sample.size();
+  if (n < 4) return false;
   for (int i = 0; i < kPivots; ++i) {
-    pivots[i] = sample[sample.size() * static_cast<size_t>(i + 1) / (kPivots + 1)];
+    pivots[i] =
+        kth_smallest(sample.data(), n, n * static_cast<size_t>(i + 1) / (kPivots + 1), kern, order);
   }
   return true;
 }
 
 // Pivots from a sample of the entries of k[0, size) in (from, to].
 bool pick_pivots(const float* k, int64_t size, float from, float to, SelectScratch& sc,
-                 float* pivots) {
+                 const Kernels& kern, float* pivots) {
   const int64_t stride = std::max<int64_t>(1, size / kPivotSample);
   sc.pivot_sample.clear();
   for (int64_t j = 0; j < size; j += stride) {
     if (k[j] > from && k[j] <= to) sc.pivot_sample.push_back(k[j]);
   }
-  return quartiles(sc.pivot_sample, pivots);
+  return quartiles(sc.pivot_sample, pivots, kern, sc.sample_order);
 }
 
 // The pivot select's rounds over entries (key, weight)[0, n) whose interval
@@ -866,7 +870,7 @@ bool narrow_to_boundary(const float* key, const float* weight, int64_t n, float 
     std::copy_n(given_sums, kPivots, sums);
     std::copy_n(given_counts, kPivots, counts);
   } else {
-    if (!pick_pivots(key, n, lo, hi, sc, pivots)) return false;
+    if (!pick_pivots(key, n, lo, hi, sc, *run.k, pivots)) return false;
     n = run.k->keep_and_sum(key, weight, n, lo, hi, pivots, out_key, out_weight, sums, counts);
     key = out_key;
     weight = out_weight;
@@ -887,7 +891,7 @@ bool narrow_to_boundary(const float* key, const float* weight, int64_t n, float 
       new_cum = cum + sums[i];
       new_below = below + counts[i];
     }
-    const bool more = pick_pivots(key, n, new_lo, new_hi, sc, pivots);
+    const bool more = pick_pivots(key, n, new_lo, new_hi, sc, *run.k, pivots);
     const int64_t kept = run.k->keep_and_sum(
         key, weight, n, new_lo, new_hi, more ? pivots : nullptr, out_key, out_weight, sums, counts);
     if (kept >= n && !first) return false;  // no progress: a run of equal keys
@@ -1098,7 +1102,7 @@ bool pivot_select(std::span<const Segment> segments, const SetSpec& set, const K
     sample_member_keys(segments, set, rule, stride, sc.pivot_sample, run);
     std::erase_if(sc.pivot_sample, [](float k) { return !(k < kInf); });
   }
-  if (!quartiles(sc.pivot_sample, pivots)) return false;
+  if (!quartiles(sc.pivot_sample, pivots, *run.k, sc.sample_order)) return false;
   sc.seg_total.resize(static_cast<size_t>(nseg));
   sc.masses.resize(static_cast<size_t>(nseg * kPivots));
   sc.seg_chosen.resize(static_cast<size_t>(nseg * kPivots));
@@ -1395,11 +1399,20 @@ bool typical_set_looks_small(std::span<const Segment> segments, const SetSpec& s
     total += m.weight;
   }
   const auto top = std::min<size_t>(kSmallTypicalMaxima, masses.size());
-  std::nth_element(masses.begin(), masses.begin() + static_cast<int64_t>(top), masses.end(),
-                   std::greater<float>());
+  if (top == 0) return false;
+  // The top masses' sum from the top-th largest, t: those above it, and t
+  // for the rest of the count (no branch on a mass, as nth_element had).
+  sc.block_keys.resize(masses.size());
+  const float t = run.k->kth_largest(masses.data(), static_cast<int64_t>(masses.size()),
+                                     static_cast<int64_t>(top), sc.block_keys.data());
   double top_mass = 0.0;
-  for (size_t i = 0; i < top; ++i) top_mass += masses[i];
-  return top > 0 && top_mass >= fraction * total;
+  size_t above = 0;
+  for (const float m : masses) {
+    top_mass += m > t ? static_cast<double>(m) : 0.0;
+    above += m > t ? 1 : 0;
+  }
+  top_mass += static_cast<double>(top - above) * static_cast<double>(t);
+  return top_mass >= fraction * total;
 }
 
 // The block maxima are tokens whose keys and masses are known from the scan
