@@ -840,7 +840,8 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // AVX-512: the hits of a packet are compressed into the front of a register
 // and stored whole (the outputs have a packet of room past kBlock).
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
-                                        float khi, int32_t* idx, float* kout, float* dout) {
+                                        float khi, float x_floor, int32_t* idx, float* kout,
+                                        float* dout) {
   const SetPackets sp(set);  // (named: the lambda below uses it)
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
@@ -851,7 +852,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   // compare masks or-ed together, as on AVX2. Top-k + top-p, one 128256 row
   // (Zen 5, bench/ab -n 5..7, medians): peaked 7.32 -> 6.89 µs, flat 8.28 ->
   // 6.97; top-p, typical-p, min-p and full sampling unchanged or faster.
-  const __m512 px_floor = _mm512_set1_ps(x_floor_for_key(set, khi));
+  const __m512 px_floor = _mm512_set1_ps(x_floor);
   auto reaches = [&](int64_t at) {
     return _mm512_cmp_ps_mask(_mm512_loadu_ps(x + at), px_floor, _CMP_GE_OQ);
   };
@@ -908,11 +909,12 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
 // its tests skip most of a block (top-k 50 + top-p, eight flat rows:
 // 1.09-1.15x slower with this form alone).
 inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& set, float klo,
-                                     float khi, int32_t* idx, float* kout, float* dout) {
+                                     float khi, float x_floor, int32_t* idx, float* kout,
+                                     float* dout) {
   const SetPackets sp(set);
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
-  const __m512 px_floor = _mm512_set1_ps(x_floor_for_key(set, khi));
+  const __m512 px_floor = _mm512_set1_ps(x_floor);
   constexpr int64_t kPackets = kBlock / 16;
   static_assert(kPackets == 32);
   uint16_t reach[kPackets];
@@ -956,7 +958,8 @@ inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& s
 }
 #else
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
-                                        float khi, int32_t* idx, float* kout, float* dout) {
+                                        float khi, float x_floor, int32_t* idx, float* kout,
+                                        float* dout) {
   namespace ei = Eigen::internal;
   using Packet = ei::packet_traits<float>::type;
   constexpr int64_t kLanes = ei::packet_traits<float>::size;
@@ -974,7 +977,7 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   // slower (gather_below's share beside scan_blocks', perf, top-k + top-p).
   constexpr int64_t kGroup = 64;
   static_assert(kGroup % kLanes == 0);
-  const Packet px_floor = ei::pset1<Packet>(x_floor_for_key(set, khi));
+  const Packet px_floor = ei::pset1<Packet>(x_floor);
   int64_t c = 0;
   for (int64_t g = 0; g < n; g += kLanes) {
     if (g % kGroup == 0 && g + kGroup <= n) {
@@ -1023,14 +1026,21 @@ struct Collected {
   alignas(64) float d[kBlock + 64];
   int64_t n = 0;
   void collect(const float* x, int64_t len, const SetSpec& set, float klo, float khi) {
-    n = collect_members_with_key(x, len, set, klo, khi, idx, k, d);
+    collect(x, len, set, klo, khi, x_floor_for_key(set, khi));
+  }
+  // ... with x_floor_for_key(set, khi) given (a pass over many blocks forms
+  // it once: its two nextafter calls were ~5 % of a gather_below's time).
+  void collect(const float* x, int64_t len, const SetSpec& set, float klo, float khi,
+               float x_floor) {
+    n = collect_members_with_key(x, len, set, klo, khi, x_floor, idx, k, d);
   }
   // ... in the form for a block among many hits where there is one (AVX-512).
-  void collect_dense(const float* x, int64_t len, const SetSpec& set, float klo, float khi) {
+  void collect_dense(const float* x, int64_t len, const SetSpec& set, float klo, float khi,
+                     float x_floor) {
 #if defined(__AVX512F__)
-    n = collect_members_dense(x, len, set, klo, khi, idx, k, d);
+    n = collect_members_dense(x, len, set, klo, khi, x_floor, idx, k, d);
 #else
-    collect(x, len, set, klo, khi);
+    collect(x, len, set, klo, khi, x_floor);
 #endif
   }
 };
@@ -1128,7 +1138,8 @@ inline double block_masses_and_hits(const float* x, int64_t n, const SetSpec& se
   // was ~2 % slower here (bench/ab, 5 rounds).
   const double mass = block_masses_from_values(x, n, set, k0, nullptr, members);
   alignas(64) float d[kBlock + 64];
-  hits.n = collect_members_with_key(x, n, set, -kInf, hits.bound, hits.idx, hits.k, d);
+  hits.n = collect_members_with_key(x, n, set, -kInf, hits.bound, x_floor_for_key(set, hits.bound),
+                                    hits.idx, hits.k, d);
   return mass;
 #endif
 #endif

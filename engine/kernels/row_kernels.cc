@@ -1055,10 +1055,11 @@ void write_probs(const Segment& s, const SetSpec& set, float k0, double inv_z, f
 int64_t gather_le(const Segment& s, const SetSpec& set, float c, KeyToken* out) {
   int64_t count = 0;
   Collected hits;
+  const float x_floor = x_floor_for_key(set, c);
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block_above(s, j0, set, c)) continue;
-    hits.collect(s.x + j0, n, set, -kInf, c);
+    hits.collect(s.x + j0, n, set, -kInf, c, x_floor);
     for (int64_t i = 0; i < hits.n; ++i)
       out[count++] = KeyToken{hits.k[i], s.token(j0 + hits.idx[i])};
   }

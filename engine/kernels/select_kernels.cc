@@ -513,13 +513,14 @@ int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t 
   // (a block after one with kDenseCollect hits or more takes the form
   // without a branch on a packet)
   bool dense = false;
+  const float x_floor = x_floor_for_key(set, bound);
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block::block_above(s, j0, set, bound)) continue;
     if (dense) {
-      hits.collect_dense(s.x + j0, n, set, -kInf, bound);
+      hits.collect_dense(s.x + j0, n, set, -kInf, bound, x_floor);
     } else {
-      hits.collect(s.x + j0, n, set, -kInf, bound);
+      hits.collect(s.x + j0, n, set, -kInf, bound, x_floor);
     }
     dense = hits.n >= kDenseCollect;
     count += block::append_gathered(hits, s, j0, out + count);
