@@ -837,12 +837,35 @@ inline void for_each_in_range(const float* v, int64_t n, float lo, float hi, Fn 
 // advance), so dense and sparse hits both stay cheap. The outputs need room
 // for kBlock + one packet.
 #if defined(__AVX512F__)
-// AVX-512: the hits of a packet are compressed into the front of a register
-// and stored whole (the outputs have a packet of room past kBlock).
+// One packet's members with key in [klo, khi] among the lanes `in`: the
+// exact tests, and the hits compressed into the front of a register and
+// stored whole at idx, kout and dout (which have a packet of room past
+// them); returns how many. kSkipEmpty: a packet without hits stores nothing
+// (a branch, which the sparse form below takes).
+template <bool kSkipEmpty>
+inline int64_t store_members(__m512 px, __mmask16 in, int64_t g, const SetPackets& sp, __m512 pklo,
+                             __m512 pkhi, int32_t* idx, float* kout, float* dout) {
+  const __m512 diff = _mm512_sub_ps(sp.xmax, px);
+  const __m512 d = _mm512_mul_ps(diff, sp.scale);
+  const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
+  __mmask16 hit = _mm512_mask_cmp_ps_mask(in, sp.lo, d, _CMP_LE_OQ);
+  hit = _mm512_mask_cmp_ps_mask(hit, d, sp.hi, _CMP_LE_OQ);
+  hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
+  hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
+  if (kSkipEmpty && hit == 0) return 0;
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
+  _mm512_storeu_si512(idx, _mm512_maskz_compress_epi32(hit, at));
+  _mm512_storeu_ps(kout, _mm512_maskz_compress_ps(hit, k));
+  _mm512_storeu_ps(dout, _mm512_maskz_compress_ps(hit, d));
+  return std::popcount(static_cast<unsigned>(hit));
+}
+
+// AVX-512: each packet that reaches x_floor through store_members.
 inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec& set, float klo,
                                         float khi, float x_floor, int32_t* idx, float* kout,
                                         float* dout) {
-  const SetPackets sp(set);  // (named: the lambda below uses it)
+  const SetPackets sp(set);
   const __m512 pklo = _mm512_set1_ps(klo);
   const __m512 pkhi = _mm512_set1_ps(khi);
   const __m512 pad = _mm512_set1_ps(-kInf);
@@ -856,24 +879,12 @@ inline int64_t collect_members_with_key(const float* x, int64_t n, const SetSpec
   auto reaches = [&](int64_t at) {
     return _mm512_cmp_ps_mask(_mm512_loadu_ps(x + at), px_floor, _CMP_GE_OQ);
   };
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   constexpr int64_t kGroup = 64;
   int64_t c = 0;
   auto packet = [&](int64_t g, __m512 px) {
-    if (_mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ) == 0) return;
-    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
-    const __m512 d = _mm512_mul_ps(diff, sp.scale);
-    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
-    __mmask16 hit = _mm512_cmp_ps_mask(sp.lo, d, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, d, sp.hi, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
-    if (hit == 0) return;
-    const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
-    _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(hit, at));
-    _mm512_storeu_ps(kout + c, _mm512_maskz_compress_ps(hit, k));
-    _mm512_storeu_ps(dout + c, _mm512_maskz_compress_ps(hit, d));
-    c += __builtin_popcount(static_cast<unsigned>(hit));
+    const __mmask16 r = _mm512_cmp_ps_mask(px, px_floor, _CMP_GE_OQ);
+    if (r == 0) return;
+    c += store_members<true>(px, r, g, sp, pklo, pkhi, idx + c, kout + c, dout + c);
   };
   // (whole packets by plain loads: a masked load for each, the last
   // packet's form, cost compact ~25 against ~8 us over a 128256 row)
@@ -933,7 +944,6 @@ inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& s
     reach[whole] = r;
     with |= static_cast<uint32_t>(r != 0) << whole;
   }
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   int64_t c = 0;
   for (; with != 0; with &= with - 1) {
     const int64_t g = 16 * std::countr_zero(with);
@@ -941,18 +951,7 @@ inline int64_t collect_members_dense(const float* x, int64_t n, const SetSpec& s
     // (a plain load but for the tail: a masked one for each packet cost
     // compact ~25 against ~8 us over a 128256 row)
     const __m512 px = g + 16 <= n ? _mm512_loadu_ps(x + g) : _mm512_maskz_loadu_ps(tail, x + g);
-    const __m512 diff = _mm512_sub_ps(sp.xmax, px);
-    const __m512 d = _mm512_mul_ps(diff, sp.scale);
-    const __m512 k = _mm512_mul_ps(diff, sp.key_scale);
-    __mmask16 hit = _mm512_mask_cmp_ps_mask(r, sp.lo, d, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, d, sp.hi, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, pklo, k, _CMP_LE_OQ);
-    hit = _mm512_mask_cmp_ps_mask(hit, k, pkhi, _CMP_LE_OQ);
-    const __m512i at = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(g)));
-    _mm512_storeu_si512(idx + c, _mm512_maskz_compress_epi32(hit, at));
-    _mm512_storeu_ps(kout + c, _mm512_maskz_compress_ps(hit, k));
-    _mm512_storeu_ps(dout + c, _mm512_maskz_compress_ps(hit, d));
-    c += std::popcount(static_cast<unsigned>(hit));
+    c += store_members<false>(px, r, g, sp, pklo, pkhi, idx + c, kout + c, dout + c);
   }
   return c;
 }

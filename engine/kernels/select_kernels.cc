@@ -560,47 +560,96 @@ int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule,
 
 namespace {
 
+// Order keys: a float's bits with the magnitude flipped when negative, plus
+// 2^31, order as unsigned integers as the values do (-0 before +0).
+inline uint32_t order_key(float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+inline float from_order_key(uint32_t t) {
+  return std::bit_cast<float>((t & 0x80000000u) ? t & 0x7fffffffu : ~t);
+}
+
+// Up to kShortSort keys, each counted against the others without a branch
+// on a key (on AVX-512 in four packets, the lanes past n masked off).
+class ShortKeys {
+ public:
+  ShortKeys(const uint32_t* keys, int64_t n) : keys_(keys), n_(n) {
+#if defined(__AVX512F__)
+    alignas(64) uint32_t padded[kShortSort] = {};
+    std::copy_n(keys, n, padded);
+    for (int p = 0; p < kShortSort / 16; ++p) {
+      packet_[p] = _mm512_load_si512(padded + 16 * p);
+      valid_[p] = lanes_below(n - 16 * p);
+    }
+    packets_ = static_cast<int>((n + 15) / 16);
+#endif
+  }
+  // How many keys exceed `key`.
+  int64_t above(uint32_t key) const {
+    int64_t count = 0;
+#if defined(__AVX512F__)
+    const __m512i k = _mm512_set1_epi32(static_cast<int32_t>(key));
+    for (int p = 0; p < packets_; ++p) {
+      count += std::popcount(
+          static_cast<unsigned>(_mm512_mask_cmpgt_epu32_mask(valid_[p], packet_[p], k)));
+    }
+#else
+    for (int64_t j = 0; j < n_; ++j) count += keys_[j] > key ? 1 : 0;
+#endif
+    return count;
+  }
+  // Key i's rank in a stable sort: the keys below it and the equal keys
+  // before it.
+  int64_t rank(int64_t i) const {
+    const uint32_t key = keys_[i];
+    int64_t count = 0;
+#if defined(__AVX512F__)
+    const __m512i k = _mm512_set1_epi32(static_cast<int32_t>(key));
+    for (int p = 0; p < packets_; ++p) {
+      const __mmask16 ahead = _mm512_mask_cmplt_epu32_mask(valid_[p], packet_[p], k) |
+                              _mm512_mask_cmpeq_epu32_mask(lanes_below(i - 16 * p), packet_[p], k);
+      count += std::popcount(static_cast<unsigned>(ahead));
+    }
+#else
+    for (int64_t j = 0; j < n_; ++j) {
+      count += (keys_[j] < key || (keys_[j] == key && j < i)) ? 1 : 0;
+    }
+#endif
+    return count;
+  }
+
+ private:
+#if defined(__AVX512F__)
+  static __mmask16 lanes_below(int64_t m) {
+    return static_cast<__mmask16>((1u << std::clamp<int64_t>(m, 0, 16)) - 1u);
+  }
+  __m512i packet_[kShortSort / 16];
+  __mmask16 valid_[kShortSort / 16];
+  int packets_ = 0;
+#endif
+  const uint32_t* keys_;
+  int64_t n_;
+};
+
 // kth_largest over a few keys, by rank: the k-th largest is the smallest key
 // that fewer than k keys exceed. Each key's count is independent of the
 // others', where the radix steps below form a chain, each waiting on the
 // last one's counts: over the ~30 keys of a flat row's sampled bound, ~12
 // steps of a short loop took ~0.32 us, the ranks ~0.14.
-constexpr int64_t kRankedKth = 64;
 uint32_t ranked_kth_key(const uint32_t* keys, int64_t n, int64_t k) {
+  const ShortKeys all(keys, n);
   uint32_t best = UINT32_MAX;
-#if defined(__AVX512F__)
-  alignas(64) uint32_t padded[kRankedKth] = {};  // (0: exceeds no key)
-  std::copy_n(keys, n, padded);
-  __m512i packet[kRankedKth / 16];
-  for (int p = 0; p < kRankedKth / 16; ++p) packet[p] = _mm512_load_si512(padded + 16 * p);
-  const int packets = static_cast<int>((n + 15) / 16);
-  for (int64_t i = 0; i < n; ++i) {
-    const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(keys[i]));
-    int64_t above = 0;
-    for (int p = 0; p < packets; ++p) {
-      above += std::popcount(static_cast<unsigned>(_mm512_cmpgt_epu32_mask(packet[p], key)));
-    }
-    best = above < k ? std::min(best, keys[i]) : best;
-  }
-#else
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t above = 0;
-    for (int64_t j = 0; j < n; ++j) above += keys[j] > keys[i] ? 1 : 0;
-    best = above < k ? std::min(best, keys[i]) : best;
-  }
-#endif
+  for (int64_t i = 0; i < n; ++i) best = all.above(keys[i]) < k ? std::min(best, keys[i]) : best;
   return best;
 }
 
 }  // namespace
 
 float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
-  // Order keys: a float's bits with the magnitude flipped when negative, plus
-  // 2^31, order as unsigned integers as the values do.
   uint32_t lo = UINT32_MAX, hi = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = std::bit_cast<uint32_t>(v[i]);
-    const uint32_t key = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+    const uint32_t key = order_key(v[i]);
     keys[i] = key;
     lo = std::min(lo, key);
     hi = std::max(hi, key);
@@ -609,7 +658,7 @@ float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
   // hi], so the bits above the first in which lo and hi differ are theirs;
   // below, each bit is kept when k keys still reach t with it set.
   uint32_t t = lo;
-  if (n <= kRankedKth) {
+  if (n <= kShortSort) {
     t = ranked_kth_key(keys, n, k);
   } else if (lo != hi) {
     int top = 31 - std::countl_zero(lo ^ hi);
@@ -635,46 +684,16 @@ float kth_largest(const float* v, int64_t n, int64_t k, uint32_t* keys) {
       t = count >= need ? t | 1u : t;
     }
   }
-  return std::bit_cast<float>((t & 0x80000000u) ? t & 0x7fffffffu : ~t);
+  return from_order_key(t);
 }
 
 void sort_short(const SelectEntry* list, int64_t n, SelectEntry* out) {
-  // Order keys, as kth_largest's (-0 before +0, which std::sort takes as
-  // equal: refine's walk after it takes them as one key either way).
-  alignas(64) uint32_t bits[kShortSort];
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = key_bits(list[i].key);
-    bits[i] = (u & 0x80000000u) ? ~u : u | 0x80000000u;
-  }
-#if defined(__AVX512F__)
-  // (padding no key exceeds; an equal one counts only before entry i, and
-  // the padding lies after every entry)
-  for (int64_t i = n; i < kShortSort; ++i) bits[i] = UINT32_MAX;
-  __m512i packet[kShortSort / 16];
-  for (int p = 0; p < kShortSort / 16; ++p) packet[p] = _mm512_load_si512(bits + 16 * p);
-  const int packets = static_cast<int>((n + 15) / 16);
-  for (int64_t i = 0; i < n; ++i) {
-    const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(bits[i]));
-    int64_t rank = 0;
-    for (int p = 0; p < packets; ++p) {
-      // (the equal keys before entry i: lanes below i - 16 p)
-      const int64_t before = std::clamp<int64_t>(i - 16 * p, 0, 16);
-      const auto earlier = static_cast<__mmask16>((1u << before) - 1u);
-      const __mmask16 ahead = _mm512_cmplt_epu32_mask(packet[p], key) |
-                              _mm512_mask_cmpeq_epu32_mask(earlier, packet[p], key);
-      rank += std::popcount(static_cast<unsigned>(ahead));
-    }
-    out[rank] = list[i];
-  }
-#else
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t rank = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      rank += (bits[j] < bits[i] || (bits[j] == bits[i] && j < i)) ? 1 : 0;
-    }
-    out[rank] = list[i];
-  }
-#endif
+  // (by order keys: -0 before +0, which std::sort takes as equal; refine's
+  // walk after it takes them as one key either way)
+  uint32_t bits[kShortSort];
+  for (int64_t i = 0; i < n; ++i) bits[i] = order_key(list[i].key);
+  const ShortKeys all(bits, n);
+  for (int64_t i = 0; i < n; ++i) out[all.rank(i)] = list[i];
 }
 
 void entry_masses(SelectEntry* list, int64_t size) {

@@ -600,9 +600,11 @@ void RowScratch::prepare(int64_t vocab) {
     if (a->size() < stored) a->resize(stored);
   }
   // (also the wide-nucleus check's ranking of a sample of every 128th token)
-  // (and the ranked part of a sample: every 64th token's at most)
-  select.pivot_sample.reserve(std::max<size_t>(1024, v / 32 + segments + 1));
-  select.sample_order.reserve(std::max<size_t>(1024, v / 32 + segments + 1));
+  // (and the ranked part of a sample, with its order keys: every 64th
+  // token's at most)
+  const size_t sampled = std::max<size_t>(1024, v / 32 + segments + 1);
+  select.pivot_sample.reserve(sampled);
+  select.sample_order.reserve(sampled);
   select.seg_moments.reserve(segments);
   select.gathered_at.reserve(segments);
   select.gathered_count.reserve(segments);

@@ -174,7 +174,7 @@ SelectResult refine(std::vector<SelectEntry>& list, SelectScratch& sc, const Ker
        ++round) {
     // (not a structured binding: the bucket lambda below captures lo, which
     // clang before 16 does not allow)
-    const std::pair<float, float> range = key_range(list);
+    const KeyRange range = key_range(list);
     const float lo = range.first, hi = range.second;
     const float span = hi - lo;
     const float scale = static_cast<float>(kLinearBuckets) / span;
@@ -731,7 +731,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
     // bounds too tight: Z was underestimated). Eight times at once gathered
     // ~2,900 tokens a flat row that fell short (12-16 % of them), where
     // twice gathers ~1,600 and falls short on ~1 in 60 of those rows
-    // (nucleus_bench --batch 256 --rows flat, 32000 and 128256 tokens).
+    // (nucleus bench --batch 256 --rows flat, 32000 and 128256 tokens).
     const double times[2] = {have_tight ? 1.0 : 2.0, 8.0};
     const int tries = have_tight ? 1 : 2;
     bool held = false;
