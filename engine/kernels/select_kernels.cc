@@ -574,7 +574,7 @@ inline float from_order_key(uint32_t t) {
 // on a key (on AVX-512 in four packets, the lanes past n masked off).
 class ShortKeys {
  public:
-  ShortKeys(const uint32_t* keys, int64_t n) : keys_(keys), n_(n) {
+  ShortKeys(const uint32_t* keys, int64_t n) : keys_(keys) {
 #if defined(__AVX512F__)
     alignas(64) uint32_t padded[kShortSort] = {};
     std::copy_n(keys, n, padded);
@@ -583,6 +583,8 @@ class ShortKeys {
       valid_[p] = lanes_below(n - 16 * p);
     }
     packets_ = static_cast<int>((n + 15) / 16);
+#else
+    n_ = n;
 #endif
   }
   // How many keys exceed `key`.
@@ -627,9 +629,10 @@ class ShortKeys {
   __m512i packet_[kShortSort / 16];
   __mmask16 valid_[kShortSort / 16];
   int packets_ = 0;
+#else
+  int64_t n_ = 0;
 #endif
   const uint32_t* keys_;
-  int64_t n_;
 };
 
 // kth_largest over a few keys, by rank: the k-th largest is the smallest key
