@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/ascii_lower.h"
+#include "engine/parallel/residency.h"
 #include "engine/row/params_check.h"
 #include "engine/row/row_sampler.h"
 #include "engine/row/verify.h"
@@ -105,9 +106,9 @@ class ScratchPool {
 // mostly cached already (as one the benchmark has just sampled, or the host
 // has just written), and the prefetches then cost more than they save: at
 // batch 8 3-12 % more. But a batch that arrives uncached (copied from a
-// device) gains at every size (batch 8, one thread: 6-18 %), and nothing
-// here tells the two apart: the host says (EngineOptions::read_ahead or
-// NUCLEUS_READ_AHEAD).
+// device) gains at every size (batch 8, one thread: 6-18 %): below this
+// size a probe tells the two apart (kProbeFromBytes, below), and the host
+// may also say (EngineOptions::read_ahead or NUCLEUS_READ_AHEAD).
 constexpr int64_t kAheadFromBytes = int64_t{32} << 20;
 
 // NUCLEUS_READ_AHEAD, read when an engine whose options leave the choice
@@ -140,12 +141,10 @@ int64_t read_ahead_from(ReadAhead mode) {
   return kAheadFromBytes;
 }
 
-// Whether a batch of `rows` rows `stride` elements of `esize` bytes apart
-// takes the next row ahead, from `from` bytes on (a view that spans 2^57
-// bytes or more never gets here, check_extent: no overflow).
-bool rows_ahead(int64_t rows, int64_t stride, int64_t esize, int64_t from) {
-  return rows > 1 && stride * esize >= from / rows;
-}
+// Under kAuto, a batch from this size up to kAheadFromBytes reads ahead when
+// a probe finds its rows coming from memory (detail::rows_from_memory); a
+// smaller one would gain too little for the probe's ~0.3-2.5 us.
+constexpr int64_t kProbeFromBytes = 1000000;
 
 uint64_t system_seed() {
   std::random_device rd;
@@ -161,6 +160,31 @@ struct Engine::Impl {
   std::atomic<uint64_t> counter{0};
   ReadAhead read_ahead = ReadAhead::kAuto;
   int64_t ahead_from = 0;  // read_ahead_from(read_ahead)
+
+  // Whether the rows of a call of `tasks` row tasks over rows of `vocab`
+  // tokens split their passes over the threads (Runner::parallel).
+  bool splits_rows(int64_t tasks, int64_t vocab) const {
+    return tasks < threads && vocab > detail::kChunk;
+  }
+
+  // Whether the `rows` rows of a batch (`vocab` elements of `esize` bytes,
+  // `stride` elements apart from `data`), sampled by `tasks` row tasks with
+  // `requests`, take the next row ahead: never when the rows split their
+  // passes; from ahead_from bytes on; and under kAuto from kProbeFromBytes
+  // on, when some row would read ahead (not every one is light) and the
+  // probe finds the rows coming from memory (a view that spans 2^57 bytes
+  // or more never gets here, check_extent: no overflow).
+  bool reads_ahead(const void* data, int64_t rows, int64_t vocab, int64_t stride, int64_t esize,
+                   std::span<const RowRequest> requests, int64_t tasks) const {
+    if (rows < 2 || splits_rows(tasks, vocab)) return false;
+    const int64_t row_bytes = stride * esize;
+    if (row_bytes >= ahead_from / rows) return true;
+    if (read_ahead != ReadAhead::kAuto || row_bytes < kProbeFromBytes / rows) return false;
+    bool any = false;
+    for (const RowRequest& r : requests) any |= !detail::is_light_row(r.params, vocab);
+    return any &&
+           detail::rows_from_memory(static_cast<const char*>(data), row_bytes, vocab * esize);
+  }
   std::unique_ptr<tbb::task_arena> arena;
   ScratchPool pool;
 
@@ -189,7 +213,7 @@ struct Engine::Impl {
   // status (on_bad_alloc(row)), one that fails sizing the scratch the call's.
   template <typename F, typename G>
   Status for_rows(int64_t rows, int64_t vocab, F&& per_row, G&& on_bad_alloc) {
-    const detail::Runner runner{rows < threads && vocab > detail::kChunk, kernels};
+    const detail::Runner runner{splits_rows(rows, vocab), kernels};
     try {
       pool.prepare(vocab);
     } catch (const std::bad_alloc&) {
@@ -230,7 +254,8 @@ struct Engine::Impl {
     const auto row_data = [&](int64_t row) {
       return static_cast<const char*>(logits.data) + row * stride * dtype_size(logits.dtype);
     };
-    const bool ahead = rows_ahead(logits.rows, stride, dtype_size(logits.dtype), ahead_from);
+    const bool ahead = reads_ahead(logits.data, logits.rows, logits.vocab, stride,
+                                   dtype_size(logits.dtype), requests, logits.rows);
     return for_rows(
         logits.rows, logits.vocab,
         [&](int64_t row, int64_t next, detail::RowScratch& scratch, const detail::Runner& runner) {
@@ -444,7 +469,8 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
   bool any_unseeded = false;
   for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
   if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
-  const bool ahead = rows_ahead(target_logits.rows, stride, esize, impl_->ahead_from);
+  const bool ahead = impl_->reads_ahead(target_logits.data, target_logits.rows, vocab, stride,
+                                        esize, requests, rows);
   // Every pooled scratch gets room for the row inputs and the longest
   // history plus the drafts, so the steady state allocates nothing whichever
   // scratch a row is handed.

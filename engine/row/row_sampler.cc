@@ -355,8 +355,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
   // too: on one 128256 row it takes ~3 us, about what one fork and join
   // costs on the development machine, and a bfloat16 greedy row on two
   // threads took 5.0 us against 3.0 on one when it was split.)
-  const bool light_row =
-      p_.temperature == 0.0f || (p_.top_k > 0 && p_.top_k < vocab) || p_.min_p > 0.0f;
+  const bool light_row = is_light_row(p_, vocab);
   // Full sampling's mass pass, in each segment's own frame, run on the
   // segment just scanned (its values in this core's L1 and L2): one fork
   // and join a row instead of two when the row is split.

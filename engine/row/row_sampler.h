@@ -63,6 +63,14 @@ struct RowScratch {
   void prepare_verify(int64_t positions, int64_t history);
 };
 
+// Whether a row with these parameters passes over its whole row after the
+// scan (full sampling, top-p, typical-p), rather than over a few blocks
+// (greedy, top-k and min-p rows: light rows). Only such a row reads the next
+// row ahead (RowInput::next).
+inline bool is_light_row(const SamplingParams& p, int64_t vocab) {
+  return p.temperature == 0.0f || (p.top_k > 0 && p.top_k < vocab) || p.min_p > 0.0f;
+}
+
 // Samples one row into `result` (cleared first). `seed` is the row's resolved
 // seed. Row errors go to result.status.
 void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed, int64_t row,

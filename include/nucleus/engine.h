@@ -56,10 +56,11 @@ std::vector<Isa> runnable_isas();
 // just been copied in from a device.
 // As an option, kAuto leaves the last word to NUCLEUS_READ_AHEAD (a
 // deployment can switch it without a rebuild); as the mode an engine runs
-// (Engine::read_ahead), it is the size rule.
+// (Engine::read_ahead), it is the rule below.
 enum class ReadAhead {
-  kAuto = 0,    // batches of 32 MiB of logits or more
-  kAlways = 1,  // every batch of two rows or more (batches that arrive uncached)
+  kAuto = 0,    // batches of 32 MiB of logits or more, and from 1 MB those
+                // whose rows a probe (32 KiB read twice) finds in memory
+  kAlways = 1,  // every batch of two rows or more
   kNever = 2,
 };
 // "auto", "always" or "never".

@@ -237,8 +237,9 @@ typedef struct nucleus_engine_options {
   /* Whether each row's passes bring the next row of a batch into cache
    * (speed only, never results): NUCLEUS_READ_AHEAD_AUTO (as the
    * NUCLEUS_READ_AHEAD environment variable says; unset: batches of 32 MiB
-   * or more), _ALWAYS (every batch of two rows or more: for batches that
-   * arrive uncached, copied from a device) or _NEVER. */
+   * or more, and from 1 MB those whose rows a probe finds coming from
+   * memory, as rows copied from a device do), _ALWAYS (every batch of two
+   * rows or more) or _NEVER. */
   int32_t read_ahead;
 } nucleus_engine_options;
 

@@ -602,9 +602,11 @@ void define_module(py::module_& m) {
                        "(auto, sse2, avx2, avx512;\nalso capped by the CPU and by the "
                        "NUCLEUS_ISA environment variable);\nread_ahead: whether each row's "
                        "passes bring the next row of a batch into cache\n(speed only): "
-                       "'always' for batches that arrive uncached (copied from a GPU),\n"
-                       "'never', or 'auto' (as the NUCLEUS_READ_AHEAD environment variable "
-                       "says;\nunset: batches of 32 MiB or more).\nSafe to share between "
+                       "'always' (every batch of two rows or more), 'never', or 'auto'\n"
+                       "(as the NUCLEUS_READ_AHEAD environment variable says; unset: "
+                       "batches of 32 MiB\nor more, and from 1 MB those whose rows a probe "
+                       "finds coming from memory,\nas rows copied from a GPU do).\nSafe to "
+                       "share between "
                        "Python threads; the GIL is released while it samples.")
       .def(py::init<const py::object&, const py::object&, const std::string&, const std::string&>(),
            py::arg("threads") = py::none(), py::arg("seed") = py::none(), py::arg("isa") = "auto",

@@ -97,7 +97,8 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
       ->add_option("--read-ahead", c->read_ahead,
                    "Whether each row's passes bring the next row of a batch into cache "
                    "(EngineOptions::read_ahead): auto (as NUCLEUS_READ_AHEAD says; unset: "
-                   "batches of 32 MiB or more), always or never")
+                   "batches of 32 MiB or more, and from 1 MB those whose rows a probe finds "
+                   "coming from memory), always or never")
       ->capture_default_str();
   CLI::Option* rows =
       c->app
