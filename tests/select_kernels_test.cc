@@ -100,10 +100,9 @@ TEST(SortShort, AgreesWithStableSort) {
 }
 
 // A gathered list (key, value, token id) taken apart: gathered_keys pairs
-// each key with 1, compact_gathered keeps the values and ids of the keys in
-// [lo, hi], in order; lists of lengths around the 16-token packets and the
-// length from which the AVX-512 loops run (32), keys at the bounds, ±0,
-// +inf and NaN among them.
+// each key with key - d0 (the mass's argument), compact_gathered keeps the values and ids of the
+// keys in [lo, hi], in order; lists of lengths around the 16-token packets and the length from
+// which the AVX-512 loops run (32), keys at the bounds, ±0, +inf and NaN among them.
 TEST(GatheredList, KeysAndTheSurvivorsInOrder) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -129,10 +128,16 @@ TEST(GatheredList, KeysAndTheSurvivorsInOrder) {
     for (size_t n : {0, 1, 15, 16, 17, 31, 32, 33, 47, 48, 100, 257, 271, 1000}) {
       SCOPED_TRACE(n);
       std::vector<detail::SelectEntry> keys(n + 1, detail::SelectEntry{-1.0f, -1.0f});
-      k.gathered_keys(all.data(), static_cast<int64_t>(n), keys.data());
+      const float d0 = 1.25f;
+      k.gathered_keys(all.data(), static_cast<int64_t>(n), d0, keys.data());
       for (size_t i = 0; i < n; ++i) {
         EXPECT_EQ(std::bit_cast<uint32_t>(keys[i].key), std::bit_cast<uint32_t>(all[i].key)) << i;
-        EXPECT_EQ(keys[i].weight, 1.0f) << i;
+        const float e = all[i].key - d0;
+        if (std::isnan(e)) {
+          EXPECT_TRUE(std::isnan(keys[i].weight)) << i;
+        } else {
+          EXPECT_EQ(std::bit_cast<uint32_t>(keys[i].weight), std::bit_cast<uint32_t>(e)) << i;
+        }
       }
       EXPECT_EQ(keys[n].key, -1.0f);  // (nothing past the list)
       for (const auto& [lo, hi] : {std::pair{2.0f, 5.0f}, std::pair{0.0f, kInf},

@@ -42,7 +42,7 @@ void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double*
                 int64_t* count);
 int64_t keep_between(SelectEntry* list, int64_t n, float lo, float hi);
 #endif
-void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out);
+void gathered_keys(const GatheredToken* g, int64_t n, float d0, SelectEntry* out);
 int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
                          int32_t* idx);
 int64_t gather_bucket(const Segment& s, const SetSpec& set, const KeyRule& rule, float lo, float hi,

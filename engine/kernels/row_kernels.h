@@ -383,8 +383,10 @@ struct Kernels {
   // The entries of list[0, n) with lo < key <= hi moved, in order, to its
   // front; returns how many. AVX-512 only (null elsewhere).
   int64_t (*keep_between)(SelectEntry* list, int64_t n, float lo, float hi);
-  // out[i] = (g[i].key, 1) for i < n: a gathered list's keys, to select on.
-  void (*gathered_keys)(const GatheredToken* g, int64_t n, SelectEntry* out);
+  // out[i] = (g[i].key, g[i].key - d0) for i < n: a gathered list's keys, to
+  // select on, each beside its mass's argument (entry_masses' input; keys
+  // are distances d, and d0 the mass's reference).
+  void (*gathered_keys)(const GatheredToken* g, int64_t n, float d0, SelectEntry* out);
   // The values and token ids of the gathered tokens whose key lies in
   // [lo, hi], in order, into x / idx (room for n); returns how many.
   int64_t (*compact_gathered)(const GatheredToken* g, int64_t n, float lo, float hi, float* x,

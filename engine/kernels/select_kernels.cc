@@ -997,21 +997,22 @@ int64_t keep_between(SelectEntry* list, int64_t n, float lo, float hi) {
 }
 #endif
 
-void gathered_keys(const GatheredToken* g, int64_t n, SelectEntry* out) {
+void gathered_keys(const GatheredToken* g, int64_t n, float d0, SelectEntry* out) {
   int64_t i = 0;
 #if defined(__AVX512F__)
-  // (each key beside a 1: two permutes of the keys and a vector of ones)
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512i lo = _mm512_set_epi32(16, 7, 16, 6, 16, 5, 16, 4, 16, 3, 16, 2, 16, 1, 16, 0);
-  const __m512i hi = _mm512_set_epi32(16, 15, 16, 14, 16, 13, 16, 12, 16, 11, 16, 10, 16, 9, 16, 8);
+  // (each key beside key - d0: two permutes of the keys and the differences)
+  const __m512 pd0 = _mm512_set1_ps(d0);
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
   for (; n >= kGatheredVectorFrom && i + 16 <= n; i += 16) {
     const __m512 key = load_gathered(g + i).key;
+    const __m512 e = _mm512_sub_ps(key, pd0);
     auto* o = reinterpret_cast<float*>(out + i);
-    _mm512_storeu_ps(o, _mm512_permutex2var_ps(key, lo, one));
-    _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(key, hi, one));
+    _mm512_storeu_ps(o, _mm512_permutex2var_ps(key, lo, e));
+    _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(key, hi, e));
   }
 #endif
-  for (; i < n; ++i) out[i] = SelectEntry{g[i].key, 1.0f};
+  for (; i < n; ++i) out[i] = SelectEntry{g[i].key, g[i].key - d0};
 }
 
 int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,

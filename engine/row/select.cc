@@ -285,11 +285,13 @@ void sample_member_keys(std::span<const Segment> segments, const SetSpec& set, c
 
 // Gathers every member with key <= bound, per segment (`gather(s, out)`
 // gathers segment s into out, with room for all its tokens, and returns how
-// many, cap + 1 past cap), then in segment order into sc.list (key, weight 1).
-// False when a segment holds more than `cap`.
+// many, cap + 1 past cap), then in segment order into sc.list: (key, key -
+// d0), the weight the mass's argument, which entry_masses turns into the
+// mass (keys are distances d here). False when a segment holds more than
+// `cap`.
 template <typename Gather>
-bool gather_members(std::span<const Segment> segments, float bound, int64_t cap, SelectScratch& sc,
-                    const Runner& run, bool heavy, Gather gather) {
+bool gather_members(std::span<const Segment> segments, float bound, float d0, int64_t cap,
+                    SelectScratch& sc, const Runner& run, bool heavy, Gather gather) {
   const auto nseg = static_cast<int64_t>(segments.size());
   sc.gathered_at.resize(static_cast<size_t>(nseg));
   sc.gathered_count.resize(static_cast<size_t>(nseg));
@@ -322,17 +324,18 @@ bool gather_members(std::span<const Segment> segments, float bound, int64_t cap,
   SelectEntry* to = sc.list.data();
   for (int64_t s = 0; s < nseg; ++s) {
     const std::span<const GatheredToken> got = sc.gathered_list(s);
-    run.k->gathered_keys(got.data(), static_cast<int64_t>(got.size()), to);
+    run.k->gathered_keys(got.data(), static_cast<int64_t>(got.size()), d0, to);
     to += got.size();
   }
   return true;
 }
 
 bool gather_members_below(std::span<const Segment> segments, const SetSpec& set, float bound,
-                          int64_t cap, SelectScratch& sc, const Runner& run) {
-  return gather_members(segments, bound, cap, sc, run, false, [&](int64_t s, GatheredToken* out) {
-    return run.k->gather_below(segments[static_cast<size_t>(s)], set, bound, cap, out);
-  });
+                          float d0, int64_t cap, SelectScratch& sc, const Runner& run) {
+  return gather_members(
+      segments, bound, d0, cap, sc, run, false, [&](int64_t s, GatheredToken* out) {
+        return run.k->gather_below(segments[static_cast<size_t>(s)], set, bound, cap, out);
+      });
 }
 
 // The k-th smallest (from 0) of the n values at v (k < n), by the kernels'
@@ -485,7 +488,7 @@ bool small_target_select(std::span<const Segment> segments, const SetSpec& set, 
         small_kth(sc.samples, static_cast<size_t>(want), sc.pivot_sample, *run.k, sc.sample_order);
   }
   const auto cap = static_cast<int64_t>(64.0 * target) + 4096;
-  if (!gather_members_below(segments, set, bound, cap, sc, run)) return false;
+  if (!gather_members_below(segments, set, bound, rule.d0, cap, sc, run)) return false;
   if (static_cast<double>(sc.list.size()) < target) return false;
   result = refine(sc.list, sc, *run.k, false, 0.0, 0, target, kLevel1Shift);
   sc.gathered = true;
@@ -702,8 +705,8 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // One pass gathers them and forms the exact total, per segment (summed in
   // segment order below).
   sc.seg_total.resize(segments.size());
-  const bool gathered =
-      gather_members(segments, bound, cap, sc, run, true, [&](int64_t s, GatheredToken* out) {
+  const bool gathered = gather_members(
+      segments, bound, rule.d0, cap, sc, run, true, [&](int64_t s, GatheredToken* out) {
         int64_t got = 0;
         sc.seg_total[static_cast<size_t>(s)] = run.k->sum_mass_gather(
             segments[static_cast<size_t>(s)], set, rule.d0, bound, cap, out, &got);
@@ -718,7 +721,6 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
   // list "reaches"; a bound from block maxima that typical-p's lower bound
   // excludes (the row's maximum dropped) gathers none)
   auto enough = [&] {
-    for (SelectEntry& e : sc.list) e.weight = e.key - rule.d0;
     run.k->entry_masses(sc.list.data(), static_cast<int64_t>(sc.list.size()));
     return !sc.list.empty() && weight_of(sc.list) >= target;
   };
@@ -740,7 +742,7 @@ bool small_nucleus_select(std::span<const Segment> segments, const SetSpec& set,
       const auto wider_cap = static_cast<int64_t>(64.0 * wider) + 4096;
       float loose = 0.0f;
       if (!sampled_bound(wider, kNucleusSampleStride, sc, *run.k, &loose) || !(loose > bound) ||
-          !gather_members_below(segments, set, loose, wider_cap, sc, run)) {
+          !gather_members_below(segments, set, loose, rule.d0, wider_cap, sc, run)) {
         return false;
       }
       held = enough();
@@ -1630,7 +1632,7 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   // The pass, per segment; the moments added in segment order.
   sc.seg_moments.resize(segments.size());
   const bool fits = gather_members(
-      segments, bound, kGatherCap, sc, run, true, [&](int64_t s, GatheredToken* out) {
+      segments, bound, d0, kGatherCap, sc, run, true, [&](int64_t s, GatheredToken* out) {
         const auto i = static_cast<size_t>(s);
         const TypicalGather g = run.k->typical_gather(segments[i], set, d0, bound, kGatherCap, out);
         sc.seg_moments[i] = Moments{0, g.z, g.zd, 0, 0};
@@ -1650,7 +1652,7 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
   };
   // The threshold among the gathered tokens (sc.list holds their d) ...
   std::vector<SelectEntry>& list = sc.list;
-  for (SelectEntry& e : list) e = SelectEntry{key_of(e.key), e.key - d0};
+  for (SelectEntry& e : list) e.key = key_of(e.key);  // (the weight is d - d0 already)
   run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
   if (!(weight_of(list) >= target)) return false;
   const SelectResult r = refine(list, sc, *run.k, true, 0.0, 0, target, kLevel1Shift);
