@@ -1378,6 +1378,25 @@ TEST_F(EngineReferenceTest, TargetedRows) {
       }
     }
   }
+  // Flat LM-like rows of 32000 tokens (Llama 2's vocabulary): on about one
+  // in six, typical-p's kept set reaches past the band its first pass
+  // gathers (the estimate falls short of the mass, or the threshold found
+  // lies past the band's end), and the members are gathered again below a
+  // looser bound by compares alone; both ways happen among these rows.
+  {
+    const int64_t n = 32000;
+    const std::vector<float> rows =
+        nucleus::tools::make_lm_logits(16, n, nucleus::tools::LmRowKind::kFlat, 9);
+    for (int64_t r = 0; r < 16; ++r) {
+      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
+      for (float p_typ : {0.9f, 0.95f}) {
+        add(
+            x, [&](SamplingParams& p) { p.typical_p = p_typ; },
+            "LM-like flat row " + std::to_string(r) + " of 32000, typical-p " +
+                std::to_string(p_typ));
+      }
+    }
+  }
   // Flat LM-like rows at a model's vocabulary (the benchmark's): top-p's
   // small-nucleus path, whose sample misses the few heavy tokens, so that
   // on some rows (the second here) the bound the sample gives holds too
