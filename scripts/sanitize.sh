@@ -71,7 +71,9 @@ run_tsan() {
   "$cxx" -std=c++20 -O1 -g -fsanitize=thread -DTBB_USE_PROFILING_TOOLS=2 -Wall -Wextra \
     -o "$build/race_canary" scripts/tsan/race_canary.cc -ltbb
 
-  local shim="$root/$build/libtbb_tsan_shim.so"
+  # (an absolute NUCLEUS_TSAN_BUILD_DIR as it is; a relative one below the root)
+  local shim="$build/libtbb_tsan_shim.so"
+  [[ "$build" == /* ]] || shim="$root/$shim"
   local options="second_deadlock_stack=1 suppressions=$root/scripts/tsan/suppressions.txt"
   local tsan_env=(env "LD_PRELOAD=$shim" "INTEL_LIBITTNOTIFY64=$shim" INTEL_ITTNOTIFY_GROUPS=sync)
 
