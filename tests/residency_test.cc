@@ -52,6 +52,15 @@ TEST(Residency, RowsJustReadAreFoundInCache) {
 }
 
 TEST(Residency, RowsFromMemoryAreFoundThere) {
+  {
+    Batch hot;
+    hot.read_second_row();
+    const ProbeTimes t = probe_read(hot.data() + kRowBytes);
+    if (2 * clock_overhead() > t.second) {
+      GTEST_SKIP() << "the clock's overhead (" << clock_overhead() << ") rivals a read from L1 ("
+                   << t.second << "): no probe can tell here";
+    }
+  }
   // A batch of 64 MiB (more than the caches hold), written whole; then
   // batches of two rows taken from its start, where the write began long
   // ago, and flushed from every cache too (x86-64) before each probe.

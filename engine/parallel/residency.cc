@@ -1,5 +1,6 @@
 #include "engine/parallel/residency.h"
 
+#include <algorithm>
 #include <chrono>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -44,6 +45,15 @@ uint64_t read_ticks(const char* at) {
 }
 
 }  // namespace
+
+uint64_t clock_overhead() {
+  uint64_t least = ~uint64_t{0};
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t t0 = now();
+    least = std::min(least, now() - t0);
+  }
+  return least;
+}
 
 ProbeTimes probe_read(const char* at) {
   ProbeTimes t;
