@@ -1107,6 +1107,15 @@ TEST_F(EngineReferenceTest, TargetedRows) {
     configure(p);
     batches.push_back(OneRow(std::move(x), p, std::move(kind)));
   };
+  // Each of `count` LM-like rows of `n` tokens (tools/lm_logits.h), as
+  // each(row index, logits).
+  auto each_lm_row = [](int64_t count, int64_t n, nucleus::tools::LmRowKind kind, uint64_t seed,
+                        auto each) {
+    const std::vector<float> rows = nucleus::tools::make_lm_logits(count, n, kind, seed);
+    for (int64_t r = 0; r < count; ++r) {
+      each(r, std::vector<float>(rows.begin() + r * n, rows.begin() + (r + 1) * n));
+    }
+  };
   // top-nσ on tempered values beyond 1e19, where float32 squares overflow.
   for (float t : {1e-10f, 1e-19f, 1e-20f, 1e-30f}) {
     add(
@@ -1349,10 +1358,7 @@ TEST_F(EngineReferenceTest, TargetedRows) {
   // the estimate misplaces it, by the pivot select); under each preset.
   for (const nucleus::tools::LmRowKind kind :
        {nucleus::tools::LmRowKind::kFlat, nucleus::tools::LmRowKind::kMedium}) {
-    const int64_t n = 40000;
-    const std::vector<float> rows = nucleus::tools::make_lm_logits(3, n, kind, 11);
-    for (int64_t r = 0; r < 3; ++r) {
-      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
+    each_lm_row(3, 40000, kind, 11, [&](int64_t r, const std::vector<float>& x) {
       for (float p_typ : {0.2f, 0.5f, 0.9f, 0.95f, 0.99f}) {
         const std::string tag = std::string("LM-like ") +
                                 (kind == nucleus::tools::LmRowKind::kFlat ? "flat" : "medium") +
@@ -1376,53 +1382,43 @@ TEST_F(EngineReferenceTest, TargetedRows) {
               tag + v.tag);
         }
       }
-    }
+    });
   }
   // Flat LM-like rows of 32000 tokens (Llama 2's vocabulary): on about one
   // in six, typical-p's kept set reaches past the band its first pass
   // gathers (the estimate falls short of the mass, or the threshold found
   // lies past the band's end), and the members are gathered again below a
   // looser bound by compares alone; both ways happen among these rows.
-  {
-    const int64_t n = 32000;
-    const std::vector<float> rows =
-        nucleus::tools::make_lm_logits(16, n, nucleus::tools::LmRowKind::kFlat, 9);
-    for (int64_t r = 0; r < 16; ++r) {
-      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
-      for (float p_typ : {0.9f, 0.95f}) {
-        add(
-            x, [&](SamplingParams& p) { p.typical_p = p_typ; },
-            "LM-like flat row " + std::to_string(r) + " of 32000, typical-p " +
-                std::to_string(p_typ));
-      }
-    }
-  }
+  each_lm_row(16, 32000, nucleus::tools::LmRowKind::kFlat, 9,
+              [&](int64_t r, const std::vector<float>& x) {
+                for (float p_typ : {0.9f, 0.95f}) {
+                  add(
+                      x, [&](SamplingParams& p) { p.typical_p = p_typ; },
+                      "LM-like flat row " + std::to_string(r) + " of 32000, typical-p " +
+                          std::to_string(p_typ));
+                }
+              });
   // Flat LM-like rows at a model's vocabulary (the benchmark's): top-p's
   // small-nucleus path, whose sample misses the few heavy tokens, so that
   // on some rows (the second here) the bound the sample gives holds too
   // little mass and a second, looser gather finds the nucleus.
-  {
-    const int64_t n = 151936;
-    const std::vector<float> rows =
-        nucleus::tools::make_lm_logits(4, n, nucleus::tools::LmRowKind::kFlat, 2);
-    for (int64_t r = 0; r < 4; ++r) {
-      const std::vector<float> x(rows.begin() + r * n, rows.begin() + (r + 1) * n);
-      for (float p_top : {0.9f, 0.95f}) {
-        // (at T 0.7 too: the pass that gathers the nucleus then scales the
-        // distances, and its keys must be those the select ranks by)
-        for (float t : {1.0f, 0.7f}) {
-          add(
-              x,
-              [&](SamplingParams& p) {
-                p.top_p = p_top;
-                p.temperature = t;
-              },
-              "LM-like flat row " + std::to_string(r) + " of 151936, top-p " +
-                  std::to_string(p_top) + ", T " + std::to_string(t));
-        }
-      }
-    }
-  }
+  each_lm_row(4, 151936, nucleus::tools::LmRowKind::kFlat, 2,
+              [&](int64_t r, const std::vector<float>& x) {
+                for (float p_top : {0.9f, 0.95f}) {
+                  // (at T 0.7 too: the pass that gathers the nucleus then scales the
+                  // distances, and its keys must be those the select ranks by)
+                  for (float t : {1.0f, 0.7f}) {
+                    add(
+                        x,
+                        [&](SamplingParams& p) {
+                          p.top_p = p_top;
+                          p.temperature = t;
+                        },
+                        "LM-like flat row " + std::to_string(r) + " of 151936, top-p " +
+                            std::to_string(p_top) + ", T " + std::to_string(t));
+                  }
+                }
+              });
   Stats st;
   Engine engine({.max_threads = 2, .seed = 5});
   std::vector<RowResult> results(1);

@@ -1651,15 +1651,16 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     return e <= kUnderflow ? typical_key(e, mu) : kInf;
   };
   // The threshold among the tokens gathered below `below` (sc.list holds
-  // their d) ...
+  // their d), into r, and whether it holds: kShort where the gathered mass
+  // falls short of the target, kPast where the threshold reaches past the
+  // bound.
   std::vector<SelectEntry>& list = sc.list;
   SelectResult r;
-  bool short_of_target = false;
+  enum class Held { kYes, kShort, kPast };
   auto holds = [&](float below) {
     for (SelectEntry& e : list) e.key = key_of(e.key);  // (the weight is d - d0 already)
     run.k->entry_masses(list.data(), static_cast<int64_t>(list.size()));
-    short_of_target = !(weight_of(list) >= target);
-    if (short_of_target) return false;
+    if (!(weight_of(list) >= target)) return Held::kShort;
     r = refine(list, sc, *run.k, true, 0.0, 0, target, kLevel1Shift);
     // ... holds when every member past the bound has a larger key: the key
     // rises with d past the entropy point, so the first d past the bound
@@ -1667,26 +1668,27 @@ bool flat_typical_select(std::span<const Segment> segments, const SetSpec& set, 
     if (below < set.dhi) {
       const float above = std::nextafter(below, kInf);
       const float k_out = static_cast<double>(above - d0) >= mu ? key_of(above) : 0.0f;
-      if (!(r.key < k_out)) return false;
+      if (!(r.key < k_out)) return Held::kPast;
     }
-    return true;
+    return Held::kYes;
   };
-  if (!holds(bound)) {
+  if (const Held first = holds(bound); first != Held::kYes) {
     // The kept set reaches past the bound (on ~1 in 6 flat 32000-token
     // rows, ~1 in 130 at 128256: the estimate's histogram is coarse):
     // the moments are exact already, so the members are gathered again
     // below a looser bound by compares alone, instead of the entropy pass
     // and select over the whole row. Where the threshold found among the
-    // gathered tokens held too little past the bound, it bounds the true
-    // one from above (more tokens only lower it): the kept keys lie within
-    // it. Where the gathered mass fell short of the target, the band past
-    // the entropy point is doubled.
-    const double half = short_of_target ? 2.0 * std::max(static_cast<double>(bound) - d0 - mu, 0.5)
-                                        : static_cast<double>(r.key);
+    // gathered tokens reached past the bound, it bounds the true one from
+    // above (more tokens only lower it): the kept keys lie within it.
+    // Where the gathered mass fell short of the target, the band past the
+    // entropy point is doubled.
+    const double half = first == Held::kShort
+                            ? 2.0 * std::max(static_cast<double>(bound) - d0 - mu, 0.5)
+                            : static_cast<double>(r.key);
     const float wider = std::min(
         std::nextafter(static_cast<float>(static_cast<double>(d0) + mu + half), kInf), set.dhi);
     if (!(wider > bound) || !gather_members_below(segments, set, wider, d0, kGatherCap, sc, run) ||
-        !holds(wider)) {
+        holds(wider) != Held::kYes) {
       return false;
     }
   }
