@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -66,7 +67,7 @@ TEST(Residency, RowsFromMemoryAreFoundThere) {
   // ago, and flushed from every cache too (x86-64) before each probe.
   constexpr int64_t kBatch = int64_t{64} << 20;
   std::vector<char> big(static_cast<size_t>(kBatch), 1);
-  int memory = 0;
+  int memory = 0, slower_first = 0;
   auto flush = [](const char* rows) {
 #if defined(__x86_64__) || defined(_M_X64)
     for (int64_t i = kRowBytes; i < 2 * kRowBytes; i += 64) _mm_clflush(rows + i);
@@ -82,10 +83,14 @@ TEST(Residency, RowsFromMemoryAreFoundThere) {
     // (the two reads' times, for the record: flushed again, the pages'
     // translations now cached)
     flush(rows);
+    // (a majority, as the verdicts: an interrupt in one try's second read
+    // may outlast its first)
     const ProbeTimes times = probe_read(rows + kRowBytes);
-    SCOPED_TRACE(testing::Message() << "first read " << times.first << ", second " << times.second);
-    EXPECT_GT(times.first, times.second);
+    RecordProperty("try" + std::to_string(t),
+                   std::to_string(times.first) + " " + std::to_string(times.second));
+    slower_first += times.first > times.second ? 1 : 0;
   }
+  EXPECT_GT(slower_first, kTries / 2);
   EXPECT_GT(memory, kTries / 2);
 }
 
