@@ -219,6 +219,11 @@ TEST(SumMass, CountsTheMembersOfOpenToppedSets) {
       {"every entry a member", 10.0f, 1.0f, detail::kMaxFloat, {}},
       {"every entry a member, scale 1.25", 10.0f, 1.25f, detail::kMaxFloat / 4, {}},
       {"-inf entries", 10.0f, 1.0f, detail::kMaxFloat, {{3, -inf}, {700, -inf}, {last, -inf}}},
+      {"-inf entries from the second block on",
+       10.0f,
+       1.0f,
+       detail::kMaxFloat,
+       {{700, -inf}, {1030, -inf}}},
       {"a distance past dhi", 10.0f, 1.0f, 100.0f, {{5, -95.0f}, {1030, -89.5f}}},
       {"the tail's last entry past dhi", 10.0f, 1.0f, 100.0f, {{last, -95.0f}}},
       {"a distance overflowed", big, 1.0f, detail::kMaxFloat, {{0, big}, {9, -big}}},
@@ -616,6 +621,81 @@ TEST(AllowedMask, ClearedBitsAreMinusInfinityAndTheRestUnchanged) {
       const bool allowed = i < 64 || ((static_cast<uint32_t>(words[i / 32]) >> (i % 32)) & 1u);
       const float want = allowed ? row[i] : -std::numeric_limits<float>::infinity();
       ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(want)) << "token " << i;
+    }
+  }
+}
+
+// The allowed-token mask and the scan of the result in one read
+// (masked_max_stats), on every instruction set: the row and the scan as
+// allowed_mask and then max_stats leave them, over segments that start past
+// 0 (at a multiple of 32) and end inside a block and a word, with masks
+// that clear nothing, everything, every word in three in part or whole
+// blocks; the max at -0, tied, in a later block or masked; +inf and NaN
+// allowed (row errors: the first one's position) or masked (none).
+TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
+  constexpr int64_t kVocab = 3 * 512 + 32 * 5 + 7;
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> base = LcgRow(kVocab, 4242, -30.0f, 5.0f);
+  struct Case {
+    const char* what;
+    std::vector<std::pair<size_t, float>> set_to;  // entries changed from base
+    uint32_t (*word)(int64_t w);                   // the mask's words
+  };
+  const Case cases[] = {
+      {"nothing masked", {}, [](int64_t) { return ~0u; }},
+      {"everything masked", {}, [](int64_t) { return 0u; }},
+      {"one word in three partly cleared",
+       {},
+       [](int64_t w) { return w % 3 == 0 ? 0x0f0f0f0fu : ~0u; }},
+      {"the max masked, the next tied twice",
+       {{600, 9.0f}, {700, 8.0f}, {1100, 8.0f}},
+       [](int64_t w) { return w == 600 / 32 ? ~(1u << (600 % 32)) : ~0u; }},
+      {"whole blocks masked, -0 the max",
+       {{530, -0.0f}, {531, 0.0f}},
+       [](int64_t w) { return w < 16 || w >= 32 ? 0u : 0xfffffff0u; }},
+      {"+inf and NaN masked",
+       {{40, inf}, {900, std::nanf("")}},
+       [](int64_t w) {
+         return w == 40 / 32 ? ~(1u << (40 % 32)) : w == 900 / 32 ? ~(1u << (900 % 32)) : ~0u;
+       }},
+      {"+inf allowed", {{1200, inf}}, [](int64_t) { return 0xaaaaaaaau; }},
+      {"NaN allowed after a masked +inf",
+       {{1201, inf}, {1210, std::nanf("")}},
+       [](int64_t) { return 0xfffffdffu; }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::vector<float> row = base;
+    for (const auto& [at, v] : c.set_to) row[at] = v;
+    std::vector<int32_t> words((kVocab + 31) / 32);
+    for (size_t w = 0; w < words.size(); ++w) {
+      words[w] = static_cast<int32_t>(c.word(static_cast<int64_t>(w)));
+    }
+    for (const int64_t lo : {int64_t{0}, int64_t{64}, int64_t{512}}) {
+      for (const int64_t n : {kVocab - lo, kVocab - lo - 5, int64_t{512}}) {
+        SCOPED_TRACE(testing::Message() << "tokens " << lo << " + " << n);
+        for (Isa isa : runnable_isas()) {
+          SCOPED_TRACE(isa_name(isa));
+          const detail::Kernels& k = detail::kernels_for(isa);
+          std::vector<float> want = row, got = row;
+          const auto blocks = static_cast<size_t>(detail::block_count(n));
+          std::vector<float> want_max(blocks), got_max(blocks);
+          k.allowed_mask(words.data(), lo, lo + n, want.data());
+          const detail::MaxStats w = k.max_stats(want.data() + lo, n, want_max.data());
+          const detail::MaxStats g =
+              k.masked_max_stats(words.data(), lo, n, got.data() + lo, got_max.data());
+          for (int64_t i = 0; i < kVocab; ++i) {
+            ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+                << "token " << i;
+          }
+          EXPECT_EQ(g.bad_at, w.bad_at);
+          if (w.bad_at >= 0) continue;  // (a row error: the rest is not read)
+          EXPECT_EQ(std::bit_cast<uint32_t>(g.max), std::bit_cast<uint32_t>(w.max));
+          EXPECT_EQ(g.argmax, w.argmax);
+          EXPECT_EQ(g.finite, w.finite);
+          for (size_t b = 0; b < blocks; ++b) EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
+        }
+      }
     }
   }
 }

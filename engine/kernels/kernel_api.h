@@ -58,3 +58,4 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
                     int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                     const RowChanges* changes);
 void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row);
+MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max);

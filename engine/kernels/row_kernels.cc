@@ -606,37 +606,44 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
   // From the top, one scale, nothing short of underflow bounding the set (the
   // whole row: full sampling's frames, the raw normaliser, greedy's Z), on
   // AVX-512: the open-topped form, which tests no token against dhi. With a
-  // count asked for, the pass notes the least -d it met; a segment none of
-  // whose entries reaches past dhi (the common case: no -inf, no overflowed
-  // distance) and none of whose blocks was skipped has every entry a member,
-  // and any other is counted after, by compares alone. (full sampling, one
-  // 128256 row: ~9 % off, against the form that tests and counts each token)
+  // count asked for, the pass notes the least -d it met: while none reaches
+  // past dhi (the common case: no -inf, no overflowed distance) every entry
+  // of the blocks read is a member (a skipped block holds none). At the
+  // first block where one does (a masked token's -inf, say), that block is
+  // counted by compares alone and the blocks after it take the form that
+  // tests and counts each token, which forms the same masses. (full
+  // sampling, one 128256 row: ~9 % off, against the form that tests and
+  // counts each token; with an allowed-token mask, a count pass after the
+  // mass pass had cost ~15 % of the row: docs/performance.md)
 #if defined(__AVX512F__)
-  const bool open =
-      set.dlo <= 0.0f && k0 == 0.0f && set.key_scale == set.scale && set.dhi >= kUnderflow;
-#else
-  constexpr bool open = false;
+  bool open = set.dlo <= 0.0f && k0 == 0.0f && set.key_scale == set.scale && set.dhi >= kUnderflow;
 #endif
-  float least = kInf;
-  bool skipped = false;
   double total = 0.0;
   int64_t members = 0;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block_empty(s, j0, set)) {
       if (block_sums) block_sums[j0 / kBlock] = 0.0;
-      skipped = true;
       continue;
     }
     prefetch_ahead(s, j0, n);
     double block_sum;
 #if defined(__AVX512F__)
     if (open) {
-      int64_t unused = 0;
-      block_sum = count
-                      ? block_masses_for<Extra::kLeast>(s.x + j0, n, set, 0.0f, nullptr, &unused,
-                                                        nullptr, nullptr, nullptr, nullptr, &least)
-                      : block_masses_alone(s.x + j0, n, set, 0.0f);
+      if (count) {
+        int64_t unused = 0;
+        float least = kInf;
+        block_sum = block_masses_for<Extra::kLeast>(s.x + j0, n, set, 0.0f, nullptr, &unused,
+                                                    nullptr, nullptr, nullptr, nullptr, &least);
+        if (least >= -set.dhi) {
+          members += n;
+        } else {
+          members += count_members(Segment{s.x + j0, nullptr, n, 0}, set);
+          open = false;
+        }
+      } else {
+        block_sum = block_masses_alone(s.x + j0, n, set, 0.0f);
+      }
     } else
 #endif
     {
@@ -647,7 +654,6 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
     if (block_sums) block_sums[j0 / kBlock] = block_sum;
     total += block_sum;
   }
-  if (count && open) members = !skipped && least >= -set.dhi ? s.n : count_members(s, set);
   if (count) *count = members;
   return total;
 }
@@ -1136,6 +1142,81 @@ void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row) {
   }
 }
 
+MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max) {
+#if defined(__AVX512F__)
+  // The mask's bits are the packets' lane masks (16 tokens a packet, lo a
+  // multiple of 32: half a word each): a masked store of -inf, a masked max
+  // and a masked compare a packet, in the one read of x. Against
+  // allowed_mask and then max_stats, whose fast probe fails on every block
+  // that holds a -inf and scans it again exactly: see docs/performance.md.
+  const __m512 ninf = _mm512_set1_ps(-kInf);
+  const __m512 pinf = _mm512_set1_ps(kInf);
+  float max = -kInf;
+  int64_t max_block = 0, finite = 0;
+  bool bad = false;
+  for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
+    const int64_t m = std::min(kPassBlock, n - b0);
+    float* xb = x + b0;
+    // A word (32 tokens, two packets) an iteration, each packet into its own
+    // max; the finite lanes counted from both packets' masks at once.
+    __m512 bm0 = ninf, bm1 = ninf;
+    __mmask16 bad0 = 0, bad1 = 0;
+    int64_t block_finite = 0;
+    int64_t j = 0;
+    for (; j + 32 <= m; j += 32) {
+      const auto word = static_cast<uint32_t>(words[(lo + b0 + j) / 32]);
+      const auto a0 = static_cast<__mmask16>(word), a1 = static_cast<__mmask16>(word >> 16);
+      const __m512 v0 = _mm512_loadu_ps(xb + j), v1 = _mm512_loadu_ps(xb + j + 16);
+      _mm512_mask_storeu_ps(xb + j, static_cast<__mmask16>(~a0), ninf);
+      _mm512_mask_storeu_ps(xb + j + 16, static_cast<__mmask16>(~a1), ninf);
+      bm0 = _mm512_mask_max_ps(bm0, a0, bm0, v0);
+      bm1 = _mm512_mask_max_ps(bm1, a1, bm1, v1);
+      const auto f0 = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(a0, v0, ninf, _CMP_GT_OQ));
+      const auto f1 = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(a1, v1, ninf, _CMP_GT_OQ));
+      block_finite += std::popcount(f0 | f1 << 16);
+      // (NaN or +inf: a row error, found again below)
+      bad0 |= _mm512_mask_cmp_ps_mask(a0, v0, pinf, _CMP_NLT_UQ);
+      bad1 |= _mm512_mask_cmp_ps_mask(a1, v1, pinf, _CMP_NLT_UQ);
+    }
+    for (; j < m; j += 16) {  // (the segment's last, short block)
+      const int64_t t = lo + b0 + j;
+      const auto lanes = static_cast<__mmask16>(m - j >= 16 ? 0xffffu : (1u << (m - j)) - 1u);
+      const auto keep =
+          static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+      const __m512 v = _mm512_mask_loadu_ps(ninf, lanes, xb + j);
+      _mm512_mask_storeu_ps(xb + j, static_cast<__mmask16>(lanes & ~keep), ninf);
+      bm0 = _mm512_mask_max_ps(bm0, keep, bm0, v);
+      block_finite +=
+          std::popcount(static_cast<unsigned>(_mm512_mask_cmp_ps_mask(keep, v, ninf, _CMP_GT_OQ)));
+      bad0 |= _mm512_mask_cmp_ps_mask(keep, v, pinf, _CMP_NLT_UQ);
+    }
+    const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(bm0, bm1));
+    if (block_max) block_max[b0 / kPassBlock] = bmax;
+    if (bmax > max) {
+      max = bmax;
+      max_block = b0;
+    }
+    finite += block_finite;
+    bad |= (bad0 | bad1) != 0;
+  }
+  MaxStats st;
+  st.max = max + 0.0f;  // (as ScanTotals::finish: +0.0, never -0.0)
+  st.finite = finite;
+  if (max > -kInf) {
+    st.argmax = max_block + first_equal(x + max_block, std::min(kPassBlock, n - max_block), max);
+  }
+  if (bad || max == kInf) {
+    int64_t t = 0;
+    while (t < n && x[t] < kInf) ++t;
+    st.bad_at = t < n ? t : -1;
+  }
+  return st;
+#else
+  allowed_mask(words, lo, lo + n, x - lo);
+  return max_stats(x, n, block_max);
+#endif
+}
+
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
                     int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                     const RowChanges* changes) {
@@ -1304,6 +1385,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .typical_gather = &k::typical_gather,
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
+    .masked_max_stats = &k::masked_max_stats,
 };
 
 }  // namespace nucleus::detail

@@ -433,6 +433,11 @@ struct Kernels {
   // allowed) over row[lo, hi) (lo a multiple of 32): each token whose bit
   // is clear becomes -inf, the others stay as they are.
   void (*allowed_mask)(const int32_t* words, int64_t lo, int64_t hi, float* row);
+  // allowed_mask over the tokens [lo, lo + n) (lo a multiple of 32; x
+  // points at token lo) and then max_stats of the result (x, n,
+  // block_max), in one read of x: the same results.
+  MaxStats (*masked_max_stats)(const int32_t* words, int64_t lo, int64_t n, float* x,
+                               float* block_max);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

@@ -18,7 +18,7 @@ bool has_processors(const RowRequest& r) {
 
 void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
-                      const float* unchanged) {
+                      const float* unchanged, bool mask) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   // (one compare per listed token: the lists are read whole by every range)
   const auto span = static_cast<uint64_t>(hi - lo);
@@ -33,7 +33,7 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
 
   // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32), a vector select
   // (not noted: a row with a mask is scanned again whole).
-  if (!r.allowed_mask.empty()) k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
+  if (mask && !r.allowed_mask.empty()) k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
   // 2. Banned tokens.
   for (int32_t t : r.banned_tokens) {
     if (mine(t)) put(t, kNegInf);
@@ -55,8 +55,10 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
   // Each distinct token once: read from the unchanged row when no earlier
   // step changed this one (the kernel), or else marked in a bitmap whose
   // words are cleared after (every set bit belongs to a listed token).
-  const bool from_unchanged = repetition && unchanged != nullptr && r.allowed_mask.empty() &&
-                              r.banned_tokens.empty() && r.logit_bias.empty();
+  // (a mask left to the caller changes nothing before the penalties)
+  const bool from_unchanged = repetition && unchanged != nullptr &&
+                              (r.allowed_mask.empty() || !mask) && r.banned_tokens.empty() &&
+                              r.logit_bias.empty();
   if (from_unchanged) {
     k.repeat_penalty(r.prompt_tokens.data(), static_cast<int64_t>(r.prompt_tokens.size()),
                      r.generated_tokens.data(), static_cast<int64_t>(r.generated_tokens.size()), lo,

@@ -33,9 +33,13 @@ struct PenaltyScratch {
 // touch disjoint parts of the row and of the scratch and may run at once.
 // `unchanged`, when not null, holds the row as it was before any processor
 // (read only at the listed history tokens), which lets the repetition penalty
-// run as a vector kernel (Kernels::repeat_penalty).
+// run as a vector kernel (Kernels::repeat_penalty). `mask` false leaves the
+// allowed-token mask to the caller, which applies it after the others in
+// the read that scans the row again (Kernels::masked_max_stats): every
+// processor keeps -inf as -inf and changes each token by its own value, so
+// the row ends the same.
 void apply_processors(const RowRequest& request, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
-                      const float* unchanged);
+                      const float* unchanged, bool mask = true);
 
 }  // namespace nucleus::detail

@@ -479,9 +479,10 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
         if (noted) std::copy_n(raw_bmax, block_count(seg.n), row_bmax(seg));
       }
       const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
+      // (a mask is applied last, in the read that scans the row again)
       apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
                        sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr, *run_.k,
-                       dist.raw);
+                       dist.raw, /*mask=*/false);
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         sc_.processed_stats[static_cast<size_t>(s)] =
@@ -489,7 +490,8 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
                                   sc_.touched_blocks.data() + seg.base / kPassBlock,
                                   sc_.chunk_lost[static_cast<size_t>(s)],
                                   sc_.chunk_bad[static_cast<size_t>(s)])
-                  : run_.k->max_stats(seg.x, seg.n, row_bmax(seg));
+                  : run_.k->masked_max_stats(req_.allowed_mask.data(), seg.base, seg.n,
+                                             sc_.work_buf.data() + seg.base, row_bmax(seg));
         if (seg.sample) record_sample(seg, sc_.row_samples);
       }
     };
