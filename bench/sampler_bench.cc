@@ -181,6 +181,17 @@ std::span<const int32_t> partial_mask() {
   }();
   return words;
 }
+// A grammar's mask for 128256 tokens: 511 allowed, every 251st.
+std::span<const int32_t> sparse_mask() {
+  static const std::vector<int32_t> words = [] {
+    std::vector<int32_t> w((128256 + 31) / 32, 0);
+    for (int64_t t = 0; t < 128256; t += 251) {
+      w[static_cast<size_t>(t / 32)] |= static_cast<int32_t>(1u << (t % 32));
+    }
+    return w;
+  }();
+  return words;
+}
 constexpr ParamSet kParamSets[] = {
     {"t0.8", [](nucleus::RowRequest& r) { r.params.temperature = 0.8f; }},
     {"t0.8-logprobs",
@@ -228,6 +239,17 @@ constexpr ParamSet kParamSets[] = {
      [](nucleus::RowRequest& r) {
        r.allowed_mask = partial_mask();
        r.params.top_p = 0.9f;
+     }},
+    {"mask-sparse", [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }},
+    {"mask-sparse-topp",
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = sparse_mask();
+       r.params.top_p = 0.9f;
+     }},
+    {"mask-sparse-logprobs",
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = sparse_mask();
+       r.params.logprobs = true;
      }},
 };
 

@@ -127,7 +127,8 @@ struct Draws {
 // `steps` calls of `per_step` samples each, the row seeded with `seed` (or
 // unseeded when `seed` is empty, leaving the engine's generator to it).
 Draws Draw(Engine& engine, const std::vector<float>& logits, SamplingParams params,
-           std::optional<uint64_t> seed, int64_t steps, int32_t per_step) {
+           std::optional<uint64_t> seed, int64_t steps, int32_t per_step,
+           std::span<const int32_t> allowed_mask = {}) {
   Draws out;
   out.counts.assign(logits.size(), 0);
   const LogitsView view{logits.data(), 1, static_cast<int64_t>(logits.size()),
@@ -140,6 +141,7 @@ Draws Draw(Engine& engine, const std::vector<float>& logits, SamplingParams para
     req.params = params;
     req.seed = seed;
     req.step = static_cast<uint64_t>(step);
+    req.allowed_mask = allowed_mask;
     const std::vector<RowRequest> requests{req};
     const Status s = engine.sample(view, requests, results);
     EXPECT_TRUE(s.ok()) << s.to_string();
@@ -343,6 +345,29 @@ TEST_F(EngineStatisticalTest, TopNSigmaAndPresets) {
   p.min_p = 0.001f;
   p.top_p = 0.8f;
   Check("vllm preset", LanguageModelLike(8000, 7), p, 107);
+}
+
+// A grammar's allowed-token mask: 1,524 of 32000 tokens allowed (every 21st),
+// which the engine takes as the row's candidates (the row is neither copied
+// nor scanned again); the reference sees the disallowed tokens as -inf.
+TEST_F(EngineStatisticalTest, SparseAllowedTokenMask) {
+  const std::vector<float> logits = LanguageModelLike(32000, 8);
+  std::vector<int32_t> mask((logits.size() + 31) / 32, 0);
+  std::vector<float> masked(logits.size(), -std::numeric_limits<float>::infinity());
+  for (size_t t = 0; t < logits.size(); t += 21) {
+    mask[t / 32] = static_cast<int32_t>(static_cast<uint32_t>(mask[t / 32]) | 1u << (t % 32));
+    masked[t] = logits[t];
+  }
+  SamplingParams p;
+  p.temperature = 1.5f;
+  for (const float top_p : {1.0f, 0.9f}) {
+    p.top_p = top_p;
+    const char* name = top_p < 1.0f ? "sparse mask, top-p" : "sparse mask";
+    const std::vector<double> prob = Expected(masked, p);
+    const Draws draws = Draw(engine_, logits, p, 108, kSteps, kPerStep, mask);
+    ASSERT_EQ(draws.total, kSteps * kPerStep) << name;
+    ExpectFits(name, draws, prob, /*expect_tail=*/false);
+  }
 }
 
 // Many rare tokens: a head of 10 tokens holds 86% of the mass and 29990 tail

@@ -625,6 +625,55 @@ TEST(AllowedMask, ClearedBitsAreMinusInfinityAndTheRestUnchanged) {
   }
 }
 
+// A sparse mask's candidates (gather_allowed) and the mask's count
+// (allowed_count), on every instruction set: the allowed tokens below n
+// whose value exceeds -inf, in order, with their values, as a scalar loop
+// finds them; words that allow nothing, all, or a few; bits past n set;
+// the count stopping past its limit.
+TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
+  constexpr int64_t kWords = 40;
+  std::vector<int32_t> words(kWords);
+  uint32_t state = 7;
+  for (int32_t& w : words) {
+    state = state * 1664525u + 1013904223u;
+    w = static_cast<int32_t>(state & (state >> 7));  // (about a quarter of the bits)
+  }
+  words[2] = 0;
+  words[3] = -1;
+  words[5] = 1 << 31;
+  const std::vector<float> x = LcgRow(kWords * 32, 31, -9.0f, 9.0f);
+  std::vector<float> row = x;
+  row[3 * 32 + 4] = -std::numeric_limits<float>::infinity();
+  for (const int64_t n : {int64_t{kWords * 32}, int64_t{kWords * 32 - 13}, int64_t{100}}) {
+    SCOPED_TRACE(testing::Message() << "n " << n);
+    std::vector<float> want_x;
+    std::vector<int32_t> want_i;
+    int64_t allowed = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      if (!((static_cast<uint32_t>(words[t / 32]) >> (t % 32)) & 1u)) continue;
+      ++allowed;
+      if (row[t] > -std::numeric_limits<float>::infinity()) {
+        want_x.push_back(row[t]);
+        want_i.push_back(static_cast<int32_t>(t));
+      }
+    }
+    for (Isa isa : runnable_isas()) {
+      SCOPED_TRACE(isa_name(isa));
+      const detail::Kernels& k = detail::kernels_for(isa);
+      EXPECT_EQ(k.allowed_count(words.data(), n, n), allowed);
+      EXPECT_GT(k.allowed_count(words.data(), n, allowed / 2), allowed / 2);
+      std::vector<float> cx(static_cast<size_t>(n + 64));
+      std::vector<int32_t> ci(static_cast<size_t>(n + 64));
+      const int64_t got = k.gather_allowed(words.data(), n, row.data(), cx.data(), ci.data());
+      ASSERT_EQ(got, static_cast<int64_t>(want_x.size()));
+      cx.resize(static_cast<size_t>(got));
+      ci.resize(static_cast<size_t>(got));
+      EXPECT_EQ(cx, want_x);
+      EXPECT_EQ(ci, want_i);
+    }
+  }
+}
+
 // The allowed-token mask and the scan of the result in one read
 // (masked_max_stats), on every instruction set: the row and the scan as
 // allowed_mask and then max_stats leave them, over segments that start past

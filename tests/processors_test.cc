@@ -202,6 +202,101 @@ TEST_F(ProcessorsTest, LogitBiasIsAdded) {
   ExpectProcessed(kRow, req, {2, -1, 2, -0.25, 1, -0.5, 1.5, -kInf});
 }
 
+// A mask that allows few tokens and is the only processor takes the
+// candidates' path (the allowed tokens listed, the row neither copied nor
+// scanned again); with a bias of 0 beside it (a processor that changes
+// nothing) the row takes the copying path. Both must give the same tokens,
+// supports and ranks, and log-probabilities and probabilities equal to
+// rounding, under every filter, for each element type, over a vocabulary
+// that ends inside a word (whose bits past it are set) and a row with -inf
+// logits among the allowed tokens.
+TEST_F(ProcessorsTest, SparseMaskAsTheCopyingPath) {
+  constexpr int64_t kVocab = 20000 + 7;
+  std::vector<float> row(kVocab);
+  uint32_t state = 5;
+  for (float& v : row) {
+    state = state * 1664525u + 1013904223u;
+    // (multiples of 1/16 in [-8, 8): exact in half and bfloat16 too)
+    v = static_cast<float>(static_cast<int32_t>(state >> 24) - 128) / 16.0f;
+  }
+  std::vector<int32_t> mask((kVocab + 31) / 32, 0);
+  for (int64_t t = 3; t < kVocab; t += 13) {
+    mask[static_cast<size_t>(t / 32)] |= Word(1u << (t % 32));
+  }
+  mask.back() |= Word(0xffffff00u);  // (bits 8..31: tokens 20007.. do not exist)
+  row[3] = -kInf;
+  row[3 + 13 * 40] = -kInf;
+  std::vector<uint16_t> half(kVocab), bf16(kVocab);
+  for (int64_t t = 0; t < kVocab; ++t) {
+    half[static_cast<size_t>(t)] = ToHalf(row[static_cast<size_t>(t)]);
+    bf16[static_cast<size_t>(t)] = ToBFloat16(row[static_cast<size_t>(t)]);
+  }
+  const TokenBias nothing[] = {{11, 0.0f}};
+  const std::vector<std::function<void(SamplingParams&)>> settings = {
+      [](SamplingParams&) {},
+      [](SamplingParams& p) { p.temperature = 0.0f; },
+      [](SamplingParams& p) {
+        p.temperature = 0.7f;
+        p.top_k = 20;
+        p.top_p = 0.9f;
+      },
+      [](SamplingParams& p) { p.top_p = 0.5f; },
+      [](SamplingParams& p) { p.min_p = 0.1f; },
+      [](SamplingParams& p) { p.typical_p = 0.8f; },
+      [](SamplingParams& p) {
+        p.top_n_sigma = 1.0f;
+        p.preset = Preset::kLlamaCpp;
+      },
+      [](SamplingParams& p) {
+        p.top_logprobs = 4;
+        p.logprobs_mode = LogprobsMode::kRaw;
+        p.num_samples = 3;
+      },
+  };
+  const struct {
+    const void* data;
+    DType dtype;
+  } inputs[] = {{row.data(), DType::kFloat32},
+                {half.data(), DType::kFloat16},
+                {bf16.data(), DType::kBFloat16}};
+  for (const auto& in : inputs) {
+    const LogitsView view{in.data, 1, kVocab, kVocab, in.dtype};
+    for (size_t i = 0; i < settings.size(); ++i) {
+      SCOPED_TRACE(testing::Message()
+                   << "dtype " << static_cast<int>(in.dtype) << ", setting " << i);
+      RowRequest sparse = Request();
+      settings[i](sparse.params);
+      if (sparse.params.top_logprobs == 0) sparse.params.top_logprobs = 2;
+      sparse.seed = 77;
+      sparse.allowed_mask = mask;
+      RowRequest copying = sparse;
+      copying.logit_bias = nothing;
+      const RowResult a = Sample(view, std::span(&sparse, 1))[0];
+      const RowResult b = Sample(view, std::span(&copying, 1))[0];
+      EXPECT_EQ(a.tokens, b.tokens);
+      EXPECT_EQ(a.support, b.support);
+      EXPECT_EQ(a.ranks, b.ranks);
+      ASSERT_EQ(a.logprobs.size(), b.logprobs.size());
+      for (size_t j = 0; j < a.logprobs.size(); ++j) {
+        EXPECT_NEAR(a.logprobs[j], b.logprobs[j], 1e-5);
+        EXPECT_NEAR(a.raw_logprobs[j], b.raw_logprobs[j], 1e-5);
+      }
+      ASSERT_EQ(a.top_logprobs.size(), b.top_logprobs.size());
+      for (size_t j = 0; j < a.top_logprobs.size(); ++j) {
+        EXPECT_EQ(a.top_logprobs[j].token, b.top_logprobs[j].token);
+        EXPECT_NEAR(a.top_logprobs[j].logprob, b.top_logprobs[j].logprob, 1e-5);
+      }
+      const std::vector<float> pa = Probs(view, std::span(&sparse, 1));
+      const std::vector<float> pb = Probs(view, std::span(&copying, 1));
+      for (int64_t t = 0; t < kVocab; ++t) {
+        const float x = pa[static_cast<size_t>(t)], y = pb[static_cast<size_t>(t)];
+        ASSERT_NEAR(x, y, 1e-6f * std::max(1.0f, y)) << "token " << t;
+        ASSERT_EQ(x == 0.0f, y == 0.0f) << "token " << t;
+      }
+    }
+  }
+}
+
 TEST_F(ProcessorsTest, MasksComeBeforeTheBias) {
   // Token 2 disallowed by the bitmask and token 6 banned: a +10 bias cannot bring them back.
   const int32_t mask[] = {Word(0xFFu & ~(1u << 2))};

@@ -1217,6 +1217,57 @@ MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x,
 #endif
 }
 
+int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {
+  int64_t count = 0;
+  for (int64_t w = 0; w * 32 < n && count <= limit; ++w) {
+    auto word = static_cast<uint32_t>(words[w]);
+    if (word == 0) continue;
+    if (n - w * 32 < 32) word &= (uint32_t{1} << (n - w * 32)) - 1u;  // (bits past n)
+    count += std::popcount(word);
+  }
+  return count;
+}
+
+int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci) {
+  int64_t count = 0;
+#if defined(__AVX512F__)
+  // A word (two packets) at a time; words that allow nothing are passed
+  // over (a sparse mask's are most of them), the others' allowed finite
+  // values and their ids compressed into cx and ci.
+  const __m512 ninf = _mm512_set1_ps(-kInf);
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  auto packet = [&](int64_t t, __mmask16 allowed) {
+    const __m512 v = _mm512_maskz_loadu_ps(allowed, x + t);
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(allowed, v, ninf, _CMP_GT_OQ);
+    _mm512_storeu_ps(cx + count, _mm512_maskz_compress_ps(keep, v));
+    const __m512i id = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int32_t>(t)));
+    _mm512_storeu_si512(ci + count, _mm512_maskz_compress_epi32(keep, id));
+    count += std::popcount(static_cast<unsigned>(keep));
+  };
+  for (int64_t w = 0; w * 32 < n; ++w) {
+    auto word = static_cast<uint32_t>(words[w]);
+    if (word == 0) continue;
+    const int64_t t = w * 32;
+    if (n - t < 32) word &= (uint32_t{1} << (n - t)) - 1u;  // (bits past n)
+    packet(t, static_cast<__mmask16>(word));
+    packet(t + 16, static_cast<__mmask16>(word >> 16));
+  }
+#else
+  for (int64_t w = 0; w * 32 < n; ++w) {
+    auto word = static_cast<uint32_t>(words[w]);
+    const int64_t t0 = w * 32;
+    if (n - t0 < 32) word &= (uint32_t{1} << (n - t0)) - 1u;  // (bits past n)
+    for (; word != 0; word &= word - 1) {
+      const int64_t t = t0 + std::countr_zero(word);
+      cx[count] = x[t];
+      ci[count] = static_cast<int32_t>(t);
+      count += x[t] > -kInf ? 1 : 0;
+    }
+  }
+#endif
+  return count;
+}
+
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
                     int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
                     const RowChanges* changes) {
@@ -1386,6 +1437,8 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
     .masked_max_stats = &k::masked_max_stats,
+    .allowed_count = &k::allowed_count,
+    .gather_allowed = &k::gather_allowed,
 };
 
 }  // namespace nucleus::detail

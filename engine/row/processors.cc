@@ -6,15 +6,23 @@
 
 namespace nucleus::detail {
 
-bool has_processors(const RowRequest& r) {
+namespace {
+
+// Whether a processor other than the allowed-token mask acts.
+bool others_act(const RowRequest& r) {
   const SamplingParams& p = r.params;
   const bool history = !r.prompt_tokens.empty() || !r.generated_tokens.empty();
   const bool penalties =
       p.repetition_penalty != 1.0f ||
       (!r.generated_tokens.empty() && (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f));
-  return !r.allowed_mask.empty() || !r.banned_tokens.empty() || !r.logit_bias.empty() ||
-         (history && penalties);
+  return !r.banned_tokens.empty() || !r.logit_bias.empty() || (history && penalties);
 }
+
+}  // namespace
+
+bool has_processors(const RowRequest& r) { return !r.allowed_mask.empty() || others_act(r); }
+
+bool only_allowed_mask(const RowRequest& r) { return !r.allowed_mask.empty() && !others_act(r); }
 
 void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,

@@ -16,6 +16,8 @@ namespace nucleus::detail {
 
 // Whether the request changes any logit (and so needs a working copy).
 bool has_processors(const RowRequest& request);
+// Whether an allowed-token mask is the request's only processor.
+bool only_allowed_mask(const RowRequest& request);
 
 // Reusable buffers for the penalty bookkeeping, sized for the row before
 // apply_processors runs (RowScratch::prepare).

@@ -427,7 +427,37 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
                                std::max<int64_t>(p_.top_k, p_.min_keep) <= compact_limit();
   std::vector<float>* samples =
       p_.temperature > 0.0f && p_.top_p < 1.0f && !compacted_first ? &sc_.row_samples : nullptr;
-  if (processors) {
+  // An allowed-token mask that is the only processor and allows at most
+  // compact_limit() tokens (a grammar's, say): the row is scanned as it is
+  // (its max, and its errors, masked or not), and the tokens the mask
+  // allows become the candidates, as compaction would leave them: no copy
+  // of the row, no second scan, and every later pass reads only them.
+  const bool sparse_mask =
+      processors && only_allowed_mask(req_) &&
+      run_.k->allowed_count(req_.allowed_mask.data(), vocab, compact_limit()) <= compact_limit();
+  if (sparse_mask) {
+    if (in_.dtype == DType::kFloat32) {
+      dist.raw = static_cast<const float*>(in_.data);
+    } else {
+      sc_.raw_buf.resize(static_cast<size_t>(vocab));
+      dist.raw = sc_.raw_buf.data();
+    }
+    make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
+    raw = scan_input(in_.dtype == DType::kFloat32 ? nullptr : sc_.raw_buf.data());
+    if (raw.bad_at < 0) {
+      const int64_t n = run_.k->gather_allowed(req_.allowed_mask.data(), vocab, dist.raw,
+                                               sc_.cand_x.data(), sc_.cand_idx.data());
+      sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
+      candidates_ = true;
+      processed = run_.k->max_stats(sc_.cand_x.data(), n, nullptr);
+      if (processed.argmax >= 0)
+        processed.argmax = sc_.cand_idx[static_cast<size_t>(processed.argmax)];
+    }
+    // (the candidates keep their raw values: the processed row is the raw
+    // one at every token that can be drawn)
+    dist.x = dist.raw;
+    sc_.row_segs = sc_.cand_segs;
+  } else if (processors) {
     // The row is widened (or copied) into the working buffer, changed and
     // scanned again a run of segments at a time, each on the thread that
     // reads it: the copy, the changes and the second scan stay in that
@@ -1205,8 +1235,18 @@ Status probs_row(const RowInput& input, const RowRequest& request, int64_t row, 
     return Status();
   }
   // The kept set is described by its bounds, so the row's own chunks
-  // enumerate it whether or not it was compacted.
+  // enumerate it whether or not it was compacted; when the row's tokens
+  // came as candidates from the start (a sparse allowed-token mask), those
+  // do, their probabilities written in a list and then to their tokens.
   const double inv_z = 1.0 / dist.z;
+  if (sc.row_segs.size() == 1 && sc.row_segs[0].idx) {
+    const Segment& seg = sc.row_segs[0];
+    std::fill_n(out, input.vocab, 0.0f);
+    float* listed = sc.select.keys.data();  // (free after the build)
+    run.k->write_probs(seg, dist.set, dist.k0, inv_z, listed);
+    for (int64_t j = 0; j < seg.n; ++j) out[seg.idx[j]] = listed[j];
+    return Status();
+  }
   run(static_cast<int64_t>(sc.row_segs.size()), [&](int64_t s) {
     const Segment& seg = sc.row_segs[static_cast<size_t>(s)];
     run.k->write_probs(seg, dist.set, dist.k0, inv_z, out + seg.base);
