@@ -743,6 +743,34 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
           EXPECT_EQ(g.argmax, w.argmax);
           EXPECT_EQ(g.finite, w.finite);
           for (size_t b = 0; b < blocks; ++b) EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
+          // The same from a copy (masked_copy_stats), with and without the
+          // source's own scan.
+          std::vector<float> raw_max(blocks), want_raw_max(blocks);
+          const detail::MaxStats want_raw = k.max_stats(row.data() + lo, n, want_raw_max.data());
+          for (const bool with_raw : {false, true}) {
+            SCOPED_TRACE(with_raw ? "copied, with the raw scan" : "copied");
+            std::vector<float> copy(static_cast<size_t>(kVocab), 5.0f);
+            detail::MaxStats r;
+            const detail::MaxStats c = k.masked_copy_stats(
+                row.data() + lo, words.data(), lo, n, copy.data() + lo, got_max.data(),
+                with_raw ? &r : nullptr, with_raw ? raw_max.data() : nullptr);
+            for (int64_t i = lo; i < lo + n; ++i) {
+              ASSERT_EQ(std::bit_cast<uint32_t>(copy[i]), std::bit_cast<uint32_t>(want[i]))
+                  << "token " << i;
+            }
+            EXPECT_EQ(c.max + 0.0f, w.max + 0.0f);
+            EXPECT_EQ(c.argmax, w.argmax);
+            EXPECT_EQ(c.finite, w.finite);
+            for (size_t b = 0; b < blocks; ++b) EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
+            if (!with_raw) continue;
+            EXPECT_EQ(r.bad_at, want_raw.bad_at);
+            EXPECT_EQ(std::bit_cast<uint32_t>(r.max), std::bit_cast<uint32_t>(want_raw.max));
+            EXPECT_EQ(r.argmax, want_raw.argmax);
+            EXPECT_EQ(r.finite, want_raw.finite);
+            for (size_t b = 0; b < blocks; ++b) {
+              EXPECT_EQ(raw_max[b], want_raw_max[b]) << "raw block " << b;
+            }
+          }
         }
       }
     }

@@ -1142,78 +1142,150 @@ void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row) {
   }
 }
 
-MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max) {
 #if defined(__AVX512F__)
-  // The mask's bits are the packets' lane masks (16 tokens a packet, lo a
-  // multiple of 32: half a word each): a masked store of -inf, a masked max
-  // and a masked compare a packet, in the one read of x. Against
-  // allowed_mask and then max_stats, whose fast probe fails on every block
-  // that holds a -inf and scans it again exactly: see docs/performance.md.
+namespace {
+
+// masked_copy_stats's pass (and masked_max_stats's, in place: src may be
+// dst without kRaw): the mask's bits are the packets' lane masks (16 tokens
+// a packet, lo a multiple of 32: half a word each), a word an iteration,
+// each packet into its own max; dst gets each packet with -inf in its
+// disallowed lanes; the maxima are taken under the mask, and with kRaw of
+// src unmasked too. The finite counts are the mask's own (a popcount a
+// word) in a block whose values are all finite, which a probe tells; the
+// others are counted again exactly. Against allowed_mask and then
+// max_stats, whose probe fails on every block that holds a -inf (the
+// masked row's) and scans it again: see docs/performance.md.
+template <bool kRaw>
+MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t n, float* dst,
+                     float* block_max, MaxStats* raw, float* raw_block_max) {
   const __m512 ninf = _mm512_set1_ps(-kInf);
   const __m512 pinf = _mm512_set1_ps(kInf);
-  float max = -kInf;
-  int64_t max_block = 0, finite = 0;
-  bool bad = false;
+  struct Totals {
+    float max = -kInf;
+    int64_t max_block = 0, finite = 0;
+    bool bad = false;
+    void add(int64_t b0, float bmax, int64_t block_finite, bool block_bad) {
+      if (bmax > max) {
+        max = bmax;
+        max_block = b0;
+      }
+      finite += block_finite;
+      bad |= block_bad;
+    }
+    MaxStats finish(const float* x, int64_t n) const {
+      MaxStats st;
+      st.max = max + 0.0f;  // (as ScanTotals::finish: +0.0, never -0.0)
+      st.finite = finite;
+      if (max > -kInf) {
+        st.argmax =
+            max_block + first_equal(x + max_block, std::min(kPassBlock, n - max_block), max);
+      }
+      if (bad || max == kInf) {
+        int64_t t = 0;
+        while (t < n && x[t] < kInf) ++t;
+        st.bad_at = t < n ? t : -1;
+      }
+      return st;
+    }
+  } masked, unmasked;
+  const __m512 zero = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
-    float* xb = x + b0;
-    // A word (32 tokens, two packets) an iteration, each packet into its own
-    // max; the finite lanes counted from both packets' masks at once.
-    __m512 bm0 = ninf, bm1 = ninf;
-    __mmask16 bad0 = 0, bad1 = 0;
-    int64_t block_finite = 0;
+    const float* xb = src + b0;
+    float* ob = dst + b0;
+    __m512 bm0 = ninf, bm1 = ninf, rm0 = ninf, rm1 = ninf;
+    // A finiteness probe, as scan_blocks': v * 0 + probe stays 0 while every
+    // value is finite; a block where it fails (a -inf, NaN or +inf) is
+    // counted again exactly, from its values in L1.
+    __m512 probe0 = zero, probe1 = zero;
+    int64_t allowed_tokens = 0;
     int64_t j = 0;
     for (; j + 32 <= m; j += 32) {
       const auto word = static_cast<uint32_t>(words[(lo + b0 + j) / 32]);
       const auto a0 = static_cast<__mmask16>(word), a1 = static_cast<__mmask16>(word >> 16);
       const __m512 v0 = _mm512_loadu_ps(xb + j), v1 = _mm512_loadu_ps(xb + j + 16);
-      _mm512_mask_storeu_ps(xb + j, static_cast<__mmask16>(~a0), ninf);
-      _mm512_mask_storeu_ps(xb + j + 16, static_cast<__mmask16>(~a1), ninf);
+      _mm512_storeu_ps(ob + j, _mm512_mask_mov_ps(ninf, a0, v0));
+      _mm512_storeu_ps(ob + j + 16, _mm512_mask_mov_ps(ninf, a1, v1));
       bm0 = _mm512_mask_max_ps(bm0, a0, bm0, v0);
       bm1 = _mm512_mask_max_ps(bm1, a1, bm1, v1);
-      const auto f0 = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(a0, v0, ninf, _CMP_GT_OQ));
-      const auto f1 = static_cast<uint32_t>(_mm512_mask_cmp_ps_mask(a1, v1, ninf, _CMP_GT_OQ));
-      block_finite += std::popcount(f0 | f1 << 16);
-      // (NaN or +inf: a row error, found again below)
-      bad0 |= _mm512_mask_cmp_ps_mask(a0, v0, pinf, _CMP_NLT_UQ);
-      bad1 |= _mm512_mask_cmp_ps_mask(a1, v1, pinf, _CMP_NLT_UQ);
+      if constexpr (kRaw) {
+        rm0 = _mm512_max_ps(v0, rm0);  // (NaN-blind: a NaN v leaves rm)
+        rm1 = _mm512_max_ps(v1, rm1);
+      }
+      probe0 = _mm512_fmadd_ps(v0, zero, probe0);
+      probe1 = _mm512_fmadd_ps(v1, zero, probe1);
+      allowed_tokens += std::popcount(word);
     }
+    bool exact = _mm512_cmp_ps_mask(_mm512_add_ps(probe0, probe1), zero, _CMP_NEQ_UQ) != 0;
     for (; j < m; j += 16) {  // (the segment's last, short block)
       const int64_t t = lo + b0 + j;
       const auto lanes = static_cast<__mmask16>(m - j >= 16 ? 0xffffu : (1u << (m - j)) - 1u);
-      const auto keep =
+      const auto allowed =
           static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
       const __m512 v = _mm512_mask_loadu_ps(ninf, lanes, xb + j);
-      _mm512_mask_storeu_ps(xb + j, static_cast<__mmask16>(lanes & ~keep), ninf);
-      bm0 = _mm512_mask_max_ps(bm0, keep, bm0, v);
-      block_finite +=
-          std::popcount(static_cast<unsigned>(_mm512_mask_cmp_ps_mask(keep, v, ninf, _CMP_GT_OQ)));
-      bad0 |= _mm512_mask_cmp_ps_mask(keep, v, pinf, _CMP_NLT_UQ);
+      _mm512_mask_storeu_ps(ob + j, lanes, _mm512_mask_mov_ps(ninf, allowed, v));
+      bm0 = _mm512_mask_max_ps(bm0, allowed, bm0, v);
+      if constexpr (kRaw) rm0 = _mm512_max_ps(v, rm0);
+      exact = true;  // (counted below, with the lanes past the block left out)
+    }
+    int64_t finite = m, masked_finite = allowed_tokens;
+    uint32_t bad = 0, masked_bad = 0;
+    if (exact) {
+      // Each packet's finite and NaN / +inf lanes, under the mask and not.
+      finite = masked_finite = 0;
+      for (int64_t g = 0; g < m; g += 16) {
+        const int64_t t = lo + b0 + g;
+        const auto lanes = static_cast<__mmask16>(m - g >= 16 ? 0xffffu : (1u << (m - g)) - 1u);
+        const auto allowed =
+            static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+        const __m512 v = _mm512_mask_loadu_ps(ninf, lanes, xb + g);
+        const __mmask16 fin = _mm512_mask_cmp_ps_mask(lanes, v, ninf, _CMP_GT_OQ);
+        // (NaN or +inf: a row error, found again by finish)
+        const __mmask16 nonfinite = _mm512_mask_cmp_ps_mask(lanes, v, pinf, _CMP_NLT_UQ);
+        finite += std::popcount(static_cast<unsigned>(fin));
+        masked_finite += std::popcount(static_cast<unsigned>(fin & allowed));
+        bad |= nonfinite;
+        masked_bad |= nonfinite & allowed;
+      }
     }
     const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(bm0, bm1));
     if (block_max) block_max[b0 / kPassBlock] = bmax;
-    if (bmax > max) {
-      max = bmax;
-      max_block = b0;
+    masked.add(b0, bmax, masked_finite, masked_bad != 0);
+    if constexpr (kRaw) {
+      const float rmax = _mm512_reduce_max_ps(_mm512_max_ps(rm0, rm1));
+      if (raw_block_max) raw_block_max[b0 / kPassBlock] = rmax;
+      unmasked.add(b0, rmax, finite, bad != 0);
     }
-    finite += block_finite;
-    bad |= (bad0 | bad1) != 0;
   }
-  MaxStats st;
-  st.max = max + 0.0f;  // (as ScanTotals::finish: +0.0, never -0.0)
-  st.finite = finite;
-  if (max > -kInf) {
-    st.argmax = max_block + first_equal(x + max_block, std::min(kPassBlock, n - max_block), max);
-  }
-  if (bad || max == kInf) {
-    int64_t t = 0;
-    while (t < n && x[t] < kInf) ++t;
-    st.bad_at = t < n ? t : -1;
-  }
-  return st;
+  if constexpr (kRaw) *raw = unmasked.finish(src, n);
+  return masked.finish(dst, n);
+}
+
+}  // namespace
+#endif
+
+MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max) {
+#if defined(__AVX512F__)
+  return masked_scan<false>(x, words, lo, n, x, block_max, nullptr, nullptr);
 #else
   allowed_mask(words, lo, lo + n, x - lo);
   return max_stats(x, n, block_max);
+#endif
+}
+
+MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, int64_t n,
+                           float* dst, float* block_max, MaxStats* raw, float* raw_block_max) {
+#if defined(__AVX512F__)
+  if (raw) return masked_scan<true>(src, words, lo, n, dst, block_max, raw, raw_block_max);
+  return masked_scan<false>(src, words, lo, n, dst, block_max, nullptr, nullptr);
+#else
+  if (raw) {
+    *raw = scan_blocks<true>(src, n, raw_block_max, dst);
+  } else {
+    std::copy_n(src, n, dst);
+  }
+  allowed_mask(words, lo, lo + n, dst - lo);
+  return max_stats(dst, n, block_max);
 #endif
 }
 
@@ -1437,6 +1509,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
     .masked_max_stats = &k::masked_max_stats,
+    .masked_copy_stats = &k::masked_copy_stats,
     .allowed_count = &k::allowed_count,
     .gather_allowed = &k::gather_allowed,
 };

@@ -438,6 +438,12 @@ struct Kernels {
   // block_max), in one read of x: the same results.
   MaxStats (*masked_max_stats)(const int32_t* words, int64_t lo, int64_t n, float* x,
                                float* block_max);
+  // masked_max_stats of src copied to dst (dst's stats), and with raw not
+  // null also max_stats of src itself (into *raw and raw_block_max), in the
+  // one read of src: a float32 row, or a half row's widened copy, under a
+  // mask that is the only processor.
+  MaxStats (*masked_copy_stats)(const float* src, const int32_t* words, int64_t lo, int64_t n,
+                                float* dst, float* block_max, MaxStats* raw, float* raw_block_max);
   // How many tokens t < n the mask allows, or some count past `limit` once
   // the count passes it (a hardware popcount where the instruction set has
   // one: the baseline build's is a library call).

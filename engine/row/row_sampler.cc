@@ -495,8 +495,34 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       changes = RowChanges{sc_.row_block_max.data(), sc_.touched_blocks.data(),
                            sc_.chunk_lost.data(), sc_.chunk_bad.data()};
     }
+    // (a mask that is the only processor: each segment copied, masked and
+    // scanned, masked and not, in one read)
+    const bool mask_only = only_allowed_mask(req_);
     auto part = [&](int64_t p) {
       const int64_t first = p * nseg / parts, last = (p + 1) * nseg / parts;
+      if (mask_only) {
+        for (int64_t s = first; s < last; ++s) {
+          const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
+          const auto i = static_cast<size_t>(s);
+          float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
+          const int32_t* words = req_.allowed_mask.data();
+          float* work = sc_.work_buf.data() + seg.base;
+          if (half) {
+            float* widened = sc_.raw_buf.data() + seg.base;
+            sc_.max_stats[i] =
+                run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize,
+                                        in_.dtype, seg.n, widened, raw_bmax);
+            sc_.processed_stats[i] = run_.k->masked_copy_stats(
+                widened, words, seg.base, seg.n, work, row_bmax(seg), nullptr, nullptr);
+          } else {
+            sc_.processed_stats[i] =
+                run_.k->masked_copy_stats(dist.raw + seg.base, words, seg.base, seg.n, work,
+                                          row_bmax(seg), &sc_.max_stats[i], raw_bmax);
+          }
+          if (seg.sample) record_sample(seg, sc_.row_samples);
+        }
+        return;
+      }
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         float* work = sc_.work_buf.data() + seg.base;
