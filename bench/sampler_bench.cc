@@ -192,6 +192,15 @@ std::span<const int32_t> sparse_mask() {
   }();
   return words;
 }
+// A 2,000-token history for the penalties: every 61st token, then again.
+std::span<const int32_t> history_tokens() {
+  static const std::vector<int32_t> h = [] {
+    std::vector<int32_t> v;
+    for (int i = 0; i < 2000; ++i) v.push_back(static_cast<int32_t>((i % 1000) * 61 % 128256));
+    return v;
+  }();
+  return h;
+}
 constexpr ParamSet kParamSets[] = {
     {"t0.8", [](nucleus::RowRequest& r) { r.params.temperature = 0.8f; }},
     {"t0.8-logprobs",
@@ -244,6 +253,13 @@ constexpr ParamSet kParamSets[] = {
     {"mask-sparse-topp",
      [](nucleus::RowRequest& r) {
        r.allowed_mask = sparse_mask();
+       r.params.top_p = 0.9f;
+     }},
+    {"mask-sparse-penalty",
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = sparse_mask();
+       r.generated_tokens = history_tokens();
+       r.params.repetition_penalty = 1.3f;
        r.params.top_p = 0.9f;
      }},
     {"mask-sparse-logprobs",

@@ -202,13 +202,15 @@ TEST_F(ProcessorsTest, LogitBiasIsAdded) {
   ExpectProcessed(kRow, req, {2, -1, 2, -0.25, 1, -0.5, 1.5, -kInf});
 }
 
-// A mask that allows few tokens and is the only processor takes the
-// candidates' path (the allowed tokens listed, the row neither copied nor
-// scanned again); with a bias of 0 beside it (a processor that changes
-// nothing) the row takes the copying path. Both must give the same tokens,
-// supports and ranks, and log-probabilities and probabilities equal to
-// rounding, under every filter, for each element type, over a vocabulary
-// that ends inside a word (whose bits past it are set) and a row with -inf
+// A mask that allows few tokens takes the candidates' path (the allowed
+// tokens listed, the row neither copied nor scanned again; other
+// processors change the listed values); the same request with the mask
+// spelled as bans of every other token takes the copying path. Both must
+// give the same tokens, supports and ranks, and log-probabilities and
+// probabilities equal to rounding, under every filter, for each element
+// type, with the mask alone, with bias and bans (on allowed tokens and
+// not) and with penalties over a history of both, over a vocabulary that
+// ends inside a word (whose bits past it are set) and a row with -inf
 // logits among the allowed tokens.
 TEST_F(ProcessorsTest, SparseMaskAsTheCopyingPath) {
   constexpr int64_t kVocab = 20000 + 7;
@@ -231,7 +233,24 @@ TEST_F(ProcessorsTest, SparseMaskAsTheCopyingPath) {
     half[static_cast<size_t>(t)] = ToHalf(row[static_cast<size_t>(t)]);
     bf16[static_cast<size_t>(t)] = ToBFloat16(row[static_cast<size_t>(t)]);
   }
-  const TokenBias nothing[] = {{11, 0.0f}};
+  std::vector<int32_t> complement;  // the tokens the mask leaves out
+  for (int64_t t = 0; t < kVocab; ++t) {
+    if (!((static_cast<uint32_t>(mask[static_cast<size_t>(t / 32)]) >> (t % 32)) & 1u)) {
+      complement.push_back(static_cast<int32_t>(t));
+    }
+  }
+  // (3 + 13 k are allowed)
+  const TokenBias bias[] = {{16, 2.5f}, {29, -1.0f}, {17, 4.0f}, {42, -kInf}};
+  const int32_t bans[] = {55, 56};
+  const int32_t history[] = {68, 68, 81, 5, 94, 94, 94, 16};
+  std::vector<int32_t> bans_and_complement = complement;
+  bans_and_complement.insert(bans_and_complement.end(), std::begin(bans), std::end(bans));
+  struct Extra {
+    const char* what;
+    bool bias, penalties;
+  };
+  const Extra extras[] = {
+      {"mask alone", false, false}, {"bias and bans", true, false}, {"penalties", false, true}};
   const std::vector<std::function<void(SamplingParams&)>> settings = {
       [](SamplingParams&) {},
       [](SamplingParams& p) { p.temperature = 0.0f; },
@@ -264,34 +283,47 @@ TEST_F(ProcessorsTest, SparseMaskAsTheCopyingPath) {
     for (size_t i = 0; i < settings.size(); ++i) {
       SCOPED_TRACE(testing::Message()
                    << "dtype " << static_cast<int>(in.dtype) << ", setting " << i);
-      RowRequest sparse = Request();
-      settings[i](sparse.params);
-      if (sparse.params.top_logprobs == 0) sparse.params.top_logprobs = 2;
-      sparse.seed = 77;
-      sparse.allowed_mask = mask;
-      RowRequest copying = sparse;
-      copying.logit_bias = nothing;
-      const RowResult a = Sample(view, std::span(&sparse, 1))[0];
-      const RowResult b = Sample(view, std::span(&copying, 1))[0];
-      EXPECT_EQ(a.tokens, b.tokens);
-      EXPECT_EQ(a.support, b.support);
-      EXPECT_EQ(a.ranks, b.ranks);
-      ASSERT_EQ(a.logprobs.size(), b.logprobs.size());
-      for (size_t j = 0; j < a.logprobs.size(); ++j) {
-        EXPECT_NEAR(a.logprobs[j], b.logprobs[j], 1e-5);
-        EXPECT_NEAR(a.raw_logprobs[j], b.raw_logprobs[j], 1e-5);
-      }
-      ASSERT_EQ(a.top_logprobs.size(), b.top_logprobs.size());
-      for (size_t j = 0; j < a.top_logprobs.size(); ++j) {
-        EXPECT_EQ(a.top_logprobs[j].token, b.top_logprobs[j].token);
-        EXPECT_NEAR(a.top_logprobs[j].logprob, b.top_logprobs[j].logprob, 1e-5);
-      }
-      const std::vector<float> pa = Probs(view, std::span(&sparse, 1));
-      const std::vector<float> pb = Probs(view, std::span(&copying, 1));
-      for (int64_t t = 0; t < kVocab; ++t) {
-        const float x = pa[static_cast<size_t>(t)], y = pb[static_cast<size_t>(t)];
-        ASSERT_NEAR(x, y, 1e-6f * std::max(1.0f, y)) << "token " << t;
-        ASSERT_EQ(x == 0.0f, y == 0.0f) << "token " << t;
+      for (const Extra& extra : extras) {
+        SCOPED_TRACE(extra.what);
+        RowRequest sparse = Request();
+        settings[i](sparse.params);
+        if (sparse.params.top_logprobs == 0) sparse.params.top_logprobs = 2;
+        sparse.seed = 77;
+        if (extra.bias) {
+          sparse.logit_bias = bias;
+          sparse.banned_tokens = bans;
+        }
+        if (extra.penalties) {
+          sparse.generated_tokens = history;
+          sparse.params.repetition_penalty = 1.3f;
+          sparse.params.frequency_penalty = 0.4f;
+          sparse.params.presence_penalty = 0.2f;
+        }
+        RowRequest copying = sparse;
+        sparse.allowed_mask = mask;
+        copying.banned_tokens = extra.bias ? bans_and_complement : complement;
+        const RowResult a = Sample(view, std::span(&sparse, 1))[0];
+        const RowResult b = Sample(view, std::span(&copying, 1))[0];
+        EXPECT_EQ(a.tokens, b.tokens);
+        EXPECT_EQ(a.support, b.support);
+        EXPECT_EQ(a.ranks, b.ranks);
+        ASSERT_EQ(a.logprobs.size(), b.logprobs.size());
+        for (size_t j = 0; j < a.logprobs.size(); ++j) {
+          EXPECT_NEAR(a.logprobs[j], b.logprobs[j], 1e-5);
+          EXPECT_NEAR(a.raw_logprobs[j], b.raw_logprobs[j], 1e-5);
+        }
+        ASSERT_EQ(a.top_logprobs.size(), b.top_logprobs.size());
+        for (size_t j = 0; j < a.top_logprobs.size(); ++j) {
+          EXPECT_EQ(a.top_logprobs[j].token, b.top_logprobs[j].token);
+          EXPECT_NEAR(a.top_logprobs[j].logprob, b.top_logprobs[j].logprob, 1e-5);
+        }
+        const std::vector<float> pa = Probs(view, std::span(&sparse, 1));
+        const std::vector<float> pb = Probs(view, std::span(&copying, 1));
+        for (int64_t t = 0; t < kVocab; ++t) {
+          const float x = pa[static_cast<size_t>(t)], y = pb[static_cast<size_t>(t)];
+          ASSERT_NEAR(x, y, 1e-6f * std::max(1.0f, y)) << "token " << t;
+          ASSERT_EQ(x == 0.0f, y == 0.0f) << "token " << t;
+        }
       }
     }
   }

@@ -427,13 +427,15 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
                                std::max<int64_t>(p_.top_k, p_.min_keep) <= compact_limit();
   std::vector<float>* samples =
       p_.temperature > 0.0f && p_.top_p < 1.0f && !compacted_first ? &sc_.row_samples : nullptr;
-  // An allowed-token mask that is the only processor and allows at most
-  // compact_limit() tokens (a grammar's, say): the row is scanned as it is
-  // (its max, and its errors, masked or not), and the tokens the mask
-  // allows become the candidates, as compaction would leave them: no copy
-  // of the row, no second scan, and every later pass reads only them.
+  // An allowed-token mask that allows at most compact_limit() tokens (a
+  // grammar's, say): the row is scanned as it is (its max, and its errors,
+  // masked or not), and the tokens the mask allows become the candidates, as
+  // compaction would leave them: no copy of the row, no second scan, and
+  // every later pass reads only them. Other processors (bans, bias,
+  // penalties: listed tokens only) change the candidates' values through a
+  // row-sized buffer that holds them at their tokens.
   const bool sparse_mask =
-      processors && only_allowed_mask(req_) &&
+      processors && !req_.allowed_mask.empty() &&
       run_.k->allowed_count(req_.allowed_mask.data(), vocab, compact_limit()) <= compact_limit();
   if (sparse_mask) {
     if (in_.dtype == DType::kFloat32) {
@@ -444,18 +446,33 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     }
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
     raw = scan_input(in_.dtype == DType::kFloat32 ? nullptr : sc_.raw_buf.data());
-    if (raw.bad_at < 0) {
-      const int64_t n = run_.k->gather_allowed(req_.allowed_mask.data(), vocab, dist.raw,
-                                               sc_.cand_x.data(), sc_.cand_idx.data());
-      sc_.cand_segs.assign(1, Segment{sc_.cand_x.data(), sc_.cand_idx.data(), n, 0});
-      candidates_ = true;
-      processed = run_.k->max_stats(sc_.cand_x.data(), n, nullptr);
-      if (processed.argmax >= 0)
-        processed.argmax = sc_.cand_idx[static_cast<size_t>(processed.argmax)];
-    }
-    // (the candidates keep their raw values: the processed row is the raw
-    // one at every token that can be drawn)
+    // (the candidates keep their raw values when the mask is alone: the
+    // processed row is the raw one at every token that can be drawn)
     dist.x = dist.raw;
+    if (raw.bad_at < 0) {
+      float* cx = sc_.cand_x.data();
+      int32_t* ci = sc_.cand_idx.data();
+      const int64_t n = run_.k->gather_allowed(req_.allowed_mask.data(), vocab, dist.raw, cx, ci);
+      if (!only_allowed_mask(req_)) {
+        // The candidates' values at their tokens, the processors applied in
+        // SPEC order (the mask's -inf elsewhere is implied: every processor
+        // keeps -inf as -inf, and the values past the candidates, which the
+        // processors may read and write at listed tokens, are never read
+        // after), and read back.
+        sc_.work_buf.resize(static_cast<size_t>(vocab));
+        float* work = sc_.work_buf.data();
+        for (int64_t i = 0; i < n; ++i) work[ci[i]] = cx[i];
+        apply_processors(req_, 0, vocab, work, sc_.penalties, nullptr, *run_.k, nullptr,
+                         /*mask=*/false);
+        for (int64_t i = 0; i < n; ++i) cx[i] = work[ci[i]];
+        dist.x = work;
+      }
+      sc_.cand_segs.assign(1, Segment{cx, ci, n, 0});
+      candidates_ = true;
+      processed = run_.k->max_stats(cx, n, nullptr);
+      if (processed.argmax >= 0) processed.argmax = ci[processed.argmax];
+      if (processed.bad_at >= 0) processed.bad_at = ci[processed.bad_at];
+    }
     sc_.row_segs = sc_.cand_segs;
   } else if (processors) {
     // The row is widened (or copied) into the working buffer, changed and
