@@ -472,8 +472,8 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       processed = run_.k->max_stats(cx, n, nullptr);
       if (processed.argmax >= 0) processed.argmax = ci[processed.argmax];
       if (processed.bad_at >= 0) processed.bad_at = ci[processed.bad_at];
+      sc_.row_segs = sc_.cand_segs;
     }
-    sc_.row_segs = sc_.cand_segs;
   } else if (processors) {
     // The row is widened (or copied) into the working buffer, changed and
     // scanned again a run of segments at a time, each on the thread that
