@@ -167,10 +167,12 @@ void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, i
   set_counters(state, ws[0]);
 }
 
-// The parameter sets of params/...: each changes full sampling's request.
+// The parameter sets of params/...: each changes a grid configuration's
+// request (full sampling's unless it names another).
 struct ParamSet {
   const char* name;
   void (*change)(nucleus::RowRequest& r);
+  nb::Config base = nb::Config::kFull;
 };
 // An allowed-token mask for 128256 tokens, one word in three partly cleared.
 std::span<const int32_t> partial_mask() {
@@ -191,15 +193,6 @@ std::span<const int32_t> sparse_mask() {
     return w;
   }();
   return words;
-}
-// A 2,000-token history for the penalties: every 61st token, then again.
-std::span<const int32_t> history_tokens() {
-  static const std::vector<int32_t> h = [] {
-    std::vector<int32_t> v;
-    for (int i = 0; i < 2000; ++i) v.push_back(static_cast<int32_t>((i % 1000) * 61 % 128256));
-    return v;
-  }();
-  return h;
 }
 constexpr ParamSet kParamSets[] = {
     {"t0.8", [](nucleus::RowRequest& r) { r.params.temperature = 0.8f; }},
@@ -255,13 +248,8 @@ constexpr ParamSet kParamSets[] = {
        r.allowed_mask = sparse_mask();
        r.params.top_p = 0.9f;
      }},
-    {"mask-sparse-penalty",
-     [](nucleus::RowRequest& r) {
-       r.allowed_mask = sparse_mask();
-       r.generated_tokens = history_tokens();
-       r.params.repetition_penalty = 1.3f;
-       r.params.top_p = 0.9f;
-     }},
+    {"mask-sparse-penalty",  // (penalty-topp's request: its 2,000-token history)
+     [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }, nb::Config::kPenaltyTopP},
     {"mask-sparse-logprobs",
      [](nucleus::RowRequest& r) {
        r.allowed_mask = sparse_mask();
@@ -274,7 +262,7 @@ void params_case(benchmark::State& state, const ParamSet* set) {
   if (ws.empty()) return;
   std::vector<std::vector<nucleus::RowRequest>> requests;
   for (const nb::Workload& w : ws) {
-    requests.push_back(nb::make_requests(nb::Config::kFull, w, false));
+    requests.push_back(nb::make_requests(set->base, w, false));
     for (nucleus::RowRequest& r : requests.back()) set->change(r);
   }
   std::vector<nucleus::RowResult> results(1);

@@ -122,6 +122,13 @@ ExactScan exact_scan(const float* x, int64_t n) {
   return out;
 }
 
+// The first position of a NaN or +inf in x[0, n), or -1.
+int64_t first_bad(const float* x, int64_t n) {
+  int64_t t = 0;
+  while (t < n && x[t] < kInf) ++t;
+  return t < n ? t : int64_t{-1};
+}
+
 // The running results of a scan over pass blocks, block by block in order.
 struct ScanTotals {
   float max = -kInf;
@@ -252,11 +259,7 @@ MaxStats scan_blocks(const float* x, int64_t n, float* block_max, float* copy) {
         b0, m, finite_block, bmax, [&] { return exact_scan(xb, m); }, block_max);
   }
   const int64_t at = totals.max_block;
-  return totals.finish(x + at, std::min(kScanBlock, n - at), [&] {
-    int64_t t = 0;
-    while (t < n && x[t] < kInf) ++t;
-    return t < n ? t : int64_t{-1};
-  });
+  return totals.finish(x + at, std::min(kScanBlock, n - at), [&] { return first_bad(x, n); });
 }
 
 #if defined(__AVX2__)
@@ -1160,34 +1163,7 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
                      float* block_max, MaxStats* raw, float* raw_block_max) {
   const __m512 ninf = _mm512_set1_ps(-kInf);
   const __m512 pinf = _mm512_set1_ps(kInf);
-  struct Totals {
-    float max = -kInf;
-    int64_t max_block = 0, finite = 0;
-    bool bad = false;
-    void add(int64_t b0, float bmax, int64_t block_finite, bool block_bad) {
-      if (bmax > max) {
-        max = bmax;
-        max_block = b0;
-      }
-      finite += block_finite;
-      bad |= block_bad;
-    }
-    MaxStats finish(const float* x, int64_t n) const {
-      MaxStats st;
-      st.max = max + 0.0f;  // (as ScanTotals::finish: +0.0, never -0.0)
-      st.finite = finite;
-      if (max > -kInf) {
-        st.argmax =
-            max_block + first_equal(x + max_block, std::min(kPassBlock, n - max_block), max);
-      }
-      if (bad || max == kInf) {
-        int64_t t = 0;
-        while (t < n && x[t] < kInf) ++t;
-        st.bad_at = t < n ? t : -1;
-      }
-      return st;
-    }
-  } masked, unmasked;
+  ScanTotals masked, unmasked;
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
@@ -1248,17 +1224,31 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
         masked_bad |= nonfinite & allowed;
       }
     }
+    // (the counts as ScanTotals takes an exact scan's: `nan` stands for NaN
+    // or +inf, which finish looks for either way)
     const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(bm0, bm1));
-    if (block_max) block_max[b0 / kPassBlock] = bmax;
-    masked.add(b0, bmax, masked_finite, masked_bad != 0);
+    masked.add(
+        b0, m, false, bmax,
+        [&] {
+          return ExactScan{bmax, masked_bad != 0, masked_finite};
+        },
+        block_max);
     if constexpr (kRaw) {
       const float rmax = _mm512_reduce_max_ps(_mm512_max_ps(rm0, rm1));
-      if (raw_block_max) raw_block_max[b0 / kPassBlock] = rmax;
-      unmasked.add(b0, rmax, finite, bad != 0);
+      unmasked.add(
+          b0, m, !exact, rmax,
+          [&] {
+            return ExactScan{rmax, bad != 0, finite};
+          },
+          raw_block_max);
     }
   }
-  if constexpr (kRaw) *raw = unmasked.finish(src, n);
-  return masked.finish(dst, n);
+  auto finish = [n](const ScanTotals& totals, const float* x) {
+    const int64_t at = totals.max_block;
+    return totals.finish(x + at, std::min(kPassBlock, n - at), [&] { return first_bad(x, n); });
+  };
+  if constexpr (kRaw) *raw = finish(unmasked, src);
+  return finish(masked, dst);
 }
 
 }  // namespace

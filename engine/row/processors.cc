@@ -26,7 +26,7 @@ bool only_allowed_mask(const RowRequest& r) { return !r.allowed_mask.empty() && 
 
 void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
-                      const float* unchanged, bool mask) {
+                      const float* unchanged) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   // (one compare per listed token: the lists are read whole by every range)
   const auto span = static_cast<uint64_t>(hi - lo);
@@ -39,9 +39,7 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
     row[t] = v;
   };
 
-  // 1. Allowed-token bitmask: bit (i % 32) of word (i / 32), a vector select
-  // (not noted: a row with a mask is scanned again whole).
-  if (mask && !r.allowed_mask.empty()) k.allowed_mask(r.allowed_mask.data(), lo, hi, row);
+  // (1. The allowed-token bitmask: the caller's, below.)
   // 2. Banned tokens.
   for (int32_t t : r.banned_tokens) {
     if (mine(t)) put(t, kNegInf);
@@ -63,10 +61,9 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
   // Each distinct token once: read from the unchanged row when no earlier
   // step changed this one (the kernel), or else marked in a bitmap whose
   // words are cleared after (every set bit belongs to a listed token).
-  // (a mask left to the caller changes nothing before the penalties)
-  const bool from_unchanged = repetition && unchanged != nullptr &&
-                              (r.allowed_mask.empty() || !mask) && r.banned_tokens.empty() &&
-                              r.logit_bias.empty();
+  // (the mask, left to the caller, changes nothing before the penalties)
+  const bool from_unchanged =
+      repetition && unchanged != nullptr && r.banned_tokens.empty() && r.logit_bias.empty();
   if (from_unchanged) {
     k.repeat_penalty(r.prompt_tokens.data(), static_cast<int64_t>(r.prompt_tokens.size()),
                      r.generated_tokens.data(), static_cast<int64_t>(r.generated_tokens.size()), lo,

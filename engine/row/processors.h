@@ -26,22 +26,21 @@ struct PenaltyScratch {
   std::vector<uint64_t> seen;   // a bit per token (small enough for L1), all zero between calls
 };
 
-// Applies every processor of `request` to the tokens [lo, hi) of `row` (the
-// whole row's floats) in SPEC order, leaving the others alone, and notes each
-// change in `changes` when given (never with an allowed-token mask, which
-// may change most of the row: the caller scans such a row again whole and
-// passes no `changes`). lo and hi are multiples of 64 (or hi the
+// Applies every processor of `request` but the allowed-token mask to the
+// tokens [lo, hi) of `row` (the whole row's floats) in SPEC order, leaving
+// the others alone, and notes each change in `changes` when given (never
+// with a mask, which may change most of the row). The caller applies the
+// mask after them, in the read that scans the row again
+// (Kernels::masked_max_stats, masked_copy_stats) or by listing the tokens
+// it allows: every processor keeps -inf as -inf and changes each token by
+// its own value, so the row ends as in SPEC order. lo and hi are multiples of 64 (or hi the
 // row's end; with `changes`, of kChunk), so that calls on disjoint ranges
 // touch disjoint parts of the row and of the scratch and may run at once.
 // `unchanged`, when not null, holds the row as it was before any processor
 // (read only at the listed history tokens), which lets the repetition penalty
-// run as a vector kernel (Kernels::repeat_penalty). `mask` false leaves the
-// allowed-token mask to the caller, which applies it after the others in
-// the read that scans the row again (Kernels::masked_max_stats): every
-// processor keeps -inf as -inf and changes each token by its own value, so
-// the row ends the same.
+// run as a vector kernel (Kernels::repeat_penalty).
 void apply_processors(const RowRequest& request, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
-                      const float* unchanged, bool mask = true);
+                      const float* unchanged);
 
 }  // namespace nucleus::detail

@@ -462,8 +462,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
         sc_.work_buf.resize(static_cast<size_t>(vocab));
         float* work = sc_.work_buf.data();
         for (int64_t i = 0; i < n; ++i) work[ci[i]] = cx[i];
-        apply_processors(req_, 0, vocab, work, sc_.penalties, nullptr, *run_.k, nullptr,
-                         /*mask=*/false);
+        apply_processors(req_, 0, vocab, work, sc_.penalties, nullptr, *run_.k, nullptr);
         for (int64_t i = 0; i < n; ++i) cx[i] = work[ci[i]];
         dist.x = work;
       }
@@ -555,7 +554,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
       // (a mask is applied last, in the read that scans the row again)
       apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
                        sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr, *run_.k,
-                       dist.raw, /*mask=*/false);
+                       dist.raw);
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         sc_.processed_stats[static_cast<size_t>(s)] =
