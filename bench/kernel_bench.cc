@@ -103,7 +103,7 @@ void repetition_penalty(benchmark::State& state) {
   const nd::RowChanges changes{row.block_max.data(), touched.data(), lost.data(), bad_at.data()};
   for (auto _ : state) {
     k.repeat_penalty(nullptr, 0, history.data(), static_cast<int64_t>(history.size()), 0, row.n,
-                     1.3f, row.x.data(), row.copy.data(), seen.data(), &changes);
+                     1.3f, row.x.data(), nullptr, row.copy.data(), seen.data(), &changes);
     benchmark::ClobberMemory();
   }
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(history.size()));

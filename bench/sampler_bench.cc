@@ -242,6 +242,8 @@ constexpr ParamSet kParamSets[] = {
        r.allowed_mask = partial_mask();
        r.params.top_p = 0.9f;
      }},
+    {"mask-penalty",  // (penalty-topp's request: its 2,000-token history)
+     [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }, nb::Config::kPenaltyTopP},
     {"mask-sparse", [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }},
     {"mask-sparse-topp",
      [](nucleus::RowRequest& r) {

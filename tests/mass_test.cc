@@ -628,10 +628,12 @@ TEST(AllowedMask, ClearedBitsAreMinusInfinityAndTheRestUnchanged) {
 // A sparse mask's candidates (gather_allowed) and the mask's count
 // (allowed_count), on every instruction set: the allowed tokens below n
 // whose value exceeds -inf, in order, with their values, as a scalar loop
-// finds them; words that allow nothing, all, or a few; bits past n set;
-// the count stopping past its limit.
+// finds them; words that allow nothing, all, or a few, and a sparse stretch
+// (a bit in one word in seven); bits past n set, n inside a word's first
+// or second half, in a last run of 16 words or past them; the count
+// stopping past its limit.
 TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
-  constexpr int64_t kWords = 40;
+  constexpr int64_t kWords = 150;
   std::vector<int32_t> words(kWords);
   uint32_t state = 7;
   for (int32_t& w : words) {
@@ -641,10 +643,14 @@ TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
   words[2] = 0;
   words[3] = -1;
   words[5] = 1 << 31;
+  for (int64_t w = 60; w < 110; ++w) {
+    words[static_cast<size_t>(w)] = w % 7 == 0 ? static_cast<int32_t>(1u << (w % 32)) : 0;
+  }
   const std::vector<float> x = LcgRow(kWords * 32, 31, -9.0f, 9.0f);
   std::vector<float> row = x;
   row[3 * 32 + 4] = -std::numeric_limits<float>::infinity();
-  for (const int64_t n : {int64_t{kWords * 32}, int64_t{kWords * 32 - 13}, int64_t{100}}) {
+  for (const int64_t n : {int64_t{kWords * 32}, int64_t{kWords * 32 - 13}, int64_t{144 * 32 - 13},
+                          int64_t{143 * 32 + 5}, int64_t{143 * 32 + 20}, int64_t{100}}) {
     SCOPED_TRACE(testing::Message() << "n " << n);
     std::vector<float> want_x;
     std::vector<int32_t> want_i;
@@ -674,13 +680,14 @@ TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
   }
 }
 
-// The allowed-token mask and the scan of the result in one read
-// (masked_max_stats), on every instruction set: the row and the scan as
-// allowed_mask and then max_stats leave them, over segments that start past
-// 0 (at a multiple of 32) and end inside a block and a word, with masks
-// that clear nothing, everything, every word in three in part or whole
-// blocks; the max at -0, tied, in a later block or masked; +inf and NaN
-// allowed (row errors: the first one's position) or masked (none).
+// The allowed-token mask applied as the row is copied, and the scans of the
+// copy and of the row in the same read (masked_copy_stats), on every
+// instruction set: the copy and its scan as allowed_mask and then max_stats
+// leave them, the row's own scan as max_stats leaves it, over segments that
+// start past 0 (at a multiple of 32) and end inside a block and a word,
+// with masks that clear nothing, everything, every word in three in part or
+// whole blocks; the max at -0, tied, in a later block or masked; +inf and
+// NaN allowed (row errors: the first one's position) or masked (none).
 TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
   constexpr int64_t kVocab = 3 * 512 + 32 * 5 + 7;
   const float inf = std::numeric_limits<float>::infinity();
@@ -726,25 +733,11 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
         for (Isa isa : runnable_isas()) {
           SCOPED_TRACE(isa_name(isa));
           const detail::Kernels& k = detail::kernels_for(isa);
-          std::vector<float> want = row, got = row;
+          std::vector<float> want = row;
           const auto blocks = static_cast<size_t>(detail::block_count(n));
           std::vector<float> want_max(blocks), got_max(blocks);
           k.allowed_mask(words.data(), lo, lo + n, want.data());
           const detail::MaxStats w = k.max_stats(want.data() + lo, n, want_max.data());
-          const detail::MaxStats g =
-              k.masked_max_stats(words.data(), lo, n, got.data() + lo, got_max.data());
-          for (int64_t i = 0; i < kVocab; ++i) {
-            ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-                << "token " << i;
-          }
-          EXPECT_EQ(g.bad_at, w.bad_at);
-          if (w.bad_at >= 0) continue;  // (a row error: the rest is not read)
-          EXPECT_EQ(std::bit_cast<uint32_t>(g.max), std::bit_cast<uint32_t>(w.max));
-          EXPECT_EQ(g.argmax, w.argmax);
-          EXPECT_EQ(g.finite, w.finite);
-          for (size_t b = 0; b < blocks; ++b) EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
-          // The same from a copy (masked_copy_stats), with and without the
-          // source's own scan.
           std::vector<float> raw_max(blocks), want_raw_max(blocks);
           const detail::MaxStats want_raw = k.max_stats(row.data() + lo, n, want_raw_max.data());
           for (const bool with_raw : {false, true}) {
@@ -758,10 +751,15 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
               ASSERT_EQ(std::bit_cast<uint32_t>(copy[i]), std::bit_cast<uint32_t>(want[i]))
                   << "token " << i;
             }
-            EXPECT_EQ(c.max + 0.0f, w.max + 0.0f);
-            EXPECT_EQ(c.argmax, w.argmax);
-            EXPECT_EQ(c.finite, w.finite);
-            for (size_t b = 0; b < blocks; ++b) EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
+            EXPECT_EQ(c.bad_at, w.bad_at);
+            if (w.bad_at < 0) {  // (a row error: the rest is not read)
+              EXPECT_EQ(std::bit_cast<uint32_t>(c.max), std::bit_cast<uint32_t>(w.max));
+              EXPECT_EQ(c.argmax, w.argmax);
+              EXPECT_EQ(c.finite, w.finite);
+              for (size_t b = 0; b < blocks; ++b) {
+                EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
+              }
+            }
             if (!with_raw) continue;
             EXPECT_EQ(r.bad_at, want_raw.bad_at);
             EXPECT_EQ(std::bit_cast<uint32_t>(r.max), std::bit_cast<uint32_t>(want_raw.max));

@@ -787,8 +787,10 @@ TEST_F(ProcessorsTest, SparseChangesToALongRowOnEveryThreadCount) {
 // scalar path instead of the vector kernel); on a peaked row (top-p gathers its few members)
 // and a flat one, for the cases the bookkeeping must get right (the max lowered to a tie,
 // raised past the rest, a finite logit made -inf, tokens listed twice, at sampled positions
-// and at the ends, the longest histories), on 1, 2 and 4 threads. A penalty that makes a
-// logit +inf is a row error naming the first such token.
+// and at the ends, the longest histories), on 1, 2 and 4 threads; alone and under a dense
+// allowed-token mask that masks some of the listed tokens (the kernel applies the mask to
+// the values it reads from the input row). A penalty that makes a logit +inf is a row error
+// naming the first such token.
 TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
   constexpr int64_t kVocab = 100000;
   // (a bias that changes nothing but takes the scalar penalty path)
@@ -807,6 +809,15 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
     x[90000] = -3e38f;  // -inf after a repetition penalty of 2
     x[99968] = 4.0f;    // the last chunk's last sampled position (a multiple of 128)
   }
+  // (dense: half the bits of one word in three cleared, and some listed tokens' bits)
+  std::vector<int32_t> mask((kVocab + 31) / 32, Word(0xFFFFFFFFu));
+  for (size_t w = 0; w < mask.size(); w += 3) mask[w] = Word(0x0f0f0f0fu);
+  for (int32_t t : {70001, 5, 128, 99999}) {
+    mask[t / 32] = Word(static_cast<uint32_t>(mask[t / 32]) & ~(1u << (t % 32)));
+  }
+  auto allowed = [&](int64_t t) {
+    return ((static_cast<uint32_t>(mask[t / 32]) >> (t % 32)) & 1u);
+  };
   std::vector<int32_t> long_history;
   for (int64_t i = 0; i < kVocab / 8; ++i) {
     long_history.push_back(static_cast<int32_t>((i * 104729) % kVocab));
@@ -830,43 +841,51 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
     SCOPED_TRACE(row == &flat ? "flat" : "peaked");
     const LogitsView view{row->data(), 1, kVocab, kVocab, DType::kFloat32};
     for (const Case& c : cases) {
-      SCOPED_TRACE(c.name);
-      std::vector<float> x = *row;  // SPEC section 2, step 4, by hand
-      std::set<int32_t> distinct(c.prompt.begin(), c.prompt.end());
-      distinct.insert(c.generated.begin(), c.generated.end());
-      for (int32_t t : distinct) x[t] = x[t] > 0.0f ? x[t] / c.repetition : x[t] * c.repetition;
-      const LogitsView by_hand{x.data(), 1, kVocab, kVocab, DType::kFloat32};
-      for (int threads : {1, 2, 4}) {
-        SCOPED_TRACE(threads);
-        Engine engine(EngineOptions{.max_threads = threads, .seed = 3});
-        for (float top_p : {0.9f, 0.5f}) {
-          for (float temperature : {1.0f, 0.7f}) {
-            for (int top_logprobs : {-1, 0, 3}) {  // (-1: no logprobs)
-              RowRequest req = Request();
-              req.params.top_p = top_p;
-              req.params.temperature = temperature;
-              req.params.num_samples = 16;
-              req.params.logprobs = top_logprobs >= 0;
-              req.params.top_logprobs = std::max(top_logprobs, 0);
-              req.params.repetition_penalty = c.repetition;
-              req.prompt_tokens = c.prompt;
-              req.generated_tokens = c.generated;
-              std::vector<RowResult> kernel(1), scalar(1), hand(1);
-              ASSERT_TRUE(engine.sample(view, std::span(&req, 1), kernel).ok());
-              req.logit_bias = zero_bias;
-              ASSERT_TRUE(engine.sample(view, std::span(&req, 1), scalar).ok());
-              req.logit_bias = std::span<const TokenBias>();
-              req.prompt_tokens = std::span<const int32_t>();
-              req.generated_tokens = std::span<const int32_t>();
-              ASSERT_TRUE(engine.sample(by_hand, std::span(&req, 1), hand).ok());
-              ASSERT_TRUE(kernel[0].status.ok()) << kernel[0].status.to_string();
-              ExpectSameResults(kernel, scalar);
-              EXPECT_EQ(kernel[0].tokens, hand[0].tokens);
-              EXPECT_EQ(kernel[0].support, hand[0].support);
-              if (req.params.logprobs) {
-                ASSERT_EQ(kernel[0].logprobs.size(), hand[0].logprobs.size());
-                for (size_t j = 0; j < hand[0].logprobs.size(); ++j) {
-                  EXPECT_FLOAT_EQ(kernel[0].logprobs[j], hand[0].logprobs[j]);
+      for (const bool masked : {false, true}) {
+        SCOPED_TRACE(c.name);
+        SCOPED_TRACE(masked ? "masked" : "no mask");
+        std::vector<float> x = *row;  // SPEC section 2, steps 1 and 4, by hand
+        for (int64_t t = 0; masked && t < kVocab; ++t) {
+          if (!allowed(t)) x[t] = -kInf;
+        }
+        std::set<int32_t> distinct(c.prompt.begin(), c.prompt.end());
+        distinct.insert(c.generated.begin(), c.generated.end());
+        for (int32_t t : distinct) x[t] = x[t] > 0.0f ? x[t] / c.repetition : x[t] * c.repetition;
+        const LogitsView by_hand{x.data(), 1, kVocab, kVocab, DType::kFloat32};
+        for (int threads : {1, 2, 4}) {
+          SCOPED_TRACE(threads);
+          Engine engine(EngineOptions{.max_threads = threads, .seed = 3});
+          for (float top_p : {0.9f, 0.5f}) {
+            for (float temperature : {1.0f, 0.7f}) {
+              for (int top_logprobs : {-1, 0, 3}) {  // (-1: no logprobs)
+                RowRequest req = Request();
+                req.params.top_p = top_p;
+                req.params.temperature = temperature;
+                req.params.num_samples = 16;
+                req.params.logprobs = top_logprobs >= 0;
+                req.params.top_logprobs = std::max(top_logprobs, 0);
+                req.params.repetition_penalty = c.repetition;
+                req.prompt_tokens = c.prompt;
+                req.generated_tokens = c.generated;
+                if (masked) req.allowed_mask = mask;
+                std::vector<RowResult> kernel(1), scalar(1), hand(1);
+                ASSERT_TRUE(engine.sample(view, std::span(&req, 1), kernel).ok());
+                req.logit_bias = zero_bias;
+                ASSERT_TRUE(engine.sample(view, std::span(&req, 1), scalar).ok());
+                req.logit_bias = std::span<const TokenBias>();
+                req.prompt_tokens = std::span<const int32_t>();
+                req.generated_tokens = std::span<const int32_t>();
+                req.allowed_mask = std::span<const int32_t>();
+                ASSERT_TRUE(engine.sample(by_hand, std::span(&req, 1), hand).ok());
+                ASSERT_TRUE(kernel[0].status.ok()) << kernel[0].status.to_string();
+                ExpectSameResults(kernel, scalar);
+                EXPECT_EQ(kernel[0].tokens, hand[0].tokens);
+                EXPECT_EQ(kernel[0].support, hand[0].support);
+                if (req.params.logprobs) {
+                  ASSERT_EQ(kernel[0].logprobs.size(), hand[0].logprobs.size());
+                  for (size_t j = 0; j < hand[0].logprobs.size(); ++j) {
+                    EXPECT_FLOAT_EQ(kernel[0].logprobs[j], hand[0].logprobs[j]);
+                  }
                 }
               }
             }

@@ -55,10 +55,9 @@ KeyBounds stored_key_bounds(const Segment& s, const SetSpec& set, const float* k
 TypicalGather typical_gather(const Segment& s, const SetSpec& set, float d0, float bound,
                              int64_t cap, GatheredToken* out);
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
-                    int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
-                    const RowChanges* changes);
+                    int64_t hi, float rp, const float* src, const int32_t* words, float* row,
+                    uint64_t* seen, const RowChanges* changes);
 void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row);
-MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max);
 MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, int64_t n,
                            float* dst, float* block_max, MaxStats* raw, float* raw_block_max);
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit);

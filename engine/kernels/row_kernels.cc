@@ -1148,8 +1148,7 @@ void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row) {
 #if defined(__AVX512F__)
 namespace {
 
-// masked_copy_stats's pass (and masked_max_stats's, in place: src may be
-// dst without kRaw): the mask's bits are the packets' lane masks (16 tokens
+// masked_copy_stats's pass: the mask's bits are the packets' lane masks (16 tokens
 // a packet, lo a multiple of 32: half a word each), a word an iteration,
 // each packet into its own max; dst gets each packet with -inf in its
 // disallowed lanes; the maxima are taken under the mask, and with kRaw of
@@ -1254,15 +1253,6 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
 }  // namespace
 #endif
 
-MaxStats masked_max_stats(const int32_t* words, int64_t lo, int64_t n, float* x, float* block_max) {
-#if defined(__AVX512F__)
-  return masked_scan<false>(x, words, lo, n, x, block_max, nullptr, nullptr);
-#else
-  allowed_mask(words, lo, lo + n, x - lo);
-  return max_stats(x, n, block_max);
-#endif
-}
-
 MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, int64_t n,
                            float* dst, float* block_max, MaxStats* raw, float* raw_block_max) {
 #if defined(__AVX512F__)
@@ -1280,12 +1270,28 @@ MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, i
 }
 
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {
-  int64_t count = 0;
-  for (int64_t w = 0; w * 32 < n && count <= limit; ++w) {
-    auto word = static_cast<uint32_t>(words[w]);
-    if (word == 0) continue;
-    if (n - w * 32 < 32) word &= (uint32_t{1} << (n - w * 32)) - 1u;  // (bits past n)
-    count += std::popcount(word);
+  const int64_t full = n / 32;  // (words whose 32 bits are all tokens)
+  int64_t count = 0, w = 0;
+#if defined(__POPCNT__)
+  // (64 words between looks at the limit, counted without a branch on a
+  // word: a sparse mask's zero words and the others alternate unpredictably;
+  // not where the popcount is a library call, below)
+  constexpr int64_t kRun = 64;
+  for (; w + kRun <= full && count <= limit; w += kRun) {
+    int64_t run = 0;
+    for (int64_t i = 0; i < kRun; i += 2) {
+      uint64_t pair;
+      std::memcpy(&pair, words + w + i, sizeof pair);
+      run += std::popcount(pair);
+    }
+    count += run;
+  }
+#endif
+  for (; w < full && count <= limit; ++w) {
+    if (words[w] != 0) count += std::popcount(static_cast<uint32_t>(words[w]));
+  }
+  if (w == full && n % 32 != 0) {  // (bits past n)
+    count += std::popcount(static_cast<uint32_t>(words[w]) & ((uint32_t{1} << (n % 32)) - 1u));
   }
   return count;
 }
@@ -1293,9 +1299,9 @@ int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {
 int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci) {
   int64_t count = 0;
 #if defined(__AVX512F__)
-  // A word (two packets) at a time; words that allow nothing are passed
-  // over (a sparse mask's are most of them), the others' allowed finite
-  // values and their ids compressed into cx and ci.
+  // A packet (half a word of the mask) at a time; packets that allow
+  // nothing are passed over (a sparse mask's are most of them), the others'
+  // allowed finite values and their ids compressed into cx and ci.
   const __m512 ninf = _mm512_set1_ps(-kInf);
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   auto packet = [&](int64_t t, __mmask16 allowed) {
@@ -1306,14 +1312,24 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
     _mm512_storeu_si512(ci + count, _mm512_maskz_compress_epi32(keep, id));
     count += std::popcount(static_cast<unsigned>(keep));
   };
-  for (int64_t w = 0; w * 32 < n; ++w) {
-    auto word = static_cast<uint32_t>(words[w]);
-    if (word == 0) continue;
-    const int64_t t = w * 32;
-    if (n - t < 32) word &= (uint32_t{1} << (n - t)) - 1u;  // (bits past n)
-    packet(t, static_cast<__mmask16>(word));
-    packet(t + 16, static_cast<__mmask16>(word >> 16));
+  auto packet_at = [&](int64_t h) {  // (packet h: tokens 16h.., half h % 2 of word h / 2)
+    const int64_t t = h * 16;
+    uint32_t bits = static_cast<uint32_t>(words[h / 2]) >> (h % 2 * 16) & 0xffffu;
+    if (n - t < 16) bits &= n > t ? (uint32_t{1} << (n - t)) - 1u : 0u;  // (bits past n)
+    packet(t, static_cast<__mmask16>(bits));
+  };
+  // (16 words a look: the packets that allow something are found from one
+  // compare of 16-bit lanes, not a branch on each word)
+  const int64_t nwords = (n + 31) / 32;
+  int64_t w = 0;
+  for (; w + 16 <= nwords; w += 16) {
+    const __m512i v = _mm512_loadu_si512(words + w);
+    for (auto live = static_cast<uint32_t>(_mm512_test_epi16_mask(v, v)); live != 0;
+         live &= live - 1) {
+      packet_at(2 * w + std::countr_zero(live));
+    }
   }
+  for (int64_t h = 2 * w; h < 2 * nwords; ++h) packet_at(h);
 #else
   for (int64_t w = 0; w * 32 < n; ++w) {
     auto word = static_cast<uint32_t>(words[w]);
@@ -1331,8 +1347,8 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
 }
 
 void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
-                    int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
-                    const RowChanges* changes) {
+                    int64_t hi, float rp, const float* src, const int32_t* words, float* row,
+                    uint64_t* seen, const RowChanges* changes) {
   // Every value is read as it was before the kernel wrote anything (from
   // src, which the writes do not change, or on AVX-512 from row before the
   // first write): a token listed again is penalised from the same value to
@@ -1365,6 +1381,8 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
   const __m512 vrp = _mm512_set1_ps(rp);
   const __m512 zero = _mm512_setzero_ps();
   const __m512 least_max = _mm512_set1_ps(least);
+  const __m512 ninf = _mm512_set1_ps(-kInf);
+  const __m512i v31 = _mm512_set1_epi32(31);
   auto packet = [&](const int32_t* list, int64_t len, int64_t j, __m512i* tok) {
     const auto tail = static_cast<__mmask16>(len - j >= 16 ? 0xffff : (1u << (len - j)) - 1);
     *tok = _mm512_maskz_loadu_epi32(tail, list + j);
@@ -1402,6 +1420,13 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
         x = _mm512_mask_i32gather_ps(_mm512_maskz_loadu_ps(mine & ahead, pre + j),
                                      static_cast<__mmask16>(mine & ~ahead), tok, src, 4);
       }
+      if (words && j + 16 > npre) {  // (src's values: masked here; row's are)
+        const __m512i word = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mine,
+                                                         _mm512_srli_epi32(tok, 5), words, 4);
+        const __mmask16 allowed = _mm512_test_epi32_mask(
+            word, _mm512_sllv_epi32(_mm512_set1_epi32(1), _mm512_and_si512(tok, v31)));
+        x = _mm512_mask_mov_ps(ninf, allowed, x);
+      }
       const __m512 y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
                                             _mm512_mul_ps(x, vrp), _mm512_div_ps(x, vrp));
       _mm512_mask_i32scatter_ps(row, mine, tok, y, 4);
@@ -1409,11 +1434,13 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
       // Only a token that held its block's max, rises above it or is not
       // finite after changes the notes: a lane below every block's max
       // before and after (the maxima only rise as the notes go) is passed
-      // over, the others are noted one by one, in list order.
+      // over, the others are noted one by one, in list order. A -inf
+      // (masked) stays -inf, which changes nothing either.
       const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(y, y), zero, _CMP_EQ_OQ);
+      const __mmask16 live = _mm512_mask_cmp_ps_mask(mine, x, ninf, _CMP_NEQ_UQ);
       auto noted = static_cast<uint32_t>(
-          _mm512_mask_cmp_ps_mask(mine, _mm512_max_ps(x, y), least_max, _CMP_GE_OQ) |
-          (mine & ~finite));
+          _mm512_mask_cmp_ps_mask(live, _mm512_max_ps(x, y), least_max, _CMP_GE_OQ) |
+          (live & ~finite));
       if (noted == 0) continue;
       alignas(64) float xs[16], ys[16];
       _mm512_store_ps(xs, x);
@@ -1431,12 +1458,15 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
     for (int64_t j = 0; j < len; ++j) {
       const int32_t t = list[j];
       if (static_cast<uint32_t>(t - lo) >= span) continue;
-      const float x = src[t];
+      const bool allowed = !words || ((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u);
+      const float x = allowed ? src[t] : -kInf;
       const float y = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
       row[t] = y;
       // (as above: a token below every block's max before and after, and
-      // finite after, changes no note)
-      if (changes && (std::max(x, y) >= least || !(std::abs(y) < kInf))) note(t, x, y);
+      // finite after, or -inf before and after, changes no note)
+      if (changes && x != -kInf && (std::max(x, y) >= least || !(std::abs(y) < kInf))) {
+        note(t, x, y);
+      }
     }
   };
   penalise(a, na);
@@ -1498,7 +1528,6 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .typical_gather = &k::typical_gather,
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
-    .masked_max_stats = &k::masked_max_stats,
     .masked_copy_stats = &k::masked_copy_stats,
     .allowed_count = &k::allowed_count,
     .gather_allowed = &k::gather_allowed,

@@ -425,23 +425,22 @@ struct Kernels {
   // src[t], once per distinct token however often it is listed (src, not
   // row: the values before penalties), each change noted in `changes` when
   // given. `seen` (a bit per token, all zero) dedupes the rare notes that
-  // must count once, and is left all zero.
+  // must count once, and is left all zero. With `words` (an allowed-token
+  // bitmask, below) not null, a token the mask does not allow is read as
+  // -inf (row already masked, src not).
   void (*repeat_penalty)(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, int64_t lo,
-                         int64_t hi, float rp, const float* src, float* row, uint64_t* seen,
-                         const RowChanges* changes);
+                         int64_t hi, float rp, const float* src, const int32_t* words, float* row,
+                         uint64_t* seen, const RowChanges* changes);
   // An allowed-token bitmask (bit i % 32 of words[i / 32] set: token i
   // allowed) over row[lo, hi) (lo a multiple of 32): each token whose bit
   // is clear becomes -inf, the others stay as they are.
   void (*allowed_mask)(const int32_t* words, int64_t lo, int64_t hi, float* row);
-  // allowed_mask over the tokens [lo, lo + n) (lo a multiple of 32; x
-  // points at token lo) and then max_stats of the result (x, n,
-  // block_max), in one read of x: the same results.
-  MaxStats (*masked_max_stats)(const int32_t* words, int64_t lo, int64_t n, float* x,
-                               float* block_max);
-  // masked_max_stats of src copied to dst (dst's stats), and with raw not
-  // null also max_stats of src itself (into *raw and raw_block_max), in the
-  // one read of src: a float32 row, or a half row's widened copy, under a
-  // mask that is the only processor.
+  // The tokens [lo, lo + n) of src (lo a multiple of 32; src and dst point
+  // at token lo) copied to dst with allowed_mask applied, and max_stats of
+  // the copy (dst, n, block_max) returned; with raw not null also max_stats
+  // of src itself (into *raw and raw_block_max): the same results, in one
+  // read of src (a float32 row, or a half row's widened copy, under a
+  // dense mask).
   MaxStats (*masked_copy_stats)(const float* src, const int32_t* words, int64_t lo, int64_t n,
                                 float* dst, float* block_max, MaxStats* raw, float* raw_block_max);
   // How many tokens t < n the mask allows, or some count past `limit` once

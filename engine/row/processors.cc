@@ -61,13 +61,15 @@ void apply_processors(const RowRequest& r, int64_t lo, int64_t hi, float* row,
   // Each distinct token once: read from the unchanged row when no earlier
   // step changed this one (the kernel), or else marked in a bitmap whose
   // words are cleared after (every set bit belongs to a listed token).
-  // (the mask, left to the caller, changes nothing before the penalties)
+  // (the kernel applies the mask to what it reads from the unchanged row)
   const bool from_unchanged =
       repetition && unchanged != nullptr && r.banned_tokens.empty() && r.logit_bias.empty();
   if (from_unchanged) {
     k.repeat_penalty(r.prompt_tokens.data(), static_cast<int64_t>(r.prompt_tokens.size()),
                      r.generated_tokens.data(), static_cast<int64_t>(r.generated_tokens.size()), lo,
-                     hi, p.repetition_penalty, unchanged, row, scratch.seen.data(), changes);
+                     hi, p.repetition_penalty, unchanged,
+                     r.allowed_mask.empty() ? nullptr : r.allowed_mask.data(), row,
+                     scratch.seen.data(), changes);
   } else if (repetition) {
     uint64_t* seen = scratch.seen.data();
     const float rp = p.repetition_penalty;

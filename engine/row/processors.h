@@ -28,17 +28,18 @@ struct PenaltyScratch {
 
 // Applies every processor of `request` but the allowed-token mask to the
 // tokens [lo, hi) of `row` (the whole row's floats) in SPEC order, leaving
-// the others alone, and notes each change in `changes` when given (never
-// with a mask, which may change most of the row). The caller applies the
-// mask after them, in the read that scans the row again
-// (Kernels::masked_max_stats, masked_copy_stats) or by listing the tokens
-// it allows: every processor keeps -inf as -inf and changes each token by
-// its own value, so the row ends as in SPEC order. lo and hi are multiples of 64 (or hi the
-// row's end; with `changes`, of kChunk), so that calls on disjoint ranges
-// touch disjoint parts of the row and of the scratch and may run at once.
-// `unchanged`, when not null, holds the row as it was before any processor
-// (read only at the listed history tokens), which lets the repetition penalty
-// run as a vector kernel (Kernels::repeat_penalty).
+// the others alone, and notes each change in `changes` when given. The
+// caller applies the mask first: as it copies the row
+// (Kernels::masked_copy_stats), or by writing only the tokens it allows
+// into `row` and reading only those back (every processor keeps -inf as
+// -inf and changes each token by its own value: the values past them do
+// not matter). lo and hi are multiples of 64 (or hi the row's end; with
+// `changes`, of kChunk), so that calls on disjoint ranges touch disjoint
+// parts of the row and of the scratch and may run at once. `unchanged`,
+// when not null, holds the row as it was before any processor, the mask
+// included (read only at the listed history tokens; `row` then holds it
+// masked), which lets the repetition penalty run as a vector kernel
+// (Kernels::repeat_penalty).
 void apply_processors(const RowRequest& request, int64_t lo, int64_t hi, float* row,
                       PenaltyScratch& scratch, const RowChanges* changes, const Kernels& k,
                       const float* unchanged);

@@ -491,43 +491,43 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     sc_.processed_stats.resize(static_cast<size_t>(nseg));
     // One part per thread, each a run of whole segments (as the passes
     // that follow split them): its segments are copied and scanned, and the
-    // processors' changes that fall in them applied. Sparse changes (bias,
-    // bans, penalties) are noted as they are made (RowChanges), and only the
-    // blocks whose max they touched are scanned again; an allowed-token mask
-    // may change most of the row, which is then scanned again whole.
+    // processors' changes that fall in them applied. An allowed-token mask
+    // is applied as the row is copied (SPEC order: the mask first), in the
+    // read that scans the row, masked and not (Kernels::masked_copy_stats);
+    // the other processors' changes (bias, bans, penalties: listed tokens)
+    // are noted as they are made (RowChanges), and only the blocks whose
+    // max they touched are scanned again.
     const int64_t parts =
         light_row || !run_.parallel || vocab < 4 * kChunk
             ? 1
             : std::clamp<int64_t>(tbb::this_task_arena::max_concurrency(), 1, nseg);
-    const bool noted = req_.allowed_mask.empty();
+    const bool masked = !req_.allowed_mask.empty();
+    const bool mask_only = only_allowed_mask(req_);
     auto row_bmax = [&](const Segment& seg) {
       return sc_.row_block_max.data() + seg.base / kPassBlock;
     };
     RowChanges changes;
-    if (noted) {
+    if (!mask_only) {
       sc_.touched_blocks.assign(sc_.row_block_max.size(), 0);
       sc_.chunk_lost.assign(static_cast<size_t>(nseg), 0);
       sc_.chunk_bad.assign(static_cast<size_t>(nseg), -1);
       changes = RowChanges{sc_.row_block_max.data(), sc_.touched_blocks.data(),
                            sc_.chunk_lost.data(), sc_.chunk_bad.data()};
     }
-    // (a mask that is the only processor: each segment copied, masked and
-    // scanned, masked and not, in one read)
-    const bool mask_only = only_allowed_mask(req_);
     auto part = [&](int64_t p) {
       const int64_t first = p * nseg / parts, last = (p + 1) * nseg / parts;
-      if (mask_only) {
-        for (int64_t s = first; s < last; ++s) {
-          const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
-          const auto i = static_cast<size_t>(s);
-          float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
+      // (the copy's scan is the processed row's until the changes)
+      for (int64_t s = first; s < last; ++s) {
+        const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
+        const auto i = static_cast<size_t>(s);
+        const char* src = static_cast<const char*>(in_.data) + seg.base * esize;
+        float* work = sc_.work_buf.data() + seg.base;
+        float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
+        if (masked) {
           const int32_t* words = req_.allowed_mask.data();
-          float* work = sc_.work_buf.data() + seg.base;
           if (half) {
             float* widened = sc_.raw_buf.data() + seg.base;
-            sc_.max_stats[i] =
-                run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize,
-                                        in_.dtype, seg.n, widened, raw_bmax);
+            sc_.max_stats[i] = run_.k->widen_max_stats(src, in_.dtype, seg.n, widened, raw_bmax);
             sc_.processed_stats[i] = run_.k->masked_copy_stats(
                 widened, words, seg.base, seg.n, work, row_bmax(seg), nullptr, nullptr);
           } else {
@@ -535,35 +535,27 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
                 run_.k->masked_copy_stats(dist.raw + seg.base, words, seg.base, seg.n, work,
                                           row_bmax(seg), &sc_.max_stats[i], raw_bmax);
           }
-          if (seg.sample) record_sample(seg, sc_.row_samples);
+        } else {
+          float* widened = half ? sc_.raw_buf.data() + seg.base : work;
+          sc_.max_stats[i] = run_.k->widen_max_stats(src, in_.dtype, seg.n, widened, raw_bmax);
+          if (half) std::copy_n(widened, seg.n, work);
+          std::copy_n(raw_bmax, block_count(seg.n), row_bmax(seg));
+          sc_.processed_stats[i] = sc_.max_stats[i];
         }
-        return;
+      }
+      if (!mask_only) {
+        const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
+        apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
+                         sc_.work_buf.data(), sc_.penalties, &changes, *run_.k, dist.raw);
       }
       for (int64_t s = first; s < last; ++s) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
-        float* work = sc_.work_buf.data() + seg.base;
-        float* widened = half ? sc_.raw_buf.data() + seg.base : work;
-        float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
-        sc_.max_stats[static_cast<size_t>(s)] =
-            run_.k->widen_max_stats(static_cast<const char*>(in_.data) + seg.base * esize,
-                                    in_.dtype, seg.n, widened, raw_bmax);
-        if (half) std::copy_n(widened, seg.n, work);
-        if (noted) std::copy_n(raw_bmax, block_count(seg.n), row_bmax(seg));
-      }
-      const Segment& end = sc_.row_segs[static_cast<size_t>(last - 1)];
-      // (a mask is applied last, in the read that scans the row again)
-      apply_processors(req_, sc_.row_segs[static_cast<size_t>(first)].base, end.base + end.n,
-                       sc_.work_buf.data(), sc_.penalties, noted ? &changes : nullptr, *run_.k,
-                       dist.raw);
-      for (int64_t s = first; s < last; ++s) {
-        const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
-        sc_.processed_stats[static_cast<size_t>(s)] =
-            noted ? changed_stats(seg, sc_.max_stats[static_cast<size_t>(s)], row_bmax(seg),
-                                  sc_.touched_blocks.data() + seg.base / kPassBlock,
-                                  sc_.chunk_lost[static_cast<size_t>(s)],
-                                  sc_.chunk_bad[static_cast<size_t>(s)])
-                  : run_.k->masked_max_stats(req_.allowed_mask.data(), seg.base, seg.n,
-                                             sc_.work_buf.data() + seg.base, row_bmax(seg));
+        const auto i = static_cast<size_t>(s);
+        if (!mask_only) {
+          sc_.processed_stats[i] = changed_stats(seg, sc_.processed_stats[i], row_bmax(seg),
+                                                 sc_.touched_blocks.data() + seg.base / kPassBlock,
+                                                 sc_.chunk_lost[i], sc_.chunk_bad[i]);
+        }
         if (seg.sample) record_sample(seg, sc_.row_samples);
       }
     };
