@@ -168,11 +168,13 @@ void reference_case(benchmark::State& state, nb::Config config, int64_t vocab, i
 }
 
 // The parameter sets of params/...: each changes a grid configuration's
-// request (full sampling's unless it names another).
+// request (full sampling's unless it names another), on a float32 row
+// unless it names another type.
 struct ParamSet {
   const char* name;
   void (*change)(nucleus::RowRequest& r);
   nb::Config base = nb::Config::kFull;
+  nucleus::DType dtype = nucleus::DType::kFloat32;
 };
 // An allowed-token mask for 128256 tokens, one word in three partly cleared.
 std::span<const int32_t> partial_mask() {
@@ -244,6 +246,8 @@ constexpr ParamSet kParamSets[] = {
      }},
     {"mask-penalty",  // (penalty-topp's request: its 2,000-token history)
      [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }, nb::Config::kPenaltyTopP},
+    {"mask", [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }, nb::Config::kFull,
+     nucleus::DType::kBFloat16},
     {"mask-sparse", [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }},
     {"mask-sparse-topp",
      [](nucleus::RowRequest& r) {
@@ -260,7 +264,7 @@ constexpr ParamSet kParamSets[] = {
 };
 
 void params_case(benchmark::State& state, const ParamSet* set) {
-  const std::span<const nb::Workload> ws = workloads(state, 128256, 1, nucleus::DType::kFloat32);
+  const std::span<const nb::Workload> ws = workloads(state, 128256, 1, set->dtype);
   if (ws.empty()) return;
   std::vector<std::vector<nucleus::RowRequest>> requests;
   for (const nb::Workload& w : ws) {
@@ -414,8 +418,9 @@ void register_grid() {
     }
   }
   for (const ParamSet& set : kParamSets) {
-    benchmark::RegisterBenchmark(join({"params", set.name, "128256/1/f32/1"}).c_str(), params_case,
-                                 &set)
+    benchmark::RegisterBenchmark(
+        join({"params", set.name, "128256/1", nucleus::dtype_name(set.dtype), "1"}).c_str(),
+        params_case, &set)
         ->UseRealTime();
   }
   for (const WideRow& row : kWideRows) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/io/half.h"
 #include "engine/kernels/row_kernels.h"
 #include "nucleus/engine.h"
 
@@ -682,8 +683,9 @@ TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
 
 // The allowed-token mask applied as the row is copied, and the scans of the
 // copy and of the row in the same read (masked_copy_stats), on every
-// instruction set: the copy and its scan as allowed_mask and then max_stats
-// leave them, the row's own scan as max_stats leaves it, over segments that
+// instruction set, from float32, bfloat16 and float16 rows: the copy and its
+// scan as allowed_mask and then max_stats leave them, the row's own scan as
+// max_stats leaves it (and a half row widened), over segments that
 // start past 0 (at a multiple of 32) and end inside a block and a word,
 // with masks that clear nothing, everything, every word in three in part or
 // whole blocks; the max at -0, tied, in a later block or masked; +inf and
@@ -730,26 +732,43 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
     for (const int64_t lo : {int64_t{0}, int64_t{64}, int64_t{512}}) {
       for (const int64_t n : {kVocab - lo, kVocab - lo - 5, int64_t{512}}) {
         SCOPED_TRACE(testing::Message() << "tokens " << lo << " + " << n);
-        for (Isa isa : runnable_isas()) {
-          SCOPED_TRACE(isa_name(isa));
-          const detail::Kernels& k = detail::kernels_for(isa);
-          std::vector<float> want = row;
-          const auto blocks = static_cast<size_t>(detail::block_count(n));
-          std::vector<float> want_max(blocks), got_max(blocks);
-          k.allowed_mask(words.data(), lo, lo + n, want.data());
-          const detail::MaxStats w = k.max_stats(want.data() + lo, n, want_max.data());
-          std::vector<float> raw_max(blocks), want_raw_max(blocks);
-          const detail::MaxStats want_raw = k.max_stats(row.data() + lo, n, want_raw_max.data());
-          for (const bool with_raw : {false, true}) {
-            SCOPED_TRACE(with_raw ? "copied, with the raw scan" : "copied");
-            std::vector<float> copy(static_cast<size_t>(kVocab), 5.0f);
+        for (const DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+          SCOPED_TRACE(dtype_name(dtype));
+          // (a half row: the row rounded, and its values as the kernel reads them)
+          std::vector<uint16_t> halves(static_cast<size_t>(kVocab));
+          std::vector<float> values = row;
+          if (dtype != DType::kFloat32) {
+            for (size_t i = 0; i < halves.size(); ++i) {
+              halves[i] = dtype == DType::kBFloat16 ? detail::float_to_bfloat16_bits(row[i])
+                                                    : detail::float_to_half_bits(row[i]);
+              values[i] = detail::half_to_float(halves[i], dtype);
+            }
+          }
+          const void* src = dtype == DType::kFloat32 ? static_cast<const void*>(row.data() + lo)
+                                                     : static_cast<const void*>(halves.data() + lo);
+          for (Isa isa : runnable_isas()) {
+            SCOPED_TRACE(isa_name(isa));
+            const detail::Kernels& k = detail::kernels_for(isa);
+            std::vector<float> want = values;
+            const auto blocks = static_cast<size_t>(detail::block_count(n));
+            std::vector<float> want_max(blocks), got_max(blocks);
+            k.allowed_mask(words.data(), lo, lo + n, want.data());
+            const detail::MaxStats w = k.max_stats(want.data() + lo, n, want_max.data());
+            std::vector<float> raw_max(blocks), want_raw_max(blocks);
+            const detail::MaxStats want_raw =
+                k.max_stats(values.data() + lo, n, want_raw_max.data());
+            std::vector<float> copy(static_cast<size_t>(kVocab), 5.0f), widened = copy;
             detail::MaxStats r;
-            const detail::MaxStats c = k.masked_copy_stats(
-                row.data() + lo, words.data(), lo, n, copy.data() + lo, got_max.data(),
-                with_raw ? &r : nullptr, with_raw ? raw_max.data() : nullptr);
+            const detail::MaxStats c =
+                k.masked_copy_stats(src, dtype, words.data(), lo, n, copy.data() + lo,
+                                    got_max.data(), &r, raw_max.data(), widened.data() + lo);
             for (int64_t i = lo; i < lo + n; ++i) {
               ASSERT_EQ(std::bit_cast<uint32_t>(copy[i]), std::bit_cast<uint32_t>(want[i]))
                   << "token " << i;
+              if (dtype != DType::kFloat32) {
+                ASSERT_EQ(std::bit_cast<uint32_t>(widened[i]), std::bit_cast<uint32_t>(values[i]))
+                    << "widened token " << i;
+              }
             }
             EXPECT_EQ(c.bad_at, w.bad_at);
             if (w.bad_at < 0) {  // (a row error: the rest is not read)
@@ -760,7 +779,6 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
                 EXPECT_EQ(got_max[b], want_max[b]) << "block " << b;
               }
             }
-            if (!with_raw) continue;
             EXPECT_EQ(r.bad_at, want_raw.bad_at);
             EXPECT_EQ(std::bit_cast<uint32_t>(r.max), std::bit_cast<uint32_t>(want_raw.max));
             EXPECT_EQ(r.argmax, want_raw.argmax);

@@ -72,15 +72,15 @@ one_row_cases() {
   json="$("$bench" --benchmark_min_time=0.01 --benchmark_format=json \
     --benchmark_filter="$1" 2>/dev/null)"
   /usr/bin/python3 - "$json" "$1" "$2" <<'PY'
-import json, sys
+import json, re, sys
 runs = {b["name"]: b for b in json.loads(sys.argv[1])["benchmarks"]}
 assert len(runs) == int(sys.argv[3]), sorted(runs)
 for name, b in runs.items():
-    assert name.endswith("/128256/1/f32/1/real_time"), name
+    assert re.search(r"/128256/1/(f32|bf16)/1/real_time$", name), name
     assert "error_occurred" not in b, (name, b)
     assert b["iterations"] >= 1 and b["rows/s"] > 0, (name, b)
 print(f"sampler_bench: {len(runs)} cases {sys.argv[2]} run")
 PY
 }
-one_row_cases '^params/' 18
+one_row_cases '^params/' 19
 one_row_cases '^wide/' 12

@@ -58,7 +58,8 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
                     int64_t hi, float rp, const float* src, const int32_t* words, float* row,
                     uint64_t* seen, const RowChanges* changes);
 void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row);
-MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, int64_t n,
-                           float* dst, float* block_max, MaxStats* raw, float* raw_block_max);
+MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, int64_t lo,
+                           int64_t n, float* dst, float* block_max, MaxStats* raw,
+                           float* raw_block_max, float* widened);
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit);
 int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci);

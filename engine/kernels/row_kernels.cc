@@ -1148,25 +1148,36 @@ void allowed_mask(const int32_t* words, int64_t lo, int64_t hi, float* row) {
 #if defined(__AVX512F__)
 namespace {
 
-// masked_copy_stats's pass: the mask's bits are the packets' lane masks (16 tokens
-// a packet, lo a multiple of 32: half a word each), a word an iteration,
-// each packet into its own max; dst gets each packet with -inf in its
-// disallowed lanes; the maxima are taken under the mask, and with kRaw of
-// src unmasked too. The finite counts are the mask's own (a popcount a
-// word) in a block whose values are all finite, which a probe tells; the
-// others are counted again exactly. Against allowed_mask and then
-// max_stats, whose probe fails on every block that holds a -inf (the
-// masked row's) and scans it again: see docs/performance.md.
-template <bool kRaw>
-MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t n, float* dst,
-                     float* block_max, MaxStats* raw, float* raw_block_max) {
+// masked_copy_stats's pass: the mask's bits are the packets' lane masks (16
+// tokens a packet, lo a multiple of 32: half a word each), a word an
+// iteration, each packet into its own max; dst gets each packet with -inf in
+// its disallowed lanes; the maxima are taken under the mask and of src
+// unmasked. A half src is widened as it is read (into `widened`, from which
+// the few blocks read again are read). The finite counts are the mask's own
+// (a popcount a word) in a block whose values are all finite, which a probe
+// tells; the others are counted again exactly. Against allowed_mask and then
+// max_stats, whose probe fails on every block that holds a -inf (the masked
+// row's) and scans it again: see docs/performance.md.
+template <DType kType>
+MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t n, float* dst,
+                     float* block_max, MaxStats* raw, float* raw_block_max, float* widened) {
+  constexpr bool kHalf = kType != DType::kFloat32;
   const __m512 ninf = _mm512_set1_ps(-kInf);
   const __m512 pinf = _mm512_set1_ps(kInf);
   ScanTotals masked, unmasked;
   const __m512 zero = _mm512_setzero_ps();
+  // (the values as floats: src's own, or its widened copy)
+  const float* x = kHalf ? widened : static_cast<const float*>(src);
+  auto widen = [](__m256i h) {  // (16 halves; exact, as to_float)
+    if constexpr (kType == DType::kBFloat16) {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm512_cvtph_ps(h);
+    }
+  };
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
-    const float* xb = src + b0;
+    const float* xb = x + b0;
     float* ob = dst + b0;
     __m512 bm0 = ninf, bm1 = ninf, rm0 = ninf, rm1 = ninf;
     // A finiteness probe, as scan_blocks': v * 0 + probe stays 0 while every
@@ -1178,15 +1189,23 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
     for (; j + 32 <= m; j += 32) {
       const auto word = static_cast<uint32_t>(words[(lo + b0 + j) / 32]);
       const auto a0 = static_cast<__mmask16>(word), a1 = static_cast<__mmask16>(word >> 16);
-      const __m512 v0 = _mm512_loadu_ps(xb + j), v1 = _mm512_loadu_ps(xb + j + 16);
+      __m512 v0, v1;
+      if constexpr (kHalf) {
+        const __m512i h = _mm512_loadu_si512(static_cast<const uint16_t*>(src) + b0 + j);
+        v0 = widen(_mm512_castsi512_si256(h));
+        v1 = widen(_mm512_extracti64x4_epi64(h, 1));
+        _mm512_storeu_ps(widened + b0 + j, v0);
+        _mm512_storeu_ps(widened + b0 + j + 16, v1);
+      } else {
+        v0 = _mm512_loadu_ps(xb + j);
+        v1 = _mm512_loadu_ps(xb + j + 16);
+      }
       _mm512_storeu_ps(ob + j, _mm512_mask_mov_ps(ninf, a0, v0));
       _mm512_storeu_ps(ob + j + 16, _mm512_mask_mov_ps(ninf, a1, v1));
       bm0 = _mm512_mask_max_ps(bm0, a0, bm0, v0);
       bm1 = _mm512_mask_max_ps(bm1, a1, bm1, v1);
-      if constexpr (kRaw) {
-        rm0 = _mm512_max_ps(v0, rm0);  // (NaN-blind: a NaN v leaves rm)
-        rm1 = _mm512_max_ps(v1, rm1);
-      }
+      rm0 = _mm512_max_ps(v0, rm0);  // (NaN-blind: a NaN v leaves rm)
+      rm1 = _mm512_max_ps(v1, rm1);
       probe0 = _mm512_fmadd_ps(v0, zero, probe0);
       probe1 = _mm512_fmadd_ps(v1, zero, probe1);
       allowed_tokens += std::popcount(word);
@@ -1197,10 +1216,18 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
       const auto lanes = static_cast<__mmask16>(m - j >= 16 ? 0xffffu : (1u << (m - j)) - 1u);
       const auto allowed =
           static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
-      const __m512 v = _mm512_mask_loadu_ps(ninf, lanes, xb + j);
+      __m512 v;
+      if constexpr (kHalf) {
+        v = _mm512_mask_mov_ps(
+            ninf, lanes,
+            widen(_mm256_maskz_loadu_epi16(lanes, static_cast<const uint16_t*>(src) + b0 + j)));
+        _mm512_mask_storeu_ps(widened + b0 + j, lanes, v);
+      } else {
+        v = _mm512_mask_loadu_ps(ninf, lanes, xb + j);
+      }
       _mm512_mask_storeu_ps(ob + j, lanes, _mm512_mask_mov_ps(ninf, allowed, v));
       bm0 = _mm512_mask_max_ps(bm0, allowed, bm0, v);
-      if constexpr (kRaw) rm0 = _mm512_max_ps(v, rm0);
+      rm0 = _mm512_max_ps(v, rm0);
       exact = true;  // (counted below, with the lanes past the block left out)
     }
     int64_t finite = m, masked_finite = allowed_tokens;
@@ -1232,41 +1259,49 @@ MaxStats masked_scan(const float* src, const int32_t* words, int64_t lo, int64_t
           return ExactScan{bmax, masked_bad != 0, masked_finite};
         },
         block_max);
-    if constexpr (kRaw) {
-      const float rmax = _mm512_reduce_max_ps(_mm512_max_ps(rm0, rm1));
-      unmasked.add(
-          b0, m, !exact, rmax,
-          [&] {
-            return ExactScan{rmax, bad != 0, finite};
-          },
-          raw_block_max);
-    }
+    const float rmax = _mm512_reduce_max_ps(_mm512_max_ps(rm0, rm1));
+    unmasked.add(
+        b0, m, !exact, rmax,
+        [&] {
+          return ExactScan{rmax, bad != 0, finite};
+        },
+        raw_block_max);
   }
-  auto finish = [n](const ScanTotals& totals, const float* x) {
+  auto finish = [n](const ScanTotals& totals, const float* values) {
     const int64_t at = totals.max_block;
-    return totals.finish(x + at, std::min(kPassBlock, n - at), [&] { return first_bad(x, n); });
+    return totals.finish(values + at, std::min(kPassBlock, n - at),
+                         [&] { return first_bad(values, n); });
   };
-  if constexpr (kRaw) *raw = finish(unmasked, src);
+  *raw = finish(unmasked, x);
   return finish(masked, dst);
 }
 
 }  // namespace
 #endif
 
-MaxStats masked_copy_stats(const float* src, const int32_t* words, int64_t lo, int64_t n,
-                           float* dst, float* block_max, MaxStats* raw, float* raw_block_max) {
+MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, int64_t lo,
+                           int64_t n, float* dst, float* block_max, MaxStats* raw,
+                           float* raw_block_max, float* widened) {
 #if defined(__AVX512F__)
-  if (raw) return masked_scan<true>(src, words, lo, n, dst, block_max, raw, raw_block_max);
-  return masked_scan<false>(src, words, lo, n, dst, block_max, nullptr, nullptr);
-#else
-  if (raw) {
-    *raw = scan_blocks<true>(src, n, raw_block_max, dst);
-  } else {
-    std::copy_n(src, n, dst);
+  switch (dtype) {
+    case DType::kFloat32:
+      return masked_scan<DType::kFloat32>(src, words, lo, n, dst, block_max, raw, raw_block_max,
+                                          nullptr);
+    case DType::kBFloat16:
+      return masked_scan<DType::kBFloat16>(src, words, lo, n, dst, block_max, raw, raw_block_max,
+                                           widened);
+    case DType::kFloat16:
+      return masked_scan<DType::kFloat16>(src, words, lo, n, dst, block_max, raw, raw_block_max,
+                                          widened);
   }
+#endif
+  // (the row widened into `widened`, or a float32 one copied to dst, with
+  // its scan; then the mask and the copy's scan)
+  const bool half = dtype != DType::kFloat32;
+  *raw = widen_max_stats(src, dtype, n, half ? widened : dst, raw_block_max);
+  if (half) std::copy_n(widened, n, dst);
   allowed_mask(words, lo, lo + n, dst - lo);
   return max_stats(dst, n, block_max);
-#endif
 }
 
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {

@@ -435,14 +435,16 @@ struct Kernels {
   // allowed) over row[lo, hi) (lo a multiple of 32): each token whose bit
   // is clear becomes -inf, the others stay as they are.
   void (*allowed_mask)(const int32_t* words, int64_t lo, int64_t hi, float* row);
-  // The tokens [lo, lo + n) of src (lo a multiple of 32; src and dst point
-  // at token lo) copied to dst with allowed_mask applied, and max_stats of
-  // the copy (dst, n, block_max) returned; with raw not null also max_stats
-  // of src itself (into *raw and raw_block_max): the same results, in one
-  // read of src (a float32 row, or a half row's widened copy, under a
-  // dense mask).
-  MaxStats (*masked_copy_stats)(const float* src, const int32_t* words, int64_t lo, int64_t n,
-                                float* dst, float* block_max, MaxStats* raw, float* raw_block_max);
+  // The tokens [lo, lo + n) of src (of type dtype; lo a multiple of 32;
+  // src, dst and widened point at token lo) copied to dst as floats with
+  // allowed_mask applied, and max_stats of the copy (dst, n, block_max)
+  // returned; also max_stats of src itself (into *raw and raw_block_max),
+  // and a half src widened into `widened` (unused for float32): the same
+  // results as widen_max_stats, allowed_mask and max_stats, in one read of
+  // src (a row under a dense mask).
+  MaxStats (*masked_copy_stats)(const void* src, DType dtype, const int32_t* words, int64_t lo,
+                                int64_t n, float* dst, float* block_max, MaxStats* raw,
+                                float* raw_block_max, float* widened);
   // How many tokens t < n the mask allows, or some count past `limit` once
   // the count passes it (a hardware popcount where the instruction set has
   // one: the baseline build's is a library call).

@@ -524,17 +524,9 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
         float* work = sc_.work_buf.data() + seg.base;
         float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
         if (masked) {
-          const int32_t* words = req_.allowed_mask.data();
-          if (half) {
-            float* widened = sc_.raw_buf.data() + seg.base;
-            sc_.max_stats[i] = run_.k->widen_max_stats(src, in_.dtype, seg.n, widened, raw_bmax);
-            sc_.processed_stats[i] = run_.k->masked_copy_stats(
-                widened, words, seg.base, seg.n, work, row_bmax(seg), nullptr, nullptr);
-          } else {
-            sc_.processed_stats[i] =
-                run_.k->masked_copy_stats(dist.raw + seg.base, words, seg.base, seg.n, work,
-                                          row_bmax(seg), &sc_.max_stats[i], raw_bmax);
-          }
+          sc_.processed_stats[i] = run_.k->masked_copy_stats(
+              src, in_.dtype, req_.allowed_mask.data(), seg.base, seg.n, work, row_bmax(seg),
+              &sc_.max_stats[i], raw_bmax, half ? sc_.raw_buf.data() + seg.base : nullptr);
         } else {
           float* widened = half ? sc_.raw_buf.data() + seg.base : work;
           sc_.max_stats[i] = run_.k->widen_max_stats(src, in_.dtype, seg.n, widened, raw_bmax);
