@@ -41,23 +41,38 @@ declare -A max_len=(
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
-failed=()
-for t in "${targets[@]}"; do
-  work="$build/work/$t"
-  artifacts="$build/artifacts/$t"
+# Each target on a core of its own, as many at once as there are cores
+# (each runs its SECONDS either way); the reports follow in target order.
+fuzz_one() {
+  local t="$1"
+  local work="$build/work/$t" artifacts="$build/artifacts/$t"
   mkdir -p "$work" "$artifacts"
-  echo "fuzz: $t for ${seconds}s" >&2
   # The first directory receives new inputs; the seed corpus and the saved
   # regressions are only read (a regression that fails again fails here at
   # once, before any fuzzing).
-  inputs=("$work" "fuzz/corpus/$t")
+  local inputs=("$work" "fuzz/corpus/$t")
   if [[ -d "fuzz/regressions/$t" ]]; then inputs+=("fuzz/regressions/$t"); fi
-  if ! "$build/fuzz/${t}_fuzzer" "${inputs[@]}" \
-      -max_total_time="$seconds" -max_len="${max_len[$t]:-4096}" \
-      -timeout=20 -rss_limit_mb=3072 -print_final_stats=1 \
-      -artifact_prefix="$artifacts/" 2> "$build/$t.log"; then
+  local rc=0
+  "$build/fuzz/${t}_fuzzer" "${inputs[@]}" \
+    -max_total_time="$seconds" -max_len="${max_len[$t]:-4096}" \
+    -timeout=20 -rss_limit_mb=3072 -print_final_stats=1 \
+    -artifact_prefix="$artifacts/" 2> "$build/$t.log" || rc=$?
+  echo "$rc" > "$build/$t.status"
+}
+slots="$(nproc)"
+for t in "${targets[@]}"; do
+  while (($(jobs -rp | wc -l) >= slots)); do wait -n || true; done
+  echo "fuzz: $t for ${seconds}s" >&2
+  rm -f "$build/$t.status"
+  fuzz_one "$t" &
+done
+wait
+
+failed=()
+for t in "${targets[@]}"; do
+  if [[ "$(cat "$build/$t.status" 2> /dev/null)" != 0 ]]; then
     tail -n 60 "$build/$t.log" >&2
-    echo "fuzz: $t FAILED; reproducer in $artifacts/" >&2
+    echo "fuzz: $t FAILED; reproducer in $build/artifacts/$t/" >&2
     failed+=("$t")
   else
     grep -E "^stat::number_of_executed_units|^stat::new_units_added" "$build/$t.log" \
