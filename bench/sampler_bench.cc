@@ -248,6 +248,12 @@ constexpr ParamSet kParamSets[] = {
      [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }, nb::Config::kPenaltyTopP},
     {"mask", [](nucleus::RowRequest& r) { r.allowed_mask = partial_mask(); }, nb::Config::kFull,
      nucleus::DType::kBFloat16},
+    {"mask-greedy-logprobs",  // (two exp passes: the masked row's Z and the raw row's)
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = partial_mask();
+       r.params.logprobs = true;
+     },
+     nb::Config::kGreedy},
     {"mask-sparse", [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }},
     {"mask-sparse-topp",
      [](nucleus::RowRequest& r) {

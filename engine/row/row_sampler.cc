@@ -285,11 +285,12 @@ float RowPipeline::min_key_of(std::span<const Segment> segs, const SetSpec& set)
   return m;
 }
 
-// A processed segment's scan from the unchanged row's (`raw`) and the noted
-// changes (RowChanges; seg.bmax already holds the block maxima as changes
-// raised them): blocks whose max a change touched are scanned again, and the
-// max's first position is looked for in the first block that reaches it. The
-// same results as scanning the changed segment.
+// A processed segment's scan from the scan of the row before the changes
+// (`raw`: the input's, or its masked copy's) and the noted changes
+// (RowChanges; seg.bmax already holds the block maxima as changes raised
+// them): blocks whose max a change touched are scanned again, and the max's
+// first position is looked for in the first block that reaches it. The same
+// results as scanning the changed segment.
 MaxStats RowPipeline::changed_stats(const Segment& seg, const MaxStats& raw, float* bmax,
                                     const uint8_t* touched, int64_t lost, int64_t bad_at) {
   MaxStats st;
