@@ -185,6 +185,16 @@ std::span<const int32_t> partial_mask() {
   }();
   return words;
 }
+// A mask for 128256 tokens that leaves out every 64th (2,004 tokens: a
+// grammar's inside a string, say, which leaves out the quotes).
+std::span<const int32_t> nearly_all_mask() {
+  static const std::vector<int32_t> words = [] {
+    std::vector<int32_t> w((128256 + 31) / 32, -1);
+    for (size_t i = 0; i < w.size(); i += 2) w[i] = static_cast<int32_t>(0xfffffffeu);
+    return w;
+  }();
+  return words;
+}
 // A grammar's mask for 128256 tokens: 511 allowed, every 251st.
 std::span<const int32_t> sparse_mask() {
   static const std::vector<int32_t> words = [] {
@@ -254,6 +264,11 @@ constexpr ParamSet kParamSets[] = {
        r.params.logprobs = true;
      },
      nb::Config::kGreedy},
+    {"mask-nearly-all-logprobs",
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = nearly_all_mask();
+       r.params.logprobs = true;
+     }},
     {"mask-sparse", [](nucleus::RowRequest& r) { r.allowed_mask = sparse_mask(); }},
     {"mask-sparse-topp",
      [](nucleus::RowRequest& r) {

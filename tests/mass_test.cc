@@ -627,12 +627,11 @@ TEST(AllowedMask, ClearedBitsAreMinusInfinityAndTheRestUnchanged) {
 }
 
 // A sparse mask's candidates (gather_allowed) and the mask's count
-// (allowed_count), on every instruction set: the allowed tokens below n
-// whose value exceeds -inf, in order, with their values, as a scalar loop
-// finds them; words that allow nothing, all, or a few, and a sparse stretch
-// (a bit in one word in seven); bits past n set, n inside a word's first
-// or second half, in a last run of 16 words or past them; the count
-// stopping past its limit.
+// (allowed_count), on every instruction set: the allowed tokens below n (or
+// those the mask leaves out) whose value exceeds -inf, in order, with their
+// values, as a scalar loop finds them; words that allow nothing, all, or a few, and a sparse
+// stretch (a bit in one word in seven); bits past n set, n inside a word's first or second half, in
+// a last run of 16 words or past them; the count stopping past its limit.
 TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
   constexpr int64_t kWords = 150;
   std::vector<int32_t> words(kWords);
@@ -653,30 +652,40 @@ TEST(GatherAllowed, TheAllowedFiniteTokensInOrder) {
   for (const int64_t n : {int64_t{kWords * 32}, int64_t{kWords * 32 - 13}, int64_t{144 * 32 - 13},
                           int64_t{143 * 32 + 5}, int64_t{143 * 32 + 20}, int64_t{100}}) {
     SCOPED_TRACE(testing::Message() << "n " << n);
-    std::vector<float> want_x;
-    std::vector<int32_t> want_i;
     int64_t allowed = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      if (!((static_cast<uint32_t>(words[t / 32]) >> (t % 32)) & 1u)) continue;
-      ++allowed;
-      if (row[t] > -std::numeric_limits<float>::infinity()) {
-        want_x.push_back(row[t]);
-        want_i.push_back(static_cast<int32_t>(t));
-      }
-    }
+    for (int64_t t = 0; t < n; ++t)
+      allowed += (static_cast<uint32_t>(words[t / 32]) >> (t % 32)) & 1u;
     for (Isa isa : runnable_isas()) {
       SCOPED_TRACE(isa_name(isa));
       const detail::Kernels& k = detail::kernels_for(isa);
       EXPECT_EQ(k.allowed_count(words.data(), n, n), allowed);
       EXPECT_GT(k.allowed_count(words.data(), n, allowed / 2), allowed / 2);
-      std::vector<float> cx(static_cast<size_t>(n + 64));
-      std::vector<int32_t> ci(static_cast<size_t>(n + 64));
-      const int64_t got = k.gather_allowed(words.data(), n, row.data(), cx.data(), ci.data());
-      ASSERT_EQ(got, static_cast<int64_t>(want_x.size()));
-      cx.resize(static_cast<size_t>(got));
-      ci.resize(static_cast<size_t>(got));
-      EXPECT_EQ(cx, want_x);
-      EXPECT_EQ(ci, want_i);
+    }
+    for (const bool left_out : {false, true}) {
+      SCOPED_TRACE(left_out ? "left out" : "allowed");
+      std::vector<float> want_x;
+      std::vector<int32_t> want_i;
+      for (int64_t t = 0; t < n; ++t) {
+        const bool bit = (static_cast<uint32_t>(words[t / 32]) >> (t % 32)) & 1u;
+        if (bit == left_out) continue;
+        if (row[t] > -std::numeric_limits<float>::infinity()) {
+          want_x.push_back(row[t]);
+          want_i.push_back(static_cast<int32_t>(t));
+        }
+      }
+      for (Isa isa : runnable_isas()) {
+        SCOPED_TRACE(isa_name(isa));
+        const detail::Kernels& k = detail::kernels_for(isa);
+        std::vector<float> cx(static_cast<size_t>(n + 64));
+        std::vector<int32_t> ci(static_cast<size_t>(n + 64));
+        const int64_t got =
+            k.gather_allowed(words.data(), n, row.data(), cx.data(), ci.data(), left_out);
+        ASSERT_EQ(got, static_cast<int64_t>(want_x.size()));
+        cx.resize(static_cast<size_t>(got));
+        ci.resize(static_cast<size_t>(got));
+        EXPECT_EQ(cx, want_x);
+        EXPECT_EQ(ci, want_i);
+      }
     }
   }
 }

@@ -915,9 +915,10 @@ TEST_F(ProcessorsTest, PenaltyBeforeTopPMatchesTheRowPenalisedByHand) {
 // The raw log-probabilities are log_softmax of the input row whatever the
 // processors did (SPEC section 6). At temperature 1, when a pass formed the
 // processed row's whole normaliser (full sampling, top-p, typical-p,
-// greedy), the raw one is derived from it and the changed tokens; every
-// other case (an allowed-token mask, a bias that raises a token, a long
-// history, min-p, another temperature) takes the raw row's own pass. Both
+// greedy), the raw one is derived from it and the changed tokens (those an
+// allowed-token mask leaves out too); every other case (a mask that leaves
+// out many tokens, a bias that raises a token, a long history, min-p,
+// another temperature) takes the raw row's own pass. Both
 // must give the input row's log_softmax: a max lowered by the penalty, a
 // history with repeats, banned and biased tokens, peaked and flat rows.
 TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
@@ -949,6 +950,15 @@ TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
     std::vector<int32_t> generated = history;
     generated.insert(generated.end(), {argmax, argmax, history[5]});
     const std::vector<int32_t> banned = {argmax, 3, 49999};
+    // Masks that leave out the max: 33 tokens (the raw normaliser from the
+    // processed one and the left-out tokens' masses), and one token in six
+    // (the raw row's own pass).
+    std::vector<int32_t> few_out((kVocab + 31) / 32, Word(0xFFFFFFFFu)), many_out = few_out;
+    few_out[7] = 0;
+    for (size_t w = 0; w < many_out.size(); w += 3) many_out[w] = Word(0x0f0f0f0fu);
+    for (std::vector<int32_t>* m : {&few_out, &many_out}) {
+      (*m)[argmax / 32] = Word(static_cast<uint32_t>((*m)[argmax / 32]) & ~(1u << (argmax % 32)));
+    }
     struct Case {
       const char* name;
       std::function<void(RowRequest&)> set;
@@ -973,6 +983,14 @@ TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
            r.generated_tokens = long_history;
            r.params.repetition_penalty = 1.3f;
          }},
+        {"mask leaving out the max and a word", [&](RowRequest& r) { r.allowed_mask = few_out; }},
+        {"the same with a penalty and bans",
+         [&](RowRequest& r) {
+           r.allowed_mask = few_out;
+           r.banned_tokens = banned;
+           r.params.repetition_penalty = 1.3f;
+         }},
+        {"mask leaving out one token in six", [&](RowRequest& r) { r.allowed_mask = many_out; }},
     };
     const LogitsView view{x.data(), 1, kVocab, kVocab, DType::kFloat32};
     for (const Case& c : cases) {

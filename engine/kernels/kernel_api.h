@@ -62,4 +62,5 @@ MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, i
                            int64_t n, float* dst, float* block_max, MaxStats* raw,
                            float* raw_block_max, float* widened);
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit);
-int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci);
+int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci,
+                       bool left_out);

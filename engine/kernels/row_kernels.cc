@@ -1331,8 +1331,11 @@ int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {
   return count;
 }
 
-int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci) {
+int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci,
+                       bool left_out) {
   int64_t count = 0;
+  // (left_out: the mask's words read inverted)
+  const uint32_t flip = left_out ? ~0u : 0u;
 #if defined(__AVX512F__)
   // A packet (half a word of the mask) at a time; packets that allow
   // nothing are passed over (a sparse mask's are most of them), the others'
@@ -1349,7 +1352,7 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
   };
   auto packet_at = [&](int64_t h) {  // (packet h: tokens 16h.., half h % 2 of word h / 2)
     const int64_t t = h * 16;
-    uint32_t bits = static_cast<uint32_t>(words[h / 2]) >> (h % 2 * 16) & 0xffffu;
+    uint32_t bits = (static_cast<uint32_t>(words[h / 2]) ^ flip) >> (h % 2 * 16) & 0xffffu;
     if (n - t < 16) bits &= n > t ? (uint32_t{1} << (n - t)) - 1u : 0u;  // (bits past n)
     packet(t, static_cast<__mmask16>(bits));
   };
@@ -1358,7 +1361,8 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
   const int64_t nwords = (n + 31) / 32;
   int64_t w = 0;
   for (; w + 16 <= nwords; w += 16) {
-    const __m512i v = _mm512_loadu_si512(words + w);
+    const __m512i v = _mm512_xor_si512(_mm512_loadu_si512(words + w),
+                                       _mm512_set1_epi32(static_cast<int32_t>(flip)));
     for (auto live = static_cast<uint32_t>(_mm512_test_epi16_mask(v, v)); live != 0;
          live &= live - 1) {
       packet_at(2 * w + std::countr_zero(live));
@@ -1367,7 +1371,7 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
   for (int64_t h = 2 * w; h < 2 * nwords; ++h) packet_at(h);
 #else
   for (int64_t w = 0; w * 32 < n; ++w) {
-    auto word = static_cast<uint32_t>(words[w]);
+    auto word = static_cast<uint32_t>(words[w]) ^ flip;
     const int64_t t0 = w * 32;
     if (n - t0 < 32) word &= (uint32_t{1} << (n - t0)) - 1u;  // (bits past n)
     for (; word != 0; word &= word - 1) {

@@ -449,11 +449,12 @@ struct Kernels {
   // the count passes it (a hardware popcount where the instruction set has
   // one: the baseline build's is a library call).
   int64_t (*allowed_count)(const int32_t* words, int64_t n, int64_t limit);
-  // The tokens t < n that the mask allows and whose x[t] > -inf, in order:
-  // their values into cx and ids into ci (room for their count and a
-  // packet, 64 entries, past it); returns how many.
-  int64_t (*gather_allowed)(const int32_t* words, int64_t n, const float* x, float* cx,
-                            int32_t* ci);
+  // The tokens t < n that the mask allows (with left_out, those it leaves
+  // out) and whose x[t] > -inf, in order: their values into cx and ids into
+  // ci (room for their count and a packet, 64 entries, past it); returns
+  // how many.
+  int64_t (*gather_allowed)(const int32_t* words, int64_t n, const float* x, float* cx, int32_t* ci,
+                            bool left_out);
 };
 
 // The passes for `isa`, which must be one this machine runs (resolve_isa).

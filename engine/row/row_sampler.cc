@@ -3,6 +3,7 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <span>
 #include <string>
@@ -453,7 +454,8 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     if (raw.bad_at < 0) {
       float* cx = sc_.cand_x.data();
       int32_t* ci = sc_.cand_idx.data();
-      const int64_t n = run_.k->gather_allowed(req_.allowed_mask.data(), vocab, dist.raw, cx, ci);
+      const int64_t n =
+          run_.k->gather_allowed(req_.allowed_mask.data(), vocab, dist.raw, cx, ci, false);
       if (!only_allowed_mask(req_)) {
         // The candidates' values at their tokens, the processors applied in
         // SPEC order (the mask's -inf elsewhere is implied: every processor
@@ -697,6 +699,10 @@ void RowScratch::prepare(int64_t vocab) {
   // (and a packet past the kept set: compact stores whole packets)
   cand_x.resize(std::max(cand_x.size(), v + 64));
   cand_idx.resize(std::max(cand_idx.size(), v + 64));
+  // (the tokens a mask leaves out, when the raw normaliser lists them: at
+  // most vocab / 16, and a packet past them)
+  left_out_x.resize(std::max(left_out_x.size(), v / 16 + 64));
+  left_out_idx.resize(std::max(left_out_idx.size(), v / 16 + 64));
   // Buffers some requests need (half-precision input, processors,
   // verification), sized with the rest so that a scratch first used by such
   // a row does not allocate then.
@@ -1054,21 +1060,27 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
 // (dist.whole: the whole row at temperature 1, formed by full sampling,
 // top-p, typical-p or greedy's Z): the same when nothing processed the row;
 // else, when the processors changed only listed tokens (history, prompt,
-// bias, bans; no allowed-token mask, which may change most of the row) and
-// raised none, the processed normaliser put in the raw max's frame, plus
-// each changed token's raw mass less its processed one. Every such term is
-// >= 0 (no cancellation), and the masses are mass_exp's, in a fixed order
-// (the tokens deduplicated in list order). -1 when neither applies, or the
-// lists hold more than vocab / 16 tokens: the raw row's own exp pass forms
-// it then.
+// bias, bans) and the tokens an allowed-token mask leaves out, and raised
+// none, the processed normaliser put in the raw max's frame, plus each
+// changed token's raw mass less its processed one (a masked token's raw
+// mass). Every such term is >= 0 (no cancellation), and the masses are
+// mass_exp's, in a fixed order (the listed tokens the mask allows
+// deduplicated in list order; the masked ones, in token order, their own
+// sum). -1 when neither applies, or the lists and the masked tokens are more
+// than vocab / 16 tokens (a mask that leaves out much of the row): the raw
+// row's own exp pass forms it then.
 double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t vocab,
                       RowScratch& sc, const Runner& run) {
   if (!(dist.whole.z > 0.0)) return -1.0;
   if (dist.x == dist.raw) return dist.whole.z;
-  if (!req.allowed_mask.empty() || dist.raw == nullptr) return -1.0;
-  const size_t listed = req.generated_tokens.size() + req.prompt_tokens.size() +
-                        req.banned_tokens.size() + req.logit_bias.size();
-  if (listed > static_cast<size_t>(vocab / 16)) return -1.0;
+  if (dist.raw == nullptr) return -1.0;
+  const auto listed = static_cast<int64_t>(req.generated_tokens.size() + req.prompt_tokens.size() +
+                                           req.banned_tokens.size() + req.logit_bias.size());
+  if (listed > vocab / 16) return -1.0;
+  const int32_t* words = req.allowed_mask.empty() ? nullptr : req.allowed_mask.data();
+  if (words && vocab - run.k->allowed_count(words, vocab, vocab) > vocab / 16 - listed) {
+    return -1.0;
+  }
   const double delta = static_cast<double>(dist.whole.xmax) - static_cast<double>(dist.raw_max);
   if (!(delta <= 0.0)) return -1.0;  // (a token raised past the raw max)
   // Each listed token once (a bit per token, cleared after), its raw and
@@ -1096,6 +1108,8 @@ double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t v
   };
   bool raised = false;
   auto add = [&](int32_t t) {
+    // (a token the mask leaves out is summed with the others it leaves out, below)
+    if (words && !((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u)) return;
     uint64_t& word = seen[static_cast<uint32_t>(t) >> 6];
     const uint64_t bit = uint64_t{1} << (static_cast<uint32_t>(t) & 63u);
     if (word & bit) return;
@@ -1116,7 +1130,19 @@ double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t v
   if (n > 0) flush();
   each_listed([&](int32_t t) { seen[static_cast<uint32_t>(t) >> 6] = 0; });
   if (raised) return -1.0;
-  const double z = dist.whole.z * std::exp(delta) + ((s0 + s1) + (s2 + s3));
+  // The tokens the mask leaves out (-inf in the processed row: no mass
+  // there), listed as they come (Kernels::gather_allowed) and their raw
+  // masses summed as the raw pass would (a segment of the list).
+  double left_out = 0.0;
+  if (words) {
+    const int64_t m = run.k->gather_allowed(words, vocab, dist.raw, sc.left_out_x.data(),
+                                            sc.left_out_idx.data(), /*left_out=*/true);
+    SetSpec raw_set;
+    raw_set.xmax = dist.raw_max;
+    left_out = run.k->sum_mass(Segment{sc.left_out_x.data(), sc.left_out_idx.data(), m, 0}, raw_set,
+                               0.0f, nullptr, nullptr);
+  }
+  const double z = dist.whole.z * std::exp(delta) + ((s0 + s1) + (s2 + s3)) + left_out;
   return z > 0.0 && z < kInf ? z : -1.0;
 }
 

@@ -26,13 +26,15 @@ struct RowInput {
 // Buffers one row needs, sized on first use and reused afterwards, so the
 // steady state allocates nothing.
 struct RowScratch {
-  AlignedVector<float> raw_buf;      // the widened input row (f16 / bf16 only)
-  AlignedVector<float> work_buf;     // the processed row (when processors apply)
-  AlignedVector<float> cand_x;       // the compacted kept set: values...
-  std::vector<int32_t> cand_idx;     // ...and token ids, in token order
-  std::vector<float> raw_block_max;  // the scan's largest x per pass block: raw row...
-  std::vector<float> row_block_max;  // ...and processed row (when processors apply)
-  std::vector<float> row_samples;    // the processed row's sample (Segment::sample)
+  AlignedVector<float> raw_buf;       // the widened input row (f16 / bf16 only)
+  AlignedVector<float> work_buf;      // the processed row (when processors apply)
+  AlignedVector<float> cand_x;        // the compacted kept set: values...
+  std::vector<int32_t> cand_idx;      // ...and token ids, in token order
+  std::vector<float> left_out_x;      // the tokens a mask leaves out (raw_normaliser)...
+  std::vector<int32_t> left_out_idx;  // ...and their ids
+  std::vector<float> raw_block_max;   // the scan's largest x per pass block: raw row...
+  std::vector<float> row_block_max;   // ...and processed row (when processors apply)
+  std::vector<float> row_samples;     // the processed row's sample (Segment::sample)
   std::vector<Segment> row_segs;
   std::vector<Segment> raw_segs;
   std::vector<Segment> cand_segs;
