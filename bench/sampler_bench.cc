@@ -176,34 +176,30 @@ struct ParamSet {
   nb::Config base = nb::Config::kFull;
   nucleus::DType dtype = nucleus::DType::kFloat32;
 };
-// An allowed-token mask for 128256 tokens, one word in three partly cleared.
+// An allowed-token mask for 128256 tokens that allows the tokens t with
+// allowed(t).
+std::vector<int32_t> mask_of(bool (*allowed)(int64_t t)) {
+  std::vector<int32_t> w((128256 + 31) / 32, 0);
+  for (int64_t t = 0; t < 128256; ++t) {
+    if (allowed(t)) w[static_cast<size_t>(t / 32)] |= static_cast<int32_t>(1u << (t % 32));
+  }
+  return w;
+}
+// One word in three partly cleared (0x0f0f0f0f).
 std::span<const int32_t> partial_mask() {
-  static const std::vector<int32_t> words = [] {
-    std::vector<int32_t> w((128256 + 31) / 32, -1);
-    for (size_t i = 0; i < w.size(); i += 3) w[i] = 0x0f0f0f0f;
-    return w;
-  }();
+  static const std::vector<int32_t> words =
+      mask_of([](int64_t t) { return t / 32 % 3 != 0 || ((0x0f0f0f0fu >> (t % 32)) & 1u) != 0; });
   return words;
 }
-// A mask for 128256 tokens that leaves out every 64th (2,004 tokens: a
-// grammar's inside a string, say, which leaves out the quotes).
+// Every 64th token left out (2,004 tokens: a grammar's inside a string,
+// say, which leaves out the quotes).
 std::span<const int32_t> nearly_all_mask() {
-  static const std::vector<int32_t> words = [] {
-    std::vector<int32_t> w((128256 + 31) / 32, -1);
-    for (size_t i = 0; i < w.size(); i += 2) w[i] = static_cast<int32_t>(0xfffffffeu);
-    return w;
-  }();
+  static const std::vector<int32_t> words = mask_of([](int64_t t) { return t % 64 != 0; });
   return words;
 }
-// A grammar's mask for 128256 tokens: 511 allowed, every 251st.
+// A grammar's mask: 511 allowed, every 251st.
 std::span<const int32_t> sparse_mask() {
-  static const std::vector<int32_t> words = [] {
-    std::vector<int32_t> w((128256 + 31) / 32, 0);
-    for (int64_t t = 0; t < 128256; t += 251) {
-      w[static_cast<size_t>(t / 32)] |= static_cast<int32_t>(1u << (t % 32));
-    }
-    return w;
-  }();
+  static const std::vector<int32_t> words = mask_of([](int64_t t) { return t % 251 == 0; });
   return words;
 }
 constexpr ParamSet kParamSets[] = {

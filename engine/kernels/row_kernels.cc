@@ -1497,8 +1497,7 @@ void repeat_penalty(const int32_t* a, int64_t na, const int32_t* b, int64_t nb, 
     for (int64_t j = 0; j < len; ++j) {
       const int32_t t = list[j];
       if (static_cast<uint32_t>(t - lo) >= span) continue;
-      const bool allowed = !words || ((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u);
-      const float x = allowed ? src[t] : -kInf;
+      const float x = !words || mask_allows(words, t) ? src[t] : -kInf;
       const float y = x > 0.0f ? x / rp : x * rp;  // -inf stays -inf
       row[t] = y;
       // (as above: a token below every block's max before and after, and

@@ -127,6 +127,12 @@ inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kS
 // and the first that became NaN or +inf. All arrays cover the whole row and
 // start as the unchanged row's block maxima, 0, 0 and -1. A note is a few
 // branch-free operations: rows with long histories take thousands of them.
+// Whether an allowed-token bitmask (bit t % 32 of words[t / 32] set: token
+// t allowed) allows token t.
+inline bool mask_allows(const int32_t* words, int64_t t) {
+  return ((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u) != 0;
+}
+
 struct RowChanges {
   float* block_max = nullptr;
   uint8_t* touched = nullptr;

@@ -1109,7 +1109,7 @@ double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t v
   bool raised = false;
   auto add = [&](int32_t t) {
     // (a token the mask leaves out is summed with the others it leaves out, below)
-    if (words && !((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u)) return;
+    if (words && !mask_allows(words, t)) return;
     uint64_t& word = seen[static_cast<uint32_t>(t) >> 6];
     const uint64_t bit = uint64_t{1} << (static_cast<uint32_t>(t) & 63u);
     if (word & bit) return;
