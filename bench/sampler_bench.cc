@@ -260,6 +260,12 @@ constexpr ParamSet kParamSets[] = {
        r.params.logprobs = true;
      },
      nb::Config::kGreedy},
+    {"mask-nearly-all-greedy-logprobs",  // (a grammar inside a JSON string, at temperature 0)
+     [](nucleus::RowRequest& r) {
+       r.allowed_mask = nearly_all_mask();
+       r.params.logprobs = true;
+     },
+     nb::Config::kGreedy},
     {"mask-nearly-all-logprobs",
      [](nucleus::RowRequest& r) {
        r.allowed_mask = nearly_all_mask();

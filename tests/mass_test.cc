@@ -717,6 +717,9 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
       {"the max masked, the next tied twice",
        {{600, 9.0f}, {700, 8.0f}, {1100, 8.0f}},
        [](int64_t w) { return w == 600 / 32 ? ~(1u << (600 % 32)) : ~0u; }},
+      {"the max tied with a masked token before it",
+       {{300, 9.0f}, {310, 9.0f}},
+       [](int64_t w) { return w == 300 / 32 ? ~(1u << (300 % 32)) : ~0u; }},
       {"whole blocks masked, -0 the max",
        {{530, -0.0f}, {531, 0.0f}},
        [](int64_t w) { return w < 16 || w >= 32 ? 0u : 0xfffffff0u; }},
@@ -795,6 +798,95 @@ TEST(MaskedMaxStats, AsTheMaskAndThenTheScan) {
             for (size_t b = 0; b < blocks; ++b) {
               EXPECT_EQ(raw_max[b], want_raw_max[b]) << "raw block " << b;
             }
+            if (k.masked_sum_mass == nullptr) continue;
+            // Without a copy (dst null, where masked_sum_mass is): the same
+            // results, read off the row under the mask.
+            std::vector<float> lean_max(blocks), lean_raw_max(blocks);
+            std::vector<float> lean_widened(static_cast<size_t>(kVocab), 5.0f);
+            detail::MaxStats lr;
+            const detail::MaxStats l =
+                k.masked_copy_stats(src, dtype, words.data(), lo, n, nullptr, lean_max.data(), &lr,
+                                    lean_raw_max.data(), lean_widened.data() + lo);
+            EXPECT_EQ(l.bad_at, w.bad_at);
+            if (w.bad_at < 0) {
+              EXPECT_EQ(std::bit_cast<uint32_t>(l.max), std::bit_cast<uint32_t>(w.max));
+              EXPECT_EQ(l.argmax, w.argmax);
+              EXPECT_EQ(l.finite, w.finite);
+            }
+            EXPECT_EQ(lean_max, got_max);
+            EXPECT_EQ(lr.bad_at, r.bad_at);
+            EXPECT_EQ(std::bit_cast<uint32_t>(lr.max), std::bit_cast<uint32_t>(r.max));
+            EXPECT_EQ(lr.argmax, r.argmax);
+            EXPECT_EQ(lr.finite, r.finite);
+            EXPECT_EQ(lean_raw_max, raw_max);
+            if (dtype != DType::kFloat32) {
+              for (int64_t i = lo; i < lo + n; ++i) {
+                ASSERT_EQ(std::bit_cast<uint32_t>(lean_widened[i]),
+                          std::bit_cast<uint32_t>(values[i]))
+                    << "widened token " << i;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The two sums of masked_sum_mass (AVX-512) against sum_mass in the same
+// frame: over the row, and over a copy of it with -inf where the mask says
+// no, bit for bit, over segments that start past 0 and end inside a block
+// and a packet, with masks that clear nothing, everything, every other
+// token, whole blocks or one word in three in part; with tokens past
+// underflow, -inf, and a frame above the row's max (the raw max's, the
+// mask having left out the tokens near it).
+TEST(MaskedSumMass, AsSumMassOverTheRowAndOverTheMaskedCopy) {
+  constexpr int64_t kVocab = 5 * 512 + 32 * 3 + 9;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> row = LcgRow(kVocab, 777, -40.0f, 8.0f);
+  row[70] = -inf;
+  row[1500] = -200.0f;
+  row[2000] = 12.0f;  // (the max)
+  const std::vector<uint32_t (*)(int64_t)> masks = {
+      [](int64_t) { return ~0u; },
+      [](int64_t) { return 0u; },
+      [](int64_t) { return 0x55555555u; },
+      [](int64_t w) { return w >= 16 && w < 48 ? 0u : ~0u; },
+      [](int64_t w) { return w % 3 == 0 ? 0x0ff00f0fu : ~0u; },
+      [](int64_t w) { return w == 2000 / 32 ? ~(1u << (2000 % 32)) : ~0u; },
+  };
+  for (Isa isa : runnable_isas()) {
+    const detail::Kernels& k = detail::kernels_for(isa);
+    if (k.masked_sum_mass == nullptr) continue;
+    SCOPED_TRACE(isa_name(isa));
+    for (size_t m = 0; m < masks.size(); ++m) {
+      SCOPED_TRACE(testing::Message() << "mask " << m);
+      std::vector<int32_t> words((kVocab + 31) / 32);
+      for (size_t w = 0; w < words.size(); ++w) {
+        words[w] = static_cast<int32_t>(masks[m](static_cast<int64_t>(w)));
+      }
+      std::vector<float> masked = row;
+      k.allowed_mask(words.data(), 0, kVocab, masked.data());
+      for (const int64_t lo : {int64_t{0}, int64_t{32}, int64_t{1024}}) {
+        for (const int64_t n : {kVocab - lo, kVocab - lo - 9, int64_t{1000}}) {
+          SCOPED_TRACE(testing::Message() << "tokens " << lo << " + " << n);
+          std::vector<float> bmax(static_cast<size_t>(detail::block_count(n)));
+          std::vector<float> masked_bmax(bmax.size());
+          const detail::MaxStats st = k.max_stats(row.data() + lo, n, bmax.data());
+          k.max_stats(masked.data() + lo, n, masked_bmax.data());
+          const detail::Segment seg{row.data() + lo, nullptr, n, lo, bmax.data()};
+          const detail::Segment masked_seg{masked.data() + lo, nullptr, n, lo, masked_bmax.data()};
+          for (const float frame : {st.max, 14.5f}) {
+            detail::SetSpec set;
+            set.xmax = frame;
+            double allowed = -1.0;
+            const double all = k.masked_sum_mass(seg, words.data(), set, &allowed);
+            const double want_all = k.sum_mass(seg, set, 0.0f, nullptr, nullptr);
+            const double want_allowed = k.sum_mass(masked_seg, set, 0.0f, nullptr, nullptr);
+            EXPECT_GT(want_all, 0.0);
+            EXPECT_EQ(std::bit_cast<uint64_t>(all), std::bit_cast<uint64_t>(want_all));
+            EXPECT_EQ(std::bit_cast<uint64_t>(allowed), std::bit_cast<uint64_t>(want_allowed))
+                << allowed << " against " << want_allowed;
           }
         }
       }

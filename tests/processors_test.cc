@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/half.h"
 #include "nucleus/engine.h"
 #include "nucleus/sampling.h"
 #include "nucleus/status.h"
@@ -1018,6 +1019,122 @@ TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
       }
     }
   }
+}
+
+// Greedy under an allowed-token mask alone, its log-probabilities asked for
+// and no top-N (which, on AVX-512, reads the row under the mask instead of
+// a masked copy and forms both normalisers in one pass): the token is the
+// allowed argmax (lowest id on ties), and both log-probabilities match the
+// row's softmaxes in double, on float32 and half rows long enough to be
+// split, under masks dense and sparse, leaving the max out or not, and
+// leaving out every token within 30 of it (the processed max then far
+// below the raw one: its own frame, and the raw row's own pass). NaN in a masked token is still the
+// row's error, and a mask whose allowed tokens are all -inf leaves none.
+TEST_F(ProcessorsTest, GreedyUnderAMaskAloneFormsBothNormalisers) {
+  constexpr int64_t kVocab = 150000;
+  std::vector<float> x(kVocab);
+  uint32_t state = 12345u;
+  for (int64_t i = 0; i < kVocab; ++i) {
+    state = state * 1664525u + 1013904223u;
+    x[i] = static_cast<float>(state >> 8) / static_cast<float>(1u << 24) * 8.0f - 4.0f;
+  }
+  x[777] = 40.0f;   // far above the rest
+  x[5001] = 30.0f;  // (10 below it)
+  x[90001] = 6.5f;
+  x[120000] = 6.5f;  // (tied with 90001: the lower id wins)
+  const auto words = static_cast<size_t>((kVocab + 31) / 32);
+  auto mask_of = [&](auto allows) {
+    std::vector<int32_t> m(words, 0);
+    for (int64_t t = 0; t < kVocab; ++t) {
+      if (allows(t)) m[t / 32] = Word(static_cast<uint32_t>(m[t / 32]) | (1u << (t % 32)));
+    }
+    return m;
+  };
+  struct Case {
+    const char* name;
+    std::vector<int32_t> mask;
+  };
+  const std::vector<Case> cases = {
+      {"every token", mask_of([](int64_t) { return true; })},
+      {"every other token", mask_of([](int64_t t) { return t % 2 == 0; })},
+      {"the max left out (gap 10)", mask_of([](int64_t t) { return t != 777; })},
+      {"the two largest left out (gap 33.5)",
+       mask_of([](int64_t t) { return t != 777 && t != 5001; })},
+      {"the max and the ties left out, every third token",
+       mask_of([](int64_t t) { return t % 3 == 1 && t != 777 && t != 90001 && t != 120000; })},
+      {"a grammar's few tokens", mask_of([](int64_t t) { return t % 997 == 5; })},
+      {"the max allowed, most of the row not", mask_of([](int64_t t) { return t < 40000; })},
+  };
+  for (const DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    SCOPED_TRACE(dtype == DType::kFloat32 ? "float32" : "bfloat16");
+    std::vector<uint16_t> halves(static_cast<size_t>(kVocab));
+    std::vector<float> values = x;
+    if (dtype == DType::kBFloat16) {
+      for (int64_t i = 0; i < kVocab; ++i) {
+        halves[i] = detail::float_to_bfloat16_bits(x[i]);
+        values[i] = detail::half_to_float(halves[i], dtype);
+      }
+    }
+    const void* data = dtype == DType::kFloat32 ? static_cast<const void*>(x.data())
+                                                : static_cast<const void*>(halves.data());
+    const LogitsView view{data, 1, kVocab, kVocab, dtype};
+    double raw_max = -1e30, raw_sum = 0.0;
+    for (float v : values) raw_max = std::max(raw_max, static_cast<double>(v));
+    for (float v : values) raw_sum += std::exp(static_cast<double>(v) - raw_max);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      int64_t best = -1;
+      for (int64_t t = 0; t < kVocab; ++t) {
+        const bool allowed = (static_cast<uint32_t>(c.mask[t / 32]) >> (t % 32)) & 1u;
+        if (allowed && (best < 0 || values[t] > values[best])) best = t;
+      }
+      double sum = 0.0;
+      for (int64_t t = 0; t < kVocab; ++t) {
+        if ((static_cast<uint32_t>(c.mask[t / 32]) >> (t % 32)) & 1u) {
+          sum += std::exp(static_cast<double>(values[t]) - values[best]);
+        }
+      }
+      const double want = -std::log(sum);
+      const double want_raw = static_cast<double>(values[best]) - raw_max - std::log(raw_sum);
+      for (const int threads : {1, 2}) {
+        SCOPED_TRACE(testing::Message() << threads << " threads");
+        Engine engine{EngineOptions{.max_threads = threads, .seed = 3}};
+        RowRequest req = Request();
+        req.params.temperature = 0.0f;
+        req.allowed_mask = c.mask;
+        std::vector<RowResult> results(1);
+        ASSERT_TRUE(engine.sample(view, std::span(&req, 1), results).ok());
+        const RowResult& r = results[0];
+        ASSERT_TRUE(r.status.ok()) << r.status.to_string();
+        ASSERT_EQ(r.tokens.size(), 1u);
+        EXPECT_EQ(r.tokens[0], best);
+        EXPECT_NEAR(r.logprobs[0], want, 2e-7 + 2e-7 * std::abs(want));
+        EXPECT_NEAR(r.raw_logprobs[0], want_raw, 2e-7 + 1e-7 * std::abs(want_raw));
+      }
+    }
+  }
+  // Errors, as the masked copy gives them.
+  RowRequest req = Request();
+  req.params.temperature = 0.0f;
+  req.allowed_mask = cases[1].mask;  // (4000 even: allowed; 4001 masked)
+  for (const int64_t at : {int64_t{4000}, int64_t{4001}}) {
+    std::vector<float> row = x;
+    row[at] = std::nanf("");
+    const LogitsView view{row.data(), 1, kVocab, kVocab, DType::kFloat32};
+    std::vector<RowResult> results(1);
+    ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), results).ok());
+    EXPECT_NE(
+        results[0].status.to_string().find("logit of token " + std::to_string(at) + " is NaN"),
+        std::string::npos)
+        << results[0].status.to_string();
+  }
+  std::vector<float> row = x;
+  for (int64_t t = 0; t < kVocab; t += 2) row[t] = -std::numeric_limits<float>::infinity();
+  const LogitsView view{row.data(), 1, kVocab, kVocab, DType::kFloat32};
+  std::vector<RowResult> results(1);
+  ASSERT_TRUE(engine_.sample(view, std::span(&req, 1), results).ok());
+  EXPECT_NE(results[0].status.to_string().find("every token is masked"), std::string::npos)
+      << results[0].status.to_string();
 }
 
 }  // namespace

@@ -82,5 +82,5 @@ for name, b in runs.items():
 print(f"sampler_bench: {len(runs)} cases {sys.argv[2]} run")
 PY
 }
-one_row_cases '^params/' 21
+one_row_cases '^params/' 22
 one_row_cases '^wide/' 12

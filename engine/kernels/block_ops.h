@@ -537,6 +537,18 @@ enum class Extra {
   kEntropyAndHits,  // both (typical-p's gathering pass)
   kBand,            // BandLanes: top-p's wide-nucleus pass (sum_mass_band)
   kLeast,           // the least argument -d (open-topped form): how far the set reaches
+  kAllowed,         // AllowedLanes: the masses an allowed-token mask allows, summed apart
+};
+
+// Extra::kAllowed's state for one block: the mask's words and the token id
+// of the block's first entry (a multiple of 16: a packet's lanes are half a
+// word), and the allowed tokens' masses summed as the masses are (a group
+// of packets in float, then in double lanes): the same bits as the pass
+// over a copy of the block with -inf where the mask says no.
+struct AllowedLanes {
+  const int32_t* words = nullptr;
+  int64_t first = 0;
+  DoubleLanes sum;
 };
 
 // Extra::kBand's state across the blocks of a segment: the members with d <=
@@ -584,8 +596,10 @@ template <bool kCheckLo, bool kSameScale, bool kPlain, bool kUnitScale = false,
 inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set, float k0,
                                   float* __restrict w, int64_t* members, BlockHits* hits = nullptr,
                                   EntropyLanes* sums = nullptr, float* e_store = nullptr,
-                                  BandLanes* band = nullptr, float* least = nullptr) {
+                                  BandLanes* band = nullptr, float* least = nullptr,
+                                  AllowedLanes* allowed = nullptr) {
   constexpr bool kGather = kExtra == Extra::kHits || kExtra == Extra::kEntropyAndHits;
+  constexpr bool kAllowed = kExtra == Extra::kAllowed;
   constexpr bool kLeast = kExtra == Extra::kLeast;
   static_assert(!kLeast || kOpenTop);
   constexpr bool kEntropy = kExtra == Extra::kEntropy || kExtra == Extra::kEntropyAndHits;
@@ -605,6 +619,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
   __m512 least_arg = _mm512_set1_ps(kInf);
   __m512 partial_zd = _mm512_setzero_ps();
   __m512 partial_below = _mm512_setzero_ps();
+  __m512 partial_allowed = _mm512_setzero_ps();
   // (Extra::kBand: the bounds as every form tests them, and the running
   // counts in registers)
   const __m512 pblo = _mm512_set1_ps(band ? band->lo : 0.0f);
@@ -675,6 +690,12 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (kLeast) least_arg = _mm512_mask_min_ps(least_arg, store, least_arg, arg);
     const __m512 mass = _mm512_maskz_mov_ps(live, ex);
     if constexpr (!kEntropy) partial = _mm512_add_ps(partial, mass);  // (faster than merging)
+    if constexpr (kAllowed) {
+      const int64_t t = allowed->first + g;
+      const auto bits =
+          static_cast<__mmask16>(static_cast<uint32_t>(allowed->words[t >> 5]) >> (t & 16));
+      partial_allowed = _mm512_add_ps(partial_allowed, _mm512_maskz_mov_ps(bits, mass));
+    }
     if constexpr (kEntropy) {
       // (merging adds: a zeroing move of ex would only feed the first)
       partial = _mm512_mask_add_ps(partial, live, partial, ex);
@@ -718,6 +739,10 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
         band->below.add(partial_below);
         partial_below = _mm512_setzero_ps();
       }
+      if constexpr (kAllowed) {
+        allowed->sum.add(partial_allowed);
+        partial_allowed = _mm512_setzero_ps();
+      }
       in_group = 0;
     }
     if (w) _mm512_mask_storeu_ps(w + g, store, mass);
@@ -747,6 +772,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     sum.add(partial);
     if constexpr (kEntropy) sum_zd.add(partial_zd);
     if constexpr (kBand) band->below.add(partial_below);
+    if constexpr (kAllowed) allowed->sum.add(partial_allowed);
   }
   if constexpr (kBand) {
     band->n = listed;

@@ -661,6 +661,31 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
   return total;
 }
 
+#if defined(__AVX512F__)
+double masked_sum_mass(const Segment& s, const int32_t* words, const SetSpec& set,
+                       double* allowed_total) {
+  // sum_mass's open-topped form at temperature 1 (the same template, so the
+  // same bits), with the allowed tokens' masses summed apart in the same
+  // read: a block at a time, each block's sums added in double in order.
+  double total = 0.0, allowed = 0.0;
+  for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, s.n - j0);
+    if (block_empty(s, j0, set)) continue;
+    prefetch_ahead(s, j0, n);
+    AllowedLanes lanes;
+    lanes.words = words;
+    lanes.first = s.base + j0;
+    int64_t unused = 0;
+    total += block_masses_avx512<false, true, true, true, Extra::kAllowed, true>(
+        s.x + j0, n, set, 0.0f, nullptr, &unused, nullptr, nullptr, nullptr, nullptr, nullptr,
+        &lanes);
+    allowed += lanes.sum.total();
+  }
+  *allowed_total = allowed;
+  return total;
+}
+#endif
+
 double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
                        GatheredToken* out, int64_t* gathered) {
   double total = 0.0;
@@ -1157,8 +1182,10 @@ namespace {
 // (a popcount a word) in a block whose values are all finite, which a probe
 // tells; the others are counted again exactly. Against allowed_mask and then
 // max_stats, whose probe fails on every block that holds a -inf (the masked
-// row's) and scans it again: see docs/performance.md.
-template <DType kType>
+// row's) and scans it again: see docs/performance.md. Without kStore
+// nothing goes to dst (null): the masked results are read off src under
+// the mask (greedy under a mask alone, whose Z a masked mass pass forms).
+template <DType kType, bool kStore>
 MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t n, float* dst,
                      float* block_max, MaxStats* raw, float* raw_block_max, float* widened) {
   constexpr bool kHalf = kType != DType::kFloat32;
@@ -1178,15 +1205,20 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
   for (int64_t b0 = 0; b0 < n; b0 += kPassBlock) {
     const int64_t m = std::min(kPassBlock, n - b0);
     const float* xb = x + b0;
-    float* ob = dst + b0;
-    __m512 bm0 = ninf, bm1 = ninf, rm0 = ninf, rm1 = ninf;
+    float* ob = kStore ? dst + b0 : nullptr;
+    // (four chains of each: with two, the probes' multiply-add latency paced
+    // the loop, as scan_blocks' did; it shows where nothing is stored, under
+    // greedy: params/mask-greedy-logprobs' scan ~7 -> ~5 us)
+    __m512 bm0 = ninf, bm1 = ninf, bm2 = ninf, bm3 = ninf;
+    __m512 rm0 = ninf, rm1 = ninf, rm2 = ninf, rm3 = ninf;
     // A finiteness probe, as scan_blocks': v * 0 + probe stays 0 while every
     // value is finite; a block where it fails (a -inf, NaN or +inf) is
     // counted again exactly, from its values in L1.
-    __m512 probe0 = zero, probe1 = zero;
+    __m512 probe0 = zero, probe1 = zero, probe2 = zero, probe3 = zero;
     int64_t allowed_tokens = 0;
-    int64_t j = 0;
-    for (; j + 32 <= m; j += 32) {
+    // One word's 32 tokens at j into the chains bm / rm / probe a and b.
+    auto word_step = [&](int64_t j, __m512& bma, __m512& bmb, __m512& rma, __m512& rmb, __m512& pa,
+                         __m512& pb) {
       const auto word = static_cast<uint32_t>(words[(lo + b0 + j) / 32]);
       const auto a0 = static_cast<__mmask16>(word), a1 = static_cast<__mmask16>(word >> 16);
       __m512 v0, v1;
@@ -1200,17 +1232,31 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
         v0 = _mm512_loadu_ps(xb + j);
         v1 = _mm512_loadu_ps(xb + j + 16);
       }
-      _mm512_storeu_ps(ob + j, _mm512_mask_mov_ps(ninf, a0, v0));
-      _mm512_storeu_ps(ob + j + 16, _mm512_mask_mov_ps(ninf, a1, v1));
-      bm0 = _mm512_mask_max_ps(bm0, a0, bm0, v0);
-      bm1 = _mm512_mask_max_ps(bm1, a1, bm1, v1);
-      rm0 = _mm512_max_ps(v0, rm0);  // (NaN-blind: a NaN v leaves rm)
-      rm1 = _mm512_max_ps(v1, rm1);
-      probe0 = _mm512_fmadd_ps(v0, zero, probe0);
-      probe1 = _mm512_fmadd_ps(v1, zero, probe1);
+      if constexpr (kStore) {
+        _mm512_storeu_ps(ob + j, _mm512_mask_mov_ps(ninf, a0, v0));
+        _mm512_storeu_ps(ob + j + 16, _mm512_mask_mov_ps(ninf, a1, v1));
+      }
+      bma = _mm512_mask_max_ps(bma, a0, bma, v0);
+      bmb = _mm512_mask_max_ps(bmb, a1, bmb, v1);
+      rma = _mm512_max_ps(v0, rma);  // (NaN-blind: a NaN v leaves rm)
+      rmb = _mm512_max_ps(v1, rmb);
+      pa = _mm512_fmadd_ps(v0, zero, pa);
+      pb = _mm512_fmadd_ps(v1, zero, pb);
       allowed_tokens += std::popcount(word);
+    };
+    int64_t j = 0;
+    for (; j + 64 <= m; j += 64) {
+      word_step(j, bm0, bm1, rm0, rm1, probe0, probe1);
+      word_step(j + 32, bm2, bm3, rm2, rm3, probe2, probe3);
     }
-    bool exact = _mm512_cmp_ps_mask(_mm512_add_ps(probe0, probe1), zero, _CMP_NEQ_UQ) != 0;
+    for (; j + 32 <= m; j += 32) word_step(j, bm0, bm1, rm0, rm1, probe0, probe1);
+    bm0 = _mm512_max_ps(bm0, bm2);
+    bm1 = _mm512_max_ps(bm1, bm3);
+    rm0 = _mm512_max_ps(rm0, rm2);
+    rm1 = _mm512_max_ps(rm1, rm3);
+    bool exact = _mm512_cmp_ps_mask(
+                     _mm512_add_ps(_mm512_add_ps(probe0, probe1), _mm512_add_ps(probe2, probe3)),
+                     zero, _CMP_NEQ_UQ) != 0;
     for (; j < m; j += 16) {  // (the segment's last, short block)
       const int64_t t = lo + b0 + j;
       const auto lanes = static_cast<__mmask16>(m - j >= 16 ? 0xffffu : (1u << (m - j)) - 1u);
@@ -1225,7 +1271,8 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
       } else {
         v = _mm512_mask_loadu_ps(ninf, lanes, xb + j);
       }
-      _mm512_mask_storeu_ps(ob + j, lanes, _mm512_mask_mov_ps(ninf, allowed, v));
+      if constexpr (kStore)
+        _mm512_mask_storeu_ps(ob + j, lanes, _mm512_mask_mov_ps(ninf, allowed, v));
       bm0 = _mm512_mask_max_ps(bm0, allowed, bm0, v);
       rm0 = _mm512_max_ps(v, rm0);
       exact = true;  // (counted below, with the lanes past the block left out)
@@ -1273,7 +1320,43 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
                          [&] { return first_bad(values, n); });
   };
   *raw = finish(unmasked, x);
-  return finish(masked, dst);
+  if constexpr (kStore) {
+    return finish(masked, dst);
+  } else {
+    // (as ScanTotals::finish, over src's values at the tokens the mask allows)
+    auto allowed = [&](int64_t j) {
+      return ((static_cast<uint32_t>(words[(lo + j) >> 5]) >> ((lo + j) & 31)) & 1u) != 0;
+    };
+    MaxStats st;
+    st.max = masked.max + 0.0f;
+    st.finite = masked.finite;
+    if (masked.max > -kInf) {
+      // (a packet at a time from the first block that reached it: the
+      // lanes equal to it that the mask allows)
+      const __m512 pmax = _mm512_set1_ps(masked.max);
+      for (int64_t g = masked.max_block; g < n; g += 16) {
+        const int64_t t = lo + g;
+        const auto lanes = static_cast<__mmask16>(n - g >= 16 ? 0xffffu : (1u << (n - g)) - 1u);
+        const auto allows =
+            static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+        const __mmask16 at =
+            _mm512_mask_cmp_ps_mask(allows, _mm512_maskz_loadu_ps(lanes, x + g), pmax, _CMP_EQ_OQ);
+        if (at != 0) {
+          st.argmax = g + std::countr_zero(static_cast<unsigned>(at));
+          break;
+        }
+      }
+    }
+    if (masked.nan || masked.max == kInf) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (allowed(j) && !(x[j] < kInf)) {
+          st.bad_at = j;
+          break;
+        }
+      }
+    }
+    return st;
+  }
 }
 
 }  // namespace
@@ -1283,16 +1366,19 @@ MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, i
                            int64_t n, float* dst, float* block_max, MaxStats* raw,
                            float* raw_block_max, float* widened) {
 #if defined(__AVX512F__)
+  auto scan = [&]<DType kType>() {
+    float* w = kType == DType::kFloat32 ? nullptr : widened;
+    return dst ? masked_scan<kType, true>(src, words, lo, n, dst, block_max, raw, raw_block_max, w)
+               : masked_scan<kType, false>(src, words, lo, n, dst, block_max, raw, raw_block_max,
+                                           w);
+  };
   switch (dtype) {
     case DType::kFloat32:
-      return masked_scan<DType::kFloat32>(src, words, lo, n, dst, block_max, raw, raw_block_max,
-                                          nullptr);
+      return scan.template operator()<DType::kFloat32>();
     case DType::kBFloat16:
-      return masked_scan<DType::kBFloat16>(src, words, lo, n, dst, block_max, raw, raw_block_max,
-                                           widened);
+      return scan.template operator()<DType::kBFloat16>();
     case DType::kFloat16:
-      return masked_scan<DType::kFloat16>(src, words, lo, n, dst, block_max, raw, raw_block_max,
-                                          widened);
+      return scan.template operator()<DType::kFloat16>();
   }
 #endif
   // (the row widened into `widened`, or a float32 one copied to dst, with
@@ -1567,6 +1653,11 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
     .masked_copy_stats = &k::masked_copy_stats,
+#if defined(__AVX512F__)
+    .masked_sum_mass = &k::masked_sum_mass,
+#else
+    .masked_sum_mass = nullptr,
+#endif
     .allowed_count = &k::allowed_count,
     .gather_allowed = &k::gather_allowed,
 };

@@ -116,6 +116,12 @@ struct Distribution {
   // The processed row's whole normaliser at temperature 1, when a pass
   // formed it (WholeRowZ). Unprocessed, it is the raw row's normaliser.
   WholeRowZ whole;
+  // The raw row's normaliser Σ exp(x - raw_max), when the processed row's
+  // pass formed it too (greedy under a mask alone); -1 otherwise.
+  double raw_z = -1.0;
+  // x is the input row itself, to be read only at the tokens the allowed
+  // mask allows (greedy under a mask alone: nothing else is read).
+  bool masked_view = false;
   // The per-segment masses were formed in each segment's own frame (full
   // sampling, RowPipeline::framed_): block sums are relative to the
   // segment's max (frame_of), and seg_mass is scaled into the row's frame by
@@ -144,6 +150,10 @@ class RowPipeline {
   // Runs SPEC section 2 up to the final distribution. `need_z` asks for the
   // normaliser even when greedy.
   Status build(Distribution& dist, bool need_z);
+  // Whether the caller reads the processed row only at the drawn tokens
+  // (sampling, no top-N): greedy under a mask alone then reads the input
+  // row under the mask instead of a masked copy (masked_greedy).
+  void set_drawn_only(bool drawn_only) { drawn_only_ = drawn_only; }
 
   // Σ over segments of a per-segment pass, combined in segment order.
   // With keep_blocks, the per-block sums stay in the scratch for the draws.
@@ -217,6 +227,15 @@ class RowPipeline {
 
   // The scan also forms each segment's masses in its own frame (full_sampling).
   bool framed_ = false;
+  bool drawn_only_ = false;  // (set_drawn_only)
+  // Greedy under an allowed-token mask alone whose processed row is read
+  // only at the drawn token: no masked copy; the scan reads the row under
+  // the mask, and one mass pass forms both normalisers (greedy_masked_z).
+  bool masked_greedy() const {
+    return drawn_only_ && p_.temperature == 0.0f && only_allowed_mask(req_) &&
+           run_.k->masked_sum_mass != nullptr;
+  }
+  void greedy_masked_z(Distribution& dist);
   // The row was never widened whole: sc_.cand_segs holds the tokens that
   // can be members of the first filter's set (gather_candidates).
   bool candidates_ = false;
@@ -483,9 +502,12 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
     // core's cache, where the passes that follow find them.
     const bool half = in_.dtype != DType::kFloat32;
     if (half) sc_.raw_buf.resize(static_cast<size_t>(vocab));
-    sc_.work_buf.resize(static_cast<size_t>(vocab));
+    // (greedy under a mask alone: no copy, the row read under the mask)
+    const bool lean = masked_greedy();
+    if (!lean) sc_.work_buf.resize(static_cast<size_t>(vocab));
     dist.raw = half ? sc_.raw_buf.data() : static_cast<const float*>(in_.data);
-    dist.x = sc_.work_buf.data();
+    dist.x = lean ? dist.raw : sc_.work_buf.data();
+    dist.masked_view = lean;
     make_segments(dist.raw, vocab, sc_.raw_block_max, sc_.raw_segs);
     make_segments(dist.x, vocab, sc_.row_block_max, sc_.row_segs, samples);
     const int esize = dtype_size(in_.dtype);
@@ -524,7 +546,7 @@ Status RowPipeline::check_and_widen(Distribution& dist, bool need_z) {
         const Segment& seg = sc_.row_segs[static_cast<size_t>(s)];
         const auto i = static_cast<size_t>(s);
         const char* src = static_cast<const char*>(in_.data) + seg.base * esize;
-        float* work = sc_.work_buf.data() + seg.base;
+        float* work = lean ? nullptr : sc_.work_buf.data() + seg.base;
         float* raw_bmax = sc_.raw_block_max.data() + seg.base / kPassBlock;
         if (masked) {
           sc_.processed_stats[i] = run_.k->masked_copy_stats(
@@ -945,6 +967,43 @@ bool RowPipeline::frame_masses(const SetSpec& set, double* z, int64_t* count) {
   return true;
 }
 
+// Greedy's normaliser under a mask alone (masked_greedy), from one pass over
+// the input row, segment by segment (combined in segment order): Σ exp(x -
+// raw_max) over every token, the raw row's normaliser (the bits of the raw
+// row's own pass), and over the tokens the mask allows, the processed
+// row's in the raw max's frame, put in the processed max's by exp(raw_max -
+// xmax). That holds while the gap is at most kGap: a token the mask allows
+// then loses its mass in the raw max's frame only when it lies more than
+// kUnderflow - kGap (~71) below the processed max, where its share of the
+// processed normaliser is below e^-71 even when there are billions of them.
+// Past the gap (the mask leaves out every token near the raw max), the
+// allowed masses are formed in the processed max's frame (the others'
+// lanes are formed, not added) and the raw row's pass forms its own.
+void RowPipeline::greedy_masked_z(Distribution& dist) {
+  constexpr double kGap = 16.0;
+  const double gap = static_cast<double>(dist.raw_max) - static_cast<double>(dist.set.xmax);
+  const bool both = gap <= kGap;
+  SetSpec frame = dist.set;  // (scale 1, the whole row)
+  frame.xmax = both ? dist.raw_max : dist.set.xmax;
+  const std::span<const Segment> segs(sc_.raw_segs);
+  lay_out_masses(segs, /*keep_blocks=*/false);
+  sc_.seg_allowed.resize(segs.size());
+  const int32_t* words = req_.allowed_mask.data();
+  run_.over([&] { return live_tokens(segs, frame); }, static_cast<int64_t>(segs.size()),
+            [&](int64_t s) {
+              const auto i = static_cast<size_t>(s);
+              sc_.seg_mass[i] = run_.k->masked_sum_mass(segs[i], words, frame, &sc_.seg_allowed[i]);
+            });
+  double all = 0.0, allowed = 0.0;
+  for (size_t s = 0; s < segs.size(); ++s) {
+    all += sc_.seg_mass[s];
+    allowed += sc_.seg_allowed[s];
+  }
+  dist.z = both ? allowed * std::exp(gap) : allowed;
+  dist.z_formed = true;
+  dist.raw_z = both && all > 0.0 && all < kInf ? all : -1.0;
+}
+
 Status RowPipeline::build(Distribution& dist, bool need_z) {
   candidates_ = false;
   framed_ = full_sampling();
@@ -962,7 +1021,9 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
     dist.k0 = 0.0f;
     // (support stays the finite count, even for a token whose distance from
     // the max overflows float32 and so has no mass.)
-    if (need_z) {
+    if (need_z && dist.masked_view) {
+      greedy_masked_z(dist);
+    } else if (need_z) {
       dist.z = mass_of(segs, dist.set, 0.0f, nullptr, /*keep_blocks=*/true);
       dist.z_formed = true;
       note_whole_z(dist.set, 0.0f, dist.z);  // (the whole row at temperature 1)
@@ -1071,6 +1132,8 @@ Status RowPipeline::build(Distribution& dist, bool need_z) {
 // row's own exp pass forms it then.
 double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t vocab,
                       RowScratch& sc, const Runner& run) {
+  if (dist.raw_z > 0.0) return dist.raw_z;
+  if (dist.masked_view) return -1.0;  // (x is the raw row, read under the mask)
   if (!(dist.whole.z > 0.0)) return -1.0;
   if (dist.x == dist.raw) return dist.whole.z;
   if (dist.raw == nullptr) return -1.0;
@@ -1153,6 +1216,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
   result.clear();
   const SamplingParams& p = request.params;
   RowPipeline pipe(input, request, row, sc, run);
+  pipe.set_drawn_only(p.top_logprobs == 0);
   Distribution dist;
   const bool need_processed_z =
       p.logprobs || (p.top_logprobs > 0 && p.logprobs_mode == LogprobsMode::kProcessed);

@@ -48,6 +48,7 @@ struct RowScratch {
   std::vector<double> block_mass;        // per pass block, segments one after another
   std::vector<int64_t> seg_block_start;  // each segment's first entry in block_mass
   std::vector<double> seg_factor;        // full sampling: each segment's frame in the row's
+  std::vector<double> seg_allowed;       // greedy under a mask alone: the allowed tokens' mass
   std::vector<int64_t> seg_count;
   std::vector<float> seg_min;
   std::vector<KeyToken> top;
