@@ -1022,8 +1022,8 @@ TEST_F(ProcessorsTest, RawLogprobsAreTheInputRowsUnderEveryProcessor) {
 }
 
 // Greedy under an allowed-token mask alone, its log-probabilities asked for
-// and no top-N (which, on AVX-512, reads the row under the mask instead of
-// a masked copy and forms both normalisers in one pass): the token is the
+// and no top-N (which reads the row under the mask instead of a masked
+// copy and forms both normalisers in one pass): the token is the
 // allowed argmax (lowest id on ties), and both log-probabilities match the
 // row's softmaxes in double, on float32 and half rows long enough to be
 // split, under masks dense and sparse, leaving the max out or not, and

@@ -247,6 +247,48 @@ struct DoubleLanes {
 #endif
 };
 
+// The allowed-token mask of a mass pass (Extra::kAllowed on AVX-512, kAllowed
+// elsewhere), for one block: the mask's words and the token id
+// of the block's first entry (a multiple of 32), and the allowed tokens' masses summed as the
+// masses are (a group of packets in float, then in double lanes): the same bits as the pass over a
+// copy of the block with -inf where the mask says no.
+struct AllowedLanes {
+  const int32_t* words = nullptr;
+  int64_t first = 0;
+  DoubleLanes sum;
+};
+
+// A packet's lanes (all ones or zero) from a mask word: the word broadcast
+// once (word_packet), then for the packet at bit offset o (a multiple of the
+// packet's lanes) each lane tested against its own bit, o + lane.
+alignas(64) inline constexpr int32_t kLaneBits[32] = {
+    1 << 0,  1 << 1,  1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,  1 << 7,
+    1 << 8,  1 << 9,  1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15,
+    1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22, 1 << 23,
+    1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28, 1 << 29, 1 << 30, INT32_MIN};
+#if defined(__AVX512F__)
+using WordPacket = __m512i;
+inline WordPacket word_packet(int32_t word) { return _mm512_set1_epi32(word); }
+inline Packet word_lanes(WordPacket word, int64_t o) {
+  const __m512i bit = _mm512_loadu_si512(kLaneBits + o);
+  return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_test_epi32_mask(word, bit)));
+}
+#elif defined(__AVX2__)
+using WordPacket = __m256i;
+inline WordPacket word_packet(int32_t word) { return _mm256_set1_epi32(word); }
+inline Packet word_lanes(WordPacket word, int64_t o) {
+  const __m256i bit = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneBits + o));
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(word, bit), bit));
+}
+#else
+using WordPacket = __m128i;
+inline WordPacket word_packet(int32_t word) { return _mm_set1_epi32(word); }
+inline Packet word_lanes(WordPacket word, int64_t o) {
+  const __m128i bit = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kLaneBits + o));
+  return _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(word, bit), bit));
+}
+#endif
+
 // Counts the set lanes (all ones) of compare masks, packet by packet. AVX2:
 // the mask's sign bits and a scalar popcount, which takes no vector slot
 // (full sampling of one 128256 row 0.95 -> 0.90-0.92x the floor on Zen 3,
@@ -373,10 +415,15 @@ inline constexpr int64_t kDenseHits = 3;
 // short of underflow (dhi >= kUnderflow, and a hit bound <= dhi), so the
 // mass's own test and the hit test are the membership tests too; members
 // are not counted (*members is left as it is).
-template <bool kCheckLo, bool kSameScale, bool kPlain, bool kHits = false, bool kOpenTop = false>
+//
+// kAllowed (plain form): also sums the masses of the tokens allowed->words
+// allows apart (AllowedLanes), as Extra::kAllowed does on AVX-512.
+template <bool kCheckLo, bool kSameScale, bool kPlain, bool kHits = false, bool kOpenTop = false,
+          bool kAllowed = false>
 inline double block_masses_from_values_impl(const float* x, int64_t n, const SetSpec& set, float k0,
                                             float* __restrict w, int64_t* members,
-                                            BlockHits* hits = nullptr) {
+                                            BlockHits* hits = nullptr,
+                                            AllowedLanes* allowed = nullptr) {
   static_assert(!kHits || kSameScale);
   static_assert(!kOpenTop || kPlain);
   namespace ei = Eigen::internal;
@@ -397,6 +444,8 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
   alignas(64) float hit_lanes[kLanes];
   int64_t found = 0;
   int64_t in_group = 0;
+  Packet partial_allowed = ei::pzero(pone);
+  WordPacket word{};  // (kAllowed: the mask's word of the packet's tokens)
   for (int64_t g = 0; g < n; g += kLanes) {
     const bool whole = g + kLanes <= n;
     Packet px;
@@ -453,9 +502,19 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
     }
     if constexpr (!kOpenTop) count.add(in);
     partial = ei::padd(partial, mass);
+    if constexpr (kAllowed) {
+      static_assert(kPlain);
+      const int64_t t = allowed->first + g;  // (first a multiple of 32)
+      if ((t & 31) == 0) word = word_packet(allowed->words[t >> 5]);
+      partial_allowed = ei::padd(partial_allowed, ei::pand(mass, word_lanes(word, t & 31)));
+    }
     if (++in_group == kGroup) {
       sum.add(partial);
       partial = ei::pzero(pone);
+      if constexpr (kAllowed) {
+        allowed->sum.add(partial_allowed);
+        partial_allowed = ei::pzero(pone);
+      }
       in_group = 0;
     }
     if (w) {
@@ -467,7 +526,10 @@ inline double block_masses_from_values_impl(const float* x, int64_t n, const Set
       }
     }
   }
-  if (in_group) sum.add(partial);
+  if (in_group) {
+    sum.add(partial);
+    if constexpr (kAllowed) allowed->sum.add(partial_allowed);
+  }
   if constexpr (!kOpenTop) *members = count.total();
   if constexpr (kHits) hits->n = found;
   return sum.total();
@@ -538,17 +600,6 @@ enum class Extra {
   kBand,            // BandLanes: top-p's wide-nucleus pass (sum_mass_band)
   kLeast,           // the least argument -d (open-topped form): how far the set reaches
   kAllowed,         // AllowedLanes: the masses an allowed-token mask allows, summed apart
-};
-
-// Extra::kAllowed's state for one block: the mask's words and the token id
-// of the block's first entry (a multiple of 16: a packet's lanes are half a
-// word), and the allowed tokens' masses summed as the masses are (a group
-// of packets in float, then in double lanes): the same bits as the pass
-// over a copy of the block with -inf where the mask says no.
-struct AllowedLanes {
-  const int32_t* words = nullptr;
-  int64_t first = 0;
-  DoubleLanes sum;
 };
 
 // Extra::kBand's state across the blocks of a segment: the members with d <=

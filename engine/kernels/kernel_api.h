@@ -41,9 +41,9 @@ int64_t gather_below(const Segment& s, const SetSpec& set, float bound, int64_t 
 void pivot_sums(const SelectEntry* list, int64_t n, const float* pivots, double* mass,
                 int64_t* count);
 int64_t keep_between(SelectEntry* list, int64_t n, float lo, float hi);
+#endif
 double masked_sum_mass(const Segment& s, const int32_t* words, const SetSpec& set,
                        double* allowed_total);
-#endif
 void gathered_keys(const GatheredToken* g, int64_t n, float d0, SelectEntry* out);
 int64_t compact_gathered(const GatheredToken* g, int64_t n, float lo, float hi, float* x,
                          int32_t* idx);

@@ -417,6 +417,19 @@ MaxStats max_stats(const float* x, int64_t n, float* block_max) {
   return scan_blocks<false>(x, n, block_max, nullptr);
 }
 
+namespace {
+// A sub-block's scan at offset j added to the scan of those before it (in
+// order: the first max and the first NaN or +inf win).
+void add_part(MaxStats& total, const MaxStats& part, int64_t j) {
+  if (total.bad_at < 0 && part.bad_at >= 0) total.bad_at = j + part.bad_at;
+  if (part.argmax >= 0 && (part.max > total.max || total.argmax < 0)) {
+    total.max = part.max;
+    total.argmax = j + part.argmax;
+  }
+  total.finite += part.finite;
+}
+}  // namespace
+
 MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, float* block_max) {
   if (dtype == DType::kFloat32) {
     // (without dst, the scan alone: nothing to widen)
@@ -449,13 +462,7 @@ MaxStats widen_max_stats(const void* src, DType dtype, int64_t n, float* dst, fl
       _mm_prefetch(bytes + b, _MM_HINT_T0);
     }
     to_float(bytes + j * esize, dtype, m, out);
-    const MaxStats part = max_stats(out, m, block_max ? block_max + j / kPassBlock : nullptr);
-    if (total.bad_at < 0 && part.bad_at >= 0) total.bad_at = j + part.bad_at;
-    if (part.argmax >= 0 && (part.max > total.max || total.argmax < 0)) {
-      total.max = part.max;  // sub-blocks in order: the first max wins
-      total.argmax = j + part.argmax;
-    }
-    total.finite += part.finite;
+    add_part(total, max_stats(out, m, block_max ? block_max + j / kPassBlock : nullptr), j);
   }
   return total;
 }
@@ -661,12 +668,12 @@ double sum_mass(const Segment& s, const SetSpec& set, float k0, int64_t* count,
   return total;
 }
 
-#if defined(__AVX512F__)
 double masked_sum_mass(const Segment& s, const int32_t* words, const SetSpec& set,
                        double* allowed_total) {
-  // sum_mass's open-topped form at temperature 1 (the same template, so the
-  // same bits), with the allowed tokens' masses summed apart in the same
-  // read: a block at a time, each block's sums added in double in order.
+  // sum_mass's form at temperature 1 from the top (the same template, so the
+  // same bits: open-topped on AVX-512), with the allowed tokens' masses
+  // summed apart in the same read: a block at a time, each block's sums
+  // added in double in order.
   double total = 0.0, allowed = 0.0;
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
@@ -676,15 +683,19 @@ double masked_sum_mass(const Segment& s, const int32_t* words, const SetSpec& se
     lanes.words = words;
     lanes.first = s.base + j0;
     int64_t unused = 0;
+#if defined(__AVX512F__)
     total += block_masses_avx512<false, true, true, true, Extra::kAllowed, true>(
         s.x + j0, n, set, 0.0f, nullptr, &unused, nullptr, nullptr, nullptr, nullptr, nullptr,
         &lanes);
+#else
+    total += block_masses_from_values_impl<false, true, true, false, false, true>(
+        s.x + j0, n, set, 0.0f, nullptr, &unused, nullptr, &lanes);
+#endif
     allowed += lanes.sum.total();
   }
   *allowed_total = allowed;
   return total;
 }
-#endif
 
 double sum_mass_gather(const Segment& s, const SetSpec& set, float k0, float bound, int64_t cap,
                        GatheredToken* out, int64_t* gathered) {
@@ -1381,9 +1392,33 @@ MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, i
       return scan.template operator()<DType::kFloat16>();
   }
 #endif
+  const bool half = dtype != DType::kFloat32;
+  if (dst == nullptr) {
+    // No copy: a sub-block at a time (read back from L1), the row's scan
+    // (a half one widened into `widened`), then its values masked into a
+    // local buffer and scanned there.
+    constexpr int64_t kSub = 4 * kPassBlock;
+    alignas(64) float local[kSub];
+    const int64_t esize = dtype_size(dtype);
+    const auto* bytes = static_cast<const char*>(src);
+    MaxStats masked_total, raw_total;
+    for (int64_t j = 0; j < n; j += kSub) {
+      const int64_t m = std::min(kSub, n - j);
+      float* values = half ? widened + j : local;
+      add_part(raw_total,
+               widen_max_stats(bytes + j * esize, dtype, m, half ? values : nullptr,
+                               raw_block_max + j / kPassBlock),
+               j);
+      if (!half) std::copy_n(static_cast<const float*>(src) + j, m, local);
+      if (half) std::copy_n(values, m, local);
+      allowed_mask(words, lo + j, lo + j + m, local - (lo + j));
+      add_part(masked_total, max_stats(local, m, block_max + j / kPassBlock), j);
+    }
+    *raw = raw_total;
+    return masked_total;
+  }
   // (the row widened into `widened`, or a float32 one copied to dst, with
   // its scan; then the mask and the copy's scan)
-  const bool half = dtype != DType::kFloat32;
   *raw = widen_max_stats(src, dtype, n, half ? widened : dst, raw_block_max);
   if (half) std::copy_n(widened, n, dst);
   allowed_mask(words, lo, lo + n, dst - lo);
@@ -1393,21 +1428,32 @@ MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, i
 int64_t allowed_count(const int32_t* words, int64_t n, int64_t limit) {
   const int64_t full = n / 32;  // (words whose 32 bits are all tokens)
   int64_t count = 0, w = 0;
-#if defined(__POPCNT__)
   // (64 words between looks at the limit, counted without a branch on a
-  // word: a sparse mask's zero words and the others alternate unpredictably;
-  // not where the popcount is a library call, below)
+  // word: a sparse mask's zero words and the others alternate
+  // unpredictably. Without the popcount instruction, whose place a library
+  // call takes, a pair's bits are added in its own register, as the
+  // instruction would: a nearly full mask cost ~4 % of a masked greedy row
+  // on SSE2 through the call)
+  auto pair_count = [](uint64_t v) {
+#if defined(__POPCNT__)
+    return std::popcount(v);
+#else
+    v -= (v >> 1) & 0x5555555555555555u;
+    v = (v & 0x3333333333333333u) + ((v >> 2) & 0x3333333333333333u);
+    v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fu;
+    return static_cast<int>((v * 0x0101010101010101u) >> 56);
+#endif
+  };
   constexpr int64_t kRun = 64;
   for (; w + kRun <= full && count <= limit; w += kRun) {
     int64_t run = 0;
     for (int64_t i = 0; i < kRun; i += 2) {
       uint64_t pair;
       std::memcpy(&pair, words + w + i, sizeof pair);
-      run += std::popcount(pair);
+      run += pair_count(pair);
     }
     count += run;
   }
-#endif
   for (; w < full && count <= limit; ++w) {
     if (words[w] != 0) count += std::popcount(static_cast<uint32_t>(words[w]));
   }
@@ -1653,11 +1699,7 @@ const Kernels NUCLEUS_KERNEL_TABLE = {
     .repeat_penalty = &k::repeat_penalty,
     .allowed_mask = &k::allowed_mask,
     .masked_copy_stats = &k::masked_copy_stats,
-#if defined(__AVX512F__)
     .masked_sum_mass = &k::masked_sum_mass,
-#else
-    .masked_sum_mass = nullptr,
-#endif
     .allowed_count = &k::allowed_count,
     .gather_allowed = &k::gather_allowed,
 };

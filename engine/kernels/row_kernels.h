@@ -447,17 +447,15 @@ struct Kernels {
   // returned; also max_stats of src itself (into *raw and raw_block_max),
   // and a half src widened into `widened` (unused for float32): the same
   // results as widen_max_stats, allowed_mask and max_stats, in one read of
-  // src (a row under a dense mask). Where masked_sum_mass is not null, dst
-  // may be null: nothing is copied, and the masked results are src's under
-  // the mask (the same values).
+  // src (a row under a dense mask). dst may be null: nothing is copied, and
+  // the masked results are those of src's values under the mask (the same).
   MaxStats (*masked_copy_stats)(const void* src, DType dtype, const int32_t* words, int64_t lo,
                                 int64_t n, float* dst, float* block_max, MaxStats* raw,
                                 float* raw_block_max, float* widened);
   // sum_mass over a segment of a row (set.scale 1, from the top: greedy's
   // frame, every x <= set.xmax), returned, and in the same read the mass of
   // the tokens the mask allows (*allowed_total): the bits sum_mass gives
-  // over the row with -inf where the mask says no. AVX-512 only (null
-  // elsewhere).
+  // over the row with -inf where the mask says no.
   double (*masked_sum_mass)(const Segment& s, const int32_t* words, const SetSpec& set,
                             double* allowed_total);
   // How many tokens t < n the mask allows, or some count past `limit` once

@@ -232,8 +232,14 @@ class RowPipeline {
   // only at the drawn token: no masked copy; the scan reads the row under
   // the mask, and one mass pass forms both normalisers (greedy_masked_z).
   bool masked_greedy() const {
-    return drawn_only_ && p_.temperature == 0.0f && only_allowed_mask(req_) &&
-           run_.k->masked_sum_mass != nullptr;
+    if (!(drawn_only_ && p_.temperature == 0.0f && only_allowed_mask(req_))) return false;
+    // (AVX2 and SSE2: the pass that sums the allowed tokens apart costs
+    // more than the plain one, which a mask leaving out at most vocab / 16
+    // tokens, whose raw normaliser needs no pass of its own, does not
+    // repay: 3-10 % of such a row; docs/performance.md)
+    if (run_.k->isa == Isa::kAVX512 || !p_.logprobs) return true;
+    const int64_t vocab = in_.vocab;
+    return vocab - run_.k->allowed_count(req_.allowed_mask.data(), vocab, vocab) > vocab / 16;
   }
   void greedy_masked_z(Distribution& dist);
   // The row was never widened whole: sc_.cand_segs holds the tokens that
