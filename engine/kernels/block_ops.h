@@ -248,10 +248,11 @@ struct DoubleLanes {
 };
 
 // The allowed-token mask of a mass pass (Extra::kAllowed on AVX-512, kAllowed
-// elsewhere), for one block: the mask's words and the token id
-// of the block's first entry (a multiple of 32), and the allowed tokens' masses summed as the
-// masses are (a group of packets in float, then in double lanes): the same bits as the pass over a
-// copy of the block with -inf where the mask says no.
+// elsewhere), for one block: the mask's words and the token id of the
+// block's first entry (a multiple of 32), and the allowed tokens' masses
+// summed as the masses are (a group of packets in float, then in double
+// lanes): the same bits as the pass over a copy of the block with -inf where
+// the mask says no.
 struct AllowedLanes {
   const int32_t* words = nullptr;
   int64_t first = 0;
@@ -266,28 +267,21 @@ alignas(64) inline constexpr int32_t kLaneBits[32] = {
     1 << 8,  1 << 9,  1 << 10, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15,
     1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22, 1 << 23,
     1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28, 1 << 29, 1 << 30, INT32_MIN};
+// (the int packet as wide as Packet: Eigen's packet_traits<int> is not
+// always, the AVX2 build's being Packet4i)
 #if defined(__AVX512F__)
-using WordPacket = __m512i;
-inline WordPacket word_packet(int32_t word) { return _mm512_set1_epi32(word); }
-inline Packet word_lanes(WordPacket word, int64_t o) {
-  const __m512i bit = _mm512_loadu_si512(kLaneBits + o);
-  return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_test_epi32_mask(word, bit)));
-}
-#elif defined(__AVX2__)
-using WordPacket = __m256i;
-inline WordPacket word_packet(int32_t word) { return _mm256_set1_epi32(word); }
-inline Packet word_lanes(WordPacket word, int64_t o) {
-  const __m256i bit = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneBits + o));
-  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(word, bit), bit));
-}
+using WordPacket = Eigen::internal::Packet16i;
+#elif defined(__AVX__)
+using WordPacket = Eigen::internal::Packet8i;
 #else
-using WordPacket = __m128i;
-inline WordPacket word_packet(int32_t word) { return _mm_set1_epi32(word); }
-inline Packet word_lanes(WordPacket word, int64_t o) {
-  const __m128i bit = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kLaneBits + o));
-  return _mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(word, bit), bit));
-}
+using WordPacket = Eigen::internal::Packet4i;
 #endif
+inline WordPacket word_packet(int32_t word) { return Eigen::internal::pset1<WordPacket>(word); }
+inline Packet word_lanes(WordPacket word, int64_t o) {
+  namespace ei = Eigen::internal;
+  const WordPacket bit = ei::ploadu<WordPacket>(kLaneBits + o);
+  return ei::preinterpret<Packet>(ei::pcmp_eq(ei::pand(word, bit), bit));
+}
 
 // Counts the set lanes (all ones) of compare masks, packet by packet. AVX2:
 // the mask's sign bits and a scalar popcount, which takes no vector slot
@@ -743,8 +737,7 @@ inline double block_masses_avx512(const float* x, int64_t n, const SetSpec& set,
     if constexpr (!kEntropy) partial = _mm512_add_ps(partial, mass);  // (faster than merging)
     if constexpr (kAllowed) {
       const int64_t t = allowed->first + g;
-      const auto bits =
-          static_cast<__mmask16>(static_cast<uint32_t>(allowed->words[t >> 5]) >> (t & 16));
+      const auto bits = static_cast<__mmask16>(mask_half_word(allowed->words, t));
       // (a merging add, one instruction: 3-5 % off a masked greedy row
       // against a zeroing move and an add; the same sums, masses being >= 0)
       partial_allowed = _mm512_mask_add_ps(partial_allowed, bits, partial_allowed, mass);

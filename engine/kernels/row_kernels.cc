@@ -1271,8 +1271,7 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
     for (; j < m; j += 16) {  // (the segment's last, short block)
       const int64_t t = lo + b0 + j;
       const auto lanes = static_cast<__mmask16>(m - j >= 16 ? 0xffffu : (1u << (m - j)) - 1u);
-      const auto allowed =
-          static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+      const auto allowed = static_cast<__mmask16>(mask_half_word(words, t) & lanes);
       __m512 v;
       if constexpr (kHalf) {
         v = _mm512_mask_mov_ps(
@@ -1296,8 +1295,7 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
       for (int64_t g = 0; g < m; g += 16) {
         const int64_t t = lo + b0 + g;
         const auto lanes = static_cast<__mmask16>(m - g >= 16 ? 0xffffu : (1u << (m - g)) - 1u);
-        const auto allowed =
-            static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+        const auto allowed = static_cast<__mmask16>(mask_half_word(words, t) & lanes);
         const __m512 v = _mm512_mask_loadu_ps(ninf, lanes, xb + g);
         const __mmask16 fin = _mm512_mask_cmp_ps_mask(lanes, v, ninf, _CMP_GT_OQ);
         // (NaN or +inf: a row error, found again by finish)
@@ -1335,9 +1333,6 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
     return finish(masked, dst);
   } else {
     // (as ScanTotals::finish, over src's values at the tokens the mask allows)
-    auto allowed = [&](int64_t j) {
-      return ((static_cast<uint32_t>(words[(lo + j) >> 5]) >> ((lo + j) & 31)) & 1u) != 0;
-    };
     MaxStats st;
     st.max = masked.max + 0.0f;
     st.finite = masked.finite;
@@ -1348,8 +1343,7 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
       for (int64_t g = masked.max_block; g < n; g += 16) {
         const int64_t t = lo + g;
         const auto lanes = static_cast<__mmask16>(n - g >= 16 ? 0xffffu : (1u << (n - g)) - 1u);
-        const auto allows =
-            static_cast<__mmask16>(static_cast<uint32_t>(words[t / 32]) >> (t & 16) & lanes);
+        const auto allows = static_cast<__mmask16>(mask_half_word(words, t) & lanes);
         const __mmask16 at =
             _mm512_mask_cmp_ps_mask(allows, _mm512_maskz_loadu_ps(lanes, x + g), pmax, _CMP_EQ_OQ);
         if (at != 0) {
@@ -1360,7 +1354,7 @@ MaxStats masked_scan(const void* src, const int32_t* words, int64_t lo, int64_t 
     }
     if (masked.nan || masked.max == kInf) {
       for (int64_t j = 0; j < n; ++j) {
-        if (allowed(j) && !(x[j] < kInf)) {
+        if (mask_allows(words, lo + j) && !(x[j] < kInf)) {
           st.bad_at = j;
           break;
         }
@@ -1404,13 +1398,12 @@ MaxStats masked_copy_stats(const void* src, DType dtype, const int32_t* words, i
     MaxStats masked_total, raw_total;
     for (int64_t j = 0; j < n; j += kSub) {
       const int64_t m = std::min(kSub, n - j);
-      float* values = half ? widened + j : local;
+      float* widened_part = half ? widened + j : nullptr;
       add_part(raw_total,
-               widen_max_stats(bytes + j * esize, dtype, m, half ? values : nullptr,
+               widen_max_stats(bytes + j * esize, dtype, m, widened_part,
                                raw_block_max + j / kPassBlock),
                j);
-      if (!half) std::copy_n(static_cast<const float*>(src) + j, m, local);
-      if (half) std::copy_n(values, m, local);
+      std::copy_n(half ? widened_part : static_cast<const float*>(src) + j, m, local);
       allowed_mask(words, lo + j, lo + j + m, local - (lo + j));
       add_part(masked_total, max_stats(local, m, block_max + j / kPassBlock), j);
     }
@@ -1484,7 +1477,7 @@ int64_t gather_allowed(const int32_t* words, int64_t n, const float* x, float* c
   };
   auto packet_at = [&](int64_t h) {  // (packet h: tokens 16h.., half h % 2 of word h / 2)
     const int64_t t = h * 16;
-    uint32_t bits = (static_cast<uint32_t>(words[h / 2]) ^ flip) >> (h % 2 * 16) & 0xffffu;
+    uint32_t bits = mask_half_word(words, t) ^ (flip & 0xffffu);
     if (n - t < 16) bits &= n > t ? (uint32_t{1} << (n - t)) - 1u : 0u;  // (bits past n)
     packet(t, static_cast<__mmask16>(bits));
   };

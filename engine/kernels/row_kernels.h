@@ -120,6 +120,17 @@ inline constexpr int64_t kScanSampleStride = 128;
 inline constexpr int64_t kPrefetchBytes = 4096;
 inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kScanSampleStride; }
 
+// Whether an allowed-token bitmask (bit t % 32 of words[t / 32] set: token
+// t allowed) allows token t.
+inline bool mask_allows(const int32_t* words, int64_t t) {
+  return ((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u) != 0;
+}
+// The mask's bits of the 16 tokens from t (a multiple of 16: half a word),
+// token t + i at bit i.
+inline uint32_t mask_half_word(const int32_t* words, int64_t t) {
+  return (static_cast<uint32_t>(words[t >> 5]) >> (t & 16)) & 0xffffu;
+}
+
 // What the processors changed, noted change by change so that the row need
 // not be scanned again (check_and_widen): per pass block, its max as changes
 // raise it, and whether a change touched a token that held it (the block is
@@ -127,12 +138,6 @@ inline int64_t sample_count(int64_t n) { return (n + kScanSampleStride - 1) / kS
 // and the first that became NaN or +inf. All arrays cover the whole row and
 // start as the unchanged row's block maxima, 0, 0 and -1. A note is a few
 // branch-free operations: rows with long histories take thousands of them.
-// Whether an allowed-token bitmask (bit t % 32 of words[t / 32] set: token
-// t allowed) allows token t.
-inline bool mask_allows(const int32_t* words, int64_t t) {
-  return ((static_cast<uint32_t>(words[t >> 5]) >> (t & 31)) & 1u) != 0;
-}
-
 struct RowChanges {
   float* block_max = nullptr;
   uint8_t* touched = nullptr;

@@ -3,7 +3,6 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <span>
 #include <string>
