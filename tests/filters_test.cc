@@ -472,6 +472,27 @@ TEST_F(FiltersTest, TopNSigmaKeepsTiesAtTheExactThreshold) {
   ExpectDistribution(row, req, Keep(w, {1, 3}), 2);
 }
 
+TEST_F(FiltersTest, TopNSigmaKeepsTiesAtTheExactThresholdBelowAnEarlierFilter) {
+  // x = {2, 2, 2.5, 1, 1, 0} at T = 3: z = {-1/6, -1/6, 0, -1/2, -1/2, -5/6}, s = {0.12,
+  // 0.12, 0.29, 0.21, 0.21, 0.55}: typical-p 0.6 keeps {0, 1, 3, 4} (cum 0.195, 0.39,
+  // 0.53, 0.67), the row's max gone. Two values, each held by two tokens: sigma is
+  // exactly half their gap on the float z, so z_max - 2 sigma is the lower one.
+  const std::vector<float> row = {2.0f, 2.0f, 2.5f, 1.0f, 1.0f, 0.0f};
+  const std::vector<double> w = ExpWeights(row, 3.0);
+  for (Preset preset : {Preset::kHF, Preset::kVLLM}) {
+    SCOPED_TRACE(static_cast<int>(preset));
+    RowRequest req = Request();
+    req.params.preset = preset;
+    req.params.temperature = 3.0f;
+    req.params.typical_p = 0.6f;
+    ExpectDistribution(row, req, Keep(w, {0, 1, 3, 4}), 4);
+    req.params.top_n_sigma = 2.0f;  // both pairs kept
+    ExpectDistribution(row, req, Keep(w, {0, 1, 3, 4}), 4);
+    req.params.top_n_sigma = 1.99f;  // the upper pair only
+    ExpectDistribution(row, req, Keep(w, {0, 1}), 2);
+  }
+}
+
 TEST_F(FiltersTest, TopNSigmaIgnoresMaskedTokens) {
   // The finite z are those of TopNSigmaKeepsTokensNearTheMax; -inf adds nothing to sigma.
   const std::vector<float> row = {-1.0f, -kInf, 0.0f, -3.0f, -kInf, -2.0f};

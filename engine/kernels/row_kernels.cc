@@ -553,11 +553,16 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
 #endif
     return out;
   }
-  // kSpread: squares in double: with a tiny temperature the distances reach
-  // 1e30, whose float squares would overflow.
+  // kSpread: the deviations and their squares in double: with a tiny
+  // temperature the distances reach 1e30, whose float squares would
+  // overflow; and d - d0 rounded to float (d0 > 0: the set's top is not the
+  // row's max, after typical-p) made sigma fall short of a boundary that
+  // is exact on the float z (two values, each held by half the set: z_max -
+  // 2 sigma is the lower one), which then lost its tokens.
   alignas(64) float d[kBlock];
-  alignas(64) float e[kBlock];
+  alignas(64) double e[kBlock];
   const float lo = set.dlo, hi = set.dhi;
+  const auto dd0 = static_cast<double>(d0);
   for (int64_t j0 = 0; j0 < s.n; j0 += kBlock) {
     const int64_t n = std::min(kBlock, s.n - j0);
     if (block_empty(s, j0, set)) continue;
@@ -565,27 +570,31 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
     int64_t count = 0;
     for (int64_t j = 0; j < n; ++j) {
       const bool in = in_range(d[j], lo, hi);
-      e[j] = in ? d[j] - d0 : 0.0f;
+      e[j] = in ? static_cast<double>(d[j]) - dd0 : 0.0;
       count += in ? 1 : 0;
     }
     out.count += count;
-    // (lane i adds the squares of j = i mod 8 in order, as sum_as_double
-    // adds the values; written as acc[j & 7] it compiled to a scalar add
-    // through memory, 125 of a 153 us top-n-sigma row)
+    // (lane i adds the values and squares of j = i mod 8 in order; written
+    // as acc[j & 7] it compiled to a scalar add through memory, 125 of a
+    // 153 us top-n-sigma row)
+    double sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
       for (int i = 0; i < 8; ++i) {
-        const auto ej = static_cast<double>(e[j + i]);
-        acc[i] += ej * ej;
+        sum[i] += e[j + i];
+        acc[i] += e[j + i] * e[j + i];
       }
     }
     for (int i = 0; j < n; ++j, ++i) {
-      const auto ej = static_cast<double>(e[j]);
-      acc[i] += ej * ej;
+      sum[i] += e[j];
+      acc[i] += e[j] * e[j];
     }
-    out.sd += sum_as_double(e, n);
-    out.sd2 += ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    auto total = [](const double* a) {
+      return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    };
+    out.sd += total(sum);
+    out.sd2 += total(acc);
   }
   return out;
 }
