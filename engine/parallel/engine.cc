@@ -6,6 +6,7 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -156,8 +157,12 @@ uint64_t system_seed() {
 struct Engine::Impl {
   int threads = 1;
   const detail::Kernels* kernels = nullptr;
-  uint64_t seed = 0;
+  // The generator of unseeded rows: a key and a counter of rows.
+  std::atomic<uint64_t> seed{0};
   std::atomic<uint64_t> counter{0};
+  bool system_seeded = false;  // (no EngineOptions::seed)
+  std::atomic<pid_t> seeded_in{0};
+  std::mutex reseeding;
   ReadAhead read_ahead = ReadAhead::kAuto;
   int64_t ahead_from = 0;  // read_ahead_from(read_ahead)
 
@@ -188,11 +193,35 @@ struct Engine::Impl {
   std::unique_ptr<tbb::task_arena> arena;
   ScratchPool pool;
 
+  // The key and the first counter value of a call's `rows` unseeded rows.
+  // An engine seeded from the system takes a new system seed in a forked
+  // child, whose copy of the parent's key and counter would repeat the
+  // parent's draws (Python's random module reseeds at fork for the same
+  // reason); one seeded by the host keeps its stream.
+  struct Unseeded {
+    uint64_t key = 0, base = 0;
+  };
+  Unseeded unseeded(uint64_t rows) {
+    if (system_seeded) {
+      const pid_t now = getpid();
+      if (seeded_in.load(std::memory_order_acquire) != now) {
+        std::lock_guard<std::mutex> lock(reseeding);
+        if (seeded_in.load(std::memory_order_relaxed) != now) {
+          seed.store(system_seed(), std::memory_order_relaxed);
+          counter.store(0, std::memory_order_relaxed);
+          seeded_in.store(now, std::memory_order_release);
+        }
+      }
+    }
+    return {seed.load(std::memory_order_relaxed), counter.fetch_add(rows)};
+  }
+
   // Seeds for unseeded rows, fixed before the rows are spread over threads.
-  uint64_t derive_seed(uint64_t n) const {
+  static uint64_t derive_seed(const Unseeded& u, uint64_t row) {
+    const uint64_t n = u.base + row;
     r123::Philox4x32 rng;
     const r123::Philox4x32::key_type key = {
-        {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)}};
+        {static_cast<uint32_t>(u.key), static_cast<uint32_t>(u.key >> 32)}};
     const r123::Philox4x32::ctr_type ctr = {
         {static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32), 0, 0x5eed}};
     const auto out = rng(ctr, key);
@@ -277,7 +306,9 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism),
       std::numeric_limits<int>::max()));
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
+  impl_->system_seeded = !options.seed;
   impl_->seed = options.seed ? *options.seed : system_seed();
+  impl_->seeded_in = getpid();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
   impl_->read_ahead =
       options.read_ahead != ReadAhead::kAuto ? options.read_ahead : environment_read_ahead();
@@ -321,11 +352,11 @@ void Engine::execute(const std::function<void()>& work) { impl_->arena->execute(
 Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requests,
                       std::span<RowResult> results) {
   // Unseeded rows take seeds from one block of the engine's counter.
-  uint64_t base = 0;
+  Impl::Unseeded unseeded;
   bool any_unseeded = false;
   for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
   if (any_unseeded && logits.rows > 0) {
-    base = impl_->counter.fetch_add(static_cast<uint64_t>(logits.rows));
+    unseeded = impl_->unseeded(static_cast<uint64_t>(logits.rows));
   }
   const bool shared = requests.size() == 1;
   return impl_->run_rows(
@@ -333,7 +364,7 @@ Status Engine::sample(const LogitsView& logits, std::span<const RowRequest> requ
       [&](int64_t row, const RowRequest& req, const detail::RowInput& input,
           detail::RowScratch& scratch, const detail::Runner& runner) {
         const uint64_t seed =
-            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+            req.seed ? *req.seed : Impl::derive_seed(unseeded, static_cast<uint64_t>(row));
         (void)shared;
         detail::sample_row(input, req, seed, row, results[static_cast<size_t>(row)], scratch,
                            runner);
@@ -465,10 +496,10 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
     }
   }
 
-  uint64_t base = 0;
+  Impl::Unseeded unseeded;
   bool any_unseeded = false;
   for (const RowRequest& r : requests) any_unseeded |= !r.seed.has_value();
-  if (any_unseeded) base = impl_->counter.fetch_add(static_cast<uint64_t>(rows));
+  if (any_unseeded) unseeded = impl_->unseeded(static_cast<uint64_t>(rows));
   const bool ahead = impl_->reads_ahead(target_logits.data, target_logits.rows, vocab, stride,
                                         esize, requests, rows);
   // Every pooled scratch gets room for the row inputs and the longest
@@ -486,7 +517,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
       [&](int64_t row, int64_t next, detail::RowScratch& scratch, const detail::Runner& runner) {
         const RowRequest& req = requests[shared ? 0 : static_cast<size_t>(row)];
         const uint64_t seed =
-            req.seed ? *req.seed : impl_->derive_seed(base + static_cast<uint64_t>(row));
+            req.seed ? *req.seed : Impl::derive_seed(unseeded, static_cast<uint64_t>(row));
         std::vector<detail::RowInput>& positions = scratch.verify_positions;
         positions.resize(static_cast<size_t>(per_row));
         // (each position's next is the one after it, the last's the next
