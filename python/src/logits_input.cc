@@ -103,7 +103,9 @@ std::optional<DType> buffer_dtype(const Py_buffer& buffer, bool as_bfloat16) {
     format.erase(0, 1);  // native or little-endian, which is native here
   }
   if (as_bfloat16) {
-    if (buffer.itemsize == 2 && (format == "e" || format == "H" || format == "h")) {
+    // (2-byte integers only: float16 values are not bfloat16 bits, and read
+    // as such they were silently wrong)
+    if (buffer.itemsize == 2 && (format == "H" || format == "h")) {
       return DType::kBFloat16;
     }
     return std::nullopt;
@@ -116,8 +118,8 @@ std::optional<DType> buffer_dtype(const Py_buffer& buffer, bool as_bfloat16) {
 std::optional<DType> dlpack_dtype(const DLDataType& type, bool as_bfloat16) {
   if (type.lanes != 1) return std::nullopt;
   if (as_bfloat16) {
-    if (type.bits == 16 && (type.code == kDLBfloat || type.code == kDLUInt || type.code == kDLInt ||
-                            type.code == kDLFloat)) {
+    if (type.bits == 16 &&
+        (type.code == kDLBfloat || type.code == kDLUInt || type.code == kDLInt)) {
       return DType::kBFloat16;
     }
     return std::nullopt;
@@ -275,35 +277,45 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
   if (!t.dtype) {
     py::module_ numpy = py::module_::import("numpy");
     py::array array;
+    // (an object that speaks DLPack alone, of a dtype read by conversion
+    // (float64, integers): numpy.asarray would wrap it as a 0-d object array)
+    const bool dlpack_only = !has_buffer && py::hasattr(object, "__dlpack__");
     try {
-      array = numpy.attr("asarray")(object);
+      array = numpy.attr(dlpack_only ? "from_dlpack" : "asarray")(object);
     } catch (py::error_already_set& e) {
       throw py::type_error(std::string(what) + ": cannot read a " + type_name(object) +
                            " as logits (" + e.what() + ")");
     }
+    const char kind = array.dtype().kind();
+    // (the type before the shape: bytes or an opaque object is a 0-d array
+    // of strings or objects, a TypeError, not one of too few axes)
+    if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
+      throw py::type_error(std::string(what) + ": dtype " +
+                           py::str(array.dtype()).cast<std::string>() + " (of a " +
+                           type_name(object) +
+                           ") is not supported (float32, float16, bfloat16, or a real dtype "
+                           "that converts to float32)");
+    }
     // (before the conversion below, which makes a 0-d array, a bare number,
     // one of 1 axis)
     check_ndim(static_cast<size_t>(array.ndim()), min_ndim, what);
-    const char kind = array.dtype().kind();
     py::object converted;
     if (as_bfloat16) {
-      if (array.itemsize() != 2 || (kind != 'u' && kind != 'i' && kind != 'f')) {
+      if (array.itemsize() != 2 || (kind != 'u' && kind != 'i')) {
         throw py::type_error(std::string(what) +
-                             ": logits_dtype='bf16' needs 2-byte elements (bfloat16 bit "
+                             ": logits_dtype='bf16' needs 2-byte integers (bfloat16 bit "
                              "patterns as uint16), got " +
-                             py::str(array.dtype()).cast<std::string>());
+                             py::str(array.dtype()).cast<std::string>() +
+                             (kind == 'f' && array.itemsize() == 2
+                                  ? " (float16 values: leave logits_dtype out to read them)"
+                                  : ""));
       }
       // (in native byte order first: a big-endian array's bytes viewed as
       // uint16 would be swapped patterns)
       const py::object native = array.attr("astype")(array.dtype().attr("newbyteorder")("="));
       converted = numpy.attr("ascontiguousarray")(native).attr("view")(numpy.attr("uint16"));
-    } else if (kind == 'f' || kind == 'i' || kind == 'u' || kind == 'b') {
-      converted = numpy.attr("ascontiguousarray")(array, numpy.attr("float32"));
     } else {
-      throw py::type_error(std::string(what) + ": dtype " +
-                           py::str(array.dtype()).cast<std::string>() +
-                           " is not supported (float32, float16, bfloat16, or a real dtype "
-                           "that converts to float32)");
+      converted = numpy.attr("ascontiguousarray")(array, numpy.attr("float32"));
     }
     LogitsInput inner = from_object(converted, what, as_bfloat16, min_ndim);
     inner.keep_alive_ = std::move(converted);

@@ -5,11 +5,13 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -35,6 +37,40 @@ namespace {
   PyErr_SetObject(type, text);
   Py_DECREF(text);
   throw py::error_already_set();
+}
+
+// The GIL, taken back after a call that ran without it. When the
+// interpreter is finalizing (a daemon thread whose call ends as the program
+// exits), PyEval_RestoreThread would end the thread by pthread_exit, whose
+// unwinding out of py::gil_scoped_release's destructor (noexcept) called
+// std::terminate: an abort at exit. Such a thread waits for the process to
+// end instead, as Python 3.14 makes every such thread do.
+void take_gil_back(PyThreadState* state) {
+#if PY_VERSION_HEX >= 0x030D0000
+  const bool finalizing = Py_IsFinalizing() != 0;
+#else
+  const bool finalizing = _Py_IsFinalizing() != 0;
+#endif
+  while (finalizing) std::this_thread::sleep_for(std::chrono::hours(1));
+  PyEval_RestoreThread(state);
+}
+
+// Runs fn() with the GIL released (the engine's calls, file reads), taking
+// it back in the normal flow rather than in a destructor (above); a throw
+// takes it back on the way out.
+template <typename Fn>
+void without_gil(Fn&& fn) {
+  struct Released {
+    PyThreadState* state = PyEval_SaveThread();
+    Released() = default;
+    Released(const Released&) = delete;
+    Released& operator=(const Released&) = delete;
+    ~Released() {
+      if (state) take_gil_back(state);
+    }
+  } released;
+  fn();
+  take_gil_back(std::exchange(released.state, nullptr));
 }
 
 // Removes a keyword handled outside the request table.
@@ -127,10 +163,7 @@ class PyEngine {
     ReusedResults<RowResult> reused(view.rows);
     std::vector<RowResult>& results = reused.get();
     Status status;
-    {
-      py::gil_scoped_release release;
-      status = engine_.sample(view, table.requests(), results);
-    }
+    without_gil([&] { status = engine_.sample(view, table.requests(), results); });
     if (!status.ok()) throw_status(status);
 
     const py::ssize_t rows = view.rows;
@@ -196,10 +229,8 @@ class PyEngine {
     std::vector<Status> row_status(static_cast<size_t>(std::max<int64_t>(view.rows, 0)));
     float* data = out.mutable_data();
     Status status;
-    {
-      py::gil_scoped_release release;
-      status = engine_.probs(view, table.requests(), data, out_stride, row_status);
-    }
+    without_gil(
+        [&] { status = engine_.probs(view, table.requests(), data, out_stride, row_status); });
     if (!status.ok()) throw_status(status);
     py::list errors;
     for (int64_t r = 0; r < view.rows; ++r) {
@@ -296,10 +327,8 @@ class PyEngine {
     ReusedResults<VerifyResult> reused(rows);
     std::vector<VerifyResult>& results = reused.get();
     Status status;
-    {
-      py::gil_scoped_release release;
-      status = engine_.verify(view, k, tokens, probs_data, table.requests(), results);
-    }
+    without_gil(
+        [&] { status = engine_.verify(view, k, tokens, probs_data, table.requests(), results); });
     if (!status.ok()) throw_status(status);
 
     VerifyOutput out{filled<int32_t>({rows}, -1), filled<int32_t>({rows, k + 1}, -1), py::list()};
@@ -411,7 +440,18 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
   }
   if (!tensor.is_none()) options.tensor = text_argument("tensor", tensor);
   if (!dtype.is_none()) {
-    const std::string name = py::str(dtype);
+    // (a string, or what numpy takes for a dtype: np.float32, np.dtype('<f2'))
+    std::string name;
+    if (py::isinstance<py::str>(dtype)) {
+      name = dtype.cast<std::string>();
+    } else {
+      try {
+        name = py::str(py::module_::import("numpy").attr("dtype")(dtype).attr("name"));
+      } catch (py::error_already_set&) {
+        throw py::type_error("dtype: expected a string or a numpy dtype, got " +
+                             py::repr(dtype).cast<std::string>());
+      }
+    }
     options.dtype = parse_dtype(name);
     if (!options.dtype) {
       throw py::value_error("dtype = '" + name + "' is not one of 'f32', 'f16', 'bf16'");
@@ -442,10 +482,7 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
   }
 
   std::optional<Result<DumpReader>> opened;
-  {
-    py::gil_scoped_release release;
-    opened.emplace(DumpReader::open(file, options));
-  }
+  without_gil([&] { opened.emplace(DumpReader::open(file, options)); });
   if (!opened->ok()) throw_status(opened->status());
   DumpReader& reader = opened->value();
   const DumpInfo& info = reader.info();
@@ -461,14 +498,13 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
   py::array out(out_dtype, shape);
   char* dst = static_cast<char*>(out.mutable_data());
   Status status;
-  {
-    py::gil_scoped_release release;
-    // The rows are read straight into the array (bfloat16 rows widened to
-    // float32 in place).
-    if (info.rows * info.vocab > 0) {
+  // The rows are read straight into the array (bfloat16 rows widened to
+  // float32 in place).
+  if (info.rows * info.vocab > 0) {
+    without_gil([&] {
       status = widen ? reader.read_into_float32(0, info.rows, reinterpret_cast<float*>(dst))
                      : reader.read_into(0, info.rows, dst);
-    }
+    });
   }
   if (!status.ok()) throw_status(status);
   return out;

@@ -415,6 +415,15 @@ class RequestParser {
   // a list with an entry per row in which None means no mask for that row.
   void allowed_mask(py::handle value) {
     if (value.is_none()) return;
+    auto check_type = [](py::handle v, const std::string& name) {
+      if (!is_list(v) && !is_array_like(v)) {
+        throw py::type_error(name +
+                             ": expected packed words or a boolean mask (a list or an array), "
+                             "got " +
+                             type_name(v));
+      }
+    };
+    check_type(value, "allowed_mask");
     if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value)) {
       const py::sequence items = py::reinterpret_borrow<py::sequence>(value);
       bool any_none = false;
@@ -428,6 +437,7 @@ class RequestParser {
           const py::object item = items[static_cast<size_t>(r)];
           if (item.is_none()) continue;
           const std::string name = "allowed_mask[" + std::to_string(r) + "]";
+          check_type(item, name);
           py::array a = as_array(item, name);
           if (a.ndim() != 1) {
             throw py::value_error(name + ": expected a 1-D array, got shape " + shape_text(a));

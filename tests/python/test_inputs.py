@@ -110,8 +110,15 @@ def test_bfloat16_bit_patterns(engine, rng):
     # Big-endian patterns are the same patterns (numpy converts them).
     np.testing.assert_array_equal(engine.probs(bits.astype(">u2"), logits_dtype="bf16"),
                                   engine.probs(bits, logits_dtype="bf16"))
-    with pytest.raises(TypeError, match="2-byte elements"):
+    with pytest.raises(TypeError, match="2-byte integers"):
         engine.sample(x, logits_dtype="bf16")
+    # float16 values are not bfloat16 bits (read as such, they were silently
+    # another row): refused in every form, a DLPack one too
+    half = x.astype(np.float16)
+    for form in (half, memoryview(half), NumpyDLPack(half),
+                 HandMadeTensor(half.view(np.uint16), half.shape, code=2)):
+        with pytest.raises(TypeError, match="float16 values: leave logits_dtype out"):
+            engine.sample(form, logits_dtype="bf16")
     with pytest.raises(ValueError, match="only 'bf16'"):
         engine.sample(x, logits_dtype="f32")
 
@@ -154,6 +161,22 @@ def test_dlpack_from_numpy(engine, rng):
     padded = lm_logits(rng, 4, 768)
     info = nucleus._inspect_logits(NumpyDLPack(padded[:, :700]))
     assert (info["row_stride"], info["copied"]) == (768, False)
+
+
+@pytest.mark.skipif(not hasattr(np.ndarray, "__dlpack__"), reason="numpy < 1.22 has no DLPack")
+def test_dlpack_of_other_real_dtypes_is_converted(engine, rng):
+    # float64 and integers through DLPack alone: converted as numpy's would
+    # be (numpy.asarray made such an object a 0-d array of one object)
+    x = lm_logits(rng, 4, 500)
+    for a in (x.astype(np.float64), np.round(x).astype(np.int32)):
+        same_result(engine.sample(NumpyDLPack(a), **PARAMS), engine.sample(a, **PARAMS))
+        assert nucleus._inspect_logits(NumpyDLPack(a))["copied"]
+
+
+def test_strings_and_objects_are_a_type_error(engine):
+    for bad in (b"abc", "abc", np.array(["a", "b"]), object(), np.array([None, 1.0])):
+        with pytest.raises(TypeError, match=r"logits: dtype .* \(of a .*\) is not supported"):
+            engine.sample(bad)
 
 
 # A hand-made DLPack producer, so that bfloat16 and foreign devices are tested

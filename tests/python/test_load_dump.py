@@ -47,6 +47,18 @@ def test_raw_bfloat16(engine, rng, tmp_path):
     # numpy integers are integers
     np.testing.assert_array_equal(
         nucleus.load_dump(tmp_path / "x.bin", dtype="bf16", vocab=np.int64(257)), widened)
+    # a raw float32 or float16 file's dtype as numpy spells it: a type, a dtype
+    x.tofile(tmp_path / "x32.bin")
+    x.astype(np.float16).tofile(tmp_path / "x16.bin")
+    for name, dtype in (("x32.bin", np.float32), ("x32.bin", np.dtype("<f4")),
+                        ("x16.bin", np.float16), ("x16.bin", "f16")):
+        back = nucleus.load_dump(tmp_path / name, dtype=dtype, vocab=257)
+        np.testing.assert_array_equal(back, x.astype(np.dtype(dtype if name == "x32.bin"
+                                                              else np.float16)))
+    with pytest.raises(TypeError, match="dtype: expected a string or a numpy dtype"):
+        nucleus.load_dump(tmp_path / "x32.bin", dtype=object(), vocab=257)
+    with pytest.raises(ValueError, match="dtype = 'float64' is not one of"):
+        nucleus.load_dump(tmp_path / "x32.bin", dtype=np.float64, vocab=257)
     a = engine.sample(raw, logits_dtype="bf16", seed=1, top_k=20)
     b = engine.sample(widened, seed=1, top_k=20)
     np.testing.assert_array_equal(a.tokens, b.tokens)

@@ -1,6 +1,9 @@
 """Engine.sample: the same answers as the C++ engine behind the `nucleus`
 program, per-row parameters, and errors."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -129,6 +132,13 @@ def test_allowed_mask_list_with_none_rows(engine, rng):
         engine.sample(x, seed=1, allowed_mask=[None, allowed])
     with pytest.raises(ValueError, match=r"allowed_mask\[1\]: a boolean mask needs vocab"):
         engine.sample(x, seed=1, allowed_mask=[None, allowed[:50], None])
+    # Another type is a TypeError (python.md), not a mask of no axes.
+    import array
+    for bad in ("abc", 5, {}, range(4), array.array("i", words), memoryview(words)):
+        with pytest.raises(TypeError, match="allowed_mask: expected packed words"):
+            engine.sample(x, seed=1, allowed_mask=bad)
+    with pytest.raises(TypeError, match=r"allowed_mask\[1\]: expected packed words"):
+        engine.sample(x, seed=1, allowed_mask=[None, range(4), None])
 
 
 def test_matches_cli_float16(engine, rng, tmp_path, cli_sample):
@@ -475,3 +485,39 @@ def test_a_call_error_comes_before_a_parameter_error():
     x = np.zeros((2, 8), np.float32)
     with pytest.raises(ValueError, match="out: expected"):
         engine.probs(x, top_p=2.0, out=x[:, :4])
+
+
+@pytest.mark.parametrize("call", ["sample", "probs", "verify", "load_dump"])
+def test_the_program_exits_cleanly_while_a_daemon_thread_is_in_a_call(call, tmp_path):
+    # A daemon thread whose call ends while the interpreter finalizes must
+    # not abort the process (the GIL's return ended it by pthread_exit,
+    # which unwound out of a noexcept destructor: std::terminate, status 134).
+    dump = tmp_path / "rows.npy"
+    np.save(dump, np.zeros((4, 20000), np.float32))
+    calls = {
+        "sample": "e.sample(x, seed=1)",
+        "probs": "e.probs(x, top_p=0.9)",
+        "verify": "e.verify(x, np.zeros((1, 3), np.int32), seed=1)",
+        "load_dump": f"nucleus.load_dump({str(dump)!r})",
+    }
+    script = f"""
+import threading, time
+import numpy as np
+import nucleus
+e = nucleus.Engine(threads=1)
+x = np.zeros((4, 20000), np.float32)
+calls = [0]
+def loop():
+    while True:
+        {calls[call]}
+        calls[0] += 1
+threading.Thread(target=loop, daemon=True).start()
+while calls[0] < 3:
+    time.sleep(0.01)
+print("exiting")
+"""
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60, env=os.environ)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "exiting"
