@@ -1077,6 +1077,43 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   }
 }
 
+TEST(Cli, AWrongVocabIsNamedBeforeTheOptionsItMakesLookWrong) {
+  // The options are checked against a given --vocab before the dump is
+  // opened (a raw pipe is copied whole); a file whose header contradicts
+  // --vocab is then the error to name, not a history token past the wrong
+  // vocab. From a pipe the option's message stays (the dump is not read).
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(2, 50, 11), 2, 50, DType::kFloat32);
+  for (const char* command : {"sample d.npy -q", "probs d.npy -o p.npy"}) {
+    SCOPED_TRACE(command);
+    CliRun run = RunCli(dir, std::string(command) + " --vocab 10 --history 20");
+    EXPECT_EQ(run.code, 2);
+    EXPECT_TRUE(Contains(run.err, "vocab = 10 was given but the file's shape (2, 50) has vocab 50"))
+        << run.err;
+    EXPECT_FALSE(fs::exists(dir / "p.npy"));
+  }
+  CliRun piped = RunCli(dir, "sample - -q --vocab 10 --history 20", "cat d.npy | ");
+  EXPECT_EQ(piped.code, 2);
+  EXPECT_TRUE(Contains(piped.err, "--history[0] = 20 is outside [0, 10)")) << piped.err;
+}
+
+TEST(Cli, OutputToTheProgramsOwnStandardOutputWritesThrough) {
+  // `-o /dev/stdout` with standard output redirected to a log: the rows are
+  // appended where the script's own lines go; the log is not replaced.
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(3, 40, 12), 3, 40, DType::kFloat32);
+  const std::string script = "exec > log.txt; echo start; " + Quote(NUCLEUS_CLI_PATH) +
+                             " sample d.npy -q --seed 1 -o /dev/stdout; echo done";
+  const std::string command = "cd " + Quote(dir) + " && sh -c " + Quote(script);
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  const std::vector<std::string> lines = Lines(ReadFile(dir / "log.txt"));
+  ASSERT_EQ(lines.size(), 5u) << ReadFile(dir / "log.txt");
+  EXPECT_EQ(lines.front(), "start");
+  EXPECT_EQ(lines.back(), "done");
+  CliRun plain = RunCli(dir, "sample d.npy -q --seed 1");
+  EXPECT_EQ(lines[1] + "\n" + lines[2] + "\n" + lines[3] + "\n", plain.out);
+}
+
 // A dump several times larger than the address-space limit goes through in
 // blocks; the same run with a block larger than the limit fails, which shows
 // that the limit is real. The dump is a sparse file of zeros: no disk space.

@@ -1301,15 +1301,97 @@ TEST(DumpAtomicFile, AReplacedFileKeepsItsPermissions) {
   }
 }
 
-// The temporary name adds 12 characters (".NAME.tmp-XXXXXX"), so any name
-// up to NAME_MAX - 12 can be written.
+// The temporary name adds 12 characters (".NAME.tmp-XXXXXX"), NAME cut
+// short where that would pass NAME_MAX: any name the file system takes can
+// be written (names past 243 bytes once failed at the commit, after the
+// work), with an unnamed temporary or a named one.
 TEST(DumpAtomicFile, LongNamesFit) {
   const fs::path dir = TestDir();
-  const std::string name = std::string(239, 'a') + ".txt";  // 243 = 255 - 12
-  Result<detail::AtomicFile> file = detail::AtomicFile::create((dir / name).string());
-  ASSERT_TRUE(file.ok()) << file.status().message();
-  ASSERT_TRUE(file->commit().ok());
-  EXPECT_TRUE(fs::exists(dir / name));
+  for (const bool unnamed : {true, false}) {
+    for (const size_t length : {243, 244, 250, 255}) {
+      SCOPED_TRACE(testing::Message() << length << (unnamed ? " unnamed" : " named"));
+      const std::string name = std::string(length - 4, unnamed ? 'u' : 'n') + ".txt";
+      for (const char* contents : {"first", "second"}) {  // (new, then replaced)
+        Result<detail::AtomicFile> file =
+            detail::AtomicFile::create((dir / name).string(), unnamed);
+        ASSERT_TRUE(file.ok()) << file.status().message();
+        ASSERT_TRUE(file->write(contents).ok());
+        const Status committed = file->commit();
+        ASSERT_TRUE(committed.ok()) << committed.message();
+        EXPECT_EQ(ReadFile(dir / name), contents);
+      }
+    }
+  }
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    EXPECT_NE(entry.path().filename().string()[0], '.') << entry.path();
+  }
+}
+
+TEST(DumpAtomicFile, TheProcesssOwnDescriptorsAreWrittenThrough) {
+  // `-o /dev/stdout` with standard output redirected to a file writes to
+  // that descriptor, as no -o would: the file is not replaced by a new one
+  // (which lost what a script had written to it before, and after: its
+  // descriptor then named a deleted file). /dev/fd/N and /proc/self/fd/N too.
+  const fs::path log = TestDir() / "log.txt";
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "start\n", 6), 6);
+  struct stat before;
+  ASSERT_EQ(::stat(log.c_str(), &before), 0);
+  const std::string n = std::to_string(fd);
+  for (const std::string& path : {"/dev/fd/" + n, "/proc/self/fd/" + n}) {
+    Result<detail::AtomicFile> file = detail::AtomicFile::create(path);
+    ASSERT_TRUE(file.ok()) << file.status().message();
+    ASSERT_TRUE(file->write(path + "\n").ok());
+    ASSERT_TRUE(file->commit().ok());
+  }
+  ASSERT_EQ(::write(fd, "done\n", 5), 5);
+  struct stat after;
+  ASSERT_EQ(::stat(log.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_EQ(ReadFile(log), "start\n/dev/fd/" + n + "\n/proc/self/fd/" + n + "\ndone\n");
+  ::close(fd);
+  // One open for reading only is refused before anything is written.
+  const int in = ::open(log.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(in, 0);
+  Result<detail::AtomicFile> refused = detail::AtomicFile::create("/dev/fd/" + std::to_string(in));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("open for reading only"), std::string::npos)
+      << refused.status().message();
+  ::close(in);
+}
+
+TEST(DumpAtomicFile, AnotherUsersFileInAStickyDirectoryIsRefusedBeforeTheWork) {
+  // In a sticky directory (/tmp) a file of another user that this one may
+  // write cannot be renamed over: refused when the output is opened, not
+  // at the commit after the work. (Run as root, which may rename anything,
+  // the test sets it up and tries as another user in a child process.)
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to set up two users' files";
+  const fs::path dir = TestDir() / "sticky";
+  fs::create_directories(dir);
+  ASSERT_EQ(::chmod(dir.c_str(), 01777), 0);
+  const fs::path theirs = dir / "theirs.txt";
+  WriteFile(theirs, "theirs");
+  ASSERT_EQ(::chmod(theirs.c_str(), 0666), 0);
+  ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    if (::setresgid(1000, 1000, 1000) != 0 || ::setresuid(1000, 1000, 1000) != 0) ::_exit(3);
+    Result<detail::AtomicFile> file = detail::AtomicFile::create(theirs.string());
+    const bool said = !file.ok() && file.status().message().find(
+                                        "cannot replace a file of another user in the sticky "
+                                        "directory") != std::string::npos;
+    // (a new file there is this user's own, and fine)
+    Result<detail::AtomicFile> own = detail::AtomicFile::create((dir / "mine.txt").string());
+    const bool mine = own.ok() && own->write("mine").ok() && own->commit().ok();
+    ::_exit(said && mine ? 0 : said ? 2 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(ReadFile(theirs), "theirs");
+  EXPECT_EQ(ReadFile(dir / "mine.txt"), "mine");
 }
 
 // The mode (07777 bits) of a file AtomicFile creates at `path` under umask

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +16,7 @@
 #include <new>
 #include <optional>
 #include <random>
+#include <string_view>
 #include <utility>
 
 namespace nucleus::detail {
@@ -421,10 +424,45 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) {
   return Status();
 }
 
+namespace {
+
+// The descriptor of this process a path names (/dev/stdout, /dev/stderr,
+// /dev/fd/N, /proc/self/fd/N), or -1.
+int own_descriptor(const std::string& path) {
+  if (path == "/dev/stdin") return 0;
+  if (path == "/dev/stdout") return 1;
+  if (path == "/dev/stderr") return 2;
+  for (const std::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0) continue;
+    int fd = 0;
+    const char* first = path.data() + prefix.size();
+    const char* last = path.data() + path.size();
+    const auto [end, ec] = std::from_chars(first, last, fd);
+    if (ec == std::errc() && end == last && fd >= 0) return fd;
+  }
+  return -1;
+}
+
+}  // namespace
+
 Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   AtomicFile file;
   file.path_ = path;
   file.buffer_.resize(kWriteBuffer);
+  // One of this process's own descriptors (`-o /dev/stdout`) is written
+  // through, as the program's standard output is without -o: its file
+  // (a shell's redirection to a log, say) is not replaced, and what is
+  // written goes where that descriptor's writes go.
+  if (const int own = own_descriptor(path); own >= 0) {
+    const int flags = ::fcntl(own, F_GETFL);
+    if (flags < 0) return Status::io_error(path + ": cannot write: " + errno_text(errno));
+    if ((flags & O_ACCMODE) == O_RDONLY) {
+      return Status::io_error(path + ": cannot write: the descriptor is open for reading only");
+    }
+    file.fd_ = ::fcntl(own, F_DUPFD_CLOEXEC, 3);
+    if (file.fd_ < 0) return Status::io_error(path + ": cannot write: " + errno_text(errno));
+    return file;
+  }
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
     if (S_ISDIR(st.st_mode)) return Status::io_error(path + ": is a directory");
@@ -447,6 +485,19 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   if (replacing && ::access(target.c_str(), W_OK) != 0) {
     return Status::io_error(path + ": cannot write: " + errno_text(errno));
   }
+  const std::string directory = parent_directory(target);
+  // In a sticky directory (/tmp) only the file's owner, the directory's or
+  // root may rename over a file: another user's, which this one may write,
+  // could not be replaced once the work is done. Said now.
+  if (replacing && ::geteuid() != 0 && old.st_uid != ::geteuid()) {
+    struct stat dir;
+    if (::stat(directory.c_str(), &dir) == 0 && (dir.st_mode & S_ISVTX) != 0 &&
+        dir.st_uid != ::geteuid()) {
+      return Status::io_error(path +
+                              ": cannot replace a file of another user in the sticky directory '" +
+                              directory + "': write to a new file or to standard output");
+    }
+  }
   // A new file's temporary is created with the mode a plain create would
   // give (0666 less the umask, applied by the kernel: reading the umask means
   // setting it, which would race with other threads creating files). One
@@ -454,8 +505,10 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   // open: another user who opened it in between could read what is written
   // (permissions are checked at open), which a private file must not allow.
   const mode_t mode = replacing ? 0600 : 0666;
-  const std::string directory = parent_directory(target);
-  file.stem_ = directory + "/." + base_name(target) + ".tmp-";
+  // (".NAME.tmp-" and six characters: NAME cut short where that would pass
+  // NAME_MAX, which the output's own name may reach)
+  const std::string base = base_name(target).substr(0, NAME_MAX - 12);
+  file.stem_ = directory + "/." + base + ".tmp-";
   // The temporary has no name while it is written (O_TMPFILE): a run killed
   // by any signal, even SIGKILL, leaves nothing behind. commit() links it in
   // through /proc/self/fd. Where the file system (or a missing /proc) does

@@ -1,5 +1,7 @@
 #include "tools/cli/cli_options.h"
 
+#include <sys/stat.h>
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -107,6 +109,16 @@ Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_e
   const int64_t item = dump.dtype ? dtype_size(*dump.dtype) : 2;
   dump.block_bytes = std::max<int64_t>(1, budget * item / (item + extra_bytes_per_element));
   return DumpReader::open(options.path, dump);
+}
+
+Status dump_or_option_error(const InputOptions& options, Status option_error) {
+  struct stat st;
+  if (options.vocab <= 0 || options.path == "-" || ::stat(options.path.c_str(), &st) != 0 ||
+      !S_ISREG(st.st_mode)) {
+    return option_error;
+  }
+  Result<DumpReader> reader = open_input(options, 0);
+  return reader.ok() ? option_error : reader.status();
 }
 
 Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& progress,

@@ -39,6 +39,13 @@ void add_input_options(CLI::App* command, InputOptions* options);
 // so that the whole working set of a block stays within --block-mb.
 Result<DumpReader> open_input(const InputOptions& options, int extra_bytes_per_element);
 
+// The error to report when the sampling options failed their check against
+// a given --vocab (`option_error`), made before the dump is opened: a dump
+// file whose header contradicts --vocab (or that cannot be opened) is the
+// error to name instead. Standard input and pipes are not opened for it (a
+// raw one is copied whole).
+Status dump_or_option_error(const InputOptions& options, Status option_error);
+
 // What open_input sets aside of --block-mb for per-row results.
 int64_t results_bytes(const InputOptions& options);
 

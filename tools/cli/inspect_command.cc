@@ -235,11 +235,11 @@ int run_inspect(const InspectCommand& c) {
         }
         return Status();
       });
+  progress.finish();  // (the bar's line erased first: a message is one line)
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;
   }
-  progress.finish();
   if (c.json) std::printf("\n  ]\n}\n");
   if (std::fflush(stdout) != 0) {
     print_error("standard output: cannot write: " + detail::errno_text(errno));

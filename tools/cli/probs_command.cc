@@ -41,7 +41,7 @@ int run_probs(const ProbsCommand& c) {
   // (the options against a given --vocab before the dump: opening a raw
   // pipe copies it whole)
   if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
-    print_error(s.message());
+    print_error(dump_or_option_error(c.input, std::move(s)).message());
     return kExitFailure;
   }
   // Each block needs a float32 row of output per row of input.
@@ -86,11 +86,11 @@ int run_probs(const ProbsCommand& c) {
         }
         return writer->write_rows(probs.data(), view.rows);
       });
+  progress.finish();  // (the bar's line erased first: a message is one line)
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;
   }
-  progress.finish();
   if (Status s = writer->commit(); !s.ok()) {
     print_error(s.message());
     return kExitFailure;

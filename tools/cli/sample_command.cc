@@ -139,7 +139,7 @@ int run_sample(const SampleCommand& c) {
   // opening a raw pipe copies it whole; the output appears only once it is
   // complete)
   if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
-    print_error(s.message());
+    print_error(dump_or_option_error(c.input, std::move(s)).message());
     return kExitFailure;
   }
   Result<TextOutput> out = TextOutput::open(c.output);
@@ -191,11 +191,11 @@ int run_sample(const SampleCommand& c) {
         }
         return out->write(text);
       });
+  progress.finish();  // (the bar's line erased first: a message is one line)
   if (!read.ok()) {
     print_error(read.message());
     return kExitFailure;
   }
-  progress.finish();
   if (Status s = out->commit(); !s.ok()) {
     print_error(s.message());
     return kExitFailure;
