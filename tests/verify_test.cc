@@ -5,7 +5,10 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "nucleus/engine.h"
@@ -333,10 +336,20 @@ TEST(VerifyTest, CallErrorsNameTheProblem) {
   EXPECT_NE(st.message().find("draft_tokens[1] = 8"), std::string::npos) << st.message();
 
   std::vector<float> q = s.draft;
-  q[kVocab + 3] = -0.5f;
-  st = engine.verify(view, 2, drafts, q.data(), std::span(&req, 1), results);
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("draft_probs[1][3]"), std::string::npos) << st.message();
+  // (the value as other fields show it: std::to_string showed -1e-10 as
+  // -0.000000, which would pass the check, and -1e30 in 37 digits)
+  for (const auto& [value, shown] :
+       {std::pair{-0.5f, "-0.5"}, std::pair{-1e-10f, "-1.00000001e-10"},
+        std::pair{-1e30f, "-1.00000002e+30"},
+        std::pair{std::numeric_limits<float>::infinity(), "inf"}}) {
+    q[kVocab + 3] = value;
+    st = engine.verify(view, 2, drafts, q.data(), std::span(&req, 1), results);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find(std::string("row 0: draft_probs[1][3] = ") + shown +
+                                " must be finite and >= 0"),
+              std::string::npos)
+        << st.message();
+  }
 
   std::vector<float> nan_target = s.target;
   nan_target[kVocab + 2] = std::nanf("");

@@ -491,7 +491,8 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
         const int64_t pos = (i / vocab) % num_draft;
         return Status::invalid_argument("row " + std::to_string(row) + ": draft_probs[" +
                                         std::to_string(pos) + "][" + std::to_string(i % vocab) +
-                                        "] = " + std::to_string(v) + " must be finite and >= 0");
+                                        "] = " + detail::shown_float(v) +
+                                        " must be finite and >= 0");
       }
     }
   }

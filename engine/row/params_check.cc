@@ -51,6 +51,8 @@ std::optional<FieldError> check_tokens(std::span<const int32_t> tokens, std::str
 
 }  // namespace
 
+std::string shown_float(float value) { return show(value); }
+
 Status check_extent(std::string_view what, std::string_view stride_field, int64_t rows,
                     int64_t stride, int64_t vocab, int64_t esize) {
   // No 64-bit system nucleus builds for has an address space of 2^57 bytes

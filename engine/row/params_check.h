@@ -43,6 +43,10 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
 Status check_extent(std::string_view what, std::string_view stride_field, int64_t rows,
                     int64_t stride, int64_t vocab, int64_t esize);
 
+// A float as the call errors show values (nine significant digits: -1e-10,
+// not std::to_string's -0.000000).
+std::string shown_float(float value);
+
 // What is wrong with a request, field by field, so that each interface can
 // spell the field as its users typed it ("--top-p", "n") without reading text
 // back out of a message.
