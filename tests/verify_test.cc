@@ -326,6 +326,13 @@ TEST(VerifyTest, CallErrorsNameTheProblem) {
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("num_draft = -1"), std::string::npos) << st.message();
 
+  // (no rows is said as such, whatever num_draft is)
+  const LogitsView none{s.target.data(), 0, kVocab, kVocab, DType::kFloat32};
+  st = engine.verify(none, 2, drafts, nullptr, std::span(&req, 1), results);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("target_logits rows = 0 must be > 0"), std::string::npos)
+      << st.message();
+
   st = engine.verify(view, 1, drafts, nullptr, std::span(&req, 1), results);  // 3 % 2 != 0
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("multiple of num_draft + 1"), std::string::npos) << st.message();
