@@ -211,16 +211,19 @@ void copy(benchmark::State& state) {
 }  // namespace
 
 void register_design_benchmarks() {
-  benchmark::RegisterBenchmark("exp_pass/plain", exp_pass<Patch::kNone>);
-  benchmark::RegisterBenchmark("exp_pass/mask_blend", exp_pass<Patch::kMaskBlend>);
-  benchmark::RegisterBenchmark("exp_pass/patch_fma", exp_pass<Patch::kFma>);
-  benchmark::RegisterBenchmark("exp_pass/patch_div", exp_pass<Patch::kDiv>);
-  benchmark::RegisterBenchmark("exp_pass/store_copy", exp_pass<Patch::kStore>);
-  benchmark::RegisterBenchmark("history_dedup", history_list<false>);
-  benchmark::RegisterBenchmark("history_by_block", history_list<true>);
-  benchmark::RegisterBenchmark("copy_scan", copy_scan);
-  benchmark::RegisterBenchmark("chunked_copy_scan", chunked_copy_scan)->Arg(2048)->Arg(8192);
-  benchmark::RegisterBenchmark("memcpy", copy);
+  benchmark::RegisterBenchmark("exp_pass/plain", exp_pass<Patch::kNone>)->UseRealTime();
+  benchmark::RegisterBenchmark("exp_pass/mask_blend", exp_pass<Patch::kMaskBlend>)->UseRealTime();
+  benchmark::RegisterBenchmark("exp_pass/patch_fma", exp_pass<Patch::kFma>)->UseRealTime();
+  benchmark::RegisterBenchmark("exp_pass/patch_div", exp_pass<Patch::kDiv>)->UseRealTime();
+  benchmark::RegisterBenchmark("exp_pass/store_copy", exp_pass<Patch::kStore>)->UseRealTime();
+  benchmark::RegisterBenchmark("history_dedup", history_list<false>)->UseRealTime();
+  benchmark::RegisterBenchmark("history_by_block", history_list<true>)->UseRealTime();
+  benchmark::RegisterBenchmark("copy_scan", copy_scan)->UseRealTime();
+  benchmark::RegisterBenchmark("chunked_copy_scan", chunked_copy_scan)
+      ->UseRealTime()
+      ->Arg(2048)
+      ->Arg(8192);
+  benchmark::RegisterBenchmark("memcpy", copy)->UseRealTime();
 }
 
 }  // namespace nucleus::bench

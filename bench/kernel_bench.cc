@@ -350,31 +350,33 @@ void count_band_pass(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(scan)->Arg(32000)->Arg(128256);
-BENCHMARK(copying_scan)->Arg(32000)->Arg(128256);
-BENCHMARK(streaming_read)->Arg(32000)->Arg(128256);
-BENCHMARK(copy)->Arg(32000)->Arg(128256);
-BENCHMARK(repetition_penalty)->Args({128256, 0})->Args({128256, 2048});
-BENCHMARK(member_min_key)->Arg(128256);
-BENCHMARK(member_count_below)->Arg(128256);
-BENCHMARK(spread_moments)->Arg(128256);
-BENCHMARK(allowed_mask)->Arg(128256);
-BENCHMARK(mass_pass)->Arg(128256);
+BENCHMARK(scan)->UseRealTime()->Arg(32000)->Arg(128256);
+BENCHMARK(copying_scan)->UseRealTime()->Arg(32000)->Arg(128256);
+BENCHMARK(streaming_read)->UseRealTime()->Arg(32000)->Arg(128256);
+BENCHMARK(copy)->UseRealTime()->Arg(32000)->Arg(128256);
+BENCHMARK(repetition_penalty)->UseRealTime()->Args({128256, 0})->Args({128256, 2048});
+BENCHMARK(member_min_key)->UseRealTime()->Arg(128256);
+BENCHMARK(member_count_below)->UseRealTime()->Arg(128256);
+BENCHMARK(spread_moments)->UseRealTime()->Arg(128256);
+BENCHMARK(allowed_mask)->UseRealTime()->Arg(128256);
+BENCHMARK(mass_pass)->UseRealTime()->Arg(128256);
 BENCHMARK(gather_pass)
+    ->UseRealTime()
     ->Args({32000, 600})
     ->Args({128256, 100})
     ->Args({128256, 600})
     ->Args({128256, 1000});
 BENCHMARK(gather_below_pass)
+    ->UseRealTime()
     ->Args({32000, 500})
     ->Args({32000, 1600})
     ->Args({128256, 100})
     ->Args({128256, 1600})
     ->Args({128256, 5000});
-BENCHMARK(pivot_pass)->Arg(128256);
-BENCHMARK(band_pass)->Arg(128256);
-BENCHMARK(interval_pass)->Arg(128256);
-BENCHMARK(compact_pass)->Args({128256, 500})->Args({128256, 5000});
-BENCHMARK(count_band_pass)->Arg(128256);
+BENCHMARK(pivot_pass)->UseRealTime()->Arg(128256);
+BENCHMARK(band_pass)->UseRealTime()->Arg(128256);
+BENCHMARK(interval_pass)->UseRealTime()->Arg(128256);
+BENCHMARK(compact_pass)->UseRealTime()->Args({128256, 500})->Args({128256, 5000});
+BENCHMARK(count_band_pass)->UseRealTime()->Arg(128256);
 
 BENCHMARK_MAIN();

@@ -318,6 +318,16 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   ASSERT_EQ(flat["results"].size(), 2u);
   EXPECT_EQ(flat["results"][0]["batch"], 1);
   EXPECT_EQ(flat["results"][1]["batch"], 2);
+  // --no-reference: the reference's fields are null (a 0 would enter
+  // averages); beside the figures, the command, the build, the CPU, when.
+  EXPECT_TRUE(flat["results"][0]["reference_us_per_row"].is_null());
+  EXPECT_TRUE(flat["results"][0]["vs_reference"].is_null());
+  EXPECT_TRUE(Contains(flat["command"].get<std::string>(),
+                       "bench --vocab 1000 --batch 1,2 --threads 1 --config topp --rows flat"))
+      << flat["command"];
+  EXPECT_EQ(flat["version"], version());
+  EXPECT_TRUE(flat["cpu"].is_string());
+  EXPECT_EQ(flat["date"].get<std::string>().size(), 20u) << flat["date"];
   EXPECT_EQ(Lines(run.out).size(), 3u) << run.out;
   // Three different batches timed in turn; none is refused. (Read ahead:
   // the engines' option, recorded.)
@@ -395,6 +405,21 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
                                     : "--isa avx2 runs as sse2 on this machine"))
       << run.err;
   EXPECT_TRUE(Contains(run.out, " sse2 ")) << run.out;
+  run = RunCli(dir,
+               "bench --vocab 1000 --batch 1 --threads 1 --isa avx2 --repeat 2 --no-reference -q",
+               "NUCLEUS_ISA=sse2 ");
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_TRUE(run.err.empty()) << run.err;  // (-q: no note)
+  // A count that is not a positive integer is said so plainly (CLI11's own
+  // check printed its range as 0.000000 to 1.79769e+308).
+  for (const char* bad : {"--repeat 0", "--runs -3", "--distinct abc"}) {
+    SCOPED_TRACE(bad);
+    run = RunCli(dir, std::string("bench --vocab 1000 --batch 1 --threads 1 -q ") + bad);
+    EXPECT_EQ(run.code, 2);
+    EXPECT_TRUE(Contains(run.err, "is below 1") || Contains(run.err, "is not an integer"))
+        << run.err;
+    EXPECT_FALSE(Contains(run.err, "0.000000")) << run.err;
+  }
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --isa neon -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--isa = neon")) << run.err;
@@ -453,6 +478,13 @@ TEST(Cli, BenchTimesADumpsRows) {
   EXPECT_EQ(run.code, 0) << run.err;
   EXPECT_TRUE(Contains(run.err, "d.npy holds 3 rows: the 3 distinct batches of 2 rows share some"))
       << run.err;
+  // One batch larger than the dump repeats rows (read from cache, their
+  // branches learned): said so too, -q or not.
+  run = RunCli(dir,
+               "bench --input d.npy --batch 8 --threads 1 --config greedy --repeat 2 "
+               "--no-reference -q");
+  EXPECT_EQ(run.code, 0) << run.err;
+  EXPECT_TRUE(Contains(run.err, "d.npy holds 3 rows: a batch of 8 repeats some")) << run.err;
   WriteDump(dir / "d.safetensors", values, rows, vocab, DType::kBFloat16);
   run = RunCli(dir,
                "bench --input d.safetensors --tensor logits --batch 1 --threads 1 "
@@ -465,6 +497,15 @@ TEST(Cli, BenchTimesADumpsRows) {
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "d.bin: bench --input reads .npy and .safetensors dumps"))
       << run.err;
+  // Another format: not the reader's advice to give a dtype and a vocab,
+  // which bench takes neither of.
+  WriteFile(dir / "d.json", "{}");
+  run = RunCli(dir, "bench --input d.json --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(
+      Contains(run.err, "d.json: unknown format: bench --input reads .npy and .safetensors dumps"))
+      << run.err;
+  EXPECT_FALSE(Contains(run.err, "give its dtype")) << run.err;
   run = RunCli(dir, "bench --input missing.npy --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "missing.npy: cannot open")) << run.err;

@@ -20,3 +20,17 @@ width, height = struct.unpack(">II", data[16:24])
 assert width > 2.5 * height, (width, height)
 print(f"bench/plot: {width}x{height} PNG")
 PY
+# A bad file is one line on standard error and status 2, no traceback.
+echo hello > "$dir/bad.json"
+echo '{}' > "$dir/empty.json"
+echo '{"results": [{"batch": 1}]}' > "$dir/short.json"
+for args in "$dir/bad.json" "$dir/empty.json" "$dir/short.json" "$dir/missing.json" \
+            "$dir/b.json $dir/no/such/dir/b.png"; do
+  status=0
+  # shellcheck disable=SC2086
+  /usr/bin/python3 "$plot" $args 2> "$dir/err" >/dev/null || status=$?
+  [[ "$status" == 2 ]] || { echo "bench/plot $args: status $status, not 2" >&2; exit 1; }
+  [[ "$(wc -l < "$dir/err")" == 1 ]] || { echo "bench/plot $args: not one line:" >&2; cat "$dir/err" >&2; exit 1; }
+  grep -q "^bench/plot: " "$dir/err" || { cat "$dir/err" >&2; exit 1; }
+done
+echo "bench/plot: bad files refused in one line"

@@ -415,7 +415,16 @@ Result<InputRows> read_input_rows(const std::string& path, const std::string& te
     return Status::invalid_argument(path + ": bench --input reads .npy and .safetensors dumps");
   }
   Result<DumpReader> reader = DumpReader::open(path, options);
-  if (!reader.ok()) return reader.status();
+  if (!reader.ok()) {
+    // (the reader's "unknown format" suggests reading the file as raw rows
+    // with a dtype and a vocab, which bench takes neither of)
+    if (reader.status().message().find(": unknown format:") != std::string::npos) {
+      return Status::io_error(path +
+                              ": unknown format: bench --input reads .npy and .safetensors "
+                              "dumps (save raw rows as .npy)");
+    }
+    return reader.status();
+  }
   const DumpInfo& info = reader->info();
   InputRows input;
   input.path = path;

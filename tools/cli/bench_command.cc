@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -19,6 +22,38 @@
 
 namespace nucleus::cli {
 namespace {
+
+// This process's command line, its arguments joined by spaces (read back
+// from /proc/self/cmdline; empty where there is none).
+std::string command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!all.empty() && all.back() == '\0') all.pop_back();
+  std::replace(all.begin(), all.end(), '\0', ' ');
+  return all;
+}
+
+// The CPU's model name (/proc/cpuinfo), or "".
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  }
+  return {};
+}
+
+// The time now, UTC, as 2026-12-07T12:34:56Z.
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
 
 std::vector<std::string> split(const std::string& text) {
   std::vector<std::string> parts;
@@ -116,20 +151,20 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app->add_option("--tensor", c->tensor, "The --input .safetensors tensor to read")
       ->needs("--input");
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
       ->add_option("--runs", c->runs,
                    "Run the grid this many times; each case keeps its best run (the fastest "
                    "median), with the baselines timed in that run")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
       ->add_option("--distinct", c->distinct,
                    "Time this many different batches of the same kind in turn (call i reads "
                    "batch i mod N), the baselines too: with 1 every call reads the same batch, "
                    "whose rows stay in cache and whose branches the CPU learns")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_at_least(1))
       ->capture_default_str();
   c->app->add_flag("--no-reference", c->no_reference,
                    "Skip the sort-based reference (slow at large sizes)");
@@ -212,7 +247,7 @@ int run_bench(const BenchCommand& c) {
     }
     // A set this machine lacks, or that NUCLEUS_ISA caps, runs as the best
     // one allowed: say so, and which of the two it is.
-    if (*isa != Isa::kAuto && resolve_isa(*isa) != *isa) {
+    if (*isa != Isa::kAuto && resolve_isa(*isa) != *isa && !c.quiet) {
       const bool machine_has = static_cast<int>(best_isa()) >= static_cast<int>(*isa);
       std::fprintf(stderr, "nucleus bench: --isa %s runs as %s %s\n", isa_name(*isa),
                    isa_name(resolve_isa(*isa)),
@@ -277,12 +312,22 @@ int run_bench(const BenchCommand& c) {
     }
     input = std::make_shared<const bench::InputRows>(std::move(read).value());
     vocabs = {input->vocab};
-    if (input->rows < wanted && c.distinct > 1 && !c.quiet) {
-      std::fprintf(stderr,
-                   "nucleus bench: %s holds %lld rows: the %d distinct batches of %lld rows "
-                   "share some\n",
-                   c.input.c_str(), static_cast<long long>(input->rows), c.distinct,
-                   static_cast<long long>(largest));
+    // (said whatever --quiet: a batch that repeats rows times them in cache,
+    // their branches learned, which flatters the figures)
+    if (input->rows < wanted) {
+      if (c.distinct > 1) {
+        std::fprintf(stderr,
+                     "nucleus bench: %s holds %lld rows: the %d distinct batches of %lld rows "
+                     "share some\n",
+                     c.input.c_str(), static_cast<long long>(input->rows), c.distinct,
+                     static_cast<long long>(largest));
+      } else {
+        std::fprintf(stderr,
+                     "nucleus bench: %s holds %lld rows: a batch of %lld repeats some (rows "
+                     "read again are in cache)\n",
+                     c.input.c_str(), static_cast<long long>(input->rows),
+                     static_cast<long long>(largest));
+      }
     }
   } else {
     const int64_t vocab = *std::max_element(vocabs.begin(), vocabs.end());
@@ -387,6 +432,11 @@ int run_bench(const BenchCommand& c) {
 
   if (json) {
     nlohmann::json doc;
+    // (what a quoted figure needs beside it: the command, the machine, when)
+    doc["command"] = command_line();
+    doc["version"] = version();
+    doc["cpu"] = cpu_model();
+    doc["date"] = utc_now();
     doc["machine_threads"] = all;
     doc["repeat"] = c.repeat;
     doc["runs"] = c.runs;
@@ -419,10 +469,14 @@ int run_bench(const BenchCommand& c) {
                                 {"gb_per_s", r.gb_per_s},
                                 {"roofline_us_per_row", r.roofline_us_per_row},
                                 {"softmax_us_per_row", r.softmax_us_per_row},
-                                {"reference_us_per_row", r.reference_us_per_row},
                                 {"vs_roofline", r.vs_roofline},
-                                {"vs_softmax", r.vs_softmax},
-                                {"vs_reference", r.vs_reference}});
+                                {"vs_softmax", r.vs_softmax}});
+      // (null when --no-reference skipped it: a 0 would enter averages)
+      nlohmann::json& last = doc["results"].back();
+      const bool timed = r.reference_us_per_row > 0.0;
+      last["reference_us_per_row"] =
+          timed ? nlohmann::json(r.reference_us_per_row) : nlohmann::json(nullptr);
+      last["vs_reference"] = timed ? nlohmann::json(r.vs_reference) : nlohmann::json(nullptr);
     }
     Status written = json->write(doc.dump(1) + "\n");
     if (written.ok()) written = json->commit();

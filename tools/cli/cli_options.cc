@@ -49,7 +49,9 @@ CLI::Validator fits_float() {
       "");
 }
 
-// An integer >= lo (CLI11's PositiveNumber and NonNegativeNumber print their
+}  // namespace
+
+// (CLI11's PositiveNumber and NonNegativeNumber print their
 // range as "0.000000 to 1.79769e+308", whatever the bound).
 CLI::Validator integer_at_least(int64_t lo) {
   return CLI::Validator(
@@ -68,8 +70,6 @@ CLI::Validator integer_at_least(int64_t lo) {
       },
       "INT >= " + std::to_string(lo));
 }
-
-}  // namespace
 
 void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("input", options->path, "Logit dump: .npy, .safetensors or raw; - = stdin")

@@ -30,6 +30,9 @@ struct InputOptions {
   int64_t block_mb = 64;
 };
 
+// An integer >= lo, as an option's check.
+CLI::Validator integer_at_least(int64_t lo);
+
 // INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.
 void add_input_options(CLI::App* command, InputOptions* options);
 
