@@ -16,10 +16,10 @@ namespace {
 using OrderedJson = nlohmann::ordered_json;
 
 constexpr const char* kSampleFooter = R"(Output (JSONL, one line per row):
-  {"row": 0, "tokens": [17], "logprobs": [-0.21], "raw_logprobs": [-0.35], "support": 37}
+  {"row":0,"tokens":[17],"logprobs":[-0.21],"raw_logprobs":[-0.35],"support":37}
   With --logprobs N, also "ranks" (per sample) and "top_logprobs" (one list of
   N {"token", "logprob"} per sample). A row that cannot be sampled gives
-  {"row": 3, "error": "logit of token 17 is NaN"} and the other rows go on.
+  {"row":3,"error":"logit of token 17 is NaN"} and the other rows go on.
 
 Seeds: with --seed S, row r uses seed S + r (so rows differ) at step --step;
 a --params line's "seed" replaces S + r for its row. Same seed, step and
