@@ -3,6 +3,7 @@
 // size; every malformed file is refused with a message that names the file,
 // the field and the value; writers never leave a partial file behind.
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -1327,29 +1328,38 @@ TEST(DumpAtomicFile, LongNamesFit) {
   }
 }
 
-TEST(DumpAtomicFile, TheProcesssOwnDescriptorsAreWrittenThrough) {
+TEST(DumpAtomicFile, ThisProcessOwnDescriptorsAreWrittenThrough) {
   // `-o /dev/stdout` with standard output redirected to a file writes to
   // that descriptor, as no -o would: the file is not replaced by a new one
   // (which lost what a script had written to it before, and after: its
   // descriptor then named a deleted file). /dev/fd/N and /proc/self/fd/N too.
-  const fs::path log = TestDir() / "log.txt";
+  const fs::path dir = TestDir();
+  const fs::path log = dir / "log.txt";
   const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::write(fd, "start\n", 6), 6);
   struct stat before;
   ASSERT_EQ(::stat(log.c_str(), &before), 0);
   const std::string n = std::to_string(fd);
-  for (const std::string& path : {"/dev/fd/" + n, "/proc/self/fd/" + n}) {
+  // (and a link of the user's own to one of them)
+  const fs::path link = dir / "to_fd";
+  fs::create_symlink("/dev/fd/" + n, link);
+  const std::string pid = std::to_string(::getpid());
+  std::string expected = "start\n";
+  for (const std::string& path :
+       {"/dev/fd/" + n, "/proc/self/fd/" + n, "/proc/" + pid + "/fd/" + n, link.string()}) {
     Result<detail::AtomicFile> file = detail::AtomicFile::create(path);
     ASSERT_TRUE(file.ok()) << file.status().message();
     ASSERT_TRUE(file->write(path + "\n").ok());
     ASSERT_TRUE(file->commit().ok());
+    expected += path + "\n";
   }
   ASSERT_EQ(::write(fd, "done\n", 5), 5);
   struct stat after;
   ASSERT_EQ(::stat(log.c_str(), &after), 0);
   EXPECT_EQ(after.st_ino, before.st_ino);
-  EXPECT_EQ(ReadFile(log), "start\n/dev/fd/" + n + "\n/proc/self/fd/" + n + "\ndone\n");
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(ReadFile(log), expected + "done\n");
   ::close(fd);
   // One open for reading only is refused before anything is written.
   const int in = ::open(log.c_str(), O_RDONLY | O_CLOEXEC);
@@ -1367,8 +1377,15 @@ TEST(DumpAtomicFile, AnotherUsersFileInAStickyDirectoryIsRefusedBeforeTheWork) {
   // at the commit after the work. (Run as root, which may rename anything,
   // the test sets it up and tries as another user in a child process.)
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to set up two users' files";
-  const fs::path dir = TestDir() / "sticky";
-  fs::create_directories(dir);
+  // (under /tmp, which every user may enter, whatever the test directory's
+  // parents allow)
+  char made[] = "/tmp/nucleus-sticky-XXXXXX";
+  ASSERT_NE(::mkdtemp(made), nullptr);
+  const fs::path dir = made;
+  struct Removed {
+    fs::path path;
+    ~Removed() { fs::remove_all(path); }
+  } removed{dir};
   ASSERT_EQ(::chmod(dir.c_str(), 01777), 0);
   const fs::path theirs = dir / "theirs.txt";
   WriteFile(theirs, "theirs");
@@ -1376,7 +1393,10 @@ TEST(DumpAtomicFile, AnotherUsersFileInAStickyDirectoryIsRefusedBeforeTheWork) {
   ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
   const pid_t child = ::fork();
   if (child == 0) {
-    if (::setresgid(1000, 1000, 1000) != 0 || ::setresuid(1000, 1000, 1000) != 0) ::_exit(3);
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(1000, 1000, 1000) != 0 ||
+        ::setresuid(1000, 1000, 1000) != 0) {
+      ::_exit(3);
+    }
     Result<detail::AtomicFile> file = detail::AtomicFile::create(theirs.string());
     const bool said = !file.ok() && file.status().message().find(
                                         "cannot replace a file of another user in the sticky "
@@ -1389,6 +1409,8 @@ TEST(DumpAtomicFile, AnotherUsersFileInAStickyDirectoryIsRefusedBeforeTheWork) {
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status));
+  // (1: the refusal was not said; 2: the user's own new file failed; 3:
+  // the child could not become user 1000)
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_EQ(ReadFile(theirs), "theirs");
   EXPECT_EQ(ReadFile(dir / "mine.txt"), "mine");

@@ -663,6 +663,7 @@ TEST(ReproducibilityTest, AnEngineSeededFromTheSystemReseedsInAForkedChild) {
   // stream in the child. 8 draws from 1,000 flat tokens: all 8 alike by
   // chance once in 10^24.
   Engine host(EngineOptions{.max_threads = 1, .seed = 77});
+  Engine twin(EngineOptions{.max_threads = 1, .seed = 77});  // (never forked)
   Engine system(EngineOptions{.max_threads = 1, .seed = std::nullopt});
   for (Engine* engine : {&host, &system}) {
     SampleFlat(*engine, std::nullopt, 0, 8);  // (a call before the fork)
@@ -674,9 +675,17 @@ TEST(ReproducibilityTest, AnEngineSeededFromTheSystemReseedsInAForkedChild) {
     } else {
       EXPECT_NE(child, parent);
     }
-    // (the parent's own stream goes on unchanged)
-    EXPECT_NE(SampleFlat(*engine, std::nullopt, 0, 8).tokens, parent);
   }
+  // The parent's own stream goes on as a twin's that never forked.
+  for (int call = 0; call < 3; ++call) {
+    const std::vector<int32_t> expected = SampleFlat(twin, std::nullopt, 0, 8).tokens;
+    if (call < 2) continue;  // (the host's calls before and after the fork)
+    EXPECT_EQ(SampleFlat(host, std::nullopt, 0, 8).tokens, expected);
+  }
+  // Another child draws apart from the parent too (a new salt each fork).
+  const std::vector<int32_t> first = SampleFlatInAChild(system);
+  EXPECT_EQ(first.size(), 8u);
+  EXPECT_NE(first, SampleFlat(system, std::nullopt, 0, 8).tokens);
 }
 
 TEST(ReproducibilityTest, SplitFullSamplingRowsFromManyHostThreads) {

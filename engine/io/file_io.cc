@@ -427,12 +427,16 @@ Status ByteSource::read_at(int64_t offset, int64_t n, void* out) {
 namespace {
 
 // The descriptor of this process a path names (/dev/stdout, /dev/stderr,
-// /dev/fd/N, /proc/self/fd/N), or -1.
-int own_descriptor(const std::string& path) {
+// /dev/fd/N, /proc/self/fd/N, /proc/thread-self/fd/N, /proc/PID/fd/N with
+// this process's PID), or -1.
+int own_descriptor_named(const std::string& path) {
   if (path == "/dev/stdin") return 0;
   if (path == "/dev/stdout") return 1;
   if (path == "/dev/stderr") return 2;
-  for (const std::string_view prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+  const std::string by_pid = "/proc/" + std::to_string(::getpid()) + "/fd/";
+  for (const std::string_view prefix :
+       {std::string_view("/dev/fd/"), std::string_view("/proc/self/fd/"),
+        std::string_view("/proc/thread-self/fd/"), std::string_view(by_pid)}) {
     if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0) continue;
     int fd = 0;
     const char* first = path.data() + prefix.size();
@@ -441,6 +445,32 @@ int own_descriptor(const std::string& path) {
     if (ec == std::errc() && end == last && fd >= 0) return fd;
   }
   return -1;
+}
+
+// The same for `path` or any link on the chain it starts (a link of the
+// user's own to /dev/stdout), or -1.
+int own_descriptor(std::string path) {
+  for (int hops = 0; hops <= 40; ++hops) {
+    if (const int fd = own_descriptor_named(path); fd >= 0) return fd;
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return -1;
+    std::string link(4096, '\0');
+    const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
+    if (len <= 0 || static_cast<size_t>(len) == link.size()) return -1;
+    link.resize(static_cast<size_t>(len));
+    path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
+  }
+  return -1;
+}
+
+// The longest prefix of `name` of at most `max` bytes that does not split a
+// UTF-8 character (a continuation byte, 10xxxxxx, never starts the cut-off
+// part).
+std::string utf8_prefix(const std::string& name, size_t max) {
+  if (name.size() <= max) return name;
+  size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0u) == 0x80u) --cut;
+  return name.substr(0, cut);
 }
 
 }  // namespace
@@ -488,7 +518,9 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   const std::string directory = parent_directory(target);
   // In a sticky directory (/tmp) only the file's owner, the directory's or
   // root may rename over a file: another user's, which this one may write,
-  // could not be replaced once the work is done. Said now.
+  // could not be replaced once the work is done. Said now. (Root stands for
+  // CAP_FOWNER here: a process with the capability but another user is
+  // refused, one without it as root fails at the rename as before.)
   if (replacing && ::geteuid() != 0 && old.st_uid != ::geteuid()) {
     struct stat dir;
     if (::stat(directory.c_str(), &dir) == 0 && (dir.st_mode & S_ISVTX) != 0 &&
@@ -506,8 +538,10 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   // (permissions are checked at open), which a private file must not allow.
   const mode_t mode = replacing ? 0600 : 0666;
   // (".NAME.tmp-" and six characters: NAME cut short where that would pass
-  // NAME_MAX, which the output's own name may reach)
-  const std::string base = base_name(target).substr(0, NAME_MAX - 12);
+  // the file system's longest name, which the output's own may reach)
+  const long name_max = ::pathconf(directory.c_str(), _PC_NAME_MAX);
+  const auto longest = static_cast<size_t>(name_max > 12 ? name_max : NAME_MAX);
+  const std::string base = utf8_prefix(base_name(target), longest - 12);
   file.stem_ = directory + "/." + base + ".tmp-";
   // The temporary has no name while it is written (O_TMPFILE): a run killed
   // by any signal, even SIGKILL, leaves nothing behind. commit() links it in

@@ -3,6 +3,8 @@
 // than threads, each row's chunk passes run in parallel too (the chunks are
 // fixed, so results do not depend on the thread count).
 #include <Random123/philox.h>
+#include <pthread.h>
+#include <sys/random.h>
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
@@ -13,6 +15,7 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -152,17 +155,43 @@ uint64_t system_seed() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
+// Mixed into the key of every engine seeded from the system; a forked
+// child draws a new one (pthread_atfork: the child handler runs on the
+// child's one thread, before anything else there; getrandom, no lock, no
+// allocation), so engines copied into it draw apart from the parent's.
+std::atomic<uint64_t> fork_salt{0};
+
+void new_fork_salt() {
+  uint64_t fresh = 0;
+  if (::getrandom(&fresh, sizeof fresh, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof fresh)) {
+    // (no entropy yet: the clock and the child's pid, which differ from the
+    // parent's)
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    fresh = (static_cast<uint64_t>(now.tv_nsec) << 32) ^ static_cast<uint64_t>(now.tv_sec) ^
+            (static_cast<uint64_t>(::getpid()) << 17);
+  }
+  // (splitmix64's finaliser: every bit of the fresh value moves the salt)
+  uint64_t z = fork_salt.load(std::memory_order_relaxed) ^ fresh ^ 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  fork_salt.store(z ^ (z >> 31), std::memory_order_relaxed);
+}
+
+void register_fork_salt() {
+  static const int registered = ::pthread_atfork(nullptr, nullptr, new_fork_salt);
+  (void)registered;
+}
+
 }  // namespace
 
 struct Engine::Impl {
   int threads = 1;
   const detail::Kernels* kernels = nullptr;
   // The generator of unseeded rows: a key and a counter of rows.
-  std::atomic<uint64_t> seed{0};
+  uint64_t seed = 0;
   std::atomic<uint64_t> counter{0};
   bool system_seeded = false;  // (no EngineOptions::seed)
-  std::atomic<pid_t> seeded_in{0};
-  std::mutex reseeding;
   ReadAhead read_ahead = ReadAhead::kAuto;
   int64_t ahead_from = 0;  // read_ahead_from(read_ahead)
 
@@ -194,26 +223,17 @@ struct Engine::Impl {
   ScratchPool pool;
 
   // The key and the first counter value of a call's `rows` unseeded rows.
-  // An engine seeded from the system takes a new system seed in a forked
-  // child, whose copy of the parent's key and counter would repeat the
-  // parent's draws (Python's random module reseeds at fork for the same
-  // reason); one seeded by the host keeps its stream.
+  // An engine seeded from the system takes the process's fork salt into its
+  // key (0 until a fork), so that a forked child does not repeat its
+  // parent's draws from its copy of the key and counter (Python's random
+  // module reseeds at fork for the same reason); one seeded by the host
+  // keeps its stream.
   struct Unseeded {
     uint64_t key = 0, base = 0;
   };
   Unseeded unseeded(uint64_t rows) {
-    if (system_seeded) {
-      const pid_t now = getpid();
-      if (seeded_in.load(std::memory_order_acquire) != now) {
-        std::lock_guard<std::mutex> lock(reseeding);
-        if (seeded_in.load(std::memory_order_relaxed) != now) {
-          seed.store(system_seed(), std::memory_order_relaxed);
-          counter.store(0, std::memory_order_relaxed);
-          seeded_in.store(now, std::memory_order_release);
-        }
-      }
-    }
-    return {seed.load(std::memory_order_relaxed), counter.fetch_add(rows)};
+    const uint64_t salt = system_seeded ? fork_salt.load(std::memory_order_relaxed) : 0;
+    return {seed ^ salt, counter.fetch_add(rows)};
   }
 
   // Seeds for unseeded rows, fixed before the rows are spread over threads.
@@ -308,7 +328,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->threads = options.max_threads > 0 ? std::min(options.max_threads, available) : available;
   impl_->system_seeded = !options.seed;
   impl_->seed = options.seed ? *options.seed : system_seed();
-  impl_->seeded_in = getpid();
+  if (impl_->system_seeded) register_fork_salt();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
   impl_->read_ahead =
       options.read_ahead != ReadAhead::kAuto ? options.read_ahead : environment_read_ahead();

@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -41,18 +43,29 @@ namespace {
 
 // The GIL, taken back after a call that ran without it. When the
 // interpreter is finalizing (a daemon thread whose call ends as the program
-// exits), PyEval_RestoreThread would end the thread by pthread_exit, whose
-// unwinding out of py::gil_scoped_release's destructor (noexcept) called
-// std::terminate: an abort at exit. Such a thread waits for the process to
-// end instead, as Python 3.14 makes every such thread do.
+// exits), PyEval_RestoreThread ends the thread by pthread_exit (Python
+// 3.11-3.13), whose unwinding out of py::gil_scoped_release's destructor
+// (noexcept) called std::terminate: an abort at exit; and unwinding on
+// through the call's frames would drop references without the GIL while
+// the interpreter is torn down. Such a thread waits for the process to end
+// instead, as Python 3.14 makes every such thread do: when finalizing has
+// begun before the wait for the GIL, and when it begins during it (the
+// forced unwind is caught where it starts and never resumed).
+[[noreturn]] void wait_for_the_end() {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
 void take_gil_back(PyThreadState* state) {
 #if PY_VERSION_HEX >= 0x030D0000
-  const bool finalizing = Py_IsFinalizing() != 0;
+  if (Py_IsFinalizing() != 0) wait_for_the_end();
 #else
-  const bool finalizing = _Py_IsFinalizing() != 0;
+  if (_Py_IsFinalizing() != 0) wait_for_the_end();
 #endif
-  while (finalizing) std::this_thread::sleep_for(std::chrono::hours(1));
-  PyEval_RestoreThread(state);
+  try {
+    PyEval_RestoreThread(state);
+  } catch (abi::__forced_unwind&) {
+    wait_for_the_end();
+  }
 }
 
 // Runs fn() with the GIL released (the engine's calls, file reads), taking

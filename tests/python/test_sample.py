@@ -132,6 +132,17 @@ def test_allowed_mask_list_with_none_rows(engine, rng):
         engine.sample(x, seed=1, allowed_mask=[None, allowed])
     with pytest.raises(ValueError, match=r"allowed_mask\[1\]: a boolean mask needs vocab"):
         engine.sample(x, seed=1, allowed_mask=[None, allowed[:50], None])
+    # An object that offers DLPack alone is read as its array.
+    class DLPackOnly:
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, stream=None):
+            return self.a.__dlpack__()
+
+    if hasattr(np.ndarray, "__dlpack__"):
+        only = engine.sample(x, seed=[1, 2, 3], allowed_mask=DLPackOnly(words), n=8)
+        assert set(only.tokens.ravel()) <= {3, 50}
     # Another type is a TypeError (python.md), not a mask of no axes.
     import array
     for bad in ("abc", 5, {}, range(4), array.array("i", words), memoryview(words)):

@@ -24,7 +24,7 @@ namespace nucleus::cli {
 namespace {
 
 // This process's command line, its arguments joined by spaces (read back
-// from /proc/self/cmdline; empty where there is none).
+// from /proc/self/cmdline, unquoted; empty where there is none).
 std::string command_line() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
   std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -39,7 +39,9 @@ std::string cpu_model() {
   for (std::string line; std::getline(in, line);) {
     if (line.rfind("model name", 0) == 0) {
       const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+      const size_t from =
+          colon == std::string::npos ? colon : line.find_first_not_of(" \t", colon + 1);
+      return from == std::string::npos ? std::string() : line.substr(from);
     }
   }
   return {};
