@@ -6,6 +6,8 @@
 #include <string>
 #include <utility>
 
+#include "requests.h"
+
 namespace nucleus::python {
 namespace py = pybind11;
 namespace {
@@ -240,7 +242,7 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
   // 2. DLPack: PyTorch CPU tensors (bfloat16 included), JAX, CuPy host arrays.
   // An object that has a buffer but not one the engine reads (float64,
   // big-endian) goes straight to numpy, which converts what DLPack refuses.
-  if (!t.dtype && !has_buffer && py::hasattr(object, "__dlpack__")) {
+  if (!t.dtype && !has_buffer && has_attr(object, "__dlpack__")) {
     py::object capsule = object.attr("__dlpack__")();
     if (PyCapsule_IsValid(capsule.ptr(), "dltensor") == 0) {
       throw py::type_error(std::string(what) +
@@ -279,7 +281,7 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
     py::array array;
     // (an object that speaks DLPack alone, of a dtype read by conversion
     // (float64, integers): numpy.asarray would wrap it as a 0-d object array)
-    const bool dlpack_only = !has_buffer && py::hasattr(object, "__dlpack__");
+    const bool dlpack_only = !has_buffer && has_attr(object, "__dlpack__");
     try {
       array = numpy.attr(dlpack_only ? "from_dlpack" : "asarray")(object);
     } catch (py::error_already_set& e) {

@@ -40,16 +40,16 @@ bool is_list(py::handle v) { return py::isinstance<py::list>(v) || py::isinstanc
 bool is_array_like(py::handle v) {
   return py::isinstance<py::array>(v) ||
          (!py::isinstance<py::str>(v) &&
-          (py::hasattr(v, "__array__") || py::hasattr(v, "__array_interface__") ||
-           py::hasattr(v, "__dlpack__")));
+          (has_attr(v, "__array__") || has_attr(v, "__array_interface__") ||
+           has_attr(v, "__dlpack__")));
 }
 
 py::array as_array(py::handle v) {
   if (py::isinstance<py::array>(v)) return py::reinterpret_borrow<py::array>(v);
   // (an object that speaks DLPack alone: numpy.asarray would wrap it as a
   // 0-d array of one object)
-  const bool dlpack_only = PyObject_CheckBuffer(v.ptr()) == 0 && !py::hasattr(v, "__array__") &&
-                           !py::hasattr(v, "__array_interface__") && py::hasattr(v, "__dlpack__");
+  const bool dlpack_only = PyObject_CheckBuffer(v.ptr()) == 0 && !has_attr(v, "__array__") &&
+                           !has_attr(v, "__array_interface__") && has_attr(v, "__dlpack__");
   return py::module_::import("numpy").attr(dlpack_only ? "from_dlpack" : "asarray")(v);
 }
 
