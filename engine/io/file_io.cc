@@ -93,17 +93,27 @@ std::optional<mode_t> process_umask() {
 // The path a chain of symbolic links ends at (the path itself when it is not
 // a link), whether or not that file exists yet; nullopt past 40 links (a
 // loop), where the kernel would refuse to open it (ELOOP).
+constexpr int kMaxHops = 40;  // (Linux's own limit, MAXSYMLINKS)
+
+// The path the symbolic link `path` names (relative targets resolved
+// against its directory), or nullopt when `path` is not a link (or cannot
+// be read as one).
+std::optional<std::string> link_target(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return std::nullopt;
+  std::string link(4096, '\0');
+  const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
+  if (len <= 0 || static_cast<size_t>(len) == link.size()) return std::nullopt;
+  link.resize(static_cast<size_t>(len));
+  return link.front() == '/' ? link : parent_directory(path) + "/" + link;
+}
+
 std::optional<std::string> through_links(std::string path) {
-  constexpr int kMaxHops = 40;  // (Linux's own limit, MAXSYMLINKS)
   for (int hops = 0;; ++hops) {
-    struct stat st;
-    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    std::optional<std::string> next = link_target(path);
+    if (!next) return path;
     if (hops == kMaxHops) return std::nullopt;  // a loop, or a chain too long to follow
-    std::string link(4096, '\0');
-    const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
-    if (len <= 0 || static_cast<size_t>(len) == link.size()) return path;
-    link.resize(static_cast<size_t>(len));
-    path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
+    path = std::move(*next);
   }
 }
 
@@ -450,15 +460,11 @@ int own_descriptor_named(const std::string& path) {
 // The same for `path` or any link on the chain it starts (a link of the
 // user's own to /dev/stdout), or -1.
 int own_descriptor(std::string path) {
-  for (int hops = 0; hops <= 40; ++hops) {
+  for (int hops = 0; hops <= kMaxHops; ++hops) {
     if (const int fd = own_descriptor_named(path); fd >= 0) return fd;
-    struct stat st;
-    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return -1;
-    std::string link(4096, '\0');
-    const ssize_t len = ::readlink(path.c_str(), link.data(), link.size());
-    if (len <= 0 || static_cast<size_t>(len) == link.size()) return -1;
-    link.resize(static_cast<size_t>(len));
-    path = link.front() == '/' ? link : parent_directory(path) + "/" + link;
+    std::optional<std::string> next = link_target(path);
+    if (!next) return -1;
+    path = std::move(*next);
   }
   return -1;
 }

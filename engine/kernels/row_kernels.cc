@@ -584,8 +584,8 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
     out.count += count;
     // Lane i adds the deviations and their squares of j = i mod 8 in order
     // (the same sums on every instruction set), over the block padded to a
-    // multiple of 8 with deviations of 0, which add nothing. In vectors of
-    // two vectors of 4 doubles each (GCC's vector extension; one of 8 went
+    // multiple of 8 with deviations of 0, which add nothing. The 8 lanes are
+    // two vectors of 4 doubles (GCC's vector extension; one of 8 went
     // through the stack on AVX2): as loops over 8 lanes GCC kept it scalar
     // here, 2x the time.
     using Doubles = double __attribute__((vector_size(32)));

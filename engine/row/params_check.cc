@@ -116,8 +116,8 @@ bool is_token_key(std::string_view text) {
 
 Status check_verify_view(const LogitsView& target_logits, int64_t num_draft, int64_t* rows) {
   if (target_logits.rows <= 0) {
-    return Status::invalid_argument("verify: target_logits rows = " +
-                                    std::to_string(target_logits.rows) + " must be > 0");
+    return Status::invalid_argument(
+        "verify: target_logits rows = " + std::to_string(target_logits.rows) + " must be > 0");
   }
   if (num_draft < 0 || num_draft >= std::max<int64_t>(target_logits.rows, 1)) {
     // (Checked before num_draft + 1 is formed, which could overflow.)

@@ -279,11 +279,8 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
   if (!t.dtype) {
     py::module_ numpy = py::module_::import("numpy");
     py::array array;
-    // (an object that speaks DLPack alone, of a dtype read by conversion
-    // (float64, integers): numpy.asarray would wrap it as a 0-d object array)
-    const bool dlpack_only = !has_buffer && has_attr(object, "__dlpack__");
     try {
-      array = numpy.attr(dlpack_only ? "from_dlpack" : "asarray")(object);
+      array = numpy_array(object);
     } catch (py::error_already_set& e) {
       throw py::type_error(std::string(what) + ": cannot read a " + type_name(object) +
                            " as logits (" + e.what() + ")");

@@ -44,7 +44,9 @@ bool is_array_like(py::handle v) {
            has_attr(v, "__dlpack__")));
 }
 
-py::array as_array(py::handle v) {
+}  // namespace
+
+py::array numpy_array(py::handle v) {
   if (py::isinstance<py::array>(v)) return py::reinterpret_borrow<py::array>(v);
   // (an object that speaks DLPack alone: numpy.asarray would wrap it as a
   // 0-d array of one object)
@@ -53,11 +55,9 @@ py::array as_array(py::handle v) {
   return py::module_::import("numpy").attr(dlpack_only ? "from_dlpack" : "asarray")(v);
 }
 
-}  // namespace
-
 py::array as_array(py::handle v, const std::string& where) {
   try {
-    return as_array(v);
+    return numpy_array(v);
   } catch (py::error_already_set& e) {
     if (!e.matches(PyExc_ValueError)) throw;
     // (numpy's own message, a ragged list's, named by the keyword)
@@ -180,7 +180,7 @@ RowValues row_values(const char* name, py::handle value, int64_t rows) {
   if (is_list(value)) {
     seq = py::reinterpret_borrow<py::object>(value);
   } else if (is_array_like(value)) {
-    py::array a = as_array(value);
+    py::array a = numpy_array(value);
     if (a.ndim() == 0) {
       v.scalar = a.attr("item")();
       return v;
@@ -261,7 +261,7 @@ LogprobsArg to_logprobs(py::handle v, const std::string& where) {
 bool is_token_row(py::handle v) {
   if (v.is_none() || is_list(v)) return true;
   if (!is_array_like(v)) return false;
-  return as_array(v).ndim() >= 1;
+  return numpy_array(v).ndim() >= 1;
 }
 
 std::vector<int32_t> to_tokens(py::handle v, const std::string& where) {
@@ -271,7 +271,7 @@ std::vector<int32_t> to_tokens(py::handle v, const std::string& where) {
   if (is_list(v)) {
     seq = py::reinterpret_borrow<py::object>(v);
   } else if (is_array_like(v)) {
-    py::array a = as_array(v);
+    py::array a = numpy_array(v);
     if (a.ndim() != 1) {
       throw py::value_error(where + ": expected a 1-D list of token ids, got shape " +
                             shape_text(a));
@@ -335,7 +335,7 @@ class RequestParser {
       }
       if (nested != 0) per_row = py::reinterpret_borrow<py::object>(value);
     } else if (is_array_like(value)) {
-      py::array a = as_array(value);
+      py::array a = numpy_array(value);
       if (a.ndim() == 2) {
         per_row = a.attr("tolist")();
       } else if (a.ndim() != 1) {

@@ -37,8 +37,10 @@ pybind11::object to_index(pybind11::handle v, const std::string& where);
 int64_t to_int64(pybind11::handle v, const std::string& where);
 int32_t to_int32(pybind11::handle v, const std::string& where);
 uint64_t to_uint64(pybind11::handle v, const std::string& where);
-// numpy.asarray(v), a ValueError numpy raises (a ragged list) named by
-// `where`.
+// numpy.asarray(v) (numpy.from_dlpack(v) for an object that offers DLPack
+// alone); as_array(v, where) the same, with a ValueError numpy raises (a
+// ragged list) named by `where`.
+pybind11::array numpy_array(pybind11::handle v);
 pybind11::array as_array(pybind11::handle v, const std::string& where);
 
 // Whether `v` has the attribute `name`, without the AttributeError that

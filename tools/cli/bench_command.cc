@@ -317,19 +317,13 @@ int run_bench(const BenchCommand& c) {
     // (said whatever --quiet: a batch that repeats rows times them in cache,
     // their branches learned, which flatters the figures)
     if (input->rows < wanted) {
-      if (c.distinct > 1) {
-        std::fprintf(stderr,
-                     "nucleus bench: %s holds %lld rows: the %d distinct batches of %lld rows "
-                     "share some\n",
-                     c.input.c_str(), static_cast<long long>(input->rows), c.distinct,
-                     static_cast<long long>(largest));
-      } else {
-        std::fprintf(stderr,
-                     "nucleus bench: %s holds %lld rows: a batch of %lld repeats some (rows "
-                     "read again are in cache)\n",
-                     c.input.c_str(), static_cast<long long>(input->rows),
-                     static_cast<long long>(largest));
-      }
+      const std::string batches =
+          c.distinct > 1 ? "the " + std::to_string(c.distinct) + " distinct batches of " +
+                               std::to_string(largest) + " rows share some"
+                         : "a batch of " + std::to_string(largest) +
+                               " repeats some (rows read again are in cache)";
+      std::fprintf(stderr, "nucleus bench: %s holds %lld rows: %s\n", c.input.c_str(),
+                   static_cast<long long>(input->rows), batches.c_str());
     }
   } else {
     const int64_t vocab = *std::max_element(vocabs.begin(), vocabs.end());

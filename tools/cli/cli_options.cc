@@ -51,8 +51,8 @@ CLI::Validator fits_float() {
 
 }  // namespace
 
-// (CLI11's PositiveNumber and NonNegativeNumber print their
-// range as "0.000000 to 1.79769e+308", whatever the bound).
+// (in place of CLI11's PositiveNumber and NonNegativeNumber, which print
+// their range as "0.000000 to 1.79769e+308", whatever the bound)
 CLI::Validator integer_at_least(int64_t lo) {
   return CLI::Validator(
       [lo](std::string& text) -> std::string {
