@@ -308,9 +308,9 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   // result per case.
   run = RunCli(dir,
                "bench --vocab 1000 --batch 1,2 --threads 1 --config topp --rows flat --repeat 2 "
-               "--runs 3 --no-reference -q --json flat.json");
+               "--runs 3 --no-reference -q --json \"flat's run.json\"");
   ASSERT_EQ(run.code, 0) << run.err;
-  const Json flat = Json::parse(ReadFile(dir / "flat.json"));
+  const Json flat = Json::parse(ReadFile(dir / "flat's run.json"));
   EXPECT_EQ(flat["rows"], "flat");
   EXPECT_EQ(flat["runs"], 3);
   EXPECT_EQ(flat["times_from"], "fastest run");
@@ -322,8 +322,12 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   // averages); beside the figures, the command, the build, the CPU, when.
   EXPECT_TRUE(flat["results"][0]["reference_us_per_row"].is_null());
   EXPECT_TRUE(flat["results"][0]["vs_reference"].is_null());
+  // The command as a shell takes it back: an argument with a space or a
+  // quote in single quotes.
   EXPECT_TRUE(Contains(flat["command"].get<std::string>(),
                        "bench --vocab 1000 --batch 1,2 --threads 1 --config topp --rows flat"))
+      << flat["command"];
+  EXPECT_TRUE(Contains(flat["command"].get<std::string>(), " --json 'flat'\\''s run.json'"))
       << flat["command"];
   EXPECT_EQ(flat["version"], version());
   EXPECT_TRUE(flat["cpu"].is_string());

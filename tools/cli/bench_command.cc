@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
-#include <iterator>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -23,14 +24,29 @@
 namespace nucleus::cli {
 namespace {
 
-// This process's command line, its arguments joined by spaces (read back
-// from /proc/self/cmdline, unquoted; empty where there is none).
+// One argument as a POSIX shell reads it back: as it is when it holds only
+// characters no shell treats specially, else in single quotes (a quote
+// inside written '\'').
+std::string shell_word(const std::string& arg) {
+  const bool plain = !arg.empty() && std::all_of(arg.begin(), arg.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || std::strchr("%+,-./:=@_", c) != nullptr;
+  });
+  if (plain) return arg;
+  std::string word = "'";
+  for (const char c : arg) word += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return word + "'";
+}
+
+// This process's command line, as a shell would take it back (read from
+// /proc/self/cmdline; empty where there is none).
 std::string command_line() {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!all.empty() && all.back() == '\0') all.pop_back();
-  std::replace(all.begin(), all.end(), '\0', ' ');
-  return all;
+  std::string line;
+  for (std::string arg; std::getline(in, arg, '\0');) {
+    if (!line.empty()) line += ' ';
+    line += shell_word(arg);
+  }
+  return line;
 }
 
 // The CPU's model name (/proc/cpuinfo), or "".
