@@ -36,8 +36,13 @@ std::string element(const char* name, int64_t row) {
 bool is_list(py::handle v) { return py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v); }
 
 // Tensors of other libraries (anything numpy can read) are handled like
-// numpy arrays.
+// numpy arrays. (A plain float, int, bool or None, what most calls pass,
+// is told at once, without the three attribute probes.)
 bool is_array_like(py::handle v) {
+  PyObject* o = v.ptr();
+  if (PyFloat_CheckExact(o) || PyLong_CheckExact(o) || PyBool_Check(o) || v.is_none()) {
+    return false;
+  }
   return py::isinstance<py::array>(v) ||
          (!py::isinstance<py::str>(v) &&
           (has_attr(v, "__array__") || has_attr(v, "__array_interface__") ||
