@@ -698,11 +698,26 @@ inline int FuzzVerify(const uint8_t* bytes, size_t size) {
   }
   std::vector<float> q;
   const float* draft_probs = nullptr;
+  bool sum_at_edge = false;
   if (in.Bool() && !bad_k.any && !drafts.empty() && v.vocab > 0 && v.vocab <= (int64_t{1} << 20)) {
     q.resize(static_cast<size_t>(groups * k * v.vocab));
     SplitMix rng(in.Bits<uint32_t>());
     for (size_t i = 0; i < q.size(); ++i) {
       q[i] = static_cast<float>(rng.Next() >> 40) * 0x1.0p-24f / static_cast<float>(v.vocab);
+    }
+    // Each drafter row a distribution (sum 1), unless a special value lands.
+    const auto row_sum = [&](size_t row) {
+      double sum = 0.0;
+      for (size_t t = 0; t < static_cast<size_t>(v.vocab); ++t) sum += q[row * v.vocab + t];
+      return sum;
+    };
+    const size_t draft_rows = q.size() / static_cast<size_t>(v.vocab);
+    for (size_t row = 0; row < draft_rows; ++row) {
+      const double sum = row_sum(row);
+      for (size_t t = 0; t < static_cast<size_t>(v.vocab); ++t) {
+        q[row * v.vocab + t] = sum > 0.0 ? static_cast<float>(q[row * v.vocab + t] / sum)
+                                         : 1.0f / static_cast<float>(v.vocab);
+      }
     }
     for (int64_t n = in.Range(0, 2); n > 0; --n) {
       const float x = SpecialFloat(in);
@@ -711,6 +726,13 @@ inline int FuzzVerify(const uint8_t* bytes, size_t size) {
     // After every write: a later value may replace a bad one.
     for (float x : q) {
       if (std::isnan(x) || x < 0.0f || x == kFuzzInf) bad.Set("a bad draft probability");
+    }
+    // A row's sum 1 within 0.01; right at that edge the engine's float
+    // lanes may round either way, and either answer stands.
+    for (size_t row = 0; !bad.any && row < draft_rows; ++row) {
+      const double off = std::abs(row_sum(row) - 1.0);
+      if (off > 0.0105 || std::isnan(off)) bad.Set("a draft row that does not sum to 1");
+      if (off > 0.0095 && off <= 0.0105) sum_at_edge = true;
     }
     draft_probs = q.data();
   }
@@ -723,6 +745,7 @@ inline int FuzzVerify(const uint8_t* bytes, size_t size) {
     r.tokens = {-7};
   }
   const Status s = engine.verify(v, k, drafts, draft_probs, b.requests, results);
+  if (!s.ok() && sum_at_edge && !bad.any) return 0;
   if (!s.ok() && !bad.any) FailWith("a valid verify call was refused", s.message().c_str());
   if (!s.ok()) {
     NUCLEUS_FUZZ_CHECK(s.code() == StatusCode::kInvalidArgument, static_cast<int>(s.code()));

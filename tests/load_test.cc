@@ -221,7 +221,12 @@ Job MakeJob(std::mt19937_64& rng, int index) {
     }
     if (rng() % 2 == 0 && job.num_draft > 0) {
       job.draft_probs.resize(static_cast<size_t>(groups * job.num_draft * vocab));
-      for (float& q : job.draft_probs) q = static_cast<float>(rng() % 1000) / (1000.0f * vocab);
+      for (int64_t d = 0; d < groups * job.num_draft; ++d) {  // each row a distribution
+        float* q = job.draft_probs.data() + d * vocab;
+        double sum = 0.0;
+        for (int64_t t = 0; t < vocab; ++t) sum += q[t] = static_cast<float>(1 + rng() % 1000);
+        for (int64_t t = 0; t < vocab; ++t) q[t] = static_cast<float>(q[t] / sum);
+      }
     }
   }
   return job;

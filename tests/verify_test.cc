@@ -263,7 +263,11 @@ TEST(VerifyTest, GreedyRowsAcceptExactlyTheArgmax) {
     // ... whatever the drafter's probabilities, even none on the draft (vLLM's
     // greedy path does not look at them).
     std::vector<float> none_on_drafts = s.draft;
-    for (int64_t i = 0; i < k; ++i) none_on_drafts[i * kVocab + drafts[i]] = 0.0f;
+    for (int64_t i = 0; i < k; ++i) {  // (the draft's mass moved to the next token)
+      float* q = none_on_drafts.data() + i * kVocab;
+      q[(drafts[i] + 1) % kVocab] += q[drafts[i]];
+      q[drafts[i]] = 0.0f;
+    }
     for (const float* q :
          std::array<const float*, 3>{s.draft.data(), nullptr, none_on_drafts.data()}) {
       ASSERT_TRUE(engine.verify(view, k, drafts, q, std::span(&req, 1), results).ok());
@@ -357,6 +361,25 @@ TEST(VerifyTest, CallErrorsNameTheProblem) {
               std::string::npos)
         << st.message();
   }
+
+  // A drafter row that is not a distribution (a scaled one would make the
+  // output a mixture that is not the target's): its sum named.
+  q = s.draft;
+  for (int64_t t = 0; t < kVocab; ++t) q[kVocab + t] *= 0.5f;
+  st = engine.verify(view, 2, drafts, q.data(), std::span(&req, 1), results);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("row 0: draft_probs[1] sums to 0.5: a draft distribution must sum "
+                              "to 1 (within 0.01)"),
+            std::string::npos)
+      << st.message();
+  q[kVocab] += 1.5f;  // over 1 on one token, 2 in all
+  st = engine.verify(view, 2, drafts, q.data(), std::span(&req, 1), results);
+  EXPECT_NE(st.message().find("row 0: draft_probs[1] sums to 2:"), std::string::npos)
+      << st.message();
+  // Rounding to a half type leaves the sum within the tolerance: accepted.
+  q = s.draft;
+  q[3] += 0.004f;
+  EXPECT_TRUE(engine.verify(view, 2, drafts, q.data(), std::span(&req, 1), results).ok());
 
   std::vector<float> nan_target = s.target;
   nan_target[kVocab + 2] = std::nanf("");

@@ -113,8 +113,10 @@ class Engine {
   // row's distribution is the final distribution of requests[r] at that
   // position, with the drafts before it appended to the generated tokens (for
   // the penalties). draft_probs, when not null, holds the drafter's
-  // probabilities, float32, rows × K × vocab (row-major, stride vocab); null
-  // means a deterministic drafter (probability 1 on each draft token).
+  // probabilities, float32, rows × K × vocab (row-major, stride vocab), each
+  // row finite values >= 0 that sum to 1 within 0.01 (else a call error: a
+  // row scaled otherwise would bias the output silently); null means a
+  // deterministic drafter (probability 1 on each draft token).
   //
   // Draft i is accepted with probability min(1, p(x)/q(x)) (never when
   // q(x) = 0, as vLLM; a greedy row accepts exactly its argmax, whatever q);

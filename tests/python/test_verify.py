@@ -78,6 +78,13 @@ def test_errors(engine, rng):
     # the right size laid out the wrong way round is refused, not misread
     with pytest.raises(ValueError, match=rf"draft_probs: expected .* got \[{K}, {ROWS}, {VOCAB}\]"):
         engine.verify(x, drafts, draft_probs=np.zeros((K, ROWS, VOCAB), np.float32))
+    # a drafter row that is not a distribution would bias the output silently
+    y = lm_logits(rng, ROWS * (K + 1), VOCAB)
+    q = engine.probs(y).reshape(ROWS, K + 1, VOCAB)[:, :K].copy()
+    assert engine.verify(y, drafts, draft_probs=q).errors == [None] * ROWS
+    q[1, 2] *= 0.5
+    with pytest.raises(ValueError, match=r"row 1: draft_probs\[2\] sums to 0.5: a draft distribution"):
+        engine.verify(y, drafts, draft_probs=q)
     with pytest.raises(TypeError, match="draft_tokens"):
         engine.verify(x, drafts.astype(np.float32))
     with pytest.raises(ValueError, match="draft_tokens: setting an array element|draft_tokens: .*inhomogeneous"):
