@@ -248,6 +248,13 @@ std::vector<FileCase> FileCases() {
         return b;
       }(),
       "", {}, {"version", "9.0"});
+  add("npy version 1.9", "v.npy",
+      [&] {
+        std::string b = ok_npy;
+        b[7] = 9;  // (NumPy reads 1.0, 2.0 and 3.0 only)
+        return b;
+      }(),
+      "", {}, {"version", "1.9"});
   add("npy header length implausible", "l.npy",
       std::string("\x93NUMPY\x02\x00\xff\xff\xff\x7f", 12) + "{}", "", {},
       {"header length", "implausibly large"});
@@ -598,8 +605,15 @@ std::vector<ParamsCase> ParamsCases() {
        {"line 3: row 2", "'top_k'", "not an integer"}},
       {"top_k beyond int32", "{\"top_k\": 1e12}\n{}\n{}\n", {"line 1", "'top_k'"}},
       {"min_keep beyond int32", "{\"min_keep\": 2147483648}\n{}\n{}\n", {"'min_keep'", "32-bit"}},
-      {"seed negative", "{\"seed\": -1}\n{}\n{}\n", {"'seed'", "non-negative"}},
-      {"seed fractional", "{\"seed\": 1.5}\n{}\n{}\n", {"'seed'", "non-negative integer"}},
+      {"seed negative",
+       "{\"seed\": -1}\n{}\n{}\n",
+       {"'seed'", "= -1 is not an integer in [0, 2^64)"}},
+      {"seed 2^64",
+       "{\"seed\": 18446744073709551616}\n{}\n{}\n",
+       {"'seed'", "is not an integer in [0, 2^64)"}},
+      {"seed fractional",
+       "{\"seed\": 1.5}\n{}\n{}\n",
+       {"'seed'", "= 1.5 is not an integer in [0, 2^64)"}},
       {"step a string", "{\"step\": \"3\"}\n{}\n{}\n", {"'step'"}},
       {"bias key not a token",
        "{\"logit_bias\": {\"abc\": 1}}\n{}\n{}\n",

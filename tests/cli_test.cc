@@ -1112,13 +1112,32 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   // An empty path is refused before any work, by every command that writes
   // to a path (sample would otherwise write to standard output, bench no
   // JSON at all).
-  for (const char* args : {"probs d.npy -o ''", "sample d.npy -q -o ''",
-                           "bench --vocab 100 --batch 1 --threads 1 -q --json ''"}) {
+  // "--output=" too, where the parser took the next argument for the value
+  // (a file named "-q" written).
+  for (const char* args :
+       {"probs d.npy -o ''", "sample d.npy -q -o ''",
+        "bench --vocab 100 --batch 1 --threads 1 -q --json ''", "sample d.npy --output= -q",
+        "probs d.npy --output= --top-k 3", "bench --vocab 100 --batch 1 --threads 1 --json= -q"}) {
     SCOPED_TRACE(args);
     CliRun empty = RunCli(dir, args);
     EXPECT_EQ(empty.code, 2);
     EXPECT_TRUE(Contains(empty.err, "is empty") || Contains(empty.err, "= ''")) << empty.err;
     EXPECT_TRUE(empty.out.empty()) << empty.out;
+    EXPECT_FALSE(fs::exists(dir / "-q"));
+  }
+}
+
+TEST(Cli, AMessageIsOneLineWhateverThePathHolds) {
+  // A path or an option value with a newline (or another control
+  // character) in it is shown escaped: the message stays one line.
+  const fs::path dir = TestDir();
+  for (const char* args :
+       {"sample \"$(printf 'no\\nsuch.npy')\"", "sample \"$(printf 'd\\001.npy')\" --vocab 5"}) {
+    SCOPED_TRACE(args);
+    CliRun run = RunCli(dir, args);
+    EXPECT_EQ(run.code, 2);
+    EXPECT_EQ(Lines(run.err).size(), 1u) << run.err;
+    EXPECT_TRUE(Contains(run.err, "no\\nsuch.npy") || Contains(run.err, "d\\x01.npy")) << run.err;
   }
 }
 

@@ -250,6 +250,13 @@ TEST_P(DumpFormats, ReadIntoFloat32WidensTheStoredValues) {
     Status past = (*reader)->read_into_float32(6, 2, out.data());
     EXPECT_NE(past.message().find("2 rows from row 6"), std::string::npos) << past.message();
     EXPECT_FALSE((*reader)->read_into_float32(0, 0, out.data()).ok());
+    // A null destination is a call error, from a file and from memory alike
+    // (it was written to: a crash, or the kernel's EFAULT).
+    for (const Status& s :
+         {(*reader)->read_into_float32(0, 1, nullptr), (*reader)->read_into(0, 1, nullptr)}) {
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(s.message().find(": dst is null"), std::string::npos) << s.message();
+    }
   }
 }
 
@@ -1197,7 +1204,28 @@ TEST(DumpNpyWriter, LeavesNothingBehindWhenAbandonedOrIncomplete) {
     Result<NpyWriter> writer = NpyWriter::create(dir / "b.npy", 2, 5);
     ASSERT_TRUE(writer.ok());
     ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
+    // Null data, a negative count, a commit before the last row: call
+    // errors that change nothing.
+    for (const Status& s : {writer->write_rows(nullptr, 1), writer->write_rows(values.data(), -1),
+                            writer->commit()}) {
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
+    }
+    EXPECT_NE(writer->commit().message().find("commit after only 1 of 2 rows were written"),
+              std::string::npos);
+    EXPECT_NE(writer->write_rows(values.data(), -1).message().find("rows = -1 must be >= 0"),
+              std::string::npos);
+    EXPECT_TRUE(writer->write_rows(nullptr, 0).ok());
+  }
+  {
+    // ... and the rest can still be written and committed.
+    Result<NpyWriter> writer = NpyWriter::create(dir / "d.npy", 2, 5);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(writer->write_rows(values.data(), 1).ok());
     EXPECT_FALSE(writer->commit().ok());
+    ASSERT_TRUE(writer->write_rows(values.data() + 5, 1).ok());
+    ASSERT_TRUE(writer->commit().ok());
+    EXPECT_TRUE(fs::exists(dir / "d.npy"));
+    fs::remove(dir / "d.npy");
   }
   EXPECT_TRUE(fs::is_empty(dir));
   EXPECT_FALSE(NpyWriter::create(dir / "c.npy", 2, 5, DType::kBFloat16).ok());
@@ -1322,6 +1350,17 @@ TEST(DumpAtomicFile, LongNamesFit) {
         EXPECT_EQ(ReadFile(dir / name), contents);
       }
     }
+  }
+  // A name past the longest is refused at create, before any work (the
+  // final rename failed, after all of it).
+  for (const bool unnamed : {true, false}) {
+    Result<detail::AtomicFile> file =
+        detail::AtomicFile::create((dir / std::string(256, 'x')).string(), unnamed);
+    ASSERT_FALSE(file.ok());
+    EXPECT_NE(file.status().message().find("cannot create: File name too long (256 bytes; the "
+                                           "file system takes at most 255)"),
+              std::string::npos)
+        << file.status().message();
   }
   for (const auto& entry : fs::directory_iterator(dir)) {
     EXPECT_NE(entry.path().filename().string()[0], '.') << entry.path();

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <span>
@@ -334,6 +335,35 @@ TEST_F(ErrorsTest, NullData) {
   s = CallProbs(view);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   ExpectNothingWritten();
+}
+
+TEST_F(ErrorsTest, MisalignedBuffers) {
+  // A pointer to floats (or halves) not aligned to them cannot be read as
+  // such (undefined behaviour, which the kernels' scalar loads would have):
+  // a call error that names the field and the address.
+  std::vector<unsigned char> bytes(kRows * kVocab * 4 + 8);
+  std::memcpy(bytes.data() + 1, logits_.data(), logits_.size() * 4);
+  for (const DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const LogitsView view{bytes.data() + 1, kRows, kVocab, kVocab, dtype};
+    for (const Status& s : {CallSample(view), CallProbs(view)}) {
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+      EXPECT_THAT(s.message(), HasSubstr("logits: data = 0x"));
+      EXPECT_THAT(s.message(), HasSubstr(std::string(" is not aligned to its elements' ") +
+                                         (dtype == DType::kFloat32 ? "4" : "2") + " bytes"));
+    }
+  }
+  std::vector<float> out(kRows * kVocab + 1);
+  const Status s =
+      engine_.probs(View(), requests_,
+                    reinterpret_cast<float*>(reinterpret_cast<char*>(out.data()) + 2),  // NOLINT
+                    kVocab, row_status_);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("probs: out = 0x"));
+  ExpectNothingWritten();
+  // bfloat16 at an address of 2 mod 4 is aligned for it.
+  const LogitsView halves{bytes.data() + 2, kRows, kVocab, kVocab, DType::kBFloat16};
+  EXPECT_TRUE(CallSample(halves).ok());
 }
 
 TEST_F(ErrorsTest, BadShapes) {

@@ -547,6 +547,12 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   // the file system's longest name, which the output's own may reach)
   const long name_max = ::pathconf(directory.c_str(), _PC_NAME_MAX);
   const auto longest = static_cast<size_t>(name_max > 12 ? name_max : NAME_MAX);
+  // (a name the final rename would refuse, after all the work: said now)
+  if (base_name(target).size() > longest) {
+    return Status::io_error(path + ": cannot create: " + errno_text(ENAMETOOLONG) + " (" +
+                            std::to_string(base_name(target).size()) + " bytes; the file system " +
+                            "takes at most " + std::to_string(longest) + ")");
+  }
   const std::string base = utf8_prefix(base_name(target), longest - 12);
   file.stem_ = directory + "/." + base + ".tmp-";
   // The temporary has no name while it is written (O_TMPFILE): a run killed

@@ -83,11 +83,16 @@ bool parse_json(std::string_view text, Json* out, std::string* error) {
 }
 
 std::string shown_text(std::string_view text, size_t max_chars) {
+  std::string out = escape_controls(text.substr(0, max_chars), /*backslashes=*/true);
+  if (text.size() > max_chars) out += "...";
+  return out;
+}
+
+std::string escape_controls(std::string_view text, bool backslashes) {
   std::string out;
-  const std::string_view part = text.substr(0, max_chars);
-  for (const char c : part) {
+  for (const char c : text) {
     const auto u = static_cast<unsigned char>(c);
-    if (c == '\\') {
+    if (c == '\\' && backslashes) {
       out += "\\\\";
     } else if (c == '\n') {
       out += "\\n";
@@ -102,7 +107,6 @@ std::string shown_text(std::string_view text, size_t max_chars) {
       out += c;
     }
   }
-  if (text.size() > max_chars) out += "...";
   return out;
 }
 

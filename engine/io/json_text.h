@@ -21,6 +21,10 @@ bool parse_json(std::string_view text, nlohmann::json* out, std::string* error);
 // other).
 std::string shown_text(std::string_view text, size_t max_chars = 120);
 
+// `text` with its control characters written as \n, \t or \xNN (and, when
+// `backslashes`, a backslash as \\): one line of printable text.
+std::string escape_controls(std::string_view text, bool backslashes);
+
 // A value as compact JSON text for a message, cut to about 120 characters;
 // a value nested deeper than 32 levels is named, not printed (printing
 // recurses once per level).

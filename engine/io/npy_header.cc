@@ -176,19 +176,22 @@ Result<NpyHeader> parse_npy_header(ByteSource& source) {
   header.major_version = preamble[6];
   int64_t header_len = 0;
   int64_t prefix = 0;
+  // (a minor version other than 0 is none NumPy wrote, nor reads)
+  const bool known = preamble[7] == 0 && header.major_version >= 1 && header.major_version <= 3;
+  if (!known) {
+    return Status::io_error(name + ": format version = " + std::to_string(preamble[6]) + "." +
+                            std::to_string(preamble[7]) +
+                            " is not a NumPy .npy version this reader knows (1.0, 2.0, 3.0)");
+  }
   if (header.major_version == 1) {
     header_len = preamble[8] | (preamble[9] << 8);
     prefix = 10;
-  } else if (header.major_version == 2 || header.major_version == 3) {
+  } else {
     if (Status s = source.read_at(10, 2, preamble + 10); !s.ok()) return s;
     header_len = static_cast<int64_t>(preamble[8]) | (static_cast<int64_t>(preamble[9]) << 8) |
                  (static_cast<int64_t>(preamble[10]) << 16) |
                  (static_cast<int64_t>(preamble[11]) << 24);
     prefix = 12;
-  } else {
-    return Status::io_error(name + ": format version = " + std::to_string(header.major_version) +
-                            "." + std::to_string(preamble[7]) +
-                            " is not a NumPy .npy version this reader knows (1.0, 2.0, 3.0)");
   }
   if (header_len > kMaxHeaderBytes) {
     return Status::io_error(name + ": header length = " + std::to_string(header_len) +

@@ -49,7 +49,15 @@ Result<NpyWriter> NpyWriter::create(const std::string& path, int64_t rows, int64
 
 Status NpyWriter::write_rows(const void* data, int64_t rows) {
   Impl& m = *impl_;
-  if (rows < 0 || rows > m.rows - m.written) {
+  if (rows < 0) {
+    return Status::invalid_argument(m.file.path() + ": rows = " + std::to_string(rows) +
+                                    " must be >= 0");
+  }
+  if (rows > 0 && data == nullptr) {
+    return Status::invalid_argument(m.file.path() +
+                                    ": data is null for rows = " + std::to_string(rows));
+  }
+  if (rows > m.rows - m.written) {
     return Status::invalid_argument(m.file.path() + ": writing " + std::to_string(rows) +
                                     " more rows after " + std::to_string(m.written) +
                                     " would exceed rows = " + std::to_string(m.rows));
@@ -63,9 +71,10 @@ Status NpyWriter::write_rows(const void* data, int64_t rows) {
 Status NpyWriter::commit() {
   Impl& m = *impl_;
   if (m.written != m.rows) {
-    m.file.discard();
-    return Status::internal(m.file.path() + ": only " + std::to_string(m.written) + " of " +
-                            std::to_string(m.rows) + " rows were written");
+    // (a caller's slip: refused, and nothing written is lost)
+    return Status::invalid_argument(m.file.path() + ": commit after only " +
+                                    std::to_string(m.written) + " of " + std::to_string(m.rows) +
+                                    " rows were written");
   }
   return m.file.commit();
 }

@@ -435,6 +435,7 @@ bool output_overlaps_logits(const LogitsView& logits, const float* out, int64_t 
 Status Engine::probs(const LogitsView& logits, std::span<const RowRequest> requests, float* out,
                      int64_t out_stride, std::span<Status> row_status) {
   if (out == nullptr) return Status::invalid_argument("probs: out is null");
+  if (Status s = detail::check_aligned("probs: out", out, 4); !s.ok()) return s;
   if (out_stride < logits.vocab) {
     return Status::invalid_argument("probs: out_stride = " + std::to_string(out_stride) +
                                     " is smaller than vocab = " + std::to_string(logits.vocab));
@@ -504,6 +505,7 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
     }
   }
   if (draft_probs) {
+    if (Status s = detail::check_aligned("draft_probs", draft_probs, 4); !s.ok()) return s;
     // Each drafter row is a distribution: finite values >= 0 that sum to 1,
     // within what rounding to a half type leaves (2^-9 of the sum for
     // bfloat16). A row scaled otherwise would make the output a mixture

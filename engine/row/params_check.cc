@@ -70,6 +70,15 @@ Status check_extent(std::string_view what, std::string_view stride_field, int64_
                                   show(stride) + " span more than any address space (2^57 bytes)");
 }
 
+Status check_aligned(std::string_view what, const void* data, int64_t esize) {
+  const auto address = reinterpret_cast<uintptr_t>(data);
+  if (address % static_cast<uintptr_t>(esize) == 0) return Status();
+  std::ostringstream text;
+  text << what << " = 0x" << std::hex << address << " is not aligned to its elements' " << std::dec
+       << esize << " bytes";
+  return Status::invalid_argument(text.str());
+}
+
 Status check_view(const LogitsView& logits) {
   if (logits.data == nullptr) return Status::invalid_argument("logits: data is null");
   if (logits.rows <= 0) {
@@ -97,7 +106,7 @@ Status check_view(const LogitsView& logits) {
       !s.ok()) {
     return s;
   }
-  return Status();
+  return check_aligned("logits: data", logits.data, dtype_size(logits.dtype));
 }
 
 std::string float32_range_error(double value) {

@@ -43,6 +43,10 @@ Status check_call(const LogitsView& logits, std::span<const RowRequest> requests
 Status check_extent(std::string_view what, std::string_view stride_field, int64_t rows,
                     int64_t stride, int64_t vocab, int64_t esize);
 
+// Checks that `data` (named by `what`: "logits: data", "probs: out") is
+// aligned to its elements' `esize` bytes, as a pointer to them must be.
+Status check_aligned(std::string_view what, const void* data, int64_t esize);
+
 // A float as the call errors show values (nine significant digits: -1e-10,
 // not std::to_string's -0.000000).
 std::string shown_float(float value);

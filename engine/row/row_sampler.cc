@@ -3,6 +3,7 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <span>
 #include <string>
@@ -1329,13 +1330,24 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
       result.top_logprobs[i] = TokenLogprob{
           sc.top[i].token, static_cast<float>(-static_cast<double>(sc.top[i].key - k0) - lz)};
     }
+    // A rank costs a pass over the row; many draws of a row repeat a few
+    // tokens, whose ranks the first 64 distinct ones keep.
     result.ranks.resize(n);
+    std::array<std::pair<int32_t, int32_t>, 64> known;  // (token, rank)
+    size_t num_known = 0;
     for (size_t j = 0; j < n; ++j) {
       const int32_t t = result.tokens[j];
+      const auto seen = std::find_if(known.begin(), known.begin() + num_known,
+                                     [t](const auto& e) { return e.first == t; });
+      if (seen != known.begin() + num_known) {
+        result.ranks[j] = seen->second;
+        continue;
+      }
       const float key = raw ? (dist.raw_max - dist.raw[t]) : (set.xmax - dist.x[t]) * set.key_scale;
       int64_t below = 0;
       for (const Segment& s : segs) below += run.k->count_key_below(s, set, key);
       result.ranks[j] = static_cast<int32_t>(below + 1);
+      if (num_known < known.size()) known[num_known++] = {t, result.ranks[j]};
     }
   }
 }

@@ -46,9 +46,9 @@ std::optional<DType> parse_dtype(std::string_view name);
 
 struct DumpOptions {
   DumpFormat format = DumpFormat::kAuto;
-  std::string tensor;          // safetensors: the tensor to read; empty = the only one
-  std::optional<DType> dtype;  // raw: required
-  int64_t vocab = 0;           // raw: required (> 0); 0 = not given, < 0 refused
+  std::string tensor;  // safetensors: the tensor to read; empty = the only one
+  std::optional<DType> dtype = std::nullopt;  // raw: required
+  int64_t vocab = 0;                          // raw: required (> 0); 0 = not given, < 0 refused
   // A block reads at most this many bytes (but always at least one row).
   int64_t block_bytes = int64_t{64} << 20;
 };
@@ -116,7 +116,8 @@ class DumpReader {
   // Rows [first, first + count) as stored (the dump's dtype, vocab values a
   // row, no padding) copied into `dst`, which holds count × vocab of them:
   // for a caller that keeps the rows, one copy fewer than read(). The block
-  // read() last returned stays valid.
+  // read() last returned stays valid. (A null `dst`, or rows outside the
+  // dump: INVALID_ARGUMENT.)
   Status read_into(int64_t first, int64_t count, void* dst);
 
   // The same rows widened to float32 into `dst` (count × vocab floats):
@@ -153,9 +154,12 @@ class NpyWriter {
   NpyWriter& operator=(const NpyWriter&) = delete;
   ~NpyWriter();  // removes the temporary file unless commit() succeeded
 
-  // Appends `rows` contiguous rows of `vocab` elements of the writer's dtype.
+  // Appends `rows` contiguous rows of `vocab` elements of the writer's dtype
+  // (null data, rows < 0 or rows past the shape: INVALID_ARGUMENT).
   Status write_rows(const void* data, int64_t rows);
-  // Checks that every row was written, then renames the file into place.
+  // Checks that every row was written, then renames the file into place. A
+  // commit before the last row is refused (INVALID_ARGUMENT) and changes
+  // nothing: the rest may still be written and committed.
   Status commit();
 
  private:

@@ -69,9 +69,9 @@ const char* read_ahead_name(ReadAhead mode);
 std::optional<ReadAhead> parse_read_ahead(std::string_view name);
 
 struct EngineOptions {
-  int max_threads = 0;           // 0 (or more than that): every core the process may use
-  std::optional<uint64_t> seed;  // for unseeded rows; none: from the system
-  Isa isa = Isa::kAuto;          // the highest instruction set to use
+  int max_threads = 0;  // 0 or less (or more than there are): every core the process may use
+  std::optional<uint64_t> seed = std::nullopt;  // for unseeded rows; none: from the system
+  Isa isa = Isa::kAuto;                         // the highest instruction set to use
   // kAuto: as the environment variable NUCLEUS_READ_AHEAD says (auto, always
   // or never; unset: auto); another value overrides it.
   ReadAhead read_ahead = ReadAhead::kAuto;
@@ -83,6 +83,7 @@ class Engine {
   // kAuto (ReadAhead; docs/cli.md).
   explicit Engine(const EngineOptions& options = {});
   ~Engine();
+  // A moved-from engine may only be destroyed or assigned to.
   Engine(Engine&&) noexcept;
   Engine& operator=(Engine&&) noexcept;
   Engine(const Engine&) = delete;
@@ -92,6 +93,8 @@ class Engine {
   // shared by every row; `results` holds one result per row. A call error
   // (SPEC section 7) writes nothing; a row error sets that row's status only.
   // Safe to call from many host threads at once.
+  // (`logits.data` is aligned to its dtype's size, as any pointer to such
+  // elements must be: else a call error.)
   Status sample(const LogitsView& logits, std::span<const RowRequest> requests,
                 std::span<RowResult> results);
 

@@ -83,11 +83,15 @@ struct TokenBias {
   float bias = 0.0f;
 };
 
-// One row's request. The spans are borrowed for the duration of the call.
+// One row's request. The spans are borrowed for the duration of the call,
+// and must not point into the call's results (a history that is a
+// RowResult's own tokens): those are written while the requests are read.
+// A token named twice in logit_bias gets both biases (their sum, as
+// llama.cpp's list of pairs does).
 struct RowRequest {
   SamplingParams params;
-  std::optional<uint64_t> seed;  // none: the engine's own generator
-  uint64_t step = 0;             // the decoding step; enters the Philox counter
+  std::optional<uint64_t> seed = std::nullopt;  // none: the engine's own generator
+  uint64_t step = 0;                            // the decoding step; enters the Philox counter
 
   std::span<const int32_t> prompt_tokens;     // repetition penalty only
   std::span<const int32_t> generated_tokens;  // repetition, frequency, presence

@@ -331,6 +331,11 @@ class PyEngine {
                               ", " + std::to_string(k) + ", " + std::to_string(view.vocab) +
                               "] (or [rows * K, vocab]) float32 probabilities, got [" + got + "]");
       }
+      if (reinterpret_cast<uintptr_t>(probs.data()) % sizeof(float) != 0) {
+        // (numpy keeps an array of unaligned floats as it is; a copy aligns)
+        probs = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
+            py::module_::import("numpy").attr("array")(probs));
+      }
       probs_data = probs.data();
     }
 
@@ -427,11 +432,11 @@ PyEngine& default_engine() {
   return *engine;
 }
 
-// A text argument of load_dump, or ValueError naming it and its value.
+// A text argument of load_dump, or TypeError naming it and its value.
 std::string text_argument(const char* name, const py::object& value) {
   if (!py::isinstance<py::str>(value)) {
-    throw py::value_error(std::string(name) + " = " + py::repr(value).cast<std::string>() +
-                          ": expected a string");
+    throw py::type_error(std::string(name) + " = " + py::repr(value).cast<std::string>() +
+                         ": expected a string");
   }
   return value.cast<std::string>();
 }
@@ -441,6 +446,8 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
   // The path's bytes as the operating system spells them (str, bytes or
   // os.PathLike, as open() takes).
   const std::string file = py::module_::import("os").attr("fsencode")(path).cast<std::string>();
+  // (the system would read the name only up to it, as another file's)
+  if (file.find('\0') != std::string::npos) throw py::value_error("path: embedded null byte");
   DumpOptions options;
   if (!format.is_none()) {
     const std::string name = text_argument("format", format);
@@ -475,8 +482,8 @@ py::array load_dump(const py::object& path, const py::object& tensor, const py::
     PyObject* index = py::isinstance<py::bool_>(vocab) ? nullptr : PyNumber_Index(vocab.ptr());
     if (index == nullptr) {
       PyErr_Clear();
-      throw py::value_error("vocab = " + py::repr(vocab).cast<std::string>() +
-                            ": expected an integer");
+      throw py::type_error("vocab = " + py::repr(vocab).cast<std::string>() +
+                           ": expected an integer");
     }
     const py::int_ vocab_int = py::reinterpret_steal<py::int_>(index);
     try {

@@ -157,9 +157,9 @@ def test_errors(rng, tmp_path):
     with pytest.raises(ValueError, match="bf16 = "):
         nucleus.load_dump(tmp_path / "x.npy", bf16="float16")
     # arguments of the wrong type are named, with their value
-    with pytest.raises(ValueError, match="vocab = 3.0: expected an integer"):
+    with pytest.raises(TypeError, match="vocab = 3.0: expected an integer"):
         nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=3.0)
-    with pytest.raises(ValueError, match="vocab = True"):
+    with pytest.raises(TypeError, match="vocab = True"):
         nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=True)
     # a vocab given is > 0, for a .npy (which has its own) too
     for bad in (0, -3):
@@ -167,7 +167,12 @@ def test_errors(rng, tmp_path):
             nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab=bad)
         with pytest.raises(ValueError, match=f"vocab = {bad} must be > 0"):
             nucleus.load_dump(tmp_path / "x.npy", vocab=bad)
-    with pytest.raises(ValueError, match="format = 3: expected a string"):
+    with pytest.raises(TypeError, match="vocab = '50': expected an integer"):
+        nucleus.load_dump(tmp_path / "x.bin", dtype="f32", vocab="50")
+    with pytest.raises(TypeError, match="format = 3: expected a string"):
         nucleus.load_dump(tmp_path / "x.npy", format=3)
-    with pytest.raises(ValueError, match="tensor = 1: expected a string"):
+    with pytest.raises(TypeError, match="tensor = 1: expected a string"):
         nucleus.load_dump(tmp_path / "x.npy", tensor=1)
+    # a NUL in the path would end the name there: another file read
+    with pytest.raises(ValueError, match="path: embedded null byte"):
+        nucleus.load_dump(str(tmp_path / "x.npy") + "\0.bin", dtype="f32", vocab=3)

@@ -82,6 +82,15 @@ def test_errors(engine, rng):
     y = lm_logits(rng, ROWS * (K + 1), VOCAB)
     q = engine.probs(y).reshape(ROWS, K + 1, VOCAB)[:, :K].copy()
     assert engine.verify(y, drafts, draft_probs=q).errors == [None] * ROWS
+    # float32 at an address that is not a multiple of 4 (numpy keeps such
+    # an array as it is) is copied, not refused
+    raw = np.zeros(q.nbytes + 1, np.uint8)
+    unaligned = np.ndarray(q.shape, np.float32, buffer=raw, offset=1)
+    unaligned[...] = q
+    assert not unaligned.flags.aligned
+    a = engine.verify(y, drafts, draft_probs=q, seed=3)
+    b = engine.verify(y, drafts, draft_probs=unaligned, seed=3)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
     q[1, 2] *= 0.5
     with pytest.raises(ValueError, match=r"row 1: draft_probs\[2\] sums to 0.5: a draft distribution"):
         engine.verify(y, drafts, draft_probs=q)

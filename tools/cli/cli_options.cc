@@ -9,6 +9,7 @@
 #include <optional>
 #include <string_view>
 
+#include "engine/io/json_text.h"
 #include "engine/row/params_check.h"
 #include "tools/cli/progress.h"
 
@@ -121,6 +122,19 @@ Status dump_or_option_error(const InputOptions& options, Status option_error) {
   return reader.ok() ? option_error : reader.status();
 }
 
+Result<std::vector<float>> block_output(const DumpReader& reader) {
+  const DumpInfo& info = reader.info();
+  const int64_t count = reader.block_rows() * info.vocab;
+  try {
+    return std::vector<float>(static_cast<size_t>(count));
+  } catch (const std::bad_alloc&) {
+    return Status::io_error(
+        info.path + ": cannot hold a float32 output row for each of a block's " +
+        std::to_string(reader.block_rows()) + " rows (" + std::to_string(count * 4) +
+        " bytes) in memory: give a smaller --block-mb");
+  }
+}
+
 Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& progress,
                     const std::function<int64_t(int64_t row)>& row_bytes,
                     const std::function<Status(const LogitsView& rows, int64_t first)>& body) {
@@ -170,6 +184,9 @@ std::optional<std::string> normalize_list_arguments(std::vector<const char*>* ar
     }
     if (list == nullptr) {
       out.push_back(in[i]);
+      // "--output=": an empty value, as "--output ''" is (the parser would
+      // take the next argument for the value)
+      if (arg.starts_with("--") && arg.find('=') == arg.size() - 1) out.push_back("");
       continue;
     }
     if (arg.size() > list->size()) {  // --banned=VALUE
@@ -330,7 +347,9 @@ std::string row_error_message(const Status& status, int64_t index_in_call, int64
 }
 
 void print_error(const std::string& message) {
-  std::fprintf(stderr, "nucleus: %s\n", message.c_str());
+  // (a backslash stays: the parts a header gave are escaped already)
+  const std::string line = detail::escape_controls(message, /*backslashes=*/false);
+  std::fprintf(stderr, "nucleus: %s\n", line.c_str());
 }
 
 }  // namespace nucleus::cli

@@ -54,6 +54,11 @@ int64_t results_bytes(const InputOptions& options);
 
 class Progress;
 
+// A float32 row of output for each row of a block (probs, inspect), or an
+// error that names the file and the bytes it would take (a --block-mb
+// larger than memory).
+Result<std::vector<float>> block_output(const DumpReader& reader);
+
 // Reads the dump a block at a time and hands `body` its rows in runs of
 // consecutive rows whose results fit in results_bytes(options), as
 // `row_bytes(row)` (dump row index) estimates them, at least one row a run:
@@ -94,7 +99,9 @@ void add_sampling_options(CLI::App* command, SamplingOptions* options, SamplingF
 // would read "" as token 0, or want a value); an empty item ("1,,2", "5,",
 // ",") is an error, whose message this returns (the parser drops empty
 // items, and a value ending in a comma takes the next argument, another
-// option even, as more of the list).
+// option even, as more of the list). Any other option given an empty value
+// after '=' ("--output=") gets it as the separate empty argument it is
+// (the parser would take the next argument for its value).
 std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args);
 
 // --threads and --quiet, for commands without sampling options.
@@ -110,7 +117,9 @@ double json_float(float value);
 std::string row_error_text(const Status& status, int64_t index_in_call);
 std::string row_error_message(const Status& status, int64_t index_in_call, int64_t first);
 
-// Prints "nucleus: MESSAGE" on standard error.
+// Prints "nucleus: MESSAGE" on standard error, on one line: a control
+// character the message still holds (a path or an option value with a
+// newline in it) is written as \n, \t or \xNN.
 void print_error(const std::string& message);
 
 }  // namespace nucleus::cli

@@ -186,8 +186,12 @@ int run_inspect(const InspectCommand& c) {
   const DumpInfo& info = reader->info();
   const int top_n = static_cast<int>(std::min<int64_t>(c.top, info.vocab));
   Engine engine(EngineOptions{.max_threads = c.threads, .seed = 0});
-  Progress progress(info.rows, c.quiet || !c.json);
-  std::vector<float> probs(static_cast<size_t>(reader->block_rows() * info.vocab));
+  Progress progress(info.rows, c.quiet || !c.json, /*writes_stdout=*/true);
+  Result<std::vector<float>> probs = block_output(*reader);
+  if (!probs.ok()) {
+    print_error(probs.status().message());
+    return kExitFailure;
+  }
   std::vector<RowSummary> summaries;
   // The JSON document is printed as it is made, a row at a time (memory
   // stays bounded however many rows the dump has): the text of
@@ -216,7 +220,7 @@ int run_inspect(const InspectCommand& c) {
   const Status read = for_each_run(
       *reader, c.input, progress, [&](int64_t) { return summary_bytes; },
       [&](const LogitsView& view, int64_t first) {
-        if (Status s = summarise_block(engine, view, top_n, probs, &summaries); !s.ok()) {
+        if (Status s = summarise_block(engine, view, top_n, *probs, &summaries); !s.ok()) {
           return s;
         }
         for (int64_t i = 0; i < view.rows; ++i) {
@@ -232,6 +236,11 @@ int run_inspect(const InspectCommand& c) {
           } else {
             print_table_row(first + i, s);
           }
+        }
+        // (a closed pipe or a full disk stops the run here, not after the
+        // whole dump)
+        if (std::fflush(stdout) != 0) {
+          return Status::io_error("standard output: cannot write: " + detail::errno_text(errno));
         }
         return Status();
       });

@@ -62,8 +62,12 @@ int run_probs(const ProbsCommand& c) {
     return kExitFailure;
   }
   Engine engine(EngineOptions{.max_threads = c.sampling.threads, .seed = std::nullopt});
-  Progress progress(info.rows, c.sampling.quiet);
-  std::vector<float> probs(static_cast<size_t>(reader->block_rows() * info.vocab));
+  Progress progress(info.rows, c.sampling.quiet, /*writes_stdout=*/false);
+  Result<std::vector<float>> probs = block_output(*reader);
+  if (!probs.ok()) {
+    print_error(probs.status().message());
+    return kExitFailure;
+  }
   std::vector<Status> row_status;
   int64_t failed = 0;
   // (a run of rows: a request and a status each)
@@ -71,7 +75,7 @@ int run_probs(const ProbsCommand& c) {
       *reader, c.input, progress, [](int64_t) { return int64_t{512}; },
       [&](const LogitsView& view, int64_t first) {
         row_status.assign(static_cast<size_t>(view.rows), Status());
-        Status s = engine.probs(view, table->requests(first, view.rows), probs.data(), info.vocab,
+        Status s = engine.probs(view, table->requests(first, view.rows), probs->data(), info.vocab,
                                 row_status);
         if (!s.ok()) return s;
         for (int64_t i = 0; i < view.rows; ++i) {
@@ -80,11 +84,11 @@ int run_probs(const ProbsCommand& c) {
           ++failed;
           // The engine promises zeros here; the buffer is reused across
           // blocks, so make sure no earlier block's row shows through.
-          std::fill_n(probs.begin() + i * info.vocab, info.vocab, 0.0f);
+          std::fill_n(probs->begin() + i * info.vocab, info.vocab, 0.0f);
           progress.finish();
           print_error(row_error_message(rs, i, first));
         }
-        return writer->write_rows(probs.data(), view.rows);
+        return writer->write_rows(probs->data(), view.rows);
       });
   progress.finish();  // (the bar's line erased first: a message is one line)
   if (!read.ok()) {

@@ -52,7 +52,7 @@ Status to_int32(const std::string& where, const std::string& key, const Json& v,
 }
 
 Status to_uint64(const std::string& where, const std::string& key, const Json& v, uint64_t* out) {
-  if (!v.is_number_unsigned()) return field_error(where, key, v, "is not a non-negative integer");
+  if (!v.is_number_unsigned()) return field_error(where, key, v, "is not an integer in [0, 2^64)");
   *out = v.get<uint64_t>();
   return Status();
 }
