@@ -1098,6 +1098,29 @@ TEST(Cli, MalformedInputsFailCleanly) {
   }
 }
 
+TEST(Cli, AClosedStandardDescriptorIsNotTheOutputFile) {
+  // With standard error closed (2>&-), the output file would take its
+  // number, and a row error's message, printed mid-run, would be written
+  // into the .npy. Closed descriptors are /dev/null instead.
+  const fs::path dir = TestDir();
+  std::vector<float> values = Logits(3, 10, 12);
+  values[15] = kNaN;  // row 1: a row error, reported while the file is open
+  WriteDump(dir / "d.npy", values, 3, 10, DType::kFloat32);
+  CliRun run = RunCli(dir, "probs d.npy -o p.npy", "(exec 2>&- 1>&-; ", ")");
+  EXPECT_EQ(run.code, 1) << run.err;
+  EXPECT_TRUE(run.err.empty()) << run.err;  // (closed: nothing seen)
+  ASSERT_TRUE(fs::exists(dir / "p.npy"));
+  // The header and 3 rows of 10 floats: nothing else.
+  Result<DumpReader> written = DumpReader::open((dir / "p.npy").string(), DumpOptions());
+  ASSERT_TRUE(written.ok()) << written.status().message();
+  EXPECT_EQ(fs::file_size(dir / "p.npy"),
+            static_cast<uintmax_t>(written->info().data_offset + 3 * 10 * 4));
+  // Standard input closed: "-" reads nothing, and says so.
+  run = RunCli(dir, "sample - --vocab 10 --dtype f32 -q", "(exec 0<&-; ", ")");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "empty")) << run.err;
+}
+
 TEST(Cli, ProbsNeedsAnOutputPath) {
   const fs::path dir = TestDir();
   WriteDump(dir / "d.npy", Logits(1, 10, 10), 1, 10, DType::kFloat32);
@@ -1117,7 +1140,8 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   for (const char* args :
        {"probs d.npy -o ''", "sample d.npy -q -o ''",
         "bench --vocab 100 --batch 1 --threads 1 -q --json ''", "sample d.npy --output= -q",
-        "probs d.npy --output= --top-k 3", "bench --vocab 100 --batch 1 --threads 1 --json= -q"}) {
+        "probs d.npy --output= --top-k 3", "bench --vocab 100 --batch 1 --threads 1 --json= -q",
+        "sample d.npy --params= -q", "sample d.npy -q --params ''"}) {
     SCOPED_TRACE(args);
     CliRun empty = RunCli(dir, args);
     EXPECT_EQ(empty.code, 2);
@@ -1125,6 +1149,15 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
     EXPECT_TRUE(empty.out.empty()) << empty.out;
     EXPECT_FALSE(fs::exists(dir / "-q"));
   }
+  // A flag given '=' is the flag (inspect's --json), and after "--" an
+  // argument is a path whatever it ends with.
+  CliRun flag = RunCli(dir, "inspect d.npy --json=");
+  EXPECT_EQ(flag.code, 0) << flag.err;
+  EXPECT_TRUE(Json::parse(flag.out).is_object()) << flag.out;
+  fs::copy_file(dir / "d.npy", dir / "--x=");
+  CliRun after = RunCli(dir, "inspect --json --input-format npy -- --x=");
+  EXPECT_EQ(after.code, 0) << after.err;
+  EXPECT_EQ(Json::parse(after.out)["path"], "--x=");
 }
 
 TEST(Cli, AMessageIsOneLineWhateverThePathHolds) {

@@ -1224,7 +1224,11 @@ TEST(DumpNpyWriter, LeavesNothingBehindWhenAbandonedOrIncomplete) {
     EXPECT_FALSE(writer->commit().ok());
     ASSERT_TRUE(writer->write_rows(values.data() + 5, 1).ok());
     ASSERT_TRUE(writer->commit().ok());
-    EXPECT_TRUE(fs::exists(dir / "d.npy"));
+    Result<DumpReader> back = DumpReader::open((dir / "d.npy").string(), DumpOptions());
+    ASSERT_TRUE(back.ok()) << back.status().message();
+    std::vector<float> rows(10);
+    ASSERT_TRUE(back->read_into(0, 2, rows.data()).ok());
+    EXPECT_EQ(rows, std::vector<float>(values.begin(), values.begin() + 10));  // both rows
     fs::remove(dir / "d.npy");
   }
   EXPECT_TRUE(fs::is_empty(dir));

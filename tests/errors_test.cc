@@ -296,6 +296,18 @@ TEST(PresetNames, OnlyTheDocumentedSpellings) {
   }
 }
 
+// A Result is a value or an error: one made from an OK status (a caller's
+// slip) says so, and ok() and status() agree.
+TEST(ResultTest, AnOkStatusWithoutAValueIsAnError) {
+  const Result<int> error(Status::invalid_argument("x"));
+  EXPECT_FALSE(error.ok());
+  EXPECT_EQ(error.status().message(), "x");
+  const Result<int> slip{Status()};
+  EXPECT_FALSE(slip.ok());
+  EXPECT_EQ(slip.status().code(), StatusCode::kInternal);
+  EXPECT_EQ(slip.status().message(), "a Result made from an OK status, without a value");
+}
+
 TEST_F(ErrorsTest, BitmaskOfTheWrongLength) {
   // vocab 40 needs ceil(40 / 32) = 2 words.
   const std::vector<float> logits(kRows * 40, 0.0f);

@@ -707,8 +707,7 @@ nucleus_status nucleus_dump_read(nucleus_dump* dump, int64_t first, int64_t coun
 nucleus_status nucleus_dump_read_into(nucleus_dump* dump, int64_t first, int64_t count, void* dst) {
   return guarded([&] {
     if (dump == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dump is NULL");
-    if (dst == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dst is NULL");
-    const Status s = dump->reader.read_into(first, count, dst);
+    const Status s = dump->reader.read_into(first, count, dst);  // (a NULL dst its call error)
     return s.ok() ? succeed() : fail(s);
   });
 }
@@ -717,7 +716,6 @@ nucleus_status nucleus_dump_read_into_float32(nucleus_dump* dump, int64_t first,
                                               float* dst) {
   return guarded([&] {
     if (dump == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dump is NULL");
-    if (dst == nullptr) return fail(NUCLEUS_INVALID_ARGUMENT, "dst is NULL");
     const Status s = dump->reader.read_into_float32(first, count, dst);
     return s.ok() ? succeed() : fail(s);
   });

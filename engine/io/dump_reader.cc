@@ -452,25 +452,16 @@ Status read_rows(detail::DumpReaderState& m, int64_t first, int64_t count, void*
 
 }  // namespace
 
-namespace {
-
-Status null_destination(const detail::DumpReaderState& m) {
-  return Status::invalid_argument(m.source.name() + ": dst is null");
-}
-
-}  // namespace
-
 Status DumpReader::read_into(int64_t first, int64_t count, void* dst) {
-  if (Status s = check_rows(*impl_, first, count); !s.ok()) return s;
-  if (dst == nullptr) return null_destination(*impl_);
+  if (dst == nullptr) return Status::invalid_argument(impl_->source.name() + ": dst is null");
   return read_rows(*impl_, first, count, dst);
 }
 
 Status DumpReader::read_into_float32(int64_t first, int64_t count, float* dst) {
   const DType dtype = impl_->info.dtype;
+  if (dtype == DType::kFloat32) return read_into(first, count, dst);
+  if (dst == nullptr) return Status::invalid_argument(impl_->source.name() + ": dst is null");
   if (Status s = check_rows(*impl_, first, count); !s.ok()) return s;
-  if (dst == nullptr) return null_destination(*impl_);
-  if (dtype == DType::kFloat32) return read_rows(*impl_, first, count, dst);
   // (count × vocab fits in memory once the range is checked: rows exist)
   const int64_t values = count * impl_->info.vocab;
   auto* bytes = reinterpret_cast<unsigned char*>(dst);

@@ -549,7 +549,7 @@ Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   const auto longest = static_cast<size_t>(name_max > 12 ? name_max : NAME_MAX);
   // (a name the final rename would refuse, after all the work: said now)
   if (base_name(target).size() > longest) {
-    return Status::io_error(path + ": cannot create: " + errno_text(ENAMETOOLONG) + " (" +
+    return Status::io_error(target + ": cannot create: " + errno_text(ENAMETOOLONG) + " (" +
                             std::to_string(base_name(target).size()) + " bytes; the file system " +
                             "takes at most " + std::to_string(longest) + ")");
   }

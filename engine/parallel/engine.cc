@@ -541,8 +541,9 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
                                           detail::shown_float(q[t]) + " must be finite and >= 0");
         }
       }
-      return Status::invalid_argument(where + " sums to " +
-                                      detail::shown_float(static_cast<float>(sum)) +
+      char shown[32];  // (six digits: the tolerance is 0.01; a double, not to overflow)
+      std::snprintf(shown, sizeof shown, "%.6g", sum);
+      return Status::invalid_argument(where + " sums to " + shown +
                                       ": a draft distribution must sum to 1 (within 0.01)");
     }
   }

@@ -46,7 +46,7 @@ std::optional<DType> parse_dtype(std::string_view name);
 
 struct DumpOptions {
   DumpFormat format = DumpFormat::kAuto;
-  std::string tensor;  // safetensors: the tensor to read; empty = the only one
+  std::string tensor{};  // safetensors: the tensor to read; empty = the only one
   std::optional<DType> dtype = std::nullopt;  // raw: required
   int64_t vocab = 0;                          // raw: required (> 0); 0 = not given, < 0 refused
   // A block reads at most this many bytes (but always at least one row).
@@ -54,11 +54,11 @@ struct DumpOptions {
 };
 
 struct DumpInfo {
-  std::string path;  // as given; "-" is standard input
+  std::string path{};  // as given; "-" is standard input
   DumpFormat format = DumpFormat::kAuto;
   DType dtype = DType::kFloat32;
-  std::vector<int64_t> shape;  // as stored; leading axes flatten into rows
-  std::string tensor;          // safetensors: the tensor read
+  std::vector<int64_t> shape{};  // as stored; leading axes flatten into rows
+  std::string tensor{};          // safetensors: the tensor read
   int64_t rows = 0;
   int64_t vocab = 0;        // the last axis
   int64_t data_offset = 0;  // of the first element, in bytes from the start

@@ -126,7 +126,8 @@ class Engine {
   // at the first rejection a token is drawn from
   // max(p - q, 0) renormalised and the row stops; when all K are accepted a
   // bonus token is drawn from the last target row. The output is distributed
-  // exactly as sampling from the target. Target rows past the first
+  // exactly as sampling from the target (for drafter rows that sum to 1: one
+  // off by less than the tolerance is used as it is). Target rows past the first
   // rejection are not read: a NaN or +inf there is no row error.
   // Uniforms come from Philox keyed by the row's seed with counter
   // (step + i, 0, purpose), so the reproducibility contract holds. Position

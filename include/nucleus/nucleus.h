@@ -286,8 +286,9 @@ nucleus_status nucleus_probs(nucleus_engine* engine, const nucleus_logits_view* 
  * target_logits holds rows * (num_draft + 1) rows, row r's positions at
  * r * (num_draft + 1) + i; draft_tokens rows * num_draft ids; draft_probs NULL
  * (a deterministic drafter) or rows * num_draft * vocab float32
- * probabilities, each row summing to 1 within 0.01. The output is distributed exactly as sampling
- * from the target. Returns as nucleus_sample does. */
+ * probabilities, each row summing to 1 within 0.01 (used as given). The
+ * output is distributed exactly as sampling from the target for drafter rows
+ * that sum to 1. Returns as nucleus_sample does. */
 nucleus_status nucleus_verify(nucleus_engine* engine, const nucleus_logits_view* target_logits,
                               int64_t num_draft, const int32_t* draft_tokens,
                               const float* draft_probs, const nucleus_row_request* requests,

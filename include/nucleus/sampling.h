@@ -89,17 +89,17 @@ struct TokenBias {
 // A token named twice in logit_bias gets both biases (their sum, as
 // llama.cpp's list of pairs does).
 struct RowRequest {
-  SamplingParams params;
+  SamplingParams params{};
   std::optional<uint64_t> seed = std::nullopt;  // none: the engine's own generator
   uint64_t step = 0;                            // the decoding step; enters the Philox counter
 
-  std::span<const int32_t> prompt_tokens;     // repetition penalty only
-  std::span<const int32_t> generated_tokens;  // repetition, frequency, presence
-  std::span<const TokenBias> logit_bias;
-  std::span<const int32_t> banned_tokens;
+  std::span<const int32_t> prompt_tokens{};     // repetition penalty only
+  std::span<const int32_t> generated_tokens{};  // repetition, frequency, presence
+  std::span<const TokenBias> logit_bias{};
+  std::span<const int32_t> banned_tokens{};
   // Empty, or ceil(vocab / 32) words: bit (i % 32) of word (i / 32) set means
   // token i is allowed (the xgrammar / llguidance layout).
-  std::span<const int32_t> allowed_mask;
+  std::span<const int32_t> allowed_mask{};
 };
 
 struct TokenLogprob {
@@ -110,12 +110,12 @@ struct TokenLogprob {
 // One row's outcome. Reuse the same RowResult objects across calls: their
 // vectors keep their capacity, so the steady state allocates nothing.
 struct RowResult {
-  Status status;
-  std::vector<int32_t> tokens;      // num_samples ids
-  std::vector<float> logprobs;      // under the final (processed) distribution
-  std::vector<float> raw_logprobs;  // under log_softmax of the raw input row
-  std::vector<int32_t> ranks;       // 1-based, in the logprobs_mode distribution (top_logprobs > 0)
-  std::vector<TokenLogprob> top_logprobs;  // top-N of the logprobs_mode distribution
+  Status status{};
+  std::vector<int32_t> tokens{};      // num_samples ids
+  std::vector<float> logprobs{};      // under the final (processed) distribution
+  std::vector<float> raw_logprobs{};  // under log_softmax of the raw input row
+  std::vector<int32_t> ranks{};  // 1-based, in the logprobs_mode distribution (top_logprobs > 0)
+  std::vector<TokenLogprob> top_logprobs{};  // top-N of the logprobs_mode distribution
   int64_t support = 0;  // tokens left after the filters (finite tokens for greedy)
 
   void clear();
@@ -123,9 +123,9 @@ struct RowResult {
 
 // One row's outcome of speculative-decoding verification (Engine::verify).
 struct VerifyResult {
-  Status status;
-  int32_t accepted = 0;         // draft tokens accepted, 0..K
-  std::vector<int32_t> tokens;  // the accepted drafts, then one recovered or bonus token
+  Status status{};
+  int32_t accepted = 0;           // draft tokens accepted, 0..K
+  std::vector<int32_t> tokens{};  // the accepted drafts, then one recovered or bonus token
 
   void clear();
 };

@@ -51,8 +51,12 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : data_(std::move(value)) {}         // NOLINT: implicit by design
-  Result(Status status) : data_(std::move(status)) {}  // NOLINT: implicit by design
+  Result(T value) : data_(std::move(value)) {}  // NOLINT: implicit by design
+  // (an OK status without a value is a slip: held as an internal error, so
+  // that ok() and status() agree)
+  Result(Status status)  // NOLINT: implicit by design
+      : data_(status.ok() ? Status::internal("a Result made from an OK status, without a value")
+                          : std::move(status)) {}
 
   bool ok() const { return std::holds_alternative<T>(data_); }
   const Status& status() const {

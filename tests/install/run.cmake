@@ -100,6 +100,11 @@ elseif(STEP STREQUAL "pkg_config")
   run(${PKG_CONFIG} --cflags nucleus)
   separate_arguments(cflags UNIX_COMMAND "${run_output}")
   run(${C_COMPILER} ${c_flags} ${cflags} "${source}" ${static_flags} -o "${build}/consumer_static")
+  # The C++ headers through -I (not CMake's -isystem, which hides warnings
+  # a consumer's own flags would raise: designated initialisers that leave
+  # out a member, under -Wextra).
+  run(${CXX_COMPILER} -std=c++20 -Wall -Wextra -Wpedantic -Werror -fsyntax-only ${cflags}
+      "${SOURCE_DIR}/tests/install/consumer/consumer.cc")
   set(ENV{LD_LIBRARY_PATH} "${PREFIX}/${LIBDIR}")
   check_consumers("${build}/consumer_shared" "${build}/consumer_static")
 

@@ -128,10 +128,11 @@ Result<std::vector<float>> block_output(const DumpReader& reader) {
   try {
     return std::vector<float>(static_cast<size_t>(count));
   } catch (const std::bad_alloc&) {
-    return Status::io_error(
-        info.path + ": cannot hold a float32 output row for each of a block's " +
-        std::to_string(reader.block_rows()) + " rows (" + std::to_string(count * 4) +
-        " bytes) in memory: give a smaller --block-mb");
+    const std::string name = info.path == "-" ? std::string("<stdin>") : info.path;
+    return Status::io_error(name + ": cannot hold a float32 output row for each of a block's " +
+                            std::to_string(reader.block_rows()) + " rows (" +
+                            std::to_string(count * 4) + " bytes) in memory" +
+                            (reader.block_rows() > 1 ? ": give a smaller --block-mb" : ""));
   }
 }
 
@@ -161,7 +162,8 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
   return Status();
 }
 
-std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args) {
+std::optional<std::string> normalize_list_arguments(
+    std::vector<const char*>* args, const std::function<bool(const std::string&)>& takes_value) {
   static constexpr std::string_view kLists[] = {"--history", "--prompt-tokens", "--banned",
                                                 "--logit-bias"};
   auto has_empty = [](std::string_view value) {
@@ -176,6 +178,10 @@ std::optional<std::string> normalize_list_arguments(std::vector<const char*>* ar
   const std::vector<const char*>& in = *args;
   for (size_t i = 0; i < in.size(); ++i) {
     const std::string_view arg = in[i];
+    if (arg == "--") {  // (what follows is positional, as it is)
+      out.insert(out.end(), in.begin() + static_cast<std::ptrdiff_t>(i), in.end());
+      break;
+    }
     const std::string_view* list = nullptr;
     for (const std::string_view& option : kLists) {
       if (arg.starts_with(option) && (arg.size() == option.size() || arg[option.size()] == '=')) {
@@ -185,8 +191,12 @@ std::optional<std::string> normalize_list_arguments(std::vector<const char*>* ar
     if (list == nullptr) {
       out.push_back(in[i]);
       // "--output=": an empty value, as "--output ''" is (the parser would
-      // take the next argument for the value)
-      if (arg.starts_with("--") && arg.find('=') == arg.size() - 1) out.push_back("");
+      // take the next argument for the value); a flag ("--json=" of
+      // inspect) keeps its form
+      if (arg.starts_with("--") && arg.find('=') == arg.size() - 1 &&
+          takes_value(std::string(arg.substr(0, arg.size() - 1)))) {
+        out.push_back("");
+      }
       continue;
     }
     if (arg.size() > list->size()) {  // --banned=VALUE
@@ -308,11 +318,12 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
         ->capture_default_str()
         ->group(draws);
   }
-  command
-      ->add_option("--params", o->params_file,
-                   "JSONL, one object per row, overriding any option above for that row "
-                   "(see docs/cli.md)")
-      ->group(draws);
+  o->params_option =
+      command
+          ->add_option("--params", o->params_file,
+                       "JSONL, one object per row, overriding any option above for that row "
+                       "(see docs/cli.md)")
+          ->group(draws);
   add_run_options(command, &o->threads, &o->quiet);
 }
 

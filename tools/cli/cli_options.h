@@ -82,6 +82,7 @@ struct SamplingOptions {
   std::vector<int32_t> banned;
   std::vector<std::string> logit_bias;  // "TOKEN:BIAS"
   std::string params_file;
+  CLI::Option* params_option = nullptr;  // given or not
   int threads = 0;
   bool quiet = false;
 };
@@ -99,10 +100,12 @@ void add_sampling_options(CLI::App* command, SamplingOptions* options, SamplingF
 // would read "" as token 0, or want a value); an empty item ("1,,2", "5,",
 // ",") is an error, whose message this returns (the parser drops empty
 // items, and a value ending in a comma takes the next argument, another
-// option even, as more of the list). Any other option given an empty value
-// after '=' ("--output=") gets it as the separate empty argument it is
-// (the parser would take the next argument for its value).
-std::optional<std::string> normalize_list_arguments(std::vector<const char*>* args);
+// option even, as more of the list). Any other option that `takes_value`
+// (by its name, "--output") given an empty value after '=' ("--output=")
+// gets it as the separate empty argument it is (the parser would take the
+// next argument for its value). Arguments after "--" are left as they are.
+std::optional<std::string> normalize_list_arguments(
+    std::vector<const char*>* args, const std::function<bool(const std::string&)>& takes_value);
 
 // --threads and --quiet, for commands without sampling options.
 void add_run_options(CLI::App* command, int* threads, bool* quiet);

@@ -239,7 +239,7 @@ int run_inspect(const InspectCommand& c) {
         }
         // (a closed pipe or a full disk stops the run here, not after the
         // whole dump)
-        if (std::fflush(stdout) != 0) {
+        if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
           return Status::io_error("standard output: cannot write: " + detail::errno_text(errno));
         }
         return Status();

@@ -1,5 +1,8 @@
 // nucleus: sample tokens from logit dumps on the command line, with the same
 // engine (and the same semantics, SPEC.md) as the library.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <exception>
@@ -30,6 +33,15 @@ Run "nucleus COMMAND --help" for a command's options. Documentation: docs/cli.md
 
 int main(int argc, char** argv) {
   using namespace nucleus::cli;
+  // A standard descriptor the caller closed (`2>&-`) is /dev/null: else the
+  // next file opened would take its number, and messages meant for standard
+  // error (or rows for standard output) would land in the output file.
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1) {
+      const int null = ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+      if (null != fd && null >= 0) ::close(null);
+    }
+  }
   // A file-size limit (ulimit -f) makes a write fail with EFBIG, which the
   // program reports (a raw pipe's temporary copy then moves to memory),
   // rather than killing it without a word.
@@ -50,7 +62,16 @@ int main(int argc, char** argv) {
   add_bench_command(&app, &bench);
 
   std::vector<const char*> args(argv, argv + argc);
-  if (std::optional<std::string> error = normalize_list_arguments(&args)) {
+  // (an option of the command named, if any, that takes a value)
+  const auto takes_value = [&](const std::string& name) {
+    for (const CLI::App* command : {sample.app, probs.app, inspect.app, bench.app}) {
+      if (args.size() < 2 || command->get_name() != args[1]) continue;
+      const CLI::Option* option = command->get_option_no_throw(name);
+      return option != nullptr && option->get_items_expected_min() > 0;
+    }
+    return false;
+  };
+  if (std::optional<std::string> error = normalize_list_arguments(&args, takes_value)) {
     print_error(*error);
     return kExitFailure;
   }

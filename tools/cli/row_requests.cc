@@ -321,10 +321,25 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
   return Status();
 }
 
+namespace {
+
+// An empty --params (an empty shell variable) is refused: read as no file,
+// it would drop every row's own parameters silently.
+Status check_params_path(const SamplingOptions& o) {
+  if (o.params_option != nullptr && o.params_option->count() > 0 && o.params_file.empty()) {
+    return Status::invalid_argument("option --params is empty: give a path");
+  }
+  return Status();
+}
+
+}  // namespace
+
 Status RequestTable::check_before_dump(const SamplingOptions& options, int64_t vocab) {
+  if (Status s = check_params_path(options); !s.ok()) return s;
   if (vocab <= 0) return Status();  // (no --vocab: checked once the dump says it)
   SamplingOptions base = options;
   base.params_file.clear();
+  base.params_option = nullptr;
   return build(base, 1, vocab).status();
 }
 
@@ -344,6 +359,7 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
   if (auto e = detail::find_request_error(table.request_of(base, -1), vocab)) {
     return detail::field_status("option ", option_name(e->field), *e);
   }
+  if (Status s = check_params_path(o); !s.ok()) return s;
   if (o.params_file.empty()) return table;
 
   std::ifstream in(o.params_file);

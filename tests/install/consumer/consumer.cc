@@ -10,10 +10,10 @@ int main() {
   std::vector<float> logits(kRows * kVocab);
   for (int i = 0; i < kRows * kVocab; ++i) logits[i] = static_cast<float>((i * 7) % 11) * 0.25f;
   nucleus::Engine engine({.max_threads = 1});
-  nucleus::RowRequest request;
-  request.seed = 42;
-  request.params.temperature = 0.8f;
-  request.params.num_samples = kSamples;
+  // (designated initialisers, as a consumer may write them: no member
+  // left out draws a warning)
+  const nucleus::RowRequest request{
+      .params = {.temperature = 0.8f, .num_samples = kSamples}, .seed = 42};
   std::vector<nucleus::RowResult> results(kRows);
   const nucleus::LogitsView view{logits.data(), kRows, kVocab, kVocab, nucleus::DType::kFloat32};
   if (nucleus::Status s = engine.sample(view, {&request, 1}, results); !s.ok()) {
