@@ -12,8 +12,8 @@ int main() {
   nucleus::Engine engine({.max_threads = 1});
   // (designated initialisers, as a consumer may write them: no member
   // left out draws a warning)
-  const nucleus::RowRequest request{
-      .params = {.temperature = 0.8f, .num_samples = kSamples}, .seed = 42};
+  const nucleus::RowRequest request{.params = {.temperature = 0.8f, .num_samples = kSamples},
+                                    .seed = 42};
   std::vector<nucleus::RowResult> results(kRows);
   const nucleus::LogitsView view{logits.data(), kRows, kVocab, kVocab, nucleus::DType::kFloat32};
   if (nucleus::Status s = engine.sample(view, {&request, 1}, results); !s.ok()) {
