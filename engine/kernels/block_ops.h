@@ -867,6 +867,11 @@ inline double block_masses_from_values(const float* x, int64_t n, const SetSpec&
 }
 #undef NUCLEUS_BLOCK_MASSES
 
+// Eight partial sums added in a fixed tree order.
+inline double sum_of_lanes(const double (&a)[8]) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 // Σ w in double, in a fixed order (eight interleaved partial sums).
 inline double sum_as_double(const float* w, int64_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -875,7 +880,7 @@ inline double sum_as_double(const float* w, int64_t n) {
     for (int i = 0; i < 8; ++i) acc[i] += static_cast<double>(w[j + i]);
   }
   for (int i = 0; j < n; ++j, ++i) acc[i] += static_cast<double>(w[j]);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return sum_of_lanes(acc);
 }
 
 // Calls fn(j), in order, for every j in [0, n) with lo <= v[j] <= hi. Whole

@@ -609,11 +609,8 @@ Moments moments(const Segment& s, const SetSpec& set, float d0, MomentKind kind,
     std::memcpy(sum + 4, &sum_hi, sizeof sum_hi);
     std::memcpy(acc, &sq_lo, sizeof sq_lo);
     std::memcpy(acc + 4, &sq_hi, sizeof sq_hi);
-    auto total = [](const double* a) {
-      return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    };
-    out.sd += total(sum);
-    out.sd2 += total(acc);
+    out.sd += sum_of_lanes(sum);
+    out.sd2 += sum_of_lanes(acc);
   }
   return out;
 }

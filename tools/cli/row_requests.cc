@@ -339,7 +339,6 @@ Status RequestTable::check_before_dump(const SamplingOptions& options, int64_t v
   if (vocab <= 0) return Status();  // (no --vocab: checked once the dump says it)
   SamplingOptions base = options;
   base.params_file.clear();
-  base.params_option = nullptr;
   return build(base, 1, vocab).status();
 }
 
@@ -359,7 +358,6 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
   if (auto e = detail::find_request_error(table.request_of(base, -1), vocab)) {
     return detail::field_status("option ", option_name(e->field), *e);
   }
-  if (Status s = check_params_path(o); !s.ok()) return s;
   if (o.params_file.empty()) return table;
 
   std::ifstream in(o.params_file);

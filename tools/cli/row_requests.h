@@ -23,7 +23,8 @@ class RequestTable {
   // dump's), made before the dump is opened: a raw pipe is copied whole to
   // a temporary file first, and a bad option should not wait for that.
   // (The --params file's rows are checked once the dump's are known, and
-  // everything when no vocab is given: vocab <= 0 passes.)
+  // everything when no vocab is given: vocab <= 0 passes. An empty --params
+  // path is refused here, whatever the vocab: call this before build.)
   static Status check_before_dump(const SamplingOptions& options, int64_t vocab);
 
   // The requests of rows [first, first + count); valid until the next call.
