@@ -62,10 +62,14 @@ ProbeTimes probe_read(const char* at) {
   return t;
 }
 
+bool looks_from_memory(ProbeTimes t) {
+  return t.first > t.second &&
+         static_cast<double>(t.first) >= kMemoryRatio * static_cast<double>(t.second);
+}
+
 bool rows_from_memory(const char* data, int64_t row_bytes, int64_t valid_bytes) {
   if (valid_bytes < kProbeBytes) return false;
-  const ProbeTimes t = probe_read(data + row_bytes);
-  return static_cast<double>(t.first) >= kMemoryRatio * static_cast<double>(t.second);
+  return looks_from_memory(probe_read(data + row_bytes));
 }
 
 }  // namespace nucleus::detail

@@ -31,6 +31,11 @@ ProbeTimes probe_read(const char* at);
 // say nothing (tests/residency_test.cc skips).
 uint64_t clock_overhead();
 
+// The verdict on one probe: the first read took kMemoryRatio times the
+// second or more (and longer than it: two reads the clock could not tell
+// apart say nothing).
+bool looks_from_memory(ProbeTimes t);
+
 // Whether a batch of two rows or more (`row_bytes` apart from `data`, the
 // first `valid_bytes` of each readable) looks like coming from memory: the
 // probe of its second row reads kMemoryRatio times slower the first time.
