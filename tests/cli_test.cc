@@ -568,8 +568,8 @@ TEST(Cli, CsvHasOneLinePerSample) {
 }
 
 TEST(Cli, CsvPrintsALogprobOfZeroWithoutASign) {
-  // One token holds all the mass: its log-probability is exactly 0 (a
-  // negated zero inside the engine), which JSON and CSV print unsigned.
+  // One token holds all the mass: its log-probability is exactly 0, which
+  // JSON and CSV print unsigned (whatever the sign of the float's zero).
   const fs::path dir = TestDir();
   std::vector<float> x(2 * 100, 0.0f);
   x[7] = 200.0f;

@@ -712,6 +712,27 @@ TEST_F(FiltersTest, GreedyLogprobsUseTheProcessedLogits) {
   EXPECT_EQ(probs[3], 0.0f);
 }
 
+TEST_F(FiltersTest, ALogprobOfZeroHasNoSign) {
+  // One token holds all the mass, in the processed row and in the raw one:
+  // log(1) is +0, never -0 (which Python and C callers would print as "-0").
+  const std::vector<float> row = {5.0f, -200.0f, -200.0f};
+  for (float t : {0.0f, 1.0f}) {
+    RowRequest req = Request();
+    req.params.temperature = t;
+    req.params.top_k = 1;
+    req.params.top_logprobs = 1;
+    RowResult r = Sample(row, req);
+    ASSERT_TRUE(r.status.ok());
+    ASSERT_EQ(r.tokens[0], 0);
+    EXPECT_EQ(r.logprobs[0], 0.0f);
+    EXPECT_FALSE(std::signbit(r.logprobs[0])) << "T = " << t;
+    EXPECT_EQ(r.raw_logprobs[0], 0.0f);
+    EXPECT_FALSE(std::signbit(r.raw_logprobs[0])) << "T = " << t;
+    ASSERT_EQ(r.top_logprobs.size(), 1u);
+    EXPECT_FALSE(std::signbit(r.top_logprobs[0].logprob)) << "T = " << t;
+  }
+}
+
 TEST_F(FiltersTest, LogprobsOffLeavesThemNaN) {
   const std::vector<float> row = {1.0f, 3.0f, 0.0f};
   for (float t : {0.0f, 1.0f}) {

@@ -1215,6 +1215,13 @@ double raw_normaliser(const Distribution& dist, const RowRequest& req, int64_t v
   return z > 0.0 && z < kInf ? z : -1.0;
 }
 
+// A token's log-probability from its distance below the row's largest key
+// and the log of the row's mass: -distance - log_z, an unsigned zero for the
+// token that holds all the mass (as log(1) is; the negation alone gave -0).
+float logprob_of(float distance, double log_z) {
+  return static_cast<float>(0.0 - static_cast<double>(distance) - log_z);
+}
+
 }  // namespace
 
 void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed, int64_t row,
@@ -1294,9 +1301,9 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
       continue;
     }
     const float key = (dist.set.xmax - dist.x[t]) * dist.set.key_scale;
-    result.logprobs[j] = static_cast<float>(-static_cast<double>(key - dist.k0) - log_z);
+    result.logprobs[j] = logprob_of(key - dist.k0, log_z);
     const float raw_key = dist.raw_max - dist.raw[t];
-    result.raw_logprobs[j] = static_cast<float>(-static_cast<double>(raw_key) - raw_log_z);
+    result.raw_logprobs[j] = logprob_of(raw_key, raw_log_z);
   }
 
   // Top-N and ranks, in the requested distribution.
@@ -1327,8 +1334,7 @@ void sample_row(const RowInput& input, const RowRequest& request, uint64_t seed,
                       });
     result.top_logprobs.resize(keep);
     for (size_t i = 0; i < keep; ++i) {
-      result.top_logprobs[i] = TokenLogprob{
-          sc.top[i].token, static_cast<float>(-static_cast<double>(sc.top[i].key - k0) - lz)};
+      result.top_logprobs[i] = TokenLogprob{sc.top[i].token, logprob_of(sc.top[i].key - k0, lz)};
     }
     // A rank costs a pass over the row; many draws of a row repeat a few
     // tokens, whose ranks the first 64 distinct ones keep.

@@ -325,6 +325,22 @@ def test_logprobs_flag(engine, rng):
     assert (mixed.top_tokens[:2] == -1).all() and (mixed.top_tokens[2] >= 0).all()
 
 
+def test_a_logprob_of_zero_has_no_sign(engine):
+    # One token holds all the mass: log(1) is +0.0, which prints as 0.0.
+    r = engine.sample(np.array([5, -200, -200], np.float32), seed=1, top_k=1, logprobs=1)
+    assert r.tokens[0] == 0
+    for value in (r.logprobs[0], r.raw_logprobs[0], r.top_logprobs[0]):
+        assert value == 0.0 and not np.signbit(value), value
+
+
+def test_logit_bias_keys_naming_one_token_add(engine):
+    # 3 and "3" are one token: both biases apply (the C++ list's semantics).
+    x = np.zeros(4, np.float32)
+    both = engine.probs(x, logit_bias={3: 1.0, "3": 2.0})
+    summed = engine.probs(x, logit_bias={3: 3.0})
+    np.testing.assert_array_equal(both, summed)
+
+
 def test_bad_logits_raise(engine):
     with pytest.raises(ValueError, match="rows = 0 must be > 0"):
         engine.sample(np.zeros((0, 10), dtype=np.float32))
