@@ -681,6 +681,25 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
                              others);
   ASSERT_EQ(spread.code, 0) << spread.err;
   EXPECT_EQ(spread.out, run.out);
+  // Integers are decimal whatever their leading zeros, as in --params and
+  // Python (the parser read "010" as octal 8); another base is refused.
+  CliRun zeros = RunCli(dir,
+                        "sample d.npy --seed 08 --step 04 --history 01,02,2 --prompt-tokens 03,005 "
+                        "--banned 07,08 --logit-bias 11:1.5,12:-2" +
+                            others + " --threads 01");
+  ASSERT_EQ(zeros.code, 0) << zeros.err;
+  EXPECT_EQ(zeros.out, run.out);
+  CliRun ten = RunCli(dir, "sample d.npy --seed 10 -n 2 --logprobs 3 --min-keep 5 --top-k 7");
+  ASSERT_EQ(ten.code, 0) << ten.err;
+  CliRun ten_zeros =
+      RunCli(dir, "sample d.npy --seed 010 -n 02 --logprobs 03 --min-keep 05 --top-k +07");
+  ASSERT_EQ(ten_zeros.code, 0) << ten_zeros.err;
+  EXPECT_EQ(ten_zeros.out, ten.out);
+  for (const char* other_base : {"--seed 0x10", "--banned 0x3", "--top-k 0b11", "--step 1e3"}) {
+    CliRun refused = RunCli(dir, std::string("sample d.npy ") + other_base);
+    EXPECT_EQ(refused.code, 2) << other_base;
+    EXPECT_TRUE(Contains(refused.err, "is not a decimal integer")) << refused.err;
+  }
 }
 
 // An empty list value ("" from a script's empty variable, or --banned=) is

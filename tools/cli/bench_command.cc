@@ -169,12 +169,14 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app->add_option("--tensor", c->tensor, "The --input .safetensors tensor to read")
       ->needs("--input");
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
+      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
       ->add_option("--runs", c->runs,
                    "Run the grid this many times; each case keeps its best run (the fastest "
                    "median), with the baselines timed in that run")
+      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
@@ -182,6 +184,7 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Time this many different batches of the same kind in turn (call i reads "
                    "batch i mod N), the baselines too: with 1 every call reads the same batch, "
                    "whose rows stay in cache and whose branches the CPU learns")
+      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app->add_flag("--no-reference", c->no_reference,

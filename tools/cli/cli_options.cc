@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -52,6 +53,22 @@ CLI::Validator fits_float() {
 
 }  // namespace
 
+CLI::Validator decimal_integer() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const size_t sign = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+        if (text.size() == sign ||
+            text.find_first_not_of("0123456789", sign) != std::string::npos) {
+          return "value " + text + " is not a decimal integer";
+        }
+        const size_t first = std::min(text.find_first_not_of('0', sign), text.size() - 1);
+        const bool negative = text[0] == '-' && text.compare(first, std::string::npos, "0") != 0;
+        text = (negative ? "-" : "") + text.substr(first);
+        return std::string();
+      },
+      "");
+}
+
 // (in place of CLI11's PositiveNumber and NonNegativeNumber, which print
 // their range as "0.000000 to 1.79769e+308", whatever the bound)
 CLI::Validator integer_at_least(int64_t lo) {
@@ -86,10 +103,12 @@ void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("--dtype", options->dtype, "Raw dumps: element type, f32, f16 or bf16")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "half", "bfloat16"}));
   command->add_option("--vocab", options->vocab, "Raw dumps: values per row")
+      ->transform(decimal_integer())
       ->check(integer_at_least(1));
   command
       ->add_option("--block-mb", options->block_mb,
                    "Memory per block of rows, in MiB; larger dumps are read block by block")
+      ->transform(decimal_integer())
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
 }
@@ -232,6 +251,7 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-k", p.top_k, "Keep the k most likely tokens; 0 or -1 = off")
+      ->transform(decimal_integer())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-p", p.top_p, "Nucleus: keep the smallest set of mass >= p; 1 = off")
@@ -251,6 +271,7 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->capture_default_str()
       ->group(filters);
   command->add_option("--min-keep", p.min_keep, "Every filter keeps at least this many tokens")
+      ->transform(decimal_integer())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--preset", o->preset, "Filter order: hf, vllm or llama.cpp")
@@ -273,14 +294,17 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->add_option("--history", o->history,
                    "Generated tokens, comma-separated (penalties), e.g. 5,17,17")
       ->delimiter(',')
+      ->transform(decimal_integer())
       ->group(filters);
   command
       ->add_option("--prompt-tokens", o->prompt_tokens,
                    "Prompt tokens, comma-separated (repetition penalty only)")
       ->delimiter(',')
+      ->transform(decimal_integer())
       ->group(filters);
   command->add_option("--banned", o->banned, "Banned token ids, comma-separated")
       ->delimiter(',')
+      ->transform(decimal_integer())
       ->group(filters);
   command
       ->add_option("--logit-bias", o->logit_bias,
@@ -295,19 +319,23 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
                        "Seed S: row r is drawn with seed S + r (rows differ, and a row's "
                        "tokens do not depend on the block or thread count). Without it, "
                        "rows are unseeded and differ from run to run")
+          ->transform(decimal_integer())
           ->check(unsigned_64())
           ->group(draws);
   command->add_option("--step", o->step, "Decoding step (the Philox counter) for every row")
+      ->transform(decimal_integer())
       ->check(unsigned_64())
       ->capture_default_str()
       ->group(draws);
   if (flags.draws) {
     command->add_option("--num-samples,-n", p.num_samples, "Independent draws per row")
+        ->transform(decimal_integer())
         ->capture_default_str()
         ->group(draws);
     command
         ->add_option("--logprobs", p.top_logprobs,
                      "Also report the top N (token, logprob) and each sample's rank; 0 = off")
+        ->transform(decimal_integer())
         ->capture_default_str()
         ->group(draws);
     command
@@ -329,6 +357,7 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
 
 void add_run_options(CLI::App* command, int* threads, bool* quiet) {
   command->add_option("--threads", *threads, "Threads for the engine; 0 = every core")
+      ->transform(decimal_integer())
       ->check(integer_at_least(0))
       ->capture_default_str();
   command->add_flag("--quiet,-q", *quiet, "No progress bar and no summary on stderr");

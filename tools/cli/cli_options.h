@@ -33,6 +33,12 @@ struct InputOptions {
 // An integer >= lo, as an option's check.
 CLI::Validator integer_at_least(int64_t lo);
 
+// Every integer option's first transform: a decimal integer (an optional
+// sign, then digits), rewritten without leading zeros. The parser converts
+// with base 0: "010" would be 8 and "0x10" 16, where the same text in
+// --params, --logit-bias or Python is 10 (or refused).
+CLI::Validator decimal_integer();
+
 // INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.
 void add_input_options(CLI::App* command, InputOptions* options);
 
