@@ -249,7 +249,17 @@ TEST_P(DumpFormats, ReadIntoFloat32WidensTheStoredValues) {
     for (size_t i = 4 * vocab; i < out.size(); ++i) ASSERT_EQ(out[i], -7.0f) << "past the rows";
     Status past = (*reader)->read_into_float32(6, 2, out.data());
     EXPECT_NE(past.message().find("2 rows from row 6"), std::string::npos) << past.message();
-    EXPECT_FALSE((*reader)->read_into_float32(0, 0, out.data()).ok());
+    Status none = (*reader)->read_into_float32(0, 0, out.data());
+    EXPECT_EQ(none.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(none.message().find("count = 0 must be > 0"), std::string::npos) << none.message();
+    // A destination the floats would be written through misaligned (UBSan
+    // reported the widening's stores), whatever the dump's dtype.
+    Status misaligned = (*reader)->read_into_float32(
+        0, 1, reinterpret_cast<float*>(reinterpret_cast<char*>(out.data()) + 2));
+    EXPECT_EQ(misaligned.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(misaligned.message().find(": dst = 0x"), std::string::npos) << misaligned.message();
+    EXPECT_NE(misaligned.message().find("is not aligned"), std::string::npos)
+        << misaligned.message();
     // A null destination is a call error, from a file and from memory alike
     // (it was written to: a crash, or the kernel's EFAULT).
     for (const Status& s :

@@ -16,6 +16,7 @@
 #include "engine/io/json_text.h"
 #include "engine/io/npy_header.h"
 #include "engine/io/safetensors_header.h"
+#include "engine/row/params_check.h"
 #include "nucleus/dump.h"
 
 namespace nucleus {
@@ -405,7 +406,11 @@ Result<LogitsView> DumpReader::block(int64_t index) {
 namespace {
 
 Status check_rows(const detail::DumpReaderState& m, int64_t first, int64_t count) {
-  if (first < 0 || count < 1 || first > m.info.rows || count > m.info.rows - first) {
+  if (count < 1) {
+    return Status::invalid_argument(m.source.name() + ": count = " + std::to_string(count) +
+                                    " must be > 0 (rows to read)");
+  }
+  if (first < 0 || first > m.info.rows || count > m.info.rows - first) {
     // (first + count is not formed: it can overflow)
     return Status::invalid_argument(
         m.source.name() + ": " + std::to_string(count) + " rows from row " + std::to_string(first) +
@@ -459,7 +464,12 @@ Status DumpReader::read_into(int64_t first, int64_t count, void* dst) {
 
 Status DumpReader::read_into_float32(int64_t first, int64_t count, float* dst) {
   const DType dtype = impl_->info.dtype;
-  // (float32 as stored; a null dst read_into's call error)
+  // (a null dst is read_into's call error; float32 is copied as stored)
+  if (dst != nullptr) {
+    if (Status s = detail::check_aligned(impl_->source.name() + ": dst", dst, 4); !s.ok()) {
+      return s;
+    }
+  }
   if (dtype == DType::kFloat32 || dst == nullptr) return read_into(first, count, dst);
   if (Status s = check_rows(*impl_, first, count); !s.ok()) return s;
   // (count × vocab fits in memory once the range is checked: rows exist)

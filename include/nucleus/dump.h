@@ -123,7 +123,8 @@ class DumpReader {
   // The same rows widened to float32 into `dst` (count × vocab floats):
   // every float16 and bfloat16 value is a float32 one, so exactly. A half
   // dump's rows are read into the back half of `dst` and widened in place,
-  // front to back: no buffer beside it.
+  // front to back: no buffer beside it. (A `dst` not aligned to a float's
+  // 4 bytes: INVALID_ARGUMENT.)
   Status read_into_float32(int64_t first, int64_t count, float* dst);
 
  private:

@@ -350,7 +350,8 @@ nucleus_status nucleus_dump_read(nucleus_dump* dump, int64_t first, int64_t coun
 nucleus_status nucleus_dump_read_into(nucleus_dump* dump, int64_t first, int64_t count, void* dst);
 /* The same rows widened to float32 into dst, which holds count * vocab
  * floats (exact: every float16 and bfloat16 value is a float32 one; a half
- * dump's rows are widened in place in dst, with no buffer beside it). */
+ * dump's rows are widened in place in dst, with no buffer beside it). A dst
+ * not aligned to 4 bytes is NUCLEUS_INVALID_ARGUMENT. */
 nucleus_status nucleus_dump_read_into_float32(nucleus_dump* dump, int64_t first, int64_t count,
                                               float* dst);
 /* Closes a dump; NULL is allowed. A dump is not safe to share between threads. */

@@ -23,6 +23,11 @@ std::string type_name(py::handle object) {
 
 bool is_boolean(py::handle v) {
   if (PyBool_Check(v.ptr())) return true;
+  // (a 0-d boolean array reads as its element, as numpy's scalar does)
+  if (py::isinstance<py::array>(v)) {
+    const auto a = py::reinterpret_borrow<py::array>(v);
+    return a.ndim() == 0 && a.dtype().kind() == 'b';
+  }
   const std::string type = type_name(v);
   return type == "bool_" || type == "bool";  // (numpy's scalar: bool_, numpy 2: bool)
 }
@@ -139,23 +144,30 @@ py::object to_index(py::handle v, const std::string& where) {
   return py::reinterpret_steal<py::object>(index);
 }
 
-int64_t to_int64(py::handle v, const std::string& where) {
+namespace {
+
+// The integer v is, refused by its own spelling outside [lo, hi] (named
+// `type`), however large.
+int64_t to_integer(py::handle v, const std::string& where, int64_t lo, int64_t hi,
+                   const char* type) {
   py::object index = to_index(v, where);
   int overflow = 0;
   const long long x = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
-  if (overflow != 0) {
-    throw py::value_error(where + " = " + py::str(index).cast<std::string>() +
-                          " does not fit in 64 bits");
+  if (overflow != 0 || x < lo || x > hi) {
+    throw py::value_error(where + " = " + py::str(index).cast<std::string>() + " does not fit in " +
+                          type);
   }
   return x;
 }
 
+}  // namespace
+
+int64_t to_int64(py::handle v, const std::string& where) {
+  return to_integer(v, where, INT64_MIN, INT64_MAX, "int64");
+}
+
 int32_t to_int32(py::handle v, const std::string& where) {
-  const int64_t x = to_int64(v, where);
-  if (x < INT32_MIN || x > INT32_MAX) {
-    throw py::value_error(where + " = " + std::to_string(x) + " does not fit in int32");
-  }
-  return static_cast<int32_t>(x);
+  return static_cast<int32_t>(to_integer(v, where, INT32_MIN, INT32_MAX, "int32"));
 }
 
 uint64_t to_uint64(py::handle v, const std::string& where) {

@@ -265,6 +265,7 @@ def test_row_errors_do_not_raise(engine, rng):
         ({"allowed_mask": np.zeros(3, dtype=np.int32)}, "allowed_mask"),
         ({"allowed_mask": np.zeros(10, dtype=bool)}, "needs vocab = 256"),
         ({"top_k": 2**40}, "top_k = 1099511627776 does not fit in int32"),
+        ({"top_k": np.uint64(2**63 + 5)}, "top_k = 9223372036854775813 does not fit in int32"),
         ({"temperature": 10**400}, "temperature: 100000000000...00000000 is too large"),
         ({"top_p": [0.5, -(10**400)]}, "top_p[1]: -10000000000...00000000 is too large"),
         ({"temperature": 1e40}, "temperature = 1e+40 does not fit a 32-bit float"),
@@ -294,6 +295,10 @@ def test_call_errors_raise_value_error(engine, rng, kwargs, message):
         ({"temperature": False}, "temperature: expected a number, got bool"),
         ({"seed": True}, "seed: expected an integer, got bool"),
         ({"top_p": np.array([True, False])}, "top_p[0]: expected a number, got bool"),
+        # (a 0-d boolean array is a bool too, alone or in a list)
+        ({"temperature": [np.array(True), 1.0]}, "temperature[0]: expected a number, got bool"),
+        ({"logit_bias": {1: np.array(True)}}, "logit_bias[1]: expected a number, got bool"),
+        ({"top_k": np.array(False)}, "top_k: expected an integer, got bool"),
     ],
 )
 def test_bad_types_raise_type_error(engine, rng, kwargs, message):
