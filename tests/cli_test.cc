@@ -420,7 +420,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
     SCOPED_TRACE(bad);
     run = RunCli(dir, std::string("bench --vocab 1000 --batch 1 --threads 1 -q ") + bad);
     EXPECT_EQ(run.code, 2);
-    EXPECT_TRUE(Contains(run.err, "is below 1") || Contains(run.err, "is not an integer"))
+    EXPECT_TRUE(Contains(run.err, "is below 1") || Contains(run.err, "is not a decimal integer"))
         << run.err;
     EXPECT_FALSE(Contains(run.err, "0.000000")) << run.err;
   }
