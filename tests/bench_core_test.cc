@@ -1,10 +1,12 @@
 // The benchmark's harness (bench/core): the softmax floor of a batch with
-// fewer rows than threads splits each row into slices (a max pass, then an
-// exp-sum pass) as the engine splits such rows; split or not, it must form
-// the same Σ exp(x - max) per row, for every dtype and slice tail. A dump's
+// fewer rows than threads splits each row into slices (each slice's max and
+// sum in one pass, combined per row) as the engine splits such rows; split
+// or not, it must form Σ exp(x - max) per row, for every dtype, slice tail
+// and order of the values (its running max rescales the sum). A dump's
 // rows (bench --input) become batches that hold exactly them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -42,6 +44,71 @@ TEST(BenchFloor, ASplitRowSumsWhatAWholeRowSums) {
         const double split = softmax_floor_pass(w, 4, isa);
         ASSERT_TRUE(std::isfinite(whole) && whole >= static_cast<double>(rows));
         EXPECT_NEAR(split, whole, 1e-5 * whole);
+        // (w.f32 holds the rows' values, half ones widened)
+        double want = 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* row = w.f32.data() + r * vocab;
+          const double max = *std::max_element(row, row + vocab);
+          for (int64_t i = 0; i < vocab; ++i) want += std::exp(row[i] - max);
+        }
+        EXPECT_NEAR(whole, want, 1e-5 * want);
+      }
+    }
+  }
+}
+
+// Values that rise along the row (every packet raises the running max),
+// fall, and hold -inf (masked tokens), whole and split: the float64 sum.
+TEST(BenchFloor, TheOnePassSumHoldsWhereverTheMaxIs) {
+  const Isa isa = resolve_isa(Isa::kAuto);
+  const int64_t vocab = 40000;
+  Workload w = make_workload(3, vocab, DType::kFloat32, 5);
+  for (int64_t i = 0; i < vocab; ++i) {
+    w.f32[static_cast<size_t>(i)] = static_cast<float>(i) * 1e-3f;
+    w.f32[static_cast<size_t>(vocab + i)] = -static_cast<float>(i) * 1e-3f;
+    w.f32[static_cast<size_t>(2 * vocab + i)] =
+        i % 3 == 0 ? -std::numeric_limits<float>::infinity() : static_cast<float>(i % 7);
+  }
+  double want = 0.0;
+  for (int64_t r = 0; r < 3; ++r) {
+    const float* row = w.f32.data() + r * vocab;
+    const double max = *std::max_element(row, row + vocab);
+    for (int64_t i = 0; i < vocab; ++i) want += std::exp(row[i] - max);
+  }
+  // (three rows on four threads are split, on one thread whole)
+  for (const int threads : {1, 4}) {
+    SCOPED_TRACE(threads);
+    EXPECT_NEAR(softmax_floor_pass(w, threads, isa), want, 1e-5 * want);
+  }
+}
+
+// The reference (the sort-based sampler, timed for the speed-up column)
+// must do the work the engine does: its token is one the engine's final
+// distribution keeps, for every configuration (its own ties at a cut may
+// keep fewer, as HF's do, never others), and greedy's is the engine's.
+TEST(BenchReference, DrawsOnlyTokensTheEngineKeeps) {
+  Engine engine({.max_threads = 1});
+  const int64_t rows = 64, vocab = 32000;  // (64 draws each: a filter skipped shows)
+  for (const DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    const Workload w = make_workload(rows, vocab, dtype, 3);
+    for (const Config config : all_configs()) {
+      SCOPED_TRACE(testing::Message() << config_name(config) << " " << dtype_name(dtype));
+      std::vector<int32_t> tokens;
+      reference_pass(config, w, 1, tokens, &engine);
+      const std::vector<RowRequest> requests = make_requests(config, w, false);
+      std::vector<float> probs(static_cast<size_t>(rows * vocab));
+      std::vector<Status> row_status(static_cast<size_t>(rows));
+      ASSERT_TRUE(engine.probs(w.view(), requests, probs.data(), vocab, row_status).ok());
+      std::vector<RowResult> results(static_cast<size_t>(rows));
+      ASSERT_TRUE(engine.sample(w.view(), requests, results).ok());
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto t = static_cast<size_t>(tokens[static_cast<size_t>(r)]);
+        ASSERT_TRUE(row_status[static_cast<size_t>(r)].ok());
+        ASSERT_LT(t, static_cast<size_t>(vocab));
+        EXPECT_GT(probs[static_cast<size_t>(r * vocab) + t], 0.0f) << "row " << r << " token " << t;
+        if (config == Config::kGreedy) {
+          EXPECT_EQ(tokens[static_cast<size_t>(r)], results[static_cast<size_t>(r)].tokens[0]);
+        }
       }
     }
   }

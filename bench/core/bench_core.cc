@@ -505,40 +505,39 @@ double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engin
                                       : static_cast<const void*>(w.half.data() + r * w.vocab + j);
   };
   if (engine) threads = engine->max_threads();
-  // Fewer rows than threads: each row split into the engine's chunks, a max
-  // pass and then an exp-sum pass over them, as the engine splits such rows
-  // (its own condition and chunk size), so the floor uses the threads it
-  // does.
+  // Fewer rows than threads: each row split into the engine's chunks, each
+  // chunk's max and sum in one pass, combined per row, as the engine splits
+  // such rows (its own condition and chunk size), so the floor uses the
+  // threads it does.
   constexpr int64_t kSlice = detail::kChunk;
   const bool split = w.rows < threads && w.vocab > kSlice;
   return in_arena(threads, engine, [&] {
     if (!split) {
       std::vector<double>& partial = kept<double, 0>(w.rows);
       for_rows(w.rows, [&](int64_t r) {
-        partial[static_cast<size_t>(r)] = k.softmax_floor(at(r, 0), w.dtype, w.vocab);
+        partial[static_cast<size_t>(r)] = k.slice_mass(at(r, 0), w.dtype, w.vocab).sum;
       });
       return std::accumulate(partial.begin(), partial.end(), 0.0);
     }
     const int64_t per_row = (w.vocab + kSlice - 1) / kSlice;
     const int64_t slices = w.rows * per_row;
     auto len = [&](int64_t s) { return std::min(kSlice, w.vocab - (s % per_row) * kSlice); };
-    std::vector<float>& maxima = kept<float, 0>(slices);
+    std::vector<Mass>& masses = kept<Mass, 0>(slices);
     for_rows(slices, [&](int64_t s) {
-      maxima[static_cast<size_t>(s)] =
-          k.slice_max(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
+      masses[static_cast<size_t>(s)] =
+          k.slice_mass(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s));
     });
-    std::vector<float>& row_max = kept<float, 1>(w.rows);
+    double total = 0.0;
     for (int64_t r = 0; r < w.rows; ++r) {
-      const auto first = maxima.begin() + r * per_row;
-      row_max[static_cast<size_t>(r)] = *std::max_element(first, first + per_row);
+      const auto first = masses.begin() + r * per_row, last = first + per_row;
+      const float max = std::max_element(first, last, [](const Mass& a, const Mass& b) {
+                          return a.max < b.max;
+                        })->max;
+      for (auto m = first; m != last; ++m) {
+        total += m->sum * std::exp(static_cast<double>(m->max) - max);
+      }
     }
-    std::vector<double>& partial = kept<double, 0>(slices);
-    for_rows(slices, [&](int64_t s) {
-      partial[static_cast<size_t>(s)] =
-          k.slice_exp_sum(at(s / per_row, (s % per_row) * kSlice), w.dtype, len(s),
-                          row_max[static_cast<size_t>(s / per_row)]);
-    });
-    return std::accumulate(partial.begin(), partial.end(), 0.0);
+    return total;
   });
 }
 

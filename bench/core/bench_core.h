@@ -3,9 +3,9 @@
 // configurations, and the three baselines every figure is compared with,
 // measured in the same run on the same buffers:
 //   roofline      one streaming read (sum) of the batch as stored;
-//   softmax floor one max pass and one exp-sum pass per row (Eigen): a plain
-//                 softmax (rows split across threads as the engine splits
-//                 them when there are fewer rows than threads);
+//   softmax floor one fused max + exp + sum pass per row (Eigen's exp): a
+//                 plain online softmax (rows split across threads as the
+//                 engine splits them when there are fewer rows than threads);
 //   reference     a sort-based sampler, the way HF transformers, vLLM's CPU
 //                 path and CTranslate2 do it (std::sort / std::partial_sort of
 //                 the row, cumulative sums, a draw).

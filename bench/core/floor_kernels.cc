@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -14,6 +15,8 @@
 
 namespace nucleus::bench::NUCLEUS_KERNEL_ISA {
 namespace {
+
+namespace ei = Eigen::internal;
 
 double read_f32(const float* x, int64_t n) {
   return static_cast<double>(Eigen::Map<const Eigen::ArrayXf>(x, n).sum());
@@ -37,8 +40,8 @@ double read_u16(const uint16_t* x, int64_t n) {
 }
 
 // Half types are widened a chunk at a time (Eigen's vectorised cast) into a
-// buffer that stays in L1, once for the max and once for the exp-sum; an exp
-// over the cast expression itself would not be vectorised.
+// buffer that stays in L1; an exp over the cast expression itself would not
+// be vectorised.
 constexpr int64_t kWiden = 4096;
 
 template <typename T>
@@ -63,40 +66,6 @@ void widen(const T* p, int64_t n, float* buf) {
   }
 }
 
-template <typename T>
-float max_of(const T* p, int64_t n) {
-  using ArrF = Eigen::ArrayXf;
-  if constexpr (std::is_same_v<T, float>) {
-    return Eigen::Map<const ArrF>(p, n).maxCoeff();
-  } else {
-    alignas(64) float buf[kWiden];
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n; j += kWiden) {
-      const int64_t len = std::min(kWiden, n - j);
-      widen(p + j, len, buf);
-      m = std::max(m, Eigen::Map<const ArrF>(buf, len).maxCoeff());
-    }
-    return m;
-  }
-}
-
-template <typename T>
-double exp_sum(const T* p, int64_t n, float m) {
-  using ArrF = Eigen::ArrayXf;
-  if constexpr (std::is_same_v<T, float>) {
-    return static_cast<double>((Eigen::Map<const ArrF>(p, n) - m).exp().sum());
-  } else {
-    alignas(64) float buf[kWiden];
-    double z = 0.0;
-    for (int64_t j = 0; j < n; j += kWiden) {
-      const int64_t len = std::min(kWiden, n - j);
-      widen(p + j, len, buf);
-      z += static_cast<double>((Eigen::Map<const ArrF>(buf, len) - m).exp().sum());
-    }
-    return z;
-  }
-}
-
 // Calls f with the row pointer typed by its dtype.
 template <typename F>
 auto typed(const void* x, DType dtype, F&& f) {
@@ -111,16 +80,72 @@ auto typed(const void* x, DType dtype, F&& f) {
   return f(static_cast<const float*>(x));
 }
 
-float slice_max(const void* x, DType dtype, int64_t n) {
-  return typed(x, dtype, [n](const auto* p) { return max_of(p, n); });
-}
+// One pass over float32 values: each lane keeps its running max and its sum
+// of exp(x - that max); where some lane's max rises (rarely, after the first
+// packets of a row), every lane's sum is rescaled by exp(old - new max)
+// before the packet's terms are added. Two sums hide the adds' latency.
+// Eigen's own exp (pexp), as before. (Starting from the lowest finite
+// float, not -inf, keeps -inf values, and lanes that have seen only them,
+// from making NaN.)
+struct Online {
+  using Packet = ei::packet_traits<float>::type;
+  static constexpr int64_t kP = ei::packet_traits<float>::size;
+  Packet m = ei::pset1<Packet>(std::numeric_limits<float>::lowest());
+  Packet s0 = ei::pset1<Packet>(0.0f), s1 = ei::pset1<Packet>(0.0f);
+  float tail_max = std::numeric_limits<float>::lowest();
+  double tail = 0.0;  // the values past the last whole pair of packets
 
-double slice_exp_sum(const void* x, DType dtype, int64_t n, float m) {
-  return typed(x, dtype, [n, m](const auto* p) { return exp_sum(p, n, m); });
-}
+  void add(const float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 2 * kP <= n; i += 2 * kP) {
+      const Packet a = ei::ploadu<Packet>(x + i), b = ei::ploadu<Packet>(x + i + kP);
+      const Packet top = ei::pmax(a, b);
+      if (ei::predux_any(ei::pcmp_lt(m, top))) {
+        const Packet risen = ei::pmax(m, top);
+        const Packet scale = ei::pexp(ei::psub(m, risen));
+        s0 = ei::pmul(s0, scale);
+        s1 = ei::pmul(s1, scale);
+        m = risen;
+      }
+      s0 = ei::padd(s0, ei::pexp(ei::psub(a, m)));
+      s1 = ei::padd(s1, ei::pexp(ei::psub(b, m)));
+    }
+    for (; i < n; ++i) {
+      if (x[i] > tail_max) {
+        tail *= std::exp(static_cast<double>(tail_max) - x[i]);
+        tail_max = x[i];
+      }
+      tail += std::exp(static_cast<double>(x[i]) - tail_max);
+    }
+  }
 
-double softmax_floor(const void* row, DType dtype, int64_t vocab) {
-  return slice_exp_sum(row, dtype, vocab, slice_max(row, dtype, vocab));
+  // {max, Σ exp(x - max)} of everything added.
+  Mass mass() const {
+    const float max = std::max(ei::predux_max(m), tail_max);
+    const Packet to_max = ei::pexp(ei::psub(m, ei::pset1<Packet>(max)));
+    const double lanes = ei::predux(ei::pmul(ei::padd(s0, s1), to_max));
+    return Mass{max, lanes + tail * std::exp(static_cast<double>(tail_max) - max)};
+  }
+};
+
+// Half types are widened a chunk at a time into a buffer in L1 (widen), and
+// the chunk goes through the same pass.
+Mass slice_mass(const void* x, DType dtype, int64_t n) {
+  return typed(x, dtype, [n](const auto* p) {
+    using T = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+    Online online;
+    if constexpr (std::is_same_v<T, float>) {
+      online.add(p, n);
+    } else {
+      alignas(64) float buf[kWiden];
+      for (int64_t j = 0; j < n; j += kWiden) {
+        const int64_t len = std::min(kWiden, n - j);
+        widen(p + j, len, buf);
+        online.add(buf, len);
+      }
+    }
+    return online.mass();
+  });
 }
 
 }  // namespace
@@ -130,9 +155,10 @@ namespace nucleus::bench {
 
 extern const FloorKernels NUCLEUS_CAT(floor_kernels_, NUCLEUS_KERNEL_ISA);
 const FloorKernels NUCLEUS_CAT(floor_kernels_, NUCLEUS_KERNEL_ISA) = {
-    Isa::NUCLEUS_KERNEL_ISA_ENUM,   &NUCLEUS_KERNEL_ISA::read_f32,
-    &NUCLEUS_KERNEL_ISA::read_u16,  &NUCLEUS_KERNEL_ISA::softmax_floor,
-    &NUCLEUS_KERNEL_ISA::slice_max, &NUCLEUS_KERNEL_ISA::slice_exp_sum,
+    Isa::NUCLEUS_KERNEL_ISA_ENUM,
+    &NUCLEUS_KERNEL_ISA::read_f32,
+    &NUCLEUS_KERNEL_ISA::read_u16,
+    &NUCLEUS_KERNEL_ISA::slice_mass,
 };
 
 }  // namespace nucleus::bench

@@ -10,18 +10,22 @@
 
 namespace nucleus::bench {
 
+// A slice's max and Σ exp(x - max): slices combine into their row's as
+// Σ sum_i · exp(max_i - max).
+struct Mass {
+  float max = 0.0f;
+  double sum = 0.0;
+};
+
 struct FloorKernels {
   Isa isa;
   // Σ x over one slice (float32), or Σ of the 16-bit words (f16 / bf16): one
   // vectorised read.
   double (*read_f32)(const float* x, int64_t n);
   double (*read_u16)(const uint16_t* x, int64_t n);
-  // One fused max pass and one exp-sum pass over a row: Σ exp(x - max).
-  double (*softmax_floor)(const void* row, DType dtype, int64_t vocab);
-  // Its two passes over a slice of a row (the floor of a row split across
-  // threads, as the engine splits one): the max, and Σ exp(x - m).
-  float (*slice_max)(const void* x, DType dtype, int64_t n);
-  double (*slice_exp_sum)(const void* x, DType dtype, int64_t n, float m);
+  // One pass over a row or a slice of one (the floor of a row split across
+  // threads, as the engine splits one): its max and Σ exp(x - max).
+  Mass (*slice_mass)(const void* x, DType dtype, int64_t n);
 };
 
 const FloorKernels& floor_kernels_for(Isa isa);
