@@ -11,7 +11,8 @@
 //                 the row, cumulative sums, a draw).
 //
 // Example:
-//   auto r = nucleus::bench::run_case({Config::kTopP, 128256, 1, DType::kFloat32, 1}, opts);
+//   Result<CaseResult> r =
+//       nucleus::bench::run_case({Config::kTopP, 128256, 1, DType::kFloat32, 1}, opts);
 //   std::printf("%.1f us/row, %.2fx the softmax floor\n", r.us_per_row, r.vs_softmax);
 #pragma once
 
@@ -158,8 +159,10 @@ std::string rows_memory_error(int distinct, int64_t batch, int64_t vocab,
 // `options.repeat` calls in alternating turns on the same buffers
 // (options.distinct batches in turn) with the same thread count; then the
 // reference, the median of max(3, repeat / 5) calls over the float32 rows.
-// Not thread-safe (it keeps the last workload for the next case).
-CaseResult run_case(const Case& c, const Options& options);
+// Each batch is sampled once first, untimed: a call or row error there is
+// the case's error (times of failing calls would be no measure). Not
+// thread-safe (it keeps the last workload for the next case).
+Result<CaseResult> run_case(const Case& c, const Options& options);
 
 // The three baselines, exposed for the Google Benchmark programs. Each runs
 // over the whole batch with up to `threads` threads, in an oneTBB arena of

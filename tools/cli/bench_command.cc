@@ -49,18 +49,32 @@ std::string command_line() {
   return line;
 }
 
-// The CPU's model name (/proc/cpuinfo), or "".
-std::string cpu_model() {
+// A field of the first CPU in /proc/cpuinfo ("model name", "cpu family"),
+// or "".
+std::string cpu_field(std::string_view name) {
   std::ifstream in("/proc/cpuinfo");
   for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      const size_t from =
-          colon == std::string::npos ? colon : line.find_first_not_of(" \t", colon + 1);
-      return from == std::string::npos ? std::string() : line.substr(from);
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos || line.rfind(name, 0) != 0 ||
+        line.find_first_not_of(" \t", name.size()) != colon) {
+      continue;
     }
+    const size_t from = line.find_first_not_of(" \t", colon + 1);
+    return from == std::string::npos ? std::string() : line.substr(from);
   }
   return {};
+}
+
+// The CPU's model name, and its family, model and stepping (a name such as
+// "AMD EPYC" covers several generations), or "".
+std::string cpu_model() {
+  std::string text = cpu_field("model name");
+  const std::string family = cpu_field("cpu family"), model = cpu_field("model"),
+                    stepping = cpu_field("stepping");
+  if (!family.empty()) {
+    text += " (family " + family + ", model " + model + ", stepping " + stepping + ")";
+  }
+  return text;
 }
 
 // The time now, UTC, as 2026-12-07T12:34:56Z.
@@ -73,15 +87,27 @@ std::string utc_now() {
   return text;
 }
 
-std::vector<std::string> split(const std::string& text) {
+// The comma-separated items of a list option; an empty list or an empty
+// item ("32000,,128256", "1,") is an error, said on stderr (an item lost
+// from a script's variable, which a run without it would hide).
+std::optional<std::vector<std::string>> list_items(const std::string& option,
+                                                   const std::string& text) {
   std::vector<std::string> parts;
   size_t start = 0;
-  while (start <= text.size()) {
+  while (true) {
     const size_t comma = text.find(',', start);
     const size_t end = comma == std::string::npos ? text.size() : comma;
-    if (end > start) parts.push_back(text.substr(start, end - start));
+    parts.push_back(text.substr(start, end - start));
     if (comma == std::string::npos) break;
     start = comma + 1;
+  }
+  if (text.empty()) {
+    print_error("option " + option + " is empty");
+    return std::nullopt;
+  }
+  if (std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); })) {
+    print_error("option " + option + " = '" + text + "' has an empty item");
+    return std::nullopt;
   }
   return parts;
 }
@@ -100,7 +126,9 @@ void drop_repeats(std::vector<T>& v) {
 bool parse_int_list(const std::string& option, const std::string& text, std::optional<int64_t> all,
                     std::vector<int64_t>& out) {
   out.clear();
-  for (const std::string& p : split(text)) {
+  const std::optional<std::vector<std::string>> items = list_items(option, text);
+  if (!items) return false;
+  for (const std::string& p : *items) {
     if (p == "all" && all) {
       out.push_back(*all);
       continue;
@@ -111,13 +139,10 @@ bool parse_int_list(const std::string& option, const std::string& text, std::opt
       if (used != p.size() || v <= 0) throw std::invalid_argument(p);
       out.push_back(v);
     } catch (const std::exception&) {
-      print_error("option " + option + " = " + p + " is not a positive integer");
+      print_error("option " + option + " = " + p + " is not a positive integer" +
+                  (all ? " or all" : ""));
       return false;
     }
-  }
-  if (out.empty()) {
-    print_error("option " + option + " is empty");
-    return false;
   }
   drop_repeats(out);
   return true;
@@ -225,15 +250,19 @@ int run_bench(const BenchCommand& c) {
   if (std::any_of(threads.begin(), threads.end(), [&](int64_t t) { return t > all; })) {
     if (!c.quiet) {
       std::fprintf(stderr,
-                   "nucleus bench: this process runs at most %lld threads; the cases "
+                   "nucleus bench: this process runs at most %lld thread%s; the cases "
                    "asked for more are measured at %lld\n",
-                   static_cast<long long>(all), static_cast<long long>(all));
+                   static_cast<long long>(all), all == 1 ? "" : "s", static_cast<long long>(all));
     }
     for (int64_t& t : threads) t = std::min(t, all);
     drop_repeats(threads);
   }
+  const std::optional<std::vector<std::string>> config_names = list_items("--config", c.config);
+  const std::optional<std::vector<std::string>> dtype_names = list_items("--dtype", c.dtype);
+  const std::optional<std::vector<std::string>> isa_names = list_items("--isa", c.isa);
+  if (!config_names || !dtype_names || !isa_names) return kExitFailure;
   std::vector<bench::Config> configs;
-  for (const std::string& name : split(c.config)) {
+  for (const std::string& name : *config_names) {
     if (name == "all") {
       const auto every = bench::all_configs();
       configs.assign(every.begin(), every.end());
@@ -241,13 +270,17 @@ int run_bench(const BenchCommand& c) {
     }
     const auto config = bench::parse_config(name);
     if (!config) {
-      print_error("option --config = " + name + " is not a configuration");
+      std::string names;
+      for (const bench::Config known : bench::all_configs()) {
+        names += std::string(bench::config_name(known)) + ", ";
+      }
+      print_error("option --config = " + name + " is not one of " + names + "or all");
       return kExitFailure;
     }
     configs.push_back(*config);
   }
   std::vector<DType> dtypes;
-  for (const std::string& name : split(c.dtype)) {
+  for (const std::string& name : *dtype_names) {
     const auto dtype = parse_dtype(name);
     if (!dtype) {
       print_error("option --dtype = " + name + " is not f32, f16 or bf16");
@@ -256,7 +289,7 @@ int run_bench(const BenchCommand& c) {
     dtypes.push_back(*dtype);
   }
   std::vector<Isa> isas;
-  for (const std::string& name : split(c.isa)) {
+  for (const std::string& name : *isa_names) {
     if (name == "all") {
       for (Isa isa : runnable_isas()) isas.push_back(isa);
       continue;
@@ -282,10 +315,6 @@ int run_bench(const BenchCommand& c) {
   drop_repeats(configs);
   drop_repeats(dtypes);
   drop_repeats(isas);
-  if (configs.empty() || dtypes.empty() || isas.empty()) {
-    print_error("options --config, --dtype and --isa need at least one value");
-    return kExitFailure;
-  }
 
   const auto rows = bench::parse_rows(c.rows);
   if (!rows) {
@@ -402,8 +431,16 @@ int run_bench(const BenchCommand& c) {
                       dtype_name(dtype), static_cast<long long>(t), isa_name(isa));
                   std::fflush(stderr);
                 }
-                results.push_back(bench::run_case(
-                    {config, vocab, batch, dtype, static_cast<int>(t), isa}, options));
+                Result<bench::CaseResult> r = bench::run_case(
+                    {config, vocab, batch, dtype, static_cast<int>(t), isa}, options);
+                if (!r.ok()) {
+                  if (progress) std::fprintf(stderr, "\r\033[K");
+                  print_error(std::string("bench: ") + bench::config_name(config) + " vocab " +
+                              std::to_string(vocab) + " batch " + std::to_string(batch) + " " +
+                              dtype_name(dtype) + ": " + r.status().message());
+                  return kExitFailure;
+                }
+                results.push_back(std::move(r).value());
               }
             }
           }
@@ -450,6 +487,18 @@ int run_bench(const BenchCommand& c) {
     // (what a quoted figure needs beside it: the command, the machine, when)
     doc["command"] = command_line();
     doc["version"] = version();
+    // (the build: two builds compared side by side differ here at least)
+#if defined(__clang__)
+    const std::string compiler = __VERSION__;  // ("Debian Clang 14.0.6")
+#else
+    const std::string compiler = std::string("g++ ") + __VERSION__;
+#endif
+#if defined(NDEBUG)
+    doc["build"] = "release, " + compiler;
+#else
+    doc["build"] = "debug (assertions on), " + compiler;
+#endif
+    doc["best_isa"] = isa_name(best_isa());
     doc["cpu"] = cpu_model();
     doc["date"] = utc_now();
     doc["machine_threads"] = all;
