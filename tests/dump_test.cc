@@ -83,6 +83,9 @@ float ValueAt(const LogitsView& view, int64_t row, int64_t col) {
 void ExpectRows(DumpReader& reader, const std::vector<float>& values, DType dtype) {
   const DumpInfo& info = reader.info();
   int64_t next = 0;
+  // (no block there: no first row either)
+  EXPECT_EQ(reader.block_first_row(-1), -1);
+  EXPECT_EQ(reader.block_first_row(reader.num_blocks()), -1);
   for (int64_t b = 0; b < reader.num_blocks(); ++b) {
     Result<LogitsView> view = reader.block(b);
     ASSERT_TRUE(view.ok()) << view.status().message();

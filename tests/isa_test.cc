@@ -67,6 +67,14 @@ TEST(Isa, EngineRunsTheResolvedSet) {
     EXPECT_LE(static_cast<int>(got), static_cast<int>(isa));
     EXPECT_EQ(got, resolve_isa(isa));
   }
+  // A value outside the enumeration (a cast) is kAuto's (-1 ran SSE2 and
+  // said so; 9 the best).
+  for (const int outside : {-1, 4, 9}) {
+    EXPECT_EQ(resolve_isa(static_cast<Isa>(outside)), resolve_isa(Isa::kAuto)) << outside;
+    EXPECT_EQ(Engine({.max_threads = 1, .seed = 1, .isa = static_cast<Isa>(outside)}).isa(),
+              resolve_isa(Isa::kAuto))
+        << outside;
+  }
 }
 
 // Rows with the shapes the paths handle differently: whole packets and

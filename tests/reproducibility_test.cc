@@ -342,6 +342,9 @@ TEST(ReproducibilityTest, ReadAheadOptionOverridesTheEnvironment) {
     const ReadAheadEnv always("Always");
     EXPECT_EQ(ReadAheadOf(ReadAhead::kAuto), ReadAhead::kAlways);
     EXPECT_EQ(ReadAheadOf(ReadAhead::kNever), ReadAhead::kNever);
+    // A value outside the enumeration (a cast) is auto's: the environment's.
+    EXPECT_EQ(ReadAheadOf(static_cast<ReadAhead>(7)), ReadAhead::kAlways);
+    EXPECT_EQ(ReadAheadOf(static_cast<ReadAhead>(-1)), ReadAhead::kAlways);
   }
   for (const char* unset : {"", "auto", "sometimes"}) {
     const ReadAheadEnv env(unset);

@@ -392,7 +392,9 @@ int64_t DumpReader::block_rows() const { return impl_->block_rows; }
 int64_t DumpReader::num_blocks() const {
   return (impl_->info.rows + impl_->block_rows - 1) / impl_->block_rows;
 }
-int64_t DumpReader::block_first_row(int64_t index) const { return index * impl_->block_rows; }
+int64_t DumpReader::block_first_row(int64_t index) const {
+  return index >= 0 && index < num_blocks() ? index * impl_->block_rows : -1;
+}
 
 Result<LogitsView> DumpReader::block(int64_t index) {
   if (index < 0 || index >= num_blocks()) {

@@ -92,6 +92,11 @@ Isa best_isa() {
 }
 
 Isa resolve_isa(Isa requested) {
+  // (a value outside the enumeration, made by a cast: kAuto's)
+  if (static_cast<int>(requested) < static_cast<int>(Isa::kAuto) ||
+      static_cast<int>(requested) > static_cast<int>(Isa::kAVX512)) {
+    requested = Isa::kAuto;
+  }
   return detail::cap_at(detail::cap_at(best_isa(), requested), detail::environment_cap());
 }
 

@@ -331,8 +331,10 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->seed = options.seed ? *options.seed : system_seed();
   if (impl_->system_seeded) register_fork_salt();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
-  impl_->read_ahead =
-      options.read_ahead != ReadAhead::kAuto ? options.read_ahead : environment_read_ahead();
+  // (a value outside the enumeration, made by a cast, is kAuto's)
+  const bool named =
+      options.read_ahead == ReadAhead::kAlways || options.read_ahead == ReadAhead::kNever;
+  impl_->read_ahead = named ? options.read_ahead : environment_read_ahead();
   impl_->ahead_from = read_ahead_from(impl_->read_ahead);
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
   impl_->pool.reserve(impl_->threads);

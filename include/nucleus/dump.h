@@ -106,7 +106,7 @@ class DumpReader {
   // Rows per block and the blocks that cover the dump.
   int64_t block_rows() const;
   int64_t num_blocks() const;
-  int64_t block_first_row(int64_t index) const;
+  int64_t block_first_row(int64_t index) const;  // -1 outside [0, num_blocks())
 
   // Rows [first, first + count) as a view that stays valid until the next
   // read or block call; the previous block is released first.

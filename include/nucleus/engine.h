@@ -44,7 +44,8 @@ std::optional<Isa> parse_isa(std::string_view name);
 // The best instruction set this CPU and OS support.
 Isa best_isa();
 // The set an engine asking for `requested` runs: min(requested, NUCLEUS_ISA,
-// best_isa()), kAuto meaning no limit.
+// best_isa()), kAuto meaning no limit (and so does a value outside the
+// enumeration, which only a cast makes).
 Isa resolve_isa(Isa requested);
 // The sets an engine here can run (up to resolve_isa(kAuto)), lowest first.
 std::vector<Isa> runnable_isas();
@@ -73,7 +74,8 @@ struct EngineOptions {
   std::optional<uint64_t> seed = std::nullopt;  // for unseeded rows; none: from the system
   Isa isa = Isa::kAuto;                         // the highest instruction set to use
   // kAuto: as the environment variable NUCLEUS_READ_AHEAD says (auto, always
-  // or never; unset: auto); another value overrides it.
+  // or never; unset: auto); kAlways or kNever overrides it (a value outside
+  // the enumeration, which only a cast makes, is kAuto's).
   ReadAhead read_ahead = ReadAhead::kAuto;
 };
 
