@@ -21,37 +21,40 @@
 namespace nucleus::bench {
 namespace {
 
+// (on every instruction set this machine runs: each has its own kernels)
 TEST(BenchFloor, ASplitRowSumsWhatAWholeRowSums) {
-  const Isa isa = resolve_isa(Isa::kAuto);
-  // 40000 tokens: two whole 16384-token slices and a tail; 16384 exactly
-  // is not split (one slice), 16385 leaves a one-token tail.
-  for (const int64_t vocab : {40000, 16384, 16385}) {
-    for (const DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
-      for (const int64_t rows : {1, 3}) {
-        SCOPED_TRACE(testing::Message()
-                     << "vocab " << vocab << " " << dtype_name(dtype) << " rows " << rows);
-        Workload w = make_workload(rows, vocab, dtype, 7);
-        // The max in the last slice (30.0 is exact in every dtype), so the
-        // slices' maxima must be combined before the exp-sum pass.
-        for (int64_t r = 0; r < rows; ++r) {
-          const size_t last = static_cast<size_t>(r * vocab + vocab - 1);
-          w.f32[last] = 30.0f;
-          if (dtype == DType::kBFloat16) w.half[last] = 0x41f0;
-          if (dtype == DType::kFloat16) w.half[last] = 0x4f80;
+  for (const Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    // 40000 tokens: two whole 16384-token slices and a tail; 16384 exactly
+    // is not split (one slice), 16385 leaves a one-token tail.
+    for (const int64_t vocab : {40000, 16384, 16385}) {
+      for (const DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+        for (const int64_t rows : {1, 3}) {
+          SCOPED_TRACE(testing::Message()
+                       << "vocab " << vocab << " " << dtype_name(dtype) << " rows " << rows);
+          Workload w = make_workload(rows, vocab, dtype, 7);
+          // The max in the last slice (30.0 is exact in every dtype), so the
+          // slices' sums must be brought to the row's max when combined.
+          for (int64_t r = 0; r < rows; ++r) {
+            const size_t last = static_cast<size_t>(r * vocab + vocab - 1);
+            w.f32[last] = 30.0f;
+            if (dtype == DType::kBFloat16) w.half[last] = 0x41f0;
+            if (dtype == DType::kFloat16) w.half[last] = 0x4f80;
+          }
+          // One thread: whole rows. Four threads: rows < threads, split.
+          const double whole = softmax_floor_pass(w, 1, isa);
+          const double split = softmax_floor_pass(w, 4, isa);
+          ASSERT_TRUE(std::isfinite(whole) && whole >= static_cast<double>(rows));
+          EXPECT_NEAR(split, whole, 1e-5 * whole);
+          // (w.f32 holds the rows' values, half ones widened)
+          double want = 0.0;
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* row = w.f32.data() + r * vocab;
+            const double max = *std::max_element(row, row + vocab);
+            for (int64_t i = 0; i < vocab; ++i) want += std::exp(row[i] - max);
+          }
+          EXPECT_NEAR(whole, want, 1e-5 * want);
         }
-        // One thread: whole rows. Four threads: rows < threads, split.
-        const double whole = softmax_floor_pass(w, 1, isa);
-        const double split = softmax_floor_pass(w, 4, isa);
-        ASSERT_TRUE(std::isfinite(whole) && whole >= static_cast<double>(rows));
-        EXPECT_NEAR(split, whole, 1e-5 * whole);
-        // (w.f32 holds the rows' values, half ones widened)
-        double want = 0.0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float* row = w.f32.data() + r * vocab;
-          const double max = *std::max_element(row, row + vocab);
-          for (int64_t i = 0; i < vocab; ++i) want += std::exp(row[i] - max);
-        }
-        EXPECT_NEAR(whole, want, 1e-5 * want);
       }
     }
   }
@@ -60,7 +63,6 @@ TEST(BenchFloor, ASplitRowSumsWhatAWholeRowSums) {
 // Values that rise along the row (every packet raises the running max),
 // fall, and hold -inf (masked tokens), whole and split: the float64 sum.
 TEST(BenchFloor, TheOnePassSumHoldsWhereverTheMaxIs) {
-  const Isa isa = resolve_isa(Isa::kAuto);
   const int64_t vocab = 40000;
   Workload w = make_workload(3, vocab, DType::kFloat32, 5);
   for (int64_t i = 0; i < vocab; ++i) {
@@ -76,19 +78,25 @@ TEST(BenchFloor, TheOnePassSumHoldsWhereverTheMaxIs) {
     for (int64_t i = 0; i < vocab; ++i) want += std::exp(row[i] - max);
   }
   // (three rows on four threads are split, on one thread whole)
-  for (const int threads : {1, 4}) {
-    SCOPED_TRACE(threads);
-    EXPECT_NEAR(softmax_floor_pass(w, threads, isa), want, 1e-5 * want);
+  for (const Isa isa : runnable_isas()) {
+    for (const int threads : {1, 4}) {
+      SCOPED_TRACE(testing::Message() << isa_name(isa) << " threads " << threads);
+      EXPECT_NEAR(softmax_floor_pass(w, threads, isa), want, 1e-5 * want);
+    }
   }
 }
 
 // The reference (the sort-based sampler, timed for the speed-up column)
-// must do the work the engine does: its token is one the engine's final
-// distribution keeps, for every configuration (its own ties at a cut may
-// keep fewer, as HF's do, never others), and greedy's is the engine's.
+// must not draw what the engine's filters remove: its token is one the
+// engine's final distribution keeps, for every configuration (its own ties
+// at a cut may keep fewer, as HF's do, never others), and greedy's is the
+// engine's. (A weak check of its filters: on these rows a reference that
+// skipped them all would still land inside the kept set in all 64 draws
+// with probability ~0.6 % for penalty + top-p, ~5 % typical-p, ~17 %
+// top-p; min-p's skipped fails it; full sampling cannot.)
 TEST(BenchReference, DrawsOnlyTokensTheEngineKeeps) {
   Engine engine({.max_threads = 1});
-  const int64_t rows = 64, vocab = 32000;  // (64 draws each: a filter skipped shows)
+  const int64_t rows = 64, vocab = 32000;
   for (const DType dtype : {DType::kFloat32, DType::kBFloat16}) {
     const Workload w = make_workload(rows, vocab, dtype, 3);
     for (const Config config : all_configs()) {

@@ -390,7 +390,7 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_FALSE(Contains(run.err, "TBB Warning")) << run.err;
   run = RunCli(dir, "bench --vocab all --batch 1 --threads 1 -q");
   EXPECT_EQ(run.code, 2);
-  EXPECT_TRUE(Contains(run.err, "--vocab = all")) << run.err;
+  EXPECT_TRUE(Contains(run.err, "--vocab = 'all'")) << run.err;
   // A row split across two threads (fewer rows than threads): the floor is
   // split too, and its time is measured.
   run = RunCli(dir,
@@ -439,7 +439,8 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
            {"--vocab 1000,,2000", "option --vocab = '1000,,2000' has an empty item"},
            {"--vocab 1000 --isa avx2,", "option --isa = 'avx2,' has an empty item"},
            {"--vocab 1000 --config ''", "option --config is empty"},
-           {"--vocab 1000 --threads none", "--threads = none is not a positive integer or all"}}) {
+           {"--vocab 1000 --threads none",
+            "--threads = 'none' is not a positive integer or all"}}) {
     run = RunCli(dir, "bench --batch 1 --repeat 2 --no-reference -q " + args);
     EXPECT_EQ(run.code, 2) << args;
     EXPECT_TRUE(Contains(run.err, message)) << run.err;
@@ -703,17 +704,47 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
                             others + " --threads 01");
   ASSERT_EQ(zeros.code, 0) << zeros.err;
   EXPECT_EQ(zeros.out, run.out);
-  CliRun ten = RunCli(dir, "sample d.npy --seed 10 -n 2 --logprobs 3 --min-keep 5 --top-k 7");
+  // (values whose octal reading differs, option by option)
+  CliRun ten = RunCli(dir,
+                      "sample d.npy --seed 10 --step 10 -n 10 --logprobs 10 --min-keep 10 --top-k "
+                      "11 --history 10,11 --prompt-tokens 12 --repetition-penalty 1.5 --banned 13");
   ASSERT_EQ(ten.code, 0) << ten.err;
   CliRun ten_zeros =
-      RunCli(dir, "sample d.npy --seed 010 -n 02 --logprobs 03 --min-keep 05 --top-k +07");
+      RunCli(dir,
+             "sample d.npy --seed 010 --step 010 -n 010 --logprobs 010 --min-keep 010 --top-k 011 "
+             "--history 010,011 --prompt-tokens 012 --repetition-penalty 1.5 --banned 013");
   ASSERT_EQ(ten_zeros.code, 0) << ten_zeros.err;
   EXPECT_EQ(ten_zeros.out, ten.out);
-  for (const char* other_base : {"--seed 0x10", "--banned 0x3", "--top-k 0b11", "--step 1e3"}) {
+  for (const char* other_base : {"--seed 0x10", "--banned 0x3", "--top-k 0b11", "--step 1e3",
+                                 "--seed +5", "--banned=' 3'", "--top-k=+7"}) {
     CliRun refused = RunCli(dir, std::string("sample d.npy ") + other_base);
     EXPECT_EQ(refused.code, 2) << other_base;
     EXPECT_TRUE(Contains(refused.err, "is not a decimal integer")) << refused.err;
   }
+  // (--logit-bias's tokens are spelled as --params' keys)
+  for (const char* bias : {"--logit-bias=+11:-100", "--logit-bias=' 11:-100'"}) {
+    CliRun refused = RunCli(dir, std::string("sample d.npy ") + bias);
+    EXPECT_EQ(refused.code, 2) << bias;
+    EXPECT_TRUE(Contains(refused.err, "is not TOKEN:BIAS")) << refused.err;
+  }
+  // The other commands' integers: a raw dump's --vocab, inspect's --top,
+  // bench's counts.
+  const std::vector<float> raw = Logits(4, 100, 3);
+  WriteFile(dir / "r.bin", std::string(reinterpret_cast<const char*>(raw.data()), raw.size() * 4));
+  CliRun by_ten = RunCli(dir, "inspect r.bin --dtype f32 --vocab 10 --top 11 --json -q");
+  ASSERT_EQ(by_ten.code, 0) << by_ten.err;
+  CliRun by_ten_zeros = RunCli(dir, "inspect r.bin --dtype f32 --vocab 010 --top 011 --json -q");
+  ASSERT_EQ(by_ten_zeros.code, 0) << by_ten_zeros.err;
+  EXPECT_EQ(by_ten_zeros.out, by_ten.out);
+  CliRun counts = RunCli(dir,
+                         "bench --vocab 1000 --batch 010 --threads 1 --config greedy --repeat 010 "
+                         "--distinct 011 --runs 01 --no-reference -q --json counts.json");
+  ASSERT_EQ(counts.code, 0) << counts.err;
+  const Json doc = Json::parse(ReadFile(dir / "counts.json"));
+  EXPECT_EQ(doc["repeat"], 10);
+  EXPECT_EQ(doc["distinct"], 11);
+  EXPECT_EQ(doc["results"][0]["batch"], 10);
+  EXPECT_FALSE(RunCli(dir, "bench --vocab +1000 --batch 1 -q").code == 0);
 }
 
 // An empty list value ("" from a script's empty variable, or --banned=) is

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -133,16 +134,19 @@ bool parse_int_list(const std::string& option, const std::string& text, std::opt
       out.push_back(*all);
       continue;
     }
-    try {
-      size_t used = 0;
-      const long long v = std::stoll(p, &used);
-      if (used != p.size() || v <= 0) throw std::invalid_argument(p);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      print_error("option " + option + " = " + p + " is not a positive integer" +
+    // (decimal digits only, as every integer option: no '+' or spaces)
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+    if (ec == std::errc::result_out_of_range && end == p.data() + p.size()) {
+      print_error("option " + option + " = " + p + " is out of range");
+      return false;
+    }
+    if (ec != std::errc() || end != p.data() + p.size() || v <= 0) {
+      print_error("option " + option + " = '" + p + "' is not a positive integer" +
                   (all ? " or all" : ""));
       return false;
     }
+    out.push_back(v);
   }
   drop_repeats(out);
   return true;
@@ -221,8 +225,8 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
       "Columns: us/row = median microseconds per row over --repeat calls (with\n"
       "--runs N: the fastest run's); GB/s = logits read per second; roofline =\n"
       "share of a plain vectorised streaming read's bandwidth; x softmax = time over\n"
-      "one max pass and one exp-sum pass per row (Eigen: a plain softmax, which the\n"
-      "trimmed exp of nucleus can beat); x faster = speed-up over a sort-based\n"
+      "one fused max + exp + sum pass per row (Eigen's exp: a plain online softmax,\n"
+      "which the trimmed exp of nucleus can beat); x faster = speed-up over a sort-based\n"
       "sampler (scalar; the float32 rows; timed after the others, with fewer calls).\n"
       "With --runs N each ratio is the median of the N runs' ratios. The roofline\n"
       "and the floor run in the same process, alternating with nucleus, on the same\n"

@@ -56,10 +56,10 @@ CLI::Validator fits_float() {
 CLI::Validator decimal_integer() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        const size_t sign = !text.empty() && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+        const size_t sign = !text.empty() && text[0] == '-' ? 1 : 0;
         if (text.size() == sign ||
             text.find_first_not_of("0123456789", sign) != std::string::npos) {
-          return "value " + text + " is not a decimal integer";
+          return "value '" + text + "' is not a decimal integer";
         }
         const size_t first = std::min(text.find_first_not_of('0', sign), text.size() - 1);
         const bool negative = text[0] == '-' && text.compare(first, std::string::npos, "0") != 0;

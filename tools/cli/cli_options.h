@@ -34,7 +34,8 @@ struct InputOptions {
 CLI::Validator integer_at_least(int64_t lo);
 
 // Every integer option's first transform: a decimal integer (an optional
-// sign, then digits), rewritten without leading zeros. The parser converts
+// '-', then digits: no '+' or spaces, as in --params), rewritten without
+// leading zeros. The parser converts
 // with base 0: "010" would be 8 and "0x10" 16, where the same text in
 // --params, --logit-bias or Python is 10 (or refused).
 CLI::Validator decimal_integer();

@@ -107,7 +107,8 @@ Status summarise_block(Engine& engine, const LogitsView& view, int top_n, std::v
 
 std::string fixed(double value, int decimals) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  // (+ 0.0: a -0 logit prints as 0.000, as --json's 0.0, not -0.000)
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, value + 0.0);
   return buf;
 }
 

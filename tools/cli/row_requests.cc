@@ -205,7 +205,9 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
     const std::string bias_text = pair.substr(colon + 1);
     char* end = nullptr;
     const long long token = std::strtoll(token_text.c_str(), &end, 10);
-    if (token_text.empty() || *end != '\0' || token < INT32_MIN || token > INT32_MAX) {
+    // (the token as --params' keys spell it: no '+' or spaces)
+    if (!detail::is_token_key(token_text) || *end != '\0' || token < INT32_MIN ||
+        token > INT32_MAX) {
       return Status::invalid_argument(bad);
     }
     // (narrowed from a double, as --params' JSON numbers are)
