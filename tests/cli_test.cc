@@ -745,6 +745,18 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   EXPECT_EQ(doc["distinct"], 11);
   EXPECT_EQ(doc["results"][0]["batch"], 10);
   EXPECT_FALSE(RunCli(dir, "bench --vocab +1000 --batch 1 -q").code == 0);
+  // -0 is 0 in --params too (JSON's -0 is a signed integer; it was refused).
+  std::string zero, minus_zero;
+  for (int r = 0; r < 4; ++r) {
+    zero += "{\"seed\": 0, \"step\": 0}\n";
+    minus_zero += "{\"seed\": -0, \"step\": -0}\n";
+  }
+  WriteFile(dir / "zero.jsonl", zero);
+  WriteFile(dir / "minus_zero.jsonl", minus_zero);
+  CliRun plain = RunCli(dir, "sample d.npy --params zero.jsonl");
+  CliRun negated = RunCli(dir, "sample d.npy --params minus_zero.jsonl");
+  ASSERT_EQ(negated.code, 0) << negated.err;
+  EXPECT_EQ(negated.out, plain.out);
 }
 
 // An empty list value ("" from a script's empty variable, or --banned=) is

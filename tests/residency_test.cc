@@ -5,8 +5,8 @@
 // tested on given times; on the machine's own reads, only what holds on
 // every machine: a read from memory is slower than the same read from L1,
 // and a read from L1 is not kMemoryRatio times slower than itself. How much
-// slower memory is differs between machines (8.8-20x for flushed rows on
-// the development machine, under 8x on others), so the verdict on flushed
+// slower memory is differs between machines (5.6-20x for flushed rows on
+// the development machine, mostly under 8x on another), so the verdict on flushed
 // rows is recorded, not asserted. Each case is tried several times and most
 // tries must agree: the machine may stall any one of them.
 #include "engine/parallel/residency.h"

@@ -637,9 +637,13 @@ Result<CaseResult> run_case(const Case& c, const Options& options) {
   // than on one, and nucleus at 1.2x or 1.55x its one-thread speed,
   // depending on which arena kept the worker).
   for (size_t k = 0; k < ws.size(); ++k) {
-    if (Status s = engine.sample(views[k], requests[k], results); !s.ok()) return s;
+    // (named by the batch when --distinct times several)
+    const std::string batch = ws.size() > 1 ? "batch " + std::to_string(k) + ": " : "";
+    if (Status s = engine.sample(views[k], requests[k], results); !s.ok()) {
+      return Status::invalid_argument(batch + s.message());
+    }
     for (const RowResult& r : results) {
-      if (!r.status.ok()) return r.status;
+      if (!r.status.ok()) return Status::invalid_argument(batch + r.status.message());
     }
   }
   volatile double sink = 0;

@@ -8,8 +8,9 @@ namespace nucleus::detail {
 
 // The probe: kProbeBytes of the batch's second row read twice, timed each
 // time. Read from memory, the first read takes many times the second (which
-// finds the bytes in L1): ~9-30x on the development machine (Zen 5; rows
-// flushed from the caches and rows of batches sampled in turn), against
+// finds the bytes in L1): on the development machine (Zen 5) 21-31x for
+// rows of batches sampled in turn, 5.6-20x for rows flushed from the
+// caches (so about half of those count as cached), against
 // ~2-7x for rows in L3 (a batch of 8-16 rows of 128256 float32 sampled again
 // and again) and ~1x in L2. From kMemoryRatio on, the rows count as coming
 // from memory.

@@ -52,8 +52,12 @@ Status to_int32(const std::string& where, const std::string& key, const Json& v,
 }
 
 Status to_uint64(const std::string& where, const std::string& key, const Json& v, uint64_t* out) {
-  if (!v.is_number_unsigned()) return field_error(where, key, v, "is not an integer in [0, 2^64)");
-  *out = v.get<uint64_t>();
+  // (-0 is 0, as the options and Python take it; the parser reads it signed)
+  const bool zero = v.is_number_integer() && v.get<int64_t>() == 0;
+  if (!v.is_number_unsigned() && !zero) {
+    return field_error(where, key, v, "is not an integer in [0, 2^64)");
+  }
+  *out = zero ? 0 : v.get<uint64_t>();
   return Status();
 }
 
