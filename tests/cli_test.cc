@@ -715,17 +715,20 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
              "--history 010,011 --prompt-tokens 012 --repetition-penalty 1.5 --banned 013");
   ASSERT_EQ(ten_zeros.code, 0) << ten_zeros.err;
   EXPECT_EQ(ten_zeros.out, ten.out);
-  for (const char* other_base : {"--seed 0x10", "--banned 0x3", "--top-k 0b11", "--step 1e3",
-                                 "--seed +5", "--banned=' 3'", "--top-k=+7"}) {
-    CliRun refused = RunCli(dir, std::string("sample d.npy ") + other_base);
-    EXPECT_EQ(refused.code, 2) << other_base;
-    EXPECT_TRUE(Contains(refused.err, "is not a decimal integer")) << refused.err;
-  }
   // (--logit-bias's tokens are spelled as --params' keys)
-  for (const char* bias : {"--logit-bias=+11:-100", "--logit-bias=' 11:-100'"}) {
-    CliRun refused = RunCli(dir, std::string("sample d.npy ") + bias);
-    EXPECT_EQ(refused.code, 2) << bias;
-    EXPECT_TRUE(Contains(refused.err, "is not TOKEN:BIAS")) << refused.err;
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string> >{
+           {"--seed 0x10", "is not a decimal integer"},
+           {"--banned 0x3", "is not a decimal integer"},
+           {"--top-k 0b11", "is not a decimal integer"},
+           {"--step 1e3", "is not a decimal integer"},
+           {"--seed +5", "is not a decimal integer"},
+           {"--banned=' 3'", "is not a decimal integer"},
+           {"--top-k=+7", "is not a decimal integer"},
+           {"--logit-bias=+11:-100", "is not TOKEN:BIAS"},
+           {"--logit-bias=' 11:-100'", "is not TOKEN:BIAS"}}) {
+    CliRun refused = RunCli(dir, "sample d.npy " + args);
+    EXPECT_EQ(refused.code, 2) << args;
+    EXPECT_TRUE(Contains(refused.err, message)) << refused.err;
   }
   // The other commands' integers: a raw dump's --vocab, inspect's --top,
   // bench's counts.

@@ -11,6 +11,7 @@
 #include <ctime>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -50,30 +51,24 @@ std::string command_line() {
   return line;
 }
 
-// A field of the first CPU in /proc/cpuinfo ("model name", "cpu family"),
-// or "".
-std::string cpu_field(std::string_view name) {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    const size_t colon = line.find(':');
-    if (colon == std::string::npos || line.rfind(name, 0) != 0 ||
-        line.find_first_not_of(" \t", name.size()) != colon) {
-      continue;
-    }
-    const size_t from = line.find_first_not_of(" \t", colon + 1);
-    return from == std::string::npos ? std::string() : line.substr(from);
-  }
-  return {};
-}
-
 // The CPU's model name, and its family, model and stepping (a name such as
-// "AMD EPYC" covers several generations), or "".
+// "AMD EPYC" covers several generations), from the first CPU's fields in
+// /proc/cpuinfo; or "".
 std::string cpu_model() {
-  std::string text = cpu_field("model name");
-  const std::string family = cpu_field("cpu family"), model = cpu_field("model"),
-                    stepping = cpu_field("stepping");
-  if (!family.empty()) {
-    text += " (family " + family + ", model " + model + ", stepping " + stepping + ")";
+  std::map<std::string, std::string> field;
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line) && !line.empty();) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    const size_t key_end = line.find_last_not_of(" \t", colon - 1);
+    const size_t from = line.find_first_not_of(" \t", colon + 1);
+    field[line.substr(0, key_end == std::string::npos ? 0 : key_end + 1)] =
+        from == std::string::npos ? std::string() : line.substr(from);
+  }
+  std::string text = field["model name"];
+  if (field.count("cpu family") > 0) {
+    text += " (family " + field["cpu family"] + ", model " + field["model"] + ", stepping " +
+            field["stepping"] + ")";
   }
   return text;
 }
@@ -198,14 +193,12 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
   c->app->add_option("--tensor", c->tensor, "The --input .safetensors tensor to read")
       ->needs("--input");
   c->app->add_option("--repeat", c->repeat, "Timed calls per measurement (median kept)")
-      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
       ->add_option("--runs", c->runs,
                    "Run the grid this many times; each case keeps its best run (the fastest "
                    "median), with the baselines timed in that run")
-      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app
@@ -213,7 +206,6 @@ void add_bench_command(CLI::App* app, BenchCommand* c) {
                    "Time this many different batches of the same kind in turn (call i reads "
                    "batch i mod N), the baselines too: with 1 every call reads the same batch, "
                    "whose rows stay in cache and whose branches the CPU learns")
-      ->transform(decimal_integer())
       ->check(integer_at_least(1))
       ->capture_default_str();
   c->app->add_flag("--no-reference", c->no_reference,

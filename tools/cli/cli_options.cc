@@ -53,6 +53,8 @@ CLI::Validator fits_float() {
 
 }  // namespace
 
+namespace {
+
 CLI::Validator decimal_integer() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
@@ -69,6 +71,17 @@ CLI::Validator decimal_integer() {
       "");
 }
 
+}  // namespace
+
+void decimal_integers(CLI::App* command) {
+  for (CLI::Option* option : command->get_options()) {
+    // (the parser's own name for the option's type, before any check's)
+    const std::string type = option->get_type_name().substr(0, option->get_type_name().find(':'));
+    if (type == "INT" || type == "UINT") option->transform(decimal_integer());
+  }
+  for (CLI::App* sub : command->get_subcommands({})) decimal_integers(sub);
+}
+
 // (in place of CLI11's PositiveNumber and NonNegativeNumber, which print
 // their range as "0.000000 to 1.79769e+308", whatever the bound)
 CLI::Validator integer_at_least(int64_t lo) {
@@ -77,12 +90,8 @@ CLI::Validator integer_at_least(int64_t lo) {
         int64_t value = 0;
         const char* end = text.data() + text.size();
         const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-        if (ec == std::errc::result_out_of_range && ptr == end) {
-          return "value " + text + " is out of range";
-        }
-        if (text.empty() || ec != std::errc() || ptr != end) {
-          return "value " + text + " is not an integer";
-        }
+        // (decimal_integers made the text digits: only their range can fail)
+        if (ec != std::errc() || ptr != end) return "value " + text + " is out of range";
         if (value < lo) return "value " + text + " is below " + std::to_string(lo);
         return std::string();
       },
@@ -103,12 +112,10 @@ void add_input_options(CLI::App* command, InputOptions* options) {
   command->add_option("--dtype", options->dtype, "Raw dumps: element type, f32, f16 or bf16")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "float32", "float16", "half", "bfloat16"}));
   command->add_option("--vocab", options->vocab, "Raw dumps: values per row")
-      ->transform(decimal_integer())
       ->check(integer_at_least(1));
   command
       ->add_option("--block-mb", options->block_mb,
                    "Memory per block of rows, in MiB; larger dumps are read block by block")
-      ->transform(decimal_integer())
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
 }
@@ -251,7 +258,6 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-k", p.top_k, "Keep the k most likely tokens; 0 or -1 = off")
-      ->transform(decimal_integer())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--top-p", p.top_p, "Nucleus: keep the smallest set of mass >= p; 1 = off")
@@ -271,7 +277,6 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->capture_default_str()
       ->group(filters);
   command->add_option("--min-keep", p.min_keep, "Every filter keeps at least this many tokens")
-      ->transform(decimal_integer())
       ->capture_default_str()
       ->group(filters);
   command->add_option("--preset", o->preset, "Filter order: hf, vllm or llama.cpp")
@@ -294,17 +299,14 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
       ->add_option("--history", o->history,
                    "Generated tokens, comma-separated (penalties), e.g. 5,17,17")
       ->delimiter(',')
-      ->transform(decimal_integer())
       ->group(filters);
   command
       ->add_option("--prompt-tokens", o->prompt_tokens,
                    "Prompt tokens, comma-separated (repetition penalty only)")
       ->delimiter(',')
-      ->transform(decimal_integer())
       ->group(filters);
   command->add_option("--banned", o->banned, "Banned token ids, comma-separated")
       ->delimiter(',')
-      ->transform(decimal_integer())
       ->group(filters);
   command
       ->add_option("--logit-bias", o->logit_bias,
@@ -319,23 +321,19 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
                        "Seed S: row r is drawn with seed S + r (rows differ, and a row's "
                        "tokens do not depend on the block or thread count). Without it, "
                        "rows are unseeded and differ from run to run")
-          ->transform(decimal_integer())
           ->check(unsigned_64())
           ->group(draws);
   command->add_option("--step", o->step, "Decoding step (the Philox counter) for every row")
-      ->transform(decimal_integer())
       ->check(unsigned_64())
       ->capture_default_str()
       ->group(draws);
   if (flags.draws) {
     command->add_option("--num-samples,-n", p.num_samples, "Independent draws per row")
-        ->transform(decimal_integer())
         ->capture_default_str()
         ->group(draws);
     command
         ->add_option("--logprobs", p.top_logprobs,
                      "Also report the top N (token, logprob) and each sample's rank; 0 = off")
-        ->transform(decimal_integer())
         ->capture_default_str()
         ->group(draws);
     command
@@ -357,7 +355,6 @@ void add_sampling_options(CLI::App* command, SamplingOptions* o, SamplingFlags f
 
 void add_run_options(CLI::App* command, int* threads, bool* quiet) {
   command->add_option("--threads", *threads, "Threads for the engine; 0 = every core")
-      ->transform(decimal_integer())
       ->check(integer_at_least(0))
       ->capture_default_str();
   command->add_flag("--quiet,-q", *quiet, "No progress bar and no summary on stderr");

@@ -33,12 +33,13 @@ struct InputOptions {
 // An integer >= lo, as an option's check.
 CLI::Validator integer_at_least(int64_t lo);
 
-// Every integer option's first transform: a decimal integer (an optional
-// '-', then digits: no '+' or spaces, as in --params), rewritten without
-// leading zeros. The parser converts
-// with base 0: "010" would be 8 and "0x10" 16, where the same text in
-// --params, --logit-bias or Python is 10 (or refused).
-CLI::Validator decimal_integer();
+// Gives every integer option of `command` and its subcommands (by its
+// type, INT or UINT) a first transform: a decimal integer (an optional '-',
+// then digits: no '+' or spaces, as in --params), rewritten without leading
+// zeros. The parser converts with base 0: "010" would be 8 and "0x10" 16,
+// where the same text in --params, --logit-bias or Python is 10 (or
+// refused). Called once every option is added.
+void decimal_integers(CLI::App* command);
 
 // INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.
 void add_input_options(CLI::App* command, InputOptions* options);

@@ -172,7 +172,6 @@ void add_inspect_command(CLI::App* app, InspectCommand* c) {
   c->app->footer(kInspectFooter);
   add_input_options(c->app, &c->input);
   c->app->add_option("--top", c->top, "How many top tokens to list per row")
-      ->transform(decimal_integer())
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
   c->app->add_flag("--json", c->json, "One JSON document instead of a table");

@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   add_probs_command(&app, &probs);
   add_inspect_command(&app, &inspect);
   add_bench_command(&app, &bench);
+  decimal_integers(&app);
 
   std::vector<const char*> args(argv, argv + argc);
   // (an option of the command named, if any, that takes a value)
