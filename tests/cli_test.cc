@@ -364,6 +364,11 @@ TEST(Cli, BenchRunsEveryCaseAndInstructionSet) {
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--distinct 100000")) << run.err;
   EXPECT_TRUE(Contains(run.err, "GiB")) << run.err;
+  // (a vocab past token ids' range is refused as such, not after its rows
+  // are made: they would take 8 GiB)
+  run = RunCli(dir, "bench --vocab 1000,2147483648 --batch 1 --threads 1 -q");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "--vocab = 2147483648 is above 2147483647")) << run.err;
   run = RunCli(dir, "bench --vocab 1000 --batch 1 --threads 1 --distinct 0 -q");
   EXPECT_EQ(run.code, 2);
   EXPECT_TRUE(Contains(run.err, "--distinct")) << run.err;
@@ -1098,6 +1103,13 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"threads range",
        "good.npy --threads 99999999999999999999",
        {"--threads", "99999999999999999999 is out of range"}},
+      {"top-k range",
+       "good.npy --top-k 99999999999",
+       {"option --top-k = 99999999999 is out of range"}},
+      {"history item range",
+       "good.npy --history 1,3000000000,2",
+       {"option --history = 3000000000 is out of range"}},
+      {"top-p not a number", "good.npy --top-p abc", {"option --top-p = 'abc' is not a number"}},
       {"seed", "good.npy --seed -1", {"--seed", "-1", "[0, 2^64)"}},
       {"top-p", "good.npy --top-p 1.5", {"--top-p", "1.5"}},
       {"temperature", "good.npy --temperature -1", {"--temperature", "-1"}},

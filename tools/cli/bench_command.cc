@@ -6,6 +6,7 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -120,7 +121,7 @@ void drop_repeats(std::vector<T>& v) {
 
 // `all` (the core count) where the option allows it (--threads).
 bool parse_int_list(const std::string& option, const std::string& text, std::optional<int64_t> all,
-                    std::vector<int64_t>& out) {
+                    std::vector<int64_t>& out, int64_t most = INT64_MAX, const char* most_is = "") {
   out.clear();
   const std::optional<std::vector<std::string>> items = list_items(option, text);
   if (!items) return false;
@@ -139,6 +140,10 @@ bool parse_int_list(const std::string& option, const std::string& text, std::opt
     if (ec != std::errc() || end != p.data() + p.size() || v <= 0) {
       print_error("option " + option + " = '" + p + "' is not a positive integer" +
                   (all ? " or all" : ""));
+      return false;
+    }
+    if (v > most) {
+      print_error("option " + option + " = " + p + " is above " + std::to_string(most) + most_is);
       return false;
     }
     out.push_back(v);
@@ -238,7 +243,8 @@ int run_bench(const BenchCommand& c) {
   const auto all = static_cast<int64_t>(
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
   std::vector<int64_t> vocabs, batches, threads;
-  if (!parse_int_list("--vocab", c.vocab, std::nullopt, vocabs) ||
+  if (!parse_int_list("--vocab", c.vocab, std::nullopt, vocabs, INT32_MAX,
+                      " (token ids are int32)") ||
       !parse_int_list("--batch", c.batch, std::nullopt, batches) ||
       !parse_int_list("--threads", c.threads, all, threads)) {
     return kExitFailure;

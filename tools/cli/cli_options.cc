@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "engine/io/json_text.h"
 #include "engine/row/params_check.h"
@@ -80,6 +82,44 @@ void decimal_integers(CLI::App* command) {
     if (type == "INT" || type == "UINT") option->transform(decimal_integer());
   }
   for (CLI::App* sub : command->get_subcommands({})) decimal_integers(sub);
+}
+
+std::string parse_error_message(const CLI::App& command, const CLI::ParseError& error) {
+  const std::string what = error.what();
+  const std::string prefix = "Could not convert: ";
+  const size_t equals = what.find(" = ");
+  if (what.compare(0, prefix.size(), prefix) != 0 || equals == std::string::npos) return what;
+  const std::string name = what.substr(prefix.size(), equals - prefix.size());
+  const std::string value = what.substr(equals + 3);
+  const CLI::Option* option = command.get_option_no_throw(name);
+  if (option == nullptr) return what;
+  const std::string type = option->get_type_name().substr(0, option->get_type_name().find(':'));
+  // (the items are decimal integers by now: decimal_integers' transform ran
+  // before the conversion, so only an item's range can fail: one that fits
+  // no 64-bit integer, or else the first that does not fit 32 bits)
+  if (type == "INT" || type == "UINT") {
+    std::vector<std::string> items;
+    for (size_t begin = 0;;) {
+      const size_t comma = value.find(',', begin);
+      items.push_back(value.substr(begin, comma - begin));
+      if (comma == std::string::npos) break;
+      begin = comma + 1;
+    }
+    const auto fits = [](const std::string& item, auto type) {
+      decltype(type) v{};
+      const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+      return ec == std::errc() && end == item.data() + item.size();
+    };
+    auto bad = std::find_if(items.begin(), items.end(), [&](const std::string& i) {
+      return !fits(i, int64_t{}) && !fits(i, uint64_t{});
+    });
+    if (bad == items.end()) {
+      bad = std::find_if(items.begin(), items.end(),
+                         [&](const std::string& i) { return !fits(i, int32_t{}); });
+    }
+    return "option " + name + " = " + (bad == items.end() ? value : *bad) + " is out of range";
+  }
+  return "option " + name + " = '" + value + "' is not a number";
 }
 
 // (in place of CLI11's PositiveNumber and NonNegativeNumber, which print

@@ -41,6 +41,13 @@ CLI::Validator integer_at_least(int64_t lo);
 // refused). Called once every option is added.
 void decimal_integers(CLI::App* command);
 
+// The message for a value the parser could not convert, which CLI11 words
+// "Could not convert: --top-k = 99999999999" (a list's items joined by
+// commas): an integer out of its type's range or a value that is not a
+// number, naming the option and the item. `command` is the command parsed
+// (or the program). Any other parse error's message is returned as it is.
+std::string parse_error_message(const CLI::App& command, const CLI::ParseError& error);
+
 // INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.
 void add_input_options(CLI::App* command, InputOptions* options);
 

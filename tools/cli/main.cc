@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
                   "' (expected sample, probs, inspect or bench; see --help)");
       return kExitFailure;
     }
-    print_error(std::string(e.what()) + " (see --help)");
+    const std::vector<CLI::App*> parsed = app.get_subcommands();
+    print_error(parse_error_message(parsed.empty() ? app : *parsed.front(), e) + " (see --help)");
     return kExitFailure;
   }
   try {
