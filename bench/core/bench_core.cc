@@ -529,13 +529,8 @@ double softmax_floor_pass(const Workload& w, int threads, Isa isa, Engine* engin
     });
     double total = 0.0;
     for (int64_t r = 0; r < w.rows; ++r) {
-      const auto first = masses.begin() + r * per_row, last = first + per_row;
-      const float max = std::max_element(first, last, [](const Mass& a, const Mass& b) {
-                          return a.max < b.max;
-                        })->max;
-      for (auto m = first; m != last; ++m) {
-        total += m->sum * std::exp(static_cast<double>(m->max) - max);
-      }
+      const auto first = masses.begin() + r * per_row;
+      total += std::accumulate(first + 1, first + per_row, *first, combined).sum;
     }
     return total;
   });

@@ -121,10 +121,10 @@ struct Online {
 
   // {max, Σ exp(x - max)} of everything added.
   Mass mass() const {
-    const float max = std::max(ei::predux_max(m), tail_max);
-    const Packet to_max = ei::pexp(ei::psub(m, ei::pset1<Packet>(max)));
-    const double lanes = ei::predux(ei::pmul(ei::padd(s0, s1), to_max));
-    return Mass{max, lanes + tail * std::exp(static_cast<double>(tail_max) - max)};
+    const float lanes_max = ei::predux_max(m);
+    const Packet to_max = ei::pexp(ei::psub(m, ei::pset1<Packet>(lanes_max)));
+    return combined(Mass{lanes_max, ei::predux(ei::pmul(ei::padd(s0, s1), to_max))},
+                    Mass{tail_max, tail});
   }
 };
 

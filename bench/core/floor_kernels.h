@@ -3,6 +3,7 @@
 // run compares the engine with baselines built for the same instruction set.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "nucleus/engine.h"
@@ -16,6 +17,13 @@ struct Mass {
   float max = 0.0f;
   double sum = 0.0;
 };
+
+// The mass of two slices together.
+inline Mass combined(const Mass& a, const Mass& b) {
+  const float max = a.max < b.max ? b.max : a.max;
+  return Mass{max, a.sum * std::exp(static_cast<double>(a.max) - max) +
+                       b.sum * std::exp(static_cast<double>(b.max) - max)};
+}
 
 struct FloorKernels {
   Isa isa;
