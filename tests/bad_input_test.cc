@@ -435,7 +435,7 @@ void CheckFileCase(const fs::path& dir, const FileCase& c) {
   for (const std::string command : {"sample", "probs"}) {
     if (c.sample_only && command == "probs") continue;
     SCOPED_TRACE(command);
-    const std::string output = " -o out/" + command + ".out";
+    const std::string output = " -o out/" + command + (command == "probs" ? ".npy" : ".jsonl");
     ExpectCliFailure(RunCli(dir, command + " " + Quote(c.file) + " " + c.args + output), c.message,
                      out_dir);
   }

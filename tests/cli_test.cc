@@ -701,6 +701,20 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
                              others);
   ASSERT_EQ(spread.code, 0) << spread.err;
   EXPECT_EQ(spread.out, run.out);
+  // The input may follow a list (spread or joined): an argument not written
+  // as the list's items ends it.
+  CliRun input_last = RunCli(dir,
+                             "sample --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
+                             "--banned 7 8 --logit-bias 11:1.5 12:-2 d.npy" +
+                                 others);
+  ASSERT_EQ(input_last.code, 0) << input_last.err;
+  EXPECT_EQ(input_last.out, run.out);
+  CliRun after_joined = RunCli(dir,
+                               "sample --seed 8 --step 4 --history 1 2,2 --banned 7 8 "
+                               "--logit-bias 11:1.5 12:-2 --prompt-tokens=3,5 d.npy" +
+                                   others);
+  ASSERT_EQ(after_joined.code, 0) << after_joined.err;
+  EXPECT_EQ(after_joined.out, run.out);
   // Integers are decimal whatever their leading zeros, as in --params and
   // Python (the parser read "010" as octal 8); another base is refused.
   CliRun zeros = RunCli(dir,
@@ -720,6 +734,16 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
              "--history 010,011 --prompt-tokens 012 --repetition-penalty 1.5 --banned 013");
   ASSERT_EQ(ten_zeros.code, 0) << ten_zeros.err;
   EXPECT_EQ(ten_zeros.out, ten.out);
+  // Decimal numbers in every form JSON writes, and "1." or ".5", are floats.
+  CliRun floats = RunCli(dir,
+                         "sample d.npy --seed 3 --temperature 0.5 --top-p 0.95 --min-p 0.05 "
+                         "--logit-bias 11:-1.5,12:-inf");
+  ASSERT_EQ(floats.code, 0) << floats.err;
+  CliRun floats_spelled = RunCli(dir,
+                                 "sample d.npy --seed 3 --temperature .5 --top-p 95E-2 --min-p "
+                                 "5.e-2 --logit-bias 11:-15e-1,12:-Infinity");
+  ASSERT_EQ(floats_spelled.code, 0) << floats_spelled.err;
+  EXPECT_EQ(floats_spelled.out, floats.out);
   // (--logit-bias's tokens are spelled as --params' keys)
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string> >{
            {"--seed 0x10", "is not a decimal integer"},
@@ -1109,7 +1133,15 @@ TEST(Cli, MalformedInputsFailCleanly) {
       {"history item range",
        "good.npy --history 1,3000000000,2",
        {"option --history = 3000000000 is out of range"}},
-      {"top-p not a number", "good.npy --top-p abc", {"option --top-p = 'abc' is not a number"}},
+      {"top-p not a number",
+       "good.npy --top-p abc",
+       {"--top-p: value 'abc' is not a decimal number"}},
+      // (floats are decimal as --params' JSON numbers are: strtod reads
+      // hexadecimal, '+' and leading spaces)
+      {"temperature hex", "good.npy --temperature 0x10", {"'0x10' is not a decimal number"}},
+      {"temperature plus", "good.npy --temperature=+1", {"'+1' is not a decimal number"}},
+      {"bias hex", "good.npy --logit-bias 3:0x10", {"--logit-bias = '3:0x10' is not TOKEN:BIAS"}},
+      {"bias space", "good.npy --logit-bias='3: 5'", {"--logit-bias = '3: 5' is not TOKEN:BIAS"}},
       {"seed", "good.npy --seed -1", {"--seed", "-1", "[0, 2^64)"}},
       {"top-p", "good.npy --top-p 1.5", {"--top-p", "1.5"}},
       {"temperature", "good.npy --temperature -1", {"--temperature", "-1"}},
@@ -1223,6 +1255,15 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   CliRun nowhere = RunCli(dir, "probs d.npy -o no/such/dir/p.npy");
   EXPECT_EQ(nowhere.code, 2);
   EXPECT_TRUE(Contains(nowhere.err, "p.npy")) << nowhere.err;
+  // A .npy under another name would be read back as another format.
+  for (const char* name : {"p.safetensors", "p.bin", "p"}) {
+    CliRun other = RunCli(dir, std::string("probs d.npy -o ") + name);
+    EXPECT_EQ(other.code, 2) << name;
+    EXPECT_TRUE(Contains(other.err, "give a path ending in .npy")) << other.err;
+    EXPECT_FALSE(fs::exists(dir / name)) << name;
+  }
+  CliRun upper = RunCli(dir, "probs d.npy -o P.NPY");
+  EXPECT_EQ(upper.code, 0) << upper.err;
   // An empty path is refused before any work, by every command that writes
   // to a path (sample would otherwise write to standard output, bench no
   // JSON at all).

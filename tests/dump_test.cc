@@ -532,6 +532,13 @@ TEST(DumpRaw, NeedsDtypeAndVocabThatDivideTheSize) {
   ExpectError(DumpReader::open(dir / "r.bin"), {"r.bin", "dtype and vocab"});
   WriteFile(dir / "r.pt", FloatBytes(RandomLogits(10, 9)));
   ExpectError(DumpReader::open(dir / "r.pt"), {"r.pt", "unknown format", "'.pt'"});
+  // (a .npz is an archive, never raw rows, even with a dtype and vocab)
+  WriteFile(dir / "r.npz", FloatBytes(RandomLogits(10, 9)));
+  DumpOptions raw_options;
+  raw_options.dtype = DType::kFloat32;
+  raw_options.vocab = 10;
+  ExpectError(DumpReader::open(dir / "r.npz"), {"r.npz", "NumPy archive", "numpy.save"});
+  ExpectError(DumpReader::open(dir / "r.npz", raw_options), {"r.npz", "NumPy archive"});
   DumpOptions options;
   options.dtype = DType::kFloat32;
   ExpectError(DumpReader::open(dir / "r.bin", options), {"r.bin", "needs its vocab to be given"});
@@ -567,6 +574,10 @@ TEST(DumpOpen, ReportsMissingFilesAndDirectories) {
   ExpectError(DumpReader::open(dir / "missing.npy"),
               {"missing.npy", "cannot open", "No such file"});
   ExpectError(DumpReader::open(dir), {dir.string(), "directory"});
+  // (an empty path, from a script's unset variable, is named as such)
+  const Result<DumpReader> empty = DumpReader::open("");
+  ExpectError(empty, {"dump path is empty"});
+  EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(DumpFromBytes, SniffsNumPyAndFallsBackToRaw) {

@@ -105,6 +105,13 @@ Result<DumpFormat> detect_format(const std::string& path, ByteSource& source,
   const std::string ext = detail::extension_of(path);
   if (ext == ".npy") return DumpFormat::kNpy;
   if (ext == ".safetensors") return DumpFormat::kSafetensors;
+  // (never raw rows, whatever dtype and vocab are given: they would be its
+  // zip headers and compressed bytes)
+  if (ext == ".npz") {
+    return Status::io_error(name +
+                            ": a NumPy archive (.npz, a zip of arrays) is not a dump: save the "
+                            "logits array with numpy.save as a .npy");
+  }
   if (options.dtype && options.vocab > 0) return DumpFormat::kRaw;
   if (detail::raw_dump_extension(ext)) {
     return Status::io_error(name + ": a raw dump (extension '" + ext + "') needs " +
@@ -370,6 +377,7 @@ DumpReader& DumpReader::operator=(DumpReader&&) noexcept = default;
 DumpReader::~DumpReader() = default;
 
 Result<DumpReader> DumpReader::open(const std::string& path, const DumpOptions& options) {
+  if (path.empty()) return Status::invalid_argument("dump path is empty (\"-\" reads stdin)");
   const std::string name = path == "-" ? std::string("<stdin>") : path;
   if (Status s = check_options(name, options); !s.ok()) return s;
   Result<ByteSource> source =

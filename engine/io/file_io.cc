@@ -673,6 +673,14 @@ Status AtomicFile::commit() {
     discard();
     return s;
   }
+  // (a file that replaces another reaches the disk first: after a crash the
+  // name holds the old file or the whole new one, never a part of it; a
+  // file system that cannot sync says EINVAL, and has nothing to lose)
+  if ((!temp_path_.empty() || !stem_.empty()) && ::fdatasync(fd_) != 0 && errno != EINVAL) {
+    const int err = errno;
+    discard();
+    return Status::io_error(path_ + ": cannot write: " + errno_text(err));
+  }
   if (temp_path_.empty() && !stem_.empty()) {
     // The unnamed temporary gets its name now, just before it replaces the
     // destination (a link cannot replace a file; the rename below does).

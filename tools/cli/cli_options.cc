@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/ascii_lower.h"
 #include "engine/io/json_text.h"
 #include "engine/row/params_check.h"
 #include "tools/cli/progress.h"
@@ -35,12 +36,16 @@ CLI::Validator unsigned_64() {
       "UINT64");
 }
 
-// A number that a float holds: "1e40" would otherwise become inf, and be
-// refused as "inf" by the range checks (which "inf" and "nan" spelled out,
-// and anything not a number, still go to), "1e-50" 0 (float_range_error).
+// A decimal number that a float holds: "1e40" would otherwise become inf,
+// and be refused as "inf" by the range checks (which "inf" and "nan" spelled
+// out, and anything not a number, still go to), "1e-50" 0
+// (float_range_error).
 CLI::Validator fits_float() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
+        if (!text.empty() && !is_decimal_number(text)) {
+          return "value '" + text + "' is not a decimal number";
+        }
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
         if (!text.empty() && *end == '\0') {
@@ -74,6 +79,29 @@ CLI::Validator decimal_integer() {
 }
 
 }  // namespace
+
+bool is_decimal_number(std::string_view text) {
+  if (text.starts_with('-')) text.remove_prefix(1);
+  const std::string word = detail::ascii_lower(text);
+  if (word == "inf" || word == "infinity" || word == "nan") return true;
+  const auto digits = [&text] {
+    const size_t n = std::min(text.find_first_not_of("0123456789"), text.size());
+    text.remove_prefix(n);
+    return n;
+  };
+  size_t mantissa = digits();
+  if (text.starts_with('.')) {
+    text.remove_prefix(1);
+    mantissa += digits();
+  }
+  if (mantissa == 0) return false;
+  if (text.starts_with('e') || text.starts_with('E')) {
+    text.remove_prefix(1);
+    if (text.starts_with('-') || text.starts_with('+')) text.remove_prefix(1);
+    if (digits() == 0) return false;
+  }
+  return text.empty();
+}
 
 void decimal_integers(CLI::App* command) {
   for (CLI::Option* option : command->get_options()) {
@@ -240,7 +268,7 @@ std::optional<std::string> normalize_list_arguments(
     return "option " + std::string(option) + " = '" + std::string(value) +
            "' has an empty item (a comma at an end, or two in a row)";
   };
-  std::vector<const char*> out;
+  std::vector<const char*> out, moved;
   const std::vector<const char*>& in = *args;
   for (size_t i = 0; i < in.size(); ++i) {
     const std::string_view arg = in[i];
@@ -265,26 +293,55 @@ std::optional<std::string> normalize_list_arguments(
       }
       continue;
     }
-    if (arg.size() > list->size()) {  // --banned=VALUE
+    // --banned=VALUE or --banned VALUE...: the values up to the next option
+    // ("--history 1 2 3" is a list too), or to the first argument after the
+    // first value that is not written as the list's items are (the input
+    // path: "--banned 7 d.npy"); empty ones add nothing, and an option left
+    // with no values is dropped (the parser would read "" as token 0).
+    const bool joined = arg.size() > list->size();
+    const bool bias = *list == "--logit-bias";
+    const auto item_like = [bias](std::string_view value) {
+      if (!bias) return value.find_first_not_of("0123456789,") == std::string_view::npos;
+      // (TOKEN:BIAS pairs: each item has a ':', and a bias is a number)
+      for (size_t begin = 0; begin <= value.size();) {
+        const size_t comma = std::min(value.find(',', begin), value.size());
+        const std::string_view item = value.substr(begin, comma - begin);
+        if (item.find(':') == std::string_view::npos ||
+            item.find_first_not_of("0123456789:+-.eEinfINF") != std::string_view::npos) {
+          return false;
+        }
+        begin = comma + 1;
+      }
+      return true;
+    };
+    if (joined) {
       const std::string_view value = arg.substr(list->size() + 1);
       if (has_empty(value)) return message(*list, value);
-      if (!value.empty()) out.push_back(in[i]);
-      continue;
+      if (value.empty()) continue;  // (an empty list, which takes nothing more)
+      out.push_back(in[i]);
     }
-    // --banned VALUE...: the values up to the next option ("--history 1 2 3"
-    // is a list too); empty ones add nothing, and an option left with no
-    // values is dropped (the parser would read "" as token 0).
     size_t j = i + 1;
     std::vector<const char*> values;
-    for (; j < in.size() && in[j][0] != '-'; ++j) {
+    for (; j < in.size() && in[j][0] != '-' && ((j == i + 1 && !joined) || item_like(in[j])); ++j) {
       if (has_empty(in[j])) return message(*list, in[j]);
       if (in[j][0] != '\0') values.push_back(in[j]);
     }
-    if (!values.empty() || j == i + 1) {  // (no value at all: the parser's error)
+    if (!joined && (!values.empty() || j == i + 1)) {  // (no value at all: the parser's error)
       out.push_back(in[i]);
-      out.insert(out.end(), values.begin(), values.end());
+    }
+    out.insert(out.end(), values.begin(), values.end());
+    // (the parser would take the arguments that ended the list for more
+    // items: they are moved past a "--", where they are positional)
+    if (joined || j > i + 1) {
+      while (j < in.size() && in[j][0] != '-') moved.push_back(in[j++]);
     }
     i = j - 1;
+  }
+  if (!moved.empty()) {
+    auto dashes = std::find_if(out.begin(), out.end(),
+                               [](const char* a) { return std::string_view(a) == "--"; });
+    if (dashes == out.end()) dashes = out.insert(out.end(), "--");
+    out.insert(dashes + 1, moved.begin(), moved.end());
   }
   *args = std::move(out);
   return std::nullopt;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "nucleus/dump.h"
@@ -29,6 +30,12 @@ struct InputOptions {
   int64_t vocab = 0;
   int64_t block_mb = 64;
 };
+
+// A number written in decimal, as JSON writes one ("-1.5e3"; also "1." and
+// ".5"), or inf, infinity or nan (any case, '-' allowed), which the checks
+// then judge: no '+', spaces or hexadecimal ("0x10" is 16 to strtod), so
+// that an option reads a value as --params reads it, or refuses it.
+bool is_decimal_number(std::string_view text);
 
 // An integer >= lo, as an option's check.
 CLI::Validator integer_at_least(int64_t lo);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/io/dump_extension.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
 #include "tools/cli/commands.h"
@@ -36,6 +37,13 @@ void add_probs_command(CLI::App* app, ProbsCommand* c) {
 int run_probs(const ProbsCommand& c) {
   if (c.output == "-" || c.output.empty()) {
     print_error("option --output = '" + c.output + "': probs writes a .npy file; give its path");
+    return kExitFailure;
+  }
+  // (a .npy under another name would be read back as that format: a raw
+  // .bin with its header taken for logits, a .safetensors refused)
+  if (detail::extension_of(c.output) != ".npy") {
+    print_error("option --output = '" + c.output +
+                "': probs writes a .npy file; give a path ending in .npy");
     return kExitFailure;
   }
   // (the options against a given --vocab before the dump: opening a raw

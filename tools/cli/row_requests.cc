@@ -11,6 +11,7 @@
 #include "engine/io/file_io.h"
 #include "engine/io/json_text.h"
 #include "engine/row/params_check.h"
+#include "tools/cli/cli_options.h"
 
 namespace nucleus::cli {
 namespace {
@@ -216,7 +217,7 @@ Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBi
     }
     // (narrowed from a double, as --params' JSON numbers are)
     const double bias = std::strtod(bias_text.c_str(), &end);
-    if (bias_text.empty() || *end != '\0') return Status::invalid_argument(bad);
+    if (!is_decimal_number(bias_text) || *end != '\0') return Status::invalid_argument(bad);
     if (const std::string why = detail::float32_range_error(bias); !why.empty()) {
       return Status::invalid_argument("option --logit-bias = '" + pair + "': bias " + bias_text +
                                       " " + why);
