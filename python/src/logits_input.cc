@@ -282,8 +282,12 @@ LogitsInput LogitsInput::from_object(py::handle object, const char* what, bool a
     try {
       array = numpy_array(object);
     } catch (py::error_already_set& e) {
-      throw py::type_error(std::string(what) + ": cannot read a " + type_name(object) +
-                           " as logits (" + e.what() + ")");
+      // (numpy's ValueError, a ragged list's, stays one: the values are of
+      // a type it reads, in a shape it cannot make)
+      const std::string message = std::string(what) + ": cannot read a " + type_name(object) +
+                                  " as logits (" + e.what() + ")";
+      if (e.matches(PyExc_ValueError)) throw py::value_error(message);
+      throw py::type_error(message);
     }
     const char kind = array.dtype().kind();
     // (the type before the shape: bytes or an opaque object is a 0-d array

@@ -280,3 +280,9 @@ def test_torch_tensors(engine, rng):
     result = engine.sample(t, seed=torch.tensor([5, 6, 7, 8]), top_p=0.9, top_k=50,
                            temperature=torch.full((4,), 0.8), logprobs=3)
     same_result(result, expected)
+
+
+def test_a_ragged_list_is_a_value_error(engine):
+    # (a bad shape, as python.md says, not a type numpy cannot read)
+    with pytest.raises(ValueError, match="logits: cannot read a list as logits"):
+        engine.sample([[1.0, 2.0], [3.0]])
