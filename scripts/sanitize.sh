@@ -34,7 +34,9 @@ run_asan() {
   #   engine_statistical_test - 10^6 draws per configuration; minutes under
   #     ASan, and its code paths are the reference test's;
   #   allocation_test - counts operator new, which ASan replaces; a test of
-  #     the steady state, not of memory safety.
+  #     the steady state, not of memory safety;
+  #   residency_test - times reads of rows flushed from the page cache,
+  #     which a sanitized build slows unevenly.
   local tests=(errors_test processors_test filters_test dump_test verify_test
                reproducibility_test engine_reference_test c_api_test cli_test
                bad_input_test load_test fuzz_regression_test isa_test mass_test scan_test

@@ -702,7 +702,8 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   ASSERT_EQ(spread.code, 0) << spread.err;
   EXPECT_EQ(spread.out, run.out);
   // The input may follow a list (spread or joined): an argument not written
-  // as the list's items ends it.
+  // as the list's items ends it. ("--banned=" is an empty value, as
+  // "--banned ''" is, which the values after it may follow.)
   CliRun input_last = RunCli(dir,
                              "sample --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
                              "--banned 7 8 --logit-bias 11:1.5 12:-2 d.npy" +
@@ -710,7 +711,7 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   ASSERT_EQ(input_last.code, 0) << input_last.err;
   EXPECT_EQ(input_last.out, run.out);
   CliRun after_joined = RunCli(dir,
-                               "sample --seed 8 --step 4 --history 1 2,2 --banned 7 8 "
+                               "sample --seed 8 --step 4 --history 1 2,2 --banned= 7 8 "
                                "--logit-bias 11:1.5 12:-2 --prompt-tokens=3,5 d.npy" +
                                    others);
   ASSERT_EQ(after_joined.code, 0) << after_joined.err;

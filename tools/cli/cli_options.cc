@@ -317,8 +317,7 @@ std::optional<std::string> normalize_list_arguments(
     if (joined) {
       const std::string_view value = arg.substr(list->size() + 1);
       if (has_empty(value)) return message(*list, value);
-      if (value.empty()) continue;  // (an empty list, which takes nothing more)
-      out.push_back(in[i]);
+      if (!value.empty()) out.push_back(in[i]);  // ("--banned=": as "--banned ''")
     }
     size_t j = i + 1;
     std::vector<const char*> values;
@@ -326,9 +325,9 @@ std::optional<std::string> normalize_list_arguments(
       if (has_empty(in[j])) return message(*list, in[j]);
       if (in[j][0] != '\0') values.push_back(in[j]);
     }
-    if (!joined && (!values.empty() || j == i + 1)) {  // (no value at all: the parser's error)
-      out.push_back(in[i]);
-    }
+    // (no value at all: the parser's error)
+    if (!joined && (!values.empty() || j == i + 1)) out.push_back(in[i]);
+    if (joined && arg.size() == list->size() + 1 && !values.empty()) out.push_back(list->data());
     out.insert(out.end(), values.begin(), values.end());
     // (the parser would take the arguments that ended the list for more
     // items: they are moved past a "--", where they are positional)
