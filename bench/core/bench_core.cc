@@ -42,20 +42,13 @@ double median_of(std::vector<double>& times) {
          (upper + *std::max_element(times.begin(), times.begin() + static_cast<int64_t>(mid)));
 }
 
-// Median wall time of `repeat` calls, after two warm-up calls.
+// Times one call of f into `into` (seconds).
 template <typename F>
-double median_seconds(int repeat, F&& f) {
+void timed(F& f, std::vector<double>& into) {
+  const auto t0 = std::chrono::steady_clock::now();
   f();
-  f();
-  std::vector<double> times;
-  times.reserve(static_cast<size_t>(repeat));
-  for (int i = 0; i < repeat; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    const auto t1 = std::chrono::steady_clock::now();
-    times.push_back(std::chrono::duration<double>(t1 - t0).count());
-  }
-  return median_of(times);
+  const auto t1 = std::chrono::steady_clock::now();
+  into.push_back(std::chrono::duration<double>(t1 - t0).count());
 }
 
 // Median wall times of `repeat` calls of each of three functions, after two
@@ -75,12 +68,6 @@ std::array<double, 3> interleaved_medians(int repeat, A&& a, B&& b, C&& c) {
   }
   std::array<std::vector<double>, 3> times;
   for (auto& t : times) t.reserve(static_cast<size_t>(repeat));
-  auto timed = [](auto& f, std::vector<double>& into) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    const auto t1 = std::chrono::steady_clock::now();
-    into.push_back(std::chrono::duration<double>(t1 - t0).count());
-  };
   for (int done = 0; done < repeat; done += kTurn) {
     const int turn = std::min(kTurn, repeat - done);
     for (int i = 0; i < turn; ++i) timed(a, times[0]);
@@ -90,6 +77,22 @@ std::array<double, 3> interleaved_medians(int repeat, A&& a, B&& b, C&& c) {
   std::array<double, 3> medians{};
   for (size_t k = 0; k < 3; ++k) medians[k] = median_of(times[k]);
   return medians;
+}
+
+// Median wall times of `a` and `b` over `rounds` rounds of `a_calls` calls
+// of a then `b_calls` calls of b, after a warm-up call of each: for a
+// function too slow to take turns of kTurn (the reference) beside one that
+// is not, so that the two medians still cover the same stretch of time.
+template <typename A, typename B>
+std::array<double, 2> alternating_medians(int rounds, A&& a, int a_calls, B&& b, int b_calls) {
+  a();
+  b();
+  std::array<std::vector<double>, 2> times;
+  for (int round = 0; round < rounds; ++round) {
+    for (int i = 0; i < a_calls; ++i) timed(a, times[0]);
+    for (int i = 0; i < b_calls; ++i) timed(b, times[1]);
+  }
+  return {median_of(times[0]), median_of(times[1])};
 }
 
 // The row as float32 values, whatever the stored dtype.
@@ -660,12 +663,20 @@ Result<CaseResult> run_case(const Case& c, const Options& options) {
   out.vs_softmax = t_nucleus / t_soft;
   if (options.reference) {
     std::vector<int32_t> tokens;
-    // The reference is slow: fewer repeats keep a grid affordable.
-    const int repeat = std::max(3, options.repeat / 5);
-    const double t_ref = median_seconds(
-        repeat, [&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens, &engine); });
+    // The reference is slow: fewer calls keep a grid affordable, each
+    // followed by a turn of the engine's, whose median over those turns is
+    // what the reference's is compared with (the engine's median above saw
+    // another stretch of time).
+    const int rounds = std::max(3, options.repeat / 5);
+    const auto [t_ref, t_beside] = alternating_medians(
+        rounds, [&] { reference_pass(c.config, ws[next(at_ref)], c.threads, tokens, &engine); }, 1,
+        [&] {
+          const size_t k = next(at_nucleus);
+          (void)engine.sample(views[k], requests[k], results);
+        },
+        kTurn);
     out.reference_us_per_row = t_ref / rows * 1e6;
-    out.vs_reference = t_ref / t_nucleus;
+    out.vs_reference = t_ref / t_beside;
   }
   return out;
 }
