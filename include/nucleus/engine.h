@@ -135,7 +135,11 @@ class Engine {
   // (step + i, 0, purpose), so the reproducibility contract holds. Position
   // i uses step + i: the next call's step is this one's plus the tokens it
   // emitted (accepted + 1), the sequence position, so that no uniform is
-  // used twice (a step advanced by 1 per call would reuse them).
+  // used twice (a step advanced by 1 per call would reuse them). The
+  // requests' draw fields (num_samples, logprobs, top_logprobs,
+  // logprobs_mode) do not apply and are ignored, so that one request serves
+  // sample and verify: a position draws one token and no log-probability
+  // is returned.
   Status verify(const LogitsView& target_logits, int64_t num_draft,
                 std::span<const int32_t> draft_tokens, const float* draft_probs,
                 std::span<const RowRequest> requests, std::span<VerifyResult> results);
