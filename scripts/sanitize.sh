@@ -95,7 +95,7 @@ run_tsan() {
 
   echo "sanitize: ThreadSanitizer" >&2
   local t=(
-    "reproducibility_test --gtest_filter=ReproducibilityTest.ConcurrentCallsMatchSequentialCalls:ReproducibilityTest.ExecuteAndSampleFromManyHostThreads:ReproducibilityTest.SplitFullSamplingRowsFromManyHostThreads"
+    "reproducibility_test --gtest_filter=ReproducibilityTest.ConcurrentCallsMatchSequentialCalls:ReproducibilityTest.ExecuteAndSampleFromManyHostThreads:ReproducibilityTest.SplitFullSamplingRowsFromManyHostThreads:ReproducibilityTest.ACallInsideTheArenaRunsOnlyItsOwnRows"
     "load_test"
     "verify_test"
     "c_api_test --gtest_filter=CApi.ManyHostThreadsShareOneEngine:CApi.LastErrorIsClearedBySuccessAndPerThread"

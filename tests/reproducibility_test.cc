@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sys/wait.h>
@@ -504,6 +505,38 @@ TEST(ReproducibilityTest, ExecuteRunsTheHostsWorkInTheEnginesArena) {
 
 // Many host threads share one engine for sampling and for work of their own
 // through execute: every result is what one thread alone gets.
+// A call made from a host loop run in the engine's arena (Engine::execute)
+// waits for its rows without taking up the host loop's other iterations: a
+// thread that did would run one inside another, and an iteration that held
+// a lock across its call would wait on itself for ever.
+TEST(ReproducibilityTest, ACallInsideTheArenaRunsOnlyItsOwnRows) {
+  const std::vector<float> row = MakeLogits(9, kLargeVocab);
+  const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};
+  Engine engine(EngineOptions{.max_threads = 2, .seed = 1});
+  RowRequest req;
+  req.seed = 5;
+  req.params.top_p = 0.9f;
+  std::vector<RowResult> expected(1);
+  ASSERT_TRUE(engine.sample(view, std::span(&req, 1), expected).ok());
+  constexpr int kIterations = 3000;
+  std::atomic<int> nested{0}, differ{0};
+  thread_local bool in_call = false;
+  engine.execute([&] {
+    tbb::parallel_for(0, kIterations, [&](int) {
+      if (in_call) ++nested;  // (an iteration taken up while a call waits)
+      const bool outer = std::exchange(in_call, true);
+      std::vector<RowResult> out(1);
+      if (!engine.sample(view, std::span(&req, 1), out).ok() ||
+          out[0].tokens != expected[0].tokens) {
+        ++differ;
+      }
+      in_call = outer;
+    });
+  });
+  EXPECT_EQ(nested.load(), 0) << "of " << kIterations << " iterations";
+  EXPECT_EQ(differ.load(), 0);
+}
+
 TEST(ReproducibilityTest, ExecuteAndSampleFromManyHostThreads) {
   const std::vector<float> row = MakeLogits(8, kLargeVocab);
   const LogitsView view{row.data(), 1, kLargeVocab, kLargeVocab, DType::kFloat32};

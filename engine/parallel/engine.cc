@@ -270,19 +270,34 @@ struct Engine::Impl {
       return Status::internal("out of memory sizing the scratch for rows of " +
                               std::to_string(vocab) + " tokens");
     }
+    const auto loop = [&] {
+      tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
+        const int64_t next = row + 1 < rows && !runner.parallel ? row + 1 : -1;
+        std::unique_ptr<detail::RowScratch> scratch;
+        try {
+          scratch = pool.acquire();
+          per_row(row, next, *scratch, runner);
+        } catch (const std::bad_alloc&) {
+          on_bad_alloc(row);
+        }
+        if (scratch) pool.release(std::move(scratch));
+      });
+    };
+    // Isolated: a thread that waits for this call's rows, or for a row's
+    // chunks, takes only this call's tasks. A call made from a host loop run
+    // in the arena (execute) would otherwise take up the loop's other
+    // iterations while it waits, one inside another: an iteration that holds
+    // a lock across its call would then wait on itself. (A single row that
+    // is not split never waits, and neither does a call on an engine of one
+    // thread, which runs its own tasks first, the last spawned: they run as
+    // they are.)
     try {
       arena->execute([&] {
-        tbb::parallel_for(int64_t{0}, rows, [&](int64_t row) {
-          const int64_t next = row + 1 < rows && !runner.parallel ? row + 1 : -1;
-          std::unique_ptr<detail::RowScratch> scratch;
-          try {
-            scratch = pool.acquire();
-            per_row(row, next, *scratch, runner);
-          } catch (const std::bad_alloc&) {
-            on_bad_alloc(row);
-          }
-          if (scratch) pool.release(std::move(scratch));
-        });
+        if ((rows == 1 && !runner.parallel) || threads == 1) {
+          loop();
+        } else {
+          tbb::this_task_arena::isolate(loop);
+        }
       });
     } catch (const std::bad_alloc&) {
       // (oneTBB's own bookkeeping, outside any row)

@@ -82,7 +82,9 @@ struct EngineOptions {
 class Engine {
  public:
   // Reads NUCLEUS_READ_AHEAD from the environment when options.read_ahead is
-  // kAuto (ReadAhead; docs/cli.md).
+  // kAuto (ReadAhead; docs/cli.md). After fork(), a child makes the engines
+  // it uses: oneTBB's worker threads are not copied into it, and an engine
+  // another thread of the parent was calling at the fork can hang there.
   explicit Engine(const EngineOptions& options = {});
   ~Engine();
   // A moved-from engine may only be destroyed or assigned to.
@@ -162,7 +164,11 @@ class Engine {
   // free slot (one per max_threads); when calls from other host threads hold
   // them all, it may run on one of the engine's threads while the caller
   // waits, and it holds a slot while it runs: it must not wait for another
-  // host thread's call to this engine. Exceptions from `work` propagate.
+  // host thread's call to this engine. Calls made from `work` (a
+  // tbb::parallel_for of calls) are isolated: a thread that waits inside one
+  // for its rows runs only that call's tasks, never another iteration of
+  // `work`'s loop, so an iteration may hold a lock across its call.
+  // Exceptions from `work` propagate.
   // (A callable larger than two pointers is copied to the heap for the
   // std::function; `[&f] { f(); }` passes a larger one without that.)
   void execute(const std::function<void()>& work);
