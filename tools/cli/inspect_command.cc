@@ -187,7 +187,9 @@ int run_inspect(const InspectCommand& c) {
   const DumpInfo& info = reader->info();
   const int top_n = static_cast<int>(std::min<int64_t>(c.top, info.vocab));
   Engine engine(EngineOptions{.max_threads = c.threads, .seed = 0});
-  Progress progress(info.rows, c.quiet || !c.json, /*writes_stdout=*/true);
+  // (the table, as the JSON, goes to standard output: no bar when that is
+  // the terminal too)
+  Progress progress(info.rows, c.quiet, /*writes_stdout=*/true);
   Result<std::vector<float>> probs = block_output(*reader);
   if (!probs.ok()) {
     print_error(probs.status().message());
