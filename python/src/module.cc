@@ -155,11 +155,22 @@ void check_has_rows(const LogitsView& view) {
   }
 }
 
+// A text argument (a str: not bytes, which the string caster would take),
+// or TypeError naming it and its value.
+std::string text_argument(const char* name, const py::object& value) {
+  if (!py::isinstance<py::str>(value)) {
+    throw py::type_error(std::string(name) + " = " + py::repr(value).cast<std::string>() +
+                         ": expected a string");
+  }
+  return value.cast<std::string>();
+}
+
 class PyEngine {
  public:
-  PyEngine(const py::object& threads, const py::object& seed, const std::string& isa,
-           const std::string& read_ahead)
-      : engine_(options(threads, seed, isa, read_ahead)) {}
+  PyEngine(const py::object& threads, const py::object& seed, const py::object& isa,
+           const py::object& read_ahead)
+      : engine_(options(threads, seed, text_argument("isa", isa),
+                        text_argument("read_ahead", read_ahead))) {}
 
   int max_threads() const { return engine_.max_threads(); }
   std::string isa() const { return isa_name(engine_.isa()); }
@@ -428,17 +439,8 @@ class PyEngine {
 // never destroyed: its worker threads must not be torn down while the
 // interpreter finalises.
 PyEngine& default_engine() {
-  static PyEngine* engine = new PyEngine(py::none(), py::none(), "auto", "auto");
+  static PyEngine* engine = new PyEngine(py::none(), py::none(), py::str("auto"), py::str("auto"));
   return *engine;
-}
-
-// A text argument of load_dump, or TypeError naming it and its value.
-std::string text_argument(const char* name, const py::object& value) {
-  if (!py::isinstance<py::str>(value)) {
-    throw py::type_error(std::string(name) + " = " + py::repr(value).cast<std::string>() +
-                         ": expected a string");
-  }
-  return value.cast<std::string>();
 }
 
 py::array load_dump(const py::object& path, const py::object& tensor, const py::object& dtype,
@@ -664,9 +666,9 @@ void define_module(py::module_& m) {
                        "finds coming from memory,\nas rows copied from a GPU do).\nSafe to "
                        "share between "
                        "Python threads; the GIL is released while it samples.")
-      .def(py::init<const py::object&, const py::object&, const std::string&, const std::string&>(),
-           py::arg("threads") = py::none(), py::arg("seed") = py::none(), py::arg("isa") = "auto",
-           py::arg("read_ahead") = "auto")
+      .def(py::init<const py::object&, const py::object&, const py::object&, const py::object&>(),
+           py::arg("threads") = py::none(), py::arg("seed") = py::none(),
+           py::arg("isa") = py::str("auto"), py::arg("read_ahead") = py::str("auto"))
       .def_property_readonly("max_threads", &PyEngine::max_threads,
                              "The number of threads this engine may use.")
       .def_property_readonly("isa", &PyEngine::isa,

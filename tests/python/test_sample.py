@@ -434,6 +434,11 @@ def test_engine_isa():
     assert "isa='sse2'" in repr(nucleus.Engine(isa="sse2"))
     with pytest.raises(ValueError, match="isa = 'neon'"):
         nucleus.Engine(isa="neon")
+    # (a str only: bytes or a number is a TypeError naming the keyword)
+    with pytest.raises(TypeError, match=r"isa = b'avx2': expected a string"):
+        nucleus.Engine(isa=b"avx2")
+    with pytest.raises(TypeError, match="read_ahead = 1: expected a string"):
+        nucleus.Engine(read_ahead=1)
     # Every path gives the same greedy token.
     x = np.arange(1000, dtype=np.float32)[None, :]
     tokens = {nucleus.Engine(isa=i).sample(x, temperature=0).tokens[0, 0] for i in ("sse2", "auto")}
