@@ -716,6 +716,21 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
                                    others);
   ASSERT_EQ(after_joined.code, 0) << after_joined.err;
   EXPECT_EQ(after_joined.out, run.out);
+  // (a bias of any number's spelling continues the list; "-", standard
+  // input, ends it as a path does)
+  CliRun stdin_last = RunCli(dir,
+                             "sample --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
+                             "--banned 7 8 --logit-bias 11:1.5 12:-2 58:-Infinity -" +
+                                 others,
+                             "", "< d.npy");
+  ASSERT_EQ(stdin_last.code, 0) << stdin_last.err;
+  CliRun stdin_joined = RunCli(dir,
+                               "sample d.npy --seed 8 --step 4 --history 1,2,2 --prompt-tokens "
+                               "3,5 --banned 7,8 --logit-bias 11:1.5,12:-2,58:-Infinity" +
+                                   others);
+  ASSERT_EQ(stdin_joined.code, 0) << stdin_joined.err;
+  EXPECT_EQ(stdin_last.out, stdin_joined.out);
+  EXPECT_NE(stdin_last.out, run.out);  // (token 58, row 0's draw, banned)
   // Integers are decimal whatever their leading zeros, as in --params and
   // Python (the parser read "010" as octal 8); another base is refused.
   CliRun zeros = RunCli(dir,
@@ -1141,6 +1156,9 @@ TEST(Cli, MalformedInputsFailCleanly) {
       // hexadecimal, '+' and leading spaces)
       {"temperature hex", "good.npy --temperature 0x10", {"'0x10' is not a decimal number"}},
       {"temperature plus", "good.npy --temperature=+1", {"'+1' is not a decimal number"}},
+      // (an empty value is not 0)
+      {"temperature empty", "good.npy --temperature ''", {"'' is not a decimal number"}},
+      {"top-p empty", "good.npy --top-p=", {"--top-p", "'' is not a decimal number"}},
       {"bias hex", "good.npy --logit-bias 3:0x10", {"--logit-bias = '3:0x10' is not TOKEN:BIAS"}},
       {"bias space", "good.npy --logit-bias='3: 5'", {"--logit-bias = '3: 5' is not TOKEN:BIAS"}},
       {"seed", "good.npy --seed -1", {"--seed", "-1", "[0, 2^64)"}},
@@ -1265,6 +1283,11 @@ TEST(Cli, ProbsNeedsAnOutputPath) {
   }
   CliRun upper = RunCli(dir, "probs d.npy -o P.NPY");
   EXPECT_EQ(upper.code, 0) << upper.err;
+  // (a device or the program's own descriptor is written as it stands)
+  for (const char* special : {"/dev/null", "/dev/stdout"}) {
+    CliRun device = RunCli(dir, std::string("probs d.npy -q -o ") + special);
+    EXPECT_EQ(device.code, 0) << special << ": " << device.err;
+  }
   // An empty path is refused before any work, by every command that writes
   // to a path (sample would otherwise write to standard output, bench no
   // JSON at all).

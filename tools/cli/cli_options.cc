@@ -43,12 +43,11 @@ CLI::Validator unsigned_64() {
 CLI::Validator fits_float() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        if (!text.empty() && !is_decimal_number(text)) {
-          return "value '" + text + "' is not a decimal number";
-        }
+        // (an empty value too: the parser would read it as 0)
+        if (!is_decimal_number(text)) return "value '" + text + "' is not a decimal number";
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
-        if (!text.empty() && *end == '\0') {
+        if (*end == '\0') {
           if (const std::string why = detail::float32_range_error(value); !why.empty()) {
             return "value " + text + " " + why;
           }
@@ -302,12 +301,14 @@ std::optional<std::string> normalize_list_arguments(
     const bool bias = *list == "--logit-bias";
     const auto item_like = [bias](std::string_view value) {
       if (!bias) return value.find_first_not_of("0123456789,") == std::string_view::npos;
-      // (TOKEN:BIAS pairs: each item has a ':', and a bias is a number)
+      // (TOKEN:BIAS pairs: a token's digits, a ':' and a number)
       for (size_t begin = 0; begin <= value.size();) {
         const size_t comma = std::min(value.find(',', begin), value.size());
         const std::string_view item = value.substr(begin, comma - begin);
-        if (item.find(':') == std::string_view::npos ||
-            item.find_first_not_of("0123456789:+-.eEinfINF") != std::string_view::npos) {
+        const size_t colon = item.find(':');
+        if (colon == 0 || colon == std::string_view::npos ||
+            item.substr(0, colon).find_first_not_of("-0123456789") != std::string_view::npos ||
+            !is_decimal_number(item.substr(colon + 1))) {
           return false;
         }
         begin = comma + 1;
@@ -332,7 +333,10 @@ std::optional<std::string> normalize_list_arguments(
     // (the parser would take the arguments that ended the list for more
     // items: they are moved past a "--", where they are positional)
     if (joined || j > i + 1) {
-      while (j < in.size() && in[j][0] != '-') moved.push_back(in[j++]);
+      // ("-", standard input, is one of them)
+      while (j < in.size() && (in[j][0] != '-' || std::string_view(in[j]) == "-")) {
+        moved.push_back(in[j++]);
+      }
     }
     i = j - 1;
   }

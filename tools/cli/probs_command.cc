@@ -1,4 +1,6 @@
 // nucleus probs: the final distribution of every row, as a float32 .npy.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -39,9 +41,14 @@ int run_probs(const ProbsCommand& c) {
     print_error("option --output = '" + c.output + "': probs writes a .npy file; give its path");
     return kExitFailure;
   }
-  // (a .npy under another name would be read back as that format: a raw
-  // .bin with its header taken for logits, a .safetensors refused)
-  if (detail::extension_of(c.output) != ".npy") {
+  // (a .npy file under another name would be read back as that format: a
+  // raw .bin with its header taken for logits, a .safetensors refused;
+  // devices, FIFOs and the program's own descriptors are written as they
+  // stand, whatever their names)
+  struct stat st;
+  const bool special = c.output.starts_with("/dev/") || c.output.starts_with("/proc/") ||
+                       (::stat(c.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode));
+  if (!special && detail::extension_of(c.output) != ".npy") {
     print_error("option --output = '" + c.output +
                 "': probs writes a .npy file; give a path ending in .npy");
     return kExitFailure;
