@@ -694,28 +694,20 @@ TEST(Cli, PenaltiesAndBiasFromTheCommandLine) {
   ASSERT_EQ(lines.size(), static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) ExpectSameRow(lines[r], want[r], r, 0);
   // Lists may also be spread over arguments or repeated; an empty value is
-  // an empty list.
-  CliRun spread = RunCli(dir,
-                         "sample d.npy --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
-                         "--banned 7 --banned 8 --logit-bias 11:1.5 12:-2 --banned ''" +
-                             others);
-  ASSERT_EQ(spread.code, 0) << spread.err;
-  EXPECT_EQ(spread.out, run.out);
-  // The input may follow a list (spread or joined): an argument not written
-  // as the list's items ends it. ("--banned=" is an empty value, as
-  // "--banned ''" is, which the values after it may follow.)
-  CliRun input_last = RunCli(dir,
-                             "sample --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 "
-                             "--banned 7 8 --logit-bias 11:1.5 12:-2 d.npy" +
-                                 others);
-  ASSERT_EQ(input_last.code, 0) << input_last.err;
-  EXPECT_EQ(input_last.out, run.out);
-  CliRun after_joined = RunCli(dir,
-                               "sample --seed 8 --step 4 --history 1 2,2 --banned= 7 8 "
-                               "--logit-bias 11:1.5 12:-2 --prompt-tokens=3,5 d.npy" +
-                                   others);
-  ASSERT_EQ(after_joined.code, 0) << after_joined.err;
-  EXPECT_EQ(after_joined.out, run.out);
+  // an empty list. The input may follow a list (spread or joined): an
+  // argument not written as the list's items ends it. ("--banned=" is an
+  // empty value, as "--banned ''" is, which the values after it may follow.)
+  for (const std::string args :
+       {"sample d.npy --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 --banned 7 --banned 8 "
+        "--logit-bias 11:1.5 12:-2 --banned ''",
+        "sample --seed 8 --step 4 --history 1 2,2 --prompt-tokens=3,5 --banned 7 8 --logit-bias "
+        "11:1.5 12:-2 d.npy",
+        "sample --seed 8 --step 4 --history 1 2,2 --banned= 7 8 --logit-bias 11:1.5 12:-2 "
+        "--prompt-tokens=3,5 d.npy"}) {
+    CliRun spread = RunCli(dir, args + others);
+    ASSERT_EQ(spread.code, 0) << args << ": " << spread.err;
+    EXPECT_EQ(spread.out, run.out) << args;
+  }
   // (a bias of any number's spelling continues the list; "-", standard
   // input, ends it as a path does)
   CliRun stdin_last = RunCli(dir,

@@ -481,6 +481,11 @@ std::string utf8_prefix(const std::string& name, size_t max) {
 
 }  // namespace
 
+bool written_in_place(const std::string& path) {
+  struct stat st;
+  return own_descriptor(path) >= 0 || (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode));
+}
+
 Result<AtomicFile> AtomicFile::create(const std::string& path, bool unnamed) {
   AtomicFile file;
   file.path_ = path;
@@ -676,7 +681,7 @@ Status AtomicFile::commit() {
   // (a file that replaces another reaches the disk first: after a crash the
   // name holds the old file or the whole new one, never a part of it; a
   // file system that cannot sync says EINVAL, and has nothing to lose)
-  if ((!temp_path_.empty() || !stem_.empty()) && ::fdatasync(fd_) != 0 && errno != EINVAL) {
+  if (!stem_.empty() && ::fdatasync(fd_) != 0 && errno != EINVAL) {
     const int err = errno;
     discard();
     return Status::io_error(path_ + ": cannot write: " + errno_text(err));

@@ -99,6 +99,12 @@ class ByteSource {
   bool ended_ = false;
 };
 
+// Whether AtomicFile writes `path` as it stands rather than through a
+// temporary renamed over it: one of this process's own descriptors
+// (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link to one), or something
+// there already that is not a regular file (/dev/null, a FIFO).
+bool written_in_place(const std::string& path);
+
 // Writes `path` through a temporary file in the same directory that is
 // renamed into place by commit(); destroying it uncommitted removes the
 // temporary, so no reader ever sees a partial file. The temporary has no

@@ -77,6 +77,13 @@ CLI::Validator decimal_integer() {
       "");
 }
 
+// An option's type as the parser names it ("INT", "UINT", "FLOAT", ...),
+// before any check's part of the name.
+std::string type_of(const CLI::Option& option) {
+  const std::string name = option.get_type_name();
+  return name.substr(0, name.find(':'));
+}
+
 }  // namespace
 
 bool is_decimal_number(std::string_view text) {
@@ -104,8 +111,7 @@ bool is_decimal_number(std::string_view text) {
 
 void decimal_integers(CLI::App* command) {
   for (CLI::Option* option : command->get_options()) {
-    // (the parser's own name for the option's type, before any check's)
-    const std::string type = option->get_type_name().substr(0, option->get_type_name().find(':'));
+    const std::string type = type_of(*option);
     if (type == "INT" || type == "UINT") option->transform(decimal_integer());
   }
   for (CLI::App* sub : command->get_subcommands({})) decimal_integers(sub);
@@ -119,34 +125,39 @@ std::string parse_error_message(const CLI::App& command, const CLI::ParseError& 
   const std::string name = what.substr(prefix.size(), equals - prefix.size());
   const std::string value = what.substr(equals + 3);
   const CLI::Option* option = command.get_option_no_throw(name);
-  if (option == nullptr) return what;
-  const std::string type = option->get_type_name().substr(0, option->get_type_name().find(':'));
+  // (floats never get here: fits_float refused what does not convert)
+  if (option == nullptr || (type_of(*option) != "INT" && type_of(*option) != "UINT")) return what;
   // (the items are decimal integers by now: decimal_integers' transform ran
   // before the conversion, so only an item's range can fail: one that fits
   // no 64-bit integer, or else the first that does not fit 32 bits)
-  if (type == "INT" || type == "UINT") {
-    std::vector<std::string> items;
-    for (size_t begin = 0;;) {
-      const size_t comma = value.find(',', begin);
-      items.push_back(value.substr(begin, comma - begin));
-      if (comma == std::string::npos) break;
-      begin = comma + 1;
-    }
-    const auto fits = [](const std::string& item, auto type) {
-      decltype(type) v{};
-      const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
-      return ec == std::errc() && end == item.data() + item.size();
-    };
-    auto bad = std::find_if(items.begin(), items.end(), [&](const std::string& i) {
-      return !fits(i, int64_t{}) && !fits(i, uint64_t{});
-    });
-    if (bad == items.end()) {
-      bad = std::find_if(items.begin(), items.end(),
-                         [&](const std::string& i) { return !fits(i, int32_t{}); });
-    }
-    return "option " + name + " = " + (bad == items.end() ? value : *bad) + " is out of range";
+  std::vector<std::string> items;
+  for (size_t begin = 0;;) {
+    const size_t comma = value.find(',', begin);
+    items.push_back(value.substr(begin, comma - begin));
+    if (comma == std::string::npos) break;
+    begin = comma + 1;
   }
-  return "option " + name + " = '" + value + "' is not a number";
+  const auto fits = [](const std::string& item, auto type) {
+    decltype(type) v{};
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    return ec == std::errc() && end == item.data() + item.size();
+  };
+  auto bad = std::find_if(items.begin(), items.end(), [&](const std::string& i) {
+    return !fits(i, int64_t{}) && !fits(i, uint64_t{});
+  });
+  if (bad == items.end()) {
+    bad = std::find_if(items.begin(), items.end(),
+                       [&](const std::string& i) { return !fits(i, int32_t{}); });
+  }
+  return "option " + name + " = " + (bad == items.end() ? value : *bad) + " is out of range";
+}
+
+std::optional<std::pair<std::string_view, std::string_view>> bias_pair(std::string_view pair) {
+  const size_t colon = pair.find(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  const std::string_view token = pair.substr(0, colon), bias = pair.substr(colon + 1);
+  if (!detail::is_token_key(token) || !is_decimal_number(bias)) return std::nullopt;
+  return std::pair{token, bias};
 }
 
 // (in place of CLI11's PositiveNumber and NonNegativeNumber, which print
@@ -255,6 +266,24 @@ Status for_each_run(DumpReader& reader, const InputOptions& options, Progress& p
   return Status();
 }
 
+namespace {
+
+// Whether an argument after a list option's first value is written as that
+// list's items are (so it continues the list): comma-separated token ids, or
+// TOKEN:BIAS pairs for --logit-bias.
+bool written_as_items(std::string_view list, std::string_view value) {
+  if (list != "--logit-bias")
+    return value.find_first_not_of("0123456789,") == std::string_view::npos;
+  for (size_t begin = 0; begin <= value.size();) {
+    const size_t comma = std::min(value.find(',', begin), value.size());
+    if (!bias_pair(value.substr(begin, comma - begin))) return false;
+    begin = comma + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::optional<std::string> normalize_list_arguments(
     std::vector<const char*>* args, const std::function<bool(const std::string&)>& takes_value) {
   static constexpr std::string_view kLists[] = {"--history", "--prompt-tokens", "--banned",
@@ -298,23 +327,6 @@ std::optional<std::string> normalize_list_arguments(
     // path: "--banned 7 d.npy"); empty ones add nothing, and an option left
     // with no values is dropped (the parser would read "" as token 0).
     const bool joined = arg.size() > list->size();
-    const bool bias = *list == "--logit-bias";
-    const auto item_like = [bias](std::string_view value) {
-      if (!bias) return value.find_first_not_of("0123456789,") == std::string_view::npos;
-      // (TOKEN:BIAS pairs: a token's digits, a ':' and a number)
-      for (size_t begin = 0; begin <= value.size();) {
-        const size_t comma = std::min(value.find(',', begin), value.size());
-        const std::string_view item = value.substr(begin, comma - begin);
-        const size_t colon = item.find(':');
-        if (colon == 0 || colon == std::string_view::npos ||
-            item.substr(0, colon).find_first_not_of("-0123456789") != std::string_view::npos ||
-            !is_decimal_number(item.substr(colon + 1))) {
-          return false;
-        }
-        begin = comma + 1;
-      }
-      return true;
-    };
     if (joined) {
       const std::string_view value = arg.substr(list->size() + 1);
       if (has_empty(value)) return message(*list, value);
@@ -322,7 +334,9 @@ std::optional<std::string> normalize_list_arguments(
     }
     size_t j = i + 1;
     std::vector<const char*> values;
-    for (; j < in.size() && in[j][0] != '-' && ((j == i + 1 && !joined) || item_like(in[j])); ++j) {
+    for (; j < in.size() && in[j][0] != '-' &&
+           ((j == i + 1 && !joined) || written_as_items(*list, in[j]));
+         ++j) {
       if (has_empty(in[j])) return message(*list, in[j]);
       if (in[j][0] != '\0') values.push_back(in[j]);
     }

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "nucleus/dump.h"
@@ -37,6 +38,11 @@ struct InputOptions {
 // that an option reads a value as --params reads it, or refuses it.
 bool is_decimal_number(std::string_view text);
 
+// A --logit-bias pair "TOKEN:BIAS" split at its first ':', when TOKEN is
+// spelled as --params' keys spell a token (is_token_key) and BIAS is a
+// decimal number; nullopt otherwise.
+std::optional<std::pair<std::string_view, std::string_view>> bias_pair(std::string_view pair);
+
 // An integer >= lo, as an option's check.
 CLI::Validator integer_at_least(int64_t lo);
 
@@ -48,11 +54,12 @@ CLI::Validator integer_at_least(int64_t lo);
 // refused). Called once every option is added.
 void decimal_integers(CLI::App* command);
 
-// The message for a value the parser could not convert, which CLI11 words
-// "Could not convert: --top-k = 99999999999" (a list's items joined by
-// commas): an integer out of its type's range or a value that is not a
-// number, naming the option and the item. `command` is the command parsed
-// (or the program). Any other parse error's message is returned as it is.
+// The message for an integer the parser could not convert, which CLI11
+// words "Could not convert: --top-k = 99999999999" (a list's items joined by
+// commas): after decimal_integers, only an item out of its type's range, so
+// the message names the option and that item. `command` is the command
+// parsed (or the program). Any other parse error's message is returned as
+// it is.
 std::string parse_error_message(const CLI::App& command, const CLI::ParseError& error);
 
 // INPUT, --input-format, --tensor, --dtype, --vocab, --block-mb.

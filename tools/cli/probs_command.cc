@@ -1,10 +1,9 @@
 // nucleus probs: the final distribution of every row, as a float32 .npy.
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "engine/io/dump_extension.h"
+#include "engine/io/file_io.h"
 #include "nucleus/dump.h"
 #include "nucleus/engine.h"
 #include "tools/cli/commands.h"
@@ -45,10 +44,7 @@ int run_probs(const ProbsCommand& c) {
   // raw .bin with its header taken for logits, a .safetensors refused;
   // devices, FIFOs and the program's own descriptors are written as they
   // stand, whatever their names)
-  struct stat st;
-  const bool special = c.output.starts_with("/dev/") || c.output.starts_with("/proc/") ||
-                       (::stat(c.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode));
-  if (!special && detail::extension_of(c.output) != ".npy") {
+  if (!detail::written_in_place(c.output) && detail::extension_of(c.output) != ".npy") {
     print_error("option --output = '" + c.output +
                 "': probs writes a .npy file; give a path ending in .npy");
     return kExitFailure;

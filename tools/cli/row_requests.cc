@@ -203,21 +203,16 @@ std::string params_key(const std::string& line, std::string_view field) {
 
 Status parse_cli_bias(const std::vector<std::string>& pairs, std::vector<TokenBias>* out) {
   for (const std::string& pair : pairs) {
-    const size_t colon = pair.find(':');
+    // (the token as --params' keys spell it: no '+' or spaces; the bias a
+    // decimal number)
+    const auto parts = bias_pair(pair);
     const std::string bad = "option --logit-bias = '" + pair + "' is not TOKEN:BIAS";
-    if (colon == std::string::npos) return Status::invalid_argument(bad);
-    const std::string token_text = pair.substr(0, colon);
-    const std::string bias_text = pair.substr(colon + 1);
-    char* end = nullptr;
-    const long long token = std::strtoll(token_text.c_str(), &end, 10);
-    // (the token as --params' keys spell it: no '+' or spaces)
-    if (!detail::is_token_key(token_text) || *end != '\0' || token < INT32_MIN ||
-        token > INT32_MAX) {
-      return Status::invalid_argument(bad);
-    }
+    if (!parts) return Status::invalid_argument(bad);
+    const std::string token_text(parts->first), bias_text(parts->second);
+    const long long token = std::strtoll(token_text.c_str(), nullptr, 10);
+    if (token < INT32_MIN || token > INT32_MAX) return Status::invalid_argument(bad);
     // (narrowed from a double, as --params' JSON numbers are)
-    const double bias = std::strtod(bias_text.c_str(), &end);
-    if (!is_decimal_number(bias_text) || *end != '\0') return Status::invalid_argument(bad);
+    const double bias = std::strtod(bias_text.c_str(), nullptr);
     if (const std::string why = detail::float32_range_error(bias); !why.empty()) {
       return Status::invalid_argument("option --logit-bias = '" + pair + "': bias " + bias_text +
                                       " " + why);
