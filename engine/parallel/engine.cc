@@ -131,6 +131,14 @@ ReadAhead environment_read_ahead() {
   return ReadAhead::kAuto;
 }
 
+// The mode an engine made with `requested` uses: always or never as asked,
+// else NUCLEUS_READ_AHEAD's (a value outside the enumeration, made by a
+// cast, is kAuto's).
+ReadAhead resolve_read_ahead(ReadAhead requested) {
+  const bool named = requested == ReadAhead::kAlways || requested == ReadAhead::kNever;
+  return named ? requested : environment_read_ahead();
+}
+
 // The batch size in bytes from which a mode reads rows ahead: kAheadFromBytes,
 // every batch of two rows or more (as far as for_rows's exceptions allow), or
 // none.
@@ -346,10 +354,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   impl_->seed = options.seed ? *options.seed : system_seed();
   if (impl_->system_seeded) register_fork_salt();
   impl_->kernels = &detail::kernels_for(resolve_isa(options.isa));
-  // (a value outside the enumeration, made by a cast, is kAuto's)
-  const bool named =
-      options.read_ahead == ReadAhead::kAlways || options.read_ahead == ReadAhead::kNever;
-  impl_->read_ahead = named ? options.read_ahead : environment_read_ahead();
+  impl_->read_ahead = resolve_read_ahead(options.read_ahead);
   impl_->ahead_from = read_ahead_from(impl_->read_ahead);
   impl_->arena = std::make_unique<tbb::task_arena>(impl_->threads);
   impl_->pool.reserve(impl_->threads);
@@ -508,61 +513,8 @@ Status Engine::verify(const LogitsView& target_logits, int64_t num_draft,
     const int64_t row = shared && rows > 1 ? -1 : static_cast<int64_t>(r);
     if (Status s = detail::check_request(requests[r], row, target_logits.vocab); !s.ok()) return s;
   }
-  if (static_cast<int64_t>(draft_tokens.size()) != rows * num_draft) {
-    return Status::invalid_argument(
-        "verify: draft_tokens size = " + std::to_string(draft_tokens.size()) +
-        " must be rows * K = " + std::to_string(rows * num_draft));
-  }
-  for (size_t i = 0; i < draft_tokens.size(); ++i) {
-    if (draft_tokens[i] < 0 || draft_tokens[i] >= vocab) {
-      return Status::invalid_argument(
-          "row " + std::to_string(static_cast<int64_t>(i) / std::max<int64_t>(num_draft, 1)) +
-          ": draft_tokens[" + std::to_string(static_cast<int64_t>(i) % num_draft) + "] = " +
-          std::to_string(draft_tokens[i]) + " is outside [0, " + std::to_string(vocab) + ")");
-    }
-  }
-  if (draft_probs) {
-    if (Status s = detail::check_aligned("draft_probs", draft_probs, 4); !s.ok()) return s;
-    // Each drafter row is a distribution: finite values >= 0 that sum to 1,
-    // within what rounding to a half type leaves (2^-9 of the sum for
-    // bfloat16). A row scaled otherwise would make the output a mixture
-    // that is not the target's distribution, silently. (Sixteen float
-    // lanes, which the compiler vectorises: their rounding, ~1e-3 of the
-    // sum at the most, is far inside the tolerance.)
-    constexpr double kSumTolerance = 0.01;
-    constexpr int64_t kLanes = 16;
-    for (int64_t d = 0; d < rows * num_draft; ++d) {
-      const float* q = draft_probs + d * vocab;
-      float lane[kLanes] = {};
-      bool fine = true;
-      int64_t t = 0;
-      for (; t + kLanes <= vocab; t += kLanes) {
-        for (int64_t j = 0; j < kLanes; ++j) {
-          const float v = q[t + j];
-          fine &= v >= 0.0f && v < INFINITY;
-          lane[j] += v;
-        }
-      }
-      double sum = 0.0;
-      for (; t < vocab; ++t) {
-        fine &= q[t] >= 0.0f && q[t] < INFINITY;
-        sum += q[t];
-      }
-      for (const float v : lane) sum += v;
-      if (fine && std::abs(sum - 1.0) <= kSumTolerance) continue;
-      const std::string where = "row " + std::to_string(d / num_draft) + ": draft_probs[" +
-                                std::to_string(d % num_draft) + "]";
-      for (t = 0; t < vocab; ++t) {
-        if (!(q[t] >= 0.0f && q[t] < INFINITY)) {
-          return Status::invalid_argument(where + "[" + std::to_string(t) + "] = " +
-                                          detail::shown_float(q[t]) + " must be finite and >= 0");
-        }
-      }
-      char shown[32];  // (six digits: the tolerance is 0.01; a double, not to overflow)
-      std::snprintf(shown, sizeof shown, "%.6g", sum);
-      return Status::invalid_argument(where + " sums to " + shown +
-                                      ": a draft distribution must sum to 1 (within 0.01)");
-    }
+  if (Status s = detail::check_drafts(draft_tokens, draft_probs, rows, num_draft, vocab); !s.ok()) {
+    return s;
   }
 
   Impl::Unseeded unseeded;

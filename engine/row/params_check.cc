@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <sstream>
 #include <string>
 
@@ -151,6 +152,68 @@ Status check_verify_view(const LogitsView& target_logits, int64_t num_draft, int
     return s;
   }
   *rows = by_row.rows;
+  return Status();
+}
+
+Status check_drafts(std::span<const int32_t> draft_tokens, const float* draft_probs, int64_t rows,
+                    int64_t num_draft, int64_t vocab) {
+  if (static_cast<int64_t>(draft_tokens.size()) != rows * num_draft) {
+    return Status::invalid_argument(
+        "verify: draft_tokens size = " + std::to_string(draft_tokens.size()) +
+        " must be rows * K = " + std::to_string(rows * num_draft));
+  }
+  for (size_t i = 0; i < draft_tokens.size(); ++i) {
+    if (draft_tokens[i] < 0 || draft_tokens[i] >= vocab) {
+      return Status::invalid_argument("row " + std::to_string(static_cast<int64_t>(i) / num_draft) +
+                                      ": draft_tokens[" +
+                                      std::to_string(static_cast<int64_t>(i) % num_draft) +
+                                      "] = " + std::to_string(draft_tokens[i]) +
+                                      " is outside [0, " + std::to_string(vocab) + ")");
+    }
+  }
+  if (draft_probs) {
+    if (Status s = check_aligned("draft_probs", draft_probs, 4); !s.ok()) return s;
+    // Each drafter row is a distribution: finite values >= 0 that sum to 1,
+    // within what rounding to a half type leaves (2^-9 of the sum for
+    // bfloat16). A row scaled otherwise would make the output a mixture
+    // that is not the target's distribution, silently. (Sixteen float
+    // lanes, which the compiler vectorises: their rounding, ~1e-3 of the
+    // sum at the most, is far inside the tolerance.)
+    constexpr double kSumTolerance = 0.01;
+    constexpr int64_t kLanes = 16;
+    for (int64_t d = 0; d < rows * num_draft; ++d) {
+      const float* q = draft_probs + d * vocab;
+      float lane[kLanes] = {};
+      bool fine = true;
+      int64_t t = 0;
+      for (; t + kLanes <= vocab; t += kLanes) {
+        for (int64_t j = 0; j < kLanes; ++j) {
+          const float v = q[t + j];
+          fine &= v >= 0.0f && v < INFINITY;
+          lane[j] += v;
+        }
+      }
+      double sum = 0.0;
+      for (; t < vocab; ++t) {
+        fine &= q[t] >= 0.0f && q[t] < INFINITY;
+        sum += q[t];
+      }
+      for (const float v : lane) sum += v;
+      if (fine && std::abs(sum - 1.0) <= kSumTolerance) continue;
+      const std::string where = "row " + std::to_string(d / num_draft) + ": draft_probs[" +
+                                std::to_string(d % num_draft) + "]";
+      for (t = 0; t < vocab; ++t) {
+        if (!(q[t] >= 0.0f && q[t] < INFINITY)) {
+          return Status::invalid_argument(where + "[" + std::to_string(t) +
+                                          "] = " + shown_float(q[t]) + " must be finite and >= 0");
+        }
+      }
+      char shown[32];  // (six digits: the tolerance is 0.01; a double, not to overflow)
+      std::snprintf(shown, sizeof shown, "%.6g", sum);
+      return Status::invalid_argument(where + " sums to " + shown +
+                                      ": a draft distribution must sum to 1 (within 0.01)");
+    }
+  }
   return Status();
 }
 

@@ -29,6 +29,13 @@ Status check_view(const LogitsView& logits);
 // interfaces, in this order, with these messages.)
 Status check_verify_view(const LogitsView& target_logits, int64_t num_draft, int64_t* rows);
 
+// Checks verify's drafts, `num_draft` for each of `rows` rows: draft_tokens
+// holds rows * num_draft ids in [0, vocab); draft_probs, when given, is
+// aligned and each of its rows * num_draft rows of `vocab` floats is a
+// distribution (finite, >= 0, summing to 1 within 0.01).
+Status check_drafts(std::span<const int32_t> draft_tokens, const float* draft_probs, int64_t rows,
+                    int64_t num_draft, int64_t vocab);
+
 // Checks the logits view (check_view) and the request/result counts.
 // `results_size` < 0 skips the results check (the probs call has no results).
 Status check_call(const LogitsView& logits, std::span<const RowRequest> requests,
