@@ -94,8 +94,12 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Samples every row. `requests` holds one request per row, or one request
-  // shared by every row; `results` holds one result per row. A call error
-  // (SPEC section 7) writes nothing; a row error sets that row's status only.
+  // shared by every row; `results` holds one result per row. (A shared
+  // request's seed is every row's: the rows then draw with the same
+  // uniforms, and equal rows draw equal tokens. For independent rows give
+  // each its own seed, as the nucleus program and the Python module do with
+  // S + r.) A call error (SPEC section 7) writes nothing; a row error sets
+  // that row's status only.
   // Safe to call from many host threads at once.
   // (`logits.data` is aligned to its dtype's size, as any pointer to such
   // elements must be: else a call error.)
