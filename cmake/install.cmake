@@ -47,8 +47,11 @@ foreach(kind IN ITEMS static shared)
   target_compile_features(${target} INTERFACE cxx_std_20)
   target_link_libraries(${target} PRIVATE TBB::tbb)
 endforeach()
-# Before 1.0 a minor release may change the ABI, so the soname carries it.
-set_target_properties(nucleus_shared PROPERTIES
+# Before 1.0 a minor release may change the ABI, so the soname carries it:
+# the installed library's, and the build's `nucleus` too when it is shared
+# (BUILD_SHARED_LIBS), since the installed program links that one and must
+# need the installed library's soname, not the bare development link.
+set_target_properties(nucleus_shared nucleus PROPERTIES
   VERSION ${PROJECT_VERSION}
   SOVERSION ${PROJECT_VERSION_MAJOR}.${PROJECT_VERSION_MINOR})
 
