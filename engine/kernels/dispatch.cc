@@ -1,6 +1,8 @@
 // Chooses which build of the row passes runs (engine/kernels/row_kernels.h):
 // the best instruction set the CPU and OS support, capped by the engine's
 // option and the NUCLEUS_ISA environment variable.
+#include <cpuid.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -25,13 +27,27 @@ const Kernels& kernels_for(Isa isa) {
 
 namespace {
 
+// The rest of x86-64-v3 that the AVX2 build may use: F16C, MOVBE and POPCNT
+// (CPUID leaf 1, ECX) and LZCNT (leaf 0x80000001, ECX), which not every
+// compiler's __builtin_cpu_supports can name (clang 14's cannot). A CPU with
+// AVX2 nearly always has them, but a virtual machine may hide some: without
+// F16C a float16 row would stop at an illegal instruction, and without LZCNT
+// the instruction runs as BSR and counts wrong.
+bool has_v3_rest() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
+  const bool leaf1 = (c & bit_F16C) != 0 && (c & bit_MOVBE) != 0 && (c & bit_POPCNT) != 0;
+  if (__get_cpuid(0x80000001u, &a, &b, &c, &d) == 0) return false;
+  return leaf1 && (c & bit_LZCNT) != 0;
+}
+
 Isa detect() {
   __builtin_cpu_init();
-  // x86-64-v3: AVX2, FMA, BMI1/2 (every such CPU also has F16C, LZCNT and
-  // MOVBE, which not every compiler's __builtin_cpu_supports can name). The
-  // checks include the OS's support for the AVX register state.
+  // x86-64-v3: AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE (and v2's POPCNT). The
+  // checks of __builtin_cpu_supports include the OS's support for the AVX
+  // register state.
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && has_v3_rest();
   // x86-64-v4 as GCC and clang compile for it: v3 and AVX-512 F, BW, CD, DQ, VL.
   if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
