@@ -1342,6 +1342,24 @@ TEST(Cli, AWrongVocabIsNamedBeforeTheOptionsItMakesLookWrong) {
   EXPECT_TRUE(Contains(piped.err, "--history[0] = 20 is outside [0, 10)")) << piped.err;
 }
 
+TEST(Cli, AnUnusableOutputOrParamsFileIsRefusedBeforeThePipeIsRead) {
+  // A raw pipe is copied whole when the dump is opened: an output that
+  // cannot be made, or a --params file that cannot be opened, is refused
+  // first (here the pipe's 3 bytes would be the error otherwise: not a
+  // whole row).
+  const fs::path dir = TestDir();
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string> >{
+           {"probs - --dtype f32 --vocab 4 -o no/such/dir/p.npy", "no/such/dir/p.npy"},
+           {"probs - --dtype f32 --vocab 4 --params no.jsonl -o p.npy", "no.jsonl: cannot open"},
+           {"sample - -q --dtype f32 --vocab 4 --params no.jsonl", "no.jsonl: cannot open"}}) {
+    SCOPED_TRACE(args);
+    CliRun run = RunCli(dir, args, "printf abc | ");
+    EXPECT_EQ(run.code, 2);
+    EXPECT_TRUE(Contains(run.err, expected)) << run.err;
+    EXPECT_FALSE(fs::exists(dir / "p.npy"));
+  }
+}
+
 TEST(Cli, OutputToTheProgramsOwnStandardOutputWritesThrough) {
   // `-o /dev/stdout` with standard output redirected to a log: the rows are
   // appended where the script's own lines go; the log is not replaced.

@@ -640,6 +640,8 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
 
 AtomicFile::~AtomicFile() { discard(); }
 
+bool AtomicFile::is_terminal() const { return fd_ >= 0 && ::isatty(fd_) == 1; }
+
 void AtomicFile::discard() {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;

@@ -135,6 +135,9 @@ class AtomicFile {
   Status commit();
   // Removes the temporary file (idempotent; a no-op after commit()).
   void discard();
+  // Whether the file written is a terminal (a path such as /dev/tty or
+  // /dev/stdout, written in place).
+  bool is_terminal() const;
 
  private:
   AtomicFile() = default;

@@ -2,6 +2,8 @@
 // like. Every number that depends on sampling semantics comes from the
 // engine (probabilities, top tokens, nucleus sizes); this file only reads
 // and summarises its answers.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -189,7 +191,7 @@ int run_inspect(const InspectCommand& c) {
   Engine engine(EngineOptions{.max_threads = c.threads, .seed = 0});
   // (the table, as the JSON, goes to standard output: no bar when that is
   // the terminal too)
-  Progress progress(info.rows, c.quiet, /*writes_stdout=*/true);
+  Progress progress(info.rows, c.quiet, ::isatty(STDOUT_FILENO) == 1);
   Result<std::vector<float>> probs = block_output(*reader);
   if (!probs.ok()) {
     print_error(probs.status().message());

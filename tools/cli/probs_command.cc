@@ -49,11 +49,19 @@ int run_probs(const ProbsCommand& c) {
                 "': probs writes a .npy file; give a path ending in .npy");
     return kExitFailure;
   }
-  // (the options against a given --vocab before the dump: opening a raw
-  // pipe copies it whole)
+  // (the options against a given --vocab, and the output, before the dump:
+  // opening a raw pipe copies it whole. The writer needs the dump's shape, so
+  // the output is made once here and dropped; a device or FIFO, written in
+  // place, is opened once only, by the writer)
   if (Status s = RequestTable::check_before_dump(c.sampling, c.input.vocab); !s.ok()) {
     print_error(dump_or_option_error(c.input, std::move(s)).message());
     return kExitFailure;
+  }
+  if (!detail::written_in_place(c.output)) {
+    if (Result<detail::AtomicFile> trial = detail::AtomicFile::create(c.output); !trial.ok()) {
+      print_error(trial.status().message());
+      return kExitFailure;
+    }
   }
   // Each block needs a float32 row of output per row of input.
   Result<DumpReader> reader = open_input(c.input, 4);
@@ -73,7 +81,8 @@ int run_probs(const ProbsCommand& c) {
     return kExitFailure;
   }
   Engine engine(EngineOptions{.max_threads = c.sampling.threads, .seed = std::nullopt});
-  Progress progress(info.rows, c.sampling.quiet, /*writes_stdout=*/false);
+  // (a .npy is never meant for a terminal)
+  Progress progress(info.rows, c.sampling.quiet, /*results_on_terminal=*/false);
   Result<std::vector<float>> probs = block_output(*reader);
   if (!probs.ok()) {
     print_error(probs.status().message());

@@ -15,10 +15,9 @@ constexpr int kWidth = 30;
 
 }  // namespace
 
-Progress::Progress(int64_t total_rows, bool quiet, bool writes_stdout)
+Progress::Progress(int64_t total_rows, bool quiet, bool results_on_terminal)
     : total_(total_rows),
-      enabled_(!quiet && total_rows > 0 && ::isatty(STDERR_FILENO) == 1 &&
-               !(writes_stdout && ::isatty(STDOUT_FILENO) == 1)),
+      enabled_(!quiet && total_rows > 0 && ::isatty(STDERR_FILENO) == 1 && !results_on_terminal),
       start_(std::chrono::steady_clock::now()) {}
 
 Progress::~Progress() { finish(); }

@@ -1,8 +1,8 @@
 // A progress bar on standard error, shown only when standard error is a
 // terminal and the run has already taken a while, so pipelines, logs and
-// short runs stay clean; never when the run writes its results to standard
-// output and that is a terminal too (the same screen: the bar would break
-// into the lines).
+// short runs stay clean; never when the run writes its results to a
+// terminal too (standard output, or -o /dev/stdout, /dev/tty: the same
+// screen, where the bar would break into the lines).
 #pragma once
 
 #include <chrono>
@@ -12,7 +12,8 @@ namespace nucleus::cli {
 
 class Progress {
  public:
-  Progress(int64_t total_rows, bool quiet, bool writes_stdout);
+  // `results_on_terminal`: the run's results go to a terminal.
+  Progress(int64_t total_rows, bool quiet, bool results_on_terminal);
   ~Progress();
 
   void advance(int64_t rows);

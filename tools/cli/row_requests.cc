@@ -1,5 +1,7 @@
 #include "tools/cli/row_requests.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -326,10 +328,19 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
 namespace {
 
 // An empty --params (an empty shell variable) is refused: read as no file,
-// it would drop every row's own parameters silently.
+// it would drop every row's own parameters silently. A missing or
+// unreadable one is refused here too, before the dump is opened (a raw pipe
+// is copied whole first); a FIFO or other stream is only opened once, when
+// it is read.
 Status check_params_path(const SamplingOptions& o) {
   if (o.params_option != nullptr && o.params_option->count() > 0 && o.params_file.empty()) {
     return Status::invalid_argument("option --params is empty: give a path");
+  }
+  if (o.params_file.empty()) return Status();
+  struct stat st;
+  if (::stat(o.params_file.c_str(), &st) != 0 ||
+      (S_ISREG(st.st_mode) && !std::ifstream(o.params_file))) {
+    return Status::io_error(o.params_file + ": cannot open: " + detail::errno_text(errno));
   }
   return Status();
 }

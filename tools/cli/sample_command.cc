@@ -168,7 +168,7 @@ int run_sample(const SampleCommand& c) {
     }
   }
   Engine engine(EngineOptions{.max_threads = c.sampling.threads, .seed = std::nullopt});
-  Progress progress(info.rows, c.sampling.quiet, c.output.empty() || c.output == "-");
+  Progress progress(info.rows, c.sampling.quiet, out->is_terminal());
   std::vector<RowResult> results;
   std::string text;
   int64_t failed = 0;

@@ -1,5 +1,7 @@
 #include "tools/cli/text_output.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 
@@ -20,6 +22,10 @@ Status TextOutput::write(std::string_view text) {
     return Status::io_error("standard output: cannot write: " + detail::errno_text(errno));
   }
   return Status();
+}
+
+bool TextOutput::is_terminal() const {
+  return file_ ? file_->is_terminal() : ::isatty(STDOUT_FILENO) == 1;
 }
 
 Status TextOutput::commit() {

@@ -20,6 +20,9 @@ class TextOutput {
   Status write(std::string_view text);
   // Flushes standard output, or renames the file into place.
   Status commit();
+  // Whether the text goes to a terminal (standard output, or a path such as
+  // /dev/stdout or /dev/tty written in place).
+  bool is_terminal() const;
 
  private:
   std::optional<detail::AtomicFile> file_;
