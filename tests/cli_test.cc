@@ -580,11 +580,33 @@ TEST(Cli, CsvHasOneLinePerSample) {
   const std::vector<Json> rows = JsonLines(json.out);
   for (int r = 0; r < 3; ++r) {
     for (int j = 0; j < 2; ++j) {
+      const std::string& line = lines[1 + r * 2 + j];
       const std::string prefix = std::to_string(r) + "," + std::to_string(j) + "," +
                                  std::to_string(rows[r]["tokens"][j].get<int>()) + ",";
-      EXPECT_EQ(lines[1 + r * 2 + j].rfind(prefix, 0), 0u) << lines[1 + r * 2 + j];
+      EXPECT_EQ(line.rfind(prefix, 0), 0u) << line;
+      // The log-probabilities read back as the same float32s as the JSON's
+      // (each the shortest decimal of its float).
+      std::vector<std::string> fields;
+      std::istringstream in(line);
+      for (std::string f; fields.size() < 5 && std::getline(in, f, ',');) fields.push_back(f);
+      ASSERT_EQ(fields.size(), 5u) << line;
+      EXPECT_EQ(std::strtof(fields[3].c_str(), nullptr), rows[r]["logprobs"][j].get<float>())
+          << line;
+      EXPECT_EQ(std::strtof(fields[4].c_str(), nullptr), rows[r]["raw_logprobs"][j].get<float>())
+          << line;
     }
   }
+}
+
+TEST(Cli, AnAllowedTokenAtTheVocabIsRefused) {
+  // (a vocab of 64: the token's bit would fall in a third mask word of two)
+  const fs::path dir = TestDir();
+  WriteDump(dir / "d.npy", Logits(1, 64, 5), 1, 64, DType::kFloat32);
+  WriteFile(dir / "p.jsonl", "{\"allowed_tokens\": [3, 64]}\n");
+  CliRun run = RunCli(dir, "sample d.npy -q --params p.jsonl");
+  EXPECT_EQ(run.code, 2);
+  EXPECT_TRUE(Contains(run.err, "allowed_tokens[1]") && Contains(run.err, "[0, 64)")) << run.err;
+  EXPECT_TRUE(run.out.empty()) << run.out;
 }
 
 TEST(Cli, CsvPrintsALogprobOfZeroWithoutASign) {
