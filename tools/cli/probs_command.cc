@@ -44,7 +44,8 @@ int run_probs(const ProbsCommand& c) {
   // raw .bin with its header taken for logits, a .safetensors refused;
   // devices, FIFOs and the program's own descriptors are written as they
   // stand, whatever their names)
-  if (!detail::written_in_place(c.output) && detail::extension_of(c.output) != ".npy") {
+  const bool in_place = detail::written_in_place(c.output);
+  if (!in_place && detail::extension_of(c.output) != ".npy") {
     print_error("option --output = '" + c.output +
                 "': probs writes a .npy file; give a path ending in .npy");
     return kExitFailure;
@@ -57,7 +58,7 @@ int run_probs(const ProbsCommand& c) {
     print_error(dump_or_option_error(c.input, std::move(s)).message());
     return kExitFailure;
   }
-  if (!detail::written_in_place(c.output)) {
+  if (!in_place) {
     if (Result<detail::AtomicFile> trial = detail::AtomicFile::create(c.output); !trial.ok()) {
       print_error(trial.status().message());
       return kExitFailure;

@@ -327,6 +327,11 @@ Status RequestTable::parse_line(const std::string& line, const std::string& wher
 
 namespace {
 
+// The --params file's error when it cannot be opened (errno set by the try).
+Status params_open_error(const std::string& path) {
+  return Status::io_error(path + ": cannot open: " + detail::errno_text(errno));
+}
+
 // An empty --params (an empty shell variable) is refused: read as no file,
 // it would drop every row's own parameters silently. A missing or
 // unreadable one is refused here too, before the dump is opened (a raw pipe
@@ -340,7 +345,7 @@ Status check_params_path(const SamplingOptions& o) {
   struct stat st;
   if (::stat(o.params_file.c_str(), &st) != 0 ||
       (S_ISREG(st.st_mode) && !std::ifstream(o.params_file))) {
-    return Status::io_error(o.params_file + ": cannot open: " + detail::errno_text(errno));
+    return params_open_error(o.params_file);
   }
   return Status();
 }
@@ -374,7 +379,7 @@ Result<RequestTable> RequestTable::build(const SamplingOptions& o, int64_t rows,
   if (o.params_file.empty()) return table;
 
   std::ifstream in(o.params_file);
-  if (!in) return Status::io_error(o.params_file + ": cannot open: " + detail::errno_text(errno));
+  if (!in) return params_open_error(o.params_file);
   std::string line;
   int64_t line_number = 0;
   while (std::getline(in, line)) {
